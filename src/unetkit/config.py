@@ -1,0 +1,314 @@
+"""Typed, strict configuration: one frozen dataclass per concern.
+
+`from_dict(Cls, mapping)` builds a config from plain JSON/YAML values and refuses unknown keys and
+wrong types, naming the offending key path (`train.optim.lr: expected float, got 'fast'`).
+`to_dict(config)` gives plain JSON values back; the resolved config is stored in the artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+from unetkit.errors import ConfigError
+
+C = TypeVar("C")
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how it is split and sampled.
+
+    `data` is a data folder (layout detected automatically), a dataset description JSON written by
+    `unetkit init-dataset`, or a manifest CSV/JSON of image, mask, roi paths.
+    """
+
+    data: str = ""
+    val_fraction: float = 0.2
+    val_keys: tuple[str, ...] = ()  # explicit validation keys; overrides val_fraction
+    skip_bad: bool = False  # train on the good files when validation finds bad ones
+    patch_size: tuple[int, int] = (256, 256)
+    batch_size: int = 8
+    rare_oversample: float = 0.33  # fraction of patches centred on a pixel of a rare class
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Synchronized image/mask augmentation (kornia, batched, on the training device)."""
+
+    enabled: bool = True
+    flip: bool = True
+    rot90: bool = True
+    rotate_degrees: float = 15.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    elastic_alpha: float = 0.0  # 0 disables elastic deformation
+    brightness: float = 0.1
+    contrast: float = 0.1
+    gamma: float = 0.1
+    noise_std: float = 0.02  # in units of the normalized intensity
+    blur_sigma: float = 0.0  # 0 disables Gaussian blur
+    p: float = 0.5  # probability of each photometric/geometric op
+
+
+# ---------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A U-Net family member. `arch` names a builder in `unetkit.models.MODELS`."""
+
+    arch: str = "unet"
+    in_channels: int = 3
+    out_channels: int = 2
+    spatial_dims: int = 2
+    depth: int = 4  # number of down-sampling steps
+    base_width: int = 32
+    width_mult: float = 2.0
+    max_width: int = 512
+    norm: Literal["batch", "group", "instance", "none"] = "batch"
+    act: Literal["relu", "leaky_relu", "gelu", "silu"] = "relu"
+    upsample: Literal["transpose", "bilinear"] = "transpose"
+    dropout: float = 0.0
+    residual: bool = False
+    attention: bool = False  # attention gates on the skip connections
+    separable: bool = False  # depthwise-separable convolutions ("mobile")
+    bottleneck: Literal["none", "aspp", "ppm", "transformer"] = "none"
+    transformer_heads: int = 4
+    transformer_layers: int = 1
+    deep_supervision: bool = False
+
+
+# ---------------------------------------------------------------- loss
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """A weighted sum of terms; terms with weight 0 are not computed."""
+
+    ce: float = 1.0
+    dice: float = 1.0
+    focal: float = 0.0
+    tversky: float = 0.0
+    cldice: float = 0.0
+    class_weights: tuple[float, ...] = ()  # for CE; empty = uniform
+    focal_gamma: float = 2.0
+    tversky_alpha: float = 0.3
+    tversky_beta: float = 0.7
+    dice_include_background: bool = True
+    ignore_index: int = 255
+    deep_supervision_decay: float = 0.5  # weight of head k is decay**k, normalized
+
+
+# ---------------------------------------------------------------- optimisation and training
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.99  # SGD only
+    nesterov: bool = True  # SGD only
+    schedule: Literal["poly", "cosine", "constant"] = "cosine"
+    warmup_steps: int = 50
+    poly_power: float = 0.9
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 12.0  # 0 disables
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 2000  # optimizer steps; with a budget, the planned number within it
+    budget_seconds: float = 0.0  # 0 = no wall-clock budget
+    val_every: int = 200  # steps between validations
+    early_stop_patience: int = 0  # validations without improvement; 0 disables
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    seed: int = 0
+    out_dir: str = "runs/unetkit"
+    nproc: int = 1
+    tensorboard: bool = False
+    progress: bool = True
+
+
+# ---------------------------------------------------------------- inference, export, serving
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Overlap-tile inference. `tile_size` () means: the artifact's patch size."""
+
+    tile_size: tuple[int, ...] = ()
+    overlap: float = 0.25
+    blend: Literal["gaussian", "constant"] = "gaussian"
+    sigma_scale: float = 0.125  # Gaussian sigma as a fraction of the tile size
+    batch_size: int = 4
+    padding: Literal["reflect", "constant", "replicate"] = "reflect"
+    tta: bool = False  # average flips and rot90
+    activation: Literal["softmax", "none"] = "softmax"  # "none": predictor returns probabilities
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    format: Literal["onnx"] = "onnx"
+    opset: int = 17
+    int8: bool = False
+    int8_gate: float = 0.005  # refuse int8 when validation Dice/mIoU drops more than this
+    calibration_images: int = 16
+    parity_tolerance: float = 1e-4
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_size: int = 8
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 64_000_000
+    token: str = ""  # bearer token; empty disables auth
+    canary_artifact: str = ""
+    canary_percent: float = 0.0
+    shadow: bool = False
+    sample_dir: str = ""
+    sample_rate: float = 0.0
+    sample_max_bytes: int = 256 * 1024 * 1024
+
+
+# ---------------------------------------------------------------- strict conversion
+
+
+def from_dict(cls: type[C], data: Any, path: str = "") -> C:
+    """Build dataclass `cls` from plain values, refusing unknown keys and wrong types."""
+    return _convert(cls, data, path or cls.__name__)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain JSON-ready values (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def load_json(cls: type[C], path: str | Path) -> C:
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    return from_dict(cls, raw, str(p))
+
+
+def replace(config: C, **changes: Any) -> C:
+    """`dataclasses.replace` that accepts dotted keys: replace(cfg, **{"optim.lr": 1e-3})."""
+    nested: dict[str, dict[str, Any]] = {}
+    flat: dict[str, Any] = {}
+    for key, value in changes.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            flat[key] = value
+    names = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    for key in [*flat, *nested]:
+        if key not in names:
+            raise ConfigError(f"{type(config).__name__}: unknown key '{key}'; expected one of {sorted(names)}")
+    for head, sub in nested.items():
+        flat[head] = replace(getattr(config, head), **sub)
+    merged = to_dict(config) | {k: (to_dict(v) if dataclasses.is_dataclass(v) else v) for k, v in flat.items()}
+    return from_dict(type(config), merged)
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'90s', '30m', '2h', '1h30m', '45' (seconds) -> seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", s)
+    if not parts or "".join(a + b for a, b in parts) != s.replace(" ", ""):
+        raise ConfigError(f"budget '{text}': expected a duration such as 90s, 30m, 2h or 1h30m")
+    unit = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    return sum(float(n) * unit[u] for n, u in parts)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    if isinstance(tp, str):  # unresolved forward reference
+        tp = eval(tp, vars(typing) | globals())  # noqa: S307 - our own annotations only
+    if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value) and type(value) is tp:
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise ConfigError(f"{path}: unknown key '{unknown[0]}'; expected one of {sorted(fields)}")
+        kwargs = {k: _convert(hints[k], v, f"{path}.{k}") for k, v in value.items()}
+        return tp(**kwargs)
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{path}: expected one of {list(allowed)}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return _convert(arg, value, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[-1] if errors else f"{path}: invalid value {value!r}")
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")

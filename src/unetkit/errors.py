@@ -1,0 +1,26 @@
+"""Errors a user can act on.
+
+Every entry point (CLI, HTTP, Python API) raises a subclass of `UnetkitError` for bad input; the
+message names the file or field, what was wrong and what was expected. The CLI prints it as one
+line and exits non-zero; the server maps it to a 4xx JSON body.
+"""
+
+
+class UnetkitError(Exception):
+    """Base class of user-facing errors."""
+
+
+class ConfigError(UnetkitError):
+    """A config key is unknown, has the wrong type or an invalid value."""
+
+
+class DataError(UnetkitError):
+    """A data set or file cannot be used as it is."""
+
+
+class ArtifactError(UnetkitError):
+    """A model artifact is missing, corrupt, tampered with or incompatible."""
+
+
+class InputError(UnetkitError):
+    """An image given for prediction cannot be used (unreadable, wrong channels, too large, NaN)."""
