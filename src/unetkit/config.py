@@ -144,6 +144,7 @@ class TrainConfig:
     nproc: int = 1
     tensorboard: bool = False
     progress: bool = True
+    resume: bool = False  # continue from out_dir/checkpoint-last.pt
 
 
 # ---------------------------------------------------------------- inference, export, serving
@@ -294,6 +295,14 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}")
         return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if tp is Any:
+        return value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        return value
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
         return value
     if tp is bool:
         if not isinstance(value, bool):

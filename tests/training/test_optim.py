@@ -1,0 +1,68 @@
+"""LR schedule values, optimizer construction and gradient clipping."""
+
+import math
+
+import pytest
+import torch
+
+from unetkit.config import OptimConfig
+from unetkit.errors import ConfigError
+from unetkit.training.optim import build_optimizer, clip_gradients, lr_factor, set_lr
+
+
+def test_warmup_is_linear_and_never_zero() -> None:
+    cfg = OptimConfig(warmup_steps=10, schedule="cosine", min_lr_ratio=0.0)
+    factors = [lr_factor(s, 100, cfg) for s in range(10)]
+    assert factors == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert lr_factor(10, 100, cfg) == pytest.approx(1.0)  # first decay step is the peak
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "poly"])
+def test_decay_endpoints_reach_min_lr_ratio(schedule: str) -> None:
+    cfg = OptimConfig(warmup_steps=5, schedule=schedule, min_lr_ratio=0.05, poly_power=0.9)
+    assert lr_factor(5, 50, cfg) == pytest.approx(1.0)
+    assert lr_factor(49, 50, cfg) == pytest.approx(0.05)
+    assert lr_factor(500, 50, cfg) == pytest.approx(0.05)  # past the end: stays at the floor
+    values = [lr_factor(s, 50, cfg) for s in range(5, 50)]
+    assert all(a >= b for a, b in zip(values[:-1], values[1:], strict=True))  # monotone decay
+
+
+def test_cosine_midpoint_and_poly_shape() -> None:
+    cos = OptimConfig(warmup_steps=0, schedule="cosine", min_lr_ratio=0.0)
+    assert lr_factor(50, 101, cos) == pytest.approx(0.5)
+    poly = OptimConfig(warmup_steps=0, schedule="poly", min_lr_ratio=0.0, poly_power=2.0)
+    assert lr_factor(50, 101, poly) == pytest.approx(0.25)
+    assert lr_factor(0, 101, poly) == pytest.approx(1.0)
+
+
+def test_constant_schedule_and_degenerate_totals() -> None:
+    cfg = OptimConfig(warmup_steps=3, schedule="constant")
+    assert [lr_factor(s, 10, cfg) for s in range(5)] == pytest.approx([1 / 3, 2 / 3, 1, 1, 1])
+    # warm-up longer than the run is clamped so the last step still trains at the base LR
+    short = OptimConfig(warmup_steps=50, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_factor(0, 1, short) == pytest.approx(1.0)
+    assert all(math.isfinite(lr_factor(s, 4, short)) and lr_factor(s, 4, short) > 0 for s in range(4))
+
+
+def test_optimizers_and_set_lr() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    sgd = build_optimizer(model, OptimConfig(optimizer="sgd", momentum=0.9, nesterov=True, lr=0.1))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
+    adamw = build_optimizer(model, OptimConfig(optimizer="adamw", weight_decay=0.05))
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.05, 0.0]  # no decay on biases/norms
+    cfg = OptimConfig(lr=0.01, warmup_steps=4, schedule="constant")
+    assert set_lr(adamw, 1, 10, cfg) == pytest.approx(0.005)
+    assert all(g["lr"] == pytest.approx(0.005) for g in adamw.param_groups)
+    with pytest.raises(ConfigError, match="optim.lr"):
+        build_optimizer(model, OptimConfig(lr=0.0))
+
+
+def test_clip_gradients() -> None:
+    w = torch.nn.Parameter(torch.zeros(4))
+    w.grad = torch.full((4,), 10.0)
+    assert clip_gradients([w], 1.0) == pytest.approx(20.0)
+    assert float(w.grad.norm()) == pytest.approx(1.0, rel=1e-4)
+    w.grad = torch.full((4,), 10.0)
+    assert clip_gradients([w], 0.0) == pytest.approx(20.0)  # disabled: reports, does not clip
+    assert float(w.grad.norm()) == pytest.approx(20.0)
