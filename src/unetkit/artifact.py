@@ -1,0 +1,282 @@
+"""The model artifact: the one file every stage after training consumes.
+
+A safetensors file (weights, never pickle) whose header metadata `unetkit` holds the JSON
+`ArtifactMeta`: architecture, classes, normalization, patch size, data set fingerprint, training
+config and history, validation metrics, calibration, postprocessing, drift baseline and versions.
+Any safetensors reader opens it; `unetkit info MODEL` prints the metadata.
+
+Integrity: the metadata carries the sha256 of the weights and of the metadata itself; loading
+recomputes both and refuses a corrupt or tampered file. Writing is atomic (temp name + rename),
+so a crash never leaves half an artifact behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import unetkit
+from unetkit.config import ModelConfig, from_dict, to_dict
+from unetkit.errors import ArtifactError, ConfigError
+
+FORMAT_VERSION = 1
+META_KEY = "unetkit"
+
+
+@dataclass(frozen=True)
+class ArtifactMeta:
+    model: ModelConfig
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]  # per input channel, raw intensity units
+    std: tuple[float, ...]
+    patch_size: tuple[int, ...]
+    class_colors: tuple[tuple[int, int, int], ...] = ()
+    ignore_index: int = 255
+    name: str = "model"
+    format_version: int = FORMAT_VERSION
+    temperature: float = 1.0  # calibration: logits / temperature
+    class_scale: tuple[float, ...] = ()  # optional vector scaling: logits * scale + bias
+    class_bias: tuple[float, ...] = ()
+    postprocess: dict[str, Any] = field(default_factory=dict)
+    data_spec: dict[str, Any] = field(default_factory=dict)  # how masks map to classes
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    train_config: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)
+    history: list[Any] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    drift_baseline: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    weights_sha256: str = ""
+    meta_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        c = self.model.in_channels
+        if len(self.mean) != c or len(self.std) != c:
+            raise ConfigError(f"ArtifactMeta: mean/std need {c} values (model.in_channels), got {len(self.mean)}/{len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"ArtifactMeta.std: every value must be > 0, got {list(self.std)}")
+        if len(self.class_names) != self.model.out_channels:
+            raise ConfigError(
+                f"ArtifactMeta.class_names: {len(self.class_names)} names for {self.model.out_channels} output channels"
+            )
+        if self.temperature <= 0:
+            raise ConfigError(f"ArtifactMeta.temperature: must be > 0, got {self.temperature}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def colors(self) -> list[tuple[int, int, int]]:
+        """Class colours for overlays: stored ones, else a fixed distinguishable palette."""
+        if len(self.class_colors) == self.num_classes:
+            return [tuple(c) for c in self.class_colors]
+        return default_palette(self.num_classes)
+
+
+def default_palette(n: int) -> list[tuple[int, int, int]]:
+    base = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
+    out = list(base[:n])
+    rng = torch.Generator().manual_seed(7)
+    while len(out) < n:
+        out.append(tuple(int(v) for v in torch.randint(40, 256, (3,), generator=rng)))
+    return out
+
+
+@dataclass(frozen=True)
+class Artifact:
+    meta: ArtifactMeta
+    state_dict: dict[str, torch.Tensor]
+    path: Path | None = None
+
+    def build_model(self) -> nn.Module:
+        """The network with the stored weights, in eval mode."""
+        from unetkit.models import build_model
+
+        model = build_model(self.meta.model)
+        try:
+            model.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as e:
+            first = str(e).splitlines()[0]
+            raise ArtifactError(f"{self.path or 'artifact'}: weights do not fit the stored architecture ({first})") from None
+        return model.eval()
+
+    def pipeline_module(self, probabilities: bool = False) -> InferencePipeline:
+        """normalization -> network -> calibrated logits (or softmax probabilities)."""
+        return InferencePipeline(self.build_model(), self.meta, probabilities=probabilities).eval()
+
+    def with_meta(self, **changes: Any) -> Artifact:
+        return dataclasses.replace(self, meta=dataclasses.replace(self.meta, **changes))
+
+
+class InferencePipeline(nn.Module):
+    """Raw-intensity tiles (N,C,H,W) -> calibrated logits or probabilities (N,K,H,W).
+
+    What predictors wrap and what ONNX export traces, so every backend computes the same thing.
+    """
+
+    def __init__(self, net: nn.Module, meta: ArtifactMeta, probabilities: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.probabilities = probabilities
+        self.in_channels = meta.model.in_channels
+        self.out_channels = meta.num_classes
+        self.register_buffer("mean", torch.tensor(meta.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("inv_std", 1.0 / torch.tensor(meta.std, dtype=torch.float32).view(1, -1, 1, 1))
+        k = meta.num_classes
+        scale = torch.tensor(meta.class_scale or [1.0] * k, dtype=torch.float32) / meta.temperature
+        bias = torch.tensor(meta.class_bias or [0.0] * k, dtype=torch.float32)
+        self.register_buffer("scale", scale.view(1, -1, 1, 1))
+        self.register_buffer("bias", bias.view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net((x - self.mean) * self.inv_std)
+        logits = logits * self.scale + self.bias
+        return torch.softmax(logits, dim=1) if self.probabilities else logits
+
+
+# ---------------------------------------------------------------- hashing
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _meta_json(meta: ArtifactMeta) -> dict[str, Any]:
+    d = to_dict(meta)
+    d.pop("meta_sha256")
+    return d
+
+
+def meta_sha256(meta: ArtifactMeta) -> str:
+    canonical = json.dumps(_meta_json(meta), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- save / load
+
+
+def runtime_versions() -> dict[str, str]:
+    return {"unetkit": unetkit.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def save_artifact(path: str | Path, model_or_state: nn.Module | dict[str, torch.Tensor], meta: ArtifactMeta) -> Path:
+    """Write weights + metadata atomically; fills versions, created time and both hashes."""
+    path = Path(path)
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    meta = dataclasses.replace(
+        meta,
+        versions=meta.versions or runtime_versions(),
+        created=meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        weights_sha256=weights_sha256(tensors),
+        meta_sha256="",
+    )
+    meta = dataclasses.replace(meta, meta_sha256=meta_sha256(meta))
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={META_KEY: json.dumps(to_dict(meta))})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_meta(path: str | Path, verify: bool = True) -> ArtifactMeta:
+    """The metadata only (cheap: reads the header). `verify` checks the metadata hash."""
+    path = _existing(path)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for garbage
+        raise ArtifactError(f"{path}: not a unetkit model artifact (unreadable safetensors header: {e})") from None
+    return _parse_meta(path, header, verify)
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Load and verify an artifact; refuses corrupt or tampered files with a clear error."""
+    path = _existing(path)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except ArtifactError:
+        raise
+    except Exception as e:
+        raise ArtifactError(f"{path}: not a readable model artifact ({type(e).__name__}: {e})") from None
+    meta = _parse_meta(path, header, verify=True)
+    if weights_sha256(state) != meta.weights_sha256:
+        raise ArtifactError(
+            f"{path}: weights sha256 does not match the recorded {meta.weights_sha256[:12]}…; "
+            "the file was modified or corrupted — re-export it from training or restore it from the registry"
+        )
+    return Artifact(meta=meta, state_dict=state, path=path)
+
+
+def update_artifact(path: str | Path, **changes: Any) -> Artifact:
+    """Rewrite an artifact with some metadata fields changed (calibration, postprocess...)."""
+    art = load_artifact(path).with_meta(**changes)
+    save_artifact(path, art.state_dict, art.meta)
+    return load_artifact(path)
+
+
+def _existing(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"{p}: model artifact not found")
+    if p.is_dir():
+        raise ArtifactError(f"{p}: is a folder; expected a model artifact file (e.g. model.unetkit)")
+    return p
+
+
+def _parse_meta(path: Path, header: dict[str, str], verify: bool) -> ArtifactMeta:
+    if META_KEY not in header:
+        raise ArtifactError(f"{path}: a safetensors file without unetkit metadata; not a unetkit model artifact")
+    try:
+        raw = json.loads(header[META_KEY])
+    except json.JSONDecodeError:
+        raise ArtifactError(f"{path}: unetkit metadata is not valid JSON; the file is corrupt") from None
+    version = raw.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: artifact format version {version!r} is newer than this unetkit understands "
+            f"({FORMAT_VERSION}); upgrade unetkit"
+        )
+    try:
+        meta = from_dict(ArtifactMeta, raw, "artifact")
+    except ConfigError as e:
+        raise ArtifactError(f"{path}: invalid metadata: {e}") from None
+    if verify and meta_sha256(meta) != meta.meta_sha256:
+        raise ArtifactError(
+            f"{path}: metadata sha256 does not match the recorded one; the metadata was edited or corrupted"
+        )
+    return meta

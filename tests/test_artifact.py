@@ -1,0 +1,107 @@
+import json
+import os
+import struct
+
+import pytest
+import torch
+
+from unetkit.artifact import ArtifactMeta, load_artifact, read_meta, save_artifact, update_artifact
+from unetkit.config import ModelConfig
+from unetkit.errors import ArtifactError, ConfigError
+
+
+def _meta(**kw) -> ArtifactMeta:
+    base = dict(model=ModelConfig(in_channels=1, out_channels=2, base_width=4, depth=2),
+                class_names=("background", "vessel"), mean=(120.0,), std=(40.0,), patch_size=(64, 64))
+    return ArtifactMeta(**(base | kw))
+
+
+def _state() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"a.weight": torch.randn(4, 3, generator=g), "b.bias": torch.randn(5, generator=g)}
+
+
+def test_round_trip_keeps_weights_and_metadata(tmp_path):
+    path = save_artifact(tmp_path / "m.unetkit", _state(), _meta(metrics={"val": {"dice": 0.8}}))
+    art = load_artifact(path)
+    for k, v in _state().items():
+        assert torch.equal(art.state_dict[k], v)
+    assert art.meta.metrics == {"val": {"dice": 0.8}}
+    assert art.meta.versions["torch"] == torch.__version__
+    assert len(art.meta.weights_sha256) == 64
+    assert read_meta(path) == art.meta
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def _flip_byte(path, offset_from_end: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    path = save_artifact(tmp_path / "m.unetkit", _state(), _meta())
+    _flip_byte(path, 3)  # the tensor data sits at the end of a safetensors file
+    with pytest.raises(ArtifactError, match="weights sha256 does not match"):
+        load_artifact(path)
+
+
+def test_edited_metadata_is_refused(tmp_path):
+    path = save_artifact(tmp_path / "m.unetkit", _state(), _meta())
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    meta = json.loads(header["__metadata__"]["unetkit"])
+    meta["mean"] = [0.0]  # a silent change of normalization must not go unnoticed
+    header["__metadata__"]["unetkit"] = json.dumps(meta)
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
+    with pytest.raises(ArtifactError, match="metadata sha256 does not match"):
+        load_artifact(path)
+
+
+def test_garbage_and_missing_files_get_clear_errors(tmp_path):
+    with pytest.raises(ArtifactError, match="model artifact not found"):
+        load_artifact(tmp_path / "nope.unetkit")
+    bad = tmp_path / "bad.unetkit"
+    bad.write_bytes(os.urandom(64))
+    with pytest.raises(ArtifactError, match="not a"):
+        load_artifact(bad)
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file(_state(), str(plain))
+    with pytest.raises(ArtifactError, match="without unetkit metadata"):
+        load_artifact(plain)
+
+
+def test_update_rewrites_atomically_with_new_hashes(tmp_path):
+    path = save_artifact(tmp_path / "m.unetkit", _state(), _meta())
+    before = read_meta(path)
+    after = update_artifact(path, temperature=1.7).meta
+    assert after.temperature == 1.7 and after.meta_sha256 != before.meta_sha256
+    assert after.weights_sha256 == before.weights_sha256
+
+
+def test_crash_during_write_leaves_the_old_file(tmp_path, monkeypatch):
+    path = save_artifact(tmp_path / "m.unetkit", _state(), _meta())
+    good = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", boom)
+    with pytest.raises(OSError):
+        save_artifact(path, _state(), _meta(name="other"))
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["m.unetkit"]
+
+
+def test_meta_checks_its_own_consistency():
+    with pytest.raises(ConfigError, match="mean/std need 1 values"):
+        _meta(mean=(1.0, 2.0))
+    with pytest.raises(ConfigError, match="2 output channels"):
+        _meta(class_names=("a", "b", "c"))
+    with pytest.raises(ConfigError, match="temperature"):
+        _meta(temperature=0.0)
