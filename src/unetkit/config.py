@@ -78,6 +78,7 @@ class ModelConfig:
     norm: Literal["batch", "group", "instance", "none"] = "batch"
     act: Literal["relu", "leaky_relu", "gelu", "silu"] = "relu"
     upsample: Literal["transpose", "bilinear"] = "transpose"
+    downsample: Literal["maxpool", "strided"] = "maxpool"  # strided: a learned 2x2 stride-2 conv
     dropout: float = 0.0
     residual: bool = False
     attention: bool = False  # attention gates on the skip connections
