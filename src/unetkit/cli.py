@@ -1,0 +1,220 @@
+"""The `unetkit` command line: each command a few lines over the library.
+
+User errors (bad path, option or data) print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from unetkit.errors import UnetkitError
+
+app = typer.Typer(
+    name="unetkit",
+    help="From a folder of labelled images to a fast, calibrated U-Net segmentation model.\n\n"
+    "Typical path: unetkit validate DATA -> unetkit train DATA --budget 30m -> "
+    "unetkit evaluate MODEL DATA -> unetkit predict MODEL IMAGES --out DIR.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+BudgetOpt = Annotated[
+    Optional[str],
+    typer.Option("--budget", "--time-budget", help="Wall-clock training budget: 90s, 30m, 2h or 1h30m."),
+]
+
+
+def _echo_json(data: object, path: Optional[Path]) -> None:
+    text = json.dumps(data, indent=2, default=float)
+    if path:
+        from unetkit.data.io import write_text_atomic
+
+        write_text_atomic(path, text + "\n")
+        typer.echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------- data
+
+
+@app.command("init-dataset")
+def init_dataset(
+    data: Annotated[Path, typer.Argument(help="Data folder (images + masks, e.g. DRIVE's training/).")],
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the description (default DATA/unetkit-dataset.json).")] = None,
+) -> None:
+    """Inspect a data folder, detect its layout and classes, write a dataset description JSON."""
+    from unetkit.data.pairing import pair_samples
+    from unetkit.data.spec import detect_spec, save_spec
+    from unetkit.data.summary import dataset_summary
+
+    spec = detect_spec(data)
+    samples = pair_samples(spec)
+    typer.echo(dataset_summary(spec, samples))
+    target = out or Path(data) / "unetkit-dataset.json"
+    save_spec(spec, target)
+    typer.echo(f"wrote {target} (edit class names, colours or patterns there)")
+
+
+@app.command()
+def validate(
+    data: Annotated[Path, typer.Argument(help="Data folder, dataset description JSON or manifest CSV/JSON.")],
+) -> None:
+    """Check every image/mask pair and report each bad file with what is wrong."""
+    from unetkit.data.pairing import pair_samples
+    from unetkit.data.spec import load_spec
+    from unetkit.data.validate import validate as run_validate
+
+    spec = load_spec(data)
+    report = run_validate(spec, pair_samples(spec))
+    typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- models
+
+
+@app.command()
+def models(
+    size: Annotated[int, typer.Option(help="Input size for the GFLOPs column.")] = 512,
+    in_channels: Annotated[int, typer.Option(help="Input channels.")] = 3,
+    classes: Annotated[int, typer.Option(help="Output classes.")] = 2,
+) -> None:
+    """List the U-Net family: name, parameters and GFLOPs at SIZE x SIZE."""
+    from unetkit.models.factory import models_table
+
+    rows = models_table(in_channels=in_channels, out_channels=classes, size=size)
+    typer.echo(f"{'name':<20}{'params':>12}{f'GFLOPs@{size}':>16}  description")
+    for r in rows:
+        typer.echo(f"{r['name']:<20}{r['params'] / 1e6:>11.2f}M{r['gflops']:>16.1f}  {r.get('description', '')}")
+
+
+# ---------------------------------------------------------------- training
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Argument(help="Data folder, dataset description JSON or manifest.")],
+    budget: BudgetOpt = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (ignored with --budget, which plans them).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TrainConfig JSON; flags override it.")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Model preset, see `unetkit models`.")] = None,
+    patch: Annotated[Optional[int], typer.Option(help="Square patch size.")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Global batch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    val_keys: Annotated[Optional[str], typer.Option(help="Comma-separated sample keys to validate on.")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction held out for validation.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run folder (checkpoints, log, model.unetkit).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    nproc: Annotated[int, typer.Option(help="Data-parallel processes on this node (torchrun, gloo on CPU).")] = 1,
+    skip_bad: Annotated[bool, typer.Option(help="Train on the good files when validation finds bad ones.")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    tensorboard: Annotated[bool, typer.Option(help="Also log to TensorBoard in the run folder.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Train a U-Net on DATA and write a model artifact (OUT/model.unetkit)."""
+    from unetkit.training.setup import build_train_config
+
+    cfg = build_train_config(
+        data=data, budget=budget, steps=steps, config_file=config, arch=arch, patch=patch, batch=batch, lr=lr,
+        val_keys=val_keys, val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad,
+        seed=seed, tensorboard=tensorboard, progress=not quiet,
+    )
+    if nproc > 1:
+        from unetkit.training.distributed import launch
+
+        path = launch(cfg, nproc)
+    else:
+        from unetkit.training.fit import fit
+
+        path = fit(cfg)
+    typer.echo(f"model artifact: {path}")
+
+
+# ---------------------------------------------------------------- inference and evaluation
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Model artifact (model.unetkit).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("predictions"),
+    colour: Annotated[bool, typer.Option("--colour/--index", help="Colour PNG masks instead of class-index PNGs.")] = False,
+    probabilities: Annotated[bool, typer.Option(help="Also write float32 probability TIFFs (K,H,W).")] = False,
+    overlay: Annotated[bool, typer.Option(help="Also write overlays of the mask on the image.")] = False,
+    tile: Annotated[Optional[int], typer.Option(help="Tile size (default: the model's patch size).")] = None,
+    overlap: Annotated[float, typer.Option(help="Tile overlap fraction.")] = 0.25,
+    tta: Annotated[bool, typer.Option(help="Average flips and rotations (about 8x slower).")] = False,
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+) -> None:
+    """Segment images of any size (overlap-tile with Gaussian blending)."""
+    from unetkit.config import TileConfig
+    from unetkit.inference.files import predict_files
+
+    tile_cfg = TileConfig(tile_size=(tile, tile) if tile else (), overlap=overlap, tta=tta)
+    written = predict_files(model, inputs, out, tile_cfg, colour=colour, probabilities=probabilities,
+                            overlays=overlay, backend=backend)
+    typer.echo(f"wrote {len(written)} files to {out}/")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Model artifact.")],
+    data: Annotated[str, typer.Argument(help="Labelled data: folder, dataset description or manifest.")],
+    keys: Annotated[Optional[str], typer.Option(help="Only these comma-separated sample keys.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all metrics as JSON here.")] = None,
+    tile: Annotated[Optional[int], typer.Option(help="Tile size (default: the model's patch size).")] = None,
+    overlap: Annotated[float, typer.Option(help="Tile overlap fraction.")] = 0.25,
+    tta: Annotated[bool, typer.Option(help="Test-time augmentation.")] = False,
+) -> None:
+    """Per-class IoU, mIoU, Dice, accuracy, precision and recall on labelled data (ROI honoured)."""
+    from unetkit.config import TileConfig
+    from unetkit.metrics.evaluate import evaluate_model, format_table
+
+    tile_cfg = TileConfig(tile_size=(tile, tile) if tile else (), overlap=overlap, tta=tta)
+    result = evaluate_model(model, data, tile_cfg, keys=keys.split(",") if keys else None)
+    typer.echo(format_table(result))
+    _echo_json(result, json_out)
+
+
+@app.command()
+def info(model: Annotated[Path, typer.Argument(help="Model artifact.")]) -> None:
+    """Print a model artifact's metadata (verified)."""
+    from unetkit.artifact import load_artifact
+
+    art = load_artifact(model)
+    from unetkit.config import to_dict
+
+    typer.echo(json.dumps(to_dict(art.meta), indent=2))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-output"),
+    seconds: Annotated[float, typer.Option(help="Training budget in seconds.")] = 60.0,
+) -> None:
+    """Train on a built-in synthetic data set for about a minute, predict, score, write overlays."""
+    from unetkit.demo import run_demo
+
+    run_demo(out, seconds)
+
+
+def main() -> None:
+    try:
+        app()
+    except UnetkitError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

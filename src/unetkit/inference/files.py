@@ -1,0 +1,103 @@
+"""Segment image files with a model artifact and write masks, overlays and probability maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from unetkit.artifact import Artifact, load_artifact
+from unetkit.config import TileConfig
+from unetkit.errors import InputError, UnetkitError
+from unetkit.inference.outputs import colorize, overlay
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp"}
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
+    """Files and folders -> (file, output stem relative to the out folder), sorted, names unique."""
+    found: list[tuple[Path, Path]] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not files:
+                raise InputError(f"{item}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            found += [(p, p.relative_to(item).with_suffix("")) for p in files]
+        elif item.is_file():
+            found.append((item, Path(item.stem)))
+        else:
+            raise InputError(f"{item}: no such file or folder")
+    seen: dict[Path, Path] = {}
+    for path, stem in found:
+        if stem in seen:
+            raise InputError(f"{path} and {seen[stem]} would write the same output name '{stem}'; predict them separately")
+        seen[stem] = path
+    return found
+
+
+def tile_config_for(artifact: Artifact, config: TileConfig) -> TileConfig:
+    """Fill the artifact's patch size in when the tile size is left open."""
+    return config if config.tile_size else replace(config, tile_size=tuple(artifact.meta.patch_size))
+
+
+def labels_from_probabilities(probabilities: np.ndarray, artifact: Artifact) -> np.ndarray:
+    """Arg-max, or the artifact's tuned postprocessing when it has one."""
+    if artifact.meta.postprocess:
+        from unetkit.inference.postprocess import apply_postprocess
+
+        return apply_postprocess(probabilities, artifact.meta.postprocess)
+    return probabilities.argmax(axis=0).astype(np.uint8)
+
+
+def predict_files(
+    model: str | Path | Artifact,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    config: TileConfig = TileConfig(),
+    *,
+    colour: bool = False,
+    probabilities: bool = False,
+    overlays: bool = False,
+    backend: str = "auto",
+    progress: bool = True,
+) -> list[Path]:
+    """Write `<stem>_mask.png` (+ `_overlay.png`, `_prob.tif`) for each input; returns the files written.
+
+    A bad input file does not stop the others; they are all reported at the end.
+    """
+    from tqdm import tqdm
+
+    from unetkit.data.io import read_image, write_png, write_tiff
+    from unetkit.inference.backends import make_predictor
+    from unetkit.inference.predict import predict_tiled
+
+    artifact = model if isinstance(model, Artifact) else load_artifact(model)
+    files = collect_inputs(inputs)
+    predictor = make_predictor(artifact, backend=backend)
+    tile = tile_config_for(artifact, config)
+    colors = artifact.meta.colors()
+    out = Path(out_dir)
+    written: list[Path] = []
+    failed: list[str] = []
+    for path, stem in tqdm(files, desc="predict", unit="img", disable=not progress or len(files) < 2):
+        try:
+            image = read_image(path)
+            probs = predict_tiled(predictor, image, tile)
+        except UnetkitError as e:
+            failed.append(str(e))
+            continue
+        labels = labels_from_probabilities(probs, artifact)
+        target = out / stem
+        target.parent.mkdir(parents=True, exist_ok=True)
+        mask_file = target.with_name(target.name + "_mask.png")
+        write_png(mask_file, colorize(labels, colors) if colour else labels)
+        written.append(mask_file)
+        if overlays:
+            written.append(write_png(target.with_name(target.name + "_overlay.png"), overlay(image, labels, colors)))
+        if probabilities:
+            written.append(write_tiff(target.with_name(target.name + "_prob.tif"), probs.astype(np.float32)))
+    if failed:
+        raise InputError(f"{len(failed)} of {len(files)} inputs failed (the others were written to {out}): " + "; ".join(failed))
+    return written
