@@ -1,0 +1,259 @@
+"""Read and write images and masks as published (PNG, JPEG, TIFF, GIF, BMP), numpy only.
+
+- `read_image(path) -> (C, H, W) float32` in the file's own units (0-255, 0-65535, floats as stored).
+  An alpha channel (RGBA, LA) is dropped; palette images are expanded to RGB.
+- `read_mask(path) -> (H, W)` raw values (palette indices for P-mode, gray values for L) or
+  `(H, W, 3) uint8` for colour-coded masks. Palettes are never converted to colours.
+- `write_png`, `write_tiff`: atomic (temporary name in the same folder, then `os.replace`).
+
+TIFF goes through tifffile (16-bit, multi-channel, LZW via imagecodecs), with Pillow as fallback.
+Every failure is a `DataError` naming the file and what is wrong. `max_pixels` guards against
+decompression bombs: the size is read from the header before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from unetkit.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".bmp")
+TIFF_SUFFIXES = (".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 100_000_000  # below Pillow's own bomb threshold, so our message is the one users see
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES and not Path(path).name.startswith(".")
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An image as `(C, H, W)` float32 in the file's own intensity units."""
+    path = Path(path)
+    array = _read(path, max_pixels, _pillow_image_array)
+    if array.ndim == 2:
+        array = array[None]
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def read_mask(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Raw mask values: `(H, W)` integers, or `(H, W, 3) uint8` for a colour-coded mask."""
+    path = Path(path)
+    array = _read(path, max_pixels, _pillow_mask_array)
+    if array.ndim == 3:
+        array = np.moveaxis(array, 0, -1)  # (C, H, W) -> (H, W, C)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        if array.dtype != np.uint8:
+            raise DataError(f"{path}: colour mask has dtype {array.dtype}; expected 8-bit RGB")
+        array = array[..., :3]
+    elif array.ndim != 2:
+        raise DataError(f"{path}: mask has shape {array.shape}; expected (H, W) values or (H, W, 3) colours")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)) or array.min() < 0:
+            raise DataError(f"{path}: mask holds non-integer values; expected class values")
+        array = array.astype(np.uint16 if array.max() > 255 else np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def read_palette(path: str | Path) -> np.ndarray | None:
+    """The `(N, 3)` uint8 palette of a P-mode image, or None when the file has no palette."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "PA"):
+                return None
+            palette = im.getpalette() or []
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    return np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """`(H, W)` from the file header, without decoding the pixels."""
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages.first
+                return int(page.imagelength), int(page.imagewidth)
+        except Exception:  # noqa: BLE001 - fall back to Pillow below
+            pass
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the image header ({e})") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_png(path: str | Path, array: np.ndarray, palette: np.ndarray | None = None) -> Path:
+    """Write an index mask `(H, W)` (uint8/uint16; with `palette` an `(N, 3)` colour table: a
+    P-mode PNG) or a colour image `(H, W, 3|4)` uint8. Atomic."""
+    path = Path(path)
+    array = np.asarray(array)
+    if array.ndim == 2 and array.dtype == np.uint8:
+        im = Image.fromarray(array, "P" if palette is not None else "L")
+        if palette is not None:
+            im.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
+    elif array.ndim == 2 and array.dtype == np.uint16 and palette is None:
+        im = Image.fromarray(array)
+    elif array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8 and palette is None:
+        im = Image.fromarray(array, "RGB" if array.shape[-1] == 3 else "RGBA")
+    else:
+        raise DataError(
+            f"{path}: cannot write {array.dtype} array of shape {array.shape} as PNG; expected (H, W) "
+            "uint8/uint16, (H, W) uint8 with a palette, or (H, W, 3|4) uint8"
+        )
+    return _atomic(path, lambda tmp: im.save(tmp, format="PNG"))
+
+
+def write_tiff(path: str | Path, array: np.ndarray, compression: str | None = "zlib") -> Path:
+    """Write `(H, W)`, `(H, W, 3)` RGB or `(C, H, W)` planar (e.g. float32 probabilities). Atomic."""
+    path = Path(path)
+    array = np.asarray(array)
+    if array.ndim not in (2, 3):
+        raise DataError(f"{path}: cannot write an array of shape {array.shape} as TIFF; expected 2-D or 3-D")
+    rgb = array.ndim == 3 and array.shape[-1] == 3 and array.dtype in (np.uint8, np.uint16)
+    photometric = "rgb" if rgb else "minisblack"
+    planar = None if array.ndim == 2 or rgb else "separate"
+    return _atomic(
+        path,
+        lambda tmp: tifffile.imwrite(
+            tmp, array, photometric=photometric, planarconfig=planar, compression=compression
+        ),
+    )
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a small text file (JSON, CSV) atomically."""
+    return _atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _atomic(path: Path, save: Callable[[str], object]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _read(path: Path, max_pixels: int, pillow_array: Callable[[Path, Image.Image], np.ndarray]) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    errors = []
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        try:
+            return _tifffile_array(path, max_pixels)
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any decoder failure: try Pillow, report both
+            errors.append(f"tifffile: {e}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # bombs are checked below; corrupt files raise
+            with Image.open(path) as im:
+                _check_pixels(path, im.height, im.width, max_pixels)
+                return pillow_array(path, im)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: refused as a possible decompression bomb ({e})") from None
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types for corrupt files
+        errors.append(f"Pillow: {e}" if errors else str(e))
+    raise DataError(f"{path}: unreadable or corrupt image ({'; '.join(errors)})")
+
+
+def _check_pixels(path: Path, height: int, width: int, max_pixels: int) -> None:
+    if height * width > max_pixels:
+        raise DataError(
+            f"{path}: {width}x{height} = {height * width:,} pixels exceeds the limit of {max_pixels:,} "
+            "(a guard against decompression bombs); raise max_pixels to read larger images"
+        )
+
+
+def _tifffile_array(path: Path, max_pixels: int) -> np.ndarray:
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        sizes = dict(zip(series.axes, series.shape))
+        _check_pixels(path, sizes.get("Y", 1), sizes.get("X", 1), max_pixels)
+        array = series.asarray()
+    keep = [i for i, a in enumerate(series.axes) if a in "YX" or array.shape[i] != 1]
+    axes = "".join(series.axes[i] for i in keep)
+    array = array.reshape([array.shape[i] for i in keep])
+    if axes == "YX" or (len(axes) == 3 and axes.endswith("YX")):
+        return array  # (H, W) or (C, H, W): pages or planar samples are channels
+    if len(axes) == 3 and axes.startswith("YX"):
+        return np.moveaxis(array, -1, 0)  # (H, W, S) contiguous samples
+    raise DataError(f"{path}: TIFF with axes {series.axes} and shape {series.shape}; expected a 2-D image")
+
+
+def _pillow_image_array(path: Path, im: Image.Image) -> np.ndarray:
+    if im.format == "PNG" and im.mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
+        import imagecodecs
+
+        return np.moveaxis(imagecodecs.png_decode(path.read_bytes())[..., :3], -1, 0)  # 16-bit RGB
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGB")
+    elif im.mode in ("RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    elif im.mode == "LA":
+        im = im.convert("L")
+    return _channels_first(np.asarray(im))
+
+
+def _pillow_mask_array(path: Path, im: Image.Image) -> np.ndarray:
+    if im.mode == "PA":
+        im = im.convert("P")
+    elif im.mode == "LA":
+        im = im.convert("L")
+    elif im.mode in ("RGBA", "CMYK", "YCbCr"):
+        im = im.convert("RGB")
+    array = np.asarray(im)
+    if array.dtype.kind == "i" and array.min() >= 0 and array.max() <= 65535:
+        array = array.astype(np.uint16)
+    return _channels_first(array)
+
+
+def _channels_first(array: np.ndarray) -> np.ndarray:
+    return np.moveaxis(array, -1, 0) if array.ndim == 3 else array
+
+
+def _png_bit_depth(path: Path) -> int:
+    with open(path, "rb") as f:
+        header = f.read(25)
+    return header[24] if len(header) == 25 and header[12:16] == b"IHDR" else 8

@@ -1,0 +1,105 @@
+"""Manifests: an explicit list of (image, mask, roi) files, as CSV or JSON.
+
+CSV: a header with `image`, `mask` and optionally `roi` and `key` columns. JSON: a list of objects
+with the same keys, or `{"samples": [...]}`. Relative paths are relative to the manifest's folder.
+Without a `key`, the key is the image file's stem (its path without suffix when stems repeat).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from unetkit.errors import DataError
+
+COLUMNS = ("image", "mask", "roi", "key")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    key: str
+    image: Path
+    mask: Path
+    roi: Path | None
+
+
+def read_manifest(path: str | Path) -> list[ManifestRow]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found")
+    records = _csv_records(path) if path.suffix.lower() == ".csv" else _json_records(path)
+    rows = [_row(path, i, record) for i, record in enumerate(records)]
+    stems = Counter(r.image.stem for r in rows)
+    rows = [
+        r if r.key else ManifestRow(_default_key(path, r.image, stems), r.image, r.mask, r.roi) for r in rows
+    ]
+    repeated = [k for k, n in Counter(r.key for r in rows).items() if n > 1]
+    if repeated:
+        raise DataError(f"{path}: key {repeated[0]!r} appears more than once; keys must be unique")
+    return rows
+
+
+def _csv_records(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            records = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read the manifest ({e})") from None
+    for column in ("image", "mask"):
+        if column not in header:
+            raise DataError(f"{path}: missing column '{column}'; expected a header with image, mask[, roi, key]")
+    unknown = [c for c in header if c not in COLUMNS]
+    if unknown:
+        raise DataError(f"{path}: unknown column '{unknown[0]}'; expected image, mask, roi, key")
+    return records
+
+
+def _json_records(path: Path) -> list[dict]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the manifest ({e})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(data, dict) and set(data) == {"samples"}:
+        data = data["samples"]
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise DataError(f"{path}: expected a list of {{image, mask, roi}} objects or {{\"samples\": [...]}}")
+    return data
+
+
+def _row(path: Path, index: int, record: dict) -> ManifestRow:
+    where = f"{path}: row {index + 1}"
+    unknown = [k for k in record if k not in COLUMNS]
+    if unknown:
+        raise DataError(f"{where}: unknown key '{unknown[0]}'; expected image, mask, roi, key")
+    values = {}
+    for key in COLUMNS:
+        value = record.get(key) or ""
+        if not isinstance(value, str):
+            raise DataError(f"{where}: {key}: expected a path string, got {value!r}")
+        values[key] = value.strip()
+    for key in ("image", "mask"):
+        if not values[key]:
+            raise DataError(f"{where}: {key} is empty; every row needs an image and a mask")
+    base = path.parent
+    return ManifestRow(
+        key=values["key"],
+        image=base / values["image"],
+        mask=base / values["mask"],
+        roi=base / values["roi"] if values["roi"] else None,
+    )
+
+
+def _default_key(path: Path, image: Path, stems: Counter) -> str:
+    if stems[image.stem] == 1:
+        return image.stem
+    try:
+        return image.relative_to(path.parent).with_suffix("").as_posix()
+    except ValueError:
+        return image.with_suffix("").as_posix()

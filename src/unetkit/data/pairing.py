@@ -1,0 +1,59 @@
+"""Pair each image with its mask (and region-of-interest mask) by key.
+
+`pair_samples(spec)` lists every key found in the image or mask folder; a partner that does not
+exist keeps its expected path, so `validate` can say which file is missing and where it was looked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from unetkit.data.layout import glob_template, template_path
+from unetkit.data.manifest import read_manifest
+from unetkit.data.spec import DatasetSpec
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: str
+    image: Path
+    mask: Path
+    roi: Path | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.image.is_file() and self.mask.is_file() and (self.roi is None or self.roi.is_file())
+
+
+def pair_samples(spec: DatasetSpec) -> list[Sample]:
+    """All samples of the data set, sorted by key (numeric keys in numeric order)."""
+    if spec.manifest:
+        rows = read_manifest(spec.manifest)
+        return sorted((Sample(r.key, r.image, r.mask, r.roi) for r in rows), key=lambda s: _order(s.key))
+    root = Path(spec.root)
+    images = glob_template(root, spec.images)
+    masks = glob_template(root, spec.masks)
+    samples = []
+    for key in sorted(images.keys() | masks.keys(), key=_order):
+        image = images[key][0] if key in images else template_path(root, spec.images, key)
+        mask = masks[key][0] if key in masks else template_path(root, spec.masks, key)
+        roi = template_path(root, spec.roi, key) if spec.roi else None
+        samples.append(Sample(key, image, mask, roi))
+    return samples
+
+
+def ambiguous_files(spec: DatasetSpec) -> dict[str, list[Path]]:
+    """Keys matching several files (only possible with `.*` templates): key -> files."""
+    if spec.manifest:
+        return {}
+    root = Path(spec.root)
+    found: dict[str, list[Path]] = {}
+    for template in (spec.images, spec.masks, spec.roi):
+        if template:
+            found |= {k: v for k, v in glob_template(root, template).items() if len(v) > 1}
+    return found
+
+
+def _order(key: str) -> tuple:
+    return (0, int(key), key) if key.isdigit() else (1, 0, key)

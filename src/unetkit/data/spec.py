@@ -1,0 +1,351 @@
+"""What a data set is: where its files are and what its mask values mean.
+
+`DatasetSpec` holds path templates (`training/images/{key}_training.tif`) relative to `root`, the
+classes in index order (`classes[i].value` is the raw mask value or RGB colour of class `i`) and the
+raw values to ignore. `detect_spec(root)` infers one from a folder; `save_spec`/`load_spec` keep it
+as `unetkit-dataset.json`; `decode_mask(raw, spec)` turns a raw mask into a label map.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from unetkit.data.io import read_mask, read_palette, write_text
+from unetkit.data.layout import KEY, image_files, match_folders
+from unetkit.data.manifest import read_manifest
+from unetkit.errors import DataError
+
+IGNORE_INDEX = 255
+SPEC_FILENAME = "unetkit-dataset.json"
+SPEC_FORMAT = "unetkit-dataset"
+MAX_CLASSES = 64  # more distinct values than this is an image or an instance map, not a class mask
+
+Value = int | tuple[int, int, int]
+
+_IMAGE_DIRS = ("images", "image", "imgs", "img", "inputs", "input", "raw")
+_LABEL_TOKENS = ("label", "manual", "gt", "annot", "seg", "truth", "target")
+_ROI_TOKENS = ("roi", "fov", "mask")
+_SPLIT_DIRS = ("train", "training")
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    name: str
+    value: Value  # gray/palette value, or an (r, g, b) colour for colour-coded masks
+    color: tuple[int, int, int] | None = None  # for display
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    root: str
+    images: str = ""  # template relative to root, with {key}; empty when a manifest lists the files
+    masks: str = ""
+    roi: str = ""  # empty: no region-of-interest masks
+    classes: tuple[ClassInfo, ...] = ()
+    ignore_values: tuple[Value, ...] = ()
+    manifest: str = ""  # a CSV/JSON list of files instead of templates
+
+    def __post_init__(self) -> None:
+        if not self.manifest:
+            for name in ("images", "masks") + (("roi",) if self.roi else ()):
+                if KEY not in getattr(self, name):
+                    raise DataError(f"dataset {name} template {getattr(self, name)!r} has no {KEY} placeholder")
+        if not 1 <= len(self.classes) <= IGNORE_INDEX:
+            raise DataError(f"dataset has {len(self.classes)} classes; expected 1 to {IGNORE_INDEX}")
+        values = [c.value for c in self.classes] + list(self.ignore_values)
+        if len(set(values)) != len(values):
+            raise DataError(f"dataset class/ignore values repeat: {values}; each value means one thing")
+        if len({isinstance(v, tuple) for v in values}) > 1:
+            raise DataError("dataset mixes gray values and RGB colours; use one kind of mask value")
+
+    @property
+    def colour_coded(self) -> bool:
+        return isinstance(self.classes[0].value, tuple)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def describe(self) -> str:
+        """A few printable lines (for `unetkit init-dataset`)."""
+        where = f"manifest {self.manifest}" if self.manifest else f"images {self.images}\n  masks  {self.masks}"
+        lines = [f"data set at {self.root}", f"  {where}"]
+        if self.roi:
+            lines.append(f"  roi    {self.roi} (pixels outside are ignored)")
+        lines += [f"  class {i}: {c.name} = {_fmt(c.value)}" for i, c in enumerate(self.classes)]
+        if self.ignore_values:
+            lines.append(f"  ignored values: {', '.join(_fmt(v) for v in self.ignore_values)}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- masks -> labels
+
+
+def decode_mask(raw: np.ndarray, spec: DatasetSpec, path: str | Path = "mask") -> np.ndarray:
+    """Raw mask values (or colours) -> `(H, W)` uint8 class indices; ignore values -> 255."""
+    if (raw.ndim == 3) != spec.colour_coded:
+        kind = "an RGB colour mask" if raw.ndim == 3 else "a gray/palette mask"
+        want = "RGB colours" if spec.colour_coded else "gray/palette values"
+        raise DataError(f"{path}: is {kind} but the dataset classes are {want}")
+    codes = _codes(raw)
+    known = np.array([_code(c.value) for c in spec.classes] + [_code(v) for v in spec.ignore_values])
+    index = np.array(list(range(len(spec.classes))) + [IGNORE_INDEX] * len(spec.ignore_values), np.uint8)
+    order = np.argsort(known)
+    pos = np.minimum(np.searchsorted(known[order], codes), len(known) - 1)
+    hit = known[order][pos] == codes
+    if not hit.all():
+        unexpected = [_fmt(_value(c, spec.colour_coded)) for c in np.unique(codes[~hit])[:10]]
+        hint = " (JPEG is lossy: store masks as PNG)" if Path(path).suffix.lower() in (".jpg", ".jpeg") else ""
+        raise DataError(
+            f"{path}: unexpected mask values {', '.join(unexpected)}{hint}; expected "
+            f"{', '.join(f'{_fmt(c.value)} ({c.name})' for c in spec.classes)}"
+            + (f" or ignored {', '.join(_fmt(v) for v in spec.ignore_values)}" if spec.ignore_values else "")
+            + f"; add them to classes or ignore_values in {SPEC_FILENAME}"
+        )
+    return index[order][pos]
+
+
+def roi_inside(raw: np.ndarray) -> np.ndarray:
+    """A region-of-interest mask as booleans: any non-zero value (or colour) is inside."""
+    return raw.any(axis=-1) if raw.ndim == 3 else raw > 0
+
+
+def _codes(raw: np.ndarray) -> np.ndarray:
+    if raw.ndim == 3:
+        rgb = raw.astype(np.int64)
+        return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    return raw.astype(np.int64)
+
+
+def _code(value: Value) -> int:
+    return (value[0] << 16) | (value[1] << 8) | value[2] if isinstance(value, tuple) else int(value)
+
+
+def _value(code: int, colour: bool) -> Value:
+    code = int(code)
+    return ((code >> 16) & 255, (code >> 8) & 255, code & 255) if colour else code
+
+
+def _fmt(value: Value) -> str:
+    return f"({value[0]}, {value[1]}, {value[2]})" if isinstance(value, tuple) else str(value)
+
+
+# ---------------------------------------------------------------- detection
+
+
+def detect_spec(root: str | Path) -> DatasetSpec:
+    """Infer the layout and classes of a data folder (see the module docstring of `layout`)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder; give a data folder, a dataset JSON or a manifest CSV")
+    base = _find_base(root)
+    folders = [d for d in sorted(base.iterdir()) if d.is_dir() and image_files(d)]
+    image_dir = next((d for name in _IMAGE_DIRS for d in folders if d.name.lower() == name), None)
+    if image_dir is None:
+        raise DataError(f"{base}: no image folder (looked for {', '.join(_IMAGE_DIRS)})")
+    others = [d for d in folders if d != image_dir]
+    labels = [d for d in others if any(t in d.name.lower() for t in _LABEL_TOKENS)]
+    rois = [d for d in others if d not in labels and any(t in d.name.lower() for t in _ROI_TOKENS)]
+    if not labels:  # a lone "masks" folder holds the labels
+        labels, rois = rois[:1], []
+    if not labels:
+        raise DataError(
+            f"{base}: no mask folder next to {image_dir.name}/ (looked for names containing "
+            f"{', '.join(_LABEL_TOKENS + _ROI_TOKENS)}); found {[d.name for d in others]}"
+        )
+    scored = [match_folders(image_dir, d) + (d,) for d in labels]
+    image_t, mask_t, pairs, strip, mask_dir = max(scored, key=lambda s: (s[2], "1st" in s[4].name))
+    if pairs == 0:
+        raise DataError(
+            f"{base}: no file in {image_dir.name}/ pairs with one in {mask_dir.name}/ by name; "
+            f"write a manifest CSV with image,mask columns"
+        )
+    roi_t, roi_dir = "", None
+    for d in rois:
+        _, t, n, _ = match_folders(image_dir, d, modes=(strip,))
+        if n > 0:
+            roi_t, roi_dir = t, d
+            break
+
+    def rel(folder: Path, template: str) -> str:
+        return f"{folder.relative_to(root).as_posix()}/{template}"
+
+    classes, ignore = detect_classes(image_files(mask_dir))
+    return DatasetSpec(
+        root=str(root),
+        images=rel(image_dir, image_t),
+        masks=rel(mask_dir, mask_t),
+        roi=rel(roi_dir, roi_t) if roi_dir else "",
+        classes=classes,
+        ignore_values=ignore,
+    )
+
+
+def _find_base(root: Path) -> Path:
+    names = {d.name.lower(): d for d in root.iterdir() if d.is_dir()}
+    if any(n in names for n in _IMAGE_DIRS):
+        return root
+    for split in _SPLIT_DIRS:
+        if split in names and any((names[split] / n).is_dir() for n in _IMAGE_DIRS):
+            return names[split]
+    raise DataError(
+        f"{root}: found no images/ folder (or a train/ or training/ folder holding one); "
+        f"subfolders: {sorted(names) or 'none'}. Write a manifest CSV with image,mask[,roi] columns"
+    )
+
+
+def detect_classes(mask_paths: Sequence[Path]) -> tuple[tuple[ClassInfo, ...], tuple[Value, ...]]:
+    """Classes and ignore values from the values present in the masks."""
+    if not mask_paths:
+        raise DataError("no mask files to detect the classes from")
+    values: set[Value] = set()
+    kinds, palette = set(), None
+    for path in mask_paths:
+        raw = read_mask(path)
+        kinds.add(raw.ndim)
+        if raw.ndim == 3:
+            values |= {_value(c, True) for c in np.unique(_codes(raw))}
+        else:
+            values |= {int(v) for v in np.unique(raw)}
+            palette = palette if palette is not None else read_palette(path)
+        if len(kinds) > 1:
+            raise DataError(f"{path}: mixes colour and gray masks in one data set; convert them to one kind")
+        if len(values) > MAX_CLASSES:
+            raise DataError(
+                f"{path}: masks hold more than {MAX_CLASSES} distinct values; expected a few class values "
+                "(is this an image, an instance map or a lossy JPEG?). List the classes in " + SPEC_FILENAME
+            )
+    ordered = sorted(values)
+    if 3 in kinds:
+        return tuple(
+            ClassInfo("background" if v == (0, 0, 0) else f"class_{i}", v, v) for i, v in enumerate(ordered)
+        ), ()
+    ignore: tuple[Value, ...] = ()
+    if len(ordered) >= 3 and ordered[-1] == 255 and ordered[-2] < 128:  # VOC style: 255 = boundary/void
+        ignore, ordered = (255,), ordered[:-1]
+
+    def color(v: int) -> tuple[int, int, int] | None:
+        return tuple(int(x) for x in palette[v]) if palette is not None and v < len(palette) else None
+
+    if len(ordered) == 2 and ordered[0] == 0:
+        names = ["background", "foreground"]
+    else:
+        names = ["background" if v == 0 else f"class_{v}" for v in ordered]
+    return tuple(ClassInfo(n, v, color(v)) for n, v in zip(names, ordered)), ignore
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def save_spec(spec: DatasetSpec, path: str | Path) -> Path:
+    """Write `spec` as JSON; `root` is stored relative to the JSON file's folder."""
+    path = Path(path)
+    data = {
+        "format": SPEC_FORMAT,
+        "version": 1,
+        "root": _relative(spec.root, path.parent),
+        "images": spec.images,
+        "masks": spec.masks,
+        "roi": spec.roi,
+        "manifest": _relative(spec.manifest, path.parent) if spec.manifest else "",
+        "classes": [{"name": c.name, "value": c.value, "color": c.color} for c in spec.classes],
+        "ignore_values": list(spec.ignore_values),
+    }
+    return write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def load_spec(path: str | Path) -> DatasetSpec:
+    """A spec JSON, a data folder (its `unetkit-dataset.json`, else detected) or a manifest CSV/JSON."""
+    path = Path(path)
+    if path.is_dir():
+        return load_spec(path / SPEC_FILENAME) if (path / SPEC_FILENAME).is_file() else detect_spec(path)
+    if not path.is_file():
+        raise DataError(f"{path}: not found; expected a data folder, a dataset JSON or a manifest CSV")
+    if path.suffix.lower() == ".csv":
+        return _manifest_spec(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict) or data.get("format") != SPEC_FORMAT:
+        return _manifest_spec(path)
+    return _spec_from_json(path, data)
+
+
+def _manifest_spec(path: Path) -> DatasetSpec:
+    rows = read_manifest(path)
+    classes, ignore = detect_classes([r.mask for r in rows])
+    return DatasetSpec(root=str(path.parent), classes=classes, ignore_values=ignore, manifest=str(path))
+
+
+_FIELDS = {"format", "version", "root", "images", "masks", "roi", "manifest", "classes", "ignore_values"}
+
+
+def _spec_from_json(path: Path, data: dict) -> DatasetSpec:
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise DataError(f"{path}: unknown key '{unknown[0]}'; expected one of {sorted(_FIELDS)}")
+    if data.get("version") != 1:
+        raise DataError(f"{path}: version: expected 1, got {data.get('version')!r}")
+    text = {k: _string(path, k, data.get(k, "")) for k in ("root", "images", "masks", "roi", "manifest")}
+    classes = data.get("classes")
+    if not isinstance(classes, list) or not classes:
+        raise DataError(f"{path}: classes: expected a non-empty list of {{name, value, color}}")
+    infos = []
+    for i, c in enumerate(classes):
+        where = f"classes[{i}]"
+        if not isinstance(c, dict) or set(c) - {"name", "value", "color"} or not {"name", "value"} <= set(c):
+            raise DataError(f"{path}: {where}: expected {{name, value[, color]}}, got {c!r}")
+        color = None if c.get("color") is None else _rgb(path, f"{where}.color", c["color"])
+        name = _string(path, f"{where}.name", c["name"])
+        infos.append(ClassInfo(name, _mask_value(path, f"{where}.value", c["value"]), color))
+    ignore = data.get("ignore_values", [])
+    if not isinstance(ignore, list):
+        raise DataError(f"{path}: ignore_values: expected a list, got {ignore!r}")
+    root = Path(text.pop("root") or ".")
+    if text["manifest"]:
+        text["manifest"] = str(path.parent / text["manifest"])
+    return DatasetSpec(
+        root=str(root if root.is_absolute() else path.parent / root),
+        classes=tuple(infos),
+        ignore_values=tuple(_mask_value(path, f"ignore_values[{i}]", v) for i, v in enumerate(ignore)),
+        **text,
+    )
+
+
+def _string(path: Path, key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{path}: {key}: expected a string, got {value!r}")
+    return value
+
+
+def _mask_value(path: Path, key: str, value: object) -> Value:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535:
+        return value
+    if isinstance(value, list):
+        return _rgb(path, key, value)
+    raise DataError(f"{path}: {key}: expected an integer 0-65535 or [r, g, b], got {value!r}")
+
+
+def _rgb(path: Path, key: str, value: object) -> tuple[int, int, int]:
+    ok = isinstance(value, list) and len(value) == 3
+    ok = ok and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 255 for x in value)
+    if not ok:
+        raise DataError(f"{path}: {key}: expected [r, g, b] with values 0-255, got {value!r}")
+    return (value[0], value[1], value[2])
+
+
+def _relative(target: str | Path, start: Path) -> str:
+    """`target` relative to `start` when on the same drive, else absolute."""
+    try:
+        return Path(os.path.relpath(Path(target).absolute(), start.absolute())).as_posix()
+    except ValueError:
+        return str(Path(target).absolute())
