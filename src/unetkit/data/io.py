@@ -209,7 +209,7 @@ def _check_pixels(path: Path, height: int, width: int, max_pixels: int) -> None:
 def _tifffile_array(path: Path, max_pixels: int) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        sizes = dict(zip(series.axes, series.shape))
+        sizes = dict(zip(series.axes, series.shape, strict=True))
         _check_pixels(path, sizes.get("Y", 1), sizes.get("X", 1), max_pixels)
         array = series.asarray()
     keep = [i for i, a in enumerate(series.axes) if a in "YX" or array.shape[i] != 1]

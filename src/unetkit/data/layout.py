@@ -79,7 +79,7 @@ def folder_keys(folder: Path, strip: bool) -> tuple[str, dict[str, Path]]:
         files = [p for p in files if p.suffix == ext]
     stems = [p.stem for p in files]
     prefix, suffix = common_affixes(stems) if strip else ("", "")
-    keys = {s[len(prefix) : len(s) - len(suffix)]: p for s, p in zip(stems, files)}
+    keys = {s[len(prefix) : len(s) - len(suffix)]: p for s, p in zip(stems, files, strict=True)}
     return f"{prefix}{KEY}{suffix}{ext}", keys
 
 

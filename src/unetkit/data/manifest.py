@@ -52,7 +52,9 @@ def _csv_records(path: Path) -> list[dict]:
         raise DataError(f"{path}: cannot read the manifest ({e})") from None
     for column in ("image", "mask"):
         if column not in header:
-            raise DataError(f"{path}: missing column '{column}'; expected a header with image, mask[, roi, key]")
+            raise DataError(
+                f"{path}: missing column '{column}'; expected a header with image, mask[, roi, key]"
+            )
     unknown = [c for c in header if c not in COLUMNS]
     if unknown:
         raise DataError(f"{path}: unknown column '{unknown[0]}'; expected image, mask, roi, key")
@@ -69,7 +71,7 @@ def _json_records(path: Path) -> list[dict]:
     if isinstance(data, dict) and set(data) == {"samples"}:
         data = data["samples"]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise DataError(f"{path}: expected a list of {{image, mask, roi}} objects or {{\"samples\": [...]}}")
+        raise DataError(f'{path}: expected a list of {{image, mask, roi}} objects or {{"samples": [...]}}')
     return data
 
 

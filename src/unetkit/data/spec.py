@@ -55,7 +55,9 @@ class DatasetSpec:
         if not self.manifest:
             for name in ("images", "masks") + (("roi",) if self.roi else ()):
                 if KEY not in getattr(self, name):
-                    raise DataError(f"dataset {name} template {getattr(self, name)!r} has no {KEY} placeholder")
+                    raise DataError(
+                        f"dataset {name} template {getattr(self, name)!r} has no {KEY} placeholder"
+                    )
         if not 1 <= len(self.classes) <= IGNORE_INDEX:
             raise DataError(f"dataset has {len(self.classes)} classes; expected 1 to {IGNORE_INDEX}")
         values = [c.value for c in self.classes] + list(self.ignore_values)
@@ -74,7 +76,9 @@ class DatasetSpec:
 
     def describe(self) -> str:
         """A few printable lines (for `unetkit init-dataset`)."""
-        where = f"manifest {self.manifest}" if self.manifest else f"images {self.images}\n  masks  {self.masks}"
+        where = (
+            f"manifest {self.manifest}" if self.manifest else f"images {self.images}\n  masks  {self.masks}"
+        )
         lines = [f"data set at {self.root}", f"  {where}"]
         if self.roi:
             lines.append(f"  roi    {self.roi} (pixels outside are ignored)")
@@ -101,7 +105,9 @@ def decode_mask(raw: np.ndarray, spec: DatasetSpec, path: str | Path = "mask") -
     hit = known[order][pos] == codes
     if not hit.all():
         unexpected = [_fmt(_value(c, spec.colour_coded)) for c in np.unique(codes[~hit])[:10]]
-        hint = " (JPEG is lossy: store masks as PNG)" if Path(path).suffix.lower() in (".jpg", ".jpeg") else ""
+        hint = (
+            " (JPEG is lossy: store masks as PNG)" if Path(path).suffix.lower() in (".jpg", ".jpeg") else ""
+        )
         raise DataError(
             f"{path}: unexpected mask values {', '.join(unexpected)}{hint}; expected "
             f"{', '.join(f'{_fmt(c.value)} ({c.name})' for c in spec.classes)}"
@@ -237,7 +243,7 @@ def detect_classes(mask_paths: Sequence[Path]) -> tuple[tuple[ClassInfo, ...], t
         names = ["background", "foreground"]
     else:
         names = ["background" if v == 0 else f"class_{v}" for v in ordered]
-    return tuple(ClassInfo(n, v, color(v)) for n, v in zip(names, ordered)), ignore
+    return tuple(ClassInfo(n, v, color(v)) for n, v in zip(names, ordered, strict=True)), ignore
 
 
 # ---------------------------------------------------------------- JSON

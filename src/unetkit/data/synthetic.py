@@ -76,7 +76,9 @@ def make_drive_like_dataset(
     rng = np.random.default_rng(seed)
     height, width = size
     yy, xx = np.mgrid[0:height, 0:width]
-    fov = (((yy - height / 2) / (height / 2)) ** 2 + ((xx - width / 2) / (width / 2)) ** 2 <= 0.9).astype(np.uint8)
+    fov = (((yy - height / 2) / (height / 2)) ** 2 + ((xx - width / 2) / (width / 2)) ** 2 <= 0.9).astype(
+        np.uint8
+    )
     for split, first, n in (("training", 21, n_images), ("test", 1, n_images if with_test else 0)):
         for key in range(first, first + n):
             vessels = _vessels(rng, height, width) * fov
