@@ -1,0 +1,283 @@
+"""Predictors: callables `batch (N, C, h, w) float32 raw units -> (N, K, h, w) float32`.
+
+`TorchPredictor` wraps an `nn.Module` (eval, inference_mode, optional channels_last, BatchNorm
+folded into the preceding convolution, optional `torch.compile` with a clean fallback).
+`OnnxPredictor` wraps an ONNX Runtime session (all graph optimizations, intra-op threads = cores).
+`make_predictor` picks one; with `backend="auto"` it times the candidates once on a
+representative tile batch and caches the winner per weights/machine/tile shape.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import hashlib
+import io
+import json
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from unetkit.errors import ConfigError
+
+BACKENDS = ("auto", "torch", "onnx", "compile")
+
+
+class TorchPredictor:
+    """An `nn.Module` as a predictor. `compile=True` tries `torch.compile` on the first call and
+    falls back to eager (with a warning) when it fails."""
+
+    def __init__(
+        self, module: nn.Module, *, channels_last: bool = False, threads: int | None = None,
+        fold_bn: bool = True, compile: bool = False,
+    ) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        module = module.eval()
+        if fold_bn:
+            module = fold_batchnorm(module)
+        self.channels_last = channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.module = module.to(memory_format=self.memory_format)
+        self.in_channels, self.out_channels = module_channels(module)
+        self.compiled: Any = None
+        self.compile = compile
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            out = self._forward(x)
+        return out.float().contiguous().numpy()
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compile and self.compiled is None:
+            try:
+                self.compiled = torch.compile(self.module, dynamic=False)
+                return self.compiled(x)
+            except Exception as e:  # inductor needs a working C++ toolchain; eager always works
+                warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); using eager PyTorch", stacklevel=3)
+                self.compile = False
+        if self.compiled is not None:
+            return self.compiled(x)
+        return self.module(x)
+
+
+class OnnxPredictor:
+    """An ONNX model (path or bytes) run by ONNX Runtime on CPU."""
+
+    def __init__(self, model: str | Path | bytes, *, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ConfigError("the ONNX backend needs onnxruntime: pip install 'unetkit[export]'") from None
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        source = str(model) if isinstance(model, (str, Path)) else model
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        inp, outp = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name, self.output_name = inp.name, outp.name
+        self.in_channels = inp.shape[1] if isinstance(inp.shape[1], int) else None
+        self.out_channels = outp.shape[1] if isinstance(outp.shape[1], int) else None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+
+# ---------------------------------------------------------------- choosing a backend
+
+
+def make_predictor(
+    model: Any, backend: str = "auto", *, tile_shape: tuple[int, int] | None = None, batch_size: int = 4,
+    threads: int | None = None, cache_dir: str | Path | None = None,
+) -> TorchPredictor | OnnxPredictor:
+    """A predictor for an artifact (its `pipeline_module()`), an `nn.Module` or an `.onnx` path.
+
+    `backend`: "torch" (eager), "compile" (torch.compile), "onnx" (ONNX Runtime) or "auto": time
+    the candidates on a `(batch_size, C, *tile_shape)` batch once and cache the fastest in
+    `<cache_dir>/backends.json` (default `~/.cache/unetkit`, env `UNETKIT_CACHE_DIR`), keyed by
+    the weights' sha256, the machine and the tile shape. The predictor's `tile_size` is the
+    artifact's patch size.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend '{backend}': expected one of {list(BACKENDS)}")
+    if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
+        return OnnxPredictor(model, threads=threads)
+    patch = tuple(getattr(getattr(model, "meta", None), "patch_size", ()) or ())
+    module = model.pipeline_module() if hasattr(model, "pipeline_module") else model
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"make_predictor: expected an artifact, an nn.Module or an .onnx path, got {type(model).__name__}")
+    tile = tuple(tile_shape or patch[:2] or (256, 256))
+    if len(tile) == 1:
+        tile = (tile[0], tile[0])
+    if backend == "auto":
+        backend = _cached_choice(module, tile, batch_size, threads, cache_dir)
+    predictor = _build(module, backend, tile, threads)
+    predictor.tile_size = patch[:2] or None  # type: ignore[union-attr]
+    return predictor
+
+
+def _build(module: nn.Module, backend: str, tile: tuple[int, ...], threads: int | None) -> TorchPredictor | OnnxPredictor:
+    if backend == "onnx":
+        in_channels, _ = module_channels(module)
+        predictor: Any = OnnxPredictor(export_onnx(module, (1, in_channels or 1, *tile)), threads=threads)
+        predictor.in_channels = predictor.in_channels or in_channels
+        return predictor
+    return TorchPredictor(module, threads=threads, compile=backend == "compile")
+
+
+def _cached_choice(module: nn.Module, tile: tuple[int, ...], batch_size: int, threads: int | None, cache_dir: Any) -> str:
+    cache = Path(cache_dir or os.environ.get("UNETKIT_CACHE_DIR") or Path.home() / ".cache" / "unetkit") / "backends.json"
+    key = "|".join([module_sha256(module), machine_id(), f"tile={tile}", f"batch={batch_size}", f"threads={threads}"])
+    try:
+        table = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key in table and table[key].get("backend") in BACKENDS:
+        return table[key]["backend"]
+    timings = measure_backends(module, tile, batch_size, threads)
+    best = min(timings, key=lambda name: timings[name])
+    table[key] = {"backend": best, "seconds": timings}
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        tmp.replace(cache)
+    except OSError as e:
+        warnings.warn(f"{cache}: cannot cache the backend choice ({e})", stacklevel=2)
+    return best
+
+
+def measure_backends(
+    module: nn.Module, tile: tuple[int, ...], batch_size: int = 4, threads: int | None = None,
+    candidates: tuple[str, ...] = ("torch", "onnx", "compile"), repeats: int = 3,
+) -> dict[str, float]:
+    """Median seconds per batch of each candidate that works and agrees with eager PyTorch
+    (max |difference| <= 1e-3); candidates that fail are left out with a warning."""
+    in_channels, _ = module_channels(module)
+    batch = np.random.default_rng(0).uniform(0, 255, (batch_size, in_channels or 1, *tile)).astype(np.float32)
+    timings: dict[str, float] = {}
+    reference: np.ndarray | None = None
+    for name in candidates:
+        try:
+            predictor = _build(copy.deepcopy(module), name, tile, threads)
+            out = predictor(batch)  # warm-up (and compilation)
+        except Exception as e:
+            warnings.warn(f"backend {name} unavailable: {type(e).__name__}: {str(e)[:200]}", stacklevel=2)
+            continue
+        if reference is None:
+            reference = out
+        elif out.shape != reference.shape or float(np.abs(out - reference).max()) > 1e-3:
+            warnings.warn(f"backend {name} disagrees with eager PyTorch; not used", stacklevel=2)
+            continue
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            predictor(batch)
+            runs.append(time.perf_counter() - start)
+        timings[name] = float(np.median(runs))
+    if not timings:
+        raise ConfigError("no inference backend works for this model")
+    return timings
+
+
+# ---------------------------------------------------------------- module helpers
+
+
+def export_onnx(module: nn.Module, sample_shape: tuple[int, ...], opset: int = 17) -> bytes:
+    """The module as ONNX bytes (TorchScript exporter; batch, height and width dynamic)."""
+    buffer = io.BytesIO()
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(), (torch.zeros(sample_shape),), buffer, input_names=["image"], output_names=["logits"],
+            dynamic_axes={"image": axes, "logits": axes}, opset_version=opset, dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def module_channels(module: nn.Module) -> tuple[int | None, int | None]:
+    """(in_channels, out_channels) from the module's attributes, else the first convolution's input."""
+    cin = getattr(module, "in_channels", None)
+    cout = getattr(module, "out_channels", None)
+    if cin is None:
+        first = next((m for m in module.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+        cin = first.in_channels if first is not None else None
+    return cin, cout
+
+
+def module_sha256(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def machine_id() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}/{os.cpu_count()}cpu/torch{torch.__version__}"
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of `module` with each eval-mode BatchNorm folded into the convolution before it.
+
+    Folds only where the order is certain: adjacent children of an `nn.Sequential` (also a conv
+    followed by a Sequential that starts with the norm, MONAI's Convolution/ADN) and modules whose
+    forward is `norm(conv(...))` with `conv`/`norm` attributes (unetkit's ConvNormAct).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    module = copy.deepcopy(module).eval()
+    conv_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    bn_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    for parent in list(module.modules()):
+        pairs: list[tuple[nn.Module, str, nn.Module, str]] = []
+        if isinstance(parent, nn.Sequential):
+            names = list(parent._modules)
+            for a, b in zip(names[:-1], names[1:], strict=True):
+                nxt = parent._modules[b]
+                if isinstance(nxt, nn.Sequential) and len(nxt) and isinstance(nxt[0], bn_types):
+                    pairs.append((parent, a, nxt, next(iter(nxt._modules))))
+                else:
+                    pairs.append((parent, a, parent, b))
+        elif type(parent).__name__ == "ConvNormAct" and hasattr(parent, "conv") and hasattr(parent, "norm"):
+            pairs.append((parent, "conv", parent, "norm"))
+        for conv_owner, conv_name, bn_owner, bn_name in pairs:
+            conv, bn = conv_owner._modules[conv_name], bn_owner._modules[bn_name]
+            if isinstance(conv, conv_types) and isinstance(bn, bn_types) and bn.track_running_stats:
+                conv_owner._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
+                bn_owner._modules[bn_name] = nn.Identity()
+    return module
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc malloc to keep freed memory instead of returning it to the OS (no mmap for big
+    blocks, no trimming), so eager PyTorch reuses activation buffers instead of page-faulting
+    fresh ones on every forward. Process-wide; returns False where it is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))

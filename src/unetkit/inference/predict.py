@@ -1,0 +1,202 @@
+"""Overlap-tile inference over any predictor callable.
+
+A predictor maps a batch `(N, C, h, w)` float32 in raw intensity units to `(N, K, h, w)` float32
+logits (or probabilities when `TileConfig.activation == "none"`); see `backends.py`.
+
+The engine walks the image one *row of tiles* at a time (`iter_probability_rows`): it reads the
+rows the tile row covers, predicts its tiles in batches, adds `weights * probabilities` into a
+row-sized accumulator and hands out the rows that no later tile touches. `predict_tiled` collects
+those rows into a `(K, H, W)` array; `streaming.py` writes them to disk. Both paths run this same
+code, so their results are identical, and memory is one stripe (tile height x image width), not
+the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from unetkit.config import TileConfig
+from unetkit.errors import ConfigError, InputError
+from unetkit.inference.tiling import constant_weights, gaussian_weights, tile_starts
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+RowReader = Callable[[int, int], np.ndarray]  # (y0, y1) -> (C, y1 - y0, W) float32
+
+DEFAULT_MAX_PIXELS = 256_000_000  # in-memory limit; larger images go through streaming.py
+_NUMPY_PAD = {"reflect": "reflect", "constant": "constant", "replicate": "edge"}
+
+
+def predict_tiled(
+    predictor: Predictor, image: np.ndarray, config: TileConfig, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Class probabilities `(K, H, W)` float32 for `image` `(C, H, W)` in raw units.
+
+    Images smaller than a tile are padded (`config.padding`) and cropped back; an image that fits
+    one tile is predicted whole, without blending.
+    """
+    image = check_image(image, predictor, max_pixels=max_pixels)
+    tile = resolve_tile_size(config, predictor)
+    _, height, width = image.shape
+    out: np.ndarray | None = None
+    for y0, block in iter_probability_rows(predictor, lambda a, b: image[:, a:b], image.shape, config, tile):
+        if out is None:
+            out = np.empty((block.shape[0], height, width), dtype=np.float32)
+        out[:, y0 : y0 + block.shape[1]] = block
+    assert out is not None
+    return out
+
+
+def predict_image(artifact_or_predictor: Any, image: np.ndarray, config: TileConfig | None = None) -> np.ndarray:
+    """`predict_tiled` for an artifact (predictor chosen by `make_predictor`) or a predictor."""
+    predictor = artifact_or_predictor
+    if hasattr(artifact_or_predictor, "pipeline_module"):
+        from unetkit.inference.backends import make_predictor
+
+        predictor = make_predictor(artifact_or_predictor)
+    return predict_tiled(predictor, image, config or TileConfig())
+
+
+def check_image(image: Any, predictor: Any = None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The image as float32 `(C, H, W)`, or an `InputError` saying what is wrong with it."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"image: expected a numpy array (C, H, W), got {type(image).__name__}")
+    if image.ndim != 3:
+        raise InputError(f"image has shape {image.shape}: expected 3 dimensions (C, H, W); add a channel axis for gray images")
+    if image.size == 0:
+        raise InputError(f"image has shape {image.shape}: it is empty (zero-size)")
+    check_channels(image.shape[0], predictor)
+    if image.shape[1] * image.shape[2] > max_pixels:
+        raise InputError(
+            f"image of {image.shape[1]}x{image.shape[2]} pixels exceeds the limit of {max_pixels} pixels; "
+            "use unetkit.inference.streaming.predict_stream for large images or raise max_pixels"
+        )
+    if image.dtype.kind == "f":
+        if not np.isfinite(image).all():
+            raise InputError(f"image contains {int(np.size(image) - np.isfinite(image).sum())} NaN/inf values; expected finite intensities")
+    elif image.dtype.kind not in "biu":
+        raise InputError(f"image has dtype {image.dtype}: expected a numeric (integer or float) array")
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def check_channels(channels: int, predictor: Any) -> None:
+    expected = getattr(predictor, "in_channels", None)
+    if expected is not None and channels != expected:
+        raise InputError(f"image has {channels} channel(s) but the model takes {expected}; expected (C={expected}, H, W)")
+
+
+def resolve_tile_size(config: TileConfig, predictor: Any = None) -> tuple[int, int]:
+    """`config.tile_size`, else the predictor's `tile_size` (the artifact's patch size)."""
+    size = tuple(config.tile_size) or tuple(getattr(predictor, "tile_size", None) or ())
+    if not size:
+        raise ConfigError("TileConfig.tile_size is empty and the predictor has no tile_size; set tile_size=(h, w)")
+    if len(size) == 1:
+        size = (size[0], size[0])
+    if len(size) != 2 or min(size) <= 0:
+        raise ConfigError(f"TileConfig.tile_size {size}: expected two positive sizes (h, w)")
+    if config.batch_size <= 0:
+        raise ConfigError(f"TileConfig.batch_size {config.batch_size}: expected a positive number of tiles")
+    return int(size[0]), int(size[1])
+
+
+def iter_probability_rows(
+    predictor: Predictor, read_rows: RowReader, shape: tuple[int, ...], config: TileConfig, tile: tuple[int, int]
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield `(y0, probabilities (K, rows, W))` for consecutive finished rows of the image.
+
+    `read_rows(y0, y1)` returns image rows `[y0, y1)` as `(C, y1 - y0, W)` float32; `shape` is
+    the image's `(C, H, W)`. Rows come out top to bottom, each exactly once.
+    """
+    channels, height, width = shape
+    th, tw = tile
+    padded_w = max(width, tw)
+    ys = tile_starts(max(height, th), th, config.overlap)
+    xs = tile_starts(padded_w, tw, config.overlap)
+    if config.blend == "gaussian":
+        weights = gaussian_weights((th, tw), config.sigma_scale)
+    else:
+        weights = constant_weights((th, tw))
+    batch = np.empty((min(config.batch_size, len(xs)), channels, th, tw), dtype=np.float32)
+    acc: np.ndarray | None = None
+    wsum = np.zeros((th, padded_w), dtype=np.float32)
+    for i, y in enumerate(ys):
+        stripe = _read_stripe(read_rows, y, tile, height, width, config.padding)
+        for b0 in range(0, len(xs), len(batch)):
+            starts = xs[b0 : b0 + len(batch)]
+            for j, x in enumerate(starts):
+                batch[j] = stripe[:, :, x : x + tw]
+            probs = tile_probabilities(predictor, batch[: len(starts)], config)
+            if acc is None:
+                acc = np.zeros((probs.shape[1], th, padded_w), dtype=np.float32)
+            for j, x in enumerate(starts):
+                p = np.multiply(probs[j], weights, out=probs[j])
+                acc[:, :, x : x + tw] += p
+                wsum[:, x : x + tw] += weights
+        assert acc is not None
+        done = ys[i + 1] - y if i + 1 < len(ys) else th
+        rows = min(done, height - y)
+        yield y, acc[:, :rows, :width] / wsum[:rows, :width]
+        acc[:, : th - done] = acc[:, done:].copy()
+        acc[:, th - done :] = 0.0
+        wsum[: th - done] = wsum[done:].copy()
+        wsum[th - done :] = 0.0
+
+
+def _read_stripe(read_rows: RowReader, y: int, tile: tuple[int, int], height: int, width: int, padding: str) -> np.ndarray:
+    th, tw = tile
+    stripe = np.asarray(read_rows(y, min(y + th, height)), dtype=np.float32)
+    pad_h, pad_w = th - stripe.shape[1], max(0, tw - width)
+    if pad_h or pad_w:
+        mode = _NUMPY_PAD[padding]
+        stripe = np.pad(stripe, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)  # type: ignore[call-overload]
+    return stripe
+
+
+# ---------------------------------------------------------------- one batch of tiles
+
+
+def tile_probabilities(predictor: Predictor, batch: np.ndarray, config: TileConfig) -> np.ndarray:
+    """Probabilities `(N, K, h, w)` for a batch of tiles; with `config.tta` the mean over the 8
+    flips/rotations of the square (each prediction mapped back before averaging)."""
+    if not config.tta:
+        return _activated(predictor, batch, config)
+    total: np.ndarray | None = None
+    for k in range(4):
+        for flip in (False, True):
+            probs = _activated(predictor, dihedral(batch, k, flip), config)
+            probs = dihedral_inverse(probs, k, flip)
+            total = probs.copy() if total is None else np.add(total, probs, out=total)
+    assert total is not None
+    return np.multiply(total, 1.0 / 8.0, out=total)
+
+
+def dihedral(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Rotate the last two axes by k quarter turns, then mirror the last axis if `flip`."""
+    y = np.rot90(x, k, axes=(-2, -1))
+    return np.ascontiguousarray(y[..., ::-1] if flip else y)
+
+
+def dihedral_inverse(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    y = x[..., ::-1] if flip else x
+    return np.ascontiguousarray(np.rot90(y, -k, axes=(-2, -1)))
+
+
+def _activated(predictor: Predictor, batch: np.ndarray, config: TileConfig) -> np.ndarray:
+    out = predictor(batch)
+    if not isinstance(out, np.ndarray) or out.ndim != 4 or out.shape[0] != batch.shape[0] or out.shape[2:] != batch.shape[2:]:
+        got = getattr(out, "shape", type(out).__name__)
+        raise ValueError(f"predictor returned {got} for a batch {batch.shape}: expected (N, K, {batch.shape[2]}, {batch.shape[3]})")
+    out = np.asarray(out, dtype=np.float32)
+    if not out.flags.writeable or not out.flags.c_contiguous:
+        out = np.array(out, dtype=np.float32)
+    return softmax_(out) if config.activation == "softmax" else out
+
+
+def softmax_(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1, in place."""
+    logits -= logits.max(axis=1, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=1, keepdims=True)
+    return logits
