@@ -166,6 +166,30 @@ class TileConfig:
 
 
 @dataclass(frozen=True)
+class PostprocessConfig:
+    """Clean-up of a predicted label map (`unetkit.inference.postprocess`); stored in the artifact.
+
+    Per-class tuples are indexed by class index: `()` means off for every class, 0/False off for
+    that class. Per foreground class the ops run in this order: opening, closing, hole filling,
+    small-component removal, keep-largest. `unetkit tune-postprocess` picks them on validation data.
+    """
+
+    threshold: float | None = None  # binary models: class 1 where p(class 1) >= threshold; None: arg-max
+    opening: tuple[int, ...] = ()  # disk radius in pixels
+    closing: tuple[int, ...] = ()  # disk radius in pixels
+    fill_holes: tuple[bool, ...] = ()  # fill background enclosed by the class
+    min_size: tuple[int, ...] = ()  # remove 8-connected components with fewer pixels
+    keep_largest: tuple[bool, ...] = ()  # keep only the largest component
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"postprocess.threshold: expected a probability in (0, 1), got {self.threshold}")
+        for name in ("opening", "closing", "min_size"):
+            if any(v < 0 for v in getattr(self, name)):
+                raise ConfigError(f"postprocess.{name}: values must be >= 0, got {list(getattr(self, name))}")
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     format: Literal["onnx"] = "onnx"
     opset: int = 17
