@@ -1,0 +1,245 @@
+"""Contract tests over every registered architecture, every preset and the options that matter."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from unetkit.config import ModelConfig
+from unetkit.errors import ConfigError
+from unetkit.models import (
+    MODELS,
+    PRESETS,
+    build_model,
+    count_flops,
+    count_parameters,
+    fuse_for_inference,
+    models_table,
+    preset_config,
+)
+
+TINY = {"base_width": 4, "depth": 3, "in_channels": 3, "out_channels": 2}
+
+
+def tiny(arch: str = "unet", **kw) -> ModelConfig:
+    return ModelConfig(**(TINY | {"arch": arch} | kw))
+
+
+CASES: dict[str, ModelConfig] = {f"preset-{name}": preset_config(name, **TINY) for name in PRESETS}
+CASES |= {f"arch-{arch}": tiny(arch) for arch in MODELS}
+CASES |= {
+    "norm-group-w6": tiny(norm="group", base_width=6),
+    "norm-instance-gelu": tiny(norm="instance", act="gelu"),
+    "norm-none-silu": tiny(norm="none", act="silu"),
+    "leaky-strided-dropout": tiny(act="leaky_relu", downsample="strided", dropout=0.2),
+    "bilinear-residual-attention": tiny(upsample="bilinear", residual=True, attention=True),
+    "separable-ppm": tiny(separable=True, bottleneck="ppm"),
+    "aspp-depth4-ds": tiny(bottleneck="aspp", depth=4, deep_supervision=True),
+    "transformer-depth5-ds": tiny(bottleneck="transformer", depth=5, transformer_heads=4, deep_supervision=True),
+    "unet-depth1": tiny(depth=1),
+    "unet-ds": tiny(deep_supervision=True),
+    "unetpp-ds-bilinear": tiny("unet++", deep_supervision=True, upsample="bilinear"),
+    "unetpp-attention-residual-aspp": tiny("unet++", attention=True, residual=True, bottleneck="aspp", depth=4),
+    "unetpp-separable-transformer": tiny("unet++", separable=True, bottleneck="transformer", transformer_heads=2),
+}
+
+
+def _main(out):
+    return out[0] if isinstance(out, list) else out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_backward_contract(name: str) -> None:
+    cfg = CASES[name]
+    torch.manual_seed(0)
+    model = build_model(cfg)
+
+    # eval: one tensor at the input size, for odd sizes and sizes smaller than 2**depth
+    model.eval()
+    with torch.no_grad():
+        for h, w in [(127, 301), (17, 23), (5, 3)]:
+            y = model(torch.randn(1, cfg.in_channels, h, w))
+            assert isinstance(y, torch.Tensor)
+            assert y.shape == (1, cfg.out_channels, h, w)
+            assert torch.isfinite(y).all()
+
+    # train: backward reaches every parameter with finite gradients
+    model.train()
+    x = torch.randn(2, cfg.in_channels, 33, 41)
+    out = model(x)
+    outputs = out if isinstance(out, list) else [out]
+    assert isinstance(out, list) == cfg.deep_supervision
+    if cfg.deep_supervision:
+        assert len(outputs) == cfg.depth  # main + one aux per remaining decoder level / nested column
+    for o in outputs:
+        assert o.shape == (2, cfg.out_channels, 33, 41)
+    target = torch.randn_like(outputs[0])
+    loss = sum(((o - target) ** 2).mean() for o in outputs)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{pname} received no gradient"
+        assert torch.isfinite(p.grad).all(), f"{pname} has non-finite gradient"
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_output_is_not_constant_and_batch_independent_in_eval() -> None:
+    model = build_model(tiny()).eval()
+    x = torch.randn(3, 3, 29, 37)
+    with torch.no_grad():
+        y = model(x)
+        y0 = model(x[:1])
+    assert y.std() > 0
+    torch.testing.assert_close(y[:1], y0, atol=1e-5, rtol=1e-5)
+
+
+def test_deep_supervision_heads_are_distinct() -> None:
+    model = build_model(tiny(deep_supervision=True, depth=4))
+    out = model(torch.randn(2, 3, 32, 48))
+    assert len(out) == 4
+    assert not torch.allclose(out[0], out[1])
+    with torch.no_grad():
+        assert isinstance(model.eval()(torch.randn(1, 3, 32, 48)), torch.Tensor)
+
+
+@pytest.mark.parametrize("arch", ["unet", "unet++"])
+def test_3d_forward(arch: str) -> None:
+    cfg = tiny(arch, spatial_dims=3, depth=2, norm="instance", bottleneck="ppm", deep_supervision=True)
+    model = build_model(cfg)
+    out = model(torch.randn(2, 3, 9, 10, 11))
+    assert len(out) == 2 and all(o.shape == (2, 2, 9, 10, 11) for o in out)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 7, 5, 13)).shape == (1, 2, 7, 5, 13)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        tiny(),
+        tiny(residual=True, separable=True, downsample="strided", attention=True, bottleneck="aspp"),
+        tiny("unet++", bottleneck="ppm"),
+    ],
+    ids=["unet", "everything-with-bn", "unet++-ppm"],
+)
+def test_fuse_for_inference_is_equivalent(cfg: ModelConfig) -> None:
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(3):
+            model(torch.randn(4, 3, 32, 32) * 3 + 1)
+    model.eval()
+    fused = fuse_for_inference(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()), "original must be unchanged"
+    x = torch.randn(2, 3, 45, 27)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+ONNX_CASES = {
+    "unet": tiny(),
+    "unet++": tiny("unet++"),
+    "attention-unet": preset_config("attention-unet", **TINY),
+    "transformer-unet": preset_config("transformer-unet", **TINY),
+    "ppm-bilinear": tiny(bottleneck="ppm", upsample="bilinear"),
+    "instance-norm-aspp-strided": tiny(norm="instance", bottleneck="aspp", downsample="strided"),
+}
+
+
+def _onnx_matches(model: nn.Module, path: str) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for shape in [(1, 3, 127, 301), (2, 3, 17, 23), (1, 3, 5, 3)]:
+        x = torch.randn(*shape)
+        got = session.run(None, {"image": x.numpy()})[0]
+        with torch.no_grad():
+            want = model(x).numpy()
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(ONNX_CASES))
+def test_onnx_export_dynamic_size_matches_torch(name: str, tmp_path) -> None:
+    pytest.importorskip("onnx")
+    model = build_model(ONNX_CASES[name]).eval()
+    path = str(tmp_path / "model.onnx")
+    torch.onnx.export(
+        model, (torch.randn(1, 3, 64, 64),), path, dynamo=False, opset_version=17,
+        input_names=["image"], output_names=["logits"],
+        dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}},
+    )
+    _onnx_matches(model, path)
+
+
+def test_onnx_dynamo_export_transformer(tmp_path) -> None:
+    """The torch.export-based exporter works too (with Dim.AUTO; it emits opset 18)."""
+    pytest.importorskip("onnxscript")
+    model = build_model(ONNX_CASES["transformer-unet"]).eval()
+    path = str(tmp_path / "model.onnx")
+    auto = torch.export.Dim.AUTO
+    torch.onnx.export(
+        model, (torch.randn(2, 3, 40, 48),), path, dynamo=True, opset_version=18,
+        input_names=["image"], dynamic_shapes={"x": {0: auto, 2: auto, 3: auto}},
+    )
+    _onnx_matches(model, path)
+
+
+def test_count_flops_matches_hand_count() -> None:
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert count_flops(conv, (3, 10, 20)) == 2 * (8 * 10 * 20) * (3 * 9)
+    assert count_parameters(conv) == 8 * 3 * 9
+    model = build_model(tiny())
+    assert count_flops(model, (3, 64, 64)) * 4 == pytest.approx(count_flops(model, (3, 128, 128)), rel=1e-3)
+    assert model.training, "count_flops must not change the model"
+
+
+def test_models_table_is_consistent_with_counters() -> None:
+    rows = models_table(in_channels=1, out_channels=3, size=64)
+    assert [r["name"] for r in rows] == list(PRESETS)
+    for row in rows:
+        model = build_model(preset_config(row["name"], in_channels=1, out_channels=3))
+        assert row["params"] == count_parameters(model)
+        assert row["gflops"] * 1e9 == pytest.approx(count_flops(model, (1, 64, 64)), rel=1e-6)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["mobile-unet"]["params"] < by_name["unet"]["params"] / 4
+    assert by_name["unet++"]["gflops"] > by_name["unet"]["gflops"]
+
+
+def test_presets_and_overrides() -> None:
+    cfg = preset_config("attention-unet", base_width=8, out_channels=5)
+    assert cfg.attention and cfg.base_width == 8 and cfg.out_channels == 5
+    assert preset_config("unet++").arch == "unet++"
+    assert MODELS.names() == ["unet", "unet++"]
+    with pytest.raises(ConfigError, match="unknown model preset 'unet3'.*attention-unet"):
+        preset_config("unet3")
+    with pytest.raises(ConfigError, match="unknown key 'widht'"):
+        preset_config("unet", widht=3)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"depth": 0}, r"model\.depth: expected an integer >= 1, got 0"),
+        ({"base_width": 0}, r"model\.base_width: expected an integer >= 1"),
+        ({"in_channels": 0}, r"model\.in_channels"),
+        ({"spatial_dims": 1}, r"model\.spatial_dims: expected 2 or 3"),
+        ({"width_mult": 0.0}, r"model\.width_mult"),
+        ({"dropout": 1.0}, r"model\.dropout"),
+        ({"bottleneck": "transformer", "transformer_heads": 3}, r"model\.transformer_heads: 3 heads do not divide the 32"),
+        ({"bottleneck": "transformer", "transformer_layers": 0}, r"model\.transformer_layers"),
+        ({"arch": "segformer"}, r"unknown architecture 'segformer'; choose one of: unet, unet\+\+"),
+    ],
+)
+def test_invalid_config_names_the_field(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_model(dataclasses.replace(tiny(), **change))
+
+
+def test_width_schedule_and_group_norm_on_awkward_widths() -> None:
+    model = build_model(tiny(norm="group", base_width=6, width_mult=1.5, max_width=10))
+    convs = [m for m in model.encoder.modules() if isinstance(m, nn.Conv2d)]
+    assert max(c.out_channels for c in convs) == 10  # 6, 9, 14 -> capped at 10
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 2, 16, 16)
