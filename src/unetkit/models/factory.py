@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from unetkit.models.layout import check_model_config
 from unetkit.models.unet import UNet
 from unetkit.models.unetpp import UNetPlusPlus
 
-MODELS: Catalog = Catalog("architecture")
+MODELS: Catalog[Callable[[ModelConfig], nn.Module]] = Catalog("architecture")
 
 
 @MODELS.register("unet")
