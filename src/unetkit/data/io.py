@@ -14,6 +14,7 @@ decompression bombs: the size is read from the header before any pixel is decode
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
 import warnings
@@ -46,6 +47,15 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     if array.dtype == bool:
         array = array.astype(np.uint8)
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """`read_image` for encoded bytes (an HTTP upload), in memory: `(C, H, W)` float32. `name` (the
+    upload's file name) is what error messages show; the bytes decide the format."""
+    tiff = data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    array = _decode(bytes(data), name, tiff, max_pixels, _pillow_image_array)
+    array = array[None] if array.ndim == 2 else array
+    return np.ascontiguousarray(array.astype(np.uint8) if array.dtype == bool else array, dtype=np.float32)
 
 
 def read_mask(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -150,7 +160,7 @@ def write_tiff(path: str | Path, array: np.ndarray, compression: str | None = "z
     )
 
 
-def write_text(path: str | Path, text: str) -> Path:
+def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write a small text file (JSON, CSV) atomically."""
     return _atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
@@ -172,13 +182,27 @@ def _atomic(path: Path, save: Callable[[str], object]) -> Path:
 # ---------------------------------------------------------------- decoding
 
 
-def _read(path: Path, max_pixels: int, pillow_array: Callable[[Path, Image.Image], np.ndarray]) -> np.ndarray:
+def _read(
+    path: Path, max_pixels: int, pillow_array: Callable[[Image.Image, bytes | Path], np.ndarray]
+) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    return _decode(path, path, path.suffix.lower() in TIFF_SUFFIXES, max_pixels, pillow_array)
+
+
+def _decode(
+    source: Path | bytes,
+    name: str | Path,
+    tiff: bool,
+    max_pixels: int,
+    pillow_array: Callable[[Image.Image, bytes | Path], np.ndarray],
+) -> np.ndarray:
+    path = name
+    opened = source if isinstance(source, Path) else io.BytesIO(source)
     errors = []
-    if path.suffix.lower() in TIFF_SUFFIXES:
+    if tiff:
         try:
-            return _tifffile_array(path, max_pixels)
+            return _tifffile_array(opened, name, max_pixels)
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001 - any decoder failure: try Pillow, report both
@@ -186,19 +210,20 @@ def _read(path: Path, max_pixels: int, pillow_array: Callable[[Path, Image.Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # bombs are checked below; corrupt files raise
-            with Image.open(path) as im:
+            with Image.open(opened) as im:
                 _check_pixels(path, im.height, im.width, max_pixels)
-                return pillow_array(path, im)
+                return pillow_array(im, source)
     except DataError:
         raise
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: refused as a possible decompression bomb ({e})") from None
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for corrupt files
-        errors.append(f"Pillow: {e}" if errors else str(e))
+        message = str(e).replace(f" {opened!r}", "")  # Pillow names the in-memory buffer
+        errors.append(f"Pillow: {message}" if errors else message)
     raise DataError(f"{path}: unreadable or corrupt image ({'; '.join(errors)})")
 
 
-def _check_pixels(path: Path, height: int, width: int, max_pixels: int) -> None:
+def _check_pixels(path: str | Path, height: int, width: int, max_pixels: int) -> None:
     if height * width > max_pixels:
         raise DataError(
             f"{path}: {width}x{height} = {height * width:,} pixels exceeds the limit of {max_pixels:,} "
@@ -206,8 +231,8 @@ def _check_pixels(path: Path, height: int, width: int, max_pixels: int) -> None:
         )
 
 
-def _tifffile_array(path: Path, max_pixels: int) -> np.ndarray:
-    with tifffile.TiffFile(path) as tif:
+def _tifffile_array(source: Path | io.BytesIO, path: str | Path, max_pixels: int) -> np.ndarray:
+    with tifffile.TiffFile(source) as tif:
         series = tif.series[0]
         sizes = dict(zip(series.axes, series.shape, strict=True))
         _check_pixels(path, sizes.get("Y", 1), sizes.get("X", 1), max_pixels)
@@ -222,11 +247,13 @@ def _tifffile_array(path: Path, max_pixels: int) -> np.ndarray:
     raise DataError(f"{path}: TIFF with axes {series.axes} and shape {series.shape}; expected a 2-D image")
 
 
-def _pillow_image_array(path: Path, im: Image.Image) -> np.ndarray:
-    if im.format == "PNG" and im.mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
-        import imagecodecs
+def _pillow_image_array(im: Image.Image, source: bytes | Path) -> np.ndarray:
+    if im.format == "PNG" and im.mode in ("RGB", "RGBA"):
+        data = source if isinstance(source, bytes) else source.read_bytes()
+        if _png_bit_depth(data) == 16:  # Pillow reduces 16-bit RGB to 8 bits
+            import imagecodecs
 
-        return np.moveaxis(imagecodecs.png_decode(path.read_bytes())[..., :3], -1, 0)  # 16-bit RGB
+            return np.moveaxis(imagecodecs.png_decode(data)[..., :3], -1, 0)
     if im.mode in ("P", "PA"):
         im = im.convert("RGB")
     elif im.mode in ("RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
@@ -236,7 +263,7 @@ def _pillow_image_array(path: Path, im: Image.Image) -> np.ndarray:
     return _channels_first(np.asarray(im))
 
 
-def _pillow_mask_array(path: Path, im: Image.Image) -> np.ndarray:
+def _pillow_mask_array(im: Image.Image, source: bytes | Path) -> np.ndarray:
     if im.mode == "PA":
         im = im.convert("P")
     elif im.mode == "LA":
@@ -253,7 +280,6 @@ def _channels_first(array: np.ndarray) -> np.ndarray:
     return np.moveaxis(array, -1, 0) if array.ndim == 3 else array
 
 
-def _png_bit_depth(path: Path) -> int:
-    with open(path, "rb") as f:
-        header = f.read(25)
+def _png_bit_depth(data: bytes) -> int:
+    header = data[:25]
     return header[24] if len(header) == 25 and header[12:16] == b"IHDR" else 8

@@ -8,6 +8,7 @@ as `unetkit-dataset.json`; `decode_mask(raw, spec)` turns a raw mask into a labe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetkit.data.io import read_mask, read_palette, write_text
+from unetkit.data.io import read_mask, read_palette, write_text_atomic
 from unetkit.data.layout import KEY, image_files, match_folders
 from unetkit.data.manifest import read_manifest
 from unetkit.errors import DataError
@@ -246,6 +247,24 @@ def detect_classes(mask_paths: Sequence[Path]) -> tuple[tuple[ClassInfo, ...], t
     return tuple(ClassInfo(n, v, color(v)) for n, v in zip(names, ordered, strict=True)), ignore
 
 
+def spec_for_classes(spec: DatasetSpec, data_spec: dict | None) -> DatasetSpec:
+    """`spec` with the classes and ignore values of a trained model (its artifact's
+    `{"classes": [{name, value, color}], "ignore_values": [...]}`), so masks decode as in training."""
+    if not data_spec:
+        return spec
+    where = Path("artifact data_spec")
+    infos = tuple(
+        ClassInfo(
+            _string(where, f"classes[{i}].name", c.get("name")),
+            _mask_value(where, f"classes[{i}].value", c.get("value")),
+            None if c.get("color") is None else _rgb(where, f"classes[{i}].color", list(c["color"])),
+        )
+        for i, c in enumerate(data_spec.get("classes", []))
+    )
+    ignore = tuple(_mask_value(where, "ignore_values", v) for v in data_spec.get("ignore_values", []))
+    return dataclasses.replace(spec, classes=infos, ignore_values=ignore)
+
+
 # ---------------------------------------------------------------- JSON
 
 
@@ -263,7 +282,7 @@ def save_spec(spec: DatasetSpec, path: str | Path) -> Path:
         "classes": [{"name": c.name, "value": c.value, "color": c.color} for c in spec.classes],
         "ignore_values": list(spec.ignore_values),
     }
-    return write_text(path, json.dumps(data, indent=2) + "\n")
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def load_spec(path: str | Path) -> DatasetSpec:
@@ -336,8 +355,8 @@ def _string(path: Path, key: str, value: object) -> str:
 def _mask_value(path: Path, key: str, value: object) -> Value:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535:
         return value
-    if isinstance(value, list):
-        return _rgb(path, key, value)
+    if isinstance(value, (list, tuple)):
+        return _rgb(path, key, list(value))
     raise DataError(f"{path}: {key}: expected an integer 0-65535 or [r, g, b], got {value!r}")
 
 

@@ -1,0 +1,142 @@
+"""Synchronized image/label augmentation, batched on the training device with kornia.
+
+Geometry (flips, rot90, rotation, scale) is one affine matrix per sample, applied with
+`kornia.geometry.warp_affine` to the images (bilinear) and to the labels (nearest) alike; optional
+elastic deformation shares one displacement field for both. Label pixels that come from outside the
+image become `ignore_index`. Photometric changes (brightness, contrast, gamma, Gaussian noise, blur)
+touch the images only; they are in units of the normalized intensity. Every random draw comes from
+the augmenter's own `torch.Generator` (on the CPU, so a seed gives the same result on any device).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from kornia.filters import gaussian_blur2d
+from kornia.geometry.transform import elastic_transform2d, warp_affine
+
+from unetkit.config import AugmentConfig
+
+IGNORE_INDEX = 255
+
+
+class Augmenter:
+    def __init__(self, config: AugmentConfig, seed: int = 0, ignore_index: int = IGNORE_INDEX) -> None:
+        self.config = config
+        self.ignore_index = ignore_index
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`images (N, C, H, W)` normalized float, `labels (N, H, W)` integer -> augmented copies."""
+        if not self.config.enabled:
+            return images, labels
+        images, labels = self._geometry(images, labels)
+        return self._photometric(images), labels
+
+    # ------------------------------------------------------------ geometry
+
+    def _geometry(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, n = self.config, images.shape[0]
+        height, width = images.shape[-2:]
+        matrix = self._affine(n, height, width)
+        elastic = cfg.elastic_alpha > 0 and self._chance(n).any()
+        if matrix is None and not elastic:
+            return images, labels
+        shifted = (labels.to(images.dtype) + 1).unsqueeze(1)  # 0 after warping = came from outside
+        if matrix is not None:
+            matrix = matrix.to(images.device, images.dtype)
+            images = warp_affine(images, matrix, (height, width), mode="bilinear", align_corners=True)
+            shifted = warp_affine(shifted, matrix, (height, width), mode="nearest", align_corners=True)
+        if elastic:
+            noise = (torch.rand((n, 2, height, width), generator=self.generator) * 2 - 1).to(images)
+            sigma = max(4.0, min(height, width) / 8)
+            kernel = int(2 * round(3 * sigma) + 1)
+            alpha = (cfg.elastic_alpha, cfg.elastic_alpha)
+            images = elastic_transform2d(images, noise, (kernel, kernel), (sigma, sigma), alpha)
+            shifted = elastic_transform2d(
+                shifted, noise, (kernel, kernel), (sigma, sigma), alpha, mode="nearest"
+            )
+        shifted = shifted.squeeze(1).round().long()
+        labels = torch.where(shifted == 0, self.ignore_index, shifted - 1).to(labels.dtype)
+        return images, labels
+
+    def _affine(self, n: int, height: int, width: int) -> torch.Tensor | None:
+        """(N, 2, 3) pixel-space matrices about the image centre, or None for the identity."""
+        cfg = self.config
+        angle = torch.zeros(n, dtype=torch.float64)
+        scale = torch.ones(n, dtype=torch.float64)
+        flip_x, flip_y = torch.ones(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+        if cfg.flip:
+            flip_x = torch.where(self._chance(n, 0.5), -1.0, 1.0).double()
+            flip_y = torch.where(self._chance(n, 0.5), -1.0, 1.0).double()
+        if cfg.rot90:
+            steps = torch.randint(0, 4, (n,), generator=self.generator)
+            if height != width:
+                steps = steps - steps % 2  # 90° would not fit a non-square patch: 0° or 180°
+            angle += steps.double() * 90
+        if cfg.rotate_degrees > 0:
+            angle += self._uniform(n, -cfg.rotate_degrees, cfg.rotate_degrees) * self._chance(n)
+        lo, hi = cfg.scale
+        if (lo, hi) != (1.0, 1.0):
+            scale = torch.where(self._chance(n), self._uniform(n, lo, hi), scale)
+        if not cfg.flip and not cfg.rot90 and cfg.rotate_degrees <= 0 and (lo, hi) == (1.0, 1.0):
+            return None
+        radians = angle * math.pi / 180
+        cos, sin = torch.cos(radians) * scale, torch.sin(radians) * scale
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        # output = R·S·F (input - centre) + centre, F = diag(flip_x, flip_y)
+        a, b = cos * flip_x, -sin * flip_y
+        c, d = sin * flip_x, cos * flip_y
+        tx, ty = cx - a * cx - b * cy, cy - c * cx - d * cy
+        return torch.stack([torch.stack([a, b, tx], -1), torch.stack([c, d, ty], -1)], 1).float()
+
+    # ------------------------------------------------------------ photometric
+
+    def _photometric(self, images: torch.Tensor) -> torch.Tensor:
+        cfg, n = self.config, images.shape[0]
+
+        def per_sample(values: torch.Tensor) -> torch.Tensor:
+            return values.to(images).view(n, 1, 1, 1)
+
+        if cfg.brightness > 0:
+            shift = self._uniform(n, -cfg.brightness, cfg.brightness) * self._chance(n)
+            images = images + per_sample(shift)
+        if cfg.contrast > 0:
+            factor = torch.where(self._chance(n), self._uniform(n, 1 - cfg.contrast, 1 + cfg.contrast), 1.0)
+            mean = images.mean(dim=(1, 2, 3), keepdim=True)
+            images = (images - mean) * per_sample(factor) + mean
+        if cfg.gamma > 0:
+            gamma = torch.where(self._chance(n), torch.exp(self._uniform(n, -cfg.gamma, cfg.gamma)), 1.0)
+            low = images.amin(dim=(1, 2, 3), keepdim=True)
+            span = (images.amax(dim=(1, 2, 3), keepdim=True) - low).clamp_min(1e-6)
+            images = ((images - low) / span).clamp(0, 1) ** per_sample(gamma) * span + low
+        if cfg.noise_std > 0:
+            std = self._uniform(n, 0, cfg.noise_std) * self._chance(n)
+            noise = torch.randn(images.shape, generator=self.generator).to(images)
+            images = images + noise * per_sample(std)
+        if cfg.blur_sigma > 0:
+            chosen = self._chance(n)
+            if chosen.any():
+                sigma = self._uniform(n, 0.1, cfg.blur_sigma)[chosen].float().to(images.device)
+                kernel = int(2 * math.ceil(3 * cfg.blur_sigma) + 1)
+                idx = chosen.nonzero().squeeze(1).to(images.device)
+                blurred = gaussian_blur2d(images[idx], kernel, torch.stack([sigma, sigma], -1))
+                images = images.index_copy(0, idx, blurred)
+        return images
+
+    # ------------------------------------------------------------ randomness
+
+    def _uniform(self, n: int, low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=self.generator, dtype=torch.float64)
+
+    def _chance(self, n: int, p: float | None = None) -> torch.Tensor:
+        return torch.rand(n, generator=self.generator) < (self.config.p if p is None else p)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator state as a list of ints (JSON-ready, never pickled)."""
+        return {"generator": self.generator.get_state().tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
