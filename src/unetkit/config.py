@@ -201,20 +201,31 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
+    """`unetkit serve`: settings from flags, a JSON/YAML file or UNETKIT_SERVE_* variables."""
+
+    artifact: str = ""  # the primary model artifact
     host: str = "127.0.0.1"
     port: int = 8000
-    max_batch_size: int = 8
-    max_wait_ms: float = 5.0
-    max_queue: int = 256
+    backend: Literal["torch", "onnx", "compile", "auto"] = "torch"
+    tile_overlap: float = 0.25
+    max_batch_size: int = 8  # tiles per forward pass, packed across requests
+    max_wait_ms: float = 5.0  # how long a partial batch waits for tiles of other requests
+    max_queue: int = 256  # tiles waiting for the model; beyond: 503 with Retry-After
+    max_inflight: int = 32  # segment requests being processed at once; beyond: 503
+    retry_after_seconds: int = 1
     max_body_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 64_000_000
-    token: str = ""  # bearer token; empty disables auth
+    token: str = ""  # bearer token; empty disables auth (prefer token_file or UNETKIT_SERVE_TOKEN)
+    token_file: str = ""
     canary_artifact: str = ""
     canary_percent: float = 0.0
-    shadow: bool = False
+    shadow: bool = False  # the canary artifact only runs on copies of requests, for comparison
+    seed: int = 0  # traffic-split and sampling RNG
     sample_dir: str = ""
     sample_rate: float = 0.0
     sample_max_bytes: int = 256 * 1024 * 1024
+    drain_seconds: float = 20.0  # graceful shutdown: how long in-flight requests may finish
+    log_level: str = "info"
 
 
 # ---------------------------------------------------------------- strict conversion

@@ -1,0 +1,283 @@
+"""The segmentation service, without any web framework: usable from tests, scripts or any server.
+
+`Service.from_artifact(path, config)` loads the primary model (and a candidate for a canary or
+shadow rollout), starts one batching worker per model and warms both up: a constructed Service
+is ready. `segment(image, options)` is synchronous and thread-safe: call it from many threads
+(the HTTP layer calls it from its thread pool) and their tiles share forward passes.
+
+Rollouts: with `canary_percent` > 0 that share of requests (seeded RNG) is answered by the
+candidate; with `shadow` the primary answers every request and the candidate runs on a copy in
+the background, its labels compared with the primary's (mean IoU over the classes either
+predicts) and reported to the observer; shadow work is dropped, never queued, when it falls behind.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from unetkit.artifact import Artifact, load_artifact
+from unetkit.config import ServeConfig, TileConfig
+from unetkit.errors import ConfigError, InputError
+from unetkit.inference.files import labels_from_probabilities
+from unetkit.inference.predict import predict_tiled
+from unetkit.serve.batching import BatchStats, QueueFull, Session, TileBatcher
+from unetkit.serve.encoding import ImageTooLarge
+
+Role = Literal["primary", "candidate"]
+
+
+class Observer:
+    """What the service reports; the default ignores everything (metrics.py exports it)."""
+
+    def batch(self, model: LoadedModel, stats: BatchStats) -> None: ...
+
+    def prediction(self, model: LoadedModel, summary: dict[str, Any]) -> None: ...
+
+    def shadow(self, agreement_iou: float) -> None: ...
+
+    def shadow_dropped(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    tta: bool = False  # average the 8 flips/rotations (8x the compute)
+    keep_probabilities: bool = False
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    labels: np.ndarray  # (H, W) uint8 class indices
+    confidence: np.ndarray  # (H, W) float32 winning-class probability
+    probabilities: np.ndarray | None  # (K, H, W) float32 when asked for
+    model: LoadedModel
+    summary: dict[str, Any]  # per-class fractions and confidences, see `summarize`
+    seconds: float
+
+
+class LoadedModel:
+    """One artifact with its predictor, behind its own batching worker; warmed up on construction."""
+
+    def __init__(self, artifact: Artifact, config: ServeConfig, role: Role = "primary",
+                 observer: Observer | None = None) -> None:
+        from unetkit.inference.backends import make_predictor
+
+        self.artifact = artifact
+        self.meta = artifact.meta
+        self.role: Role = role
+        self.name = self.meta.name
+        self.version = self.meta.weights_sha256[:12]
+        self.colors = [tuple(int(v) for v in c) for c in self.meta.colors()]
+        self.patch = tuple(int(v) for v in self.meta.patch_size[:2])
+        if len(self.patch) != 2:
+            raise ConfigError(f"{artifact.path}: patch_size {self.meta.patch_size}: serving needs a 2-D patch size")
+        predictor = make_predictor(artifact, config.backend, batch_size=config.max_batch_size)
+        observer = observer or Observer()
+        self.batcher = TileBatcher(
+            predictor, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
+            max_queue=config.max_queue, on_batch=lambda stats: observer.batch(self, stats), name=role,
+        )
+        self.tile_config = TileConfig(
+            tile_size=self.patch, overlap=config.tile_overlap,
+            batch_size=max(1, min(config.max_queue, 2 * config.max_batch_size)),
+        )
+        self.batcher.predict(np.zeros((config.max_batch_size, self.meta.model.in_channels, *self.patch), np.float32))
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "version": self.version, "role": self.role,
+            "classes": [{"index": i, "name": n, "color": c} for i, (n, c) in enumerate(zip(self.meta.class_names, self.colors, strict=True))],
+            "in_channels": self.meta.model.in_channels, "patch_size": list(self.patch),
+            "temperature": self.meta.temperature, "created": self.meta.created,
+        }
+
+    def probabilities(self, image: np.ndarray, tta: bool = False) -> np.ndarray:
+        """(K, H, W) probabilities through the shared batcher (blocks the calling thread)."""
+        with self.batcher.session() as session:
+            predictor = _SessionPredictor(self.batcher, session, self.meta.model.in_channels, self.patch)
+            return predict_tiled(predictor, image, replace(self.tile_config, tta=tta), max_pixels=image.shape[1] * image.shape[2])
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+class _SessionPredictor:
+    """What `predict_tiled` calls: one request's view of the shared batcher."""
+
+    def __init__(self, batcher: TileBatcher, session: Session, in_channels: int, tile_size: tuple[int, int]) -> None:
+        self.batcher, self.session = batcher, session
+        self.in_channels, self.tile_size = in_channels, tile_size
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.batcher.predict(batch, self.session)
+
+
+class Service:
+    def __init__(self, primary: LoadedModel, config: ServeConfig, candidate: LoadedModel | None = None,
+                 observer: Observer | None = None) -> None:
+        if (config.canary_percent > 0 or config.shadow) and candidate is None:
+            raise ConfigError("canary_percent/shadow need canary_artifact (the candidate model)")
+        if not 0.0 <= config.canary_percent <= 100.0:
+            raise ConfigError(f"canary_percent {config.canary_percent}: expected 0-100")
+        self.primary, self.candidate, self.config = primary, candidate, config
+        self.observer = observer or Observer()
+        self.rollout = "shadow" if config.shadow else ("canary" if candidate is not None and config.canary_percent > 0 else "none")
+        self._rng = random.Random(config.seed)
+        self._rng_lock = threading.Lock()
+        self._inflight = threading.BoundedSemaphore(config.max_inflight)
+        self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="unetkit-shadow") if self.rollout == "shadow" else None
+        self._shadow_pending = 0
+        self._shadow_lock = threading.Lock()
+
+    @classmethod
+    def from_artifact(cls, path: str | Path, config: ServeConfig | None = None, observer: Observer | None = None) -> Service:
+        """Load, check and warm up the primary (and candidate) models: the result is ready to serve."""
+        config = config or ServeConfig()
+        observer = observer or Observer()
+        primary = LoadedModel(load_artifact(path), config, "primary", observer)
+        candidate = None
+        if config.canary_artifact:
+            candidate = LoadedModel(load_artifact(config.canary_artifact), config, "candidate", observer)
+            if candidate.meta.class_names != primary.meta.class_names:
+                raise ConfigError(
+                    f"{config.canary_artifact}: classes {list(candidate.meta.class_names)} differ from the primary's "
+                    f"{list(primary.meta.class_names)}; a candidate must predict the same classes"
+                )
+        return cls(primary, config, candidate, observer)
+
+    # ------------------------------------------------------------ serving
+
+    @contextmanager
+    def admission(self) -> Any:
+        """Hold a slot for one request, or raise `QueueFull` at once when `max_inflight` are busy."""
+        if not self._inflight.acquire(blocking=False):
+            raise QueueFull(f"{self.config.max_inflight} requests already in flight", self.config.retry_after_seconds)
+        try:
+            yield
+        finally:
+            self._inflight.release()
+
+    def choose_model(self) -> LoadedModel:
+        if self.rollout != "canary":
+            return self.primary
+        with self._rng_lock:
+            draw = self._rng.random() * 100.0
+        assert self.candidate is not None
+        return self.candidate if draw < self.config.canary_percent else self.primary
+
+    def segment(self, image: np.ndarray, options: SegmentOptions = SegmentOptions()) -> Segmentation:
+        """Segment one `(C, H, W)` raw-intensity image (any size: tiled). Thread-safe, blocking."""
+        start = time.perf_counter()
+        if image.ndim != 3 or image.shape[1] * image.shape[2] > self.config.max_pixels:
+            raise ImageTooLarge(f"image of shape {image.shape}: expected (C, H, W) with at most {self.config.max_pixels:,} pixels")
+        model = self.choose_model()
+        image = fit_channels(image, model.meta.model.in_channels)
+        try:
+            probs = model.probabilities(image, tta=options.tta)
+        except QueueFull as e:
+            e.retry_after = self.config.retry_after_seconds
+            raise
+        labels = labels_from_probabilities(probs, model.artifact)
+        confidence = probs.max(axis=0)
+        summary = summarize(labels, confidence, model.meta.class_names, model.colors)
+        model_seconds = time.perf_counter() - start
+        self.observer.prediction(model, summary)
+        if self.rollout == "shadow":
+            self._shadow(image, labels, options)
+        return Segmentation(labels, confidence, probs if options.keep_probabilities else None, model, summary, model_seconds)
+
+    def _shadow(self, image: np.ndarray, labels: np.ndarray, options: SegmentOptions) -> None:
+        assert self._shadow_pool is not None and self.candidate is not None
+        with self._shadow_lock:
+            if self._shadow_pending >= 2:
+                self.observer.shadow_dropped()
+                return
+            self._shadow_pending += 1
+        self._shadow_pool.submit(self._run_shadow, image, labels, options)
+
+    def _run_shadow(self, image: np.ndarray, labels: np.ndarray, options: SegmentOptions) -> None:
+        try:
+            assert self.candidate is not None
+            probs = self.candidate.probabilities(image, tta=options.tta)
+            other = labels_from_probabilities(probs, self.candidate.artifact)
+            self.observer.shadow(agreement_iou(labels, other, self.primary.meta.num_classes))
+        except Exception:  # noqa: BLE001 - shadow work never affects serving
+            self.observer.shadow_dropped()
+        finally:
+            with self._shadow_lock:
+                self._shadow_pending -= 1
+
+    def wait_for_shadow(self, timeout: float = 10.0) -> None:
+        """Block until queued shadow comparisons are done (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._shadow_pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def models(self) -> dict[str, Any]:
+        return {
+            "primary": self.primary.info(), "candidate": self.candidate.info() if self.candidate else None,
+            "rollout": self.rollout, "canary_percent": self.config.canary_percent if self.rollout == "canary" else 0.0,
+        }
+
+    def close(self) -> None:
+        """Finish queued work and stop the workers."""
+        if self._shadow_pool is not None:
+            self._shadow_pool.shutdown(wait=True, cancel_futures=True)
+        for model in (self.primary, self.candidate):
+            if model is not None:
+                model.close()
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def fit_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """Gray -> repeated for colour models; RGB -> channel mean for gray models; else exact."""
+    have = image.shape[0]
+    if have == channels:
+        return image
+    if have == 1:
+        return np.repeat(image, channels, axis=0)
+    if channels == 1 and have in (3, 4):
+        return image[:3].mean(axis=0, keepdims=True)
+    raise InputError(f"image has {have} channels but the model takes {channels}")
+
+
+def summarize(labels: np.ndarray, confidence: np.ndarray, class_names: tuple[str, ...],
+              colors: list[tuple[int, ...]]) -> dict[str, Any]:
+    """Per-class pixel fractions and mean confidence, and an overall confidence summary."""
+    k = len(class_names)
+    flat = labels.ravel()
+    counts = np.bincount(flat, minlength=k)[:k]
+    sums = np.bincount(flat, weights=confidence.ravel(), minlength=k)[:k]
+    total = max(int(flat.size), 1)
+    sample = confidence.ravel()[:: max(1, flat.size // 262_144)]
+    classes = [
+        {"index": i, "name": class_names[i], "color": tuple(colors[i]), "pixel_fraction": float(counts[i] / total),
+         "mean_confidence": float(sums[i] / counts[i]) if counts[i] else None}
+        for i in range(k)
+    ]
+    return {
+        "classes": classes,
+        "confidence": {"mean": float(confidence.mean()), "p05": float(np.percentile(sample, 5)),
+                       "low_fraction": float((confidence < 0.5).mean())},
+    }
+
+
+def agreement_iou(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
+    """Mean IoU between two label maps over the classes either one predicts (1.0 when identical)."""
+    ious = []
+    for c in range(num_classes):
+        in_a, in_b = a == c, b == c
+        union = np.count_nonzero(in_a | in_b)
+        if union:
+            ious.append(np.count_nonzero(in_a & in_b) / union)
+    return float(np.mean(ious)) if ious else 1.0

@@ -1,0 +1,168 @@
+"""The framework-free service: segmentation, dynamic batching across requests, back-pressure."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.serve.samples import synthetic_image
+from unetkit.config import ServeConfig
+from unetkit.errors import ConfigError, InputError
+from unetkit.serve.batching import BatchStats, QueueFull, TileBatcher
+from unetkit.serve.service import Observer, SegmentOptions, Service, agreement_iou, fit_channels
+
+
+class Recorder(Observer):
+    def __init__(self) -> None:
+        self.batches: list[BatchStats] = []
+        self.predictions: list[dict] = []
+        self.agreements: list[float] = []
+
+    def batch(self, model, stats):  # noqa: ANN001
+        self.batches.append(stats)
+
+    def prediction(self, model, summary):  # noqa: ANN001
+        self.predictions.append(summary)
+
+    def shadow(self, agreement_iou):  # noqa: ANN001
+        self.agreements.append(agreement_iou)
+
+
+@pytest.fixture(scope="module")
+def service(artifact_path):
+    svc = Service.from_artifact(artifact_path, ServeConfig(max_batch_size=8, max_wait_ms=20))
+    yield svc
+    svc.close()
+
+
+def test_segment_matches_the_offline_engine(service, artifact_path):
+    from unetkit.artifact import load_artifact
+    from unetkit.config import TileConfig
+    from unetkit.inference.backends import make_predictor
+    from unetkit.inference.predict import predict_tiled
+
+    image = synthetic_image(150, 97)
+    seg = service.segment(image, SegmentOptions(keep_probabilities=True))
+    assert seg.labels.shape == (150, 97) and seg.labels.dtype == np.uint8
+    offline = predict_tiled(make_predictor(load_artifact(artifact_path), "torch"), image, TileConfig(tile_size=(64, 64)))
+    np.testing.assert_allclose(seg.probabilities, offline, atol=1e-4)
+    np.testing.assert_array_equal(seg.labels, offline.argmax(0))
+    fractions = [c["pixel_fraction"] for c in seg.summary["classes"]]
+    assert sum(fractions) == pytest.approx(1.0)
+    assert 1 / 3 <= seg.summary["confidence"]["mean"] <= 1.0
+    assert seg.model.role == "primary" and len(seg.model.version) == 12
+
+
+def test_tta_and_small_and_gray_images(service):
+    tiny = synthetic_image(20, 33)
+    assert service.segment(tiny, SegmentOptions(tta=True)).labels.shape == (20, 33)
+    gray = synthetic_image(64, 64)[:1]
+    assert service.segment(gray).labels.shape == (64, 64)
+    with pytest.raises(InputError, match="5 channels but the model takes 3"):
+        fit_channels(np.zeros((5, 8, 8), np.float32), 3)
+    with pytest.raises(InputError, match="NaN"):
+        service.segment(np.full((3, 16, 16), np.nan, np.float32))
+
+
+def test_tiles_of_concurrent_requests_share_batches(artifact_path):
+    recorder = Recorder()
+    svc = Service.from_artifact(artifact_path, ServeConfig(max_batch_size=8, max_wait_ms=50), recorder)
+    recorder.batches.clear()
+    results = {}
+
+    def run(i: int) -> None:
+        results[i] = svc.segment(synthetic_image(64, 64, seed=i)).labels  # one tile each
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    svc.close()
+    assert len(results) == 6
+    assert max(b.sessions for b in recorder.batches) >= 2, recorder.batches
+    assert sum(b.size for b in recorder.batches) == 6
+    assert len(recorder.batches) < 6
+
+
+def test_lone_request_does_not_wait_for_a_full_batch():
+    calls = []
+    batcher = TileBatcher(lambda x: calls.append(len(x)) or x, max_batch_size=8, max_wait_ms=2000, max_queue=16)
+    with batcher.session() as s:
+        start = time.perf_counter()
+        out = batcher.predict(np.ones((3, 1, 4, 4), np.float32), s)
+    batcher.close()
+    assert time.perf_counter() - start < 1.0 and calls == [3]
+    assert out.shape == (3, 1, 4, 4)
+
+
+def test_full_queue_raises_back_pressure_and_admitted_requests_finish():
+    release = threading.Event()
+
+    def slow(x: np.ndarray) -> np.ndarray:
+        release.wait(5)
+        return x
+
+    batcher = TileBatcher(slow, max_batch_size=2, max_wait_ms=0, max_queue=4)
+    started = [threading.Thread(target=batcher.predict, args=(np.zeros((2, 1, 2, 2), np.float32),)) for _ in range(3)]
+    for t in started:
+        t.start()
+    deadline = time.monotonic() + 5
+    while batcher.queue_depth < 4 and time.monotonic() < deadline:  # 1 batch running, 4 tiles queued
+        time.sleep(0.01)
+    assert batcher.queue_depth == 4
+    with pytest.raises(QueueFull, match="queue full"):
+        batcher.predict(np.zeros((1, 1, 2, 2), np.float32))
+    release.set()
+    for t in started:
+        t.join(5)
+    assert batcher.queue_depth == 0
+    batcher.close()
+    with pytest.raises(QueueFull, match="shutting down"):
+        batcher.predict(np.zeros((1, 1, 2, 2), np.float32))
+
+
+def test_predictor_failure_reaches_the_caller_and_the_worker_survives():
+    def flaky(x: np.ndarray) -> np.ndarray:
+        if x.sum() > 0:
+            raise RuntimeError("boom")
+        return x
+
+    batcher = TileBatcher(flaky, max_batch_size=4, max_wait_ms=0, max_queue=8)
+    with pytest.raises(RuntimeError, match="boom"):
+        batcher.predict(np.ones((1, 1, 2, 2), np.float32))
+    assert batcher.predict(np.zeros((1, 1, 2, 2), np.float32)).shape == (1, 1, 2, 2)
+    batcher.close()
+
+
+def test_admission_limit(artifact_path, service):
+    limited = Service(service.primary, ServeConfig(max_inflight=1))
+    with limited.admission():
+        with pytest.raises(QueueFull, match="1 requests already in flight"):
+            with limited.admission():
+                pass
+    with limited.admission():
+        pass
+
+
+def test_canary_split_and_shadow_agreement(artifact_path, candidate_path):
+    with pytest.raises(ConfigError, match="need canary_artifact"):
+        Service.from_artifact(artifact_path, ServeConfig(canary_percent=10))
+    recorder = Recorder()
+    cfg = ServeConfig(canary_artifact=str(candidate_path), shadow=True)
+    svc = Service.from_artifact(artifact_path, cfg, recorder)
+    seg = svc.segment(synthetic_image(64, 64))
+    svc.wait_for_shadow()
+    svc.close()
+    assert seg.model.role == "primary"
+    assert len(recorder.agreements) == 1 and 0.0 <= recorder.agreements[0] <= 1.0
+    assert svc.models()["rollout"] == "shadow"
+
+
+def test_agreement_iou():
+    a = np.array([[0, 0], [1, 1]])
+    assert agreement_iou(a, a, 3) == 1.0
+    assert agreement_iou(a, np.array([[0, 1], [1, 1]]), 3) == pytest.approx((1 / 2 + 2 / 3) / 2)
