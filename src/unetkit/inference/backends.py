@@ -36,8 +36,10 @@ class TorchPredictor:
 
     def __init__(
         self, module: nn.Module, *, channels_last: bool = False, threads: int | None = None,
-        fold_bn: bool = True, compile: bool = False,
+        fold_bn: bool = True, compile: bool = False, keep_memory: bool = True,
     ) -> None:
+        if keep_memory:
+            keep_freed_memory()  # eager PyTorch is up to several times slower page-faulting fresh activations
         if threads:
             torch.set_num_threads(threads)
         module = module.eval()
@@ -242,32 +244,28 @@ def machine_id() -> str:
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """A copy of `module` with each eval-mode BatchNorm folded into the convolution before it.
 
-    Folds only where the order is certain: adjacent children of an `nn.Sequential` (also a conv
-    followed by a Sequential that starts with the norm, MONAI's Convolution/ADN) and modules whose
-    forward is `norm(conv(...))` with `conv`/`norm` attributes (unetkit's ConvNormAct).
+    unetkit's own blocks go through `unetkit.models.fuse_for_inference`; for other modules (MONAI,
+    plain `nn.Sequential`) it folds only where the order is certain: adjacent children of an
+    `nn.Sequential`, and a conv followed by a Sequential that starts with the norm (MONAI's ADN).
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    module = copy.deepcopy(module).eval()
+    from unetkit.models import fuse_for_inference
+
+    module = fuse_for_inference(module)
     conv_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
     bn_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-    for parent in list(module.modules()):
-        pairs: list[tuple[nn.Module, str, nn.Module, str]] = []
-        if isinstance(parent, nn.Sequential):
-            names = list(parent._modules)
-            for a, b in zip(names[:-1], names[1:], strict=True):
-                nxt = parent._modules[b]
-                if isinstance(nxt, nn.Sequential) and len(nxt) and isinstance(nxt[0], bn_types):
-                    pairs.append((parent, a, nxt, next(iter(nxt._modules))))
-                else:
-                    pairs.append((parent, a, parent, b))
-        elif type(parent).__name__ == "ConvNormAct" and hasattr(parent, "conv") and hasattr(parent, "norm"):
-            pairs.append((parent, "conv", parent, "norm"))
-        for conv_owner, conv_name, bn_owner, bn_name in pairs:
-            conv, bn = conv_owner._modules[conv_name], bn_owner._modules[bn_name]
+    for parent in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        names = list(parent._modules)
+        for a, b in zip(names[:-1], names[1:], strict=True):
+            conv, owner, bn_name = parent._modules[a], parent, b
+            nxt = parent._modules[b]
+            if isinstance(nxt, nn.Sequential) and len(nxt) and isinstance(nxt[0], bn_types):
+                owner, bn_name = nxt, next(iter(nxt._modules))
+            bn = owner._modules[bn_name]
             if isinstance(conv, conv_types) and isinstance(bn, bn_types) and bn.track_running_stats:
-                conv_owner._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
-                bn_owner._modules[bn_name] = nn.Identity()
+                parent._modules[a] = fuse_conv_bn_eval(conv, bn)
+                owner._modules[bn_name] = nn.Identity()
     return module
 
 

@@ -30,7 +30,7 @@ def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
         raise ConfigError(f"image size {size}: expected a positive number of pixels")
     if size <= tile:
         return [0]
-    max_step = max(1.0, tile * (1.0 - overlap))
+    max_step = max(1, math.floor(tile * (1.0 - overlap) + 1e-9))  # integer, so rounded gaps never exceed it
     steps = math.ceil((size - tile) / max_step - 1e-9)
     spacing = (size - tile) / steps
     return [int(round(i * spacing)) for i in range(steps + 1)]

@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+import torch
+
+from unetkit.config import TileConfig
+from unetkit.errors import ConfigError, InputError
+from unetkit.inference.predict import dihedral, dihedral_inverse, predict_tiled, softmax_
+from unetkit.inference.tiling import tile_starts
+
+
+def whole(predictor, image):
+    return softmax_(predictor(image[None].copy()))[0]
+
+
+def boundary_mask(shape, tile, overlap, radius):
+    """Pixels within `radius` of an inner tile edge (where a tile's zero padding is felt)."""
+    mask = np.zeros(shape, bool)
+    for axis, size in enumerate(shape):
+        for s in tile_starts(size, tile, overlap):
+            for edge in (s, s + tile):
+                if 0 < edge < size:
+                    sl = [slice(None), slice(None)]
+                    sl[axis] = slice(max(0, edge - radius), edge + radius)
+                    mask[tuple(sl)] = True
+    return mask
+
+
+def test_tiled_matches_whole_image_without_seams(predictor, image):
+    reference = whole(predictor, image)
+    config = TileConfig(tile_size=(24, 24), overlap=0.5, batch_size=3)
+    tiled = predict_tiled(predictor, image, config)
+    assert tiled.shape == (3, 70, 61) and tiled.dtype == np.float32
+    np.testing.assert_allclose(tiled.sum(0), 1.0, atol=1e-5)
+    err = np.abs(tiled - reference).max(0)
+    edges = boundary_mask(image.shape[1:], 24, 0.5, radius=3)
+    boundary, interior = err[edges].mean(), err[~edges].mean()
+    assert err.max() < 0.02
+    assert boundary <= interior + 2e-3, (boundary, interior)
+    # the same test catches seams: with constant blending tile borders stand out
+    flat = predict_tiled(predictor, image, TileConfig(tile_size=(24, 24), overlap=0.5, blend="constant"))
+    flat_err = np.abs(flat - reference).max(0)
+    assert flat_err[edges].mean() > 5 * (boundary + 1e-4)
+
+
+def test_one_tile_image_is_predicted_whole(predictor):
+    image = np.random.default_rng(1).uniform(0, 1, (2, 24, 24)).astype(np.float32)
+    out = predict_tiled(predictor, image, TileConfig(tile_size=(24, 24)))
+    assert predictor.calls == [(1, 2, 24, 24)]
+    np.testing.assert_allclose(out, whole(predictor, image), atol=1e-6)
+
+
+@pytest.mark.parametrize("padding,np_mode", [("reflect", "reflect"), ("constant", "constant"), ("replicate", "edge")])
+def test_image_smaller_than_tile_is_padded_and_cropped(predictor, padding, np_mode):
+    image = np.random.default_rng(2).uniform(0, 1, (2, 9, 14)).astype(np.float32)
+    out = predict_tiled(predictor, image, TileConfig(tile_size=(16, 16), padding=padding))
+    padded = np.pad(image, ((0, 0), (0, 7), (0, 2)), mode=np_mode)
+    assert out.shape == (3, 9, 14)
+    np.testing.assert_allclose(out, whole(predictor, padded)[:, :9, :14], atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (17, 5), (37, 53), (16, 49)])
+def test_odd_sizes(predictor, shape):
+    image = np.random.default_rng(3).uniform(0, 1, (2, *shape)).astype(np.float32)
+    out = predict_tiled(predictor, image, TileConfig(tile_size=(16, 16), overlap=0.25, batch_size=2))
+    assert out.shape == (3, *shape)
+    np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-5)
+    assert max(n for n, *_ in predictor.calls) <= 2
+
+
+def test_tta_is_the_mean_of_explicitly_transformed_predictions(predictor):
+    image = np.random.default_rng(4).uniform(0, 1, (2, 20, 20)).astype(np.float32)
+    config = TileConfig(tile_size=(20, 20))
+    expected = np.zeros((3, 20, 20), np.float32)
+    for k in range(4):
+        for flip in (False, True):
+            rotated = np.ascontiguousarray(dihedral(image[None], k, flip)[0])
+            expected += dihedral_inverse(predict_tiled(predictor, rotated, config)[None], k, flip)[0] / 8
+    got = predict_tiled(predictor, image, TileConfig(tile_size=(20, 20), tta=True))
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert np.abs(got - predict_tiled(predictor, image, config)).max() > 1e-4  # TTA changed something
+
+
+def test_tta_on_tiles_with_non_square_tiles(predictor, image):
+    out = predict_tiled(predictor, image, TileConfig(tile_size=(16, 24), tta=True, batch_size=8))
+    np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-5)
+
+
+def test_activation_none_blends_returned_probabilities(net, image):
+    def probabilities(batch):
+        with torch.inference_mode():
+            return torch.softmax(net(torch.from_numpy(batch)), 1).numpy()
+
+    a = predict_tiled(probabilities, image, TileConfig(tile_size=(24, 24), activation="none"))
+    b = predict_tiled(lambda x: net(torch.from_numpy(x)).detach().numpy(), image, TileConfig(tile_size=(24, 24)))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_integer_images_are_converted(predictor):
+    image = np.random.default_rng(5).integers(0, 255, (2, 12, 12), dtype=np.uint8)
+    out = predict_tiled(predictor, image, TileConfig(tile_size=(8, 8)))
+    np.testing.assert_allclose(out, predict_tiled(predictor, image.astype(np.float32), TileConfig(tile_size=(8, 8))))
+
+
+@pytest.mark.parametrize("image,match", [
+    (np.zeros((2, 0, 5), np.float32), "empty"),
+    (np.zeros((5, 5), np.float32), "expected 3 dimensions"),
+    (np.zeros((1, 2, 5, 5), np.float32), "expected 3 dimensions"),
+    (np.zeros((3, 8, 8), np.float32), "3 channel.*model takes 2"),
+    (np.array([[[0, np.nan], [0, 0]]] * 2, np.float32), "2 NaN/inf"),
+    (np.array([[[0, np.inf], [0, 0]]] * 2, np.float32), "NaN/inf"),
+    (np.zeros((2, 2, 2), complex), "dtype complex"),
+    ([[[0.0]]], "numpy array"),
+])
+def test_input_errors(predictor, image, match):
+    with pytest.raises(InputError, match=match):
+        predict_tiled(predictor, image, TileConfig(tile_size=(8, 8)))
+
+
+def test_pixel_limit(predictor):
+    with pytest.raises(InputError, match="exceeds the limit of 100 pixels.*predict_stream"):
+        predict_tiled(predictor, np.zeros((2, 11, 10), np.float32), TileConfig(tile_size=(8, 8)), max_pixels=100)
+
+
+def test_config_errors(predictor):
+    image = np.zeros((2, 8, 8), np.float32)
+    with pytest.raises(ConfigError, match="tile_size is empty"):
+        predict_tiled(predictor, image, TileConfig())
+    with pytest.raises(ConfigError, match="batch_size"):
+        predict_tiled(predictor, image, TileConfig(tile_size=(8, 8), batch_size=0))
+    predictor.tile_size = (8, 8)  # an artifact's patch size is used when the config has none
+    assert predict_tiled(predictor, image, TileConfig()).shape == (3, 8, 8)
+
+
+def test_predictor_returning_the_wrong_shape_is_reported(image):
+    with pytest.raises(ValueError, match="predictor returned"):
+        predict_tiled(lambda x: x[:, :, :4], image, TileConfig(tile_size=(16, 16)))

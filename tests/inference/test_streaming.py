@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from unetkit.config import TileConfig
+from unetkit.errors import InputError
+from unetkit.inference.predict import predict_tiled
+from unetkit.inference.streaming import estimate_memory, open_lazy, predict_stream, quantize
+
+CONFIG = TileConfig(tile_size=(24, 24), overlap=0.25, batch_size=3)
+
+
+@pytest.fixture
+def big(rng):
+    return rng.uniform(0, 255, (2, 103, 77)).astype(np.float32)
+
+
+def test_tiff_to_tiff_equals_in_memory(predictor, big, tmp_path):
+    source = tmp_path / "in.tif"
+    tifffile.imwrite(source, big, tile=(32, 32), bigtiff=True, photometric="minisblack", planarconfig="separate")
+    expected = predict_tiled(predictor, big, CONFIG)
+    predict_stream(predictor, source, tmp_path / "labels.tif", CONFIG, probabilities_path=tmp_path / "p.tif",
+                   probabilities_dtype="float32", out_tile=16)
+    labels = tifffile.imread(tmp_path / "labels.tif")
+    probs = tifffile.imread(tmp_path / "p.tif")
+    assert labels.dtype == np.uint8 and labels.shape == (103, 77)
+    np.testing.assert_array_equal(labels, expected.argmax(0))
+    np.testing.assert_allclose(probs.transpose(2, 0, 1), expected, atol=1e-5)
+    with tifffile.TiffFile(tmp_path / "labels.tif") as tif:
+        assert tif.is_bigtiff and tif.pages[0].is_tiled
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_zarr_to_zarr_equals_in_memory(predictor, big, tmp_path):
+    src = zarr.create_array(store=str(tmp_path / "in.zarr"), shape=big.shape, chunks=(2, 20, 20), dtype="float32")
+    src[:] = big
+    expected = predict_tiled(predictor, big, CONFIG)
+    predict_stream(predictor, tmp_path / "in.zarr", tmp_path / "labels.zarr", CONFIG,
+                   probabilities_path=tmp_path / "p.zarr", probabilities_dtype="uint8", out_tile=32)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "labels.zarr"))[:], expected.argmax(0))
+    probs = zarr.open_array(str(tmp_path / "p.zarr"))[:]
+    np.testing.assert_array_equal(probs, quantize(expected, "uint8").transpose(1, 2, 0))
+
+
+def test_rgb_tiff_source_is_read_channels_first(rng, tmp_path):
+    rgb = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, tile=(16, 16), photometric="rgb")
+    image = open_lazy(tmp_path / "rgb.tif")
+    assert image.shape == (3, 40, 30)
+    np.testing.assert_array_equal(image.read_rows(5, 9), rgb[5:9].transpose(2, 0, 1))
+    image.close()
+
+
+def test_memory_estimate_grows_with_width_not_height_and_refuses_over_the_limit(predictor, big, tmp_path):
+    tall = estimate_memory((3, 100_000, 4096), 2, CONFIG, (256, 256))
+    short = estimate_memory((3, 1_000, 4096), 2, CONFIG, (256, 256))
+    wide = estimate_memory((3, 1_000, 8192), 2, CONFIG, (256, 256))
+    assert tall.total == short.total < wide.total
+    assert "total" in str(tall) and "model activations" in str(tall)
+    with pytest.raises(InputError, match="needs about .* MiB, more than max_memory"):
+        predict_stream(predictor, big, tmp_path / "l.tif", CONFIG, max_memory=1000)
+    assert not (tmp_path / "l.tif").exists()
+
+
+def test_streaming_errors(predictor, tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        predict_stream(predictor, tmp_path / "missing.tif", tmp_path / "l.tif", CONFIG)
+    with pytest.raises(InputError, match="unsupported output"):
+        predict_stream(predictor, np.zeros((2, 30, 30), np.float32), tmp_path / "l.png", CONFIG)
+    bad = np.zeros((2, 60, 30), np.float32)
+    bad[1, 50, 3] = np.nan
+    with pytest.raises(InputError, match="NaN/inf"):
+        predict_stream(predictor, bad, tmp_path / "l.tif", CONFIG)
+    assert not list(tmp_path.glob("l.tif*"))  # no partial output left behind
+    with pytest.raises(InputError, match="channel"):
+        predict_stream(predictor, np.zeros((3, 30, 30), np.float32), tmp_path / "l.tif", CONFIG)
+    with pytest.raises(InputError, match="probabilities_dtype"):
+        predict_stream(predictor, np.zeros((2, 30, 30), np.float32), tmp_path / "l.tif", CONFIG,
+                       probabilities_dtype="float64")
