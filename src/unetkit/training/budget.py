@@ -1,0 +1,96 @@
+"""Fitting a run into a wall-clock budget: measure, then fix the number of steps.
+
+The run trains a few probe steps at the provisional schedule, times them (the first step, with its
+one-off allocations, is excluded), times one validation and one checkpoint save, then fixes
+`total_steps` so that steps + periodic validations + the final validation and saves end inside
+the budget. While it runs, the plan is refreshed every ~5% of the budget from the recent step
+times (a shared machine speeds up and slows down), so the schedule still decays to its end when
+the budget runs out. The plan is stored in the checkpoint; a resumed run keeps it as it is (no
+re-planning), so resume is exact. A guard before every step stops cleanly if time runs out anyway.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+def plan_total_steps(*, steps_done: int, seconds_left: float, seconds_per_step: float,
+                     val_seconds: float, val_every: int, reserve_seconds: float) -> int:
+    """Steps that fit in `seconds_left - reserve_seconds`, each also paying 1/val_every of a validation."""
+    per_step = seconds_per_step + val_seconds / max(val_every, 1)
+    usable = seconds_left - reserve_seconds
+    if per_step <= 0:
+        return steps_done
+    return steps_done + max(0, int(usable / per_step))
+
+
+def reserve_seconds(budget: float, val_seconds: float, save_seconds: float) -> float:
+    """Time kept for the end of the run: final validation, checkpoint + best + artifact saves, margin."""
+    return val_seconds + 3.0 * save_seconds + 0.03 * budget + 0.1
+
+
+@dataclass
+class BudgetClock:
+    """Wall-clock deadline and the step-time measurements the plan needs (main process only)."""
+
+    budget: float  # seconds; 0 = no budget
+    started: float = field(default_factory=time.perf_counter)
+    probe_min_steps: int = 5
+    step_times: list[float] = field(default_factory=list)
+    val_seconds: float = 0.0
+    save_seconds: float = 0.0
+    excluded: float = 0.0  # validation/save time inside the current step's wall time
+    last_plan: float = -1.0  # elapsed() at the last plan
+
+    @property
+    def enabled(self) -> bool:
+        return self.budget > 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def seconds_left(self) -> float:
+        return self.budget - self.elapsed()
+
+    def exclude(self, seconds: float) -> float:
+        """Time spent validating/saving during a step: not part of the step time."""
+        self.excluded += seconds
+        return seconds
+
+    def record_step(self, wall_seconds: float) -> None:
+        self.step_times.append(max(wall_seconds - self.excluded, 0.0))
+        self.excluded = 0.0
+
+    def seconds_per_step(self) -> float:
+        """Median of the recent step times, the first one excluded (one-off set-up costs)."""
+        times = self.step_times[1:] or self.step_times
+        recent = sorted(times[-50:])
+        return recent[len(recent) // 2] if recent else 0.0
+
+    def probe_done(self) -> bool:
+        """Enough steps timed: at least `probe_min_steps` and ~3% of the budget (at most 30 s)."""
+        timed = self.step_times[1:]
+        return len(timed) >= self.probe_min_steps and sum(timed) >= min(0.03 * self.budget, 30.0)
+
+    def reserve(self) -> float:
+        return reserve_seconds(self.budget, self.val_seconds, self.save_seconds)
+
+    def time_to_plan(self, decided: bool, resumed: bool) -> bool:
+        """First plan once the probe is done; then every ~5% of the budget (never in a resumed run)."""
+        if not decided:
+            return self.probe_done()
+        return not resumed and self.elapsed() - self.last_plan >= max(0.05 * self.budget, 1.0)
+
+    def plan(self, steps_done: int, val_every: int) -> int:
+        self.last_plan = self.elapsed()
+        return plan_total_steps(
+            steps_done=steps_done, seconds_left=self.seconds_left(), seconds_per_step=self.seconds_per_step(),
+            val_seconds=self.val_seconds, val_every=val_every, reserve_seconds=self.reserve(),
+        )
+
+    def out_of_time(self) -> bool:
+        """True when one more step would eat into the time reserved for the end of the run."""
+        if not self.enabled or not self.step_times:
+            return False
+        return self.seconds_left() < self.reserve() + 1.5 * self.seconds_per_step()

@@ -1,0 +1,158 @@
+"""One optimizer step and one validation pass: free functions over plain values.
+
+`train_step` runs forward (under autocast when a precision is set), the loss, backward, gradient
+clipping and the optimizer step. `evaluate` predicts WHOLE validation images (sliding-window
+inference through `unetkit.inference.predict.predict_tiled` when an image is larger than the
+patch, one forward pass otherwise) and scores them with `unetkit.metrics` confusion matrices, so
+ignore-index and ROI pixels never count. Model selection uses `SELECTION_METRIC`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from unetkit.config import TileConfig
+from unetkit.errors import ConfigError
+from unetkit.metrics.evaluate import evaluate_samples
+from unetkit.training.optim import clip_gradients
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Autocast dtype (None = fp32) and whether fp16 loss scaling is needed."""
+
+    dtype: torch.dtype | None
+    scale_loss: bool
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+
+def resolve_precision(amp: str, device: torch.device) -> Precision:
+    """`auto`: bf16 on CUDA GPUs that support it, else fp16 + GradScaler on CUDA; fp32 on CPU
+    (CPUs without fast bf16 get slower with it). `bf16`/`fp16` force it, `off` is fp32."""
+    if amp == "off":
+        return Precision(None, False)
+    if amp == "auto":
+        if device.type != "cuda":
+            return Precision(None, False)
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if amp == "bf16":
+        return Precision(torch.bfloat16, False)
+    if amp == "fp16":
+        return Precision(torch.float16, device.type == "cuda")
+    raise ConfigError(f"amp: expected one of ['auto', 'off', 'bf16', 'fp16'], got {amp!r}")
+
+
+def train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    scaler: torch.amp.GradScaler | None,
+    grad_clip: float,
+    step: int,
+) -> dict[str, float]:
+    """One optimizer step on a (normalized, augmented) batch; returns the loss terms and grad norm."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(images.device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
+        outputs = model(images)
+    outputs = [o.float() for o in outputs] if isinstance(outputs, (list, tuple)) else outputs.float()
+    loss = loss_fn(outputs, labels)
+    if not torch.isfinite(loss):
+        raise ConfigError(
+            f"training diverged at step {step}: the loss is {float(loss.detach())}; lower optim.lr "
+            f"or enable gradient clipping (optim.grad_clip)"
+        )
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = clip_gradients(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        grad_norm = clip_gradients(model.parameters(), grad_clip)
+        optimizer.step()
+    value = float(loss.detach())
+    terms: dict[str, float] = dict(getattr(loss_fn, "last_terms", {}) or {"total": value})
+    return {"loss": terms.pop("total", value), **{f"loss_{k}": v for k, v in terms.items()},
+            "grad_norm": grad_norm}
+
+
+def make_predictor(model: nn.Module, mean: Sequence[float], std: Sequence[float], device: torch.device,
+                   precision: Precision):
+    """A predictor in the inference contract: raw-unit batch (N,C,h,w) numpy -> logits numpy."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def predictor(batch: np.ndarray) -> np.ndarray:
+        x = (torch.as_tensor(batch, dtype=torch.float32, device=device) - mean_t) / std_t
+        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
+            logits = model(x)
+        return logits.float().cpu().numpy()
+
+    return predictor
+
+
+def predict_whole(predictor, image: np.ndarray, patch_size: Sequence[int], tile_batch: int = 4) -> np.ndarray:
+    """Class scores (K,H,W) for a whole image: sliding window when larger than the patch."""
+    if all(s <= p for s, p in zip(image.shape[1:], patch_size, strict=True)):
+        return predictor(image[None])[0]
+    from unetkit.inference.predict import predict_tiled
+
+    return predict_tiled(predictor, image, TileConfig(tile_size=tuple(patch_size), batch_size=tile_batch))
+
+
+def evaluate(
+    model: nn.Module,
+    val_samples: Sequence[Any],
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    class_names: Sequence[str],
+    patch_size: Sequence[int],
+    ignore_index: int = 255,
+    device: torch.device | str = "cpu",
+    precision: Precision = Precision(None, False),
+) -> dict[str, float | None]:
+    """Score whole validation images (`LoadedSample(key, image (C,H,W), labels (H,W))`).
+
+    Scored by `unetkit.metrics.evaluate.evaluate_samples` (the same code as `unetkit evaluate`).
+    Returns flat JSON values: `pixel_accuracy`, `mean_iou`, `mean_dice`, `mean_iou_foreground`,
+    `mean_dice_foreground` (the model-selection metric, `SELECTION_METRIC`), and `iou/<class>`,
+    `dice/<class>`. Classes absent from truth and prediction are None (NaN) and not averaged.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    predictor = make_predictor(model, mean, std, device, precision)
+
+    def predict_labels(image: np.ndarray) -> np.ndarray:
+        return predict_whole(predictor, np.asarray(image, np.float32), patch_size).argmax(0)
+
+    try:
+        summary = evaluate_samples(predict_labels, val_samples, class_names, ignore_index)
+    finally:
+        model.train(was_training)
+    keys = ["pixel_accuracy", "mean_iou", "mean_dice", "mean_iou_foreground", "mean_dice_foreground"]
+    result: dict[str, float | None] = {k: summary[k] for k in keys if k in summary}
+    for row in summary["per_class"]:
+        result[f"iou/{row['class']}"] = row["iou"]
+        result[f"dice/{row['class']}"] = row["dice"]
+    return result
+
+
+SELECTION_METRIC = "mean_dice_foreground"

@@ -1,0 +1,101 @@
+"""The data side of a training run, from `DataConfig` to loaded training and validation samples.
+
+load the data set description -> pair images with masks -> validate (refuse bad files, or drop
+them when `skip_bad`) -> split train/val -> load -> per-channel normalization statistics from the
+TRAINING images only (stored in the artifact) -> patch sampler and augmenter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from unetkit.config import AugmentConfig, DataConfig, ModelConfig
+from unetkit.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    spec: Any  # unetkit.data.spec.DatasetSpec
+    train: Sequence[Any]  # LoadedSample(key, image (C,H,W) float32, labels (H,W))
+    val: Sequence[Any]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    fingerprint: dict[str, Any]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.spec.classes]
+
+    @property
+    def class_colors(self) -> list[tuple[int, int, int]]:
+        colors = [c.color for c in self.spec.classes]
+        return [tuple(c) for c in colors] if all(c is not None for c in colors) else []
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train[0].image.shape[0])
+
+    @property
+    def spec_dict(self) -> dict[str, Any]:
+        """How mask values map to classes (stored in the artifact, so evaluation decodes masks alike)."""
+        return {
+            "classes": [{"name": c.name, "value": _plain(c.value), "color": _plain(c.color)} for c in self.spec.classes],
+            "ignore_values": [_plain(v) for v in self.spec.ignore_values],
+        }
+
+    def resolve_model(self, model: ModelConfig) -> ModelConfig:
+        """The model config with in/out channels taken from the data (the data is the truth)."""
+        return dataclasses.replace(model, in_channels=self.in_channels, out_channels=len(self.spec.classes))
+
+    def patch_sampler(self, config: DataConfig, rng: np.random.Generator):
+        from unetkit.data.dataset import PatchSampler
+
+        return PatchSampler(self.train, config.patch_size, config.batch_size, config.rare_oversample, rng,
+                            num_classes=len(self.spec.classes))
+
+    def augmenter(self, config: AugmentConfig, seed: int):
+        if not config.enabled:
+            return None
+        from unetkit.data.transforms import Augmenter
+
+        return Augmenter(config, seed=seed)
+
+
+def load_training_data(config: DataConfig, *, progress: bool = False,
+                       log: Callable[[str], Any] | None = None) -> TrainingData:
+    from unetkit.data.dataset import load_samples
+    from unetkit.data.fingerprint import channel_stats, fingerprint
+    from unetkit.data.pairing import pair_samples
+    from unetkit.data.spec import load_spec
+    from unetkit.data.splits import split
+    from unetkit.data.validate import validate
+
+    if not config.data:
+        raise ConfigError("data.data: empty; give a data folder, a dataset JSON or a manifest CSV")
+    spec = load_spec(config.data)
+    samples = pair_samples(spec)
+    report = validate(spec, samples, progress=progress)
+    usable = report.usable(skip_bad=config.skip_bad)  # refuses bad data unless skip_bad
+    if log and len(usable) < len(samples):
+        log(f"skip_bad: training without {len(samples) - len(usable)} bad of {len(samples)} samples")
+    samples = usable
+    if len(samples) < 2:
+        raise DataError(f"{config.data}: {len(samples)} usable image/mask pair(s); training needs at least 2 "
+                        "(one for training, one for validation)")
+    train_samples, val_samples = split(samples, config)
+    train = load_samples(train_samples, spec, progress=progress)
+    val = load_samples(val_samples, spec, progress=progress)
+    mean, std = channel_stats([s.image for s in train])  # the training images only
+    return TrainingData(spec=spec, train=train, val=val, mean=tuple(mean), std=tuple(std),
+                        fingerprint=fingerprint(spec, [*train_samples, *val_samples], [*train, *val]))
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    return v.item() if hasattr(v, "item") else v
