@@ -1,0 +1,33 @@
+import pytest
+
+from unetkit.config import DataConfig
+from unetkit.data.pairing import Sample
+from unetkit.data.splits import split
+from unetkit.errors import DataError
+
+
+def _samples(n: int) -> list[Sample]:
+    return [Sample(f"{i:02d}", None, None) for i in range(n)]  # paths are not used by split
+
+
+def test_fraction_split_is_deterministic_and_order_independent() -> None:
+    train, val = split(_samples(20), DataConfig(val_fraction=0.25, seed=3))
+    assert len(val) == 5 and len(train) == 15
+    again = split(list(reversed(_samples(20))), DataConfig(val_fraction=0.25, seed=3))
+    assert [s.key for s in again[1]] == [s.key for s in val]
+    other = split(_samples(20), DataConfig(val_fraction=0.25, seed=4))[1]
+    assert [s.key for s in other] != [s.key for s in val]
+
+
+def test_explicit_val_keys_win_and_unknown_keys_are_named() -> None:
+    train, val = split(_samples(5), DataConfig(val_keys=("01", "03")))
+    assert [s.key for s in val] == ["01", "03"] and len(train) == 3
+    with pytest.raises(DataError, match=r"data\.val_keys: unknown keys \['99'\]"):
+        split(_samples(5), DataConfig(val_keys=("99",)))
+
+
+def test_edge_cases() -> None:
+    assert split(_samples(3), DataConfig(val_fraction=0.0)) == (_samples(3), [])
+    assert len(split(_samples(2), DataConfig(val_fraction=0.9))[0]) == 1  # always keeps training data
+    with pytest.raises(DataError, match=r"1 sample\(s\) cannot be split"):
+        split(_samples(1), DataConfig(val_fraction=0.2))

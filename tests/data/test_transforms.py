@@ -1,0 +1,84 @@
+import dataclasses
+
+import pytest
+import torch
+
+from unetkit.config import AugmentConfig
+from unetkit.data.transforms import Augmenter
+
+GEOMETRY_ONLY = AugmentConfig(brightness=0, contrast=0, gamma=0, noise_std=0, p=1.0)
+
+
+def _blocks(n: int = 6, size: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = torch.zeros(n, size, size, dtype=torch.long)
+    labels[:, 4:20, 6:30] = 1
+    labels[:, 26:44, 14:40] = 2
+    labels[:, 30:34, 2:10] = 3
+    return labels[:, None].float().repeat(1, 2, 1, 1), labels  # the image encodes the label
+
+
+def _agreement(images: torch.Tensor, labels: torch.Tensor, exact_only: bool = False) -> float:
+    """Fraction of labelled pixels whose image value encodes their label; `exact_only`: among pixels
+    whose value is a whole number (not a bilinear blend of two labels)."""
+    inside = labels != 255
+    if exact_only:
+        inside &= (images[:, 0] - images[:, 0].round()).abs() < 0.01
+    return (images[:, 0].round().long() == labels)[inside].float().mean().item()
+
+
+@pytest.mark.parametrize("elastic", [0.0, 1.0])
+def test_images_and_labels_stay_aligned(elastic: float) -> None:
+    images, labels = _blocks()
+    out_images, out_labels = Augmenter(dataclasses.replace(GEOMETRY_ONLY, elastic_alpha=elastic), seed=1)(
+        images, labels
+    )
+    assert out_labels.dtype == labels.dtype and out_images.shape == images.shape
+    assert not torch.equal(out_labels, labels)  # something happened
+    assert _agreement(out_images, out_labels) > 0.9  # mismatches only on interpolated edges
+    assert _agreement(out_images, out_labels, exact_only=True) > 0.995
+    assert set(out_labels.unique().tolist()) <= {0, 1, 2, 3, 255}
+
+
+def test_flips_and_rot90_are_exact() -> None:
+    config = dataclasses.replace(GEOMETRY_ONLY, rotate_degrees=0, scale=(1.0, 1.0))
+    images, labels = _blocks(16)
+    out_images, out_labels = Augmenter(config, seed=0)(images, labels)
+    assert torch.equal(out_images[:, 0].round().long(), out_labels) and (out_labels != 255).all()
+    assert len({tuple(lab.flatten().tolist()[:200]) for lab in out_labels}) > 3  # several orientations
+
+
+def test_pixels_from_outside_the_image_are_ignored() -> None:
+    config = dataclasses.replace(GEOMETRY_ONLY, flip=False, rot90=False, rotate_degrees=45, scale=(0.6, 0.6))
+    images, labels = _blocks(2)
+    out_images, out_labels = Augmenter(config, seed=0)(images + 1, labels)
+    outside = out_labels == 255
+    assert outside[:, 0, 0].all() and outside.float().mean() > 0.3
+    assert (out_images[:, 0][outside] < 0.5).float().mean() > 0.95  # zero padding where labels are ignored
+
+
+def test_photometric_changes_only_the_image() -> None:
+    config = AugmentConfig(flip=False, rot90=False, rotate_degrees=0, scale=(1.0, 1.0), blur_sigma=1.0, p=1.0)
+    images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4, 32, 32))
+    out_images, out_labels = Augmenter(config, seed=0)(images, labels)
+    assert torch.equal(out_labels, labels) and not torch.allclose(out_images, images)
+    assert torch.isfinite(out_images).all()
+
+
+def test_deterministic_per_seed_and_resumable() -> None:
+    images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4, 32, 32))
+    a, b = Augmenter(AugmentConfig(), seed=5), Augmenter(AugmentConfig(), seed=5)
+    for _ in range(2):
+        (ia, la), (ib, lb) = a(images, labels), b(images, labels)
+        assert torch.equal(ia, ib) and torch.equal(la, lb)
+    state = a.state_dict()
+    expected = a(images, labels)
+    c = Augmenter(AugmentConfig(), seed=99)
+    c.load_state_dict(state)
+    assert all(torch.equal(x, y) for x, y in zip(c(images, labels), expected, strict=True))
+    assert not torch.equal(Augmenter(AugmentConfig(), seed=6)(images, labels)[0], a(images, labels)[0])
+
+
+def test_disabled_is_the_identity() -> None:
+    images, labels = torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))
+    out = Augmenter(AugmentConfig(enabled=False))(images, labels)
+    assert out[0] is images and out[1] is labels
