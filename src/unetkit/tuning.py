@@ -1,0 +1,167 @@
+"""What a trained model still learns from validation data: calibration and postprocessing.
+
+Both read labelled validation images, predict them with the artifact (tiled, as `predict` does),
+fit something small and store it in the artifact with `update_artifact`, so every later
+prediction (predict, evaluate, export, serve) applies it through `InferencePipeline` /
+`labels_from_probabilities` without any flag.
+
+    labelled data --load_labelled--> samples --iter_probabilities--> logits / probabilities
+      calibrate_model:        sample valid pixels -> fit_temperature -> temperature or scale/bias
+      tune_model_postprocess: tune_postprocess (greedy, strict improvements) -> postprocess dict
+
+Calibration is fitted on the network's raw logits (any stored calibration is ignored while
+fitting and replaced). ECE and NLL are reported before (the artifact as it was) and after, on
+the same sampled pixels. Tune postprocessing AFTER calibrating: a tuned threshold refers to the
+calibrated probabilities.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.special import softmax
+
+from unetkit.artifact import Artifact, ArtifactMeta, update_artifact
+from unetkit.config import TileConfig
+from unetkit.errors import DataError
+from unetkit.metrics.calibration import CalibrationAccumulator, fit_temperature, negative_log_likelihood
+from unetkit.metrics.evaluate import iter_probabilities, load_labelled
+from unetkit.metrics.scores import json_value
+
+DEFAULT_CALIBRATION_PIXELS = 1_000_000
+
+
+def sample_pixels(
+    logits: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator, ignore_index: int = 255
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `n` valid pixels (label != ignore_index; the ROI is folded in) of one image, drawn
+    without replacement: ((m, K) logits, (m,) labels)."""
+    flat = np.flatnonzero(labels.ravel() != ignore_index)
+    if flat.size > n:
+        flat = np.sort(rng.choice(flat, n, replace=False))
+    z = logits.reshape(logits.shape[0], -1)[:, flat].T
+    return np.ascontiguousarray(z, dtype=np.float32), labels.ravel()[flat].astype(np.int64)
+
+
+def scaled(z: np.ndarray, scale: Sequence[float], bias: Sequence[float], temperature: float) -> np.ndarray:
+    """What `InferencePipeline` computes from raw logits (m, K): z * scale / T + bias."""
+    k = z.shape[1]
+    s = np.asarray(scale or [1.0] * k, np.float64) / temperature
+    b = np.asarray(bias or [0.0] * k, np.float64)
+    return z.astype(np.float64) * s + b
+
+
+def calibration_scores(z: np.ndarray, y: np.ndarray, n_bins: int = 15) -> dict[str, Any]:
+    """ECE, MCE, NLL and reliability bins of logits (m, K) against labels (m,)."""
+    acc = CalibrationAccumulator(n_bins)
+    acc.update(softmax(z, axis=1).T, y)
+    return acc.result() | {"nll": negative_log_likelihood(z, y)}
+
+
+def fit_calibration(z: np.ndarray, y: np.ndarray, meta: ArtifactMeta, vector: bool = False) -> dict[str, Any]:
+    """Fit on raw logits; returns the new artifact fields and the before/after scores."""
+    fit = fit_temperature(z, y, vector=vector, ignore_index=None, max_samples=max(len(y), 1))
+    if vector and fit.scale is not None and fit.bias is not None:
+        fields = {"temperature": 1.0, "class_scale": tuple(fit.scale), "class_bias": tuple(fit.bias)}
+    else:
+        fields = {"temperature": fit.temperature, "class_scale": (), "class_bias": ()}
+    before = calibration_scores(scaled(z, meta.class_scale, meta.class_bias, meta.temperature), y)
+    after = calibration_scores(scaled(z, fields["class_scale"], fields["class_bias"], fields["temperature"]), y)
+    return {"fields": fields, "fitted_temperature": fit.temperature, "before": before, "after": after}
+
+
+def calibrate_model(
+    model: str | Path,
+    data: str | Path,
+    *,
+    keys: Sequence[str] | None = None,
+    vector: bool = False,
+    out: str | Path | None = None,
+    max_pixels: int = DEFAULT_CALIBRATION_PIXELS,
+    config: TileConfig = TileConfig(),
+    backend: str = "auto",
+    progress: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Fit temperature (or per-class vector) scaling on labelled data and store it in the artifact
+    (in place, or in a copy at `out`). At most `max_pixels` valid pixels, spread evenly over the
+    images, are used for fitting. Returns a JSON-ready summary."""
+    artifact, samples = load_labelled(model, data, keys, progress)
+    raw = artifact.with_meta(temperature=1.0, class_scale=(), class_bias=())
+    rng = np.random.default_rng(seed)
+    per_image = max(1, math.ceil(max_pixels / max(len(samples), 1)))
+    zs, ys = [], []
+    for sample, logits in iter_probabilities(raw, samples, config, backend=backend, logits=True, progress=progress):
+        z, y = sample_pixels(logits, sample.labels, per_image, rng, artifact.meta.ignore_index)
+        zs.append(z)
+        ys.append(y)
+    if not ys or sum(len(y) for y in ys) == 0:
+        raise DataError(f"{data}: no labelled pixel to calibrate on (every pixel is ignored or outside the ROI)")
+    z, y = np.concatenate(zs), np.concatenate(ys)
+    fitted = fit_calibration(z, y, artifact.meta, vector)
+    summary = {
+        "method": "vector" if vector else "temperature",
+        **{k: v for k, v in fitted["fields"].items()},
+        "fitted_temperature": fitted["fitted_temperature"],
+        "images": len(samples),
+        "pixels": int(len(y)),
+        "data": str(data),
+        "keys": list(keys or []),
+        **{f"{m}_{when}": fitted[when][m] for m in ("ece", "mce", "nll") for when in ("before", "after")},
+        "reliability_before": fitted["before"]["reliability"],
+        "reliability_after": fitted["after"]["reliability"],
+    }
+    target = _target(artifact, out)
+    metrics = dict(artifact.meta.metrics) | {"calibration": json_value({k: v for k, v in summary.items()
+                                                                       if not k.startswith("reliability")})}
+    update_artifact(target, **fitted["fields"], metrics=metrics)
+    return json_value(summary | {"artifact": str(target)})
+
+
+def tune_model_postprocess(
+    model: str | Path,
+    data: str | Path,
+    *,
+    keys: Sequence[str] | None = None,
+    metric: str = "dice",
+    out: str | Path | None = None,
+    config: TileConfig = TileConfig(),
+    backend: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Choose postprocessing on labelled data (see `inference.postprocess.tune_postprocess`) and
+    store it in the artifact's `postprocess` (in place, or in a copy at `out`)."""
+    from unetkit.inference.postprocess import METRICS, apply_postprocess, score_labels, tune_postprocess
+
+    if metric not in METRICS:
+        raise DataError(f"metric '{metric}': expected one of {list(METRICS)}")
+    artifact, samples = load_labelled(model, data, keys, progress)
+    probs, truths = [], []
+    for sample, p in iter_probabilities(artifact, samples, config, backend=backend, progress=progress):
+        probs.append(p)
+        truths.append(sample.labels)
+    k, ignore = artifact.meta.num_classes, artifact.meta.ignore_index
+    params, log = tune_postprocess(probs, truths, metric=metric, ignore_index=ignore)
+    before = score_labels([apply_postprocess(p, {}) for p in probs], truths, k, metric, ignore)
+    after = score_labels([apply_postprocess(p, params) for p in probs], truths, k, metric, ignore)
+    summary = {"metric": metric, "postprocess": params, "before": before, "after": after,
+               "images": len(samples), "data": str(data), "keys": list(keys or []), "steps": log}
+    target = _target(artifact, out)
+    metrics = dict(artifact.meta.metrics) | {"postprocess_tuning": json_value({k: v for k, v in summary.items() if k != "steps"})}
+    update_artifact(target, postprocess=params, metrics=metrics)
+    return json_value(summary | {"artifact": str(target)})
+
+
+def _target(artifact: Artifact, out: str | Path | None) -> Path:
+    """Where the tuned artifact goes: `out` (a copy of the source), else the source itself."""
+    assert artifact.path is not None
+    if out is None or Path(out).resolve() == Path(artifact.path).resolve():
+        return Path(artifact.path)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(artifact.path, out)
+    return Path(out)
