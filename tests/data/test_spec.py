@@ -193,3 +193,10 @@ def test_load_spec_reads_a_manifest_csv_or_json(shapes: Path) -> None:
         load_spec(shapes / "bad.csv")
     with pytest.raises(DataError, match=r"nothing: not found"):
         load_spec(shapes / "nothing")
+
+
+def test_a_spec_saved_outside_its_data_keeps_an_absolute_root(drive_l: Path, tmp_path: Path) -> None:
+    spec = detect_spec(drive_l)
+    path = save_spec(spec, tmp_path / "elsewhere" / "d.json")
+    assert json.loads(path.read_text())["root"] == str(drive_l)
+    assert load_spec(path) == spec

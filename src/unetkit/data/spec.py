@@ -335,11 +335,11 @@ def _spec_from_json(path: Path, data: dict) -> DatasetSpec:
     ignore = data.get("ignore_values", [])
     if not isinstance(ignore, list):
         raise DataError(f"{path}: ignore_values: expected a list, got {ignore!r}")
-    root = Path(text.pop("root") or ".")
+    root = Path(os.path.normpath(path.parent / (text.pop("root") or ".")))
     if text["manifest"]:
         text["manifest"] = str(path.parent / text["manifest"])
     return DatasetSpec(
-        root=str(root if root.is_absolute() else path.parent / root),
+        root=str(root),
         classes=tuple(infos),
         ignore_values=tuple(_mask_value(path, f"ignore_values[{i}]", v) for i, v in enumerate(ignore)),
         **text,
@@ -369,8 +369,6 @@ def _rgb(path: Path, key: str, value: object) -> tuple[int, int, int]:
 
 
 def _relative(target: str | Path, start: Path) -> str:
-    """`target` relative to `start` when on the same drive, else absolute."""
-    try:
-        return Path(os.path.relpath(Path(target).absolute(), start.absolute())).as_posix()
-    except ValueError:
-        return str(Path(target).absolute())
+    """`target` relative to `start` when inside it (the JSON travels with its data), else absolute."""
+    target, start = Path(os.path.abspath(target)), Path(os.path.abspath(start))
+    return target.relative_to(start).as_posix() or "." if target.is_relative_to(start) else str(target)
