@@ -43,8 +43,9 @@ def _prepare(logits: Tensor, labels: Tensor, ignore_index: int) -> tuple[Tensor,
     valid = labels != ignore_index
     safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
     n_classes = max(logits.shape[1], 2)
-    if safe.numel() and (int(safe.min()) < 0 or int(safe.max()) >= n_classes):
-        bad = int(safe.max()) if int(safe.max()) >= n_classes else int(safe.min())
+    lo, hi = (int(v) for v in torch.aminmax(safe)) if safe.numel() else (0, 0)
+    if lo < 0 or hi >= n_classes:
+        bad = hi if hi >= n_classes else lo
         raise ValueError(
             f"label value {bad} is outside [0, {n_classes}) and is not ignore_index={ignore_index}"
         )

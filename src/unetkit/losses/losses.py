@@ -77,7 +77,13 @@ class SegmentationLoss(nn.Module):
             raise ValueError(
                 "LossConfig: every term has weight 0; set at least one of ce, dice, focal, tversky, cldice"
             )
-        self.last_terms: dict[str, float] = {}
+        self._last: dict[str, Tensor] = {}
+
+    @property
+    def last_terms(self) -> dict[str, float]:
+        """Unweighted term values of the last call and the total (floats; read lazily so logging
+        only synchronizes with the GPU when it happens)."""
+        return {name: float(v) for name, v in self._last.items()}
 
     def forward(self, outputs: Tensor | Sequence[Tensor], labels: Tensor) -> Tensor:
         heads = [outputs] if isinstance(outputs, Tensor) else list(outputs)
@@ -91,6 +97,5 @@ class SegmentationLoss(nn.Module):
         total = torch.zeros((), device=heads[0].device)
         for name, (w, _) in self.terms.items():
             total = total + w * per_term[name]
-        with torch.no_grad():
-            self.last_terms = {name: float(v) for name, v in per_term.items()} | {"total": float(total)}
+        self._last = {name: v.detach() for name, v in per_term.items()} | {"total": total.detach()}
         return total
