@@ -127,3 +127,22 @@ def test_batchnorm_folding_on_a_unetkit_unet(rng):
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     np.testing.assert_allclose(reference(folded, x), reference(model, x), atol=1e-4)
+
+
+def test_predict_image_with_a_saved_artifact(tmp_path, monkeypatch, rng):
+    from unetkit.artifact import ArtifactMeta, load_artifact, save_artifact
+    from unetkit.config import ModelConfig, TileConfig
+    from unetkit.inference.predict import predict_image, predict_tiled
+    from unetkit.models import build_model
+
+    monkeypatch.setenv("UNETKIT_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_channels=1, out_channels=2, base_width=4, depth=2)
+    meta = ArtifactMeta(model=cfg, class_names=("bg", "fg"), mean=(100.0,), std=(50.0,), patch_size=(32, 32))
+    artifact = load_artifact(save_artifact(tmp_path / "m.safetensors", build_model(cfg), meta))
+    image = rng.uniform(0, 255, (1, 40, 50)).astype(np.float32)
+    probs = predict_image(artifact, image)  # auto backend, tile = the artifact's patch size
+    assert probs.shape == (2, 40, 50)
+    assert (tmp_path / "cache" / "backends.json").read_text().count(artifact.meta.weights_sha256) == 1
+    expected = predict_tiled(TorchPredictor(artifact.pipeline_module()), image, TileConfig(tile_size=(32, 32)))
+    np.testing.assert_allclose(probs, expected, atol=1e-4)

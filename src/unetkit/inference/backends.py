@@ -108,7 +108,7 @@ def make_predictor(
     """A predictor for an artifact (its `pipeline_module()`), an `nn.Module` or an `.onnx` path.
 
     `backend`: "torch" (eager), "compile" (torch.compile), "onnx" (ONNX Runtime) or "auto": time
-    the candidates on a `(batch_size, C, *tile_shape)` batch once and cache the fastest in
+    eager torch and ONNX Runtime on a `(batch_size, C, *tile_shape)` batch once and cache the fastest in
     `<cache_dir>/backends.json` (default `~/.cache/unetkit`, env `UNETKIT_CACHE_DIR`), keyed by
     the weights' sha256, the machine and the tile shape. The predictor's `tile_size` is the
     artifact's patch size.
@@ -125,7 +125,8 @@ def make_predictor(
     if len(tile) == 1:
         tile = (tile[0], tile[0])
     if backend == "auto":
-        backend = _cached_choice(module, tile, batch_size, threads, cache_dir)
+        sha = getattr(getattr(model, "meta", None), "weights_sha256", "") or module_sha256(module)
+        backend = _cached_choice(module, sha, tile, batch_size, threads, cache_dir)
     predictor = _build(module, backend, tile, threads)
     predictor.tile_size = patch[:2] or None  # type: ignore[union-attr]
     return predictor
@@ -140,9 +141,11 @@ def _build(module: nn.Module, backend: str, tile: tuple[int, ...], threads: int 
     return TorchPredictor(module, threads=threads, compile=backend == "compile")
 
 
-def _cached_choice(module: nn.Module, tile: tuple[int, ...], batch_size: int, threads: int | None, cache_dir: Any) -> str:
+def _cached_choice(
+    module: nn.Module, sha: str, tile: tuple[int, ...], batch_size: int, threads: int | None, cache_dir: Any
+) -> str:
     cache = Path(cache_dir or os.environ.get("UNETKIT_CACHE_DIR") or Path.home() / ".cache" / "unetkit") / "backends.json"
-    key = "|".join([module_sha256(module), machine_id(), f"tile={tile}", f"batch={batch_size}", f"threads={threads}"])
+    key = "|".join([sha, machine_id(), f"tile={tile}", f"batch={batch_size}", f"threads={threads}"])
     try:
         table = json.loads(cache.read_text())
     except (OSError, ValueError):
@@ -164,10 +167,11 @@ def _cached_choice(module: nn.Module, tile: tuple[int, ...], batch_size: int, th
 
 def measure_backends(
     module: nn.Module, tile: tuple[int, ...], batch_size: int = 4, threads: int | None = None,
-    candidates: tuple[str, ...] = ("torch", "onnx", "compile"), repeats: int = 3,
+    candidates: tuple[str, ...] = ("torch", "onnx"), repeats: int = 3,
 ) -> dict[str, float]:
     """Median seconds per batch of each candidate that works and agrees with eager PyTorch
-    (max |difference| <= 1e-3); candidates that fail are left out with a warning."""
+    (max |difference| <= 1e-3); candidates that fail are left out with a warning. "compile" is
+    not a default candidate: its compilation (tens of seconds) would recur in every process."""
     in_channels, _ = module_channels(module)
     batch = np.random.default_rng(0).uniform(0, 255, (batch_size, in_channels or 1, *tile)).astype(np.float32)
     timings: dict[str, float] = {}
