@@ -25,8 +25,9 @@ class ModelInfo(BaseModel):
     created: str = ""
 
 
-class ModelsResponse(BaseModel):
-    primary: ModelInfo
+class ModelResponse(ModelInfo):
+    """The primary model, and the candidate when a rollout is configured."""
+
     candidate: ModelInfo | None = None
     rollout: Literal["none", "canary", "shadow"] = "none"
     canary_percent: float = 0.0
@@ -77,6 +78,7 @@ class SegmentResponse(BaseModel):
         default=None, description="base64 RGBA colour mask PNG (background transparent), when include=mask"
     )
     overlay_png: str | None = Field(default=None, description="base64 overlay PNG, when include=overlay")
+    image_png: str | None = Field(default=None, description="base64 PNG of the input as displayed, when include=image")
 
 
 class ErrorDetail(BaseModel):
@@ -89,5 +91,6 @@ class ErrorResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "loading", "ready", "draining"]
+    status: Literal["ok", "loading", "ready", "draining", "failed"]
     model_version: str | None = None
+    error: str | None = None

@@ -1,0 +1,61 @@
+"""Turning a `Segmentation` into what the client asked for: PNG/TIFF bytes or the JSON summary."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+
+from unetkit.inference.outputs import colorize, display_image, overlay
+from unetkit.serve.encoding import png_bytes, tiff_bytes
+from unetkit.serve.service import Segmentation
+
+OUTPUTS = ("mask", "color", "overlay", "probabilities")
+INCLUDES = ("rle", "polygons", "mask", "overlay", "image")
+
+
+def binary_output(seg: Segmentation, image: np.ndarray, output: str) -> tuple[bytes, str]:
+    """(body, media type) for `output` in OUTPUTS."""
+    colors = seg.model.colors
+    if output == "mask":
+        return png_bytes(seg.labels), "image/png"
+    if output == "color":
+        return png_bytes(colorize(seg.labels, colors)), "image/png"
+    if output == "overlay":
+        return png_bytes(overlay(image, seg.labels, colors)), "image/png"
+    if output == "probabilities":
+        assert seg.probabilities is not None
+        return tiff_bytes(seg.probabilities), "image/tiff"
+    raise ValueError(f"output {output!r}: expected one of {OUTPUTS}")
+
+
+def rgba_mask(labels: np.ndarray, colors: list[tuple[int, ...]], background: int = 0) -> np.ndarray:
+    """Colour mask with a transparent background class (for drawing over the image)."""
+    rgb = colorize(labels, colors)
+    alpha = np.where(labels == background, 0, 255).astype(np.uint8)
+    return np.dstack([rgb, alpha])
+
+
+def segment_json(seg: Segmentation, image: np.ndarray, include: set[str], request_id: str,
+                 timing: dict[str, float], tta: bool) -> dict[str, Any]:
+    from unetkit.inference.vectorize import labels_to_geojson, mask_to_rle
+
+    model = seg.model
+    names = model.meta.class_names
+    body: dict[str, Any] = {
+        "request_id": request_id, "model": model.name, "model_version": model.version, "model_role": model.role,
+        "width": int(seg.labels.shape[1]), "height": int(seg.labels.shape[0]),
+        "classes": seg.summary["classes"], "confidence": seg.summary["confidence"], "timing": timing, "tta": tta,
+    }
+    if "rle" in include:
+        body["rle"] = {names[i]: mask_to_rle(seg.labels == i) for i in range(len(names))}
+    if "polygons" in include:
+        body["polygons"] = labels_to_geojson(seg.labels, names)
+    if "mask" in include:
+        body["mask_png"] = base64.b64encode(png_bytes(rgba_mask(seg.labels, model.colors))).decode()
+    if "overlay" in include:
+        body["overlay_png"] = base64.b64encode(png_bytes(overlay(image, seg.labels, model.colors))).decode()
+    if "image" in include:
+        body["image_png"] = base64.b64encode(png_bytes(display_image(image))).decode()
+    return body

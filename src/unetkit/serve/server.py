@@ -1,0 +1,112 @@
+"""Running the server: settings from defaults < config file < UNETKIT_SERVE_* variables < flags.
+
+`serve_command(...)` is what `unetkit serve` calls; `run_server(config)` runs uvicorn until SIGTERM/
+SIGINT, then stops accepting connections, lets in-flight requests finish (`drain_seconds`) and
+drains the batching queues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from unetkit.config import ServeConfig, from_dict
+from unetkit.errors import ConfigError
+
+ENV_PREFIX = "UNETKIT_SERVE_"
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A JSON or YAML mapping of ServeConfig keys (a top-level `serve:` section is accepted too)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the serve config ({e.strerror})") from None
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(data, dict) and set(data) == {"serve"}:
+        data = data["serve"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of serve settings, got {type(data).__name__}")
+    return data
+
+
+def env_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """UNETKIT_SERVE_<FIELD> variables, converted to the field's type."""
+    hints = typing.get_type_hints(ServeConfig)
+    names = {f.name for f in dataclasses.fields(ServeConfig)}
+    values: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name not in names:
+            raise ConfigError(f"{key}: unknown setting; expected UNETKIT_SERVE_ + one of {sorted(n.upper() for n in names)}")
+        tp = hints[name]
+        try:
+            if tp is bool:
+                if raw.strip().lower() not in _TRUE | _FALSE:
+                    raise ValueError
+                values[name] = raw.strip().lower() in _TRUE
+            elif tp is int:
+                values[name] = int(raw)
+            elif tp is float:
+                values[name] = float(raw)
+            else:
+                values[name] = raw
+        except ValueError:
+            raise ConfigError(f"{key}={raw!r}: expected a {getattr(tp, '__name__', tp)}") from None
+    return values
+
+
+def load_serve_config(config_file: str | Path | None = None, env: Mapping[str, str] | None = None,
+                      **flags: Any) -> ServeConfig:
+    """Defaults, then the file, then the environment, then flags that were given (not None)."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(read_config_file(config_file))
+    values.update(env_values(os.environ if env is None else env))
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return from_dict(ServeConfig, values, "serve")
+
+
+def run_server(config: ServeConfig) -> None:
+    """Serve until interrupted. Checks the artifacts' metadata first, so a wrong path fails fast."""
+    from unetkit.artifact import read_meta
+
+    if not config.artifact:
+        raise ConfigError("serve: no model artifact given (argument ARTIFACT, config 'artifact' or UNETKIT_SERVE_ARTIFACT)")
+    read_meta(config.artifact)
+    if config.canary_artifact:
+        read_meta(config.canary_artifact)
+    try:
+        import uvicorn
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ConfigError("unetkit serve needs the web extra: pip install 'unetkit[serve]'") from None
+    from unetkit.serve.app import create_app
+
+    app = create_app(config)
+    uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False, workers=1,
+                timeout_graceful_shutdown=int(config.drain_seconds), server_header=False)
+
+
+def serve_command(artifact: str | None = None, config_file: str | Path | None = None, **flags: Any) -> None:
+    """`unetkit serve ARTIFACT [--host --port ...]`: resolve the settings and run."""
+    run_server(load_serve_config(config_file, artifact=artifact, **flags))
