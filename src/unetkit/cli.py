@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,12 +26,12 @@ app = typer.Typer(
 )
 
 BudgetOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--budget", "--time-budget", help="Wall-clock training budget: 90s, 30m, 2h or 1h30m."),
 ]
 
 
-def _echo_json(data: object, path: Optional[Path]) -> None:
+def _echo_json(data: object, path: Path | None) -> None:
     text = json.dumps(data, indent=2, default=float)
     if path:
         from unetkit.data.io import write_text_atomic
@@ -46,16 +46,20 @@ def _echo_json(data: object, path: Optional[Path]) -> None:
 @app.command("init-dataset")
 def init_dataset(
     data: Annotated[Path, typer.Argument(help="Data folder (images + masks, e.g. DRIVE's training/).")],
-    out: Annotated[Optional[Path], typer.Option(help="Where to write the description (default DATA/unetkit-dataset.json).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the description (default DATA/unetkit-dataset.json).")] = None,
 ) -> None:
     """Inspect a data folder, detect its layout and classes, write a dataset description JSON."""
+    from unetkit.data.fingerprint import fingerprint
     from unetkit.data.pairing import pair_samples
     from unetkit.data.spec import detect_spec, save_spec
-    from unetkit.data.summary import dataset_summary
+    from unetkit.data.summary import dataset_summary, format_fingerprint
 
     spec = detect_spec(data)
     samples = pair_samples(spec)
     typer.echo(dataset_summary(spec, samples))
+    complete = [s for s in samples if s.complete]
+    if complete:
+        typer.echo(format_fingerprint(fingerprint(spec, complete)))
     target = out or Path(data) / "unetkit-dataset.json"
     save_spec(spec, target)
     typer.echo(f"wrote {target} (edit class names, colours or patterns there)")
@@ -102,19 +106,19 @@ def models(
 def train(
     data: Annotated[str, typer.Argument(help="Data folder, dataset description JSON or manifest.")],
     budget: BudgetOpt = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (ignored with --budget, which plans them).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="TrainConfig JSON; flags override it.")] = None,
-    arch: Annotated[Optional[str], typer.Option(help="Model preset, see `unetkit models`.")] = None,
-    patch: Annotated[Optional[int], typer.Option(help="Square patch size.")] = None,
-    batch: Annotated[Optional[int], typer.Option(help="Global batch size.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
-    val_keys: Annotated[Optional[str], typer.Option(help="Comma-separated sample keys to validate on.")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction held out for validation.")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Run folder (checkpoints, log, model.unetkit).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (ignored with --budget, which plans them).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TrainConfig JSON; flags override it.")] = None,
+    arch: Annotated[str | None, typer.Option(help="Model preset, see `unetkit models`.")] = None,
+    patch: Annotated[int | None, typer.Option(help="Square patch size.")] = None,
+    batch: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    val_keys: Annotated[str | None, typer.Option(help="Comma-separated sample keys to validate on.")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="Fraction held out for validation.")] = None,
+    out: Annotated[str | None, typer.Option(help="Run folder (checkpoints, log, model.unetkit).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     nproc: Annotated[int, typer.Option(help="Data-parallel processes on this node (torchrun, gloo on CPU).")] = 1,
     skip_bad: Annotated[bool, typer.Option(help="Train on the good files when validation finds bad ones.")] = False,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     tensorboard: Annotated[bool, typer.Option(help="Also log to TensorBoard in the run folder.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
@@ -148,7 +152,7 @@ def predict(
     colour: Annotated[bool, typer.Option("--colour/--index", help="Colour PNG masks instead of class-index PNGs.")] = False,
     probabilities: Annotated[bool, typer.Option(help="Also write float32 probability TIFFs (K,H,W).")] = False,
     overlay: Annotated[bool, typer.Option(help="Also write overlays of the mask on the image.")] = False,
-    tile: Annotated[Optional[int], typer.Option(help="Tile size (default: the model's patch size).")] = None,
+    tile: Annotated[int | None, typer.Option(help="Tile size (default: the model's patch size).")] = None,
     overlap: Annotated[float, typer.Option(help="Tile overlap fraction.")] = 0.25,
     tta: Annotated[bool, typer.Option(help="Average flips and rotations (about 8x slower).")] = False,
     backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
@@ -167,9 +171,9 @@ def predict(
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Model artifact.")],
     data: Annotated[str, typer.Argument(help="Labelled data: folder, dataset description or manifest.")],
-    keys: Annotated[Optional[str], typer.Option(help="Only these comma-separated sample keys.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all metrics as JSON here.")] = None,
-    tile: Annotated[Optional[int], typer.Option(help="Tile size (default: the model's patch size).")] = None,
+    keys: Annotated[str | None, typer.Option(help="Only these comma-separated sample keys.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write all metrics as JSON here.")] = None,
+    tile: Annotated[int | None, typer.Option(help="Tile size (default: the model's patch size).")] = None,
     overlap: Annotated[float, typer.Option(help="Tile overlap fraction.")] = 0.25,
     tta: Annotated[bool, typer.Option(help="Test-time augmentation.")] = False,
 ) -> None:
@@ -207,14 +211,14 @@ def demo(
 
 @app.command()
 def serve(
-    model: Annotated[Optional[str], typer.Argument(help="Model artifact (or config 'artifact' / UNETKIT_SERVE_ARTIFACT).")] = None,
-    host: Annotated[Optional[str], typer.Option(help="Interface to listen on (default 127.0.0.1).")] = None,
-    port: Annotated[Optional[int], typer.Option(help="TCP port (default 8000).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="ServeConfig JSON/YAML; UNETKIT_SERVE_* variables and flags override it.")] = None,
-    canary: Annotated[Optional[str], typer.Option(help="Candidate model artifact for a canary or shadow rollout.")] = None,
-    canary_percent: Annotated[Optional[float], typer.Option(help="Share of requests the candidate answers (0-100).")] = None,
-    shadow: Annotated[Optional[bool], typer.Option("--shadow", help="Run the candidate on copies of requests; compare only.")] = None,
-    token_file: Annotated[Optional[str], typer.Option(help="File holding the bearer token clients must send.")] = None,
+    model: Annotated[str | None, typer.Argument(help="Model artifact (or config 'artifact' / UNETKIT_SERVE_ARTIFACT).")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (default 8000).")] = None,
+    config: Annotated[Path | None, typer.Option(help="ServeConfig JSON/YAML; UNETKIT_SERVE_* variables and flags override it.")] = None,
+    canary: Annotated[str | None, typer.Option(help="Candidate model artifact for a canary or shadow rollout.")] = None,
+    canary_percent: Annotated[float | None, typer.Option(help="Share of requests the candidate answers (0-100).")] = None,
+    shadow: Annotated[bool | None, typer.Option("--shadow", help="Run the candidate on copies of requests; compare only.")] = None,
+    token_file: Annotated[str | None, typer.Option(help="File holding the bearer token clients must send.")] = None,
 ) -> None:
     """Serve a model over HTTP: /v1/segment, /v1/model, /metrics, /healthz, /readyz and a demo page at /."""
     from unetkit.serve.server import serve_command

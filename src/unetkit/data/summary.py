@@ -28,3 +28,27 @@ def _rel(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return str(path)
+
+
+def format_fingerprint(fp: dict) -> str:
+    """Sizes, channel statistics and per-class frequencies/objects of a `fingerprint()` dict."""
+    size = fp["size"]
+    intensity = fp["intensity"]
+    lines = [
+        f"  {fp['n_samples']} images, {fp['channels']} channel(s), size (HxW) min {_hw(size['min'])} "
+        f"median {_hw(size['median'])} max {_hw(size['max'])}",
+        "  channel mean " + ", ".join(f"{m:.1f}" for m in intensity["mean"])
+        + " / std " + ", ".join(f"{s:.1f}" for s in intensity["std"]),
+        f"  labelled pixels {fp['labelled_fraction']:.1%} (the rest is ignored or outside the ROI)",
+        f"  {'class':<18}{'pixels':>9}{'images':>8}{'objects/img':>13}{'median size':>13}",
+    ]
+    for c in fp["classes"]:
+        lines.append(
+            f"  {c['index']}: {c['name'][:15]:<15}{c['pixel_fraction']:>9.2%}{c['present_in']:>8}"
+            f"{c['objects_per_image']:>13.1f}{c['object_size_p10_p50_p90'][1]:>13.0f}"
+        )
+    return "\n".join(lines)
+
+
+def _hw(hw: Sequence[float]) -> str:
+    return f"{int(hw[0])}x{int(hw[1])}"
