@@ -152,6 +152,8 @@ def predict(
     colour: Annotated[bool, typer.Option("--colour/--index", help="Colour PNG masks instead of class-index PNGs.")] = False,
     probabilities: Annotated[bool, typer.Option(help="Also write float32 probability TIFFs (K,H,W).")] = False,
     overlay: Annotated[bool, typer.Option(help="Also write overlays of the mask on the image.")] = False,
+    geojson: Annotated[bool, typer.Option(help="Also write component polygons as GeoJSON (map coordinates for GeoTIFFs).")] = False,
+    coco: Annotated[bool, typer.Option(help="Also write OUT/coco.json with COCO RLE annotations per class.")] = False,
     tile: Annotated[int | None, typer.Option(help="Tile size (default: the model's patch size).")] = None,
     overlap: Annotated[float, typer.Option(help="Tile overlap fraction.")] = 0.25,
     tta: Annotated[bool, typer.Option(help="Average flips and rotations (about 8x slower).")] = False,
@@ -163,7 +165,7 @@ def predict(
 
     tile_cfg = TileConfig(tile_size=(tile, tile) if tile else (), overlap=overlap, tta=tta)
     written = predict_files(model, inputs, out, tile_cfg, colour=colour, probabilities=probabilities,
-                            overlays=overlay, backend=backend)
+                            overlays=overlay, geojson=geojson, coco=coco, backend=backend)
     typer.echo(f"wrote {len(written)} files to {out}/")
 
 
@@ -176,15 +178,74 @@ def evaluate(
     tile: Annotated[int | None, typer.Option(help="Tile size (default: the model's patch size).")] = None,
     overlap: Annotated[float, typer.Option(help="Tile overlap fraction.")] = 0.25,
     tta: Annotated[bool, typer.Option(help="Test-time augmentation.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
+    worst: Annotated[int, typer.Option(help="Worst images shown in the report.")] = 4,
+    distances: Annotated[bool, typer.Option(help="Boundary IoU, HD95, ASSD (slower).")] = True,
+    topology: Annotated[bool, typer.Option(help="clDice and adapted Rand error (slower).")] = True,
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
 ) -> None:
-    """Per-class IoU, mIoU, Dice, accuracy, precision and recall on labelled data (ROI honoured)."""
+    """Every metric on labelled data (ROI honoured): IoU, Dice, precision, recall, boundary, distance,
+    topology, AUC/AP, calibration; micro and macro; optionally an HTML report."""
     from unetkit.config import TileConfig
     from unetkit.metrics.evaluate import evaluate_model, format_table
+    from unetkit.metrics.report import WorstImages, write_report
 
     tile_cfg = TileConfig(tile_size=(tile, tile) if tile else (), overlap=overlap, tta=tta)
-    result = evaluate_model(model, data, tile_cfg, keys=keys.split(",") if keys else None)
+    collector = WorstImages(worst) if report else None
+    result = evaluate_model(model, data, tile_cfg, keys=keys.split(",") if keys else None, backend=backend,
+                            distances=distances, topology=topology, on_image=collector)
     typer.echo(format_table(result))
     _echo_json(result, json_out)
+    if report and collector is not None:
+        from unetkit.artifact import read_meta
+
+        write_report(report, result, collector.images(), colors=read_meta(model).colors())
+        typer.echo(f"wrote {report}")
+
+
+@app.command()
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="Model artifact (updated in place unless --out).")],
+    data: Annotated[str, typer.Argument(help="Labelled validation data: folder, dataset description or manifest.")],
+    keys: Annotated[str | None, typer.Option(help="Only these comma-separated sample keys.")] = None,
+    vector: Annotated[bool, typer.Option(help="Per-class vector scaling instead of one temperature.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Write the calibrated model here; MODEL stays as it is.")] = None,
+    pixels: Annotated[int, typer.Option(help="Valid pixels sampled for fitting (spread over the images).")] = 1_000_000,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON here.")] = None,
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+) -> None:
+    """Fit temperature scaling on validation data and store it in the model; predictions use it from then on."""
+    from unetkit.tuning import calibrate_model
+
+    s = calibrate_model(model, data, keys=keys.split(",") if keys else None, vector=vector, out=out,
+                        max_pixels=pixels, backend=backend)
+    typer.echo(f"{s['method']} scaling on {s['pixels']:,} pixels of {s['images']} images: temperature {s['temperature']:.4f}")
+    typer.echo(f"ECE {s['ece_before']:.4f} -> {s['ece_after']:.4f}   NLL {s['nll_before']:.4f} -> {s['nll_after']:.4f}")
+    typer.echo(f"wrote {s['artifact']}")
+    _echo_json(s, json_out)
+
+
+@app.command("tune-postprocess")
+def tune_postprocess(
+    model: Annotated[Path, typer.Argument(help="Model artifact (updated in place unless --out); calibrate first.")],
+    data: Annotated[str, typer.Argument(help="Labelled validation data: folder, dataset description or manifest.")],
+    metric: Annotated[str, typer.Option(help="dice or iou (pooled over images, foreground classes).")] = "dice",
+    keys: Annotated[str | None, typer.Option(help="Only these comma-separated sample keys.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the tuned model here; MODEL stays as it is.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary and every step as JSON here.")] = None,
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+) -> None:
+    """Try threshold, opening/closing, hole filling, small-component removal and keep-largest on
+    validation data; keep only what strictly improves METRIC; store the choice in the model."""
+    from unetkit.tuning import tune_model_postprocess
+
+    s = tune_model_postprocess(model, data, keys=keys.split(",") if keys else None, metric=metric, out=out, backend=backend)
+    for step in s["steps"]:
+        mark = "kept" if step["kept"] else "    "
+        typer.echo(f"{mark} {step['op']:<13}class {step['class']:>2}  {step['value']!s:<6} {step['before']:.4f} -> {step['after']:.4f}")
+    typer.echo(f"{metric} {s['before']:.4f} -> {s['after']:.4f} with {s['postprocess'] or 'no postprocessing (arg-max)'}")
+    typer.echo(f"wrote {s['artifact']}")
+    _echo_json(s, json_out)
 
 
 @app.command()

@@ -60,16 +60,24 @@ def predict_files(
     colour: bool = False,
     probabilities: bool = False,
     overlays: bool = False,
+    geojson: bool = False,
+    coco: bool = False,
     backend: str = "auto",
     progress: bool = True,
 ) -> list[Path]:
-    """Write `<stem>_mask.png` (+ `_overlay.png`, `_prob.tif`) for each input; returns the files written.
+    """Write `<stem>_mask.png` (+ `_overlay.png`, `_prob.tif`, `.geojson`) for each input and, with
+    `coco`, one `coco.json` for all of them; returns the files written.
 
-    A bad input file does not stop the others; they are all reported at the end.
+    GeoJSON polygons are in pixel coordinates, or in map coordinates when the input is a GeoTIFF
+    (see `inference.vectorize`). A bad input file does not stop the others; they are all
+    reported at the end.
     """
+    import json
+
     from tqdm import tqdm
 
-    from unetkit.data.io import read_image, write_png, write_tiff
+    from unetkit.data.io import read_image, write_png, write_text_atomic, write_tiff
+    from unetkit.inference import vectorize
     from unetkit.inference.backends import make_predictor
     from unetkit.inference.predict import predict_tiled
 
@@ -81,6 +89,9 @@ def predict_files(
     out = Path(out_dir)
     written: list[Path] = []
     failed: list[str] = []
+    names = artifact.meta.class_names
+    coco_images: list[dict] = []
+    coco_anns: list[dict] = []
     for path, stem in tqdm(files, desc="predict", unit="img", disable=not progress or len(files) < 2):
         try:
             image = read_image(path)
@@ -98,6 +109,17 @@ def predict_files(
             written.append(write_png(target.with_name(target.name + "_overlay.png"), overlay(image, labels, colors)))
         if probabilities:
             written.append(write_tiff(target.with_name(target.name + "_prob.tif"), probs.astype(np.float32)))
+        if geojson:
+            features = vectorize.labels_to_geojson(labels, names, transform=vectorize.read_geotransform(path),
+                                                   properties={"image": str(path)})
+            written.append(write_text_atomic(target.with_name(target.name + ".geojson"), json.dumps(features)))
+        if coco:
+            image_id = len(coco_images) + 1
+            coco_images.append({"id": image_id, "file_name": str(stem), "height": labels.shape[0], "width": labels.shape[1]})
+            coco_anns += vectorize.coco_annotations(labels, names, image_id=image_id, first_id=len(coco_anns) + 1)
+    if coco and coco_images:
+        doc = {"images": coco_images, "annotations": coco_anns, "categories": vectorize.coco_categories(names)}
+        written.append(write_text_atomic(out / "coco.json", json.dumps(doc)))
     if failed:
         raise InputError(f"{len(failed)} of {len(files)} inputs failed (the others were written to {out}): " + "; ".join(failed))
     return written
