@@ -6,6 +6,7 @@ skipped (with the reason printed) only when that is impossible.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -22,6 +23,15 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 SCREENSHOT = Path("/tmp/unetkit-demo-page.png")
 
 
+def _apt_install(package: str) -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for step in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]):
+        print(f"browser test setup: {' '.join(step)}")
+        done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            _skip(f"{' '.join(step)} failed: {done.stderr.strip()[-500:]}")
+
+
 def _skip(reason: str) -> None:
     print(f"browser test skipped: {reason}")
     pytest.skip(reason)
@@ -32,12 +42,10 @@ def chromium() -> Path:
     if not CHROMIUM.exists():
         if shutil.which("apt-get") is None or os.geteuid() != 0:
             _skip("chromium is missing and apt-get (as root) is not available to install it")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        steps = [["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]]
-        for step in steps:
-            done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=900)
-            if done.returncode != 0:
-                _skip(f"{' '.join(step)} failed: {done.stderr.strip()[-500:]}")
+        with open("/tmp/unetkit-chromium-install.lock", "w") as lock:  # one installer across xdist workers
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not CHROMIUM.exists():
+                _apt_install("chromium")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
