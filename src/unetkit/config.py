@@ -146,6 +146,7 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     resume: bool = False  # continue from out_dir/checkpoint-last.pt
+    plan: dict[str, Any] = field(default_factory=dict)  # the auto-plan (unetkit.planning), stored in the artifact
 
 
 # ---------------------------------------------------------------- inference, export, serving

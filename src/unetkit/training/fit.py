@@ -261,7 +261,7 @@ def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, 
         model=config.model, class_names=tuple(data.class_names), class_colors=tuple(data.class_colors),
         mean=tuple(data.mean), std=tuple(data.std), patch_size=tuple(config.data.patch_size),
         ignore_index=config.loss.ignore_index, data_spec=data.spec_dict, fingerprint=data.fingerprint,
-        train_config=to_dict(config), history=state.history,
+        train_config=to_dict(config), plan=config.plan, history=state.history,
         metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC},
         lineage={"steps": state.step, "total_steps": state.total_steps},
     )
