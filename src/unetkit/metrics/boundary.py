@@ -37,7 +37,8 @@ from scipy import ndimage
 Spacing = float | Sequence[float] | None
 
 
-def _binary(mask: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+def binary_mask(mask: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """`mask` as bool, restricted to `valid` pixels when given."""
     m = np.asarray(mask).astype(bool)
     if valid is not None:
         if np.shape(valid) != m.shape:
@@ -80,8 +81,8 @@ def boundary_iou_counts(
     """(intersection, union) pixel counts of the two boundary regions; sum them over images for a
     pooled (micro) Boundary IoU."""
     _check_pair(pred, true)
-    p = boundary_region(_binary(pred, valid), width)
-    g = boundary_region(_binary(true, valid), width)
+    p = boundary_region(binary_mask(pred, valid), width)
+    g = boundary_region(binary_mask(true, valid), width)
     return int(np.count_nonzero(p & g)), int(np.count_nonzero(p | g))
 
 
@@ -123,7 +124,7 @@ def surface_distances(
     Both empty -> two empty arrays. One empty -> the other's edge pixels get inf.
     """
     _check_pair(pred, true)
-    p, g = _binary(pred, valid), _binary(true, valid)
+    p, g = binary_mask(pred, valid), binary_mask(true, valid)
     if not p.any() and not g.any():
         return np.zeros(0), np.zeros(0)
     p, g = _crop_to_union(p, g)

@@ -27,14 +27,7 @@ from scipy import ndimage
 from skimage.metrics import adapted_rand_error as _skimage_adapted_rand_error
 from skimage.morphology import skeletonize
 
-
-def _binary(mask: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-    m = np.asarray(mask).astype(bool)
-    if valid is not None:
-        if np.shape(valid) != m.shape:
-            raise ValueError(f"valid mask shape {np.shape(valid)} does not match mask shape {m.shape}")
-        m = m & np.asarray(valid, bool)
-    return m
+from unetkit.metrics.boundary import binary_mask
 
 
 def label_components(mask: np.ndarray, connectivity: int = 1) -> tuple[np.ndarray, int]:
@@ -47,7 +40,7 @@ def label_components(mask: np.ndarray, connectivity: int = 1) -> tuple[np.ndarra
 
 def cldice(pred: np.ndarray, true: np.ndarray, valid: np.ndarray | None = None) -> float:
     """Centerline Dice of two binary masks; NaN if both are empty, 0 if one is."""
-    p, g = _binary(pred, valid), _binary(true, valid)
+    p, g = binary_mask(pred, valid), binary_mask(true, valid)
     if p.shape != g.shape:
         raise ValueError(f"prediction shape {p.shape} does not match truth shape {g.shape}")
     if not p.any() and not g.any():
@@ -68,7 +61,7 @@ def adapted_rand_error(
     Connectivity 1 (4-neighbours in 2-D) by default, so a one-pixel membrane separates two cells
     even where it runs diagonally. NaN triple when the truth has no object in the valid region.
     """
-    p, g = _binary(pred, valid), _binary(true, valid)
+    p, g = binary_mask(pred, valid), binary_mask(true, valid)
     if p.shape != g.shape:
         raise ValueError(f"prediction shape {p.shape} does not match truth shape {g.shape}")
     if not g.any():
@@ -87,7 +80,7 @@ def unmatched_components(
     Components are taken on `source` restricted to `valid`; area counts valid pixels. Default
     connectivity 2 (8-neighbours in 2-D): a thin diagonal vessel stays one component.
     """
-    s, o = _binary(source, valid), _binary(other, valid)
+    s, o = binary_mask(source, valid), binary_mask(other, valid)
     if s.shape != o.shape:
         raise ValueError(f"mask shapes differ: {s.shape} and {o.shape}")
     labels, n = label_components(s, min(connectivity, s.ndim))
