@@ -121,15 +121,25 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     tensorboard: Annotated[bool, typer.Option(help="Also log to TensorBoard in the run folder.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    plan: Annotated[bool, typer.Option("--plan/--no-plan", help="With --budget: plan model, patch, batch, loss, "
+                                       "augmentation and schedule from the data and this machine's speed "
+                                       "(values you set explicitly are kept).")] = True,
 ) -> None:
-    """Train a U-Net on DATA and write a model artifact (OUT/model.unetkit)."""
-    from unetkit.training.setup import build_train_config
+    """Train a U-Net on DATA and write a model artifact (OUT/model.unetkit).
 
-    cfg = build_train_config(
-        data=data, budget=budget, steps=steps, config_file=config, arch=arch, patch=patch, batch=batch, lr=lr,
-        val_keys=val_keys, val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad,
-        seed=seed, tensorboard=tensorboard, progress=not quiet,
-    )
+    With --budget (and no --resume), the run is planned first: see `unetkit plan`."""
+    from unetkit.training.setup import build_train_config, explicit_settings, flag_settings
+
+    flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
+                 val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
+                 tensorboard=tensorboard, progress=not quiet)
+    cfg = build_train_config(data=data, config_file=config, **flags)
+    if budget is not None and plan and not resume:
+        from unetkit.planning.auto import plan_training
+        from unetkit.planning.plan import format_plan
+
+        cfg, made = plan_training(cfg, explicit_settings(config, flag_settings(data, **flags)), log=typer.echo)
+        typer.echo(format_plan(made))
     if nproc > 1:
         from unetkit.training.distributed import launch
 
@@ -139,6 +149,33 @@ def train(
 
         path = fit(cfg)
     typer.echo(f"model artifact: {path}")
+
+
+@app.command("plan")
+def plan_command(
+    data: Annotated[str, typer.Argument(help="Data folder, dataset description JSON or manifest.")],
+    budget: BudgetOpt = "30m",
+    config: Annotated[Path | None, typer.Option(help="TrainConfig JSON; its values are kept as set.")] = None,
+    arch: Annotated[str | None, typer.Option(help="Model preset, see `unetkit models`.")] = None,
+    patch: Annotated[int | None, typer.Option(help="Square patch size.")] = None,
+    batch: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    val_keys: Annotated[str | None, typer.Option(help="Comma-separated sample keys to validate on.")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="Fraction held out for validation.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the plan as JSON here.")] = None,
+) -> None:
+    """Show the plan `unetkit train DATA --budget B` would follow (data fingerprint + a short
+    calibration run on this machine), each choice with its reason; trains nothing."""
+    from unetkit.planning.auto import preview_plan
+    from unetkit.planning.plan import format_plan
+    from unetkit.training.setup import build_train_config, explicit_settings, flag_settings
+
+    flags = dict(budget=budget, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
+                 val_fraction=val_fraction, progress=False)
+    cfg = build_train_config(data=data, config_file=config, **flags)
+    made = preview_plan(cfg, explicit_settings(config, flag_settings(data, **flags)), log=typer.echo)
+    typer.echo(format_plan(made))
+    _echo_json(made.to_dict(), json_out)
 
 
 # ---------------------------------------------------------------- inference and evaluation

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from unetkit.config import TrainConfig, from_dict, load_json, parse_duration, replace
+from unetkit.config import TrainConfig, load_json, parse_duration, replace
 
 
 def build_train_config(
@@ -29,17 +30,42 @@ def build_train_config(
     progress: bool = True,
 ) -> TrainConfig:
     cfg = load_json(TrainConfig, config_file) if config_file else TrainConfig()
+    changes = flag_settings(data, budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, lr=lr,
+                            val_keys=val_keys, val_fraction=val_fraction, out=out, resume=resume, nproc=nproc,
+                            skip_bad=skip_bad, seed=seed, tensorboard=tensorboard, progress=progress)
+    return replace(cfg, **changes)
+
+
+def flag_settings(
+    data: str,
+    *,
+    budget: str | None = None,
+    steps: int | None = None,
+    arch: str | None = None,
+    patch: int | None = None,
+    batch: int | None = None,
+    lr: float | None = None,
+    val_keys: str | None = None,
+    val_fraction: float | None = None,
+    out: str | None = None,
+    resume: bool = False,
+    nproc: int = 1,
+    skip_bad: bool = False,
+    seed: int | None = None,
+    tensorboard: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The dotted TrainConfig keys the command-line flags set (a preset sets its model fields)."""
     changes: dict[str, Any] = {"data.data": str(data), "nproc": nproc, "progress": progress}
     if budget is not None:
         changes["budget_seconds"] = parse_duration(budget)
     if steps is not None:
         changes["steps"] = steps
     if arch is not None:
-        from unetkit.models.factory import preset_config
+        from unetkit.models.factory import PRESETS, preset_config
 
-        base = preset_config(arch)
-        model = replace(base, in_channels=cfg.model.in_channels, out_channels=cfg.model.out_channels)
-        cfg = from_dict(TrainConfig, {**_as_dict(cfg), "model": _as_dict(model)})
+        preset_config(arch)  # refuses unknown names
+        changes |= {"model.arch": "unet"} | {f"model.{k}": v for k, v in PRESETS[arch].items()}
     if patch is not None:
         changes["data.patch_size"] = (patch, patch)
     if batch is not None:
@@ -61,10 +87,25 @@ def build_train_config(
         changes["data.seed"] = seed
     if tensorboard:
         changes["tensorboard"] = True
-    return replace(cfg, **changes)
+    return changes
 
 
-def _as_dict(cfg: Any) -> dict[str, Any]:
-    from unetkit.config import to_dict
+def explicit_settings(config_file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """Every value the user set: the config file's keys (dotted) then the flags (flags win).
 
-    return to_dict(cfg)
+    The auto-planner (`unetkit.planning`) keeps these as they are and plans the rest around them."""
+    settings: dict[str, Any] = {}
+    if config_file:
+        load_json(TrainConfig, config_file)  # strict check first
+        settings |= _flatten(json.loads(Path(config_file).read_text()))
+    return settings | flags
+
+
+def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and key != "plan":
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

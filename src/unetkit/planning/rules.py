@@ -1,0 +1,296 @@
+"""The planner: data fingerprint + this machine's throughput + a budget -> a training plan.
+
+`make_plan(fingerprint, throughput, budget_seconds, overrides) -> Plan` is a pure function: the
+fingerprint is `unetkit.data.fingerprint.fingerprint`'s dict, `throughput(candidate)` gives seconds
+per optimizer step (measured, simulated or tabulated, see `unetkit.planning.throughput`), and
+`overrides` maps dotted TrainConfig keys the user set explicitly (flags, config file) to their
+values: those always win, and the remaining choices are planned around them. No rule knows any data
+set by name; every rule reads only the fingerprint, the budget and the timings.
+
+The rules, in the order they apply:
+
+R1 Step target. Optimisation needs steps more than capacity at these budgets: the plan wants at
+   least `min_steps(budget) = 1500 * sqrt(budget / 10 min)` steps (clamped to 300..20000), so a
+   longer budget buys both more steps and a bigger model, and a tiny budget a small model.
+R2 Model ladder. Candidates come from `LADDER`, (width, depth, patch, batch) rungs ordered by cost,
+   each adapted to the data (R3, R4). The plan takes the most expensive rung whose planned steps
+   (training seconds / seconds per step) still reach the step target; if none does, the cheapest.
+   Faster machines (more cores, a GPU) time every rung faster, so they climb higher: wider, deeper,
+   larger patches, more steps, all within the same budget.
+R3 Patch fits the image. A patch side is never larger than the median image side (the sampler pads
+   smaller images), and pixels per step are kept by changing the batch (to the nearest of 2, 4, 6,
+   8, 12, 16, 24, 32) when a patch changes. Patches are multiples of 16, at least 64 (or the image).
+R4 Object scale. Thin structures (a minority class whose pixels mostly vanish after one erosion,
+   erosion_survival < 0.5, or a long network a few pixels wide: mean_border_distance < 3 px and
+   sqrt(90th-percentile object size) > 10x that distance) use 3/4-size patches with a larger
+   batch (more, more varied local views at the same cost); big objects (90th percentile object
+   side > half the patch) use 1.5x patches with a smaller batch (context) -- both within R3.
+R5 Loss. Dice + cross-entropy. clDice (weight 0.5) is added for thin structures (topology of
+   vessels/membranes) when they are foreground classes (index >= 1: the classes clDice scores). Rare classes (< 1 % of labelled pixels) get class-weighted CE with
+   w_k = clip(sqrt(1 / (K f_k)), 1, 10) (1 for balanced classes); Dice excludes the background
+   (class 0) when it is the majority class, so the tiny foreground is not swamped by its easy Dice.
+R6 Sampling. A fraction of patches is centred on a rare-class pixel (or a foreground pixel when no
+   class is rare): 0.5 with a rare class; 0.2 when the foreground is the majority; 0.5 with thin
+   structures; 0.33 otherwise.
+R7 Augmentation. Flips and rot90 always; rotation 15 deg; scale 0.85-1.15 (0.9-1.1 for thin
+   structures, whose width is the signal); mild brightness/contrast/gamma/noise (per-channel
+   normalisation already removes gross intensity differences); probability 0.5 below 200
+   training images, 0.3 above; elastic deformation off (costly on CPUs).
+R8 Optimiser. AdamW, lr 2e-3 * sqrt(batch / 8) clamped to 1e-3..3e-3, weight decay 1e-4, linear
+   warm-up over 3 % of the steps (20..500), cosine decay to 1 % -- the schedule's length is
+   re-fitted to the budget during training by `unetkit.training.budget`.
+R9 Normalisation layers. BatchNorm at batch >= 4, InstanceNorm below (noisy batch statistics).
+R10 Validation. Whole-image validation costs ~forward time on the validation pixels (tiled with
+   25 % overlap); the plan validates 2..20 times, spending about 8 % of the budget on it, and keeps
+   the best checkpoint on the validation Dice.
+R11 Time. Steps = (budget - 3 % reserve - validation time) / seconds per step; fit re-measures the
+   step time during the run and re-fits the step count so the run ends within the budget.
+R12 Ensembling (k-fold) is a plan option that stays off: fit trains one model; the plan reports how
+   many steps each of 5 folds would get so a user can decide.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from unetkit.planning.plan import PLANNED, USER, Choice, Plan
+from unetkit.planning.throughput import Candidate, ThroughputModel
+
+# (base_width, depth, patch side, batch), cheapest first
+LADDER: tuple[tuple[int, int, int, int], ...] = (
+    (8, 3, 64, 4), (8, 3, 96, 4), (16, 3, 96, 4), (16, 3, 96, 8), (16, 4, 128, 8), (24, 4, 128, 8),
+    (32, 4, 128, 8), (32, 4, 192, 8), (32, 4, 192, 16), (48, 5, 256, 16), (64, 5, 256, 16),
+    (64, 5, 384, 16), (64, 5, 512, 16),
+)
+THIN_SURVIVAL = 0.5
+THIN_BORDER_DISTANCE = 3.0
+RARE_FRACTION = 0.01
+MAX_BATCH = 32
+MIN_PATCH = 64
+BATCHES = (2, 4, 6, 8, 12, 16, 24, 32)
+RESERVE_FRACTION = 0.03
+VALIDATION_SHARE = 0.08
+
+
+def min_steps(budget_seconds: float) -> int:
+    """R1: the step target for a budget."""
+    return int(min(20000, max(300, 1500 * math.sqrt(max(budget_seconds, 1.0) / 600.0))))
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the rules read from the fingerprint (and the split the user asked for)."""
+
+    n_train: int
+    n_val: int
+    channels: int
+    height: int  # median image height / width
+    width: int
+    fractions: tuple[float, ...]
+    names: tuple[str, ...]
+    thin: tuple[str, ...]  # thin-structure classes
+    rare: tuple[str, ...]  # classes under RARE_FRACTION of labelled pixels
+    object_side: float  # sqrt of the largest 90th-percentile object size among minority classes
+    labelled_fraction: float
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+def data_facts(fp: Mapping[str, Any], overrides: Mapping[str, Any], n_val: int | None = None) -> DataFacts:
+    n = int(fp["n_samples"])
+    if n_val is not None:
+        pass
+    elif overrides.get("data.val_keys"):
+        n_val = len(overrides["data.val_keys"])
+    else:
+        n_val = min(n - 1, max(1, round(n * float(overrides.get("data.val_fraction", 0.2)))))
+    classes = list(fp["classes"])
+    fractions = tuple(float(c["pixel_fraction"]) for c in classes)
+    minority = [c for c in classes if 0 < c["pixel_fraction"] < 0.5]
+    thin = tuple(c["name"] for c in minority if is_thin(c))
+    rare = tuple(c["name"] for c in classes if 0 < c["pixel_fraction"] < RARE_FRACTION)
+    side = max((math.sqrt(max(c["object_size_p10_p50_p90"][2], 0.0)) for c in minority), default=0.0)
+    height, width = (int(v) for v in fp["size"]["median"])
+    return DataFacts(n_train=n - n_val, n_val=n_val, channels=int(fp["channels"]), height=height, width=width,
+                     fractions=fractions, names=tuple(c["name"] for c in classes), thin=thin, rare=rare,
+                     object_side=side, labelled_fraction=float(fp.get("labelled_fraction", 1.0)))
+
+
+def is_thin(c: Mapping[str, Any]) -> bool:
+    """R4: most pixels vanish after one erosion, or a long network only a few pixels wide."""
+    depth = float(c["mean_border_distance"])
+    long_side = math.sqrt(max(float(c["object_size_p10_p50_p90"][2]), 0.0))
+    return float(c["erosion_survival"]) < THIN_SURVIVAL or (depth < THIN_BORDER_DISTANCE and long_side > 10 * depth)
+
+
+def _round16(x: float) -> int:
+    return max(MIN_PATCH, int(round(x / 16.0)) * 16)
+
+
+def adapt_rung(rung: tuple[int, int, int, int], facts: DataFacts, overrides: Mapping[str, Any]) -> Candidate:
+    """R3 + R4 (and the user's fixed width/depth/patch/batch) applied to one ladder rung."""
+    width, depth, side, batch = rung
+    pixels = side * side * batch
+    if facts.thin:
+        side = _round16(side * 0.75)
+    elif facts.object_side > side / 2:
+        side = _round16(side * 1.5)
+    patch = (min(side, facts.height), min(side, facts.width))
+    wanted = pixels / (patch[0] * patch[1])
+    batch = min(BATCHES, key=lambda b: abs(math.log(b / wanted)))
+    width = int(overrides.get("model.base_width", width))
+    depth = int(overrides.get("model.depth", depth))
+    if "data.patch_size" in overrides:
+        patch = tuple(int(v) for v in overrides["data.patch_size"])  # type: ignore[assignment]
+    batch = int(overrides.get("data.batch_size", batch))
+    return Candidate(width, depth, patch, batch)  # type: ignore[arg-type]
+
+
+def candidates(facts: DataFacts, overrides: Mapping[str, Any]) -> list[Candidate]:
+    """The ladder adapted to the data, duplicates removed, in ladder order."""
+    seen: list[Candidate] = []
+    for rung in LADDER:
+        c = adapt_rung(rung, facts, overrides)
+        if c not in seen:
+            seen.append(c)
+    return seen
+
+
+def validation_seconds(c: Candidate, seconds_per_step: float, facts: DataFacts) -> float:
+    """R10: forward ~ 1/3 of a training step per pixel; tiles overlap 25 % (~1.8x pixels); 1.3x overhead."""
+    per_pixel = seconds_per_step / 3.0 / c.pixels_per_step
+    return 1.3 * 1.8 * per_pixel * facts.n_val * facts.height * facts.width
+
+
+def planned_steps(c: Candidate, seconds_per_step: float, facts: DataFacts, budget: float) -> tuple[int, int, float]:
+    """R10 + R11: (steps, number of validations, seconds per validation) for candidate `c`."""
+    val_s = validation_seconds(c, seconds_per_step, facts)
+    n_val = int(min(20, max(2, VALIDATION_SHARE * budget // max(val_s, 1e-6))))
+    train_s = budget * (1 - RESERVE_FRACTION) - n_val * val_s
+    return max(0, int(train_s / seconds_per_step)), n_val, val_s
+
+
+def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budget_seconds: float,
+              overrides: Mapping[str, Any] | None = None, *, n_val: int | None = None,
+              timed: frozenset[Candidate] | set = frozenset()) -> Plan:
+    """The training plan for this data, machine and budget; see the module docstring for the rules.
+
+    `n_val`: validation images, when the split is known (else from val_keys / val_fraction).
+    `timed`: candidates whose seconds/step were measured (marked in the printed table)."""
+    overrides = dict(overrides or {})
+    facts = data_facts(fingerprint, overrides, n_val)
+    target = min_steps(budget_seconds)
+    rows, best, best_i = [], None, 0
+    for i, c in enumerate(candidates(facts, overrides)):
+        sps = float(throughput(c))
+        steps, n_val, val_s = planned_steps(c, sps, facts, budget_seconds)
+        rows.append({"label": c.label(), "seconds_per_step": sps, "steps": steps, "timed": c in timed})
+        if best is None or steps >= target:
+            best, best_i = (c, sps, steps, n_val, val_s), i
+    assert best is not None
+    rows[best_i]["chosen"] = True
+    cand, sps, steps, n_val, val_s = best
+    if "steps" in overrides:
+        steps = int(overrides["steps"])
+    reached = "reaches" if steps >= target else "is below"
+    why_model = (f"the largest candidate whose {steps} steps in this budget {reached} the step target {target} "
+                 f"(R1/R2; {sps * 1000:.0f} ms/step here)")
+    choices: list[Choice] = []
+
+    def choose(key: str, value: Any, reason: str) -> None:
+        if key in overrides:
+            choices.append(Choice(key, _plain(overrides[key]), "set explicitly (flag or config file)", USER))
+        else:
+            choices.append(Choice(key, _plain(value), reason, PLANNED))
+
+    choose("model.base_width", cand.base_width, why_model)
+    choose("model.depth", cand.depth, "down-sampling steps of the same ladder rung (R2)")
+    choose("model.norm", "batch" if cand.batch >= 4 else "instance",
+           "BatchNorm at batch >= 4, else InstanceNorm (R9)")
+    choose("data.patch_size", cand.patch, _patch_reason(facts, cand))
+    choose("data.batch_size", cand.batch, f"keeps ~{cand.pixels_per_step:,} pixels per step for this rung (R3/R4)")
+    _loss_choices(choose, facts)
+    _sampling_choice(choose, facts)
+    _augment_choices(choose, facts)
+    lr = min(3e-3, max(1e-3, 2e-3 * math.sqrt(cand.batch / 8)))
+    choose("optim.optimizer", "adamw", "AdamW: robust default for U-Nets trained from scratch (R8)")
+    choose("optim.lr", round(lr, 6), "2e-3 x sqrt(batch/8), clamped to 1e-3..3e-3 (R8)")
+    choose("optim.schedule", "cosine", "cosine decay to 1 %, its length re-fitted to the budget during the run (R8)")
+    choose("optim.warmup_steps", int(min(500, max(20, 0.03 * steps))), "3 % of the steps, 20..500 (R8)")
+    choose("steps", steps, f"(budget - 3 % reserve - {n_val} validations x {val_s:.1f} s) / step time (R11)")
+    choose("val_every", max(1, steps // n_val), f"{n_val} validations of ~{val_s:.1f} s, ~8 % of the budget; "
+           "the best checkpoint on validation Dice is kept (R10)")
+    choose("budget_seconds", float(budget_seconds), "the wall-clock budget; fit re-times steps and stops in it (R11)")
+    fold_steps = planned_steps(cand, sps, facts, budget_seconds / 5)[0]
+    choices.append(Choice("plan.ensemble_folds", 1, f"off: fit trains one model; 5 folds would get {fold_steps} "
+                          "steps each (R12)", PLANNED))
+    summary = (f"{len(facts.names)} classes, {facts.n_train} train / {facts.n_val} val images "
+               f"{facts.height}x{facts.width}; thin: {', '.join(facts.thin) or 'none'}; "
+               f"rare: {', '.join(facts.rare) or 'none'}")
+    estimates = {"summary": summary, "seconds_per_step": sps, "steps": steps, "step_target": target,
+                 "validations": n_val, "validation_seconds": val_s, "candidate": cand.label()}
+    return Plan(float(budget_seconds), tuple(choices), estimates, tuple(rows))
+
+
+def _patch_reason(facts: DataFacts, c: Candidate) -> str:
+    parts = []
+    if facts.thin:
+        parts.append(f"3/4-size patches for thin structures ({', '.join(facts.thin)})")
+    elif facts.object_side > 0 and c.patch[0] < 2 * facts.object_side + 1:
+        parts.append(f"larger patches for big objects (~{facts.object_side:.0f} px)")
+    if c.patch[0] >= facts.height or c.patch[1] >= facts.width:
+        parts.append(f"capped by the image size {facts.height}x{facts.width}")
+    return "; ".join(parts) + " (R3/R4)" if parts else "the ladder rung's patch (R2)"
+
+
+def _loss_choices(choose, facts: DataFacts) -> None:
+    choose("loss.ce", 1.0, "cross-entropy: calibrated per-pixel probabilities (R5)")
+    choose("loss.dice", 1.0, "Dice: overlap of the minority classes, insensitive to imbalance (R5)")
+    thin = bool(set(facts.thin) - {facts.names[0]})
+    choose("loss.cldice", 0.5 if thin else 0.0,
+           f"clDice for thin structures ({', '.join(facts.thin)}) (R5)" if thin
+           else "off: no thin foreground structures (R5)")
+    k = facts.num_classes
+    if facts.rare:
+        weights = tuple(round(min(10.0, max(1.0, math.sqrt(1.0 / (k * f)))) if f > 0 else 1.0, 3)
+                        for f in facts.fractions)
+        reason = f"class-weighted CE for rare classes ({', '.join(facts.rare)} < 1 % of pixels) (R5)"
+    else:
+        weights, reason = (), "uniform: no class under 1 % of pixels (R5)"
+    choose("loss.class_weights", weights, reason)
+    majority_bg = facts.fractions[0] >= 0.5 and k > 1
+    choose("loss.dice_include_background", not majority_bg,
+           "Dice over foreground classes: background is the majority (R5)" if majority_bg
+           else "background is a minority class: keep it in Dice (R5)")
+
+
+def _sampling_choice(choose, facts: DataFacts) -> None:
+    if facts.rare:
+        value, why = 0.5, f"half the patches centred on rare-class pixels ({', '.join(facts.rare)})"
+    elif len(facts.fractions) > 1 and sum(facts.fractions[1:]) >= 0.5:
+        value, why = 0.2, "foreground is the majority: little oversampling"
+    elif facts.thin:
+        value, why = 0.5, "half the patches centred on foreground pixels (thin structures)"
+    else:
+        value, why = 0.33, "a third of the patches centred on foreground pixels"
+    choose("data.rare_oversample", value, why + " (R6)")
+
+
+def _augment_choices(choose, facts: DataFacts) -> None:
+    few = facts.n_train < 200
+    choose("augment.enabled", True, "flips + rot90 + mild geometry/intensity (R7)")
+    choose("augment.p", 0.5 if few else 0.3, f"{facts.n_train} training images: "
+           + ("stronger augmentation" if few else "milder augmentation") + " (R7)")
+    choose("augment.rotate_degrees", 15.0, "small rotations (R7)")
+    choose("augment.scale", (0.9, 1.1) if facts.thin else (0.85, 1.15),
+           "narrow scale range: thin structures' width is the signal (R7)" if facts.thin else "±15 % scale (R7)")
+    choose("augment.elastic_alpha", 0.0, "elastic deformation off: costly on CPUs (R7)")
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v

@@ -1,0 +1,129 @@
+"""The planning rules on simulated machines and fingerprints: monotone, budget-true, data-aware."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.planning.conftest import BLOBS, PROFILES, RARE, VESSELS, make_fingerprint
+from unetkit.config import TrainConfig
+from unetkit.planning import apply_plan, format_plan, make_plan
+from unetkit.planning.rules import LADDER, min_steps
+from unetkit.planning.throughput import Candidate, MeasuredThroughput, train_flops
+
+
+def size_of(plan) -> tuple[int, int, int]:
+    """Model capacity and patch area of a plan, comparable across plans."""
+    h, w = plan.value("data.patch_size")
+    return plan.value("model.base_width"), plan.value("model.depth"), h * w
+
+
+def cost(plan) -> float:
+    h, w = plan.value("data.patch_size")
+    c = Candidate(plan.value("model.base_width"), plan.value("model.depth"), (h, w), plan.value("data.batch_size"))
+    return train_flops(c)
+
+
+@pytest.mark.parametrize("classes", [VESSELS, BLOBS, RARE])
+def test_faster_machines_get_bigger_models_and_more_compute_in_the_same_budget(classes):
+    fp = make_fingerprint(classes=classes)
+    plans = [make_plan(fp, PROFILES[m], 1800, {}) for m in ("cpu2", "cpu32", "gpu")]
+    assert cost(plans[0]) < cost(plans[1]) < cost(plans[2])
+    widths = [p.value("model.base_width") for p in plans]
+    assert widths == sorted(widths) and widths[0] < widths[2]
+    assert size_of(plans[0])[2] <= size_of(plans[2])[2]
+    for p in plans:  # everyone still gets at least the step target
+        assert p.value("steps") >= min_steps(1800)
+
+
+def test_bigger_budgets_get_bigger_models_and_tiny_budgets_small_ones():
+    fp = make_fingerprint(classes=BLOBS)
+    plans = [make_plan(fp, PROFILES["cpu2"], b, {}) for b in (60, 600, 1800, 4 * 3600)]
+    costs = [cost(p) for p in plans]
+    assert costs == sorted(costs) and costs[0] < costs[-1]
+    tiny = plans[0]
+    assert tiny.value("model.base_width") <= 16 and tiny.value("model.depth") <= 3
+    assert plans[-1].value("model.base_width") > tiny.value("model.base_width")
+
+
+@pytest.mark.parametrize("machine", list(PROFILES))
+@pytest.mark.parametrize("budget", [60, 600, 1800, 7200])
+def test_steps_and_validations_fit_the_budget(machine, budget):
+    fp = make_fingerprint(classes=VESSELS)
+    plan = make_plan(fp, PROFILES[machine], budget, {})
+    est = plan.estimates
+    used = plan.value("steps") * est["seconds_per_step"] + est["validations"] * est["validation_seconds"]
+    assert used <= 0.97 * budget
+    assert used >= 0.85 * budget  # and the budget is actually used
+    assert plan.value("val_every") * est["validations"] <= plan.value("steps") + est["validations"]
+
+
+def test_thin_structures_turn_on_cldice_smaller_patches_and_foreground_oversampling():
+    thin = make_plan(make_fingerprint(classes=VESSELS), PROFILES["cpu32"], 1800, {})
+    blobs = make_plan(make_fingerprint(classes=BLOBS), PROFILES["cpu32"], 1800, {})
+    assert thin.value("loss.cldice") > 0 and blobs.value("loss.cldice") == 0
+    assert thin.value("data.patch_size")[0] < blobs.value("data.patch_size")[0]
+    assert thin.value("data.rare_oversample") > blobs.value("data.rare_oversample")
+    assert thin.value("augment.scale")[1] < blobs.value("augment.scale")[1]
+    assert "thin" in format_plan(thin)
+
+
+def test_a_thin_minority_class_0_gets_small_patches_but_no_cldice_which_scores_classes_1_and_up():
+    membranes = [("membrane", 0.22, 0.73, 2.5, 58000.0), ("interior", 0.78, 0.92, 12.0, 4700.0)]
+    plan = make_plan(make_fingerprint(size=(512, 512), n=30, channels=1, classes=membranes), PROFILES["cpu2"], 1800, {})
+    assert plan.value("loss.cldice") == 0
+    assert plan.value("loss.dice_include_background") is True  # the minority background stays in Dice
+    assert plan.value("data.rare_oversample") == 0.2  # foreground is the majority
+
+
+def test_a_rare_class_gets_weighted_ce_and_rare_class_oversampling():
+    plan = make_plan(make_fingerprint(size=(96, 128), n=8, classes=RARE), PROFILES["cpu2"], 60, {})
+    weights = plan.value("loss.class_weights")
+    assert len(weights) == 4 and weights[3] == max(weights) and weights[3] > 3 and weights[0] == 1
+    assert plan.value("data.rare_oversample") == 0.5
+    assert plan.value("loss.dice_include_background") is False
+    balanced = make_plan(make_fingerprint(classes=BLOBS), PROFILES["cpu2"], 60, {})
+    assert balanced.value("loss.class_weights") == []
+
+
+@pytest.mark.parametrize("size", [(75, 101), (48, 300), (3000, 4000)])
+def test_the_patch_is_never_larger_than_the_image(size):
+    for machine in PROFILES:
+        plan = make_plan(make_fingerprint(size=size, classes=BLOBS), PROFILES[machine], 3600, {})
+        h, w = plan.value("data.patch_size")
+        assert h <= size[0] and w <= size[1] and h % 16 == 0 or h == size[0]
+
+
+def test_explicit_settings_win_and_the_rest_is_planned_around_them():
+    fp = make_fingerprint(classes=VESSELS)
+    overrides = {"model.base_width": 24, "data.patch_size": [160, 160], "loss.cldice": 0.0, "optim.lr": 5e-4}
+    plan = make_plan(fp, PROFILES["gpu"], 1800, overrides)
+    by_key = {c.key: c for c in plan.choices}
+    for key, value in overrides.items():
+        assert by_key[key].value == value and by_key[key].source == "user"
+    assert by_key["model.depth"].source == "plan"
+    assert all(row["label"].startswith("w24") and "160x160" in row["label"] for row in plan.candidates)
+    cfg = apply_plan(TrainConfig(), plan)
+    assert cfg.model.base_width == 24 and cfg.data.patch_size == (160, 160) and cfg.loss.cldice == 0.0
+    assert cfg.optim.lr == 5e-4 and cfg.plan["choices"][0]["key"] == "model.base_width"
+    table = format_plan(plan)
+    assert "you" in table and "set explicitly" in table
+
+
+def test_plan_table_lists_every_choice_with_its_reason_and_the_candidates():
+    plan = make_plan(make_fingerprint(classes=VESSELS), PROFILES["cpu2"], 600, {})
+    table = format_plan(plan)
+    for choice in plan.choices:
+        assert choice.key in table and choice.reason in table
+    assert table.count("(estimated)") + table.count("(timed)") == len(plan.candidates) and " * w" in table
+    assert plan.to_dict()["estimates"]["steps"] == plan.value("steps")
+
+
+def test_measured_throughput_extrapolates_untimed_candidates_from_the_timed_ones():
+    truth = PROFILES["cpu32"]
+    table = MeasuredThroughput(3, 2)
+    small = [Candidate(w, d, (p, p), b) for w, d, p, b in LADDER[:4]]
+    for c in small:
+        table.table[c] = truth(c)
+    big = Candidate(64, 5, (256, 256), 16)
+    assert table(big) == pytest.approx(truth(big), rel=0.05)
+    assert table(small[0]) == truth(small[0])
