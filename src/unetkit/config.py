@@ -213,6 +213,8 @@ class ServeConfig:
     max_wait_ms: float = 5.0  # how long a partial batch waits for tiles of other requests
     max_queue: int = 256  # tiles waiting for the model; beyond: 503 with Retry-After
     max_inflight: int = 32  # segment requests being processed at once; beyond: 503
+    max_inflight_pixels: int = 16_000_000  # image pixels decoded/segmented at once (bounds memory)
+    queue_timeout_seconds: float = 30.0  # how long a request may wait for that budget; then 503
     retry_after_seconds: int = 1
     max_body_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 64_000_000

@@ -166,3 +166,33 @@ def test_agreement_iou():
     a = np.array([[0, 0], [1, 1]])
     assert agreement_iou(a, a, 3) == 1.0
     assert agreement_iou(a, np.array([[0, 1], [1, 1]]), 3) == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_pixel_budget_waits_then_gives_back_pressure():
+    from unetkit.serve.batching import PixelBudget
+
+    budget = PixelBudget(100, timeout=0.2)
+    with budget.hold(60):
+        with pytest.raises(QueueFull, match="60 pixels in progress"):
+            with budget.hold(50):
+                pass
+        with budget.hold(40):
+            assert budget.used == 100
+    with budget.hold(1000):  # larger than the budget: runs alone
+        assert budget.used == 1000
+    slow = PixelBudget(10, timeout=5)
+    holding = threading.Event()
+
+    def hold_briefly() -> None:
+        with slow.hold(10):
+            holding.set()
+            time.sleep(0.2)
+
+    worker = threading.Thread(target=hold_briefly)
+    worker.start()
+    holding.wait(5)
+    start = time.perf_counter()
+    with slow.hold(10):  # waits for the other holder instead of failing
+        waited = time.perf_counter() - start
+    worker.join()
+    assert 0.1 < waited < 4

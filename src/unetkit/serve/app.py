@@ -21,7 +21,13 @@ from typing import Any, Literal
 from unetkit.config import ServeConfig
 from unetkit.errors import ConfigError, InputError, UnetkitError
 from unetkit.serve.batching import QueueFull
-from unetkit.serve.encoding import CorruptImage, ImageTooLarge, UnsupportedImage, decode_upload
+from unetkit.serve.encoding import (
+    CorruptImage,
+    ImageTooLarge,
+    UnsupportedImage,
+    decode_upload,
+    inspect_upload,
+)
 from unetkit.serve.logs import configure_logging, log, new_request_id, request_id_var
 from unetkit.serve.metrics import CONTENT_TYPE, ServeMetrics
 from unetkit.serve.render import INCLUDES, binary_output, segment_json
@@ -311,6 +317,13 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str]:
 def _segment_blocking(state: AppState, service: Service, data: bytes, name: str, fmt: str, output: str,
                       include: set[str], tta: bool, request_id: str) -> tuple[bytes, str, dict[str, str]]:
     """Decode, segment, encode: the whole request's CPU work, in a pool thread."""
+    height, width = inspect_upload(data, name, state.config.max_pixels)
+    with service.pixels(height * width):  # bounded memory: wait for room before decoding
+        return _segment_admitted(state, service, data, name, fmt, output, include, tta, request_id)
+
+
+def _segment_admitted(state: AppState, service: Service, data: bytes, name: str, fmt: str, output: str,
+                      include: set[str], tta: bool, request_id: str) -> tuple[bytes, str, dict[str, str]]:
     start = time.perf_counter()
     image = decode_upload(data, name, state.config.max_pixels)
     decoded = time.perf_counter()

@@ -199,3 +199,33 @@ class TileBatcher:
                 self.on_batch(BatchStats(len(batch), len({id(e.job.session) for e in batch}), seconds))
             except Exception:  # noqa: BLE001 - metrics must never break inference
                 pass
+
+
+class PixelBudget:
+    """Bounds the pixels being decoded, segmented and encoded at once (memory is ~proportional).
+
+    `hold(n)` waits (up to `timeout` seconds, then `QueueFull`) until `n` more pixels fit; an image
+    larger than the whole budget runs alone rather than never.
+    """
+
+    def __init__(self, pixels: int, timeout: float = 30.0) -> None:
+        self.capacity, self.timeout = pixels, timeout
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, n: int) -> Iterator[None]:
+        deadline = time.monotonic() + self.timeout
+        with self._cond:
+            while self.used and self.used + n > self.capacity:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise QueueFull(f"server busy: {self.used:,} pixels in progress (budget {self.capacity:,})")
+                self._cond.wait(remaining)
+            self.used += n
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= n
+                self._cond.notify_all()

@@ -64,8 +64,8 @@ def image_dimensions(data: bytes, fmt: str) -> tuple[int, int]:
         raise CorruptImage(f"{fmt.upper()} header unreadable ({type(e).__name__}: {str(e)[:200]})") from None
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """An uploaded file as `(C, H, W)` float32, or `UnsupportedImage`/`CorruptImage`/`ImageTooLarge`."""
+def inspect_upload(data: bytes, name: str, max_pixels: int) -> tuple[int, int]:
+    """(height, width) of an upload from its header, or `UnsupportedImage`/`CorruptImage`/`ImageTooLarge`."""
     if not data:
         raise CorruptImage(f"{name}: empty body; send the image bytes (multipart field 'file' or the raw body)")
     fmt = sniff_format(data)
@@ -76,6 +76,12 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise ImageTooLarge(f"{name}: {width}x{height} = {height * width:,} pixels exceeds the limit of {max_pixels:,}")
     if height <= 0 or width <= 0:
         raise CorruptImage(f"{name}: image has no pixels ({width}x{height})")
+    return height, width
+
+
+def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """An uploaded file as `(C, H, W)` float32, or `UnsupportedImage`/`CorruptImage`/`ImageTooLarge`."""
+    inspect_upload(data, name, max_pixels)
     try:
         image = decode_image(data, name, max_pixels=max_pixels)
     except DataError as e:

@@ -102,9 +102,24 @@ def run_server(config: ServeConfig) -> None:
         raise ConfigError("unetkit serve needs the web extra: pip install 'unetkit[serve]'") from None
     from unetkit.serve.app import create_app
 
+    limit_malloc_arenas()
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False, workers=1,
                 timeout_graceful_shutdown=int(config.drain_seconds), server_header=False)
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc malloc arenas (unless MALLOC_ARENA_MAX is set). Each pool thread otherwise gets its
+    own arena that keeps its freed image buffers, and RSS climbs with the thread count. Call before
+    threads start; False where it is not glibc."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-8, arenas))  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
 
 
 def serve_command(artifact: str | None = None, config_file: str | Path | None = None, **flags: Any) -> None:

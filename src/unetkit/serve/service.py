@@ -29,7 +29,7 @@ from unetkit.config import ServeConfig, TileConfig
 from unetkit.errors import ConfigError, InputError
 from unetkit.inference.files import labels_from_probabilities
 from unetkit.inference.predict import predict_tiled
-from unetkit.serve.batching import BatchStats, QueueFull, Session, TileBatcher
+from unetkit.serve.batching import BatchStats, PixelBudget, QueueFull, Session, TileBatcher
 from unetkit.serve.encoding import ImageTooLarge
 
 Role = Literal["primary", "candidate"]
@@ -133,6 +133,7 @@ class Service:
         self._rng = random.Random(config.seed)
         self._rng_lock = threading.Lock()
         self._inflight = threading.BoundedSemaphore(config.max_inflight)
+        self.pixel_budget = PixelBudget(config.max_inflight_pixels, config.queue_timeout_seconds)
         self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="unetkit-shadow") if self.rollout == "shadow" else None
         self._shadow_pending = 0
         self._shadow_lock = threading.Lock()
@@ -164,6 +165,10 @@ class Service:
             yield
         finally:
             self._inflight.release()
+
+    def pixels(self, n: int) -> Any:
+        """Context manager: wait for room for an `n`-pixel image in the memory budget (else `QueueFull`)."""
+        return self.pixel_budget.hold(n)
 
     def choose_model(self) -> LoadedModel:
         if self.rollout != "canary":
