@@ -18,13 +18,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import torch
 
 from unetkit.config import AugmentConfig, LossConfig, ModelConfig, OptimConfig, replace
-
-REFERENCE_SIDE = 64  # FLOPs are counted once per (model, channels) at 64x64 and scaled by area
 
 
 @dataclass(frozen=True)
@@ -47,21 +44,23 @@ class Candidate:
 ThroughputModel = Callable[[Candidate], float]
 
 
-@lru_cache(maxsize=256)
-def _forward_flops_reference(base_width: int, depth: int, in_channels: int, out_channels: int) -> float:
-    from unetkit.models import build_model
-    from unetkit.models.flops import count_flops
+def forward_flops_per_pixel(base_width: int, depth: int, in_channels: int = 3, out_channels: int = 2,
+                            max_width: int = 512) -> float:
+    """Forward FLOPs per input pixel of a plain U-Net (closed form, instant, no model built).
 
-    cfg = ModelConfig(base_width=base_width, depth=depth, in_channels=in_channels, out_channels=out_channels)
-    with torch.device("meta"):
-        model = build_model(cfg)
-    return count_flops(model, (in_channels, REFERENCE_SIDE, REFERENCE_SIDE))
+    Level l runs at 1/4**l of the pixels with c_l = min(base_width * 2**l, max_width) channels; its
+    encoder and decoder 3x3 convolutions and up-sampling add up to ~36 c_l**2 multiply-adds per
+    pixel (within ~15 % of `unetkit.models.flops.count_flops` for widths 8-64, depths 2-5)."""
+    macs = 9.0 * (in_channels * base_width) + out_channels * base_width
+    for level in range(depth + 1):
+        c = min(base_width * 2**level, max_width)
+        macs += 36.0 * c * c / 4**level
+    return 2.0 * macs
 
 
 def train_flops(c: Candidate, in_channels: int = 3, out_channels: int = 2) -> float:
     """FLOPs of one training step: forward x 3 (forward + backward), convolutions scale with area."""
-    per_pixel = _forward_flops_reference(c.base_width, c.depth, in_channels, out_channels) / REFERENCE_SIDE**2
-    return 3.0 * per_pixel * c.pixels_per_step
+    return 3.0 * forward_flops_per_pixel(c.base_width, c.depth, in_channels, out_channels) * c.pixels_per_step
 
 
 def simulated_throughput(gflops_per_second: float, overhead_seconds: float = 0.005, *, in_channels: int = 3,

@@ -1,0 +1,115 @@
+"""Calibration stays within its time bound; the planned train command works end to end on data it
+has never seen (colour-coded masks, 6 classes, an ignore colour, odd non-square images) and stores
+the plan in the artifact."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from unetkit.artifact import load_artifact
+from unetkit.cli import app
+from unetkit.data.io import write_png
+from unetkit.planning.rules import LADDER
+from unetkit.planning.throughput import Candidate, measure_throughput
+
+COLOURS = [(0, 0, 0), (220, 40, 40), (40, 200, 40), (40, 60, 230), (230, 200, 30), (160, 40, 200)]
+IGNORE = (255, 255, 255)
+
+
+def make_colour_dataset(root: Path, n: int = 6, size=(75, 101), seed: int = 0) -> Path:
+    """RGB images + RGB colour-coded masks (6 classes), a white ignore border, odd non-square size."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i in range(n):
+        labels = np.zeros((h, w), np.uint8)
+        for k in range(1, 6):
+            cy, cx, r = rng.integers(8, h - 8), rng.integers(8, w - 8), rng.integers(5, 12)
+            labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
+        image = np.array(COLOURS, np.float32)[labels] * 0.6 + 50 + rng.normal(0, 10, (h, w, 3))
+        mask = np.array(COLOURS, np.uint8)[labels]
+        mask[:3] = IGNORE  # an ignored strip
+        write_png(root / "images" / f"s{i}.png", np.clip(image, 0, 255).astype(np.uint8))
+        write_png(root / "masks" / f"s{i}.png", mask)
+    from unetkit.data.spec import detect_spec, save_spec
+
+    spec = detect_spec(root)
+    classes = tuple(c for c in spec.classes if tuple(c.value) != IGNORE)
+    import dataclasses
+
+    save_spec(dataclasses.replace(spec, classes=classes, ignore_values=(IGNORE,)), root / "unetkit-dataset.json")
+    return root / "unetkit-dataset.json"
+
+
+def test_calibration_stays_within_its_time_bound():
+    ladder = [Candidate(w, d, (p, p), b) for w, d, p, b in LADDER]
+    measure_throughput(ladder[:1], in_channels=3, out_channels=2, max_seconds=0.1)  # one-off imports/init
+    for limit in (0.5, 2.0):
+        t0 = time.perf_counter()
+        measured = measure_throughput(ladder, in_channels=3, out_channels=2, max_seconds=limit)
+        spent = time.perf_counter() - t0
+        assert measured.table, "at least the cheapest candidate is timed"
+        assert spent <= limit * 1.5 + 0.5, f"calibration took {spent:.2f} s for a {limit} s bound"
+        assert len(measured.table) < len(ladder)  # the big rungs are extrapolated, not run
+        assert all(measured(c) > 0 for c in ladder)
+
+
+def test_calibration_stops_once_a_candidate_is_too_slow():
+    ladder = [Candidate(w, d, (p, p), b) for w, d, p, b in LADDER[:6]]
+    measured = measure_throughput(ladder, in_channels=1, out_channels=2, max_seconds=30.0,
+                                  stop_when=lambda c, s: True)
+    assert len(measured.table) == 1
+
+
+def test_plan_and_train_work_unchanged_on_a_never_seen_colour_coded_data_set(tmp_path: Path):
+    spec = make_colour_dataset(tmp_path / "colours")
+    runner = CliRunner()
+    shown = runner.invoke(app, ["plan", str(spec), "--budget", "20s", "--json", str(tmp_path / "plan.json")])
+    assert shown.exit_code == 0, shown.output
+    assert "Training plan" in shown.output and "6 classes" in shown.output
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    patch = next(c["value"] for c in plan["choices"] if c["key"] == "data.patch_size")
+    assert patch[0] <= 75 and patch[1] <= 101
+    t0 = time.perf_counter()
+    out = tmp_path / "run"
+    trained = runner.invoke(app, ["train", str(spec), "--budget", "20s", "--out", str(out), "--quiet",
+                                  "--lr", "0.003"])
+    seconds = time.perf_counter() - t0
+    assert trained.exit_code == 0, trained.output
+    assert seconds <= 20 * 1.05 + 3.0  # the budget, plus process-level set-up outside the clock
+    art = load_artifact(out / "model.unetkit")
+    assert len(art.meta.class_names) == 6 and art.meta.model.out_channels == 6
+    choices = {c["key"]: c for c in art.meta.plan["choices"]}
+    assert choices["optim.lr"]["value"] == 0.003 and choices["optim.lr"]["source"] == "user"
+    assert choices["model.base_width"]["source"] == "plan"
+    assert art.meta.train_config["model"]["base_width"] == choices["model.base_width"]["value"]
+    assert art.meta.metrics["step"] >= 0  # the best validated checkpoint was selected
+
+
+@pytest.mark.slow
+def test_the_default_plan_learns_a_rare_class_under_one_percent(tmp_path: Path):
+    from unetkit.config import TrainConfig, replace
+    from unetkit.data.synthetic import make_synthetic_dataset
+    from unetkit.planning import apply_plan, make_plan
+    from unetkit.planning.throughput import simulated_throughput
+    from unetkit.training.fit import fit
+    from unetkit.training.prepare import load_training_data
+
+    root = make_synthetic_dataset(tmp_path / "shapes", n_images=12, size=(96, 128), seed=3)
+    cfg = replace(TrainConfig(), **{"data.data": str(root), "out_dir": str(tmp_path / "run"), "progress": False})
+    data = load_training_data(cfg.data)
+    rare = [c for c in data.fingerprint["classes"] if c["pixel_fraction"] < 0.01]
+    assert [c["name"] for c in rare] == ["class_3"]
+    # plan for a 60 s budget on a simulated single core; train the planned steps (no wall clock,
+    # so a loaded machine changes the duration, not the result)
+    plan = make_plan(data.fingerprint, simulated_throughput(8.0, 0.01), 60, {}, n_val=len(data.val))
+    planned = replace(apply_plan(cfg, plan), budget_seconds=0.0)
+    assert planned.loss.class_weights[3] > 1 and planned.data.rare_oversample == 0.5
+    art = load_artifact(fit(planned))
+    assert art.meta.metrics["iou/class_3"] >= 0.5, art.meta.metrics
