@@ -1,0 +1,82 @@
+"""ISBI 2012 EM membranes: `unetkit train --budget` (the auto-plan, no other flag), one command:
+
+    .venv/bin/python benchmarks/isbi.py --data /work/shared/data/isbi2012 --budget 30m
+
+Trains on slices 00-24, validates on 25-29 and reports, on those 5 slices: pixel error, the
+foreground-restricted adapted Rand error (`unetkit.metrics.topology.adapted_rand_error` on the
+connected components of the cell-interior class, 4-connectivity), and the membrane F1. Appends the
+figures, the plan, the command and the machine to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from drive import append_markdown, load_split, machine, train_unetkit  # noqa: E402
+
+
+def scores(pred_interior: list[np.ndarray], truth_interior: list[np.ndarray]) -> dict[str, float]:
+    from unetkit.metrics.topology import adapted_rand_error
+
+    p = np.concatenate([x.ravel() for x in pred_interior])
+    t = np.concatenate([x.ravel() for x in truth_interior])
+    tp, fp, fn = np.sum(~p & ~t), np.sum(~p & t), np.sum(p & ~t)  # membrane = positive
+    rand = [adapted_rand_error(a, b)[0] for a, b in zip(pred_interior, truth_interior, strict=True)]
+    return {"pixel_error": float(np.mean(p != t)), "rand_error": float(np.nanmean(rand)),
+            "membrane_f1": float(2 * tp / max(2 * tp + fp + fn, 1)), "rand_per_slice": [float(r) for r in rand]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, type=Path, help="ISBI 2012 root (holding train/)")
+    ap.add_argument("--budget", default="30m")
+    ap.add_argument("--keys-val", default="25,26,27,28,29")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-isbi")
+    ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = ap.parse_args()
+    train_dir = args.data / "train" if (args.data / "train").is_dir() else args.data
+    val_keys = [k.strip() for k in args.keys_val.split(",") if k.strip()]
+    out = args.out / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+    seconds, stdout = train_unetkit(train_dir, args.budget, val_keys, out)
+    print(stdout)
+    from unetkit.artifact import load_artifact, read_meta
+    from unetkit.inference.predict import predict_image
+
+    art = load_artifact(out / "model.unetkit")
+    interior = len(art.meta.class_names) - 1  # 255 = cell interior: the last class
+    val = load_split(train_dir, val_keys)
+    preds = [predict_image(art, s.image).argmax(0) == interior for s in val]
+    result = {**scores(preds, [s.labels == interior for s in val]), "seconds": seconds}
+    chosen = {c["key"]: c["value"] for c in read_meta(out / "model.unetkit").plan.get("choices", [])}
+    text = "\n".join([
+        f"## ISBI 2012, `unetkit train --budget {args.budget}` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
+        "",
+        f"Command: `python benchmarks/isbi.py {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {machine()}  ",
+        f"Train slices 00-24, scored on {','.join(val_keys)}; plan: width {chosen.get('model.base_width')}, depth "
+        f"{chosen.get('model.depth')}, patch {chosen.get('data.patch_size')}, batch {chosen.get('data.batch_size')}, "
+        f"planned steps {chosen.get('steps')}; run folder `{out}`.",
+        "",
+        "| pixel error | adapted Rand error (interior components) | membrane F1 | wall clock |",
+        "| --- | --- | --- | --- |",
+        f"| {result['pixel_error']:.4f} | {result['rand_error']:.4f} | {result['membrane_f1']:.4f} "
+        f"| {seconds / 60:.1f} min |",
+        "",
+    ])
+    append_markdown(args.benchmarks, text)
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
