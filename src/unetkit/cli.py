@@ -285,6 +285,46 @@ def tune_postprocess(
     _echo_json(s, json_out)
 
 
+@app.command("export")
+def export_command(
+    model: Annotated[Path, typer.Argument(help="Model artifact (model.unetkit).")],
+    format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: MODEL.onnx / MODEL.int8.onnx).")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Static int8 quantization, gated on validation accuracy (needs --data).")] = False,
+    data: Annotated[str | None, typer.Option(help="Labelled data: training images calibrate, validation images gate.")] = None,
+    keys: Annotated[str | None, typer.Option(help="Calibration keys (default: the artifact's training split).")] = None,
+    val_keys: Annotated[str | None, typer.Option(help="Validation keys (default: the artifact's validation split).")] = None,
+    gate: Annotated[float | None, typer.Option(help="Largest allowed drop in foreground Dice / mIoU (default 0.005).")] = None,
+    tile: Annotated[int | None, typer.Option(help="Tile size recorded in the plan (default: the model's patch size).")] = None,
+    overlap: Annotated[float, typer.Option(help="Tile overlap fraction recorded in the plan.")] = 0.25,
+) -> None:
+    """Write an ONNX model of the whole per-tile pipeline plus MODEL.onnx.json (the inference plan);
+    parity-checked against PyTorch. With --int8: quantized, refused when validation accuracy drops."""
+    from unetkit.config import ExportConfig, TileConfig
+
+    tile_cfg = TileConfig(tile_size=(tile, tile) if tile else (), overlap=overlap)
+    config = ExportConfig(format=format, int8=int8, **({"int8_gate": gate} if gate is not None else {}))  # type: ignore[arg-type]
+    if not int8:
+        from unetkit.export.onnx import export_artifact
+
+        result = export_artifact(model, out, config, tile_cfg)
+        typer.echo(f"wrote {result.model_path} and {result.plan_path} (parity: max |dp| {result.max_abs_diff:.2e} "
+                   f"on {result.tiles_checked} tiles)")
+        return
+    if not data:
+        raise UnetkitError("--int8 needs --data: training images calibrate it, validation images gate it")
+    from unetkit.export.quantize import Int8GateError, quantize_artifact
+
+    try:
+        report = quantize_artifact(model, data, out, config, keys=keys.split(",") if keys else None,
+                                   val_keys=val_keys.split(",") if val_keys else None, tile=tile_cfg)
+    except Int8GateError as e:
+        typer.echo(e.report.table())
+        raise UnetkitError(str(e).splitlines()[0]) from None
+    typer.echo(report.table())
+    typer.echo(f"wrote {report.written}")
+
+
 @app.command()
 def info(model: Annotated[Path, typer.Argument(help="Model artifact.")]) -> None:
     """Print a model artifact's metadata (verified)."""

@@ -74,9 +74,14 @@ class TorchPredictor:
 
 
 class OnnxPredictor:
-    """An ONNX model (path or bytes) run by ONNX Runtime on CPU."""
+    """An ONNX model (path or bytes) run by ONNX Runtime on CPU.
 
-    def __init__(self, model: str | Path | bytes, *, threads: int | None = None) -> None:
+    Returns the output named `output`; by default "logits" when the graph has one (graphs from
+    `unetkit export` output "probabilities" and "logits"), else the first output. For a path with
+    an inference plan beside it (`model.onnx.json`), `tile_size` is the plan's tile size.
+    """
+
+    def __init__(self, model: str | Path | bytes, *, threads: int | None = None, output: str | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:  # pragma: no cover - depends on the environment
@@ -88,14 +93,30 @@ class OnnxPredictor:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         source = str(model) if isinstance(model, (str, Path)) else model
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        inp, outp = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        inp, outputs = self.session.get_inputs()[0], {o.name: o for o in self.session.get_outputs()}
+        name = output or ("logits" if "logits" in outputs else next(iter(outputs)))
+        if name not in outputs:
+            raise ConfigError(f"ONNX model has no output '{name}'; it has {list(outputs)}")
+        outp = outputs[name]
         self.input_name, self.output_name = inp.name, outp.name
         self.in_channels = inp.shape[1] if isinstance(inp.shape[1], int) else None
         self.out_channels = outp.shape[1] if isinstance(outp.shape[1], int) else None
+        self.tile_size = _plan_tile_size(model)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run([self.output_name], {self.input_name: x})[0]
+
+
+def _plan_tile_size(model: str | Path | bytes) -> tuple[int, int] | None:
+    """The tile size of the inference plan beside an exported `.onnx` file, if there is one."""
+    if isinstance(model, bytes):
+        return None
+    try:
+        plan = json.loads(Path(str(model) + ".json").read_text())
+        return tuple(int(v) for v in plan["tile"]["size"])[:2]  # type: ignore[return-value]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # ---------------------------------------------------------------- choosing a backend
@@ -117,6 +138,11 @@ def make_predictor(
         raise ConfigError(f"backend '{backend}': expected one of {list(BACKENDS)}")
     if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
         return OnnxPredictor(model, threads=threads)
+    exported = exported_onnx(model) if backend == "onnx" else None
+    if exported is not None:
+        predictor = OnnxPredictor(exported, threads=threads)
+        predictor.tile_size = tuple(getattr(model.meta, "patch_size", ()) or ())[:2] or None  # type: ignore[assignment]
+        return predictor
     patch = tuple(getattr(getattr(model, "meta", None), "patch_size", ()) or ())
     module = model.pipeline_module() if hasattr(model, "pipeline_module") else model
     if not isinstance(module, nn.Module):
@@ -130,6 +156,26 @@ def make_predictor(
     predictor = _build(module, backend, tile, threads)
     predictor.tile_size = patch[:2] or None  # type: ignore[union-attr]
     return predictor
+
+
+def exported_onnx(model: Any) -> Path | None:
+    """`model.onnx` beside an artifact file `model.unetkit` when `unetkit export` wrote it from
+    exactly this file (its plan's artifact sha256 matches): `--backend onnx` then runs it instead
+    of exporting again."""
+    path = getattr(model, "path", None)
+    if path is None:
+        return None
+    candidate = Path(path).with_suffix(".onnx")
+    try:
+        plan = json.loads(Path(str(candidate) + ".json").read_text())
+        recorded = plan["artifact"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return candidate if candidate.exists() and h.hexdigest() == recorded else None
 
 
 def _build(module: nn.Module, backend: str, tile: tuple[int, ...], threads: int | None) -> TorchPredictor | OnnxPredictor:

@@ -1,0 +1,209 @@
+"""Export an artifact's whole per-tile pipeline to ONNX, with a parity check and an inference plan.
+
+The graph: raw-intensity tiles (N, C, H, W) -> normalization -> network (BatchNorm folded) ->
+calibration (logits * scale / temperature + bias) -> outputs `probabilities` (softmax) and
+`logits`; batch, height and width are dynamic. Beside it, `model.onnx.json` (`plan.py`) says how
+to tile. Before anything becomes visible the exported graph runs on a few tiles (random and
+image-like, odd sizes) next to the artifact's torch pipeline; a max |difference| of the
+probabilities above `ExportConfig.parity_tolerance` deletes the output and raises `ParityError`.
+Both files are written under temporary names and renamed, so a reader never sees half an export.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from unetkit.artifact import Artifact, load_artifact
+from unetkit.config import ExportConfig, TileConfig
+from unetkit.errors import ConfigError, UnetkitError
+from unetkit.export.plan import INPUT_NAME, OUTPUT_NAMES, inference_plan, plan_path
+
+INSTALL_HINT = "pip install 'unetkit[export]'"
+
+
+class ParityError(UnetkitError):
+    """The exported graph does not compute what the artifact's torch pipeline computes."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    model_path: Path
+    plan_path: Path
+    max_abs_diff: float  # probabilities, exported graph vs torch pipeline, over the parity tiles
+    tiles_checked: int
+    plan: dict[str, Any]
+
+
+def require_onnxruntime() -> Any:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError:
+        raise ConfigError(f"ONNX export needs onnx and onnxruntime: {INSTALL_HINT}") from None
+    return onnxruntime
+
+
+class ExportGraph(nn.Module):
+    """The artifact's pipeline (BatchNorm folded) with two outputs: probabilities and logits."""
+
+    def __init__(self, artifact: Artifact) -> None:
+        super().__init__()
+        from unetkit.inference.backends import fold_batchnorm
+
+        self.pipeline = fold_batchnorm(artifact.pipeline_module(probabilities=False)).eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.pipeline(x)
+        return torch.softmax(logits, dim=1), logits
+
+
+def export_graph(artifact: Artifact, opset: int = 17) -> bytes:
+    """ONNX bytes of `ExportGraph(artifact)` (TorchScript exporter, dynamic batch/height/width)."""
+    require_onnxruntime()
+    graph = ExportGraph(artifact)
+    h, w = (tuple(artifact.meta.patch_size) or (64, 64))[:2]
+    axes = {0: "batch", 2: "height", 3: "width"}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph, (torch.zeros(1, artifact.meta.model.in_channels, h, w),), buffer,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_axes={INPUT_NAME: axes, **{name: axes for name in OUTPUT_NAMES}},
+            opset_version=opset, dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def parity_tiles(artifact: Artifact, tile: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
+    """Batches in raw units: uniform noise over mean +- 3 std, and smooth image-like tiles with
+    blobs and lines, at the tile size and at odd sizes that exercise the network's padding."""
+    rng = np.random.default_rng(seed)
+    meta = artifact.meta
+    c = meta.model.in_channels
+    mean = np.asarray(meta.mean, dtype=np.float32).reshape(1, c, 1, 1)
+    std = np.asarray(meta.std, dtype=np.float32).reshape(1, c, 1, 1)
+    th, tw = tile
+    batches = [(mean + std * rng.uniform(-3, 3, (2, c, th, tw))).astype(np.float32)]
+    for h, w in ((th + 13, tw - 7 if tw > 16 else tw + 5), (37, 53)):
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        smooth = np.sin(xx / rng.uniform(3, 9)) * np.cos(yy / rng.uniform(3, 9)) + (np.hypot(yy - h / 2, xx - w / 3) < h / 5)
+        lines = (np.abs((yy - 0.6 * xx) % 17) < 1.5).astype(np.float32)
+        img = (smooth - lines)[None, None] + 0.1 * rng.standard_normal((1, c, h, w))
+        batches.append((mean + std * img).astype(np.float32))
+    return batches
+
+
+def torch_probabilities(artifact: Artifact, batch: np.ndarray) -> np.ndarray:
+    """The artifact's own pipeline (unfolded, float32) on a batch: the reference for parity."""
+    module = artifact.pipeline_module(probabilities=True)
+    with torch.inference_mode():
+        return module(torch.from_numpy(batch)).numpy()
+
+
+def onnx_session(model: bytes | str | Path, threads: int | None = None) -> Any:
+    ort = require_onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def parity_diff(model: bytes | str | Path, artifact: Artifact, batches: list[np.ndarray]) -> float:
+    """Max |p_onnx - p_torch| over `batches`."""
+    session = onnx_session(model)
+    worst = 0.0
+    for batch in batches:
+        got = session.run([OUTPUT_NAMES[0]], {INPUT_NAME: batch})[0]
+        want = torch_probabilities(artifact, batch)
+        if got.shape != want.shape:
+            raise ParityError(f"exported graph returned {got.shape} for {batch.shape}; the torch pipeline {want.shape}")
+        worst = max(worst, float(np.abs(got - want).max()))
+    return worst
+
+
+def default_out(artifact_path: str | Path, int8: bool = False) -> Path:
+    """`model.unetkit` -> `model.onnx` (or `model.int8.onnx`)."""
+    p = Path(artifact_path)
+    return p.with_name(p.stem + (".int8.onnx" if int8 else ".onnx"))
+
+
+def export_artifact(
+    model: str | Path | Artifact, out: str | Path | None = None, config: ExportConfig = ExportConfig(),
+    tile: TileConfig = TileConfig(),
+) -> ExportResult:
+    """Export an artifact to ONNX (`out`, default beside it as `.onnx`) plus `out.json` (the plan).
+
+    `tile` is the tiling recorded in the plan; an empty `tile_size` means the engine's default
+    for the artifact. Raises `ParityError` (nothing written) when the graph disagrees with torch.
+    """
+    if config.format != "onnx":
+        raise ConfigError(f"export format '{config.format}': only 'onnx' is supported")
+    artifact = model if isinstance(model, Artifact) else load_artifact(model)
+    if out is None:
+        if artifact.path is None:
+            raise ConfigError("export_artifact: give `out` for an artifact that was not loaded from a file")
+        out = default_out(artifact.path)
+    out = Path(out)
+    from unetkit.inference.files import tile_config_for
+
+    tile = tile_config_for(artifact, tile)
+    data = export_graph(artifact, config.opset)
+    batches = parity_tiles(artifact, tuple(tile.tile_size)[:2])  # type: ignore[arg-type]
+    diff = parity_diff(data, artifact, batches)
+    parity = {"max_abs_diff": diff, "tolerance": config.parity_tolerance, "tiles": sum(len(b) for b in batches)}
+    plan = inference_plan(artifact, tile, opset=config.opset, parity=parity)
+    return write_checked(out, data, plan, diff, config.parity_tolerance)
+
+
+def write_checked(out: Path, data: bytes, plan: dict[str, Any], diff: float, tolerance: float) -> ExportResult:
+    """Refuse (remove any half-written output) when `diff` exceeds `tolerance`; else write both files atomically."""
+    plan_file = plan_path(out)
+    if not np.isfinite(diff) or diff > tolerance:
+        raise ParityError(
+            f"{out}: exported graph differs from the torch pipeline by {diff:.3g} (max |probability difference|), "
+            f"more than parity_tolerance {tolerance:g}; nothing was written"
+        )
+    plan = dict(plan, model_file=out.name, model_sha256=_sha256_bytes(data))
+    write_pair(out, data, plan_file, json.dumps(plan, indent=1) + "\n")
+    return ExportResult(out, plan_file, diff, int(plan.get("parity", {}).get("tiles", 0)), plan)
+
+
+def write_pair(model_path: Path, data: bytes, plan_file: Path, text: str) -> None:
+    """Both files under temporary names first, then renamed: the model last, so an existing
+    `model.onnx` is only ever replaced by one whose plan is already in place."""
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    tmps: list[str] = []
+    try:
+        for target, payload in ((plan_file, text.encode()), (model_path, data)):
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            tmps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+            os.chmod(tmp, 0o644)
+        os.replace(tmps[0], plan_file)
+        os.replace(tmps[1], model_path)
+    finally:
+        for tmp in tmps:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _sha256_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+

@@ -1,0 +1,113 @@
+"""The inference plan written beside an exported model (`model.onnx.json`).
+
+Everything a plain ONNX Runtime + numpy user needs to reproduce unetkit's output from the graph
+alone: input channels and intensity units, tile size, overlap, blending, padding, class names,
+colours, postprocessing, and which artifact (sha256) it came from. The graph already holds the
+normalization, the network and the calibrated softmax, so the plan's activation is "none".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from unetkit.artifact import Artifact
+from unetkit.config import TileConfig
+from unetkit.errors import ConfigError
+
+PLAN_FORMAT = "unetkit-inference-plan"
+PLAN_VERSION = 1
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("probabilities", "logits")
+MIN_WEIGHT = 1e-3  # tiling.gaussian_weights' floor
+
+
+def plan_path(model_path: str | Path) -> Path:
+    """`model.onnx` -> `model.onnx.json`."""
+    p = Path(model_path)
+    return p.with_name(p.name + ".json")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def inference_plan(
+    artifact: Artifact, tile: TileConfig, *, precision: str = "fp32", opset: int = 17,
+    parity: dict[str, Any] | None = None, quantization: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The plan as plain JSON values; `tile.tile_size` must be resolved (not empty)."""
+    if not tile.tile_size:
+        raise ConfigError("inference_plan: tile.tile_size is empty; resolve it (e.g. the artifact's patch size) first")
+    meta = artifact.meta
+    size = [int(v) for v in tile.tile_size] * (2 if len(tile.tile_size) == 1 else 1)
+    units = "raw intensities as stored in the file (0-255 for 8-bit, 0-65535 for 16-bit images), float32"
+    plan: dict[str, Any] = {
+        "format": PLAN_FORMAT,
+        "version": PLAN_VERSION,
+        "precision": precision,
+        "opset": opset,
+        "input": {
+            "name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "channels": meta.model.in_channels,
+            "units": units, "normalization": "inside the graph: (x - mean) / std per channel",
+            "mean": list(meta.mean), "std": list(meta.std),
+        },
+        "outputs": {
+            "probabilities": "(N, K, H, W) float32 calibrated softmax probabilities",
+            "logits": "(N, K, H, W) float32 calibrated logits (logits * scale / temperature + bias)",
+        },
+        "tile": {
+            "size": size, "overlap": tile.overlap, "blend": tile.blend, "sigma_scale": tile.sigma_scale,
+            "min_weight": MIN_WEIGHT, "padding": tile.padding, "batch_size": tile.batch_size,
+            "activation": "none", "tta": tile.tta,
+            "placement": "per axis: one tile at 0 when the image is not larger than the tile (padded at the end); "
+                         "otherwise ceil((size - tile) / floor(tile * (1 - overlap))) + 1 tiles, evenly spread, "
+                         "the last flush with the end",
+            "blending": "sum of weights * probabilities over tiles divided by the sum of weights; Gaussian weights "
+                        "are exp(-d^2 / (2 (sigma_scale * n)^2)) per axis around (n - 1) / 2, max 1, floor min_weight",
+        },
+        "classes": list(meta.class_names),
+        "colors": [list(c) for c in meta.colors()],
+        "ignore_index": meta.ignore_index,
+        "calibration": {"temperature": meta.temperature, "class_scale": list(meta.class_scale),
+                        "class_bias": list(meta.class_bias), "applied": "inside the graph"},
+        "postprocess": meta.postprocess,
+        "artifact": {
+            "name": meta.name, "path": str(artifact.path) if artifact.path else "",
+            "sha256": file_sha256(artifact.path) if artifact.path else "",
+            "weights_sha256": meta.weights_sha256, "meta_sha256": meta.meta_sha256,
+        },
+    }
+    if parity is not None:
+        plan["parity"] = parity
+    if quantization is not None:
+        plan["quantization"] = quantization
+    return plan
+
+
+def read_plan(path: str | Path) -> dict[str, Any]:
+    """The plan beside `path` (an `.onnx` model or the `.json` itself)."""
+    p = Path(path)
+    p = p if p.suffix == ".json" else plan_path(p)
+    try:
+        plan = json.loads(p.read_text())
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the inference plan ({e.strerror})") from None
+    except ValueError:
+        raise ConfigError(f"{p}: the inference plan is not valid JSON") from None
+    if plan.get("format") != PLAN_FORMAT:
+        raise ConfigError(f"{p}: not a unetkit inference plan (format {plan.get('format')!r})")
+    return plan
+
+
+def tile_config_from_plan(plan: dict[str, Any]) -> TileConfig:
+    """The engine's `TileConfig` for a plan (activation "none": the graph returns probabilities)."""
+    t = plan["tile"]
+    return TileConfig(tile_size=tuple(t["size"]), overlap=t["overlap"], blend=t["blend"], sigma_scale=t["sigma_scale"],
+                      batch_size=t["batch_size"], padding=t["padding"], tta=t["tta"], activation="none")

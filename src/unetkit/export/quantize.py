@@ -1,0 +1,269 @@
+"""Static int8 quantization of an exported graph, gated on validation accuracy.
+
+`quantize_artifact` exports the fp32 graph (parity-checked, `onnx.py`), calibrates activation
+ranges on tiles sampled from the *training* images (the artifact's own train/validation split
+when it recorded one), quantizes with `onnxruntime.quantization.quantize_static`, then scores fp32
+and int8 side by side on the *validation* images through the tiled engine. When the drop in
+foreground Dice or mIoU exceeds `ExportConfig.int8_gate` nothing is written and `Int8GateError`
+carries the report; otherwise the int8 graph and its plan are written atomically. Either way the
+report holds the measured speed-up (same tiles, same threads) next to the accuracy delta.
+
+Default options (`QuantOptions`) were chosen by measurement on an AVX2 CPU without VNNI (see
+docs/export.md): QDQ format (ORT fuses it into QLinearConv with its NHWC int8 kernels), per-channel
+int8 weights, uint8 activations, no reduce_range, only convolution-like ops and pooling/concat
+quantized; normalization, calibration scaling and softmax stay in float.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unetkit.artifact import Artifact, load_artifact
+from unetkit.config import DataConfig, ExportConfig, TileConfig, from_dict
+from unetkit.errors import ConfigError, UnetkitError
+from unetkit.export.onnx import (
+    INSTALL_HINT,
+    default_out,
+    export_graph,
+    onnx_session,
+    parity_diff,
+    parity_tiles,
+    write_pair,
+)
+from unetkit.export.plan import INPUT_NAME, OUTPUT_NAMES, inference_plan, plan_path
+
+
+class Int8GateError(UnetkitError):
+    """The int8 model loses more validation accuracy than `ExportConfig.int8_gate` allows."""
+
+    def __init__(self, message: str, report: Int8Report) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    format: str = "qdq"  # "qdq" or "qoperator"
+    per_channel: bool = True
+    weight_type: str = "int8"  # "int8" (u8s8 kernels) or "uint8" (u8u8)
+    reduce_range: bool = False  # 7-bit weights: avoids u8s8 saturation on non-VNNI CPUs, costs accuracy
+    op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "MaxPool", "Concat", "Relu")
+    calibration: str = "minmax"  # "minmax", "percentile" or "entropy"
+    exclude_first_last: bool = False  # keep the first and the last convolution in float
+
+
+@dataclass
+class Int8Report:
+    fp32: dict[str, float]
+    int8: dict[str, float]
+    delta: float  # largest drop among the gated scores (positive = int8 worse)
+    gate: float
+    fp32_seconds: float  # median per tile batch
+    int8_seconds: float
+    tile_batch: tuple[int, ...]
+    calibration_keys: list[str]
+    validation_keys: list[str]
+    options: dict[str, Any]
+    written: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_seconds / self.int8_seconds
+
+    def table(self) -> str:
+        lines = [f"{'':<22}{'fp32':>10}{'int8':>10}{'delta':>10}"]
+        for k in GATED + ("mean_dice",):
+            a, b = self.fp32.get(k, float("nan")), self.int8.get(k, float("nan"))
+            lines.append(f"{k:<22}{a:>10.4f}{b:>10.4f}{b - a:>+10.4f}")
+        lines.append(f"{'ms per tile batch':<22}{self.fp32_seconds * 1e3:>10.0f}{self.int8_seconds * 1e3:>10.0f}"
+                     f"{'':>4}x{self.speedup:.2f}")
+        lines.append(f"batch {self.tile_batch}; accuracy gate {self.gate} (largest drop {self.delta:+.4f}); "
+                     f"validation {','.join(self.validation_keys)}")
+        return "\n".join(lines)
+
+
+GATED = ("mean_dice_foreground", "mean_iou")
+
+
+# ---------------------------------------------------------------- data
+
+
+def split_keys(artifact: Artifact, data: str | Path) -> tuple[list[str], list[str]]:
+    """(training keys, validation keys) of `data` under the artifact's recorded data split."""
+    from unetkit.data.pairing import pair_samples
+    from unetkit.data.spec import load_spec, spec_for_classes
+    from unetkit.data.splits import split
+
+    recorded = (artifact.meta.train_config or {}).get("data")
+    if not recorded:
+        raise ConfigError(f"{artifact.path}: the artifact records no training data split; pass --keys (calibration) and --val-keys")
+    config = from_dict(DataConfig, recorded, "train_config.data")
+    train, val = split(pair_samples(spec_for_classes(load_spec(data), artifact.meta.data_spec)), config)
+    return [s.key for s in train], [s.key for s in val]
+
+
+def calibration_tiles(images: Sequence[np.ndarray], tile: tuple[int, int], count: int, seed: int = 0) -> np.ndarray:
+    """`count` random tiles (N, C, h, w) cut from `images` in turn (images smaller than a tile are padded)."""
+    if not images:
+        raise ConfigError("calibration needs at least one training image")
+    rng = np.random.default_rng(seed)
+    th, tw = tile
+    out = []
+    for i in range(count):
+        im = images[i % len(images)]
+        ph, pw = max(0, th - im.shape[1]), max(0, tw - im.shape[2])
+        if ph or pw:
+            im = np.pad(im, ((0, 0), (0, ph), (0, pw)), mode="reflect")
+        y = int(rng.integers(0, im.shape[1] - th + 1))
+        x = int(rng.integers(0, im.shape[2] - tw + 1))
+        out.append(im[:, y : y + th, x : x + tw])
+    return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+
+
+# ---------------------------------------------------------------- quantization
+
+
+def quantize_graph(fp32: bytes, tiles: np.ndarray, options: QuantOptions = QuantOptions(), batch: int = 4) -> bytes:
+    """int8 ONNX bytes from fp32 ONNX bytes, activation ranges calibrated on `tiles`."""
+    try:
+        import onnx
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise ConfigError(f"int8 export needs onnxruntime.quantization: {INSTALL_HINT}") from None
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{INPUT_NAME: tiles[i : i + batch]} for i in range(0, len(tiles), batch)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if options.calibration not in methods or options.format not in ("qdq", "qoperator"):
+        raise ConfigError(f"QuantOptions: calibration {options.calibration!r} / format {options.format!r} not supported")
+    with tempfile.TemporaryDirectory(prefix="unetkit-int8-") as tmp:
+        src, pre, dst = (str(Path(tmp) / n) for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        Path(src).write_bytes(fp32)
+        quant_pre_process(src, pre, skip_symbolic_shape=True)  # the net's pad-to-multiple defeats symbolic shapes
+        model = onnx.load(pre)
+        convs = [n.name for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+        exclude = [convs[0], convs[-1]] if options.exclude_first_last and convs else []
+        quantize_static(
+            pre, dst, Reader(),
+            quant_format=QuantFormat.QDQ if options.format == "qdq" else QuantFormat.QOperator,
+            per_channel=options.per_channel, reduce_range=options.reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8 if options.weight_type == "int8" else QuantType.QUInt8,
+            op_types_to_quantize=list(options.op_types), nodes_to_exclude=exclude,
+            calibrate_method=methods[options.calibration],
+            extra_options={"CalibMaxIntermediateOutputs": 8} if options.calibration != "minmax" else {},
+        )
+        return Path(dst).read_bytes()
+
+
+def time_session(model: bytes | str | Path, batch: np.ndarray, repeats: int = 5, threads: int | None = None) -> float:
+    """Median seconds of one forward of `batch` (after one warm-up)."""
+    session = onnx_session(model, threads)
+    feed = {INPUT_NAME: batch}
+    session.run([OUTPUT_NAMES[0]], feed)
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run([OUTPUT_NAMES[0]], feed)
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs)
+
+
+def score(model: bytes, artifact: Artifact, samples: Sequence[Any], tile: TileConfig) -> dict[str, float]:
+    """Pooled scores of an exported graph on labelled samples, through the tiled engine."""
+    from dataclasses import replace
+
+    from unetkit.inference.backends import OnnxPredictor
+    from unetkit.inference.files import labels_from_probabilities
+    from unetkit.inference.predict import predict_tiled
+    from unetkit.metrics.evaluate import evaluate_predictions
+
+    predictor = OnnxPredictor(model, output=OUTPUT_NAMES[0])
+    config = replace(tile, activation="none")
+    items = ((s.key, labels_from_probabilities(predict_tiled(predictor, s.image, config), artifact), s.labels) for s in samples)
+    result = evaluate_predictions(items, artifact.meta.class_names, artifact.meta.ignore_index)
+    return {k: float(result[k]) for k in ("mean_dice", "mean_dice_foreground", "mean_iou", "pixel_accuracy") if k in result}
+
+
+def quantize_artifact(
+    model: str | Path | Artifact, data: str | Path, out: str | Path | None = None,
+    config: ExportConfig = ExportConfig(int8=True), *, keys: Sequence[str] | None = None,
+    val_keys: Sequence[str] | None = None, options: QuantOptions = QuantOptions(), tile: TileConfig = TileConfig(),
+    progress: bool = False,
+) -> Int8Report:
+    """Quantize, score fp32 vs int8 on validation images, write `out` (+ plan) only if within the gate.
+
+    `keys`: training images for calibration (default: the artifact's training split of `data`);
+    `val_keys`: validation images (default: its validation split). Raises `Int8GateError`
+    (nothing written) when the largest drop in foreground Dice / mIoU exceeds `config.int8_gate`.
+    """
+    from unetkit.inference.files import tile_config_for
+    from unetkit.metrics.evaluate import load_labelled
+
+    artifact = model if isinstance(model, Artifact) else load_artifact(model)
+    if keys is None or val_keys is None:
+        train_keys, split_val = split_keys(artifact, data)
+        keys = list(keys) if keys is not None else train_keys
+        val_keys = list(val_keys) if val_keys is not None else split_val
+    if not val_keys:
+        raise ConfigError(f"{data}: no validation images to score the int8 model on; pass --val-keys")
+    if set(keys) & set(val_keys):
+        raise ConfigError(f"calibration keys and validation keys overlap ({sorted(set(keys) & set(val_keys))[:5]}); "
+                          "calibrate on training images only")
+    out = Path(out) if out is not None else default_out(artifact.path or "model.unetkit", int8=True)
+    tile = tile_config_for(artifact, tile)
+    size = tuple(tile.tile_size)[:2]
+
+    fp32 = export_graph(artifact, config.opset)
+    diff = parity_diff(fp32, artifact, parity_tiles(artifact, size))  # type: ignore[arg-type]
+    if diff > config.parity_tolerance:
+        from unetkit.export.onnx import ParityError
+
+        raise ParityError(f"fp32 graph differs from the torch pipeline by {diff:.3g} (> {config.parity_tolerance:g}); not quantizing")
+    _, train = load_labelled(artifact, data, list(keys), progress)
+    tiles = calibration_tiles([s.image for s in train], size, config.calibration_images)  # type: ignore[arg-type]
+    del train
+    int8 = quantize_graph(fp32, tiles, options)
+
+    _, val = load_labelled(artifact, data, list(val_keys), progress)
+    s32, s8 = score(fp32, artifact, val, tile), score(int8, artifact, val, tile)
+    bench = tiles[: tile.batch_size]
+    t32, t8 = time_session(fp32, bench), time_session(int8, bench)
+    delta = max(s32[k] - s8[k] for k in GATED if k in s32)
+    report = Int8Report(s32, s8, delta, config.int8_gate, t32, t8, tuple(bench.shape), list(keys), list(val_keys),
+                        asdict(options))
+    if not delta <= config.int8_gate:
+        raise Int8GateError(
+            f"int8 model refused: validation score drops by {delta:.4f} (> int8_gate {config.int8_gate}); "
+            f"speed-up x{report.speedup:.2f}; nothing written\n{report.table()}", report)
+    quant = {"options": report.options, "calibration_keys": report.calibration_keys, "calibration_tiles": len(tiles),
+             "validation": {"keys": report.validation_keys, "fp32": s32, "int8": s8, "largest_drop": delta},
+             "speedup": report.speedup, "fp32_seconds": t32, "int8_seconds": t8}
+    plan = inference_plan(artifact, tile, precision="int8", opset=config.opset, quantization=quant)
+    plan = dict(plan, model_file=out.name)
+    write_pair(out, int8, plan_path(out), json.dumps(plan, indent=1) + "\n")
+    report.written = out
+    return report
