@@ -1,0 +1,20 @@
+"""`unetkit export`: files written, and one-line errors."""
+
+from tests.test_cli import assert_one_line_error, run_cli
+
+
+def test_export_writes_model_and_plan(artifact_path):
+    proc = run_cli("export", str(artifact_path), "--format", "onnx", "--tile", "48")
+    assert proc.returncode == 0, proc.stderr
+    assert "parity: max |dp|" in proc.stdout
+    assert artifact_path.with_suffix(".onnx").exists() and artifact_path.with_name("model.onnx.json").exists()
+
+
+def test_export_errors_are_one_line(artifact_path, tmp_path, data_and_model):
+    assert_one_line_error(run_cli("export", str(tmp_path / "missing.unetkit")), "model artifact not found")
+    assert_one_line_error(run_cli("export", str(artifact_path), "--int8"), "--int8 needs --data")
+    assert_one_line_error(run_cli("export", str(artifact_path), "--format", "tflite"), "format")
+    data, model = data_and_model
+    proc = run_cli("export", str(model), "--int8", "--data", str(data), "--gate", "-1")
+    assert_one_line_error(proc, "int8 model refused: validation score drops by")
+    assert "ms per tile batch" in proc.stdout and not model.with_name("m.int8.onnx").exists()

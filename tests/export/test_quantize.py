@@ -1,0 +1,64 @@
+"""int8: calibrated on training images, gated on validation scores; refused means nothing written."""
+
+import json
+
+import numpy as np
+import pytest
+
+from unetkit.artifact import load_artifact
+from unetkit.config import ExportConfig
+from unetkit.errors import ConfigError
+from unetkit.export.quantize import (
+    Int8GateError,
+    QuantOptions,
+    calibration_tiles,
+    quantize_artifact,
+    split_keys,
+)
+
+
+def test_split_keys_follow_the_artifacts_recorded_split(data_and_model):
+    data, model = data_and_model
+    assert split_keys(load_artifact(model), data) == (["21", "22", "23"], ["24"])
+
+
+def test_gate_refuses_when_impossibly_strict_and_writes_when_loose(data_and_model):
+    data, model = data_and_model
+    out = model.parent / "m.int8.onnx"
+    strict = ExportConfig(int8=True, int8_gate=-1.0, calibration_images=4)
+    with pytest.raises(Int8GateError, match=r"int8 model refused: validation score drops by .* speed-up x[\d.]+; nothing written") as e:
+        quantize_artifact(model, data, config=strict)
+    report = e.value.report
+    assert report.written is None and not out.exists() and not out.with_name(out.name + ".json").exists()
+    assert report.calibration_keys == ["21", "22", "23"] and report.validation_keys == ["24"]
+    assert {"mean_dice_foreground", "mean_iou"} <= report.fp32.keys() and report.fp32_seconds > 0 < report.int8_seconds
+    assert "ms per tile batch" in report.table()
+
+    loose = ExportConfig(int8=True, int8_gate=1.0, calibration_images=4)
+    report = quantize_artifact(model, data, config=loose)
+    assert report.written == out and out.exists()
+    plan = json.loads(out.with_name(out.name + ".json").read_text())
+    assert plan["precision"] == "int8" and plan["tile"]["activation"] == "none"
+    assert plan["quantization"]["validation"]["keys"] == ["24"] and plan["quantization"]["options"]["format"] == "qdq"
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert "QuantizeLinear" in ops and "Softmax" in ops
+
+
+def test_qoperator_format_and_key_overlap(data_and_model):
+    data, model = data_and_model
+    report = quantize_artifact(model, data, model.parent / "q.onnx", ExportConfig(int8=True, int8_gate=1.0, calibration_images=4),
+                               options=QuantOptions(format="qoperator", exclude_first_last=True))
+    import onnx
+
+    assert "QLinearConv" in {n.op_type for n in onnx.load(str(report.written)).graph.node}
+    with pytest.raises(ConfigError, match=r"calibration keys and validation keys overlap \(\['24'\]\)"):
+        quantize_artifact(model, data, keys=["23", "24"], val_keys=["24"])
+
+
+def test_calibration_tiles_cover_small_images(rng):
+    images = [rng.uniform(0, 255, (3, 20, 50)).astype(np.float32), rng.uniform(0, 255, (3, 40, 40)).astype(np.float32)]
+    tiles = calibration_tiles(images, (32, 32), 5)
+    assert tiles.shape == (5, 3, 32, 32) and tiles.dtype == np.float32
+    assert np.isin(tiles[1], images[1]).all()
