@@ -35,6 +35,10 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# OpenMP's default active spin-wait makes a 2-thread torch forward up to 10x slower when other
+# processes share the cores; passive waiting costs little on a quiet machine. Set before torch
+# loads, here and (inherited) in the server, so both sides of the comparison run alike.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def build_artifact(path: Path, patch: int, width: int, depth: int) -> Path:
@@ -183,7 +187,8 @@ def machine() -> str:
     load = os.getloadavg()[0]
     import torch
 
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}, load avg {load:.2f} at start"
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load avg {load:.2f} at start")
 
 
 def main() -> None:

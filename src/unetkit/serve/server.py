@@ -72,7 +72,8 @@ def env_values(env: Mapping[str, str]) -> dict[str, Any]:
             else:
                 values[name] = raw
         except ValueError:
-            raise ConfigError(f"{key}={raw!r}: expected a {getattr(tp, '__name__', tp)}") from None
+            expected = {bool: "true or false (also 1/0, yes/no, on/off)", int: "an integer", float: "a number"}[tp]
+            raise ConfigError(f"{key}={raw!r}: expected {expected}") from None
     return values
 
 
