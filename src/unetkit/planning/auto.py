@@ -74,7 +74,10 @@ def plan_training(config: TrainConfig, overrides: Mapping[str, Any], *,
                            "calibration_seconds": measured.seconds_spent,
                            "device": str(resolve_device(config.device)), "threads": torch.get_num_threads()})
     planned = apply_plan(config, plan)
-    return replace(planned, budget_seconds=remaining, plan=plan.to_dict()), plan
+    # fit's budget clock is the authority on time: it re-times steps and fixes the step count, but it
+    # stops at `steps` if that comes first -- so hand it a ceiling, not the estimate (unless user-set)
+    steps = planned.steps if "steps" in user else max(10 * planned.steps, 1000)
+    return replace(planned, steps=steps, budget_seconds=remaining, plan=plan.to_dict()), plan
 
 
 def preview_plan(config: TrainConfig, overrides: Mapping[str, Any], *,
