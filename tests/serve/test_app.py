@@ -258,3 +258,17 @@ def test_sampling_is_capped(artifact_path, tmp_path):
     assert 1 <= len(samples) < 6 and total <= 6_000
     meta = json.loads((samples[-1] / "meta.json").read_text())
     assert meta["model_version"] and (samples[-1] / "input.png").exists() and (samples[-1] / "mask.png").exists()
+
+
+def test_unexpected_errors_are_500_json_and_the_server_lives_on(client, monkeypatch):
+    service = client.app.state.unetkit.service
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(service, "segment", broken)
+    r = client.post("/v1/segment", content=png_of(synthetic_image(32, 32)))
+    assert "server log" in error(r, 500, "internal") and "simulated" not in r.text
+    assert r.headers["x-request-id"]
+    monkeypatch.undo()
+    assert client.post("/v1/segment", content=png_of(synthetic_image(32, 32))).status_code == 200

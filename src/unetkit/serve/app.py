@@ -143,6 +143,10 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
+        import anyio.to_thread
+
+        limiter = anyio.to_thread.current_default_thread_limiter()  # request threads block on the batcher
+        limiter.total_tokens = max(limiter.total_tokens, config.max_inflight + 8)
         loading = asyncio.create_task(load())
         yield
         state.status = "draining"
@@ -165,7 +169,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         try:
             response = await call_next(request)
         except Exception as e:  # noqa: BLE001 - any bug becomes a 500 JSON body, never a dead process
-            log(logging.ERROR, "unhandled error", exc_type=type(e).__name__, error=str(e)[:500])
+            log(logging.ERROR, "unhandled error", exc_info=True, exc_type=type(e).__name__, error=str(e)[:500])
             response = error_response(e)
         finally:
             state.metrics.inflight.dec()
@@ -216,7 +220,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     # ------------------------------------------------------------ health, metrics, page
 
     @app.get("/healthz", response_model=schemas.Health, tags=["health"])
-    def healthz() -> Any:
+    async def healthz() -> Any:  # async: probes never wait for a pool thread
         """Alive (the process answers); 500 only when the model failed to load."""
         if state.status == "failed":
             return JSONResponse({"status": "failed", "error": state.error}, 500)
@@ -224,14 +228,14 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.get("/readyz", response_model=schemas.Health, tags=["health"],
              responses={503: {"model": schemas.Health, "description": "loading, draining or failed"}})
-    def readyz() -> Any:
+    async def readyz() -> Any:
         """Ready: the model is loaded and warmed up and the server is not shutting down."""
         if state.status != "ready" or state.service is None:
             return JSONResponse({"status": state.status, "error": state.error}, 503, headers={"Retry-After": "1"})
         return {"status": "ready", "model_version": state.service.primary.version}
 
     @app.get("/metrics", tags=["health"], response_class=Response)
-    def metrics() -> Response:
+    async def metrics() -> Response:  # a few hundred lines of text: cheap enough for the event loop
         """Prometheus text exposition."""
         return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
 

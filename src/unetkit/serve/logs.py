@@ -47,5 +47,5 @@ def configure_logging(level: str = "info") -> None:
             logger.addHandler(handler)
 
 
-def log(level: int, message: str, **fields: object) -> None:
-    LOGGER.log(level, message, extra={"fields": fields, "request_id": request_id_var.get()})
+def log(level: int, message: str, exc_info: bool = False, **fields: object) -> None:
+    LOGGER.log(level, message, exc_info=exc_info, extra={"fields": fields, "request_id": request_id_var.get()})
