@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -97,6 +98,7 @@ def main() -> None:
     t32 = tiled_seconds(fp32, images, tile, args.repeats)
     t8 = tiled_seconds(written, images, tile, args.repeats)
     mpix = sum(im.shape[1] * im.shape[2] for im in images) / 1e6
+    shutil.rmtree(tmp, ignore_errors=True)
     load_after = os.getloadavg()[0]
     passed = first.delta <= config.int8_gate
     cmd = " ".join(["benchmarks/export_int8.py", *sys.argv[1:]])
