@@ -230,7 +230,8 @@ def main() -> None:
         rss_before = rss_mb(proc.pid)
         for s in sizes:
             for c in levels:
-                runs = [asyncio.run(closed_loop(url, images[s][1], c, per_cell[s])) for _ in range(args.repeats)]
+                n = max(per_cell[s], 2 * c)  # every client sends at least twice
+                runs = [asyncio.run(closed_loop(url, images[s][1], c, n)) for _ in range(args.repeats)]
                 row = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                 row.update(size=s, clients=c, errors=sum(r["errors"] for r in runs), offline=offline[s])
                 rows.append(row)

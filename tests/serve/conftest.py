@@ -5,21 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
-from unetkit.artifact import ArtifactMeta, save_artifact
-from unetkit.config import ModelConfig
-from unetkit.models import build_model
-
-CLASSES = ("background", "cell", "vessel")
-
-
-def make_artifact(path: Path, seed: int, name: str = "tiny") -> Path:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(in_channels=3, out_channels=3, depth=2, base_width=8)
-    meta = ArtifactMeta(model=cfg, class_names=CLASSES, mean=(120.0, 120.0, 120.0), std=(60.0, 60.0, 60.0),
-                        patch_size=(64, 64), name=name)
-    return save_artifact(path, build_model(cfg).eval(), meta)
+from tests.serve.samples import make_artifact
 
 
 @pytest.fixture(scope="session")

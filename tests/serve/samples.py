@@ -1,10 +1,28 @@
-"""Synthetic images for the serving tests."""
+"""Synthetic images and small model artifacts for the serving tests."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
+
+CLASSES = ("background", "cell", "vessel")
+
+
+def make_artifact(path: Path, seed: int, name: str = "tiny", classes: tuple[str, ...] = CLASSES) -> Path:
+    """A random-weight 3-class U-Net (depth 2, width 8, 64x64 patches) saved as an artifact."""
+    import torch
+
+    from unetkit.artifact import ArtifactMeta, save_artifact
+    from unetkit.config import ModelConfig
+    from unetkit.models import build_model
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(in_channels=3, out_channels=len(classes), depth=2, base_width=8)
+    meta = ArtifactMeta(model=cfg, class_names=classes, mean=(120.0, 120.0, 120.0), std=(60.0, 60.0, 60.0),
+                        patch_size=(64, 64), name=name)
+    return save_artifact(path, build_model(cfg).eval(), meta)
 
 
 def synthetic_image(height: int = 96, width: int = 80, seed: int = 0) -> np.ndarray:

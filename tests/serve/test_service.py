@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.serve.samples import synthetic_image
+from tests.serve.samples import make_artifact, synthetic_image
 from unetkit.config import ServeConfig
 from unetkit.errors import ConfigError, InputError
 from unetkit.serve.batching import BatchStats, QueueFull, TileBatcher
@@ -160,6 +160,15 @@ def test_canary_split_and_shadow_agreement(artifact_path, candidate_path):
     assert seg.model.role == "primary"
     assert len(recorder.agreements) == 1 and 0.0 <= recorder.agreements[0] <= 1.0
     assert svc.models()["rollout"] == "shadow"
+
+
+def test_incompatible_candidate_is_refused_without_leaking_workers(artifact_path, tmp_path):
+    other = make_artifact(tmp_path / "other.unetkit", seed=2, classes=("background", "tumour", "stroma"))
+    before = {t for t in threading.enumerate() if t.name.startswith("unetkit-batcher")}
+    with pytest.raises(ConfigError, match="differ from the primary's"):
+        Service.from_artifact(artifact_path, ServeConfig(canary_artifact=str(other), canary_percent=5))
+    after = {t for t in threading.enumerate() if t.name.startswith("unetkit-batcher") and t.is_alive()}
+    assert after <= before
 
 
 def test_agreement_iou():

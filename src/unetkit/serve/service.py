@@ -145,14 +145,20 @@ class Service:
         observer = observer or Observer()
         primary = LoadedModel(load_artifact(path), config, "primary", observer)
         candidate = None
-        if config.canary_artifact:
-            candidate = LoadedModel(load_artifact(config.canary_artifact), config, "candidate", observer)
-            if candidate.meta.class_names != primary.meta.class_names:
-                raise ConfigError(
-                    f"{config.canary_artifact}: classes {list(candidate.meta.class_names)} differ from the primary's "
-                    f"{list(primary.meta.class_names)}; a candidate must predict the same classes"
-                )
-        return cls(primary, config, candidate, observer)
+        try:
+            if config.canary_artifact:
+                candidate = LoadedModel(load_artifact(config.canary_artifact), config, "candidate", observer)
+                if candidate.meta.class_names != primary.meta.class_names:
+                    raise ConfigError(
+                        f"{config.canary_artifact}: classes {list(candidate.meta.class_names)} differ from the primary's "
+                        f"{list(primary.meta.class_names)}; a candidate must predict the same classes"
+                    )
+            return cls(primary, config, candidate, observer)
+        except BaseException:
+            for model in (primary, candidate):
+                if model is not None:
+                    model.close()  # no worker thread outlives a failed construction
+            raise
 
     # ------------------------------------------------------------ serving
 
