@@ -71,6 +71,8 @@ def test_segment_png_multipart_and_raw(client):
     raw = client.post("/v1/segment", content=data, headers={"Content-Type": "image/png"})
     assert raw.status_code == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(raw.content))), mask)
     assert len(raw.headers["x-request-id"]) == 32  # generated when the client sends none
+    curl_default = client.post("/v1/segment", content=data, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert curl_default.status_code == 200
 
 
 def test_segment_json_with_rle_polygons_and_images(client):

@@ -313,7 +313,8 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str]:
         data = await upload.read()
         await form.close()
         return data, upload.filename or "upload"
-    if kind and not (kind.startswith("image/") or kind == "application/octet-stream"):
+    raw_kinds = ("application/octet-stream", "application/x-www-form-urlencoded")  # the latter: curl --data-binary
+    if kind and not (kind.startswith("image/") or kind in raw_kinds):
         raise UnsupportedImage(f"content type {kind!r}: send an image (image/*, application/octet-stream or multipart)")
     return body, request.headers.get("x-filename", "body")
 

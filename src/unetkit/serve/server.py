@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,6 +91,7 @@ def load_serve_config(config_file: str | Path | None = None, env: Mapping[str, s
 
 def run_server(config: ServeConfig) -> None:
     """Serve until interrupted. Checks the artifacts' metadata first, so a wrong path fails fast."""
+    prefer_passive_openmp()
     from unetkit.artifact import read_meta
 
     if not config.artifact:
@@ -107,6 +109,16 @@ def run_server(config: ServeConfig) -> None:
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False, workers=1,
                 timeout_graceful_shutdown=int(config.drain_seconds), server_header=False)
+
+
+def prefer_passive_openmp() -> None:
+    """OMP_WAIT_POLICY=PASSIVE unless set: must run before torch is imported.
+
+    With the default (spinning) policy, torch's OpenMP threads and the server's request threads
+    fight for the same cores: measured on 2 cores, a 300x200 request took 70-150 ms (and 0.2-3 s
+    with ACTIVE) instead of a steady 41 ms with PASSIVE."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
