@@ -29,6 +29,29 @@ BudgetOpt = Annotated[
     str | None,
     typer.Option("--budget", "--time-budget", help="Wall-clock training budget: 90s, 30m, 2h or 1h30m."),
 ]
+# Options several commands share: one definition each, so their names and help stay the same.
+ModelArg = Annotated[Path, typer.Argument(help="Model artifact (model.unetkit).")]
+TrainDataArg = Annotated[str, typer.Argument(help="Data folder, dataset description JSON or manifest.")]
+KeysOpt = Annotated[str | None, typer.Option(help="Only these comma-separated sample keys.")]
+BackendOpt = Annotated[str, typer.Option(help="auto, torch or onnx.")]
+TileOpt = Annotated[int | None, typer.Option(help="Tile size (default: the model's patch size).")]
+OverlapOpt = Annotated[float, typer.Option(help="Tile overlap fraction.")]
+ArchOpt = Annotated[str | None, typer.Option(help="Model preset, see `unetkit models`.")]
+PatchOpt = Annotated[int | None, typer.Option(help="Square patch size.")]
+BatchOpt = Annotated[int | None, typer.Option(help="Global batch size.")]
+LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate.")]
+ValKeysOpt = Annotated[str | None, typer.Option(help="Comma-separated sample keys to validate on.")]
+ValFractionOpt = Annotated[float | None, typer.Option(help="Fraction held out for validation.")]
+
+
+def _keys(text: str | None) -> list[str] | None:
+    return [k.strip() for k in text.split(",") if k.strip()] if text else None
+
+
+def _tile_config(tile: int | None, overlap: float, tta: bool = False):
+    from unetkit.config import TileConfig
+
+    return TileConfig(tile_size=(tile, tile) if tile else (), overlap=overlap, tta=tta)
 
 
 def _echo_json(data: object, path: Path | None) -> None:
@@ -104,16 +127,16 @@ def models(
 
 @app.command()
 def train(
-    data: Annotated[str, typer.Argument(help="Data folder, dataset description JSON or manifest.")],
+    data: TrainDataArg,
     budget: BudgetOpt = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (ignored with --budget, which plans them).")] = None,
     config: Annotated[Path | None, typer.Option(help="TrainConfig JSON; flags override it.")] = None,
-    arch: Annotated[str | None, typer.Option(help="Model preset, see `unetkit models`.")] = None,
-    patch: Annotated[int | None, typer.Option(help="Square patch size.")] = None,
-    batch: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    val_keys: Annotated[str | None, typer.Option(help="Comma-separated sample keys to validate on.")] = None,
-    val_fraction: Annotated[float | None, typer.Option(help="Fraction held out for validation.")] = None,
+    arch: ArchOpt = None,
+    patch: PatchOpt = None,
+    batch: BatchOpt = None,
+    lr: LrOpt = None,
+    val_keys: ValKeysOpt = None,
+    val_fraction: ValFractionOpt = None,
     out: Annotated[str | None, typer.Option(help="Run folder (checkpoints, log, model.unetkit).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     nproc: Annotated[int, typer.Option(help="Data-parallel processes on this node (torchrun, gloo on CPU).")] = 1,
@@ -153,15 +176,15 @@ def train(
 
 @app.command("plan")
 def plan_command(
-    data: Annotated[str, typer.Argument(help="Data folder, dataset description JSON or manifest.")],
+    data: TrainDataArg,
     budget: BudgetOpt = "30m",
     config: Annotated[Path | None, typer.Option(help="TrainConfig JSON; its values are kept as set.")] = None,
-    arch: Annotated[str | None, typer.Option(help="Model preset, see `unetkit models`.")] = None,
-    patch: Annotated[int | None, typer.Option(help="Square patch size.")] = None,
-    batch: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    val_keys: Annotated[str | None, typer.Option(help="Comma-separated sample keys to validate on.")] = None,
-    val_fraction: Annotated[float | None, typer.Option(help="Fraction held out for validation.")] = None,
+    arch: ArchOpt = None,
+    patch: PatchOpt = None,
+    batch: BatchOpt = None,
+    lr: LrOpt = None,
+    val_keys: ValKeysOpt = None,
+    val_fraction: ValFractionOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the plan as JSON here.")] = None,
 ) -> None:
     """Show the plan `unetkit train DATA --budget B` would follow (data fingerprint + a short
@@ -183,7 +206,7 @@ def plan_command(
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="Model artifact (model.unetkit).")],
+    model: ModelArg,
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("predictions"),
     colour: Annotated[bool, typer.Option("--colour/--index", help="Colour PNG masks instead of class-index PNGs.")] = False,
@@ -191,16 +214,15 @@ def predict(
     overlay: Annotated[bool, typer.Option(help="Also write overlays of the mask on the image.")] = False,
     geojson: Annotated[bool, typer.Option(help="Also write component polygons as GeoJSON (map coordinates for GeoTIFFs).")] = False,
     coco: Annotated[bool, typer.Option(help="Also write OUT/coco.json with COCO RLE annotations per class.")] = False,
-    tile: Annotated[int | None, typer.Option(help="Tile size (default: the model's patch size).")] = None,
-    overlap: Annotated[float, typer.Option(help="Tile overlap fraction.")] = 0.25,
+    tile: TileOpt = None,
+    overlap: OverlapOpt = 0.25,
     tta: Annotated[bool, typer.Option(help="Average flips and rotations (about 8x slower).")] = False,
-    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    backend: BackendOpt = "auto",
 ) -> None:
     """Segment images of any size (overlap-tile with Gaussian blending)."""
-    from unetkit.config import TileConfig
     from unetkit.inference.files import predict_files
 
-    tile_cfg = TileConfig(tile_size=(tile, tile) if tile else (), overlap=overlap, tta=tta)
+    tile_cfg = _tile_config(tile, overlap, tta)
     written = predict_files(model, inputs, out, tile_cfg, colour=colour, probabilities=probabilities,
                             overlays=overlay, geojson=geojson, coco=coco, backend=backend)
     typer.echo(f"wrote {len(written)} files to {out}/")
@@ -208,28 +230,27 @@ def predict(
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="Model artifact.")],
+    model: ModelArg,
     data: Annotated[str, typer.Argument(help="Labelled data: folder, dataset description or manifest.")],
-    keys: Annotated[str | None, typer.Option(help="Only these comma-separated sample keys.")] = None,
+    keys: KeysOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write all metrics as JSON here.")] = None,
-    tile: Annotated[int | None, typer.Option(help="Tile size (default: the model's patch size).")] = None,
-    overlap: Annotated[float, typer.Option(help="Tile overlap fraction.")] = 0.25,
+    tile: TileOpt = None,
+    overlap: OverlapOpt = 0.25,
     tta: Annotated[bool, typer.Option(help="Test-time augmentation.")] = False,
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
     worst: Annotated[int, typer.Option(help="Worst images shown in the report.")] = 4,
     distances: Annotated[bool, typer.Option(help="Boundary IoU, HD95, ASSD (slower).")] = True,
     topology: Annotated[bool, typer.Option(help="clDice and adapted Rand error (slower).")] = True,
-    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    backend: BackendOpt = "auto",
 ) -> None:
     """Every metric on labelled data (ROI honoured): IoU, Dice, precision, recall, boundary, distance,
     topology, AUC/AP, calibration; micro and macro; optionally an HTML report."""
-    from unetkit.config import TileConfig
     from unetkit.metrics.evaluate import evaluate_model, format_table
     from unetkit.metrics.report import WorstImages, write_report
 
-    tile_cfg = TileConfig(tile_size=(tile, tile) if tile else (), overlap=overlap, tta=tta)
+    tile_cfg = _tile_config(tile, overlap, tta)
     collector = WorstImages(worst) if report else None
-    result = evaluate_model(model, data, tile_cfg, keys=keys.split(",") if keys else None, backend=backend,
+    result = evaluate_model(model, data, tile_cfg, keys=_keys(keys), backend=backend,
                             distances=distances, topology=topology, on_image=collector)
     typer.echo(format_table(result))
     _echo_json(result, json_out)
@@ -244,17 +265,17 @@ def evaluate(
 def calibrate(
     model: Annotated[Path, typer.Argument(help="Model artifact (updated in place unless --out).")],
     data: Annotated[str, typer.Argument(help="Labelled validation data: folder, dataset description or manifest.")],
-    keys: Annotated[str | None, typer.Option(help="Only these comma-separated sample keys.")] = None,
+    keys: KeysOpt = None,
     vector: Annotated[bool, typer.Option(help="Per-class vector scaling instead of one temperature.")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the calibrated model here; MODEL stays as it is.")] = None,
     pixels: Annotated[int, typer.Option(help="Valid pixels sampled for fitting (spread over the images).")] = 1_000_000,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON here.")] = None,
-    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    backend: BackendOpt = "auto",
 ) -> None:
     """Fit temperature scaling on validation data and store it in the model; predictions use it from then on."""
     from unetkit.tuning import calibrate_model
 
-    s = calibrate_model(model, data, keys=keys.split(",") if keys else None, vector=vector, out=out,
+    s = calibrate_model(model, data, keys=_keys(keys), vector=vector, out=out,
                         max_pixels=pixels, backend=backend)
     typer.echo(f"{s['method']} scaling on {s['pixels']:,} pixels of {s['images']} images: temperature {s['temperature']:.4f}")
     typer.echo(f"ECE {s['ece_before']:.4f} -> {s['ece_after']:.4f}   NLL {s['nll_before']:.4f} -> {s['nll_after']:.4f}")
@@ -267,16 +288,16 @@ def tune_postprocess(
     model: Annotated[Path, typer.Argument(help="Model artifact (updated in place unless --out); calibrate first.")],
     data: Annotated[str, typer.Argument(help="Labelled validation data: folder, dataset description or manifest.")],
     metric: Annotated[str, typer.Option(help="dice or iou (pooled over images, foreground classes).")] = "dice",
-    keys: Annotated[str | None, typer.Option(help="Only these comma-separated sample keys.")] = None,
+    keys: KeysOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the tuned model here; MODEL stays as it is.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary and every step as JSON here.")] = None,
-    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    backend: BackendOpt = "auto",
 ) -> None:
     """Try threshold, opening/closing, hole filling, small-component removal and keep-largest on
     validation data; keep only what strictly improves METRIC; store the choice in the model."""
     from unetkit.tuning import tune_model_postprocess
 
-    s = tune_model_postprocess(model, data, keys=keys.split(",") if keys else None, metric=metric, out=out, backend=backend)
+    s = tune_model_postprocess(model, data, keys=_keys(keys), metric=metric, out=out, backend=backend)
     for step in s["steps"]:
         mark = "kept" if step["kept"] else "    "
         typer.echo(f"{mark} {step['op']:<13}class {step['class']:>2}  {step['value']!s:<6} {step['before']:.4f} -> {step['after']:.4f}")
@@ -287,7 +308,7 @@ def tune_postprocess(
 
 @app.command("export")
 def export_command(
-    model: Annotated[Path, typer.Argument(help="Model artifact (model.unetkit).")],
+    model: ModelArg,
     format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: MODEL.onnx / MODEL.int8.onnx).")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Static int8 quantization, gated on validation accuracy (needs --data).")] = False,
@@ -300,9 +321,9 @@ def export_command(
 ) -> None:
     """Write an ONNX model of the whole per-tile pipeline plus MODEL.onnx.json (the inference plan);
     parity-checked against PyTorch. With --int8: quantized, refused when validation accuracy drops."""
-    from unetkit.config import ExportConfig, TileConfig
+    from unetkit.config import ExportConfig
 
-    tile_cfg = TileConfig(tile_size=(tile, tile) if tile else (), overlap=overlap)
+    tile_cfg = _tile_config(tile, overlap)
     config = ExportConfig(format=format, int8=int8, **({"int8_gate": gate} if gate is not None else {}))  # type: ignore[arg-type]
     if not int8:
         from unetkit.export.onnx import export_artifact
@@ -316,8 +337,8 @@ def export_command(
     from unetkit.export.quantize import Int8GateError, quantize_artifact
 
     try:
-        report = quantize_artifact(model, data, out, config, keys=keys.split(",") if keys else None,
-                                   val_keys=val_keys.split(",") if val_keys else None, tile=tile_cfg)
+        report = quantize_artifact(model, data, out, config, keys=_keys(keys),
+                                   val_keys=_keys(val_keys), tile=tile_cfg)
     except Int8GateError as e:
         typer.echo(e.report.table())
         raise UnetkitError(str(e).splitlines()[0]) from None
@@ -326,7 +347,7 @@ def export_command(
 
 
 @app.command()
-def info(model: Annotated[Path, typer.Argument(help="Model artifact.")]) -> None:
+def info(model: ModelArg) -> None:
     """Print a model artifact's metadata (verified)."""
     from unetkit.artifact import load_artifact
 
