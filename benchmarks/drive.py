@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -36,16 +35,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from unetkit.inference.backends import machine_id
+
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+    return f"{machine_id()}{gpu}, Python {platform.python_version()}"
 
 
 def train_unetkit(data: Path, budget: str, val_keys: list[str], out: Path) -> tuple[float, str]:

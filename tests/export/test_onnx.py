@@ -9,8 +9,9 @@ import torch
 import unetkit.export.onnx as export_onnx_module
 from unetkit.artifact import load_artifact
 from unetkit.config import ExportConfig, TileConfig
+from unetkit.data.io import file_sha256
 from unetkit.export.onnx import ParityError, export_artifact, onnx_session
-from unetkit.export.plan import file_sha256, read_plan, tile_config_from_plan
+from unetkit.export.plan import read_plan, tile_config_from_plan
 from unetkit.inference.backends import OnnxPredictor, exported_onnx, make_predictor
 from unetkit.inference.predict import predict_tiled
 

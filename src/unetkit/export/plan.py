@@ -8,13 +8,13 @@ normalization, the network and the calibrated softmax, so the plan's activation 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from unetkit.artifact import Artifact
 from unetkit.config import TileConfig
+from unetkit.data.io import file_sha256
 from unetkit.errors import ConfigError
 
 PLAN_FORMAT = "unetkit-inference-plan"
@@ -30,12 +30,6 @@ def plan_path(model_path: str | Path) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def inference_plan(

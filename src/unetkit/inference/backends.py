@@ -272,11 +272,9 @@ def module_channels(module: nn.Module) -> tuple[int | None, int | None]:
 
 
 def module_sha256(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    from unetkit.artifact import weights_sha256
+
+    return weights_sha256(module.state_dict())
 
 
 def machine_id() -> str:
