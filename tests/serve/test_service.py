@@ -205,3 +205,28 @@ def test_pixel_budget_waits_then_gives_back_pressure():
         waited = time.perf_counter() - start
     worker.join()
     assert 0.1 < waited < 4
+
+
+def test_pixel_budget_is_first_come_first_served():
+    from unetkit.serve.batching import PixelBudget
+
+    budget = PixelBudget(10, timeout=5)
+    order: list[str] = []
+    first = threading.Event()
+
+    def take(name: str, n: int) -> None:
+        with budget.hold(n):
+            order.append(name)
+
+    with budget.hold(8):
+        big = threading.Thread(target=take, args=("big", 9))  # waits: 8 + 9 > 10
+        big.start()
+        while not budget._waiting:
+            time.sleep(0.005)
+        small = threading.Thread(target=take, args=("small", 1))  # would fit now, but queues behind big
+        small.start()
+        first.wait(0.2)
+        assert order == []
+    big.join(5)
+    small.join(5)
+    assert order == ["big", "small"]

@@ -204,24 +204,32 @@ class TileBatcher:
 class PixelBudget:
     """Bounds the pixels being decoded, segmented and encoded at once (memory is ~proportional).
 
-    `hold(n)` waits (up to `timeout` seconds, then `QueueFull`) until `n` more pixels fit; an image
-    larger than the whole budget runs alone rather than never.
+    `hold(n)` waits in FIFO order (up to `timeout` seconds, then `QueueFull`) until `n` more pixels
+    fit; first come, first served, so no request starves behind smaller ones. An image larger than
+    the whole budget runs alone rather than never.
     """
 
     def __init__(self, pixels: int, timeout: float = 30.0) -> None:
         self.capacity, self.timeout = pixels, timeout
         self.used = 0
+        self._waiting: deque[object] = deque()
         self._cond = threading.Condition()
 
     @contextmanager
     def hold(self, n: int) -> Iterator[None]:
         deadline = time.monotonic() + self.timeout
+        ticket = object()
         with self._cond:
-            while self.used and self.used + n > self.capacity:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise QueueFull(f"server busy: {self.used:,} pixels in progress (budget {self.capacity:,})")
-                self._cond.wait(remaining)
+            self._waiting.append(ticket)
+            try:
+                while self._waiting[0] is not ticket or (self.used and self.used + n > self.capacity):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise QueueFull(f"server busy: {self.used:,} pixels in progress (budget {self.capacity:,})")
+                    self._cond.wait(remaining)
+            finally:
+                self._waiting.remove(ticket)
+                self._cond.notify_all()  # the next in line may fit too
             self.used += n
         try:
             yield
