@@ -23,8 +23,13 @@ class Pair:
 
 
 def train_monai(train: list[Pair], budget_s: float, seed: int = 0, patch: int = 128, batch: int = 8,
-                lr: float = 1e-3, log=print):
-    """Train BasicUNet for `budget_s` seconds of wall clock; returns the trained network (eval mode)."""
+                lr: float = 1e-3, log=print, validate=None, validations: int = 10):
+    """Train BasicUNet for `budget_s` seconds of training wall clock.
+
+    Returns (network in eval mode, steps, curve). With `validate(net) -> score`, the network is
+    scored `validations` times at even intervals; that time is NOT charged to the budget, and
+    `curve` lists (training minutes, score) for a time-to-quality plot.
+    """
     from monai.losses import DiceCELoss
     from monai.networks.nets import BasicUNet
 
@@ -52,11 +57,21 @@ def train_monai(train: list[Pair], budget_s: float, seed: int = 0, patch: int = 
         return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))[:, None]
 
     start = time.perf_counter()
+    excluded = 0.0  # seconds spent validating
     planned = None
     step = 0
+    curve: list[tuple[float, float]] = []
+    next_val = budget_s / validations
     net.train()
     while True:
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start - excluded
+        if validate is not None and elapsed >= next_val:
+            t0 = time.perf_counter()
+            net.eval()
+            curve.append((elapsed / 60, float(validate(net))))
+            net.train()
+            excluded += time.perf_counter() - t0
+            next_val += budget_s / validations
         if elapsed >= budget_s * 0.97:
             break
         if step == 20 and planned is None:  # fit the cosine schedule to the budget
@@ -73,7 +88,9 @@ def train_monai(train: list[Pair], budget_s: float, seed: int = 0, patch: int = 
         if step % 200 == 0:
             log(f"monai step {step} loss {loss.item():.4f} {elapsed:.0f}s")
     net.eval()
-    return net, step
+    if validate is not None:
+        curve.append(((time.perf_counter() - start - excluded) / 60, float(validate(net))))
+    return net, step, curve
 
 
 def predict_monai(net, image: np.ndarray, patch: int = 128) -> np.ndarray:
