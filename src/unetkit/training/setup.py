@@ -9,31 +9,10 @@ from typing import Any
 from unetkit.config import TrainConfig, load_json, parse_duration, replace
 
 
-def build_train_config(
-    data: str,
-    *,
-    budget: str | None = None,
-    steps: int | None = None,
-    config_file: Path | None = None,
-    arch: str | None = None,
-    patch: int | None = None,
-    batch: int | None = None,
-    lr: float | None = None,
-    val_keys: str | None = None,
-    val_fraction: float | None = None,
-    out: str | None = None,
-    resume: bool = False,
-    nproc: int = 1,
-    skip_bad: bool = False,
-    seed: int | None = None,
-    tensorboard: bool = False,
-    progress: bool = True,
-) -> TrainConfig:
+def build_train_config(data: str, *, config_file: Path | None = None, **flags: Any) -> TrainConfig:
+    """A config file (or the defaults) with the command-line flags on top; `flags` as `flag_settings`."""
     cfg = load_json(TrainConfig, config_file) if config_file else TrainConfig()
-    changes = flag_settings(data, budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, lr=lr,
-                            val_keys=val_keys, val_fraction=val_fraction, out=out, resume=resume, nproc=nproc,
-                            skip_bad=skip_bad, seed=seed, tensorboard=tensorboard, progress=progress)
-    return replace(cfg, **changes)
+    return replace(cfg, **flag_settings(data, **flags))
 
 
 def flag_settings(
