@@ -82,7 +82,11 @@ def init_distributed(device_name: str) -> tuple[DistEnv, torch.device]:
 
 
 def shutdown(env: DistEnv) -> None:
+    """Leave the process group together: a rank that destroyed its gloo group while rank 0 was
+    still validating and saving sometimes aborted ("terminate called without an active exception").
+    If a rank died instead, torchrun stops the others, so the barrier cannot hang."""
     if env.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
