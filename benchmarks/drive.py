@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from report import append_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -142,12 +143,6 @@ def write_test_predictions(data: Path, artifact: Path, out: Path) -> int:
         fov = roi_inside(read_mask(data / "test" / "mask" / f"{key}_test_mask.gif"))
         write_tiff(out / f"{key}_test.tif", np.clip(np.where(fov, prob, 0.0), 0, 1).astype(np.float32))
     return len(images)
-
-
-def append_markdown(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(("\n" if path.exists() and path.stat().st_size else "# Benchmarks\n\n") + text)
 
 
 def main() -> None:

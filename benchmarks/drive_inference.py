@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -25,22 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from report import append_markdown, median_seconds
 
 from unetkit.config import TileConfig
 from unetkit.inference.backends import machine_id, make_predictor
 from unetkit.inference.files import tile_config_for
 from unetkit.inference.predict import predict_tiled
 from unetkit.metrics.evaluate import evaluate_predictions, load_labelled
-
-
-def median_seconds(fn, repeats: int):
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
 
 
 def monai_probabilities(module, image: np.ndarray, roi: tuple[int, int]) -> np.ndarray:
@@ -101,8 +91,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    with Path(args.out).open("a") as f:
-        f.write(text + "\n")
+    append_markdown(args.out, text)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import onnxruntime
+from report import append_markdown
 
 from unetkit.config import ExportConfig, TileConfig
 from unetkit.export.quantize import Int8GateError, QuantOptions, quantize_artifact
@@ -125,8 +126,7 @@ def main() -> None:
         f"{'passes' if passed else 'REFUSED'}).\n")
     text = "\n".join(lines)
     print(text)
-    with Path(args.out).open("a") as f:
-        f.write(text + "\n")
+    append_markdown(args.out, text)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from report import append_markdown
 
 
 def generate(path: Path, size: int, tile: int = 512) -> None:
@@ -134,8 +135,7 @@ def main() -> None:
         f"{stream['peak_rss'] / 2**30:.2f} GiB (target < 1.5 GB).\n",
     ])
     print(text)
-    with Path(args.out).open("a") as f:
-        f.write(text + "\n")
+    append_markdown(args.out, text)
 
 
 if __name__ == "__main__":

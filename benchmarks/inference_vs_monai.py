@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from report import append_markdown, median_seconds
 
 from unetkit.config import ModelConfig, TileConfig
 from unetkit.inference.backends import (
@@ -41,16 +42,6 @@ from unetkit.inference.tiling import gaussian_weights
 from unetkit.models import build_model, count_flops
 
 TILE, OVERLAP = 256, 0.25
-
-
-def median_seconds(fn, repeats: int) -> tuple[float, object]:
-    out = fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
 
 
 def make_model() -> torch.nn.Module:
@@ -190,11 +181,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    out = Path(args.out)
-    if not out.exists():
-        out.write_text("# Benchmarks\n\nMeasured figures, each with its command and machine. Appended, never overwritten.\n")
-    with out.open("a") as f:
-        f.write(text + "\n")
+    append_markdown(args.out, text)
 
 
 if __name__ == "__main__":

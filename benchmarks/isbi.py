@@ -21,7 +21,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from drive import append_markdown, load_split, machine, train_unetkit  # noqa: E402
+from drive import load_split, machine, train_unetkit  # noqa: E402
+from report import append_markdown  # noqa: E402
 
 
 def scores(pred_interior: list[np.ndarray], truth_interior: list[np.ndarray]) -> dict[str, float]:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from report import append_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 # OpenMP's default active spin-wait makes a 2-thread torch forward up to 10x slower when other
@@ -285,11 +286,7 @@ def append_report(argv: list[str], host: str, rows: list[dict], open_row: dict |
     lines.append(f"\ntargets: errors {errors} (0); RSS growth {rss_after - rss_before:+.0f} MB (flat); "
                  f"{top} clients at {min(at_top):.0%} of offline (>= 85%); "
                  + (f"p95 at half saturation {open_row['p95']:.0f} ms (<= 200 ms)" if open_row else "open loop not run"))
-    path = ROOT / "docs" / "benchmarks.md"
-    if not path.exists():
-        path.write_text("# unetkit benchmarks\n\nMeasured figures, each with its command and machine.\n")
-    with path.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+    path = append_markdown(ROOT / "docs" / "benchmarks.md", "\n".join(lines))
     print(f"appended to {path}")
 
 

@@ -1,0 +1,33 @@
+"""What every benchmark script shares: timing medians and appending a section to docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HEADER = "# Benchmarks\n\nMeasured figures, each with its command and machine. Appended, never overwritten.\n"
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """One warm-up call, then the median wall time of `repeats` calls, and the last result."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def append_markdown(path: str | Path, text: str) -> Path:
+    """Append a section (creating the file with its header when missing); never overwrites."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(HEADER, encoding="utf-8")
+    with path.open("a", encoding="utf-8") as f:
+        f.write("\n" + text.rstrip("\n") + "\n")
+    return path
