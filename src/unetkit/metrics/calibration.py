@@ -24,21 +24,14 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit, log_softmax, softmax
 
-from unetkit.metrics.confusion import as_numpy, valid_mask
+from unetkit.metrics.confusion import as_numpy, masked_pair, valid_mask
 
 
 def calibration_bins(
     confidence: Any, correct: Any, n_bins: int = 15, valid: Any = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(count, confidence sum, correct count) per bin, each (n_bins,) float64."""
-    c = as_numpy(confidence).astype(np.float64, copy=False)
-    ok = as_numpy(correct).astype(bool, copy=False)
-    if c.shape != ok.shape:
-        raise ValueError(f"confidence shape {c.shape} does not match correctness shape {ok.shape}")
-    if valid is not None:
-        v = as_numpy(valid).astype(bool, copy=False)
-        c, ok = c[v], ok[v]
-    c, ok = c.ravel(), ok.ravel()
+    c, ok = masked_pair(confidence, correct, valid, ("confidence", "correctness"))
     idx = np.clip(np.ceil(c * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
     count = np.bincount(idx, minlength=n_bins).astype(np.float64)
     conf_sum = np.bincount(idx, weights=c, minlength=n_bins)

@@ -22,6 +22,18 @@ def as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def masked_pair(a: Any, b: Any, valid: Any, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """Two per-pixel arrays (float64 values, bool flags) of one shape, restricted to `valid`, flattened."""
+    x = as_numpy(a).astype(np.float64, copy=False)
+    y = as_numpy(b).astype(bool, copy=False)
+    if x.shape != y.shape:
+        raise ValueError(f"{names[0]} shape {x.shape} does not match {names[1]} shape {y.shape}")
+    if valid is not None:
+        v = as_numpy(valid).astype(bool, copy=False)
+        x, y = x[v], y[v]
+    return x.ravel(), y.ravel()
+
+
 def valid_mask(target: np.ndarray, ignore_index: int | None, roi: Any = None) -> np.ndarray:
     """Boolean mask of the pixels that count: target != ignore_index and inside `roi`."""
     valid = np.ones(target.shape, bool) if ignore_index is None else target != ignore_index

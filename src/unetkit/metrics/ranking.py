@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from unetkit.metrics.confusion import as_numpy
+from unetkit.metrics.confusion import masked_pair
 
 TOLERANCE = 1e-4  # rounding of blended float32 probabilities: 1 + 1e-7 is counted in the last bin
 
@@ -37,15 +37,7 @@ def score_histograms(
     scores: Any, positive: Any, bins: int = 10_000, valid: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(positive counts, negative counts) per score bin, each (bins,) int64."""
-    s = as_numpy(scores).astype(np.float64, copy=False)
-    pos = as_numpy(positive).astype(bool, copy=False)
-    if s.shape != pos.shape:
-        raise ValueError(f"scores shape {s.shape} does not match labels shape {pos.shape}")
-    if valid is not None:
-        v = as_numpy(valid).astype(bool, copy=False)
-        s, pos = s[v], pos[v]
-    s = s.ravel()
-    pos = pos.ravel()
+    s, pos = masked_pair(scores, positive, valid, ("scores", "labels"))
     if s.size and (np.isnan(s).any() or s.min() < -TOLERANCE or s.max() > 1.0 + TOLERANCE):
         raise ValueError("scores must be probabilities in [0, 1] without NaN")
     idx = np.clip((s * bins).astype(np.int64), 0, bins - 1)
