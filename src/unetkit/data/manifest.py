@@ -61,13 +61,18 @@ def _csv_records(path: Path) -> list[dict]:
     return records
 
 
-def _json_records(path: Path) -> list[dict]:
+def read_json(path: Path, what: str = "the file") -> object:
+    """Parsed JSON, or a DataError naming the file and what is wrong with it."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the manifest ({e})") from None
+        raise DataError(f"{path}: cannot read {what} ({e})") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _json_records(path: Path) -> list[dict]:
+    data = read_json(path, "the manifest")
     if isinstance(data, dict) and set(data) == {"samples"}:
         data = data["samples"]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):

@@ -19,7 +19,7 @@ import numpy as np
 
 from unetkit.data.io import read_mask, read_palette, write_text_atomic
 from unetkit.data.layout import KEY, image_files, match_folders
-from unetkit.data.manifest import read_manifest
+from unetkit.data.manifest import read_json, read_manifest
 from unetkit.errors import DataError
 
 IGNORE_INDEX = 255
@@ -294,12 +294,7 @@ def load_spec(path: str | Path) -> DatasetSpec:
         raise DataError(f"{path}: not found; expected a data folder, a dataset JSON or a manifest CSV")
     if path.suffix.lower() == ".csv":
         return _manifest_spec(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json(path, "the dataset description")
     if not isinstance(data, dict) or data.get("format") != SPEC_FORMAT:
         return _manifest_spec(path)
     return _spec_from_json(path, data)
