@@ -24,3 +24,7 @@ class ArtifactError(UnetkitError):
 
 class InputError(UnetkitError):
     """An image given for prediction cannot be used (unreadable, wrong channels, too large, NaN)."""
+
+
+class RegistryError(UnetkitError):
+    """A model registry operation cannot be done (unknown version, refused promotion, bad location)."""

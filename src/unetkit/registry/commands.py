@@ -1,0 +1,199 @@
+"""`unetkit registry add | list | show | promote | rollback | diff`: the command-line layer over
+`Registry` (cli.py mounts it; nothing in the library imports this module).
+
+Every command takes `--registry` (a path or URL; default $UNETKIT_REGISTRY, else
+./unetkit-registry/registry.db) and `--json` for machine-readable output. Errors are
+`RegistryError`s: one line on stderr, exit status 2 (cli.main).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from unetkit.registry.registry import Registry
+
+registry_app = typer.Typer(
+    name="registry", no_args_is_help=True, rich_markup_mode=None,
+    help="Versions of trained models: add artifacts, list and compare them, promote through "
+    "candidate -> staging -> production behind a metrics gate, roll back.",
+)
+
+RegistryOpt = Annotated[str | None, typer.Option(
+    "--registry", help="Registry database: a path (registry.db) or URL (sqlite:///..., postgresql+psycopg://...). "
+    "Default: $UNETKIT_REGISTRY, else ./unetkit-registry/registry.db.")]
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", help="Artifact folder; needed the first time a PostgreSQL registry is used (SQLite: blobs/ beside the file).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+ByOpt = Annotated[str | None, typer.Option("--by", help="Who does this (default: the login name).")]
+ToleranceOpt = Annotated[list[str] | None, typer.Option(
+    "--tolerance", help="How much worse a metric may be: 0.005 (every metric, the default) or METRIC=VALUE "
+    "(one metric, e.g. hd95/vessel=2). Repeatable.")]
+
+
+@contextmanager
+def _opened(location: str | None, store: str | None) -> Iterator[Registry]:
+    from unetkit.registry.registry import Registry
+
+    with Registry.open(location, store) as registry:
+        yield registry
+
+
+def _print(*renderables: Any) -> None:
+    from rich.console import Console
+
+    console = Console()
+    for item in renderables:
+        console.print(item)
+
+
+def _json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+@registry_app.command("add")
+def add(
+    artifact: Annotated[Path, typer.Argument(help="Model artifact (model.unetkit).")],
+    name: Annotated[str | None, typer.Option(help="Model name (default: the artifact's own name).")] = None,
+    stage: Annotated[str, typer.Option(help="candidate, or staging/production (then gated like promote).")] = "candidate",
+    note: Annotated[str, typer.Option(help="Free text kept with the version.")] = "",
+    git_commit: Annotated[str | None, typer.Option(help="Git commit the model was trained from "
+                                                   "(default: the one the artifact records, if any).")] = None,
+    force: Annotated[bool, typer.Option(help="With --stage: promote even if the gate refuses (needs --reason).")] = False,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit trail).")] = "",
+    tolerance: ToleranceOpt = None,
+    by: ByOpt = None,
+    registry: RegistryOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Register an artifact as the next version of its model (stored by sha256; the same file twice is one version)."""
+    from unetkit.registry.gate import parse_tolerances
+
+    default, per_metric = parse_tolerances(tolerance or [])
+    with _opened(registry, store) as reg:
+        result = reg.add(artifact, name=name, stage=stage, note=note, by=by, git_commit=git_commit, force=force,
+                         reason=reason, tolerance=default, tolerances=per_metric)
+    r = result.record
+    if json_out:
+        _json({"created": result.created, **r.to_dict()})
+    elif result.created:
+        typer.echo(f"registered {r.ref} ({r.stage}), sha256 {r.sha256[:12]}, from {artifact}")
+    else:
+        typer.echo(f"already registered: {r.ref} ({r.stage}) has the same sha256 {r.sha256[:12]}")
+
+
+@registry_app.command("list")
+def list_versions(
+    name: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
+    stage: Annotated[str | None, typer.Option(help="Only versions in this stage.")] = None,
+    registry: RegistryOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Registered versions with their stage, creation, sha256 and key metric."""
+    from unetkit.registry.tables import versions_table
+
+    with _opened(registry, store) as reg:
+        records = reg.list(name, stage)
+    if json_out:
+        _json([r.to_dict() for r in records])
+    else:
+        _print(versions_table(records))
+
+
+@registry_app.command("show")
+def show(
+    ref: Annotated[str, typer.Argument(help="NAME[:VERSION]; VERSION a number, latest, staging or production.")],
+    registry: RegistryOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """One version: metadata, metrics and its stage history."""
+    from unetkit.registry.tables import version_tables
+
+    with _opened(registry, store) as reg:
+        record = reg.get(ref)
+        events = reg.history(record.name, record.version)
+        blob = str(reg.store.path(record.sha256))
+    if json_out:
+        _json({**record.to_dict(), "blob": blob, "events": [e.to_dict() for e in events]})
+    else:
+        _print(*version_tables(record, events))
+
+
+@registry_app.command("promote")
+def promote(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION to promote.")],
+    to: Annotated[str, typer.Option("--to", help="staging or production.")],
+    force: Annotated[bool, typer.Option(help="Promote even if the gate refuses (needs --reason).")] = False,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit trail).")] = "",
+    tolerance: ToleranceOpt = None,
+    metric: Annotated[list[str] | None, typer.Option(help="Gate only on these metrics (repeatable; default: every "
+                                                     "metric production has with a known direction).")] = None,
+    by: ByOpt = None,
+    registry: RegistryOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Move a version to staging or production if its validation metrics are no worse than production's
+    (within the tolerance); the version it replaces is archived."""
+    from unetkit.registry.gate import parse_tolerances
+    from unetkit.registry.tables import gate_table
+
+    default, per_metric = parse_tolerances(tolerance or [])
+    with _opened(registry, store) as reg:
+        result = reg.promote(ref, to, force=force, reason=reason, by=by, tolerance=default, tolerances=per_metric,
+                             only=metric or None)
+    if json_out:
+        _json({"promoted": result.record.to_dict(), "forced": result.forced, "gate": result.gate.to_dict(),
+               "archived": result.superseded.ref if result.superseded else None})
+        return
+    if result.gate.checks:
+        _print(gate_table(result.gate))
+    archived = f"; {result.superseded.ref} archived" if result.superseded else ""
+    forced = " (forced past the gate)" if result.forced else ""
+    typer.echo(f"{result.record.ref} is now in {to}{forced}{archived}")
+
+
+@registry_app.command("rollback")
+def rollback(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit trail).")] = "",
+    by: ByOpt = None,
+    registry: RegistryOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Put the previous production version back in production; archive the current one."""
+    with _opened(registry, store) as reg:
+        result = reg.rollback(name, reason=reason, by=by)
+    if json_out:
+        _json({"restored": result.restored.to_dict(), "archived": result.archived.to_dict()})
+    else:
+        typer.echo(f"{result.restored.ref} is back in production; {result.archived.ref} archived")
+
+
+@registry_app.command("diff")
+def diff(
+    a: Annotated[str, typer.Argument(help="NAME:VERSION (the base).")],
+    b: Annotated[str, typer.Argument(help="NAME:VERSION compared with it.")],
+    registry: RegistryOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """What changed from A to B: metrics with deltas, plan choices, data fingerprint, classes, calibration."""
+    from unetkit.registry.tables import diff_tables
+
+    with _opened(registry, store) as reg:
+        result = reg.diff(a, b)
+    if json_out:
+        _json(result)
+    else:
+        _print(*diff_tables(result))

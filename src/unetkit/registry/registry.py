@@ -1,0 +1,482 @@
+"""The model registry: versions of trained models, their stages, and an audit trail of every change.
+
+`Registry.open(location, store)` connects to the database (see db.py), finds the blob store it
+records (see blobs.py) and cleans up after crashed writers. Then:
+
+- `add(artifact)` verifies the artifact, stores it by content, and registers it as the next version
+  of its model name (numbers assigned under the model's write lock, never reused); the same
+  artifact added again under the same name is recognised and returns the existing version.
+- `promote(ref, to)` moves a version to staging or production if the promotion gate passes (see
+  gate.py) or it is forced with a reason; the version it replaces is archived.
+- `rollback(name)` restores the production version before the current one and archives the current.
+- `resolve(stage)`, `get(ref)`, `list()`, `history()`, `diff(a, b)`; `load(ref)` verifies the blob's
+  sha256, then the artifact's own hashes, and returns the `Artifact`.
+
+Crash safety of `add`: the artifact is copied to a locked temp file first; in one database
+transaction the version row is inserted, the blob is renamed to its content address, and the
+transaction commits. A process killed before the commit leaves no row; what it leaves on disk (a temp
+file, or a blob no row references) is removed by the next `open` (`recover`). Orphan removal takes the
+blob's row lock first (an `INSERT` of its sha256), so it never races a writer about to commit.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from unetkit.errors import RegistryError
+from unetkit.registry import db as schema
+from unetkit.registry.blobs import BlobStore
+from unetkit.registry.compare import diff_versions
+from unetkit.registry.db import SINGLE_STAGES, Database, as_utc, now
+from unetkit.registry.gate import DEFAULT_TOLERANCE, GateResult, check
+from unetkit.registry.records import Event, VersionRecord, check_name, check_stage, parse_ref
+
+ENV_LOCATION = "UNETKIT_REGISTRY"
+ENV_STORE = "UNETKIT_REGISTRY_STORE"
+ENV_PAUSE = "UNETKIT_REGISTRY_PAUSE"  # fault injection for the crash tests, see `_pause`
+DEFAULT_LOCATION = "unetkit-registry/registry.db"
+
+
+def default_location(location: str | None = None) -> str:
+    """The registry to use: the given location, else $UNETKIT_REGISTRY, else ./unetkit-registry/registry.db."""
+    return location or os.environ.get(ENV_LOCATION) or DEFAULT_LOCATION
+
+
+class PromotionRefused(RegistryError):
+    """The gate found the candidate worse than production; `gate` holds every comparison."""
+
+    def __init__(self, ref: str, to: str, gate: GateResult) -> None:
+        self.gate = gate
+        super().__init__(f"promotion of {ref} to {to} refused: {gate.summary()}; to promote it anyway: "
+                         f"unetkit registry promote {ref} --to {to} --force --reason TEXT")
+
+
+@dataclass(frozen=True)
+class Promotion:
+    record: VersionRecord  # the promoted version, in its new stage
+    gate: GateResult
+    forced: bool  # the gate refused and `force` overrode it
+    superseded: VersionRecord | None  # the version that left that stage (archived)
+
+
+@dataclass(frozen=True)
+class Registration:
+    record: VersionRecord
+    created: bool  # False: this artifact was already registered under this name
+    promotion: Promotion | None = None
+
+
+@dataclass(frozen=True)
+class Rollback:
+    restored: VersionRecord  # back in production
+    archived: VersionRecord  # the production version it replaced
+
+
+@dataclass(frozen=True)
+class Recovery:
+    temp_files: tuple[Path, ...]  # partial copies of writers that died
+    orphan_blobs: tuple[str, ...]  # blobs published by a writer that died before its commit
+
+
+class Registry:
+    def __init__(self, db: Database, store: BlobStore) -> None:
+        self.db, self.store = db, store
+
+    @classmethod
+    def open(cls, location: str | Path | None = None, store: str | Path | None = None) -> Registry:
+        """Connect, find (or record, on first use) the blob store, and clean up after crashed writers."""
+        db = Database(default_location(str(location) if location else None))
+        try:
+            registry = cls(db, BlobStore(_store_root(db, store)))
+            registry.recover()
+        except BaseException:
+            db.close()
+            raise
+        return registry
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ writing
+
+    def add(self, artifact: str | Path, name: str | None = None, stage: str = "candidate", note: str = "",
+            by: str | None = None, git_commit: str | None = None, force: bool = False, reason: str = "",
+            tolerance: float = DEFAULT_TOLERANCE, tolerances: Mapping[str, float] | None = None) -> Registration:
+        """Register an artifact as the next version of `name` (default: the artifact's own name).
+
+        A `stage` other than candidate promotes it in the same transaction (gated like `promote`)."""
+        from unetkit.artifact import load_artifact, read_meta
+
+        check_stage(stage, ("candidate", *SINGLE_STAGES))
+        read_meta(artifact)  # a missing or foreign file fails here, before anything is copied
+        with self.store.stage(artifact) as blob:
+            meta = load_artifact(blob.path).meta  # verify the copy we keep, not the file it came from
+            name = check_name(name or meta.name)
+            actor = by if by is not None else current_user()
+            _pause("staged")
+            published = False
+            try:
+                with self.db.write() as conn:
+                    self._lock_model(conn, name, create=True)
+                    existing = self._find(conn, name, sha256=blob.sha256)
+                    if existing is not None:
+                        if not self.store.path(blob.sha256).is_file():
+                            self.store.publish(blob)  # put back a blob that went missing
+                        return Registration(existing, created=False)
+                    _insert_ignore(conn, schema.blobs, {"sha256": blob.sha256, "size_bytes": blob.size, "created_at": now()})
+                    version = conn.execute(select(schema.models.c.last_version).where(schema.models.c.name == name)).scalar_one() + 1
+                    conn.execute(update(schema.models).where(schema.models.c.name == name).values(last_version=version))
+                    conn.execute(schema.versions.insert().values(
+                        name=name, version=version, sha256=blob.sha256, stage="candidate", created_at=now(),
+                        created_by=actor, note=note, git_commit=git_commit or artifact_git_commit(meta),
+                        source=str(Path(artifact).resolve()), meta=describe_artifact(meta)))
+                    self._event(conn, name, version, "register", None, "candidate", actor, note)
+                    record = self._find(conn, name, version=version)
+                    assert record is not None
+                    promotion = None
+                    if stage != "candidate":
+                        promotion = self._promote(conn, record, stage, force, reason, actor, tolerance, tolerances)
+                        record = promotion.record
+                    self.store.publish(blob)
+                    published = True
+                    _pause("published")
+            except BaseException:
+                if published:  # the commit failed after the rename: the blob belongs to no row
+                    self._remove_orphans({blob.sha256})
+                raise
+        _pause("committed")
+        return Registration(record, created=True, promotion=promotion)
+
+    def promote(self, ref: str, to: str, force: bool = False, reason: str = "", by: str | None = None,
+                tolerance: float = DEFAULT_TOLERANCE, tolerances: Mapping[str, float] | None = None,
+                only: Sequence[str] | None = None) -> Promotion:
+        """Move a version to staging or production; refused (`PromotionRefused`) when the gate finds
+        it worse than production, unless `force` with a `reason`."""
+        check_stage(to, SINGLE_STAGES)
+        name, _ = parse_ref(ref)
+        with self.db.write() as conn:
+            self._lock_model(conn, name)
+            record = self._resolve_ref(conn, ref)
+            return self._promote(conn, record, to, force, reason, by if by is not None else current_user(),
+                                 tolerance, tolerances, only)
+
+    def rollback(self, name: str, reason: str = "", by: str | None = None) -> Rollback:
+        """Put the previous production version back in production and archive the current one."""
+        check_name(name)
+        actor = by if by is not None else current_user()
+        with self.db.write() as conn:
+            self._lock_model(conn, name)
+            current = self._in_stage(conn, name, "production")
+            if current is None:
+                raise RegistryError(f"{name} has no version in production; nothing to roll back")
+            entered = conn.execute(
+                select(schema.events.c.version, schema.events.c.action)
+                .where(schema.events.c.name == name, schema.events.c.to_stage == "production",
+                       schema.events.c.action.in_(("promote", "rollback")))
+                .order_by(schema.events.c.id)).all()
+            stack: list[int] = []  # production versions in order; a rollback pops the one it replaced
+            for version, action in entered:
+                if action == "rollback":
+                    stack.pop()
+                else:
+                    stack.append(version)
+            if not stack or stack[-1] != current.version:
+                raise RegistryError(f"{name}: the audit trail does not end with {current.ref} in production; "
+                                    "promote the version you want explicitly")
+            stack.pop()
+            if not stack:
+                raise RegistryError(f"{name}: {current.ref} is the first production version; there is none to roll back to")
+            target = self._find(conn, name, version=stack[-1])
+            assert target is not None
+            self._set_stage(conn, current, "archived", "rollback", actor, reason, details={"restored": target.ref})
+            self._set_stage(conn, target, "production", "rollback", actor, reason, details={"replaced": current.ref})
+            restored, archived = self._find(conn, name, version=target.version), self._find(conn, name, version=current.version)
+            assert restored is not None and archived is not None
+            return Rollback(restored=restored, archived=archived)
+
+    def recover(self) -> Recovery:
+        """Remove what crashed writers left: temp files nobody holds, blobs no committed row references."""
+        temp = tuple(self.store.stale_temp_files())
+        with self.db.read() as conn:
+            known = set(conn.execute(select(schema.blobs.c.sha256)).scalars())
+        orphans = tuple(self._remove_orphans(set(self.store.stored()) - known))
+        return Recovery(temp, orphans)
+
+    # ------------------------------------------------------------ reading
+
+    def get(self, ref: str) -> VersionRecord:
+        """`NAME`, `NAME:7`, `NAME:latest` or `NAME:production` (staging, candidate: the newest there)."""
+        with self.db.read() as conn:
+            return self._resolve_ref(conn, ref)
+
+    def list(self, name: str | None = None, stage: str | None = None) -> list[VersionRecord]:
+        query = _versions().order_by(schema.versions.c.name, schema.versions.c.version)
+        if name:
+            query = query.where(schema.versions.c.name == check_name(name))
+        if stage:
+            query = query.where(schema.versions.c.stage == check_stage(stage))
+        with self.db.read() as conn:
+            return [_record(row) for row in conn.execute(query)]
+
+    def names(self) -> list[str]:
+        with self.db.read() as conn:
+            return list(conn.execute(select(schema.models.c.name).order_by(schema.models.c.name)).scalars())
+
+    def history(self, name: str, version: int | None = None) -> list[Event]:
+        query = select(schema.events).where(schema.events.c.name == check_name(name)).order_by(schema.events.c.id)
+        if version is not None:
+            query = query.where(schema.events.c.version == version)
+        with self.db.read() as conn:
+            return [_event(row) for row in conn.execute(query)]
+
+    def resolve(self, stage: str, name: str | None = None) -> VersionRecord:
+        """The version in `stage` (of model `name`; without a name, the registry must hold one model there)."""
+        check_stage(stage)
+        with self.db.read() as conn:
+            if name:
+                record = self._in_stage(conn, check_name(name), stage)
+                if record is None:
+                    raise RegistryError(f"{name} has no version in {stage} (registry {self.db.display})")
+                return record
+            names = list(conn.execute(select(schema.versions.c.name).where(schema.versions.c.stage == stage)
+                                      .distinct().order_by(schema.versions.c.name)).scalars())
+        if not names:
+            raise RegistryError(f"no model has a version in {stage} (registry {self.db.display})")
+        if len(names) > 1:
+            raise RegistryError(f"several models have a version in {stage}: {', '.join(names)}; choose one by name")
+        return self.resolve(stage, names[0])
+
+    def diff(self, a: str, b: str) -> dict[str, Any]:
+        return diff_versions(self.get(a), self.get(b))
+
+    def fetch(self, record: VersionRecord) -> Path:
+        """The blob's path, after checking its sha256 (a modified or missing blob is refused)."""
+        return self.store.verified(record.sha256, f"{record.ref}")
+
+    def load(self, ref: str | VersionRecord) -> Any:
+        """The verified `Artifact` of a version (blob sha256, then the artifact's weights/metadata hashes)."""
+        from unetkit.artifact import load_artifact
+
+        record = ref if isinstance(ref, VersionRecord) else self.get(ref)
+        return load_artifact(self.fetch(record))
+
+    # ------------------------------------------------------------ inside a transaction
+
+    def _lock_model(self, conn: Connection, name: str, create: bool = False) -> None:
+        """Take the model's write lock (its row, FOR UPDATE); `create` adds the model on first use."""
+        if create:
+            _insert_ignore(conn, schema.models, {"name": name, "last_version": 0, "created_at": now()})
+        found = conn.execute(select(schema.models.c.name).where(schema.models.c.name == name).with_for_update()).first()
+        if found is None:
+            known = list(conn.execute(select(schema.models.c.name).order_by(schema.models.c.name)).scalars())
+            raise RegistryError(f"no model named {name!r} in registry {self.db.display}; "
+                                f"models: {', '.join(known) if known else 'none yet (unetkit registry add ARTIFACT)'}")
+
+    def _find(self, conn: Connection, name: str, version: int | None = None, sha256: str | None = None) -> VersionRecord | None:
+        query = _versions().where(schema.versions.c.name == name)
+        if version is not None:
+            query = query.where(schema.versions.c.version == version)
+        if sha256 is not None:
+            query = query.where(schema.versions.c.sha256 == sha256)
+        row = conn.execute(query).first()
+        return _record(row) if row is not None else None
+
+    def _in_stage(self, conn: Connection, name: str, stage: str) -> VersionRecord | None:
+        row = conn.execute(_versions().where(schema.versions.c.name == name, schema.versions.c.stage == stage)
+                           .order_by(schema.versions.c.version.desc()).limit(1)).first()
+        return _record(row) if row is not None else None
+
+    def _resolve_ref(self, conn: Connection, ref: str) -> VersionRecord:
+        name, selector = parse_ref(ref)
+        if selector.isdigit():
+            record = self._find(conn, name, version=int(selector))
+        elif selector == "latest":
+            latest = conn.execute(select(func.max(schema.versions.c.version)).where(schema.versions.c.name == name)).scalar()
+            record = self._find(conn, name, version=latest) if latest is not None else None
+        else:
+            record = self._in_stage(conn, name, selector)
+        if record is None:
+            versions = list(conn.execute(select(schema.versions.c.version).where(schema.versions.c.name == name)
+                                         .order_by(schema.versions.c.version)).scalars())
+            if not versions:
+                raise RegistryError(f"no model named {name!r} in registry {self.db.display}")
+            raise RegistryError(f"{ref}: no such version of {name} (versions {versions[0]}..{versions[-1]}; "
+                                "or :latest, :candidate, :staging, :production)")
+        return record
+
+    def _promote(self, conn: Connection, record: VersionRecord, to: str, force: bool, reason: str, actor: str,
+                 tolerance: float, tolerances: Mapping[str, float] | None, only: Sequence[str] | None = None) -> Promotion:
+        if record.stage == to:
+            raise RegistryError(f"{record.ref} is already in {to}")
+        if record.stage == "production":
+            raise RegistryError(f"{record.ref} is in production; promote another version to replace it, "
+                                f"or `unetkit registry rollback {record.name}`")
+        if force and not reason.strip():
+            raise RegistryError("--force needs --reason TEXT: a forced promotion is recorded with its reason")
+        production = self._in_stage(conn, record.name, "production")
+        gate = check(record.metrics, production.metrics if production else None, production.ref if production else None,
+                     tolerance, tolerances, only)
+        if not gate.passed and not force:
+            raise PromotionRefused(record.ref, to, gate)
+        superseded = self._in_stage(conn, record.name, to)
+        if superseded is not None:
+            self._set_stage(conn, superseded, "archived", "supersede", actor, f"superseded by {record.ref}")
+            superseded = self._find(conn, record.name, version=superseded.version)
+        forced = not gate.passed
+        self._set_stage(conn, record, to, "promote", actor, reason, forced, {"gate": gate.to_dict()})
+        promoted = self._find(conn, record.name, version=record.version)
+        assert promoted is not None
+        return Promotion(record=promoted, gate=gate, forced=forced, superseded=superseded)
+
+    def _set_stage(self, conn: Connection, record: VersionRecord, to: str, action: str, actor: str, reason: str,
+                   forced: bool = False, details: dict[str, Any] | None = None) -> None:
+        conn.execute(update(schema.versions).where(schema.versions.c.name == record.name,
+                                                   schema.versions.c.version == record.version).values(stage=to))
+        self._event(conn, record.name, record.version, action, record.stage, to, actor, reason, forced, details)
+
+    def _event(self, conn: Connection, name: str, version: int, action: str, from_stage: str | None, to_stage: str,
+               actor: str, reason: str, forced: bool = False, details: dict[str, Any] | None = None) -> None:
+        conn.execute(schema.events.insert().values(
+            name=name, version=version, action=action, from_stage=from_stage, to_stage=to_stage, at=now(),
+            actor=actor, reason=reason, forced=forced, details=details or {}))
+
+    def _remove_orphans(self, candidates: set[str]) -> list[str]:
+        """Delete blobs no committed row references. Inserting the blob's row first is the lock: a writer
+        that has inserted it but not committed makes us wait, and then we find it referenced."""
+        removed = []
+        for sha256 in sorted(candidates):
+            with self.db.write() as conn:
+                if _insert_ignore(conn, schema.blobs, {"sha256": sha256, "size_bytes": 0, "created_at": now()}):
+                    self.store.remove(sha256)
+                    conn.execute(delete(schema.blobs).where(schema.blobs.c.sha256 == sha256))
+                    removed.append(sha256)
+        return removed
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def describe_artifact(meta: Any) -> dict[str, Any]:
+    """What the registry keeps of an artifact's metadata (JSON-safe: NaN becomes null)."""
+    from unetkit.config import to_dict
+    from unetkit.metrics.scores import json_value
+
+    return json_value({
+        "artifact_name": meta.name,
+        "classes": list(meta.class_names),
+        "architecture": to_dict(meta.model),
+        "patch_size": list(meta.patch_size),
+        "normalization": {"mean": list(meta.mean), "std": list(meta.std)},
+        "metrics": meta.metrics,
+        "calibration": {"temperature": meta.temperature, "class_scale": list(meta.class_scale),
+                        "class_bias": list(meta.class_bias)},
+        "postprocess": meta.postprocess,
+        "fingerprint": meta.fingerprint,
+        "plan": meta.plan,
+        "lineage": meta.lineage,
+        "versions": meta.versions,
+        "artifact_created": meta.created,
+        "weights_sha256": meta.weights_sha256,
+        "meta_sha256": meta.meta_sha256,
+    })
+
+
+def artifact_git_commit(meta: Any) -> str:
+    """A git commit the artifact records in its lineage or versions (`git_commit` or `commit`), else ''."""
+    for section in (meta.lineage, meta.versions):
+        for key in ("git_commit", "commit", "git"):
+            value = section.get(key)
+            if isinstance(value, str) and value:
+                return value
+    return ""
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+def _store_root(db: Database, explicit: str | Path | None) -> Path:
+    """The blob store the registry records; recorded on first open (SQLite default: `blobs/` beside the file)."""
+    explicit = explicit or os.environ.get(ENV_STORE) or None
+    with db.read() as conn:
+        recorded = db.setting(conn, "store")
+    if recorded is None:
+        if explicit:
+            value = str(Path(explicit).expanduser().resolve())
+        elif db.sqlite_file is not None:
+            value = "blobs"  # relative to the database file: the pair can be moved together
+        else:
+            raise RegistryError(f"registry {db.display}: a database-server registry needs --store DIR (or "
+                                f"{ENV_STORE}): the folder every user of the registry can reach that holds the artifacts")
+        with db.write() as conn:
+            _insert_ignore(conn, schema.settings, {"key": "store", "value": value})
+            recorded = db.setting(conn, "store")
+        assert recorded is not None
+    root = Path(recorded)
+    if not root.is_absolute():
+        if db.sqlite_file is None:
+            raise RegistryError(f"registry {db.display}: recorded blob store {recorded!r} is relative but there is no database file")
+        root = db.sqlite_file.parent / root
+    if explicit and Path(explicit).expanduser().resolve() != root.resolve():
+        raise RegistryError(f"registry {db.display} keeps its artifacts in {root}, not {explicit}; "
+                            "leave out --store (and UNETKIT_REGISTRY_STORE)")
+    return root
+
+
+def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING; True when the row was inserted."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing()).rowcount == 1
+
+
+def _record(row: Any) -> VersionRecord:
+    return VersionRecord(
+        name=row.name, version=row.version, sha256=row.sha256, size_bytes=int(row.size_bytes), stage=row.stage,
+        created_at=_iso(row.created_at), created_by=row.created_by, note=row.note, git_commit=row.git_commit,
+        source=row.source, meta=row.meta)
+
+
+def _versions() -> Any:
+    """SELECT over versions with their blob's size."""
+    return (select(schema.versions, schema.blobs.c.size_bytes)
+            .join(schema.blobs, schema.versions.c.sha256 == schema.blobs.c.sha256))
+
+
+def _event(row: Any) -> Event:
+    return Event(name=row.name, version=row.version, action=row.action, from_stage=row.from_stage,
+                 to_stage=row.to_stage, at=_iso(row.at), actor=row.actor, reason=row.reason,
+                 forced=bool(row.forced), details=row.details)
+
+
+def _iso(value: Any) -> str:
+    return as_utc(value).isoformat(timespec="seconds")
+
+
+def _pause(point: str) -> None:
+    """Fault injection for the crash tests: with UNETKIT_REGISTRY_PAUSE=POINT[:SECONDS], `add` announces
+    `paused at POINT` on stderr and sleeps there (for SECONDS, or until killed). Points: staged (blob in
+    the temp folder), published (blob renamed, transaction not committed), committed."""
+    wanted, _, seconds = os.environ.get(ENV_PAUSE, "").partition(":")
+    if wanted != point:
+        return
+    print(f"unetkit registry: paused at {point} (pid {os.getpid()})", file=sys.stderr, flush=True)
+    time.sleep(float(seconds) if seconds else 3600.0)
