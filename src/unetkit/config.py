@@ -231,6 +231,43 @@ class ServeConfig:
     log_level: str = "info"
 
 
+RANK_SCORES = ("entropy", "margin", "tta", "combined")
+RANK_AGGREGATES = ("mean", "top", "foreground")
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    """`unetkit rank`: how unlabelled images are scored and ordered (`unetkit.active`).
+
+    Every per-pixel measure lies in [0, 1]; `aggregate` turns a map into one number per image:
+    "mean" over all pixels, "top" the mean of the `top_fraction` most uncertain pixels, or
+    "foreground" the mean over pixels whose non-background probability is >= `foreground_min_prob`.
+    """
+
+    by: Literal["entropy", "margin", "tta", "combined"] = "combined"
+    aggregate: Literal["mean", "top", "foreground"] = "mean"
+    top_fraction: float = 0.05
+    background: int = 0  # the class index "foreground" leaves out
+    foreground_min_prob: float = 0.1
+    tta: bool = True  # predict the 8 flip/rot90 views: TTA disagreement, and TTA-averaged predictions
+    dedup_bits: int = 0  # near-duplicate: difference hashes (256 bits) at most this many bits apart; 0: off
+    recursive: bool = False
+
+    def __post_init__(self) -> None:
+        if self.by not in RANK_SCORES:
+            raise ConfigError(f"rank.by: '{self.by}' is not a score; expected one of {', '.join(RANK_SCORES)}")
+        if self.aggregate not in RANK_AGGREGATES:
+            raise ConfigError(f"rank.aggregate: '{self.aggregate}' is not an aggregate; expected one of {', '.join(RANK_AGGREGATES)}")
+        if self.by == "tta" and not self.tta:
+            raise ConfigError("rank.by: 'tta' needs the TTA views; turn tta on (--tta) or rank by entropy, margin or combined")
+        if not 0.0 < self.top_fraction <= 1.0:
+            raise ConfigError(f"rank.top_fraction: expected a fraction in (0, 1], got {self.top_fraction}")
+        if not 0.0 <= self.foreground_min_prob <= 1.0:
+            raise ConfigError(f"rank.foreground_min_prob: expected a probability in [0, 1], got {self.foreground_min_prob}")
+        if not 0 <= self.dedup_bits <= 256:
+            raise ConfigError(f"rank.dedup_bits: expected 0 (off) to 256 bits, got {self.dedup_bits}")
+
+
 # ---------------------------------------------------------------- strict conversion
 
 

@@ -165,6 +165,11 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return _atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write bytes (a copied image file, a zip archive) atomically."""
+    return _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
 def _atomic(path: Path, save: Callable[[str], object]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

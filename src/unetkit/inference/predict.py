@@ -14,6 +14,7 @@ the image.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -163,13 +164,41 @@ def tile_probabilities(predictor: Predictor, batch: np.ndarray, config: TileConf
     if not config.tta:
         return _activated(predictor, batch, config)
     total: np.ndarray | None = None
-    for k in range(4):
-        for flip in (False, True):
-            probs = _activated(predictor, dihedral(batch, k, flip), config)
-            probs = dihedral_inverse(probs, k, flip)
-            total = probs.copy() if total is None else np.add(total, probs, out=total)
+    for k, flip in DIHEDRAL_VIEWS:
+        probs = _activated(predictor, dihedral(batch, k, flip), config)
+        probs = dihedral_inverse(probs, k, flip)
+        total = probs.copy() if total is None else np.add(total, probs, out=total)
     assert total is not None
-    return np.multiply(total, 1.0 / 8.0, out=total)
+    return np.multiply(total, 1.0 / len(DIHEDRAL_VIEWS), out=total)
+
+
+DIHEDRAL_VIEWS = tuple((k, flip) for k in range(4) for flip in (False, True))  # (quarter turns, mirror)
+
+
+class DihedralView:
+    """A predictor that sees its tiles rotated by `k` quarter turns (then mirrored if `flip`) and
+    maps its output back: one TTA view as a predictor of its own. Passes `in_channels` and
+    `tile_size` through."""
+
+    def __init__(self, predictor: Predictor, k: int, flip: bool) -> None:
+        self.predictor, self.k, self.flip = predictor, k, flip
+        self.in_channels = getattr(predictor, "in_channels", None)
+        self.tile_size = getattr(predictor, "tile_size", None)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out = self.predictor(dihedral(batch, self.k, self.flip))
+        return dihedral_inverse(np.asarray(out), self.k, self.flip)
+
+
+def iter_view_probabilities(
+    predictor: Predictor, image: np.ndarray, config: TileConfig, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Iterator[np.ndarray]:
+    """The probabilities `(K, H, W)` of each of the 8 TTA views in turn (`DIHEDRAL_VIEWS` order),
+    each mapped back to the image's orientation. Their mean is `predict_tiled` with `tta=True`
+    (blending is linear), but the spread between them is what measures TTA disagreement."""
+    plain = replace(config, tta=False)
+    for k, flip in DIHEDRAL_VIEWS:
+        yield predict_tiled(DihedralView(predictor, k, flip), image, plain, max_pixels=max_pixels)
 
 
 def dihedral(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
