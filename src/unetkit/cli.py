@@ -347,6 +347,53 @@ def export_command(
     typer.echo(f"wrote {report.written}")
 
 
+# ---------------------------------------------------------------- active learning
+
+
+@app.command()
+def rank(
+    model: ModelArg,
+    folder: Annotated[Path, typer.Argument(help="Folder of unlabelled images.")],
+    by: Annotated[str, typer.Option(help="Sort by entropy, margin, tta or combined (mean percentile rank of the three).")] = "combined",
+    aggregate: Annotated[str, typer.Option(help="Per-image value: mean, top (the 5% most uncertain pixels) or foreground.")] = "mean",
+    top_k: Annotated[int | None, typer.Option("--top-k", help="How many images to export and list.")] = None,
+    export: Annotated[Path | None, typer.Option(help="New folder for the top-k images with pre-annotations (masks, COCO, CVAT, Label Studio).")] = None,
+    csv: Annotated[Path, typer.Option("--csv", help="Where to write the ranking CSV.")] = Path("ranking.csv"),
+    tta: Annotated[bool, typer.Option(help="Predict the 8 flip/rot90 views: TTA disagreement and averaged predictions (8x slower).")] = True,
+    recursive: Annotated[bool, typer.Option(help="Also rank the images in subfolders.")] = False,
+    dedup_bits: Annotated[int, typer.Option(help="Skip near-copies of a higher-ranked image in the export: hashes at most this many of 256 bits apart (0: off).")] = 0,
+    tile: TileOpt = None,
+    overlap: OverlapOpt = 0.25,
+    backend: BackendOpt = "auto",
+) -> None:
+    """Rank unlabelled images by model uncertainty; export the top-k with pre-annotation masks."""
+    from rich.console import Console
+
+    from unetkit.active.export import check_export_dir, export_top
+    from unetkit.active.rank import Scorer, list_images, rank_images, ranking_table, write_ranking_csv
+    from unetkit.config import RankConfig
+
+    config = RankConfig(by=by, aggregate=aggregate, tta=tta, recursive=recursive, dedup_bits=dedup_bits)  # type: ignore[arg-type]
+    if export is not None and top_k is None:
+        raise UnetkitError("--export needs --top-k K: how many of the most uncertain images to export")
+    if top_k is not None and top_k < 1:
+        raise UnetkitError(f"--top-k {top_k}: expected at least 1 image")
+    if export is not None:
+        check_export_dir(export)
+    files = list_images(folder, recursive, exclude=export)
+    scorer = Scorer.from_artifact(model, _tile_config(tile, overlap), backend)
+    ranking = rank_images(scorer, files, config, root=folder, progress=True)
+    write_ranking_csv(ranking, csv)
+    Console().print(ranking_table(ranking, top_k or 10))
+    for message in ranking.failed:
+        typer.echo(f"skipped {message}", err=True)
+    per_image = ranking.seconds / len(ranking.images)
+    typer.echo(f"wrote {csv} ({len(ranking.images)} images ranked, {len(ranking.failed)} skipped, {per_image:.2f} s/image)")
+    if export is not None and top_k is not None:
+        written = export_top(ranking, top_k, export, scorer)
+        typer.echo(f"wrote {len(written)} files to {export}/")
+
+
 @app.command()
 def info(model: ModelArg) -> None:
     """Print a model artifact's metadata (verified)."""
