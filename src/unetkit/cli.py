@@ -395,6 +395,48 @@ def rank(
 
 
 @app.command()
+def drift(
+    model: ModelArg,
+    folder: Annotated[Path | None, typer.Argument(help="New images: a folder (recursive) or one file.")] = None,
+    baseline_from: Annotated[str | None, typer.Option(
+        "--baseline-from", help="First measure the baseline on this training data (data folder, dataset "
+        "description, manifest or image folder) and store it in MODEL.")] = None,
+    threshold: Annotated[float, typer.Option(help="PSI above which the score (max PSI over features) means drift.")] = 0.2,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
+    outputs: Annotated[bool, typer.Option("--outputs/--no-outputs", help="Also compare the model's outputs "
+                                          "(class fractions, components, confidence, entropy); runs inference.")] = True,
+    backend: BackendOpt = "auto",
+) -> None:
+    """Compare new images with the model's drift baseline: PSI and KS per feature, one score.
+
+    Exit status: 0 no drift, 1 drift detected (score > threshold), 2 user error; usable in CI or
+    cron. Training stores the baseline; --baseline-from adds one to an older model."""
+    from rich.console import Console
+
+    from unetkit.monitor.measure import add_baseline, check_drift
+
+    if baseline_from is None and folder is None:
+        raise UnetkitError("drift: give FOLDER (new images) to compare, or --baseline-from DATA to store a baseline")
+    if baseline_from is not None:
+        add_baseline(model, baseline_from, backend=backend, log=typer.echo)
+        typer.echo(f"wrote the drift baseline into {model}")
+    if folder is None:
+        return
+    report, errors = check_drift(model, folder, threshold=threshold, outputs=outputs, backend=backend)
+    for error in errors:
+        typer.echo(f"warning: skipped {error}", err=True)
+    console = Console(highlight=False)
+    console.print(report.table())
+    for note in report.notes:
+        console.print(f"note: {note}")
+    console.print(f"score {report.score:.3f} (max PSI over {len(report.features)} features) vs threshold {threshold:g}")
+    console.print(("[bold red]" if report.drifted else "[bold green]") + report.verdict() + "[/]")
+    _echo_json(report.to_dict(), json_out)
+    if report.drifted:
+        raise typer.Exit(1)
+
+
+@app.command()
 def info(model: ModelArg) -> None:
     """Print a model artifact's metadata (verified)."""
     from unetkit.artifact import load_artifact

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from unetkit.config import TrainConfig, replace
+from unetkit.inference.backends import keep_freed_memory
 from unetkit.planning.plan import Plan, apply_plan
 from unetkit.planning.rules import candidates, data_facts, make_plan, min_steps, planned_steps
 from unetkit.planning.throughput import MeasuredThroughput, measure_throughput, simulated_throughput
@@ -45,6 +46,8 @@ def calibrate(fingerprint: Mapping[str, Any], overrides: Mapping[str, Any], budg
     provisional = apply_plan(TrainConfig(), make_plan(fingerprint, simulated_throughput(20.0), budget_seconds,
                                                       overrides, n_val=n_val))
     target = min_steps(budget_seconds)
+    if resolve_device(device).type == "cpu":
+        keep_freed_memory()  # time steps as fit will run them
 
     def too_slow(c, seconds: float) -> bool:  # larger candidates can only be slower
         return planned_steps(c, seconds, facts, budget_seconds)[0] < target
