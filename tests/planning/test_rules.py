@@ -57,17 +57,19 @@ def test_steps_and_validations_fit_the_budget(machine, budget):
     assert plan.value("val_every") * est["validations"] <= plan.value("steps") + est["validations"]
 
 
-def test_thin_structures_turn_on_cldice_smaller_patches_and_foreground_oversampling():
+def test_thin_structures_turn_on_cldice_and_foreground_oversampling_at_the_rungs_patch():
     thin = make_plan(make_fingerprint(classes=VESSELS), PROFILES["cpu32"], 1800, {})
     blobs = make_plan(make_fingerprint(classes=BLOBS), PROFILES["cpu32"], 1800, {})
     assert thin.value("loss.cldice") > 0 and blobs.value("loss.cldice") == 0
-    assert thin.value("data.patch_size")[0] < blobs.value("data.patch_size")[0]
+    side = thin.value("data.patch_size")[0]
+    rung = [r for r in LADDER if r[:2] == (thin.value("model.base_width"), thin.value("model.depth")) and r[2] == side]
+    assert rung, f"thin structures train on an unscaled ladder patch, got {side}"
     assert thin.value("data.rare_oversample") > blobs.value("data.rare_oversample")
     assert thin.value("augment.scale")[1] < blobs.value("augment.scale")[1]
     assert "thin" in format_plan(thin)
 
 
-def test_a_thin_minority_class_0_gets_small_patches_but_no_cldice_which_scores_classes_1_and_up():
+def test_a_thin_minority_class_0_gets_no_cldice_which_scores_classes_1_and_up():
     membranes = [("membrane", 0.22, 0.73, 2.5, 58000.0), ("interior", 0.78, 0.92, 12.0, 4700.0)]
     plan = make_plan(make_fingerprint(size=(512, 512), n=30, channels=1, classes=membranes), PROFILES["cpu2"], 1800, {})
     assert plan.value("loss.cldice") == 0

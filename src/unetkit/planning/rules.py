@@ -20,11 +20,12 @@ R2 Model ladder. Candidates come from `LADDER`, (width, depth, patch, batch) run
 R3 Patch fits the image. A patch side is never larger than the median image side (the sampler pads
    smaller images), and pixels per step are kept by changing the batch (to the nearest of 2, 4, 6,
    8, 12, 16, 24, 32) when a patch changes. Patches are multiples of 16, at least 64 (or the image).
-R4 Object scale. Thin structures (a minority class whose pixels mostly vanish after one erosion,
-   erosion_survival < 0.5, or a long network a few pixels wide: mean_border_distance < 3 px and
-   sqrt(90th-percentile object size) > 10x that distance) use 3/4-size patches with a larger
-   batch (more, more varied local views at the same cost); big objects (90th percentile object
-   side > half the patch) use 1.5x patches with a smaller batch (context) -- both within R3.
+R4 Object scale. Big objects (90th percentile object side > half the patch) use 1.5x patches
+   with a smaller batch (context), within R3. Thin structures (a minority class whose pixels
+   mostly vanish after one erosion, erosion_survival < 0.5, or a long network a few pixels wide:
+   mean_border_distance < 3 px and sqrt(90th-percentile object size) > 10x that distance) keep
+   the rung's patch: 3/4-size patches with a larger batch were tried on DRIVE and learned slower
+   (validation F1 0.77 vs 0.80 for 128x128 patches after one minute, docs/benchmarks.md).
 R5 Loss. Dice + cross-entropy. clDice (weight 0.5) is added for thin structures (topology of
    vessels/membranes) when they are foreground classes (index >= 1: the classes clDice scores). Rare classes (< 1 % of labelled pixels) get class-weighted CE with
    w_k = clip(sqrt(1 / (K f_k)), 1, 10) (1 for balanced classes); Dice excludes the background
@@ -136,9 +137,7 @@ def adapt_rung(rung: tuple[int, int, int, int], facts: DataFacts, overrides: Map
     """R3 + R4 (and the user's fixed width/depth/patch/batch) applied to one ladder rung."""
     width, depth, side, batch = rung
     pixels = side * side * batch
-    if facts.thin:
-        side = _round16(side * 0.75)
-    elif facts.object_side > side / 2:
+    if not facts.thin and facts.object_side > side / 2:
         side = _round16(side * 1.5)
     patch = (min(side, facts.height), min(side, facts.width))
     wanted = pixels / (patch[0] * patch[1])
@@ -239,9 +238,7 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
 
 def _patch_reason(facts: DataFacts, c: Candidate) -> str:
     parts = []
-    if facts.thin:
-        parts.append(f"3/4-size patches for thin structures ({', '.join(facts.thin)})")
-    elif facts.object_side > 0 and c.patch[0] < 2 * facts.object_side + 1:
+    if facts.object_side > 0 and not facts.thin and c.patch[0] < 2 * facts.object_side + 1:
         parts.append(f"larger patches for big objects (~{facts.object_side:.0f} px)")
     if c.patch[0] >= facts.height or c.patch[1] >= facts.width:
         parts.append(f"capped by the image size {facts.height}x{facts.width}")
