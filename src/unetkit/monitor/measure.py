@@ -1,0 +1,175 @@
+"""Drift features of a model artifact on images: the glue between the pure monitor modules, the
+readers and the artifact's inference pipeline (used by training, `unetkit drift` and benchmarks).
+
+Output features come from the artifact's calibrated probabilities and the labels it serves
+(its postprocessing applied), computed by the same tiled inference as `unetkit predict`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unetkit.artifact import Artifact, weights_sha256
+from unetkit.config import TileConfig
+from unetkit.errors import UnetkitError
+from unetkit.monitor.baseline import MAX_OUTPUT_IMAGES, Baseline, build_baseline, outputs_signature, spread
+from unetkit.monitor.drift import DriftReport
+
+
+def predict_outputs(artifact: Artifact, images: Iterable[np.ndarray], *, predictor: Any = None,
+                    backend: str = "torch") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(probabilities (K,H,W), served labels (H,W)) of the artifact on each image, lazily."""
+    from unetkit.inference.backends import make_predictor
+    from unetkit.inference.files import labels_from_probabilities, tile_config_for
+    from unetkit.inference.predict import predict_tiled
+
+    predictor = predictor or make_predictor(artifact, backend=backend)
+    tile = tile_config_for(artifact, TileConfig())
+    for image in images:
+        probs = predict_tiled(predictor, image, tile)
+        yield probs, labels_from_probabilities(probs, artifact)
+
+
+def artifact_baseline(artifact: Artifact, input_images: Sequence[np.ndarray], output_images: Sequence[np.ndarray],
+                      *, backend: str = "torch", log: Callable[[str], Any] | None = None) -> Baseline:
+    """The baseline of `input_images` (the training images) and of the artifact's outputs on
+    `output_images` (held-out images; at most `MAX_OUTPUT_IMAGES`, evenly spread)."""
+    start = time.perf_counter()
+    shown = (output_images[i] for i in spread(range(len(output_images)), MAX_OUTPUT_IMAGES))
+    sha = artifact.meta.weights_sha256 or weights_sha256(artifact.state_dict)  # not saved yet during training
+    baseline = build_baseline(input_images, predict_outputs(artifact, shown, backend=backend),
+                              class_names=artifact.meta.class_names, outputs_of=outputs_signature(artifact.meta, sha))
+    if log:
+        log(f"drift baseline: {baseline.input_images} images, model outputs on {baseline.output_images}, "
+            f"{len(baseline.features)} features in {time.perf_counter() - start:.2f} s")
+    return baseline
+
+
+def training_baseline(weights: dict[str, Any], meta: Any, train: Sequence[Any], val: Sequence[Any],
+                      log: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """`ArtifactMeta.drift_baseline` for a training run: inputs from the training images, outputs
+    of the trained weights on the validation images (the training images when there are none)."""
+    artifact = Artifact(meta=meta, state_dict=weights)
+    images = [s.image for s in train]
+    held_out = [s.image for s in val] or images
+    return artifact_baseline(artifact, images, held_out, log=log).to_dict()
+
+
+def measure_files(
+    artifact: Artifact,
+    baseline: Baseline,
+    paths: Sequence[Path],
+    *,
+    outputs: bool = True,
+    backend: str = "auto",
+    progress: bool = True,
+) -> tuple[list[dict[str, np.ndarray]], list[str]]:
+    """Features of each image file (read with unetkit's readers): `(per-image features, errors)`;
+    an unreadable or unfit file is one error line and the others still count."""
+    from tqdm import tqdm
+
+    from unetkit.data.io import read_image
+    from unetkit.inference.backends import make_predictor
+
+    predictor = make_predictor(artifact, backend=backend) if outputs else None
+    measured, errors = [], []
+    for path in tqdm(paths, desc="drift", unit="img", disable=not progress or len(paths) < 2):
+        try:
+            image = read_image(path)
+            if image.shape[0] != baseline.channels:
+                raise UnetkitError(f"{path}: {image.shape[0]} channel(s); the model's baseline has {baseline.channels}")
+            probs, labels = next(predict_outputs(artifact, [image], predictor=predictor)) if outputs else (None, None)
+            measured.append(baseline.measure(image, probs, labels))
+        except UnetkitError as e:
+            errors.append(str(e))
+    return measured, errors
+
+
+# ---------------------------------------------------------------- files: `unetkit drift`
+
+
+class ImageFiles(Sequence[np.ndarray]):
+    """Image files read on access (a baseline over many files never holds them all)."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: Any) -> Any:
+        from unetkit.data.io import read_image
+
+        if isinstance(index, slice):
+            return ImageFiles(self.paths[index])
+        return read_image(self.paths[index])
+
+
+def image_paths(folder: str | Path) -> list[Path]:
+    """Every image under `folder` (recursive, sorted), or the folder itself when it is one file."""
+    from unetkit.inference.files import collect_inputs
+
+    return [path for path, _ in collect_inputs([folder])]
+
+
+def baseline_sources(artifact: Artifact, data: str | Path) -> tuple[list[Path], list[Path]]:
+    """(input images, held-out images for the outputs) of a training data set: a data folder,
+    dataset description or manifest, split as the artifact's training run split it when its
+    validation keys are there (else every image serves both); or a plain folder of images."""
+    from unetkit.data.pairing import pair_samples
+    from unetkit.data.spec import load_spec
+    from unetkit.errors import DataError
+
+    try:
+        samples = pair_samples(load_spec(data))
+    except DataError:
+        paths = image_paths(data)
+        return paths, paths
+    if not samples:
+        raise DataError(f"{data}: no images found")
+    val_keys = set((artifact.meta.train_config.get("data") or {}).get("val_keys") or ())
+    train = [s.image for s in samples if s.key not in val_keys]
+    val = [s.image for s in samples if s.key in val_keys]
+    return (train, val) if train and val else ([s.image for s in samples], [s.image for s in samples])
+
+
+def add_baseline(model: str | Path, data: str | Path, *, backend: str = "auto",
+                 log: Callable[[str], Any] | None = None) -> Baseline:
+    """Measure the baseline of `data` (the training data) and store it in the artifact (atomic
+    rewrite through `update_artifact`)."""
+    from unetkit.artifact import load_artifact, update_artifact
+
+    artifact = load_artifact(model)
+    inputs, held_out = baseline_sources(artifact, data)
+    baseline = artifact_baseline(artifact, ImageFiles(inputs), ImageFiles(held_out), backend=backend, log=log)
+    update_artifact(model, drift_baseline=baseline.to_dict())
+    return baseline
+
+
+def check_drift(model: str | Path, folder: str | Path, *, threshold: float, outputs: bool = True,
+                backend: str = "auto", progress: bool = True) -> tuple[DriftReport, list[str]]:
+    """Compare the images under `folder` with the artifact's baseline: `(report, file errors)`."""
+    from unetkit.artifact import load_artifact
+    from unetkit.errors import ConfigError, InputError
+    from unetkit.monitor.baseline import outputs_mismatch
+    from unetkit.monitor.drift import compare
+
+    if threshold <= 0:
+        raise ConfigError(f"--threshold {threshold}: expected a positive PSI value (default 0.2)")
+    artifact = load_artifact(model)
+    baseline = Baseline.from_dict(artifact.meta.drift_baseline, f"{model}: drift_baseline")
+    notes = []
+    reason = outputs_mismatch(baseline, artifact.meta) if outputs else None
+    if reason:
+        notes.append(f"output features left out: {reason}")
+    paths = image_paths(folder)
+    measured, errors = measure_files(artifact, baseline, paths, outputs=outputs and reason is None,
+                                     backend=backend, progress=progress)
+    if not measured:
+        raise InputError(f"{folder}: none of the {len(paths)} images could be measured; first error: {errors[0]}")
+    return compare(baseline, measured, threshold, outputs=outputs and reason is None, notes=notes), errors
