@@ -361,7 +361,7 @@ def rank(
     csv: Annotated[Path, typer.Option("--csv", help="Where to write the ranking CSV.")] = Path("ranking.csv"),
     tta: Annotated[bool, typer.Option(help="Predict the 8 flip/rot90 views: TTA disagreement and averaged predictions (8x slower).")] = True,
     recursive: Annotated[bool, typer.Option(help="Also rank the images in subfolders.")] = False,
-    dedup_bits: Annotated[int, typer.Option(help="Skip near-copies of a higher-ranked image in the export: hashes at most this many of 256 bits apart (0: off).")] = 0,
+    dedup_bits: Annotated[int, typer.Option(help="Skip near-copies of a higher-ranked image in the export: hashes at most this many of 256 bits apart (0: off).")] = 16,
     tile: TileOpt = None,
     overlap: OverlapOpt = 0.25,
     backend: BackendOpt = "auto",

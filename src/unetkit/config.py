@@ -250,7 +250,7 @@ class RankConfig:
     background: int = 0  # the class index "foreground" leaves out
     foreground_min_prob: float = 0.1
     tta: bool = True  # predict the 8 flip/rot90 views: TTA disagreement, and TTA-averaged predictions
-    dedup_bits: int = 0  # near-duplicate: difference hashes (256 bits) at most this many bits apart; 0: off
+    dedup_bits: int = 16  # near-duplicate: difference hashes (256 bits) at most this many bits apart; 0: off
     recursive: bool = False
 
     def __post_init__(self) -> None:

@@ -1,0 +1,57 @@
+"""`unetkit rank`: user errors are one line on stderr with exit code 2; a run writes CSV + export."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "unetkit", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, match: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert match in lines[0], lines[0]
+
+
+def test_missing_folder(designed, tmp_path):
+    assert_user_error(run_cli("rank", str(designed), str(tmp_path / "nowhere")), "nowhere: no such folder")
+
+
+def test_empty_folder(designed, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run_cli("rank", str(designed), str(tmp_path / "empty")), "empty: the folder holds no images")
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (["--by", "confidence"], "rank.by: 'confidence' is not a score; expected one of entropy, margin, tta, combined"),
+    (["--by", "tta", "--no-tta"], "'tta' needs the TTA views"),
+    (["--aggregate", "max"], "rank.aggregate: 'max' is not an aggregate"),
+    (["--export", "out"], "--export needs --top-k K"),
+])
+def test_bad_options(designed, images, tmp_path, args, match):
+    assert_user_error(run_cli("rank", str(designed), str(images), *args, cwd=tmp_path), match)
+
+
+def test_missing_model(images, tmp_path):
+    assert_user_error(run_cli("rank", str(tmp_path / "none.unetkit"), str(images)), "none.unetkit: model artifact not found")
+
+
+def test_a_run_ranks_reports_skips_and_exports(designed, images, tmp_path):
+    (images / "broken.png").write_bytes(b"junk")
+    proc = run_cli("rank", str(designed), str(images), "--by", "entropy", "--top-k", "2", "--export", str(tmp_path / "out"),
+                   "--csv", str(tmp_path / "ranking.csv"), "--backend", "torch")
+    assert proc.returncode == 0, proc.stderr
+    assert "most uncertain of 4 images" in proc.stdout and "ambiguous.png" in proc.stdout
+    assert "4 images ranked, 1 skipped" in proc.stdout
+    assert "skipped " in proc.stderr and "broken.png" in proc.stderr and "Traceback" not in proc.stderr
+    rows = list(csv.DictReader((tmp_path / "ranking.csv").open()))
+    assert [r["file"] for r in rows] == ["ambiguous.png", "faint.png", "half.png", "clear.png"]
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["ambiguous.png", "faint.png"]
+    again = run_cli("rank", str(designed), str(images), "--top-k", "2", "--export", str(tmp_path / "out"))
+    assert_user_error(again, "the export folder exists and is not empty")

@@ -1,0 +1,169 @@
+"""The top-k export: every file reads back to the model's predicted labels."""
+
+import csv
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.active.conftest import COLORS
+from unetkit.active.export import brush_rle, export_top, label_studio_config
+from unetkit.active.rank import Scorer, rank_folder
+from unetkit.config import RankConfig
+from unetkit.data.io import read_image, read_mask
+from unetkit.errors import InputError
+from unetkit.inference.vectorize import rle_to_mask
+
+
+def decode_brush_rle(rle: list[int]) -> np.ndarray:
+    """thi.ng rle-pack's decoder (the reference Label Studio runs), written from its spec."""
+    bits = "".join(f"{b:08b}" for b in rle)
+    pos = 0
+
+    def read(n: int) -> int:
+        nonlocal pos
+        value = int(bits[pos: pos + n], 2)
+        pos += n
+        return value
+
+    num, word = read(32), read(5) + 1
+    sizes = [read(4) + 1 for _ in range(4)]
+    out = np.zeros(num, dtype=np.uint8)
+    i = 0
+    while i < num:
+        repeated = read(1)
+        j = i + 1 + read(sizes[read(2)])
+        if repeated:
+            out[i:j] = read(word)
+            i = j
+        else:
+            while i < j:
+                out[i] = read(word)
+                i += 1
+    return out
+
+
+def test_brush_rle_by_hand():
+    # a 1 x 2 mask [set, unset] -> RGBA bytes 255 x 4, 0 x 4
+    bits = (
+        "00000000000000000000000000001000"  # 8 values
+        "00111"  # word size 8 - 1
+        "0010" "0011" "0111" "1111"  # run-length sizes 3, 4, 8, 16 (minus 1)
+        "1" "00" "011" "11111111"  # a run (1) of size index 0 (3 bits): length 4 - 1, value 255
+        "1" "00" "011" "00000000"  # the same for value 0
+    )
+    bits += "0" * (-len(bits) % 8)
+    expected = [int(bits[i: i + 8], 2) for i in range(0, len(bits), 8)]
+    assert brush_rle(np.array([[True, False]])) == expected
+
+
+def test_brush_rle_round_trips_long_runs(rng):
+    mask = np.zeros((300, 400), dtype=bool)  # a 480,000-byte run: split into 65,536-long pieces
+    mask[100:140, 30:300] = rng.random((40, 270)) > 0.3
+    decoded = decode_brush_rle(brush_rle(mask)).reshape(300, 400, 4)
+    assert (decoded[..., 3] > 0).tolist() == mask.tolist()
+    assert set(np.unique(decoded).tolist()) <= {0, 255}
+
+
+@pytest.fixture
+def exported(designed, images, tmp_path):
+    scorer = Scorer.from_artifact(designed, backend="torch")
+    ranking = rank_folder(scorer, images, RankConfig(by="entropy"))
+    out = tmp_path / "export"
+    written = export_top(ranking, 2, out, scorer)
+    return ranking, out, written
+
+
+def expected_labels(path) -> np.ndarray:
+    """The designed model's prediction: class 1 where the intensity is above mid-grey."""
+    return (read_image(path)[0] > 127.5).astype(np.uint8)
+
+
+def test_export_writes_the_top_k_with_masks_of_the_predictions(exported, images):
+    ranking, out, written = exported
+    assert all(p.exists() for p in written)
+    top = [im.name for im in ranking.top(2)]
+    assert top == ["ambiguous.png", "faint.png"]
+    for name in top:
+        stem = name[:-4]
+        assert (out / "images" / name).read_bytes() == (images / name).read_bytes()
+        mask = read_mask(out / "masks" / f"{stem}.png")
+        assert mask.dtype == np.uint8 and mask.shape == (48, 48)
+        assert mask.tolist() == expected_labels(images / name).tolist()
+        heat = np.asarray(Image.open(out / "uncertainty" / f"{stem}.png"))
+        assert heat.shape == (48, 48, 3)
+    assert not (out / "masks" / "clear.png").exists()
+    rows = list(csv.DictReader((out / "ranking.csv").open()))
+    assert [r["file"] for r in rows] == top
+
+
+def test_coco_rle_decodes_to_the_masks(exported, images):
+    _, out, _ = exported
+    coco = json.loads((out / "coco.json").read_text())
+    assert coco["categories"] == [{"id": 1, "name": "object"}]
+    assert [im["file_name"] for im in coco["images"]] == ["ambiguous.png", "faint.png"]
+    for im in coco["images"]:
+        assert (out / "images" / im["file_name"]).exists()
+        anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
+        assert len(anns) == 1 and anns[0]["category_id"] == 1
+        decoded = rle_to_mask(anns[0]["segmentation"])
+        assert decoded.tolist() == (expected_labels(images / im["file_name"]) == 1).tolist()
+        assert anns[0]["area"] == int(decoded.sum())
+    assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
+
+
+def test_cvat_zip_holds_palette_masks_and_the_labelmap(exported, images):
+    _, out, _ = exported
+    with zipfile.ZipFile(out / "cvat-segmentation-mask.zip") as z:
+        assert z.read("labelmap.txt").decode().splitlines()[1:] == ["background:0,0,0::", "object:230,25,75::"]
+        assert z.read("ImageSets/Segmentation/default.txt").decode().split() == ["ambiguous", "faint"]
+        png = Image.open(io.BytesIO(z.read("SegmentationClass/faint.png")))
+    assert png.mode == "P"
+    assert np.asarray(png).tolist() == expected_labels(images / "faint.png").tolist()
+    assert [tuple(c) for c in np.asarray(png.getpalette()[:6]).reshape(2, 3)] == list(COLORS)
+
+
+def test_label_studio_tasks_decode_to_the_masks(exported, images):
+    _, out, _ = exported
+    tasks = json.loads((out / "label-studio" / "tasks.json").read_text())
+    assert [t["data"]["image"] for t in tasks] == ["/data/local-files/?d=images/ambiguous.png", "/data/local-files/?d=images/faint.png"]
+    result = tasks[1]["predictions"][0]["result"]
+    assert len(result) == 1 and result[0]["type"] == "brushlabels" and result[0]["value"]["brushlabels"] == ["object"]
+    assert (result[0]["original_width"], result[0]["original_height"]) == (48, 48)
+    rgba = decode_brush_rle(result[0]["value"]["rle"]).reshape(48, 48, 4)
+    assert (rgba[..., 3] > 0).tolist() == (expected_labels(images / "faint.png") == 1).tolist()
+    config = (out / "label-studio" / "config.xml").read_text()
+    assert '<BrushLabels name="label" toName="image">' in config and '<Label value="object" background="#e6194b"/>' in config
+
+
+def test_label_studio_config_escapes_class_names():
+    xml = label_studio_config(["bg", 'a "quoted" <class>'], [(0, 0, 0), (1, 2, 3)])
+    import xml.etree.ElementTree as ET
+
+    label = ET.fromstring(xml).find("BrushLabels/Label")
+    assert label is not None and label.get("value") == 'a "quoted" <class>' and label.get("background") == "#010203"
+
+
+def test_export_refuses_a_folder_with_files_and_a_bad_k(designed, images, tmp_path):
+    scorer = Scorer.from_artifact(designed, backend="torch")
+    ranking = rank_folder(scorer, images, RankConfig(tta=False))
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "old.png").write_bytes(b"")
+    with pytest.raises(InputError, match="used: the export folder exists and is not empty"):
+        export_top(ranking, 2, tmp_path / "used", scorer)
+    with pytest.raises(InputError, match="--top-k 0: expected at least 1"):
+        export_top(ranking, 0, tmp_path / "new", scorer)
+
+
+def test_recursive_names_are_flattened(designed, images, tmp_path):
+    from tests.active.conftest import disc_image, write_gray
+
+    write_gray(images / "sub" / "deep.png", disc_image(48, 129, 126, seed=7))
+    scorer = Scorer.from_artifact(designed, backend="torch")
+    ranking = rank_folder(scorer, images, RankConfig(by="entropy", tta=False, recursive=True))
+    export_top(ranking, 5, tmp_path / "flat", scorer)
+    assert (tmp_path / "flat" / "masks" / "sub__deep.png").exists()
+    assert (tmp_path / "flat" / "images" / "sub__deep.png").exists()
