@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 CLASSES = ("background", "cell", "vessel")
 
 
-def make_artifact(path: Path, seed: int, name: str = "tiny", classes: tuple[str, ...] = CLASSES) -> Path:
-    """A random-weight 3-class U-Net (depth 2, width 8, 64x64 patches) saved as an artifact."""
+def make_artifact(path: Path, seed: int, name: str = "tiny", classes: tuple[str, ...] = CLASSES, **fields: Any) -> Path:
+    """A random-weight 3-class U-Net (depth 2, width 8, 64x64 patches) saved as an artifact;
+    `fields`: other ArtifactMeta fields (metrics, lineage...)."""
     import torch
 
     from unetkit.artifact import ArtifactMeta, save_artifact
@@ -21,7 +23,7 @@ def make_artifact(path: Path, seed: int, name: str = "tiny", classes: tuple[str,
     torch.manual_seed(seed)
     cfg = ModelConfig(in_channels=3, out_channels=len(classes), depth=2, base_width=8)
     meta = ArtifactMeta(model=cfg, class_names=classes, mean=(120.0, 120.0, 120.0), std=(60.0, 60.0, 60.0),
-                        patch_size=(64, 64), name=name)
+                        patch_size=(64, 64), name=name, **fields)
     return save_artifact(path, build_model(cfg).eval(), meta)
 
 

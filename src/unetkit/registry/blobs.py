@@ -93,6 +93,14 @@ class BlobStore:
                                 "to restore it)")
         return path
 
+    def intact(self, sha256: str) -> bool:
+        """Whether the blob is there with the right content."""
+        try:
+            self.verified(sha256, "")
+        except (RegistryError, ArtifactError):
+            return False
+        return True
+
     def stored(self) -> dict[str, Path]:
         """Every published blob, by sha256."""
         found = {}

@@ -157,9 +157,9 @@ class Database:
         self.display = self.engine.url.render_as_string(hide_password=True)
         try:
             self._create_schema()
-        except OperationalError as e:
+        except BaseException:
             self.engine.dispose()
-            raise RegistryError(f"registry {self.display}: cannot open the database ({_first_line(e)})") from None
+            raise
 
     @property
     def sqlite_file(self) -> Path | None:
@@ -174,9 +174,10 @@ class Database:
             yield conn
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, failure: str = "database error") -> Iterator[Connection]:
         """One write transaction: committed when the block ends, rolled back on any error."""
-        with self._errors(), self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
+        with self._errors(failure), self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, \
+                conn.begin():
             yield conn
 
     def setting(self, conn: Connection, key: str) -> str | None:
@@ -186,14 +187,14 @@ class Database:
         self.engine.dispose()
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _errors(self, failure: str = "database error") -> Iterator[None]:
         try:
             yield
         except OperationalError as e:
-            raise RegistryError(f"registry {self.display}: database error ({_first_line(e)})") from None
+            raise RegistryError(f"registry {self.display}: {failure} ({_first_line(e)})") from None
 
     def _create_schema(self) -> None:
-        with self.write() as conn:
+        with self.write("cannot open the database") as conn:
             if self.dialect == "postgresql":  # concurrent first opens: one creates, the others wait
                 conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
             metadata.create_all(conn)

@@ -136,8 +136,8 @@ class Registry:
                     self._lock_model(conn, name, create=True)
                     existing = self._find(conn, name, sha256=blob.sha256)
                     if existing is not None:
-                        if not self.store.path(blob.sha256).is_file():
-                            self.store.publish(blob)  # put back a blob that went missing
+                        if not self.store.intact(blob.sha256):
+                            self.store.publish(blob)  # put back a blob that went missing or was damaged
                         return Registration(existing, created=False)
                     _insert_ignore(conn, schema.blobs, {"sha256": blob.sha256, "size_bytes": blob.size, "created_at": now()})
                     version = conn.execute(select(schema.models.c.last_version).where(schema.models.c.name == name)).scalar_one() + 1
@@ -445,7 +445,9 @@ def _store_root(db: Database, explicit: str | Path | None) -> Path:
 def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING; True when the row was inserted."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing()).rowcount == 1
+    key = next(iter(table.primary_key.columns))
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(key)
+    return conn.execute(statement).first() is not None
 
 
 def _record(row: Any) -> VersionRecord:
