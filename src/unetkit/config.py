@@ -229,6 +229,10 @@ class ServeConfig:
     sample_max_bytes: int = 256 * 1024 * 1024
     drain_seconds: float = 20.0  # graceful shutdown: how long in-flight requests may finish
     log_level: str = "info"
+    drift_window: int = 200  # drift gauges: the last N served images are compared with the baseline
+    drift_min_images: int = 20  # no drift score until the window holds this many images
+    drift_every: int = 10  # recompute the score every N images
+    drift_threshold: float = 0.2  # PSI above which the score means drift (unetkit.monitor.drift)
 
 
 RANK_SCORES = ("entropy", "margin", "tta", "combined")

@@ -1,8 +1,8 @@
 """Prometheus metrics of the server: traffic, latency, queueing, batching, model quality proxies.
 
 Each app gets its own `CollectorRegistry`, so several apps (tests) never clash. `ServeMetrics`
-is also the service's `Observer`: the service reports batches, predictions and shadow
-comparisons to it without knowing about Prometheus.
+is also the service's `Observer`: the service reports batches, predictions, shadow comparisons
+and answered images (for the drift gauges of `drift.py`) to it without knowing about Prometheus.
 """
 
 from __future__ import annotations
@@ -11,9 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from unetkit.config import ServeConfig
+from unetkit.serve.drift import DriftTracker
 from unetkit.serve.service import Observer
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from unetkit.serve.batching import BatchStats
     from unetkit.serve.service import LoadedModel, Service
 
@@ -23,7 +27,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ServeMetrics(Observer):
-    def __init__(self, max_batch_size: int = 8) -> None:
+    def __init__(self, max_batch_size: int = 8, config: ServeConfig | None = None) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("unetkit_http_requests", "HTTP requests by route, method and status",
                                 ["route", "method", "status"], registry=r)
@@ -57,6 +61,7 @@ class ServeMetrics(Observer):
                                             registry=r)
         self.samples = Counter("unetkit_samples_saved", "Requests sampled to the sample folder", registry=r)
         self.ready = Gauge("unetkit_ready", "1 when the model is loaded and warm", registry=r)
+        self.drift = DriftTracker(config or ServeConfig(), r)
 
     def attach(self, service: Service) -> None:
         """Export the loaded models and their live queue depths."""
@@ -65,6 +70,15 @@ class ServeMetrics(Observer):
                 self.model_info.labels(model.role, model.name, model.version).set(1)
                 self.queue_depth.labels(model.role).set_function(lambda m=model: m.batcher.queue_depth)
         self.ready.set(1)
+
+    def replaced(self, old: LoadedModel, new: LoadedModel) -> None:
+        """A new primary (registry promotion): `unetkit_model_info` shows only the one now answering."""
+        try:
+            self.model_info.remove(old.role, old.name, old.version)
+        except KeyError:
+            pass
+        self.model_info.labels(new.role, new.name, new.version).set(1)
+        self.queue_depth.labels(new.role).set_function(lambda m=new: m.batcher.queue_depth)
 
     # ------------------------------------------------------------ Observer
 
@@ -80,12 +94,20 @@ class ServeMetrics(Observer):
         self.confidence.labels(model.version).observe(summary["confidence"]["mean"])
         self.low_confidence.labels(model.version).observe(summary["confidence"]["low_fraction"])
 
+    def segmented(self, model: LoadedModel, image: np.ndarray, probabilities: np.ndarray | None,
+                  labels: np.ndarray) -> None:
+        self.drift.observe(model, image, probabilities, labels)
+
     def shadow(self, agreement_iou: float) -> None:
         self.shadow_iou.observe(agreement_iou)
         self.shadow_last.set(agreement_iou)
 
     def shadow_dropped(self) -> None:
         self.shadow_dropped_total.inc()
+
+    def close(self) -> None:
+        """Stop the drift thread once the images queued for it are measured."""
+        self.drift.close()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,7 +3,8 @@
 data (spec, pairing, validation, split, normalization from the training images) -> patch sampler
 + augmentation -> model -> loss -> optimizer and LR schedule -> step loop (validation every
 `val_every` steps, best/last checkpoints, early stopping, wall-clock budget, JSONL log) -> the
-best weights saved as a model artifact (`out_dir/model.unetkit`).
+best weights saved as a model artifact (`out_dir/model.unetkit`) with the drift baseline (input
+statistics of the training images, output statistics on the validation images; `unetkit.monitor`).
 
 Determinism: torch, numpy and the sampler's generator are seeded from `config.seed`; the
 checkpoint stores all three states, so `resume=True` continues the run exactly. Ctrl-C / SIGTERM
@@ -268,7 +269,10 @@ def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, 
         metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC},
         lineage={"steps": state.step, "total_steps": state.total_steps},
     )
-    return save_artifact(path, weights, meta)
+    from unetkit.monitor.measure import training_baseline  # input/output statistics for drift detection
+
+    baseline = training_baseline(weights, meta, data.train, data.val, log=print if config.progress else None)
+    return save_artifact(path, weights, dataclasses.replace(meta, drift_baseline=baseline))
 
 
 class InterruptFlag:
