@@ -87,3 +87,37 @@ def test_no_baseline_warns_once_and_exports_nothing(artifact_path):
         client.__exit__(None, None, None)
     warnings = [r for r in records if r.getMessage() == "drift monitoring off for this model"]
     assert len(warnings) == 1 and "no drift baseline" in warnings[0].fields["reason"]  # type: ignore[attr-defined]
+
+
+def test_a_new_version_in_a_role_retires_the_old_series(reference_images_for_tracker):
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from unetkit.monitor.baseline import build_baseline
+    from unetkit.serve.drift import DriftTracker
+
+    baseline = build_baseline(reference_images_for_tracker, class_names=("bg", "fg")).to_dict()
+    meta = SimpleNamespace(drift_baseline=baseline, weights_sha256="", temperature=1.0, class_scale=(),
+                           class_bias=(), postprocess={})
+    old, new = (SimpleNamespace(role="primary", version=v, meta=meta, artifact=SimpleNamespace(path=f"{v}.unetkit"))
+                for v in ("v1", "v2"))
+    registry = CollectorRegistry()
+    tracker = DriftTracker(ServeConfig(drift_window=5, drift_min_images=2, drift_every=1), registry)
+    labels = reference_images_for_tracker[0][0].astype("uint8")
+    for image in reference_images_for_tracker[:3]:
+        tracker.observe(old, image, None, labels)
+        tracker.wait()
+    text = generate_latest(registry).decode()
+    assert 'unetkit_drift_score{model_version="v1"}' in text and 'feature="sharpness",model_version="v1"' in text
+    tracker.observe(new, reference_images_for_tracker[3], None, labels)
+    tracker.wait()
+    text = generate_latest(registry).decode()
+    assert 'model_version="v1"' not in text
+    assert 'unetkit_drift_window_images{model_version="v2"} 1.0' in text and "unetkit_drift_score{" not in text
+    tracker.close()
+
+
+@pytest.fixture(scope="module")
+def reference_images_for_tracker():
+    return textured_images(8, seed=4)

@@ -11,7 +11,9 @@ the features (`Baseline.measure`), adds them to the model's rolling `DriftWindow
   rule on the score cannot fire on an almost empty window;
 - `unetkit_drift_dropped_images_total`: images not measured because the queue was full.
 
-A model without a baseline logs one warning and exports nothing for drift. When its
+A model without a baseline logs one warning and exports nothing for drift. When a new version
+answers in a role (a registry promotion), the previous version's drift series are removed, so a
+stale score never keeps an alert firing. When its
 calibration or postprocessing changed since the baseline was measured, the output features are
 left out (one warning) and the inputs are still compared.
 """
@@ -54,7 +56,8 @@ class DriftTracker:
                                    ["model_version"], registry=registry)
         self.dropped = Counter("unetkit_drift_dropped_images", "Images not measured for drift (queue full)",
                                registry=registry)
-        self._windows: dict[str, DriftWindow | None] = {}
+        self._windows: dict[str, DriftWindow | None] = {}  # by model version
+        self._roles: dict[str, str] = {}  # role (primary / candidate) -> the version last seen in it
         self._lock = threading.Lock()
         self._queue: queue.Queue[Any] = queue.Queue()
         self._queued_pixels = 0
@@ -64,11 +67,31 @@ class DriftTracker:
     # ------------------------------------------------------------ per model
 
     def window(self, model: LoadedModel) -> DriftWindow | None:
-        """The model's window, made on first use (None, after one warning, without a baseline)."""
+        """The model's window, made on first use (None, after one warning, without a baseline).
+        A new version in a role (a registry promotion) retires the previous one's series."""
         with self._lock:
+            previous = self._roles.get(model.role)
+            if previous is not None and previous != model.version:
+                self._retire(previous)
+            self._roles[model.role] = model.version
             if model.version not in self._windows:
                 self._windows[model.version] = self._new_window(model)
             return self._windows[model.version]
+
+    def _retire(self, version: str) -> None:
+        window = self._windows.pop(version, None)
+        if window is None:
+            return
+        for gauge in (self.score, self.threshold, self.window_images):
+            try:
+                gauge.remove(version)
+            except KeyError:  # never published (window not full yet)
+                pass
+        for ref in window.baseline.features:
+            try:
+                self.feature_psi.remove(version, ref.name)
+            except KeyError:
+                pass
 
     def _new_window(self, model: LoadedModel) -> DriftWindow | None:
         try:
@@ -114,9 +137,11 @@ class DriftTracker:
             version, window, image, probabilities, labels, pixels = item
             try:
                 report = window.add(window.baseline.measure(image, probabilities, labels))
-                self.window_images.labels(version).set(len(window))
-                if report is not None:
-                    self.publish(version, report)
+                with self._lock:  # a retired version publishes nothing more
+                    if self._windows.get(version) is window:
+                        self.window_images.labels(version).set(len(window))
+                        if report is not None:
+                            self.publish(version, report)
             except Exception as e:  # noqa: BLE001 - drift monitoring never affects serving
                 log(logging.WARNING, "drift measurement failed", model_version=version, error=f"{type(e).__name__}: {e}")
             finally:
