@@ -77,12 +77,14 @@ def load_split(train_dir: Path, keys: list[str]):
     return sorted(load_samples(samples, spec, progress=False), key=lambda s: s.key)
 
 
-def unetkit_probabilities(artifact: Path, images: list[np.ndarray]) -> list[np.ndarray]:
+def unetkit_probabilities(artifact: Path, images: list[np.ndarray], tta: bool = False) -> list[np.ndarray]:
     from unetkit.artifact import load_artifact
+    from unetkit.config import TileConfig
     from unetkit.inference.predict import predict_image
 
     art = load_artifact(artifact)
-    return [predict_image(art, im)[-1] for im in images]  # the last class: vessel (foreground)
+    config = TileConfig(tile_size=tuple(art.meta.patch_size), tta=tta)
+    return [predict_image(art, im, config)[-1] for im in images]  # the last class: vessel (foreground)
 
 
 def unetkit_curve(run: Path) -> list[tuple[float, float]]:
@@ -179,6 +181,8 @@ def main() -> None:
         return binary_scores(np.concatenate([p.ravel() for p in prob_list]), truth, fov)
 
     results = {"unetkit": {**score(probs), "seconds": seconds}}
+    tta = unetkit_probabilities(out / "unetkit" / "model.unetkit", [s.image for s in val], tta=True)
+    results["unetkit + --tta (8 flips/rot90)"] = {**score(tta), "seconds": seconds}
     curve = unetkit_curve(out / "unetkit")
     if args.peer:
         train = load_split(train_dir, all_keys if args.full_train else train_keys)

@@ -1,7 +1,9 @@
 """Tiled inference: unetkit's fastest fp32 path vs MONAI's sliding_window_inference (eager PyTorch).
 
-Same network (unetkit UNet, 32 base channels, depth 4, BatchNorm, random weights with non-trivial
-BN statistics) and same weights on both sides; a 2048x2048 3-channel input, tile 256, overlap
+Same network and same weights on both sides: `--network unet` (default: unetkit UNet, 32 base
+channels, depth 4, BatchNorm, random weights with non-trivial BN statistics) or `--network
+basicunet` (MONAI's BasicUNet with its defaults: features 32-32-64-128-256-32, InstanceNorm,
+LeakyReLU -- the network MONAI users run, and the one the issue's 0.17 MP/s figure is for); a 2048x2048 3-channel input, tile 256, overlap
 0.25, Gaussian blending, softmax *before* blending on both sides (MONAI blends whatever its
 predictor returns, so its predictor is `softmax(model(x))`). Parity is checked on 1984x1984,
 where both tile grids coincide (MONAI steps by int(256*0.75)=192 and puts the last tile flush;
@@ -9,7 +11,7 @@ unetkit spreads tiles evenly, which differs at 2048), with MONAI given unetkit's
 Also times a 64->64 3x3 conv at 512x512 on the fastest path's backend as the machine's practical
 peak, alternating with the model forward (medians), and reports the forward's GFLOP/s against it.
 
-    .venv/bin/python benchmarks/inference_vs_monai.py [--repeats 3] [--size 2048] [--compile]
+    .venv/bin/python benchmarks/inference_vs_monai.py [--repeats 3] [--size 2048] [--network unet|basicunet] [--compile]
 
 Appends a section to docs/benchmarks.md. MONAI runs first, with glibc's default malloc settings
 (what its users get); `keep_freed_memory()` is process-wide, so it is switched on after that.
@@ -44,8 +46,12 @@ from unetkit.models import build_model, count_flops
 TILE, OVERLAP = 256, 0.25
 
 
-def make_model() -> torch.nn.Module:
+def make_model(network: str = "unet") -> torch.nn.Module:
     torch.manual_seed(0)
+    if network == "basicunet":
+        from monai.networks.nets import BasicUNet
+
+        return BasicUNet(spatial_dims=2, in_channels=3, out_channels=2).eval()
     model = build_model(ModelConfig(in_channels=3, out_channels=2, base_width=32, depth=4, norm="batch"))
     with torch.no_grad():
         for m in model.modules():
@@ -104,13 +110,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--network", choices=("unet", "basicunet"), default="unet")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"))
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(os.cpu_count() or 1)
     load_before = os.getloadavg()[0]
-    model = make_model()
+    model = make_model(args.network)
     rng = np.random.default_rng(0)
     image = rng.standard_normal((3, args.size, args.size)).astype(np.float32)
     mpix = args.size * args.size / 1e6
@@ -158,12 +165,13 @@ def main() -> None:
     lines = [
         f"\n## Tiled inference vs MONAI ({time.strftime('%Y-%m-%d %H:%M')})\n",
         f"`.venv/bin/python benchmarks/inference_vs_monai.py --repeats {args.repeats} --size {args.size}"
-        f" --batch {args.batch}{' --compile' if args.compile else ''}`\n",
+        f" --batch {args.batch} --network {args.network}{' --compile' if args.compile else ''}`\n",
         f"Machine: {machine_id()}, {platform.platform()}, onnxruntime "
         f"{__import__('onnxruntime').__version__}, {torch.get_num_threads()} torch threads. "
         f"Load average (1 min) {load_before:.2f} before / {load_after:.2f} after"
         f"{' - machine shared with other jobs, figures are noisy' if max(load_before, load_after) > 0.5 else ''}.\n",
-        f"unetkit UNet base 32, depth 4, BatchNorm, {args.size}x{args.size}x3, tile {TILE}, overlap {OVERLAP}, "
+        ("unetkit UNet base 32, depth 4, BatchNorm" if args.network == "unet" else
+         "MONAI BasicUNet (32-32-64-128-256-32, InstanceNorm, LeakyReLU)") + f", {args.size}x{args.size}x3, tile {TILE}, overlap {OVERLAP}, "
         f"Gaussian, softmax then blend; median of {args.repeats} runs.\n",
         "| path | seconds | MP/s | vs MONAI |", "|---|---|---|---|",
     ]
