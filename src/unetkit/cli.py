@@ -468,12 +468,19 @@ def serve(
     canary_percent: Annotated[float | None, typer.Option(help="Share of requests the candidate answers (0-100).")] = None,
     shadow: Annotated[bool | None, typer.Option("--shadow", help="Run the candidate on copies of requests; compare only.")] = None,
     token_file: Annotated[str | None, typer.Option(help="File holding the bearer token clients must send.")] = None,
+    registry: Annotated[str | None, typer.Option(help="Serve from this model registry (path or URL) instead of "
+                                                 "ARTIFACT, and reload when --stage gets another version.")] = None,
+    stage: Annotated[str | None, typer.Option(help="With --registry: production (default) or staging.")] = None,
+    model_name: Annotated[str | None, typer.Option("--model", help="With --registry: which model (needed when "
+                                                   "several have a version in the stage).")] = None,
+    poll: Annotated[float | None, typer.Option(help="With --registry: seconds between checks for a new version (5).")] = None,
 ) -> None:
     """Serve a model over HTTP: /v1/segment, /v1/model, /metrics, /healthz, /readyz and a demo page at /."""
     from unetkit.serve.server import serve_command
 
     serve_command(model, config, host=host, port=port, canary_artifact=canary, canary_percent=canary_percent,
-                  shadow=shadow, token_file=token_file)
+                  shadow=shadow, token_file=token_file, registry=registry, stage=stage, model_name=model_name,
+                  registry_poll_seconds=poll)
 
 
 app.add_typer(registry_app)  # unetkit registry add | list | show | promote | rollback | diff

@@ -205,6 +205,10 @@ class ServeConfig:
     """`unetkit serve`: settings from flags, a JSON/YAML file or UNETKIT_SERVE_* variables."""
 
     artifact: str = ""  # the primary model artifact
+    registry: str = ""  # instead: serve what this model registry (path or URL) holds in `stage`, following it
+    stage: Literal["production", "staging"] = "production"
+    model_name: str = ""  # the registry's model to serve (needed when several have a version in `stage`)
+    registry_poll_seconds: float = 5.0  # how often the registry is checked for a new version in `stage`
     host: str = "127.0.0.1"
     port: int = 8000
     backend: Literal["torch", "onnx", "compile", "auto"] = "torch"

@@ -93,6 +93,7 @@ class AppState:
     status: str = "loading"
     error: str | None = None
     started: float = field(default_factory=time.monotonic)
+    follower: Any = None  # a RegistryFollower when serving from a model registry
 
 
 def resolve_token(config: ServeConfig) -> str:
@@ -122,8 +123,11 @@ def error_response(exc: BaseException, request_id: str | None = None) -> JSONRes
 
 
 def create_app(config: ServeConfig) -> FastAPI:
-    if not config.artifact:
-        raise ConfigError("serve: no model artifact given (argument ARTIFACT, config 'artifact' or UNETKIT_SERVE_ARTIFACT)")
+    if not config.artifact and not config.registry:
+        raise ConfigError("serve: no model artifact given (argument ARTIFACT, config 'artifact' or UNETKIT_SERVE_ARTIFACT), "
+                          "nor a model registry (--registry)")
+    if config.artifact and config.registry:
+        raise ConfigError(f"serve: both a model artifact ({config.artifact}) and a registry ({config.registry}) given; choose one")
     configure_logging(config.log_level)
     sampler = Sampler(config.sample_dir, config.sample_rate, config.sample_max_bytes, config.seed) \
         if config.sample_dir and config.sample_rate > 0 else None
@@ -131,13 +135,21 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     async def load() -> None:
         try:
-            state.service = await asyncio.to_thread(Service.from_artifact, config.artifact, config, state.metrics)
+            if config.registry:  # the version in config.stage, then follow its promotions
+                from unetkit.serve.follow import RegistryFollower
+
+                state.follower = await asyncio.to_thread(RegistryFollower.open, config)
+                state.service = await asyncio.to_thread(state.follower.load_service, state.metrics)
+            else:
+                state.service = await asyncio.to_thread(Service.from_artifact, config.artifact, config, state.metrics)
         except Exception as e:  # noqa: BLE001 - reported by /readyz and /healthz and the log
             state.status, state.error = "failed", f"{type(e).__name__}: {e}"
             log(logging.ERROR, "model load failed", error=state.error)
             return
         state.metrics.attach(state.service)
         state.status = "ready"
+        if state.follower is not None:
+            state.follower.start()
         log(logging.INFO, "model ready", model_version=state.service.primary.version,
             rollout=state.service.rollout, load_seconds=round(time.monotonic() - state.started, 3))
 
@@ -152,6 +164,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         state.status = "draining"
         state.metrics.ready.set(0)
         await loading
+        if state.follower is not None:
+            await asyncio.to_thread(state.follower.stop)
         if state.service is not None:
             await asyncio.to_thread(state.service.close)
         await asyncio.to_thread(state.metrics.close)

@@ -71,6 +71,15 @@ class ServeMetrics(Observer):
                 self.queue_depth.labels(model.role).set_function(lambda m=model: m.batcher.queue_depth)
         self.ready.set(1)
 
+    def replaced(self, old: LoadedModel, new: LoadedModel) -> None:
+        """A new primary (registry promotion): `unetkit_model_info` shows only the one now answering."""
+        try:
+            self.model_info.remove(old.role, old.name, old.version)
+        except KeyError:
+            pass
+        self.model_info.labels(new.role, new.name, new.version).set(1)
+        self.queue_depth.labels(new.role).set_function(lambda m=new: m.batcher.queue_depth)
+
     # ------------------------------------------------------------ Observer
 
     def batch(self, model: LoadedModel, stats: BatchStats) -> None:

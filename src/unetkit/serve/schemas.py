@@ -13,9 +13,18 @@ class ClassInfo(BaseModel):
     color: tuple[int, int, int] = Field(description="RGB colour used in colour masks and overlays")
 
 
+class RegistryVersion(BaseModel):
+    registry: str = Field(description="the registry database (password hidden)")
+    name: str
+    version: int
+    stage: str = Field(description="the stage the server follows")
+    sha256: str = Field(description="the artifact's sha256 (its address in the registry's store)")
+
+
 class ModelInfo(BaseModel):
     name: str
-    version: str = Field(description="first 12 hex digits of the weights' sha256")
+    version: str = Field(description="first 12 hex digits of the weights' sha256; the registry version number "
+                                     "when served from a model registry")
     role: Literal["primary", "candidate"] = "primary"
     classes: list[ClassInfo]
     in_channels: int
@@ -23,6 +32,7 @@ class ModelInfo(BaseModel):
     input: str = Field(description="what to send", default="an image file (PNG, JPEG, TIFF, GIF, BMP) in raw intensity units")
     temperature: float = 1.0
     created: str = ""
+    registry: RegistryVersion | None = Field(default=None, description="the registry version served, if any")
 
 
 class ModelResponse(ModelInfo):

@@ -90,13 +90,18 @@ def load_serve_config(config_file: str | Path | None = None, env: Mapping[str, s
 
 
 def run_server(config: ServeConfig) -> None:
-    """Serve until interrupted. Checks the artifacts' metadata first, so a wrong path fails fast."""
+    """Serve until interrupted. Checks the artifacts' metadata (or the registry's stage) first, so a wrong
+    path fails fast."""
     prefer_passive_openmp()
     from unetkit.artifact import read_meta
 
-    if not config.artifact:
-        raise ConfigError("serve: no model artifact given (argument ARTIFACT, config 'artifact' or UNETKIT_SERVE_ARTIFACT)")
-    read_meta(config.artifact)
+    if config.registry and not config.artifact:
+        from unetkit.registry.registry import Registry
+
+        with Registry.open(config.registry) as registry:  # the stage holds a version and its blob is intact
+            registry.fetch(registry.resolve(config.stage, config.model_name or None))
+    elif config.artifact:
+        read_meta(config.artifact)  # no artifact and no registry, or both: create_app says so
     if config.canary_artifact:
         read_meta(config.canary_artifact)
     try:

@@ -9,6 +9,11 @@ Rollouts: with `canary_percent` > 0 that share of requests (seeded RNG) is answe
 candidate; with `shadow` the primary answers every request and the candidate runs on a copy in
 the background, its labels compared with the primary's (mean IoU over the classes either
 predicts) and reported to the observer; shadow work is dropped, never queued, when it falls behind.
+
+Replacing the primary (`replace_primary`, used when following a model registry): the new model is
+loaded and warmed by the caller, then swapped in under a lock. Each request holds the model it was
+given until its tiles are done (`model_for_request`), so the old model finishes its in-flight
+requests and is closed only after the last one (`LoadedModel.close_when_idle`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -52,6 +58,9 @@ class Observer:
 
     def shadow_dropped(self) -> None: ...
 
+    def replaced(self, old: LoadedModel, new: LoadedModel) -> None:
+        """The primary model changed (a registry promotion); `old` finishes its requests, then closes."""
+
 
 @dataclass(frozen=True)
 class SegmentOptions:
@@ -73,14 +82,17 @@ class LoadedModel:
     """One artifact with its predictor, behind its own batching worker; warmed up on construction."""
 
     def __init__(self, artifact: Artifact, config: ServeConfig, role: Role = "primary",
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None, origin: dict[str, Any] | None = None) -> None:
         from unetkit.inference.backends import make_predictor
 
         self.artifact = artifact
         self.meta = artifact.meta
         self.role: Role = role
-        self.name = self.meta.name
-        self.version = self.meta.weights_sha256[:12]
+        self.origin = origin  # where it came from: {"registry", "name", "version", "stage", "sha256"}, or None
+        self.name = origin["name"] if origin else self.meta.name
+        self.version = str(origin["version"]) if origin else self.meta.weights_sha256[:12]
+        self._users = 0  # requests using this model (see Service.model_for_request)
+        self._idle = threading.Condition()
         self.colors = [tuple(int(v) for v in c) for c in self.meta.colors()]
         self.patch = tuple(int(v) for v in self.meta.patch_size[:2])
         if len(self.patch) != 2:
@@ -102,7 +114,7 @@ class LoadedModel:
             "name": self.name, "version": self.version, "role": self.role,
             "classes": [{"index": i, "name": n, "color": c} for i, (n, c) in enumerate(zip(self.meta.class_names, self.colors, strict=True))],
             "in_channels": self.meta.model.in_channels, "patch_size": list(self.patch),
-            "temperature": self.meta.temperature, "created": self.meta.created,
+            "temperature": self.meta.temperature, "created": self.meta.created, "registry": self.origin,
         }
 
     def probabilities(self, image: np.ndarray, tta: bool = False) -> np.ndarray:
@@ -113,6 +125,23 @@ class LoadedModel:
 
     def close(self) -> None:
         self.batcher.close()
+
+    def acquire(self) -> None:
+        """One more request uses this model (the service calls it under its swap lock)."""
+        with self._idle:
+            self._users += 1
+
+    def release(self) -> None:
+        with self._idle:
+            self._users -= 1
+            self._idle.notify_all()
+
+    def close_when_idle(self, timeout: float = 300.0) -> bool:
+        """Close once no request holds the model (or after `timeout` s); False when it timed out."""
+        with self._idle:
+            idle = self._idle.wait_for(lambda: self._users == 0, timeout)
+        self.close()
+        return idle
 
 
 class _SessionPredictor:
@@ -143,13 +172,16 @@ class Service:
         self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="unetkit-shadow") if self.rollout == "shadow" else None
         self._shadow_pending = 0
         self._shadow_lock = threading.Lock()
+        self._swap_lock = threading.Lock()  # choosing a model for a request vs replacing the primary
 
     @classmethod
-    def from_artifact(cls, path: str | Path, config: ServeConfig | None = None, observer: Observer | None = None) -> Service:
-        """Load, check and warm up the primary (and candidate) models: the result is ready to serve."""
+    def from_artifact(cls, path: str | Path, config: ServeConfig | None = None, observer: Observer | None = None,
+                      origin: dict[str, Any] | None = None) -> Service:
+        """Load, check and warm up the primary (and candidate) models: the result is ready to serve.
+        `origin` tells where the primary came from (a registry version; see LoadedModel)."""
         config = config or ServeConfig()
         observer = observer or Observer()
-        primary = LoadedModel(load_artifact(path), config, "primary", observer)
+        primary = LoadedModel(load_artifact(path), config, "primary", observer, origin)
         candidate = None
         try:
             if config.canary_artifact:
@@ -190,18 +222,40 @@ class Service:
         assert self.candidate is not None
         return self.candidate if draw < self.config.canary_percent else self.primary
 
+    @contextmanager
+    def model_for_request(self) -> Iterator[LoadedModel]:
+        """The model that answers a request, held until the block ends (a replaced primary waits for it)."""
+        with self._swap_lock:
+            model = self.choose_model()
+            model.acquire()
+        try:
+            yield model
+        finally:
+            model.release()
+
+    def replace_primary(self, new: LoadedModel) -> LoadedModel:
+        """Answer new requests with `new` (loaded and warm); returns the old primary, which still finishes
+        the requests holding it: close it with `old.close_when_idle()`."""
+        if self.candidate is not None and new.meta.class_names != self.candidate.meta.class_names:
+            raise ConfigError(f"model {new.name}:{new.version}: classes {list(new.meta.class_names)} differ from the "
+                              f"candidate's {list(self.candidate.meta.class_names)}")
+        with self._swap_lock:
+            old, self.primary = self.primary, new
+        self.observer.replaced(old, new)
+        return old
+
     def segment(self, image: np.ndarray, options: SegmentOptions = SegmentOptions()) -> Segmentation:
         """Segment one `(C, H, W)` raw-intensity image (any size: tiled). Thread-safe, blocking."""
         start = time.perf_counter()
         if image.ndim != 3 or image.shape[1] * image.shape[2] > self.config.max_pixels:
             raise ImageTooLarge(f"image of shape {image.shape}: expected (C, H, W) with at most {self.config.max_pixels:,} pixels")
-        model = self.choose_model()
-        image = fit_channels(image, model.meta.model.in_channels)
-        try:
-            probs = model.probabilities(image, tta=options.tta)
-        except QueueFull as e:
-            e.retry_after = self.config.retry_after_seconds
-            raise
+        with self.model_for_request() as model:
+            image = fit_channels(image, model.meta.model.in_channels)
+            try:
+                probs = model.probabilities(image, tta=options.tta)
+            except QueueFull as e:
+                e.retry_after = self.config.retry_after_seconds
+                raise
         labels = labels_from_probabilities(probs, model.artifact)
         confidence = probs.max(axis=0)
         summary = summarize(labels, confidence, model.meta.class_names, model.colors)
