@@ -124,9 +124,12 @@ def test_every_file_failing_is_an_error(designed, tmp_path):
 def test_listing(tmp_path):
     with pytest.raises(InputError, match="nowhere: no such folder"):
         list_images(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: the folder holds no images \(.png .tif .tiff .gif .jpg .jpeg .bmp\)$"):
+        list_images(tmp_path / "empty")
     write_gray(tmp_path / "f" / "sub" / "a.png", np.zeros((4, 4)))
     (tmp_path / "f" / ".hidden.png").write_bytes(b"")
-    with pytest.raises(InputError, match=r"holds no images .* \(add --recursive"):
+    with pytest.raises(InputError, match=r"holds no images .* \(add --recursive to look into its subfolders\)"):
         list_images(tmp_path / "f")
     assert [p.name for p in list_images(tmp_path / "f", recursive=True)] == ["a.png"]
     with pytest.raises(InputError, match="holds no images"):  # the export folder inside is not ranked

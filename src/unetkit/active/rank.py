@@ -76,7 +76,8 @@ def list_images(folder: str | Path, recursive: bool = False, exclude: Path | Non
     )
     if not files:
         where = "or its subfolders " if recursive else ""
-        hint = "" if recursive else " (add --recursive to look into subfolders)"
+        has_subfolders = not recursive and any(p.is_dir() for p in root.iterdir())
+        hint = " (add --recursive to look into its subfolders)" if has_subfolders else ""
         raise InputError(f"{root}: the folder {where}holds no images (.png .tif .tiff .gif .jpg .jpeg .bmp){hint}")
     return files
 
