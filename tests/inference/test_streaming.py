@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 import tifffile
@@ -6,7 +8,8 @@ import zarr
 from unetkit.config import TileConfig
 from unetkit.errors import InputError
 from unetkit.inference.predict import predict_tiled
-from unetkit.inference.streaming import estimate_memory, open_lazy, predict_stream, quantize
+from unetkit.inference.streaming import argmax_labels, estimate_memory, open_lazy, predict_stream, quantize
+from unetkit.inference.tiling import tile_starts
 
 CONFIG = TileConfig(tile_size=(24, 24), overlap=0.25, batch_size=3)
 
@@ -78,3 +81,61 @@ def test_streaming_errors(predictor, tmp_path):
     with pytest.raises(InputError, match="probabilities_dtype"):
         predict_stream(predictor, np.zeros((2, 30, 30), np.float32), tmp_path / "l.tif", CONFIG,
                        probabilities_dtype="float64")
+
+
+def test_each_tile_is_predicted_once_and_each_source_row_decoded_once(predictor, big, tmp_path):
+    source = tmp_path / "in.tif"
+    tifffile.imwrite(source, big, tile=(32, 32), bigtiff=True, photometric="minisblack", planarconfig="separate")
+    predict_tiled(predictor, big, CONFIG)
+    in_memory = sum(n for n, *_ in predictor.calls)
+    report = predict_stream(predictor, source, tmp_path / "labels.tif", CONFIG)
+    assert report.forward_tiles == in_memory == len(tile_starts(103, 24, 0.25)) * len(tile_starts(77, 24, 0.25))
+    assert report.source_rows == 103  # tile rows overlap, 32-row chunks straddle them: still one decode each
+    assert set(report.seconds) >= {"read", "forward", "blend", "labels", "write", "total", "writer cpu"}
+    parts = sum(v for k, v in report.seconds.items() if k not in ("total", "writer cpu"))
+    assert parts == pytest.approx(report.seconds["total"], abs=1e-6)
+    assert "forward tiles" in str(report)
+
+
+@pytest.mark.parametrize("layout", ["rgb-tiff", "planar-zarr"])
+def test_chunk_rows_are_held_only_while_needed_and_within_the_estimate(rng, tmp_path, layout):
+    image = rng.integers(0, 255, (3, 90, 50), dtype=np.uint8)
+    if layout == "rgb-tiff":
+        tifffile.imwrite(tmp_path / "s.tif", image.transpose(1, 2, 0), tile=(16, 16), photometric="rgb")
+        lazy = open_lazy(tmp_path / "s.tif")
+    else:
+        lazy = open_lazy(zarr.create_array(store=str(tmp_path / "s.zarr"), data=image, chunks=(3, 16, 16)))
+    assert lazy.chunk_rows == 16
+    budget = estimate_memory((3, 90, 50), 2, CONFIG, (24, 24), source_itemsize=1, source_chunk_rows=16).parts["source rows"]
+    for y in tile_starts(90, 24, 0.25):
+        rows = lazy.read_rows(y, min(y + 24, 90))
+        np.testing.assert_array_equal(rows, image[:, y : y + 24].astype(np.float32))
+        assert rows.dtype == np.float32 and sum(a.nbytes for a in lazy._held.values()) <= budget
+    assert lazy.rows_decoded == 90
+    lazy.close()
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_argmax_labels_is_numpy_argmax_first_class_winning_ties(rng, classes):
+    p = rng.random((classes, 13, 17), dtype=np.float32)
+    p[:, :4] = 0.25  # all tied: class 0
+    p[classes - 1, 5] = p[classes - 2, 5] = 2.0  # two tied at the top: the lower index
+    for dtype in (np.uint8, np.uint16):
+        labels = argmax_labels(p, dtype)
+        assert labels.dtype == dtype
+        np.testing.assert_array_equal(labels, p.argmax(axis=0))
+
+
+def test_compression_level_only_reaches_codecs_that_take_one(predictor, big, tmp_path):
+    expected = predict_tiled(predictor, big, CONFIG).argmax(0)
+    for compression, level in [("zlib", 9), ("lzw", 1), (None, 1)]:
+        out = tmp_path / f"labels-{compression}.tif"
+        predict_stream(predictor, big, out, CONFIG, compression=compression, compression_level=level, out_tile=16)
+        np.testing.assert_array_equal(tifffile.imread(out), expected)
+
+
+def test_a_bad_second_output_leaves_no_writer_thread_or_partial_file(predictor, big, tmp_path):
+    with pytest.raises(InputError, match="unsupported output"):
+        predict_stream(predictor, big, tmp_path / "labels.tif", CONFIG, probabilities_path=tmp_path / "p.png")
+    assert not list(tmp_path.iterdir())
+    assert not [t for t in threading.enumerate() if t.name.startswith("tiff-writer-")]
