@@ -40,6 +40,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
     text,
 )
@@ -169,8 +170,8 @@ class Database:
         return Path(self.engine.url.database)
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
-        with self._errors(), self.engine.connect() as conn, conn.begin():
+    def read(self, failure: str = "database error") -> Iterator[Connection]:
+        with self._errors(failure), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
@@ -194,17 +195,22 @@ class Database:
             raise RegistryError(f"registry {self.display}: {failure} ({_first_line(e)})") from None
 
     def _create_schema(self) -> None:
-        with self.write("cannot open the database") as conn:
-            if self.dialect == "postgresql":  # concurrent first opens: one creates, the others wait
-                conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
-            metadata.create_all(conn)
-            stored = self.setting(conn, "schema_version")
-            if stored is None:
-                conn.execute(settings.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(stored) > SCHEMA_VERSION:
-                raise RegistryError(f"registry {self.display}: schema version {stored} is newer than this "
-                                    f"unetkit understands ({SCHEMA_VERSION}); upgrade unetkit")
-
+        """Check the schema in a read transaction (opening never waits for a writer); create it once."""
+        with self.read("cannot open the database") as conn:
+            complete = set(metadata.tables) <= set(inspect(conn).get_table_names())
+            stored = self.setting(conn, "schema_version") if complete else None
+        if stored is None:
+            with self.write("cannot open the database") as conn:
+                if self.dialect == "postgresql":  # concurrent first opens: one creates, the others wait
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
+                metadata.create_all(conn)
+                stored = self.setting(conn, "schema_version")
+                if stored is None:
+                    stored = str(SCHEMA_VERSION)
+                    conn.execute(settings.insert().values(key="schema_version", value=stored))
+        if int(stored) > SCHEMA_VERSION:
+            raise RegistryError(f"registry {self.display}: schema version {stored} is newer than this "
+                                f"unetkit understands ({SCHEMA_VERSION}); upgrade unetkit")
 
 def _sqlite_engine(url: str, busy_timeout: float) -> Engine:
     engine = create_engine(url, connect_args={"timeout": busy_timeout})
