@@ -27,7 +27,7 @@ def test_window_reports_after_min_images_then_every_n(reference_images, fresh_im
     ({"size": 0}, "drift_window 0"),
     ({"size": 10, "min_images": 11}, "drift_min_images 11: expected 1 to drift_window"),
     ({"every": 0}, "drift_every 0"),
-    ({"threshold": 0.0}, "threshold 0.0"),
+    ({"threshold": 0.0}, "drift_threshold 0.0"),
 ])
 def test_window_settings_are_checked(reference_images, kwargs, message):
     baseline = build_baseline(reference_images[:2], class_names=("bg",))

@@ -121,3 +121,11 @@ def test_a_new_version_in_a_role_retires_the_old_series(reference_images_for_tra
 @pytest.fixture(scope="module")
 def reference_images_for_tracker():
     return textured_images(8, seed=4)
+
+
+def test_impossible_window_settings_fail_at_start(artifact_path):
+    from unetkit.errors import ConfigError
+    from unetkit.serve.app import create_app
+
+    with pytest.raises(ConfigError, match=r"drift_min_images 50: expected 1 to drift_window \(10\)"):
+        create_app(ServeConfig(artifact=str(artifact_path), drift_window=10, drift_min_images=50))

@@ -18,17 +18,22 @@ from unetkit.monitor.baseline import Baseline
 from unetkit.monitor.drift import DEFAULT_THRESHOLD, DriftReport, compare
 
 
+def check_window(size: int, min_images: int, every: int, threshold: float) -> None:
+    """A `ConfigError` naming the `ServeConfig` field when a window setting is impossible."""
+    if size < 1:
+        raise ConfigError(f"drift_window {size}: expected at least 1 image")
+    if not 1 <= min_images <= size:
+        raise ConfigError(f"drift_min_images {min_images}: expected 1 to drift_window ({size})")
+    if every < 1:
+        raise ConfigError(f"drift_every {every}: expected at least 1 image")
+    if threshold <= 0:
+        raise ConfigError(f"drift_threshold {threshold}: expected a positive PSI value")
+
+
 class DriftWindow:
     def __init__(self, baseline: Baseline, *, size: int = 200, min_images: int = 20, every: int = 10,
                  threshold: float = DEFAULT_THRESHOLD, outputs: bool = True) -> None:
-        if size < 1:
-            raise ConfigError(f"drift_window {size}: expected at least 1 image")
-        if not 1 <= min_images <= size:
-            raise ConfigError(f"drift_min_images {min_images}: expected 1 to drift_window ({size})")
-        if every < 1:
-            raise ConfigError(f"drift_every {every}: expected at least 1 image")
-        if threshold <= 0:
-            raise ConfigError(f"drift threshold {threshold}: expected a positive PSI value")
+        check_window(size, min_images, every, threshold)
         self.baseline, self.size, self.min_images, self.every = baseline, size, min_images, every
         self.threshold, self.outputs = threshold, outputs
         self.report: DriftReport | None = None  # None until the window holds min_images images

@@ -33,18 +33,19 @@ from unetkit.config import ServeConfig
 from unetkit.errors import ConfigError
 from unetkit.monitor.baseline import Baseline, outputs_mismatch
 from unetkit.monitor.drift import DriftReport
-from unetkit.monitor.window import DriftWindow
+from unetkit.monitor.window import DriftWindow, check_window
 from unetkit.serve.logs import log
 
 if TYPE_CHECKING:
     from unetkit.serve.service import LoadedModel
 
 QUEUE_IMAGES = 4  # requests waiting to be measured; beyond: dropped (counted)
-QUEUE_PIXELS = 16_000_000  # and at most this many image pixels held for it (bounds memory)
+QUEUE_PIXELS = 16_000_000  # and at most this many image pixels held for it (bounds memory; one image always fits)
 
 
 class DriftTracker:
     def __init__(self, config: ServeConfig, registry: CollectorRegistry) -> None:
+        check_window(config.drift_window, config.drift_min_images, config.drift_every, config.drift_threshold)
         self.config = config
         self.score = Gauge("unetkit_drift_score", "Drift score (max PSI over features) of the rolling window; "
                            "absent until the window holds drift_min_images images", ["model_version"], registry=registry)
@@ -96,7 +97,7 @@ class DriftTracker:
     def _new_window(self, model: LoadedModel) -> DriftWindow | None:
         try:
             baseline = Baseline.from_dict(model.meta.drift_baseline, f"{model.artifact.path}: drift_baseline")
-        except ConfigError as e:
+        except ConfigError as e:  # no baseline, or one this version cannot read: serving goes on
             log(logging.WARNING, "drift monitoring off for this model", model_version=model.version, reason=str(e))
             return None
         mismatch = outputs_mismatch(baseline, model.meta)
@@ -119,7 +120,7 @@ class DriftTracker:
             return
         pixels = int(image.shape[-2] * image.shape[-1])
         with self._lock:
-            if self._queue.qsize() >= QUEUE_IMAGES or self._queued_pixels + pixels > QUEUE_PIXELS:
+            if self._queue.qsize() >= QUEUE_IMAGES or (self._queued_pixels and self._queued_pixels + pixels > QUEUE_PIXELS):
                 self.dropped.inc()
                 return
             self._queued_pixels += pixels
