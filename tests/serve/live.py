@@ -19,7 +19,7 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, artifact: Path, log: Path, **settings: object) -> None:
+    def __init__(self, artifact: Path, log: Path, ready_timeout: float = 60, **settings: object) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -29,7 +29,7 @@ class LiveServer:
             [sys.executable, "-m", "unetkit", "serve", str(artifact), "--port", str(self.port)],
             env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),  # noqa: SIM115 - closed with the process
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + ready_timeout
         while True:
             assert self.proc.poll() is None, f"server exited: {log.read_text()[-2000:]}"
             try:
@@ -37,7 +37,7 @@ class LiveServer:
                     return
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, f"server not ready in 60 s: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"server not ready in {ready_timeout:.0f} s: {log.read_text()[-2000:]}"
             time.sleep(0.1)
 
     def stop(self, timeout: float = 20) -> int:
