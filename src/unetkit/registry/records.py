@@ -1,4 +1,5 @@
-"""What the registry hands out: a registered version, a stage-change event, a `NAME[:VERSION]` reference."""
+"""What the registry keeps and hands out: a registered version (and what it records of its artifact),
+a stage-change event, a `NAME[:VERSION]` reference."""
 
 from __future__ import annotations
 
@@ -74,3 +75,38 @@ def check_stage(stage: str, allowed: tuple[str, ...] = STAGES) -> str:
     if stage not in allowed:
         raise RegistryError(f"stage {stage!r}: expected one of {list(allowed)}")
     return stage
+
+
+def describe_artifact(meta: Any) -> dict[str, Any]:
+    """What the registry keeps of an artifact's metadata (JSON-safe: NaN becomes null)."""
+    from unetkit.config import to_dict
+    from unetkit.metrics.scores import json_value
+
+    return json_value({
+        "artifact_name": meta.name,
+        "classes": list(meta.class_names),
+        "architecture": to_dict(meta.model),
+        "patch_size": list(meta.patch_size),
+        "normalization": {"mean": list(meta.mean), "std": list(meta.std)},
+        "metrics": meta.metrics,
+        "calibration": {"temperature": meta.temperature, "class_scale": list(meta.class_scale),
+                        "class_bias": list(meta.class_bias)},
+        "postprocess": meta.postprocess,
+        "fingerprint": meta.fingerprint,
+        "plan": meta.plan,
+        "lineage": meta.lineage,
+        "versions": meta.versions,
+        "artifact_created": meta.created,
+        "weights_sha256": meta.weights_sha256,
+        "meta_sha256": meta.meta_sha256,
+    })
+
+
+def artifact_git_commit(meta: Any) -> str:
+    """A git commit the artifact records in its lineage or versions (`git_commit` or `commit`), else ''."""
+    for section in (meta.lineage, meta.versions):
+        for key in ("git_commit", "commit", "git"):
+            value = section.get(key)
+            if isinstance(value, str) and value:
+                return value
+    return ""

@@ -1,7 +1,7 @@
 """The model registry: versions of trained models, their stages, and an audit trail of every change.
 
 `Registry.open(location, store)` connects to the database (see db.py), finds the blob store it
-records (see blobs.py) and cleans up after crashed writers. Then:
+records (location.py, blobs.py) and cleans up after crashed writers. Then:
 
 - `add(artifact)` verifies the artifact, stores it by content, and registers it as the next version
   of its model name (numbers assigned under the model's write lock, never reused); the same
@@ -31,25 +31,25 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from unetkit.errors import RegistryError
 from unetkit.registry import db as schema
 from unetkit.registry.blobs import BlobStore
 from unetkit.registry.compare import diff_versions
-from unetkit.registry.db import SINGLE_STAGES, Database, as_utc, now
+from unetkit.registry.db import SINGLE_STAGES, Database, as_utc, insert_ignore, now
 from unetkit.registry.gate import DEFAULT_TOLERANCE, GateResult, check
-from unetkit.registry.records import Event, VersionRecord, check_name, check_stage, parse_ref
+from unetkit.registry.location import default_location, store_root
+from unetkit.registry.records import (
+    Event,
+    VersionRecord,
+    artifact_git_commit,
+    check_name,
+    check_stage,
+    describe_artifact,
+    parse_ref,
+)
 
-ENV_LOCATION = "UNETKIT_REGISTRY"
-ENV_STORE = "UNETKIT_REGISTRY_STORE"
 ENV_PAUSE = "UNETKIT_REGISTRY_PAUSE"  # fault injection for the crash tests, see `_pause`
-DEFAULT_LOCATION = "unetkit-registry/registry.db"
-
-
-def default_location(location: str | None = None) -> str:
-    """The registry to use: the given location, else $UNETKIT_REGISTRY, else ./unetkit-registry/registry.db."""
-    return location or os.environ.get(ENV_LOCATION) or DEFAULT_LOCATION
 
 
 class PromotionRefused(RegistryError):
@@ -97,7 +97,7 @@ class Registry:
         """Connect, find (or record, on first use) the blob store, and clean up after crashed writers."""
         db = Database(default_location(str(location) if location else None))
         try:
-            registry = cls(db, BlobStore(_store_root(db, store)))
+            registry = cls(db, BlobStore(store_root(db, store)))
             registry.recover()
         except BaseException:
             db.close()
@@ -139,7 +139,7 @@ class Registry:
                         if not self.store.intact(blob.sha256):
                             self.store.publish(blob)  # put back a blob that went missing or was damaged
                         return Registration(existing, created=False)
-                    _insert_ignore(conn, schema.blobs, {"sha256": blob.sha256, "size_bytes": blob.size, "created_at": now()})
+                    insert_ignore(conn, schema.blobs, {"sha256": blob.sha256, "size_bytes": blob.size, "created_at": now()})
                     version = conn.execute(select(schema.models.c.last_version).where(schema.models.c.name == name)).scalar_one() + 1
                     conn.execute(update(schema.models).where(schema.models.c.name == name).values(last_version=version))
                     conn.execute(schema.versions.insert().values(
@@ -281,7 +281,7 @@ class Registry:
     def _lock_model(self, conn: Connection, name: str, create: bool = False) -> None:
         """Take the model's write lock (its row, FOR UPDATE); `create` adds the model on first use."""
         if create:
-            _insert_ignore(conn, schema.models, {"name": name, "last_version": 0, "created_at": now()})
+            insert_ignore(conn, schema.models, {"name": name, "last_version": 0, "created_at": now()})
         found = conn.execute(select(schema.models.c.name).where(schema.models.c.name == name).with_for_update()).first()
         if found is None:
             known = list(conn.execute(select(schema.models.c.name).order_by(schema.models.c.name)).scalars())
@@ -362,7 +362,7 @@ class Registry:
         removed = []
         for sha256 in sorted(candidates):
             with self.db.write() as conn:
-                if _insert_ignore(conn, schema.blobs, {"sha256": sha256, "size_bytes": 0, "created_at": now()}):
+                if insert_ignore(conn, schema.blobs, {"sha256": sha256, "size_bytes": 0, "created_at": now()}):
                     self.store.remove(sha256)
                     conn.execute(delete(schema.blobs).where(schema.blobs.c.sha256 == sha256))
                     removed.append(sha256)
@@ -372,82 +372,11 @@ class Registry:
 # ---------------------------------------------------------------- helpers
 
 
-def describe_artifact(meta: Any) -> dict[str, Any]:
-    """What the registry keeps of an artifact's metadata (JSON-safe: NaN becomes null)."""
-    from unetkit.config import to_dict
-    from unetkit.metrics.scores import json_value
-
-    return json_value({
-        "artifact_name": meta.name,
-        "classes": list(meta.class_names),
-        "architecture": to_dict(meta.model),
-        "patch_size": list(meta.patch_size),
-        "normalization": {"mean": list(meta.mean), "std": list(meta.std)},
-        "metrics": meta.metrics,
-        "calibration": {"temperature": meta.temperature, "class_scale": list(meta.class_scale),
-                        "class_bias": list(meta.class_bias)},
-        "postprocess": meta.postprocess,
-        "fingerprint": meta.fingerprint,
-        "plan": meta.plan,
-        "lineage": meta.lineage,
-        "versions": meta.versions,
-        "artifact_created": meta.created,
-        "weights_sha256": meta.weights_sha256,
-        "meta_sha256": meta.meta_sha256,
-    })
-
-
-def artifact_git_commit(meta: Any) -> str:
-    """A git commit the artifact records in its lineage or versions (`git_commit` or `commit`), else ''."""
-    for section in (meta.lineage, meta.versions):
-        for key in ("git_commit", "commit", "git"):
-            value = section.get(key)
-            if isinstance(value, str) and value:
-                return value
-    return ""
-
-
 def current_user() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):
         return ""
-
-
-def _store_root(db: Database, explicit: str | Path | None) -> Path:
-    """The blob store the registry records; recorded on first open (SQLite default: `blobs/` beside the file)."""
-    explicit = explicit or os.environ.get(ENV_STORE) or None
-    with db.read() as conn:
-        recorded = db.setting(conn, "store")
-    if recorded is None:
-        if explicit:
-            value = str(Path(explicit).expanduser().resolve())
-        elif db.sqlite_file is not None:
-            value = "blobs"  # relative to the database file: the pair can be moved together
-        else:
-            raise RegistryError(f"registry {db.display}: a database-server registry needs --store DIR (or "
-                                f"{ENV_STORE}): the folder every user of the registry can reach that holds the artifacts")
-        with db.write() as conn:
-            _insert_ignore(conn, schema.settings, {"key": "store", "value": value})
-            recorded = db.setting(conn, "store")
-        assert recorded is not None
-    root = Path(recorded)
-    if not root.is_absolute():
-        if db.sqlite_file is None:
-            raise RegistryError(f"registry {db.display}: recorded blob store {recorded!r} is relative but there is no database file")
-        root = db.sqlite_file.parent / root
-    if explicit and Path(explicit).expanduser().resolve() != root.resolve():
-        raise RegistryError(f"registry {db.display} keeps its artifacts in {root}, not {explicit}; "
-                            "leave out --store (and UNETKIT_REGISTRY_STORE)")
-    return root
-
-
-def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
-    """INSERT ... ON CONFLICT DO NOTHING; True when the row was inserted."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    key = next(iter(table.primary_key.columns))
-    statement = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(key)
-    return conn.execute(statement).first() is not None
 
 
 def _record(row: Any) -> VersionRecord:
