@@ -37,7 +37,7 @@ def monitored_artifact(artifact_path, tmp_path_factory):
     from unetkit.monitor.measure import artifact_baseline
 
     path = shutil.copy(artifact_path, tmp_path_factory.mktemp("monitored") / "monitored.unetkit")
-    images = textured_images(60, seed=1, size=SIZE)
+    images = textured_images(40, seed=1, size=SIZE)
     update_artifact(path, drift_baseline=artifact_baseline(load_artifact(path), images, images[:12]).to_dict())
     return path
 
@@ -70,14 +70,13 @@ def scraped(server: LiveServer, name: str) -> float:
 
 
 def fill_window(server: LiveServer, images: list[bytes]) -> int:
-    """Send `images` one at a time, then more of them until the server has measured a whole window
-    of them (the drift thread drops images when it falls behind: those do not count)."""
+    """Send `images` (two clients at a time), then more of them until the server has measured a
+    whole window of them (the drift thread drops images when it falls behind: those do not count)."""
     dropped = scraped(server, "unetkit_drift_dropped_images_total")
     sent = 0
-    with httpx.Client() as client:
+    with httpx.Client() as client, ThreadPoolExecutor(2) as pool:
         while sent - (scraped(server, "unetkit_drift_dropped_images_total") - dropped) < WINDOW:
-            for body in images:
-                assert segment(server, body, client) == 200
+            assert set(pool.map(lambda body: segment(server, body, client), images)) == {200}
             sent += len(images)
             images = images[: max(1, WINDOW // 10)]
     return sent
