@@ -13,6 +13,7 @@ from unetkit.monitor.baseline import (
     SCHEMA_VERSION,
     Baseline,
     build_baseline,
+    output_sample,
     outputs_mismatch,
     quantile_edges,
     scalar_bins,
@@ -92,3 +93,12 @@ def test_outputs_mismatch_names_what_changed(reference_images):
     Meta.temperature = 1.7
     assert "temperature changed" in outputs_mismatch(baseline, Meta)
     assert "no output statistics" in outputs_mismatch(build_baseline(reference_images[:2], class_names=("bg", "fg")), Meta)
+
+
+def test_output_sample_tops_up_a_small_validation_split():
+    assert output_sample(["v1", "v2"], [f"t{i}" for i in range(40)])[1] == 18
+    picked, extra = output_sample(["v1", "v2"], ["t0", "t1", "t2"])
+    assert picked == ["v1", "v2", "t0", "t1", "t2"] and extra == 3
+    picked, extra = output_sample([f"v{i}" for i in range(50)], ["t0"])
+    assert len(picked) == 32 and extra == 0 and picked[0] == "v0" and picked[-1] == "v49"
+    assert output_sample([], [f"t{i}" for i in range(100)])[0][:2] == ["t0", "t5"]

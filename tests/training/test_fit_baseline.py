@@ -17,14 +17,15 @@ def test_fit_stores_a_drift_baseline(tiny_config, capsys) -> None:
     assert capsys.readouterr().out == ""  # progress=False: the baseline's timing line is not printed either
     baseline = Baseline.from_dict(art.meta.drift_baseline)
     data = load_training_data(cfg.data)
-    assert baseline.input_images == len(data.train) == 4 and baseline.output_images == len(data.val) == 2
+    assert baseline.input_images == len(data.train) == 4 and len(data.val) == 2
+    assert baseline.output_images == 2 + 4  # the validation images, topped up with training images
     assert baseline.class_names == art.meta.class_names and baseline.channels == 3
     assert outputs_mismatch(baseline, art.meta) is None  # measured with exactly the saved weights
     assert baseline.outputs_of["weights_sha256"] == art.meta.weights_sha256 and baseline.seconds > 0
     names = {r.name for r in baseline.features}
     assert {"sharpness", "intensity.c2", "fraction.background", "components.class_3", "entropy"} <= names
-    val = [s.image for s in data.val]
-    measured = [baseline.measure(im, p, lab) for im, (p, lab) in zip(val, predict_outputs(art, val), strict=True)]
+    held_out = [s.image for s in data.val] + [s.image for s in data.train]
+    measured = [baseline.measure(im, p, lab) for im, (p, lab) in zip(held_out, predict_outputs(art, held_out), strict=True)]
     report = compare(baseline, measured)
     assert {f.source for f in report.features} == {"input", "output"}
     assert all(f.psi < 1e-6 for f in report.features if f.source == "output")  # the same images and model

@@ -17,7 +17,7 @@ import numpy as np
 from unetkit.artifact import Artifact, weights_sha256
 from unetkit.config import TileConfig
 from unetkit.errors import UnetkitError
-from unetkit.monitor.baseline import MAX_OUTPUT_IMAGES, Baseline, build_baseline, outputs_signature, spread
+from unetkit.monitor.baseline import Baseline, build_baseline, output_sample, outputs_signature
 from unetkit.monitor.drift import DriftReport
 
 
@@ -35,17 +35,16 @@ def predict_outputs(artifact: Artifact, images: Iterable[np.ndarray], *, predict
         yield probs, labels_from_probabilities(probs, artifact)
 
 
-def artifact_baseline(artifact: Artifact, input_images: Sequence[np.ndarray], output_images: Sequence[np.ndarray],
-                      *, backend: str = "torch", log: Callable[[str], Any] | None = None) -> Baseline:
+def artifact_baseline(artifact: Artifact, input_images: Sequence[np.ndarray], output_images: Iterable[np.ndarray],
+                      *, backend: str = "torch", log: Callable[[str], Any] | None = None, note: str = "") -> Baseline:
     """The baseline of `input_images` (the training images) and of the artifact's outputs on
-    `output_images` (held-out images; at most `MAX_OUTPUT_IMAGES`, evenly spread)."""
+    `output_images` (see `baseline.output_sample`); `note` says where those came from in the log."""
     start = time.perf_counter()
-    shown = (output_images[i] for i in spread(range(len(output_images)), MAX_OUTPUT_IMAGES))
     sha = artifact.meta.weights_sha256 or weights_sha256(artifact.state_dict)  # not saved yet during training
-    baseline = build_baseline(input_images, predict_outputs(artifact, shown, backend=backend),
+    baseline = build_baseline(input_images, predict_outputs(artifact, output_images, backend=backend),
                               class_names=artifact.meta.class_names, outputs_of=outputs_signature(artifact.meta, sha))
     if log:
-        log(f"drift baseline: {baseline.input_images} images, model outputs on {baseline.output_images}, "
+        log(f"drift baseline: {baseline.input_images} images, model outputs on {baseline.output_images}{note}, "
             f"{len(baseline.features)} features in {time.perf_counter() - start:.2f} s")
     return baseline
 
@@ -53,11 +52,12 @@ def artifact_baseline(artifact: Artifact, input_images: Sequence[np.ndarray], ou
 def training_baseline(weights: dict[str, Any], meta: Any, train: Sequence[Any], val: Sequence[Any],
                       log: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """`ArtifactMeta.drift_baseline` for a training run: inputs from the training images, outputs
-    of the trained weights on the validation images (the training images when there are none)."""
+    of the trained weights on the validation images, topped up with training images to 20."""
     artifact = Artifact(meta=meta, state_dict=weights)
     images = [s.image for s in train]
-    held_out = [s.image for s in val] or images
-    return artifact_baseline(artifact, images, held_out, log=log).to_dict()
+    held_out, extra = output_sample([s.image for s in val], images)
+    note = f" ({len(held_out) - extra} validation + {extra} training)" if extra and len(held_out) > extra else ""
+    return artifact_baseline(artifact, images, held_out, log=log, note=note).to_dict()
 
 
 def measure_files(
@@ -118,9 +118,9 @@ def image_paths(folder: str | Path) -> list[Path]:
 
 
 def baseline_sources(artifact: Artifact, data: str | Path) -> tuple[list[Path], list[Path]]:
-    """(input images, held-out images for the outputs) of a training data set: a data folder,
-    dataset description or manifest, split as the artifact's training run split it when its
-    validation keys are there (else every image serves both); or a plain folder of images."""
+    """(training images, validation images) of a training data set: a data folder, dataset
+    description or manifest, split as the artifact's training run split it when its validation
+    keys are there (else all images are training images); or a plain folder of images."""
     from unetkit.data.pairing import pair_samples
     from unetkit.data.spec import load_spec
     from unetkit.errors import DataError
@@ -128,14 +128,13 @@ def baseline_sources(artifact: Artifact, data: str | Path) -> tuple[list[Path], 
     try:
         samples = pair_samples(load_spec(data))
     except DataError:
-        paths = image_paths(data)
-        return paths, paths
+        return image_paths(data), []
     if not samples:
         raise DataError(f"{data}: no images found")
     val_keys = set((artifact.meta.train_config.get("data") or {}).get("val_keys") or ())
     train = [s.image for s in samples if s.key not in val_keys]
     val = [s.image for s in samples if s.key in val_keys]
-    return (train, val) if train and val else ([s.image for s in samples], [s.image for s in samples])
+    return (train, val) if train else ([s.image for s in samples], [])
 
 
 def add_baseline(model: str | Path, data: str | Path, *, backend: str = "auto",
@@ -146,7 +145,9 @@ def add_baseline(model: str | Path, data: str | Path, *, backend: str = "auto",
 
     artifact = load_artifact(model)
     inputs, held_out = baseline_sources(artifact, data)
-    baseline = artifact_baseline(artifact, ImageFiles(inputs), ImageFiles(held_out), backend=backend, log=log)
+    held_out, extra = output_sample(held_out, inputs)
+    note = f" ({len(held_out) - extra} validation + {extra} training)" if extra and len(held_out) > extra else ""
+    baseline = artifact_baseline(artifact, ImageFiles(inputs), ImageFiles(held_out), backend=backend, log=log, note=note)
     update_artifact(model, drift_baseline=baseline.to_dict())
     return baseline
 
