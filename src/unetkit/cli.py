@@ -32,6 +32,8 @@ BudgetOpt = Annotated[
 ]
 # Options several commands share: one definition each, so their names and help stay the same.
 ModelArg = Annotated[Path, typer.Argument(help="Model artifact (model.unetkit).")]
+RunModelArg = Annotated[Path, typer.Argument(
+    help="Model artifact (model.unetkit), or an exported model.onnx / model.int8.onnx with its plan (.onnx.json) beside it.")]
 TrainDataArg = Annotated[str, typer.Argument(help="Data folder, dataset description JSON or manifest.")]
 KeysOpt = Annotated[str | None, typer.Option(help="Only these comma-separated sample keys.")]
 BackendOpt = Annotated[str, typer.Option(help="auto, torch or onnx.")]
@@ -207,7 +209,7 @@ def plan_command(
 
 @app.command()
 def predict(
-    model: ModelArg,
+    model: RunModelArg,
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("predictions"),
     colour: Annotated[bool, typer.Option("--colour/--index", help="Colour PNG masks instead of class-index PNGs.")] = False,
@@ -220,18 +222,22 @@ def predict(
     tta: Annotated[bool, typer.Option(help="Average flips and rotations (about 8x slower).")] = False,
     backend: BackendOpt = "auto",
 ) -> None:
-    """Segment images of any size (overlap-tile with Gaussian blending)."""
+    """Segment images of any size (overlap-tile with Gaussian blending).
+
+    With an exported .onnx model the tiling comes from its plan; --tile, --overlap and --tta
+    override it when set to other than their defaults."""
+    from unetkit.export.deployed import load_model
     from unetkit.inference.files import predict_files
 
     tile_cfg = _tile_config(tile, overlap, tta)
-    written = predict_files(model, inputs, out, tile_cfg, colour=colour, probabilities=probabilities,
+    written = predict_files(load_model(model), inputs, out, tile_cfg, colour=colour, probabilities=probabilities,
                             overlays=overlay, geojson=geojson, coco=coco, backend=backend)
     typer.echo(f"wrote {len(written)} files to {out}/")
 
 
 @app.command()
 def evaluate(
-    model: ModelArg,
+    model: RunModelArg,
     data: Annotated[str, typer.Argument(help="Labelled data: folder, dataset description or manifest.")],
     keys: KeysOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write all metrics as JSON here.")] = None,
@@ -245,20 +251,21 @@ def evaluate(
     backend: BackendOpt = "auto",
 ) -> None:
     """Every metric on labelled data (ROI honoured): IoU, Dice, precision, recall, boundary, distance,
-    topology, AUC/AP, calibration; micro and macro; optionally an HTML report."""
+    topology, AUC/AP, calibration; micro and macro; optionally an HTML report. An exported .onnx
+    model is scored as deployed (fp32 or int8), tiled as its plan says."""
+    from unetkit.export.deployed import load_model
     from unetkit.metrics.evaluate import evaluate_model, format_table
     from unetkit.metrics.report import WorstImages, write_report
 
     tile_cfg = _tile_config(tile, overlap, tta)
     collector = WorstImages(worst) if report else None
-    result = evaluate_model(model, data, tile_cfg, keys=_keys(keys), backend=backend,
+    loaded = load_model(model)
+    result = evaluate_model(loaded, data, tile_cfg, keys=_keys(keys), backend=backend,
                             distances=distances, topology=topology, on_image=collector)
     typer.echo(format_table(result))
     _echo_json(result, json_out)
     if report and collector is not None:
-        from unetkit.artifact import read_meta
-
-        write_report(report, result, collector.images(), colors=read_meta(model).colors())
+        write_report(report, result, collector.images(), colors=loaded.meta.colors())
         typer.echo(f"wrote {report}")
 
 
@@ -437,14 +444,13 @@ def drift(
 
 
 @app.command()
-def info(model: ModelArg) -> None:
-    """Print a model artifact's metadata (verified)."""
-    from unetkit.artifact import load_artifact
-
-    art = load_artifact(model)
+def info(model: RunModelArg) -> None:
+    """Print a model artifact's metadata, or an exported .onnx model's inference plan (verified)."""
     from unetkit.config import to_dict
+    from unetkit.export.deployed import DeployedModel, load_model
 
-    typer.echo(json.dumps(to_dict(art.meta), indent=2))
+    loaded = load_model(model)
+    typer.echo(json.dumps(loaded.plan if isinstance(loaded, DeployedModel) else to_dict(loaded.meta), indent=2))
 
 
 @app.command()

@@ -177,9 +177,18 @@ def write_checked(out: Path, data: bytes, plan: dict[str, Any], diff: float, tol
             f"{out}: exported graph differs from the torch pipeline by {diff:.3g} (max |probability difference|), "
             f"more than parity_tolerance {tolerance:g}; nothing was written"
         )
-    plan = dict(plan, model_file=out.name, model_sha256=_sha256_bytes(data))
-    write_pair(out, data, plan_file, json.dumps(plan, indent=1) + "\n")
+    plan = write_model_and_plan(out, data, plan)
     return ExportResult(out, plan_file, diff, int(plan.get("parity", {}).get("tiles", 0)), plan)
+
+
+def write_model_and_plan(out: Path, data: bytes, plan: dict[str, Any]) -> dict[str, Any]:
+    """Write the graph and its plan as a pair, the plan stamped with the graph's file name and
+    sha256 (`unetkit.export.deployed` refuses a pair whose hashes disagree); returns the plan."""
+    import hashlib
+
+    plan = dict(plan, model_file=out.name, model_sha256=hashlib.sha256(data).hexdigest())
+    write_pair(out, data, plan_path(out), json.dumps(plan, indent=1) + "\n")
+    return plan
 
 
 def write_pair(model_path: Path, data: bytes, plan_file: Path, text: str) -> None:
@@ -199,11 +208,3 @@ def write_pair(model_path: Path, data: bytes, plan_file: Path, text: str) -> Non
     finally:
         for tmp in tmps:
             Path(tmp).unlink(missing_ok=True)
-
-
-def _sha256_bytes(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-

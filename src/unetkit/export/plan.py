@@ -2,8 +2,10 @@
 
 Everything a plain ONNX Runtime + numpy user needs to reproduce unetkit's output from the graph
 alone: input channels and intensity units, tile size, overlap, blending, padding, class names,
-colours, postprocessing, and which artifact (sha256) it came from. The graph already holds the
-normalization, the network and the calibrated softmax, so the plan's activation is "none".
+colours, postprocessing, how masks map to classes (for scoring), and which artifact (sha256) it
+came from; the export adds the graph's own file name and sha256 (`model_file`, `model_sha256`).
+The graph already holds the normalization, the network and the calibrated softmax, so the plan's
+activation is "none". `unetkit.export.deployed` runs a graph from it.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def inference_plan(
         "calibration": {"temperature": meta.temperature, "class_scale": list(meta.class_scale),
                         "class_bias": list(meta.class_bias), "applied": "inside the graph"},
         "postprocess": meta.postprocess,
+        "data_spec": meta.data_spec,
         "artifact": {
             "name": meta.name, "path": str(artifact.path) if artifact.path else "",
             "sha256": file_sha256(artifact.path) if artifact.path else "",

@@ -16,7 +16,6 @@ quantized; normalization, calibration scaling and softmax stay in float.
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -37,9 +36,9 @@ from unetkit.export.onnx import (
     onnx_session,
     parity_diff,
     parity_tiles,
-    write_pair,
+    write_model_and_plan,
 )
-from unetkit.export.plan import INPUT_NAME, OUTPUT_NAMES, inference_plan, plan_path
+from unetkit.export.plan import INPUT_NAME, OUTPUT_NAMES, inference_plan
 
 
 class Int8GateError(UnetkitError):
@@ -263,7 +262,6 @@ def quantize_artifact(
              "validation": {"keys": report.validation_keys, "fp32": s32, "int8": s8, "largest_drop": delta},
              "speedup": report.speedup, "fp32_seconds": t32, "int8_seconds": t8}
     plan = inference_plan(artifact, tile, precision="int8", opset=config.opset, quantization=quant)
-    plan = dict(plan, model_file=out.name)
-    write_pair(out, int8, plan_path(out), json.dumps(plan, indent=1) + "\n")
+    write_model_and_plan(out, int8, plan)
     report.written = out
     return report

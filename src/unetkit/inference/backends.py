@@ -132,10 +132,13 @@ def make_predictor(
     eager torch and ONNX Runtime on a `(batch_size, C, *tile_shape)` batch once and cache the fastest in
     `<cache_dir>/backends.json` (default `~/.cache/unetkit`, env `UNETKIT_CACHE_DIR`), keyed by
     the weights' sha256, the machine and the tile shape. The predictor's `tile_size` is the
-    artifact's patch size.
+    artifact's patch size. A model that brings its own runtime (an exported model,
+    `unetkit.export.deployed.DeployedModel`) makes its predictor itself.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend '{backend}': expected one of {list(BACKENDS)}")
+    if callable(getattr(model, "make_predictor", None)) and not isinstance(model, nn.Module):
+        return model.make_predictor(backend, threads=threads)
     if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
         return OnnxPredictor(model, threads=threads)
     exported = exported_onnx(model) if backend == "onnx" else None

@@ -38,7 +38,10 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
 
 
 def tile_config_for(artifact: Artifact, config: TileConfig) -> TileConfig:
-    """Fill the artifact's patch size in when the tile size is left open."""
+    """Fill the artifact's patch size in when the tile size is left open. A model that brings its
+    own tiling (an exported model, `unetkit.export.deployed.DeployedModel`) resolves it itself."""
+    if callable(getattr(artifact, "tile_config", None)):
+        return artifact.tile_config(config)  # type: ignore[attr-defined]
     return config if config.tile_size else replace(config, tile_size=tuple(artifact.meta.patch_size))
 
 
@@ -68,6 +71,9 @@ def predict_files(
     """Write `<stem>_mask.png` (+ `_overlay.png`, `_prob.tif`, `.geojson`) for each input and, with
     `coco`, one `coco.json` for all of them; returns the files written.
 
+    `model`: an artifact (path or loaded) or an exported model opened with
+    `unetkit.export.deployed.load_model` (same `meta`, plus its own predictor and tiling).
+
     GeoJSON polygons are in pixel coordinates, or in map coordinates when the input is a GeoTIFF
     (see `inference.vectorize`). A bad input file does not stop the others; they are all
     reported at the end.
@@ -81,7 +87,7 @@ def predict_files(
     from unetkit.inference.backends import make_predictor
     from unetkit.inference.predict import predict_tiled
 
-    artifact = model if isinstance(model, Artifact) else load_artifact(model)
+    artifact = load_artifact(model) if isinstance(model, (str, Path)) else model
     files = collect_inputs(inputs)
     predictor = make_predictor(artifact, backend=backend)
     tile = tile_config_for(artifact, config)

@@ -61,6 +61,8 @@ def load_labelled(
     """(artifact, LoadedSamples) for a model and a labelled data folder / description / manifest.
 
     Masks decode with the model's classes; the ROI is folded into the labels as `ignore_index`.
+    `model` may also be an exported model (`unetkit.export.deployed.load_model`): its plan's
+    `meta` then stands in for the artifact's.
     """
     from unetkit.artifact import load_artifact
     from unetkit.data.dataset import load_samples
@@ -68,7 +70,7 @@ def load_labelled(
     from unetkit.data.spec import load_spec, spec_for_classes
     from unetkit.errors import DataError
 
-    artifact = model if isinstance(model, Artifact) else load_artifact(model)
+    artifact = load_artifact(model) if isinstance(model, (str, Path)) else model
     spec = spec_for_classes(load_spec(data), artifact.meta.data_spec)
     samples = pair_samples(spec)
     if keys:
@@ -117,7 +119,8 @@ def evaluate_model(
     topology: bool = True,
     on_image: Callable[[Any, np.ndarray, np.ndarray, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a model artifact on labelled data with every metric of `streaming.Evaluator`.
+    """Evaluate a model artifact (or an exported model, see `load_labelled`) on labelled data with
+    every metric of `streaming.Evaluator`.
 
     Predictions are what `unetkit predict` writes: calibrated probabilities, then the artifact's
     postprocessing. `distances` (Boundary IoU, HD95, ASSD) and `topology` (clDice, adapted Rand
@@ -141,7 +144,7 @@ def evaluate_model(
         if on_image is not None:
             on_image(sample, probs, labels, row)
     result = combine(evaluator.result())
-    result |= {"model": str(model if not isinstance(model, Artifact) else model.path), "data": str(data),
+    result |= {"model": str(model if isinstance(model, (str, Path)) else model.path), "data": str(data),
                "temperature": meta.temperature, "vector_scaling": bool(meta.class_scale),
                "postprocess": meta.postprocess}
     return result

@@ -1,0 +1,147 @@
+"""Run an exported model (`model.onnx` + its plan `model.onnx.json`) the way unetkit runs an artifact.
+
+`DeployedModel` has what `unetkit predict` and `unetkit evaluate` need of a model artifact:
+`path`, `meta` (class names, colours, ignore index, postprocessing, data spec, calibration as the
+plan records them), `tile_config(config)` (the plan's tiling) and `make_predictor(backend)` (an
+ONNX Runtime session on the file's `probabilities` output, so the activation is "none"). All of it
+comes from the two files alone, so the file that was deployed (fp32 or int8) is the one that runs
+and is scored, through the same engine, postprocessing and output code as an artifact.
+
+Opening refuses a missing plan (it says how to write one), a plan that records another graph's
+sha256 (a swapped or modified pair) and a plan whose input channels or classes the graph does not
+have. `load_model(path)` opens either kind of model by the file's suffix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from unetkit.artifact import Artifact, load_artifact
+from unetkit.config import TileConfig
+from unetkit.data.io import file_sha256
+from unetkit.errors import ArtifactError, ConfigError
+from unetkit.export.plan import OUTPUT_NAMES, PLAN_VERSION, plan_path, read_plan, tile_config_from_plan
+
+EXPORT_HINT = "write both with `unetkit export MODEL.unetkit --format onnx` (add --int8 --data DATA for int8)"
+
+
+@dataclass(frozen=True)
+class DeployedMeta:
+    """The part of `ArtifactMeta` that prediction and evaluation read, as the plan records it."""
+
+    name: str
+    class_names: tuple[str, ...]
+    class_colors: tuple[tuple[int, int, int], ...]
+    ignore_index: int
+    postprocess: dict[str, Any]
+    data_spec: dict[str, Any]  # how masks map to classes (empty in plans written before it was recorded)
+    in_channels: int
+    temperature: float  # applied inside the graph; reported by `unetkit evaluate`
+    class_scale: tuple[float, ...]
+    precision: str  # "fp32" or "int8"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def colors(self) -> list[tuple[int, int, int]]:
+        return [tuple(c) for c in self.class_colors]  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class DeployedModel:
+    """An exported ONNX model and its inference plan, verified to belong together."""
+
+    path: Path
+    plan_path: Path
+    plan: dict[str, Any]
+    meta: DeployedMeta
+    tile: TileConfig  # the plan's tiling, activation "none"
+
+    @classmethod
+    def load(cls, path: str | Path) -> DeployedModel:
+        model = Path(path)
+        if not model.exists():
+            raise ArtifactError(f"{model}: exported model not found")
+        if model.is_dir():
+            raise ArtifactError(f"{model}: is a folder; expected an exported model file (e.g. model.onnx)")
+        plan_file = plan_path(model)
+        if not plan_file.is_file():
+            raise ArtifactError(f"{model}: its inference plan {plan_file.name} is missing (unetkit needs both files); {EXPORT_HINT}")
+        plan = read_plan(plan_file)
+        recorded = plan.get("model_sha256")
+        if recorded:
+            actual = file_sha256(model)
+            if actual != recorded:
+                raise ArtifactError(
+                    f"{model}: sha256 {actual[:12]}… does not match {recorded[:12]}… recorded in {plan_file}; "
+                    f"the model and its plan are not a pair (one was replaced or modified); {EXPORT_HINT}")
+        return cls(model, plan_file, plan, _meta(plan, plan_file), _tiling(plan, plan_file))
+
+    def tile_config(self, config: TileConfig = TileConfig()) -> TileConfig:
+        """The plan's tiling; settings of `config` changed from `TileConfig()`'s defaults (a tile
+        size, overlap, TTA...) take precedence. The activation stays "none": the graph outputs
+        probabilities."""
+        default = TileConfig()
+        changed = {f.name: getattr(config, f.name) for f in fields(TileConfig)
+                   if f.name != "activation" and getattr(config, f.name) != getattr(default, f.name)}
+        return replace(self.tile, **changed)
+
+    def make_predictor(self, backend: str = "auto", *, threads: int | None = None) -> Any:
+        """An `OnnxPredictor` on the graph's `probabilities` output (ONNX Runtime is the only
+        backend that runs this file), checked against the plan's channels and classes."""
+        from unetkit.inference.backends import OnnxPredictor
+
+        if backend not in ("auto", "onnx"):
+            raise ConfigError(f"{self.path}: an exported model runs on ONNX Runtime only (--backend auto or onnx); "
+                              f"backend '{backend}' needs the .unetkit artifact")
+        predictor = OnnxPredictor(self.path, threads=threads, output=OUTPUT_NAMES[0])
+        for what, graph, planned in (("input channels", predictor.in_channels, self.meta.in_channels),
+                                     ("classes", predictor.out_channels, self.meta.num_classes)):
+            if graph is not None and graph != planned:
+                raise ArtifactError(f"{self.plan_path}: records {planned} {what} but {self.path} has {graph}; "
+                                    f"the model and its plan are not a pair; {EXPORT_HINT}")
+        predictor.in_channels = self.meta.in_channels
+        predictor.tile_size = tuple(self.tile.tile_size)  # type: ignore[assignment]
+        return predictor
+
+
+def load_model(path: str | Path) -> Artifact | DeployedModel:
+    """An exported `.onnx` model (with its plan beside it) or a `.unetkit` artifact, by suffix."""
+    return DeployedModel.load(path) if Path(path).suffix.lower() == ".onnx" else load_artifact(path)
+
+
+def _meta(plan: dict[str, Any], where: Path) -> DeployedMeta:
+    if not isinstance(plan.get("version"), int) or plan["version"] > PLAN_VERSION:
+        raise ConfigError(f"{where}: inference plan version {plan.get('version')!r} is not one this unetkit reads "
+                          f"(up to {PLAN_VERSION}); upgrade unetkit")
+    try:
+        classes = tuple(str(c) for c in plan["classes"])
+        colors = tuple(tuple(int(v) for v in c) for c in plan["colors"])
+        if len(colors) != len(classes) or any(len(c) != 3 for c in colors):
+            raise ValueError("colors")
+        calibration = plan.get("calibration", {})
+        return DeployedMeta(
+            name=str(plan.get("artifact", {}).get("name", where.stem)), class_names=classes,
+            class_colors=colors, ignore_index=int(plan["ignore_index"]),  # type: ignore[arg-type]
+            postprocess=dict(plan.get("postprocess") or {}), data_spec=dict(plan.get("data_spec") or {}),
+            in_channels=int(plan["input"]["channels"]), temperature=float(calibration.get("temperature", 1.0)),
+            class_scale=tuple(float(v) for v in calibration.get("class_scale", ())),
+            precision=str(plan.get("precision", "fp32")),
+        )
+    except KeyError as e:
+        raise ConfigError(f"{where}: the inference plan has no '{e.args[0]}' field; {EXPORT_HINT}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: invalid inference plan ({e}); expected 'classes' with one RGB 'colors' entry "
+                          f"each, an integer 'ignore_index' and 'input.channels'") from None
+
+
+def _tiling(plan: dict[str, Any], where: Path) -> TileConfig:
+    try:
+        return tile_config_from_plan(plan)
+    except KeyError as e:
+        raise ConfigError(f"{where}: the inference plan's 'tile' has no '{e.args[0]}' field; {EXPORT_HINT}") from None
+    except TypeError as e:
+        raise ConfigError(f"{where}: invalid 'tile' section in the inference plan ({e})") from None
