@@ -12,6 +12,7 @@ from unetkit.monitor.baseline import (
     SAMPLE_CAP,
     SCHEMA_VERSION,
     Baseline,
+    baseline_validations,
     build_baseline,
     output_sample,
     outputs_mismatch,
@@ -96,9 +97,10 @@ def test_outputs_mismatch_names_what_changed(reference_images):
 
 
 def test_output_sample_tops_up_a_small_validation_split():
-    assert output_sample(["v1", "v2"], [f"t{i}" for i in range(40)])[1] == 18
+    assert output_sample(["v1", "v2"], [f"t{i}" for i in range(40)])[1] == 10
     picked, extra = output_sample(["v1", "v2"], ["t0", "t1", "t2"])
     assert picked == ["v1", "v2", "t0", "t1", "t2"] and extra == 3
     picked, extra = output_sample([f"v{i}" for i in range(50)], ["t0"])
     assert len(picked) == 32 and extra == 0 and picked[0] == "v0" and picked[-1] == "v49"
-    assert output_sample([], [f"t{i}" for i in range(100)])[0][:2] == ["t0", "t5"]
+    assert output_sample([], [f"t{i}" for i in range(100)])[0][:2] == ["t0", "t9"]
+    assert baseline_validations(15, 5) == 12 / 5 and baseline_validations(100, 40) == 32 / 40

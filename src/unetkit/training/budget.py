@@ -25,10 +25,10 @@ def plan_total_steps(*, steps_done: int, seconds_left: float, seconds_per_step: 
     return steps_done + max(0, int(usable / per_step))
 
 
-def reserve_seconds(budget: float, val_seconds: float, save_seconds: float) -> float:
-    """Time kept for the end of the run: final validation, the drift baseline (model outputs on the
-    same validation images: about one more validation), checkpoint + best + artifact saves, margin."""
-    return 2.0 * val_seconds + 3.0 * save_seconds + 0.03 * budget + 0.1
+def reserve_seconds(budget: float, val_seconds: float, save_seconds: float, baseline_validations: float = 1.0) -> float:
+    """Time kept for the end of the run: final validation, the drift baseline (model outputs on
+    `baseline_validations` validations' worth of images), checkpoint + best + artifact saves, margin."""
+    return (1.0 + baseline_validations) * val_seconds + 3.0 * save_seconds + 0.03 * budget + 0.1
 
 
 @dataclass
@@ -41,6 +41,7 @@ class BudgetClock:
     step_times: list[float] = field(default_factory=list)
     val_seconds: float = 0.0
     save_seconds: float = 0.0
+    baseline_validations: float = 1.0  # the drift baseline's predictions, in validations (set by fit)
     excluded: float = 0.0  # validation/save time inside the current step's wall time
     last_plan: float = -1.0  # elapsed() at the last plan
 
@@ -75,7 +76,7 @@ class BudgetClock:
         return len(timed) >= self.probe_min_steps and sum(timed) >= min(0.03 * self.budget, 30.0)
 
     def reserve(self) -> float:
-        return reserve_seconds(self.budget, self.val_seconds, self.save_seconds)
+        return reserve_seconds(self.budget, self.val_seconds, self.save_seconds, self.baseline_validations)
 
     def time_to_plan(self, decided: bool, resumed: bool) -> bool:
         """First plan once the probe is done; then every ~5% of the budget (never in a resumed run)."""

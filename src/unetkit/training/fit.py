@@ -31,6 +31,7 @@ from unetkit.config import TrainConfig, to_dict
 from unetkit.inference.backends import keep_freed_memory
 from unetkit.losses.losses import SegmentationLoss
 from unetkit.models import build_model
+from unetkit.monitor.baseline import baseline_validations
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock
 from unetkit.training.distributed import (
@@ -82,6 +83,7 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
         data = load_training_data(config.data, progress=config.progress and env.is_main,
                                   log=print if config.progress and env.is_main else None)
         config = dataclasses.replace(config, model=data.resolve_model(config.model))  # resolved, for the artifact
+        clock.baseline_validations = baseline_validations(len(data.train), len(data.val))
 
         # ---- sampling and augmentation: every rank draws the same global batch, then keeps its share
         seed_everything(config.seed)
