@@ -125,9 +125,10 @@ def test_drift_alert_fires_on_drifted_images_and_not_before(stack):
 
     # A whole window of fresh images of the training distribution: a score, below the threshold.
     fill_window(server, normal_images(WINDOW, seed=2))
+    filled = time.time()  # the score scraped from now on is the normal window's (not an earlier test's)
     full = prometheus.wait_until(
-        lambda: prometheus.query(f'unetkit_drift_window_images{{instance="{instance}"}} >= {WINDOW}'
-                                 f' and on (instance, model_version) unetkit_drift_score'), TIMEOUT,
+        lambda: prometheus.query(f'unetkit_drift_window_images{{instance="{instance}"}} >= {WINDOW} and on '
+                                 f'(instance, model_version) timestamp(unetkit_drift_score) > {filled:.3f}'), TIMEOUT,
         "a full window and its score scraped")
     version = full[0]["metric"]["model_version"]
     settled = time.time()
