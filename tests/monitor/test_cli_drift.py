@@ -56,7 +56,7 @@ def test_baseline_then_no_drift_then_drift(folders, monkeypatch, capsys):
 
     report = folders["root"] / "report.json"
     code, out, _ = run(monkeypatch, capsys, model, str(folders["blurred"]), "--backend", "torch", "--json", str(report))
-    assert code == 1 and "DRIFT: score" in out
+    assert code == 1 and "DRIFT: score" in out and "only 16 images" in out
     data = json.loads(report.read_text())
     assert data["drifted"] is True and data["images"] == 16 and data["output_images"] == 16
     assert next(f for f in data["features"] if f["name"] == "sharpness")["drifted"] is True

@@ -152,6 +152,9 @@ def add_baseline(model: str | Path, data: str | Path, *, backend: str = "auto",
     return baseline
 
 
+FEW_IMAGES = 20  # below this a same-distribution sample often scores near the threshold
+
+
 def check_drift(model: str | Path, folder: str | Path, *, threshold: float, outputs: bool = True,
                 backend: str = "auto", progress: bool = True) -> tuple[DriftReport, list[str]]:
     """Compare the images under `folder` with the artifact's baseline: `(report, file errors)`."""
@@ -173,4 +176,7 @@ def check_drift(model: str | Path, folder: str | Path, *, threshold: float, outp
                                      backend=backend, progress=progress)
     if not measured:
         raise InputError(f"{folder}: none of the {len(paths)} images could be measured; first error: {errors[0]}")
+    if len(measured) < FEW_IMAGES:
+        notes.append(f"only {len(measured)} images: the PSI of fewer than {FEW_IMAGES} is noisy, even without "
+                     "drift (docs/monitoring.md)")
     return compare(baseline, measured, threshold, outputs=outputs and reason is None, notes=notes), errors
