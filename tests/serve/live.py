@@ -29,15 +29,22 @@ class LiveServer:
             [sys.executable, "-m", "unetkit", "serve", str(artifact), "--port", str(self.port)],
             env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),  # noqa: SIM115 - closed with the process
         )
-        deadline = time.monotonic() + ready_timeout
+        try:
+            self.wait_ready(ready_timeout)
+        except BaseException:  # a server that never got ready is not left running
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         while True:
-            assert self.proc.poll() is None, f"server exited: {log.read_text()[-2000:]}"
+            assert self.proc.poll() is None, f"server exited: {self.log.read_text()[-2000:]}"
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, f"server not ready in {ready_timeout:.0f} s: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"server not ready in {timeout:.0f} s: {self.log.read_text()[-2000:]}"
             time.sleep(0.1)
 
     def stop(self, timeout: float = 20) -> int:
