@@ -59,7 +59,11 @@ class LivePrometheus:
              f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"),  # noqa: SIM115 - closed with the process
         )
-        self.wait_until(self.ready, 180, "Prometheus ready")
+        try:
+            self.wait_until(self.ready, 180, "Prometheus ready")
+        except BaseException:  # never left running behind a failed start
+            self.stop()
+            raise
 
     def ready(self) -> bool:
         assert self.proc.poll() is None, f"prometheus exited: {self.log.read_text()[-3000:]}"
