@@ -4,8 +4,15 @@ import torch
 
 from unetkit.config import TileConfig
 from unetkit.errors import ConfigError, InputError
-from unetkit.inference.predict import dihedral, dihedral_inverse, predict_tiled, softmax_
-from unetkit.inference.tiling import tile_starts
+from unetkit.inference.predict import (
+    _shift_rows_up,
+    dihedral,
+    dihedral_inverse,
+    iter_probability_rows,
+    predict_tiled,
+    softmax_,
+)
+from unetkit.inference.tiling import gaussian_weights, tile_starts
 
 
 def whole(predictor, image):
@@ -134,3 +141,27 @@ def test_config_errors(predictor):
 def test_predictor_returning_the_wrong_shape_is_reported(image):
     with pytest.raises(ValueError, match="predictor returned"):
         predict_tiled(lambda x: x[:, :, :4], image, TileConfig(tile_size=(16, 16)))
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 7, 8, 10])
+def test_shift_rows_up_moves_the_unfinished_rows_to_the_top_and_zeroes_the_rest(n):
+    a = np.arange(10 * 4, dtype=np.float32).reshape(10, 4) + 1
+    expected = np.concatenate([a[n:], np.zeros((min(n, 10), 4), np.float32)])
+    _shift_rows_up(a, n)
+    np.testing.assert_array_equal(a, expected)
+
+
+def test_row_blocks_share_one_buffer_and_high_overlap_still_matches(predictor, image):
+    config = TileConfig(tile_size=(16, 16), overlap=0.8, batch_size=2)  # step 3: rows shift in many pieces
+    blocks = [block for _, block in iter_probability_rows(predictor, lambda a, b: image[:, a:b], image.shape, config, (16, 16))]
+    assert all(np.shares_memory(blocks[0], b) for b in blocks[1:])
+    out = predict_tiled(predictor, image, config)
+    np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-5)
+    reference = np.zeros((3, *image.shape[1:]), np.float64)
+    weight = np.zeros(image.shape[1:], np.float64)
+    w = gaussian_weights((16, 16), config.sigma_scale)
+    for y in tile_starts(image.shape[1], 16, 0.8):
+        for x in tile_starts(image.shape[2], 16, 0.8):
+            reference[:, y : y + 16, x : x + 16] += w * whole(predictor, image[:, y : y + 16, x : x + 16].copy())
+            weight[y : y + 16, x : x + 16] += w
+    np.testing.assert_allclose(out, reference / weight, atol=1e-5)

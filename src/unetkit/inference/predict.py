@@ -108,7 +108,9 @@ def iter_probability_rows(
     """Yield `(y0, probabilities (K, rows, W))` for consecutive finished rows of the image.
 
     `read_rows(y0, y1)` returns image rows `[y0, y1)` as `(C, y1 - y0, W)` float32; `shape` is
-    the image's `(C, H, W)`. Rows come out top to bottom, each exactly once.
+    the image's `(C, H, W)`. Rows come out top to bottom, each exactly once. Each block is a view
+    of one buffer that the next block overwrites (copy it to keep it): per-row buffers of a wide
+    image are larger than malloc recycles (32 MiB), so fresh ones would cost page faults each row.
     """
     channels, height, width = shape
     th, tw = tile
@@ -122,6 +124,7 @@ def iter_probability_rows(
     batch = np.empty((min(config.batch_size, len(xs)), channels, th, tw), dtype=np.float32)
     acc: np.ndarray | None = None
     wsum = np.zeros((th, padded_w), dtype=np.float32)
+    finished: np.ndarray | None = None
     for i, y in enumerate(ys):
         stripe = _read_stripe(read_rows, y, tile, height, width, config.padding)
         for b0 in range(0, len(xs), len(batch)):
@@ -138,11 +141,21 @@ def iter_probability_rows(
         assert acc is not None
         done = ys[i + 1] - y if i + 1 < len(ys) else th
         rows = min(done, height - y)
-        yield y, acc[:, :rows, :width] / wsum[:rows, :width]
-        acc[:, : th - done] = acc[:, done:].copy()
-        acc[:, th - done :] = 0.0
-        wsum[: th - done] = wsum[done:].copy()
-        wsum[th - done :] = 0.0
+        if finished is None:
+            finished = np.empty((len(acc), min(th, height), width), dtype=np.float32)
+        yield y, np.divide(acc[:, :rows, :width], wsum[:rows, :width], out=finished[:, :rows])
+        for a in (*acc, wsum):
+            _shift_rows_up(a, done)
+
+
+def _shift_rows_up(a: np.ndarray, n: int) -> None:
+    """Move rows `n:` of the 2D array `a` to the top and zero the rest, in place, in pieces of at
+    most `n` rows so that no piece overlaps its source (numpy would copy through a temporary)."""
+    h = a.shape[0]
+    for top in range(0, h - n, n):
+        bottom = min(top + n, h - n)
+        a[top:bottom] = a[top + n : bottom + n]
+    a[max(0, h - n) :] = 0.0
 
 
 def _read_stripe(read_rows: RowReader, y: int, tile: tuple[int, int], height: int, width: int, padding: str) -> np.ndarray:

@@ -58,10 +58,11 @@ class LazyImage:
         step = chunks[self.axes.index("Y")] if chunks else None
         return int(step) if isinstance(step, (int, np.integer)) else None
 
-    def read_rows(self, y0: int, y1: int) -> np.ndarray:
-        """Image rows `[y0, y1)` as `(C, y1 - y0, W)` float32 (a new array)."""
+    def read_rows(self, y0: int, y1: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Image rows `[y0, y1)` as `(C, y1 - y0, W)` float32, in `out` when given."""
         channels, height, width = self.shape
-        out = np.empty((channels, y1 - y0, width), dtype=np.float32)
+        if out is None:
+            out = np.empty((channels, y1 - y0, width), dtype=np.float32)
         for start, rows in self._pieces(y0, y1, height):
             a, b = max(y0, start), min(y1, start + rows.shape[0])
             out[:, a - y0 : b - y0] = rows[a - start : b - start].transpose(2, 0, 1)  # cast and transpose in one pass
@@ -392,9 +393,11 @@ def _run(predictor: Any, image: LazyImage, outputs: list[tuple[Path, str]], conf
     seconds.update(dict.fromkeys(("read", "forward", "blend", "labels", "write"), 0.0))
     timed = _Timed(predictor, seconds)
 
+    stripe = np.empty((image.shape[0], min(tile[0], height), width), dtype=np.float32)  # reused: see iter_probability_rows
+
     def read(y0: int, y1: int) -> np.ndarray:
         start = time.perf_counter()
-        rows = image.read_rows(y0, y1)
+        rows = image.read_rows(y0, y1, out=stripe[:, : y1 - y0])
         seconds["read"] += time.perf_counter() - start
         return rows
 
