@@ -108,7 +108,7 @@ def main() -> None:
         rows.append(f"| {name} | {inputs:.3f} | {outputs:.3f} | {both.score:.3f} | "
                     f"{'DRIFT' if both.drifted else 'no drift'} | {worst.name} ({worst.psi:.2f}) | "
                     f"{1000 * cpu / len(test):.0f} |")
-    print(f"\n{baseline.input_images} training images, model outputs on {baseline.output_images} validation images; "
+    print(f"\n{baseline.input_images} training images, model outputs on {baseline.output_images} images; "
           f"{len(test)} test images per variant; {platform.machine()}, {platform.python_version()}\n")
     print("| images | max PSI, inputs | max PSI, outputs | score | verdict (threshold 0.2) | largest PSI | CPU ms/img (with inference) |")
     print("| --- | ---: | ---: | ---: | --- | --- | ---: |")
