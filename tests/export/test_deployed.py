@@ -176,3 +176,4 @@ def test_cli_refuses_a_model_it_cannot_trust_in_one_line(exported, tmp_path, rng
     proc = run_cli("predict", str(onnx), str(gray), "--out", str(tmp_path / "p"))
     assert proc.returncode == 2
     assert_one_line_error(proc, "image has 1 channel(s) but the model takes 3")
+    assert f"{gray}: image has 1 channel(s)" in proc.stderr  # the failing file is named

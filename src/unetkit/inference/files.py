@@ -103,7 +103,7 @@ def predict_files(
             image = read_image(path)
             probs = predict_tiled(predictor, image, tile)
         except UnetkitError as e:
-            failed.append(str(e))
+            failed.append(str(e) if str(path) in str(e) else f"{path}: {e}")  # every message names its file
             continue
         labels = labels_from_probabilities(probs, artifact)
         target = out / stem
