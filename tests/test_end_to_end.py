@@ -46,3 +46,6 @@ def test_cli_from_folder_to_masks(tmp_path):
 
     proc = run_cli("info", str(model))
     assert proc.returncode == 0 and json.loads(proc.stdout)["model"]["out_channels"] == 4
+    summary, full = json.loads(proc.stdout), json.loads(run_cli("info", str(model), "--full").stdout)
+    assert isinstance(full["drift_baseline"]["features"], list) and len(full["drift_baseline"]["features"]) > 0
+    assert summary["drift_baseline"]["features"].startswith(f"{len(full['drift_baseline']['features'])} features")

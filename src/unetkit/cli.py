@@ -444,13 +444,27 @@ def drift(
 
 
 @app.command()
-def info(model: RunModelArg) -> None:
+def info(
+    model: RunModelArg,
+    full: Annotated[bool, typer.Option("--full/--summary", help="Also print the drift baseline's stored "
+                                       "feature histograms and every training-history entry.")] = False,
+) -> None:
     """Print a model artifact's metadata, or an exported .onnx model's inference plan (verified)."""
     from unetkit.config import to_dict
     from unetkit.export.deployed import DeployedModel, load_model
 
     loaded = load_model(model)
-    typer.echo(json.dumps(loaded.plan if isinstance(loaded, DeployedModel) else to_dict(loaded.meta), indent=2))
+    if isinstance(loaded, DeployedModel):
+        typer.echo(json.dumps(loaded.plan, indent=2))
+        return
+    meta = to_dict(loaded.meta)
+    if not full:  # the baseline's histograms and the per-step history are data, not facts to read
+        baseline = meta.get("drift_baseline") or {}
+        if "features" in baseline:
+            meta["drift_baseline"] = {**baseline, "features": f"{len(baseline['features'])} features (--full shows them)"}
+        if len(meta.get("history") or []) > 3:
+            meta["history"] = [f"{len(meta['history'])} entries, last: {json.dumps(meta['history'][-1])} (--full shows all)"]
+    typer.echo(json.dumps(meta, indent=2))
 
 
 @app.command()
