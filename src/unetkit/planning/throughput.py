@@ -110,8 +110,12 @@ class MeasuredThroughput:
         return [{"candidate": c.label(), "seconds_per_step": s} for c, s in self.table.items()]
 
 
+WARMUP_STEPS = 2  # untimed steps before timing a fresh model (allocator growth, first page-ins)
+
+
 def time_candidate(c: Candidate, *, in_channels: int, out_channels: int, model: ModelConfig, loss: LossConfig,
-                   augment: AugmentConfig, device: torch.device, timed_steps: int = 3, warmup_steps: int = 2) -> float:
+                   augment: AugmentConfig, device: torch.device, timed_steps: int = 3,
+                   warmup_steps: int = WARMUP_STEPS) -> float:
     """Median seconds of `timed_steps` real training steps (after `warmup_steps`) on random data.
 
     Two warm-up steps: the first steps of a fresh model grow the allocator and page in buffers, and
@@ -161,7 +165,7 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
     ordered = sorted(candidates, key=lambda c: train_flops(c, in_channels, out_channels))
     for c in ordered:
         left = max_seconds - (time.perf_counter() - started)
-        predicted = result(c) * (timed_steps + 2) * 1.5 + 0.05  # steps + model build, with a margin
+        predicted = result(c) * (timed_steps + WARMUP_STEPS) * 1.5 + 0.05  # steps + model build, with a margin
         if left <= 0 or (result.table and predicted > left) or (not result.table and left < 0.05):
             break
         seconds = time_candidate(c, in_channels=in_channels, out_channels=out_channels, model=model or ModelConfig(),
