@@ -147,6 +147,9 @@ class TrainConfig:
     progress: bool = True
     resume: bool = False  # continue from out_dir/checkpoint-last.pt
     plan: dict[str, Any] = field(default_factory=dict)  # the auto-plan (unetkit.planning), stored in the artifact
+    # at the end, choose the artifact's postprocessing on the validation split for this score
+    # (`unetkit.inference.postprocess.tune_postprocess`); "off" keeps plain arg-max
+    tune_postprocess: Literal["dice", "iou", "rand", "off"] = "off"
 
 
 # ---------------------------------------------------------------- inference, export, serving
@@ -171,11 +174,17 @@ class PostprocessConfig:
     """Clean-up of a predicted label map (`unetkit.inference.postprocess`); stored in the artifact.
 
     Per-class tuples are indexed by class index: `()` means off for every class, 0/False off for
-    that class. Per foreground class the ops run in this order: opening, closing, hole filling,
-    small-component removal, keep-largest. `unetkit tune-postprocess` picks them on validation data.
+    that class. Per foreground class the ops run in this order: watershed split, opening, closing,
+    hole filling, small-component removal, keep-largest. `unetkit tune-postprocess` picks them on
+    validation data, and training does so at its end (`TrainConfig.tune_postprocess`).
     """
 
     threshold: float | None = None  # binary models: class 1 where p(class 1) >= threshold; None: arg-max
+    # objects touching through a thin background (cells and membranes): grow seeds (components of
+    # p(class) >= this probability; 0 = off) over 1 - p(class) by watershed; the class becomes every
+    # basin except the lines where basins meet, plus the background within `watershed_band` px of a line
+    watershed: tuple[float, ...] = ()
+    watershed_band: tuple[int, ...] = ()  # predicted background kept this close (px) to a dividing line
     opening: tuple[int, ...] = ()  # disk radius in pixels
     closing: tuple[int, ...] = ()  # disk radius in pixels
     fill_holes: tuple[bool, ...] = ()  # fill background enclosed by the class
@@ -185,7 +194,9 @@ class PostprocessConfig:
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"postprocess.threshold: expected a probability in (0, 1), got {self.threshold}")
-        for name in ("opening", "closing", "min_size"):
+        if any(not 0.0 <= v < 1.0 for v in self.watershed):
+            raise ConfigError(f"postprocess.watershed: seed probabilities must be in [0, 1) (0 = off), got {list(self.watershed)}")
+        for name in ("opening", "closing", "min_size", "watershed_band"):
             if any(v < 0 for v in getattr(self, name)):
                 raise ConfigError(f"postprocess.{name}: values must be >= 0, got {list(getattr(self, name))}")
 

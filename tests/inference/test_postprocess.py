@@ -166,3 +166,83 @@ def test_tuning_multiclass_never_lowers(rng):
     params, _ = tune_postprocess(probs, truths, metric="iou")
     assert "threshold" not in params
     assert score_labels([apply_postprocess(p, params) for p in probs], truths, 3, "iou") >= base
+
+
+# ---------------------------------------------------------------- watershed split (cells and membranes)
+
+
+def cells_and_membranes(rng, size: int = 160, cells: int = 20):
+    """Voronoi cells (class 1) divided by 2-px membranes (class 0), and a U-Net-like probability
+    map of them: membranes predicted three times too thick with soft edges, spurs of membrane-like
+    probability running from the membranes into the cells (organelle outlines joined to the
+    membrane network), and a little noise."""
+    from skimage.segmentation import find_boundaries
+
+    yy, xx = np.mgrid[:size, :size]
+    centres = rng.uniform(0, size, (cells, 2))
+    d = (yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2
+    region = d.argmin(-1) + 1
+    truth = (~find_boundaries(region, mode="inner")).astype(np.uint8)
+    depth = ndimage.distance_transform_edt(truth)
+    p = 1 / (1 + np.exp(-(depth - 2.5) / 0.7))  # p < 0.5 within 2.5 px of a membrane: ~5 px thick
+    for cy, cx in centres:  # a 6-px spur from the cell's nearest membrane towards its centre
+        wall = np.unravel_index(np.argmin(np.where(region == region[int(cy) % size, int(cx) % size], depth, np.inf)
+                                          + np.hypot(yy - cy, xx - cx) * 1e-3), depth.shape)
+        for t in np.linspace(0, 1, 24):
+            y, x = int(round(wall[0] + t * (cy - wall[0]) * 0.5)), int(round(wall[1] + t * (cx - wall[1]) * 0.5))
+            p[max(y - 1, 0): y + 1, max(x - 1, 0): x + 1] = 0.1
+    p = np.clip(p + ndimage.gaussian_filter(rng.normal(0, 0.1, p.shape), 2), 0.001, 0.999).astype(np.float32)
+    return np.stack([1 - p, p]), truth
+
+
+def test_watershed_split_thins_boundaries_to_lines_and_drops_inner_fragments(rng):
+    from unetkit.metrics.topology import adapted_rand_error, label_components
+
+    probs, truth = cells_and_membranes(rng)
+    plain = apply_postprocess(probs, {})
+    split = apply_postprocess(probs, {"watershed": [0, 0.95], "watershed_band": [0, 1]})
+    n_true = label_components(truth == 1)[1]
+    assert abs(label_components(split == 1)[1] - n_true) <= 2  # one region per cell
+    e_plain, _, rec_plain = adapted_rand_error(plain == 1, truth == 1)
+    e_split, _, rec_split = adapted_rand_error(split == 1, truth == 1)
+    assert rec_split > rec_plain + 0.1 and e_split < 0.6 * e_plain
+    # the dividing lines follow the real membranes: 99 % of line pixels are within 3 px of one...
+    lines = split == 0
+    assert lines.any() and np.mean(ndimage.distance_transform_edt(truth == 1)[lines] <= 3) > 0.99
+    # ...and are thinner than the predicted membranes, which a wider band keeps
+    assert lines.sum() < 0.8 * (plain == 0).sum()
+    wide = apply_postprocess(probs, {"watershed": [0, 0.95], "watershed_band": [0, 8]})
+    assert (wide == 0).sum() > lines.sum()
+    # no seed anywhere: unchanged
+    np.testing.assert_array_equal(apply_postprocess(probs, {"watershed": [0, 0.9999999]}), plain)
+
+
+def test_rand_tuning_switches_the_split_on_within_the_dice_guard(rng):
+    pairs = [cells_and_membranes(rng) for _ in range(3)]
+    probs, truths = [p for p, _ in pairs], [t for _, t in pairs]
+    params, log = tune_postprocess(probs, truths, metric="rand")
+    assert params.get("watershed", [0, 0])[1] > 0
+    assert [r["op"] for r in log][:2] == ["watershed", "watershed_band"]  # before the threshold
+    base = score_labels([apply_postprocess(p, {}) for p in probs], truths, 2, "rand")
+    tuned = score_labels([apply_postprocess(p, params) for p in probs], truths, 2, "rand")
+    assert tuned > base + 0.1
+    dice = [score_labels([apply_postprocess(p, c) for p in probs], truths, 2, "dice") for c in ({}, params)]
+    assert dice[1] >= dice[0] - 0.005
+    # a guard nothing can pass: arg-max stays
+    tight, _ = tune_postprocess(probs, truths, metric="rand", dice_guard=-1.0)
+    assert tight == {}
+
+
+def test_rand_score_is_one_minus_the_adapted_rand_error_and_skips_ignored_pixels():
+    from unetkit.metrics.topology import adapted_rand_error
+
+    truth = np.zeros((6, 9), np.uint8)
+    truth[:, :4], truth[:, 5:] = 1, 1
+    pred = np.ones_like(truth)  # the two cells merged
+    expected = 1 - adapted_rand_error(pred == 1, truth == 1)[0]
+    assert score_labels([pred], [truth], 2, "rand") == pytest.approx(expected) and expected < 0.9
+    ignored = truth.copy()
+    ignored[:, 5:] = 255  # the second cell not labelled: nothing merged in what is scored
+    assert score_labels([pred], [ignored], 2, "rand") == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="watershed"):
+        PostprocessConfig(watershed=(0.0, 1.5))
