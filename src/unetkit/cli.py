@@ -45,6 +45,10 @@ BatchOpt = Annotated[int | None, typer.Option(help="Global batch size.")]
 LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate.")]
 ValKeysOpt = Annotated[str | None, typer.Option(help="Comma-separated sample keys to validate on.")]
 ValFractionOpt = Annotated[float | None, typer.Option(help="Fraction held out for validation.")]
+PostprocessOpt = Annotated[str | None, typer.Option(
+    "--postprocess", help="Tune the model's postprocessing on the validation split at the end of training for "
+    "dice, iou or rand (objects: adapted Rand score, adds a watershed split), or off (plain arg-max). "
+    "Default: planned with --budget (rand for touching objects, else dice), else off.")]
 
 
 def _keys(text: str | None) -> list[str] | None:
@@ -140,6 +144,7 @@ def train(
     lr: LrOpt = None,
     val_keys: ValKeysOpt = None,
     val_fraction: ValFractionOpt = None,
+    postprocess: PostprocessOpt = None,
     out: Annotated[str | None, typer.Option(help="Run folder (checkpoints, log, model.unetkit).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     nproc: Annotated[int, typer.Option(help="Data-parallel processes on this node (torchrun, gloo on CPU).")] = 1,
@@ -158,7 +163,7 @@ def train(
 
     flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
-                 tensorboard=tensorboard, progress=not quiet)
+                 tensorboard=tensorboard, progress=not quiet, postprocess=postprocess)
     cfg = build_train_config(data=data, config_file=config, **flags)
     if budget is not None and plan and not resume:
         from unetkit.planning.auto import plan_training
@@ -188,6 +193,7 @@ def plan_command(
     lr: LrOpt = None,
     val_keys: ValKeysOpt = None,
     val_fraction: ValFractionOpt = None,
+    postprocess: PostprocessOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the plan as JSON here.")] = None,
 ) -> None:
     """Show the plan `unetkit train DATA --budget B` would follow (data fingerprint + a short
@@ -197,7 +203,7 @@ def plan_command(
     from unetkit.training.setup import build_train_config, explicit_settings, flag_settings
 
     flags = dict(budget=budget, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
-                 val_fraction=val_fraction, progress=False)
+                 val_fraction=val_fraction, progress=False, postprocess=postprocess)
     cfg = build_train_config(data=data, config_file=config, **flags)
     made = preview_plan(cfg, explicit_settings(config, flag_settings(data, **flags)), log=typer.echo)
     typer.echo(format_plan(made))
@@ -295,20 +301,22 @@ def calibrate(
 def tune_postprocess(
     model: Annotated[Path, typer.Argument(help="Model artifact (updated in place unless --out); calibrate first.")],
     data: Annotated[str, typer.Argument(help="Labelled validation data: folder, dataset description or manifest.")],
-    metric: Annotated[str, typer.Option(help="dice or iou (pooled over images, foreground classes).")] = "dice",
+    metric: Annotated[str, typer.Option(help="dice or iou (pooled over images, foreground classes), or rand "
+                                        "(1 - adapted Rand error of each class's components: objects; adds a watershed split).")] = "dice",
     keys: KeysOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the tuned model here; MODEL stays as it is.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary and every step as JSON here.")] = None,
     backend: BackendOpt = "auto",
 ) -> None:
-    """Try threshold, opening/closing, hole filling, small-component removal and keep-largest on
-    validation data; keep only what strictly improves METRIC; store the choice in the model."""
+    """Try threshold, opening/closing, hole filling, small-component removal, keep-largest (and, for
+    rand, the watershed split of touching objects) on validation data; keep only what strictly
+    improves METRIC; store the choice in the model. Training does this itself at its end."""
     from unetkit.tuning import tune_model_postprocess
 
     s = tune_model_postprocess(model, data, keys=_keys(keys), metric=metric, out=out, backend=backend)
     for step in s["steps"]:
         mark = "kept" if step["kept"] else "    "
-        typer.echo(f"{mark} {step['op']:<13}class {step['class']:>2}  {step['value']!s:<6} {step['before']:.4f} -> {step['after']:.4f}")
+        typer.echo(f"{mark} {step['op']:<15}class {step['class']:>2}  {step['value']!s:<6} {step['before']:.4f} -> {step['after']:.4f}")
     typer.echo(f"{metric} {s['before']:.4f} -> {s['after']:.4f} with {s['postprocess'] or 'no postprocessing (arg-max)'}")
     typer.echo(f"wrote {s['artifact']}")
     _echo_json(s, json_out)

@@ -136,25 +136,52 @@ def tune_model_postprocess(
 ) -> dict[str, Any]:
     """Choose postprocessing on labelled data (see `inference.postprocess.tune_postprocess`) and
     store it in the artifact's `postprocess` (in place, or in a copy at `out`)."""
-    from unetkit.inference.postprocess import METRICS, apply_postprocess, score_labels, tune_postprocess
+    from unetkit.inference.postprocess import METRICS
 
     if metric not in METRICS:
         raise DataError(f"metric '{metric}': expected one of {list(METRICS)}")
     artifact, samples = load_labelled(model, data, keys, progress)
+    summary = tune_samples(artifact, samples, metric, config=config, backend=backend, progress=progress)
+    summary |= {"data": str(data), "keys": list(keys or [])}
+    target = _target(artifact, out)
+    metrics = dict(artifact.meta.metrics) | {"postprocess_tuning": tuning_record(summary)}
+    update_artifact(target, postprocess=summary["postprocess"], metrics=metrics)
+    return json_value(summary | {"artifact": str(target)})
+
+
+def tune_samples(
+    artifact: Artifact,
+    samples: Sequence[Any],
+    metric: str,
+    *,
+    config: TileConfig = TileConfig(),
+    backend: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict labelled `samples` (LoadedSample: image, labels) with `artifact` and tune its
+    postprocessing for `metric`; returns the summary (`postprocess`: the params to store; `before`
+    / `after`: the metric with arg-max / with them; `dice_before` / `dice_after`; `steps`: the log)."""
+    from unetkit.inference.postprocess import apply_postprocess, score_labels, tune_postprocess
+
     probs, truths = [], []
     for sample, p in iter_probabilities(artifact, samples, config, backend=backend, progress=progress):
         probs.append(p)
         truths.append(sample.labels)
     k, ignore = artifact.meta.num_classes, artifact.meta.ignore_index
     params, log = tune_postprocess(probs, truths, metric=metric, ignore_index=ignore)
-    before = score_labels([apply_postprocess(p, {}) for p in probs], truths, k, metric, ignore)
-    after = score_labels([apply_postprocess(p, params) for p in probs], truths, k, metric, ignore)
-    summary = {"metric": metric, "postprocess": params, "before": before, "after": after,
-               "images": len(samples), "data": str(data), "keys": list(keys or []), "steps": log}
-    target = _target(artifact, out)
-    metrics = dict(artifact.meta.metrics) | {"postprocess_tuning": json_value({k: v for k, v in summary.items() if k != "steps"})}
-    update_artifact(target, postprocess=params, metrics=metrics)
-    return json_value(summary | {"artifact": str(target)})
+    plain = [apply_postprocess(p, {}) for p in probs]
+    tuned = [apply_postprocess(p, params) for p in probs]
+    return json_value({
+        "metric": metric, "postprocess": params,
+        "before": score_labels(plain, truths, k, metric, ignore), "after": score_labels(tuned, truths, k, metric, ignore),
+        "dice_before": score_labels(plain, truths, k, "dice", ignore), "dice_after": score_labels(tuned, truths, k, "dice", ignore),
+        "images": len(samples), "steps": log,
+    })
+
+
+def tuning_record(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the artifact's metrics keep of a tuning summary (no trial log)."""
+    return json_value({k: v for k, v in summary.items() if k not in ("steps", "artifact")})
 
 
 def _target(artifact: Artifact, out: str | Path | None) -> Path:

@@ -16,7 +16,7 @@ PROFILES = {
 }
 
 
-def make_fingerprint(size=(584, 565), n=20, channels=3, classes=None) -> dict[str, Any]:
+def make_fingerprint(size=(584, 565), n=20, channels=3, classes=None, objects_per_image=3.0) -> dict[str, Any]:
     """A fingerprint dict like `unetkit.data.fingerprint.fingerprint` returns.
 
     `classes`: (name, pixel_fraction, erosion_survival, mean_border_distance, p90 object size)."""
@@ -25,7 +25,7 @@ def make_fingerprint(size=(584, 565), n=20, channels=3, classes=None) -> dict[st
         "n_samples": n, "channels": channels,
         "size": {"min": list(size), "median": [float(v) for v in size], "max": list(size)},
         "labelled_fraction": 1.0,
-        "classes": [{"name": name, "index": k, "pixel_fraction": f, "present_in": n, "objects_per_image": 3.0,
+        "classes": [{"name": name, "index": k, "pixel_fraction": f, "present_in": n, "objects_per_image": objects_per_image,
                      "object_size_p10_p50_p90": [p90 / 10, p90 / 2, p90], "erosion_survival": s,
                      "mean_border_distance": d} for k, (name, f, s, d, p90) in enumerate(classes)],
     }

@@ -70,6 +70,19 @@ def test_thin_structures_turn_on_cldice_and_foreground_oversampling_at_the_rungs
     assert "thin" in format_plan(thin)
 
 
+def test_objects_touching_through_a_thin_background_tune_postprocessing_for_the_rand_score():
+    membranes = [("membrane", 0.22, 0.73, 2.5, 58000.0), ("interior", 0.78, 0.92, 12.0, 4700.0)]
+    cells = make_fingerprint(size=(512, 512), n=30, channels=1, classes=membranes, objects_per_image=114.0)
+    plan = make_plan(cells, PROFILES["cpu2"], 1800, {})
+    assert plan.value("tune_postprocess") == "rand" and "interior" in format_plan(plan)
+    few = make_fingerprint(size=(512, 512), n=30, channels=1, classes=membranes, objects_per_image=3.0)
+    assert make_plan(few, PROFILES["cpu2"], 1800, {}).value("tune_postprocess") == "dice"  # not many objects
+    for classes in (VESSELS, BLOBS):  # the background is no thin network
+        fp = make_fingerprint(classes=classes, objects_per_image=114.0)
+        assert make_plan(fp, PROFILES["cpu2"], 1800, {}).value("tune_postprocess") == "dice"
+    assert make_plan(cells, PROFILES["cpu2"], 1800, {"tune_postprocess": "off"}).value("tune_postprocess") == "off"
+
+
 def test_a_thin_minority_class_0_gets_no_cldice_which_scores_classes_1_and_up():
     membranes = [("membrane", 0.22, 0.73, 2.5, 58000.0), ("interior", 0.78, 0.92, 12.0, 4700.0)]
     plan = make_plan(make_fingerprint(size=(512, 512), n=30, channels=1, classes=membranes), PROFILES["cpu2"], 1800, {})

@@ -61,6 +61,26 @@ def test_fit_writes_artifact_checkpoints_and_log(tiny_config, capsys) -> None:
     assert next(e for e in log if e["event"] == "stop")["reason"] == "steps"
 
 
+def test_fit_tunes_postprocessing_on_the_validation_split_and_stores_it(tiny_config) -> None:
+    from unetkit.artifact import load_artifact
+    from unetkit.inference.postprocess import apply_postprocess, score_labels
+    from unetkit.metrics.evaluate import iter_probabilities, load_labelled
+
+    cfg = tiny_config(tune_postprocess="iou")
+    art = load_artifact(fit(cfg))
+    record = art.meta.metrics["postprocess_tuning"]
+    assert record["metric"] == "iou" and record["postprocess"] == art.meta.postprocess
+    assert record["after"] >= record["before"] and record["images"] == len(record["keys"]) >= 1
+    # the record is what the saved model and its postprocessing score on those validation images
+    _, samples = load_labelled(art, cfg.data.data, record["keys"], progress=False)
+    pairs = list(iter_probabilities(art, samples, progress=False))
+    labels = [apply_postprocess(p, art.meta.postprocess) for _, p in pairs]
+    score = score_labels(labels, [s.labels for s, _ in pairs], art.meta.num_classes, "iou", art.meta.ignore_index)
+    assert score == pytest.approx(record["after"], abs=1e-6)
+    off = load_artifact(fit(tiny_config("off", tune_postprocess="off")))
+    assert "postprocess_tuning" not in off.meta.metrics and off.meta.postprocess == {}
+
+
 def test_checkpoint_is_weights_only_loadable(tiny_config) -> None:
     cfg = tiny_config(steps=3, val_every=100)
     fit(cfg)

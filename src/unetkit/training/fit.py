@@ -51,6 +51,7 @@ from unetkit.training.runlog import Callback, RunLog
 
 LOG_EVERY = 10  # steps between "train" events in metrics.jsonl
 STOP_CODES = {0: "", 1: "steps", 2: "budget", 3: "early_stop", 4: "interrupted"}
+TUNE_VALIDATIONS = 2.0  # budget reserved for tuning postprocessing: one prediction pass + the search (R13)
 
 
 @dataclass
@@ -83,7 +84,8 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
         data = load_training_data(config.data, progress=config.progress and env.is_main,
                                   log=print if config.progress and env.is_main else None)
         config = dataclasses.replace(config, model=data.resolve_model(config.model))  # resolved, for the artifact
-        clock.baseline_validations = baseline_validations(len(data.train), len(data.val))
+        clock.baseline_validations = baseline_validations(len(data.train), len(data.val)) + (
+            TUNE_VALIDATIONS if config.tune_postprocess != "off" and len(data.val) else 0.0)
 
         # ---- sampling and augmentation: every rank draws the same global batch, then keeps its share
         seed_everything(config.seed)
@@ -271,10 +273,28 @@ def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, 
         metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC},
         lineage={"steps": state.step, "total_steps": state.total_steps},
     )
+    if config.tune_postprocess != "off" and len(data.val):
+        meta = tuned_postprocess(meta, weights, data.val, config)
     from unetkit.monitor.measure import training_baseline  # input/output statistics for drift detection
 
     baseline = training_baseline(weights, meta, data.train, data.val, log=print if config.progress else None)
     return save_artifact(path, weights, dataclasses.replace(meta, drift_baseline=baseline))
+
+
+def tuned_postprocess(meta: Any, weights: dict[str, Any], val: Sequence[Any], config: TrainConfig) -> Any:
+    """`meta` with postprocessing tuned on the validation split for `config.tune_postprocess` (R13)."""
+    from unetkit.artifact import Artifact
+    from unetkit.tuning import tune_samples, tuning_record
+
+    t0 = time.perf_counter()
+    summary = tune_samples(Artifact(meta=meta, state_dict=weights), val, config.tune_postprocess, progress=False)
+    summary["keys"] = [s.key for s in val]
+    if config.progress:
+        print(f"postprocessing tuned on {len(val)} validation image(s) for {summary['metric']} in "
+              f"{time.perf_counter() - t0:.1f} s: {summary['before']:.4f} -> {summary['after']:.4f} with "
+              f"{summary['postprocess'] or 'plain arg-max'}")
+    return dataclasses.replace(meta, postprocess=summary["postprocess"],
+                               metrics={**meta.metrics, "postprocess_tuning": tuning_record(summary)})
 
 
 class InterruptFlag:

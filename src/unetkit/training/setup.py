@@ -33,6 +33,7 @@ def flag_settings(
     seed: int | None = None,
     tensorboard: bool = False,
     progress: bool = True,
+    postprocess: str | None = None,
 ) -> dict[str, Any]:
     """The dotted TrainConfig keys the command-line flags set (a preset sets its model fields)."""
     changes: dict[str, Any] = {"data.data": str(data), "nproc": nproc, "progress": progress}
@@ -66,6 +67,8 @@ def flag_settings(
         changes["data.seed"] = seed
     if tensorboard:
         changes["tensorboard"] = True
+    if postprocess is not None:
+        changes["tune_postprocess"] = postprocess
     return changes
 
 
