@@ -145,6 +145,8 @@ def train(
     val_keys: ValKeysOpt = None,
     val_fraction: ValFractionOpt = None,
     postprocess: PostprocessOpt = None,
+    calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Fit temperature scaling on "
+                                                   "the validation split at the end (default: on).")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder (checkpoints, log, model.unetkit).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     nproc: Annotated[int, typer.Option(help="Data-parallel processes on this node (torchrun, gloo on CPU).")] = 1,
@@ -163,7 +165,7 @@ def train(
 
     flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
-                 tensorboard=tensorboard, progress=not quiet, postprocess=postprocess)
+                 tensorboard=tensorboard, progress=not quiet, postprocess=postprocess, calibrate=calibrate)
     cfg = build_train_config(data=data, config_file=config, **flags)
     if budget is not None and plan and not resume:
         from unetkit.planning.auto import plan_training

@@ -150,6 +150,7 @@ class TrainConfig:
     # at the end, choose the artifact's postprocessing on the validation split for this score
     # (`unetkit.inference.postprocess.tune_postprocess`); "off" keeps plain arg-max
     tune_postprocess: Literal["dice", "iou", "rand", "off"] = "off"
+    calibrate: bool = True  # at the end, fit temperature scaling on the validation split (before tuning)
 
 
 # ---------------------------------------------------------------- inference, export, serving

@@ -92,6 +92,29 @@ def calibrate_model(
     (in place, or in a copy at `out`). At most `max_pixels` valid pixels, spread evenly over the
     images, are used for fitting. Returns a JSON-ready summary."""
     artifact, samples = load_labelled(model, data, keys, progress)
+    summary = calibrate_samples(artifact, samples, vector=vector, max_pixels=max_pixels, config=config,
+                                backend=backend, progress=progress, seed=seed, source=str(data))
+    summary |= {"data": str(data), "keys": list(keys or [])}
+    target = _target(artifact, out)
+    metrics = dict(artifact.meta.metrics) | {"calibration": calibration_record(summary)}
+    update_artifact(target, **summary.pop("fields"), metrics=metrics)
+    return json_value(summary | {"artifact": str(target)})
+
+
+def calibrate_samples(
+    artifact: Artifact,
+    samples: Sequence[Any],
+    *,
+    vector: bool = False,
+    max_pixels: int = DEFAULT_CALIBRATION_PIXELS,
+    config: TileConfig = TileConfig(),
+    backend: str = "auto",
+    progress: bool = True,
+    seed: int = 0,
+    source: str = "the validation images",
+) -> dict[str, Any]:
+    """Fit calibration on labelled `samples` (LoadedSample: image, labels) predicted with
+    `artifact`'s raw logits; the summary's `fields` are the ArtifactMeta fields to store."""
     raw = artifact.with_meta(temperature=1.0, class_scale=(), class_bias=())
     rng = np.random.default_rng(seed)
     per_image = max(1, math.ceil(max_pixels / max(len(samples), 1)))
@@ -101,26 +124,25 @@ def calibrate_model(
         zs.append(z)
         ys.append(y)
     if not ys or sum(len(y) for y in ys) == 0:
-        raise DataError(f"{data}: no labelled pixel to calibrate on (every pixel is ignored or outside the ROI)")
+        raise DataError(f"{source}: no labelled pixel to calibrate on (every pixel is ignored or outside the ROI)")
     z, y = np.concatenate(zs), np.concatenate(ys)
     fitted = fit_calibration(z, y, artifact.meta, vector)
-    summary = {
+    return {
         "method": "vector" if vector else "temperature",
         **{k: v for k, v in fitted["fields"].items()},
         "fitted_temperature": fitted["fitted_temperature"],
         "images": len(samples),
         "pixels": int(len(y)),
-        "data": str(data),
-        "keys": list(keys or []),
         **{f"{m}_{when}": fitted[when][m] for m in ("ece", "mce", "nll") for when in ("before", "after")},
         "reliability_before": fitted["before"]["reliability"],
         "reliability_after": fitted["after"]["reliability"],
+        "fields": fitted["fields"],
     }
-    target = _target(artifact, out)
-    metrics = dict(artifact.meta.metrics) | {"calibration": json_value({k: v for k, v in summary.items()
-                                                                       if not k.startswith("reliability")})}
-    update_artifact(target, **fitted["fields"], metrics=metrics)
-    return json_value(summary | {"artifact": str(target)})
+
+
+def calibration_record(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the artifact's metrics keep of a calibration summary (no reliability bins)."""
+    return json_value({k: v for k, v in summary.items() if not k.startswith("reliability") and k != "fields"})
 
 
 def tune_model_postprocess(

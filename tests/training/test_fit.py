@@ -77,8 +77,13 @@ def test_fit_tunes_postprocessing_on_the_validation_split_and_stores_it(tiny_con
     labels = [apply_postprocess(p, art.meta.postprocess) for _, p in pairs]
     score = score_labels(labels, [s.labels for s, _ in pairs], art.meta.num_classes, "iou", art.meta.ignore_index)
     assert score == pytest.approx(record["after"], abs=1e-6)
-    off = load_artifact(fit(tiny_config("off", tune_postprocess="off")))
+    # calibrated first, on the same images: the tuning saw the calibrated probabilities
+    cal = art.meta.metrics["calibration"]
+    assert cal["keys"] == record["keys"] and art.meta.temperature == pytest.approx(cal["temperature"])
+    assert art.meta.temperature != 1.0 and cal["nll_after"] <= cal["nll_before"] + 1e-9
+    off = load_artifact(fit(tiny_config("off", tune_postprocess="off", calibrate=False)))
     assert "postprocess_tuning" not in off.meta.metrics and off.meta.postprocess == {}
+    assert "calibration" not in off.meta.metrics and off.meta.temperature == 1.0
 
 
 def test_checkpoint_is_weights_only_loadable(tiny_config) -> None:

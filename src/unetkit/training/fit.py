@@ -3,8 +3,10 @@
 data (spec, pairing, validation, split, normalization from the training images) -> patch sampler
 + augmentation -> model -> loss -> optimizer and LR schedule -> step loop (validation every
 `val_every` steps, best/last checkpoints, early stopping, wall-clock budget, JSONL log) -> the
-best weights saved as a model artifact (`out_dir/model.unetkit`) with the drift baseline (input
-statistics of the training images, output statistics on the validation images; `unetkit.monitor`).
+best weights, calibrated (temperature) and with postprocessing tuned on the validation split
+(`finish_on_validation`), saved as a model artifact (`out_dir/model.unetkit`) with the drift
+baseline (input statistics of the training images, output statistics on the validation images;
+`unetkit.monitor`). The budget reserves the time of this end work.
 
 Determinism: torch, numpy and the sampler's generator are seeded from `config.seed`; the
 checkpoint stores all three states, so `resume=True` continues the run exactly. Ctrl-C / SIGTERM
@@ -52,6 +54,7 @@ from unetkit.training.runlog import Callback, RunLog
 LOG_EVERY = 10  # steps between "train" events in metrics.jsonl
 STOP_CODES = {0: "", 1: "steps", 2: "budget", 3: "early_stop", 4: "interrupted"}
 TUNE_VALIDATIONS = 2.0  # budget reserved for tuning postprocessing: one prediction pass + the search (R13)
+CALIBRATE_VALIDATIONS = 1.2  # ... and for calibration: one pass of logits + the temperature fit
 
 
 @dataclass
@@ -84,8 +87,8 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
         data = load_training_data(config.data, progress=config.progress and env.is_main,
                                   log=print if config.progress and env.is_main else None)
         config = dataclasses.replace(config, model=data.resolve_model(config.model))  # resolved, for the artifact
-        clock.baseline_validations = baseline_validations(len(data.train), len(data.val)) + (
-            TUNE_VALIDATIONS if config.tune_postprocess != "off" and len(data.val) else 0.0)
+        clock.baseline_validations = baseline_validations(len(data.train), len(data.val)) + finish_validations(
+            config, len(data.val))
 
         # ---- sampling and augmentation: every rank draws the same global batch, then keeps its share
         seed_everything(config.seed)
@@ -273,28 +276,48 @@ def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, 
         metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC},
         lineage={"steps": state.step, "total_steps": state.total_steps},
     )
-    if config.tune_postprocess != "off" and len(data.val):
-        meta = tuned_postprocess(meta, weights, data.val, config)
+    meta = finish_on_validation(meta, weights, data.val, config)
     from unetkit.monitor.measure import training_baseline  # input/output statistics for drift detection
 
     baseline = training_baseline(weights, meta, data.train, data.val, log=print if config.progress else None)
     return save_artifact(path, weights, dataclasses.replace(meta, drift_baseline=baseline))
 
 
-def tuned_postprocess(meta: Any, weights: dict[str, Any], val: Sequence[Any], config: TrainConfig) -> Any:
-    """`meta` with postprocessing tuned on the validation split for `config.tune_postprocess` (R13)."""
-    from unetkit.artifact import Artifact
-    from unetkit.tuning import tune_samples, tuning_record
+def finish_validations(config: TrainConfig, val_images: int) -> float:
+    """The end-of-training work on the validation split, in validation passes (for the budget)."""
+    if not val_images:
+        return 0.0
+    return (CALIBRATE_VALIDATIONS if config.calibrate else 0.0) + (
+        TUNE_VALIDATIONS if config.tune_postprocess != "off" else 0.0)
 
-    t0 = time.perf_counter()
-    summary = tune_samples(Artifact(meta=meta, state_dict=weights), val, config.tune_postprocess, progress=False)
-    summary["keys"] = [s.key for s in val]
-    if config.progress:
-        print(f"postprocessing tuned on {len(val)} validation image(s) for {summary['metric']} in "
-              f"{time.perf_counter() - t0:.1f} s: {summary['before']:.4f} -> {summary['after']:.4f} with "
-              f"{summary['postprocess'] or 'plain arg-max'}")
-    return dataclasses.replace(meta, postprocess=summary["postprocess"],
-                               metrics={**meta.metrics, "postprocess_tuning": tuning_record(summary)})
+
+def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any], config: TrainConfig) -> Any:
+    """`meta` with temperature scaling fitted on the validation split (`config.calibrate`), then the
+    postprocessing tuned on it for `config.tune_postprocess` (R13), each recorded in the metrics
+    with the validation keys. Calibration first: a tuned threshold refers to calibrated probabilities."""
+    from unetkit.artifact import Artifact
+    from unetkit.tuning import calibrate_samples, calibration_record, tune_samples, tuning_record
+
+    if not len(val):
+        return meta
+    keys = [s.key for s in val]
+    say = print if config.progress else (lambda *_: None)
+    if config.calibrate:
+        t0 = time.perf_counter()
+        c = calibrate_samples(Artifact(meta=meta, state_dict=weights), val, progress=False, source="the validation split")
+        meta = dataclasses.replace(meta, **c["fields"], metrics={**meta.metrics, "calibration":
+                                                                  calibration_record(c | {"keys": keys})})
+        say(f"calibrated on {len(val)} validation image(s) in {time.perf_counter() - t0:.1f} s: temperature "
+            f"{c['temperature']:.3f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
+    if config.tune_postprocess != "off":
+        t0 = time.perf_counter()
+        summary = tune_samples(Artifact(meta=meta, state_dict=weights), val, config.tune_postprocess, progress=False)
+        meta = dataclasses.replace(meta, postprocess=summary["postprocess"], metrics={
+            **meta.metrics, "postprocess_tuning": tuning_record(summary | {"keys": keys})})
+        say(f"postprocessing tuned on {len(val)} validation image(s) for {summary['metric']} in "
+            f"{time.perf_counter() - t0:.1f} s: {summary['before']:.4f} -> {summary['after']:.4f} with "
+            f"{summary['postprocess'] or 'plain arg-max'}")
+    return meta
 
 
 class InterruptFlag:

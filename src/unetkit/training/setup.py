@@ -34,6 +34,7 @@ def flag_settings(
     tensorboard: bool = False,
     progress: bool = True,
     postprocess: str | None = None,
+    calibrate: bool | None = None,
 ) -> dict[str, Any]:
     """The dotted TrainConfig keys the command-line flags set (a preset sets its model fields)."""
     changes: dict[str, Any] = {"data.data": str(data), "nproc": nproc, "progress": progress}
@@ -69,6 +70,8 @@ def flag_settings(
         changes["tensorboard"] = True
     if postprocess is not None:
         changes["tune_postprocess"] = postprocess
+    if calibrate is not None:
+        changes["calibrate"] = calibrate
     return changes
 
 
