@@ -38,6 +38,7 @@ from unetkit.metrics.evaluate import load_labelled
 
 SWEEP = {
     "QDQ, per-channel s8 weights": QuantOptions(),
+    "QDQ, per-channel s8, ConvTranspose kept (float island)": QuantOptions(shuffle_up=False),
     "QDQ, per-tensor s8 weights": QuantOptions(per_channel=False),
     "QOperator, per-channel s8": QuantOptions(format="qoperator"),
     "QOperator, per-channel s8, reduce_range": QuantOptions(format="qoperator", reduce_range=True),

@@ -44,6 +44,8 @@ def test_gate_refuses_when_impossibly_strict_and_writes_when_loose(data_and_mode
 
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert "QuantizeLinear" in ops and "Softmax" in ops
+    # the upsampling is quantized: no float ConvTranspose left, DepthToSpace between quantized convs
+    assert "ConvTranspose" not in ops and "DepthToSpace" in ops
 
 
 def test_qoperator_format_and_key_overlap(data_and_model):
@@ -62,3 +64,24 @@ def test_calibration_tiles_cover_small_images(rng):
     tiles = calibration_tiles(images, (32, 32), 5)
     assert tiles.shape == (5, 3, 32, 32) and tiles.dtype == np.float32
     assert np.isin(tiles[1], images[1]).all()
+
+
+def test_shuffle_up_computes_exactly_what_the_transposed_conv_computes():
+    import torch
+    from torch import nn
+
+    from unetkit.export.onnx import ShuffleUp, shuffle_upsampling
+
+    torch.manual_seed(0)
+    for bias in (True, False):
+        t = nn.ConvTranspose2d(6, 5, 2, stride=2, bias=bias)
+        x = torch.randn(3, 6, 7, 9)
+        torch.testing.assert_close(ShuffleUp(t)(x), t(x), atol=1e-5, rtol=1e-5)
+    net = nn.Sequential(nn.ConvTranspose2d(4, 4, 2, stride=2), nn.ConvTranspose2d(4, 4, 3, stride=2),
+                        nn.Sequential(nn.ConvTranspose2d(4, 2, 2, stride=2, padding=0)))
+    x = torch.randn(1, 4, 5, 5)
+    expected = net(x)
+    shuffle_upsampling(net)
+    assert isinstance(net[0], ShuffleUp) and isinstance(net[2][0], ShuffleUp)
+    assert isinstance(net[1], nn.ConvTranspose2d)  # a 3x3 kernel overlaps: left as it is
+    torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)

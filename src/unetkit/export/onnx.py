@@ -54,24 +54,64 @@ def require_onnxruntime() -> Any:
     return onnxruntime
 
 
-class ExportGraph(nn.Module):
-    """The artifact's pipeline (BatchNorm folded) with two outputs: probabilities and logits."""
+class ShuffleUp(nn.Module):
+    """A 2x2, stride-2 transposed convolution computed as a 1x1 convolution to 4x the channels and a
+    pixel shuffle (ONNX DepthToSpace): the same numbers, but ONNX Runtime quantizes a 1x1 Conv into
+    its int8 QLinearConv, while a ConvTranspose stays a float island between dequantize/quantize
+    pairs (20 % of an int8 U-Net's time, measured; docs/export.md).
 
-    def __init__(self, artifact: Artifact) -> None:
+    out[co, 2h+i, 2w+j] = sum_ci W[ci, co, i, j] x[ci, h, w] + b[co]  ==  shuffle(conv1x1(x))[co, 2h+i, 2w+j]
+    with the 1x1 weight W'[4co + 2i + j, ci] = W[ci, co, i, j]."""
+
+    def __init__(self, t: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        cin, cout = t.in_channels, t.out_channels
+        self.conv = nn.Conv2d(cin, 4 * cout, 1, bias=t.bias is not None)
+        with torch.no_grad():
+            self.conv.weight.copy_(t.weight.permute(1, 2, 3, 0).reshape(4 * cout, cin, 1, 1))
+            if t.bias is not None:
+                self.conv.bias.copy_(t.bias.repeat_interleave(4))
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+
+def is_shuffle_able(m: nn.Module) -> bool:
+    return (isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (2, 2) and m.stride == (2, 2)
+            and m.padding == (0, 0) and m.output_padding == (0, 0) and m.dilation == (1, 1) and m.groups == 1)
+
+
+def shuffle_upsampling(module: nn.Module) -> nn.Module:
+    """`module` (in place) with every 2x2 stride-2 ConvTranspose2d replaced by a `ShuffleUp`."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if is_shuffle_able(child):
+                setattr(parent, name, ShuffleUp(child))
+    return module
+
+
+class ExportGraph(nn.Module):
+    """The artifact's pipeline (BatchNorm folded; with `shuffle_up`, 2x2 transposed convolutions as
+    1x1 convolutions + DepthToSpace) with two outputs: probabilities and logits."""
+
+    def __init__(self, artifact: Artifact, shuffle_up: bool = False) -> None:
         super().__init__()
         from unetkit.inference.backends import fold_batchnorm
 
         self.pipeline = fold_batchnorm(artifact.pipeline_module(probabilities=False)).eval()
+        if shuffle_up:
+            shuffle_upsampling(self.pipeline)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.pipeline(x)
         return torch.softmax(logits, dim=1), logits
 
 
-def export_graph(artifact: Artifact, opset: int = 17) -> bytes:
-    """ONNX bytes of `ExportGraph(artifact)` (TorchScript exporter, dynamic batch/height/width)."""
+def export_graph(artifact: Artifact, opset: int = 17, shuffle_up: bool = False) -> bytes:
+    """ONNX bytes of `ExportGraph(artifact, shuffle_up)` (TorchScript exporter, dynamic batch/height/width)."""
     require_onnxruntime()
-    graph = ExportGraph(artifact)
+    graph = ExportGraph(artifact, shuffle_up)
     h, w = (tuple(artifact.meta.patch_size) or (64, 64))[:2]
     axes = {0: "batch", 2: "height", 3: "width"}
     buffer = io.BytesIO()

@@ -11,7 +11,10 @@ report holds the measured speed-up (same tiles, same threads) next to the accura
 Default options (`QuantOptions`) were chosen by measurement on an AVX2 CPU without VNNI (see
 docs/export.md): QDQ format (ORT fuses it into QLinearConv with its NHWC int8 kernels), per-channel
 int8 weights, uint8 activations, no reduce_range, only convolution-like ops and pooling/concat
-quantized; normalization, calibration scaling and softmax stay in float.
+quantized; normalization, calibration scaling and softmax stay in float. The graph quantized has its
+2x2 transposed convolutions rewritten as 1x1 convolutions + DepthToSpace (`shuffle_up`, exact), so
+the upsampling runs in int8 too; the fp32 graph it is compared with keeps ConvTranspose, which is
+faster in float.
 """
 
 from __future__ import annotations
@@ -55,7 +58,10 @@ class QuantOptions:
     per_channel: bool = True
     weight_type: str = "int8"  # "int8" (u8s8 kernels) or "uint8" (u8u8)
     reduce_range: bool = False  # 7-bit weights: avoids u8s8 saturation on non-VNNI CPUs, costs accuracy
-    op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "MaxPool", "Concat", "Relu")
+    op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "MaxPool", "Concat", "Relu", "DepthToSpace")
+    # quantize a graph whose 2x2 transposed convs are 1x1 convs + DepthToSpace (`onnx.ShuffleUp`):
+    # ORT has no int8 ConvTranspose, so it would run in float between dequantize/quantize pairs
+    shuffle_up: bool = True
     calibration: str = "minmax"  # "minmax", "percentile" or "entropy"
     exclude_first_last: bool = False  # keep the first and the last convolution in float
 
@@ -237,15 +243,18 @@ def quantize_artifact(
     size = tuple(tile.tile_size)[:2]
 
     fp32 = export_graph(artifact, config.opset)
-    diff = parity_diff(fp32, artifact, parity_tiles(artifact, size))  # type: ignore[arg-type]
-    if diff > config.parity_tolerance:
-        from unetkit.export.onnx import ParityError
+    source = export_graph(artifact, config.opset, shuffle_up=True) if options.shuffle_up else fp32
+    for graph in {id(g): g for g in (fp32, source)}.values():
+        diff = parity_diff(graph, artifact, parity_tiles(artifact, size))  # type: ignore[arg-type]
+        if diff > config.parity_tolerance:
+            from unetkit.export.onnx import ParityError
 
-        raise ParityError(f"fp32 graph differs from the torch pipeline by {diff:.3g} (> {config.parity_tolerance:g}); not quantizing")
+            raise ParityError(f"fp32 graph differs from the torch pipeline by {diff:.3g} (> {config.parity_tolerance:g}); "
+                              "not quantizing")
     _, train = load_labelled(artifact, data, list(keys), progress)
     tiles = calibration_tiles([s.image for s in train], size, config.calibration_images)  # type: ignore[arg-type]
     del train
-    int8 = quantize_graph(fp32, tiles, options)
+    int8 = quantize_graph(source, tiles, options)
 
     _, val = load_labelled(artifact, data, list(val_keys), progress)
     s32, s8 = score(fp32, artifact, val, tile), score(int8, artifact, val, tile)
