@@ -86,6 +86,16 @@ def test_fit_tunes_postprocessing_on_the_validation_split_and_stores_it(tiny_con
     assert "calibration" not in off.meta.metrics and off.meta.temperature == 1.0
 
 
+def test_postprocess_tuning_holds_a_bounded_spread_of_the_validation_images(tiny_config, monkeypatch) -> None:
+    from unetkit.artifact import load_artifact
+    from unetkit.training import fit as fit_module
+
+    monkeypatch.setattr(fit_module, "MAX_TUNE_IMAGES", 1)
+    art = load_artifact(fit(tiny_config(tune_postprocess="dice", calibrate=False)))
+    record = art.meta.metrics["postprocess_tuning"]
+    assert record["images"] == 1 and len(record["keys"]) == 1
+
+
 def test_checkpoint_is_weights_only_loadable(tiny_config) -> None:
     cfg = tiny_config(steps=3, val_every=100)
     fit(cfg)

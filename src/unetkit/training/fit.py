@@ -33,7 +33,7 @@ from unetkit.config import TrainConfig, to_dict
 from unetkit.inference.backends import keep_freed_memory
 from unetkit.losses.losses import SegmentationLoss
 from unetkit.models import build_model
-from unetkit.monitor.baseline import baseline_validations
+from unetkit.monitor.baseline import baseline_validations, spread
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock
 from unetkit.training.distributed import (
@@ -54,6 +54,7 @@ from unetkit.training.runlog import Callback, RunLog
 LOG_EVERY = 10  # steps between "train" events in metrics.jsonl
 STOP_CODES = {0: "", 1: "steps", 2: "budget", 3: "early_stop", 4: "interrupted"}
 TUNE_VALIDATIONS = 2.0  # budget reserved for tuning postprocessing: one prediction pass + the search (R13)
+MAX_TUNE_IMAGES = 32  # tuning holds every image's probabilities: at most this many, evenly spread
 CALIBRATE_VALIDATIONS = 1.2  # ... and for calibration: one pass of logits + the temperature fit
 
 
@@ -288,7 +289,7 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
     if not val_images:
         return 0.0
     return (CALIBRATE_VALIDATIONS if config.calibrate else 0.0) + (
-        TUNE_VALIDATIONS if config.tune_postprocess != "off" else 0.0)
+        TUNE_VALIDATIONS * min(val_images, MAX_TUNE_IMAGES) / val_images if config.tune_postprocess != "off" else 0.0)
 
 
 def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any], config: TrainConfig) -> Any:
@@ -311,10 +312,11 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
             f"{c['temperature']:.3f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
     if config.tune_postprocess != "off":
         t0 = time.perf_counter()
-        summary = tune_samples(Artifact(meta=meta, state_dict=weights), val, config.tune_postprocess, progress=False)
+        sample = spread(val, MAX_TUNE_IMAGES)  # bounded memory and search time on a large validation split
+        summary = tune_samples(Artifact(meta=meta, state_dict=weights), sample, config.tune_postprocess, progress=False)
         meta = dataclasses.replace(meta, postprocess=summary["postprocess"], metrics={
-            **meta.metrics, "postprocess_tuning": tuning_record(summary | {"keys": keys})})
-        say(f"postprocessing tuned on {len(val)} validation image(s) for {summary['metric']} in "
+            **meta.metrics, "postprocess_tuning": tuning_record(summary | {"keys": [s.key for s in sample]})})
+        say(f"postprocessing tuned on {len(sample)} validation image(s) for {summary['metric']} in "
             f"{time.perf_counter() - t0:.1f} s: {summary['before']:.4f} -> {summary['after']:.4f} with "
             f"{summary['postprocess'] or 'plain arg-max'}")
     return meta
