@@ -87,6 +87,7 @@ class ModelConfig:
     transformer_heads: int = 4
     transformer_layers: int = 1
     deep_supervision: bool = False
+    ensemble: int = 1  # members of this architecture whose probabilities are averaged (k-fold ensembling, R12)
 
 
 # ---------------------------------------------------------------- loss
@@ -151,6 +152,7 @@ class TrainConfig:
     # (`unetkit.inference.postprocess.tune_postprocess`); "off" keeps plain arg-max
     tune_postprocess: Literal["dice", "iou", "rand", "off"] = "off"
     calibrate: bool = True  # at the end, fit temperature scaling on the validation split (before tuning)
+    ensemble_folds: int = 1  # >1: k-fold ensembling (R12): one member per fold of the training split
 
 
 # ---------------------------------------------------------------- inference, export, serving

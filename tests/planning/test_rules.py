@@ -7,7 +7,7 @@ import pytest
 from tests.planning.conftest import BLOBS, PROFILES, RARE, VESSELS, make_fingerprint
 from unetkit.config import TrainConfig
 from unetkit.planning import apply_plan, format_plan, make_plan
-from unetkit.planning.rules import LADDER, min_steps
+from unetkit.planning.rules import ENSEMBLE_END_PASSES, LADDER, member_budget, min_steps
 from unetkit.planning.throughput import Candidate, MeasuredThroughput, train_flops
 
 
@@ -51,9 +51,11 @@ def test_steps_and_validations_fit_the_budget(machine, budget):
     fp = make_fingerprint(classes=VESSELS)
     plan = make_plan(fp, PROFILES[machine], budget, {})
     est = plan.estimates
-    used = plan.value("steps") * est["seconds_per_step"] + est["validations"] * est["validation_seconds"]
-    assert used <= 0.97 * budget
-    assert used >= 0.85 * budget  # and the budget is actually used
+    folds = plan.value("ensemble_folds")  # steps and validations are per member (R12)
+    used = folds * (plan.value("steps") * est["seconds_per_step"] + est["validations"] * est["validation_seconds"])
+    end = folds * ENSEMBLE_END_PASSES * est["validation_seconds"] if folds > 1 else 0.0
+    assert used + end <= 0.97 * budget
+    assert used + end >= 0.85 * budget  # and the budget is actually used
     assert plan.value("val_every") * est["validations"] <= plan.value("steps") + est["validations"]
 
 
@@ -143,3 +145,31 @@ def test_measured_throughput_extrapolates_untimed_candidates_from_the_timed_ones
     big = Candidate(64, 5, (256, 256), 16)
     assert table(big) == pytest.approx(truth(big), rel=0.05)
     assert table(small[0]) == truth(small[0])
+
+
+def test_ensembles_only_once_the_largest_model_saturates_each_member_reaching_its_step_target():
+    fp = make_fingerprint(classes=VESSELS)
+    for budget in (600, 1800, 7200, 4 * 3600):  # 2 CPU cores: a bigger model always pays more
+        plan = make_plan(fp, PROFILES["cpu2"], budget, {})
+        assert plan.value("ensemble_folds") == 1
+        assert "larger model" in next(c.reason for c in plan.choices if c.key == "ensemble_folds")
+    assert make_plan(fp, PROFILES["gpu"], 1800, {}).value("ensemble_folds") == 1
+    folds = [make_plan(fp, PROFILES["gpu"], b, {}).value("ensemble_folds") for b in (8 * 3600, 24 * 3600)]
+    assert 2 <= folds[0] <= folds[1] <= 5  # a longer budget on a GPU: more members
+    plan = make_plan(fp, PROFILES["gpu"], 24 * 3600, {})
+    k, est = plan.value("ensemble_folds"), plan.estimates
+    share = member_budget(24 * 3600, k, est["validation_seconds"])
+    assert plan.value("steps") >= min_steps(share)  # every member reaches its step target
+    assert plan.value("steps") * est["seconds_per_step"] <= share
+    few = make_plan(make_fingerprint(classes=VESSELS, n=6), PROFILES["gpu"], 24 * 3600, {})  # 5 train, 1 val
+    assert few.value("ensemble_folds") == 2  # at least 2 training images per fold
+
+
+def test_explicit_ensemble_folds_split_the_budget_between_members():
+    fp = make_fingerprint(classes=VESSELS)
+    single = make_plan(fp, PROFILES["cpu2"], 1800, {})
+    three = make_plan(fp, PROFILES["cpu2"], 1800, {"ensemble_folds": 3})
+    assert three.value("ensemble_folds") == 3
+    assert next(c.source for c in three.choices if c.key == "ensemble_folds") == "user"
+    assert three.value("steps") < single.value("steps") / 3 + 1
+    assert apply_plan(TrainConfig(), three).ensemble_folds == 3

@@ -11,6 +11,7 @@ from torch import nn
 from unetkit.catalog import Catalog
 from unetkit.config import ModelConfig, replace
 from unetkit.errors import ConfigError
+from unetkit.models.ensemble import Ensemble
 from unetkit.models.flops import count_flops, count_parameters
 from unetkit.models.layout import check_model_config
 from unetkit.models.unet import UNet
@@ -30,8 +31,12 @@ def _build_unetpp(cfg: ModelConfig) -> nn.Module:
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The network `cfg.arch` names, with freshly initialized weights, in training mode."""
+    """The network `cfg.arch` names, with freshly initialized weights, in training mode; with
+    `cfg.ensemble` > 1 an `Ensemble` of that many such networks (their averaged probabilities)."""
     check_model_config(cfg)
+    if cfg.ensemble > 1:
+        member = replace(cfg, ensemble=1)
+        return Ensemble([MODELS.get(cfg.arch)(member) for _ in range(cfg.ensemble)])
     return MODELS.get(cfg.arch)(cfg)
 
 

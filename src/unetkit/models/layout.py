@@ -21,6 +21,7 @@ def check_model_config(cfg: ModelConfig) -> None:
         "model.depth": cfg.depth,
         "model.base_width": cfg.base_width,
         "model.max_width": cfg.max_width,
+        "model.ensemble": cfg.ensemble,
     }
     for name, value in positive.items():
         if value < 1:

@@ -10,8 +10,10 @@ set by name; every rule reads only the fingerprint, the budget and the timings.
 The rules, in the order they apply:
 
 R1 Step target. Optimisation needs steps more than capacity at these budgets: the plan wants at
-   least `min_steps(budget) = 1500 * sqrt(budget / 10 min)` steps (clamped to 300..20000), so a
-   longer budget buys both more steps and a bigger model, and a tiny budget a small model.
+   least `min_steps(budget) = 2000 * sqrt(budget / 10 min)` steps (clamped to 300..20000), so a
+   longer budget buys both more steps and a bigger model, and a tiny budget a small model. (At
+   1500, DRIVE's 10-minute plan took a w24 model for 1,530 steps and ended at F1 0.813, still
+   rising; w16 models given 1,800-2,800 steps in the same 10 minutes reached 0.820.)
 R2 Model ladder. Candidates come from `LADDER`, (width, depth, patch, batch) rungs ordered by cost,
    each adapted to the data (R3, R4). The plan takes the most expensive rung whose planned steps
    (training seconds / seconds per step) still reach the step target; if none does, the cheapest.
@@ -50,8 +52,12 @@ R10 Validation. Whole-image validation costs ~forward time on the validation pix
    the best checkpoint on the validation Dice.
 R11 Time. Steps = (budget - 3 % reserve - validation time) / seconds per step; fit re-measures the
    step time during the run and re-fits the step count so the run ends within the budget.
-R12 Ensembling (k-fold) is a plan option that stays off: fit trains one model; the plan reports how
-   many steps each of 5 folds would get so a user can decide.
+R12 Ensembling (k-fold). Only once the largest ladder rung reaches the step target (a bigger model
+   is the better use of time until then): the most folds, 5 down to 2, for which each member
+   reaches the step target (R1) of its share of the budget (what is left after the ensemble's end
+   work, k x ~4 validation passes), with at least 2 training images per fold. Member i trains on the
+   other folds and keeps its best checkpoint on fold i; the artifact averages the members'
+   probabilities (`unetkit.training.ensemble`). Steps and validation cadence are then per member.
 R13 Postprocessing. At the end of training the artifact's postprocessing is tuned on the validation
    split (greedy, kept only where it strictly helps: `unetkit.inference.postprocess`). Objects that
    touch through a thin background (a foreground class with >= 10 objects per image while class 0
@@ -90,7 +96,7 @@ VALIDATION_SHARE = 0.08
 
 def min_steps(budget_seconds: float) -> int:
     """R1: the step target for a budget."""
-    return int(min(20000, max(300, 1500 * math.sqrt(max(budget_seconds, 1.0) / 600.0))))
+    return int(min(20000, max(300, 2000 * math.sqrt(max(budget_seconds, 1.0) / 600.0))))
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,35 @@ def planned_steps(c: Candidate, seconds_per_step: float, facts: DataFacts, budge
     return max(0, int(train_s / seconds_per_step)), n_val, val_s
 
 
+ENSEMBLE_END_PASSES = 4.0  # per member: final validation, calibration, tuning, drift baseline (R12)
+
+
+def member_budget(budget_seconds: float, folds: int, val_s: float) -> float:
+    """R12: each member's share of the budget after the ensemble's end work."""
+    return max(0.0, budget_seconds - folds * ENSEMBLE_END_PASSES * val_s) / folds
+
+
+def ensemble_folds(facts: DataFacts, cand: Candidate, sps: float, target: int, budget_seconds: float,
+                   largest: bool, overrides: Mapping[str, Any]) -> tuple[int, str]:
+    """R12: (folds, why); 1 = a single model."""
+    if "ensemble_folds" in overrides:
+        return int(overrides["ensemble_folds"]), ""
+    val_s = planned_steps(cand, sps, facts, budget_seconds)[2]
+    two = planned_steps(cand, sps, facts, member_budget(budget_seconds, 2, val_s))[0]
+    if not largest:
+        return 1, f"off: a larger model is the better use of this budget (2 folds would get {two} steps each) (R12)"
+    for k in (5, 4, 3, 2):
+        share = member_budget(budget_seconds, k, val_s)
+        member_steps = planned_steps(cand, sps, facts, share)[0]
+        if facts.n_train >= 2 * k and member_steps >= min_steps(share):
+            return k, (f"the largest model reaches the step target of 1/{k} of the budget ({min_steps(share)}): "
+                       f"{k} members of {member_steps} steps, one per fold of the training split (R12)")
+    if facts.n_train < 4:
+        return 1, f"off: {facts.n_train} training images are too few for 2 folds (R12)"
+    half = min_steps(member_budget(budget_seconds, 2, val_s))
+    return 1, f"off: 2 folds would get {two} steps each, under the step target {half} of half the budget (R12)"
+
+
 def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budget_seconds: float,
               overrides: Mapping[str, Any] | None = None, *, n_val: int | None = None,
               timed: frozenset[Candidate] | set = frozenset()) -> Plan:
@@ -210,6 +245,9 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     assert best is not None
     rows[best_i]["chosen"] = True
     cand, sps, steps, n_val, val_s = best
+    folds, why_folds = ensemble_folds(facts, cand, sps, target, budget_seconds, best_i == len(rows) - 1, overrides)
+    if folds > 1:  # steps and validations are per member
+        steps, n_val, val_s = planned_steps(cand, sps, facts, member_budget(budget_seconds, folds, val_s))
     if "steps" in overrides:
         steps = int(overrides["steps"])
     reached = "reaches" if steps >= target else "is below"
@@ -237,7 +275,8 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     choose("optim.lr", round(lr, 6), "1e-3 x sqrt(batch/8), clamped to 5e-4..2e-3 (R8)")
     choose("optim.schedule", "cosine", "cosine decay to 1 %, its length re-fitted to the budget during the run (R8)")
     choose("optim.warmup_steps", int(min(500, max(20, 0.03 * steps))), "3 % of the steps, 20..500 (R8)")
-    choose("steps", steps, f"(budget - 3 % reserve - {n_val} validations x {val_s:.1f} s) / step time (R11)")
+    per = f"each member's 1/{folds} of the budget" if folds > 1 else "budget"
+    choose("steps", steps, f"({per} - 3 % reserve - {n_val} validations x {val_s:.1f} s) / step time (R11)")
     choose("val_every", max(1, steps // n_val), f"{n_val} validations of ~{val_s:.1f} s, ~8 % of the budget; "
            "the best checkpoint on validation Dice is kept (R10)")
     choose("budget_seconds", float(budget_seconds), "the wall-clock budget; fit re-times steps and stops in it (R11)")
@@ -245,14 +284,13 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
            f"objects ({', '.join(facts.touching)}) touch through a thin background: tuned for the adapted Rand "
            "score, watershed split included (R13)" if facts.touching else
            "tuned on the validation split for pooled Dice, kept only where it helps (R13)")
-    fold_steps = planned_steps(cand, sps, facts, budget_seconds / 5)[0]
-    choices.append(Choice("plan.ensemble_folds", 1, f"off: fit trains one model; 5 folds would get {fold_steps} "
-                          "steps each (R12)", PLANNED))
+    choose("ensemble_folds", folds, why_folds)
     summary = (f"{len(facts.names)} classes, {facts.n_train} train / {facts.n_val} val images "
                f"{facts.height}x{facts.width}; thin: {', '.join(facts.thin) or 'none'}; "
                f"rare: {', '.join(facts.rare) or 'none'}")
     estimates = {"summary": summary, "seconds_per_step": sps, "steps": steps, "step_target": target,
-                 "validations": n_val, "validation_seconds": val_s, "candidate": cand.label()}
+                 "validations": n_val, "validation_seconds": val_s, "candidate": cand.label(),
+                 "ensemble_folds": folds}
     return Plan(float(budget_seconds), tuple(choices), estimates, tuple(rows))
 
 

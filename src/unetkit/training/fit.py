@@ -88,119 +88,136 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
         data = load_training_data(config.data, progress=config.progress and env.is_main,
                                   log=print if config.progress and env.is_main else None)
         config = dataclasses.replace(config, model=data.resolve_model(config.model))  # resolved, for the artifact
+        if config.ensemble_folds > 1:
+            from unetkit.training.ensemble import fit_ensemble
+
+            return fit_ensemble(config, data, env, device, clock, callbacks or ())
         clock.baseline_validations = baseline_validations(len(data.train), len(data.val)) + finish_validations(
             config, len(data.val))
-
-        # ---- sampling and augmentation: every rank draws the same global batch, then keeps its share
-        seed_everything(config.seed)
-        sampler = data.patch_sampler(config.data, np.random.default_rng(config.seed))
-        augmenter = data.augmenter(config.augment, seed=config.seed)
-        share = rank_share(config.data.batch_size, env)
-        mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-
-        # ---- model, loss, optimizer, precision
-        torch.manual_seed(config.seed)
-        model = build_model(config.model).to(device)
-        net = wrap_model(model, env, device)
-        loss_fn = SegmentationLoss(config.loss).to(device)
-        optimizer = build_optimizer(model, config.optim)
-        precision = resolve_precision(config.amp, device)
-        scaler = torch.amp.GradScaler(device.type) if precision.scale_loss else None
-
-        # ---- fresh or resumed state
-        state = RunState(total_steps=config.steps)
-        if config.resume:
-            saved = ckpt.load_checkpoint(out_dir / ckpt.LAST)
-            ckpt.check_resumable(saved, config, out_dir / ckpt.LAST)
-            state = restore(saved, model, optimizer, scaler, sampler, augmenter)
-        log = RunLog(out_dir, enabled=env.is_main, total_steps=state.total_steps, start_step=state.step,
-                     progress=config.progress, tensorboard=config.tensorboard, callbacks=callbacks or ())
-
-        def now() -> float:
-            return state.elapsed_before + clock.elapsed()
-
-        def validate() -> dict[str, Any]:
-            t0 = time.perf_counter()
-            metrics = evaluate(model, data.val, mean=data.mean, std=data.std, class_names=data.class_names,
-                               patch_size=config.data.patch_size, ignore_index=config.loss.ignore_index,
-                               device=device, precision=precision)
-            clock.val_seconds = max(clock.val_seconds, clock.exclude(time.perf_counter() - t0))
-            record_validation(state, metrics, model, out_dir)
-            log.write({"event": "val", "step": state.step, "time": now(), **metrics,
-                       "best": state.best_metric, "best_step": state.best_step})
-            return metrics
-
-        def save_last() -> None:
-            t0 = time.perf_counter()
-            ckpt.save_checkpoint(out_dir / ckpt.LAST, snapshot(state, config, model, optimizer, scaler,
-                                                                sampler, augmenter, now()))
-            clock.save_seconds = max(clock.save_seconds, clock.exclude(time.perf_counter() - t0))
-
-        log.write({"event": "start", "step": state.step, "time": now(), "total_steps": state.total_steps,
-                   "world_size": env.world_size, "device": str(device), "precision": precision.name,
-                   "train_images": len(data.train), "val_images": len(data.val), "resumed": config.resume})
-        # ---- the step loop; rank 0 decides when to stop and every rank follows
-        stop = "steps" if state.step >= state.total_steps else ""
-        with InterruptFlag() as interrupted:
-            while not stop:
-                t0 = time.perf_counter()
-                images, labels = sampler.next_batch()
-                images = (images.to(device) - mean) / std
-                labels = labels.to(device)
-                if augmenter is not None:
-                    images, labels = augmenter(images, labels)
-                lr = set_lr(optimizer, state.step, state.total_steps, config.optim)
-                terms = train_step(net, images[share], labels[share], loss_fn=loss_fn, optimizer=optimizer,
-                                   precision=precision, scaler=scaler, grad_clip=config.optim.grad_clip,
-                                   step=state.step)
-                state.step += 1
-                if env.is_main and (state.step % LOG_EVERY == 0 or state.step in (1, state.total_steps)):
-                    log.write({"event": "train", "step": state.step, "time": now(), "lr": lr, **terms})
-                if env.is_main and state.step % config.val_every == 0 and state.step < state.total_steps:
-                    validate()
-                    save_last()
-                if env.is_main and clock.enabled and clock.time_to_plan(state.budget_decided, config.resume):
-                    if not state.budget_decided:  # first plan: time one validation and one save
-                        if state.last_val_step < 0:
-                            validate()
-                        if clock.save_seconds == 0.0:
-                            save_last()
-                    total = max(state.step, clock.plan(state.step, config.val_every))
-                    if total != state.total_steps or not state.budget_decided:
-                        state.total_steps, state.budget_decided = total, True
-                        log.write({"event": "budget", "step": state.step, "time": now(), "total_steps": total,
-                                   "seconds_per_step": clock.seconds_per_step(), "val_seconds": clock.val_seconds,
-                                   "save_seconds": clock.save_seconds})
-                        log.set_total(total)
-                clock.record_step(time.perf_counter() - t0)  # validation and save time excluded
-                log.progress(state.step, terms["loss"], lr,
-                             (SELECTION_METRIC, state.history[-1].get(SELECTION_METRIC)) if state.history else None)
-                code, total = broadcast_floats([float(stop_code(state, clock, config, interrupted.is_set)),
-                                                float(state.total_steps)], env, device)
-                stop, state.total_steps = STOP_CODES[int(code)], int(total)
-
-            if stop == "interrupted":
-                if env.is_main:
-                    save_last()
-                    log.write({"event": "stop", "step": state.step, "time": now(), "reason": stop})
-                    log.close()
-                raise KeyboardInterrupt(f"training interrupted at step {state.step}; resume with resume=True")
-
-        # ---- the end: final validation, last checkpoint, best weights as the artifact
+        model, state, log = run_steps(config, data, env, device, clock, out_dir, callbacks or ())
+        # ---- the best weights as the artifact
         artifact_path = out_dir / ARTIFACT_NAME
         if env.is_main:
-            log.write({"event": "stop", "step": state.step, "time": now(), "reason": stop})
-            if state.last_val_step != state.step:
-                validate()
-            save_last()
             save_final_artifact(artifact_path, model, data, config, state)
-            log.write({"event": "end", "step": state.step, "time": now(), "artifact": str(artifact_path),
-                       "best": state.best_metric, "best_step": state.best_step})
+            log.write({"event": "end", "step": state.step, "time": log_time(state, clock),
+                       "artifact": str(artifact_path), "best": state.best_metric, "best_step": state.best_step})
         log.close()
         return artifact_path
     finally:
         shutdown(env)
+
+
+def log_time(state: RunState, clock: BudgetClock) -> float:
+    return state.elapsed_before + clock.elapsed()
+
+
+def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.device, clock: BudgetClock,
+              out_dir: Path, callbacks: Sequence[Callback]) -> tuple[torch.nn.Module, RunState, RunLog]:
+    """Sampling, model, optimizer and the step loop of one network, up to its final validation and
+    last checkpoint; the best weights are in `out_dir/checkpoint-best.pt`. The log is left open."""
+    # ---- sampling and augmentation: every rank draws the same global batch, then keeps its share
+    seed_everything(config.seed)
+    sampler = data.patch_sampler(config.data, np.random.default_rng(config.seed))
+    augmenter = data.augmenter(config.augment, seed=config.seed)
+    share = rank_share(config.data.batch_size, env)
+    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+
+    # ---- model, loss, optimizer, precision
+    torch.manual_seed(config.seed)
+    model = build_model(config.model).to(device)
+    net = wrap_model(model, env, device)
+    loss_fn = SegmentationLoss(config.loss).to(device)
+    optimizer = build_optimizer(model, config.optim)
+    precision = resolve_precision(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if precision.scale_loss else None
+
+    # ---- fresh or resumed state
+    state = RunState(total_steps=config.steps)
+    if config.resume:
+        saved = ckpt.load_checkpoint(out_dir / ckpt.LAST)
+        ckpt.check_resumable(saved, config, out_dir / ckpt.LAST)
+        state = restore(saved, model, optimizer, scaler, sampler, augmenter)
+    log = RunLog(out_dir, enabled=env.is_main, total_steps=state.total_steps, start_step=state.step,
+                 progress=config.progress, tensorboard=config.tensorboard, callbacks=callbacks or ())
+
+    def now() -> float:
+        return state.elapsed_before + clock.elapsed()
+
+    def validate() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        metrics = evaluate(model, data.val, mean=data.mean, std=data.std, class_names=data.class_names,
+                           patch_size=config.data.patch_size, ignore_index=config.loss.ignore_index,
+                           device=device, precision=precision)
+        clock.val_seconds = max(clock.val_seconds, clock.exclude(time.perf_counter() - t0))
+        record_validation(state, metrics, model, out_dir)
+        log.write({"event": "val", "step": state.step, "time": now(), **metrics,
+                   "best": state.best_metric, "best_step": state.best_step})
+        return metrics
+
+    def save_last() -> None:
+        t0 = time.perf_counter()
+        ckpt.save_checkpoint(out_dir / ckpt.LAST, snapshot(state, config, model, optimizer, scaler,
+                                                            sampler, augmenter, now()))
+        clock.save_seconds = max(clock.save_seconds, clock.exclude(time.perf_counter() - t0))
+
+    log.write({"event": "start", "step": state.step, "time": now(), "total_steps": state.total_steps,
+               "world_size": env.world_size, "device": str(device), "precision": precision.name,
+               "train_images": len(data.train), "val_images": len(data.val), "resumed": config.resume})
+    # ---- the step loop; rank 0 decides when to stop and every rank follows
+    stop = "steps" if state.step >= state.total_steps else ""
+    with InterruptFlag() as interrupted:
+        while not stop:
+            t0 = time.perf_counter()
+            images, labels = sampler.next_batch()
+            images = (images.to(device) - mean) / std
+            labels = labels.to(device)
+            if augmenter is not None:
+                images, labels = augmenter(images, labels)
+            lr = set_lr(optimizer, state.step, state.total_steps, config.optim)
+            terms = train_step(net, images[share], labels[share], loss_fn=loss_fn, optimizer=optimizer,
+                               precision=precision, scaler=scaler, grad_clip=config.optim.grad_clip,
+                               step=state.step)
+            state.step += 1
+            if env.is_main and (state.step % LOG_EVERY == 0 or state.step in (1, state.total_steps)):
+                log.write({"event": "train", "step": state.step, "time": now(), "lr": lr, **terms})
+            if env.is_main and state.step % config.val_every == 0 and state.step < state.total_steps:
+                validate()
+                save_last()
+            if env.is_main and clock.enabled and clock.time_to_plan(state.budget_decided, config.resume):
+                if not state.budget_decided:  # first plan: time one validation and one save
+                    if state.last_val_step < 0:
+                        validate()
+                    if clock.save_seconds == 0.0:
+                        save_last()
+                total = max(state.step, clock.plan(state.step, config.val_every))
+                if total != state.total_steps or not state.budget_decided:
+                    state.total_steps, state.budget_decided = total, True
+                    log.write({"event": "budget", "step": state.step, "time": now(), "total_steps": total,
+                               "seconds_per_step": clock.seconds_per_step(), "val_seconds": clock.val_seconds,
+                               "save_seconds": clock.save_seconds})
+                    log.set_total(total)
+            clock.record_step(time.perf_counter() - t0)  # validation and save time excluded
+            log.progress(state.step, terms["loss"], lr,
+                         (SELECTION_METRIC, state.history[-1].get(SELECTION_METRIC)) if state.history else None)
+            code, total = broadcast_floats([float(stop_code(state, clock, config, interrupted.is_set)),
+                                            float(state.total_steps)], env, device)
+            stop, state.total_steps = STOP_CODES[int(code)], int(total)
+
+        if stop == "interrupted":
+            if env.is_main:
+                save_last()
+                log.write({"event": "stop", "step": state.step, "time": now(), "reason": stop})
+                log.close()
+            raise KeyboardInterrupt(f"training interrupted at step {state.step}; resume with resume=True")
+
+    # ---- the end: final validation and the last checkpoint (the caller saves the artifact)
+    if env.is_main:
+        log.write({"event": "stop", "step": state.step, "time": now(), "reason": stop})
+        if state.last_val_step != state.step:
+            validate()
+        save_last()
+    return model, state, log
 
 
 # ---------------------------------------------------------------- pieces of the run
@@ -263,23 +280,29 @@ def restore(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.opti
 def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,
                         state: RunState) -> Path:
     """The best validated weights (checkpoint-best.pt) with everything inference needs."""
-    from unetkit.artifact import ArtifactMeta, save_artifact
-
     best_file = Path(config.out_dir) / ckpt.BEST
     best = ckpt.load_checkpoint(best_file) if best_file.is_file() else None
     weights = best["model"] if best is not None else model.state_dict()
     metrics = dict(best["metrics"]) if best is not None else {}
+    return write_artifact(path, weights, data, config, history=state.history,
+                          metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC},
+                          lineage={"steps": state.step, "total_steps": state.total_steps})
+
+
+def write_artifact(path: Path, weights: dict[str, Any], data: TrainingData, config: TrainConfig, *,
+                   history: list[Any], metrics: dict[str, Any], lineage: dict[str, Any]) -> Path:
+    """Weights + everything inference needs, calibrated and tuned on the validation split
+    (`finish_on_validation`), with the drift baseline; written atomically."""
+    from unetkit.artifact import ArtifactMeta, save_artifact
+    from unetkit.monitor.measure import training_baseline  # input/output statistics for drift detection
+
     meta = ArtifactMeta(
         model=config.model, class_names=tuple(data.class_names), class_colors=tuple(data.class_colors),
         mean=tuple(data.mean), std=tuple(data.std), patch_size=tuple(config.data.patch_size),
         ignore_index=config.loss.ignore_index, data_spec=data.spec_dict, fingerprint=data.fingerprint,
-        train_config=to_dict(config), plan=config.plan, history=state.history,
-        metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC},
-        lineage={"steps": state.step, "total_steps": state.total_steps},
+        train_config=to_dict(config), plan=config.plan, history=history, metrics=metrics, lineage=lineage,
     )
     meta = finish_on_validation(meta, weights, data.val, config)
-    from unetkit.monitor.measure import training_baseline  # input/output statistics for drift detection
-
     baseline = training_baseline(weights, meta, data.train, data.val, log=print if config.progress else None)
     return save_artifact(path, weights, dataclasses.replace(meta, drift_baseline=baseline))
 
