@@ -51,3 +51,32 @@ def test_models_lists_the_family():
     assert proc.returncode == 0, proc.stderr
     for name in ["unet", "attention-unet", "residual-unet", "mobile-unet", "transformer-unet", "unet++"]:
         assert name in proc.stdout
+
+
+def test_train_with_ensemble_writes_one_artifact_that_predicts(tmp_path):
+    import json
+
+    from unetkit.artifact import read_meta
+    from unetkit.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n_images=8, size=(40, 40), seed=0)
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({"model": {"base_width": 4, "depth": 2}, "augment": {"enabled": False},
+                               "val_every": 4, "progress": False}))
+    out = tmp_path / "run"
+    proc = run_cli("train", str(data), "--config", str(cfg), "--steps", "4", "--patch", "32", "--batch", "2",
+                   "--ensemble", "2", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    meta = read_meta(out / "model.unetkit")
+    assert meta.model.ensemble == 2 and len(meta.lineage["members"]) == 2
+    pred = run_cli("predict", str(out / "model.unetkit"), str(data / "images"), "--out", str(tmp_path / "pred"))
+    assert pred.returncode == 0, pred.stderr
+    assert len(list((tmp_path / "pred").glob("*.png"))) >= 8
+
+
+def test_ensemble_below_one_is_one_line(tmp_path):
+    from unetkit.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n_images=4, size=(32, 32), seed=0)
+    proc = run_cli("train", str(data), "--steps", "1", "--ensemble", "0", "--out", str(tmp_path / "run"))
+    assert_one_line_error(proc, "ensemble_folds: expected an integer >= 1")

@@ -49,6 +49,10 @@ PostprocessOpt = Annotated[str | None, typer.Option(
     "--postprocess", help="Tune the model's postprocessing on the validation split at the end of training for "
     "dice, iou or rand (objects: adapted Rand score, adds a watershed split), or off (plain arg-max). "
     "Default: planned with --budget (rand for touching objects, else dice), else off.")]
+EnsembleOpt = Annotated[int | None, typer.Option(
+    "--ensemble", help="k-fold ensembling: train K members, each on all but one fold of the training split and "
+    "validated on that fold, and average their probabilities (K x the inference cost). 1 = one model. "
+    "Default: planned with --budget (only once the largest model saturates), else 1.")]
 
 
 def _keys(text: str | None) -> list[str] | None:
@@ -145,6 +149,7 @@ def train(
     val_keys: ValKeysOpt = None,
     val_fraction: ValFractionOpt = None,
     postprocess: PostprocessOpt = None,
+    ensemble: EnsembleOpt = None,
     calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Fit temperature scaling on "
                                                    "the validation split at the end (default: on).")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder (checkpoints, log, model.unetkit).")] = None,
@@ -165,7 +170,8 @@ def train(
 
     flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
-                 tensorboard=tensorboard, progress=not quiet, postprocess=postprocess, calibrate=calibrate)
+                 tensorboard=tensorboard, progress=not quiet, postprocess=postprocess, calibrate=calibrate,
+                 ensemble=ensemble)
     cfg = build_train_config(data=data, config_file=config, **flags)
     if budget is not None and plan and not resume:
         from unetkit.planning.auto import plan_training
@@ -196,6 +202,7 @@ def plan_command(
     val_keys: ValKeysOpt = None,
     val_fraction: ValFractionOpt = None,
     postprocess: PostprocessOpt = None,
+    ensemble: EnsembleOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the plan as JSON here.")] = None,
 ) -> None:
     """Show the plan `unetkit train DATA --budget B` would follow (data fingerprint + a short
@@ -205,7 +212,7 @@ def plan_command(
     from unetkit.training.setup import build_train_config, explicit_settings, flag_settings
 
     flags = dict(budget=budget, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
-                 val_fraction=val_fraction, progress=False, postprocess=postprocess)
+                 val_fraction=val_fraction, progress=False, postprocess=postprocess, ensemble=ensemble)
     cfg = build_train_config(data=data, config_file=config, **flags)
     made = preview_plan(cfg, explicit_settings(config, flag_settings(data, **flags)), log=typer.echo)
     typer.echo(format_plan(made))

@@ -93,6 +93,9 @@ def fit_ensemble(config: TrainConfig, data: TrainingData, env: Any, device: torc
             config, out_dir=str(member_dir), ensemble_folds=1, seed=config.seed + i, budget_seconds=share,
             data=dataclasses.replace(config.data, val_keys=tuple(fold)),
             resume=config.resume and (member_dir / ckpt.LAST).is_file())
+        if config.progress and env.is_main:
+            print(f"ensemble member {i + 1}/{k}: {len(part.train)} training images, validating on fold "
+                  f"{', '.join(fold)}" + (f"; {share / 60:.1f} min" if share else ""))
         member_clock = BudgetClock(share)
         member_clock.baseline_validations = 0.0  # members compute no drift baseline
         model, state, member_log = run_steps(member, part, env, device, member_clock, member_dir, callbacks)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from unetkit.config import TrainConfig, to_dict
+from unetkit.errors import ConfigError
 from unetkit.inference.backends import keep_freed_memory
 from unetkit.losses.losses import SegmentationLoss
 from unetkit.models import build_model
@@ -88,6 +89,8 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
         data = load_training_data(config.data, progress=config.progress and env.is_main,
                                   log=print if config.progress and env.is_main else None)
         config = dataclasses.replace(config, model=data.resolve_model(config.model))  # resolved, for the artifact
+        if config.ensemble_folds < 1:
+            raise ConfigError(f"ensemble_folds: expected an integer >= 1 (1 = one model), got {config.ensemble_folds}")
         if config.ensemble_folds > 1:
             from unetkit.training.ensemble import fit_ensemble
 

@@ -35,6 +35,7 @@ def flag_settings(
     progress: bool = True,
     postprocess: str | None = None,
     calibrate: bool | None = None,
+    ensemble: int | None = None,
 ) -> dict[str, Any]:
     """The dotted TrainConfig keys the command-line flags set (a preset sets its model fields)."""
     changes: dict[str, Any] = {"data.data": str(data), "nproc": nproc, "progress": progress}
@@ -72,6 +73,8 @@ def flag_settings(
         changes["tune_postprocess"] = postprocess
     if calibrate is not None:
         changes["calibrate"] = calibrate
+    if ensemble is not None:
+        changes["ensemble_folds"] = ensemble
     return changes
 
 
