@@ -42,10 +42,12 @@ def machine() -> str:
     return f"{machine_id()}{gpu}, Python {platform.python_version()}"
 
 
-def train_unetkit(data: Path, budget: str, val_keys: list[str], out: Path) -> tuple[float, str]:
-    """`unetkit train DATA --budget B` in a subprocess (the user's command); wall seconds and its output."""
+def train_unetkit(data: Path, budget: str, val_keys: list[str], out: Path,
+                  config: Path | None = None) -> tuple[float, str]:
+    """`unetkit train DATA --budget B` in a subprocess (the user's command); wall seconds and its output.
+    `config` (a partial TrainConfig JSON) pins choices the plan then keeps."""
     cmd = [sys.executable, "-m", "unetkit", "train", str(data), "--budget", budget, "--out", str(out), "--quiet",
-           "--val-keys", ",".join(val_keys)]
+           "--val-keys", ",".join(val_keys)] + (["--config", str(config)] if config else [])
     t0 = time.perf_counter()
     run = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -157,6 +159,9 @@ def main() -> None:
     ap.add_argument("--full-train", action="store_true", help="train on all 20 (unetkit: 19 + key 40 for selection)")
     ap.add_argument("--predict-test", type=Path, default=None)
     ap.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--config", type=Path, default=None,
+                    help="partial TrainConfig JSON for unetkit (e.g. {\"model\": {\"norm\": \"instance\"}}); "
+                         "the plan keeps what it sets and plans the rest")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-drive")
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
@@ -170,7 +175,7 @@ def main() -> None:
     out = args.out / stamp
 
     fit_val = ["40"] if args.full_train else val_keys
-    seconds, stdout = train_unetkit(train_dir, args.budget, fit_val, out / "unetkit")
+    seconds, stdout = train_unetkit(train_dir, args.budget, fit_val, out / "unetkit", args.config)
     print(stdout)
     val = load_split(train_dir, val_keys)
     probs = unetkit_probabilities(out / "unetkit" / "model.unetkit", [s.image for s in val])
@@ -201,7 +206,8 @@ def main() -> None:
     plan = read_meta(out / "unetkit" / "model.unetkit").plan
     chosen = {c["key"]: c["value"] for c in plan.get("choices", [])}
     lines = [
-        f"## DRIVE, `unetkit train --budget {args.budget}` vs the MONAI recipe ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
+        f"## DRIVE, `unetkit train --budget {args.budget}`{' vs the MONAI recipe' if args.peer else ''}"
+        f"{f' with `--config {args.config.name}`' if args.config else ''} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
         f"Command: `python benchmarks/drive.py {' '.join(sys.argv[1:])}`  ",
         f"Machine: {machine()}  ",
@@ -209,7 +215,8 @@ def main() -> None:
         f"(FOV pixels, vessel = positive){'; the full-train model also saw these images' if args.full_train else ''}.  ",
         f"unetkit plan: width {chosen.get('model.base_width')}, depth {chosen.get('model.depth')}, patch "
         f"{chosen.get('data.patch_size')}, batch {chosen.get('data.batch_size')}, clDice {chosen.get('loss.cldice')}, "
-        f"planned steps {chosen.get('steps')}; run folder `{out / 'unetkit'}`.",
+        f"planned steps {chosen.get('steps')}; run folder `{out / 'unetkit'}`"
+        f"{f'; config {args.config.read_text().strip()}' if args.config else ''}.",
         "",
         "| method | F1 (Dice @ 0.5) | AUC ROC | accuracy | F1 @ best threshold (note) | wall clock |",
         "| --- | --- | --- | --- | --- | --- |",
