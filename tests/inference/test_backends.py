@@ -51,6 +51,18 @@ def test_onnx_predictor_matches_torch_predictor(net, batch):
     assert onnx.in_channels == 2 and onnx.out_channels == 3
 
 
+def test_onnx_exports_from_several_threads_at_once(net, batch):
+    # torch.onnx.export has process-wide state: unlocked, concurrent exports failed with
+    # "GLOBALS.in_onnx_export must be False" (two predictors built side by side)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        models = list(pool.map(lambda _: export_onnx(net, (1, 2, 20, 28)), range(8)))
+    expected = reference(net, batch)
+    for onnx_bytes in models:
+        np.testing.assert_allclose(OnnxPredictor(onnx_bytes, threads=1)(batch), expected, atol=1e-4)
+
+
 def test_onnx_predictor_from_path(net, batch, tmp_path):
     path = tmp_path / "net.onnx"
     path.write_bytes(export_onnx(net, (1, 2, 20, 28)))

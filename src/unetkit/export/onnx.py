@@ -28,6 +28,7 @@ from unetkit.artifact import Artifact, load_artifact
 from unetkit.config import ExportConfig, TileConfig
 from unetkit.errors import ConfigError, UnetkitError
 from unetkit.export.plan import INPUT_NAME, OUTPUT_NAMES, inference_plan, plan_path
+from unetkit.inference.backends import ONNX_EXPORT_LOCK
 
 INSTALL_HINT = "pip install 'unetkit[export]'"
 
@@ -115,7 +116,7 @@ def export_graph(artifact: Artifact, opset: int = 17, shuffle_up: bool = False) 
     h, w = (tuple(artifact.meta.patch_size) or (64, 64))[:2]
     axes = {0: "batch", 2: "height", 3: "width"}
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode():
+    with ONNX_EXPORT_LOCK, warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             graph, (torch.zeros(1, artifact.meta.model.in_channels, h, w),), buffer,

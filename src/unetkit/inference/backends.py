@@ -16,6 +16,7 @@ import io
 import json
 import os
 import platform
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -251,11 +252,16 @@ def measure_backends(
 # ---------------------------------------------------------------- module helpers
 
 
+# torch.onnx.export keeps process-wide state ("GLOBALS.in_onnx_export"): two threads exporting at
+# once (two predictors built side by side) fail. Every export in unetkit holds this lock.
+ONNX_EXPORT_LOCK = threading.Lock()
+
+
 def export_onnx(module: nn.Module, sample_shape: tuple[int, ...], opset: int = 17) -> bytes:
     """The module as ONNX bytes (TorchScript exporter; batch, height and width dynamic)."""
     buffer = io.BytesIO()
     axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings():
+    with ONNX_EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module.eval(), (torch.zeros(sample_shape),), buffer, input_names=["image"], output_names=["logits"],
