@@ -12,6 +12,7 @@ Variants change one thing:
     no-cldice  loss.cldice 0
     uniform    data.rare_oversample 0 (no foreground-centred patches)
     instance   model.norm instance (nnU-Net's and MONAI's default)
+    ema        optim.ema_decay 1 - 10/steps (validate and keep a moving average of the weights)
     clahe      CLAHE (skimage equalize_adapthist, clip 0.01) on every image, in a temporary copy
                of the data outside the project
     <name>@<seed> any of the above with another seed
@@ -57,7 +58,9 @@ CHANGES = {
     "no-cldice": {"loss": {"cldice": 0.0}},
     "uniform": {"data": {"rare_oversample": 0.0}},
     "instance": {"model": {"norm": "instance"}},
+    "ema": {},  # optim.ema_decay 1 - 10 / steps: averages over the last ~10 % of the steps
 }
+EMA_HORIZON = {"ema": 10}
 
 
 def variant_config(name: str, steps: int) -> dict:
@@ -67,6 +70,8 @@ def variant_config(name: str, steps: int) -> dict:
     cfg = copy.deepcopy(BASE) | {"steps": steps}
     for section, values in CHANGES[kind].items():
         cfg[section] = {**cfg[section], **values}
+    if kind in EMA_HORIZON:
+        cfg["optim"] = {**cfg["optim"], "ema_decay": round(1 - EMA_HORIZON[kind] / steps, 6)}
     if seed:
         cfg["seed"] = int(seed)
         cfg["data"] = {**cfg["data"], "seed": int(seed)}

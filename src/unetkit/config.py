@@ -126,6 +126,7 @@ class OptimConfig:
     poly_power: float = 0.9
     min_lr_ratio: float = 0.01
     grad_clip: float = 12.0  # 0 disables
+    ema_decay: float = 0.0  # exponential moving average of the weights (validated and saved); 0 disables
 
 
 @dataclass(frozen=True)

@@ -215,3 +215,32 @@ def test_loss_config_reaches_the_log(tiny_config) -> None:
     train = [e for e in read_log(Path(cfg.out_dir) / "metrics.jsonl") if e["event"] == "train"]
     assert {"loss_ce", "loss_focal"} <= set(train[0]) and "loss_dice" not in train[0]
     assert json.loads(json.dumps(train[0])) == train[0]
+
+
+def test_ema_weights_are_validated_selected_saved_and_resumed(tiny_config) -> None:
+    from unetkit.artifact import load_artifact
+    from unetkit.config import OptimConfig
+
+    optim = OptimConfig(lr=3e-3, warmup_steps=2, ema_decay=0.9)
+    straight = tiny_config("ema-straight", optim=optim, val_every=100)  # one validation, at the end
+    art = load_artifact(fit(straight))
+    last = load_checkpoint(Path(straight.out_dir) / LAST)
+    best = load_checkpoint(Path(straight.out_dir) / BEST)
+    averaged = {k.removeprefix("module."): v for k, v in last["ema"].items() if k.startswith("module.")}
+    assert averaged.keys() == last["model"].keys()
+    assert any(not torch.allclose(v, last["model"][k]) for k, v in averaged.items() if v.is_floating_point())
+    for name, value in averaged.items():  # the best checkpoint and the artifact hold the average
+        torch.testing.assert_close(best["model"][name], value, atol=0, rtol=0, msg=name)
+        torch.testing.assert_close(art.state_dict[name], value, atol=0, rtol=0, msg=name)
+
+    def interrupt(event: dict) -> None:
+        if event["event"] == "val" and event["step"] == 6:
+            signal.raise_signal(signal.SIGINT)
+
+    split = tiny_config("ema-split", optim=optim)
+    with pytest.raises(KeyboardInterrupt):
+        fit(split, callbacks=[interrupt])
+    fit(tiny_config("ema-split", optim=optim, resume=True))
+    resumed = load_checkpoint(Path(split.out_dir) / LAST)["ema"]
+    for name, value in last["ema"].items():  # resume continues the average exactly
+        torch.testing.assert_close(resumed[name], value, atol=1e-6, rtol=0, msg=name)

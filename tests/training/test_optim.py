@@ -66,3 +66,36 @@ def test_clip_gradients() -> None:
     w.grad = torch.full((4,), 10.0)
     assert clip_gradients([w], 0.0) == pytest.approx(20.0)  # disabled: reports, does not clip
     assert float(w.grad.norm()) == pytest.approx(20.0)
+
+
+def test_ema_is_off_at_zero_and_refuses_decays_outside_0_1() -> None:
+    from unetkit.training.optim import build_ema
+
+    model = torch.nn.Linear(2, 2)
+    assert build_ema(model, OptimConfig(ema_decay=0.0)) is None
+    for bad in (1.0, -0.5, 1.5):
+        with pytest.raises(ConfigError, match="optim.ema_decay"):
+            build_ema(model, OptimConfig(ema_decay=bad))
+
+
+def test_ema_averages_weights_and_batchnorm_statistics_with_a_ramped_decay() -> None:
+    from unetkit.training.optim import build_ema
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    ema = build_ema(model, OptimConfig(ema_decay=0.5))
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    for n in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(4, 1, 8, 8))  # train mode: moves the BatchNorm running statistics
+        ema.update_parameters(model)
+        d = min(0.5, (1 + n) / (10 + n)) if n else 0.0  # the first update copies the model
+        for k, v in model.state_dict().items():
+            expected[k] = v.clone() if not v.is_floating_point() else d * expected[k] + (1 - d) * v
+    got = ema.module.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k], v, atol=1e-6, rtol=0, msg=k)
+    assert int(got["1.num_batches_tracked"]) == 4
+    assert not torch.allclose(got["0.weight"], model.state_dict()["0.weight"])

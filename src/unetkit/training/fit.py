@@ -48,7 +48,7 @@ from unetkit.training.distributed import (
     wrap_model,
 )
 from unetkit.training.loop import SELECTION_METRIC, evaluate, resolve_precision, train_step
-from unetkit.training.optim import build_optimizer, set_lr
+from unetkit.training.optim import build_ema, build_optimizer, set_lr
 from unetkit.training.prepare import TrainingData, load_training_data
 from unetkit.training.runlog import Callback, RunLog
 
@@ -132,6 +132,8 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     net = wrap_model(model, env, device)
     loss_fn = SegmentationLoss(config.loss).to(device)
     optimizer = build_optimizer(model, config.optim)
+    ema = build_ema(model, config.optim)
+    kept = ema.module if ema is not None else model  # the weights validated, selected and saved
     precision = resolve_precision(config.amp, device)
     scaler = torch.amp.GradScaler(device.type) if precision.scale_loss else None
 
@@ -140,7 +142,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     if config.resume:
         saved = ckpt.load_checkpoint(out_dir / ckpt.LAST)
         ckpt.check_resumable(saved, config, out_dir / ckpt.LAST)
-        state = restore(saved, model, optimizer, scaler, sampler, augmenter)
+        state = restore(saved, model, optimizer, scaler, sampler, augmenter, ema)
     log = RunLog(out_dir, enabled=env.is_main, total_steps=state.total_steps, start_step=state.step,
                  progress=config.progress, tensorboard=config.tensorboard, callbacks=callbacks or ())
 
@@ -149,11 +151,11 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
 
     def validate() -> dict[str, Any]:
         t0 = time.perf_counter()
-        metrics = evaluate(model, data.val, mean=data.mean, std=data.std, class_names=data.class_names,
+        metrics = evaluate(kept, data.val, mean=data.mean, std=data.std, class_names=data.class_names,
                            patch_size=config.data.patch_size, ignore_index=config.loss.ignore_index,
                            device=device, precision=precision)
         clock.val_seconds = max(clock.val_seconds, clock.exclude(time.perf_counter() - t0))
-        record_validation(state, metrics, model, out_dir)
+        record_validation(state, metrics, kept, out_dir)
         log.write({"event": "val", "step": state.step, "time": now(), **metrics,
                    "best": state.best_metric, "best_step": state.best_step})
         return metrics
@@ -161,7 +163,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     def save_last() -> None:
         t0 = time.perf_counter()
         ckpt.save_checkpoint(out_dir / ckpt.LAST, snapshot(state, config, model, optimizer, scaler,
-                                                            sampler, augmenter, now()))
+                                                            sampler, augmenter, now(), ema))
         clock.save_seconds = max(clock.save_seconds, clock.exclude(time.perf_counter() - t0))
 
     log.write({"event": "start", "step": state.step, "time": now(), "total_steps": state.total_steps,
@@ -181,6 +183,8 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
             terms = train_step(net, images[share], labels[share], loss_fn=loss_fn, optimizer=optimizer,
                                precision=precision, scaler=scaler, grad_clip=config.optim.grad_clip,
                                step=state.step)
+            if ema is not None:
+                ema.update_parameters(model)
             state.step += 1
             if env.is_main and (state.step % LOG_EVERY == 0 or state.step in (1, state.total_steps)):
                 log.write({"event": "train", "step": state.step, "time": now(), "lr": lr, **terms})
@@ -220,7 +224,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
         if state.last_val_step != state.step:
             validate()
         save_last()
-    return model, state, log
+    return kept, state, log
 
 
 # ---------------------------------------------------------------- pieces of the run
@@ -259,7 +263,8 @@ def record_validation(state: RunState, metrics: dict[str, Any], model: torch.nn.
 
 
 def snapshot(state: RunState, config: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             scaler: torch.amp.GradScaler | None, sampler: Any, augmenter: Any, elapsed: float) -> dict[str, Any]:
+             scaler: torch.amp.GradScaler | None, sampler: Any, augmenter: Any, elapsed: float,
+             ema: torch.optim.swa_utils.AveragedModel | None = None) -> dict[str, Any]:
     return {
         "config": to_dict(config),
         "model": model.state_dict(),
@@ -267,12 +272,16 @@ def snapshot(state: RunState, config: TrainConfig, model: torch.nn.Module, optim
         "scaler": scaler.state_dict() if scaler is not None else {},
         "rng": ckpt.capture_rng(sampler, augmenter),
         "state": dataclasses.asdict(dataclasses.replace(state, elapsed_before=elapsed)),
+        "ema": ema.state_dict() if ema is not None else {},
     }
 
 
 def restore(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            scaler: torch.amp.GradScaler | None, sampler: Any, augmenter: Any) -> RunState:
+            scaler: torch.amp.GradScaler | None, sampler: Any, augmenter: Any,
+            ema: torch.optim.swa_utils.AveragedModel | None = None) -> RunState:
     model.load_state_dict(saved["model"])
+    if ema is not None and saved.get("ema"):
+        ema.load_state_dict(saved["ema"])
     optimizer.load_state_dict(saved["optimizer"])
     if scaler is not None and saved["scaler"]:
         scaler.load_state_dict(saved["scaler"])

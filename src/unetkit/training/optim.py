@@ -1,9 +1,14 @@
-"""Optimizer, learning-rate schedule and gradient clipping from `OptimConfig`.
+"""Optimizer, learning-rate schedule, gradient clipping and weight averaging from `OptimConfig`.
 
 The schedule is a pure function of (step, total_steps): linear warm-up to the base LR, then
 poly or cosine decay down to `min_lr_ratio * lr`, or constant. It is applied by setting each
 param group's `lr` before the step, so the only schedule state is the step counter (which the
 checkpoint stores): resume is exact and a budget run can change `total_steps` after warm-up.
+
+`ema_decay > 0` keeps an exponential moving average of the weights (and of BatchNorm's running
+statistics) with torch's `AveragedModel`; training validates, selects and saves the average. Its
+decay ramps up as min(decay, (1 + n) / (10 + n)) over the n updates so far, so early validations
+are not dragged towards the random initial weights.
 """
 
 from __future__ import annotations
@@ -35,6 +40,23 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     raise ConfigError(f"optim.optimizer: expected 'adamw' or 'sgd', got {config.optimizer!r}")
+
+
+def build_ema(model: nn.Module, config: OptimConfig) -> torch.optim.swa_utils.AveragedModel | None:
+    """The weight average of `model` for `config.ema_decay` (None when 0)."""
+    decay = config.ema_decay
+    if decay == 0:
+        return None
+    if not 0 < decay < 1:
+        raise ConfigError(f"optim.ema_decay: expected 0 (off) or a decay in (0, 1), e.g. 0.998, got {decay}")
+
+    def average(avg: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        if not avg.is_floating_point():  # BatchNorm's step counter
+            return current
+        return avg.lerp(current, 1.0 - d)
+
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=average, use_buffers=True)
 
 
 def lr_factor(step: int, total_steps: int, config: OptimConfig) -> float:
