@@ -49,7 +49,7 @@ R8 Optimiser. AdamW, lr 1e-3 * sqrt(batch / 8) clamped to 5e-4..2e-3 (2e-3 made 
    (`optim.ema_decay` 0): at equal steps on DRIVE it changed F1 by -0.001 and AUC by +0.001.
 R9 Normalisation layers. BatchNorm at batch >= 4, InstanceNorm below (noisy batch statistics).
    BatchNorm folds into the convolutions at export; InstanceNorm cannot, and makes a tile's output
-   depend on the tile. On DRIVE InstanceNorm gained F1 +0.003..0.006 and AUC +0.002..0.004 but made
+   depend on the tile. On DRIVE InstanceNorm gained F1 +0.000..0.006 and AUC +0.001..0.004 but made
    ORT inference 1.2x slower in fp32 and 2x in int8 (docs/benchmarks.md), so inference speed wins
    the default; `model.norm: instance` in a config file trades it for the accuracy.
 R10 Validation. Whole-image validation costs ~forward time on the validation pixels (tiled with
@@ -209,7 +209,7 @@ def member_budget(budget_seconds: float, folds: int, val_s: float) -> float:
     return max(0.0, budget_seconds - folds * ENSEMBLE_END_PASSES * val_s) / folds
 
 
-def ensemble_folds(facts: DataFacts, cand: Candidate, sps: float, target: int, budget_seconds: float,
+def ensemble_folds(facts: DataFacts, cand: Candidate, sps: float, budget_seconds: float,
                    largest: bool, overrides: Mapping[str, Any]) -> tuple[int, str]:
     """R12: (folds, why); 1 = a single model."""
     if "ensemble_folds" in overrides:
@@ -250,7 +250,7 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     assert best is not None
     rows[best_i]["chosen"] = True
     cand, sps, steps, n_val, val_s = best
-    folds, why_folds = ensemble_folds(facts, cand, sps, target, budget_seconds, best_i == len(rows) - 1, overrides)
+    folds, why_folds = ensemble_folds(facts, cand, sps, budget_seconds, best_i == len(rows) - 1, overrides)
     if folds > 1:  # steps and validations are per member
         steps, n_val, val_s = planned_steps(cand, sps, facts, member_budget(budget_seconds, folds, val_s))
     if "steps" in overrides:

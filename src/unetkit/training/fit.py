@@ -85,12 +85,12 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
+        if config.ensemble_folds < 1:  # before loading the data: a user error should not wait for it
+            raise ConfigError(f"ensemble_folds: expected an integer >= 1 (1 = one model), got {config.ensemble_folds}")
         # ---- data: refuse bad data (unless skip_bad), split, normalization from the training images
         data = load_training_data(config.data, progress=config.progress and env.is_main,
                                   log=print if config.progress and env.is_main else None)
         config = dataclasses.replace(config, model=data.resolve_model(config.model))  # resolved, for the artifact
-        if config.ensemble_folds < 1:
-            raise ConfigError(f"ensemble_folds: expected an integer >= 1 (1 = one model), got {config.ensemble_folds}")
         if config.ensemble_folds > 1:
             from unetkit.training.ensemble import fit_ensemble
 
@@ -147,7 +147,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
                  progress=config.progress, tensorboard=config.tensorboard, callbacks=callbacks or ())
 
     def now() -> float:
-        return state.elapsed_before + clock.elapsed()
+        return log_time(state, clock)
 
     def validate() -> dict[str, Any]:
         t0 = time.perf_counter()
