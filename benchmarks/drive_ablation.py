@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from drive import binary_scores, load_split, machine  # noqa: E402
-from report import append_markdown  # noqa: E402
+from report import append_markdown, median_seconds  # noqa: E402
 
 VAL_KEYS = ["36", "37", "38", "39", "40"]
 BASE = {
@@ -120,10 +120,8 @@ def run_variant(name: str, steps: int, train_dir: Path, work: Path) -> dict:
 
 
 def norm_inference_cost(repeats: int = 5) -> dict[str, dict[str, float]]:
-    """Seconds per batch of 4 x 256^2 for a w32 d4 U-Net with BatchNorm vs InstanceNorm (random
-    weights: speed does not depend on them): ONNX Runtime fp32 and int8, eager torch."""
-    import time
-
+    """Median seconds per batch of 4 x 256^2 for a w32 d4 U-Net with BatchNorm vs InstanceNorm
+    (random weights: speed does not depend on them), ONNX Runtime fp32 and int8."""
     import torch
 
     from unetkit.artifact import Artifact, ArtifactMeta
@@ -139,20 +137,12 @@ def norm_inference_cost(repeats: int = 5) -> dict[str, dict[str, float]]:
         torch.manual_seed(0)
         meta = ArtifactMeta(model=cfg, class_names=("background", "vessel"), mean=(0.0,) * 3, std=(1.0,) * 3,
                             patch_size=(256, 256))
-        art = Artifact(meta=meta, state_dict=build_model(cfg).state_dict())
-        fp32 = export_graph(art)
-        times = {}
+        fp32 = export_graph(Artifact(meta=meta, state_dict=build_model(cfg).state_dict()))
+        out[norm] = {}
         for name, graph in (("ort fp32", fp32), ("ort int8", quantize_graph(fp32, x))):
             session = onnx_session(graph)
             feed = {session.get_inputs()[0].name: x}
-            session.run(None, feed)
-            runs = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                session.run(None, feed)
-                runs.append(time.perf_counter() - t0)
-            times[name] = float(np.median(runs))
-        out[norm] = times
+            out[norm][name] = median_seconds(lambda s=session, f=feed: s.run(None, f), repeats)[0]
     return out
 
 
