@@ -29,6 +29,7 @@ from torch import nn
 import unetkit
 from unetkit.config import ModelConfig, from_dict, to_dict
 from unetkit.errors import ArtifactError, ConfigError
+from unetkit.models import build_model
 
 FORMAT_VERSION = 1
 META_KEY = "unetkit"
@@ -104,7 +105,6 @@ class Artifact:
 
     def build_model(self) -> nn.Module:
         """The network with the stored weights, in eval mode."""
-        from unetkit.models import build_model
 
         model = build_model(self.meta.model)
         try:

@@ -1,6 +1,8 @@
 """The `unetkit` command line: each command a few lines over the library.
 
 User errors (bad path, option or data) print one line on stderr and exit with status 2.
+Each command imports the stages it uses inside its body (lazy on purpose): `unetkit --help` and
+shell completion must not load torch.
 """
 
 from __future__ import annotations

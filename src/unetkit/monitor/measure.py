@@ -14,19 +14,28 @@ from typing import Any
 
 import numpy as np
 
-from unetkit.artifact import Artifact, weights_sha256
+from unetkit.artifact import Artifact, load_artifact, update_artifact, weights_sha256
 from unetkit.config import TileConfig
-from unetkit.errors import UnetkitError
-from unetkit.monitor.baseline import Baseline, build_baseline, output_sample, outputs_signature
-from unetkit.monitor.drift import DriftReport
+from unetkit.data.io import read_image
+from unetkit.data.pairing import pair_samples
+from unetkit.data.spec import load_spec
+from unetkit.errors import ConfigError, DataError, InputError, UnetkitError
+from unetkit.inference.backends import make_predictor
+from unetkit.inference.files import collect_inputs, labels_from_probabilities, tile_config_for
+from unetkit.inference.predict import predict_tiled
+from unetkit.monitor.baseline import (
+    Baseline,
+    build_baseline,
+    output_sample,
+    outputs_mismatch,
+    outputs_signature,
+)
+from unetkit.monitor.drift import DriftReport, compare
 
 
 def predict_outputs(artifact: Artifact, images: Iterable[np.ndarray], *, predictor: Any = None,
                     backend: str = "torch") -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(probabilities (K,H,W), served labels (H,W)) of the artifact on each image, lazily."""
-    from unetkit.inference.backends import make_predictor
-    from unetkit.inference.files import labels_from_probabilities, tile_config_for
-    from unetkit.inference.predict import predict_tiled
 
     predictor = predictor or make_predictor(artifact, backend=backend)
     tile = tile_config_for(artifact, TileConfig())
@@ -73,8 +82,6 @@ def measure_files(
     an unreadable or unfit file is one error line and the others still count."""
     from tqdm import tqdm
 
-    from unetkit.data.io import read_image
-    from unetkit.inference.backends import make_predictor
 
     predictor = make_predictor(artifact, backend=backend) if outputs else None
     measured, errors = [], []
@@ -103,7 +110,6 @@ class ImageFiles(Sequence[np.ndarray]):
         return len(self.paths)
 
     def __getitem__(self, index: Any) -> Any:
-        from unetkit.data.io import read_image
 
         if isinstance(index, slice):
             return ImageFiles(self.paths[index])
@@ -112,7 +118,6 @@ class ImageFiles(Sequence[np.ndarray]):
 
 def image_paths(folder: str | Path) -> list[Path]:
     """Every image under `folder` (recursive, sorted), or the folder itself when it is one file."""
-    from unetkit.inference.files import collect_inputs
 
     return [path for path, _ in collect_inputs([folder])]
 
@@ -121,9 +126,6 @@ def baseline_sources(artifact: Artifact, data: str | Path) -> tuple[list[Path], 
     """(training images, validation images) of a training data set: a data folder, dataset
     description or manifest, split as the artifact's training run split it when its validation
     keys are there (else all images are training images); or a plain folder of images."""
-    from unetkit.data.pairing import pair_samples
-    from unetkit.data.spec import load_spec
-    from unetkit.errors import DataError
 
     try:
         samples = pair_samples(load_spec(data))
@@ -141,7 +143,6 @@ def add_baseline(model: str | Path, data: str | Path, *, backend: str = "auto",
                  log: Callable[[str], Any] | None = None) -> Baseline:
     """Measure the baseline of `data` (the training data) and store it in the artifact (atomic
     rewrite through `update_artifact`)."""
-    from unetkit.artifact import load_artifact, update_artifact
 
     artifact = load_artifact(model)
     inputs, held_out = baseline_sources(artifact, data)
@@ -158,10 +159,6 @@ FEW_IMAGES = 20  # below this a same-distribution sample often scores near the t
 def check_drift(model: str | Path, folder: str | Path, *, threshold: float, outputs: bool = True,
                 backend: str = "auto", progress: bool = True) -> tuple[DriftReport, list[str]]:
     """Compare the images under `folder` with the artifact's baseline: `(report, file errors)`."""
-    from unetkit.artifact import load_artifact
-    from unetkit.errors import ConfigError, InputError
-    from unetkit.monitor.baseline import outputs_mismatch
-    from unetkit.monitor.drift import compare
 
     if threshold <= 0:
         raise ConfigError(f"--threshold {threshold}: expected a positive PSI value (default 0.2)")

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from unetkit.data.io import file_sha256
 from unetkit.errors import ArtifactError, RegistryError
 
 SUFFIX = ".unetkit"
@@ -79,7 +80,6 @@ class BlobStore:
 
     def verified(self, sha256: str, what: str) -> Path:
         """The blob's path after checking its sha256; a missing or modified blob is refused."""
-        from unetkit.data.io import file_sha256
 
         path = self.path(sha256)
         try:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from unetkit.config import to_dict
 from unetkit.errors import RegistryError
+from unetkit.metrics.scores import json_value
 from unetkit.registry.db import NAME_PATTERN, STAGES
 
 SELECTORS = ("latest", "candidate", "staging", "production")
@@ -79,8 +81,6 @@ def check_stage(stage: str, allowed: tuple[str, ...] = STAGES) -> str:
 
 def describe_artifact(meta: Any) -> dict[str, Any]:
     """What the registry keeps of an artifact's metadata (JSON-safe: NaN becomes null)."""
-    from unetkit.config import to_dict
-    from unetkit.metrics.scores import json_value
 
     return json_value({
         "artifact_name": meta.name,

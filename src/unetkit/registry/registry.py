@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, select, update
 
+from unetkit.artifact import load_artifact, read_meta
 from unetkit.errors import RegistryError
 from unetkit.registry import db as schema
 from unetkit.registry.blobs import BlobStore
@@ -121,7 +122,6 @@ class Registry:
         """Register an artifact as the next version of `name` (default: the artifact's own name).
 
         A `stage` other than candidate promotes it in the same transaction (gated like `promote`)."""
-        from unetkit.artifact import load_artifact, read_meta
 
         check_stage(stage, ("candidate", *SINGLE_STAGES))
         read_meta(artifact)  # a missing or foreign file fails here, before anything is copied
@@ -271,7 +271,6 @@ class Registry:
 
     def load(self, ref: str | VersionRecord) -> Any:
         """The verified `Artifact` of a version (blob sha256, then the artifact's weights/metadata hashes)."""
-        from unetkit.artifact import load_artifact
 
         record = ref if isinstance(ref, VersionRecord) else self.get(ref)
         return load_artifact(self.fetch(record))

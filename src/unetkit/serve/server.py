@@ -93,10 +93,10 @@ def run_server(config: ServeConfig) -> None:
     """Serve until interrupted. Checks the artifacts' metadata (or the registry's stage) first, so a wrong
     path fails fast."""
     prefer_passive_openmp()
-    from unetkit.artifact import read_meta
+    from unetkit.artifact import read_meta  # lazy: torch loads here, after the OpenMP policy is set
 
     if config.registry and not config.artifact:
-        from unetkit.registry.registry import Registry
+        from unetkit.registry.registry import Registry  # lazy: as read_meta above
 
         with Registry.open(config.registry) as registry:  # the stage holds a version and its blob is intact
             registry.fetch(registry.resolve(config.stage, config.model_name or None))
@@ -108,7 +108,7 @@ def run_server(config: ServeConfig) -> None:
         import uvicorn
     except ImportError:  # pragma: no cover - depends on the environment
         raise ConfigError("unetkit serve needs the web extra: pip install 'unetkit[serve]'") from None
-    from unetkit.serve.app import create_app
+    from unetkit.serve.app import create_app  # lazy: as read_meta above; fastapi checked first
 
     limit_malloc_arenas()
     app = create_app(config)
