@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from unetkit.config import TrainConfig, replace
-from unetkit.inference.backends import keep_freed_memory
 from unetkit.planning.plan import Plan, apply_plan
 from unetkit.planning.rules import candidates, data_facts, make_plan, min_steps, planned_steps
 from unetkit.planning.throughput import MeasuredThroughput, measure_throughput, simulated_throughput
+from unetkit.runtime import keep_freed_memory
 
 CALIBRATION_FRACTION = 0.03
 CALIBRATION_MAX_SECONDS = 60.0

@@ -30,11 +30,12 @@ import numpy as np
 import torch
 
 from unetkit.config import TrainConfig, to_dict
+from unetkit.data.splits import spread
 from unetkit.errors import ConfigError
-from unetkit.inference.backends import keep_freed_memory
 from unetkit.losses.losses import SegmentationLoss
 from unetkit.models import build_model
-from unetkit.monitor.baseline import baseline_validations, spread
+from unetkit.monitor.baseline import baseline_validations
+from unetkit.runtime import keep_freed_memory
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock
 from unetkit.training.distributed import (
