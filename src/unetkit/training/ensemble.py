@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unetkit.artifact import ARTIFACT_NAME
 from unetkit.config import TrainConfig
 from unetkit.errors import ConfigError
 from unetkit.models import build_model
@@ -29,11 +30,11 @@ from unetkit.models.ensemble import ensemble_state
 from unetkit.monitor.baseline import baseline_validations
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock
-from unetkit.training.distributed import ARTIFACT_NAME
-from unetkit.training.fit import finish_validations, run_steps, write_artifact
+from unetkit.training.finish import finish_validations, write_artifact
 from unetkit.training.loop import SELECTION_METRIC, evaluate
 from unetkit.training.prepare import TrainingData
 from unetkit.training.runlog import Callback, RunLog
+from unetkit.training.steps import run_steps
 
 MEMBER_FINAL = "member-final.pt"
 END_SHARE_UNMEASURED = 0.05  # budget kept for the end work before any validation has been timed
