@@ -81,6 +81,7 @@ from typing import Any
 
 from unetkit.planning.plan import PLANNED, USER, Choice, Plan
 from unetkit.planning.throughput import Candidate, ThroughputModel
+from unetkit.training.budget import reserve_seconds
 
 # (base_width, depth, patch side, batch), cheapest first
 LADDER: tuple[tuple[int, int, int, int], ...] = (
@@ -95,7 +96,6 @@ TOUCHING_OBJECTS = 10  # R13: objects per image for "many objects"
 MAX_BATCH = 32
 MIN_PATCH = 64
 BATCHES = (2, 4, 6, 8, 12, 16, 24, 32)
-RESERVE_FRACTION = 0.03
 VALIDATION_SHARE = 0.08
 
 
@@ -197,7 +197,8 @@ def planned_steps(c: Candidate, seconds_per_step: float, facts: DataFacts, budge
     """R10 + R11: (steps, number of validations, seconds per validation) for candidate `c`."""
     val_s = validation_seconds(c, seconds_per_step, facts)
     n_val = int(min(20, max(2, VALIDATION_SHARE * budget // max(val_s, 1e-6))))
-    train_s = budget * (1 - RESERVE_FRACTION) - n_val * val_s
+    # the final validation is the last of the n_val; fit's clock re-times the rest of the end work
+    train_s = budget - reserve_seconds(val_s, 0.0, budget=budget) - n_val * val_s
     return max(0, int(train_s / seconds_per_step)), n_val, val_s
 
 
@@ -206,7 +207,8 @@ ENSEMBLE_END_PASSES = 4.0  # per member: final validation, calibration, tuning, 
 
 def member_budget(budget_seconds: float, folds: int, val_s: float) -> float:
     """R12: each member's share of the budget after the ensemble's end work."""
-    return max(0.0, budget_seconds - folds * ENSEMBLE_END_PASSES * val_s) / folds
+    # no margin of the whole budget: each member's planned steps keep 3 % of its share
+    return max(0.0, budget_seconds - reserve_seconds(folds * val_s, ENSEMBLE_END_PASSES)) / folds
 
 
 def ensemble_folds(facts: DataFacts, cand: Candidate, sps: float, budget_seconds: float,

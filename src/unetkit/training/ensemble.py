@@ -27,10 +27,9 @@ from unetkit.config import TrainConfig
 from unetkit.errors import ConfigError
 from unetkit.models import build_model
 from unetkit.models.ensemble import ensemble_state
-from unetkit.monitor.baseline import baseline_validations
 from unetkit.training import checkpoint as ckpt
-from unetkit.training.budget import BudgetClock
-from unetkit.training.finish import finish_validations, write_artifact
+from unetkit.training.budget import BudgetClock, reserve_seconds
+from unetkit.training.finish import end_passes, write_artifact
 from unetkit.training.loop import SELECTION_METRIC, evaluate
 from unetkit.training.prepare import TrainingData
 from unetkit.training.runlog import Callback, RunLog
@@ -61,10 +60,9 @@ def fit_ensemble(config: TrainConfig, data: TrainingData, env: Any, device: torc
     check_folds(len(data.train), k)
     out_dir = Path(config.out_dir)
     folds = fold_keys([s.key for s in data.train], k, config.seed)
-    # the ensemble's end work, in single-model validation passes: final validation, calibration and
-    # tuning, drift baseline -- each k times as costly as for one member
-    end_passes = k * (1.0 + baseline_validations(len(data.train), len(data.val))
-                      + finish_validations(config, len(data.val)))
+    # the ensemble's end work: a single model's end passes (scoring, calibration, tuning, drift
+    # baseline), each pass k times as costly as one member's
+    passes = end_passes(config, len(data.train), len(data.val))
     seconds_per_image = 0.0  # one member's validation time per image, once measured
     log = RunLog(out_dir, enabled=env.is_main, total_steps=0)
     log.write({"event": "start", "step": 0, "time": clock.elapsed(), "ensemble_folds": k,
@@ -87,8 +85,8 @@ def fit_ensemble(config: TrainConfig, data: TrainingData, env: Any, device: torc
                                    val=[s for s in data.train if s.key in held])
         share = 0.0
         if clock.enabled:
-            end = (end_passes * seconds_per_image * len(data.val) if seconds_per_image
-                   else END_SHARE_UNMEASURED * clock.budget)
+            end = (reserve_seconds(k * seconds_per_image * len(data.val), passes) if seconds_per_image
+                   else END_SHARE_UNMEASURED * clock.budget)  # no margin here: each member's clock keeps one
             share = max(1.0, (clock.seconds_left() - end) / (k - i))
         member = dataclasses.replace(
             config, out_dir=str(member_dir), ensemble_folds=1, seed=config.seed + i, budget_seconds=share,
@@ -98,7 +96,7 @@ def fit_ensemble(config: TrainConfig, data: TrainingData, env: Any, device: torc
             print(f"ensemble member {i + 1}/{k}: {len(part.train)} training images, validating on fold "
                   f"{', '.join(fold)}" + (f"; {share / 60:.1f} min" if share else ""))
         member_clock = BudgetClock(share)
-        member_clock.baseline_validations = 0.0  # members compute no drift baseline
+        member_clock.end_passes = 1.0  # a member's end is its final validation: no calibration, tuning, baseline
         model, state, member_log = run_steps(member, part, env, device, member_clock, member_dir, callbacks)
         if member_clock.val_seconds and part.val:
             seconds_per_image = member_clock.val_seconds / len(part.val)

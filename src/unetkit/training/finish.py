@@ -3,8 +3,8 @@
 `save_final_artifact` takes the best validated weights (`checkpoint-best.pt`) of a single model;
 `write_artifact` (also the ensemble's) fits temperature scaling and tunes the postprocessing on the
 validation split (`finish_on_validation`), adds the drift baseline (`unetkit.monitor`) and writes
-the artifact atomically. `finish_validations` is what this costs, in validation passes, for the
-budget's end-of-run reserve.
+the artifact atomically. `end_passes` is what the end of a run costs, in validation passes, for
+the budget's end-of-run reserve (`unetkit.training.budget.reserve_seconds`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from unetkit.artifact import Artifact, ArtifactMeta, save_artifact
 from unetkit.config import TrainConfig, to_dict
 from unetkit.data.splits import spread
+from unetkit.monitor.baseline import baseline_validations
 from unetkit.monitor.measure import training_baseline
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.loop import SELECTION_METRIC
@@ -30,6 +31,12 @@ from unetkit.tuning import calibrate_samples, calibration_record, tune_samples, 
 TUNE_VALIDATIONS = 2.0  # budget reserved for tuning postprocessing: one prediction pass + the search (R13)
 MAX_TUNE_IMAGES = 32  # tuning holds every image's probabilities: at most this many, evenly spread
 CALIBRATE_VALIDATIONS = 1.2  # ... and for calibration: one pass of logits + the temperature fit
+
+
+def end_passes(config: TrainConfig, train_images: int, val_images: int) -> float:
+    """The end of a single model's run in validation passes: the final validation, then
+    calibration and tuning (`finish_validations`) and the drift baseline's predictions."""
+    return 1.0 + baseline_validations(train_images, val_images) + finish_validations(config, val_images)
 
 
 def finish_validations(config: TrainConfig, val_images: int) -> float:

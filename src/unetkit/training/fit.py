@@ -22,12 +22,11 @@ from pathlib import Path
 from unetkit.artifact import ARTIFACT_NAME
 from unetkit.config import TrainConfig
 from unetkit.errors import ConfigError
-from unetkit.monitor.baseline import baseline_validations
 from unetkit.runtime import keep_freed_memory
 from unetkit.training.budget import BudgetClock
 from unetkit.training.distributed import in_torchrun, init_distributed, launch, shutdown
 from unetkit.training.ensemble import fit_ensemble
-from unetkit.training.finish import finish_validations, save_final_artifact
+from unetkit.training.finish import end_passes, save_final_artifact
 from unetkit.training.prepare import load_training_data
 from unetkit.training.runlog import Callback
 from unetkit.training.steps import log_time, run_steps
@@ -52,8 +51,7 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
         config = dataclasses.replace(config, model=data.resolve_model(config.model))  # resolved, for the artifact
         if config.ensemble_folds > 1:
             return fit_ensemble(config, data, env, device, clock, callbacks or ())
-        clock.baseline_validations = baseline_validations(len(data.train), len(data.val)) + finish_validations(
-            config, len(data.val))
+        clock.end_passes = end_passes(config, len(data.train), len(data.val))
         model, state, log = run_steps(config, data, env, device, clock, out_dir, callbacks or ())
         # ---- the best weights as the artifact
         artifact_path = out_dir / ARTIFACT_NAME
