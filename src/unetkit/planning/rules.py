@@ -79,6 +79,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from unetkit.config import TileConfig
+from unetkit.inference.tiling import tiled_pixels_per_pixel
 from unetkit.planning.plan import PLANNED, USER, Choice, Plan
 from unetkit.planning.throughput import Candidate, ThroughputModel
 from unetkit.training.budget import reserve_seconds
@@ -188,9 +190,11 @@ def candidates(facts: DataFacts, overrides: Mapping[str, Any]) -> list[Candidate
 
 
 def validation_seconds(c: Candidate, seconds_per_step: float, facts: DataFacts) -> float:
-    """R10: forward ~ 1/3 of a training step per pixel; tiles overlap 25 % (~1.8x pixels); 1.3x overhead."""
+    """R10: forward ~ 1/3 of a training step per pixel; patch-sized tiles overlapping by the
+    default `TileConfig.overlap` (25 %: ~1.78x pixels), as fit validates; 1.3x overhead."""
     per_pixel = seconds_per_step / 3.0 / c.pixels_per_step
-    return 1.3 * 1.8 * per_pixel * facts.n_val * facts.height * facts.width
+    tiled = tiled_pixels_per_pixel(c.patch, TileConfig().overlap)
+    return 1.3 * tiled * per_pixel * facts.n_val * facts.height * facts.width
 
 
 def planned_steps(c: Candidate, seconds_per_step: float, facts: DataFacts, budget: float) -> tuple[int, int, float]:
