@@ -30,7 +30,7 @@ from unetkit.models.ensemble import ensemble_state
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock, reserve_seconds
 from unetkit.training.finish import end_passes, write_artifact
-from unetkit.training.loop import SELECTION_METRIC, evaluate
+from unetkit.training.loop import SELECTION_METRIC, validate
 from unetkit.training.prepare import TrainingData
 from unetkit.training.runlog import Callback, RunLog
 from unetkit.training.steps import run_steps
@@ -136,5 +136,5 @@ def score_ensemble(config: TrainConfig, state_dict: dict[str, torch.Tensor], dat
         return {}
     model = build_model(config.model)
     model.load_state_dict(state_dict, strict=True)
-    return evaluate(model.to(device), data.val, mean=data.mean, std=data.std, class_names=data.class_names,
+    return validate(model.to(device), data.val, mean=data.mean, std=data.std, class_names=data.class_names,
                     patch_size=config.data.patch_size, ignore_index=config.loss.ignore_index, device=device)

@@ -33,7 +33,7 @@ from unetkit.models import build_model
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock
 from unetkit.training.distributed import broadcast_floats, rank_share, wrap_model
-from unetkit.training.loop import SELECTION_METRIC, evaluate, resolve_precision, train_step
+from unetkit.training.loop import SELECTION_METRIC, resolve_precision, train_step, validate
 from unetkit.training.optim import build_ema, build_optimizer, set_lr
 from unetkit.training.prepare import TrainingData
 from unetkit.training.runlog import Callback, RunLog
@@ -92,9 +92,9 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     def now() -> float:
         return log_time(state, clock)
 
-    def validate() -> dict[str, Any]:
+    def validate_and_record() -> dict[str, Any]:
         t0 = time.perf_counter()
-        metrics = evaluate(kept, data.val, mean=data.mean, std=data.std, class_names=data.class_names,
+        metrics = validate(kept, data.val, mean=data.mean, std=data.std, class_names=data.class_names,
                            patch_size=config.data.patch_size, ignore_index=config.loss.ignore_index,
                            device=device, precision=precision)
         clock.val_seconds = max(clock.val_seconds, clock.exclude(time.perf_counter() - t0))
@@ -132,12 +132,12 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
             if env.is_main and (state.step % LOG_EVERY == 0 or state.step in (1, state.total_steps)):
                 log.write({"event": "train", "step": state.step, "time": now(), "lr": lr, **terms})
             if env.is_main and state.step % config.val_every == 0 and state.step < state.total_steps:
-                validate()
+                validate_and_record()
                 save_last()
             if env.is_main and clock.enabled and clock.time_to_plan(state.budget_decided, config.resume):
                 if not state.budget_decided:  # first plan: time one validation and one save
                     if state.last_val_step < 0:
-                        validate()
+                        validate_and_record()
                     if clock.save_seconds == 0.0:
                         save_last()
                 total = max(state.step, clock.plan(state.step, config.val_every))
@@ -165,7 +165,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     if env.is_main:
         log.write({"event": "stop", "step": state.step, "time": now(), "reason": stop})
         if state.last_val_step != state.step:
-            validate()
+            validate_and_record()
         save_last()
     return kept, state, log
 
