@@ -32,16 +32,11 @@ import torch
 from report import append_markdown, median_seconds
 
 from unetkit.config import ModelConfig, TileConfig
-from unetkit.inference.backends import (
-    OnnxPredictor,
-    TorchPredictor,
-    export_onnx,
-    keep_freed_memory,
-    machine_id,
-)
+from unetkit.inference.backends import OnnxPredictor, TorchPredictor, export_onnx, machine_id
 from unetkit.inference.predict import predict_tiled
 from unetkit.inference.tiling import gaussian_weights
 from unetkit.models import build_model, count_flops
+from unetkit.runtime import keep_freed_memory
 
 TILE, OVERLAP = 256, 0.25
 

@@ -33,6 +33,7 @@ from unetkit.models import build_model
 
 FORMAT_VERSION = 1
 META_KEY = "unetkit"
+ARTIFACT_NAME = "model.unetkit"  # the artifact's file name in a training run's out_dir
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@ import pytest
 
 from unetkit.config import DataConfig
 from unetkit.data.pairing import Sample
-from unetkit.data.splits import split
+from unetkit.data.splits import split, spread
 from unetkit.errors import DataError
 
 
@@ -31,3 +31,9 @@ def test_edge_cases() -> None:
     assert len(split(_samples(2), DataConfig(val_fraction=0.9))[0]) == 1  # always keeps training data
     with pytest.raises(DataError, match=r"1 sample\(s\) cannot be split"):
         split(_samples(1), DataConfig(val_fraction=0.2))
+
+
+def test_spread_keeps_the_ends_and_spaces_the_rest_evenly() -> None:
+    assert spread(range(3), 5) == [0, 1, 2]
+    assert spread(range(10), 4) == [0, 3, 6, 9]
+    assert spread(list("abcde"), 1) == ["a"] and spread([], 3) == []

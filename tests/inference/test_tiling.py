@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from unetkit.errors import ConfigError
-from unetkit.inference.tiling import constant_weights, gaussian_weights, tile_starts
+from unetkit.inference.tiling import constant_weights, gaussian_weights, tile_starts, tiled_pixels_per_pixel
 
 
 @pytest.mark.parametrize("size,tile,overlap", [(100, 32, 0.25), (2048, 256, 0.25), (257, 256, 0.5), (33, 32, 0.0),
@@ -58,3 +58,11 @@ def test_gaussian_matches_monai_formula_and_constant_weights():
     assert (constant_weights((3, 5)) == 1).all() and constant_weights((3, 5)).shape == (3, 5)
     with pytest.raises(ConfigError, match="sigma_scale"):
         gaussian_weights((8, 8), 0.0)
+
+
+def test_tiled_pixels_per_pixel_is_the_overlap_cost_of_tile_starts() -> None:
+    assert tiled_pixels_per_pixel((128, 128), 0.25) == pytest.approx(16 / 9)
+    assert tiled_pixels_per_pixel((128, 96), 0.0) == 1.0
+    assert tiled_pixels_per_pixel((30,), 0.25) == pytest.approx(30 / 22)  # whole-pixel steps, as tile_starts
+    starts = tile_starts(30 * 22 * 10 + 30, 30, 0.25)  # a long axis: tiles x tile / size -> the same factor
+    assert len(starts) * 30 / (30 * 22 * 10 + 30) == pytest.approx(30 / 22, rel=0.01)

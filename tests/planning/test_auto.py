@@ -47,7 +47,7 @@ def make_colour_dataset(root: Path, n: int = 6, size=(75, 101), seed: int = 0) -
     return root / "unetkit-dataset.json"
 
 
-def test_calibration_stays_within_its_time_bound():
+def test_timing_candidates_stays_within_its_time_bound():
     ladder = [Candidate(w, d, (p, p), b) for w, d, p, b in LADDER]
     measure_throughput(ladder[:1], in_channels=3, out_channels=2, max_seconds=0.1)  # one-off imports/init
     for limit in (0.5, 2.0):
@@ -55,12 +55,12 @@ def test_calibration_stays_within_its_time_bound():
         measured = measure_throughput(ladder, in_channels=3, out_channels=2, max_seconds=limit)
         spent = time.perf_counter() - t0
         assert measured.table, "at least the cheapest candidate is timed"
-        assert spent <= limit * 1.5 + 0.5, f"calibration took {spent:.2f} s for a {limit} s bound"
+        assert spent <= limit * 1.5 + 0.5, f"timing candidates took {spent:.2f} s for a {limit} s bound"
         assert len(measured.table) < len(ladder)  # the big rungs are extrapolated, not run
         assert all(measured(c) > 0 for c in ladder)
 
 
-def test_calibration_stops_once_a_candidate_is_too_slow():
+def test_timing_candidates_stops_once_a_candidate_is_too_slow():
     ladder = [Candidate(w, d, (p, p), b) for w, d, p, b in LADDER[:6]]
     measured = measure_throughput(ladder, in_channels=1, out_channels=2, max_seconds=30.0,
                                   stop_when=lambda c, s: True)

@@ -17,8 +17,11 @@ def test_plan_pays_for_validations_and_the_reserve() -> None:
                             val_every=10, reserve_seconds=2.0) == 45
     assert plan_total_steps(steps_done=5, seconds_left=1.0, seconds_per_step=0.1, val_seconds=0.0,
                             val_every=10, reserve_seconds=2.0) == 5  # no time left: no more steps
-    assert reserve_seconds(100.0, 1.0, 0.5) == pytest.approx(2 * 1.0 + 1.5 + 3.0 + 0.1)  # validation + drift baseline
-    assert reserve_seconds(100.0, 1.0, 0.5, baseline_validations=2.4) == pytest.approx(3.4 + 1.5 + 3.0 + 0.1)
+    # end passes x validation + three saves + 3 % of the budget + 0.1 s
+    assert reserve_seconds(1.0, 3.4, save_seconds=0.5, budget=100.0) == pytest.approx(3.4 + 1.5 + 3.0 + 0.1)
+    assert reserve_seconds(2.0, 4.0) == pytest.approx(8.0 + 0.1)  # no budget: no share of it as margin
+    clock = BudgetClock(budget=100.0, val_seconds=1.0, save_seconds=0.5, end_passes=3.4)
+    assert clock.reserve() == reserve_seconds(1.0, 3.4, save_seconds=0.5, budget=100.0)
 
 
 def test_clock_ignores_the_first_step_and_guards_the_deadline() -> None:

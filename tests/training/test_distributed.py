@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from unetkit.config import LossConfig, ModelConfig
+from unetkit.errors import ConfigError
 from unetkit.training.checkpoint import LAST, load_checkpoint
-from unetkit.training.distributed import launch
+from unetkit.training.distributed import DistEnv, launch, rank_share
 from unetkit.training.fit import fit
 from unetkit.training.runlog import read_log
+
+
+def test_batch_must_divide_between_the_processes() -> None:
+    assert rank_share(8, DistEnv(1, 2, 1)) == slice(4, 8)
+    with pytest.raises(ConfigError, match="data.batch_size: 6 is not divisible by the 4"):
+        rank_share(6, DistEnv(0, 4, 0))
 
 
 def test_two_process_ddp_matches_one_process(tiny_config) -> None:

@@ -1,9 +1,10 @@
-"""Deterministic train/validation split (the same keys for the same data, config and seed)."""
+"""Deterministic subsets: the train/validation split (the same keys for the same data, config and
+seed) and `spread`, an evenly spread subset of bounded size."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -40,3 +41,10 @@ def split(samples: Sequence[S], config: DataConfig) -> tuple[list[S], list[S]]:
     if not train:
         raise DataError("data.val_keys: every sample is in validation; leave some for training")
     return train, [s for s in ordered if s.key in val_set]
+
+
+def spread(items: Sequence[Any], limit: int) -> list[Any]:
+    """At most `limit` items, evenly spread over the sequence (deterministic)."""
+    if len(items) <= limit:
+        return list(items)
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, limit).round()]

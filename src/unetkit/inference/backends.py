@@ -10,7 +10,6 @@ representative tile batch and caches the winner per weights/machine/tile shape.
 from __future__ import annotations
 
 import copy
-import ctypes
 import hashlib
 import io
 import json
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from unetkit.errors import ConfigError
+from unetkit.runtime import keep_freed_memory
 
 BACKENDS = ("auto", "torch", "onnx", "compile")
 
@@ -324,15 +324,3 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
                 parent._modules[a] = fuse_conv_bn_eval(conv, bn)
                 owner._modules[bn_name] = nn.Identity()
     return module
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc malloc to keep freed memory instead of returning it to the OS (no mmap for big
-    blocks, no trimming), so eager PyTorch reuses activation buffers instead of page-faulting
-    fresh ones on every forward. Process-wide; returns False where it is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))

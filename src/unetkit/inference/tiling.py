@@ -1,7 +1,8 @@
 """Tile positions and blending weights for overlap-tile inference: pure functions, no state.
 
 `tile_starts` places tiles along one axis: the first at 0, the last flush with the end, the ones in
-between evenly spread so that neighbours overlap by at least `overlap` of a tile (nnU-Net's rule).
+between evenly spread so that neighbours overlap by at least `overlap` of a tile (nnU-Net's rule);
+`tiled_pixels_per_pixel` is what that overlap costs.
 `gaussian_weights` gives the importance map that down-weights tile borders, where a convolutional
 network sees zero padding instead of context; `constant_weights` weighs every pixel the same.
 """
@@ -30,10 +31,21 @@ def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
         raise ConfigError(f"image size {size}: expected a positive number of pixels")
     if size <= tile:
         return [0]
-    max_step = max(1, math.floor(tile * (1.0 - overlap) + 1e-9))  # integer, so rounded gaps never exceed it
+    max_step = tile_step(tile, overlap)
     steps = math.ceil((size - tile) / max_step - 1e-9)
     spacing = (size - tile) / steps
     return [int(round(i * spacing)) for i in range(steps + 1)]
+
+
+def tile_step(tile: int, overlap: float) -> int:
+    """The largest distance between neighbouring tile starts: an integer, so rounded gaps never exceed it."""
+    return max(1, math.floor(tile * (1.0 - overlap) + 1e-9))
+
+
+def tiled_pixels_per_pixel(tile_shape: Sequence[int], overlap: float) -> float:
+    """Pixels a tiled pass processes per image pixel, on an image many tiles large: tiles overlap
+    by `overlap`, so each axis is covered `tile / tile_step` times (16/9 ~ 1.78 at 0.25 overlap)."""
+    return math.prod(tile / tile_step(tile, overlap) for tile in tile_shape)
 
 
 def gaussian_weights(tile_shape: Sequence[int], sigma_scale: float = 0.125, min_weight: float = 1e-3) -> np.ndarray:

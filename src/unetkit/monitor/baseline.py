@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from unetkit.config import from_dict, to_dict
+from unetkit.data.splits import spread
 from unetkit.errors import ConfigError
 from unetkit.monitor import features as F
 
@@ -173,13 +174,6 @@ def references(per_image: Sequence[dict[str, np.ndarray]], source: Source,
         else:
             refs.append(scalar_reference(name, source, np.concatenate(values)))
     return refs
-
-
-def spread(items: Sequence[Any], limit: int) -> list[Any]:
-    """At most `limit` items, evenly spread over the sequence (deterministic)."""
-    if len(items) <= limit:
-        return list(items)
-    return [items[int(i)] for i in np.linspace(0, len(items) - 1, limit).round()]
 
 
 def output_sample(held_out: Sequence[Any], train: Sequence[Any]) -> tuple[list[Any], int]:

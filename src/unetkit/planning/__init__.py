@@ -2,7 +2,7 @@
 
 `rules.make_plan` (pure: fingerprint + throughput model + budget + user overrides -> `Plan`),
 `throughput` (candidates, measured/simulated seconds per step), `plan` (the `Plan` value, its table
-and how it is applied to a TrainConfig), `auto` (fingerprint -> calibration -> plan, for the CLI).
+and how it is applied to a TrainConfig), `auto` (fingerprint -> timing candidates -> plan, for the CLI).
 """
 
 from unetkit.planning.plan import Choice, Plan, apply_plan, format_plan

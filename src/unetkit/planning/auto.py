@@ -1,7 +1,7 @@
-"""`unetkit train DATA --budget 30m` end to end: fingerprint, calibrate, plan, hand over to fit.
+"""`unetkit train DATA --budget 30m` end to end: fingerprint, time candidates, plan, hand over to fit.
 
 `plan_training(config, overrides)` loads the data (as fit will: same split, same fingerprint),
-times the candidate models on this machine within `calibration_fraction` of the budget (3 %,
+times the candidate models on this machine within `TIMING_FRACTION` of the budget (3 %,
 at most 60 s), calls the pure planner `make_plan`, and returns the config with the plan written
 in (`config.plan` holds it, so fit stores it in the artifact) and `budget_seconds` reduced by the
 time already spent, so the whole command ends within the budget.
@@ -16,37 +16,33 @@ from typing import Any
 import torch
 
 from unetkit.config import TrainConfig, replace
-from unetkit.inference.backends import keep_freed_memory
 from unetkit.planning.plan import Plan, apply_plan
 from unetkit.planning.rules import candidates, data_facts, make_plan, min_steps, planned_steps
 from unetkit.planning.throughput import MeasuredThroughput, measure_throughput, simulated_throughput
+from unetkit.runtime import keep_freed_memory
+from unetkit.training.distributed import DistEnv, resolve_device
+from unetkit.training.prepare import load_training_data
 
-CALIBRATION_FRACTION = 0.03
-CALIBRATION_MAX_SECONDS = 60.0
+TIMING_FRACTION = 0.03
+TIMING_MAX_SECONDS = 60.0
 
 # keys of the TrainConfig that are not planning decisions: never reported as user overrides
 NOT_PLANNED = {"data.data", "nproc", "progress", "out_dir", "resume", "tensorboard", "data.skip_bad",
                "seed", "data.seed", "device", "amp", "plan"}
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def calibrate(fingerprint: Mapping[str, Any], overrides: Mapping[str, Any], budget_seconds: float, *,
-              n_val: int | None = None, device: str = "auto", max_seconds: float | None = None,
-              log: Callable[[str], object] | None = None) -> MeasuredThroughput:
+def time_candidates(fingerprint: Mapping[str, Any], overrides: Mapping[str, Any], budget_seconds: float, *,
+                    n_val: int | None = None, device: str = "auto", max_seconds: float | None = None,
+                    log: Callable[[str], object] | None = None) -> MeasuredThroughput:
     """Time the planner's candidates for this data on this machine (bounded, cheapest first)."""
     facts = data_facts(fingerprint, overrides, n_val=n_val)
-    limit = max_seconds if max_seconds is not None else min(CALIBRATION_MAX_SECONDS,
-                                                            CALIBRATION_FRACTION * budget_seconds)
+    limit = max_seconds if max_seconds is not None else min(TIMING_MAX_SECONDS, TIMING_FRACTION * budget_seconds)
     # time with the loss and augmentation the plan will use (clDice and kornia cost time too)
     provisional = apply_plan(TrainConfig(), make_plan(fingerprint, simulated_throughput(20.0), budget_seconds,
                                                       overrides, n_val=n_val))
     target = min_steps(budget_seconds)
-    if resolve_device(device).type == "cpu":
+    on = resolve_device(device, DistEnv())  # the device fit's (first) process will train on
+    if on.type == "cpu":
         keep_freed_memory()  # time steps as fit will run them
 
     def too_slow(c, seconds: float) -> bool:  # larger candidates can only be slower
@@ -54,28 +50,26 @@ def calibrate(fingerprint: Mapping[str, Any], overrides: Mapping[str, Any], budg
 
     return measure_throughput(candidates(facts, overrides), in_channels=facts.channels,
                               out_channels=facts.num_classes, max_seconds=limit, model=provisional.model,
-                              loss=provisional.loss, augment=provisional.augment, device=resolve_device(device),
+                              loss=provisional.loss, augment=provisional.augment, device=on,
                               stop_when=too_slow, log=log)
 
 
 def plan_training(config: TrainConfig, overrides: Mapping[str, Any], *,
                   log: Callable[[str], object] | None = print,
-                  max_calibration_seconds: float | None = None) -> tuple[TrainConfig, Plan]:
+                  max_timing_seconds: float | None = None) -> tuple[TrainConfig, Plan]:
     """The planned config (budget reduced by the time spent here) and the plan."""
-    from unetkit.training.prepare import load_training_data
-
     started = time.perf_counter()
     budget = config.budget_seconds
     user = {k: v for k, v in overrides.items() if k not in NOT_PLANNED}
     data = load_training_data(config.data, progress=False)
-    measured = calibrate(data.fingerprint, user, budget, n_val=len(data.val), device=config.device,
-                         max_seconds=max_calibration_seconds, log=log)
+    measured = time_candidates(data.fingerprint, user, budget, n_val=len(data.val), device=config.device,
+                               max_seconds=max_timing_seconds, log=log)
     remaining = max(1.0, budget - (time.perf_counter() - started))
     plan = make_plan(data.fingerprint, measured, remaining, user, n_val=len(data.val),
                      timed=frozenset(measured.table))
     plan.estimates.update({"total_budget_seconds": budget, "setup_seconds": budget - remaining,
-                           "calibration_seconds": measured.seconds_spent,
-                           "device": str(resolve_device(config.device)), "threads": torch.get_num_threads()})
+                           "timing_seconds": measured.seconds_spent,
+                           "device": str(resolve_device(config.device, DistEnv())), "threads": torch.get_num_threads()})
     planned = apply_plan(config, plan)
     # fit's budget clock is the authority on time: it re-times steps and fixes the step count, but it
     # stops at `steps` if that comes first -- so hand it a ceiling, not the estimate (unless user-set)
@@ -85,6 +79,6 @@ def plan_training(config: TrainConfig, overrides: Mapping[str, Any], *,
 
 def preview_plan(config: TrainConfig, overrides: Mapping[str, Any], *,
                  log: Callable[[str], object] | None = None,
-                 max_calibration_seconds: float | None = None) -> Plan:
+                 max_timing_seconds: float | None = None) -> Plan:
     """`unetkit plan`: the same plan, without training."""
-    return plan_training(config, overrides, log=log, max_calibration_seconds=max_calibration_seconds)[1]
+    return plan_training(config, overrides, log=log, max_timing_seconds=max_timing_seconds)[1]

@@ -79,8 +79,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from unetkit.config import TileConfig
+from unetkit.inference.tiling import tiled_pixels_per_pixel
 from unetkit.planning.plan import PLANNED, USER, Choice, Plan
 from unetkit.planning.throughput import Candidate, ThroughputModel
+from unetkit.training.budget import reserve_seconds
 
 # (base_width, depth, patch side, batch), cheapest first
 LADDER: tuple[tuple[int, int, int, int], ...] = (
@@ -95,7 +98,6 @@ TOUCHING_OBJECTS = 10  # R13: objects per image for "many objects"
 MAX_BATCH = 32
 MIN_PATCH = 64
 BATCHES = (2, 4, 6, 8, 12, 16, 24, 32)
-RESERVE_FRACTION = 0.03
 VALIDATION_SHARE = 0.08
 
 
@@ -188,16 +190,19 @@ def candidates(facts: DataFacts, overrides: Mapping[str, Any]) -> list[Candidate
 
 
 def validation_seconds(c: Candidate, seconds_per_step: float, facts: DataFacts) -> float:
-    """R10: forward ~ 1/3 of a training step per pixel; tiles overlap 25 % (~1.8x pixels); 1.3x overhead."""
+    """R10: forward ~ 1/3 of a training step per pixel; patch-sized tiles overlapping by the
+    default `TileConfig.overlap` (25 %: ~1.78x pixels), as fit validates; 1.3x overhead."""
     per_pixel = seconds_per_step / 3.0 / c.pixels_per_step
-    return 1.3 * 1.8 * per_pixel * facts.n_val * facts.height * facts.width
+    tiled = tiled_pixels_per_pixel(c.patch, TileConfig().overlap)
+    return 1.3 * tiled * per_pixel * facts.n_val * facts.height * facts.width
 
 
 def planned_steps(c: Candidate, seconds_per_step: float, facts: DataFacts, budget: float) -> tuple[int, int, float]:
     """R10 + R11: (steps, number of validations, seconds per validation) for candidate `c`."""
     val_s = validation_seconds(c, seconds_per_step, facts)
     n_val = int(min(20, max(2, VALIDATION_SHARE * budget // max(val_s, 1e-6))))
-    train_s = budget * (1 - RESERVE_FRACTION) - n_val * val_s
+    # the final validation is the last of the n_val; fit's clock re-times the rest of the end work
+    train_s = budget - reserve_seconds(val_s, 0.0, budget=budget) - n_val * val_s
     return max(0, int(train_s / seconds_per_step)), n_val, val_s
 
 
@@ -206,7 +211,8 @@ ENSEMBLE_END_PASSES = 4.0  # per member: final validation, calibration, tuning, 
 
 def member_budget(budget_seconds: float, folds: int, val_s: float) -> float:
     """R12: each member's share of the budget after the ensemble's end work."""
-    return max(0.0, budget_seconds - folds * ENSEMBLE_END_PASSES * val_s) / folds
+    # no margin of the whole budget: each member's planned steps keep 3 % of its share
+    return max(0.0, budget_seconds - reserve_seconds(folds * val_s, ENSEMBLE_END_PASSES)) / folds
 
 
 def ensemble_folds(facts: DataFacts, cand: Candidate, sps: float, budget_seconds: float,

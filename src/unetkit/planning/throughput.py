@@ -2,11 +2,11 @@
 
 A **throughput model** is any callable `throughput(candidate) -> seconds per step`. The planner
 (`unetkit.planning.rules.make_plan`) only ever calls it, so the same planning rules run on timings
-measured here (`measure_throughput`, the calibration run of `unetkit train --budget`), on a
+measured here (`measure_throughput`, the candidate timing of `unetkit train --budget`), on a
 FLOPs-based cost model (`simulated_throughput`, for tests and for machines described by their
 speed: a slow 2-core CPU, a 32-core CPU, a GPU), or on a table the user supplies.
 
-Calibration is bounded: candidates are timed cheapest first (one warm-up step, then `timed_steps`
+Timing is bounded: candidates are timed cheapest first (one warm-up step, then `timed_steps`
 steps, median), each only when its predicted cost fits in what is left of `max_seconds`; once a
 candidate is too slow to reach the planner's step target (`stop_when`), larger ones are not timed
 (they can only be slower). Candidates not timed get the FLOPs-based extrapolation
@@ -22,6 +22,11 @@ from dataclasses import dataclass, field
 import torch
 
 from unetkit.config import AugmentConfig, LossConfig, ModelConfig, OptimConfig, replace
+from unetkit.data.transforms import Augmenter
+from unetkit.losses.losses import SegmentationLoss
+from unetkit.models import build_model
+from unetkit.training.loop import Precision, train_step
+from unetkit.training.optim import build_optimizer
 
 
 @dataclass(frozen=True)
@@ -120,19 +125,12 @@ def time_candidate(c: Candidate, *, in_channels: int, out_channels: int, model: 
 
     Two warm-up steps: the first steps of a fresh model grow the allocator and page in buffers, and
     timing them (measured: 605 ms instead of 200 ms for w16 d4 128x128 b8) misranks the ladder."""
-    from unetkit.losses.losses import SegmentationLoss
-    from unetkit.models import build_model
-    from unetkit.training.loop import Precision, train_step
-    from unetkit.training.optim import build_optimizer
-
     cfg = replace(model, base_width=c.base_width, depth=c.depth, in_channels=in_channels, out_channels=out_channels)
     net = build_model(cfg).to(device)
     loss_fn = SegmentationLoss(loss).to(device)
     optimizer = build_optimizer(net, OptimConfig())
     augmenter = None
     if augment.enabled:
-        from unetkit.data.transforms import Augmenter
-
         augmenter = Augmenter(augment, seed=0)
     gen = torch.Generator().manual_seed(0)
     times = []
@@ -173,7 +171,7 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
                                  timed_steps=timed_steps)
         result.table[c] = seconds
         if log:
-            log(f"calibration: {c.label():<26} {seconds * 1000:8.1f} ms/step")
+            log(f"timing candidates: {c.label():<26} {seconds * 1000:8.1f} ms/step")
         if stop_when is not None and stop_when(c, seconds):
             break
     result.seconds_spent = time.perf_counter() - started

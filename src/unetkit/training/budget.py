@@ -25,10 +25,18 @@ def plan_total_steps(*, steps_done: int, seconds_left: float, seconds_per_step: 
     return steps_done + max(0, int(usable / per_step))
 
 
-def reserve_seconds(budget: float, val_seconds: float, save_seconds: float, baseline_validations: float = 1.0) -> float:
-    """Time kept for the end of the run: final validation, the drift baseline (model outputs on
-    `baseline_validations` validations' worth of images), checkpoint + best + artifact saves, margin."""
-    return (1.0 + baseline_validations) * val_seconds + 3.0 * save_seconds + 0.03 * budget + 0.1
+RESERVE_FRACTION = 0.03  # of the budget: a margin for what the timings did not foresee
+RESERVE_MARGIN_SECONDS = 0.1
+
+
+def reserve_seconds(val_seconds: float, end_passes: float, *, save_seconds: float = 0.0, budget: float = 0.0) -> float:
+    """Time kept for the end of a run: `end_passes` validation passes of `val_seconds` each (the
+    final validation, calibration, postprocessing tuning, the drift baseline's predictions), three
+    saves (last and best checkpoints, the artifact) and a margin: 3 % of `budget` (0: none) + 0.1 s.
+
+    The one model of the end-of-run reserve: the planner (R11, R12), the `BudgetClock` and the
+    ensemble's split of the budget between members all reserve with it."""
+    return end_passes * val_seconds + 3.0 * save_seconds + RESERVE_FRACTION * budget + RESERVE_MARGIN_SECONDS
 
 
 @dataclass
@@ -41,7 +49,7 @@ class BudgetClock:
     step_times: list[float] = field(default_factory=list)
     val_seconds: float = 0.0
     save_seconds: float = 0.0
-    baseline_validations: float = 1.0  # the drift baseline's predictions, in validations (set by fit)
+    end_passes: float = 2.0  # the end of the run in validation passes (set by fit: `finish.end_passes`)
     excluded: float = 0.0  # validation/save time inside the current step's wall time
     last_plan: float = -1.0  # elapsed() at the last plan
 
@@ -76,7 +84,7 @@ class BudgetClock:
         return len(timed) >= self.probe_min_steps and sum(timed) >= min(0.03 * self.budget, 30.0)
 
     def reserve(self) -> float:
-        return reserve_seconds(self.budget, self.val_seconds, self.save_seconds, self.baseline_validations)
+        return reserve_seconds(self.val_seconds, self.end_passes, save_seconds=self.save_seconds, budget=self.budget)
 
     def time_to_plan(self, decided: bool, resumed: bool) -> bool:
         """First plan once the probe is done; then every ~5% of the budget (never in a resumed run)."""

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetkit.errors import ArtifactError
+from unetkit.config import to_dict
+from unetkit.errors import ArtifactError, ConfigError
 
 LAST = "checkpoint-last.pt"
 BEST = "checkpoint-best.pt"
@@ -83,9 +84,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def check_resumable(saved: dict[str, Any], config: Any, path: Path) -> None:
     """Refuse to resume a checkpoint written for a different model, data or loss."""
-    from unetkit.config import to_dict
-    from unetkit.errors import ConfigError
-
     now = to_dict(config)
     before = saved.get("config", {})
     for section in ("model", "loss", "optim", "augment"):

@@ -12,7 +12,8 @@ CPU (gloo) each rank normalizes with its own share's statistics: results then di
 from one process; use `model.norm = "group"` or `"instance"` for exact equivalence.
 
 `launch(config, nproc)` re-executes training under `torch.distributed.run` (what `unetkit train
---nproc N` calls); multi-node commands are in docs/distributed.md.
+--nproc N` calls), each worker running `unetkit.training.worker`; multi-node commands are in
+docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -30,10 +31,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from unetkit.config import TrainConfig, load_json, to_dict
+from unetkit.artifact import ARTIFACT_NAME
+from unetkit.config import TrainConfig, to_dict
 from unetkit.errors import ConfigError
-
-ARTIFACT_NAME = "model.unetkit"
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def launch(config: TrainConfig, nproc: int) -> Path:
     """Train on `nproc` local processes through torchrun; returns the artifact path.
 
     The config goes to a temporary JSON file that every worker reads (`python -m
-    unetkit.training.distributed CONFIG.json`).
+    unetkit.training.worker CONFIG.json`).
     """
     if nproc < 1:
         raise ConfigError(f"nproc: expected a positive number of processes, got {nproc}")
@@ -135,7 +135,7 @@ def launch(config: TrainConfig, nproc: int) -> Path:
     with os.fdopen(fd, "w") as f:
         json.dump(to_dict(config), f)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "unetkit.training.distributed", cfg_path]
+           "-m", "unetkit.training.worker", cfg_path]
     try:
         result = subprocess.run(cmd, check=False)
     finally:
@@ -146,24 +146,3 @@ def launch(config: TrainConfig, nproc: int) -> Path:
             "see the worker output above"
         )
     return out_dir / ARTIFACT_NAME
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Worker entry point under torchrun: `python -m unetkit.training.distributed CONFIG.json`."""
-    from unetkit.errors import UnetkitError
-    from unetkit.training.fit import fit
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: torchrun ... -m unetkit.training.distributed CONFIG.json", file=sys.stderr)
-        return 2
-    try:
-        fit(load_json(TrainConfig, args[0]))
-    except UnetkitError as e:
-        print(f"error (rank {os.environ.get('RANK', '0')}): {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

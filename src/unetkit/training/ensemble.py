@@ -22,18 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from unetkit.artifact import ARTIFACT_NAME
 from unetkit.config import TrainConfig
 from unetkit.errors import ConfigError
 from unetkit.models import build_model
 from unetkit.models.ensemble import ensemble_state
-from unetkit.monitor.baseline import baseline_validations
 from unetkit.training import checkpoint as ckpt
-from unetkit.training.budget import BudgetClock
-from unetkit.training.distributed import ARTIFACT_NAME
-from unetkit.training.fit import finish_validations, run_steps, write_artifact
-from unetkit.training.loop import SELECTION_METRIC, evaluate
+from unetkit.training.budget import BudgetClock, reserve_seconds
+from unetkit.training.finish import end_passes, write_artifact
+from unetkit.training.loop import SELECTION_METRIC, validate
 from unetkit.training.prepare import TrainingData
 from unetkit.training.runlog import Callback, RunLog
+from unetkit.training.steps import run_steps
 
 MEMBER_FINAL = "member-final.pt"
 END_SHARE_UNMEASURED = 0.05  # budget kept for the end work before any validation has been timed
@@ -60,10 +60,9 @@ def fit_ensemble(config: TrainConfig, data: TrainingData, env: Any, device: torc
     check_folds(len(data.train), k)
     out_dir = Path(config.out_dir)
     folds = fold_keys([s.key for s in data.train], k, config.seed)
-    # the ensemble's end work, in single-model validation passes: final validation, calibration and
-    # tuning, drift baseline -- each k times as costly as for one member
-    end_passes = k * (1.0 + baseline_validations(len(data.train), len(data.val))
-                      + finish_validations(config, len(data.val)))
+    # the ensemble's end work: a single model's end passes (scoring, calibration, tuning, drift
+    # baseline), each pass k times as costly as one member's
+    passes = end_passes(config, len(data.train), len(data.val))
     seconds_per_image = 0.0  # one member's validation time per image, once measured
     log = RunLog(out_dir, enabled=env.is_main, total_steps=0)
     log.write({"event": "start", "step": 0, "time": clock.elapsed(), "ensemble_folds": k,
@@ -86,8 +85,8 @@ def fit_ensemble(config: TrainConfig, data: TrainingData, env: Any, device: torc
                                    val=[s for s in data.train if s.key in held])
         share = 0.0
         if clock.enabled:
-            end = (end_passes * seconds_per_image * len(data.val) if seconds_per_image
-                   else END_SHARE_UNMEASURED * clock.budget)
+            end = (reserve_seconds(k * seconds_per_image * len(data.val), passes) if seconds_per_image
+                   else END_SHARE_UNMEASURED * clock.budget)  # no margin here: each member's clock keeps one
             share = max(1.0, (clock.seconds_left() - end) / (k - i))
         member = dataclasses.replace(
             config, out_dir=str(member_dir), ensemble_folds=1, seed=config.seed + i, budget_seconds=share,
@@ -97,7 +96,7 @@ def fit_ensemble(config: TrainConfig, data: TrainingData, env: Any, device: torc
             print(f"ensemble member {i + 1}/{k}: {len(part.train)} training images, validating on fold "
                   f"{', '.join(fold)}" + (f"; {share / 60:.1f} min" if share else ""))
         member_clock = BudgetClock(share)
-        member_clock.baseline_validations = 0.0  # members compute no drift baseline
+        member_clock.end_passes = 1.0  # a member's end is its final validation: no calibration, tuning, baseline
         model, state, member_log = run_steps(member, part, env, device, member_clock, member_dir, callbacks)
         if member_clock.val_seconds and part.val:
             seconds_per_image = member_clock.val_seconds / len(part.val)
@@ -137,5 +136,5 @@ def score_ensemble(config: TrainConfig, state_dict: dict[str, torch.Tensor], dat
         return {}
     model = build_model(config.model)
     model.load_state_dict(state_dict, strict=True)
-    return evaluate(model.to(device), data.val, mean=data.mean, std=data.std, class_names=data.class_names,
+    return validate(model.to(device), data.val, mean=data.mean, std=data.std, class_names=data.class_names,
                     patch_size=config.data.patch_size, ignore_index=config.loss.ignore_index, device=device)

@@ -1,77 +1,35 @@
 """`fit(config) -> artifact path`: the whole training run, top to bottom.
 
-data (spec, pairing, validation, split, normalization from the training images) -> patch sampler
-+ augmentation -> model -> loss -> optimizer and LR schedule -> step loop (validation every
-`val_every` steps, best/last checkpoints, early stopping, wall-clock budget, JSONL log) -> the
-best weights, calibrated (temperature) and with postprocessing tuned on the validation split
-(`finish_on_validation`), saved as a model artifact (`out_dir/model.unetkit`) with the drift
-baseline (input statistics of the training images, output statistics on the validation images;
-`unetkit.monitor`). The budget reserves the time of this end work.
+data (spec, pairing, validation, split, normalization from the training images) -> the step loop
+(`unetkit.training.steps`: patch sampler + augmentation -> model -> loss -> optimizer and LR
+schedule -> steps, with validation every `val_every` steps, best/last checkpoints, early stopping,
+wall-clock budget, JSONL log) -> the end (`unetkit.training.finish`): the best weights, calibrated
+(temperature) and with postprocessing tuned on the validation split, saved as a model artifact
+(`out_dir/model.unetkit`) with the drift baseline (input statistics of the training images, output
+statistics on the validation images; `unetkit.monitor`). The budget reserves the time of this end
+work. With `ensemble_folds > 1` the step loop runs once per fold (`unetkit.training.ensemble`).
 
-Determinism: torch, numpy and the sampler's generator are seeded from `config.seed`; the
-checkpoint stores all three states, so `resume=True` continues the run exactly. Ctrl-C / SIGTERM
-stops at the next step boundary after writing `checkpoint-last.pt` (then raises
-KeyboardInterrupt). Under torchrun, see `unetkit.training.distributed`.
+`resume=True` continues an interrupted run exactly from `checkpoint-last.pt`. With `nproc > 1`
+fit re-launches itself under torchrun (`unetkit.training.distributed`, `unetkit.training.worker`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import random
-import signal
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
-
-from unetkit.config import TrainConfig, to_dict
+from unetkit.artifact import ARTIFACT_NAME
+from unetkit.config import TrainConfig
 from unetkit.errors import ConfigError
-from unetkit.inference.backends import keep_freed_memory
-from unetkit.losses.losses import SegmentationLoss
-from unetkit.models import build_model
-from unetkit.monitor.baseline import baseline_validations, spread
-from unetkit.training import checkpoint as ckpt
+from unetkit.runtime import keep_freed_memory
 from unetkit.training.budget import BudgetClock
-from unetkit.training.distributed import (
-    ARTIFACT_NAME,
-    broadcast_floats,
-    in_torchrun,
-    init_distributed,
-    launch,
-    rank_share,
-    shutdown,
-    wrap_model,
-)
-from unetkit.training.loop import SELECTION_METRIC, evaluate, resolve_precision, train_step
-from unetkit.training.optim import build_ema, build_optimizer, set_lr
-from unetkit.training.prepare import TrainingData, load_training_data
-from unetkit.training.runlog import Callback, RunLog
-
-LOG_EVERY = 10  # steps between "train" events in metrics.jsonl
-STOP_CODES = {0: "", 1: "steps", 2: "budget", 3: "early_stop", 4: "interrupted"}
-TUNE_VALIDATIONS = 2.0  # budget reserved for tuning postprocessing: one prediction pass + the search (R13)
-MAX_TUNE_IMAGES = 32  # tuning holds every image's probabilities: at most this many, evenly spread
-CALIBRATE_VALIDATIONS = 1.2  # ... and for calibration: one pass of logits + the temperature fit
-
-
-@dataclass
-class RunState:
-    """What the step loop changes; all of it goes into the checkpoint."""
-
-    total_steps: int
-    step: int = 0
-    budget_decided: bool = False
-    best_metric: float = -math.inf
-    best_step: int = -1
-    bad_validations: int = 0
-    last_val_step: int = -1
-    history: list[dict[str, Any]] = field(default_factory=list)
-    elapsed_before: float = 0.0  # seconds spent in earlier (resumed-from) processes
+from unetkit.training.distributed import in_torchrun, init_distributed, launch, shutdown
+from unetkit.training.ensemble import fit_ensemble
+from unetkit.training.finish import end_passes, save_final_artifact
+from unetkit.training.prepare import load_training_data
+from unetkit.training.runlog import Callback
+from unetkit.training.steps import log_time, run_steps
 
 
 def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> Path:
@@ -92,11 +50,8 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
                                   log=print if config.progress and env.is_main else None)
         config = dataclasses.replace(config, model=data.resolve_model(config.model))  # resolved, for the artifact
         if config.ensemble_folds > 1:
-            from unetkit.training.ensemble import fit_ensemble
-
             return fit_ensemble(config, data, env, device, clock, callbacks or ())
-        clock.baseline_validations = baseline_validations(len(data.train), len(data.val)) + finish_validations(
-            config, len(data.val))
+        clock.end_passes = end_passes(config, len(data.train), len(data.val))
         model, state, log = run_steps(config, data, env, device, clock, out_dir, callbacks or ())
         # ---- the best weights as the artifact
         artifact_path = out_dir / ARTIFACT_NAME
@@ -108,275 +63,3 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
         return artifact_path
     finally:
         shutdown(env)
-
-
-def log_time(state: RunState, clock: BudgetClock) -> float:
-    return state.elapsed_before + clock.elapsed()
-
-
-def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.device, clock: BudgetClock,
-              out_dir: Path, callbacks: Sequence[Callback]) -> tuple[torch.nn.Module, RunState, RunLog]:
-    """Sampling, model, optimizer and the step loop of one network, up to its final validation and
-    last checkpoint; the best weights are in `out_dir/checkpoint-best.pt`. The log is left open."""
-    # ---- sampling and augmentation: every rank draws the same global batch, then keeps its share
-    seed_everything(config.seed)
-    sampler = data.patch_sampler(config.data, np.random.default_rng(config.seed))
-    augmenter = data.augmenter(config.augment, seed=config.seed)
-    share = rank_share(config.data.batch_size, env)
-    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-
-    # ---- model, loss, optimizer, precision
-    torch.manual_seed(config.seed)
-    model = build_model(config.model).to(device)
-    net = wrap_model(model, env, device)
-    loss_fn = SegmentationLoss(config.loss).to(device)
-    optimizer = build_optimizer(model, config.optim)
-    ema = build_ema(model, config.optim)
-    kept = ema.module if ema is not None else model  # the weights validated, selected and saved
-    precision = resolve_precision(config.amp, device)
-    scaler = torch.amp.GradScaler(device.type) if precision.scale_loss else None
-
-    # ---- fresh or resumed state
-    state = RunState(total_steps=config.steps)
-    if config.resume:
-        saved = ckpt.load_checkpoint(out_dir / ckpt.LAST)
-        ckpt.check_resumable(saved, config, out_dir / ckpt.LAST)
-        state = restore(saved, model, optimizer, scaler, sampler, augmenter, ema)
-    log = RunLog(out_dir, enabled=env.is_main, total_steps=state.total_steps, start_step=state.step,
-                 progress=config.progress, tensorboard=config.tensorboard, callbacks=callbacks or ())
-
-    def now() -> float:
-        return log_time(state, clock)
-
-    def validate() -> dict[str, Any]:
-        t0 = time.perf_counter()
-        metrics = evaluate(kept, data.val, mean=data.mean, std=data.std, class_names=data.class_names,
-                           patch_size=config.data.patch_size, ignore_index=config.loss.ignore_index,
-                           device=device, precision=precision)
-        clock.val_seconds = max(clock.val_seconds, clock.exclude(time.perf_counter() - t0))
-        record_validation(state, metrics, kept, out_dir)
-        log.write({"event": "val", "step": state.step, "time": now(), **metrics,
-                   "best": state.best_metric, "best_step": state.best_step})
-        return metrics
-
-    def save_last() -> None:
-        t0 = time.perf_counter()
-        ckpt.save_checkpoint(out_dir / ckpt.LAST, snapshot(state, config, model, optimizer, scaler,
-                                                            sampler, augmenter, now(), ema))
-        clock.save_seconds = max(clock.save_seconds, clock.exclude(time.perf_counter() - t0))
-
-    log.write({"event": "start", "step": state.step, "time": now(), "total_steps": state.total_steps,
-               "world_size": env.world_size, "device": str(device), "precision": precision.name,
-               "train_images": len(data.train), "val_images": len(data.val), "resumed": config.resume})
-    # ---- the step loop; rank 0 decides when to stop and every rank follows
-    stop = "steps" if state.step >= state.total_steps else ""
-    with InterruptFlag() as interrupted:
-        while not stop:
-            t0 = time.perf_counter()
-            images, labels = sampler.next_batch()
-            images = (images.to(device) - mean) / std
-            labels = labels.to(device)
-            if augmenter is not None:
-                images, labels = augmenter(images, labels)
-            lr = set_lr(optimizer, state.step, state.total_steps, config.optim)
-            terms = train_step(net, images[share], labels[share], loss_fn=loss_fn, optimizer=optimizer,
-                               precision=precision, scaler=scaler, grad_clip=config.optim.grad_clip,
-                               step=state.step)
-            if ema is not None:
-                ema.update_parameters(model)
-            state.step += 1
-            if env.is_main and (state.step % LOG_EVERY == 0 or state.step in (1, state.total_steps)):
-                log.write({"event": "train", "step": state.step, "time": now(), "lr": lr, **terms})
-            if env.is_main and state.step % config.val_every == 0 and state.step < state.total_steps:
-                validate()
-                save_last()
-            if env.is_main and clock.enabled and clock.time_to_plan(state.budget_decided, config.resume):
-                if not state.budget_decided:  # first plan: time one validation and one save
-                    if state.last_val_step < 0:
-                        validate()
-                    if clock.save_seconds == 0.0:
-                        save_last()
-                total = max(state.step, clock.plan(state.step, config.val_every))
-                if total != state.total_steps or not state.budget_decided:
-                    state.total_steps, state.budget_decided = total, True
-                    log.write({"event": "budget", "step": state.step, "time": now(), "total_steps": total,
-                               "seconds_per_step": clock.seconds_per_step(), "val_seconds": clock.val_seconds,
-                               "save_seconds": clock.save_seconds})
-                    log.set_total(total)
-            clock.record_step(time.perf_counter() - t0)  # validation and save time excluded
-            log.progress(state.step, terms["loss"], lr,
-                         (SELECTION_METRIC, state.history[-1].get(SELECTION_METRIC)) if state.history else None)
-            code, total = broadcast_floats([float(stop_code(state, clock, config, interrupted.is_set)),
-                                            float(state.total_steps)], env, device)
-            stop, state.total_steps = STOP_CODES[int(code)], int(total)
-
-        if stop == "interrupted":
-            if env.is_main:
-                save_last()
-                log.write({"event": "stop", "step": state.step, "time": now(), "reason": stop})
-                log.close()
-            raise KeyboardInterrupt(f"training interrupted at step {state.step}; resume with resume=True")
-
-    # ---- the end: final validation and the last checkpoint (the caller saves the artifact)
-    if env.is_main:
-        log.write({"event": "stop", "step": state.step, "time": now(), "reason": stop})
-        if state.last_val_step != state.step:
-            validate()
-        save_last()
-    return kept, state, log
-
-
-# ---------------------------------------------------------------- pieces of the run
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def stop_code(state: RunState, clock: BudgetClock, config: TrainConfig, interrupted: bool) -> int:
-    if interrupted:
-        return 4
-    if state.step >= state.total_steps:
-        return 1
-    if clock.out_of_time():
-        return 2
-    if config.early_stop_patience and state.bad_validations >= config.early_stop_patience:
-        return 3
-    return 0
-
-
-def record_validation(state: RunState, metrics: dict[str, Any], model: torch.nn.Module, out_dir: Path) -> None:
-    """History, best metric (best weights to checkpoint-best.pt) and the early-stopping count."""
-    state.last_val_step = state.step
-    state.history.append({"step": state.step, **metrics})
-    value = metrics.get(SELECTION_METRIC)
-    value = -math.inf if value is None or not math.isfinite(value) else float(value)
-    if value > state.best_metric or state.best_step < 0:
-        state.best_metric, state.best_step, state.bad_validations = value, state.step, 0
-        ckpt.save_checkpoint(out_dir / ckpt.BEST, {"model": model.state_dict(), "step": state.step,
-                                                    "metrics": metrics})
-    else:
-        state.bad_validations += 1
-
-
-def snapshot(state: RunState, config: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             scaler: torch.amp.GradScaler | None, sampler: Any, augmenter: Any, elapsed: float,
-             ema: torch.optim.swa_utils.AveragedModel | None = None) -> dict[str, Any]:
-    return {
-        "config": to_dict(config),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else {},
-        "rng": ckpt.capture_rng(sampler, augmenter),
-        "state": dataclasses.asdict(dataclasses.replace(state, elapsed_before=elapsed)),
-        "ema": ema.state_dict() if ema is not None else {},
-    }
-
-
-def restore(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            scaler: torch.amp.GradScaler | None, sampler: Any, augmenter: Any,
-            ema: torch.optim.swa_utils.AveragedModel | None = None) -> RunState:
-    model.load_state_dict(saved["model"])
-    if ema is not None and saved.get("ema"):
-        ema.load_state_dict(saved["ema"])
-    optimizer.load_state_dict(saved["optimizer"])
-    if scaler is not None and saved["scaler"]:
-        scaler.load_state_dict(saved["scaler"])
-    ckpt.restore_rng(saved["rng"], sampler, augmenter)
-    return RunState(**saved["state"])
-
-
-def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,
-                        state: RunState) -> Path:
-    """The best validated weights (checkpoint-best.pt) with everything inference needs."""
-    best_file = Path(config.out_dir) / ckpt.BEST
-    best = ckpt.load_checkpoint(best_file) if best_file.is_file() else None
-    weights = best["model"] if best is not None else model.state_dict()
-    metrics = dict(best["metrics"]) if best is not None else {}
-    return write_artifact(path, weights, data, config, history=state.history,
-                          metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC},
-                          lineage={"steps": state.step, "total_steps": state.total_steps})
-
-
-def write_artifact(path: Path, weights: dict[str, Any], data: TrainingData, config: TrainConfig, *,
-                   history: list[Any], metrics: dict[str, Any], lineage: dict[str, Any]) -> Path:
-    """Weights + everything inference needs, calibrated and tuned on the validation split
-    (`finish_on_validation`), with the drift baseline; written atomically."""
-    from unetkit.artifact import ArtifactMeta, save_artifact
-    from unetkit.monitor.measure import training_baseline  # input/output statistics for drift detection
-
-    meta = ArtifactMeta(
-        model=config.model, class_names=tuple(data.class_names), class_colors=tuple(data.class_colors),
-        mean=tuple(data.mean), std=tuple(data.std), patch_size=tuple(config.data.patch_size),
-        ignore_index=config.loss.ignore_index, data_spec=data.spec_dict, fingerprint=data.fingerprint,
-        train_config=to_dict(config), plan=config.plan, history=history, metrics=metrics, lineage=lineage,
-    )
-    meta = finish_on_validation(meta, weights, data.val, config)
-    baseline = training_baseline(weights, meta, data.train, data.val, log=print if config.progress else None)
-    return save_artifact(path, weights, dataclasses.replace(meta, drift_baseline=baseline))
-
-
-def finish_validations(config: TrainConfig, val_images: int) -> float:
-    """The end-of-training work on the validation split, in validation passes (for the budget)."""
-    if not val_images:
-        return 0.0
-    return (CALIBRATE_VALIDATIONS if config.calibrate else 0.0) + (
-        TUNE_VALIDATIONS * min(val_images, MAX_TUNE_IMAGES) / val_images if config.tune_postprocess != "off" else 0.0)
-
-
-def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any], config: TrainConfig) -> Any:
-    """`meta` with temperature scaling fitted on the validation split (`config.calibrate`), then the
-    postprocessing tuned on it for `config.tune_postprocess` (R13), each recorded in the metrics
-    with the validation keys. Calibration first: a tuned threshold refers to calibrated probabilities."""
-    from unetkit.artifact import Artifact
-    from unetkit.tuning import calibrate_samples, calibration_record, tune_samples, tuning_record
-
-    if not len(val):
-        return meta
-    keys = [s.key for s in val]
-    say = print if config.progress else (lambda *_: None)
-    if config.calibrate:
-        t0 = time.perf_counter()
-        c = calibrate_samples(Artifact(meta=meta, state_dict=weights), val, progress=False, source="the validation split")
-        meta = dataclasses.replace(meta, **c["fields"], metrics={**meta.metrics, "calibration":
-                                                                  calibration_record(c | {"keys": keys})})
-        say(f"calibrated on {len(val)} validation image(s) in {time.perf_counter() - t0:.1f} s: temperature "
-            f"{c['temperature']:.3f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
-    if config.tune_postprocess != "off":
-        t0 = time.perf_counter()
-        sample = spread(val, MAX_TUNE_IMAGES)  # bounded memory and search time on a large validation split
-        summary = tune_samples(Artifact(meta=meta, state_dict=weights), sample, config.tune_postprocess, progress=False)
-        meta = dataclasses.replace(meta, postprocess=summary["postprocess"], metrics={
-            **meta.metrics, "postprocess_tuning": tuning_record(summary | {"keys": [s.key for s in sample]})})
-        say(f"postprocessing tuned on {len(sample)} validation image(s) for {summary['metric']} in "
-            f"{time.perf_counter() - t0:.1f} s: {summary['before']:.4f} -> {summary['after']:.4f} with "
-            f"{summary['postprocess'] or 'plain arg-max'}")
-    return meta
-
-
-class InterruptFlag:
-    """SIGINT/SIGTERM set a flag the loop checks between steps; a second Ctrl-C interrupts at once."""
-
-    def __init__(self) -> None:
-        self.is_set = False
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.is_set and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.is_set = True
-
-    def __enter__(self) -> InterruptFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)

@@ -1,7 +1,7 @@
 """One optimizer step and one validation pass: free functions over plain values.
 
 `train_step` runs forward (under autocast when a precision is set), the loss, backward, gradient
-clipping and the optimizer step. `evaluate` predicts WHOLE validation images (sliding-window
+clipping and the optimizer step. `validate` predicts WHOLE validation images (sliding-window
 inference through `unetkit.inference.predict.predict_tiled` when an image is larger than the
 patch, one forward pass otherwise) and scores them with `unetkit.metrics` confusion matrices, so
 ignore-index and ROI pixels never count. Model selection uses `SELECTION_METRIC`.
@@ -19,6 +19,7 @@ from torch import nn
 
 from unetkit.config import TileConfig
 from unetkit.errors import ConfigError
+from unetkit.inference.predict import predict_tiled
 from unetkit.metrics.evaluate import evaluate_samples
 from unetkit.training.optim import clip_gradients
 
@@ -91,8 +92,8 @@ def train_step(
             "grad_norm": grad_norm}
 
 
-def make_predictor(model: nn.Module, mean: Sequence[float], std: Sequence[float], device: torch.device,
-                   precision: Precision):
+def torch_predictor(model: nn.Module, mean: Sequence[float], std: Sequence[float], device: torch.device,
+                    precision: Precision):
     """A predictor in the inference contract: raw-unit batch (N,C,h,w) numpy -> logits numpy."""
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -111,12 +112,10 @@ def predict_whole(predictor, image: np.ndarray, patch_size: Sequence[int], tile_
     """Class scores (K,H,W) for a whole image: sliding window when larger than the patch."""
     if all(s <= p for s, p in zip(image.shape[1:], patch_size, strict=True)):
         return predictor(image[None])[0]
-    from unetkit.inference.predict import predict_tiled
-
     return predict_tiled(predictor, image, TileConfig(tile_size=tuple(patch_size), batch_size=tile_batch))
 
 
-def evaluate(
+def validate(
     model: nn.Module,
     val_samples: Sequence[Any],
     *,
@@ -138,7 +137,7 @@ def evaluate(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    predictor = make_predictor(model, mean, std, device, precision)
+    predictor = torch_predictor(model, mean, std, device, precision)
 
     def predict_labels(image: np.ndarray) -> np.ndarray:
         return predict_whole(predictor, np.asarray(image, np.float32), patch_size).argmax(0)

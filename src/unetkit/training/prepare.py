@@ -15,6 +15,13 @@ from typing import Any
 import numpy as np
 
 from unetkit.config import AugmentConfig, DataConfig, ModelConfig
+from unetkit.data.dataset import PatchSampler, load_samples
+from unetkit.data.fingerprint import channel_stats, fingerprint
+from unetkit.data.pairing import pair_samples
+from unetkit.data.spec import load_spec
+from unetkit.data.splits import split
+from unetkit.data.transforms import Augmenter
+from unetkit.data.validate import validate
 from unetkit.errors import ConfigError, DataError
 
 
@@ -53,28 +60,17 @@ class TrainingData:
         return dataclasses.replace(model, in_channels=self.in_channels, out_channels=len(self.spec.classes))
 
     def patch_sampler(self, config: DataConfig, rng: np.random.Generator):
-        from unetkit.data.dataset import PatchSampler
-
         return PatchSampler(self.train, config.patch_size, config.batch_size, config.rare_oversample, rng,
                             num_classes=len(self.spec.classes))
 
     def augmenter(self, config: AugmentConfig, seed: int):
         if not config.enabled:
             return None
-        from unetkit.data.transforms import Augmenter
-
         return Augmenter(config, seed=seed)
 
 
 def load_training_data(config: DataConfig, *, progress: bool = False,
                        log: Callable[[str], Any] | None = None) -> TrainingData:
-    from unetkit.data.dataset import load_samples
-    from unetkit.data.fingerprint import channel_stats, fingerprint
-    from unetkit.data.pairing import pair_samples
-    from unetkit.data.spec import load_spec
-    from unetkit.data.splits import split
-    from unetkit.data.validate import validate
-
     if not config.data:
         raise ConfigError("data.data: empty; give a data folder, a dataset JSON or a manifest CSV")
     spec = load_spec(config.data)

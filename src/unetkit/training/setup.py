@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from unetkit.config import TrainConfig, load_json, parse_duration, replace
+from unetkit.models.factory import PRESETS, preset_config
 
 
 def build_train_config(data: str, *, config_file: Path | None = None, **flags: Any) -> TrainConfig:
@@ -44,8 +45,6 @@ def flag_settings(
     if steps is not None:
         changes["steps"] = steps
     if arch is not None:
-        from unetkit.models.factory import PRESETS, preset_config
-
         preset_config(arch)  # refuses unknown names
         changes |= {"model.arch": "unet"} | {f"model.{k}": v for k, v in PRESETS[arch].items()}
     if patch is not None:

@@ -1,0 +1,101 @@
+"""The end of a run: the best weights, calibrated and tuned on the validation split, as the artifact.
+
+`save_final_artifact` takes the best validated weights (`checkpoint-best.pt`) of a single model;
+`write_artifact` (also the ensemble's) fits temperature scaling and tunes the postprocessing on the
+validation split (`finish_on_validation`), adds the drift baseline (`unetkit.monitor`) and writes
+the artifact atomically. `end_passes` is what the end of a run costs, in validation passes, for
+the budget's end-of-run reserve (`unetkit.training.budget.reserve_seconds`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unetkit.artifact import Artifact, ArtifactMeta, save_artifact
+from unetkit.config import TrainConfig, to_dict
+from unetkit.data.splits import spread
+from unetkit.monitor.baseline import baseline_validations
+from unetkit.monitor.measure import training_baseline
+from unetkit.training import checkpoint as ckpt
+from unetkit.training.loop import SELECTION_METRIC
+from unetkit.training.prepare import TrainingData
+from unetkit.training.steps import RunState
+from unetkit.tuning import calibrate_samples, calibration_record, tune_samples, tuning_record
+
+TUNE_VALIDATIONS = 2.0  # budget reserved for tuning postprocessing: one prediction pass + the search (R13)
+MAX_TUNE_IMAGES = 32  # tuning holds every image's probabilities: at most this many, evenly spread
+CALIBRATE_VALIDATIONS = 1.2  # ... and for calibration: one pass of logits + the temperature fit
+
+
+def end_passes(config: TrainConfig, train_images: int, val_images: int) -> float:
+    """The end of a single model's run in validation passes: the final validation, then
+    calibration and tuning (`finish_validations`) and the drift baseline's predictions."""
+    return 1.0 + baseline_validations(train_images, val_images) + finish_validations(config, val_images)
+
+
+def finish_validations(config: TrainConfig, val_images: int) -> float:
+    """The end-of-training work on the validation split, in validation passes (for the budget)."""
+    if not val_images:
+        return 0.0
+    return (CALIBRATE_VALIDATIONS if config.calibrate else 0.0) + (
+        TUNE_VALIDATIONS * min(val_images, MAX_TUNE_IMAGES) / val_images if config.tune_postprocess != "off" else 0.0)
+
+
+def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,
+                        state: RunState) -> Path:
+    """The best validated weights (checkpoint-best.pt) with everything inference needs."""
+    best_file = Path(config.out_dir) / ckpt.BEST
+    best = ckpt.load_checkpoint(best_file) if best_file.is_file() else None
+    weights = best["model"] if best is not None else model.state_dict()
+    metrics = dict(best["metrics"]) if best is not None else {}
+    return write_artifact(path, weights, data, config, history=state.history,
+                          metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC},
+                          lineage={"steps": state.step, "total_steps": state.total_steps})
+
+
+def write_artifact(path: Path, weights: dict[str, Any], data: TrainingData, config: TrainConfig, *,
+                   history: list[Any], metrics: dict[str, Any], lineage: dict[str, Any]) -> Path:
+    """Weights + everything inference needs, calibrated and tuned on the validation split
+    (`finish_on_validation`), with the drift baseline; written atomically."""
+    meta = ArtifactMeta(
+        model=config.model, class_names=tuple(data.class_names), class_colors=tuple(data.class_colors),
+        mean=tuple(data.mean), std=tuple(data.std), patch_size=tuple(config.data.patch_size),
+        ignore_index=config.loss.ignore_index, data_spec=data.spec_dict, fingerprint=data.fingerprint,
+        train_config=to_dict(config), plan=config.plan, history=history, metrics=metrics, lineage=lineage,
+    )
+    meta = finish_on_validation(meta, weights, data.val, config)
+    baseline = training_baseline(weights, meta, data.train, data.val, log=print if config.progress else None)
+    return save_artifact(path, weights, dataclasses.replace(meta, drift_baseline=baseline))
+
+
+def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any], config: TrainConfig) -> Any:
+    """`meta` with temperature scaling fitted on the validation split (`config.calibrate`), then the
+    postprocessing tuned on it for `config.tune_postprocess` (R13), each recorded in the metrics
+    with the validation keys. Calibration first: a tuned threshold refers to calibrated probabilities."""
+    if not len(val):
+        return meta
+    keys = [s.key for s in val]
+    say = print if config.progress else (lambda *_: None)
+    if config.calibrate:
+        t0 = time.perf_counter()
+        c = calibrate_samples(Artifact(meta=meta, state_dict=weights), val, progress=False, source="the validation split")
+        meta = dataclasses.replace(meta, **c["fields"], metrics={**meta.metrics, "calibration":
+                                                                  calibration_record(c | {"keys": keys})})
+        say(f"calibrated on {len(val)} validation image(s) in {time.perf_counter() - t0:.1f} s: temperature "
+            f"{c['temperature']:.3f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
+    if config.tune_postprocess != "off":
+        t0 = time.perf_counter()
+        sample = spread(val, MAX_TUNE_IMAGES)  # bounded memory and search time on a large validation split
+        summary = tune_samples(Artifact(meta=meta, state_dict=weights), sample, config.tune_postprocess, progress=False)
+        meta = dataclasses.replace(meta, postprocess=summary["postprocess"], metrics={
+            **meta.metrics, "postprocess_tuning": tuning_record(summary | {"keys": [s.key for s in sample]})})
+        say(f"postprocessing tuned on {len(sample)} validation image(s) for {summary['metric']} in "
+            f"{time.perf_counter() - t0:.1f} s: {summary['before']:.4f} -> {summary['after']:.4f} with "
+            f"{summary['postprocess'] or 'plain arg-max'}")
+    return meta
