@@ -63,8 +63,9 @@ def test_fit_writes_artifact_checkpoints_and_log(tiny_config, capsys) -> None:
 
 def test_fit_tunes_postprocessing_on_the_validation_split_and_stores_it(tiny_config) -> None:
     from unetkit.artifact import load_artifact
-    from unetkit.inference.postprocess import apply_postprocess, score_labels
-    from unetkit.metrics.evaluate import iter_probabilities, load_labelled
+    from unetkit.evaluation.labelled import iter_probabilities, load_labelled
+    from unetkit.inference.postprocess import apply_postprocess
+    from unetkit.tuning.postprocess import score_labels
 
     cfg = tiny_config(tune_postprocess="iou")
     art = load_artifact(fit(cfg))

@@ -332,7 +332,8 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
     postprocessing tuned on it for `config.tune_postprocess` (R13), each recorded in the metrics
     with the validation keys. Calibration first: a tuned threshold refers to calibrated probabilities."""
     from unetkit.artifact import Artifact
-    from unetkit.tuning import calibrate_samples, calibration_record, tune_samples, tuning_record
+    from unetkit.tuning.calibration import calibrate_samples, calibration_record
+    from unetkit.tuning.postprocess import tune_samples, tuning_record
 
     if not len(val):
         return meta

@@ -19,7 +19,7 @@ from torch import nn
 
 from unetkit.config import TileConfig
 from unetkit.errors import ConfigError
-from unetkit.metrics.evaluate import evaluate_samples
+from unetkit.metrics.summary import evaluate_samples
 from unetkit.training.optim import clip_gradients
 
 
