@@ -27,10 +27,11 @@ import torch
 from report import append_markdown, median_seconds
 
 from unetkit.config import TileConfig
+from unetkit.evaluation.labelled import load_labelled
 from unetkit.inference.backends import machine_id, make_predictor
 from unetkit.inference.files import tile_config_for
 from unetkit.inference.predict import predict_tiled
-from unetkit.metrics.evaluate import evaluate_predictions, load_labelled
+from unetkit.metrics.summary import evaluate_predictions
 
 
 def monai_probabilities(module, image: np.ndarray, roi: tuple[int, int]) -> np.ndarray:

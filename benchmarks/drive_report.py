@@ -22,10 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from unetkit.evaluation.evaluate import evaluate_model
+from unetkit.evaluation.report import WorstImages, write_report
 from unetkit.inference.backends import machine_id
-from unetkit.metrics.evaluate import evaluate_model
-from unetkit.metrics.report import WorstImages, write_report
-from unetkit.tuning import calibrate_model, tune_model_postprocess
+from unetkit.tuning.calibration import calibrate_model
+from unetkit.tuning.postprocess import tune_model_postprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 

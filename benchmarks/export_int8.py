@@ -31,10 +31,10 @@ import onnxruntime
 from report import append_markdown
 
 from unetkit.config import ExportConfig, TileConfig
+from unetkit.evaluation.labelled import load_labelled
 from unetkit.export.quantize import Int8GateError, QuantOptions, quantize_artifact
 from unetkit.inference.backends import OnnxPredictor, machine_id
 from unetkit.inference.predict import predict_tiled
-from unetkit.metrics.evaluate import load_labelled
 
 SWEEP = {
     "QDQ, per-channel s8 weights": QuantOptions(),

@@ -42,7 +42,8 @@ def held_out_tuning(art, probs: list[np.ndarray], labels: list[np.ndarray], inte
     """Training tuned the postprocessing on the scored slices (they are its validation split, as the
     issue asks). This re-tunes it, for the same metric, once per slice on the other slices only and
     scores the slice it left out: a held-out figure for the postprocessing step."""
-    from unetkit.inference.postprocess import apply_postprocess, tune_postprocess
+    from unetkit.inference.postprocess import apply_postprocess
+    from unetkit.tuning.postprocess import tune_postprocess
 
     metric = art.meta.metrics.get("postprocess_tuning", {}).get("metric", "rand")
     masks = []

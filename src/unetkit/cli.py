@@ -270,9 +270,10 @@ def evaluate(
     """Every metric on labelled data (ROI honoured): IoU, Dice, precision, recall, boundary, distance,
     topology, AUC/AP, calibration; micro and macro; optionally an HTML report. An exported .onnx
     model is scored as deployed (fp32 or int8), tiled as its plan says."""
+    from unetkit.evaluation.evaluate import evaluate_model
+    from unetkit.evaluation.report import WorstImages, write_report
+    from unetkit.evaluation.table import format_table
     from unetkit.export.deployed import load_model
-    from unetkit.metrics.evaluate import evaluate_model, format_table
-    from unetkit.metrics.report import WorstImages, write_report
 
     tile_cfg = _tile_config(tile, overlap, tta)
     collector = WorstImages(worst) if report else None
@@ -298,7 +299,7 @@ def calibrate(
     backend: BackendOpt = "auto",
 ) -> None:
     """Fit temperature scaling on validation data and store it in the model; predictions use it from then on."""
-    from unetkit.tuning import calibrate_model
+    from unetkit.tuning.calibration import calibrate_model
 
     s = calibrate_model(model, data, keys=_keys(keys), vector=vector, out=out,
                         max_pixels=pixels, backend=backend)
@@ -322,7 +323,7 @@ def tune_postprocess(
     """Try threshold, opening/closing, hole filling, small-component removal, keep-largest (and, for
     rand, the watershed split of touching objects) on validation data; keep only what strictly
     improves METRIC; store the choice in the model. Training does this itself at its end."""
-    from unetkit.tuning import tune_model_postprocess
+    from unetkit.tuning.postprocess import tune_model_postprocess
 
     s = tune_model_postprocess(model, data, keys=_keys(keys), metric=metric, out=out, backend=backend)
     for step in s["steps"]:

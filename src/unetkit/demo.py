@@ -27,8 +27,9 @@ def demo_config(data: Path, run: Path, seconds: float, progress: bool = True) ->
 
 def run_demo(out: Path, seconds: float = 60.0, progress: bool = True) -> dict:
     from unetkit.data.synthetic import make_synthetic_dataset
+    from unetkit.evaluation.evaluate import evaluate_model
+    from unetkit.evaluation.table import format_table
     from unetkit.inference.files import predict_files
-    from unetkit.metrics.evaluate import evaluate_model, format_table
     from unetkit.training.fit import fit
 
     out = Path(out)

@@ -16,11 +16,12 @@ from unetkit.artifact import load_artifact, save_artifact
 from unetkit.config import ExportConfig, TileConfig
 from unetkit.data.io import read_mask, write_png
 from unetkit.errors import ArtifactError, ConfigError
+from unetkit.evaluation.evaluate import evaluate_model
+from unetkit.evaluation.labelled import load_labelled
 from unetkit.export.deployed import DeployedModel, load_model
 from unetkit.export.onnx import export_artifact
 from unetkit.export.quantize import quantize_artifact
 from unetkit.inference.files import predict_files
-from unetkit.metrics.evaluate import evaluate_model, load_labelled
 
 POSTPROCESS = {"min_size": [0, 5], "fill_holes": [False, True]}
 DATA_SPEC = {"classes": [{"name": "background", "value": 0, "color": [0, 0, 0]},

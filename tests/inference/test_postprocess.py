@@ -1,28 +1,18 @@
-"""Postprocessing ops on hand-made masks, and tuning that never lowers its own metric."""
+"""Postprocessing ops on hand-made masks, and the watershed split on cells and membranes."""
 
 import numpy as np
 import pytest
 from scipy import ndimage
+from tests.postprocess_fixtures import cells_and_membranes, probs_from_labels
 
-from unetkit.config import PostprocessConfig
 from unetkit.errors import ConfigError
 from unetkit.inference.postprocess import (
     apply_postprocess,
     closing_mask,
-    compact,
     keep_largest,
     opening_mask,
     remove_small,
-    score_labels,
-    tune_postprocess,
 )
-
-
-def probs_from_labels(labels: np.ndarray, k: int, confidence: float = 0.9) -> np.ndarray:
-    p = np.full((k, *labels.shape), (1 - confidence) / (k - 1), np.float32)
-    for c in range(k):
-        p[c][labels == c] = confidence
-    return p
 
 
 def test_empty_params_is_argmax(rng):
@@ -112,87 +102,7 @@ def test_keep_largest():
     assert apply_postprocess(probs_from_labels(labels, 2), {"keep_largest": [False, True]}).sum() == 9
 
 
-def test_compact_drops_defaults():
-    cfg = PostprocessConfig(threshold=0.4, min_size=(0, 0), fill_holes=(False, True))
-    assert compact(cfg) == {"threshold": 0.4, "fill_holes": [False, True]}
-    assert compact(PostprocessConfig()) == {}
-
-
-def _noisy_binary(rng, n=3, size=48):
-    """Blobs + speckle noise + thresholds off: the kind of output postprocessing helps."""
-    truths, probs = [], []
-    for _ in range(n):
-        raw = ndimage.gaussian_filter(rng.random((size, size)), 3)
-        truth = (raw > np.quantile(raw, 0.7)).astype(np.uint8)
-        logit = np.where(truth == 1, 1.0, -1.0) * 1.5 + rng.normal(0, 1.2, truth.shape) - 0.6
-        p1 = 1 / (1 + np.exp(-logit))
-        probs.append(np.stack([1 - p1, p1]).astype(np.float32))
-        truth[0:2, :] = 255  # an ignored strip
-        truths.append(truth)
-    return probs, truths
-
-
-@pytest.mark.parametrize("metric", ["dice", "iou"])
-def test_tuning_never_lowers_its_metric(rng, metric):
-    probs, truths = _noisy_binary(rng)
-    base = score_labels([apply_postprocess(p, {}) for p in probs], truths, 2, metric)
-    params, log = tune_postprocess(probs, truths, metric=metric)
-    tuned = score_labels([apply_postprocess(p, params) for p in probs], truths, 2, metric)
-    assert tuned >= base
-    assert tuned > base + 0.01  # on this noisy data it really helps
-    assert params  # something was kept
-    kept = [row for row in log if row["kept"]]
-    assert all(r["after"] > r["before"] for r in kept)
-
-
-def test_tuning_keeps_nothing_when_nothing_helps():
-    truth = np.zeros((20, 20), np.uint8)
-    truth[5:15, 5:15] = 1
-    probs = [probs_from_labels(truth, 2)]
-    params, log = tune_postprocess(probs, [truth], metric="dice")
-    assert params == {} and not any(r["kept"] for r in log)
-
-
-def test_tuning_multiclass_never_lowers(rng):
-    truths, probs = [], []
-    for _ in range(2):
-        raw = ndimage.gaussian_filter(rng.random((40, 40)), 3)
-        truth = np.digitize(raw, np.quantile(raw, [0.5, 0.8])).astype(np.uint8)
-        logits = np.stack([(truth == c) * 2.0 for c in range(3)]) + rng.normal(0, 1.3, (3, 40, 40))
-        e = np.exp(logits - logits.max(0))
-        probs.append((e / e.sum(0)).astype(np.float32))
-        truths.append(truth)
-    base = score_labels([p.argmax(0) for p in probs], truths, 3, "iou")
-    params, _ = tune_postprocess(probs, truths, metric="iou")
-    assert "threshold" not in params
-    assert score_labels([apply_postprocess(p, params) for p in probs], truths, 3, "iou") >= base
-
-
 # ---------------------------------------------------------------- watershed split (cells and membranes)
-
-
-def cells_and_membranes(rng, size: int = 160, cells: int = 20):
-    """Voronoi cells (class 1) divided by 2-px membranes (class 0), and a U-Net-like probability
-    map of them: membranes predicted three times too thick with soft edges, spurs of membrane-like
-    probability running from the membranes into the cells (organelle outlines joined to the
-    membrane network), and a little noise."""
-    from skimage.segmentation import find_boundaries
-
-    yy, xx = np.mgrid[:size, :size]
-    centres = rng.uniform(0, size, (cells, 2))
-    d = (yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2
-    region = d.argmin(-1) + 1
-    truth = (~find_boundaries(region, mode="inner")).astype(np.uint8)
-    depth = ndimage.distance_transform_edt(truth)
-    p = 1 / (1 + np.exp(-(depth - 2.5) / 0.7))  # p < 0.5 within 2.5 px of a membrane: ~5 px thick
-    for cy, cx in centres:  # a 6-px spur from the cell's nearest membrane towards its centre
-        wall = np.unravel_index(np.argmin(np.where(region == region[int(cy) % size, int(cx) % size], depth, np.inf)
-                                          + np.hypot(yy - cy, xx - cx) * 1e-3), depth.shape)
-        for t in np.linspace(0, 1, 24):
-            y, x = int(round(wall[0] + t * (cy - wall[0]) * 0.5)), int(round(wall[1] + t * (cx - wall[1]) * 0.5))
-            p[max(y - 1, 0): y + 1, max(x - 1, 0): x + 1] = 0.1
-    p = np.clip(p + ndimage.gaussian_filter(rng.normal(0, 0.1, p.shape), 2), 0.001, 0.999).astype(np.float32)
-    return np.stack([1 - p, p]), truth
 
 
 def test_watershed_split_thins_boundaries_to_lines_and_drops_inner_fragments(rng):
@@ -215,34 +125,3 @@ def test_watershed_split_thins_boundaries_to_lines_and_drops_inner_fragments(rng
     assert (wide == 0).sum() > lines.sum()
     # no seed anywhere: unchanged
     np.testing.assert_array_equal(apply_postprocess(probs, {"watershed": [0, 0.9999999]}), plain)
-
-
-def test_rand_tuning_switches_the_split_on_within_the_dice_guard(rng):
-    pairs = [cells_and_membranes(rng) for _ in range(3)]
-    probs, truths = [p for p, _ in pairs], [t for _, t in pairs]
-    params, log = tune_postprocess(probs, truths, metric="rand")
-    assert params.get("watershed", [0, 0])[1] > 0
-    assert [r["op"] for r in log][:2] == ["watershed", "watershed_band"]  # before the threshold
-    base = score_labels([apply_postprocess(p, {}) for p in probs], truths, 2, "rand")
-    tuned = score_labels([apply_postprocess(p, params) for p in probs], truths, 2, "rand")
-    assert tuned > base + 0.1
-    dice = [score_labels([apply_postprocess(p, c) for p in probs], truths, 2, "dice") for c in ({}, params)]
-    assert dice[1] >= dice[0] - 0.005
-    # a guard nothing can pass: arg-max stays
-    tight, _ = tune_postprocess(probs, truths, metric="rand", dice_guard=-1.0)
-    assert tight == {}
-
-
-def test_rand_score_is_one_minus_the_adapted_rand_error_and_skips_ignored_pixels():
-    from unetkit.metrics.topology import adapted_rand_error
-
-    truth = np.zeros((6, 9), np.uint8)
-    truth[:, :4], truth[:, 5:] = 1, 1
-    pred = np.ones_like(truth)  # the two cells merged
-    expected = 1 - adapted_rand_error(pred == 1, truth == 1)[0]
-    assert score_labels([pred], [truth], 2, "rand") == pytest.approx(expected) and expected < 0.9
-    ignored = truth.copy()
-    ignored[:, 5:] = 255  # the second cell not labelled: nothing merged in what is scored
-    assert score_labels([pred], [ignored], 2, "rand") == pytest.approx(1.0)
-    with pytest.raises(ConfigError, match="watershed"):
-        PostprocessConfig(watershed=(0.0, 1.5))

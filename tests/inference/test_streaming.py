@@ -8,7 +8,7 @@ import zarr
 from unetkit.config import TileConfig
 from unetkit.errors import InputError
 from unetkit.inference.predict import predict_tiled
-from unetkit.inference.streaming import argmax_labels, estimate_memory, open_lazy, predict_stream, quantize
+from unetkit.inference.streaming import estimate_memory, open_lazy, predict_stream, quantize
 from unetkit.inference.tiling import tile_starts
 
 CONFIG = TileConfig(tile_size=(24, 24), overlap=0.25, batch_size=3)
@@ -113,17 +113,6 @@ def test_chunk_rows_are_held_only_while_needed_and_within_the_estimate(rng, tmp_
         assert rows.dtype == np.float32 and sum(a.nbytes for a in lazy._held.values()) <= budget
     assert lazy.rows_decoded == 90
     lazy.close()
-
-
-@pytest.mark.parametrize("classes", [2, 3, 5])
-def test_argmax_labels_is_numpy_argmax_first_class_winning_ties(rng, classes):
-    p = rng.random((classes, 13, 17), dtype=np.float32)
-    p[:, :4] = 0.25  # all tied: class 0
-    p[classes - 1, 5] = p[classes - 2, 5] = 2.0  # two tied at the top: the lower index
-    for dtype in (np.uint8, np.uint16):
-        labels = argmax_labels(p, dtype)
-        assert labels.dtype == dtype
-        np.testing.assert_array_equal(labels, p.argmax(axis=0))
 
 
 def test_compression_level_only_reaches_codecs_that_take_one(predictor, big, tmp_path):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from unetkit.artifact import load_artifact
-from unetkit.inference.postprocess import apply_postprocess, score_labels
-from unetkit.metrics.evaluate import iter_probabilities, load_labelled
+from unetkit.evaluation.labelled import iter_probabilities, load_labelled
+from unetkit.inference.postprocess import apply_postprocess
+from unetkit.tuning.postprocess import score_labels
 from unetkit.monitor.baseline import Baseline, outputs_mismatch
 from unetkit.monitor.drift import compare
 from unetkit.monitor.measure import predict_outputs

@@ -23,9 +23,13 @@ import numpy as np
 
 from unetkit.active.diversity import difference_hash, mark_duplicates
 from unetkit.active.uncertainty import ImageUncertainty, combined_scores, score_image
+from unetkit.artifact import load_artifact
 from unetkit.config import RankConfig, TileConfig
 from unetkit.data.io import is_image_file, read_image, write_text_atomic
 from unetkit.errors import InputError, UnetkitError
+from unetkit.inference.backends import make_predictor
+from unetkit.inference.files import labels_from_probabilities, tile_config_for
+from unetkit.inference.outputs import argmax_labels
 from unetkit.inference.predict import Predictor, iter_view_probabilities, predict_tiled
 
 MEASURES = ("entropy", "margin", "tta")
@@ -82,10 +86,6 @@ def list_images(folder: str | Path, recursive: bool = False, exclude: Path | Non
     return files
 
 
-def argmax_labels(probabilities: np.ndarray) -> np.ndarray:
-    return probabilities.argmax(axis=0).astype(np.uint8)
-
-
 @dataclass(frozen=True)
 class Scorer:
     """What ranking and export need of a model: a predictor, its classes and colours, the tile
@@ -102,10 +102,6 @@ class Scorer:
     def from_artifact(cls, model: str | Path, tile: TileConfig = TileConfig(), backend: str = "auto") -> Scorer:
         """The artifact's pipeline (calibration included), patch size as tile size, and its tuned
         postprocessing for the label maps, as in `unetkit predict`."""
-        from unetkit.artifact import load_artifact
-        from unetkit.inference.backends import make_predictor
-        from unetkit.inference.files import labels_from_probabilities, tile_config_for
-
         artifact = load_artifact(model)
         meta = artifact.meta
         return cls(make_predictor(artifact, backend=backend), tuple(meta.class_names), tuple(meta.colors()),

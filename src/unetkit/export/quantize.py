@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,14 @@ import numpy as np
 
 from unetkit.artifact import Artifact, load_artifact
 from unetkit.config import DataConfig, ExportConfig, TileConfig, from_dict
+from unetkit.data.pairing import pair_samples
+from unetkit.data.spec import load_spec, spec_for_classes
+from unetkit.data.splits import split
 from unetkit.errors import ConfigError, UnetkitError
+from unetkit.evaluation.labelled import load_labelled
 from unetkit.export.onnx import (
     INSTALL_HINT,
+    ParityError,
     default_out,
     export_graph,
     onnx_session,
@@ -42,6 +47,10 @@ from unetkit.export.onnx import (
     write_model_and_plan,
 )
 from unetkit.export.plan import INPUT_NAME, OUTPUT_NAMES, inference_plan
+from unetkit.inference.backends import OnnxPredictor
+from unetkit.inference.files import labels_from_probabilities, tile_config_for
+from unetkit.inference.predict import predict_tiled
+from unetkit.metrics.summary import evaluate_predictions
 
 
 class Int8GateError(UnetkitError):
@@ -105,10 +114,6 @@ GATED = ("mean_dice_foreground", "mean_iou")
 
 def split_keys(artifact: Artifact, data: str | Path) -> tuple[list[str], list[str]]:
     """(training keys, validation keys) of `data` under the artifact's recorded data split."""
-    from unetkit.data.pairing import pair_samples
-    from unetkit.data.spec import load_spec, spec_for_classes
-    from unetkit.data.splits import split
-
     recorded = (artifact.meta.train_config or {}).get("data")
     if not recorded:
         raise ConfigError(f"{artifact.path}: the artifact records no training data split; pass --keys (calibration) and --val-keys")
@@ -199,13 +204,6 @@ def time_session(model: bytes | str | Path, batch: np.ndarray, repeats: int = 5,
 
 def score(model: bytes, artifact: Artifact, samples: Sequence[Any], tile: TileConfig) -> dict[str, float]:
     """Pooled scores of an exported graph on labelled samples, through the tiled engine."""
-    from dataclasses import replace
-
-    from unetkit.inference.backends import OnnxPredictor
-    from unetkit.inference.files import labels_from_probabilities
-    from unetkit.inference.predict import predict_tiled
-    from unetkit.metrics.evaluate import evaluate_predictions
-
     predictor = OnnxPredictor(model, output=OUTPUT_NAMES[0])
     config = replace(tile, activation="none")
     items = ((s.key, labels_from_probabilities(predict_tiled(predictor, s.image, config), artifact), s.labels) for s in samples)
@@ -225,9 +223,6 @@ def quantize_artifact(
     `val_keys`: validation images (default: its validation split). Raises `Int8GateError`
     (nothing written) when the largest drop in foreground Dice / mIoU exceeds `config.int8_gate`.
     """
-    from unetkit.inference.files import tile_config_for
-    from unetkit.metrics.evaluate import load_labelled
-
     artifact = model if isinstance(model, Artifact) else load_artifact(model)
     if keys is None or val_keys is None:
         train_keys, split_val = split_keys(artifact, data)
@@ -247,8 +242,6 @@ def quantize_artifact(
     for graph in {id(g): g for g in (fp32, source)}.values():
         diff = parity_diff(graph, artifact, parity_tiles(artifact, size))  # type: ignore[arg-type]
         if diff > config.parity_tolerance:
-            from unetkit.export.onnx import ParityError
-
             raise ParityError(f"fp32 graph differs from the torch pipeline by {diff:.3g} (> {config.parity_tolerance:g}); "
                               "not quantizing")
     _, train = load_labelled(artifact, data, list(keys), progress)

@@ -1,10 +1,27 @@
-"""What a person looks at: colour masks and overlays of a mask on its image (pure numpy)."""
+"""What a prediction becomes: label maps from probabilities, and what a person looks at, colour
+masks and overlays of a mask on its image (pure numpy)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+
+def argmax_labels(probabilities: np.ndarray, dtype: Any = np.uint8) -> np.ndarray:
+    """`probabilities.argmax(axis=0).astype(dtype)` (the first class wins ties) from a few
+    elementwise passes per class: numpy's arg-max over the leading axis gathers each pixel's K
+    values and searches them one pixel at a time, ~20x slower for two classes."""
+    labels = np.zeros(probabilities.shape[1:], dtype)
+    best = probabilities[0]
+    for c in range(1, len(probabilities)):
+        better = np.greater(probabilities[c], best)
+        labels *= ~better
+        labels += better * labels.dtype.type(c)
+        if c + 1 < len(probabilities):
+            best = np.maximum(best, probabilities[c])
+    return labels
 
 
 def colorize(labels: np.ndarray, colors: Sequence[tuple[int, int, int]]) -> np.ndarray:

@@ -26,6 +26,7 @@ import numpy as np
 
 from unetkit.config import TileConfig
 from unetkit.errors import InputError
+from unetkit.inference.outputs import argmax_labels
 from unetkit.inference.predict import Predictor, check_channels, iter_probability_rows, resolve_tile_size
 
 PROBABILITY_DTYPES = ("float16", "uint8", "float32")
@@ -436,21 +437,6 @@ def _run(predictor: Any, image: LazyImage, outputs: list[tuple[Path, str]], conf
     seconds["other"] = seconds["total"] - sum(seconds[p] for p in ("read", "forward", "blend", "labels", "write"))
     seconds["writer cpu"] = sum(s.thread_cpu for s in sinks)
     report.forward_tiles, report.source_rows = timed.tiles, image.rows_decoded
-
-
-def argmax_labels(probabilities: np.ndarray, dtype: Any = np.uint8) -> np.ndarray:
-    """`probabilities.argmax(axis=0).astype(dtype)` (the first class wins ties) from a few
-    elementwise passes per class: numpy's arg-max over the leading axis gathers each pixel's K
-    values and searches them one pixel at a time, ~20x slower for two classes."""
-    labels = np.zeros(probabilities.shape[1:], dtype)
-    best = probabilities[0]
-    for c in range(1, len(probabilities)):
-        better = np.greater(probabilities[c], best)
-        labels *= ~better
-        labels += better * labels.dtype.type(c)
-        if c + 1 < len(probabilities):
-            best = np.maximum(best, probabilities[c])
-    return labels
 
 
 def quantize(probabilities: np.ndarray, dtype: str) -> np.ndarray:

@@ -26,7 +26,8 @@ from unetkit.training import checkpoint as ckpt
 from unetkit.training.loop import SELECTION_METRIC
 from unetkit.training.prepare import TrainingData
 from unetkit.training.steps import RunState
-from unetkit.tuning import calibrate_samples, calibration_record, tune_samples, tuning_record
+from unetkit.tuning.calibration import calibrate_samples, calibration_record
+from unetkit.tuning.postprocess import tune_samples, tuning_record
 
 TUNE_VALIDATIONS = 2.0  # budget reserved for tuning postprocessing: one prediction pass + the search (R13)
 MAX_TUNE_IMAGES = 32  # tuning holds every image's probabilities: at most this many, evenly spread

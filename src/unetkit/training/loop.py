@@ -20,7 +20,7 @@ from torch import nn
 from unetkit.config import TileConfig
 from unetkit.errors import ConfigError
 from unetkit.inference.predict import predict_tiled
-from unetkit.metrics.evaluate import evaluate_samples
+from unetkit.metrics.summary import evaluate_samples
 from unetkit.training.optim import clip_gradients
 
 
@@ -129,7 +129,7 @@ def validate(
 ) -> dict[str, float | None]:
     """Score whole validation images (`LoadedSample(key, image (C,H,W), labels (H,W))`).
 
-    Scored by `unetkit.metrics.evaluate.evaluate_samples` (the same code as `unetkit evaluate`).
+    Scored by `unetkit.metrics.summary.evaluate_samples` (the same code as `unetkit evaluate`).
     Returns flat JSON values: `pixel_accuracy`, `mean_iou`, `mean_dice`, `mean_iou_foreground`,
     `mean_dice_foreground` (the model-selection metric, `SELECTION_METRIC`), and `iou/<class>`,
     `dice/<class>`. Classes absent from truth and prediction are None (NaN) and not averaged.

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from unetkit.inference.outputs import colorize
+
 TP_COLOUR = (60, 200, 90)
 FP_COLOUR = (255, 40, 40)  # predicted, not true: red
 FN_COLOUR = (30, 140, 255)  # true, missed: blue
@@ -122,8 +124,6 @@ def panel_figure(
     title: str, ignore_index: int = 255,
 ) -> bytes:
     """Image | ground truth | prediction | errors, one row."""
-    from unetkit.inference.outputs import colorize
-
     h, w = truth.shape
     fig = _figure(12.0, 12.0 * h / (4 * w) + 0.4)
     axes = fig.subplots(1, 4)

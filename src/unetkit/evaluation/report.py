@@ -22,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from unetkit.metrics import figures
+from unetkit.artifact import default_palette
+from unetkit.data.io import write_text_atomic
+from unetkit.evaluation import figures
+from unetkit.inference.outputs import display_image
 
 SECTIONS = ("summary", "metrics", "confusion", "calibration", "distribution", "worst", "settings")
 
@@ -74,8 +77,6 @@ class WorstImages:
         self._seen = 0
 
     def __call__(self, sample: Any, probabilities: np.ndarray, labels: np.ndarray, row: dict[str, Any]) -> None:
-        from unetkit.inference.outputs import display_image
-
         scores = [v[self.metric] for name, v in list(row["classes"].items())[1:] if v.get(self.metric) is not None]
         if not scores or self.k <= 0:
             return
@@ -158,8 +159,6 @@ def render_report(
     ignore_index: int = 255,
 ) -> str:
     """The HTML text. `calibration` (a `calibrate_model` summary) adds before/after curves."""
-    from unetkit.artifact import default_palette
-
     names = [r["class"] for r in result["per_class"]]
     colors = list(colors or default_palette(len(names)))
     cal = result.get("calibration", {})
@@ -210,6 +209,4 @@ def render_report(
 
 def write_report(path: str | Path, result: dict[str, Any], worst: Sequence[WorstImage] = (), **kwargs: Any) -> Path:
     """Render and write the report atomically; returns its path."""
-    from unetkit.data.io import write_text_atomic
-
     return write_text_atomic(Path(path), render_report(result, worst, **kwargs))

@@ -1,4 +1,4 @@
-"""Calibration and postprocessing tuning stored in artifacts (unetkit.tuning)."""
+"""Temperature and vector scaling fitted on logits and stored in artifacts (unetkit.tuning.calibration)."""
 
 import numpy as np
 import pytest
@@ -7,10 +7,10 @@ from tests.evaluation_fixtures import TINY, drive_like, tiny_artifact
 from unetkit.artifact import ArtifactMeta, load_artifact
 from unetkit.config import TileConfig
 from unetkit.errors import DataError
+from unetkit.evaluation.labelled import load_labelled
 from unetkit.inference.backends import make_predictor
 from unetkit.inference.predict import predict_tiled
-from unetkit.metrics.evaluate import evaluate_model, load_labelled
-from unetkit.tuning import calibrate_model, fit_calibration, sample_pixels, tune_model_postprocess
+from unetkit.tuning.calibration import calibrate_model, fit_calibration, sample_pixels
 
 META = ArtifactMeta(model=TINY, class_names=("a", "b"), mean=(0.0,) * 3, std=(1.0,) * 3, patch_size=(32, 32))
 
@@ -93,20 +93,3 @@ def test_calibrate_refuses_data_without_labels(tmp_path):
     path = tiny_artifact(tmp_path / "m.unetkit")
     with pytest.raises(DataError, match="no labelled pixel"):
         calibrate_model(path, data, backend="torch", progress=False)
-
-
-def test_tune_postprocess_stores_params_and_never_lowers(tmp_path):
-    data = drive_like(tmp_path / "d")
-    path = tiny_artifact(tmp_path / "m.unetkit", head_scale=3.0, seed=3)
-    summary = tune_model_postprocess(path, data, metric="dice", backend="torch", progress=False)
-    assert summary["after"] >= summary["before"]
-    assert all(s["after"] > s["before"] for s in summary["steps"] if s["kept"])
-    art = load_artifact(path)
-    assert art.meta.postprocess == summary["postprocess"]
-    assert art.meta.metrics["postprocess_tuning"]["after"] == pytest.approx(summary["after"])
-    # evaluate (like predict) applies the stored postprocessing: its Dice is the tuned one
-    result = evaluate_model(path, data, backend="torch", progress=False, distances=False, topology=False)
-    assert result["postprocess"] == summary["postprocess"]
-    assert result["mean_dice_foreground"] == pytest.approx(summary["after"])
-    with pytest.raises(DataError, match="metric 'f1'"):
-        tune_model_postprocess(path, data, metric="f1", backend="torch", progress=False)

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from tests.evaluation_fixtures import drive_like, tiny_artifact
 
-from unetkit.metrics.evaluate import evaluate_model
-from unetkit.metrics.figures import FN_COLOUR, FP_COLOUR, TP_COLOUR, error_overlay
-from unetkit.metrics.report import SECTIONS, WorstImages, render_report, write_report
+from tests.evaluation_fixtures import drive_like, tiny_artifact
+from unetkit.evaluation.evaluate import evaluate_model
+from unetkit.evaluation.figures import FN_COLOUR, FP_COLOUR, TP_COLOUR, error_overlay
+from unetkit.evaluation.report import SECTIONS, WorstImages, render_report, write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -1,24 +1,14 @@
-"""What a trained model still learns from validation data: calibration and postprocessing.
-
-Both read labelled validation images, predict them with the artifact (tiled, as `predict` does),
-fit something small and store it in the artifact with `update_artifact`, so every later
-prediction (predict, evaluate, export, serve) applies it through `InferencePipeline` /
-`labels_from_probabilities` without any flag.
-
-    labelled data --load_labelled--> samples --iter_probabilities--> logits / probabilities
-      calibrate_model:        sample valid pixels -> fit_temperature -> temperature or scale/bias
-      tune_model_postprocess: tune_postprocess (greedy, strict improvements) -> postprocess dict
+"""Temperature (or per-class vector) scaling fitted on a model's raw logits over labelled data.
 
 Calibration is fitted on the network's raw logits (any stored calibration is ignored while
 fitting and replaced). ECE and NLL are reported before (the artifact as it was) and after, on
-the same sampled pixels. Tune postprocessing AFTER calibrating: a tuned threshold refers to the
-calibrated probabilities.
+the same sampled pixels. The fitted fields are stored in the artifact; `InferencePipeline`
+applies them to every later prediction.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,9 +19,10 @@ from scipy.special import softmax
 from unetkit.artifact import Artifact, ArtifactMeta, update_artifact
 from unetkit.config import TileConfig
 from unetkit.errors import DataError
+from unetkit.evaluation.labelled import iter_probabilities, load_labelled
 from unetkit.metrics.calibration import CalibrationAccumulator, fit_temperature, negative_log_likelihood
-from unetkit.metrics.evaluate import iter_probabilities, load_labelled
 from unetkit.metrics.scores import json_value
+from unetkit.tuning.store import target_path
 
 DEFAULT_CALIBRATION_PIXELS = 1_000_000
 
@@ -95,7 +86,7 @@ def calibrate_model(
     summary = calibrate_samples(artifact, samples, vector=vector, max_pixels=max_pixels, config=config,
                                 backend=backend, progress=progress, seed=seed, source=str(data))
     summary |= {"data": str(data), "keys": list(keys or [])}
-    target = _target(artifact, out)
+    target = target_path(artifact, out)
     metrics = dict(artifact.meta.metrics) | {"calibration": calibration_record(summary)}
     update_artifact(target, **summary.pop("fields"), metrics=metrics)
     return json_value(summary | {"artifact": str(target)})
@@ -143,74 +134,3 @@ def calibrate_samples(
 def calibration_record(summary: dict[str, Any]) -> dict[str, Any]:
     """What the artifact's metrics keep of a calibration summary (no reliability bins)."""
     return json_value({k: v for k, v in summary.items() if not k.startswith("reliability") and k != "fields"})
-
-
-def tune_model_postprocess(
-    model: str | Path,
-    data: str | Path,
-    *,
-    keys: Sequence[str] | None = None,
-    metric: str = "dice",
-    out: str | Path | None = None,
-    config: TileConfig = TileConfig(),
-    backend: str = "auto",
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Choose postprocessing on labelled data (see `inference.postprocess.tune_postprocess`) and
-    store it in the artifact's `postprocess` (in place, or in a copy at `out`)."""
-    from unetkit.inference.postprocess import METRICS
-
-    if metric not in METRICS:
-        raise DataError(f"metric '{metric}': expected one of {list(METRICS)}")
-    artifact, samples = load_labelled(model, data, keys, progress)
-    summary = tune_samples(artifact, samples, metric, config=config, backend=backend, progress=progress)
-    summary |= {"data": str(data), "keys": list(keys or [])}
-    target = _target(artifact, out)
-    metrics = dict(artifact.meta.metrics) | {"postprocess_tuning": tuning_record(summary)}
-    update_artifact(target, postprocess=summary["postprocess"], metrics=metrics)
-    return json_value(summary | {"artifact": str(target)})
-
-
-def tune_samples(
-    artifact: Artifact,
-    samples: Sequence[Any],
-    metric: str,
-    *,
-    config: TileConfig = TileConfig(),
-    backend: str = "auto",
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Predict labelled `samples` (LoadedSample: image, labels) with `artifact` and tune its
-    postprocessing for `metric`; returns the summary (`postprocess`: the params to store; `before`
-    / `after`: the metric with arg-max / with them; `dice_before` / `dice_after`; `steps`: the log)."""
-    from unetkit.inference.postprocess import apply_postprocess, score_labels, tune_postprocess
-
-    probs, truths = [], []
-    for sample, p in iter_probabilities(artifact, samples, config, backend=backend, progress=progress):
-        probs.append(p)
-        truths.append(sample.labels)
-    k, ignore = artifact.meta.num_classes, artifact.meta.ignore_index
-    params, log = tune_postprocess(probs, truths, metric=metric, ignore_index=ignore)
-    plain = [apply_postprocess(p, {}) for p in probs]
-    tuned = [apply_postprocess(p, params) for p in probs]
-    return json_value({
-        "metric": metric, "postprocess": params,
-        "before": score_labels(plain, truths, k, metric, ignore), "after": score_labels(tuned, truths, k, metric, ignore),
-        "dice_before": score_labels(plain, truths, k, "dice", ignore), "dice_after": score_labels(tuned, truths, k, "dice", ignore),
-        "images": len(samples), "steps": log,
-    })
-
-
-def tuning_record(summary: dict[str, Any]) -> dict[str, Any]:
-    """What the artifact's metrics keep of a tuning summary (no trial log)."""
-    return json_value({k: v for k, v in summary.items() if k not in ("steps", "artifact")})
-
-
-def _target(artifact: Artifact, out: str | Path | None) -> Path:
-    """Where the tuned artifact goes: `out` (a copy of the source), else the source itself."""
-    assert artifact.path is not None
-    if out is None or Path(out).resolve() == Path(artifact.path).resolve():
-        return Path(artifact.path)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(artifact.path, out)
-    return Path(out)

@@ -1,0 +1,14 @@
+"""What a trained model still learns from validation data: calibration and postprocessing.
+
+Both read labelled validation images, predict them with the artifact (tiled, as `predict` does),
+fit something small and store it in the artifact with `update_artifact`, so every later
+prediction (predict, evaluate, export, serve) applies it through `InferencePipeline` /
+`labels_from_probabilities` without any flag.
+
+    labelled data --load_labelled--> samples --iter_probabilities--> logits / probabilities
+      calibration.calibrate_model:        sample valid pixels -> fit_temperature -> temperature or scale/bias
+      postprocess.tune_model_postprocess: tune_postprocess (greedy, strict improvements) -> postprocess dict
+
+Tune postprocessing AFTER calibrating: a tuned threshold refers to the calibrated probabilities.
+`store.target_path` says where the tuned artifact goes (in place, or a copy).
+"""

@@ -1,0 +1,118 @@
+"""Postprocessing search that never lowers its own metric, and storing its choice in an artifact
+(unetkit.tuning.postprocess)."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from tests.evaluation_fixtures import drive_like, tiny_artifact
+from tests.postprocess_fixtures import cells_and_membranes, probs_from_labels
+from unetkit.artifact import load_artifact
+from unetkit.config import PostprocessConfig
+from unetkit.errors import ConfigError, DataError
+from unetkit.evaluation.evaluate import evaluate_model
+from unetkit.inference.postprocess import apply_postprocess
+from unetkit.metrics.topology import adapted_rand_error
+from unetkit.tuning.postprocess import compact, score_labels, tune_model_postprocess, tune_postprocess
+
+
+def test_compact_drops_defaults():
+    cfg = PostprocessConfig(threshold=0.4, min_size=(0, 0), fill_holes=(False, True))
+    assert compact(cfg) == {"threshold": 0.4, "fill_holes": [False, True]}
+    assert compact(PostprocessConfig()) == {}
+
+
+def _noisy_binary(rng, n=3, size=48):
+    """Blobs + speckle noise + thresholds off: the kind of output postprocessing helps."""
+    truths, probs = [], []
+    for _ in range(n):
+        raw = ndimage.gaussian_filter(rng.random((size, size)), 3)
+        truth = (raw > np.quantile(raw, 0.7)).astype(np.uint8)
+        logit = np.where(truth == 1, 1.0, -1.0) * 1.5 + rng.normal(0, 1.2, truth.shape) - 0.6
+        p1 = 1 / (1 + np.exp(-logit))
+        probs.append(np.stack([1 - p1, p1]).astype(np.float32))
+        truth[0:2, :] = 255  # an ignored strip
+        truths.append(truth)
+    return probs, truths
+
+
+@pytest.mark.parametrize("metric", ["dice", "iou"])
+def test_tuning_never_lowers_its_metric(rng, metric):
+    probs, truths = _noisy_binary(rng)
+    base = score_labels([apply_postprocess(p, {}) for p in probs], truths, 2, metric)
+    params, log = tune_postprocess(probs, truths, metric=metric)
+    tuned = score_labels([apply_postprocess(p, params) for p in probs], truths, 2, metric)
+    assert tuned >= base
+    assert tuned > base + 0.01  # on this noisy data it really helps
+    assert params  # something was kept
+    kept = [row for row in log if row["kept"]]
+    assert all(r["after"] > r["before"] for r in kept)
+
+
+def test_tuning_keeps_nothing_when_nothing_helps():
+    truth = np.zeros((20, 20), np.uint8)
+    truth[5:15, 5:15] = 1
+    probs = [probs_from_labels(truth, 2)]
+    params, log = tune_postprocess(probs, [truth], metric="dice")
+    assert params == {} and not any(r["kept"] for r in log)
+
+
+def test_tuning_multiclass_never_lowers(rng):
+    truths, probs = [], []
+    for _ in range(2):
+        raw = ndimage.gaussian_filter(rng.random((40, 40)), 3)
+        truth = np.digitize(raw, np.quantile(raw, [0.5, 0.8])).astype(np.uint8)
+        logits = np.stack([(truth == c) * 2.0 for c in range(3)]) + rng.normal(0, 1.3, (3, 40, 40))
+        e = np.exp(logits - logits.max(0))
+        probs.append((e / e.sum(0)).astype(np.float32))
+        truths.append(truth)
+    base = score_labels([p.argmax(0) for p in probs], truths, 3, "iou")
+    params, _ = tune_postprocess(probs, truths, metric="iou")
+    assert "threshold" not in params
+    assert score_labels([apply_postprocess(p, params) for p in probs], truths, 3, "iou") >= base
+
+
+def test_rand_tuning_switches_the_split_on_within_the_dice_guard(rng):
+    pairs = [cells_and_membranes(rng) for _ in range(3)]
+    probs, truths = [p for p, _ in pairs], [t for _, t in pairs]
+    params, log = tune_postprocess(probs, truths, metric="rand")
+    assert params.get("watershed", [0, 0])[1] > 0
+    assert [r["op"] for r in log][:2] == ["watershed", "watershed_band"]  # before the threshold
+    base = score_labels([apply_postprocess(p, {}) for p in probs], truths, 2, "rand")
+    tuned = score_labels([apply_postprocess(p, params) for p in probs], truths, 2, "rand")
+    assert tuned > base + 0.1
+    dice = [score_labels([apply_postprocess(p, c) for p in probs], truths, 2, "dice") for c in ({}, params)]
+    assert dice[1] >= dice[0] - 0.005
+    # a guard nothing can pass: arg-max stays
+    tight, _ = tune_postprocess(probs, truths, metric="rand", dice_guard=-1.0)
+    assert tight == {}
+
+
+def test_rand_score_is_one_minus_the_adapted_rand_error_and_skips_ignored_pixels():
+    truth = np.zeros((6, 9), np.uint8)
+    truth[:, :4], truth[:, 5:] = 1, 1
+    pred = np.ones_like(truth)  # the two cells merged
+    expected = 1 - adapted_rand_error(pred == 1, truth == 1)[0]
+    assert score_labels([pred], [truth], 2, "rand") == pytest.approx(expected) and expected < 0.9
+    ignored = truth.copy()
+    ignored[:, 5:] = 255  # the second cell not labelled: nothing merged in what is scored
+    assert score_labels([pred], [ignored], 2, "rand") == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="watershed"):
+        PostprocessConfig(watershed=(0.0, 1.5))
+
+
+def test_tune_postprocess_stores_params_and_never_lowers(tmp_path):
+    data = drive_like(tmp_path / "d")
+    path = tiny_artifact(tmp_path / "m.unetkit", head_scale=3.0, seed=3)
+    summary = tune_model_postprocess(path, data, metric="dice", backend="torch", progress=False)
+    assert summary["after"] >= summary["before"]
+    assert all(s["after"] > s["before"] for s in summary["steps"] if s["kept"])
+    art = load_artifact(path)
+    assert art.meta.postprocess == summary["postprocess"]
+    assert art.meta.metrics["postprocess_tuning"]["after"] == pytest.approx(summary["after"])
+    # evaluate (like predict) applies the stored postprocessing: its Dice is the tuned one
+    result = evaluate_model(path, data, backend="torch", progress=False, distances=False, topology=False)
+    assert result["postprocess"] == summary["postprocess"]
+    assert result["mean_dice_foreground"] == pytest.approx(summary["after"])
+    with pytest.raises(DataError, match="metric 'f1'"):
+        tune_model_postprocess(path, data, metric="f1", backend="torch", progress=False)
