@@ -82,9 +82,15 @@ def test_model_and_plan_stand_in_for_the_artifact(exported):
     assert model.meta.postprocess == POSTPROCESS and model.meta.data_spec == DATA_SPEC
     assert (model.meta.temperature, model.meta.in_channels, model.meta.precision) == (1.7, 3, "fp32")
     assert model.tile == TileConfig(tile_size=(32, 32), activation="none")
-    # settings changed from the defaults override the plan; the graph always outputs probabilities
-    assert model.tile_config(TileConfig(tile_size=(48, 48), tta=True)) == TileConfig(
+    # the settings given override the plan, also where they equal TileConfig's defaults; the
+    # graph always outputs probabilities
+    assert model.tile_config() == model.tile
+    assert model.tile_config({"tile_size": (48, 48), "tta": True, "overlap": 0.25}) == TileConfig(
         tile_size=(48, 48), tta=True, activation="none")
+    with pytest.raises(ConfigError, match="outputs probabilities .* cannot be run with activation 'softmax'"):
+        model.tile_config({"activation": "softmax"})
+    with pytest.raises(ConfigError, match="TileConfig: unknown key 'overlapp'"):
+        model.tile_config({"overlapp": 0.5})
     predictor = model.make_predictor()
     assert predictor.output_name == "probabilities" and predictor.in_channels == 3 and predictor.tile_size == (32, 32)
     with pytest.raises(ConfigError, match=r"model.onnx: an exported model runs on ONNX Runtime only .* backend 'torch' needs the .unetkit artifact"):

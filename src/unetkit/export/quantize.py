@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from unetkit.artifact import Artifact, load_artifact
-from unetkit.config import DataConfig, ExportConfig, TileConfig, from_dict
+from unetkit.config import DataConfig, ExportConfig, TileChoice, TileConfig, from_dict
 from unetkit.errors import ConfigError, UnetkitError
 from unetkit.export.onnx import (
     INSTALL_HINT,
@@ -216,7 +216,7 @@ def score(model: bytes, artifact: Artifact, samples: Sequence[Any], tile: TileCo
 def quantize_artifact(
     model: str | Path | Artifact, data: str | Path, out: str | Path | None = None,
     config: ExportConfig = ExportConfig(int8=True), *, keys: Sequence[str] | None = None,
-    val_keys: Sequence[str] | None = None, options: QuantOptions = QuantOptions(), tile: TileConfig = TileConfig(),
+    val_keys: Sequence[str] | None = None, options: QuantOptions = QuantOptions(), tile: TileChoice = None,
     progress: bool = False,
 ) -> Int8Report:
     """Quantize, score fp32 vs int8 on validation images, write `out` (+ plan) only if within the gate.

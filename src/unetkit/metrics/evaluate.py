@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from unetkit.artifact import Artifact
-from unetkit.config import TileConfig
+from unetkit.config import TileChoice
 from unetkit.metrics.confusion import ConfusionAccumulator
 from unetkit.metrics.scores import json_value, per_class_dice, per_class_iou, summarize
 
@@ -85,7 +85,7 @@ def load_labelled(
 def iter_probabilities(
     artifact: Artifact,
     samples: Sequence[Any],
-    config: TileConfig = TileConfig(),
+    config: TileChoice = None,
     *,
     backend: str = "auto",
     logits: bool = False,
@@ -110,7 +110,7 @@ def iter_probabilities(
 def evaluate_model(
     model: str | Path | Artifact,
     data: str | Path,
-    config: TileConfig = TileConfig(),
+    config: TileChoice = None,
     *,
     keys: Sequence[str] | None = None,
     backend: str = "auto",
