@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from tests.evaluation_fixtures import tiny_artifact
 from tests.test_cli import engine_tilings
+
 from unetkit.artifact import load_artifact
 from unetkit.config import TileConfig
 from unetkit.data.io import write_png
