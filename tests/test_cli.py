@@ -18,6 +18,27 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, match: str) -> None
     assert match in lines[0], lines[0]
 
 
+def engine_tilings(monkeypatch, *args: str) -> list:
+    """Run `unetkit ARGS` in this process; the TileConfig of every image the engine tiled."""
+    from typer.testing import CliRunner
+
+    import unetkit.inference.predict as engine
+    from unetkit.cli import app
+
+    used: list = []
+    real = engine.predict_tiled
+
+    def spy(predictor, image, config, **kwargs):  # noqa: ANN001
+        used.append(config)
+        return real(predictor, image, config, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(engine, "predict_tiled", spy)
+        result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return used
+
+
 def test_help_lists_every_command():
     proc = run_cli("--help")
     assert proc.returncode == 0

@@ -69,37 +69,38 @@ def module_files(src: Path) -> dict[str, Path]:
 
 def read_imports(src: Path, package: str = "unetkit") -> list[Import]:
     files = module_files(src)
+    return [i for name, path in files.items() for i in module_imports(name, path, files, package)]
+
+
+def module_imports(name: str, path: Path, files: dict[str, Path], package: str) -> list[Import]:
+    text = path.read_text()
+    lines = text.splitlines()
+    base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found: list[Import] = []
-    for name, path in files.items():
-        text = path.read_text()
-        lines = text.splitlines()
-        is_package = path.name == "__init__.py"
 
-        def targets(node: ast.Import | ast.ImportFrom, name: str = name, is_package: bool = is_package) -> list[str]:
-            if isinstance(node, ast.Import):
-                return [a.name for a in node.names]
-            if node.level:
-                base = name.split(".") if is_package else name.split(".")[:-1]
-                base = base[: len(base) - (node.level - 1)]
-                stem = ".".join(base + ([node.module] if node.module else []))
-            else:
-                stem = node.module or ""
-            return [f"{stem}.{a.name}" if f"{stem}.{a.name}" in files else stem for a in node.names]
+    def targets(node: ast.Import | ast.ImportFrom) -> list[str]:
+        if isinstance(node, ast.Import):
+            return [a.name for a in node.names]
+        if node.level:
+            stem = ".".join(base[: len(base) - (node.level - 1)] + ([node.module] if node.module else []))
+        else:
+            stem = node.module or ""
+        return [f"{stem}.{a.name}" if f"{stem}.{a.name}" in files else stem for a in node.names]
 
-        def visit(node: ast.AST, in_function: bool) -> None:
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, (ast.Import, ast.ImportFrom)):
-                    for target in targets(child):
-                        if target != package and not target.startswith(package + "."):
-                            continue
-                        while target not in files and "." in target:
-                            target = target.rsplit(".", 1)[0]
-                        around = lines[max(child.lineno - 2, 0): child.end_lineno or child.lineno]
-                        found.append(Import(name, target, child.lineno, in_function,
-                                            any(LAZY_MARK.search(s) for s in around)))
-                visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                around = lines[max(child.lineno - 2, 0): child.end_lineno or child.lineno]
+                commented = any(LAZY_MARK.search(s) for s in around)
+                for target in targets(child):
+                    if target != package and not target.startswith(package + "."):
+                        continue
+                    while target not in files and "." in target:
+                        target = target.rsplit(".", 1)[0]
+                    found.append(Import(name, target, child.lineno, in_function, commented))
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 
-        visit(ast.parse(text, filename=str(path)), False)
+    visit(ast.parse(text, filename=str(path)), False)
     return found
 
 

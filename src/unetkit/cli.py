@@ -3,6 +3,10 @@
 User errors (bad path, option or data) print one line on stderr and exit with status 2.
 Each command imports the stages it uses inside its body (lazy on purpose): `unetkit --help` and
 shell completion must not load torch.
+
+Defaults have one owner: an option that a config dataclass also sets takes its default from that
+dataclass, and an option that overrides a model's own value (tiling: an exported model's plan, an
+artifact's patch size) defaults to None, "not set", so only what the user typed overrides it.
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from unetkit.config import ExportConfig, ModelConfig, RankConfig, ServeConfig, TileConfig
 from unetkit.errors import UnetkitError
 from unetkit.registry.commands import registry_app
 
@@ -39,8 +44,15 @@ RunModelArg = Annotated[Path, typer.Argument(
 TrainDataArg = Annotated[str, typer.Argument(help="Data folder, dataset description JSON or manifest.")]
 KeysOpt = Annotated[str | None, typer.Option(help="Only these comma-separated sample keys.")]
 BackendOpt = Annotated[str, typer.Option(help="auto, torch or onnx.")]
-TileOpt = Annotated[int | None, typer.Option(help="Tile size (default: the model's patch size).")]
-OverlapOpt = Annotated[float, typer.Option(help="Tile overlap fraction.")]
+# Tiling options default to "not set": the model's own tiling (an exported model's plan, an
+# artifact's patch size and TileConfig's defaults) holds for whatever the user leaves out.
+TileOpt = Annotated[int | None, typer.Option(
+    help="Tile size.  [default: from the model's plan, else the model's patch size].")]
+OverlapOpt = Annotated[float | None, typer.Option(
+    help=f"Tile overlap fraction.  [default: from the model's plan, else {TileConfig.overlap}].")]
+TtaOpt = Annotated[bool | None, typer.Option(
+    "--tta/--no-tta", help="Average flips and rotations (about 8x slower).  "
+    f"[default: from the model's plan, else {'on' if TileConfig.tta else 'off'}].")]
 ArchOpt = Annotated[str | None, typer.Option(help="Model preset, see `unetkit models`.")]
 PatchOpt = Annotated[int | None, typer.Option(help="Square patch size.")]
 BatchOpt = Annotated[int | None, typer.Option(help="Global batch size.")]
@@ -61,10 +73,10 @@ def _keys(text: str | None) -> list[str] | None:
     return [k.strip() for k in text.split(",") if k.strip()] if text else None
 
 
-def _tile_config(tile: int | None, overlap: float, tta: bool = False):
-    from unetkit.config import TileConfig
-
-    return TileConfig(tile_size=(tile, tile) if tile else (), overlap=overlap, tta=tta)
+def _tile_settings(tile: int | None, overlap: float | None, tta: bool | None = None) -> dict[str, Any]:
+    """The TileConfig fields the user set (see `unetkit.config.TileChoice`); the model decides the rest."""
+    settings = {"tile_size": (tile, tile) if tile else None, "overlap": overlap, "tta": tta}
+    return {name: value for name, value in settings.items() if value is not None}
 
 
 def _echo_json(data: object, path: Path | None) -> None:
@@ -123,8 +135,8 @@ def validate(
 @app.command()
 def models(
     size: Annotated[int, typer.Option(help="Input size for the GFLOPs column.")] = 512,
-    in_channels: Annotated[int, typer.Option(help="Input channels.")] = 3,
-    classes: Annotated[int, typer.Option(help="Output classes.")] = 2,
+    in_channels: Annotated[int, typer.Option(help="Input channels.")] = ModelConfig.in_channels,
+    classes: Annotated[int, typer.Option(help="Output classes.")] = ModelConfig.out_channels,
 ) -> None:
     """List the U-Net family: name, parameters and GFLOPs at SIZE x SIZE."""
     from unetkit.models.factory import models_table
@@ -235,19 +247,19 @@ def predict(
     geojson: Annotated[bool, typer.Option(help="Also write component polygons as GeoJSON (map coordinates for GeoTIFFs).")] = False,
     coco: Annotated[bool, typer.Option(help="Also write OUT/coco.json with COCO RLE annotations per class.")] = False,
     tile: TileOpt = None,
-    overlap: OverlapOpt = 0.25,
-    tta: Annotated[bool, typer.Option(help="Average flips and rotations (about 8x slower).")] = False,
+    overlap: OverlapOpt = None,
+    tta: TtaOpt = None,
     backend: BackendOpt = "auto",
 ) -> None:
     """Segment images of any size (overlap-tile with Gaussian blending).
 
-    With an exported .onnx model the tiling comes from its plan; --tile, --overlap and --tta
-    override it when set to other than their defaults."""
+    With an exported .onnx model the tiling comes from its plan; --tile, --overlap and --tta,
+    when given, override it."""
     from unetkit.export.deployed import load_model
     from unetkit.inference.files import predict_files
 
-    tile_cfg = _tile_config(tile, overlap, tta)
-    written = predict_files(load_model(model), inputs, out, tile_cfg, colour=colour, probabilities=probabilities,
+    tile_settings = _tile_settings(tile, overlap, tta)
+    written = predict_files(load_model(model), inputs, out, tile_settings, colour=colour, probabilities=probabilities,
                             overlays=overlay, geojson=geojson, coco=coco, backend=backend)
     typer.echo(f"wrote {len(written)} files to {out}/")
 
@@ -259,8 +271,8 @@ def evaluate(
     keys: KeysOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write all metrics as JSON here.")] = None,
     tile: TileOpt = None,
-    overlap: OverlapOpt = 0.25,
-    tta: Annotated[bool, typer.Option(help="Test-time augmentation.")] = False,
+    overlap: OverlapOpt = None,
+    tta: TtaOpt = None,
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
     worst: Annotated[int, typer.Option(help="Worst images shown in the report.")] = 4,
     distances: Annotated[bool, typer.Option(help="Boundary IoU, HD95, ASSD (slower).")] = True,
@@ -275,10 +287,10 @@ def evaluate(
     from unetkit.evaluation.table import format_table
     from unetkit.export.deployed import load_model
 
-    tile_cfg = _tile_config(tile, overlap, tta)
+    tile_settings = _tile_settings(tile, overlap, tta)
     collector = WorstImages(worst) if report else None
     loaded = load_model(model)
-    result = evaluate_model(loaded, data, tile_cfg, keys=_keys(keys), backend=backend,
+    result = evaluate_model(loaded, data, tile_settings, keys=_keys(keys), backend=backend,
                             distances=distances, topology=topology, on_image=collector)
     typer.echo(format_table(result))
     _echo_json(result, json_out)
@@ -337,26 +349,25 @@ def tune_postprocess(
 @app.command("export")
 def export_command(
     model: ModelArg,
-    format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = ExportConfig.format,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: MODEL.onnx / MODEL.int8.onnx).")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Static int8 quantization, gated on validation accuracy (needs --data).")] = False,
     data: Annotated[str | None, typer.Option(help="Labelled data: training images calibrate, validation images gate.")] = None,
     keys: Annotated[str | None, typer.Option(help="Calibration keys (default: the artifact's training split).")] = None,
     val_keys: Annotated[str | None, typer.Option(help="Validation keys (default: the artifact's validation split).")] = None,
-    gate: Annotated[float | None, typer.Option(help="Largest allowed drop in foreground Dice / mIoU (default 0.005).")] = None,
-    tile: Annotated[int | None, typer.Option(help="Tile size recorded in the plan (default: the model's patch size).")] = None,
-    overlap: Annotated[float, typer.Option(help="Tile overlap fraction recorded in the plan.")] = 0.25,
+    gate: Annotated[float, typer.Option(help="Largest allowed drop in foreground Dice / mIoU.")] = ExportConfig.int8_gate,
+    tile: Annotated[int | None, typer.Option(help="Tile size recorded in the plan.  [default: the model's patch size].")] = None,
+    overlap: Annotated[float | None, typer.Option(
+        help=f"Tile overlap fraction recorded in the plan.  [default: {TileConfig.overlap}].")] = None,
 ) -> None:
     """Write an ONNX model of the whole per-tile pipeline plus MODEL.onnx.json (the inference plan);
     parity-checked against PyTorch. With --int8: quantized, refused when validation accuracy drops."""
-    from unetkit.config import ExportConfig
-
-    tile_cfg = _tile_config(tile, overlap)
-    config = ExportConfig(format=format, int8=int8, **({"int8_gate": gate} if gate is not None else {}))  # type: ignore[arg-type]
+    tile_settings = _tile_settings(tile, overlap)
+    config = ExportConfig(format=format, int8=int8, int8_gate=gate)  # type: ignore[arg-type]
     if not int8:
         from unetkit.export.onnx import export_artifact
 
-        result = export_artifact(model, out, config, tile_cfg)
+        result = export_artifact(model, out, config, tile_settings)
         typer.echo(f"wrote {result.model_path} and {result.plan_path} (parity: max |dp| {result.max_abs_diff:.2e} "
                    f"on {result.tiles_checked} tiles)")
         return
@@ -366,7 +377,7 @@ def export_command(
 
     try:
         report = quantize_artifact(model, data, out, config, keys=_keys(keys),
-                                   val_keys=_keys(val_keys), tile=tile_cfg)
+                                   val_keys=_keys(val_keys), tile=tile_settings)
     except Int8GateError as e:
         typer.echo(e.report.table())
         raise UnetkitError(str(e).splitlines()[0]) from None
@@ -381,16 +392,17 @@ def export_command(
 def rank(
     model: ModelArg,
     folder: Annotated[Path, typer.Argument(help="Folder of unlabelled images.")],
-    by: Annotated[str, typer.Option(help="Sort by entropy, margin, tta or combined (mean percentile rank of the three).")] = "combined",
-    aggregate: Annotated[str, typer.Option(help="Per-image value: mean, top (the 5% most uncertain pixels) or foreground.")] = "mean",
+    by: Annotated[str, typer.Option(help="Sort by entropy, margin, tta or combined (mean percentile rank of the three).")] = RankConfig.by,
+    aggregate: Annotated[str, typer.Option(help=f"Per-image value: mean, top (the {RankConfig.top_fraction:.0%} most "
+                                           "uncertain pixels) or foreground.")] = RankConfig.aggregate,
     top_k: Annotated[int | None, typer.Option("--top-k", help="How many images to export and list.")] = None,
     export: Annotated[Path | None, typer.Option(help="New folder for the top-k images with pre-annotations (masks, COCO, CVAT, Label Studio).")] = None,
     csv: Annotated[Path, typer.Option("--csv", help="Where to write the ranking CSV.")] = Path("ranking.csv"),
-    tta: Annotated[bool, typer.Option(help="Predict the 8 flip/rot90 views: TTA disagreement and averaged predictions (8x slower).")] = True,
-    recursive: Annotated[bool, typer.Option(help="Also rank the images in subfolders.")] = False,
-    dedup_bits: Annotated[int, typer.Option(help="Skip near-copies of a higher-ranked image in the export: hashes at most this many of 256 bits apart (0: off).")] = 16,
+    tta: Annotated[bool, typer.Option(help="Predict the 8 flip/rot90 views: TTA disagreement and averaged predictions (8x slower).")] = RankConfig.tta,
+    recursive: Annotated[bool, typer.Option(help="Also rank the images in subfolders.")] = RankConfig.recursive,
+    dedup_bits: Annotated[int, typer.Option(help="Skip near-copies of a higher-ranked image in the export: hashes at most this many of 256 bits apart (0: off).")] = RankConfig.dedup_bits,
     tile: TileOpt = None,
-    overlap: OverlapOpt = 0.25,
+    overlap: OverlapOpt = None,
     backend: BackendOpt = "auto",
 ) -> None:
     """Rank unlabelled images by model uncertainty; export the top-k with pre-annotation masks."""
@@ -398,7 +410,6 @@ def rank(
 
     from unetkit.active.export import check_export_dir, export_top
     from unetkit.active.rank import Scorer, list_images, rank_images, ranking_table, write_ranking_csv
-    from unetkit.config import RankConfig
 
     config = RankConfig(by=by, aggregate=aggregate, tta=tta, recursive=recursive, dedup_bits=dedup_bits)  # type: ignore[arg-type]
     if export is not None and top_k is None:
@@ -408,7 +419,7 @@ def rank(
     if export is not None:
         check_export_dir(export)
     files = list_images(folder, recursive, exclude=export)
-    scorer = Scorer.from_artifact(model, _tile_config(tile, overlap), backend)
+    scorer = Scorer.from_artifact(model, _tile_settings(tile, overlap), backend)
     ranking = rank_images(scorer, files, config, root=folder, progress=True)
     write_ranking_csv(ranking, csv)
     Console().print(ranking_table(ranking, top_k or 10))
@@ -501,8 +512,8 @@ def demo(
 @app.command()
 def serve(
     model: Annotated[str | None, typer.Argument(help="Model artifact (or config 'artifact' / UNETKIT_SERVE_ARTIFACT).")] = None,
-    host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port (default 8000).")] = None,
+    host: Annotated[str | None, typer.Option(help=f"Interface to listen on (default {ServeConfig.host}).")] = None,
+    port: Annotated[int | None, typer.Option(help=f"TCP port (default {ServeConfig.port}).")] = None,
     config: Annotated[Path | None, typer.Option(help="ServeConfig JSON/YAML; UNETKIT_SERVE_* variables and flags override it.")] = None,
     canary: Annotated[str | None, typer.Option(help="Candidate model artifact for a canary or shadow rollout.")] = None,
     canary_percent: Annotated[float | None, typer.Option(help="Share of requests the candidate answers (0-100).")] = None,
@@ -510,10 +521,11 @@ def serve(
     token_file: Annotated[str | None, typer.Option(help="File holding the bearer token clients must send.")] = None,
     registry: Annotated[str | None, typer.Option(help="Serve from this model registry (path or URL) instead of "
                                                  "ARTIFACT, and reload when --stage gets another version.")] = None,
-    stage: Annotated[str | None, typer.Option(help="With --registry: production (default) or staging.")] = None,
+    stage: Annotated[str | None, typer.Option(help=f"With --registry: production or staging (default {ServeConfig.stage}).")] = None,
     model_name: Annotated[str | None, typer.Option("--model", help="With --registry: which model (needed when "
                                                    "several have a version in the stage).")] = None,
-    poll: Annotated[float | None, typer.Option(help="With --registry: seconds between checks for a new version (5).")] = None,
+    poll: Annotated[float | None, typer.Option(
+        help=f"With --registry: seconds between checks for a new version (default {ServeConfig.registry_poll_seconds:g}).")] = None,
 ) -> None:
     """Serve a model over HTTP: /v1/segment, /v1/model, /metrics, /healthz, /readyz and a demo page at /."""
     from unetkit.serve.server import serve_command

@@ -12,6 +12,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -161,7 +162,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TileConfig:
-    """Overlap-tile inference. `tile_size` () means: the artifact's patch size."""
+    """Overlap-tile inference. `tile_size` () means: the artifact's patch size.
+
+    These defaults are the only ones: a model's own tiling (an exported model's plan, an artifact's
+    patch size) starts from them, and a caller's choice (`TileChoice`) overrides only what it sets.
+    """
 
     tile_size: tuple[int, ...] = ()
     overlap: float = 0.25
@@ -171,6 +176,13 @@ class TileConfig:
     padding: Literal["reflect", "constant", "replicate"] = "reflect"
     tta: bool = False  # average flips and rot90
     activation: Literal["softmax", "none"] = "softmax"  # "none": predictor returns probabilities
+
+
+# The tiling a caller asks of a model (resolved by `unetkit.inference.files.tile_config_for`):
+# a mapping of only the TileConfig fields the user set (the rest come from the model: an exported
+# model's plan, an artifact's patch size, else TileConfig's defaults); a complete TileConfig (every
+# field chosen, an empty tile size leaving the size to the model); or None: the model's own tiling.
+TileChoice = Mapping[str, Any] | TileConfig | None
 
 
 @dataclass(frozen=True)
@@ -227,7 +239,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     backend: Literal["torch", "onnx", "compile", "auto"] = "torch"
-    tile_overlap: float = 0.25
+    tile_overlap: float = TileConfig.overlap  # tiles of one request overlap this much (TileConfig owns the default)
     max_batch_size: int = 8  # tiles per forward pass, packed across requests
     max_wait_ms: float = 5.0  # how long a partial batch waits for tiles of other requests
     max_queue: int = 256  # tiles waiting for the model; beyond: 503 with Retry-After

@@ -202,3 +202,10 @@ def test_skip_message_names_the_file_even_when_the_error_does_not(tmp_path: Path
     write_gray(folder / "ok.png", np.zeros((8, 8)))
     ranking = rank_folder(Scorer.from_artifact(designed, backend="torch"), folder, RankConfig(tta=False))
     assert ranking.failed[0].startswith(str(folder / "rgb.png") + ": ")
+
+
+def test_scorer_tiles_at_the_patch_size_with_the_settings_given(designed):
+    patch = Scorer.from_artifact(designed, backend="torch").tile.tile_size
+    assert Scorer.from_artifact(designed, backend="torch").tile == TileConfig(tile_size=patch)
+    assert Scorer.from_artifact(designed, {"overlap": 0.5, "tile_size": (48, 48)}, backend="torch").tile == TileConfig(
+        tile_size=(48, 48), overlap=0.5)

@@ -11,9 +11,9 @@ import torch
 
 from tests.evaluation_fixtures import drive_like, tiny_artifact
 from tests.export.conftest import CALIBRATED
-from tests.test_cli import assert_one_line_error, run_cli
+from tests.test_cli import assert_one_line_error, engine_tilings, run_cli
 from unetkit.artifact import load_artifact, save_artifact
-from unetkit.config import ExportConfig, TileConfig
+from unetkit.config import ExportConfig, TileConfig, replace
 from unetkit.data.io import read_mask, write_png
 from unetkit.errors import ArtifactError, ConfigError
 from unetkit.evaluation.evaluate import evaluate_model
@@ -83,9 +83,15 @@ def test_model_and_plan_stand_in_for_the_artifact(exported):
     assert model.meta.postprocess == POSTPROCESS and model.meta.data_spec == DATA_SPEC
     assert (model.meta.temperature, model.meta.in_channels, model.meta.precision) == (1.7, 3, "fp32")
     assert model.tile == TileConfig(tile_size=(32, 32), activation="none")
-    # settings changed from the defaults override the plan; the graph always outputs probabilities
-    assert model.tile_config(TileConfig(tile_size=(48, 48), tta=True)) == TileConfig(
+    # the settings given override the plan, also where they equal TileConfig's defaults; the
+    # graph always outputs probabilities
+    assert model.tile_config() == model.tile
+    assert model.tile_config({"tile_size": (48, 48), "tta": True, "overlap": 0.25}) == TileConfig(
         tile_size=(48, 48), tta=True, activation="none")
+    with pytest.raises(ConfigError, match="outputs probabilities .* cannot be run with activation 'softmax'"):
+        model.tile_config({"activation": "softmax"})
+    with pytest.raises(ConfigError, match="TileConfig: unknown key 'overlapp'"):
+        model.tile_config({"overlapp": 0.5})
     predictor = model.make_predictor()
     assert predictor.output_name == "probabilities" and predictor.in_channels == 3 and predictor.tile_size == (32, 32)
     with pytest.raises(ConfigError, match=r"model.onnx: an exported model runs on ONNX Runtime only .* backend 'torch' needs the .unetkit artifact"):
@@ -178,3 +184,39 @@ def test_cli_refuses_a_model_it_cannot_trust_in_one_line(exported, tmp_path, rng
     assert proc.returncode == 2
     assert_one_line_error(proc, "image has 1 channel(s) but the model takes 3")
     assert f"{gray}: image has 1 channel(s)" in proc.stderr  # the failing file is named
+
+
+# ---------------------------------------------------------------- the user's tiling over the plan's
+
+
+@pytest.fixture
+def planned(tmp_path: Path) -> Path:
+    """An export whose plan stores overlap 0.5, 48-pixel tiles and TTA (TileConfig's defaults: 0.25,
+    the artifact's 32-pixel patch, no TTA)."""
+    artifact = tiny_artifact(tmp_path / "model.unetkit", seed=3, **CALIBRATED)
+    return export_artifact(artifact, tile={"tile_size": (48, 48), "overlap": 0.5, "tta": True}).model_path
+
+
+@pytest.mark.parametrize("flags, asked", [
+    (["--overlap", "0.25"], {"overlap": 0.25}),  # equal to TileConfig's default: the bug of issue 14
+    (["--tile", "32"], {"tile_size": (32, 32)}),  # the artifact's patch size
+    (["--no-tta"], {"tta": False}),
+])
+def test_explicit_tiling_overrides_the_plan_even_at_a_default_value(planned, tmp_path, rng, monkeypatch, flags, asked):
+    images = write_images(tmp_path / "images", rng, sizes=((110, 97),))  # 4 vs 3 tiles a side at overlap 0.5 vs 0.25
+    plan_tile = TileConfig(tile_size=(48, 48), overlap=0.5, tta=True, activation="none")
+    used = engine_tilings(monkeypatch, "predict", str(planned), str(images), "--out", str(tmp_path / "plan"), "--probabilities")
+    assert used == [plan_tile]  # nothing given: the plan's tiling
+    used = engine_tilings(monkeypatch, "predict", str(planned), str(images), "--out", str(tmp_path / "user"),
+                          "--probabilities", *flags)
+    assert used == [replace(plan_tile, **asked)]  # what was asked, the rest from the plan
+    by_plan = tifffile.imread(tmp_path / "plan" / "im0_prob.tif")
+    by_user = tifffile.imread(tmp_path / "user" / "im0_prob.tif")
+    assert np.abs(by_plan - by_user).max() > 1e-4
+
+
+def test_evaluate_tiles_an_export_as_asked(planned, tmp_path, monkeypatch):
+    data = drive_like(tmp_path / "d", n_images=2, size=(56, 52))
+    assert {(t.overlap, t.tta) for t in engine_tilings(monkeypatch, "evaluate", str(planned), str(data))} == {(0.5, True)}
+    used = engine_tilings(monkeypatch, "evaluate", str(planned), str(data), "--overlap", "0.25", "--no-tta")
+    assert {(t.overlap, t.tta, t.tile_size) for t in used} == {(0.25, False, (48, 48))}

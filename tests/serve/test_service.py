@@ -56,6 +56,22 @@ def test_segment_matches_the_offline_engine(service, artifact_path):
     assert seg.model.role == "primary" and len(seg.model.version) == 12
 
 
+def test_served_tiling_is_the_artifacts_with_the_configured_overlap(artifact_path):
+    """TileConfig owns the overlap default; UNETKIT_SERVE_TILE_OVERLAP (or the config file) sets it."""
+    from unetkit.artifact import load_artifact
+    from unetkit.config import TileConfig
+    from unetkit.serve.server import load_serve_config
+    from unetkit.serve.service import LoadedModel
+
+    assert ServeConfig().tile_overlap == TileConfig().overlap
+    config = load_serve_config(None, env={"UNETKIT_SERVE_TILE_OVERLAP": "0.5"}, max_batch_size=2)
+    model = LoadedModel(load_artifact(artifact_path), config)
+    try:
+        assert model.tile_config == TileConfig(tile_size=(64, 64), overlap=0.5, batch_size=4)
+    finally:
+        model.close()
+
+
 def test_tta_and_small_and_gray_images(service):
     tiny = synthetic_image(20, 33)
     assert service.segment(tiny, SegmentOptions(tta=True)).labels.shape == (20, 33)

@@ -8,13 +8,13 @@ import pytest
 from unetkit.artifact import load_artifact
 from unetkit.evaluation.labelled import iter_probabilities, load_labelled
 from unetkit.inference.postprocess import apply_postprocess
-from unetkit.tuning.postprocess import score_labels
 from unetkit.monitor.baseline import Baseline, outputs_mismatch
 from unetkit.monitor.drift import compare
 from unetkit.monitor.measure import predict_outputs
 from unetkit.training import finish
 from unetkit.training.fit import fit
 from unetkit.training.prepare import load_training_data
+from unetkit.tuning.postprocess import score_labels
 
 
 def test_fit_tunes_postprocessing_on_the_validation_split_and_stores_it(tiny_config) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from unetkit.active.diversity import difference_hash, mark_duplicates
 from unetkit.active.uncertainty import ImageUncertainty, combined_scores, score_image
 from unetkit.artifact import load_artifact
-from unetkit.config import RankConfig, TileConfig
+from unetkit.config import RankConfig, TileChoice, TileConfig
 from unetkit.data.io import is_image_file, read_image, write_text_atomic
 from unetkit.errors import InputError, UnetkitError
 from unetkit.inference.backends import make_predictor
@@ -99,9 +99,9 @@ class Scorer:
     model_version: str = "unetkit"
 
     @classmethod
-    def from_artifact(cls, model: str | Path, tile: TileConfig = TileConfig(), backend: str = "auto") -> Scorer:
-        """The artifact's pipeline (calibration included), patch size as tile size, and its tuned
-        postprocessing for the label maps, as in `unetkit predict`."""
+    def from_artifact(cls, model: str | Path, tile: TileChoice = None, backend: str = "auto") -> Scorer:
+        """The artifact's pipeline (calibration included), its tiling with what `tile` sets in its place
+        (`tile_config_for`), and its tuned postprocessing for the label maps, as in `unetkit predict`."""
         artifact = load_artifact(model)
         meta = artifact.meta
         return cls(make_predictor(artifact, backend=backend), tuple(meta.class_names), tuple(meta.colors()),

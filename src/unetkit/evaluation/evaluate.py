@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from unetkit.artifact import Artifact
-from unetkit.config import TileConfig
+from unetkit.config import TileChoice
 from unetkit.evaluation.labelled import iter_probabilities, load_labelled
 from unetkit.inference.files import labels_from_probabilities
 from unetkit.metrics.streaming import Evaluator
@@ -22,7 +22,7 @@ from unetkit.metrics.streaming import Evaluator
 def evaluate_model(
     model: str | Path | Artifact,
     data: str | Path,
-    config: TileConfig = TileConfig(),
+    config: TileChoice = None,
     *,
     keys: Sequence[str] | None = None,
     backend: str = "auto",

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from unetkit.artifact import Artifact, load_artifact
-from unetkit.config import TileConfig
+from unetkit.config import TileChoice
 from unetkit.data.dataset import load_samples
 from unetkit.data.pairing import pair_samples
 from unetkit.data.spec import load_spec, spec_for_classes
@@ -50,7 +50,7 @@ def load_labelled(
 def iter_probabilities(
     artifact: Artifact,
     samples: Sequence[Any],
-    config: TileConfig = TileConfig(),
+    config: TileChoice = None,
     *,
     backend: str = "auto",
     logits: bool = False,

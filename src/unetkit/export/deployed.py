@@ -2,7 +2,7 @@
 
 `DeployedModel` has what `unetkit predict` and `unetkit evaluate` need of a model artifact:
 `path`, `meta` (class names, colours, ignore index, postprocessing, data spec, calibration as the
-plan records them), `tile_config(config)` (the plan's tiling) and `make_predictor(backend)` (an
+plan records them), `tile_config(settings)` (the plan's tiling) and `make_predictor(backend)` (an
 ONNX Runtime session on the file's `probabilities` output, so the activation is "none"). All of it
 comes from the two files alone, so the file that was deployed (fp32 or int8) is the one that runs
 and is scored, through the same engine, postprocessing and output code as an artifact.
@@ -14,12 +14,13 @@ have. `load_model(path)` opens either kind of model by the file's suffix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from unetkit.artifact import Artifact, load_artifact
-from unetkit.config import TileConfig
+from unetkit.config import TileConfig, replace
 from unetkit.data.io import file_sha256
 from unetkit.errors import ArtifactError, ConfigError
 from unetkit.export.plan import OUTPUT_NAMES, PLAN_VERSION, plan_path, read_plan, tile_config_from_plan
@@ -80,14 +81,15 @@ class DeployedModel:
                     f"the model and its plan are not a pair (one was replaced or modified); {EXPORT_HINT}")
         return cls(model, plan_file, plan, _meta(plan, plan_file), _tiling(plan, plan_file))
 
-    def tile_config(self, config: TileConfig = TileConfig()) -> TileConfig:
-        """The plan's tiling; settings of `config` changed from `TileConfig()`'s defaults (a tile
-        size, overlap, TTA...) take precedence. The activation stays "none": the graph outputs
-        probabilities."""
-        default = TileConfig()
-        changed = {f.name: getattr(config, f.name) for f in fields(TileConfig)
-                   if f.name != "activation" and getattr(config, f.name) != getattr(default, f.name)}
-        return replace(self.tile, **changed)
+    def tile_config(self, settings: Mapping[str, Any] | None = None) -> TileConfig:
+        """The plan's tiling with `settings` (TileConfig field -> value: only what the user set, a
+        tile size, overlap, TTA...) in its place; a value equal to a default overrides the plan like
+        any other. The activation stays "none": the graph outputs probabilities."""
+        settings = dict(settings or {})
+        if settings.get("activation", "none") != "none":
+            raise ConfigError(f"{self.path}: the exported graph outputs probabilities (activation 'none'); "
+                              f"it cannot be run with activation '{settings['activation']}'")
+        return replace(self.tile, **settings)
 
     def make_predictor(self, backend: str = "auto", *, threads: int | None = None) -> Any:
         """An `OnnxPredictor` on the graph's `probabilities` output (ONNX Runtime is the only

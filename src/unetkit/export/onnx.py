@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from unetkit.artifact import Artifact, load_artifact
-from unetkit.config import ExportConfig, TileConfig
+from unetkit.config import ExportConfig, TileChoice
 from unetkit.errors import ConfigError, UnetkitError
 from unetkit.export.plan import INPUT_NAME, OUTPUT_NAMES, inference_plan, plan_path
 from unetkit.inference.backends import ONNX_EXPORT_LOCK
@@ -184,12 +184,12 @@ def default_out(artifact_path: str | Path, int8: bool = False) -> Path:
 
 def export_artifact(
     model: str | Path | Artifact, out: str | Path | None = None, config: ExportConfig = ExportConfig(),
-    tile: TileConfig = TileConfig(),
+    tile: TileChoice = None,
 ) -> ExportResult:
     """Export an artifact to ONNX (`out`, default beside it as `.onnx`) plus `out.json` (the plan).
 
-    `tile` is the tiling recorded in the plan; an empty `tile_size` means the engine's default
-    for the artifact. Raises `ParityError` (nothing written) when the graph disagrees with torch.
+    `tile`: the tiling recorded in the plan, the artifact's own with what `tile` sets in its place
+    (`tile_config_for`). Raises `ParityError` (nothing written) when the graph disagrees with torch.
     """
     if config.format != "onnx":
         raise ConfigError(f"export format '{config.format}': only 'onnx' is supported")

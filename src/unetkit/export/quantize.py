@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from unetkit.artifact import Artifact, load_artifact
-from unetkit.config import DataConfig, ExportConfig, TileConfig, from_dict
+from unetkit.config import DataConfig, ExportConfig, TileChoice, TileConfig, from_dict
 from unetkit.data.pairing import pair_samples
 from unetkit.data.spec import load_spec, spec_for_classes
 from unetkit.data.splits import split
@@ -214,7 +214,7 @@ def score(model: bytes, artifact: Artifact, samples: Sequence[Any], tile: TileCo
 def quantize_artifact(
     model: str | Path | Artifact, data: str | Path, out: str | Path | None = None,
     config: ExportConfig = ExportConfig(int8=True), *, keys: Sequence[str] | None = None,
-    val_keys: Sequence[str] | None = None, options: QuantOptions = QuantOptions(), tile: TileConfig = TileConfig(),
+    val_keys: Sequence[str] | None = None, options: QuantOptions = QuantOptions(), tile: TileChoice = None,
     progress: bool = False,
 ) -> Int8Report:
     """Quantize, score fp32 vs int8 on validation images, write `out` (+ plan) only if within the gate.

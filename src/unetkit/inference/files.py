@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from unetkit.artifact import Artifact, load_artifact
-from unetkit.config import TileConfig
+from unetkit.config import TileChoice, TileConfig, replace
 from unetkit.errors import InputError, UnetkitError
 from unetkit.inference.outputs import colorize, overlay
 
@@ -37,12 +38,30 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
     return found
 
 
-def tile_config_for(artifact: Artifact, config: TileConfig) -> TileConfig:
-    """Fill the artifact's patch size in when the tile size is left open. A model that brings its
-    own tiling (an exported model, `unetkit.export.deployed.DeployedModel`) resolves it itself."""
+def tile_config_for(artifact: Artifact, choice: TileChoice = None) -> TileConfig:
+    """The tiling to run `artifact` with: the model's own, with what `choice` sets in its place.
+
+    The model's own tiling is an exported model's plan (`DeployedModel.tile_config`), or for an
+    artifact TileConfig's defaults with the artifact's patch size as tile size. Only the fields
+    `choice` sets override it (see `unetkit.config.TileChoice`); nothing is compared with a default.
+    """
+    settings = tile_settings(choice)
     if callable(getattr(artifact, "tile_config", None)):
-        return artifact.tile_config(config)  # type: ignore[attr-defined]
-    return config if config.tile_size else replace(config, tile_size=tuple(artifact.meta.patch_size))
+        return artifact.tile_config(settings)  # type: ignore[attr-defined]
+    return replace(TileConfig(tile_size=tuple(artifact.meta.patch_size)), **settings)
+
+
+def tile_settings(choice: TileChoice) -> dict[str, Any]:
+    """The TileConfig fields `choice` sets: a mapping's own, every field of a complete TileConfig
+    except its activation (the model's predictor decides that), none for None. An empty tile size
+    leaves the size to the model."""
+    if isinstance(choice, TileConfig):
+        settings = {f.name: getattr(choice, f.name) for f in fields(TileConfig) if f.name != "activation"}
+    else:
+        settings = dict(choice or {})
+    if not settings.get("tile_size", True):
+        del settings["tile_size"]
+    return settings
 
 
 def labels_from_probabilities(probabilities: np.ndarray, artifact: Artifact) -> np.ndarray:
@@ -58,7 +77,7 @@ def predict_files(
     model: str | Path | Artifact,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
-    config: TileConfig = TileConfig(),
+    config: TileChoice = None,
     *,
     colour: bool = False,
     probabilities: bool = False,
@@ -73,6 +92,7 @@ def predict_files(
 
     `model`: an artifact (path or loaded) or an exported model opened with
     `unetkit.export.deployed.load_model` (same `meta`, plus its own predictor and tiling).
+    `config`: the tiling asked for, over the model's own (`tile_config_for`).
 
     GeoJSON polygons are in pixel coordinates, or in map coordinates when the input is a GeoTIFF
     (see `inference.vectorize`). A bad input file does not stop the others; they are all

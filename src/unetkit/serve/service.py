@@ -31,10 +31,10 @@ from typing import Any, Literal
 import numpy as np
 
 from unetkit.artifact import Artifact, load_artifact
-from unetkit.config import ServeConfig, TileConfig
+from unetkit.config import ServeConfig
 from unetkit.errors import ConfigError, InputError
 from unetkit.inference.backends import make_predictor
-from unetkit.inference.files import labels_from_probabilities
+from unetkit.inference.files import labels_from_probabilities, tile_config_for
 from unetkit.inference.predict import predict_tiled
 from unetkit.serve.batching import BatchStats, PixelBudget, QueueFull, Session, TileBatcher
 from unetkit.serve.encoding import ImageTooLarge
@@ -103,10 +103,12 @@ class LoadedModel:
             predictor, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
             max_queue=config.max_queue, on_batch=lambda stats: observer.batch(self, stats), name=role,
         )
-        self.tile_config = TileConfig(
-            tile_size=self.patch, overlap=config.tile_overlap,
-            batch_size=max(1, min(config.max_queue, 2 * config.max_batch_size)),
-        )
+        # the model's own tiling with what serving sets: its 2-D patch, the configured overlap and
+        # enough tiles per request to fill the shared batches
+        self.tile_config = tile_config_for(artifact, {
+            "tile_size": self.patch, "overlap": config.tile_overlap,
+            "batch_size": max(1, min(config.max_queue, 2 * config.max_batch_size)),
+        })
         self.batcher.predict(np.zeros((config.max_batch_size, self.meta.model.in_channels, *self.patch), np.float32))
 
     def info(self) -> dict[str, Any]:
