@@ -10,6 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from unetkit.config import DataConfig, ModelConfig, OptimConfig, TileConfig, TrainConfig
+from unetkit.data.synthetic import make_synthetic_dataset
+from unetkit.evaluation.evaluate import evaluate_model
+from unetkit.evaluation.table import format_table
+from unetkit.inference.files import predict_files
+from unetkit.training.fit import fit
 
 
 def demo_config(data: Path, run: Path, seconds: float, progress: bool = True) -> TrainConfig:
@@ -26,12 +31,6 @@ def demo_config(data: Path, run: Path, seconds: float, progress: bool = True) ->
 
 
 def run_demo(out: Path, seconds: float = 60.0, progress: bool = True) -> dict:
-    from unetkit.data.synthetic import make_synthetic_dataset
-    from unetkit.evaluation.evaluate import evaluate_model
-    from unetkit.evaluation.table import format_table
-    from unetkit.inference.files import predict_files
-    from unetkit.training.fit import fit
-
     out = Path(out)
     data, holdout = out / "data", out / "holdout"
     print(f"1/4 generating synthetic data sets in {data}/ and {holdout}/")

@@ -11,8 +11,13 @@ import numpy as np
 
 from unetkit.artifact import Artifact, load_artifact
 from unetkit.config import TileChoice, TileConfig, replace
+from unetkit.data.io import read_image, write_png, write_text_atomic, write_tiff
 from unetkit.errors import InputError, UnetkitError
+from unetkit.inference import vectorize
+from unetkit.inference.backends import make_predictor
 from unetkit.inference.outputs import colorize, overlay
+from unetkit.inference.postprocess import apply_postprocess
+from unetkit.inference.predict import predict_tiled
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp"}
 
@@ -67,8 +72,6 @@ def tile_settings(choice: TileChoice) -> dict[str, Any]:
 def labels_from_probabilities(probabilities: np.ndarray, artifact: Artifact) -> np.ndarray:
     """Arg-max, or the artifact's tuned postprocessing when it has one."""
     if artifact.meta.postprocess:
-        from unetkit.inference.postprocess import apply_postprocess
-
         return apply_postprocess(probabilities, artifact.meta.postprocess)
     return probabilities.argmax(axis=0).astype(np.uint8)
 
@@ -101,11 +104,6 @@ def predict_files(
     import json
 
     from tqdm import tqdm
-
-    from unetkit.data.io import read_image, write_png, write_text_atomic, write_tiff
-    from unetkit.inference import vectorize
-    from unetkit.inference.backends import make_predictor
-    from unetkit.inference.predict import predict_tiled
 
     artifact = load_artifact(model) if isinstance(model, (str, Path)) else model
     files = collect_inputs(inputs)

@@ -21,6 +21,7 @@ import numpy as np
 
 from unetkit.config import TileConfig
 from unetkit.errors import ConfigError, InputError
+from unetkit.inference.backends import make_predictor
 from unetkit.inference.tiling import constant_weights, gaussian_weights, tile_starts
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -54,8 +55,6 @@ def predict_image(artifact_or_predictor: Any, image: np.ndarray, config: TileCon
     """`predict_tiled` for an artifact (predictor chosen by `make_predictor`) or a predictor."""
     predictor = artifact_or_predictor
     if hasattr(artifact_or_predictor, "pipeline_module"):
-        from unetkit.inference.backends import make_predictor
-
         predictor = make_predictor(artifact_or_predictor)
     return predict_tiled(predictor, image, config or TileConfig())
 

@@ -82,7 +82,6 @@ def measure_files(
     an unreadable or unfit file is one error line and the others still count."""
     from tqdm import tqdm
 
-
     predictor = make_predictor(artifact, backend=backend) if outputs else None
     measured, errors = [], []
     for path in tqdm(paths, desc="drift", unit="img", disable=not progress or len(paths) < 2):
@@ -110,7 +109,6 @@ class ImageFiles(Sequence[np.ndarray]):
         return len(self.paths)
 
     def __getitem__(self, index: Any) -> Any:
-
         if isinstance(index, slice):
             return ImageFiles(self.paths[index])
         return read_image(self.paths[index])

@@ -40,7 +40,6 @@ def rgba_mask(labels: np.ndarray, colors: list[tuple[int, ...]], background: int
 
 def segment_json(seg: Segmentation, image: np.ndarray, include: set[str], request_id: str,
                  timing: dict[str, float], tta: bool) -> dict[str, Any]:
-
     model = seg.model
     names = model.meta.class_names
     body: dict[str, Any] = {

@@ -84,7 +84,6 @@ class LoadedModel:
 
     def __init__(self, artifact: Artifact, config: ServeConfig, role: Role = "primary",
                  observer: Observer | None = None, origin: dict[str, Any] | None = None) -> None:
-
         self.artifact = artifact
         self.meta = artifact.meta
         self.role: Role = role
