@@ -33,7 +33,10 @@ def engine_tilings(monkeypatch, *args: str) -> list:
         return real(predictor, image, config, **kwargs)
 
     with monkeypatch.context() as patched:
-        patched.setattr(engine, "predict_tiled", spy)
+        # every module that imported the engine's function (the CLI's stages import at the top)
+        for module in [m for name, m in sys.modules.items() if name.startswith("unetkit.")]:
+            if getattr(module, "predict_tiled", None) is real:
+                patched.setattr(module, "predict_tiled", spy)
         result = CliRunner().invoke(app, list(args))
     assert result.exit_code == 0, result.output
     return used

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from unetkit.config import ExportConfig, ModelConfig, RankConfig, ServeConfig, TileConfig
+from unetkit.config import DRIFT_THRESHOLD, ExportConfig, ModelConfig, RankConfig, ServeConfig, TileConfig
 from unetkit.errors import UnetkitError
 from unetkit.registry.commands import registry_app
 
@@ -439,7 +439,7 @@ def drift(
     baseline_from: Annotated[str | None, typer.Option(
         "--baseline-from", help="First measure the baseline on this training data (data folder, dataset "
         "description, manifest or image folder) and store it in MODEL.")] = None,
-    threshold: Annotated[float, typer.Option(help="PSI above which the score (max PSI over features) means drift.")] = 0.2,
+    threshold: Annotated[float, typer.Option(help="PSI above which the score (max PSI over features) means drift.")] = DRIFT_THRESHOLD,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
     outputs: Annotated[bool, typer.Option("--outputs/--no-outputs", help="Also compare the model's outputs "
                                           "(class fractions, components, confidence, entropy); runs inference.")] = True,

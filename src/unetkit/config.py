@@ -227,6 +227,9 @@ class ExportConfig:
     parity_tolerance: float = 1e-4
 
 
+DRIFT_THRESHOLD = 0.2  # PSI above which a drift score means drift; why 0.2: unetkit.monitor.drift
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """`unetkit serve`: settings from flags, a JSON/YAML file or UNETKIT_SERVE_* variables."""
@@ -263,7 +266,7 @@ class ServeConfig:
     drift_window: int = 200  # drift gauges: the last N served images are compared with the baseline
     drift_min_images: int = 20  # no drift score until the window holds this many images
     drift_every: int = 10  # recompute the score every N images
-    drift_threshold: float = 0.2  # PSI above which the score means drift (unetkit.monitor.drift)
+    drift_threshold: float = DRIFT_THRESHOLD
 
 
 RANK_SCORES = ("entropy", "margin", "tta", "combined")

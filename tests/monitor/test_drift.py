@@ -12,8 +12,9 @@ from rich.console import Console
 from scipy import stats
 
 from tests.monitor.conftest import blurred, colour_shifted, rescaled, textured_images
+from unetkit.config import DRIFT_THRESHOLD
 from unetkit.monitor.baseline import build_baseline
-from unetkit.monitor.drift import DEFAULT_THRESHOLD, EPSILON, compare, compare_feature, psi
+from unetkit.monitor.drift import EPSILON, compare, compare_feature, psi
 
 
 def test_psi_by_hand():
@@ -33,12 +34,12 @@ def test_scalar_feature_psi_and_ks_match_scipy(rng):
     base = rng.normal(0, 1, 800)
     new = rng.normal(0.5, 1, 300)
     ref = scalar_reference("x", "input", base)
-    row = compare_feature(ref, [new[:100], new[100:]], DEFAULT_THRESHOLD)
+    row = compare_feature(ref, [new[:100], new[100:]], DRIFT_THRESHOLD)
     counts = np.bincount(np.searchsorted(ref.edges, new, side="right"), minlength=len(ref.edges) + 1) / new.size
     assert row.psi == pytest.approx(psi(ref.expected, counts))
     expected_ks = stats.ks_2samp(new, base, method="asymp")
     assert row.ks_statistic == pytest.approx(expected_ks.statistic) and row.p_value == pytest.approx(expected_ks.pvalue)
-    assert row.count == 300 and row.drifted == (row.psi > DEFAULT_THRESHOLD)
+    assert row.count == 300 and row.drifted == (row.psi > DRIFT_THRESHOLD)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_fresh_sample_of_the_same_distribution_is_not_drift(baseline, fresh_imag
     for images in (fresh_images, textured_images(30, seed=7), textured_images(20, seed=8)):
         report = drift_of(baseline, images)
         assert not report.drifted, report.verdict()
-        assert report.score < DEFAULT_THRESHOLD / 2  # with a margin, not by luck
+        assert report.score < DRIFT_THRESHOLD / 2  # with a margin, not by luck
 
 
 @pytest.mark.parametrize(("change", "expect"), [
@@ -65,9 +66,9 @@ def test_fresh_sample_of_the_same_distribution_is_not_drift(baseline, fresh_imag
 ])
 def test_shifted_copies_are_drift(baseline, fresh_images, change, expect):
     report = drift_of(baseline, [change(im) for im in fresh_images])
-    assert report.drifted and report.score > 2 * DEFAULT_THRESHOLD, report.verdict()
+    assert report.drifted and report.score > 2 * DRIFT_THRESHOLD, report.verdict()
     rows = {f.name: f for f in report.features}
-    assert rows[expect].drifted and rows[expect].psi > DEFAULT_THRESHOLD
+    assert rows[expect].drifted and rows[expect].psi > DRIFT_THRESHOLD
     assert report.worst is not None and report.score == report.worst.psi == max(f.psi for f in report.features)
     assert report.verdict().startswith("DRIFT: score")
 

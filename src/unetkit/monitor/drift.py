@@ -10,7 +10,7 @@
 - **score**: the largest PSI over the features compared. The max, not a mean: drift usually
   moves a few features (a blur: sharpness; a new scanner size: height/width), and a mean over
   ~20 features would dilute exactly those.
-- **threshold** 0.2 (`DEFAULT_THRESHOLD`): the credit-scoring rule of thumb reads PSI < 0.1 as
+- **threshold** 0.2 (`unetkit.config.DRIFT_THRESHOLD`): the credit-scoring rule of thumb reads PSI < 0.1 as
   no change, 0.1-0.25 as a moderate one and > 0.25 as a significant shift; 0.2 flags a shift
   before it becomes significant. On DRIVE a fresh sample of the same distribution scores well
   below it and the drifted copies far above it (docs/monitoring.md).
@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from unetkit.config import DRIFT_THRESHOLD
 from unetkit.monitor.baseline import Baseline, Reference
 from unetkit.monitor.features import bin_fractions
 
 EPSILON = 1e-4
-DEFAULT_THRESHOLD = 0.2
 
 
 def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray, epsilon: float = EPSILON) -> float:
@@ -128,7 +128,7 @@ def compare_feature(ref: Reference, values: list[np.ndarray], threshold: float) 
 def compare(
     baseline: Baseline,
     per_image: Sequence[dict[str, np.ndarray]],
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float = DRIFT_THRESHOLD,
     *,
     outputs: bool = True,
     notes: Sequence[str] = (),

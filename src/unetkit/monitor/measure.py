@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from unetkit.artifact import Artifact, load_artifact, update_artifact, weights_sha256
-from unetkit.config import TileConfig
+from unetkit.config import DRIFT_THRESHOLD, TileConfig
 from unetkit.data.io import read_image
 from unetkit.data.pairing import pair_samples
 from unetkit.data.spec import load_spec
@@ -159,7 +159,7 @@ def check_drift(model: str | Path, folder: str | Path, *, threshold: float, outp
     """Compare the images under `folder` with the artifact's baseline: `(report, file errors)`."""
 
     if threshold <= 0:
-        raise ConfigError(f"--threshold {threshold}: expected a positive PSI value (default 0.2)")
+        raise ConfigError(f"--threshold {threshold}: expected a positive PSI value (default {DRIFT_THRESHOLD:g})")
     artifact = load_artifact(model)
     baseline = Baseline.from_dict(artifact.meta.drift_baseline, f"{model}: drift_baseline")
     notes = []

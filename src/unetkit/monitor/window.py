@@ -13,9 +13,10 @@ from collections import deque
 
 import numpy as np
 
+from unetkit.config import DRIFT_THRESHOLD
 from unetkit.errors import ConfigError
 from unetkit.monitor.baseline import Baseline
-from unetkit.monitor.drift import DEFAULT_THRESHOLD, DriftReport, compare
+from unetkit.monitor.drift import DriftReport, compare
 
 
 def check_window(size: int, min_images: int, every: int, threshold: float) -> None:
@@ -32,7 +33,7 @@ def check_window(size: int, min_images: int, every: int, threshold: float) -> No
 
 class DriftWindow:
     def __init__(self, baseline: Baseline, *, size: int = 200, min_images: int = 20, every: int = 10,
-                 threshold: float = DEFAULT_THRESHOLD, outputs: bool = True) -> None:
+                 threshold: float = DRIFT_THRESHOLD, outputs: bool = True) -> None:
         check_window(size, min_images, every, threshold)
         self.baseline, self.size, self.min_images, self.every = baseline, size, min_images, every
         self.threshold, self.outputs = threshold, outputs
