@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from unetkit.inference.outputs import colorize, display_image, overlay
+from unetkit.inference.vectorize import labels_to_geojson, mask_to_rle
 from unetkit.serve.encoding import png_bytes, tiff_bytes
 from unetkit.serve.service import Segmentation
 
@@ -39,8 +40,6 @@ def rgba_mask(labels: np.ndarray, colors: list[tuple[int, ...]], background: int
 
 def segment_json(seg: Segmentation, image: np.ndarray, include: set[str], request_id: str,
                  timing: dict[str, float], tta: bool) -> dict[str, Any]:
-    from unetkit.inference.vectorize import labels_to_geojson, mask_to_rle
-
     model = seg.model
     names = model.meta.class_names
     body: dict[str, Any] = {

@@ -18,6 +18,7 @@ from typing import Any
 
 from unetkit.config import ServeConfig, from_dict
 from unetkit.errors import ConfigError
+from unetkit.registry.registry import Registry
 
 ENV_PREFIX = "UNETKIT_SERVE_"
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
@@ -93,11 +94,10 @@ def run_server(config: ServeConfig) -> None:
     """Serve until interrupted. Checks the artifacts' metadata (or the registry's stage) first, so a wrong
     path fails fast."""
     prefer_passive_openmp()
+    # lazy: imports torch, which must come after prefer_passive_openmp()
     from unetkit.artifact import read_meta
 
     if config.registry and not config.artifact:
-        from unetkit.registry.registry import Registry
-
         with Registry.open(config.registry) as registry:  # the stage holds a version and its blob is intact
             registry.fetch(registry.resolve(config.stage, config.model_name or None))
     elif config.artifact:
@@ -108,7 +108,7 @@ def run_server(config: ServeConfig) -> None:
         import uvicorn
     except ImportError:  # pragma: no cover - depends on the environment
         raise ConfigError("unetkit serve needs the web extra: pip install 'unetkit[serve]'") from None
-    from unetkit.serve.app import create_app
+    from unetkit.serve.app import create_app  # lazy: the web extra, and torch after prefer_passive_openmp()
 
     limit_malloc_arenas()
     app = create_app(config)

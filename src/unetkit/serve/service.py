@@ -33,6 +33,7 @@ import numpy as np
 from unetkit.artifact import Artifact, load_artifact
 from unetkit.config import ServeConfig, TileConfig
 from unetkit.errors import ConfigError, InputError
+from unetkit.inference.backends import make_predictor
 from unetkit.inference.files import labels_from_probabilities
 from unetkit.inference.predict import predict_tiled
 from unetkit.serve.batching import BatchStats, PixelBudget, QueueFull, Session, TileBatcher
@@ -83,8 +84,6 @@ class LoadedModel:
 
     def __init__(self, artifact: Artifact, config: ServeConfig, role: Role = "primary",
                  observer: Observer | None = None, origin: dict[str, Any] | None = None) -> None:
-        from unetkit.inference.backends import make_predictor
-
         self.artifact = artifact
         self.meta = artifact.meta
         self.role: Role = role
