@@ -37,8 +37,8 @@ async def readyz(state: AppState = Depends(app_state)) -> Any:
     return {"status": "ready", "model_version": state.service.primary.version}
 
 
-@router.get("/metrics", tags=["health"], response_class=Response)
-async def metrics(state: AppState = Depends(app_state)) -> Response:  # a few hundred lines of text: cheap enough for the event loop
+@router.get("/metrics", tags=["health"], response_class=Response)  # async: a few hundred lines, cheap
+async def metrics(state: AppState = Depends(app_state)) -> Response:
     """Prometheus text exposition."""
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
 
