@@ -228,3 +228,14 @@ def test_checker_wants_a_reason_for_a_function_level_import(tmp_path: Path) -> N
 def test_checker_knows_every_stage(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="plugins"):
         stage_of("unetkit.plugins.x")
+
+
+def test_the_lazy_imports_do_their_job() -> None:
+    """What the `# lazy:` comments in cli.py and serve/server.py promise: the command line starts
+    without torch (start-up time), and the server sets its OpenMP policy before torch loads."""
+    import subprocess
+    import sys
+
+    code = "import sys, unetkit.cli, unetkit.serve.server; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -96,7 +96,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """A weighted sum of terms; terms with weight 0 are not computed."""
+    """A weighted sum of terms; terms with weight 0 are not computed.
+
+    The weights are the fields named after the losses in `unetkit.losses.LOSSES` (a new loss adds its
+    weight here); the other fields are the terms' parameters.
+    """
 
     ce: float = 1.0
     dice: float = 1.0

@@ -1,4 +1,9 @@
-"""`SegmentationLoss`: the configured weighted sum of the functional losses.
+"""`LOSSES`, the catalog of loss terms, and `SegmentationLoss`, their configured weighted sum.
+
+A loss is one builder registered in `LOSSES`: it takes the `LossConfig` and returns
+`term(logits, labels) -> scalar tensor` (the math lives in `functional.py`). Its weight is the
+`LossConfig` field of the same name (config is the foundation and cannot import this catalog; a test
+checks that every registered loss has its weight field).
 
 total = sum over terms t with weight w_t != 0 of w_t * L_t (default: Dice + CE).
 
@@ -13,14 +18,58 @@ total == sum_t w_t * last_terms[t].
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unetkit.catalog import Catalog
 from unetkit.config import LossConfig
 from unetkit.losses import functional as LF
+
+Term = Callable[[Tensor, Tensor], Tensor]
+LOSSES: Catalog[Callable[[LossConfig], Term]] = Catalog("loss")
+
+
+@LOSSES.register("ce")
+def _ce(c: LossConfig) -> Term:
+    weight = c.class_weights or None
+    return lambda x, y: LF.cross_entropy(x, y, weight=weight, ignore_index=c.ignore_index)
+
+
+@LOSSES.register("dice")
+def _dice(c: LossConfig) -> Term:
+    return lambda x, y: LF.soft_dice_loss(x, y, include_background=c.dice_include_background,
+                                          ignore_index=c.ignore_index)
+
+
+@LOSSES.register("focal")
+def _focal(c: LossConfig) -> Term:
+    return lambda x, y: LF.focal_loss(x, y, gamma=c.focal_gamma, ignore_index=c.ignore_index)
+
+
+@LOSSES.register("tversky")
+def _tversky(c: LossConfig) -> Term:
+    return lambda x, y: LF.tversky_loss(x, y, alpha=c.tversky_alpha, beta=c.tversky_beta,
+                                        include_background=c.dice_include_background,
+                                        ignore_index=c.ignore_index)
+
+
+@LOSSES.register("cldice")
+def _cldice(c: LossConfig) -> Term:
+    return lambda x, y: LF.cldice_loss(x, y, ignore_index=c.ignore_index)
+
+
+def term_weights(config: LossConfig) -> dict[str, float]:
+    """The weight of every registered loss (its LossConfig field), in the order of the fields (so the
+    terms are always summed in one order)."""
+    fields = [f.name for f in dataclasses.fields(config)]
+    missing = [name for name in LOSSES if name not in fields]
+    if missing:
+        raise TypeError(f"loss {missing[0]!r} is registered but LossConfig has no weight field of that name")
+    return {name: getattr(config, name) for name in fields if name in LOSSES}
 
 
 def deep_supervision_weights(n_heads: int, decay: float) -> list[float]:
@@ -40,43 +89,16 @@ def _labels_at(labels: Tensor, spatial: Sequence[int]) -> Tensor:
 
 
 class SegmentationLoss(nn.Module):
-    """Weighted sum of CE, Dice, focal, Tversky and clDice terms as set in `LossConfig`."""
+    """Weighted sum of the `LOSSES` terms whose `LossConfig` weight is not 0."""
 
     def __init__(self, config: LossConfig) -> None:
         super().__init__()
         self.config = config
-        c = config
-        weight = c.class_weights or None
-        all_terms: dict[str, tuple[float, Callable[[Tensor, Tensor], Tensor]]] = {
-            "ce": (c.ce, lambda x, y: LF.cross_entropy(x, y, weight=weight, ignore_index=c.ignore_index)),
-            "dice": (
-                c.dice,
-                lambda x, y: LF.soft_dice_loss(
-                    x, y, include_background=c.dice_include_background, ignore_index=c.ignore_index
-                ),
-            ),
-            "focal": (
-                c.focal,
-                lambda x, y: LF.focal_loss(x, y, gamma=c.focal_gamma, ignore_index=c.ignore_index),
-            ),
-            "tversky": (
-                c.tversky,
-                lambda x, y: LF.tversky_loss(
-                    x,
-                    y,
-                    alpha=c.tversky_alpha,
-                    beta=c.tversky_beta,
-                    include_background=c.dice_include_background,
-                    ignore_index=c.ignore_index,
-                ),
-            ),
-            "cldice": (c.cldice, lambda x, y: LF.cldice_loss(x, y, ignore_index=c.ignore_index)),
+        self.terms: dict[str, tuple[float, Term]] = {
+            name: (w, LOSSES.get(name)(config)) for name, w in term_weights(config).items() if w != 0.0
         }
-        self.terms = {name: wf for name, wf in all_terms.items() if wf[0] != 0.0}
         if not self.terms:
-            raise ValueError(
-                "LossConfig: every term has weight 0; set at least one of ce, dice, focal, tversky, cldice"
-            )
+            raise ValueError(f"LossConfig: every term has weight 0; set at least one of {', '.join(LOSSES)}")
         self._last: dict[str, Tensor] = {}
 
     @property

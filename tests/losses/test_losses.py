@@ -1,9 +1,12 @@
+import dataclasses
+
 import pytest
 import torch
 
-from unetkit.config import LossConfig
+from unetkit.config import LossConfig, from_dict
+from unetkit.errors import ConfigError
 from unetkit.losses import functional as LF
-from unetkit.losses.losses import SegmentationLoss, deep_supervision_weights
+from unetkit.losses.losses import LOSSES, SegmentationLoss, deep_supervision_weights
 
 
 def case(seed=0, k=3, n=2, size=8):
@@ -99,3 +102,53 @@ def test_backward_through_deep_supervision():
 def test_all_terms_zero_is_refused():
     with pytest.raises(ValueError, match="every term has weight 0"):
         SegmentationLoss(LossConfig(ce=0.0, dice=0.0))
+
+
+# ---------------------------------------------------------------- the catalog: a contract for every loss
+
+
+def only(name, **extra):
+    """A LossConfig whose only non-zero weight is `name`'s."""
+    return LossConfig(**({n: 0.0 for n in LOSSES} | {name: 1.0} | extra))
+
+
+def test_every_registered_loss_has_its_weight_field():
+    weights = {f.name: f.type for f in dataclasses.fields(LossConfig)}
+    assert LOSSES.names() and all(weights.get(name) == "float" for name in LOSSES)
+
+
+def test_an_unknown_loss_name_lists_the_valid_names():
+    with pytest.raises(ConfigError, match=r"unknown loss 'dicee'; choose one of: " + ", ".join(LOSSES.names())):
+        LOSSES.get("dicee")
+    with pytest.raises(ConfigError, match=r"loss: unknown key 'dicee'; expected one of .*" + ".*".join(LOSSES.names())):
+        from_dict(LossConfig, {"dicee": 1.0}, "loss")
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_is_finite_with_gradients_and_honours_ignore_index(name, k):
+    x, y = case(seed=1, k=k, size=12)
+    if k == 1:  # binary: one foreground logit, labels 0 and 1
+        y = torch.randint(0, 2, y.shape, generator=torch.Generator().manual_seed(1))
+    y[:, 3:6, 3:6] = 255
+    loss_fn = SegmentationLoss(only(name))
+    x.requires_grad_(True)
+    value = loss_fn(x, y)
+    value.backward()
+    assert value.ndim == 0 and torch.isfinite(value)
+    assert set(loss_fn.last_terms) == {name, "total"}
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    ignored = (y == 255).unsqueeze(1).expand_as(x)
+    assert x.grad[ignored].abs().max() == 0  # ignored pixels get no gradient ...
+    changed = x.detach().clone()
+    changed[ignored] = torch.randn(int(ignored.sum())) * 10
+    assert SegmentationLoss(only(name))(changed, y).item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6)  # ... nor value
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_takes_the_deep_supervision_list(name):
+    x, y = case(seed=2, k=3, size=16)
+    heads = [x.clone().requires_grad_(True), torch.randn(2, 3, 8, 8, requires_grad=True)]
+    value = SegmentationLoss(only(name))(heads, y)
+    value.backward()
+    assert torch.isfinite(value) and all(torch.isfinite(h.grad).all() and h.grad.abs().sum() > 0 for h in heads)

@@ -1,0 +1,43 @@
+"""What the routes share: `AppState` (kept on `app.state.unetkit`) and the dependencies that reach it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from unetkit.config import ServeConfig
+from unetkit.serve.errors import NotReady
+from unetkit.serve.metrics import ServeMetrics
+from unetkit.serve.sampling import Sampler
+from unetkit.serve.service import Service
+
+try:
+    from fastapi import Request
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"unetkit serve needs the web extra ({e.name} is missing): pip install 'unetkit[serve]'") from None
+
+
+@dataclass
+class AppState:
+    config: ServeConfig
+    metrics: ServeMetrics
+    token: str
+    sampler: Sampler | None
+    service: Service | None = None
+    status: str = "loading"
+    error: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    follower: Any = None  # a RegistryFollower when serving from a model registry
+
+
+def app_state(request: Request) -> AppState:
+    """Dependency: the app's shared state."""
+    return request.app.state.unetkit
+
+
+def ready_service(state: AppState) -> Service:
+    """The service, or NotReady (503) while the model loads, after it failed, or while draining."""
+    if state.service is None or state.status != "ready":
+        raise NotReady(f"model {state.status}" + (f": {state.error}" if state.error else ""))
+    return state.service
