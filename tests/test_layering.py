@@ -28,7 +28,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("models",),
     ("losses",),
     ("metrics",),
-    ("artifact",),
+    ("artifact", "signing"),  # signing: Ed25519 over an artifact, used by artifact.load_artifact
     ("inference",),
     ("evaluation",),
     ("tuning",),

@@ -6,8 +6,12 @@ config and history, validation metrics, calibration, postprocessing, drift basel
 Any safetensors reader opens it; `unetkit info MODEL` prints the metadata.
 
 Integrity: the metadata carries the sha256 of the weights and of the metadata itself; loading
-recomputes both and refuses a corrupt or tampered file. Writing is atomic (temp name + rename),
-so a crash never leaves half an artifact behind.
+recomputes both and refuses a corrupt file. These hashes detect corruption, not tampering: whoever
+edits a file can recompute them (save_artifact does). Tampering is what signatures detect: `sign_artifact`
+adds an Ed25519 signature (signing.py), and `load_artifact(path, trust=...)` refuses a file not signed by
+a trusted key, or `sha256=...` one whose bytes are not the pinned ones. Loading reads the file once and
+hashes, verifies and deserializes that one buffer, so a file swapped in between is never used. Writing is
+atomic (temp name + rename), so a crash never leaves half an artifact behind.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import hashlib
 import json
 import os
 import platform
+import re
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,6 +36,7 @@ import unetkit
 from unetkit.config import ModelConfig, from_dict, to_dict
 from unetkit.errors import ArtifactError, ConfigError
 from unetkit.models import build_model
+from unetkit.signing import SIGNATURE_KEY, TrustPolicy, load_private_key, sign, signed_message
 
 FORMAT_VERSION = 1
 META_KEY = "unetkit"
@@ -103,6 +110,7 @@ class Artifact:
     meta: ArtifactMeta
     state_dict: dict[str, torch.Tensor]
     path: Path | None = None
+    signer: str = ""  # key id of the trusted key whose signature was verified on loading; '' if none was
 
     def build_model(self) -> nn.Module:
         """The network with the stored weights, in eval mode."""
@@ -221,26 +229,93 @@ def read_meta(path: str | Path, verify: bool = True) -> ArtifactMeta:
     return _parse_meta(path, header, verify)
 
 
-def load_artifact(path: str | Path) -> Artifact:
-    """Load and verify an artifact; refuses corrupt or tampered files with a clear error."""
+def load_artifact(path: str | Path, sha256: str | None = None, trust: TrustPolicy | None = None) -> Artifact:
+    """Load and verify an artifact; refuses corrupt files, and with `sha256` (a pin on the file's bytes)
+    or `trust` (signatures, see signing.py) tampered ones, each with a clear error.
+
+    The file is read once: the pin, the hashes, the signature and the tensors all come from that one
+    buffer (so it costs the file's size in memory on top of the tensors, briefly)."""
     path = _existing(path)
-    from safetensors import safe_open
+    return artifact_from_bytes(path.read_bytes(), path, sha256=sha256, trust=trust)
+
+
+def artifact_from_bytes(data: bytes, path: Path, sha256: str | None = None, trust: TrustPolicy | None = None) -> Artifact:
+    """`load_artifact` over bytes already read (`path` names them in messages)."""
+    if sha256 is not None:
+        expected = sha256.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", expected):
+            raise ArtifactError(f"sha256 pin {sha256!r}: expected 64 hex digits (sha256sum {path})")
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise ArtifactError(f"{path}: sha256 {actual[:12]}… is not the pinned {expected[:12]}…; "
+                                "the file was replaced or modified — refusing it")
+    header = _header_metadata(path, data)
+    from safetensors.torch import load as load_tensors
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except ArtifactError:
-        raise
-    except Exception as e:
+        state = load_tensors(data)
+    except Exception as e:  # safetensors raises its own error types for garbage
         raise ArtifactError(f"{path}: not a readable model artifact ({type(e).__name__}: {e})") from None
     meta = _parse_meta(path, header, verify=True)
-    if weights_sha256(state) != meta.weights_sha256:
+    weights = weights_sha256(state)
+    if weights != meta.weights_sha256:
         raise ArtifactError(
             f"{path}: weights sha256 does not match the recorded {meta.weights_sha256[:12]}…; "
             "the file was modified or corrupted — re-export it from training or restore it from the registry"
         )
-    return Artifact(meta=meta, state_dict=state, path=path)
+    signer = trust.check(str(path), header.get(SIGNATURE_KEY), signed_message(weights, meta.meta_sha256)) if trust else ""
+    return Artifact(meta=meta, state_dict=state, path=path, signer=signer)
+
+
+def sign_artifact(path: str | Path, key: str | Path) -> str:
+    """Sign an artifact in place with the Ed25519 private key in file `key`; returns the key id.
+
+    The artifact is verified first (a corrupt file is never signed); the tensors and the metadata
+    are written back unchanged, with the signature record beside them (replacing an older one)."""
+    private = load_private_key(key)
+    path = _existing(path)
+    data = path.read_bytes()
+    art = artifact_from_bytes(data, path)
+    record = sign(private, signed_message(art.meta.weights_sha256, art.meta.meta_sha256))
+    from safetensors.torch import save
+
+    metadata = {META_KEY: _header_metadata(path, data)[META_KEY], SIGNATURE_KEY: json.dumps(record)}
+    _replace_atomically(path, save(art.state_dict, metadata=metadata))
+    return record["key_id"]
+
+
+def _header_metadata(path: Path, data: bytes) -> dict[str, str]:
+    """The safetensors header's `__metadata__` (8-byte little-endian length, then JSON)."""
+    try:
+        (n,) = struct.unpack("<Q", data[:8])
+        if n > len(data) - 8:
+            raise ValueError(f"header length {n} beyond the end of the file")
+        header = json.loads(data[8 : 8 + n])
+        metadata = header.get("__metadata__") or {}
+        if not isinstance(metadata, dict):
+            raise ValueError("__metadata__ is not a mapping")
+    except (struct.error, ValueError, AttributeError) as e:
+        raise ArtifactError(f"{path}: not a unetkit model artifact (unreadable safetensors header: {e})") from None
+    return metadata
+
+
+def _replace_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, fsync it, rename it over `path`, fsync the folder."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def update_artifact(path: str | Path, **changes: Any) -> Artifact:
