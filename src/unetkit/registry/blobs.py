@@ -85,13 +85,23 @@ class BlobStore:
         try:
             actual = file_sha256(path)
         except FileNotFoundError:
-            raise RegistryError(f"{what}: blob {path} is missing from the store; restore it from a backup, "
-                                "or add the same artifact again to put it back") from None
+            raise _missing(path, what) from None
         if actual != sha256:
-            raise ArtifactError(f"{what}: blob {path} has sha256 {actual[:12]}…, not the registered {sha256[:12]}…; "
-                                "it was modified or corrupted — refusing to load it (add the original artifact again "
-                                "to restore it)")
+            raise _modified(path, what, actual, sha256)
         return path
+
+    def read(self, sha256: str, what: str) -> bytes:
+        """The blob's bytes, read once and checked against its sha256: load from these, never from the
+        path again (a file swapped in after the check would go unnoticed)."""
+        path = self.path(sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise _missing(path, what) from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise _modified(path, what, actual, sha256)
+        return data
 
     def intact(self, sha256: str) -> bool:
         """Whether the blob is there with the right content."""
@@ -144,6 +154,17 @@ class BlobStore:
                 pass
             os.close(fd)  # a cleanup removed it between create and lock: take another name
         raise RegistryError(f"blob store {self.root}: cannot create a locked temp file in {self.tmp}")
+
+
+def _missing(path: Path, what: str) -> RegistryError:
+    return RegistryError(f"{what}: blob {path} is missing from the store; restore it from a backup, "
+                         "or add the same artifact again to put it back")
+
+
+def _modified(path: Path, what: str, actual: str, sha256: str) -> ArtifactError:
+    return ArtifactError(f"{what}: blob {path} has sha256 {actual[:12]}…, not the registered {sha256[:12]}…; "
+                         "it was modified or corrupted — refusing to load it (add the original artifact again "
+                         "to restore it)")
 
 
 def _write_all(fd: int, data: bytes) -> None:

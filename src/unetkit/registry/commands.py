@@ -32,6 +32,11 @@ StoreOpt = Annotated[str | None, typer.Option(
     "--store", help="Artifact folder; needed the first time a PostgreSQL registry is used (SQLite: blobs/ beside the file).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 ByOpt = Annotated[str | None, typer.Option("--by", help="Who does this (default: the login name).")]
+TrustedKeysOpt = Annotated[str | None, typer.Option(
+    "--trusted-keys", help="Folder of trusted Ed25519 public keys (*.pub) or one .pub file: a signed artifact must be "
+    "signed by one of them, and the signer is recorded.")]
+RequireSignatureOpt = Annotated[bool, typer.Option(
+    "--require-signature", help="Refuse an artifact not signed by a trusted key (needs --trusted-keys).")]
 ToleranceOpt = Annotated[list[str] | None, typer.Option(
     "--tolerance", help="How much worse a metric may be: 0.005 (every metric, the default) or METRIC=VALUE "
     "(one metric, e.g. hd95/vessel=2). Repeatable.")]
@@ -68,6 +73,8 @@ def add(
     force: Annotated[bool, typer.Option(help="With --stage: promote even if the gate refuses (needs --reason).")] = False,
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit trail).")] = "",
     tolerance: ToleranceOpt = None,
+    trusted_keys: TrustedKeysOpt = None,
+    require_signature: RequireSignatureOpt = False,
     by: ByOpt = None,
     registry: RegistryOpt = None,
     store: StoreOpt = None,
@@ -75,16 +82,19 @@ def add(
 ) -> None:
     """Register an artifact as the next version of its model (stored by sha256; the same file twice is one version)."""
     from unetkit.registry.gate import parse_tolerances
+    from unetkit.signing import TrustPolicy
 
     default, per_metric = parse_tolerances(tolerance or [])
+    trust = TrustPolicy.load(trusted_keys, require_signature)
     with _opened(registry, store) as reg:
         result = reg.add(artifact, name=name, stage=stage, note=note, by=by, git_commit=git_commit, force=force,
-                         reason=reason, tolerance=default, tolerances=per_metric)
+                         reason=reason, tolerance=default, tolerances=per_metric, trust=trust)
     r = result.record
     if json_out:
         _json({"created": result.created, **r.to_dict()})
     elif result.created:
-        typer.echo(f"registered {r.ref} ({r.stage}), sha256 {r.sha256[:12]}, from {artifact}")
+        signed = f", signed by {r.signer}" if r.signer else ""
+        typer.echo(f"registered {r.ref} ({r.stage}), sha256 {r.sha256[:12]}{signed}, from {artifact}")
     else:
         typer.echo(f"already registered: {r.ref} ({r.stage}) has the same sha256 {r.sha256[:12]}")
 
@@ -137,6 +147,8 @@ def promote(
     tolerance: ToleranceOpt = None,
     metric: Annotated[list[str] | None, typer.Option(help="Gate only on these metrics (repeatable; default: every "
                                                      "metric production has with a known direction).")] = None,
+    trusted_keys: TrustedKeysOpt = None,
+    require_signature: RequireSignatureOpt = False,
     by: ByOpt = None,
     registry: RegistryOpt = None,
     store: StoreOpt = None,
@@ -146,11 +158,13 @@ def promote(
     (within the tolerance); the version it replaces is archived."""
     from unetkit.registry.gate import parse_tolerances
     from unetkit.registry.tables import gate_table
+    from unetkit.signing import TrustPolicy
 
     default, per_metric = parse_tolerances(tolerance or [])
+    trust = TrustPolicy.load(trusted_keys, require_signature)
     with _opened(registry, store) as reg:
         result = reg.promote(ref, to, force=force, reason=reason, by=by, tolerance=default, tolerances=per_metric,
-                             only=metric or None)
+                             only=metric or None, trust=trust)
     if json_out:
         _json({"promoted": result.record.to_dict(), "forced": result.forced, "gate": result.gate.to_dict(),
                "archived": result.superseded.ref if result.superseded else None})

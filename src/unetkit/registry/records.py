@@ -36,6 +36,11 @@ class VersionRecord:
     def metrics(self) -> dict[str, Any]:
         return self.meta.get("metrics", {})
 
+    @property
+    def signer(self) -> str:
+        """Key id of the trusted key whose signature was verified when it was added ('' if none was)."""
+        return self.meta.get("signer", "")
+
     def to_dict(self) -> dict[str, Any]:
         return {"ref": self.ref, **asdict(self)}
 

@@ -9,8 +9,12 @@ records (location.py, blobs.py) and cleans up after crashed writers. Then:
 - `promote(ref, to)` moves a version to staging or production if the promotion gate passes (see
   gate.py) or it is forced with a reason; the version it replaces is archived.
 - `rollback(name)` restores the production version before the current one and archives the current.
-- `resolve(stage)`, `get(ref)`, `list()`, `history()`, `diff(a, b)`; `load(ref)` verifies the blob's
-  sha256, then the artifact's own hashes, and returns the `Artifact`.
+- `resolve(stage)`, `get(ref)`, `list()`, `history()`, `diff(a, b)`; `load(ref, trust)` reads the blob
+  once and verifies its sha256, the artifact's own hashes and (with a `TrustPolicy`) its signature on
+  those same bytes, and returns the `Artifact`.
+- With a `TrustPolicy`, `add` and `promote` refuse an artifact not signed by a trusted key (when the
+  policy requires signatures) and record the signer's key id (the version's `meta["signer"]`, and the
+  event's details).
 
 Crash safety of `add`: the artifact is copied to a locked temp file first; in one database
 transaction the version row is inserted, the blob is renamed to its content address, and the
@@ -32,8 +36,8 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, select, update
 
-from unetkit.artifact import load_artifact, read_meta
-from unetkit.errors import RegistryError
+from unetkit.artifact import Artifact, artifact_from_bytes, read_meta
+from unetkit.errors import ArtifactError, RegistryError
 from unetkit.registry import db as schema
 from unetkit.registry.blobs import BlobStore
 from unetkit.registry.compare import diff_versions
@@ -49,6 +53,7 @@ from unetkit.registry.records import (
     describe_artifact,
     parse_ref,
 )
+from unetkit.signing import TrustPolicy
 
 ENV_PAUSE = "UNETKIT_REGISTRY_PAUSE"  # fault injection for the crash tests, see `_pause`
 
@@ -118,15 +123,19 @@ class Registry:
 
     def add(self, artifact: str | Path, name: str | None = None, stage: str = "candidate", note: str = "",
             by: str | None = None, git_commit: str | None = None, force: bool = False, reason: str = "",
-            tolerance: float = DEFAULT_TOLERANCE, tolerances: Mapping[str, float] | None = None) -> Registration:
+            tolerance: float = DEFAULT_TOLERANCE, tolerances: Mapping[str, float] | None = None,
+            trust: TrustPolicy | None = None) -> Registration:
         """Register an artifact as the next version of `name` (default: the artifact's own name).
 
-        A `stage` other than candidate promotes it in the same transaction (gated like `promote`)."""
+        A `stage` other than candidate promotes it in the same transaction (gated like `promote`).
+        `trust` checks the artifact's signature (see signing.py) and records its signer."""
 
         check_stage(stage, ("candidate", *SINGLE_STAGES))
         read_meta(artifact)  # a missing or foreign file fails here, before anything is copied
         with self.store.stage(artifact) as blob:
-            meta = load_artifact(blob.path).meta  # verify the copy we keep, not the file it came from
+            # verify the copy we keep (its bytes must be the ones hashed while copying), named as the user's file
+            loaded = artifact_from_bytes(blob.path.read_bytes(), Path(artifact), sha256=blob.sha256, trust=trust)
+            meta, signer = loaded.meta, loaded.signer
             name = check_name(name or meta.name)
             actor = by if by is not None else current_user()
             _pause("staged")
@@ -145,13 +154,16 @@ class Registry:
                     conn.execute(schema.versions.insert().values(
                         name=name, version=version, sha256=blob.sha256, stage="candidate", created_at=now(),
                         created_by=actor, note=note, git_commit=git_commit or artifact_git_commit(meta),
-                        source=str(Path(artifact).resolve()), meta=describe_artifact(meta)))
-                    self._event(conn, name, version, "register", None, "candidate", actor, note)
+                        source=str(Path(artifact).resolve()),
+                        meta={**describe_artifact(meta), **({"signer": signer} if signer else {})}))
+                    self._event(conn, name, version, "register", None, "candidate", actor, note,
+                                details={"signer": signer} if signer else None)
                     record = self._find(conn, name, version=version)
                     assert record is not None
                     promotion = None
                     if stage != "candidate":
-                        promotion = self._promote(conn, record, stage, force, reason, actor, tolerance, tolerances)
+                        promotion = self._promote(conn, record, stage, force, reason, actor, tolerance, tolerances,
+                                                  signer=signer)
                         record = promotion.record
                     self.store.publish(blob)
                     published = True
@@ -165,16 +177,22 @@ class Registry:
 
     def promote(self, ref: str, to: str, force: bool = False, reason: str = "", by: str | None = None,
                 tolerance: float = DEFAULT_TOLERANCE, tolerances: Mapping[str, float] | None = None,
-                only: Sequence[str] | None = None) -> Promotion:
+                only: Sequence[str] | None = None, trust: TrustPolicy | None = None) -> Promotion:
         """Move a version to staging or production; refused (`PromotionRefused`) when the gate finds
-        it worse than production, unless `force` with a `reason`."""
+        it worse than production, unless `force` with a `reason`. `trust` checks the version's
+        signature first (see signing.py) and records its signer in the promotion's details."""
         check_stage(to, SINGLE_STAGES)
         name, _ = parse_ref(ref)
+        checked = self.get(ref) if trust else None
+        verified = self.load(checked, trust) if checked else None  # outside the write lock: it reads the whole blob
         with self.db.write() as conn:
             self._lock_model(conn, name)
             record = self._resolve_ref(conn, ref)
+            if checked is not None and (record.version, record.sha256) != (checked.version, checked.sha256):
+                raise RegistryError(f"{ref} now names another version ({record.ref}) than the one whose signature "
+                                    "was checked; try again")
             return self._promote(conn, record, to, force, reason, by if by is not None else current_user(),
-                                 tolerance, tolerances, only)
+                                 tolerance, tolerances, only, signer=verified.signer if verified else "")
 
     def rollback(self, name: str, reason: str = "", by: str | None = None) -> Rollback:
         """Put the previous production version back in production and archive the current one."""
@@ -269,11 +287,16 @@ class Registry:
         """The blob's path, after checking its sha256 (a modified or missing blob is refused)."""
         return self.store.verified(record.sha256, f"{record.ref}")
 
-    def load(self, ref: str | VersionRecord) -> Any:
-        """The verified `Artifact` of a version (blob sha256, then the artifact's weights/metadata hashes)."""
+    def load(self, ref: str | VersionRecord, trust: TrustPolicy | None = None) -> Artifact:
+        """The verified `Artifact` of a version: the blob is read once, and its sha256, the artifact's
+        weights/metadata hashes and (with `trust`) its signature are checked on those bytes."""
 
         record = ref if isinstance(ref, VersionRecord) else self.get(ref)
-        return load_artifact(self.fetch(record))
+        data = self.store.read(record.sha256, record.ref)
+        try:
+            return artifact_from_bytes(data, self.store.path(record.sha256), trust=trust)
+        except ArtifactError as e:
+            raise ArtifactError(f"{record.ref}: {e}") from None
 
     # ------------------------------------------------------------ inside a transaction
 
@@ -320,7 +343,8 @@ class Registry:
         return record
 
     def _promote(self, conn: Connection, record: VersionRecord, to: str, force: bool, reason: str, actor: str,
-                 tolerance: float, tolerances: Mapping[str, float] | None, only: Sequence[str] | None = None) -> Promotion:
+                 tolerance: float, tolerances: Mapping[str, float] | None, only: Sequence[str] | None = None,
+                 signer: str = "") -> Promotion:
         if record.stage == to:
             raise RegistryError(f"{record.ref} is already in {to}")
         if record.stage == "production":
@@ -338,7 +362,8 @@ class Registry:
             self._set_stage(conn, superseded, "archived", "supersede", actor, f"superseded by {record.ref}")
             superseded = self._find(conn, record.name, version=superseded.version)
         forced = not gate.passed
-        self._set_stage(conn, record, to, "promote", actor, reason, forced, {"gate": gate.to_dict()})
+        details = {"gate": gate.to_dict(), **({"signer": signer} if signer else {})}
+        self._set_stage(conn, record, to, "promote", actor, reason, forced, details)
         promoted = self._find(conn, record.name, version=record.version)
         assert promoted is not None
         return Promotion(record=promoted, gate=gate, forced=forced, superseded=superseded)
