@@ -215,3 +215,39 @@ def test_what_is_loaded_is_what_was_hashed(signed, keys, monkeypatch):
 def test_garbage_bytes_are_refused_before_parsing(tmp_path):
     with pytest.raises(ArtifactError, match="unreadable safetensors header"):
         artifact_from_bytes(b"\xff" * 64, tmp_path / "x.unetkit")
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_cli_keys_sign_verify(tmp_path):
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    made = run_cli("keys", "generate", "--out", str(tmp_path / "keys"), "--name", "release")
+    assert made.returncode == 0 and "key " in made.stdout, made.stderr
+    assert (tmp_path / "keys" / "release.key").stat().st_mode & 0o777 == 0o600
+    path = save_artifact(tmp_path / "m.unetkit", _state(), _meta())
+    proc = run_cli("verify", str(path), "--trusted-keys", str(tmp_path / "keys"))
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "m.unetkit: not signed, and a signature by a trusted key")
+    signed = run_cli("sign", str(path), "--key", str(tmp_path / "keys" / "release.key"))
+    assert signed.returncode == 0, signed.stderr
+    ok = run_cli("verify", str(path), "--trusted-keys", str(tmp_path / "keys" / "release.pub"))
+    assert ok.returncode == 0 and "signed by trusted key" in ok.stdout, ok.stderr
+
+
+def test_cli_refuses_unsigned_models_in_one_line(tmp_path):
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    keys = generate_key(tmp_path / "keys", "release")
+    path = save_artifact(tmp_path / "m.unetkit", _state(), _meta())
+    trusted = ["--trusted-keys", str(keys.public), "--require-signature"]
+    for args in (["predict", str(path), str(tmp_path), "--out", str(tmp_path / "out"), *trusted],
+                 ["serve", str(path), "--port", "1", *trusted],  # refused before it listens
+                 ["registry", "add", str(path), "--registry", str(tmp_path / "reg.db"), *trusted]):
+        proc = run_cli(*args)
+        assert proc.returncode == 2, (args[0], proc.stderr)
+        assert_one_line_error(proc, "m.unetkit: not signed, and a signature by a trusted key")
+    pinned = run_cli("serve", str(path), "--port", "1", "--sha256", "0" * 64)
+    assert pinned.returncode == 2
+    assert_one_line_error(pinned, "m.unetkit: sha256")

@@ -69,6 +69,29 @@ EnsembleOpt = Annotated[int | None, typer.Option(
     "Default: planned with --budget (only once the largest model saturates), else 1.")]
 
 
+TrustedKeysOpt = Annotated[str | None, typer.Option(
+    "--trusted-keys", help="Folder of trusted Ed25519 public keys (*.pub) or one .pub file: a signed artifact must "
+    "be signed by one of them.")]
+RequireSignatureOpt = Annotated[bool, typer.Option(
+    "--require-signature", help="Refuse an artifact not signed by a trusted key (needs --trusted-keys).")]
+Sha256Opt = Annotated[str | None, typer.Option(
+    "--sha256", help="Use the artifact only if the file's sha256 is this (sha256sum MODEL).")]
+
+
+def _verified_artifact(model: Path, trusted_keys: str | None, require_signature: bool, sha256: str | None) -> Any:
+    """The artifact loaded with its pin and signature checked, or None when neither was asked for."""
+    from unetkit.artifact import load_artifact
+    from unetkit.signing import TrustPolicy
+
+    trust = TrustPolicy.load(trusted_keys, require_signature)
+    if trust is None and not sha256:
+        return None
+    if model.suffix.lower() == ".onnx":
+        raise UnetkitError(f"{model}: signatures and --sha256 cover model artifacts (.unetkit); "
+                           "verify the artifact it was exported from, or pin the .onnx file outside unetkit")
+    return load_artifact(model, sha256=sha256, trust=trust)
+
+
 def _keys(text: str | None) -> list[str] | None:
     return [k.strip() for k in text.split(",") if k.strip()] if text else None
 
@@ -250,6 +273,9 @@ def predict(
     overlap: OverlapOpt = None,
     tta: TtaOpt = None,
     backend: BackendOpt = "auto",
+    trusted_keys: TrustedKeysOpt = None,
+    require_signature: RequireSignatureOpt = False,
+    sha256: Sha256Opt = None,
 ) -> None:
     """Segment images of any size (overlap-tile with Gaussian blending).
 
@@ -259,7 +285,8 @@ def predict(
     from unetkit.inference.files import predict_files
 
     tile_settings = _tile_settings(tile, overlap, tta)
-    written = predict_files(load_model(model), inputs, out, tile_settings, colour=colour, probabilities=probabilities,
+    loaded = _verified_artifact(model, trusted_keys, require_signature, sha256) or load_model(model)
+    written = predict_files(loaded, inputs, out, tile_settings, colour=colour, probabilities=probabilities,
                             overlays=overlay, geojson=geojson, coco=coco, backend=backend)
     typer.echo(f"wrote {len(written)} files to {out}/")
 
@@ -526,15 +553,66 @@ def serve(
                                                    "several have a version in the stage).")] = None,
     poll: Annotated[float | None, typer.Option(
         help=f"With --registry: seconds between checks for a new version (default {ServeConfig.registry_poll_seconds:g}).")] = None,
+    trusted_keys: TrustedKeysOpt = None,
+    require_signature: Annotated[bool | None, typer.Option(
+        "--require-signature", help="Refuse to serve a model not signed by a trusted key (needs --trusted-keys).")] = None,
+    sha256: Sha256Opt = None,
 ) -> None:
     """Serve a model over HTTP: /v1/segment, /v1/model, /metrics, /healthz, /readyz and a demo page at /."""
     from unetkit.serve.server import serve_command
 
     serve_command(model, config, host=host, port=port, canary_artifact=canary, canary_percent=canary_percent,
                   shadow=shadow, token_file=token_file, registry=registry, stage=stage, model_name=model_name,
-                  registry_poll_seconds=poll)
+                  registry_poll_seconds=poll, trusted_keys=trusted_keys, require_signature=require_signature,
+                  sha256=sha256)
 
 
+# ---------------------------------------------------------------- signed artifacts
+
+keys_app = typer.Typer(name="keys", no_args_is_help=True, rich_markup_mode=None,
+                       help="Ed25519 keys that sign model artifacts (unetkit sign, unetkit verify, --trusted-keys).")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    out: Annotated[Path, typer.Option("--out", help="Folder for NAME.key (private, mode 0600) and NAME.pub.")],
+    name: Annotated[str, typer.Option(help="File name of the pair.")] = "unetkit",
+) -> None:
+    """Make a signing key pair. Keep NAME.key secret; give NAME.pub to whoever verifies (--trusted-keys)."""
+    from unetkit.signing import generate_key
+
+    made = generate_key(out, name)
+    typer.echo(f"key {made.key_id}: private {made.private} (keep it secret), public {made.public}")
+
+
+@app.command()
+def sign(
+    model: ModelArg,
+    key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (NAME.key from `unetkit keys generate`).")],
+) -> None:
+    """Sign a model artifact in place: an Ed25519 signature over its weights and metadata (verified first)."""
+    from unetkit.artifact import sign_artifact
+
+    key_id = sign_artifact(model, key)
+    typer.echo(f"signed {model} with key {key_id}")
+
+
+@app.command()
+def verify(
+    model: ModelArg,
+    trusted_keys: Annotated[str, typer.Option("--trusted-keys", help="Folder of trusted Ed25519 public keys (*.pub) "
+                                              "or one .pub file.")],
+    sha256: Sha256Opt = None,
+) -> None:
+    """Check that a model artifact is intact and signed by a trusted key (exit 2 and one line if not)."""
+    from unetkit.artifact import load_artifact
+    from unetkit.signing import TrustPolicy
+
+    art = load_artifact(model, sha256=sha256, trust=TrustPolicy.load(trusted_keys, required=True))
+    typer.echo(f"{model}: signed by trusted key {art.signer}; weights and metadata intact")
+
+
+app.add_typer(keys_app)  # unetkit keys generate
 app.add_typer(registry_app)  # unetkit registry add | list | show | promote | rollback | diff
 
 

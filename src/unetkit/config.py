@@ -271,6 +271,10 @@ class ServeConfig:
     drift_min_images: int = 20  # no drift score until the window holds this many images
     drift_every: int = 10  # recompute the score every N images
     drift_threshold: float = DRIFT_THRESHOLD
+    # signed artifacts (unetkit.signing): refuse what was not signed by a trusted key, or not the pinned file
+    trusted_keys: str = ""  # folder of trusted Ed25519 public keys (*.pub) or one .pub file
+    require_signature: bool = False  # refuse unsigned artifacts (needs trusted_keys); without it only signed ones are checked
+    sha256: str = ""  # pin: serve `artifact` only if the file's sha256 is this (not with a registry: it pins by sha256 itself)
 
 
 RANK_SCORES = ("entropy", "margin", "tta", "combined")

@@ -1,7 +1,8 @@
 """Serving what a model registry holds in a stage, and following promotions without dropping requests.
 
 `RegistryFollower.open(config)` opens `config.registry`; `load_service(observer)` builds the
-`Service` from the version now in `config.stage` (blob sha256 and artifact hashes verified). Started,
+`Service` from the version now in `config.stage` (the blob is read once; its sha256, the artifact's
+hashes and, with `trusted_keys`, its signature are verified on those bytes: `Registry.load`). Started,
 it checks the registry every `registry_poll_seconds` in a thread of its own; when the stage holds
 another version it loads and warms that model in that thread while the old one keeps answering,
 swaps it in (`Service.replace_primary`), and closes the old one after its last in-flight request.
@@ -21,6 +22,7 @@ from unetkit.registry.records import VersionRecord
 from unetkit.registry.registry import Registry
 from unetkit.serve.logs import log
 from unetkit.serve.service import LoadedModel, Observer, Service
+from unetkit.signing import TrustPolicy
 
 
 def origin(record: VersionRecord, config: ServeConfig, registry: Registry) -> dict[str, Any]:
@@ -33,7 +35,11 @@ class RegistryFollower:
     def __init__(self, config: ServeConfig, registry: Registry) -> None:
         if config.registry_poll_seconds <= 0:
             raise ConfigError(f"registry_poll_seconds {config.registry_poll_seconds}: must be > 0")
+        if config.sha256:
+            raise ConfigError("serve: sha256 pins an artifact file; a registry version is already pinned by its registered "
+                              "sha256 (drop --sha256, or serve the file itself)")
         self.config, self.registry = config, registry
+        self.trust = TrustPolicy.load(config.trusted_keys, config.require_signature)
         self.serving: VersionRecord | None = None
         self.service: Service | None = None
         self.observer: Observer = Observer()
@@ -58,8 +64,8 @@ class RegistryFollower:
     def load_service(self, observer: Observer) -> Service:
         """The service over the version now in the stage (loaded, verified and warm)."""
         record = self.current()
-        path = self.registry.fetch(record)
-        self.service = Service.from_artifact(path, self.config, observer, origin(record, self.config, self.registry))
+        artifact = self.registry.load(record, self.trust)
+        self.service = Service.from_artifact(artifact, self.config, observer, origin(record, self.config, self.registry))
         self.observer, self.serving = observer, record
         return self.service
 
@@ -79,7 +85,7 @@ class RegistryFollower:
             if (record.name, record.version) in self._skipped:
                 return False
             try:
-                artifact = self.registry.load(record)
+                artifact = self.registry.load(record, self.trust)
                 new = LoadedModel(artifact, self.config, "primary", self.observer, origin(record, self.config, self.registry))
             except Exception as e:  # noqa: BLE001 - a bad version never takes the server down
                 self._skip(record, e)

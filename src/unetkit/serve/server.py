@@ -18,6 +18,7 @@ from typing import Any
 
 from unetkit.config import ServeConfig, from_dict
 from unetkit.errors import ConfigError
+from unetkit.signing import TrustPolicy  # no torch: safe before the OpenMP policy is set
 
 ENV_PREFIX = "UNETKIT_SERVE_"
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
@@ -93,17 +94,7 @@ def run_server(config: ServeConfig) -> None:
     """Serve until interrupted. Checks the artifacts' metadata (or the registry's stage) first, so a wrong
     path fails fast."""
     prefer_passive_openmp()
-    from unetkit.artifact import read_meta  # lazy: torch loads here, after the OpenMP policy is set
-
-    if config.registry and not config.artifact:
-        from unetkit.registry.registry import Registry  # lazy: as read_meta above
-
-        with Registry.open(config.registry) as registry:  # the stage holds a version and its blob is intact
-            registry.fetch(registry.resolve(config.stage, config.model_name or None))
-    elif config.artifact:
-        read_meta(config.artifact)  # no artifact and no registry, or both: create_app says so
-    if config.canary_artifact:
-        read_meta(config.canary_artifact)
+    check_before_start(config)
     try:
         import uvicorn
     except ImportError:  # pragma: no cover - depends on the environment
@@ -114,6 +105,35 @@ def run_server(config: ServeConfig) -> None:
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False, workers=1,
                 timeout_graceful_shutdown=int(config.drain_seconds), server_header=False)
+
+
+def check_before_start(config: ServeConfig) -> None:
+    """Fail fast, before the server listens: the artifact (or the registry stage's version) exists and is
+    intact; with `sha256`, `trusted_keys` or `require_signature`, it is fully verified (pin, hashes,
+    signature), so a server never starts on an unsigned, untrusted or swapped model."""
+    # lazy: torch loads here, after the OpenMP policy is set
+    from unetkit.artifact import load_artifact, read_meta
+
+    trust = TrustPolicy.load(config.trusted_keys, config.require_signature)
+    if config.registry and not config.artifact:
+        if config.sha256:
+            raise ConfigError("serve: sha256 pins an artifact file; a registry version is already pinned by its "
+                              "registered sha256 (drop --sha256, or serve the file itself)")
+        from unetkit.registry.registry import Registry  # lazy: as read_meta above
+
+        with Registry.open(config.registry) as registry:  # the stage holds a version and its blob is intact
+            record = registry.resolve(config.stage, config.model_name or None)
+            if trust:
+                registry.load(record, trust)
+            else:
+                registry.fetch(record)
+    elif config.artifact:  # no artifact and no registry, or both: create_app says so
+        if trust or config.sha256:
+            load_artifact(config.artifact, sha256=config.sha256 or None, trust=trust)
+        else:
+            read_meta(config.artifact)
+    if config.canary_artifact:
+        load_artifact(config.canary_artifact, trust=trust) if trust else read_meta(config.canary_artifact)
 
 
 def prefer_passive_openmp() -> None:

@@ -38,6 +38,7 @@ from unetkit.inference.files import labels_from_probabilities, tile_config_for
 from unetkit.inference.predict import predict_tiled
 from unetkit.serve.batching import BatchStats, PixelBudget, QueueFull, Session, TileBatcher
 from unetkit.serve.encoding import ImageTooLarge
+from unetkit.signing import TrustPolicy
 
 Role = Literal["primary", "candidate"]
 
@@ -176,17 +177,21 @@ class Service:
         self._swap_lock = threading.Lock()  # choosing a model for a request vs replacing the primary
 
     @classmethod
-    def from_artifact(cls, path: str | Path, config: ServeConfig | None = None, observer: Observer | None = None,
+    def from_artifact(cls, path: str | Path | Artifact, config: ServeConfig | None = None, observer: Observer | None = None,
                       origin: dict[str, Any] | None = None) -> Service:
         """Load, check and warm up the primary (and candidate) models: the result is ready to serve.
+        `path` may be an Artifact already loaded and verified (a registry version); a file is checked
+        against `config.sha256` and `config.trusted_keys` / `require_signature` (as is the candidate).
         `origin` tells where the primary came from (a registry version; see LoadedModel)."""
         config = config or ServeConfig()
         observer = observer or Observer()
-        primary = LoadedModel(load_artifact(path), config, "primary", observer, origin)
+        trust = TrustPolicy.load(config.trusted_keys, config.require_signature)
+        artifact = path if isinstance(path, Artifact) else load_artifact(path, sha256=config.sha256 or None, trust=trust)
+        primary = LoadedModel(artifact, config, "primary", observer, origin)
         candidate = None
         try:
             if config.canary_artifact:
-                candidate = LoadedModel(load_artifact(config.canary_artifact), config, "candidate", observer)
+                candidate = LoadedModel(load_artifact(config.canary_artifact, trust=trust), config, "candidate", observer)
                 if candidate.meta.class_names != primary.meta.class_names:
                     raise ConfigError(
                         f"{config.canary_artifact}: classes {list(candidate.meta.class_names)} differ from the primary's "
