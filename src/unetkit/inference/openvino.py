@@ -1,0 +1,124 @@
+"""OpenVINO predictor: an ONNX graph (bytes or file) or an OpenVINO IR (`model.xml`) compiled for the CPU.
+
+Backend names map to the CPU plugin's inference precision: "openvino" runs f32, "openvino-bf16"
+runs bf16 (`INFERENCE_PRECISION_HINT`; AMX / AVX512-BF16 kernels). f32 is set explicitly: on a
+CPU with bf16, OpenVINO's own default is bf16. An int8 QDQ graph (`unetkit export --int8`) runs in
+int8 under either name (OpenVINO folds the quantize/dequantize pairs into int8 kernels).
+
+Throughput on few cores: with an expected batch of 2 or more tiles the model is compiled with
+`PERFORMANCE_HINT=THROUGHPUT` (OpenVINO picks the streams; on 2 cores 2 streams of 1 thread) and
+each call splits its batch across that many asynchronous infer requests; a batch of one tile
+compiles for latency (one stream, all threads). Shapes stay dynamic, so any tile size and batch run.
+
+`openvino` is optional (`pip install 'unetkit[openvino]'`); it is imported when a predictor is built.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unetkit.errors import ConfigError
+
+INSTALL_HINT = "pip install 'unetkit[openvino]'"
+PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16"}  # backend name -> INFERENCE_PRECISION_HINT
+
+
+def require_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise ConfigError(f"the OpenVINO backend needs openvino: {INSTALL_HINT}") from None
+    return openvino
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_capabilities() -> tuple[str, ...]:
+    """The CPU plugin's OPTIMIZATION_CAPABILITIES (e.g. FP32, BF16, INT8); raises ConfigError without openvino."""
+    ov = require_openvino()
+    return tuple(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def unavailable(backend: str) -> str | None:
+    """Why `backend` ("openvino", "openvino-bf16") cannot run here, or None when it can."""
+    try:
+        caps = cpu_capabilities()
+    except ConfigError as e:
+        return str(e)
+    except Exception as e:  # pragma: no cover - a broken install
+        return f"openvino does not start: {type(e).__name__}: {str(e)[:200]}"
+    if PRECISIONS[backend] == "bf16" and "BF16" not in caps:
+        return f"this CPU has no bf16 kernels in OpenVINO (OPTIMIZATION_CAPABILITIES: {', '.join(caps)})"
+    return None
+
+
+def openvino_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("openvino")
+    except Exception:
+        return "none"
+
+
+class OpenVinoPredictor:
+    """A model run by OpenVINO on the CPU: `batch (N, C, h, w) float32 -> (N, K, h, w) float32`.
+
+    `model`: ONNX bytes, an `.onnx` file or an IR `.xml` file (its `.bin` beside it). `backend`:
+    "openvino" (f32) or "openvino-bf16". Returns the output named `output`; by default "logits"
+    when the graph has one, else the first. `batch_size` is the batch the caller will mostly send
+    (it selects throughput or latency compilation); `threads` caps OpenVINO's threads.
+    """
+
+    def __init__(
+        self, model: str | Path | bytes, backend: str = "openvino", *, threads: int | None = None,
+        output: str | None = None, batch_size: int = 4,
+    ) -> None:
+        if backend not in PRECISIONS:
+            raise ConfigError(f"OpenVinoPredictor: backend '{backend}'; expected one of {list(PRECISIONS)}")
+        ov = require_openvino()
+        reason = unavailable(backend)
+        if reason:
+            raise ConfigError(f"backend '{backend}': {reason}")
+        core = ov.Core()
+        graph = ov.convert_model(io.BytesIO(model)) if isinstance(model, bytes) else core.read_model(str(model))
+        names = [n for o in graph.outputs for n in sorted(o.get_names())]
+        name = output or ("logits" if "logits" in names else graph.outputs[0].get_any_name())
+        if name not in names:
+            raise ConfigError(f"OpenVINO model has no output '{name}'; it has {names}")
+        self.backend, self.precision = backend, PRECISIONS[backend]
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.precision,
+                                  "PERFORMANCE_HINT": "THROUGHPUT" if batch_size >= 2 else "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(graph, "CPU", config)
+        self.output = self.compiled.output(name)
+        self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
+        self.lock = threading.Lock()  # the infer requests are this predictor's; one call uses them at a time
+        inp, out = graph.inputs[0].get_partial_shape(), graph.outputs[0].get_partial_shape()
+        self.in_channels = inp[1].get_length() if inp.rank.is_static and inp[1].is_static else None
+        self.out_channels = out[1].get_length() if out.rank.is_static and out[1].is_static else None
+        self.tile_size: tuple[int, int] | None = None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        chunks = np.array_split(x, min(self.streams, len(x))) if len(x) else [x]
+        with self.lock:
+            if len(chunks) == 1:
+                return self._result(self.requests[0].infer({0: x}, share_inputs=True)[self.output])
+            used = self.requests[: len(chunks)]
+            for request, chunk in zip(used, chunks, strict=True):
+                request.start_async({0: chunk}, share_inputs=True)
+            for request in used:
+                request.wait()
+            return np.concatenate([request.get_tensor(self.output).data for request in used])
+
+    @staticmethod
+    def _result(out: np.ndarray) -> np.ndarray:
+        return np.array(out, dtype=np.float32, copy=True)  # the request reuses its output buffer
