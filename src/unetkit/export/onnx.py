@@ -192,7 +192,8 @@ def export_artifact(
     for the artifact. Raises `ParityError` (nothing written) when the graph disagrees with torch.
     """
     if config.format != "onnx":
-        raise ConfigError(f"export format '{config.format}': only 'onnx' is supported")
+        raise ConfigError(f"export format '{config.format}': expected 'onnx' here, or 'openvino' "
+                          "(unetkit.export.openvino.export_openvino)")
     artifact = model if isinstance(model, Artifact) else load_artifact(model)
     if out is None:
         if artifact.path is None:
@@ -235,17 +236,23 @@ def write_model_and_plan(out: Path, data: bytes, plan: dict[str, Any]) -> dict[s
 def write_pair(model_path: Path, data: bytes, plan_file: Path, text: str) -> None:
     """Both files under temporary names first, then renamed: the model last, so an existing
     `model.onnx` is only ever replaced by one whose plan is already in place."""
-    model_path.parent.mkdir(parents=True, exist_ok=True)
+    write_files([(plan_file, text.encode()), (model_path, data)])
+
+
+def write_files(files: list[tuple[Path, bytes]]) -> None:
+    """Every file under a temporary name first, then renamed in the order given (the one readers
+    open first goes last)."""
     tmps: list[str] = []
     try:
-        for target, payload in ((plan_file, text.encode()), (model_path, data)):
+        for target, payload in files:
+            target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
             tmps.append(tmp)
             with os.fdopen(fd, "wb") as f:
                 f.write(payload)
             os.chmod(tmp, 0o644)
-        os.replace(tmps[0], plan_file)
-        os.replace(tmps[1], model_path)
+        for (target, _), tmp in zip(files, tmps, strict=True):
+            os.replace(tmp, target)
     finally:
         for tmp in tmps:
             Path(tmp).unlink(missing_ok=True)

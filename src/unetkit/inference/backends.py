@@ -294,6 +294,14 @@ def cached_records(sha: str, cache_dir: Any = None) -> dict[str, dict[str, Any]]
     return {k.split("|", 2)[2]: v for k, v in table.items() if k.startswith(f"{sha}|{here}|")}
 
 
+def backend_report(sha: str, cache_dir: Any = None) -> dict[str, Any]:
+    """This machine's backends for weights `sha` (`unetkit info`): which can run, why the others
+    cannot, and the cached automatic choices with their timings, exclusions and parity gates."""
+    missing = {b: r for b in ov_backend.PRECISIONS if (r := ov_backend.unavailable(b))}
+    return {"machine": machine_id(), "available": available_backends(), "unavailable": missing,
+            "auto_choices": cached_records(sha, cache_dir)}
+
+
 def measure_backends(
     module: nn.Module, tile: tuple[int, ...], batch_size: int = 4, threads: int | None = None,
     candidates: tuple[str, ...] = AUTO_CANDIDATES, repeats: int = 3, sample: np.ndarray | None = None,
