@@ -87,7 +87,7 @@ def test_model_and_plan_stand_in_for_the_artifact(exported):
         tile_size=(48, 48), tta=True, activation="none")
     predictor = model.make_predictor()
     assert predictor.output_name == "probabilities" and predictor.in_channels == 3 and predictor.tile_size == (32, 32)
-    with pytest.raises(ConfigError, match=r"model.onnx: an exported model runs on ONNX Runtime only .* backend 'torch' needs the .unetkit artifact"):
+    with pytest.raises(ConfigError, match=r"model.onnx: an exported model runs on ONNX Runtime or OpenVINO only .* backend 'torch' needs the .unetkit artifact"):
         model.make_predictor("torch")
 
 

@@ -304,7 +304,7 @@ def backend_report(sha: str, cache_dir: Any = None) -> dict[str, Any]:
 
 def measure_backends(
     module: nn.Module, tile: tuple[int, ...], batch_size: int = 4, threads: int | None = None,
-    candidates: tuple[str, ...] = AUTO_CANDIDATES, repeats: int = 3, sample: np.ndarray | None = None,
+    candidates: tuple[str, ...] | None = None, repeats: int = 3, sample: np.ndarray | None = None,
 ) -> BackendMeasurement:
     """Time each candidate on `sample` (default: image-like tiles, `gate.gate_sample`). The first
     candidate that runs (eager torch by default) is the fp32 reference; an fp32 candidate must
@@ -314,7 +314,7 @@ def measure_backends(
     if sample is None:
         sample = gate_sample(in_channels or 1, tile, batch_size)
     builders = {name: functools.partial(_build, copy.deepcopy(module), name, tile, threads, batch_size)
-                for name in candidates}
+                for name in candidates or AUTO_CANDIDATES}
     return measure_predictors(builders, sample, repeats)
 
 
@@ -346,7 +346,7 @@ def measure_predictors(
                 continue
         elif out.shape != reference.shape or float(np.abs(out - reference).max()) > 1e-3:
             result.excluded[name] = "disagrees with the fp32 reference (max |difference| > 1e-3)"
-            warnings.warn(f"backend {name} disagrees with eager PyTorch; not used", stacklevel=2)
+            warnings.warn(f"backend {name} disagrees with the fp32 reference; not used", stacklevel=2)
             continue
         runs = []
         for _ in range(repeats):
