@@ -65,7 +65,7 @@ def export_openvino(
         raise ConfigError(f"{out}: an OpenVINO IR is written as NAME.xml (weights beside it as NAME.bin)")
     tile = tile_config_for(artifact, tile)
     size = tuple(tile.tile_size)[:2]
-    graph = export_graph(artifact, config.opset)
+    graph = ov.convert_model(io.BytesIO(export_graph(artifact, config.opset)))
 
     f32 = ov_backend.OpenVinoPredictor(graph, "openvino", output=OUTPUT_NAMES[0], batch_size=1)
     batches = parity_tiles(artifact, size)  # type: ignore[arg-type]
@@ -81,7 +81,7 @@ def export_openvino(
 
     with tempfile.TemporaryDirectory(prefix="unetkit-ov-") as tmp:
         xml = Path(tmp) / out.name
-        ov.save_model(ov.convert_model(io.BytesIO(graph)), str(xml), compress_to_fp16=False)
+        ov.save_model(graph, str(xml), compress_to_fp16=False)
         xml_data, bin_data = xml.read_bytes(), xml.with_suffix(".bin").read_bytes()
     bin_path = out.with_suffix(".bin")
     plan.update(model_file=out.name, model_sha256=hashlib.sha256(xml_data).hexdigest(),
@@ -90,7 +90,7 @@ def export_openvino(
     return ExportResult(out, plan_path(out), diff, int(parity["tiles"]), plan)
 
 
-def bf16_gate(graph: bytes, artifact: Artifact, size: tuple[int, ...], f32: Any) -> dict[str, Any]:
+def bf16_gate(graph: Any, artifact: Artifact, size: tuple[int, ...], f32: Any) -> dict[str, Any]:
     """The bf16 IR's parity gate against the f32 IR on image-like tiles, or why bf16 cannot run here."""
     reason = ov_backend.unavailable("openvino-bf16")
     if reason:

@@ -69,14 +69,15 @@ def openvino_version() -> str:
 class OpenVinoPredictor:
     """A model run by OpenVINO on the CPU: `batch (N, C, h, w) float32 -> (N, K, h, w) float32`.
 
-    `model`: ONNX bytes, an `.onnx` file or an IR `.xml` file (its `.bin` beside it). `backend`:
+    `model`: ONNX bytes, an `.onnx` file, an IR `.xml` file (its `.bin` beside it) or an
+    `openvino.Model`. `backend`:
     "openvino" (f32) or "openvino-bf16". Returns the output named `output`; by default "logits"
     when the graph has one, else the first. `batch_size` is the batch the caller will mostly send
     (it selects throughput or latency compilation); `threads` caps OpenVINO's threads.
     """
 
     def __init__(
-        self, model: str | Path | bytes, backend: str = "openvino", *, threads: int | None = None,
+        self, model: str | Path | bytes | Any, backend: str = "openvino", *, threads: int | None = None,
         output: str | None = None, batch_size: int = 4,
     ) -> None:
         if backend not in PRECISIONS:
@@ -86,7 +87,12 @@ class OpenVinoPredictor:
         if reason:
             raise ConfigError(f"backend '{backend}': {reason}")
         core = ov.Core()
-        graph = ov.convert_model(io.BytesIO(model)) if isinstance(model, bytes) else core.read_model(str(model))
+        if isinstance(model, bytes):
+            graph = ov.convert_model(io.BytesIO(model))
+        elif isinstance(model, (str, Path)):
+            graph = core.read_model(str(model))
+        else:
+            graph = model  # an `openvino.Model` already converted
         names = [n for o in graph.outputs for n in sorted(o.get_names())]
         name = output or ("logits" if "logits" in names else graph.outputs[0].get_any_name())
         if name not in names:
