@@ -149,6 +149,11 @@ def test_int8_model_runs_and_agrees_with_fp32(data_and_model, tmp_path):
     assert 0 < a.mean() < 1  # both classes present
     assert (a == b).mean() >= 0.99
 
+    pytest.importorskip("openvino")  # the same int8 QDQ graph run by OpenVINO in int8
+    ort, ov = int8.make_predictor("onnx"), int8.make_predictor("openvino")
+    tiles = np.stack([s.image[:, :32, :32] for s in load_labelled(artifact, data, ["24"], progress=False)[1]])
+    assert type(ov).__name__ == "OpenVinoPredictor" and (ort(tiles).argmax(1) == ov(tiles).argmax(1)).mean() >= 0.99
+
     proc = run_cli("info", str(report.written))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == int8.plan
