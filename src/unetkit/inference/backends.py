@@ -63,6 +63,7 @@ class TorchPredictor:
         self.in_channels, self.out_channels = module_channels(module)
         self.compiled: Any = None
         self.compile = compile
+        self.backend = "compile" if compile else "torch"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
@@ -79,7 +80,7 @@ class TorchPredictor:
                 return self.compiled(x)
             except Exception as e:  # inductor needs a working C++ toolchain; eager always works
                 warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); using eager PyTorch", stacklevel=3)
-                self.compile = False
+                self.compile, self.backend = False, "torch"
         if self.compiled is not None:
             return self.compiled(x)
         return self.module(x)
@@ -114,6 +115,7 @@ class OnnxPredictor:
         self.in_channels = inp.shape[1] if isinstance(inp.shape[1], int) else None
         self.out_channels = outp.shape[1] if isinstance(outp.shape[1], int) else None
         self.tile_size = _plan_tile_size(model)
+        self.backend = "onnx"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
