@@ -230,10 +230,13 @@ def exported_onnx(model: Any) -> Path | None:
     return candidate if candidate.exists() and h.hexdigest() == recorded else None
 
 
-def _build(module: nn.Module, backend: str, tile: tuple[int, ...], threads: int | None, batch_size: int = 4) -> Any:
+def _build(module: nn.Module, backend: str, tile: tuple[int, ...], threads: int | None, batch_size: int = 4,
+           graph: Callable[[], bytes] | None = None) -> Any:
+    """The predictor for a module; `graph` (when given) supplies the module's ONNX bytes, so that
+    candidates measured side by side share one export."""
     if backend == "onnx" or backend in ov_backend.PRECISIONS:
         in_channels, _ = module_channels(module)
-        graph = export_onnx(module, (1, in_channels or 1, *tile))
+        graph = graph() if graph is not None else export_onnx(module, (1, in_channels or 1, *tile))
         predictor: Any = (OnnxPredictor(graph, threads=threads) if backend == "onnx" else
                           ov_backend.OpenVinoPredictor(graph, backend, threads=threads, batch_size=batch_size))
         predictor.in_channels = predictor.in_channels or in_channels
@@ -315,7 +318,8 @@ def measure_backends(
     in_channels, _ = module_channels(module)
     if sample is None:
         sample = gate_sample(in_channels or 1, tile, batch_size)
-    builders = {name: functools.partial(_build, copy.deepcopy(module), name, tile, threads, batch_size)
+    graph = functools.cache(lambda: export_onnx(module, (1, in_channels or 1, *tile)))  # one export for all engines
+    builders = {name: functools.partial(_build, copy.deepcopy(module), name, tile, threads, batch_size, graph)
                 for name in candidates or AUTO_CANDIDATES}
     return measure_predictors(builders, sample, repeats)
 
