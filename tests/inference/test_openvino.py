@@ -140,3 +140,42 @@ def test_missing_openvino_names_the_extra(net, monkeypatch, tmp_path):
         assert backends.available_backends() == ["auto", "torch", "onnx", "compile"]
     finally:
         ov_backend.cpu_capabilities.cache_clear()
+
+
+
+SIGNAL_AFTER_BF16 = """
+import ctypes, signal, sys
+import numpy as np
+from unetkit.inference import openvino as ov_backend
+
+class StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+def altstack():
+    s = StackT()
+    ctypes.CDLL(None).sigaltstack(None, ctypes.byref(s))
+    return s.ss_size
+
+before = altstack()
+p = ov_backend.OpenVinoPredictor(sys.argv[1], "openvino-bf16", batch_size=1)
+p(np.ones((1, 2, 20, 28), np.float32))
+caught = []
+signal.signal(signal.SIGINT, lambda *_: caught.append(1))
+signal.raise_signal(signal.SIGINT)
+print(before < ov_backend.SIGNAL_STACK_BYTES <= altstack(), len(caught), ov_backend.roomy_signal_stack())
+"""
+
+
+def test_a_bf16_predictor_makes_room_on_the_signal_stack(net, tmp_path):
+    # OpenVINO's AMX kernels enlarge every signal frame; faulthandler's alternate stack (sized at start)
+    # overflowed: with pytest's faulthandler, the SIGINT of a training test after a bf16 test
+    # segfaulted the worker. The predictor swaps in a larger alternate stack (once).
+    import subprocess
+
+    if ov_backend.unavailable("openvino-bf16"):
+        pytest.skip("this CPU has no bf16 in OpenVINO")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(export_onnx(net, (1, 2, 20, 28)))
+    run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", SIGNAL_AFTER_BF16, str(model)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.split() == ["True", "1", "False"], run.stderr[-2000:]

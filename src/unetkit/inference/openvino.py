@@ -57,6 +57,46 @@ def unavailable(backend: str) -> str | None:
     return None
 
 
+SIGNAL_STACK_BYTES = 1 << 18
+_signal_stacks: list[Any] = []  # alternate signal stacks installed here (kept alive for the process)
+
+
+def roomy_signal_stack() -> bool:
+    """Give the main thread's alternate signal stack, if it has one, room for AMX state.
+
+    OpenVINO's bf16/int8 kernels ask the kernel for AMX, after which every signal frame carries
+    ~8 KB of tile state. faulthandler (on under pytest, or `python -X faulthandler`) handles
+    signals on an alternate stack sized before that; a Python-handled signal (Ctrl-C) then
+    overflowed it and segfaulted. Replaces a smaller alternate stack by a 256 KB one; returns
+    whether it did. Process-level and idempotent; a thread without an alternate stack is left alone.
+    """
+    import ctypes
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return False
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        current = StackT()
+        if libc.sigaltstack(None, ctypes.byref(current)) != 0:
+            return False
+        disabled = 2  # SS_DISABLE
+        if current.ss_flags & disabled or current.ss_size >= SIGNAL_STACK_BYTES:
+            return False
+        buffer = ctypes.create_string_buffer(SIGNAL_STACK_BYTES)
+        roomy = StackT(ctypes.cast(buffer, ctypes.c_void_p), 0, SIGNAL_STACK_BYTES)
+        if libc.sigaltstack(ctypes.byref(roomy), None) != 0:
+            return False
+    except (OSError, AttributeError):  # not Linux/glibc
+        return False
+    _signal_stacks.append(buffer)
+    return True
+
+
 def openvino_version() -> str:
     try:
         from importlib.metadata import version
@@ -103,6 +143,7 @@ class OpenVinoPredictor:
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(graph, "CPU", config)
+        roomy_signal_stack()
         self.output = self.compiled.output(name)
         self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
@@ -116,15 +157,10 @@ class OpenVinoPredictor:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         chunks = np.array_split(x, min(self.streams, len(x))) if len(x) else [x]
         with self.lock:
-            if len(chunks) == 1:
-                return self._result(self.requests[0].infer({0: x}, share_inputs=True)[self.output])
             used = self.requests[: len(chunks)]
             for request, chunk in zip(used, chunks, strict=True):
                 request.start_async({0: chunk}, share_inputs=True)
             for request in used:
                 request.wait()
-            return np.concatenate([request.get_tensor(self.output).data for request in used])
-
-    @staticmethod
-    def _result(out: np.ndarray) -> np.ndarray:
-        return np.array(out, dtype=np.float32, copy=True)  # the request reuses its output buffer
+            # copies: each request reuses its output buffer
+            return np.concatenate([request.get_tensor(self.output).data for request in used]).astype(np.float32, copy=False)
