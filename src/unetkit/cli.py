@@ -40,10 +40,11 @@ BudgetOpt = Annotated[
 # Options several commands share: one definition each, so their names and help stay the same.
 ModelArg = Annotated[Path, typer.Argument(help="Model artifact (model.unetkit).")]
 RunModelArg = Annotated[Path, typer.Argument(
-    help="Model artifact (model.unetkit), or an exported model.onnx / model.int8.onnx with its plan (.onnx.json) beside it.")]
+    help="Model artifact (model.unetkit), or an exported model.onnx / model.int8.onnx / OpenVINO model.xml with its "
+         "plan (.onnx.json / .xml.json) beside it.")]
 TrainDataArg = Annotated[str, typer.Argument(help="Data folder, dataset description JSON or manifest.")]
 KeysOpt = Annotated[str | None, typer.Option(help="Only these comma-separated sample keys.")]
-BackendOpt = Annotated[str, typer.Option(help="auto, torch or onnx.")]
+BackendOpt = Annotated[str, typer.Option(help="auto (measured), torch, compile, onnx, openvino or openvino-bf16.")]
 # Tiling options default to "not set": the model's own tiling (an exported model's plan, an
 # artifact's patch size and TileConfig's defaults) holds for whatever the user leaves out.
 TileOpt = Annotated[int | None, typer.Option(
@@ -376,8 +377,8 @@ def tune_postprocess(
 @app.command("export")
 def export_command(
     model: ModelArg,
-    format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = ExportConfig.format,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: MODEL.onnx / MODEL.int8.onnx).")] = None,
+    format: Annotated[str, typer.Option("--format", help="Export format: onnx, or openvino (an IR MODEL.xml + MODEL.bin).")] = ExportConfig.format,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: MODEL.onnx / MODEL.int8.onnx / MODEL.xml).")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Static int8 quantization, gated on validation accuracy (needs --data).")] = False,
     data: Annotated[str | None, typer.Option(help="Labelled data: training images calibrate, validation images gate.")] = None,
     keys: Annotated[str | None, typer.Option(help="Calibration keys (default: the artifact's training split).")] = None,
@@ -393,11 +394,15 @@ def export_command(
     config = ExportConfig(format=format, int8=int8, int8_gate=gate)  # type: ignore[arg-type]
     if not int8:
         from unetkit.export.onnx import export_artifact
+        from unetkit.export.openvino import export_openvino
 
-        result = export_artifact(model, out, config, tile_settings)
+        result = (export_openvino if format == "openvino" else export_artifact)(model, out, config, tile_settings)
         typer.echo(f"wrote {result.model_path} and {result.plan_path} (parity: max |dp| {result.max_abs_diff:.2e} "
                    f"on {result.tiles_checked} tiles)")
         return
+    if format == "openvino":
+        raise UnetkitError("--int8 with --format openvino: export the int8 ONNX (--format onnx --int8), "
+                           "then run it on OpenVINO with --backend openvino")
     if not data:
         raise UnetkitError("--int8 needs --data: training images calibrate it, validation images gate it")
     from unetkit.export.quantize import Int8GateError, quantize_artifact
@@ -522,6 +527,9 @@ def info(
             meta["drift_baseline"] = {**baseline, "features": f"{len(baseline['features'])} features (--full shows them)"}
         if len(meta.get("history") or []) > 3:
             meta["history"] = [f"{len(meta['history'])} entries, last: {json.dumps(meta['history'][-1])} (--full shows all)"]
+    from unetkit.inference.backends import backend_report
+
+    meta["backends_on_this_machine"] = backend_report(loaded.meta.weights_sha256)
     typer.echo(json.dumps(meta, indent=2))
 
 

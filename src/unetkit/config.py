@@ -223,7 +223,7 @@ class PostprocessConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    format: Literal["onnx"] = "onnx"
+    format: Literal["onnx", "openvino"] = "onnx"  # openvino: an IR model.xml + model.bin (unetkit[openvino])
     opset: int = 17
     int8: bool = False
     int8_gate: float = 0.005  # refuse int8 when validation Dice/mIoU drops more than this
@@ -245,7 +245,7 @@ class ServeConfig:
     registry_poll_seconds: float = 5.0  # how often the registry is checked for a new version in `stage`
     host: str = "127.0.0.1"
     port: int = 8000
-    backend: Literal["torch", "onnx", "compile", "auto"] = "torch"
+    backend: Literal["torch", "onnx", "compile", "auto", "openvino", "openvino-bf16"] = "torch"
     tile_overlap: float = TileConfig.overlap  # tiles of one request overlap this much (TileConfig owns the default)
     max_batch_size: int = 8  # tiles per forward pass, packed across requests
     max_wait_ms: float = 5.0  # how long a partial batch waits for tiles of other requests

@@ -94,7 +94,7 @@ def test_model_and_plan_stand_in_for_the_artifact(exported):
         model.tile_config({"overlapp": 0.5})
     predictor = model.make_predictor()
     assert predictor.output_name == "probabilities" and predictor.in_channels == 3 and predictor.tile_size == (32, 32)
-    with pytest.raises(ConfigError, match=r"model.onnx: an exported model runs on ONNX Runtime only .* backend 'torch' needs the .unetkit artifact"):
+    with pytest.raises(ConfigError, match=r"model.onnx: an exported model runs on ONNX Runtime or OpenVINO only .* backend 'torch' needs the .unetkit artifact"):
         model.make_predictor("torch")
 
 
@@ -155,6 +155,11 @@ def test_int8_model_runs_and_agrees_with_fp32(data_and_model, tmp_path):
     b = np.stack([read_mask(tmp_path / "int8" / m.name) for m in masks])
     assert 0 < a.mean() < 1  # both classes present
     assert (a == b).mean() >= 0.99
+
+    pytest.importorskip("openvino")  # the same int8 QDQ graph run by OpenVINO in int8
+    ort, ov = int8.make_predictor("onnx"), int8.make_predictor("openvino")
+    tiles = np.stack([s.image[:, :32, :32] for s in load_labelled(artifact, data, ["24"], progress=False)[1]])
+    assert type(ov).__name__ == "OpenVinoPredictor" and (ort(tiles).argmax(1) == ov(tiles).argmax(1)).mean() >= 0.99
 
     proc = run_cli("info", str(report.written))
     assert proc.returncode == 0, proc.stderr

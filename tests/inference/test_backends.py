@@ -86,9 +86,9 @@ def test_compile_failure_falls_back_to_eager(net, batch, monkeypatch):
 def test_auto_measures_once_and_caches_the_choice(net, make_net, tmp_path, monkeypatch):
     calls = []
 
-    def fake_measure(module, tile, batch_size, threads):
+    def fake_measure(module, tile, batch_size, threads, sample):
         calls.append(tile)
-        return {"torch": 2.0, "onnx": 1.0}
+        return backends.BackendMeasurement({"torch": 2.0, "onnx": 1.0})
 
     monkeypatch.setattr(backends, "measure_backends", fake_measure)
     first = make_predictor(net, "auto", tile_shape=(16, 16), cache_dir=tmp_path)
@@ -106,7 +106,7 @@ def test_auto_measures_once_and_caches_the_choice(net, make_net, tmp_path, monke
 def test_measure_backends_times_working_candidates(net):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        timings = backends.measure_backends(net, (16, 16), batch_size=2, candidates=("torch", "onnx"), repeats=1)
+        timings = backends.measure_backends(net, (16, 16), batch_size=2, candidates=("torch", "onnx"), repeats=1).seconds
     assert set(timings) == {"torch", "onnx"} and all(t > 0 for t in timings.values())
 
 

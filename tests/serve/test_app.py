@@ -52,6 +52,7 @@ def test_health_model_and_page(client, artifact_path):
     assert [c["name"] for c in info["classes"]] == ["background", "cell", "vessel"]
     assert info["classes"][1]["color"] == [230, 25, 75]
     assert info["in_channels"] == 3 and info["patch_size"] == [64, 64] and info["rollout"] == "none"
+    assert info["backend"] == "torch"  # ServeConfig's default backend, as the predictor reports it
     page = client.get("/")
     assert page.status_code == 200 and "opacity" in page.text and "v1/segment" in page.text
     spec = client.get("/openapi.json").json()

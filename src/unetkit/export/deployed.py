@@ -1,19 +1,23 @@
-"""Run an exported model (`model.onnx` + its plan `model.onnx.json`) the way unetkit runs an artifact.
+"""Run an exported model (`model.onnx` or an OpenVINO IR `model.xml`, + its plan `model.onnx.json` /
+`model.xml.json`) the way unetkit runs an artifact.
 
 `DeployedModel` has what `unetkit predict` and `unetkit evaluate` need of a model artifact:
 `path`, `meta` (class names, colours, ignore index, postprocessing, data spec, calibration as the
-plan records them), `tile_config(settings)` (the plan's tiling) and `make_predictor(backend)` (an
-ONNX Runtime session on the file's `probabilities` output, so the activation is "none"). All of it
+plan records them), `tile_config(settings)` (the plan's tiling) and `make_predictor(backend)` (a
+predictor on the file's `probabilities` output, so the activation is "none": ONNX Runtime for an
+`.onnx` unless an OpenVINO backend is named, OpenVINO for an `.xml`, where "auto" measures f32
+against bf16 behind the parity gate and caches the choice like an artifact's). All of it
 comes from the two files alone, so the file that was deployed (fp32 or int8) is the one that runs
 and is scored, through the same engine, postprocessing and output code as an artifact.
 
 Opening refuses a missing plan (it says how to write one), a plan that records another graph's
-sha256 (a swapped or modified pair) and a plan whose input channels or classes the graph does not
-have. `load_model(path)` opens either kind of model by the file's suffix.
+sha256 (a swapped or modified pair; for an IR, also its `.bin`) and a plan whose input channels or
+classes the graph does not have. `load_model(path)` opens either kind of model by the file's suffix.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,10 @@ from unetkit.config import TileConfig, replace
 from unetkit.data.io import file_sha256
 from unetkit.errors import ArtifactError, ConfigError
 from unetkit.export.plan import OUTPUT_NAMES, PLAN_VERSION, plan_path, read_plan, tile_config_from_plan
+from unetkit.inference import backends
+from unetkit.inference.gate import gate_sample
+from unetkit.inference.openvino import PRECISIONS as OPENVINO_BACKENDS
+from unetkit.inference.openvino import openvino_version
 
 EXPORT_HINT = "write both with `unetkit export MODEL.unetkit --format onnx` (add --int8 --data DATA for int8)"
 
@@ -79,6 +87,15 @@ class DeployedModel:
                 raise ArtifactError(
                     f"{model}: sha256 {actual[:12]}… does not match {recorded[:12]}… recorded in {plan_file}; "
                     f"the model and its plan are not a pair (one was replaced or modified); {EXPORT_HINT}")
+        if plan.get("weights_file"):  # an OpenVINO IR: its .bin is part of the model
+            weights = model.with_name(plan["weights_file"])
+            if not weights.is_file():
+                raise ArtifactError(f"{model}: its weights {weights.name} are missing; {EXPORT_HINT}")
+            actual, recorded = file_sha256(weights), plan.get("weights_file_sha256", "")
+            if actual != recorded:
+                raise ArtifactError(
+                    f"{weights}: sha256 {actual[:12]}… does not match {recorded[:12]}… recorded in {plan_file}; "
+                    f"the weights and the plan are not a pair; {EXPORT_HINT}")
         return cls(model, plan_file, plan, _meta(plan, plan_file), _tiling(plan, plan_file))
 
     def tile_config(self, settings: Mapping[str, Any] | None = None) -> TileConfig:
@@ -92,27 +109,44 @@ class DeployedModel:
         return replace(self.tile, **settings)
 
     def make_predictor(self, backend: str = "auto", *, threads: int | None = None) -> Any:
-        """An `OnnxPredictor` on the graph's `probabilities` output (ONNX Runtime is the only
-        backend that runs this file), checked against the plan's channels and classes."""
-        from unetkit.inference.backends import OnnxPredictor
-
-        if backend not in ("auto", "onnx"):
-            raise ConfigError(f"{self.path}: an exported model runs on ONNX Runtime only (--backend auto or onnx); "
+        """A predictor on the graph's `probabilities` output, checked against the plan's channels
+        and classes: ONNX Runtime for an `.onnx` ("auto" or "onnx"; "openvino", "openvino-bf16"
+        run it on OpenVINO, an int8 graph in int8), OpenVINO for an `.xml` ("auto" measures f32
+        and bf16, bf16 only behind the parity gate, and caches the choice)."""
+        is_ir = self.path.suffix.lower() == ".xml"
+        allowed = ("auto", *OPENVINO_BACKENDS) if is_ir else ("auto", "onnx", *OPENVINO_BACKENDS)
+        if backend not in allowed:
+            engines = "OpenVINO" if is_ir else "ONNX Runtime or OpenVINO"
+            raise ConfigError(f"{self.path}: an exported model runs on {engines} only (--backend {', '.join(allowed)}); "
                               f"backend '{backend}' needs the .unetkit artifact")
-        predictor = OnnxPredictor(self.path, threads=threads, output=OUTPUT_NAMES[0])
+        backends.require_backend(backend)
+        batch = max(1, int(self.tile.batch_size))
+        if is_ir and backend == "auto":
+            backend = self._measured_ir_backend(threads, batch)
+        predictor = backends.file_predictor(self.path, backend, threads=threads, output=OUTPUT_NAMES[0], batch_size=batch)
         for what, graph, planned in (("input channels", predictor.in_channels, self.meta.in_channels),
                                      ("classes", predictor.out_channels, self.meta.num_classes)):
             if graph is not None and graph != planned:
                 raise ArtifactError(f"{self.plan_path}: records {planned} {what} but {self.path} has {graph}; "
                                     f"the model and its plan are not a pair; {EXPORT_HINT}")
         predictor.in_channels = self.meta.in_channels
-        predictor.tile_size = tuple(self.tile.tile_size)  # type: ignore[assignment]
+        predictor.tile_size = tuple(self.tile.tile_size)
         return predictor
+
+    def _measured_ir_backend(self, threads: int | None, batch: int) -> str:
+        tile = tuple(int(v) for v in self.tile.tile_size)[:2]
+        inp = self.plan["input"]
+        sample = gate_sample(self.meta.in_channels, tile, batch, inp.get("mean") or (127.5,), inp.get("std") or (50.0,))
+        builders = {name: functools.partial(backends.file_predictor, self.path, name, threads=threads,
+                                            output=OUTPUT_NAMES[0], batch_size=batch) for name in OPENVINO_BACKENDS}
+        key = "|".join([self.plan.get("model_sha256") or file_sha256(self.path), backends.machine_id(), f"tile={tile}",
+                        f"batch={batch}", f"threads={threads}", f"openvino={openvino_version()}"])
+        return backends.cached_choice(key, lambda: backends.measure_predictors(builders, sample))["backend"]
 
 
 def load_model(path: str | Path) -> Artifact | DeployedModel:
-    """An exported `.onnx` model (with its plan beside it) or a `.unetkit` artifact, by suffix."""
-    return DeployedModel.load(path) if Path(path).suffix.lower() == ".onnx" else load_artifact(path)
+    """An exported `.onnx` or OpenVINO `.xml` model (with its plan beside it) or a `.unetkit` artifact, by suffix."""
+    return DeployedModel.load(path) if Path(path).suffix.lower() in (".onnx", ".xml") else load_artifact(path)
 
 
 def _meta(plan: dict[str, Any], where: Path) -> DeployedMeta:

@@ -28,7 +28,8 @@ from unetkit.artifact import Artifact, load_artifact
 from unetkit.config import ExportConfig, TileChoice
 from unetkit.errors import ConfigError, UnetkitError
 from unetkit.export.plan import INPUT_NAME, OUTPUT_NAMES, inference_plan, plan_path
-from unetkit.inference.backends import ONNX_EXPORT_LOCK
+from unetkit.inference.backends import ONNX_EXPORT_LOCK, fold_batchnorm
+from unetkit.inference.files import tile_config_for
 
 INSTALL_HINT = "pip install 'unetkit[export]'"
 
@@ -98,8 +99,6 @@ class ExportGraph(nn.Module):
 
     def __init__(self, artifact: Artifact, shuffle_up: bool = False) -> None:
         super().__init__()
-        from unetkit.inference.backends import fold_batchnorm
-
         self.pipeline = fold_batchnorm(artifact.pipeline_module(probabilities=False)).eval()
         if shuffle_up:
             shuffle_upsampling(self.pipeline)
@@ -192,15 +191,14 @@ def export_artifact(
     (`tile_config_for`). Raises `ParityError` (nothing written) when the graph disagrees with torch.
     """
     if config.format != "onnx":
-        raise ConfigError(f"export format '{config.format}': only 'onnx' is supported")
+        raise ConfigError(f"export format '{config.format}': expected 'onnx' here, or 'openvino' "
+                          "(unetkit.export.openvino.export_openvino)")
     artifact = model if isinstance(model, Artifact) else load_artifact(model)
     if out is None:
         if artifact.path is None:
             raise ConfigError("export_artifact: give `out` for an artifact that was not loaded from a file")
         out = default_out(artifact.path)
     out = Path(out)
-    from unetkit.inference.files import tile_config_for
-
     tile = tile_config_for(artifact, tile)
     data = export_graph(artifact, config.opset)
     batches = parity_tiles(artifact, tuple(tile.tile_size)[:2])  # type: ignore[arg-type]
@@ -235,17 +233,23 @@ def write_model_and_plan(out: Path, data: bytes, plan: dict[str, Any]) -> dict[s
 def write_pair(model_path: Path, data: bytes, plan_file: Path, text: str) -> None:
     """Both files under temporary names first, then renamed: the model last, so an existing
     `model.onnx` is only ever replaced by one whose plan is already in place."""
-    model_path.parent.mkdir(parents=True, exist_ok=True)
+    write_files([(plan_file, text.encode()), (model_path, data)])
+
+
+def write_files(files: list[tuple[Path, bytes]]) -> None:
+    """Every file under a temporary name first, then renamed in the order given (the one readers
+    open first goes last)."""
     tmps: list[str] = []
     try:
-        for target, payload in ((plan_file, text.encode()), (model_path, data)):
+        for target, payload in files:
+            target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
             tmps.append(tmp)
             with os.fdopen(fd, "wb") as f:
                 f.write(payload)
             os.chmod(tmp, 0o644)
-        os.replace(tmps[0], plan_file)
-        os.replace(tmps[1], model_path)
+        for (target, _), tmp in zip(files, tmps, strict=True):
+            os.replace(tmp, target)
     finally:
         for tmp in tmps:
             Path(tmp).unlink(missing_ok=True)

@@ -3,13 +3,17 @@
 `TorchPredictor` wraps an `nn.Module` (eval, inference_mode, optional channels_last, BatchNorm
 folded into the preceding convolution, optional `torch.compile` with a clean fallback).
 `OnnxPredictor` wraps an ONNX Runtime session (all graph optimizations, intra-op threads = cores).
+`OpenVinoPredictor` (`openvino.py`) compiles the same ONNX graph with OpenVINO, f32 or bf16.
 `make_predictor` picks one; with `backend="auto"` it times the candidates once on a
-representative tile batch and caches the winner per weights/machine/tile shape.
+representative tile batch and caches the winner per weights/machine/tile shape. A reduced
+precision candidate (bf16) is eligible only when it passes the parity gate against fp32
+(`gate.py`); candidates that cannot run here or fail the gate are recorded with the reason.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import io
 import json
@@ -18,6 +22,8 @@ import platform
 import threading
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +31,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from unetkit.artifact import weights_sha256
 from unetkit.errors import ConfigError
+from unetkit.inference import openvino as ov_backend
+from unetkit.inference.gate import GateResult, gate_sample, parity_gate
+from unetkit.models import fuse_for_inference
 from unetkit.runtime import keep_freed_memory
 
-BACKENDS = ("auto", "torch", "onnx", "compile")
+BACKENDS = ("auto", "torch", "onnx", "compile", "openvino", "openvino-bf16")
+# what "auto" measures; "compile" is left out: its compilation (tens of seconds) would recur in every process
+AUTO_CANDIDATES = ("torch", "onnx", "openvino", "openvino-bf16")
+REDUCED_PRECISION = {"openvino-bf16": "bf16"}  # candidates behind the parity gate, with their gate
 
 
 class TorchPredictor:
@@ -52,6 +65,7 @@ class TorchPredictor:
         self.in_channels, self.out_channels = module_channels(module)
         self.compiled: Any = None
         self.compile = compile
+        self.backend = "compile" if compile else "torch"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
@@ -68,7 +82,7 @@ class TorchPredictor:
                 return self.compiled(x)
             except Exception as e:  # inductor needs a working C++ toolchain; eager always works
                 warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); using eager PyTorch", stacklevel=3)
-                self.compile = False
+                self.compile, self.backend = False, "torch"
         if self.compiled is not None:
             return self.compiled(x)
         return self.module(x)
@@ -103,6 +117,7 @@ class OnnxPredictor:
         self.in_channels = inp.shape[1] if isinstance(inp.shape[1], int) else None
         self.out_channels = outp.shape[1] if isinstance(outp.shape[1], int) else None
         self.tile_size = _plan_tile_size(model)
+        self.backend = "onnx"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
@@ -126,46 +141,81 @@ def _plan_tile_size(model: str | Path | bytes) -> tuple[int, int] | None:
 def make_predictor(
     model: Any, backend: str = "auto", *, tile_shape: tuple[int, int] | None = None, batch_size: int = 4,
     threads: int | None = None, cache_dir: str | Path | None = None,
-) -> TorchPredictor | OnnxPredictor:
-    """A predictor for an artifact (its `pipeline_module()`), an `nn.Module` or an `.onnx` path.
+) -> Any:
+    """A predictor for an artifact (its `pipeline_module()`), an `nn.Module`, an `.onnx` or an
+    OpenVINO `.xml` path.
 
-    `backend`: "torch" (eager), "compile" (torch.compile), "onnx" (ONNX Runtime) or "auto": time
-    eager torch and ONNX Runtime on a `(batch_size, C, *tile_shape)` batch once and cache the fastest in
-    `<cache_dir>/backends.json` (default `~/.cache/unetkit`, env `UNETKIT_CACHE_DIR`), keyed by
-    the weights' sha256, the machine and the tile shape. The predictor's `tile_size` is the
-    artifact's patch size. A model that brings its own runtime (an exported model,
-    `unetkit.export.deployed.DeployedModel`) makes its predictor itself.
+    `backend`: "torch" (eager), "compile" (torch.compile), "onnx" (ONNX Runtime), "openvino"
+    (OpenVINO f32), "openvino-bf16" or "auto": time the available candidates (`AUTO_CANDIDATES`)
+    on a `(batch_size, C, *tile_shape)` batch once, bf16 only when it passes the parity gate, and
+    cache the fastest in `<cache_dir>/backends.json` (default `~/.cache/unetkit`, env
+    `UNETKIT_CACHE_DIR`), keyed by the weights' sha256, the machine, the tile shape and the
+    OpenVINO version. The predictor's `tile_size` is the artifact's patch size. A model that brings
+    its own runtime (an exported model, `unetkit.export.deployed.DeployedModel`) makes its
+    predictor itself.
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend '{backend}': expected one of {list(BACKENDS)}")
+    require_backend(backend)
     if callable(getattr(model, "make_predictor", None)) and not isinstance(model, nn.Module):
         return model.make_predictor(backend, threads=threads)
-    if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
-        return OnnxPredictor(model, threads=threads)
-    exported = exported_onnx(model) if backend == "onnx" else None
+    if isinstance(model, (str, Path)) and str(model).endswith((".onnx", ".xml")):
+        return file_predictor(model, backend, threads=threads, batch_size=batch_size)
+    exported = exported_onnx(model) if backend in ("onnx", *ov_backend.PRECISIONS) else None
     if exported is not None:
-        predictor = OnnxPredictor(exported, threads=threads)
-        predictor.tile_size = tuple(getattr(model.meta, "patch_size", ()) or ())[:2] or None  # type: ignore[assignment]
+        predictor = file_predictor(exported, backend, threads=threads, batch_size=batch_size)
+        predictor.tile_size = tuple(getattr(model.meta, "patch_size", ()) or ())[:2] or None
         return predictor
-    patch = tuple(getattr(getattr(model, "meta", None), "patch_size", ()) or ())
+    meta = getattr(model, "meta", None)
+    patch = tuple(getattr(meta, "patch_size", ()) or ())
     module = model.pipeline_module() if hasattr(model, "pipeline_module") else model
     if not isinstance(module, nn.Module):
-        raise ConfigError(f"make_predictor: expected an artifact, an nn.Module or an .onnx path, got {type(model).__name__}")
+        raise ConfigError(f"make_predictor: expected an artifact, an nn.Module or an .onnx/.xml path, got {type(model).__name__}")
     tile = tuple(tile_shape or patch[:2] or (256, 256))
     if len(tile) == 1:
         tile = (tile[0], tile[0])
     if backend == "auto":
-        sha = getattr(getattr(model, "meta", None), "weights_sha256", "") or module_sha256(module)
-        backend = _cached_choice(module, sha, tile, batch_size, threads, cache_dir)
-    predictor = _build(module, backend, tile, threads)
-    predictor.tile_size = patch[:2] or None  # type: ignore[union-attr]
+        sha = getattr(meta, "weights_sha256", "") or module_sha256(module)
+        in_channels, _ = module_channels(module)
+        sample = gate_sample(in_channels or 1, tile, batch_size, getattr(meta, "mean", None) or (127.5,),
+                             getattr(meta, "std", None) or (50.0,))
+        key = "|".join([sha, machine_id(), f"tile={tile}", f"batch={batch_size}", f"threads={threads}",
+                        f"openvino={ov_backend.openvino_version()}"])
+        backend = cached_choice(key, lambda: measure_backends(module, tile, batch_size, threads, sample=sample),
+                                cache_dir)["backend"]
+    predictor = _build(module, backend, tile, threads, batch_size)
+    predictor.tile_size = patch[:2] or None
+    return predictor
+
+
+def require_backend(backend: str) -> None:
+    """Refuse a backend name outside `BACKENDS`, or one that cannot run on this machine/install."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend '{backend}': expected one of {list(BACKENDS)}")
+    reason = ov_backend.unavailable(backend) if backend in ov_backend.PRECISIONS else None
+    if reason:
+        raise ConfigError(f"backend '{backend}' is not available here: {reason}; available: {', '.join(available_backends())}")
+
+
+def available_backends() -> list[str]:
+    return [b for b in BACKENDS if b not in ov_backend.PRECISIONS or ov_backend.unavailable(b) is None]
+
+
+def file_predictor(path: str | Path, backend: str, *, threads: int | None = None, batch_size: int = 4,
+                   output: str | None = None) -> Any:
+    """An exported file's predictor: an `.xml` (OpenVINO IR) on OpenVINO ("auto" and "onnx" mean
+    f32 there), an `.onnx` on ONNX Runtime unless an OpenVINO backend is named."""
+    if str(path).endswith(".xml") or backend in ov_backend.PRECISIONS:
+        name = backend if backend in ov_backend.PRECISIONS else "openvino"
+        predictor: Any = ov_backend.OpenVinoPredictor(path, name, threads=threads, output=output, batch_size=batch_size)
+    else:
+        predictor = OnnxPredictor(path, threads=threads, output=output)
+    predictor.tile_size = _plan_tile_size(path)
     return predictor
 
 
 def exported_onnx(model: Any) -> Path | None:
     """`model.onnx` beside an artifact file `model.unetkit` when `unetkit export` wrote it from
-    exactly this file (its plan's artifact sha256 matches): `--backend onnx` then runs it instead
-    of exporting again."""
+    exactly this file (its plan's artifact sha256 matches): `--backend onnx` (or an OpenVINO
+    backend) then runs it instead of exporting again."""
     path = getattr(model, "path", None)
     if path is None:
         return None
@@ -182,29 +232,51 @@ def exported_onnx(model: Any) -> Path | None:
     return candidate if candidate.exists() and h.hexdigest() == recorded else None
 
 
-def _build(module: nn.Module, backend: str, tile: tuple[int, ...], threads: int | None) -> TorchPredictor | OnnxPredictor:
-    if backend == "onnx":
+def _build(module: nn.Module, backend: str, tile: tuple[int, ...], threads: int | None, batch_size: int = 4,
+           graph: Callable[[], bytes] | None = None) -> Any:
+    """The predictor for a module; `graph` (when given) supplies the module's ONNX bytes, so that
+    candidates measured side by side share one export."""
+    if backend == "onnx" or backend in ov_backend.PRECISIONS:
         in_channels, _ = module_channels(module)
-        predictor: Any = OnnxPredictor(export_onnx(module, (1, in_channels or 1, *tile)), threads=threads)
+        graph = graph() if graph is not None else export_onnx(module, (1, in_channels or 1, *tile))
+        predictor: Any = (OnnxPredictor(graph, threads=threads) if backend == "onnx" else
+                          ov_backend.OpenVinoPredictor(graph, backend, threads=threads, batch_size=batch_size))
         predictor.in_channels = predictor.in_channels or in_channels
         return predictor
     return TorchPredictor(module, threads=threads, compile=backend == "compile")
 
 
-def _cached_choice(
-    module: nn.Module, sha: str, tile: tuple[int, ...], batch_size: int, threads: int | None, cache_dir: Any
-) -> str:
-    cache = Path(cache_dir or os.environ.get("UNETKIT_CACHE_DIR") or Path.home() / ".cache" / "unetkit") / "backends.json"
-    key = "|".join([sha, machine_id(), f"tile={tile}", f"batch={batch_size}", f"threads={threads}"])
+# ---------------------------------------------------------------- measuring and caching the choice
+
+
+@dataclass
+class BackendMeasurement:
+    """What `backend="auto"` measured: median seconds per batch of each eligible candidate, the
+    candidates left out and why, and the parity gate of each reduced-precision candidate."""
+
+    seconds: dict[str, float]
+    excluded: dict[str, str] = field(default_factory=dict)
+    gate: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def best(self) -> str:
+        return min(self.seconds, key=lambda name: self.seconds[name])
+
+    def record(self) -> dict[str, Any]:
+        return {"backend": self.best, "seconds": self.seconds, "excluded": self.excluded, "gate": self.gate}
+
+
+def cached_choice(key: str, measure: Callable[[], BackendMeasurement], cache_dir: Any = None) -> dict[str, Any]:
+    """The record cached under `key` in `backends.json`, or `measure()`'s, cached."""
+    cache = cache_path(cache_dir)
     try:
         table = json.loads(cache.read_text())
     except (OSError, ValueError):
         table = {}
     if key in table and table[key].get("backend") in BACKENDS:
-        return table[key]["backend"]
-    timings = measure_backends(module, tile, batch_size, threads)
-    best = min(timings, key=lambda name: timings[name])
-    table[key] = {"backend": best, "seconds": timings}
+        return table[key]
+    record = measure().record()
+    table[key] = record
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
@@ -212,41 +284,87 @@ def _cached_choice(
         tmp.replace(cache)
     except OSError as e:
         warnings.warn(f"{cache}: cannot cache the backend choice ({e})", stacklevel=2)
-    return best
+    return record
+
+
+def cache_path(cache_dir: Any = None) -> Path:
+    return Path(cache_dir or os.environ.get("UNETKIT_CACHE_DIR") or Path.home() / ".cache" / "unetkit") / "backends.json"
+
+
+def cached_records(sha: str, cache_dir: Any = None) -> dict[str, dict[str, Any]]:
+    """This machine's cached backend choices for weights `sha` (what `unetkit info` shows)."""
+    try:
+        table = json.loads(cache_path(cache_dir).read_text())
+    except (OSError, ValueError):
+        return {}
+    here = machine_id()
+    return {k.split("|", 2)[2]: v for k, v in table.items() if k.startswith(f"{sha}|{here}|")}
+
+
+def backend_report(sha: str, cache_dir: Any = None) -> dict[str, Any]:
+    """This machine's backends for weights `sha` (`unetkit info`): which can run, why the others
+    cannot, and the cached automatic choices with their timings, exclusions and parity gates."""
+    missing = {b: r for b in ov_backend.PRECISIONS if (r := ov_backend.unavailable(b))}
+    return {"machine": machine_id(), "available": available_backends(), "unavailable": missing,
+            "auto_choices": cached_records(sha, cache_dir)}
 
 
 def measure_backends(
     module: nn.Module, tile: tuple[int, ...], batch_size: int = 4, threads: int | None = None,
-    candidates: tuple[str, ...] = ("torch", "onnx"), repeats: int = 3,
-) -> dict[str, float]:
-    """Median seconds per batch of each candidate that works and agrees with eager PyTorch
-    (max |difference| <= 1e-3); candidates that fail are left out with a warning. "compile" is
-    not a default candidate: its compilation (tens of seconds) would recur in every process."""
+    candidates: tuple[str, ...] | None = None, repeats: int = 3, sample: np.ndarray | None = None,
+) -> BackendMeasurement:
+    """Time each candidate on `sample` (default: image-like tiles, `gate.gate_sample`). The first
+    candidate that runs (eager torch by default) is the fp32 reference; an fp32 candidate must
+    agree with it (max |difference| <= 1e-3), a reduced-precision one must pass the parity gate.
+    OpenVINO candidates that cannot run here are excluded with the reason; failures warn."""
     in_channels, _ = module_channels(module)
-    batch = np.random.default_rng(0).uniform(0, 255, (batch_size, in_channels or 1, *tile)).astype(np.float32)
-    timings: dict[str, float] = {}
+    if sample is None:
+        sample = gate_sample(in_channels or 1, tile, batch_size)
+    graph = functools.cache(lambda: export_onnx(module, (1, in_channels or 1, *tile)))  # one export for all engines
+    builders = {name: functools.partial(_build, copy.deepcopy(module), name, tile, threads, batch_size, graph)
+                for name in candidates or AUTO_CANDIDATES}
+    return measure_predictors(builders, sample, repeats)
+
+
+def measure_predictors(
+    builders: dict[str, Callable[[], Any]], sample: np.ndarray, repeats: int = 3,
+) -> BackendMeasurement:
+    """`measure_backends` over predictor builders (the first that runs is the fp32 reference)."""
+    result = BackendMeasurement({})
     reference: np.ndarray | None = None
-    for name in candidates:
+    for name, build in builders.items():
+        reason = ov_backend.unavailable(name) if name in ov_backend.PRECISIONS else None
+        if reason:
+            result.excluded[name] = reason
+            continue
         try:
-            predictor = _build(copy.deepcopy(module), name, tile, threads)
-            out = predictor(batch)  # warm-up (and compilation)
+            predictor = build()
+            out = predictor(sample)  # warm-up (and compilation)
         except Exception as e:
+            result.excluded[name] = f"failed: {type(e).__name__}: {str(e)[:200]}"
             warnings.warn(f"backend {name} unavailable: {type(e).__name__}: {str(e)[:200]}", stacklevel=2)
             continue
         if reference is None:
             reference = out
+        elif name in REDUCED_PRECISION:
+            gate: GateResult = parity_gate(reference, out, REDUCED_PRECISION[name])
+            result.gate[name] = gate.to_dict()
+            if not gate.passed:
+                result.excluded[name] = f"parity gate against fp32: {gate.reason}"
+                continue
         elif out.shape != reference.shape or float(np.abs(out - reference).max()) > 1e-3:
-            warnings.warn(f"backend {name} disagrees with eager PyTorch; not used", stacklevel=2)
+            result.excluded[name] = "disagrees with the fp32 reference (max |difference| > 1e-3)"
+            warnings.warn(f"backend {name} disagrees with the fp32 reference; not used", stacklevel=2)
             continue
         runs = []
         for _ in range(repeats):
             start = time.perf_counter()
-            predictor(batch)
+            predictor(sample)
             runs.append(time.perf_counter() - start)
-        timings[name] = float(np.median(runs))
-    if not timings:
-        raise ConfigError("no inference backend works for this model")
-    return timings
+        result.seconds[name] = float(np.median(runs))
+    if not result.seconds:
+        raise ConfigError(f"no inference backend works for this model: {result.excluded}")
+    return result
 
 
 # ---------------------------------------------------------------- module helpers
@@ -281,8 +399,6 @@ def module_channels(module: nn.Module) -> tuple[int | None, int | None]:
 
 
 def module_sha256(module: nn.Module) -> str:
-    from unetkit.artifact import weights_sha256
-
     return weights_sha256(module.state_dict())
 
 
@@ -306,8 +422,6 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     `nn.Sequential`, and a conv followed by a Sequential that starts with the norm (MONAI's ADN).
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    from unetkit.models import fuse_for_inference
 
     module = fuse_for_inference(module)
     conv_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -32,6 +32,8 @@ class ModelInfo(BaseModel):
     input: str = Field(description="what to send", default="an image file (PNG, JPEG, TIFF, GIF, BMP) in raw intensity units")
     temperature: float = 1.0
     created: str = ""
+    backend: str = Field(default="", description="the inference backend running it (torch, compile, onnx, openvino, "
+                                                 "openvino-bf16), as chosen when it was loaded")
     registry: RegistryVersion | None = Field(default=None, description="the registry version served, if any")
 
 

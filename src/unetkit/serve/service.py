@@ -98,6 +98,7 @@ class LoadedModel:
         if len(self.patch) != 2:
             raise ConfigError(f"{artifact.path}: patch_size {self.meta.patch_size}: serving needs a 2-D patch size")
         predictor = make_predictor(artifact, config.backend, batch_size=config.max_batch_size)
+        self.backend = str(getattr(predictor, "backend", config.backend))
         observer = observer or Observer()
         self.batcher = TileBatcher(
             predictor, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
@@ -117,6 +118,7 @@ class LoadedModel:
             "classes": [{"index": i, "name": n, "color": c} for i, (n, c) in enumerate(zip(self.meta.class_names, self.colors, strict=True))],
             "in_channels": self.meta.model.in_channels, "patch_size": list(self.patch),
             "temperature": self.meta.temperature, "created": self.meta.created, "registry": self.origin,
+            "backend": self.backend,
         }
 
     def probabilities(self, image: np.ndarray, tta: bool = False) -> np.ndarray:

@@ -83,9 +83,13 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
         return meta
     keys = [s.key for s in val]
     say = print if config.progress else (lambda *_: None)
+    # eager torch, not "auto": this runs inside the training budget, on a few images, and the automatic
+    # choice would first time every backend (compiling OpenVINO f32 and bf16) on weights seen once
+    backend = "torch"
     if config.calibrate:
         t0 = time.perf_counter()
-        c = calibrate_samples(Artifact(meta=meta, state_dict=weights), val, progress=False, source="the validation split")
+        c = calibrate_samples(Artifact(meta=meta, state_dict=weights), val, progress=False, source="the validation split",
+                              backend=backend)
         meta = dataclasses.replace(meta, **c["fields"], metrics={**meta.metrics, "calibration":
                                                                   calibration_record(c | {"keys": keys})})
         say(f"calibrated on {len(val)} validation image(s) in {time.perf_counter() - t0:.1f} s: temperature "
@@ -93,7 +97,8 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
     if config.tune_postprocess != "off":
         t0 = time.perf_counter()
         sample = spread(val, MAX_TUNE_IMAGES)  # bounded memory and search time on a large validation split
-        summary = tune_samples(Artifact(meta=meta, state_dict=weights), sample, config.tune_postprocess, progress=False)
+        summary = tune_samples(Artifact(meta=meta, state_dict=weights), sample, config.tune_postprocess, progress=False,
+                               backend=backend)
         meta = dataclasses.replace(meta, postprocess=summary["postprocess"], metrics={
             **meta.metrics, "postprocess_tuning": tuning_record(summary | {"keys": [s.key for s in sample]})})
         say(f"postprocessing tuned on {len(sample)} validation image(s) for {summary['metric']} in "

@@ -1,0 +1,103 @@
+"""Export an artifact as an OpenVINO IR: `model.xml` + `model.bin` + the inference plan `model.xml.json`.
+
+The IR is the ONNX export's graph (`onnx.export_graph`: normalization -> network -> calibration ->
+probabilities and logits, dynamic batch/height/width) converted by `openvino.convert_model` and
+saved with f32 weights (no fp16 compression); the precision it runs at is chosen when it is
+compiled (`inference.openvino`). Before anything is written, the IR compiled at f32 runs on the
+parity tiles next to the artifact's torch pipeline (`ExportConfig.parity_tolerance`, as for ONNX),
+and where the CPU has bf16 the IR compiled at bf16 goes through the parity gate against f32 on
+image-like tiles; the plan records both (`openvino.bf16_gate`), so a deployment can see whether
+bf16 is eligible. The plan is stamped with the sha256 of both IR files; all three files are
+written under temporary names and renamed, the `.xml` last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unetkit.artifact import Artifact, load_artifact
+from unetkit.config import ExportConfig, TileChoice
+from unetkit.errors import ConfigError
+from unetkit.export.onnx import (
+    ExportResult,
+    ParityError,
+    export_graph,
+    parity_tiles,
+    torch_probabilities,
+    write_files,
+)
+from unetkit.export.plan import OUTPUT_NAMES, inference_plan, plan_path
+from unetkit.inference import openvino as ov_backend
+from unetkit.inference.files import tile_config_for
+from unetkit.inference.gate import gate_sample, parity_gate
+
+
+def default_out(artifact_path: str | Path) -> Path:
+    """`model.unetkit` -> `model.xml` (its weights: `model.bin`)."""
+    p = Path(artifact_path)
+    return p.with_name(p.stem + ".xml")
+
+
+def export_openvino(
+    model: str | Path | Artifact, out: str | Path | None = None, config: ExportConfig = ExportConfig(format="openvino"),
+    tile: TileChoice = None,
+) -> ExportResult:
+    """Write `out` (default beside the artifact as `.xml`), its `.bin` and `out.json` (the plan).
+    `tile`: as for `export_artifact` (the artifact's own tiling with what `tile` sets in its place).
+    Raises `ParityError` (nothing written) when the f32 IR disagrees with the torch pipeline."""
+    ov = ov_backend.require_openvino()
+    if config.int8:
+        raise ConfigError("--int8 with --format openvino: export the int8 ONNX (--format onnx --int8) and run it "
+                          "with --backend openvino")
+    artifact = model if isinstance(model, Artifact) else load_artifact(model)
+    if out is None:
+        if artifact.path is None:
+            raise ConfigError("export_openvino: give `out` for an artifact that was not loaded from a file")
+        out = default_out(artifact.path)
+    out = Path(out)
+    if out.suffix != ".xml":
+        raise ConfigError(f"{out}: an OpenVINO IR is written as NAME.xml (weights beside it as NAME.bin)")
+    tile = tile_config_for(artifact, tile)
+    size = tuple(tile.tile_size)[:2]
+    graph = ov.convert_model(io.BytesIO(export_graph(artifact, config.opset)))
+
+    f32 = ov_backend.OpenVinoPredictor(graph, "openvino", output=OUTPUT_NAMES[0], batch_size=1)
+    batches = parity_tiles(artifact, size)  # type: ignore[arg-type]
+    diff = max(float(np.abs(f32(b) - torch_probabilities(artifact, b)).max()) for b in batches)
+    if not np.isfinite(diff) or diff > config.parity_tolerance:
+        raise ParityError(
+            f"{out}: OpenVINO IR differs from the torch pipeline by {diff:.3g} (max |probability difference|), "
+            f"more than parity_tolerance {config.parity_tolerance:g}; nothing was written")
+    parity = {"max_abs_diff": diff, "tolerance": config.parity_tolerance, "tiles": sum(len(b) for b in batches),
+              "runtime": "openvino f32"}
+    plan = inference_plan(artifact, tile, opset=config.opset, parity=parity)
+    plan["openvino"] = {"version": ov_backend.openvino_version(), "bf16_gate": bf16_gate(graph, artifact, size, f32)}
+
+    with tempfile.TemporaryDirectory(prefix="unetkit-ov-") as tmp:
+        xml = Path(tmp) / out.name
+        ov.save_model(graph, str(xml), compress_to_fp16=False)
+        xml_data, bin_data = xml.read_bytes(), xml.with_suffix(".bin").read_bytes()
+    bin_path = out.with_suffix(".bin")
+    plan.update(model_file=out.name, model_sha256=hashlib.sha256(xml_data).hexdigest(),
+                weights_file=bin_path.name, weights_file_sha256=hashlib.sha256(bin_data).hexdigest())
+    write_files([(plan_path(out), (json.dumps(plan, indent=1) + "\n").encode()), (bin_path, bin_data), (out, xml_data)])
+    return ExportResult(out, plan_path(out), diff, int(parity["tiles"]), plan)
+
+
+def bf16_gate(graph: Any, artifact: Artifact, size: tuple[int, ...], f32: Any) -> dict[str, Any]:
+    """The bf16 IR's parity gate against the f32 IR on image-like tiles, or why bf16 cannot run here."""
+    reason = ov_backend.unavailable("openvino-bf16")
+    if reason:
+        return {"passed": False, "reason": reason, "measured": False}
+    meta = artifact.meta
+    sample = gate_sample(meta.model.in_channels, size, 4, meta.mean, meta.std)
+    bf16 = ov_backend.OpenVinoPredictor(graph, "openvino-bf16", output=OUTPUT_NAMES[0], batch_size=1)
+    return {**parity_gate(f32(sample), bf16(sample), "bf16").to_dict(), "measured": True}
+
