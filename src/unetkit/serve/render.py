@@ -34,7 +34,7 @@ def output_values(labels: np.ndarray, include: set[str], num_classes: int) -> in
     total = 0
     if "rle" in include:  # every change of label in column-major order ends a run of two classes
         flat = labels.ravel(order="F")
-        total += num_classes + 2 * int(np.count_nonzero(flat[1:] != flat[:-1]))
+        total += 2 * num_classes + 2 * int(np.count_nonzero(flat[1:] != flat[:-1]))
     if "polygons" in include:  # a ring has at most a vertex per boundary edge of its pixels, 2 numbers each
         edges = np.count_nonzero(labels[:, 1:] != labels[:, :-1]) + np.count_nonzero(labels[1:] != labels[:-1])
         total += 2 * 2 * (int(edges) + 2 * sum(labels.shape))
