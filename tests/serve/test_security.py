@@ -135,6 +135,7 @@ def test_case8_docs_off_readyz_and_healthz_say_only_the_state(served, tmp_path, 
     assert d.get("/openapi.json").status_code == 200
     version = d.get("/v1/model", headers=bearer("m")).json()["version"]
     assert d.get("/readyz").json() == {"status": "ready"}
+    assert d.get("/readyz", headers=bearer("wrong")).json() == {"status": "ready"}  # probes never answer 401
     assert d.get("/readyz", headers=bearer("m")).json() == {"status": "ready", "model_version": version}
     bad = tmp_path / "bad.unetkit"
     bad.write_bytes(b"not a model: /secret/path")

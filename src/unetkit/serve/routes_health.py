@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from unetkit.serve import schemas
-from unetkit.serve.auth import Identity, caller, require
+from unetkit.serve.auth import ANONYMOUS, Identity, caller, require
+from unetkit.serve.errors import Unauthorized
 from unetkit.serve.metrics import CONTENT_TYPE
 from unetkit.serve.state import AppState, app_state
 
@@ -26,13 +27,21 @@ PAGE = Path(__file__).with_name("static") / "index.html"
 router = APIRouter()
 
 
+async def probe_caller(request: Request) -> Identity:
+    """The caller of a probe: a wrong token makes it anonymous, never a 401 (probes always answer)."""
+    try:
+        return await caller(request)
+    except Unauthorized:
+        return ANONYMOUS
+
+
 def details_for(identity: Identity) -> bool:
     """Whether the caller may see the model version and the load error."""
     return identity.authenticated and identity.allows("model")
 
 
 @router.get("/healthz", response_model=schemas.Health, response_model_exclude_none=True, tags=["health"])
-async def healthz(state: AppState = Depends(app_state), identity: Identity = Depends(caller)) -> Any:
+async def healthz(state: AppState = Depends(app_state), identity: Identity = Depends(probe_caller)) -> Any:
     """Alive (the process answers); 500 only when the model failed to load."""  # async: never waits for a pool thread
     if state.status == "failed":
         return JSONResponse({"status": "failed", **({"error": state.error} if details_for(identity) else {})}, 500)
@@ -41,7 +50,7 @@ async def healthz(state: AppState = Depends(app_state), identity: Identity = Dep
 
 @router.get("/readyz", response_model=schemas.Health, response_model_exclude_none=True, tags=["health"],
             responses={503: {"model": schemas.Health, "description": "loading, draining or failed"}})
-async def readyz(state: AppState = Depends(app_state), identity: Identity = Depends(caller)) -> Any:
+async def readyz(state: AppState = Depends(app_state), identity: Identity = Depends(probe_caller)) -> Any:
     """Ready: the model is loaded and warmed up and the server is not shutting down."""
     details = details_for(identity)
     if state.status != "ready" or state.service is None:
