@@ -21,6 +21,8 @@ RUN pip install ".[serve]" && rm -rf /app/src /root/.cache
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin unetkit
 USER 10001
 
+# 0.0.0.0 without a token serves anyone who reaches the port: the server logs a loud warning at start.
+# Mount a token file (hashed tokens with scopes, docs/serving.md) and set UNETKIT_SERVE_TOKEN_FILE.
 ENV UNETKIT_SERVE_HOST=0.0.0.0 \
     UNETKIT_SERVE_PORT=8000 \
     UNETKIT_SERVE_ARTIFACT=/models/model.unetkit

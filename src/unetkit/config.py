@@ -257,7 +257,7 @@ class ServeConfig:
     max_body_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 64_000_000
     token: str = ""  # bearer token; empty disables auth (prefer token_file or UNETKIT_SERVE_TOKEN)
-    token_file: str = ""
+    token_file: str = ""  # hashed tokens with scopes, one per line (see serve/auth.py); re-read when it changes
     canary_artifact: str = ""
     canary_percent: float = 0.0
     shadow: bool = False  # the canary artifact only runs on copies of requests, for comparison
@@ -275,6 +275,17 @@ class ServeConfig:
     trusted_keys: str = ""  # folder of trusted Ed25519 public keys (*.pub) or one .pub file
     require_signature: bool = False  # refuse unsigned artifacts (needs trusted_keys); without it only signed ones are checked
     sha256: str = ""  # pin: serve `artifact` only if the file's sha256 is this (not with a registry: it pins by sha256 itself)
+    # hardening: what an untrusted client may cost (docs/serving.md, "Threat model and hardening")
+    docs: bool = False  # serve /docs, /redoc and /openapi.json (off: the API description is not public)
+    public_metrics: bool = False  # /metrics without a token, for scrapers that cannot send one
+    header_timeout_seconds: float = 10.0  # a connection must send a request's headers within this; then closed
+    keepalive_timeout_seconds: int = 5  # an idle keep-alive connection is closed after this
+    max_connections: int = 512  # open connections; a request beyond gets 503 (uvicorn limit_concurrency)
+    body_timeout_seconds: float = 60.0  # the whole request body must arrive within this; then 408
+    request_timeout_seconds: float = 120.0  # body, queueing and inference of one request; then 503
+    max_inflight_body_bytes: int = 256 * 1024 * 1024  # request bodies held in memory at once; beyond: 503
+    max_output_values: int = 2_000_000  # RLE runs + polygon vertices one JSON answer may hold; beyond: 413
+    sample_max_age_days: float = 30.0  # samples older than this are deleted
 
 
 RANK_SCORES = ("entropy", "margin", "tta", "combined")

@@ -30,6 +30,8 @@ from unetkit.errors import DataError
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 100_000_000  # below Pillow's own bomb threshold, so our message is the one users see
+MAX_CHANNELS = 64  # a TIFF holds at most this many channels (pages x samples) per pixel; checked before decoding
+PILLOW_FORMATS = ("PNG", "JPEG", "TIFF", "GIF", "BMP")  # what Pillow may open: the IMAGE_SUFFIXES formats
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -215,7 +217,7 @@ def _decode(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # bombs are checked below; corrupt files raise
-            with Image.open(opened) as im:
+            with Image.open(opened, formats=PILLOW_FORMATS) as im:
                 _check_pixels(path, im.height, im.width, max_pixels)
                 return pillow_array(im, source)
     except DataError:
@@ -241,6 +243,13 @@ def _tifffile_array(source: Path | io.BytesIO, path: str | Path, max_pixels: int
         series = tif.series[0]
         sizes = dict(zip(series.axes, series.shape, strict=True))
         _check_pixels(path, sizes.get("Y", 1), sizes.get("X", 1), max_pixels)
+        extra = [a for a, n in zip(series.axes, series.shape, strict=True) if a not in "YX" and n != 1]
+        if len(extra) > 1:  # refused from the header: pages x samples, volumes and time series are not 2-D images
+            raise DataError(f"{path}: TIFF with axes {series.axes} and shape {series.shape}; expected a 2-D image")
+        channels = int(np.prod([sizes[a] for a in extra]))
+        if channels > MAX_CHANNELS:
+            raise DataError(f"{path}: TIFF with {channels:,} channels ({series.axes} {series.shape}) exceeds the limit of "
+                            f"{MAX_CHANNELS} (checked before decoding, a guard against decompression bombs)")
         array = series.asarray()
     keep = [i for i, a in enumerate(series.axes) if a in "YX" or array.shape[i] != 1]
     axes = "".join(series.axes[i] for i in keep)

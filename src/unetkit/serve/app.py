@@ -7,7 +7,11 @@ inference (through the batcher) and encoding run in the thread pool. Every error
 
 The parts: `routes_health.py` (probes, metrics, page), `routes_v1.py` (the API), `state.py` (the
 shared `AppState` on `app.state.unetkit`, reached through dependencies), `auth.py` (bearer token),
-`middleware.py` (request ids, metrics, logs), `errors.py` (statuses and JSON error bodies).
+`middleware.py` (request ids, metrics, logs), `errors.py` (statuses and JSON error bodies), `upload.py`
+(reading request bodies under limits).
+
+/docs, /redoc and /openapi.json exist only with `docs` on. Serving on a non-loopback address without
+a token logs a warning at start-up (and at every model load): anyone who reaches the port may use it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 from unetkit.config import ServeConfig
 from unetkit.errors import ConfigError
 from unetkit.serve import routes_health, routes_v1
-from unetkit.serve.auth import resolve_token
+from unetkit.serve.auth import TokenStore, is_loopback
 from unetkit.serve.errors import add_error_handlers
 from unetkit.serve.follow import RegistryFollower
 from unetkit.serve.logs import configure_logging, log
@@ -30,6 +34,7 @@ from unetkit.serve.middleware import observe
 from unetkit.serve.sampling import Sampler
 from unetkit.serve.service import Service
 from unetkit.serve.state import AppState
+from unetkit.serve.upload import BodyBudget
 
 try:
     import anyio.to_thread
@@ -45,11 +50,19 @@ def create_app(config: ServeConfig) -> FastAPI:
     if config.artifact and config.registry:
         raise ConfigError(f"serve: both a model artifact ({config.artifact}) and a registry ({config.registry}) given; choose one")
     configure_logging(config.log_level)
-    sampler = Sampler(config.sample_dir, config.sample_rate, config.sample_max_bytes, config.seed) \
+    tokens = TokenStore(config)
+    if not tokens.enabled and not is_loopback(config.host):
+        log(logging.WARNING, "SERVING WITHOUT AUTHENTICATION on a non-loopback address: anyone who reaches "
+            f"{config.host}:{config.port} can use the model; set token_file (see docs/serving.md)", host=config.host)
+    metrics = ServeMetrics(config.max_batch_size, config)
+    sampler = Sampler(config.sample_dir, config.sample_rate, config.sample_max_bytes, config.seed,
+                      max_age_seconds=config.sample_max_age_days * 86400, on_saved=metrics.samples.inc) \
         if config.sample_dir and config.sample_rate > 0 else None
-    app = FastAPI(title="unetkit segmentation service", version="1", lifespan=lifespan,
+    docs = {} if config.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="unetkit segmentation service", version="1", lifespan=lifespan, **docs,
                   description="Segment images with a unetkit model artifact. Errors: `{\"error\": {\"code\", \"message\"}}`.")
-    app.state.unetkit = AppState(config, ServeMetrics(config.max_batch_size, config), resolve_token(config), sampler)
+    app.state.unetkit = AppState(config, metrics, tokens, sampler, BodyBudget(config.max_inflight_body_bytes,
+                                                                             config.retry_after_seconds))
     app.middleware("http")(observe)
     add_error_handlers(app)
     app.include_router(routes_health.router)
@@ -72,6 +85,8 @@ async def lifespan(app: FastAPI) -> Any:
         await asyncio.to_thread(state.follower.stop)
     if state.service is not None:
         await asyncio.to_thread(state.service.close)
+    if state.sampler is not None:
+        await asyncio.to_thread(state.sampler.close)
     await asyncio.to_thread(state.metrics.close)
     log(logging.INFO, "stopped")
 

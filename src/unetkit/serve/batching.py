@@ -35,6 +35,12 @@ class QueueFull(RuntimeError):
         self.retry_after = retry_after
 
 
+class DeadlineExceeded(QueueFull):
+    """The request ran past its deadline (`request_timeout_seconds`): its remaining work is skipped."""
+
+    code = "deadline_exceeded"
+
+
 @dataclass(frozen=True)
 class BatchStats:
     size: int  # tiles in the forward pass
@@ -216,8 +222,9 @@ class PixelBudget:
         self._cond = threading.Condition()
 
     @contextmanager
-    def hold(self, n: int) -> Iterator[None]:
-        deadline = time.monotonic() + self.timeout
+    def hold(self, n: int, deadline: float | None = None) -> Iterator[None]:
+        """Wait for room for `n` pixels until `timeout` s from now or `deadline` (monotonic), whichever is first."""
+        deadline = min(time.monotonic() + self.timeout, deadline or float("inf"))
         ticket = object()
         with self._cond:
             self._waiting.append(ticket)

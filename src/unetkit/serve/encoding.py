@@ -1,6 +1,11 @@
 """Bytes in and out of the service: upload decoding with limits (format sniffed from magic bytes,
 pixel count read from the header before any pixel is decoded) and PNG/TIFF encoding.
 
+Before decoding, `inspect_upload` reads the header: width x height against `max_pixels`, and for a
+TIFF every page: pages x samples x depth (the channels) against `max_channels`, a 4-D layout (several
+pages of several samples, or volumetric pages) refused, so a few KB of compressed pages never expand
+to gigabytes. Pillow opens only the sniffed format (`Image.open(formats=...)`).
+
 COCO RLE and polygons come from `unetkit.inference.vectorize`, so a mask is encoded one way
 everywhere."""
 
@@ -39,49 +44,75 @@ class ImageTooLarge(InputError):
     code = "image_too_large"
 
 
+PILLOW_FORMATS = {"png": ["PNG"], "jpeg": ["JPEG"], "gif": ["GIF"], "bmp": ["BMP"], "tiff": ["TIFF"]}
+MAX_CHANNELS = 4  # pages x samples of an upload, unless the model takes more (see `inspect_upload`)
+
+
 def sniff_format(data: bytes) -> str | None:
     return next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
 
 
-def image_dimensions(data: bytes, fmt: str) -> tuple[int, int]:
-    """(height, width) from the header only, without decoding pixels."""
+def image_dimensions(data: bytes, fmt: str, max_channels: int = MAX_CHANNELS) -> tuple[int, int, int]:
+    """(height, width, channels) from the header only, without decoding pixels. A TIFF's pages are
+    read up to `max_channels` + 1 (its IFDs only); more channels than that: `ImageTooLarge`."""
     from PIL import Image
 
     try:
         if fmt == "tiff":
-            import tifffile
-
-            with tifffile.TiffFile(io.BytesIO(data)) as tif:
-                page = tif.pages.first
-                return int(page.imagelength), int(page.imagewidth)
+            return _tiff_dimensions(data, max_channels)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                return int(im.height), int(im.width)
+            with Image.open(io.BytesIO(data), formats=PILLOW_FORMATS[fmt]) as im:
+                return int(im.height), int(im.width), len(im.getbands())
+    except (ImageTooLarge, CorruptImage):
+        raise
     except Image.DecompressionBombError as e:
         raise ImageTooLarge(f"image refused as a possible decompression bomb ({e})") from None
     except Exception as e:  # noqa: BLE001 - any header failure means a corrupt file
         raise CorruptImage(f"{fmt.upper()} header unreadable ({type(e).__name__}: {str(e)[:200]})") from None
 
 
-def inspect_upload(data: bytes, name: str, max_pixels: int) -> tuple[int, int]:
-    """(height, width) of an upload from its header, or `UnsupportedImage`/`CorruptImage`/`ImageTooLarge`."""
+def _tiff_dimensions(data: bytes, max_channels: int) -> tuple[int, int, int]:
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        first = tif.pages.first
+        height, width, samples = int(first.imagelength), int(first.imagewidth), int(first.samplesperpixel)
+        pages = 0
+        for page in tif.pages:  # parses IFDs (tags) only, stopping once past the limit
+            pages += 1
+            if pages * samples > max_channels:
+                break
+            shape = (int(page.imagelength), int(page.imagewidth), int(page.samplesperpixel), int(page.imagedepth))
+            if shape != (height, width, samples, 1):
+                raise CorruptImage(f"TIFF page {pages} is {shape[1]}x{shape[0]}x{shape[2]} samples (depth {shape[3]}); "
+                                   f"expected every page {width}x{height}x{samples}: a 2-D image, its pages the channels")
+    if pages > 1 and samples > 1:
+        raise CorruptImage(f"TIFF with {pages}+ pages of {samples} samples is not a 2-D image (4-D layouts are refused)")
+    if pages * samples > max_channels:
+        raise ImageTooLarge(f"TIFF holds more than {max_channels} channels ({pages}+ pages x {samples} samples of "
+                            f"{width}x{height}); the server reads at most {max_channels} (pages x samples)")
+    return height, width, pages * samples
+
+
+def inspect_upload(data: bytes, name: str, max_pixels: int, max_channels: int = MAX_CHANNELS) -> tuple[int, int, int]:
+    """(height, width, channels) of an upload from its header, or `UnsupportedImage`/`CorruptImage`/`ImageTooLarge`."""
     if not data:
         raise CorruptImage(f"{name}: empty body; send the image bytes (multipart field 'file' or the raw body)")
     fmt = sniff_format(data)
     if fmt is None:
-        raise UnsupportedImage(f"{name}: not a PNG, JPEG, TIFF, GIF or BMP image (first bytes {data[:8]!r})")
-    height, width = image_dimensions(data, fmt)
+        raise UnsupportedImage(f"{name}: not a PNG, JPEG, TIFF, GIF or BMP image (first bytes {bytes(data[:8])!r})")
+    height, width, channels = image_dimensions(data, fmt, max_channels)
     if height * width > max_pixels:
-        raise ImageTooLarge(f"{name}: {width}x{height} = {height * width:,} pixels exceeds the limit of {max_pixels:,}")
+        raise ImageTooLarge(f"{name}: {width}x{height} = {height * width:,} pixels exceeds max_pixels ({max_pixels:,})")
     if height <= 0 or width <= 0:
         raise CorruptImage(f"{name}: image has no pixels ({width}x{height})")
-    return height, width
+    return height, width, channels
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+def decode_upload(data: bytes, name: str, max_pixels: int, max_channels: int = MAX_CHANNELS) -> np.ndarray:
     """An uploaded file as `(C, H, W)` float32, or `UnsupportedImage`/`CorruptImage`/`ImageTooLarge`."""
-    inspect_upload(data, name, max_pixels)
+    inspect_upload(data, name, max_pixels, max_channels)
     try:
         image = decode_image(data, name, max_pixels=max_pixels)
     except DataError as e:

@@ -7,8 +7,9 @@ from typing import Any
 
 from unetkit.errors import InputError, UnetkitError
 from unetkit.serve import schemas
-from unetkit.serve.batching import QueueFull
+from unetkit.serve.batching import DeadlineExceeded, QueueFull
 from unetkit.serve.encoding import CorruptImage, ImageTooLarge, UnsupportedImage
+from unetkit.serve.render import OutputTooLarge
 
 try:
     from fastapi import FastAPI, Request
@@ -31,14 +32,30 @@ class Unauthorized(UnetkitError):
     code = "unauthorized"
 
 
+class Forbidden(UnetkitError):
+    """A valid token without the scope the route needs (HTTP 403); also a cross-site browser request."""
+
+    code = "forbidden"
+
+
+class BodyTimeout(InputError):
+    """The body did not arrive within `body_timeout_seconds` (HTTP 408)."""
+
+    code = "body_timeout"
+
+
 STATUS: list[tuple[type[BaseException], int]] = [
-    (UnsupportedImage, 415), (ImageTooLarge, 413), (BodyTooLarge, 413), (Unauthorized, 401),
-    (NotReady, 503), (QueueFull, 503), (CorruptImage, 400), (UnetkitError, 400),
+    (UnsupportedImage, 415), (ImageTooLarge, 413), (BodyTooLarge, 413), (OutputTooLarge, 413), (Unauthorized, 401),
+    (Forbidden, 403), (BodyTimeout, 408), (NotReady, 503), (QueueFull, 503), (DeadlineExceeded, 503),
+    (CorruptImage, 400), (UnetkitError, 400),
 ]
+CLOSE_CONNECTION = (BodyTooLarge, BodyTimeout)  # the rest of the body is not read: the connection is closed
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # the OpenAPI description of the error answers
     code: {"model": schemas.ErrorResponse, "description": text} for code, text in {
-        400: "corrupt image or bad request", 401: "missing or wrong bearer token", 413: "body or image too large",
-        415: "unsupported image format", 422: "invalid parameter", 503: "overloaded or not ready (see Retry-After)",
+        400: "corrupt image or bad request", 401: "missing or wrong bearer token", 403: "the token lacks the scope",
+        408: "the body was not sent in time", 413: "body, image or answer too large",
+        415: "unsupported image format", 422: "invalid parameter",
+        503: "overloaded, past the request deadline or not ready (see Retry-After)",
     }.items()
 }
 
@@ -46,12 +63,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # the OpenAPI description 
 def error_response(exc: BaseException) -> JSONResponse:
     status = next((s for cls, s in STATUS if isinstance(exc, cls)), 500)
     code = getattr(exc, "code", None) or ("overloaded" if isinstance(exc, QueueFull) else "invalid_input")
+    if isinstance(exc, DeadlineExceeded):
+        code = "deadline_exceeded"
     message = str(exc) if status < 500 or isinstance(exc, QueueFull) else "internal error; see the server log"
     headers = {}
     if status == 503:
         headers["Retry-After"] = str(max(1, round(getattr(exc, "retry_after", 1))))
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, CLOSE_CONNECTION):
+        headers["Connection"] = "close"
     if status == 500:
         code = "internal"
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
@@ -59,7 +80,8 @@ def error_response(exc: BaseException) -> JSONResponse:
 
 async def known_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, QueueFull):
-        request.app.state.unetkit.metrics.rejected.labels("overloaded").inc()
+        reason = "deadline" if isinstance(exc, DeadlineExceeded) else "overloaded"
+        request.app.state.unetkit.metrics.rejected.labels(reason).inc()
     return error_response(exc)
 
 

@@ -7,9 +7,18 @@ and answered images (for the drift gauges of `drift.py`) to it without knowing a
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 from unetkit.config import ServeConfig
 from unetkit.serve.drift import DriftTracker
@@ -29,6 +38,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class ServeMetrics(Observer):
     def __init__(self, max_batch_size: int = 8, config: ServeConfig | None = None) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, CPU seconds...
+        GCCollector(registry=r)  # python_gc_* per generation
         self.requests = Counter("unetkit_http_requests", "HTTP requests by route, method and status",
                                 ["route", "method", "status"], registry=r)
         self.latency = Histogram("unetkit_http_request_duration_seconds", "HTTP request latency",
@@ -88,18 +99,20 @@ class ServeMetrics(Observer):
         self.inference.labels(model.role, model.version).observe(stats.seconds)
 
     def prediction(self, model: LoadedModel, summary: dict[str, Any]) -> None:
+        """Per-request quality proxies; a non-finite value is never observed (a histogram's sum would
+        stay NaN for the life of the process)."""
         self.model_requests.labels(model.role, model.version).inc()
         for c in summary["classes"]:
-            self.class_fraction.labels(model.version, c["name"]).observe(c["pixel_fraction"])
-        self.confidence.labels(model.version).observe(summary["confidence"]["mean"])
-        self.low_confidence.labels(model.version).observe(summary["confidence"]["low_fraction"])
+            _observe(self.class_fraction.labels(model.version, c["name"]), c["pixel_fraction"])
+        _observe(self.confidence.labels(model.version), summary["confidence"]["mean"])
+        _observe(self.low_confidence.labels(model.version), summary["confidence"]["low_fraction"])
 
     def segmented(self, model: LoadedModel, image: np.ndarray, probabilities: np.ndarray | None,
                   labels: np.ndarray) -> None:
         self.drift.observe(model, image, probabilities, labels)
 
     def shadow(self, agreement_iou: float) -> None:
-        self.shadow_iou.observe(agreement_iou)
+        _observe(self.shadow_iou, agreement_iou)
         self.shadow_last.set(agreement_iou)
 
     def shadow_dropped(self) -> None:
@@ -111,3 +124,8 @@ class ServeMetrics(Observer):
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _observe(histogram: Any, value: float) -> None:
+    if math.isfinite(value):
+        histogram.observe(value)

@@ -1,5 +1,6 @@
 """`observe`: the HTTP middleware that gives every request an id (X-Request-ID), counts and times it,
-logs it, and turns an uncaught error into a 500 JSON body."""
+logs it (with the caller's token name, `identity`, when auth is on), and turns an uncaught error into a
+500 JSON body."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ async def observe(request: Request, call_next: Any) -> Any:
     response.headers["X-Request-ID"] = rid
     if route not in QUIET_ROUTES:
         log(logging.INFO, "request", method=request.method, path=request.url.path, status=response.status_code,
-            duration_ms=round(seconds * 1000, 2), model_version=response.headers.get("x-model-version"))
+            duration_ms=round(seconds * 1000, 2), model_version=response.headers.get("x-model-version"),
+            identity=request.scope.get("state", {}).get("identity"))
     request_id_var.reset(token)
     return response

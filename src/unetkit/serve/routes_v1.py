@@ -1,32 +1,33 @@
-"""The v1 API: /v1/model and /v1/segment, behind the bearer token.
+"""The v1 API: /v1/model (scope `model`) and /v1/segment (scope `segment`).
 
-/v1/segment reads the upload on the event loop (streamed, capped at `max_body_bytes`) and does all of
-its CPU work (decode, segment through the batcher, encode) in a pool thread.
+/v1/segment reads the upload on the event loop (`upload.py`: content type, size, time and memory
+limits), and only then takes an admission slot (`max_inflight`), so a slow client holds no slot while
+it sends. All CPU work (decode, segment through the batcher, encode) runs in a pool thread. Each
+request has a deadline, `request_timeout_seconds` from its start: the body, the wait for the pixel
+budget and every batch of tiles check it (503 `deadline_exceeded`).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import Any, Literal
 
 from unetkit.serve import schemas
-from unetkit.serve.auth import authorized
-from unetkit.serve.encoding import CorruptImage, UnsupportedImage, decode_upload, inspect_upload
-from unetkit.serve.errors import ERROR_RESPONSES, BodyTooLarge
-from unetkit.serve.logs import log, request_id_var
+from unetkit.serve.auth import require
+from unetkit.serve.encoding import MAX_CHANNELS, decode_upload, inspect_upload
+from unetkit.serve.errors import ERROR_RESPONSES
+from unetkit.serve.logs import request_id_var
 from unetkit.serve.render import INCLUDES, binary_output, segment_json
 from unetkit.serve.service import SegmentOptions, Service
 from unetkit.serve.state import AppState, app_state, ready_service
+from unetkit.serve.upload import read_upload
 
 try:
     from fastapi import APIRouter, Depends, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import Response
     from starlette.concurrency import run_in_threadpool
-    from starlette.formparsers import MultiPartException, MultiPartParser
-    from starlette.requests import ClientDisconnect
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"unetkit serve needs the web extra ({e.name} is missing): pip install 'unetkit[serve]'") from None
 
@@ -40,11 +41,11 @@ SEGMENT_BODY = {
     },
 }
 
-router = APIRouter(dependencies=[Depends(authorized)])
+router = APIRouter()
 
 
-@router.get("/v1/model", response_model=schemas.ModelResponse, tags=["v1"],
-            responses={k: v for k, v in ERROR_RESPONSES.items() if k in (401, 503)})
+@router.get("/v1/model", response_model=schemas.ModelResponse, tags=["v1"], dependencies=[Depends(require("model"))],
+            responses={k: v for k, v in ERROR_RESPONSES.items() if k in (401, 403, 503)})
 def model_info(state: AppState = Depends(app_state)) -> Any:
     """The served model: name, version (weights sha256 prefix), classes and colours, expected input."""
     service = ready_service(state)
@@ -54,6 +55,7 @@ def model_info(state: AppState = Depends(app_state)) -> Any:
 
 
 @router.post("/v1/segment", tags=["v1"], openapi_extra={"requestBody": SEGMENT_BODY},
+             dependencies=[Depends(require("segment"))],
              responses={200: {"content": {"image/png": {}, "image/tiff": {}, "application/json": {
                  "schema": {"$ref": "#/components/schemas/SegmentResponse"}}},
                  "description": "the mask (PNG), probabilities (TIFF) or a JSON summary"}, **ERROR_RESPONSES})
@@ -67,85 +69,56 @@ async def segment(
     state: AppState = Depends(app_state),
 ) -> Response:
     """Segment one image (multipart field `file`, or the raw body). Large images are tiled."""
+    deadline = time.monotonic() + state.config.request_timeout_seconds
     service = ready_service(state)
     fmt = format or ("json" if "application/json" in request.headers.get("accept", "") else "png")
     extras = {p.strip() for p in include.split(",") if p.strip()}
     if extras - set(INCLUDES):
         raise RequestValidationError([{"loc": ("query", "include"), "msg": f"unknown {sorted(extras - set(INCLUDES))}; "
                                        f"expected some of {list(INCLUDES)}"}])
-    with service.admission():
-        data, name = await read_upload(request, state.config.max_body_bytes)
-        rid = request_id_var.get()
-        body, media, headers = await run_in_threadpool(
-            _segment_blocking, state, service, data, name, fmt, output, extras, tta, rid)
+    upload = await read_upload(request, state.config, state.bodies, deadline)
+    try:
+        with service.admission():
+            rid = request_id_var.get()
+            body, media, headers = await run_in_threadpool(
+                _segment_blocking, state, service, upload.data, upload.name, fmt, output, extras, tta, rid, deadline)
+    finally:
+        upload.release()
     return Response(body, media_type=media, headers=headers)
 
 
-async def read_upload(request: Request, limit: int) -> tuple[bytes, str]:
-    """The image bytes and a name for messages, from a multipart field or the raw body, capped at `limit`."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"body of {int(declared):,} bytes exceeds the limit of {limit:,}")
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"body exceeds the limit of {limit:,} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise CorruptImage("client disconnected before sending the whole body") from None
-    body = b"".join(chunks)
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind == "multipart/form-data":
-        async def once() -> Any:
-            yield body
-
-        try:
-            form = await MultiPartParser(request.headers, once(), max_files=1, max_fields=16).parse()
-        except MultiPartException as e:
-            raise CorruptImage(f"malformed multipart body: {e.message}") from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise CorruptImage("multipart body has no file field named 'file'")
-        data = await upload.read()
-        await form.close()
-        return data, upload.filename or "upload"
-    raw_kinds = ("application/octet-stream", "application/x-www-form-urlencoded")  # the latter: curl --data-binary
-    if kind and not (kind.startswith("image/") or kind in raw_kinds):
-        raise UnsupportedImage(f"content type {kind!r}: send an image (image/*, application/octet-stream or multipart)")
-    return body, request.headers.get("x-filename", "body")
-
-
 def _segment_blocking(state: AppState, service: Service, data: bytes, name: str, fmt: str, output: str,
-                      include: set[str], tta: bool, request_id: str) -> tuple[bytes, str, dict[str, str]]:
-    """Decode, segment, encode: the whole request's CPU work, in a pool thread."""
-    height, width = inspect_upload(data, name, state.config.max_pixels)
-    with service.pixels(height * width):  # bounded memory: wait for room before decoding
-        return _segment_admitted(state, service, data, name, fmt, output, include, tta, request_id)
+                      include: set[str], tta: bool, request_id: str, deadline: float) -> tuple[bytes, str, dict[str, str]]:
+    """Decode, segment, encode: the whole request's CPU work, in a pool thread. The header is read first:
+    size and channels are checked and the image waits for room in the pixel budget before it is decoded
+    (an image of more than 4 channels counts once per 4)."""
+    max_channels = service.max_channels()
+    height, width, channels = inspect_upload(data, name, state.config.max_pixels, max_channels)
+    with service.pixels(height * width * -(-channels // MAX_CHANNELS), deadline):
+        return _segment_admitted(state, service, data, name, fmt, output, include, tta, request_id, deadline,
+                                 max_channels)
 
 
 def _segment_admitted(state: AppState, service: Service, data: bytes, name: str, fmt: str, output: str,
-                      include: set[str], tta: bool, request_id: str) -> tuple[bytes, str, dict[str, str]]:
+                      include: set[str], tta: bool, request_id: str, deadline: float,
+                      max_channels: int) -> tuple[bytes, str, dict[str, str]]:
     start = time.perf_counter()
-    image = decode_upload(data, name, state.config.max_pixels)
+    image = decode_upload(data, name, state.config.max_pixels, max_channels)
     decoded = time.perf_counter()
-    seg = service.segment(image, SegmentOptions(tta=tta, keep_probabilities=fmt == "png" and output == "probabilities"))
+    seg = service.segment(image, SegmentOptions(tta=tta, keep_probabilities=fmt == "png" and output == "probabilities",
+                                                deadline=deadline))
     inferred = time.perf_counter()
     timing = {"decode_ms": round((decoded - start) * 1000, 2), "inference_ms": round((inferred - decoded) * 1000, 2)}
     headers = {"X-Model-Version": seg.model.version, "X-Model-Role": seg.model.role,
                "X-Inference-Ms": str(timing["inference_ms"])}
     if fmt == "json":
-        payload = segment_json(seg, image, include, request_id, {**timing, "total_ms": 0.0}, tta)
+        payload = segment_json(seg, image, include, request_id, {**timing, "total_ms": 0.0}, tta,
+                               state.config.max_output_values)
         payload["timing"]["total_ms"] = round((time.perf_counter() - start) * 1000, 2)
-        body, media = json.dumps(payload).encode(), "application/json"
+        body, media = json.dumps(payload, allow_nan=False).encode(), "application/json"
     else:
         body, media = binary_output(seg, image, output)
     if state.sampler is not None:
-        try:
-            meta = {"request_id": request_id, "name": name, "model_version": seg.model.version, **seg.summary}
-            if state.sampler.maybe_save(request_id, data, seg.labels, meta) is not None:
-                state.metrics.samples.inc()
-        except OSError as e:
-            log(logging.WARNING, "sampling failed", error=str(e))
+        meta = {"request_id": request_id, "name": name, "model_version": seg.model.version, **seg.summary}
+        state.sampler.maybe_save(request_id, image, seg.labels, meta)  # queued: written by the sampler's thread
     return body, media, headers

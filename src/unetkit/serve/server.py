@@ -100,11 +100,20 @@ def run_server(config: ServeConfig) -> None:
     except ImportError:  # pragma: no cover - depends on the environment
         raise ConfigError("unetkit serve needs the web extra: pip install 'unetkit[serve]'") from None
     from unetkit.serve.app import create_app  # lazy: as read_meta above; fastapi checked first
+    from unetkit.serve.connections import (  # lazy: imports uvicorn, checked above
+        DrainingServer,
+        guarded_protocol,
+    )
 
     limit_malloc_arenas()
     app = create_app(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False, workers=1,
-                timeout_graceful_shutdown=int(config.drain_seconds), server_header=False)
+    settings = uvicorn.Config(
+        app, host=config.host, port=config.port, log_config=None, access_log=False, workers=1,
+        timeout_graceful_shutdown=int(config.drain_seconds), server_header=False,
+        http=guarded_protocol(config), limit_concurrency=config.max_connections,
+        timeout_keep_alive=config.keepalive_timeout_seconds, h11_max_incomplete_event_size=64 * 1024,
+    )
+    DrainingServer(settings, app.state.unetkit).run()
 
 
 def check_before_start(config: ServeConfig) -> None:

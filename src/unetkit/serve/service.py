@@ -36,8 +36,8 @@ from unetkit.errors import ConfigError, InputError
 from unetkit.inference.backends import make_predictor
 from unetkit.inference.files import labels_from_probabilities, tile_config_for
 from unetkit.inference.predict import predict_tiled
-from unetkit.serve.batching import BatchStats, PixelBudget, QueueFull, Session, TileBatcher
-from unetkit.serve.encoding import ImageTooLarge
+from unetkit.serve.batching import BatchStats, DeadlineExceeded, PixelBudget, QueueFull, Session, TileBatcher
+from unetkit.serve.encoding import MAX_CHANNELS, ImageTooLarge
 from unetkit.signing import TrustPolicy
 
 Role = Literal["primary", "candidate"]
@@ -68,6 +68,7 @@ class Observer:
 class SegmentOptions:
     tta: bool = False  # average the 8 flips/rotations (8x the compute)
     keep_probabilities: bool = False
+    deadline: float | None = None  # time.monotonic() past which the request's remaining tiles are skipped
 
 
 @dataclass(frozen=True)
@@ -121,10 +122,11 @@ class LoadedModel:
             "backend": self.backend,
         }
 
-    def probabilities(self, image: np.ndarray, tta: bool = False) -> np.ndarray:
-        """(K, H, W) probabilities through the shared batcher (blocks the calling thread)."""
+    def probabilities(self, image: np.ndarray, tta: bool = False, deadline: float | None = None) -> np.ndarray:
+        """(K, H, W) probabilities through the shared batcher (blocks the calling thread); `DeadlineExceeded`
+        when `deadline` (time.monotonic()) passes before the last batch."""
         with self.batcher.session() as session:
-            predictor = _SessionPredictor(self.batcher, session, self.meta.model.in_channels, self.patch)
+            predictor = _SessionPredictor(self.batcher, session, self.meta.model.in_channels, self.patch, deadline)
             return predict_tiled(predictor, image, replace(self.tile_config, tta=tta), max_pixels=image.shape[1] * image.shape[2])
 
     def close(self) -> None:
@@ -151,11 +153,16 @@ class LoadedModel:
 class _SessionPredictor:
     """What `predict_tiled` calls: one request's view of the shared batcher."""
 
-    def __init__(self, batcher: TileBatcher, session: Session, in_channels: int, tile_size: tuple[int, int]) -> None:
+    def __init__(self, batcher: TileBatcher, session: Session, in_channels: int, tile_size: tuple[int, int],
+                 deadline: float | None = None) -> None:
         self.batcher, self.session = batcher, session
         self.in_channels, self.tile_size = in_channels, tile_size
+        self.deadline = deadline
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DeadlineExceeded("request_timeout_seconds passed before the image was segmented; "
+                                   "send a smaller image or retry when the server is less busy")
         return self.batcher.predict(batch, self.session)
 
 
@@ -218,9 +225,14 @@ class Service:
         finally:
             self._inflight.release()
 
-    def pixels(self, n: int) -> Any:
+    def max_channels(self) -> int:
+        """The most channels an upload may have: 4 (RGBA), or more when a model takes more."""
+        models = [m for m in (self.primary, self.candidate) if m is not None]
+        return max([MAX_CHANNELS] + [m.meta.model.in_channels for m in models])
+
+    def pixels(self, n: int, deadline: float | None = None) -> Any:
         """Context manager: wait for room for an `n`-pixel image in the memory budget (else `QueueFull`)."""
-        return self.pixel_budget.hold(n)
+        return self.pixel_budget.hold(n, deadline)
 
     def choose_model(self) -> LoadedModel:
         if self.rollout != "canary":
@@ -260,10 +272,13 @@ class Service:
         with self.model_for_request() as model:
             image = fit_channels(image, model.meta.model.in_channels)
             try:
-                probs = model.probabilities(image, tta=options.tta)
+                probs = model.probabilities(image, tta=options.tta, deadline=options.deadline)
             except QueueFull as e:
                 e.retry_after = self.config.retry_after_seconds
                 raise
+        if not np.isfinite(probs).all():  # e.g. values near float32's max overflow the normalization
+            raise InputError(f"image values {float(image.min()):.3g}..{float(image.max()):.3g} overflow the model's "
+                             "arithmetic (non-finite probabilities); send values in the range the model was trained on")
         labels = labels_from_probabilities(probs, model.artifact)
         confidence = probs.max(axis=0)
         summary = summarize(labels, confidence, model.meta.class_names, model.colors)
