@@ -128,6 +128,12 @@ def test_example_prometheus_config_is_valid_and_matches_the_deployment(prometheu
     assert keep["__meta_kubernetes_pod_label_app_kubernetes_io_name"] == pod["labels"]["app.kubernetes.io/name"]
     assert keep["__meta_kubernetes_pod_annotation_prometheus_io_scrape"] == pod["annotations"]["prometheus.io/scrape"]
     assert job["metrics_path"] == pod["annotations"]["prometheus.io/path"]
+    # the server answers /metrics only to a token with the metrics scope
+    assert job["authorization"]["type"] == "Bearer" and job["authorization"]["credentials_file"]
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env.get("UNETKIT_SERVE_PUBLIC_METRICS", "false") == "false" and env["UNETKIT_SERVE_TOKEN_FILE"]
+    (tmp_path / "token").write_text("a-metrics-token\n")
+    job["authorization"]["credentials_file"] = str(tmp_path / "token")
     # Debian's promtool is built without Kubernetes discovery: check everything else with a static
     # target in its place (an upstream promtool checks the file as it is).
     job.pop("kubernetes_sd_configs")
