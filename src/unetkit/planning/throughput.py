@@ -172,8 +172,9 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
     The modes race up the ladder: each rung is timed in every mode still in the race; after it, a
     mode leaves the race when it is unhealthy (`unetkit.training.precision.health_problems`) or
     `DROP_RATIO` slower than the fastest healthy mode there, and when the next rung in every
-    remaining mode would not fit in the time left, only the fastest continues (the ladder in the
-    leading mode). The chosen mode is the fastest healthy one on the largest rung timed in more than
+    remaining mode would not fit in the time left, only the fastest that fit continue (the ladder
+    in the leading mode; on the first rung, costed at a modest CPU's speed, the modes in `modes`
+    order, fp32 first: a budget too small to measure keeps fp32). The chosen mode is the fastest healthy one on the largest rung timed in more than
     one mode; the table is its timings. `probe(candidate, modes)` replaces the real timing (tests)."""
     started = time.perf_counter()
     device = torch.device(device)
@@ -181,7 +182,7 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
     result = MeasuredThroughput(in_channels, out_channels, by_mode={m.name: {} for m in modes})
     per_mode = {m.name: MeasuredThroughput(in_channels, out_channels, table=result.by_mode[m.name]) for m in modes}
     live, dropped = list(modes), {}
-    decision = ModeDecision(modes[0], f"the only mode allowed ({modes[0].name})")
+    deciding: tuple[dict[str, Probe], str, list[ComputeMode]] | None = None  # the last rung timed in 2+ modes
     if probe is None:
         def probe(c: Candidate, racing: Sequence[ComputeMode]) -> dict[str, Probe]:
             return time_candidate(c, racing, in_channels=in_channels, out_channels=out_channels,
@@ -194,17 +195,22 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
     for c in sorted(candidates, key=lambda c: train_flops(c, in_channels, out_channels)):
         left = max_seconds - (time.perf_counter() - started)
         timed_any = any(result.by_mode.values())
-        if len(live) > 1 and timed_any and cost(c, live) > left:  # the ladder in the leading mode only
-            for m in live[1:]:
-                dropped[m.name] = f"slower than {live[0].name}; larger rungs timed in the leading mode only (budget)"
-            live = live[:1]
-        if left <= 0 or (timed_any and cost(c, live) > left) or (not timed_any and left < 0.05):
+        if left <= 0 or (not timed_any and left < 0.05):
             break
+        racing = list(live)  # the leading modes the time left pays for (at least one on the first rung)
+        while len(racing) > 1 and cost(c, racing) > left:
+            racing.pop()
+        if timed_any and cost(c, racing) > left:
+            break
+        for m in live[len(racing):]:
+            dropped[m.name] = (f"slower than {racing[0].name}; larger rungs timed in the leading mode(s) only "
+                               "(timing budget)" if timed_any else "not timed: the timing budget left no room")
+        live = racing
         probes = probe(c, live)
         problems = {name: f"{why} on {c.label()}" for name, why in health_problems(probes).items()}
         healthy = {name: p for name, p in probes.items() if name not in problems}
         if len(probes) > 1:
-            decision = choose_mode(probes, c.label(), live, dropped)
+            deciding = (probes, c.label(), live)
         elif not healthy:
             raise ConfigError(f"training in {live[0].name} fails on {c.label()}: {problems[live[0].name]}")
         for name, p in healthy.items():
@@ -222,7 +228,13 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
         live = sorted((m for m in live if m.name not in dropped), key=lambda m: healthy[m.name].seconds)
         if stop_when is not None and stop_when(c, healthy[leader].seconds):
             break
-    result.decision = decision
-    result.table = result.by_mode[decision.mode.name]
+    if deciding is not None:  # its fastest healthy mode; the reason says where the others went
+        result.decision = choose_mode(*deciding, dropped)
+    elif len(modes) > 1:  # only the first mode was timed
+        result.decision = ModeDecision(modes[0], f"{modes[0].name}: the timing budget ({max_seconds:.1f} s) left no "
+                                       "room to time the other modes", rejected=dropped)
+    else:
+        result.decision = ModeDecision(modes[0], f"the only mode the config allows on {device.type}: {modes[0].name}")
+    result.table = result.by_mode[result.decision.mode.name]
     result.seconds_spent = time.perf_counter() - started
     return result

@@ -106,6 +106,10 @@ def probe_modes(model: nn.Module, modes: Sequence[ComputeMode], batch: Callable[
 def health_problems(probes: dict[str, Probe], reference: str = FP32.name) -> dict[str, str]:
     """Mode name -> why it is unhealthy: non-finite values, or a loss that left the fp32 probe's."""
     problems = {name: p.problem for name, p in probes.items() if p.problem}
+    for name, p in probes.items():
+        bad = next((i for i, v in enumerate(p.losses) if not math.isfinite(v)), None)
+        if name not in problems and bad is not None:
+            problems[name] = f"non-finite loss {p.losses[bad]} at probe step {bad + 1}"
     ref = probes.get(reference)
     if ref is None or ref.problem:
         return problems
