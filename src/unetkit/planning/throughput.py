@@ -231,8 +231,11 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
     if deciding is not None:  # its fastest healthy mode; the reason says where the others went
         result.decision = choose_mode(*deciding, dropped)
     elif len(modes) > 1:  # only the first mode was timed
-        result.decision = ModeDecision(modes[0], f"{modes[0].name}: the timing budget ({max_seconds:.1f} s) left no "
-                                       "room to time the other modes", rejected=dropped)
+        first = modes[0].name
+        timed = ", ".join(f"{c.label()} {s * 1000:.0f} ms" for c, s in result.by_mode[first].items())
+        result.decision = ModeDecision(modes[0], f"{first} ({timed}): the timing budget ({max_seconds:.1f} s) left "
+                                       "no room to time the other modes",
+                                       {first: next(iter(result.by_mode[first].values()), 0.0) * 1000}, dropped)
     else:
         result.decision = ModeDecision(modes[0], f"the only mode the config allows on {device.type}: {modes[0].name}")
     result.table = result.by_mode[result.decision.mode.name]
