@@ -203,8 +203,8 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
         if timed_any and cost(c, racing) > left:
             break
         for m in live[len(racing):]:
-            dropped[m.name] = (f"slower than {racing[0].name}; larger rungs timed in the leading mode(s) only "
-                               "(timing budget)" if timed_any else "not timed: the timing budget left no room")
+            dropped[m.name] = ("larger rungs timed in the leading mode(s) only (timing budget)" if timed_any
+                               else "not timed: the timing budget left no room")
         live = racing
         probes = probe(c, live)
         problems = {name: f"{why} on {c.label()}" for name, why in health_problems(probes).items()}

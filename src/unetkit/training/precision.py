@@ -135,8 +135,11 @@ def choose_mode(probes: dict[str, Probe], where: str, modes: Sequence[ComputeMod
     ms = {name: p.seconds * 1000 for name, p in probes.items() if math.isfinite(p.seconds)}
     timed = ", ".join(f"{name} {v:.0f} ms" for name, v in ms.items())
     reason = f"fastest healthy mode on {where}: {timed}" if len(probes) > 1 else f"the only mode allowed ({timed})"
-    if rejected:
-        reason += "; not chosen: " + "; ".join(f"{k} ({v})" for k, v in rejected.items())
+    if rejected:  # modes left out for the same reason named together
+        why: dict[str, list[str]] = {}
+        for name, text in rejected.items():
+            why.setdefault(text, []).append(name)
+        reason += "; not chosen: " + "; ".join(f"{', '.join(names)} ({text})" for text, names in why.items())
     by_name = {m.name: m for m in modes}
     return ModeDecision(by_name[best], reason, ms, rejected)
 
