@@ -104,3 +104,23 @@ def test_ensemble_below_one_is_one_line(tmp_path):
     data = make_synthetic_dataset(tmp_path / "data", n_images=4, size=(32, 32), seed=0)
     proc = run_cli("train", str(data), "--steps", "1", "--ensemble", "0", "--out", str(tmp_path / "run"))
     assert_one_line_error(proc, "ensemble_folds: expected an integer >= 1")
+
+
+def test_precision_outside_auto_fp32_bf16_is_one_line(tmp_path):
+    proc = run_cli("train", str(tmp_path), "--steps", "1", "--precision", "fp16")
+    assert_one_line_error(proc, "--precision: expected auto, fp32 or bf16, got 'fp16'")
+
+
+def test_precision_bf16_without_native_bf16_is_one_line_with_the_slowdown(tmp_path, monkeypatch, capsys):
+    from unetkit import cli
+    from unetkit.training import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda: False)  # a CPU without AVX512-BF16 / AMX
+    monkeypatch.setattr(sys, "argv", ["unetkit", "train", str(tmp_path), "--steps", "1", "--precision", "bf16",
+                                      "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no native bf16" in lines[0] and "available: fp32" in lines[0]
+    assert "x the fp32 step time" in lines[0]

@@ -17,7 +17,9 @@ def test_round_trip_keeps_every_value():
         ({"model": {"norm": "bn"}}, r"model.norm: expected one of"),
         ({"steps": "many"}, r"steps: expected an integer"),
         ({"data": {"patch_size": [1]}}, r"patch_size: expected 2 values"),
-        ({"amp": True}, r"amp: expected one of"),
+        ({"precision": "bfloat16"}, r"precision: expected one of"),
+        ({"memory_format": "nhwc"}, r"memory_format: expected one of"),
+        ({"amp": "auto"}, r"unknown key 'amp'"),
         ({"optim": {"lr": "fast"}}, r"optim.lr: expected a number"),
     ],
 )

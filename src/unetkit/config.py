@@ -145,7 +145,10 @@ class TrainConfig:
     budget_seconds: float = 0.0  # 0 = no wall-clock budget
     val_every: int = 200  # steps between validations
     early_stop_patience: int = 0  # validations without improvement; 0 disables
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    # how steps compute (`unetkit.training.modes`): autocast precision and memory format; "auto"
+    # chooses by measurement on a CPU (the planner, or a short probe in fit), the fixed rule on a GPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
     device: str = "auto"
     seed: int = 0
     out_dir: str = "runs/unetkit"

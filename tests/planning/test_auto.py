@@ -76,6 +76,9 @@ def test_plan_and_train_work_unchanged_on_a_never_seen_colour_coded_data_set(tmp
     plan = json.loads((tmp_path / "plan.json").read_text())
     patch = next(c["value"] for c in plan["choices"] if c["key"] == "data.patch_size")
     assert patch[0] <= 75 and patch[1] <= 101
+    precision = next(c for c in plan["choices"] if c["key"] == "precision")  # R14: measured, with the ms
+    assert precision["source"] == "plan" and precision["value"] in ("fp32", "bf16") and " ms" in precision["reason"]
+    assert plan["estimates"]["compute_mode"]["mode"] in plan["estimates"]["compute_mode"]["ms_per_step"]
     t0 = time.perf_counter()
     out = tmp_path / "run"
     trained = runner.invoke(app, ["train", str(spec), "--budget", "20s", "--out", str(out), "--quiet",
@@ -90,6 +93,18 @@ def test_plan_and_train_work_unchanged_on_a_never_seen_colour_coded_data_set(tmp
     assert choices["model.base_width"]["source"] == "plan"
     assert art.meta.train_config["model"]["base_width"] == choices["model.base_width"]["value"]
     assert art.meta.metrics["step"] >= 0  # the best validated checkpoint was selected
+
+
+def test_plan_keeps_the_precision_the_user_set_and_races_only_the_memory_formats(tmp_path: Path):
+    spec = make_colour_dataset(tmp_path / "colours", n=4)
+    shown = CliRunner().invoke(app, ["plan", str(spec), "--budget", "20s", "--precision", "fp32",
+                                     "--json", str(tmp_path / "plan.json")])
+    assert shown.exit_code == 0, shown.output
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    choices = {c["key"]: c for c in plan["choices"]}
+    assert choices["precision"]["value"] == "fp32" and choices["precision"]["source"] == "user"
+    assert choices["memory_format"]["source"] == "plan"
+    assert set(plan["estimates"]["compute_mode"]["ms_per_step"]) <= {"fp32", "fp32+cl"}
 
 
 @pytest.mark.slow

@@ -35,6 +35,8 @@ def _base(data: Path, out_dir: Path) -> TrainConfig:
         optim=OptimConfig(lr=3e-3, warmup_steps=2, schedule="cosine"),
         steps=12,
         val_every=6,
+        precision="fp32",  # the tests that need bf16 or auto say so
+        memory_format="contiguous",
         seed=0,
         out_dir=str(out_dir),
         progress=False,

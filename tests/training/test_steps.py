@@ -30,29 +30,40 @@ def test_checkpoint_is_weights_only_loadable(tiny_config) -> None:
     assert isinstance(raw["rng"]["torch"], torch.Tensor) and "sampler" in raw["rng"]
 
 
-def test_resume_reproduces_an_uninterrupted_run(tiny_config) -> None:
+# bf16 autocast + channels_last resumes exactly too: the same kernels on the same values, so the
+# tolerance stays 1e-6 (fp32 and bf16+cl weights differ by ~0.07 after these 12 steps)
+@pytest.mark.parametrize("mode", [{}, {"precision": "bf16", "memory_format": "channels_last"}], ids=["fp32", "bf16+cl"])
+def test_resume_reproduces_an_uninterrupted_run(tiny_config, mode) -> None:
     from unetkit.config import AugmentConfig
 
     augment = AugmentConfig(enabled=True, rotate_degrees=10.0, noise_std=0.05)  # uses the torch RNG
-    straight = tiny_config("straight", augment=augment)
+    straight = tiny_config("straight", augment=augment, **mode)
     fit(straight)
 
     def interrupt_at_first_validation(event: dict) -> None:
         if event["event"] == "val" and event["step"] == 6:
             signal.raise_signal(signal.SIGINT)  # handled: stop at the step boundary, checkpoint, raise
 
-    split = tiny_config("split", augment=augment)
+    split = tiny_config("split", augment=augment, **mode)
     with pytest.raises(KeyboardInterrupt):
         fit(split, callbacks=[interrupt_at_first_validation])
     assert load_checkpoint(Path(split.out_dir) / LAST)["state"]["step"] == 6
-    fit(tiny_config("split", augment=augment, resume=True))
+    # precision / memory format "auto" on resume: the interrupted run's mode
+    fit(tiny_config("split", augment=augment, resume=True, precision="auto", memory_format="auto"))
 
     a, b = _weights(straight.out_dir), _weights(split.out_dir)
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
-    events = [e["event"] for e in read_log(Path(split.out_dir) / "metrics.jsonl")]
-    assert events.count("start") == 2 and "stop" in events
+    events = read_log(Path(split.out_dir) / "metrics.jsonl")
+    assert [e["event"] for e in events].count("start") == 2 and "stop" in [e["event"] for e in events]
+    assert len({e["mode"] for e in events if e["event"] == "start"}) == 1
+
+
+def test_resume_refuses_another_compute_mode(tiny_config) -> None:
+    fit(tiny_config(steps=2, val_every=100))
+    with pytest.raises(ConfigError, match="precision='fp32', the config now says 'bf16'"):
+        fit(tiny_config(steps=4, val_every=100, resume=True, precision="bf16"))
 
 
 def test_resume_refuses_a_different_model(tiny_config) -> None:

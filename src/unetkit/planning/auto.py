@@ -2,7 +2,8 @@
 
 `plan_training(config, overrides)` loads the data (as fit will: same split, same fingerprint),
 times the candidate models on this machine within `TIMING_FRACTION` of the budget (3 %,
-at most 60 s), calls the pure planner `make_plan`, and returns the config with the plan written
+at most 60 s) in each compute mode the config allows (fp32/bf16, NCHW/channels_last: the modes
+race up the ladder, see `unetkit.planning.throughput`), calls the pure planner `make_plan`, and returns the config with the plan written
 in (`config.plan` holds it, so fit stores it in the artifact) and `budget_seconds` reduced by the
 time already spent, so the whole command ends within the budget.
 """
@@ -21,6 +22,8 @@ from unetkit.planning.rules import candidates, data_facts, make_plan, min_steps,
 from unetkit.planning.throughput import MeasuredThroughput, measure_throughput, simulated_throughput
 from unetkit.runtime import keep_freed_memory
 from unetkit.training.distributed import DistEnv, resolve_device
+from unetkit.training.modes import candidate_modes
+from unetkit.training.precision import check_available
 from unetkit.training.prepare import load_training_data
 
 TIMING_FRACTION = 0.03
@@ -28,13 +31,16 @@ TIMING_MAX_SECONDS = 60.0
 
 # keys of the TrainConfig that are not planning decisions: never reported as user overrides
 NOT_PLANNED = {"data.data", "nproc", "progress", "out_dir", "resume", "tensorboard", "data.skip_bad",
-               "seed", "data.seed", "device", "amp", "plan"}
+               "seed", "data.seed", "device", "plan"}
+AUTO = {"precision", "memory_format"}  # keys whose value "auto" leaves the choice to the plan
 
 
 def time_candidates(fingerprint: Mapping[str, Any], overrides: Mapping[str, Any], budget_seconds: float, *,
                     n_val: int | None = None, device: str = "auto", max_seconds: float | None = None,
+                    precision: str = "auto", memory_format: str = "auto",
                     log: Callable[[str], object] | None = None) -> MeasuredThroughput:
-    """Time the planner's candidates for this data on this machine (bounded, cheapest first)."""
+    """Time the planner's candidates for this data on this machine (bounded, cheapest first), in
+    every compute mode `precision` and `memory_format` allow (`measure_throughput` races them)."""
     facts = data_facts(fingerprint, overrides, n_val=n_val)
     limit = max_seconds if max_seconds is not None else min(TIMING_MAX_SECONDS, TIMING_FRACTION * budget_seconds)
     # time with the loss and augmentation the plan will use (clDice and kornia cost time too)
@@ -51,7 +57,7 @@ def time_candidates(fingerprint: Mapping[str, Any], overrides: Mapping[str, Any]
     return measure_throughput(candidates(facts, overrides), in_channels=facts.channels,
                               out_channels=facts.num_classes, max_seconds=limit, model=provisional.model,
                               loss=provisional.loss, augment=provisional.augment, device=on,
-                              stop_when=too_slow, log=log)
+                              modes=candidate_modes(precision, memory_format, on), stop_when=too_slow, log=log)
 
 
 def plan_training(config: TrainConfig, overrides: Mapping[str, Any], *,
@@ -60,15 +66,19 @@ def plan_training(config: TrainConfig, overrides: Mapping[str, Any], *,
     """The planned config (budget reduced by the time spent here) and the plan."""
     started = time.perf_counter()
     budget = config.budget_seconds
-    user = {k: v for k, v in overrides.items() if k not in NOT_PLANNED}
+    user = {k: v for k, v in overrides.items() if k not in NOT_PLANNED and not (k in AUTO and v == "auto")}
+    device = resolve_device(config.device, DistEnv())
+    candidate_modes(config.precision, config.memory_format, device)  # refuses unknown values
+    check_available(config.precision, device, config.model, config.loss)
     data = load_training_data(config.data, progress=False)
     measured = time_candidates(data.fingerprint, user, budget, n_val=len(data.val), device=config.device,
-                               max_seconds=max_timing_seconds, log=log)
+                               max_seconds=max_timing_seconds, precision=config.precision,
+                               memory_format=config.memory_format, log=log)
     remaining = max(1.0, budget - (time.perf_counter() - started))
     plan = make_plan(data.fingerprint, measured, remaining, user, n_val=len(data.val),
-                     timed=frozenset(measured.table))
+                     timed=frozenset(measured.table), mode=measured.decision)
     plan.estimates.update({"total_budget_seconds": budget, "setup_seconds": budget - remaining,
-                           "timing_seconds": measured.seconds_spent,
+                           "timing_seconds": measured.seconds_spent, "mode_timings": measured.mode_rows(),
                            "device": str(resolve_device(config.device, DistEnv())), "threads": torch.get_num_threads()})
     planned = apply_plan(config, plan)
     # fit's budget clock is the authority on time: it re-times steps and fixes the step count, but it

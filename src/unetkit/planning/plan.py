@@ -88,4 +88,11 @@ def format_plan(plan: Plan, width: int = 100) -> str:
             how = "timed" if c.get("timed") else "estimated"
             lines.append(f" {mark} {c['label']:<26} {c['seconds_per_step'] * 1000:9.1f} ms/step ({how})"
                          f"  -> {c['steps']:>7} steps")
+    if est.get("mode_timings"):
+        chosen = est.get("compute_mode", {}).get("mode")
+        lines += ["", "compute modes (ms/step on this machine, interleaved probes; * = chosen):"]
+        for row in est["mode_timings"]:
+            times = "  ".join(f"{'*' if name == chosen else ' '}{name} {s * 1000:.1f}"
+                              for name, s in row["seconds_per_step"].items())
+            lines.append(f"   {row['candidate']:<26} {times}")
     return "\n".join(lines)

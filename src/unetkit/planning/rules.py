@@ -70,6 +70,11 @@ R13 Postprocessing. At the end of training the artifact's postprocessing is tune
    adds the watershed split, with at most 0.005 Dice given up; everything else by pooled Dice.
    On ISBI 2012 the split took the Rand error of one model from 0.121 to 0.037 (tuned leaving the
    scored slice out; docs/benchmarks.md).
+R14 Compute mode. The autocast precision (fp32 or bf16) and memory format (NCHW or channels_last)
+   the candidates were timed fastest in, among the modes that passed the health check over their
+   probe steps (`unetkit.planning.throughput.measure_throughput`); the reason lists the measured
+   ms/step of every mode. Timed by a real run only: with a simulated throughput no mode is planned
+   and fit decides (`unetkit.training.precision`).
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ from unetkit.inference.tiling import tiled_pixels_per_pixel
 from unetkit.planning.plan import PLANNED, USER, Choice, Plan
 from unetkit.planning.throughput import Candidate, ThroughputModel
 from unetkit.training.budget import reserve_seconds
+from unetkit.training.precision import ModeDecision
 
 # (base_width, depth, patch side, batch), cheapest first
 LADDER: tuple[tuple[int, int, int, int], ...] = (
@@ -238,11 +244,12 @@ def ensemble_folds(facts: DataFacts, cand: Candidate, sps: float, budget_seconds
 
 def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budget_seconds: float,
               overrides: Mapping[str, Any] | None = None, *, n_val: int | None = None,
-              timed: frozenset[Candidate] | set = frozenset()) -> Plan:
+              timed: frozenset[Candidate] | set = frozenset(), mode: ModeDecision | None = None) -> Plan:
     """The training plan for this data, machine and budget; see the module docstring for the rules.
 
     `n_val`: validation images, when the split is known (else from val_keys / val_fraction).
-    `timed`: candidates whose seconds/step were measured (marked in the printed table)."""
+    `timed`: candidates whose seconds/step were measured (marked in the printed table).
+    `mode`: the compute mode the throughput was measured in, and why (R14)."""
     overrides = dict(overrides or {})
     facts = data_facts(fingerprint, overrides, n_val)
     target = min_steps(budget_seconds)
@@ -298,12 +305,18 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
            "score, watershed split included (R13)" if facts.touching else
            "tuned on the validation split for pooled Dice, kept only where it helps (R13)")
     choose("ensemble_folds", folds, why_folds)
+    if mode is not None:
+        why_mode = f"{mode.reason} (R14)"
+        choose("precision", mode.mode.precision, why_mode)
+        choose("memory_format", mode.mode.memory_format, f"measured with the precision: {mode.mode.name} (R14)")
     summary = (f"{len(facts.names)} classes, {facts.n_train} train / {facts.n_val} val images "
                f"{facts.height}x{facts.width}; thin: {', '.join(facts.thin) or 'none'}; "
                f"rare: {', '.join(facts.rare) or 'none'}")
     estimates = {"summary": summary, "seconds_per_step": sps, "steps": steps, "step_target": target,
                  "validations": n_val, "validation_seconds": val_s, "candidate": cand.label(),
                  "ensemble_folds": folds}
+    if mode is not None:
+        estimates["compute_mode"] = mode.to_dict()
     return Plan(float(budget_seconds), tuple(choices), estimates, tuple(rows))
 
 

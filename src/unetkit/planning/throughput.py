@@ -6,11 +6,20 @@ measured here (`measure_throughput`, the candidate timing of `unetkit train --bu
 FLOPs-based cost model (`simulated_throughput`, for tests and for machines described by their
 speed: a slow 2-core CPU, a 32-core CPU, a GPU), or on a table the user supplies.
 
-Timing is bounded: candidates are timed cheapest first (one warm-up step, then `timed_steps`
+Timing is bounded: candidates are timed cheapest first (two warm-up steps, then `timed_steps`
 steps, median), each only when its predicted cost fits in what is left of `max_seconds`; once a
 candidate is too slow to reach the planner's step target (`stop_when`), larger ones are not timed
 (they can only be slower). Candidates not timed get the FLOPs-based extrapolation
 `seconds = overhead + train_flops / rate`, with `rate` and `overhead` fitted on the timed ones.
+
+Compute modes (fp32 / bf16 autocast, each NCHW or channels_last, `unetkit.training.modes`) race
+inside the same bound: the first rungs are timed in every mode, interleaved step by step on the same
+batches; a mode that is unhealthy or `DROP_RATIO` (1.3x) slower than the fastest leaves the race,
+and when the time left cannot pay for every mode on the next rung, only the leader goes on. Why:
+emulated bf16 (several times slower) drops out on the cheapest rung at the cost of a few small
+steps, while on a CPU with AMX the close modes keep racing onto the larger rungs, where the
+difference that matters for the plan shows; a mode is never chosen from a rung it was not timed on.
+The timings of the chosen mode are the throughput model.
 """
 
 from __future__ import annotations
@@ -18,15 +27,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from unetkit.config import AugmentConfig, LossConfig, ModelConfig, OptimConfig, replace
-from unetkit.data.transforms import Augmenter
-from unetkit.losses.losses import SegmentationLoss
-from unetkit.models import build_model
-from unetkit.training.loop import Precision, train_step
-from unetkit.training.optim import build_optimizer
+from unetkit.config import AugmentConfig, LossConfig, ModelConfig, replace
+from unetkit.errors import ConfigError
+from unetkit.training.modes import FP32, ComputeMode
+from unetkit.training.precision import (
+    PROBE_WARMUP_STEPS,
+    ModeDecision,
+    Probe,
+    choose_mode,
+    health_problems,
+    measure_modes,
+)
 
 
 @dataclass(frozen=True)
@@ -80,12 +95,14 @@ def simulated_throughput(gflops_per_second: float, overhead_seconds: float = 0.0
 
 @dataclass
 class MeasuredThroughput:
-    """Timed candidates, plus the FLOPs extrapolation for the others (a throughput model)."""
+    """Timed candidates in the chosen compute mode, plus the FLOPs extrapolation for the others."""
 
     in_channels: int
     out_channels: int
-    table: dict[Candidate, float] = field(default_factory=dict)
+    table: dict[Candidate, float] = field(default_factory=dict)  # seconds/step in `decision.mode`
     seconds_spent: float = 0.0
+    decision: ModeDecision | None = None  # the compute mode the table was timed in, and why
+    by_mode: dict[str, dict[Candidate, float]] = field(default_factory=dict)  # every mode's timings
 
     def rate_and_overhead(self) -> tuple[float, float]:
         """FLOP/s and fixed seconds per step fitted on the timed candidates (least squares, overhead >= 0)."""
@@ -114,65 +131,113 @@ class MeasuredThroughput:
     def as_rows(self) -> list[dict[str, float | str]]:
         return [{"candidate": c.label(), "seconds_per_step": s} for c, s in self.table.items()]
 
+    def mode_rows(self) -> list[dict[str, Any]]:
+        """Seconds per step of every mode on each candidate timed in more than one mode."""
+        timed = {c for t in self.by_mode.values() for c in t}
+        rows = []
+        for c in sorted(timed, key=lambda c: train_flops(c, self.in_channels, self.out_channels)):
+            times = {name: t[c] for name, t in self.by_mode.items() if c in t}
+            if len(times) > 1:
+                rows.append({"candidate": c.label(), "seconds_per_step": times})
+        return rows
 
-WARMUP_STEPS = 2  # untimed steps before timing a fresh model (allocator growth, first page-ins)
+
+WARMUP_STEPS = PROBE_WARMUP_STEPS  # untimed steps before timing a fresh model (allocator, page-ins)
+DROP_RATIO = 1.3  # a mode this much slower than the fastest on a rung is not timed on larger rungs
+Probe_ = Callable[[Candidate, Sequence[ComputeMode]], dict[str, Probe]]
 
 
-def time_candidate(c: Candidate, *, in_channels: int, out_channels: int, model: ModelConfig, loss: LossConfig,
-                   augment: AugmentConfig, device: torch.device, timed_steps: int = 3,
-                   warmup_steps: int = WARMUP_STEPS) -> float:
-    """Median seconds of `timed_steps` real training steps (after `warmup_steps`) on random data.
+def time_candidate(c: Candidate, modes: Sequence[ComputeMode], *, in_channels: int, out_channels: int,
+                   model: ModelConfig, loss: LossConfig, augment: AugmentConfig, device: torch.device,
+                   timed_steps: int = 3, warmup_steps: int = WARMUP_STEPS) -> dict[str, Probe]:
+    """Each mode's median seconds of `timed_steps` real training steps (after `warmup_steps`) on
+    random data, the modes interleaved step by step on the same batches (`probe_modes`).
 
     Two warm-up steps: the first steps of a fresh model grow the allocator and page in buffers, and
     timing them (measured: 605 ms instead of 200 ms for w16 d4 128x128 b8) misranks the ladder."""
     cfg = replace(model, base_width=c.base_width, depth=c.depth, in_channels=in_channels, out_channels=out_channels)
-    net = build_model(cfg).to(device)
-    loss_fn = SegmentationLoss(loss).to(device)
-    optimizer = build_optimizer(net, OptimConfig())
-    augmenter = None
-    if augment.enabled:
-        augmenter = Augmenter(augment, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    times = []
-    for i in range(timed_steps + warmup_steps):
-        images = torch.randn((c.batch, in_channels, *c.patch), generator=gen)
-        labels = torch.randint(0, out_channels, (c.batch, *c.patch), generator=gen)
-        t0 = time.perf_counter()
-        x, y = images.to(device), labels.to(device)
-        if augmenter is not None:
-            x, y = augmenter(x, y)
-        train_step(net, x, y, loss_fn=loss_fn, optimizer=optimizer, precision=Precision(None, False), scaler=None,
-                   grad_clip=12.0, step=i)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup_steps:
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+    return measure_modes(cfg, modes, patch=c.patch, batch_size=c.batch, loss=loss,
+                         augment=augment if augment.enabled else None, device=device,
+                         warmup_steps=warmup_steps, timed_steps=timed_steps)
 
 
 def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out_channels: int, max_seconds: float,
                        model: ModelConfig | None = None, loss: LossConfig | None = None,
                        augment: AugmentConfig | None = None, device: str | torch.device = "cpu",
-                       timed_steps: int = 3, stop_when: Callable[[Candidate, float], bool] | None = None,
-                       log: Callable[[str], object] | None = None) -> MeasuredThroughput:
-    """Time `candidates` (cheapest first) within `max_seconds` of wall clock; see the module docstring."""
+                       modes: Sequence[ComputeMode] = (FP32,), timed_steps: int = 3,
+                       stop_when: Callable[[Candidate, float], bool] | None = None,
+                       log: Callable[[str], object] | None = None, probe: Probe_ | None = None) -> MeasuredThroughput:
+    """Time `candidates` (cheapest first) in the compute `modes` within `max_seconds` of wall clock.
+
+    The modes race up the ladder: each rung is timed in every mode still in the race; after it, a
+    mode leaves the race when it is unhealthy (`unetkit.training.precision.health_problems`) or
+    `DROP_RATIO` slower than the fastest healthy mode there, and when the next rung in every
+    remaining mode would not fit in the time left, only the fastest that fit continue (the ladder
+    in the leading mode; on the first rung, costed at a modest CPU's speed, the modes in `modes`
+    order, fp32 first: a budget too small to measure keeps fp32). The chosen mode is the fastest healthy one on the largest rung timed in more than
+    one mode; the table is its timings. `probe(candidate, modes)` replaces the real timing (tests)."""
     started = time.perf_counter()
-    result = MeasuredThroughput(in_channels, out_channels)
     device = torch.device(device)
-    ordered = sorted(candidates, key=lambda c: train_flops(c, in_channels, out_channels))
-    for c in ordered:
+    modes = list(modes)
+    result = MeasuredThroughput(in_channels, out_channels, by_mode={m.name: {} for m in modes})
+    per_mode = {m.name: MeasuredThroughput(in_channels, out_channels, table=result.by_mode[m.name]) for m in modes}
+    live, dropped = list(modes), {}
+    deciding: tuple[dict[str, Probe], str, list[ComputeMode]] | None = None  # the last rung timed in 2+ modes
+    if probe is None:
+        def probe(c: Candidate, racing: Sequence[ComputeMode]) -> dict[str, Probe]:
+            return time_candidate(c, racing, in_channels=in_channels, out_channels=out_channels,
+                                  model=model or ModelConfig(), loss=loss or LossConfig(),
+                                  augment=augment or AugmentConfig(), device=device, timed_steps=timed_steps)
+
+    def cost(c: Candidate, racing: Sequence[ComputeMode]) -> float:  # steps + model build, with a margin
+        return sum(per_mode[m.name](c) * (timed_steps + WARMUP_STEPS) * 1.5 + 0.05 for m in racing)
+
+    for c in sorted(candidates, key=lambda c: train_flops(c, in_channels, out_channels)):
         left = max_seconds - (time.perf_counter() - started)
-        predicted = result(c) * (timed_steps + WARMUP_STEPS) * 1.5 + 0.05  # steps + model build, with a margin
-        if left <= 0 or (result.table and predicted > left) or (not result.table and left < 0.05):
+        timed_any = any(result.by_mode.values())
+        if left <= 0 or (not timed_any and left < 0.05):
             break
-        seconds = time_candidate(c, in_channels=in_channels, out_channels=out_channels, model=model or ModelConfig(),
-                                 loss=loss or LossConfig(), augment=augment or AugmentConfig(), device=device,
-                                 timed_steps=timed_steps)
-        result.table[c] = seconds
+        racing = list(live)  # the leading modes the time left pays for (at least one on the first rung)
+        while len(racing) > 1 and cost(c, racing) > left:
+            racing.pop()
+        if timed_any and cost(c, racing) > left:
+            break
+        for m in live[len(racing):]:
+            dropped[m.name] = ("larger rungs timed in the leading mode(s) only (timing budget)" if timed_any
+                               else "not timed: the timing budget left no room")
+        live = racing
+        probes = probe(c, live)
+        problems = {name: f"{why} on {c.label()}" for name, why in health_problems(probes).items()}
+        healthy = {name: p for name, p in probes.items() if name not in problems}
+        if len(probes) > 1:
+            deciding = (probes, c.label(), live)
+        elif not healthy:
+            raise ConfigError(f"training in {live[0].name} fails on {c.label()}: {problems[live[0].name]}")
+        for name, p in healthy.items():
+            result.by_mode[name][c] = p.seconds
+        leader = min(healthy, key=lambda name: healthy[name].seconds)
         if log:
-            log(f"timing candidates: {c.label():<26} {seconds * 1000:8.1f} ms/step")
-        if stop_when is not None and stop_when(c, seconds):
+            times = ", ".join(f"{name} {p.seconds * 1000:.1f}" + ("" if name in healthy else " (unhealthy)")
+                              for name, p in probes.items())
+            log(f"timing candidates: {c.label():<26} {times} ms/step" if len(probes) > 1 else
+                f"timing candidates: {c.label():<26} {healthy[leader].seconds * 1000:8.1f} ms/step")
+        dropped |= problems
+        for name, p in healthy.items():
+            if p.seconds > DROP_RATIO * healthy[leader].seconds:
+                dropped[name] = f"{p.seconds / healthy[leader].seconds:.1f}x slower than {leader} on {c.label()}"
+        live = sorted((m for m in live if m.name not in dropped), key=lambda m: healthy[m.name].seconds)
+        if stop_when is not None and stop_when(c, healthy[leader].seconds):
             break
+    if deciding is not None:  # its fastest healthy mode; the reason says where the others went
+        result.decision = choose_mode(*deciding, dropped)
+    elif len(modes) > 1:  # only the first mode was timed
+        first = modes[0].name
+        timed = ", ".join(f"{c.label()} {s * 1000:.0f} ms" for c, s in result.by_mode[first].items())
+        result.decision = ModeDecision(modes[0], f"{first} ({timed}): the timing budget ({max_seconds:.1f} s) left "
+                                       "no room to time the other modes",
+                                       {first: next(iter(result.by_mode[first].values()), 0.0) * 1000}, dropped)
+    else:
+        result.decision = ModeDecision(modes[0], f"the only mode the config allows on {device.type}: {modes[0].name}")
+    result.table = result.by_mode[result.decision.mode.name]
     result.seconds_spent = time.perf_counter() - started
     return result

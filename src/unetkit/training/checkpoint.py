@@ -93,6 +93,12 @@ def check_resumable(saved: dict[str, Any], config: Any, path: Path) -> None:
                     f"resume: {path} was written with {section}.{key}={before.get(section, {}).get(key)!r}, "
                     f"the config now says {value!r}; use the original config or a new out_dir"
                 )
+    for key in ("precision", "memory_format"):  # another mode would not continue the run exactly
+        if before.get(key) != now[key]:
+            raise ConfigError(
+                f"resume: {path} was written with {key}={before.get(key)!r}, the config now says {now[key]!r}; "
+                f"use the original config (or {key} auto) or a new out_dir"
+            )
     for key in ("patch_size", "batch_size", "data"):
         if before.get("data", {}).get(key) != now["data"][key]:
             raise ConfigError(

@@ -31,6 +31,7 @@ from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock, reserve_seconds
 from unetkit.training.finish import end_passes, write_artifact
 from unetkit.training.loop import SELECTION_METRIC, validate
+from unetkit.training.precision import config_mode
 from unetkit.training.prepare import TrainingData
 from unetkit.training.runlog import Callback, RunLog
 from unetkit.training.steps import run_steps
@@ -54,7 +55,7 @@ def check_folds(n_train: int, k: int) -> None:
 
 
 def fit_ensemble(config: TrainConfig, data: TrainingData, env: Any, device: torch.device, clock: BudgetClock,
-                 callbacks: Sequence[Callback]) -> Path:
+                 callbacks: Sequence[Callback], mode_info: dict[str, Any] | None = None) -> Path:
     """Train `config.ensemble_folds` members and save their ensemble as `out_dir/model.unetkit`."""
     k = config.ensemble_folds
     check_folds(len(data.train), k)
@@ -66,7 +67,9 @@ def fit_ensemble(config: TrainConfig, data: TrainingData, env: Any, device: torc
     seconds_per_image = 0.0  # one member's validation time per image, once measured
     log = RunLog(out_dir, enabled=env.is_main, total_steps=0)
     log.write({"event": "start", "step": 0, "time": clock.elapsed(), "ensemble_folds": k,
-               "folds": folds, "train_images": len(data.train), "val_images": len(data.val), "resumed": config.resume})
+               "folds": folds, "train_images": len(data.train), "val_images": len(data.val), "resumed": config.resume,
+               "mode": config_mode(config, device).name,
+               **(mode_info or {})})
     weights: list[dict[str, torch.Tensor]] = []
     members: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
@@ -97,7 +100,8 @@ def fit_ensemble(config: TrainConfig, data: TrainingData, env: Any, device: torc
                   f"{', '.join(fold)}" + (f"; {share / 60:.1f} min" if share else ""))
         member_clock = BudgetClock(share)
         member_clock.end_passes = 1.0  # a member's end is its final validation: no calibration, tuning, baseline
-        model, state, member_log = run_steps(member, part, env, device, member_clock, member_dir, callbacks)
+        model, state, member_log = run_steps(member, part, env, device, member_clock, member_dir, callbacks,
+                                             mode_info)
         if member_clock.val_seconds and part.val:
             seconds_per_image = member_clock.val_seconds / len(part.val)
         record = {"member": i, "fold": list(fold), "steps": state.step, "best_step": state.best_step,

@@ -9,6 +9,11 @@ wall-clock budget, JSONL log) -> the end (`unetkit.training.finish`): the best w
 statistics on the validation images; `unetkit.monitor`). The budget reserves the time of this end
 work. With `ensemble_folds > 1` the step loop runs once per fold (`unetkit.training.ensemble`).
 
+The compute mode (autocast precision + memory format) is settled once, before the step loop: the
+plan's, the config's, the checkpoint's on resume, or with `precision: auto` a short measurement on
+the real model (`unetkit.training.precision.decide_mode`); the log's "start" event records it
+(`mode`, `mode_reason`, `mode_ms_per_step`, `mode_rejected`).
+
 `resume=True` continues an interrupted run exactly from `checkpoint-last.pt`. With `nproc > 1`
 fit re-launches itself under torchrun (`unetkit.training.distributed`, `unetkit.training.worker`).
 """
@@ -18,15 +23,28 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from unetkit.artifact import ARTIFACT_NAME
 from unetkit.config import TrainConfig
 from unetkit.errors import ConfigError
 from unetkit.runtime import keep_freed_memory
+from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock
-from unetkit.training.distributed import in_torchrun, init_distributed, launch, shutdown
+from unetkit.training.distributed import (
+    DistEnv,
+    broadcast_floats,
+    in_torchrun,
+    init_distributed,
+    launch,
+    shutdown,
+)
 from unetkit.training.ensemble import fit_ensemble
 from unetkit.training.finish import end_passes, save_final_artifact
+from unetkit.training.modes import candidate_modes
+from unetkit.training.precision import ModeDecision, apply_mode, check_available, decide_mode
 from unetkit.training.prepare import load_training_data
 from unetkit.training.runlog import Callback
 from unetkit.training.steps import log_time, run_steps
@@ -45,14 +63,17 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
     try:
         if config.ensemble_folds < 1:  # before loading the data: a user error should not wait for it
             raise ConfigError(f"ensemble_folds: expected an integer >= 1 (1 = one model), got {config.ensemble_folds}")
+        candidate_modes(config.precision, config.memory_format, device)  # refuses unknown values
+        check_available(config.precision, device, config.model, config.loss)
         # ---- data: refuse bad data (unless skip_bad), split, normalization from the training images
         data = load_training_data(config.data, progress=config.progress and env.is_main,
                                   log=print if config.progress and env.is_main else None)
         config = dataclasses.replace(config, model=data.resolve_model(config.model))  # resolved, for the artifact
+        config, mode_info = settle_mode(config, env, device)
         if config.ensemble_folds > 1:
-            return fit_ensemble(config, data, env, device, clock, callbacks or ())
+            return fit_ensemble(config, data, env, device, clock, callbacks or (), mode_info)
         clock.end_passes = end_passes(config, len(data.train), len(data.val))
-        model, state, log = run_steps(config, data, env, device, clock, out_dir, callbacks or ())
+        model, state, log = run_steps(config, data, env, device, clock, out_dir, callbacks or (), mode_info)
         # ---- the best weights as the artifact
         artifact_path = out_dir / ARTIFACT_NAME
         if env.is_main:
@@ -63,3 +84,43 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
         return artifact_path
     finally:
         shutdown(env)
+
+
+def settle_mode(config: TrainConfig, env: DistEnv, device: torch.device) -> tuple[TrainConfig, dict[str, Any]]:
+    """`config` with a concrete precision and memory format, and the decision for the log.
+
+    On resume, "auto" takes the checkpoint's mode (a resumed run computes as it did). With several
+    processes rank 0 measures and every rank follows its choice."""
+    out_dir = Path(config.out_dir)
+    saved = _resumed_mode(config, out_dir) if config.resume else None
+    if saved is not None:
+        config = dataclasses.replace(config, **saved)
+    modes = candidate_modes(config.precision, config.memory_format, device)
+    decision = decide_mode(config, device) if env.is_main else ModeDecision(modes[0], "")
+    if saved is not None:
+        decision = ModeDecision(decision.mode, "the mode of the run being resumed")
+    elif len(modes) == 1 and config.plan:
+        decision = ModeDecision(decision.mode, _plan_reason(config.plan) or "chosen by the plan")
+    index = int(broadcast_floats([float(modes.index(decision.mode))], env, device)[0])
+    mode = modes[index]
+    if env.is_main and config.progress:
+        print(f"compute mode: {mode.name} ({decision.reason})")
+    info = {"mode_reason": decision.reason, "mode_ms_per_step": decision.ms_per_step,
+            "mode_rejected": decision.rejected}
+    return apply_mode(config, mode), info
+
+
+def _resumed_mode(config: TrainConfig, out_dir: Path) -> dict[str, Any] | None:
+    """The "auto" fields filled from the interrupted run's last checkpoint (an ensemble's: a member's)."""
+    auto = [k for k in ("precision", "memory_format") if getattr(config, k) == "auto"]
+    paths = [out_dir / ckpt.LAST, *sorted(out_dir.glob(f"member-*/{ckpt.LAST}"))]
+    path = next((p for p in paths if p.is_file()), None)
+    if not auto or path is None:
+        return None
+    before = ckpt.load_checkpoint(path).get("config", {})
+    values = {k: before[k] for k in auto if before.get(k, "auto") != "auto"}
+    return values or None
+
+
+def _plan_reason(plan: dict[str, Any]) -> str:
+    return str(plan.get("estimates", {}).get("compute_mode", {}).get("reason", ""))

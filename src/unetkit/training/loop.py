@@ -1,7 +1,7 @@
 """One optimizer step and one validation pass: free functions over plain values.
 
-`train_step` runs forward (under autocast when a precision is set), the loss, backward, gradient
-clipping and the optimizer step. `validate` predicts WHOLE validation images (sliding-window
+`train_step` runs forward (in the `ComputeMode`: autocast precision and memory format), the loss,
+backward, gradient clipping and the optimizer step. `validate` predicts WHOLE validation images (sliding-window
 inference through `unetkit.inference.predict.predict_tiled` when an image is larger than the
 patch, one forward pass otherwise) and scores them with `unetkit.metrics` confusion matrices, so
 ignore-index and ROI pixels never count. Model selection uses `SELECTION_METRIC`.
@@ -10,7 +10,6 @@ ignore-index and ROI pixels never count. Model selection uses `SELECTION_METRIC`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,35 +20,8 @@ from unetkit.config import TileConfig
 from unetkit.errors import ConfigError
 from unetkit.inference.predict import predict_tiled
 from unetkit.metrics.summary import evaluate_samples
+from unetkit.training.modes import FP32, ComputeMode
 from unetkit.training.optim import clip_gradients
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Autocast dtype (None = fp32) and whether fp16 loss scaling is needed."""
-
-    dtype: torch.dtype | None
-    scale_loss: bool
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-
-def resolve_precision(amp: str, device: torch.device) -> Precision:
-    """`auto`: bf16 on CUDA GPUs that support it, else fp16 + GradScaler on CUDA; fp32 on CPU
-    (CPUs without fast bf16 get slower with it). `bf16`/`fp16` force it, `off` is fp32."""
-    if amp == "off":
-        return Precision(None, False)
-    if amp == "auto":
-        if device.type != "cuda":
-            return Precision(None, False)
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if amp == "bf16":
-        return Precision(torch.bfloat16, False)
-    if amp == "fp16":
-        return Precision(torch.float16, device.type == "cuda")
-    raise ConfigError(f"amp: expected one of ['auto', 'off', 'bf16', 'fp16'], got {amp!r}")
 
 
 def train_step(
@@ -59,7 +31,7 @@ def train_step(
     *,
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
-    precision: Precision,
+    mode: ComputeMode,
     scaler: torch.amp.GradScaler | None,
     grad_clip: float,
     step: int,
@@ -67,8 +39,8 @@ def train_step(
     """One optimizer step on a (normalized, augmented) batch; returns the loss terms and grad norm."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(images.device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
-        outputs = model(images)
+    with mode.autocast(images.device.type):
+        outputs = model(mode.input(images))
     outputs = [o.float() for o in outputs] if isinstance(outputs, (list, tuple)) else outputs.float()
     loss = loss_fn(outputs, labels)
     if not torch.isfinite(loss):
@@ -93,7 +65,7 @@ def train_step(
 
 
 def torch_predictor(model: nn.Module, mean: Sequence[float], std: Sequence[float], device: torch.device,
-                    precision: Precision):
+                    mode: ComputeMode = FP32):
     """A predictor in the inference contract: raw-unit batch (N,C,h,w) numpy -> logits numpy."""
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -101,8 +73,8 @@ def torch_predictor(model: nn.Module, mean: Sequence[float], std: Sequence[float
     @torch.no_grad()
     def predictor(batch: np.ndarray) -> np.ndarray:
         x = (torch.as_tensor(batch, dtype=torch.float32, device=device) - mean_t) / std_t
-        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
-            logits = model(x)
+        with mode.autocast(device.type):
+            logits = model(mode.input(x))
         return logits.float().cpu().numpy()
 
     return predictor
@@ -125,7 +97,7 @@ def validate(
     patch_size: Sequence[int],
     ignore_index: int = 255,
     device: torch.device | str = "cpu",
-    precision: Precision = Precision(None, False),
+    mode: ComputeMode = FP32,
 ) -> dict[str, float | None]:
     """Score whole validation images (`LoadedSample(key, image (C,H,W), labels (H,W))`).
 
@@ -137,7 +109,7 @@ def validate(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    predictor = torch_predictor(model, mean, std, device, precision)
+    predictor = torch_predictor(model, mean, std, device, mode)
 
     def predict_labels(image: np.ndarray) -> np.ndarray:
         return predict_whole(predictor, np.asarray(image, np.float32), patch_size).argmax(0)

@@ -1,9 +1,9 @@
 """The step loop of one network and its state: `run_steps` and `RunState`.
 
 Sampling and augmentation (every rank draws the same global batch, then keeps its share), model,
-loss, optimizer and precision, then the loop: validation every `val_every` steps (best weights to
-`checkpoint-best.pt`, early stopping), the last checkpoint, the wall-clock budget (`BudgetClock`)
-and the JSONL log. It ends with a final validation and the last checkpoint; what follows (the
+loss, optimizer and compute mode (precision + memory format, `unetkit.training.modes`), then the
+loop: validation every `val_every` steps (best weights to `checkpoint-best.pt`, early stopping),
+the last checkpoint, the wall-clock budget (`BudgetClock`) and the JSONL log. It ends with a final validation and the last checkpoint; what follows (the
 artifact) is `unetkit.training.finish`'s.
 
 Determinism: torch, numpy and the sampler's generator are seeded from `config.seed`; the
@@ -33,8 +33,9 @@ from unetkit.models import build_model
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock
 from unetkit.training.distributed import broadcast_floats, rank_share, wrap_model
-from unetkit.training.loop import SELECTION_METRIC, resolve_precision, train_step, validate
+from unetkit.training.loop import SELECTION_METRIC, train_step, validate
 from unetkit.training.optim import build_ema, build_optimizer, set_lr
+from unetkit.training.precision import config_mode
 from unetkit.training.prepare import TrainingData
 from unetkit.training.runlog import Callback, RunLog
 
@@ -58,9 +59,11 @@ class RunState:
 
 
 def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.device, clock: BudgetClock,
-              out_dir: Path, callbacks: Sequence[Callback]) -> tuple[torch.nn.Module, RunState, RunLog]:
+              out_dir: Path, callbacks: Sequence[Callback],
+              mode_info: dict[str, Any] | None = None) -> tuple[torch.nn.Module, RunState, RunLog]:
     """Sampling, model, optimizer and the step loop of one network, up to its final validation and
-    last checkpoint; the best weights are in `out_dir/checkpoint-best.pt`. The log is left open."""
+    last checkpoint; the best weights are in `out_dir/checkpoint-best.pt`. The log is left open.
+    `mode_info`: why the compute mode was chosen, for the "start" event."""
     # ---- sampling and augmentation: every rank draws the same global batch, then keeps its share
     seed_everything(config.seed)
     sampler = data.patch_sampler(config.data, np.random.default_rng(config.seed))
@@ -69,16 +72,16 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
 
-    # ---- model, loss, optimizer, precision
+    # ---- model, loss, optimizer, compute mode (decided before: the plan or `fit`)
+    mode = config_mode(config, device)
     torch.manual_seed(config.seed)
-    model = build_model(config.model).to(device)
+    model = mode.prepare(build_model(config.model).to(device))  # weights stay fp32 in every mode
     net = wrap_model(model, env, device)
     loss_fn = SegmentationLoss(config.loss).to(device)
     optimizer = build_optimizer(model, config.optim)
     ema = build_ema(model, config.optim)
     kept = ema.module if ema is not None else model  # the weights validated, selected and saved
-    precision = resolve_precision(config.amp, device)
-    scaler = torch.amp.GradScaler(device.type) if precision.scale_loss else None
+    scaler = torch.amp.GradScaler(device.type) if mode.scale_loss else None
 
     # ---- fresh or resumed state
     state = RunState(total_steps=config.steps)
@@ -96,7 +99,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
         t0 = time.perf_counter()
         metrics = validate(kept, data.val, mean=data.mean, std=data.std, class_names=data.class_names,
                            patch_size=config.data.patch_size, ignore_index=config.loss.ignore_index,
-                           device=device, precision=precision)
+                           device=device, mode=mode)
         clock.val_seconds = max(clock.val_seconds, clock.exclude(time.perf_counter() - t0))
         record_validation(state, metrics, kept, out_dir)
         log.write({"event": "val", "step": state.step, "time": now(), **metrics,
@@ -110,7 +113,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
         clock.save_seconds = max(clock.save_seconds, clock.exclude(time.perf_counter() - t0))
 
     log.write({"event": "start", "step": state.step, "time": now(), "total_steps": state.total_steps,
-               "world_size": env.world_size, "device": str(device), "precision": precision.name,
+               "world_size": env.world_size, "device": str(device), "mode": mode.name, **(mode_info or {}),
                "train_images": len(data.train), "val_images": len(data.val), "resumed": config.resume})
     # ---- the step loop; rank 0 decides when to stop and every rank follows
     stop = "steps" if state.step >= state.total_steps else ""
@@ -124,7 +127,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
                 images, labels = augmenter(images, labels)
             lr = set_lr(optimizer, state.step, state.total_steps, config.optim)
             terms = train_step(net, images[share], labels[share], loss_fn=loss_fn, optimizer=optimizer,
-                               precision=precision, scaler=scaler, grad_clip=config.optim.grad_clip,
+                               mode=mode, scaler=scaler, grad_clip=config.optim.grad_clip,
                                step=state.step)
             if ema is not None:
                 ema.update_parameters(model)

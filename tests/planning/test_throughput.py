@@ -1,0 +1,115 @@
+"""The compute-mode race of the candidate timing, on simulated probes (no training run): the
+fastest healthy mode is chosen, an unhealthy faster one is rejected with its reason, a CPU with
+emulated (slow) bf16 keeps fp32, and the plan records the choice with the ms of every mode."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from tests.planning.conftest import VESSELS, make_fingerprint
+from unetkit.planning.plan import format_plan
+from unetkit.planning.rules import LADDER, make_plan
+from unetkit.planning.throughput import Candidate, measure_throughput, train_flops
+from unetkit.training.modes import candidate_modes
+from unetkit.training.precision import Probe
+
+CPU_MODES = candidate_modes("auto", "auto", torch.device("cpu"))
+LADDER_CANDIDATES = [Candidate(w, d, (p, p), b) for w, d, p, b in LADDER[:7]]
+
+
+def simulated_probe(speedup: dict[str, float], *, losses: dict[str, tuple[float, ...]] | None = None,
+                    gflops: float = 40.0, calls: list | None = None):
+    """A probe on a machine where mode m runs at `speedup[m]` x fp32's speed (FLOPs-based)."""
+
+    def probe(c: Candidate, modes) -> dict[str, Probe]:
+        if calls is not None:
+            calls.append((c, [m.name for m in modes]))
+        fp32 = 0.005 + train_flops(c) / (gflops * 1e9)
+        return {m.name: Probe(fp32 / speedup[m.name], (losses or {}).get(m.name, (0.70, 0.66, 0.63, 0.61, 0.60)))
+                for m in modes}
+
+    return probe
+
+
+AMX = {"fp32": 1.0, "fp32+cl": 1.14, "bf16": 2.35, "bf16+cl": 3.07}  # the issue's Sapphire Rapids figures
+EMULATED = {"fp32": 1.0, "fp32+cl": 1.05, "bf16": 0.3, "bf16+cl": 0.28}  # AVX2 only: bf16 in software
+
+
+def test_the_fastest_healthy_mode_is_chosen_and_its_timings_are_the_throughput():
+    measured = measure_throughput(LADDER_CANDIDATES, in_channels=3, out_channels=2, max_seconds=60.0,
+                                  modes=CPU_MODES, probe=simulated_probe(AMX))
+    assert measured.decision.mode.name == "bf16+cl"
+    assert "fp32" in measured.decision.reason and "bf16+cl" in measured.decision.reason
+    assert set(measured.decision.ms_per_step) == {"fp32", "fp32+cl", "bf16", "bf16+cl"}
+    assert measured.table == measured.by_mode["bf16+cl"] and measured.table
+    c = next(iter(measured.table))
+    assert measured(c) == pytest.approx((0.005 + train_flops(c) / 40e9) / 3.07)
+
+
+def test_an_unhealthy_faster_mode_is_rejected_with_its_reason():
+    diverging = {"bf16+cl": (0.70, 0.95, 1.4, 2.2, 3.5), "bf16": (0.70, 0.66, math.nan, 0.6, 0.6)}
+    measured = measure_throughput(LADDER_CANDIDATES, in_channels=3, out_channels=2, max_seconds=60.0,
+                                  modes=CPU_MODES, probe=simulated_probe(AMX, losses=diverging))
+    decision = measured.decision
+    assert decision.mode.name == "fp32+cl"
+    assert "more than 10% apart" in decision.rejected["bf16+cl"] and "bf16+cl" in decision.reason
+    assert "nan" in decision.rejected["bf16"].lower()
+    assert not measured.by_mode["bf16+cl"]  # never entered the table
+
+
+def test_a_cpu_with_emulated_bf16_keeps_fp32_and_stops_timing_bf16_after_the_first_rung():
+    calls: list = []
+    measured = measure_throughput(LADDER_CANDIDATES, in_channels=3, out_channels=2, max_seconds=60.0,
+                                  modes=CPU_MODES, probe=simulated_probe(EMULATED, calls=calls))
+    assert measured.decision.mode.precision == "fp32"
+    assert "bf16" in calls[0][1] and all("bf16" not in modes for _, modes in calls[1:])
+    assert "slower than" in measured.decision.rejected["bf16"]
+
+
+def test_when_the_budget_cannot_pay_for_every_mode_the_leaders_climb_and_a_tiny_one_keeps_fp32():
+    calls: list = []
+    close = simulated_probe({"fp32": 1.0, "fp32+cl": 1.1, "bf16": 1.05, "bf16+cl": 1.2}, calls=calls)
+
+    def timed(c, modes):  # each probe takes real time, so the bound matters
+        time.sleep(0.1 * len(modes))
+        return close(c, modes)
+
+    measured = measure_throughput(LADDER_CANDIDATES, in_channels=3, out_channels=2, max_seconds=1.0,
+                                  modes=CPU_MODES, probe=timed, timed_steps=0)
+    assert len(calls[0][1]) == 4 and len(calls) > 1 and len(calls[1][1]) < 4 and calls[1][1][0] == "bf16+cl"
+    assert measured.decision.mode.name == "bf16+cl"
+    assert any("leading mode(s) only" in why for why in measured.decision.rejected.values())
+    assert measured.seconds_spent < 1.0 + 0.3
+
+    calls.clear()
+    tiny = measure_throughput(LADDER_CANDIDATES, in_channels=3, out_channels=2, max_seconds=0.3,
+                              modes=CPU_MODES, probe=timed, timed_steps=0)
+    assert calls[0][1] == ["fp32"] and tiny.decision.mode.name == "fp32"
+    assert "left no room" in tiny.decision.reason
+
+
+def test_one_allowed_mode_times_the_ladder_as_before():
+    calls: list = []
+    measured = measure_throughput(LADDER_CANDIDATES[:3], in_channels=3, out_channels=2, max_seconds=60.0,
+                                  modes=candidate_modes("fp32", "contiguous", torch.device("cpu")),
+                                  probe=simulated_probe(AMX, calls=calls))
+    assert [m for _, m in calls] == [["fp32"]] * 3 and measured.decision.mode.name == "fp32"
+
+
+def test_the_plan_records_the_mode_its_reason_and_the_ms_of_every_mode():
+    measured = measure_throughput(LADDER_CANDIDATES, in_channels=3, out_channels=2, max_seconds=60.0,
+                                  modes=CPU_MODES, probe=simulated_probe(AMX))
+    plan = make_plan(make_fingerprint(classes=VESSELS), measured, 1800, {}, mode=measured.decision)
+    assert plan.value("precision") == "bf16" and plan.value("memory_format") == "channels_last"
+    assert plan.settings()["precision"] == "bf16"
+    assert plan.to_dict()["estimates"]["compute_mode"]["ms_per_step"]["fp32"] > 0
+    plan.estimates["mode_timings"] = measured.mode_rows()
+    shown = format_plan(plan)
+    assert "compute modes" in shown and "*bf16+cl" in shown and "fastest healthy mode on" in shown
+
+    user = make_plan(make_fingerprint(classes=VESSELS), measured, 1800, {"precision": "bf16"}, mode=measured.decision)
+    assert next(c for c in user.choices if c.key == "precision").source == "user"
