@@ -258,7 +258,7 @@ class ServeConfig:
     queue_timeout_seconds: float = 30.0  # how long a request may wait for that budget; then 503
     retry_after_seconds: int = 1
     max_body_bytes: int = 64 * 1024 * 1024
-    max_pixels: int = 64_000_000
+    max_pixels: int = 16_000_000  # one image; at most max_inflight_pixels, or it would run beyond that budget
     token: str = ""  # bearer token; empty disables auth (prefer token_file or UNETKIT_SERVE_TOKEN)
     token_file: str = ""  # hashed tokens with scopes, one per line (see serve/auth.py); re-read when it changes
     canary_artifact: str = ""

@@ -166,3 +166,34 @@ def test_case5_a_chunked_body_over_the_limit_is_refused_as_it_passes(live):
     finally:
         s.close()
     assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+
+
+def forward_passes(server) -> float:
+    """Forward passes the server has run so far (its inference histogram's count)."""
+    text = httpx.get(f"{server.url}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("unetkit_inference_seconds_count"))
+
+
+def test_case7_a_disconnected_clients_work_stops(live):
+    """A client that sends a large image and hangs up costs a few more batches, not the whole image
+    (before: every tile ran to the end, or to the request deadline)."""
+    server = live(max_batch_size=1, max_wait_ms=0, request_timeout_seconds=120)
+    body = png_of(synthetic_image(1000, 1000))  # ~2,000 tiles of the tiny model, one per pass: tens of seconds
+    s = connect(server.port)
+    try:
+        s.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 30
+        while forward_passes(server) < 20:  # the request is being segmented
+            assert time.monotonic() < deadline, "the request never started"
+            time.sleep(0.1)
+    finally:
+        s.close()  # the client gives up
+    time.sleep(1.0)  # the watcher notices within ~0.2 s; the batch in flight finishes
+    settled = forward_passes(server)
+    time.sleep(2.0)
+    assert forward_passes(server) == settled  # nothing more runs for the request that was dropped
+    r = httpx.post(f"{server.url}/v1/segment", content=png_of(synthetic_image(32, 32)),
+                   headers={"Content-Type": "image/png"}, timeout=10)
+    assert r.status_code == 200  # and the server is free for the next client

@@ -392,3 +392,11 @@ def test_draining_is_visible_in_readyz_and_requests_are_still_answered(served):
 def test_metrics_have_process_and_gc_collectors(served):
     text = served().get("/metrics").text
     assert "process_resident_memory_bytes" in text and "python_gc_collections_total" in text
+
+
+def test_case7_max_pixels_above_the_inflight_budget_is_refused_at_start(artifact_path):
+    """Before: the default max_pixels (64 M) exceeded max_inflight_pixels (16 M), so one request ran
+    alone beyond the memory budget. Now the defaults agree and a config that breaks the rule says so."""
+    assert ServeConfig().max_pixels <= ServeConfig().max_inflight_pixels
+    with pytest.raises(ConfigError, match="max_pixels 2,000,000 exceeds max_inflight_pixels 1,000,000"):
+        create_app(ServeConfig(artifact=str(artifact_path), max_pixels=2_000_000, max_inflight_pixels=1_000_000))

@@ -49,6 +49,10 @@ def create_app(config: ServeConfig) -> FastAPI:
                           "nor a model registry (--registry)")
     if config.artifact and config.registry:
         raise ConfigError(f"serve: both a model artifact ({config.artifact}) and a registry ({config.registry}) given; choose one")
+    if config.max_pixels > config.max_inflight_pixels:
+        raise ConfigError(f"serve: max_pixels {config.max_pixels:,} exceeds max_inflight_pixels "
+                          f"{config.max_inflight_pixels:,}: one image would run beyond the memory budget; "
+                          "raise max_inflight_pixels or lower max_pixels")
     configure_logging(config.log_level)
     tokens = TokenStore(config)
     if not tokens.enabled and not is_loopback(config.host):

@@ -41,6 +41,12 @@ class DeadlineExceeded(QueueFull):
     code = "deadline_exceeded"
 
 
+class ClientDisconnected(DeadlineExceeded):
+    """The client closed the connection: nobody waits for the answer, so the remaining tiles are skipped."""
+
+    code = "client_disconnected"
+
+
 @dataclass(frozen=True)
 class BatchStats:
     size: int  # tiles in the forward pass

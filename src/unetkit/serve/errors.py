@@ -7,7 +7,7 @@ from typing import Any
 
 from unetkit.errors import InputError, UnetkitError
 from unetkit.serve import schemas
-from unetkit.serve.batching import DeadlineExceeded, QueueFull
+from unetkit.serve.batching import ClientDisconnected, DeadlineExceeded, QueueFull
 from unetkit.serve.encoding import CorruptImage, ImageTooLarge, UnsupportedImage
 from unetkit.serve.render import OutputTooLarge
 
@@ -46,7 +46,8 @@ class BodyTimeout(InputError):
 
 STATUS: list[tuple[type[BaseException], int]] = [
     (UnsupportedImage, 415), (ImageTooLarge, 413), (BodyTooLarge, 413), (OutputTooLarge, 413), (Unauthorized, 401),
-    (Forbidden, 403), (BodyTimeout, 408), (NotReady, 503), (QueueFull, 503), (DeadlineExceeded, 503),
+    (Forbidden, 403), (BodyTimeout, 408), (ClientDisconnected, 499), (NotReady, 503), (QueueFull, 503),
+    (DeadlineExceeded, 503),
     (CorruptImage, 400), (UnetkitError, 400),
 ]
 CLOSE_CONNECTION = (BodyTooLarge, BodyTimeout)  # the rest of the body is not read: the connection is closed
@@ -64,7 +65,7 @@ def error_response(exc: BaseException) -> JSONResponse:
     status = next((s for cls, s in STATUS if isinstance(exc, cls)), 500)
     code = getattr(exc, "code", None) or ("overloaded" if isinstance(exc, QueueFull) else "invalid_input")
     if isinstance(exc, DeadlineExceeded):
-        code = "deadline_exceeded"
+        code = exc.code
     message = str(exc) if status < 500 or isinstance(exc, QueueFull) else "internal error; see the server log"
     headers = {}
     if status == 503:
@@ -80,7 +81,8 @@ def error_response(exc: BaseException) -> JSONResponse:
 
 async def known_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, QueueFull):
-        reason = "deadline" if isinstance(exc, DeadlineExceeded) else "overloaded"
+        reason = ("disconnected" if isinstance(exc, ClientDisconnected) else
+                  "deadline" if isinstance(exc, DeadlineExceeded) else "overloaded")
         request.app.state.unetkit.metrics.rejected.labels(reason).inc()
     return error_response(exc)
 

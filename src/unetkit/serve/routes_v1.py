@@ -4,13 +4,17 @@
 limits), and only then takes an admission slot (`max_inflight`), so a slow client holds no slot while
 it sends. All CPU work (decode, segment through the batcher, encode) runs in a pool thread. Each
 request has a deadline, `request_timeout_seconds` from its start: the body, the wait for the pixel
-budget and every batch of tiles check it (503 `deadline_exceeded`).
+budget and every batch of tiles check it (503 `deadline_exceeded`); every batch also checks that the
+client is still connected (a closed connection skips the remaining tiles: 499 `client_disconnected`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from unetkit.serve import schemas
@@ -77,36 +81,58 @@ async def segment(
         raise RequestValidationError([{"loc": ("query", "include"), "msg": f"unknown {sorted(extras - set(INCLUDES))}; "
                                        f"expected some of {list(INCLUDES)}"}])
     upload = await read_upload(request, state.config, state.bodies, deadline)
+    cancelled = threading.Event()
+    watcher = asyncio.create_task(watch_disconnect(request, cancelled))
     try:
         with service.admission():
             rid = request_id_var.get()
             body, media, headers = await run_in_threadpool(
-                _segment_blocking, state, service, upload.data, upload.name, fmt, output, extras, tta, rid, deadline)
+                _segment_blocking, state, service, upload.data, upload.name, fmt, output, extras, tta, rid,
+                Limits(deadline, cancelled))
     finally:
+        watcher.cancel()
         upload.release()
     return Response(body, media_type=media, headers=headers)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """When a request's work stops early: its deadline (time.monotonic()) or its client going away."""
+
+    deadline: float
+    cancelled: threading.Event
+
+
+async def watch_disconnect(request: Request, cancelled: threading.Event) -> None:
+    """Set `cancelled` once the client closes the connection: a client that gave up costs no more
+    tiles. The body is read by then, so the next ASGI message can only be the disconnect; it is
+    awaited directly (`Request.is_disconnected` polls with a cancelled scope, which never sees it
+    through the HTTP middleware's receive wrapper)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    cancelled.set()
+
+
 def _segment_blocking(state: AppState, service: Service, data: bytes, name: str, fmt: str, output: str,
-                      include: set[str], tta: bool, request_id: str, deadline: float) -> tuple[bytes, str, dict[str, str]]:
+                      include: set[str], tta: bool, request_id: str, limits: Limits) -> tuple[bytes, str, dict[str, str]]:
     """Decode, segment, encode: the whole request's CPU work, in a pool thread. The header is read first:
     size and channels are checked and the image waits for room in the pixel budget before it is decoded
     (an image of more than 4 channels counts once per 4)."""
     max_channels = service.max_channels()
     height, width, channels = inspect_upload(data, name, state.config.max_pixels, max_channels)
-    with service.pixels(height * width * -(-channels // MAX_CHANNELS), deadline):
-        return _segment_admitted(state, service, data, name, fmt, output, include, tta, request_id, deadline,
+    with service.pixels(height * width * -(-channels // MAX_CHANNELS), limits.deadline):
+        return _segment_admitted(state, service, data, name, fmt, output, include, tta, request_id, limits,
                                  max_channels)
 
 
 def _segment_admitted(state: AppState, service: Service, data: bytes, name: str, fmt: str, output: str,
-                      include: set[str], tta: bool, request_id: str, deadline: float,
+                      include: set[str], tta: bool, request_id: str, limits: Limits,
                       max_channels: int) -> tuple[bytes, str, dict[str, str]]:
     start = time.perf_counter()
     image = decode_upload(data, name, state.config.max_pixels, max_channels)
     decoded = time.perf_counter()
     seg = service.segment(image, SegmentOptions(tta=tta, keep_probabilities=fmt == "png" and output == "probabilities",
-                                                deadline=deadline))
+                                                deadline=limits.deadline, cancelled=limits.cancelled))
     inferred = time.perf_counter()
     timing = {"decode_ms": round((decoded - start) * 1000, 2), "inference_ms": round((inferred - decoded) * 1000, 2)}
     headers = {"X-Model-Version": seg.model.version, "X-Model-Role": seg.model.role,

@@ -36,7 +36,15 @@ from unetkit.errors import ConfigError, InputError
 from unetkit.inference.backends import make_predictor
 from unetkit.inference.files import labels_from_probabilities, tile_config_for
 from unetkit.inference.predict import predict_tiled
-from unetkit.serve.batching import BatchStats, DeadlineExceeded, PixelBudget, QueueFull, Session, TileBatcher
+from unetkit.serve.batching import (
+    BatchStats,
+    ClientDisconnected,
+    DeadlineExceeded,
+    PixelBudget,
+    QueueFull,
+    Session,
+    TileBatcher,
+)
 from unetkit.serve.encoding import MAX_CHANNELS, ImageTooLarge
 from unetkit.signing import TrustPolicy
 
@@ -69,6 +77,7 @@ class SegmentOptions:
     tta: bool = False  # average the 8 flips/rotations (8x the compute)
     keep_probabilities: bool = False
     deadline: float | None = None  # time.monotonic() past which the request's remaining tiles are skipped
+    cancelled: threading.Event | None = None  # set when the client is gone: the remaining tiles are skipped
 
 
 @dataclass(frozen=True)
@@ -122,11 +131,14 @@ class LoadedModel:
             "backend": self.backend,
         }
 
-    def probabilities(self, image: np.ndarray, tta: bool = False, deadline: float | None = None) -> np.ndarray:
+    def probabilities(self, image: np.ndarray, tta: bool = False, deadline: float | None = None,
+                      cancelled: threading.Event | None = None) -> np.ndarray:
         """(K, H, W) probabilities through the shared batcher (blocks the calling thread); `DeadlineExceeded`
-        when `deadline` (time.monotonic()) passes before the last batch."""
+        when `deadline` (time.monotonic()) passes before the last batch, `ClientDisconnected` once
+        `cancelled` is set."""
         with self.batcher.session() as session:
-            predictor = _SessionPredictor(self.batcher, session, self.meta.model.in_channels, self.patch, deadline)
+            predictor = _SessionPredictor(self.batcher, session, self.meta.model.in_channels, self.patch, deadline,
+                                          cancelled)
             return predict_tiled(predictor, image, replace(self.tile_config, tta=tta), max_pixels=image.shape[1] * image.shape[2])
 
     def close(self) -> None:
@@ -154,12 +166,14 @@ class _SessionPredictor:
     """What `predict_tiled` calls: one request's view of the shared batcher."""
 
     def __init__(self, batcher: TileBatcher, session: Session, in_channels: int, tile_size: tuple[int, int],
-                 deadline: float | None = None) -> None:
+                 deadline: float | None = None, cancelled: threading.Event | None = None) -> None:
         self.batcher, self.session = batcher, session
         self.in_channels, self.tile_size = in_channels, tile_size
-        self.deadline = deadline
+        self.deadline, self.cancelled = deadline, cancelled
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self.cancelled is not None and self.cancelled.is_set():
+            raise ClientDisconnected("the client closed the connection; the remaining tiles were skipped")
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise DeadlineExceeded("request_timeout_seconds passed before the image was segmented; "
                                    "send a smaller image or retry when the server is less busy")
@@ -272,7 +286,8 @@ class Service:
         with self.model_for_request() as model:
             image = fit_channels(image, model.meta.model.in_channels)
             try:
-                probs = model.probabilities(image, tta=options.tta, deadline=options.deadline)
+                probs = model.probabilities(image, tta=options.tta, deadline=options.deadline,
+                                            cancelled=options.cancelled)
             except QueueFull as e:
                 e.retry_after = self.config.retry_after_seconds
                 raise
