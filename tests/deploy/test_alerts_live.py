@@ -180,7 +180,9 @@ def test_error_budget_burn_fires_on_overload_and_not_before(stack):
         alert = prometheus.wait_until(lambda: statuses.extend(overload(server, big, small)) or
                                       prometheus.firing("UnetkitErrorBudgetFastBurn"), TIMEOUT,
                                       "UnetkitErrorBudgetFastBurn firing")[0]
-    assert statuses.count(503) >= 10 and set(statuses) <= {200, 503}, statuses
+    # the alert answers real 503s: the overload's and the steady traffic's (which gets some of them
+    # when the machine is slow) together
+    assert statuses.count(503) + normal.count(503) >= 10 and set(statuses) <= {200, 503}, statuses
     assert set(normal) <= {200, 503}, normal
     assert alert["labels"] == {"alertname": "UnetkitErrorBudgetFastBurn", "job": "unetkit", "severity": "critical",
                                "slo": "availability"}
