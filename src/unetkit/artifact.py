@@ -6,8 +6,8 @@ config and history, validation metrics, calibration, postprocessing, drift basel
 Any safetensors reader opens it; `unetkit info MODEL` prints the metadata.
 
 Integrity: the metadata carries the sha256 of the weights and of the metadata itself; loading
-recomputes both and refuses a corrupt or tampered file. Writing is atomic (temp name + rename),
-so a crash never leaves half an artifact behind.
+recomputes both and refuses a corrupt or tampered file. Writing is durable and atomic (`atomic_write`),
+so a crash or a full disk never leaves half an artifact behind.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +26,7 @@ from torch import nn
 
 import unetkit
 from unetkit.config import ModelConfig, from_dict, to_dict
+from unetkit.data.atomic import atomic_write
 from unetkit.errors import ArtifactError, ConfigError
 from unetkit.models import build_model
 
@@ -194,18 +193,10 @@ def save_artifact(path: str | Path, model_or_state: nn.Module | dict[str, torch.
         meta_sha256="",
     )
     meta = dataclasses.replace(meta, meta_sha256=meta_sha256(meta))
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={META_KEY: json.dumps(to_dict(meta))})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # serialized in memory, so a full disk is a plain OSError (StorageError) and not a serializer's own
+    return atomic_write(path, save(tensors, metadata={META_KEY: json.dumps(to_dict(meta))}))
 
 
 def read_meta(path: str | Path, verify: bool = True) -> ArtifactMeta:
