@@ -52,6 +52,7 @@ def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
         "time.sleep(60)\n"
     )
     live, dead = store.tmp / "live.partial", store.tmp / "dead.partial"
+    store.tmp.mkdir(parents=True)  # a writer's first stage creates it
     procs = [subprocess.Popen([sys.executable, "-c", holder, str(p)], stdout=subprocess.PIPE, text=True) for p in (live, dead)]
     try:
         for proc in procs:

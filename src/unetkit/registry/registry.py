@@ -1,7 +1,8 @@
 """The model registry: versions of trained models, their stages, and an audit trail of every change.
 
-`Registry.open(location, store)` connects to the database (see db.py), finds the blob store it
-records (location.py, blobs.py) and cleans up after crashed writers. Then:
+`Registry.open(location, store, read_only=False)` connects to the database (see db.py) and finds the
+blob store it records (location.py, blobs.py). Opening writes nothing once the registry exists (and
+`read_only=True` never writes: serving needs only read access). Then:
 
 - `add(artifact)` verifies the artifact, stores it by content, and registers it as the next version
   of its model name (numbers assigned under the model's write lock, never reused); the same
@@ -15,8 +16,10 @@ records (location.py, blobs.py) and cleans up after crashed writers. Then:
 Crash safety of `add`: the artifact is copied to a locked temp file first; in one database
 transaction the version row is inserted, the blob is renamed to its content address, and the
 transaction commits. A process killed before the commit leaves no row; what it leaves on disk (a temp
-file, or a blob no row references) is removed by the next `open` (`recover`). Orphan removal takes the
-blob's row lock first (an `INSERT` of its sha256), so it never races a writer about to commit.
+file, or a blob no row references) is removed by the next writer's `add` (`recover`, which first makes
+sure the store belongs to this registry: a blob is removed only when it is provably this registry's
+orphan). Orphan removal takes the blob's row lock first (an `INSERT` of its sha256), so it never races
+a writer about to commit.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from unetkit.registry.blobs import BlobStore
 from unetkit.registry.compare import diff_versions
 from unetkit.registry.db import SINGLE_STAGES, Database, as_utc, insert_ignore, now
 from unetkit.registry.gate import DEFAULT_TOLERANCE, GateResult, check
-from unetkit.registry.location import default_location, store_root
+from unetkit.registry.location import claim_store, default_location, open_store
 from unetkit.registry.records import (
     Event,
     VersionRecord,
@@ -94,16 +97,16 @@ class Registry:
         self.db, self.store = db, store
 
     @classmethod
-    def open(cls, location: str | Path | None = None, store: str | Path | None = None) -> Registry:
-        """Connect, find (or record, on first use) the blob store, and clean up after crashed writers."""
-        db = Database(default_location(str(location) if location else None))
+    def open(cls, location: str | Path | None = None, store: str | Path | None = None,
+             read_only: bool = False) -> Registry:
+        """Connect and find the blob store (on first use: create the tables, claim and record the store).
+        `read_only`: never write anything (a missing registry is an error; add/promote/rollback refused)."""
+        db = Database(default_location(str(location) if location else None), read_only=read_only)
         try:
-            registry = cls(db, BlobStore(store_root(db, store)))
-            registry.recover()
+            return cls(db, open_store(db, store))
         except BaseException:
             db.close()
             raise
-        return registry
 
     def close(self) -> None:
         self.db.close()
@@ -125,6 +128,7 @@ class Registry:
 
         check_stage(stage, ("candidate", *SINGLE_STAGES))
         read_meta(artifact)  # a missing or foreign file fails here, before anything is copied
+        self.recover()  # checks the store is ours, then cleans up after crashed writers
         with self.store.stage(artifact) as blob:
             meta = load_artifact(blob.path).meta  # verify the copy we keep, not the file it came from
             name = check_name(name or meta.name)
@@ -170,6 +174,7 @@ class Registry:
         it worse than production, unless `force` with a `reason`."""
         check_stage(to, SINGLE_STAGES)
         name, _ = parse_ref(ref)
+        self._check_writable()
         with self.db.write() as conn:
             self._lock_model(conn, name)
             record = self._resolve_ref(conn, ref)
@@ -180,6 +185,7 @@ class Registry:
         """Put the previous production version back in production and archive the current one."""
         check_name(name)
         actor = by if by is not None else current_user()
+        self._check_writable()
         with self.db.write() as conn:
             self._lock_model(conn, name)
             current = self._in_stage(conn, name, "production")
@@ -211,11 +217,16 @@ class Registry:
             return Rollback(restored=restored, archived=archived)
 
     def recover(self) -> Recovery:
-        """Remove what crashed writers left: temp files nobody holds, blobs no committed row references."""
+        """Remove what crashed writers left: temp files nobody holds, blobs no committed row references.
+
+        Only in a store bound to this registry (claimed here if an older unetkit left it unclaimed;
+        refused if another registry owns it), and never a blob the store held before it was claimed."""
+        self._check_writable()
+        claim_store(self.db, self.store)
         temp = tuple(self.store.stale_temp_files())
         with self.db.read() as conn:
             known = set(conn.execute(select(schema.blobs.c.sha256)).scalars())
-        orphans = tuple(self._remove_orphans(set(self.store.stored()) - known))
+        orphans = tuple(self._remove_orphans(set(self.store.stored()) - known - self.store.kept))
         return Recovery(temp, orphans)
 
     # ------------------------------------------------------------ reading
@@ -276,6 +287,10 @@ class Registry:
         return load_artifact(self.fetch(record))
 
     # ------------------------------------------------------------ inside a transaction
+
+    def _check_writable(self) -> None:
+        if self.db.read_only:
+            raise RegistryError(f"registry {self.db.display} is open read-only; open it without read_only to change it")
 
     def _lock_model(self, conn: Connection, name: str, create: bool = False) -> None:
         """Take the model's write lock (its row, FOR UPDATE); `create` adds the model on first use."""
@@ -359,7 +374,7 @@ class Registry:
         """Delete blobs no committed row references. Inserting the blob's row first is the lock: a writer
         that has inserted it but not committed makes us wait, and then we find it referenced."""
         removed = []
-        for sha256 in sorted(candidates):
+        for sha256 in sorted(candidates - self.store.kept):
             with self.db.write() as conn:
                 if insert_ignore(conn, schema.blobs, {"sha256": sha256, "size_bytes": 0, "created_at": now()}):
                     self.store.remove(sha256)
