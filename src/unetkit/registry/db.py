@@ -47,7 +47,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
 from unetkit.errors import RegistryError
 
@@ -56,6 +56,7 @@ STAGES = ("candidate", "staging", "production", "archived")
 SINGLE_STAGES = ("staging", "production")  # at most one version per model name in each
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PG_LOCK_ID = 0x756E65746B6974  # "unetkit": serializes schema creation on PostgreSQL
+_INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE for a refused GRANT or row-level policy
 
 metadata = MetaData()
 
@@ -180,14 +181,15 @@ class Database:
 
     @contextmanager
     def read(self, failure: str = "database error") -> Iterator[Connection]:
-        with self._errors(failure), self.engine.connect() as conn, conn.begin():
+        with self._errors(failure, "unetkit_viewer"), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
-    def write(self, failure: str = "database error") -> Iterator[Connection]:
-        """One write transaction: committed when the block ends, rolled back on any error."""
-        with self._errors(failure), self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, \
-                conn.begin():
+    def write(self, failure: str = "database error", role: str = "") -> Iterator[Connection]:
+        """One write transaction: committed when the block ends, rolled back on any error. `role`: the
+        registry role the change needs (roles.py), named when the database refuses it."""
+        with self._errors(failure, role), \
+                self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
             yield conn
 
     def setting(self, conn: Connection, key: str) -> str | None:
@@ -208,11 +210,17 @@ class Database:
         self.engine.dispose()
 
     @contextmanager
-    def _errors(self, failure: str = "database error") -> Iterator[None]:
+    def _errors(self, failure: str = "database error", role: str = "") -> Iterator[None]:
         try:
             yield
         except OperationalError as e:
             raise RegistryError(f"registry {self.display}: {failure} ({_first_line(e)})") from None
+        except DBAPIError as e:
+            if getattr(e.orig, "sqlstate", None) != _INSUFFICIENT_PRIVILEGE:
+                raise
+            needs = (f"; this needs the role {role}: the registry's owner can grant it with `unetkit registry "
+                     f"grant USER {role.removeprefix('unetkit_')}`") if role else ""
+            raise RegistryError(f"registry {self.display}: permission denied ({_first_line(e)}){needs}") from None
 
     def _create_schema(self) -> None:
         """Check the schema in a read transaction (opening never waits for a writer); create it once."""

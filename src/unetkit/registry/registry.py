@@ -24,7 +24,6 @@ a writer about to commit.
 
 from __future__ import annotations
 
-import getpass
 import os
 import sys
 import time
@@ -41,7 +40,7 @@ from unetkit.registry import db as schema
 from unetkit.registry.blobs import BlobStore
 from unetkit.registry.compare import diff_versions
 from unetkit.registry.db import SINGLE_STAGES, Database, as_utc, insert_ignore, now
-from unetkit.registry.gate import DEFAULT_TOLERANCE, GateResult, check
+from unetkit.registry.gate import DEFAULT_TOLERANCE, GateResult, check, loosening
 from unetkit.registry.location import claim_store, default_location, open_store
 from unetkit.registry.records import (
     Event,
@@ -52,6 +51,7 @@ from unetkit.registry.records import (
     describe_artifact,
     parse_ref,
 )
+from unetkit.registry.roles import NEEDED, identity, policy
 
 ENV_PAUSE = "UNETKIT_REGISTRY_PAUSE"  # fault injection for the crash tests, see `_pause`
 
@@ -132,11 +132,11 @@ class Registry:
         with self.store.stage(artifact) as blob:
             meta = load_artifact(blob.path).meta  # verify the copy we keep, not the file it came from
             name = check_name(name or meta.name)
-            actor = by if by is not None else current_user()
             _pause("staged")
             published = False
             try:
-                with self.db.write() as conn:
+                with self.db.write(role=NEEDED["promote" if stage != "candidate" else "add"]) as conn:
+                    actor, claimed = identity(conn), _claimed(conn, by)
                     self._lock_model(conn, name, create=True)
                     existing = self._find(conn, name, sha256=blob.sha256)
                     if existing is not None:
@@ -150,12 +150,13 @@ class Registry:
                         name=name, version=version, sha256=blob.sha256, stage="candidate", created_at=now(),
                         created_by=actor, note=note, git_commit=git_commit or artifact_git_commit(meta),
                         source=str(Path(artifact).resolve()), meta=describe_artifact(meta)))
-                    self._event(conn, name, version, "register", None, "candidate", actor, note)
+                    self._event(conn, name, version, "register", None, "candidate", actor, note, details=claimed)
                     record = self._find(conn, name, version=version)
                     assert record is not None
                     promotion = None
                     if stage != "candidate":
-                        promotion = self._promote(conn, record, stage, force, reason, actor, tolerance, tolerances)
+                        promotion = self._promote(conn, record, stage, force, reason, actor, tolerance, tolerances,
+                                                  extra=claimed)
                         record = promotion.record
                     self.store.publish(blob)
                     published = True
@@ -175,18 +176,18 @@ class Registry:
         check_stage(to, SINGLE_STAGES)
         name, _ = parse_ref(ref)
         self._check_writable()
-        with self.db.write() as conn:
+        with self.db.write(role=NEEDED["promote"]) as conn:
             self._lock_model(conn, name)
             record = self._resolve_ref(conn, ref)
-            return self._promote(conn, record, to, force, reason, by if by is not None else current_user(),
-                                 tolerance, tolerances, only)
+            return self._promote(conn, record, to, force, reason, identity(conn), tolerance, tolerances, only,
+                                 extra=_claimed(conn, by))
 
     def rollback(self, name: str, reason: str = "", by: str | None = None) -> Rollback:
         """Put the previous production version back in production and archive the current one."""
         check_name(name)
-        actor = by if by is not None else current_user()
         self._check_writable()
-        with self.db.write() as conn:
+        with self.db.write(role=NEEDED["rollback"]) as conn:
+            actor, claimed = identity(conn), _claimed(conn, by)
             self._lock_model(conn, name)
             current = self._in_stage(conn, name, "production")
             if current is None:
@@ -210,8 +211,8 @@ class Registry:
                 raise RegistryError(f"{name}: {current.ref} is the first production version; there is none to roll back to")
             target = self._find(conn, name, version=stack[-1])
             assert target is not None
-            self._set_stage(conn, current, "archived", "rollback", actor, reason, details={"restored": target.ref})
-            self._set_stage(conn, target, "production", "rollback", actor, reason, details={"replaced": current.ref})
+            self._set_stage(conn, current, "archived", "rollback", actor, reason, details={"restored": target.ref, **claimed})
+            self._set_stage(conn, target, "production", "rollback", actor, reason, details={"replaced": current.ref, **claimed})
             restored, archived = self._find(conn, name, version=target.version), self._find(conn, name, version=current.version)
             assert restored is not None and archived is not None
             return Rollback(restored=restored, archived=archived)
@@ -335,7 +336,8 @@ class Registry:
         return record
 
     def _promote(self, conn: Connection, record: VersionRecord, to: str, force: bool, reason: str, actor: str,
-                 tolerance: float, tolerances: Mapping[str, float] | None, only: Sequence[str] | None = None) -> Promotion:
+                 tolerance: float, tolerances: Mapping[str, float] | None, only: Sequence[str] | None = None,
+                 extra: dict[str, Any] | None = None) -> Promotion:
         if record.stage == to:
             raise RegistryError(f"{record.ref} is already in {to}")
         if record.stage == "production":
@@ -344,16 +346,23 @@ class Registry:
         if force and not reason.strip():
             raise RegistryError("--force needs --reason TEXT: a forced promotion is recorded with its reason")
         production = self._in_stage(conn, record.name, "production")
-        gate = check(record.metrics, production.metrics if production else None, production.ref if production else None,
-                     tolerance, tolerances, only)
+        prod_metrics, against = (production.metrics, production.ref) if production else (None, None)
+        gate = check(record.metrics, prod_metrics, against, tolerance, tolerances, only)
+        loosened = loosening(check(record.metrics, prod_metrics, against), tolerance, tolerances, only,
+                             policy(conn)["max_tolerance"])
+        if loosened and not reason.strip():
+            raise RegistryError(f"promotion of {record.ref} to {to} loosens the gate beyond the registry's policy "
+                                f"({'; '.join(loosened)}); that counts as forcing it: give --reason TEXT (it is "
+                                "recorded as forced)")
         if not gate.passed and not force:
             raise PromotionRefused(record.ref, to, gate)
         superseded = self._in_stage(conn, record.name, to)
         if superseded is not None:
             self._set_stage(conn, superseded, "archived", "supersede", actor, f"superseded by {record.ref}")
             superseded = self._find(conn, record.name, version=superseded.version)
-        forced = not gate.passed
-        self._set_stage(conn, record, to, "promote", actor, reason, forced, {"gate": gate.to_dict()})
+        forced = not gate.passed or bool(loosened)
+        details = {"gate": gate.to_dict(), **({"loosened": loosened} if loosened else {}), **(extra or {})}
+        self._set_stage(conn, record, to, "promote", actor, reason, forced, details)
         promoted = self._find(conn, record.name, version=record.version)
         assert promoted is not None
         return Promotion(record=promoted, gate=gate, forced=forced, superseded=superseded)
@@ -386,11 +395,9 @@ class Registry:
 # ---------------------------------------------------------------- helpers
 
 
-def current_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return ""
+def _claimed(conn: Connection, by: str | None) -> dict[str, str]:
+    """`--by NAME`, kept beside the authenticated actor (never instead of it) when it says someone else."""
+    return {"claimed_by": by} if by and by != identity(conn) else {}
 
 
 def _record(row: Any) -> VersionRecord:
