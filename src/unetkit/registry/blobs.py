@@ -1,8 +1,8 @@
 """The content-addressed artifact store: `<root>/<sha256[:2]>/<sha256>.unetkit`.
 
 A blob is written in two steps: `stage(source)` copies the artifact to `<root>/tmp/` while hashing
-it (fsynced, under an exclusive `flock` held for as long as the writer lives), and `publish(blob)`
-renames it to its content address (atomic; the folder is fsynced). The registry publishes inside
+it (under an exclusive `flock` held for as long as the writer lives), and `publish(blob)` renames it
+to its content address (data/atomic.py `publish`: the file fsynced, renamed, its folder fsynced). The registry publishes inside
 its database transaction, just before the commit, so a crash leaves at most a temp file or an
 unreferenced blob; both are found and removed the next time the registry is opened
 (`stale_temp_files`, and the orphan check in registry.py).
@@ -130,10 +130,12 @@ class BlobStore:
                 while chunk := src.read(CHUNK):
                     digest.update(chunk)
                     blob.size += len(chunk)
-                    write_all(blob.fd, chunk)
-            os.fsync(blob.fd)
+                    try:
+                        write_all(blob.fd, chunk)
+                    except OSError as e:  # a full disk: one clear error, nothing published
+                        raise storage_error(blob.path, e) from None
             blob.sha256 = digest.hexdigest()
-            yield blob
+            yield blob  # `publish` fsyncs it before it gets its name
         finally:
             blob.path.unlink(missing_ok=True)  # after `publish` the temp name no longer exists
             os.close(blob.fd)
