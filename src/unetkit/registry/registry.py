@@ -136,7 +136,8 @@ class Registry:
             published = False
             try:
                 with self.db.write(role=NEEDED["promote" if stage != "candidate" else "add"]) as conn:
-                    actor, claimed = identity(conn), _claimed(conn, by)
+                    actor = identity(conn)
+                    claimed = _claimed(actor, by)
                     self._lock_model(conn, name, create=True)
                     existing = self._find(conn, name, sha256=blob.sha256)
                     if existing is not None:
@@ -179,15 +180,17 @@ class Registry:
         with self.db.write(role=NEEDED["promote"]) as conn:
             self._lock_model(conn, name)
             record = self._resolve_ref(conn, ref)
-            return self._promote(conn, record, to, force, reason, identity(conn), tolerance, tolerances, only,
-                                 extra=_claimed(conn, by))
+            actor = identity(conn)
+            return self._promote(conn, record, to, force, reason, actor, tolerance, tolerances, only,
+                                 extra=_claimed(actor, by))
 
     def rollback(self, name: str, reason: str = "", by: str | None = None) -> Rollback:
         """Put the previous production version back in production and archive the current one."""
         check_name(name)
         self._check_writable()
         with self.db.write(role=NEEDED["rollback"]) as conn:
-            actor, claimed = identity(conn), _claimed(conn, by)
+            actor = identity(conn)
+            claimed = _claimed(actor, by)
             self._lock_model(conn, name)
             current = self._in_stage(conn, name, "production")
             if current is None:
@@ -395,9 +398,9 @@ class Registry:
 # ---------------------------------------------------------------- helpers
 
 
-def _claimed(conn: Connection, by: str | None) -> dict[str, str]:
+def _claimed(actor: str, by: str | None) -> dict[str, str]:
     """`--by NAME`, kept beside the authenticated actor (never instead of it) when it says someone else."""
-    return {"claimed_by": by} if by and by != identity(conn) else {}
+    return {"claimed_by": by} if by and by != actor else {}
 
 
 def _record(row: Any) -> VersionRecord:
