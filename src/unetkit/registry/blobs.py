@@ -144,7 +144,7 @@ class BlobStore:
         """Atomically move a staged blob to its content address (replacing a damaged copy, if any)."""
         target = self.path(blob.sha256)
         target.parent.mkdir(exist_ok=True)
-        return publish(blob.path, target)  # fsync (again: cheap), rename, fsync of the folder
+        return publish(blob.path, target)  # fsync, rename, fsync of the folder
 
     def verified(self, sha256: str, what: str) -> Path:
         """The blob's path after checking its sha256; a missing or modified blob is refused."""
