@@ -7,7 +7,7 @@ import torch
 
 from unetkit.artifact import ArtifactMeta, load_artifact, read_meta, save_artifact, update_artifact
 from unetkit.config import ModelConfig
-from unetkit.errors import ArtifactError, ConfigError
+from unetkit.errors import ArtifactError, ConfigError, StorageError
 
 
 def _meta(**kw) -> ArtifactMeta:
@@ -89,10 +89,10 @@ def test_crash_during_write_leaves_the_old_file(tmp_path, monkeypatch):
     good = path.read_bytes()
 
     def boom(*a, **k):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("safetensors.torch.save_file", boom)
-    with pytest.raises(OSError):
+    monkeypatch.setattr("unetkit.data.atomic.write_all", boom)
+    with pytest.raises(StorageError, match="m.unetkit: could not write it .the disk is full."):
         save_artifact(path, _state(), _meta(name="other"))
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["m.unetkit"]
@@ -105,3 +105,67 @@ def test_meta_checks_its_own_consistency():
         _meta(class_names=("a", "b", "c"))
     with pytest.raises(ConfigError, match="temperature"):
         _meta(temperature=0.0)
+
+
+# ---------------------------------------------------------------- durability (issue 16, case 13)
+
+_SAVE_BIG = """
+import torch
+from unetkit.artifact import ArtifactMeta, save_artifact
+from unetkit.config import ModelConfig
+meta = ArtifactMeta(model=ModelConfig(in_channels=1, out_channels=2, base_width=4, depth=2),
+                    class_names=("background", "vessel"), mean=(120.0,), std=(40.0,), patch_size=(64, 64))
+state = {"a.weight": torch.ones(2_000_000)}  # 8 MB
+"""
+
+
+def test_issue16_case13_a_full_disk_keeps_the_previous_artifact_and_says_so(tmp_path):
+    """Before: safetensors' own 'I/O error: File too large' (or torch's 'unexpected pos'); now one clear
+    line, and the artifact that was there still loads."""
+    from tests.data.test_atomic import run_with_file_size_limit
+
+    path = save_artifact(tmp_path / "m.unetkit", _state(), _meta())
+    done = run_with_file_size_limit(_SAVE_BIG + """
+from unetkit.errors import StorageError
+try:
+    save_artifact("m.unetkit", state, meta)
+except StorageError as e:
+    print(e)
+""", limit=1_000_000, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("m.unetkit: could not write it (the file size limit was reached); the previous "
+                                   "m.unetkit is unchanged; free some space and try again")
+    assert torch.equal(load_artifact(path).state_dict["a.weight"], _state()["a.weight"])
+    assert [p.name for p in tmp_path.iterdir()] == ["m.unetkit"]
+
+
+def test_issue16_case13_sigkill_during_an_artifact_write_leaves_the_old_file_loadable(tmp_path):
+    """A child is killed while its new artifact is half written (writes slowed to 1 MB steps so the kill
+    lands inside): the old artifact stays whole and loadable; only a `.m.unetkit.*.tmp` remains."""
+    import signal
+    import subprocess
+    import sys
+
+    path = save_artifact(tmp_path / "m.unetkit", _state(), _meta())
+    child = subprocess.Popen([sys.executable, "-c", _SAVE_BIG + """
+import os, sys, time
+import unetkit.data.atomic as atomic
+real = os.write
+def slow_write(fd, data):
+    n = real(fd, data[: 1 << 20])
+    print("writing", flush=True)
+    time.sleep(0.5)
+    return n
+atomic.os.write = slow_write
+save_artifact("m.unetkit", state, meta)
+"""], cwd=tmp_path, stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert child.stdout.readline().strip() == "writing"
+        temp = [p for p in tmp_path.iterdir() if p.name.startswith(".m.unetkit.") and p.name.endswith(".tmp")]
+        assert len(temp) == 1 and 0 < temp[0].stat().st_size < 8_000_000  # caught mid-write
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(60)
+    art = load_artifact(path)
+    assert torch.equal(art.state_dict["a.weight"], _state()["a.weight"]) and art.meta.class_names == ("background", "vessel")

@@ -11,7 +11,7 @@ edits a file can recompute them (save_artifact does). Tampering is what signatur
 adds an Ed25519 signature (signing.py), and `load_artifact(path, trust=...)` refuses a file not signed by
 a trusted key, or `sha256=...` one whose bytes are not the pinned ones. Loading reads the file once and
 hashes, verifies and deserializes that one buffer, so a file swapped in between is never used. Writing is
-atomic (temp name + rename), so a crash never leaves half an artifact behind.
+durable and atomic (`atomic_write`), so a crash or a full disk never leaves half an artifact behind.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import platform
 import re
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +32,7 @@ from torch import nn
 
 import unetkit
 from unetkit.config import ModelConfig, from_dict, to_dict
+from unetkit.data.atomic import atomic_write
 from unetkit.errors import ArtifactError, ConfigError
 from unetkit.models import build_model
 from unetkit.signing import SIGNATURE_KEY, TrustPolicy, load_private_key, sign, signed_message
@@ -202,18 +201,10 @@ def save_artifact(path: str | Path, model_or_state: nn.Module | dict[str, torch.
         meta_sha256="",
     )
     meta = dataclasses.replace(meta, meta_sha256=meta_sha256(meta))
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={META_KEY: json.dumps(to_dict(meta))})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # serialized in memory, so a full disk is a plain OSError (StorageError) and not a serializer's own
+    return atomic_write(path, save(tensors, metadata={META_KEY: json.dumps(to_dict(meta))}))
 
 
 def read_meta(path: str | Path, verify: bool = True) -> ArtifactMeta:
@@ -280,7 +271,7 @@ def sign_artifact(path: str | Path, key: str | Path) -> str:
     from safetensors.torch import save
 
     metadata = {META_KEY: _header_metadata(path, data)[META_KEY], SIGNATURE_KEY: json.dumps(record)}
-    _replace_atomically(path, save(art.state_dict, metadata=metadata))
+    atomic_write(path, save(art.state_dict, metadata=metadata))
     return record["key_id"]
 
 
@@ -297,25 +288,6 @@ def _header_metadata(path: Path, data: bytes) -> dict[str, str]:
     except (struct.error, ValueError, AttributeError) as e:
         raise ArtifactError(f"{path}: not a unetkit model artifact (unreadable safetensors header: {e})") from None
     return metadata
-
-
-def _replace_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, fsync it, rename it over `path`, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def update_artifact(path: str | Path, **changes: Any) -> Artifact:

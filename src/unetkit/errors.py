@@ -28,3 +28,7 @@ class InputError(UnetkitError):
 
 class RegistryError(UnetkitError):
     """A model registry operation cannot be done (unknown version, refused promotion, bad location)."""
+
+
+class StorageError(UnetkitError):
+    """A file could not be written (disk full, file size limit, permission); the previous one is unchanged."""

@@ -1,4 +1,7 @@
+import errno
+import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,7 +9,7 @@ import tifffile
 import zarr
 
 from unetkit.config import TileConfig
-from unetkit.errors import InputError
+from unetkit.errors import InputError, StorageError
 from unetkit.inference.predict import predict_tiled
 from unetkit.inference.streaming import estimate_memory, open_lazy, predict_stream, quantize
 from unetkit.inference.tiling import tile_starts
@@ -32,7 +35,7 @@ def test_tiff_to_tiff_equals_in_memory(predictor, big, tmp_path):
     np.testing.assert_allclose(probs.transpose(2, 0, 1), expected, atol=1e-5)
     with tifffile.TiffFile(tmp_path / "labels.tif") as tif:
         assert tif.is_bigtiff and tif.pages[0].is_tiled
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.glob(".*.tmp"))  # no temp file left
 
 
 def test_zarr_to_zarr_equals_in_memory(predictor, big, tmp_path):
@@ -75,7 +78,7 @@ def test_streaming_errors(predictor, tmp_path):
     bad[1, 50, 3] = np.nan
     with pytest.raises(InputError, match="NaN/inf"):
         predict_stream(predictor, bad, tmp_path / "l.tif", CONFIG)
-    assert not list(tmp_path.glob("l.tif*"))  # no partial output left behind
+    assert not list(tmp_path.glob("l.tif*")) + list(tmp_path.glob(".l.tif.*"))  # no partial output left behind
     with pytest.raises(InputError, match="channel"):
         predict_stream(predictor, np.zeros((3, 30, 30), np.float32), tmp_path / "l.tif", CONFIG)
     with pytest.raises(InputError, match="probabilities_dtype"):
@@ -128,3 +131,41 @@ def test_a_bad_second_output_leaves_no_writer_thread_or_partial_file(predictor, 
         predict_stream(predictor, big, tmp_path / "labels.tif", CONFIG, probabilities_path=tmp_path / "p.png")
     assert not list(tmp_path.iterdir())
     assert not [t for t in threading.enumerate() if t.name.startswith("tiff-writer-")]
+
+
+def test_issue16_case13_two_runs_to_one_output_use_their_own_temp_names(predictor, big, tmp_path, monkeypatch):
+    """Before: both runs wrote `labels.tif.partial`, so the second truncated the first's file mid-write."""
+    import unetkit.inference.streaming as streaming
+
+    names = []
+    real = streaming.temp_name
+    monkeypatch.setattr(streaming, "temp_name", lambda path: names.append(real(path)) or names[-1])
+    predict_stream(predictor, big, tmp_path / "labels.tif", CONFIG, out_tile=16)
+    predict_stream(predictor, big, tmp_path / "labels.tif", CONFIG, out_tile=16)
+    assert len(set(names)) == 2 and all(n.parent == tmp_path and n.name.startswith(".labels.tif.") for n in names)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "labels.tif"), predict_tiled(predictor, big, CONFIG).argmax(0))
+
+
+def test_issue16_case13_a_zarr_output_is_kept_until_the_new_one_is_in_place(predictor, big, tmp_path, monkeypatch):
+    """Before: the old labels.zarr was deleted first, then the new one renamed in; a failure of that rename
+    (or a crash between) lost the old result. Now a failed swap puts the old one back."""
+    import unetkit.data.atomic as atomic
+
+    out = tmp_path / "labels.zarr"
+    predict_stream(predictor, big, out, CONFIG, out_tile=32)
+    before = zarr.open_array(str(out))[:]
+    real = os.replace
+
+    def fail_on_the_new_tree(src, dst):
+        if Path(src).name.startswith(".labels.zarr.") and Path(src).name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", fail_on_the_new_tree)
+    with pytest.raises(StorageError, match="labels.zarr: could not write it .the disk is full."):
+        predict_stream(predictor, big * 0, out, CONFIG, out_tile=32)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(zarr.open_array(str(out))[:], before)  # put back, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr"]  # and no temp or set-aside tree left
+    predict_stream(predictor, big * 0, out, CONFIG, out_tile=32)  # a run that succeeds replaces it
+    assert not np.array_equal(zarr.open_array(str(out))[:], before)

@@ -52,6 +52,7 @@ def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
         "time.sleep(60)\n"
     )
     live, dead = store.tmp / "live.partial", store.tmp / "dead.partial"
+    store.tmp.mkdir(parents=True)  # a writer's first stage creates it
     procs = [subprocess.Popen([sys.executable, "-c", holder, str(p)], stdout=subprocess.PIPE, text=True) for p in (live, dead)]
     try:
         for proc in procs:
@@ -70,3 +71,22 @@ def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
             proc.kill()
             proc.wait(10)
     assert store.stale_temp_files() == [live]
+
+
+def test_issue16_case13_a_full_disk_while_staging_is_one_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import unetkit.registry.blobs as blobs
+    from unetkit.errors import StorageError
+
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"x" * 1000)
+    store = BlobStore(tmp_path / "store")
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(blobs, "write_all", full)
+    with pytest.raises(StorageError, match=r"\.partial: could not write it \(the disk is full\)"), store.stage(source):
+        pass
+    assert list(store.tmp.iterdir()) == [] and store.stored() == {}

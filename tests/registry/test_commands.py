@@ -97,3 +97,16 @@ def test_location_from_the_environment_or_the_default_folder(filled, tmp_path):
     bad = run("registry", "list", "--registry", "mysql://db/registry")
     assert bad.returncode == 2 and bad.stderr.startswith("error: registry mysql://db/registry: unsupported database 'mysql'")
     assert bad.stderr.count("\n") == 1
+
+
+def test_issue16_case9_policy_and_grant_commands(filled):
+    assert invoke("registry", "policy", "--registry", filled) == "max tolerance: *=0.05, hd95=5, assd=5\n"
+    loosened = run("registry", "promote", "tiny:2", "--to", "production", "--tolerance", "1e9", "--registry", filled)
+    assert loosened.returncode == 2 and "loosens the gate beyond the registry's policy" in loosened.stderr
+    assert json.loads(invoke("registry", "policy", "--max-tolerance", "2", "--registry", filled, "--json")) == {
+        "max_tolerance": {"*": 2.0, "hd95": 5.0, "assd": 5.0}}
+    tolerated = json.loads(invoke("registry", "promote", "tiny:2", "--to", "production", "--tolerance", "1",
+                                  "--tolerance", "hd95/cell=3", "--registry", filled, "--json"))
+    assert tolerated["promoted"]["stage"] == "production" and not tolerated["forced"]
+    grant = run("registry", "grant", "alice", "viewer", "--registry", filled)
+    assert grant.returncode == 2 and "roles need a PostgreSQL registry" in grant.stderr

@@ -84,7 +84,11 @@ def test_killed_writers_leave_no_half_entry_and_no_orphan_blob(location, artifac
     published.kill()
     assert len(list(store.tmp.glob("*.partial"))) == 1  # the debris the crash left
     assert len(store.stored()) == 1
-    with Registry.open(location.url) as reg:  # opening cleans up after dead writers
+    with Registry.open(location.url, read_only=True) as reader:  # a reader leaves everything as it is
+        assert reader.list() == [] and len(reader.store.stored()) == 1
+    with Registry.open(location.url) as reg:  # a writer cleans up after dead writers (add does it first)
+        recovery = reg.recover()
+        assert len(recovery.temp_files) == 1 and len(recovery.orphan_blobs) == 1
         assert reg.list() == [] and reg.names() == []
         with reg.db.read() as conn:
             for table in (schema.versions, schema.events, schema.blobs):

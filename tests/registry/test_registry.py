@@ -9,13 +9,20 @@ import pytest
 
 from unetkit.errors import ArtifactError, RegistryError
 from unetkit.registry.registry import PromotionRefused, Registry
+from unetkit.registry.roles import identity
+
+
+def authenticated(registry: Registry) -> str:
+    with registry.db.read() as conn:
+        return identity(conn)
 
 
 def test_add_assigns_versions_and_keeps_the_artifact_metadata(registry, artifacts):
     first = registry.add(artifacts["base"], note="first run", by="ana")
     assert first.created and first.record.ref == "tiny:1" and first.record.stage == "candidate"
     r = first.record
-    assert (r.created_by, r.note, r.git_commit) == ("ana", "first run", "0123456789abcdef0123456789abcdef01234567")
+    me = authenticated(registry)  # the recorded actor: the database login or OS account, not what --by claims
+    assert (r.created_by, r.note, r.git_commit) == (me, "first run", "0123456789abcdef0123456789abcdef01234567")
     assert r.size_bytes == artifacts["base"].stat().st_size and len(r.sha256) == 64
     assert r.meta["classes"] == ["background", "cell", "vessel"]
     assert r.meta["architecture"]["depth"] == 2 and r.meta["calibration"]["temperature"] == 1.0
@@ -27,7 +34,8 @@ def test_add_assigns_versions_and_keeps_the_artifact_metadata(registry, artifact
     assert [v.ref for v in registry.list("tiny", stage="candidate")] == ["tiny:1", "tiny:2"]
     assert registry.get("tiny").ref == "tiny:2" and registry.get("tiny:latest").ref == "tiny:2"
     assert registry.names() == ["other", "tiny"]
-    assert [(e.action, e.to_stage, e.actor) for e in registry.history("tiny", 1)] == [("register", "candidate", "ana")]
+    assert [(e.action, e.to_stage, e.actor, e.details) for e in registry.history("tiny", 1)] == [
+        ("register", "candidate", me, {"claimed_by": "ana"})]
 
 
 def test_the_same_artifact_added_twice_is_one_version_and_one_blob(registry, artifacts, tmp_path):
@@ -63,7 +71,8 @@ def test_promotion_is_gated_on_production_metrics(registry, artifacts):
     assert not checked & {"step", "calibration/ece_before", "calibration/temperature"}
     event = registry.history("tiny", 4)[-1]
     assert (event.action, event.from_stage, event.to_stage, event.actor, event.reason, event.forced) == (
-        "promote", "candidate", "production", "ben", "better on the new scanner", False)
+        "promote", "candidate", "production", authenticated(registry), "better on the new scanner", False)
+    assert event.details["claimed_by"] == "ben"
     assert event.details["gate"]["against"] == "tiny:1" and event.details["gate"]["passed"]
 
 

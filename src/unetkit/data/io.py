@@ -4,7 +4,8 @@
   An alpha channel (RGBA, LA) is dropped; palette images are expanded to RGB.
 - `read_mask(path) -> (H, W)` raw values (palette indices for P-mode, gray values for L) or
   `(H, W, 3) uint8` for colour-coded masks. Palettes are never converted to colours.
-- `write_png`, `write_tiff`: atomic (temporary name in the same folder, then `os.replace`).
+- `write_png`, `write_tiff`, `write_text_atomic`, `write_bytes_atomic`: durable and all or nothing
+  (`atomic.atomic_write`: a unique temp name in the same folder, fsync, rename, fsync of the folder).
 
 TIFF goes through tifffile (16-bit, multi-channel, LZW via imagecodecs), with Pillow as fallback.
 Every failure is a `DataError` naming the file and what is wrong. `max_pixels` guards against
@@ -15,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from unetkit.data.atomic import atomic_write
 from unetkit.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".bmp")
@@ -32,8 +32,6 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 100_000_000  # below Pillow's own bomb threshold, so our message is the one users see
 MAX_CHANNELS = 64  # a TIFF holds at most this many channels (pages x samples) per pixel; checked before decoding
 PILLOW_FORMATS = ("PNG", "JPEG", "TIFF", "GIF", "BMP")  # what Pillow may open: the IMAGE_SUFFIXES formats
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -142,7 +140,7 @@ def write_png(path: str | Path, array: np.ndarray, palette: np.ndarray | None = 
             f"{path}: cannot write {array.dtype} array of shape {array.shape} as PNG; expected (H, W) "
             "uint8/uint16, (H, W) uint8 with a palette, or (H, W, 3|4) uint8"
         )
-    return _atomic(path, lambda tmp: im.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
 
 
 def write_tiff(path: str | Path, array: np.ndarray, compression: str | None = "zlib") -> Path:
@@ -154,7 +152,7 @@ def write_tiff(path: str | Path, array: np.ndarray, compression: str | None = "z
     rgb = array.ndim == 3 and array.shape[-1] == 3 and array.dtype in (np.uint8, np.uint16)
     photometric = "rgb" if rgb else "minisblack"
     planar = None if array.ndim == 2 or rgb else "separate"
-    return _atomic(
+    return atomic_write(
         path,
         lambda tmp: tifffile.imwrite(
             tmp, array, photometric=photometric, planarconfig=planar, compression=compression
@@ -164,26 +162,12 @@ def write_tiff(path: str | Path, array: np.ndarray, compression: str | None = "z
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write a small text file (JSON, CSV) atomically."""
-    return _atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return atomic_write(path, text.encode("utf-8"))
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     """Write bytes (a copied image file, a zip archive) atomically."""
-    return _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
-
-
-def _atomic(path: Path, save: Callable[[str], object]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, data)
 
 
 # ---------------------------------------------------------------- decoding

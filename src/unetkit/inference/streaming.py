@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from unetkit.config import TileConfig
+from unetkit.data.atomic import publish, replace_dir, temp_name
 from unetkit.errors import InputError
 from unetkit.inference.outputs import argmax_labels
 from unetkit.inference.predict import Predictor, check_channels, iter_probability_rows, resolve_tile_size
@@ -189,7 +190,7 @@ class _TiffSink:
     ) -> None:
         import tifffile
 
-        self.path, self.tmp, self.tile, self.width = path, path.with_name(path.name + ".partial"), tile, shape[1]
+        self.path, self.tmp, self.tile, self.width = path, temp_name(path), tile, shape[1]
         self.queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.main_seconds = self.thread_cpu = 0.0
@@ -235,7 +236,7 @@ class _TiffSink:
         self.thread.join()
         self.main_seconds += time.perf_counter() - start
         if ok and self.error is None:
-            self.tmp.replace(self.path)
+            publish(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
             if ok and self.error is not None:
@@ -249,7 +250,7 @@ class _ZarrSink:
                  level: int | None) -> None:
         import zarr
 
-        self.path, self.tmp, self.y = path, path.with_name(path.name + ".partial"), 0
+        self.path, self.tmp, self.y = path, temp_name(path), 0
         self.main_seconds = self.thread_cpu = 0.0
         chunks = (tile, tile) + tuple(shape[2:])
         self.array = zarr.create_array(store=str(self.tmp), shape=shape, chunks=chunks, dtype=dtype, overwrite=True)
@@ -262,9 +263,7 @@ class _ZarrSink:
 
     def close(self, ok: bool) -> None:
         if ok:
-            if self.path.exists():
-                shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
-            self.tmp.replace(self.path)
+            replace_dir(self.tmp, self.path)  # the old result goes only once the new one is in place
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -332,7 +331,8 @@ def predict_stream(
     """Predict `source` stripe by stripe; write the label map (argmax, uint8) to `labels_path` and,
     optionally, `(H, W, K)` probabilities (float16, float32 or uint8 = round(255 p)) to
     `probabilities_path`. Outputs are `.tif`/`.tiff` (tiled BigTIFF) or `.zarr`, written under a
-    `.partial` name and renamed when complete. TIFF tiles are encoded with `compression` at
+    unique temp name (`.NAME.*.tmp`: two runs to one output never share it), fsynced and renamed
+    when complete; an existing output is replaced only then. TIFF tiles are encoded with `compression` at
     `compression_level` (zlib, zstd, lzma; None: the codec's default). zlib level 2 encodes smooth
     label maps slightly faster than the default 6 and noisy ones (a random-weight model) ~3x faster,
     for files up to 1.7x larger (~75:1 on smooth maps, ~7:1 on noise); level 1 is slower on smooth

@@ -1,4 +1,4 @@
-"""`unetkit registry add | list | show | promote | rollback | diff`: the command-line layer over
+"""`unetkit registry add | list | show | promote | rollback | diff | grant | policy`: the command-line layer over
 `Registry` (cli.py mounts it; nothing in the library imports this module).
 
 Every command takes `--registry` (a path or URL; default $UNETKIT_REGISTRY, else
@@ -31,7 +31,8 @@ RegistryOpt = Annotated[str | None, typer.Option(
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", help="Artifact folder; needed the first time a PostgreSQL registry is used (SQLite: blobs/ beside the file).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-ByOpt = Annotated[str | None, typer.Option("--by", help="Who does this (default: the login name).")]
+ByOpt = Annotated[str | None, typer.Option("--by", help="On whose behalf (recorded as claimed_by, beside the "
+                                          "authenticated user: the database login, or the OS account).")]
 TrustedKeysOpt = Annotated[str | None, typer.Option(
     "--trusted-keys", help="Folder of trusted Ed25519 public keys (*.pub) or one .pub file: a signed artifact must be "
     "signed by one of them, and the signer is recorded.")]
@@ -39,7 +40,8 @@ RequireSignatureOpt = Annotated[bool, typer.Option(
     "--require-signature", help="Refuse an artifact not signed by a trusted key (needs --trusted-keys).")]
 ToleranceOpt = Annotated[list[str] | None, typer.Option(
     "--tolerance", help="How much worse a metric may be: 0.005 (every metric, the default) or METRIC=VALUE "
-    "(one metric, e.g. hd95/vessel=2). Repeatable.")]
+    "(one metric, e.g. hd95/vessel=2). Repeatable. Above the registry's maximum (registry policy) it counts "
+    "as forcing the gate: needs --reason, recorded as forced.")]
 
 
 @contextmanager
@@ -211,3 +213,52 @@ def diff(
         _json(result)
     else:
         _print(*diff_tables(result))
+
+
+@registry_app.command("grant")
+def grant(
+    user: Annotated[str, typer.Argument(help="An existing PostgreSQL login.")],
+    role: Annotated[str, typer.Argument(help="viewer (read, serve), publisher (+ add), approver (+ promote, "
+                                        "rollback, force).")],
+    registry: RegistryOpt = None,
+) -> None:
+    """PostgreSQL: create the registry roles (idempotent) and make USER a member of ROLE (run as the owner)."""
+    from unetkit.registry.db import Database
+    from unetkit.registry.location import default_location
+    from unetkit.registry.roles import grant_role
+
+    db = Database(default_location(registry))
+    try:
+        typer.echo(f"{user} is now a member of {grant_role(db, user, role)}")
+    finally:
+        db.close()
+
+
+@registry_app.command("policy")
+def set_gate_policy(
+    max_tolerance: Annotated[list[str] | None, typer.Option(
+        "--max-tolerance", help="The most --tolerance may be before a promotion counts as forced: VALUE (every "
+        "metric) or METRIC=VALUE. Repeatable; replaces the policy. Without it: show the policy.")] = None,
+    registry: RegistryOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show or set the gate policy (setting it: the owner of the registry's tables)."""
+    from unetkit.registry.db import Database
+    from unetkit.registry.gate import parse_tolerances
+    from unetkit.registry.location import default_location
+    from unetkit.registry.roles import policy, set_policy
+
+    db = Database(default_location(registry), read_only=not max_tolerance)
+    try:
+        if max_tolerance:
+            default, per_metric = parse_tolerances(max_tolerance, default=None)
+            result = set_policy(db, {**({"*": default} if default is not None else {}), **per_metric})
+        else:
+            with db.read() as conn:
+                result = policy(conn)
+    finally:
+        db.close()
+    if json_out:
+        _json(result)
+    else:
+        typer.echo("max tolerance: " + ", ".join(f"{k}={v:g}" for k, v in result["max_tolerance"].items()))

@@ -14,6 +14,8 @@ block writers.
 from __future__ import annotations
 
 import re
+import sqlite3
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -45,7 +47,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
 from unetkit.errors import RegistryError
 
@@ -54,6 +56,7 @@ STAGES = ("candidate", "staging", "production", "archived")
 SINGLE_STAGES = ("staging", "production")  # at most one version per model name in each
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PG_LOCK_ID = 0x756E65746B6974  # "unetkit": serializes schema creation on PostgreSQL
+_INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE for a refused GRANT or row-level policy
 
 metadata = MetaData()
 
@@ -141,15 +144,21 @@ def database_url(location: str | Path) -> str:
 
 
 class Database:
-    """An engine with the registry schema; `read()` and `write()` give connections in a transaction."""
+    """An engine with the registry schema; `read()` and `write()` give connections in a transaction.
 
-    def __init__(self, location: str | Path, busy_timeout: float = 30.0) -> None:
+    `read_only`: never write, not even on first use (a missing schema is an error): SQLite opens the file
+    with `mode=ro`, PostgreSQL sessions run with `default_transaction_read_only`, so a stray write fails
+    in the database itself."""
+
+    def __init__(self, location: str | Path, busy_timeout: float = 30.0, read_only: bool = False) -> None:
         self.url = database_url(location)
+        self.read_only = read_only
         try:
             if self.url.startswith("sqlite"):
-                self.engine = _sqlite_engine(self.url, busy_timeout)
+                self.engine = _sqlite_engine(self.url, busy_timeout, read_only)
             else:
-                self.engine = create_engine(self.url, pool_pre_ping=True)
+                options = {"options": "-c default_transaction_read_only=on"} if read_only else {}
+                self.engine = create_engine(self.url, pool_pre_ping=True, connect_args=options)
         except ArgumentError as e:
             raise RegistryError(f"registry {location}: not a valid database URL ({e})") from None
         except ImportError as e:
@@ -172,34 +181,55 @@ class Database:
 
     @contextmanager
     def read(self, failure: str = "database error") -> Iterator[Connection]:
-        with self._errors(failure), self.engine.connect() as conn, conn.begin():
+        with self._errors(failure, "unetkit_viewer"), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
-    def write(self, failure: str = "database error") -> Iterator[Connection]:
-        """One write transaction: committed when the block ends, rolled back on any error."""
-        with self._errors(failure), self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, \
-                conn.begin():
+    def write(self, failure: str = "database error", role: str = "") -> Iterator[Connection]:
+        """One write transaction: committed when the block ends, rolled back on any error. `role`: the
+        registry role the change needs (roles.py), named when the database refuses it."""
+        with self._errors(failure, role), \
+                self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
             yield conn
 
     def setting(self, conn: Connection, key: str) -> str | None:
         return conn.execute(select(settings.c.value).where(settings.c.key == key)).scalar_one_or_none()
 
+    def registry_id(self, create: bool = False) -> str | None:
+        """This registry's identity (a random UUID recorded on first use; its blob store is bound to it).
+        `create`: record one if an older unetkit made the database without it."""
+        with self.read() as conn:
+            found = self.setting(conn, "registry_id")
+        if found is None and create:
+            with self.write() as conn:
+                insert_ignore(conn, settings, {"key": "registry_id", "value": uuid.uuid4().hex})
+                found = self.setting(conn, "registry_id")
+        return found
+
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
-    def _errors(self, failure: str = "database error") -> Iterator[None]:
+    def _errors(self, failure: str = "database error", role: str = "") -> Iterator[None]:
         try:
             yield
         except OperationalError as e:
             raise RegistryError(f"registry {self.display}: {failure} ({_first_line(e)})") from None
+        except DBAPIError as e:
+            if getattr(e.orig, "sqlstate", None) != _INSUFFICIENT_PRIVILEGE:
+                raise
+            needs = (f"; this needs the role {role}: the registry's owner can grant it with `unetkit registry "
+                     f"grant USER {role.removeprefix('unetkit_')}`") if role else ""
+            raise RegistryError(f"registry {self.display}: permission denied ({_first_line(e)}){needs}") from None
 
     def _create_schema(self) -> None:
         """Check the schema in a read transaction (opening never waits for a writer); create it once."""
         with self.read("cannot open the database") as conn:
             complete = set(metadata.tables) <= set(inspect(conn).get_table_names())
             stored = self.setting(conn, "schema_version") if complete else None
+        if stored is None and self.read_only:
+            raise RegistryError(f"registry {self.display} does not exist yet (no unetkit tables); "
+                                "a read-only open never creates it: add a version first")
         if stored is None:
             with self.write("cannot open the database") as conn:
                 if self.dialect == "postgresql":  # concurrent first opens: one creates, the others wait
@@ -209,6 +239,7 @@ class Database:
                 if stored is None:
                     stored = str(SCHEMA_VERSION)
                     conn.execute(settings.insert().values(key="schema_version", value=stored))
+                    conn.execute(settings.insert().values(key="registry_id", value=uuid.uuid4().hex))
         if int(stored) > SCHEMA_VERSION:
             raise RegistryError(f"registry {self.display}: schema version {stored} is newer than this "
                                 f"unetkit understands ({SCHEMA_VERSION}); upgrade unetkit")
@@ -221,17 +252,26 @@ def insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
     return conn.execute(statement).first() is not None
 
 
-def _sqlite_engine(url: str, busy_timeout: float) -> Engine:
+def _sqlite_engine(url: str, busy_timeout: float, read_only: bool = False) -> Engine:
     engine = create_engine(url, connect_args={"timeout": busy_timeout})
     database = engine.url.database
-    if database and database != ":memory:":
+    if read_only and database and database != ":memory:":
+        engine.dispose()
+
+        def connect() -> sqlite3.Connection:  # mode=ro: SQLite itself refuses any write
+            return sqlite3.connect(f"{Path(database).as_uri()}?mode=ro", uri=True, timeout=busy_timeout,
+                                   check_same_thread=False)
+
+        engine = create_engine(url, creator=connect)
+    elif database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.isolation_level = None  # pysqlite must not emit its own BEGIN: we do, below
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        if not read_only:  # a read-only connection reads the journal mode the writers set
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

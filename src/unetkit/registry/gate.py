@@ -21,6 +21,10 @@ from unetkit.errors import RegistryError
 
 Direction = Literal["higher", "lower"]
 DEFAULT_TOLERANCE = 0.005
+# The most a tolerance may be before it overrides the gate (a registry's policy may change them): a key
+# is a metric's full name, a word of it (`hd95` covers `hd95/cell`), or `*` for the rest. Scores are
+# fractions; distances are in pixels.
+MAX_TOLERANCE = {"*": 0.05, "hd95": 5.0, "assd": 5.0}
 HIGHER = frozenset({"iou", "dice", "cldice", "auc", "ap", "accuracy", "precision", "recall", "f1",
                     "sensitivity", "specificity"})
 LOWER = frozenset({"ece", "mce", "nll", "brier", "hd95", "assd", "error", "loss"})
@@ -134,9 +138,29 @@ def check(candidate: Mapping[str, Any], production: Mapping[str, Any] | None, ag
     return GateResult(against=against, checks=tuple(checks), not_gated=tuple(not_gated))
 
 
-def parse_tolerances(values: Sequence[str]) -> tuple[float, dict[str, float]]:
+def loosening(full: GateResult, tolerance: float, tolerances: Mapping[str, float] | None,
+              only: Sequence[str] | None, limits: Mapping[str, float] | None = None) -> list[str]:
+    """How these options loosen the gate beyond policy (empty: they do not). `full` is the gate over
+    every metric; `limits` the registry's maximum tolerances (over MAX_TOLERANCE). A tolerance above
+    its maximum, or `only` leaving gated metrics out, overrides the gate as `--force` does, and is
+    recorded so."""
+    limits = {**MAX_TOLERANCE, **(limits or {})}
+    reasons = []
+    for c in full.checks:
+        allowed = (tolerances or {}).get(c.name, tolerance)
+        words = [w for w in re.split(r"[^a-z0-9]+", c.name.lower()) if w in limits]
+        limit = limits.get(c.name, limits[words[0]] if words else limits["*"])
+        if allowed > limit + 1e-12:
+            reasons.append(f"tolerance {allowed:g} for {c.name} is above the registry's maximum {limit:g}")
+    left_out = [c.name for c in full.checks if only is not None and c.name not in only]
+    if left_out:
+        reasons.append(f"--metric leaves {', '.join(left_out)} out of the gate")
+    return reasons
+
+
+def parse_tolerances(values: Sequence[str], default: float | None = DEFAULT_TOLERANCE) -> tuple[Any, dict[str, float]]:
     """CLI values: `0.01` sets the default, `NAME=VALUE` one metric's tolerance."""
-    default, per_metric = DEFAULT_TOLERANCE, {}
+    per_metric: dict[str, float] = {}
     for raw in values:
         name, _, number = raw.rpartition("=")
         try:

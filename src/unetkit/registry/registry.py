@@ -1,7 +1,8 @@
 """The model registry: versions of trained models, their stages, and an audit trail of every change.
 
-`Registry.open(location, store)` connects to the database (see db.py), finds the blob store it
-records (location.py, blobs.py) and cleans up after crashed writers. Then:
+`Registry.open(location, store, read_only=False)` connects to the database (see db.py) and finds the
+blob store it records (location.py, blobs.py). Opening writes nothing once the registry exists (and
+`read_only=True` never writes: serving needs only read access). Then:
 
 - `add(artifact)` verifies the artifact, stores it by content, and registers it as the next version
   of its model name (numbers assigned under the model's write lock, never reused); the same
@@ -19,13 +20,14 @@ records (location.py, blobs.py) and cleans up after crashed writers. Then:
 Crash safety of `add`: the artifact is copied to a locked temp file first; in one database
 transaction the version row is inserted, the blob is renamed to its content address, and the
 transaction commits. A process killed before the commit leaves no row; what it leaves on disk (a temp
-file, or a blob no row references) is removed by the next `open` (`recover`). Orphan removal takes the
-blob's row lock first (an `INSERT` of its sha256), so it never races a writer about to commit.
+file, or a blob no row references) is removed by the next writer's `add` (`recover`, which first makes
+sure the store belongs to this registry: a blob is removed only when it is provably this registry's
+orphan). Orphan removal takes the blob's row lock first (an `INSERT` of its sha256), so it never races
+a writer about to commit.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
 import sys
 import time
@@ -42,8 +44,8 @@ from unetkit.registry import db as schema
 from unetkit.registry.blobs import BlobStore
 from unetkit.registry.compare import diff_versions
 from unetkit.registry.db import SINGLE_STAGES, Database, as_utc, insert_ignore, now
-from unetkit.registry.gate import DEFAULT_TOLERANCE, GateResult, check
-from unetkit.registry.location import default_location, store_root
+from unetkit.registry.gate import DEFAULT_TOLERANCE, GateResult, check, loosening
+from unetkit.registry.location import claim_store, default_location, open_store
 from unetkit.registry.records import (
     Event,
     VersionRecord,
@@ -53,6 +55,7 @@ from unetkit.registry.records import (
     describe_artifact,
     parse_ref,
 )
+from unetkit.registry.roles import NEEDED, identity, policy
 from unetkit.signing import TrustPolicy
 
 ENV_PAUSE = "UNETKIT_REGISTRY_PAUSE"  # fault injection for the crash tests, see `_pause`
@@ -99,16 +102,16 @@ class Registry:
         self.db, self.store = db, store
 
     @classmethod
-    def open(cls, location: str | Path | None = None, store: str | Path | None = None) -> Registry:
-        """Connect, find (or record, on first use) the blob store, and clean up after crashed writers."""
-        db = Database(default_location(str(location) if location else None))
+    def open(cls, location: str | Path | None = None, store: str | Path | None = None,
+             read_only: bool = False) -> Registry:
+        """Connect and find the blob store (on first use: create the tables, claim and record the store).
+        `read_only`: never write anything (a missing registry is an error; add/promote/rollback refused)."""
+        db = Database(default_location(str(location) if location else None), read_only=read_only)
         try:
-            registry = cls(db, BlobStore(store_root(db, store)))
-            registry.recover()
+            return cls(db, open_store(db, store))
         except BaseException:
             db.close()
             raise
-        return registry
 
     def close(self) -> None:
         self.db.close()
@@ -132,16 +135,18 @@ class Registry:
 
         check_stage(stage, ("candidate", *SINGLE_STAGES))
         read_meta(artifact)  # a missing or foreign file fails here, before anything is copied
+        self.recover()  # checks the store is ours, then cleans up after crashed writers
         with self.store.stage(artifact) as blob:
             # verify the copy we keep (its bytes must be the ones hashed while copying), named as the user's file
             loaded = artifact_from_bytes(blob.path.read_bytes(), Path(artifact), sha256=blob.sha256, trust=trust)
             meta, signer = loaded.meta, loaded.signer
             name = check_name(name or meta.name)
-            actor = by if by is not None else current_user()
             _pause("staged")
             published = False
             try:
-                with self.db.write() as conn:
+                with self.db.write(role=NEEDED["promote" if stage != "candidate" else "add"]) as conn:
+                    actor = identity(conn)
+                    claimed = _claimed(actor, by)
                     self._lock_model(conn, name, create=True)
                     existing = self._find(conn, name, sha256=blob.sha256)
                     if existing is not None:
@@ -157,13 +162,13 @@ class Registry:
                         source=str(Path(artifact).resolve()),
                         meta={**describe_artifact(meta), **({"signer": signer} if signer else {})}))
                     self._event(conn, name, version, "register", None, "candidate", actor, note,
-                                details={"signer": signer} if signer else None)
+                                details={**claimed, **({"signer": signer} if signer else {})} or None)
                     record = self._find(conn, name, version=version)
                     assert record is not None
                     promotion = None
                     if stage != "candidate":
                         promotion = self._promote(conn, record, stage, force, reason, actor, tolerance, tolerances,
-                                                  signer=signer)
+                                                  extra={**claimed, **({"signer": signer} if signer else {})})
                         record = promotion.record
                     self.store.publish(blob)
                     published = True
@@ -183,22 +188,27 @@ class Registry:
         signature first (see signing.py) and records its signer in the promotion's details."""
         check_stage(to, SINGLE_STAGES)
         name, _ = parse_ref(ref)
+        self._check_writable()
         checked = self.get(ref) if trust else None
         verified = self.load(checked, trust) if checked else None  # outside the write lock: it reads the whole blob
-        with self.db.write() as conn:
+        with self.db.write(role=NEEDED["promote"]) as conn:
             self._lock_model(conn, name)
             record = self._resolve_ref(conn, ref)
             if checked is not None and (record.version, record.sha256) != (checked.version, checked.sha256):
                 raise RegistryError(f"{ref} now names another version ({record.ref}) than the one whose signature "
                                     "was checked; try again")
-            return self._promote(conn, record, to, force, reason, by if by is not None else current_user(),
-                                 tolerance, tolerances, only, signer=verified.signer if verified else "")
+            actor = identity(conn)
+            signer = {"signer": verified.signer} if verified is not None and verified.signer else {}
+            return self._promote(conn, record, to, force, reason, actor, tolerance, tolerances, only,
+                                 extra={**_claimed(actor, by), **signer})
 
     def rollback(self, name: str, reason: str = "", by: str | None = None) -> Rollback:
         """Put the previous production version back in production and archive the current one."""
         check_name(name)
-        actor = by if by is not None else current_user()
-        with self.db.write() as conn:
+        self._check_writable()
+        with self.db.write(role=NEEDED["rollback"]) as conn:
+            actor = identity(conn)
+            claimed = _claimed(actor, by)
             self._lock_model(conn, name)
             current = self._in_stage(conn, name, "production")
             if current is None:
@@ -222,18 +232,23 @@ class Registry:
                 raise RegistryError(f"{name}: {current.ref} is the first production version; there is none to roll back to")
             target = self._find(conn, name, version=stack[-1])
             assert target is not None
-            self._set_stage(conn, current, "archived", "rollback", actor, reason, details={"restored": target.ref})
-            self._set_stage(conn, target, "production", "rollback", actor, reason, details={"replaced": current.ref})
+            self._set_stage(conn, current, "archived", "rollback", actor, reason, details={"restored": target.ref, **claimed})
+            self._set_stage(conn, target, "production", "rollback", actor, reason, details={"replaced": current.ref, **claimed})
             restored, archived = self._find(conn, name, version=target.version), self._find(conn, name, version=current.version)
             assert restored is not None and archived is not None
             return Rollback(restored=restored, archived=archived)
 
     def recover(self) -> Recovery:
-        """Remove what crashed writers left: temp files nobody holds, blobs no committed row references."""
+        """Remove what crashed writers left: temp files nobody holds, blobs no committed row references.
+
+        Only in a store bound to this registry (claimed here if an older unetkit left it unclaimed;
+        refused if another registry owns it), and never a blob the store held before it was claimed."""
+        self._check_writable()
+        claim_store(self.db, self.store)
         temp = tuple(self.store.stale_temp_files())
         with self.db.read() as conn:
             known = set(conn.execute(select(schema.blobs.c.sha256)).scalars())
-        orphans = tuple(self._remove_orphans(set(self.store.stored()) - known))
+        orphans = tuple(self._remove_orphans(set(self.store.stored()) - known - self.store.kept))
         return Recovery(temp, orphans)
 
     # ------------------------------------------------------------ reading
@@ -300,6 +315,10 @@ class Registry:
 
     # ------------------------------------------------------------ inside a transaction
 
+    def _check_writable(self) -> None:
+        if self.db.read_only:
+            raise RegistryError(f"registry {self.db.display} is open read-only; open it without read_only to change it")
+
     def _lock_model(self, conn: Connection, name: str, create: bool = False) -> None:
         """Take the model's write lock (its row, FOR UPDATE); `create` adds the model on first use."""
         if create:
@@ -344,7 +363,7 @@ class Registry:
 
     def _promote(self, conn: Connection, record: VersionRecord, to: str, force: bool, reason: str, actor: str,
                  tolerance: float, tolerances: Mapping[str, float] | None, only: Sequence[str] | None = None,
-                 signer: str = "") -> Promotion:
+                 extra: dict[str, Any] | None = None) -> Promotion:
         if record.stage == to:
             raise RegistryError(f"{record.ref} is already in {to}")
         if record.stage == "production":
@@ -353,16 +372,22 @@ class Registry:
         if force and not reason.strip():
             raise RegistryError("--force needs --reason TEXT: a forced promotion is recorded with its reason")
         production = self._in_stage(conn, record.name, "production")
-        gate = check(record.metrics, production.metrics if production else None, production.ref if production else None,
-                     tolerance, tolerances, only)
+        prod_metrics, against = (production.metrics, production.ref) if production else (None, None)
+        gate = check(record.metrics, prod_metrics, against, tolerance, tolerances, only)
+        loosened = loosening(check(record.metrics, prod_metrics, against), tolerance, tolerances, only,
+                             policy(conn)["max_tolerance"])
+        if loosened and not reason.strip():
+            raise RegistryError(f"promotion of {record.ref} to {to} loosens the gate beyond the registry's policy "
+                                f"({'; '.join(loosened)}); that counts as forcing it: give --reason TEXT (it is "
+                                "recorded as forced)")
         if not gate.passed and not force:
             raise PromotionRefused(record.ref, to, gate)
         superseded = self._in_stage(conn, record.name, to)
         if superseded is not None:
             self._set_stage(conn, superseded, "archived", "supersede", actor, f"superseded by {record.ref}")
             superseded = self._find(conn, record.name, version=superseded.version)
-        forced = not gate.passed
-        details = {"gate": gate.to_dict(), **({"signer": signer} if signer else {})}
+        forced = not gate.passed or bool(loosened)
+        details = {"gate": gate.to_dict(), **({"loosened": loosened} if loosened else {}), **(extra or {})}
         self._set_stage(conn, record, to, "promote", actor, reason, forced, details)
         promoted = self._find(conn, record.name, version=record.version)
         assert promoted is not None
@@ -384,7 +409,7 @@ class Registry:
         """Delete blobs no committed row references. Inserting the blob's row first is the lock: a writer
         that has inserted it but not committed makes us wait, and then we find it referenced."""
         removed = []
-        for sha256 in sorted(candidates):
+        for sha256 in sorted(candidates - self.store.kept):
             with self.db.write() as conn:
                 if insert_ignore(conn, schema.blobs, {"sha256": sha256, "size_bytes": 0, "created_at": now()}):
                     self.store.remove(sha256)
@@ -396,11 +421,9 @@ class Registry:
 # ---------------------------------------------------------------- helpers
 
 
-def current_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return ""
+def _claimed(actor: str, by: str | None) -> dict[str, str]:
+    """`--by NAME`, kept beside the authenticated actor (never instead of it) when it says someone else."""
+    return {"claimed_by": by} if by and by != actor else {}
 
 
 def _record(row: Any) -> VersionRecord:

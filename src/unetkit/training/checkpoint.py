@@ -3,14 +3,14 @@
 A checkpoint holds only tensors and plain Python values (dicts, lists, numbers, strings): model and
 optimizer state dicts, the step, the decided total number of steps, the RNG states (torch, numpy's
 global generator, the patch sampler's and the augmenter's generators), best metric, history and elapsed time. No
-arbitrary object is ever unpickled. Writes are atomic (temporary name in the same folder, then
-`os.replace`), so a crash during a save leaves the previous checkpoint intact.
+arbitrary object is ever unpickled. Writes are durable and atomic (`data.atomic.atomic_write`: a unique
+temporary name in the same folder, fsync, rename, fsync of the folder), so a crash or a full disk
+during a save leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from unetkit.config import to_dict
+from unetkit.data.atomic import atomic_write
 from unetkit.errors import ArtifactError, ConfigError
 
 LAST = "checkpoint-last.pt"
@@ -54,18 +55,11 @@ def restore_rng(state: dict[str, Any], sampler: Any, augmenter: Any = None) -> N
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write `state` atomically (tmp + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"format": FORMAT, **state}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `state` durably, all or nothing (`atomic_write`): a crash or a full disk leaves the previous
+    checkpoint as it was. Serialized in memory first, so a full disk is a clear `StorageError`."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    return atomic_write(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
