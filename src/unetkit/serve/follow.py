@@ -50,7 +50,7 @@ class RegistryFollower:
 
     @classmethod
     def open(cls, config: ServeConfig) -> RegistryFollower:
-        registry = Registry.open(config.registry)
+        registry = Registry.open(config.registry, read_only=True)  # serving reads; it never writes the registry
         try:
             return cls(config, registry)
         except BaseException:

@@ -130,7 +130,7 @@ def check_before_start(config: ServeConfig) -> None:
                               "registered sha256 (drop --sha256, or serve the file itself)")
         from unetkit.registry.registry import Registry  # lazy: as read_meta above
 
-        with Registry.open(config.registry) as registry:  # the stage holds a version and its blob is intact
+        with Registry.open(config.registry, read_only=True) as registry:  # the stage holds a version and its blob is intact
             record = registry.resolve(config.stage, config.model_name or None)
             if trust:
                 registry.load(record, trust)
