@@ -181,6 +181,19 @@ def default_out(artifact_path: str | Path, int8: bool = False) -> Path:
     return p.with_name(p.stem + (".int8.onnx" if int8 else ".onnx"))
 
 
+def source_and_target(model: str | Path | Artifact, out: str | Path | None, suffix: str,
+                      what: str) -> tuple[Artifact, Path]:
+    """The artifact to export (loaded when given a path) and the output path: `out`, else beside the
+    artifact with `suffix` in place of `.unetkit`."""
+    artifact = model if isinstance(model, Artifact) else load_artifact(model)
+    if out is None:
+        if artifact.path is None:
+            raise ConfigError(f"{what}: give `out` for an artifact that was not loaded from a file")
+        p = Path(artifact.path)
+        out = p.with_name(p.stem + suffix)
+    return artifact, Path(out)
+
+
 def export_artifact(
     model: str | Path | Artifact, out: str | Path | None = None, config: ExportConfig = ExportConfig(),
     tile: TileChoice = None,
@@ -193,12 +206,7 @@ def export_artifact(
     if config.format != "onnx":
         raise ConfigError(f"export format '{config.format}': expected 'onnx' here, or 'openvino' "
                           "(unetkit.export.openvino.export_openvino)")
-    artifact = model if isinstance(model, Artifact) else load_artifact(model)
-    if out is None:
-        if artifact.path is None:
-            raise ConfigError("export_artifact: give `out` for an artifact that was not loaded from a file")
-        out = default_out(artifact.path)
-    out = Path(out)
+    artifact, out = source_and_target(model, out, ".onnx", "export_artifact")
     tile = tile_config_for(artifact, tile)
     data = export_graph(artifact, config.opset)
     batches = parity_tiles(artifact, tuple(tile.tile_size)[:2])  # type: ignore[arg-type]

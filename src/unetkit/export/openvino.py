@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from unetkit.artifact import Artifact, load_artifact
+from unetkit.artifact import Artifact
 from unetkit.config import ExportConfig, TileChoice
 from unetkit.errors import ConfigError
 from unetkit.export.onnx import (
@@ -30,6 +30,7 @@ from unetkit.export.onnx import (
     ParityError,
     export_graph,
     parity_tiles,
+    source_and_target,
     torch_probabilities,
     write_files,
 )
@@ -37,12 +38,6 @@ from unetkit.export.plan import OUTPUT_NAMES, inference_plan, plan_path
 from unetkit.inference import openvino as ov_backend
 from unetkit.inference.files import tile_config_for
 from unetkit.inference.gate import gate_sample, parity_gate
-
-
-def default_out(artifact_path: str | Path) -> Path:
-    """`model.unetkit` -> `model.xml` (its weights: `model.bin`)."""
-    p = Path(artifact_path)
-    return p.with_name(p.stem + ".xml")
 
 
 def export_openvino(
@@ -56,12 +51,7 @@ def export_openvino(
     if config.int8:
         raise ConfigError("--int8 with --format openvino: export the int8 ONNX (--format onnx --int8) and run it "
                           "with --backend openvino")
-    artifact = model if isinstance(model, Artifact) else load_artifact(model)
-    if out is None:
-        if artifact.path is None:
-            raise ConfigError("export_openvino: give `out` for an artifact that was not loaded from a file")
-        out = default_out(artifact.path)
-    out = Path(out)
+    artifact, out = source_and_target(model, out, ".xml", "export_openvino")
     if out.suffix != ".xml":
         raise ConfigError(f"{out}: an OpenVINO IR is written as NAME.xml (weights beside it as NAME.bin)")
     tile = tile_config_for(artifact, tile)
