@@ -246,6 +246,8 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
 def _meta_json(meta: ArtifactMeta) -> dict[str, Any]:
     d = to_dict(meta)
     d.pop("meta_sha256")
+    if not d["validation_sample"]:  # absent from artifacts written before it existed: their hash stays theirs
+        del d["validation_sample"]
     return d
 
 
