@@ -1,11 +1,20 @@
+import hashlib
 import json
 import os
 import struct
 
+import numpy as np
 import pytest
 import torch
 
-from unetkit.artifact import ArtifactMeta, load_artifact, read_meta, save_artifact, update_artifact
+from unetkit.artifact import (
+    ArtifactMeta,
+    ValidationSample,
+    load_artifact,
+    read_meta,
+    save_artifact,
+    update_artifact,
+)
 from unetkit.config import ModelConfig
 from unetkit.errors import ArtifactError, ConfigError, StorageError
 
@@ -57,6 +66,45 @@ def test_edited_metadata_is_refused(tmp_path):
     new = json.dumps(header).encode()
     new += b" " * (-len(new) % 8)
     path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
+    with pytest.raises(ArtifactError, match="metadata sha256 does not match"):
+        load_artifact(path)
+
+
+def _edit_meta(path, edit) -> None:
+    """Rewrite the artifact's metadata JSON through `edit(meta_dict)`, tensors unchanged."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    meta = json.loads(header["__metadata__"]["unetkit"])
+    edit(meta)
+    header["__metadata__"]["unetkit"] = json.dumps(meta)
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
+
+
+def test_the_validation_sample_is_optional_and_covered_by_the_metadata_hash(tmp_path):
+    # an artifact written before the field existed: no key, its meta_sha256 over the JSON without it
+    old = save_artifact(tmp_path / "old.unetkit", _state(), _meta())
+
+    def as_written_before(meta):
+        del meta["validation_sample"], meta["meta_sha256"]
+        meta["meta_sha256"] = hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    _edit_meta(old, as_written_before)
+    assert load_artifact(old).meta.sample() is None
+
+    images = np.arange(2 * 1 * 8 * 8, dtype=np.uint8).reshape(2, 1, 8, 8)
+    sample = ValidationSample(images, (images[:, 0] % 2).astype(np.uint8), ("a", "b"), ((0, 0), (4, 2)))
+    path = save_artifact(tmp_path / "m.unetkit", _state(), _meta(validation_sample=sample.to_dict()))
+    back = load_artifact(path).meta.sample()
+    assert np.array_equal(back.images, images) and back.keys == ("a", "b") and back.origins == ((0, 0), (4, 2))
+    assert back.float_images().dtype == np.float32 and back.fp32_labels is None
+
+    def other_labels(meta):
+        meta["validation_sample"] = ValidationSample(images, np.zeros((2, 8, 8), np.uint8), ("a", "b"), ((0, 0), (4, 2))).to_dict()
+
+    _edit_meta(path, other_labels)  # swapping the truth the gate checks against must not go unnoticed
     with pytest.raises(ArtifactError, match="metadata sha256 does not match"):
         load_artifact(path)
 

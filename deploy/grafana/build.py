@@ -218,6 +218,10 @@ def debug() -> list[dict[str, Any]]:
         panel("timeseries", "Segmentations by model", "Requests answered per second by role and version "
               "(canary split).", [target(f"sum by (role, model_version) (rate(unetkit_model_requests_total{{{sel}}}"
                                          "[$__rate_interval]))", "{{role}} {{model_version}}")], width=12, unit="reqps"),
+        stat("Inference backend", "The backend each loaded model runs on (torch, onnx, openvino, openvino-bf16...): "
+             "'auto' chose it by measurement on the replica's CPU, reduced precision only behind the parity gate.",
+             f"max by (role, model_version, backend) (unetkit_model_backend{{{sel}}})",
+             "{{role}} {{model_version}}: {{backend}}", text_mode="name", width=24, height=4),
         row("Model outputs"),
         panel("timeseries", "Predicted class fraction", "Mean per-request share of pixels of each class: a shift "
               "with unchanged traffic is the first sign of drift or a bad model.",

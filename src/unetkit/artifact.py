@@ -2,7 +2,8 @@
 
 A safetensors file (weights, never pickle) whose header metadata `unetkit` holds the JSON
 `ArtifactMeta`: architecture, classes, normalization, patch size, data set fingerprint, training
-config and history, validation metrics, calibration, postprocessing, drift baseline and versions.
+config and history, validation metrics, calibration, postprocessing, drift baseline, a small labelled
+validation sample (`ValidationSample`: what the parity gate checks reduced precisions on) and versions.
 Any safetensors reader opens it; `unetkit info MODEL` prints the metadata.
 
 Integrity: the metadata carries the sha256 of the weights and of the metadata itself; loading
@@ -16,8 +17,11 @@ durable and atomic (`atomic_write`), so a crash or a full disk never leaves half
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import hashlib
+import io
 import json
 import platform
 import re
@@ -27,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -64,6 +69,7 @@ class ArtifactMeta:
     history: list[Any] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     drift_baseline: dict[str, Any] = field(default_factory=dict)
+    validation_sample: dict[str, Any] = field(default_factory=dict)  # `ValidationSample.to_dict()`; {} when none
     lineage: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=dict)
     created: str = ""
@@ -92,6 +98,10 @@ class ArtifactMeta:
         if len(self.class_colors) == self.num_classes:
             return [tuple(c) for c in self.class_colors]
         return default_palette(self.num_classes)
+
+    def sample(self) -> ValidationSample | None:
+        """The stored validation sample (training's end keeps a few labelled crops), or None."""
+        return ValidationSample.from_dict(self.validation_sample, f"{self.name}: validation_sample")
 
 
 def default_palette(n: int) -> list[tuple[int, int, int]]:
@@ -156,6 +166,68 @@ class InferencePipeline(nn.Module):
         return torch.softmax(logits, dim=1) if self.probabilities else logits
 
 
+# ---------------------------------------------------------------- the validation sample
+
+
+SAMPLE_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class ValidationSample:
+    """A few labelled validation crops kept with a model, so that any backend or precision can be
+    checked against fp32 and the truth where the model is loaded or exported (`inference.gate`).
+
+    Stored as `ArtifactMeta.validation_sample` (and in an exported model's plan, with fp32's labels):
+    JSON with the arrays as one base64 `.npz` (deflated, loaded without pickle). Being metadata, it
+    is covered by `meta_sha256`, hence by a signature: a sample that decides which precision runs
+    must not be swappable without breaking the signature."""
+
+    images: np.ndarray  # (N, C, h, w) raw intensity units, kept as uint8 / uint16 / float16
+    labels: np.ndarray  # (N, h, w) class indices (ignore_index kept), uint8 (uint16 beyond 255 classes)
+    keys: tuple[str, ...]  # the validation image of each crop
+    origins: tuple[tuple[int, int], ...]  # (y, x) of each crop in its image
+    fp32_labels: np.ndarray | None = None  # fp32's arg-max labels, (N, h, w): in an exported model's plan
+
+    def float_images(self) -> np.ndarray:
+        return np.ascontiguousarray(self.images, dtype=np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        arrays = {"images": self.images, "labels": self.labels}
+        if self.fp32_labels is not None:
+            arrays["fp32_labels"] = self.fp32_labels
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        data = buffer.getvalue()
+        return {"schema": SAMPLE_SCHEMA, "crops": len(self.keys), "shape": list(self.images.shape),
+                "dtype": str(self.images.dtype), "keys": list(self.keys), "origins": [list(o) for o in self.origins],
+                "bytes": len(data), "npz_base64": base64.b64encode(data).decode("ascii")}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "validation_sample") -> ValidationSample | None:
+        """The sample, or None for `{}` (models written before samples were stored, or without validation data)."""
+        if not d:
+            return None
+        if d.get("schema") != SAMPLE_SCHEMA:
+            raise ArtifactError(f"{where}: validation sample schema {d.get('schema')!r}; this unetkit reads {SAMPLE_SCHEMA}")
+        try:
+            with np.load(io.BytesIO(base64.b64decode(d["npz_base64"], validate=True)), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            images, labels = arrays["images"], arrays["labels"]
+            if images.ndim != 4 or labels.shape != (images.shape[0], *images.shape[2:]):
+                raise ValueError(f"images {images.shape} and labels {labels.shape} do not pair")
+            fp32 = arrays.get("fp32_labels")
+            if fp32 is not None and fp32.shape != labels.shape:
+                raise ValueError(f"fp32_labels {fp32.shape} differ from labels {labels.shape}")
+            return cls(images, labels, tuple(d["keys"]), tuple(tuple(int(v) for v in o) for o in d["origins"]), fp32)
+        except (KeyError, TypeError, ValueError, OSError, binascii.Error) as e:
+            raise ArtifactError(f"{where}: unreadable validation sample ({type(e).__name__}: {e})") from None
+
+    def summary(self) -> dict[str, Any]:
+        """What `unetkit info` shows: the sample without its arrays."""
+        return {"crops": len(self.keys), "shape": list(self.images.shape), "dtype": str(self.images.dtype),
+                "keys": list(self.keys), "fp32_labels": self.fp32_labels is not None}
+
+
 # ---------------------------------------------------------------- hashing
 
 
@@ -173,6 +245,8 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
 def _meta_json(meta: ArtifactMeta) -> dict[str, Any]:
     d = to_dict(meta)
     d.pop("meta_sha256")
+    if not d["validation_sample"]:  # absent from artifacts written before it existed: their hash stays theirs
+        del d["validation_sample"]
     return d
 
 

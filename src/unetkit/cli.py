@@ -520,24 +520,28 @@ def info(
     full: Annotated[bool, typer.Option("--full/--summary", help="Also print the drift baseline's stored "
                                        "feature histograms and every training-history entry.")] = False,
 ) -> None:
-    """Print a model artifact's metadata, or an exported .onnx model's inference plan (verified)."""
+    """Print a model artifact's metadata, or an exported model's inference plan (verified), with this
+    machine's backends: which can run, the automatic choices measured here, their parity gates and
+    why a candidate was excluded."""
     from unetkit.config import to_dict
     from unetkit.export.deployed import DeployedModel, load_model
+    from unetkit.inference.backends import backend_report
 
     loaded = load_model(model)
     if isinstance(loaded, DeployedModel):
-        typer.echo(json.dumps(loaded.plan, indent=2))
-        return
-    meta = to_dict(loaded.meta)
-    if not full:  # the baseline's histograms and the per-step history are data, not facts to read
+        meta, sample, sha = dict(loaded.plan), loaded.sample(), loaded.model_sha256
+    else:
+        meta, sample, sha = to_dict(loaded.meta), loaded.meta.sample(), loaded.meta.weights_sha256
+    if not full:  # the baseline's histograms, the per-step history and the sample's arrays are data, not facts to read
         baseline = meta.get("drift_baseline") or {}
         if "features" in baseline:
             meta["drift_baseline"] = {**baseline, "features": f"{len(baseline['features'])} features (--full shows them)"}
         if len(meta.get("history") or []) > 3:
             meta["history"] = [f"{len(meta['history'])} entries, last: {json.dumps(meta['history'][-1])} (--full shows all)"]
-    from unetkit.inference.backends import backend_report
-
-    meta["backends_on_this_machine"] = backend_report(loaded.meta.weights_sha256)
+        if sample is not None:
+            meta["validation_sample"] = {**sample.summary(), "bytes": meta["validation_sample"]["bytes"],
+                                         "arrays": "--full shows them (base64 .npz)"}
+    meta["backends_on_this_machine"] = backend_report(sha)
     typer.echo(json.dumps(meta, indent=2))
 
 

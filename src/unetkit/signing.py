@@ -12,7 +12,9 @@ What is signed (format v1) is the UTF-8 bytes of three lines, each ending in "\\
 
 W is `artifact.weights_sha256`: sha256 over the tensors in name order, each as its name, dtype, shape
 and raw bytes. M is `artifact.meta_sha256`: sha256 of the metadata as canonical JSON (every
-ArtifactMeta field but meta_sha256, keys sorted, separators "," and ":"). The verifier computes both
+ArtifactMeta field but meta_sha256, keys sorted, separators "," and ":"; an empty
+`validation_sample` is left out, as artifacts written before it existed have none). The validation
+sample the parity gate checks reduced precisions on is metadata, so it is signed too. The verifier computes both
 from the bytes it loaded, never takes them from the file; so a change to any tensor or any metadata
 value breaks the signature. The first line keeps a signature made over anything else from passing.
 

@@ -12,7 +12,7 @@ import torch
 from tests.evaluation_fixtures import drive_like, tiny_artifact
 from tests.export.conftest import CALIBRATED
 from tests.test_cli import assert_one_line_error, engine_tilings, run_cli
-from unetkit.artifact import load_artifact, save_artifact
+from unetkit.artifact import load_artifact, save_artifact, update_artifact
 from unetkit.config import ExportConfig, TileConfig, replace
 from unetkit.data.io import read_mask, write_png
 from unetkit.errors import ArtifactError, ConfigError
@@ -22,6 +22,7 @@ from unetkit.export.deployed import DeployedModel, load_model
 from unetkit.export.onnx import export_artifact
 from unetkit.export.quantize import quantize_artifact
 from unetkit.inference.files import predict_files
+from unetkit.training.finish import validation_sample
 
 POSTPROCESS = {"min_size": [0, 5], "fill_holes": [False, True]}
 DATA_SPEC = {"classes": [{"name": "background", "value": 0, "color": [0, 0, 0]},
@@ -140,9 +141,12 @@ def test_predict_and_evaluate_the_onnx_file_like_the_artifact(exported, tmp_path
     assert all(np.isnan(got_n[k]) == np.isnan(want_n[k]) for k in got_n)
 
 
-def test_int8_model_runs_and_agrees_with_fp32(data_and_model, tmp_path):
+def test_int8_model_runs_and_agrees_with_fp32(data_and_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNETKIT_CACHE_DIR", str(tmp_path / "cache"))
     data, untrained = data_and_model
     artifact = trained(untrained, data)
+    _, val = load_labelled(artifact, data, ["24"], progress=False)  # the validation sample training would store
+    update_artifact(artifact, validation_sample=validation_sample(val, (32, 32)).to_dict())
     fp32 = export_artifact(artifact).model_path
     report = quantize_artifact(artifact, data, config=ExportConfig(int8=True, int8_gate=1.0, calibration_images=4))
     int8 = load_model(report.written)
@@ -161,9 +165,30 @@ def test_int8_model_runs_and_agrees_with_fp32(data_and_model, tmp_path):
     tiles = np.stack([s.image[:, :32, :32] for s in load_labelled(artifact, data, ["24"], progress=False)[1]])
     assert type(ov).__name__ == "OpenVinoPredictor" and (ort(tiles).argmax(1) == ov(tiles).argmax(1)).mean() >= 0.99
 
+    # "auto" on the int8 graph measured ONNX Runtime against OpenVINO running it in int8, OpenVINO
+    # behind the int8 gate on the plan's sample (fp32's labels stored at export, the truth of key 24)
+    (record,) = json.loads((tmp_path / "cache" / "backends.json").read_text()).values()
+    assert record["precisions"] == {"onnx": "int8", "openvino": "int8"} and record["precision"] == "int8"
+    gate = record["gate"]["openvino"]
+    assert gate["precision"] == "int8" and gate["basis"].startswith("validation sample: 1 crop(s) of 32x32")
+    assert gate["passed"] == ("openvino" in record["seconds"]) and gate["fp32_dice"] > 0.5
+    assert int8.sample().keys == ("24",) and int8.sample().fp32_labels is not None
+
     proc = run_cli("info", str(report.written))
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == int8.plan
+    shown = json.loads(proc.stdout)
+    assert list(shown.pop("backends_on_this_machine")["auto_choices"].values()) == [record]
+    assert shown.pop("validation_sample")["crops"] == 1 and shown == {k: v for k, v in int8.plan.items() if k != "validation_sample"}
+
+    # an int8 plan without a sample (an older export): no fp32 labels to gate OpenVINO against, ONNX Runtime runs it
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(report.written, old / report.written.name)
+    (old / f"{report.written.name}.json").write_text(json.dumps({k: v for k, v in int8.plan.items() if k != "validation_sample"}))
+    assert load_model(old / report.written.name).make_predictor().backend == "onnx"
+    records = json.loads((tmp_path / "cache" / "backends.json").read_text())
+    (key,) = [k for k in records if k.endswith("gate=fp32-labels")]
+    assert records[key]["excluded"]["openvino"].startswith("no validation sample in the plan")
 
 
 def test_cli_refuses_a_model_it_cannot_trust_in_one_line(exported, tmp_path, rng):

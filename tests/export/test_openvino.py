@@ -69,8 +69,10 @@ def test_export_writes_ir_and_plan_and_predict_runs_it_like_the_artifact(ir, tmp
     (record,) = json.loads((tmp_path / "cache" / "backends.json").read_text()).values()
     assert record["backend"] == predictor.backend and "openvino" in record["seconds"]
 
-    proc = run_cli("info", str(xml))
-    assert proc.returncode == 0 and json.loads(proc.stdout) == plan
+    proc = run_cli("info", str(xml))  # UNETKIT_CACHE_DIR (set above) reaches the subprocess
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert list(shown.pop("backends_on_this_machine")["auto_choices"].values()) == [record] and shown == plan
 
 
 def test_an_ir_whose_weights_were_changed_is_refused(ir):

@@ -86,7 +86,7 @@ def test_compile_failure_falls_back_to_eager(net, batch, monkeypatch):
 def test_auto_measures_once_and_caches_the_choice(net, make_net, tmp_path, monkeypatch):
     calls = []
 
-    def fake_measure(module, tile, batch_size, threads, sample):
+    def fake_measure(module, tile, batch_size, threads, sample, gate_data=None):
         calls.append(tile)
         return backends.BackendMeasurement({"torch": 2.0, "onnx": 1.0})
 

@@ -105,7 +105,8 @@ def test_auto_picks_the_fastest_eligible_candidate_and_gates_bf16(monkeypatch):
 
     m = measure_predictors(good | {"openvino-bf16": fake(clock, 0.5, bad)}, sample, repeats=3)
     assert m.best == "openvino" and "openvino-bf16" not in m.seconds
-    assert m.excluded["openvino-bf16"].startswith("parity gate against fp32: label agreement 75.00% < 99.5%")
+    assert m.excluded["openvino-bf16"].startswith(
+        "parity gate against fp32 (no validation sample: fp32's labels as the truth): label agreement 75.00% < 99.5%")
     assert m.record()["gate"]["openvino-bf16"]["agreement"] == 0.75
 
     m = measure_predictors(good | {"onnx": fake(clock, 0.1, ref + 0.5)}, sample, repeats=3)  # fp32 that disagrees

@@ -3,9 +3,11 @@ on the validation split, and the drift baseline (training-image inputs, validati
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from unetkit.artifact import load_artifact
+from unetkit.artifact import ValidationSample, load_artifact
+from unetkit.data.dataset import LoadedSample
 from unetkit.evaluation.labelled import iter_probabilities, load_labelled
 from unetkit.inference.postprocess import apply_postprocess
 from unetkit.monitor.baseline import Baseline, outputs_mismatch
@@ -45,7 +47,7 @@ def test_postprocess_tuning_holds_a_bounded_spread_of_the_validation_images(tiny
     assert record["images"] == 1 and len(record["keys"]) == 1
 
 
-def test_fit_stores_a_drift_baseline(tiny_config, capsys) -> None:
+def test_fit_stores_a_drift_baseline_and_a_validation_sample(tiny_config, capsys) -> None:
     cfg = tiny_config(steps=4, val_every=4)
     art = load_artifact(fit(cfg))
     assert capsys.readouterr().out == ""  # progress=False: the baseline's timing line is not printed either
@@ -63,3 +65,31 @@ def test_fit_stores_a_drift_baseline(tiny_config, capsys) -> None:
     report = compare(baseline, measured)
     assert {f.source for f in report.features} == {"input", "output"}
     assert all(f.psi < 1e-6 for f in report.features if f.source == "output")  # the same images and model
+    # the validation sample for the parity gate: labelled crops of the validation images, raw units, bounded
+    sample = art.meta.sample()
+    assert sample is not None and set(sample.keys) == {s.key for s in data.val}
+    assert sample.images.dtype == np.uint8 and sample.images.shape == (2, 3, 32, 32) and sample.labels.dtype == np.uint8
+    assert art.meta.validation_sample["bytes"] <= finish.SAMPLE_BYTES
+    for key, (y, x), image, labels in zip(sample.keys, sample.origins, sample.images, sample.labels, strict=True):
+        source = next(s for s in data.val if s.key == key)
+        assert np.array_equal(image, source.image[:, y : y + 32, x : x + 32])
+        assert np.array_equal(labels, source.labels[y : y + 32, x : x + 32]) and (labels % 255 > 0).any()
+
+
+def test_validation_sample_is_bounded_and_picks_foreground() -> None:
+    rng = np.random.default_rng(0)
+    val = []
+    for i in range(6):
+        labels = np.zeros((300, 200), np.uint8)
+        labels[200:260, 120:190] = 1 + i % 2
+        labels[:5] = 255
+        val.append(LoadedSample(f"k{i}", rng.uniform(0, 4000, (3, 300, 200)).round().astype(np.float32), labels))
+    sample = finish.validation_sample(val, (256, 256), max_bytes=100_000)
+    n, c, h, w = sample.images.shape
+    assert sample.images.dtype == np.uint16 and n * h * w * (c * 2 + 1) <= 100_000 and n == 4 and h % 16 == 0
+    assert all(lab.mean() > 0.5 for lab in sample.labels)  # where the foreground is
+    back = ValidationSample.from_dict(sample.to_dict())
+    assert np.array_equal(back.images, sample.images) and back.origins == sample.origins and back.fp32_labels is None
+    assert finish.validation_sample([], (32, 32)) is None
+    floats = finish.validation_sample([LoadedSample("f", val[0].image / 7, val[0].labels)], (64, 64))
+    assert floats.images.dtype == np.float16 and floats.images.shape == (1, 3, 64, 64)

@@ -6,7 +6,9 @@
 plan records them), `tile_config(settings)` (the plan's tiling) and `make_predictor(backend)` (a
 predictor on the file's `probabilities` output, so the activation is "none": ONNX Runtime for an
 `.onnx` unless an OpenVINO backend is named, OpenVINO for an `.xml`, where "auto" measures f32
-against bf16 behind the parity gate and caches the choice like an artifact's). All of it
+against bf16 behind the parity gate and caches the choice like an artifact's; "auto" on an int8
+`.onnx` measures ONNX Runtime against OpenVINO running it, OpenVINO behind the int8 gate on the
+plan's validation sample). All of it
 comes from the two files alone, so the file that was deployed (fp32 or int8) is the one that runs
 and is scored, through the same engine, postprocessing and output code as an artifact.
 
@@ -23,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unetkit.artifact import Artifact, load_artifact
+from unetkit.artifact import Artifact, ValidationSample, load_artifact
 from unetkit.config import TileConfig, replace
 from unetkit.data.io import file_sha256
 from unetkit.errors import ArtifactError, ConfigError
 from unetkit.export.plan import OUTPUT_NAMES, PLAN_VERSION, plan_path, read_plan, tile_config_from_plan
 from unetkit.inference import backends
-from unetkit.inference.gate import gate_sample
+from unetkit.inference.gate import GateData, gate_sample
 from unetkit.inference.openvino import PRECISIONS as OPENVINO_BACKENDS
 from unetkit.inference.openvino import openvino_version
 
@@ -111,8 +113,9 @@ class DeployedModel:
     def make_predictor(self, backend: str = "auto", *, threads: int | None = None) -> Any:
         """A predictor on the graph's `probabilities` output, checked against the plan's channels
         and classes: ONNX Runtime for an `.onnx` ("auto" or "onnx"; "openvino", "openvino-bf16"
-        run it on OpenVINO, an int8 graph in int8), OpenVINO for an `.xml` ("auto" measures f32
-        and bf16, bf16 only behind the parity gate, and caches the choice)."""
+        run it on OpenVINO, an int8 graph in int8; "auto" on an int8 graph measures ONNX Runtime
+        against OpenVINO, OpenVINO behind the int8 parity gate), OpenVINO for an `.xml` ("auto"
+        measures f32 and bf16, bf16 only behind the parity gate). Measured choices are cached."""
         is_ir = self.path.suffix.lower() == ".xml"
         allowed = ("auto", *OPENVINO_BACKENDS) if is_ir else ("auto", "onnx", *OPENVINO_BACKENDS)
         if backend not in allowed:
@@ -121,8 +124,8 @@ class DeployedModel:
                               f"backend '{backend}' needs the .unetkit artifact")
         backends.require_backend(backend)
         batch = max(1, int(self.tile.batch_size))
-        if is_ir and backend == "auto":
-            backend = self._measured_ir_backend(threads, batch)
+        if backend == "auto" and (is_ir or self.meta.precision == "int8"):
+            backend = self._measured_backend(threads, batch)
         predictor = backends.file_predictor(self.path, backend, threads=threads, output=OUTPUT_NAMES[0], batch_size=batch)
         for what, graph, planned in (("input channels", predictor.in_channels, self.meta.in_channels),
                                      ("classes", predictor.out_channels, self.meta.num_classes)):
@@ -133,15 +136,38 @@ class DeployedModel:
         predictor.tile_size = tuple(self.tile.tile_size)
         return predictor
 
-    def _measured_ir_backend(self, threads: int | None, batch: int) -> str:
+    @property
+    def model_sha256(self) -> str:
+        """The graph file's sha256 (the plan's stamp, checked on loading; computed for plans without one)."""
+        return self.plan.get("model_sha256") or file_sha256(self.path)
+
+    def sample(self) -> ValidationSample | None:
+        """The plan's validation sample (the artifact's labelled crops with fp32's labels), or None for
+        plans of artifacts without one or written before samples were."""
+        return ValidationSample.from_dict(self.plan.get("validation_sample") or {}, f"{self.plan_path}: validation_sample")
+
+    def _measured_backend(self, threads: int | None, batch: int) -> str:
+        """"auto" on an IR (OpenVINO f32 against bf16) or an int8 graph (ONNX Runtime against OpenVINO,
+        both int8): time both, gate the reduced precision on the plan's validation sample against
+        fp32's labels and the truth (an IR without a sample: against f32's labels on image-like tiles;
+        an int8 graph without one: OpenVINO is not chosen, there is no fp32 to gate it against)."""
         tile = tuple(int(v) for v in self.tile.tile_size)[:2]
         inp = self.plan["input"]
         sample = gate_sample(self.meta.in_channels, tile, batch, inp.get("mean") or (127.5,), inp.get("std") or (50.0,))
+        data = GateData.from_sample(self.sample(), self.meta.class_names, self.meta.ignore_index)
+        is_ir = self.path.suffix.lower() == ".xml"
+        names = OPENVINO_BACKENDS if is_ir else ("onnx", "openvino")
+        precisions = None if is_ir else {"onnx": "int8", "openvino": "int8"}
+        excluded = {} if is_ir or data is not None else {
+            "openvino": "no validation sample in the plan: no fp32 labels to gate OpenVINO's int8 against "
+                        "(re-export the int8 model with this unetkit)"}
         builders = {name: functools.partial(backends.file_predictor, self.path, name, threads=threads,
-                                            output=OUTPUT_NAMES[0], batch_size=batch) for name in OPENVINO_BACKENDS}
-        key = "|".join([self.plan.get("model_sha256") or file_sha256(self.path), backends.machine_id(), f"tile={tile}",
-                        f"batch={batch}", f"threads={threads}", f"openvino={openvino_version()}"])
-        return backends.cached_choice(key, lambda: backends.measure_predictors(builders, sample))["backend"]
+                                            output=OUTPUT_NAMES[0], batch_size=batch) for name in names}
+        key = "|".join([self.model_sha256, backends.machine_id(), f"tile={tile}",
+                        f"batch={batch}", f"threads={threads}", f"openvino={openvino_version()}",
+                        backends.gate_key(self.plan.get("validation_sample"))])
+        return backends.cached_choice(key, lambda: backends.measure_predictors(
+            builders, sample, gate_data=data, precisions=precisions, excluded=excluded))["backend"]
 
 
 def load_model(path: str | Path) -> Artifact | DeployedModel:

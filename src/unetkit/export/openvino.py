@@ -6,8 +6,9 @@ saved with f32 weights (no fp16 compression); the precision it runs at is chosen
 compiled (`inference.openvino`). Before anything is written, the IR compiled at f32 runs on the
 parity tiles next to the artifact's torch pipeline (`ExportConfig.parity_tolerance`, as for ONNX),
 and where the CPU has bf16 the IR compiled at bf16 goes through the parity gate against f32 on
-image-like tiles; the plan records both (`openvino.bf16_gate`), so a deployment can see whether
-bf16 is eligible. The plan is stamped with the sha256 of both IR files; all three files are
+the artifact's validation sample (image-like tiles for an artifact without one); the plan records
+both (`openvino.bf16_gate`) and carries the sample with fp32's labels (`plan.plan_sample`), so a
+deployment's automatic choice gates bf16 the same way on its own CPU. The plan is stamped with the sha256 of both IR files; all three files are
 written under temporary names and renamed, the `.xml` last.
 """
 
@@ -37,7 +38,7 @@ from unetkit.export.onnx import (
 from unetkit.export.plan import OUTPUT_NAMES, inference_plan, plan_path
 from unetkit.inference import openvino as ov_backend
 from unetkit.inference.files import tile_config_for
-from unetkit.inference.gate import gate_sample, parity_gate
+from unetkit.inference.gate import GateData, gate_sample, parity_gate
 
 
 def export_openvino(
@@ -82,12 +83,14 @@ def export_openvino(
 
 
 def bf16_gate(graph: Any, artifact: Artifact, size: tuple[int, ...], f32: Any) -> dict[str, Any]:
-    """The bf16 IR's parity gate against the f32 IR on image-like tiles, or why bf16 cannot run here."""
+    """The bf16 IR's parity gate against the f32 IR on the artifact's validation sample (else on
+    image-like tiles, fp32's labels as the truth), or why bf16 cannot run here."""
     reason = ov_backend.unavailable("openvino-bf16")
     if reason:
         return {"passed": False, "reason": reason, "measured": False}
     meta = artifact.meta
-    sample = gate_sample(meta.model.in_channels, size, 4, meta.mean, meta.std)
+    data = GateData.from_sample(meta.sample(), meta.class_names, meta.ignore_index)
+    sample = data.images if data is not None else gate_sample(meta.model.in_channels, size, 4, meta.mean, meta.std)
     bf16 = ov_backend.OpenVinoPredictor(graph, "openvino-bf16", output=OUTPUT_NAMES[0], batch_size=1)
-    return {**parity_gate(f32(sample), bf16(sample), "bf16").to_dict(), "measured": True}
+    return {**parity_gate(f32(sample), bf16(sample), "bf16", data).to_dict(), "measured": True}
 

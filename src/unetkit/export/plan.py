@@ -4,17 +4,22 @@ Everything a plain ONNX Runtime + numpy user needs to reproduce unetkit's output
 alone: input channels and intensity units, tile size, overlap, blending, padding, class names,
 colours, postprocessing, how masks map to classes (for scoring), and which artifact (sha256) it
 came from; the export adds the graph's own file name and sha256 (`model_file`, `model_sha256`).
+`validation_sample` (when the artifact has one) is its labelled crops with fp32's labels on them:
+what an exported model's automatic backend choice gates a reduced precision on.
 The graph already holds the normalization, the network and the calibrated softmax, so the plan's
 activation is "none". `unetkit.export.deployed` runs a graph from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-from unetkit.artifact import Artifact
+import torch
+
+from unetkit.artifact import Artifact, ValidationSample
 from unetkit.config import TileConfig
 from unetkit.data.io import file_sha256
 from unetkit.errors import ConfigError
@@ -81,11 +86,26 @@ def inference_plan(
             "weights_sha256": meta.weights_sha256, "meta_sha256": meta.meta_sha256,
         },
     }
+    sample = plan_sample(artifact)
+    if sample is not None:
+        plan["validation_sample"] = sample.to_dict()
     if parity is not None:
         plan["parity"] = parity
     if quantization is not None:
         plan["quantization"] = quantization
     return plan
+
+
+def plan_sample(artifact: Artifact) -> ValidationSample | None:
+    """The artifact's validation sample with fp32's labels on it (the artifact's torch pipeline), so that
+    an exported model, which has no fp32 model beside it, can gate a reduced precision (an IR's bf16,
+    an int8 graph on OpenVINO) against fp32 and the truth; None for artifacts without a sample."""
+    sample = artifact.meta.sample()
+    if sample is None:
+        return None
+    with torch.inference_mode():
+        logits = artifact.pipeline_module()(torch.from_numpy(sample.float_images()))
+    return dataclasses.replace(sample, fp32_labels=logits.argmax(1).numpy().astype(sample.labels.dtype))
 
 
 def read_plan(path: str | Path) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from torch import nn
 from unetkit.artifact import weights_sha256
 from unetkit.errors import ConfigError
 from unetkit.inference import openvino as ov_backend
-from unetkit.inference.gate import GateResult, gate_sample, parity_gate
+from unetkit.inference.gate import GateData, GateResult, gate_sample, parity_gate
 from unetkit.models import fuse_for_inference
 from unetkit.runtime import keep_freed_memory
 
@@ -177,10 +177,11 @@ def make_predictor(
         in_channels, _ = module_channels(module)
         sample = gate_sample(in_channels or 1, tile, batch_size, getattr(meta, "mean", None) or (127.5,),
                              getattr(meta, "std", None) or (50.0,))
+        gate_data = GateData.from_sample(meta.sample(), meta.class_names, meta.ignore_index) if hasattr(meta, "sample") else None
         key = "|".join([sha, machine_id(), f"tile={tile}", f"batch={batch_size}", f"threads={threads}",
-                        f"openvino={ov_backend.openvino_version()}"])
-        backend = cached_choice(key, lambda: measure_backends(module, tile, batch_size, threads, sample=sample),
-                                cache_dir)["backend"]
+                        f"openvino={ov_backend.openvino_version()}", gate_key(getattr(meta, "validation_sample", None))])
+        backend = cached_choice(key, lambda: measure_backends(module, tile, batch_size, threads, sample=sample,
+                                                              gate_data=gate_data), cache_dir)["backend"]
     predictor = _build(module, backend, tile, threads, batch_size)
     predictor.tile_size = patch[:2] or None
     return predictor
@@ -232,6 +233,12 @@ def exported_onnx(model: Any) -> Path | None:
     return candidate if candidate.exists() and h.hexdigest() == recorded else None
 
 
+def gate_key(sample: dict[str, Any] | None) -> str:
+    """The cache key's part naming what the parity gate ran on: a stored validation sample (by hash) or none."""
+    data = (sample or {}).get("npz_base64")
+    return f"gate=sample:{hashlib.sha256(data.encode()).hexdigest()[:16]}" if data else "gate=fp32-labels"
+
+
 def _build(module: nn.Module, backend: str, tile: tuple[int, ...], threads: int | None, batch_size: int = 4,
            graph: Callable[[], bytes] | None = None) -> Any:
     """The predictor for a module; `graph` (when given) supplies the module's ONNX bytes, so that
@@ -257,13 +264,15 @@ class BackendMeasurement:
     seconds: dict[str, float]
     excluded: dict[str, str] = field(default_factory=dict)
     gate: dict[str, dict[str, Any]] = field(default_factory=dict)
+    precision: dict[str, str] = field(default_factory=dict)  # candidate -> fp32, bf16 or int8 (what it computes in)
 
     @property
     def best(self) -> str:
         return min(self.seconds, key=lambda name: self.seconds[name])
 
     def record(self) -> dict[str, Any]:
-        return {"backend": self.best, "seconds": self.seconds, "excluded": self.excluded, "gate": self.gate}
+        return {"backend": self.best, "precision": self.precision.get(self.best, "fp32"), "seconds": self.seconds,
+                "excluded": self.excluded, "gate": self.gate, "precisions": self.precision}
 
 
 def cached_choice(key: str, measure: Callable[[], BackendMeasurement], cache_dir: Any = None) -> dict[str, Any]:
@@ -312,27 +321,41 @@ def backend_report(sha: str, cache_dir: Any = None) -> dict[str, Any]:
 def measure_backends(
     module: nn.Module, tile: tuple[int, ...], batch_size: int = 4, threads: int | None = None,
     candidates: tuple[str, ...] | None = None, repeats: int = 3, sample: np.ndarray | None = None,
+    gate_data: GateData | None = None,
 ) -> BackendMeasurement:
     """Time each candidate on `sample` (default: image-like tiles, `gate.gate_sample`). The first
     candidate that runs (eager torch by default) is the fp32 reference; an fp32 candidate must
-    agree with it (max |difference| <= 1e-3), a reduced-precision one must pass the parity gate.
-    OpenVINO candidates that cannot run here are excluded with the reason; failures warn."""
+    agree with it (max |difference| <= 1e-3), a reduced-precision one must pass the parity gate,
+    on `gate_data` (the model's validation sample, against its truth) when given, else on `sample`
+    against fp32's labels. OpenVINO candidates that cannot run here are excluded with the reason;
+    failures warn."""
     in_channels, _ = module_channels(module)
     if sample is None:
         sample = gate_sample(in_channels or 1, tile, batch_size)
     graph = functools.cache(lambda: export_onnx(module, (1, in_channels or 1, *tile)))  # one export for all engines
     builders = {name: functools.partial(_build, copy.deepcopy(module), name, tile, threads, batch_size, graph)
                 for name in candidates or AUTO_CANDIDATES}
-    return measure_predictors(builders, sample, repeats)
+    return measure_predictors(builders, sample, repeats, gate_data=gate_data)
 
 
 def measure_predictors(
-    builders: dict[str, Callable[[], Any]], sample: np.ndarray, repeats: int = 3,
+    builders: dict[str, Callable[[], Any]], sample: np.ndarray, repeats: int = 3, *,
+    gate_data: GateData | None = None, precisions: dict[str, str] | None = None,
+    excluded: dict[str, str] | None = None,
 ) -> BackendMeasurement:
-    """`measure_backends` over predictor builders (the first that runs is the fp32 reference)."""
-    result = BackendMeasurement({})
+    """`measure_backends` over predictor builders. The first that runs is the reference; the
+    candidates in `precisions` (default `REDUCED_PRECISION`: name -> "bf16" / "int8") go through the
+    parity gate against fp32: the reference's outputs when it is fp32, else `gate_data.fp32_labels`
+    (an int8 export, whose reference is ONNX Runtime running it; without stored fp32 labels such a
+    candidate is excluded). `excluded`: candidates the caller already ruled out, with the reason."""
+    precisions = REDUCED_PRECISION if precisions is None else precisions
+    result = BackendMeasurement({}, excluded=dict(excluded or {}))
     reference: np.ndarray | None = None
+    fp32_gate: np.ndarray | None = None  # the fp32 reference's outputs on gate_data.images
+    reference_is_fp32 = False
     for name, build in builders.items():
+        if name in result.excluded:
+            continue
         reason = ov_backend.unavailable(name) if name in ov_backend.PRECISIONS else None
         if reason:
             result.excluded[name] = reason
@@ -344,13 +367,23 @@ def measure_predictors(
             result.excluded[name] = f"failed: {type(e).__name__}: {str(e)[:200]}"
             warnings.warn(f"backend {name} unavailable: {type(e).__name__}: {str(e)[:200]}", stacklevel=2)
             continue
+        result.precision[name] = precisions.get(name, "fp32")
         if reference is None:
-            reference = out
-        elif name in REDUCED_PRECISION:
-            gate: GateResult = parity_gate(reference, out, REDUCED_PRECISION[name])
+            reference, reference_is_fp32 = out, name not in precisions
+            if reference_is_fp32 and gate_data is not None:
+                fp32_gate = predictor(gate_data.images)
+        elif name in precisions:
+            if not reference_is_fp32 and (gate_data is None or gate_data.fp32_labels is None):
+                result.excluded[name] = "no fp32 reference to gate against (the model brings no validation sample)"
+                continue
+            if gate_data is None:
+                gate: GateResult = parity_gate(reference, out, precisions[name])
+            else:
+                gate = parity_gate(fp32_gate, predictor(gate_data.images), precisions[name], gate_data)
             result.gate[name] = gate.to_dict()
             if not gate.passed:
-                result.excluded[name] = f"parity gate against fp32: {gate.reason}"
+                where = "on the validation sample" if gate_data is not None else "(no validation sample: fp32's labels as the truth)"
+                result.excluded[name] = f"parity gate against fp32 {where}: {gate.reason}"
                 continue
         elif out.shape != reference.shape or float(np.abs(out - reference).max()) > 1e-3:
             result.excluded[name] = "disagrees with the fp32 reference (max |difference| > 1e-3)"

@@ -2,8 +2,9 @@
 
 `save_final_artifact` takes the best validated weights (`checkpoint-best.pt`) of a single model;
 `write_artifact` (also the ensemble's) fits temperature scaling and tunes the postprocessing on the
-validation split (`finish_on_validation`), adds the drift baseline (`unetkit.monitor`) and writes
-the artifact atomically. `end_passes` is what the end of a run costs, in validation passes, for
+validation split (`finish_on_validation`), adds the drift baseline (`unetkit.monitor`) and a few
+labelled validation crops (`validation_sample`, what the parity gate checks reduced precisions on)
+and writes the artifact atomically. `end_passes` is what the end of a run costs, in validation passes, for
 the budget's end-of-run reserve (`unetkit.training.budget.reserve_seconds`).
 """
 
@@ -15,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from unetkit.artifact import Artifact, ArtifactMeta, save_artifact
+from unetkit.artifact import Artifact, ArtifactMeta, ValidationSample, save_artifact
 from unetkit.config import TrainConfig, to_dict
 from unetkit.data.splits import spread
 from unetkit.monitor.baseline import baseline_validations
@@ -32,6 +34,9 @@ from unetkit.tuning.postprocess import tune_samples, tuning_record
 TUNE_VALIDATIONS = 2.0  # budget reserved for tuning postprocessing: one prediction pass + the search (R13)
 MAX_TUNE_IMAGES = 32  # tuning holds every image's probabilities: at most this many, evenly spread
 CALIBRATE_VALIDATIONS = 1.2  # ... and for calibration: one pass of logits + the temperature fit
+SAMPLE_CROPS = 4  # the validation sample kept in the artifact for the parity gate: at most this many crops,
+SAMPLE_BYTES = 384 * 1024  # ... of at most this many raw bytes (images + labels; smaller crops when needed)
+SAMPLE_MIN_SIDE = 32
 
 
 def end_passes(config: TrainConfig, train_images: int, val_images: int) -> float:
@@ -72,7 +77,64 @@ def write_artifact(path: Path, weights: dict[str, Any], data: TrainingData, conf
     )
     meta = finish_on_validation(meta, weights, data.val, config)
     baseline = training_baseline(weights, meta, data.train, data.val, log=print if config.progress else None)
-    return save_artifact(path, weights, dataclasses.replace(meta, drift_baseline=baseline))
+    sample = validation_sample(data.val, config.data.patch_size, config.loss.ignore_index)
+    return save_artifact(path, weights, dataclasses.replace(meta, drift_baseline=baseline,
+                                                            validation_sample=sample.to_dict() if sample else {}))
+
+
+def validation_sample(val: Sequence[Any], patch_size: Sequence[int], ignore_index: int = 255,
+                      crops: int = SAMPLE_CROPS, max_bytes: int = SAMPLE_BYTES) -> ValidationSample | None:
+    """Up to `crops` labelled crops of the validation images (evenly spread over them), each where its
+    image has the most foreground (labels other than 0 and `ignore_index`), for the parity gate.
+
+    Crops are the patch size, shrunk (to multiples of 16, at least 32) to fit `max_bytes` raw;
+    images keep their raw units as uint8 / uint16 when every value is an integer in that range,
+    else float16. None without validation images. Costs no prediction: only numpy on loaded images."""
+    chosen = spread(val, crops)
+    if not chosen:
+        return None
+    c = chosen[0].image.shape[0]
+    dtype = _sample_dtype([s.image for s in chosen])
+    label_dtype = np.uint8 if max(int(s.labels.max()) for s in chosen) <= 255 else np.uint16
+    per_pixel = c * np.dtype(dtype).itemsize + np.dtype(label_dtype).itemsize
+    patch = tuple(int(v) for v in patch_size) * (2 if len(patch_size) == 1 else 1)
+    h = min(patch[0], *(s.image.shape[1] for s in chosen))
+    w = min(patch[1], *(s.image.shape[2] for s in chosen))
+    while len(chosen) * h * w * per_pixel > max_bytes and max(h, w) > SAMPLE_MIN_SIDE:
+        h, w = (max(min(v, SAMPLE_MIN_SIDE), (v * 3 // 4) // 16 * 16) for v in (h, w))
+    while len(chosen) > 1 and len(chosen) * h * w * per_pixel > max_bytes:
+        chosen = chosen[:-1]
+    images, labels, origins = [], [], []
+    for s in chosen:
+        y, x = _most_foreground(s.labels, (h, w), ignore_index)
+        images.append(s.image[:, y : y + h, x : x + w])
+        labels.append(s.labels[y : y + h, x : x + w])
+        origins.append((y, x))
+    return ValidationSample(np.stack(images).astype(dtype), np.stack(labels).astype(label_dtype),
+                            tuple(s.key for s in chosen), tuple(origins))
+
+
+def _sample_dtype(images: Sequence[np.ndarray]) -> type:
+    integral = all(np.array_equal(im, np.round(im)) for im in images)
+    low = min(float(im.min()) for im in images)
+    high = max(float(im.max()) for im in images)
+    if integral and low >= 0 and high <= 255:
+        return np.uint8
+    if integral and low >= 0 and high <= 65535:
+        return np.uint16
+    return np.float16
+
+
+def _most_foreground(labels: np.ndarray, size: tuple[int, int], ignore_index: int) -> tuple[int, int]:
+    """(y, x) of the `size` window with the most foreground pixels, on a grid of quarter-window steps."""
+    h, w = size
+    fg = ((labels != 0) & (labels != ignore_index)).astype(np.int64)
+    integral = np.pad(fg.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    ys = sorted({*range(0, labels.shape[0] - h + 1, max(1, h // 4)), labels.shape[0] - h})
+    xs = sorted({*range(0, labels.shape[1] - w + 1, max(1, w // 4)), labels.shape[1] - w})
+    best = max((int(integral[y + h, x + w] - integral[y, x + w] - integral[y + h, x] + integral[y, x]), -y, -x)
+                for y in ys for x in xs)
+    return -best[1], -best[2]
 
 
 def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any], config: TrainConfig) -> Any:
