@@ -106,9 +106,10 @@ def test_ensemble_below_one_is_one_line(tmp_path):
     assert_one_line_error(proc, "ensemble_folds: expected an integer >= 1")
 
 
-def test_precision_outside_auto_fp32_bf16_is_one_line(tmp_path):
+def test_precision_outside_auto_fp32_bf16_fails_at_parse_time(tmp_path):
     proc = run_cli("train", str(tmp_path), "--steps", "1", "--precision", "fp16")
-    assert_one_line_error(proc, "--precision: expected auto, fp32 or bf16, got 'fp16'")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "'fp16' is not one of 'auto', 'fp32', 'bf16'" in proc.stderr, proc.stderr
 
 
 def test_precision_bf16_without_native_bf16_is_one_line_with_the_slowdown(tmp_path, monkeypatch, capsys):

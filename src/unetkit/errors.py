@@ -28,3 +28,9 @@ class InputError(UnetkitError):
 
 class RegistryError(UnetkitError):
     """A model registry operation cannot be done (unknown version, refused promotion, bad location)."""
+
+
+class GateRefused(UnetkitError):
+    """A quality gate measured the result and refused it: the input was fine, the model is not good
+    enough (an int8 model losing accuracy, a registry version worse than production). The CLI exits
+    with its own status for it (3), so scripts can tell it from a usage error (2)."""

@@ -10,23 +10,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from unetkit.config import REGISTRY_ENV, REGISTRY_STORE_ENV
 from unetkit.errors import RegistryError
 from unetkit.registry import db as schema
 from unetkit.registry.db import Database, insert_ignore
 
-ENV_LOCATION = "UNETKIT_REGISTRY"
-ENV_STORE = "UNETKIT_REGISTRY_STORE"
 DEFAULT_LOCATION = "unetkit-registry/registry.db"
 
 
 def default_location(location: str | None = None) -> str:
     """The registry to use: the given location, else $UNETKIT_REGISTRY, else ./unetkit-registry/registry.db."""
-    return location or os.environ.get(ENV_LOCATION) or DEFAULT_LOCATION
+    return location or os.environ.get(REGISTRY_ENV) or DEFAULT_LOCATION
 
 
 def store_root(db: Database, explicit: str | Path | None) -> Path:
     """The blob store the registry records; recorded on first open (SQLite default: `blobs/` beside the file)."""
-    explicit = explicit or os.environ.get(ENV_STORE) or None
+    explicit = explicit or os.environ.get(REGISTRY_STORE_ENV) or None
     with db.read() as conn:
         recorded = db.setting(conn, "store")
     if recorded is None:
@@ -36,7 +35,7 @@ def store_root(db: Database, explicit: str | Path | None) -> Path:
             value = "blobs"  # relative to the database file: the pair can be moved together
         else:
             raise RegistryError(f"registry {db.display}: a database-server registry needs --store DIR (or "
-                                f"{ENV_STORE}): the folder every user of the registry can reach that holds the artifacts")
+                                f"{REGISTRY_STORE_ENV}): the folder every user of the registry can reach that holds the artifacts")
         with db.write() as conn:
             insert_ignore(conn, schema.settings, {"key": "store", "value": value})
             recorded = db.setting(conn, "store")
