@@ -393,6 +393,46 @@ def evaluate(
         typer.echo(f"wrote {report}")
 
 
+@app.command("evaluate-folder")
+def evaluate_folder(
+    predictions: Annotated[Path, typer.Argument(help="Folder of predicted label maps (class-index PNG/TIFF, e.g. "
+                                                "what `unetkit predict --index` wrote).")],
+    labels: Annotated[Path, typer.Argument(help="Folder of ground-truth label maps, paired with PREDICTIONS by "
+                                           "file name (key).")],
+    names: Annotated[str | None, typer.Option(help="Comma-separated class names, background first.  "
+                                              "[default: from --dataset, else class 0..K-1 for the largest index found]")] = None,
+    ignore_index: Annotated[int, typer.Option(help="Label value not scored (void).")] = 255,
+    dataset: Annotated[Path | None, typer.Option(
+        help="Dataset description JSON (unetkit init-dataset): class names, and label values or colours decoded "
+        "as in training (then --ignore-index is its ignore values).")] = None,
+    nsd_tolerance: Annotated[float, typer.Option(help="Normalized surface Dice tolerance in pixels (0: off).")] = 2.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write all metrics as JSON here.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
+    worst: Annotated[int, typer.Option(help="Worst images shown in the report.")] = 4,
+    distances: Annotated[bool, typer.Option(help="Boundary IoU, HD95, ASSD (slower).")] = True,
+    topology: Annotated[bool, typer.Option(help="clDice and adapted Rand error (slower).")] = True,
+) -> None:
+    """Score saved predictions against labels without a model (like nnU-Net's evaluate-folder): the metrics
+    and report of `unetkit evaluate` that need only label maps, plus normalized surface Dice (NSD)."""
+    from unetkit.evaluation.folder import evaluate_folder as score_folder
+    from unetkit.evaluation.report import WorstImages, write_report
+    from unetkit.evaluation.table import format_table
+
+    if nsd_tolerance < 0:
+        raise UnetkitError(f"--nsd-tolerance {nsd_tolerance:g}: expected a number of pixels >= 0 (0: off)")
+    collector = WorstImages(worst) if report else None
+    result = score_folder(predictions, labels, class_names=_keys(names), ignore_index=ignore_index, dataset=dataset,
+                          nsd_tolerance=nsd_tolerance or None, distances=distances, topology=topology,
+                          on_image=collector)
+    typer.echo(format_table(result))
+    if nsd_tolerance:
+        typer.echo(f"NSD at {nsd_tolerance:g} px: share of both boundaries within {nsd_tolerance:g} px of the other")
+    _echo_json(result, json_out)
+    if report and collector is not None:
+        write_report(report, result, collector.images(), ignore_index=ignore_index)
+        typer.echo(f"wrote {report}")
+
+
 @app.command()
 def calibrate(
     model: Annotated[Path, typer.Argument(help="Model artifact (updated in place unless --out).")],

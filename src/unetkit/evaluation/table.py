@@ -12,10 +12,11 @@ def format_table(result: dict[str, Any]) -> str:
         return f"{'n/a':>{width}}" if v is None else f"{v:{width}.{digits}f}"
 
     full = any("boundary_iou_micro" in row or "auc_roc" in row for row in result["per_class"])
+    ranking = any("auc_roc" in row for row in result["per_class"])  # not from saved label maps
     nsd = any("nsd_mean" in row for row in result["per_class"])
     head = f"{'class':<16}{'IoU':>8}{'Dice':>8}{'Prec':>8}{'Recall':>8}"
     if full:
-        head += f"{'BIoU':>8}{'HD95':>8}{'ASSD':>8}{'AUC':>8}{'AP':>8}"
+        head += f"{'BIoU':>8}{'HD95':>8}{'ASSD':>8}" + (f"{'AUC':>8}{'AP':>8}" if ranking else "")
     if nsd:
         head += f"{'NSD':>8}"
     lines = [head + f"{'true px':>12}"]
@@ -23,7 +24,7 @@ def format_table(result: dict[str, Any]) -> str:
         line = f"{row['class'][:16]:<16}" + "".join(f(row[k]) for k in ("iou", "dice", "precision", "recall"))
         if full:
             line += f(row.get("boundary_iou_micro")) + f(row.get("hd95_mean"), 8, 2) + f(row.get("assd_mean"), 8, 2)
-            line += f(row.get("auc_roc")) + f(row.get("average_precision"))
+            line += f(row.get("auc_roc")) + f(row.get("average_precision")) if ranking else ""
         if nsd:
             line += f(row.get("nsd_mean"))
         lines.append(line + f"{row['true_pixels']:>12}")
