@@ -106,9 +106,10 @@ def test_ensemble_below_one_is_one_line(tmp_path):
     assert_one_line_error(proc, "ensemble_folds: expected an integer >= 1")
 
 
-def test_precision_outside_auto_fp32_bf16_is_one_line(tmp_path):
+def test_precision_outside_auto_fp32_bf16_fails_at_parse_time(tmp_path):
     proc = run_cli("train", str(tmp_path), "--steps", "1", "--precision", "fp16")
-    assert_one_line_error(proc, "--precision: expected auto, fp32 or bf16, got 'fp16'")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "'fp16' is not one of 'auto', 'fp32', 'bf16'" in proc.stderr, proc.stderr
 
 
 def test_precision_bf16_without_native_bf16_is_one_line_with_the_slowdown(tmp_path, monkeypatch, capsys):
@@ -124,3 +125,89 @@ def test_precision_bf16_without_native_bf16_is_one_line_with_the_slowdown(tmp_pa
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "no native bf16" in lines[0] and "available: fp32" in lines[0]
     assert "x the fp32 step time" in lines[0]
+
+
+# ---- conventions: version, choices, environment variables, exit codes, completion
+
+
+def test_version_prints_the_version():
+    from unetkit import __version__
+
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"unetkit {__version__}"
+
+
+def test_a_mistyped_backend_fails_at_parse_time_listing_the_valid_values(tmp_path):
+    from unetkit.config import BACKENDS
+
+    proc = run_cli("predict", str(tmp_path / "missing.unetkit"), str(tmp_path), "--backend", "onx")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "'onx' is not one of " + ", ".join(f"'{b}'" for b in BACKENDS) in proc.stderr, proc.stderr
+    assert "model artifact not found" not in proc.stderr  # refused before the command ran
+
+
+@pytest.mark.parametrize("command, option, choices", [
+    (["rank"], "--by", "RANK_SCORES"), (["rank"], "--aggregate", "RANK_AGGREGATES"),
+    (["export"], "--format", "ExportFormat"), (["train"], "--precision", "TrainPrecision"),
+    (["train"], "--postprocess", "TunePostprocess"), (["serve"], "--stage", "ServedStage"),
+    (["registry", "add"], "--stage", "AddStage"), (["registry", "list"], "--stage", "REGISTRY_STAGES"),
+])
+def test_choice_options_list_the_closed_set_config_owns(command, option, choices):
+    from typing import get_args
+
+    from typer.testing import CliRunner
+
+    import unetkit.config as config
+    from unetkit.cli import app
+
+    values = getattr(config, choices)
+    values = values if isinstance(values, tuple) else get_args(values)
+    text = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "300"}).output
+    assert f"{option} <{'|'.join(values)}>" in text, text
+
+
+def test_help_lists_every_exit_code_and_variable_and_docs_say_the_same():
+    from pathlib import Path
+
+    from unetkit.cli import ENVIRONMENT, EXIT_CODES
+
+    text = run_cli("--help").stdout
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    for code in EXIT_CODES:
+        assert f"\n    {code} " in text and f"| {code} |" in docs, code
+    for name in ENVIRONMENT:
+        assert name in text and name in docs, name
+
+
+def test_environment_variables_show_in_help_and_are_honoured(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from unetkit.cli import app
+    from unetkit.serve import server
+
+    runner = CliRunner()
+    assert "UNETKIT_SERVE_PORT" in runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "300"}).output
+    assert "UNETKIT_REGISTRY]" in runner.invoke(app, ["registry", "list", "--help"], env={"COLUMNS": "300"}).output
+    started = []
+    monkeypatch.setattr(server, "run_server", started.append)
+    config = tmp_path / "serve.json"
+    config.write_text('{"port": 9002, "host": "0.0.0.0"}')
+    for env, flags, port in [({}, [], 9002), ({"UNETKIT_SERVE_PORT": "9001"}, [], 9001),
+                             ({"UNETKIT_SERVE_PORT": "9001"}, ["--port", "9003"], 9003)]:
+        result = runner.invoke(app, ["serve", "m.unetkit", "--config", str(config), *flags], env=env)
+        assert result.exit_code == 0, result.output
+        assert (started[-1].port, started[-1].host) == (port, "0.0.0.0")  # flags > env > file > defaults
+    bad = runner.invoke(app, ["serve", "m.unetkit"], env={"UNETKIT_SERVE_STAGE": "prod"})
+    assert bad.exit_code == 2 and "'prod' is not one of 'staging', 'production'" in bad.output
+
+
+def test_completion_lists_choices_without_loading_torch():
+    code = ("import os, sys; os.environ.update(_UNETKIT_COMPLETE='complete_bash', COMP_WORDS='unetkit predict m x "
+            "--backend o', COMP_CWORD='5'); import unetkit.cli as cli\n"
+            "try:\n    cli.app(prog_name='unetkit')\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["onnx", "openvino", "openvino-bf16"], proc.stdout + proc.stderr
+    assert proc.stderr.strip() == "False"
+    shown = run_cli("--show-completion", "bash")
+    assert shown.returncode == 0 and "complete" in shown.stdout

@@ -1,6 +1,9 @@
 """The `unetkit` command line: each command a few lines over the library.
 
-User errors (bad path, option or data) print one line on stderr and exit with status 2.
+User errors (bad path, option or data) print one line on stderr and exit with status 2; every
+exit status is listed in EXIT_CODES (shown by `unetkit --help`, docs/cli.md). Choice options take
+their values from the closed sets `unetkit.config` owns (typer checks them at parse time), and an
+option that a variable may set declares it (`envvar=`), so `--help` shows it.
 Each command imports the stages it uses inside its body (lazy on purpose): `unetkit --help` and
 shell completion must not load torch.
 
@@ -18,20 +21,74 @@ from typing import Annotated, Any
 
 import typer
 
-from unetkit.config import DRIFT_THRESHOLD, ExportConfig, ModelConfig, RankConfig, ServeConfig, TileConfig
-from unetkit.errors import UnetkitError
+from unetkit import __version__
+from unetkit.config import (
+    CACHE_DIR_ENV,
+    DRIFT_THRESHOLD,
+    REGISTRY_ENV,
+    REGISTRY_STORE_ENV,
+    SERVE_ENV_PREFIX,
+    Backend,
+    ExportConfig,
+    ExportFormat,
+    ModelConfig,
+    PostprocessMetric,
+    RankAggregate,
+    RankConfig,
+    RankScore,
+    ServeConfig,
+    ServedStage,
+    TileConfig,
+    TrainPrecision,
+    TunePostprocess,
+)
+from unetkit.errors import GateRefused, UnetkitError
 from unetkit.registry.commands import registry_app
+
+# Exit statuses: one meaning each, for scripts, CI and cron (docs/cli.md says the same).
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1  # the command ran and its check found a problem: `validate` bad files, `drift` drift
+EXIT_USAGE = 2  # a usage or user error: unknown option or choice, bad path, bad data, bad config
+EXIT_GATE_REFUSED = 3  # a quality gate refused the result: export --int8 accuracy drop, registry promotion
+EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_CODES = {EXIT_OK: "success", EXIT_CHECK_FAILED: "a check found a problem (validate: bad files; drift: drift)",
+              EXIT_USAGE: "usage or user error (bad option, choice, path, data or config), one line on stderr",
+              EXIT_GATE_REFUSED: "a quality gate refused the result (export --int8 accuracy drop, "
+                                 "registry add/promote worse than production)",
+              EXIT_INTERRUPTED: "interrupted (Ctrl-C)"}
+# Variables read by more than one command or outside any option (serve's own are on its options).
+ENVIRONMENT = {REGISTRY_ENV: "registry database (registry commands' --registry)",
+               REGISTRY_STORE_ENV: "registry artifact folder (registry commands' --store)",
+               CACHE_DIR_ENV: "where --backend auto keeps its measurements (default ~/.cache/unetkit)",
+               f"{SERVE_ENV_PREFIX}<FIELD>": "any ServeConfig field of `unetkit serve` (e.g. UNETKIT_SERVE_TOKEN)"}
+EPILOG = "\b\nExit status:\n" + "\n".join(f"  {code:<4}{text}" for code, text in EXIT_CODES.items()) + \
+    "\n\n\b\nEnvironment:\n" + "\n".join(f"  {name:<24}{text}" for name, text in ENVIRONMENT.items()) + \
+    "\n\nShell completion: unetkit --install-completion (bash, zsh, fish, PowerShell)."
 
 app = typer.Typer(
     name="unetkit",
     help="From a folder of labelled images to a fast, calibrated U-Net segmentation model.\n\n"
     "Typical path: unetkit validate DATA -> unetkit train DATA --budget 30m -> "
     "unetkit evaluate MODEL DATA -> unetkit predict MODEL IMAGES --out DIR.",
+    epilog=EPILOG,
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"unetkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    pass
 
 BudgetOpt = Annotated[
     str | None,
@@ -44,7 +101,8 @@ RunModelArg = Annotated[Path, typer.Argument(
          "plan (.onnx.json / .xml.json) beside it.")]
 TrainDataArg = Annotated[str, typer.Argument(help="Data folder, dataset description JSON or manifest.")]
 KeysOpt = Annotated[str | None, typer.Option(help="Only these comma-separated sample keys.")]
-BackendOpt = Annotated[str, typer.Option(help="auto (measured), torch, compile, onnx, openvino or openvino-bf16.")]
+BackendOpt = Annotated[Backend, typer.Option(
+    help="Inference backend; auto measures the others on this machine once (cached in $UNETKIT_CACHE_DIR).")]
 # Tiling options default to "not set": the model's own tiling (an exported model's plan, an
 # artifact's patch size and TileConfig's defaults) holds for whatever the user leaves out.
 TileOpt = Annotated[int | None, typer.Option(
@@ -60,11 +118,11 @@ BatchOpt = Annotated[int | None, typer.Option(help="Global batch size.")]
 LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate.")]
 ValKeysOpt = Annotated[str | None, typer.Option(help="Comma-separated sample keys to validate on.")]
 ValFractionOpt = Annotated[float | None, typer.Option(help="Fraction held out for validation.")]
-PostprocessOpt = Annotated[str | None, typer.Option(
+PostprocessOpt = Annotated[TunePostprocess | None, typer.Option(
     "--postprocess", help="Tune the model's postprocessing on the validation split at the end of training for "
     "dice, iou or rand (objects: adapted Rand score, adds a watershed split), or off (plain arg-max). "
     "Default: planned with --budget (rand for touching objects, else dice), else off.")]
-PrecisionOpt = Annotated[str | None, typer.Option(
+PrecisionOpt = Annotated[TrainPrecision | None, typer.Option(
     "--precision", help="Training precision: auto, fp32 or bf16. auto measures on this machine: the plan (or, "
     "without one, a short probe on runs of 1000+ steps) times fp32 and bf16 autocast, each NCHW and "
     "channels_last, and takes the fastest that trains healthily (finite, loss within 10 % of fp32's); a CPU "
@@ -155,7 +213,7 @@ def validate(
     report = run_validate(spec, pair_samples(spec))
     typer.echo(report.summary())
     if not report.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 # ---------------------------------------------------------------- models
@@ -335,6 +393,46 @@ def evaluate(
         typer.echo(f"wrote {report}")
 
 
+@app.command("evaluate-folder")
+def evaluate_folder(
+    predictions: Annotated[Path, typer.Argument(help="Folder of predicted label maps (class-index PNG/TIFF, e.g. "
+                                                "what `unetkit predict --index` wrote).")],
+    labels: Annotated[Path, typer.Argument(help="Folder of ground-truth label maps, paired with PREDICTIONS by "
+                                           "file name (key).")],
+    names: Annotated[str | None, typer.Option(help="Comma-separated class names, background first.  "
+                                              "[default: from --dataset, else class 0..K-1 for the largest index found]")] = None,
+    ignore_index: Annotated[int, typer.Option(help="Label value not scored (void).")] = 255,
+    dataset: Annotated[Path | None, typer.Option(
+        help="Dataset description JSON (unetkit init-dataset): class names, and label values or colours decoded "
+        "as in training (then --ignore-index is its ignore values).")] = None,
+    nsd_tolerance: Annotated[float, typer.Option(help="Normalized surface Dice tolerance in pixels (0: off).")] = 2.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write all metrics as JSON here.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
+    worst: Annotated[int, typer.Option(help="Worst images shown in the report.")] = 4,
+    distances: Annotated[bool, typer.Option(help="Boundary IoU, HD95, ASSD (slower).")] = True,
+    topology: Annotated[bool, typer.Option(help="clDice and adapted Rand error (slower).")] = True,
+) -> None:
+    """Score saved predictions against labels without a model (like nnU-Net's evaluate-folder): the metrics
+    and report of `unetkit evaluate` that need only label maps, plus normalized surface Dice (NSD)."""
+    from unetkit.evaluation.folder import evaluate_folder as score_folder
+    from unetkit.evaluation.report import WorstImages, write_report
+    from unetkit.evaluation.table import format_table
+
+    if nsd_tolerance < 0:
+        raise UnetkitError(f"--nsd-tolerance {nsd_tolerance:g}: expected a number of pixels >= 0 (0: off)")
+    collector = WorstImages(worst) if report else None
+    result = score_folder(predictions, labels, class_names=_keys(names), ignore_index=ignore_index, dataset=dataset,
+                          nsd_tolerance=nsd_tolerance or None, distances=distances, topology=topology,
+                          on_image=collector)
+    typer.echo(format_table(result))
+    if nsd_tolerance:
+        typer.echo(f"NSD at {nsd_tolerance:g} px: share of both boundaries within {nsd_tolerance:g} px of the other")
+    _echo_json(result, json_out)
+    if report and collector is not None:
+        write_report(report, result, collector.images(), ignore_index=ignore_index)
+        typer.echo(f"wrote {report}")
+
+
 @app.command()
 def calibrate(
     model: Annotated[Path, typer.Argument(help="Model artifact (updated in place unless --out).")],
@@ -361,7 +459,7 @@ def calibrate(
 def tune_postprocess(
     model: Annotated[Path, typer.Argument(help="Model artifact (updated in place unless --out); calibrate first.")],
     data: Annotated[str, typer.Argument(help="Labelled validation data: folder, dataset description or manifest.")],
-    metric: Annotated[str, typer.Option(help="dice or iou (pooled over images, foreground classes), or rand "
+    metric: Annotated[PostprocessMetric, typer.Option(help="dice or iou (pooled over images, foreground classes), or rand "
                                         "(1 - adapted Rand error of each class's components: objects; adds a watershed split).")] = "dice",
     keys: KeysOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the tuned model here; MODEL stays as it is.")] = None,
@@ -385,7 +483,7 @@ def tune_postprocess(
 @app.command("export")
 def export_command(
     model: ModelArg,
-    format: Annotated[str, typer.Option("--format", help="Export format: onnx, or openvino (an IR MODEL.xml + MODEL.bin).")] = ExportConfig.format,
+    format: Annotated[ExportFormat, typer.Option("--format", help="Export format: onnx, or openvino (an IR MODEL.xml + MODEL.bin).")] = ExportConfig.format,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: MODEL.onnx / MODEL.int8.onnx / MODEL.xml).")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Static int8 quantization, gated on validation accuracy (needs --data).")] = False,
     data: Annotated[str | None, typer.Option(help="Labelled data: training images calibrate, validation images gate.")] = None,
@@ -399,7 +497,7 @@ def export_command(
     """Write an ONNX model of the whole per-tile pipeline plus MODEL.onnx.json (the inference plan);
     parity-checked against PyTorch. With --int8: quantized, refused when validation accuracy drops."""
     tile_settings = _tile_settings(tile, overlap)
-    config = ExportConfig(format=format, int8=int8, int8_gate=gate)  # type: ignore[arg-type]
+    config = ExportConfig(format=format, int8=int8, int8_gate=gate)
     if not int8:
         from unetkit.export.onnx import export_artifact
         from unetkit.export.openvino import export_openvino
@@ -420,7 +518,7 @@ def export_command(
                                    val_keys=_keys(val_keys), tile=tile_settings)
     except Int8GateError as e:
         typer.echo(e.report.table())
-        raise UnetkitError(str(e).splitlines()[0]) from None
+        raise GateRefused(str(e).splitlines()[0]) from None
     typer.echo(report.table())
     typer.echo(f"wrote {report.written}")
 
@@ -432,8 +530,8 @@ def export_command(
 def rank(
     model: ModelArg,
     folder: Annotated[Path, typer.Argument(help="Folder of unlabelled images.")],
-    by: Annotated[str, typer.Option(help="Sort by entropy, margin, tta or combined (mean percentile rank of the three).")] = RankConfig.by,
-    aggregate: Annotated[str, typer.Option(help=f"Per-image value: mean, top (the {RankConfig.top_fraction:.0%} most "
+    by: Annotated[RankScore, typer.Option(help="Sort by entropy, margin, tta or combined (mean percentile rank of the three).")] = RankConfig.by,
+    aggregate: Annotated[RankAggregate, typer.Option(help=f"Per-image value: mean, top (the {RankConfig.top_fraction:.0%} most "
                                            "uncertain pixels) or foreground.")] = RankConfig.aggregate,
     top_k: Annotated[int | None, typer.Option("--top-k", help="How many images to export and list.")] = None,
     export: Annotated[Path | None, typer.Option(help="New folder for the top-k images with pre-annotations (masks, COCO, CVAT, Label Studio).")] = None,
@@ -451,7 +549,7 @@ def rank(
     from unetkit.active.export import check_export_dir, export_top
     from unetkit.active.rank import Scorer, list_images, rank_images, ranking_table, write_ranking_csv
 
-    config = RankConfig(by=by, aggregate=aggregate, tta=tta, recursive=recursive, dedup_bits=dedup_bits)  # type: ignore[arg-type]
+    config = RankConfig(by=by, aggregate=aggregate, tta=tta, recursive=recursive, dedup_bits=dedup_bits)
     if export is not None and top_k is None:
         raise UnetkitError("--export needs --top-k K: how many of the most uncertain images to export")
     if top_k is not None and top_k < 1:
@@ -511,7 +609,7 @@ def drift(
     console.print(("[bold red]" if report.drifted else "[bold green]") + report.verdict() + "[/]")
     _echo_json(report.to_dict(), json_out)
     if report.drifted:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 @app.command()
@@ -556,29 +654,57 @@ def demo(
     run_demo(out, seconds)
 
 
+def _serve_env(field: str) -> str:
+    """The variable that sets ServeConfig.FIELD (`unetkit.config.SERVE_ENV_PREFIX`): typer reads it for the
+    option and `--help` shows it; flags > variables > config file > defaults, as load_serve_config does."""
+    assert field in ServeConfig.__dataclass_fields__, field
+    return f"{SERVE_ENV_PREFIX}{field.upper()}"
+
+
 @app.command()
 def serve(
-    model: Annotated[str | None, typer.Argument(help="Model artifact (or config 'artifact' / UNETKIT_SERVE_ARTIFACT).")] = None,
-    host: Annotated[str | None, typer.Option(help=f"Interface to listen on (default {ServeConfig.host}).")] = None,
-    port: Annotated[int | None, typer.Option(help=f"TCP port (default {ServeConfig.port}).")] = None,
+    model: Annotated[str | None, typer.Argument(help="Model artifact (or config 'artifact').",
+                                                envvar=_serve_env("artifact"))] = None,
+    host: Annotated[str | None, typer.Option(help=f"Interface to listen on (default {ServeConfig.host}).",
+                                             envvar=_serve_env("host"))] = None,
+    port: Annotated[int | None, typer.Option(help=f"TCP port (default {ServeConfig.port}).",
+                                             envvar=_serve_env("port"))] = None,
     config: Annotated[Path | None, typer.Option(help="ServeConfig JSON/YAML; UNETKIT_SERVE_* variables and flags override it.")] = None,
-    canary: Annotated[str | None, typer.Option(help="Candidate model artifact for a canary or shadow rollout.")] = None,
-    canary_percent: Annotated[float | None, typer.Option(help="Share of requests the candidate answers (0-100).")] = None,
-    shadow: Annotated[bool | None, typer.Option("--shadow", help="Run the candidate on copies of requests; compare only.")] = None,
-    token_file: Annotated[str | None, typer.Option(help="File holding the bearer token clients must send.")] = None,
+    canary: Annotated[str | None, typer.Option(help="Candidate model artifact for a canary or shadow rollout.",
+                                               envvar=_serve_env("canary_artifact"))] = None,
+    canary_percent: Annotated[float | None, typer.Option(help="Share of requests the candidate answers (0-100).",
+                                                         envvar=_serve_env("canary_percent"))] = None,
+    shadow: Annotated[bool | None, typer.Option("--shadow", help="Run the candidate on copies of requests; compare only.",
+                                                envvar=_serve_env("shadow"))] = None,
+    token_file: Annotated[str | None, typer.Option(help="File holding the bearer tokens clients must send "
+                                                   "(a single plain token: UNETKIT_SERVE_TOKEN).",
+                                                   envvar=_serve_env("token_file"))] = None,
     registry: Annotated[str | None, typer.Option(help="Serve from this model registry (path or URL) instead of "
-                                                 "ARTIFACT, and reload when --stage gets another version.")] = None,
-    stage: Annotated[str | None, typer.Option(help=f"With --registry: production or staging (default {ServeConfig.stage}).")] = None,
+                                                 "ARTIFACT, and reload when --stage gets another version.",
+                                                 envvar=_serve_env("registry"))] = None,
+    stage: Annotated[ServedStage | None, typer.Option(help=f"With --registry: the stage to serve (default {ServeConfig.stage}).",
+                                                      envvar=_serve_env("stage"))] = None,
     model_name: Annotated[str | None, typer.Option("--model", help="With --registry: which model (needed when "
-                                                   "several have a version in the stage).")] = None,
+                                                   "several have a version in the stage).",
+                                                   envvar=_serve_env("model_name"))] = None,
     poll: Annotated[float | None, typer.Option(
-        help=f"With --registry: seconds between checks for a new version (default {ServeConfig.registry_poll_seconds:g}).")] = None,
-    trusted_keys: TrustedKeysOpt = None,
+        help=f"With --registry: seconds between checks for a new version (default {ServeConfig.registry_poll_seconds:g}).",
+        envvar=_serve_env("registry_poll_seconds"))] = None,
+    trusted_keys: Annotated[str | None, typer.Option(
+        "--trusted-keys", help="Folder of trusted Ed25519 public keys (*.pub) or one .pub file: a signed artifact must "
+        "be signed by one of them.", envvar=_serve_env("trusted_keys"))] = None,
     require_signature: Annotated[bool | None, typer.Option(
-        "--require-signature", help="Refuse to serve a model not signed by a trusted key (needs --trusted-keys).")] = None,
-    sha256: Sha256Opt = None,
+        "--require-signature", help="Refuse to serve a model not signed by a trusted key (needs --trusted-keys).",
+        envvar=_serve_env("require_signature"))] = None,
+    sha256: Annotated[str | None, typer.Option(
+        "--sha256", help="Use the artifact only if the file's sha256 is this (sha256sum MODEL).",
+        envvar=_serve_env("sha256"))] = None,
 ) -> None:
-    """Serve a model over HTTP: /v1/segment, /v1/model, /metrics, /healthz, /readyz and a demo page at /."""
+    """Serve a model over HTTP: /v1/segment, /v1/model, /metrics, /healthz, /readyz and a demo page at /.
+
+    Every ServeConfig setting can also come from a UNETKIT_SERVE_<SETTING> variable (e.g.
+    UNETKIT_SERVE_MAX_BATCH_SIZE=16, UNETKIT_SERVE_TOKEN); precedence: flags > variables > --config
+    file > defaults."""
     from unetkit.serve.server import serve_command
 
     serve_command(model, config, host=host, port=port, canary_artifact=canary, canary_percent=canary_percent,
@@ -639,12 +765,15 @@ app.add_typer(registry_app)  # unetkit registry add | list | show | promote | ro
 def main() -> None:
     try:
         app()
+    except GateRefused as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_GATE_REFUSED)
     except UnetkitError as e:
         typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

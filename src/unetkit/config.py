@@ -22,6 +22,37 @@ from unetkit.errors import ConfigError
 C = TypeVar("C")
 
 
+# ---------------------------------------------------------------- closed sets of names
+# Each set of names has one owner, here (no torch, so the command line can offer them as choices
+# without loading it): the dataclasses type their fields with these, the library checks values
+# against the tuples, `unetkit --help` lists them and a typo fails at parse time.
+
+Backend = Literal["auto", "torch", "onnx", "compile", "openvino", "openvino-bf16"]  # unetkit.inference.backends
+BACKENDS: tuple[str, ...] = get_args(Backend)
+TrainPrecision = Literal["auto", "fp32", "bf16"]  # what `unetkit train --precision` accepts
+Precision = Literal[TrainPrecision, "fp16"]  # fp16: only "auto" picks it, on a GPU (unetkit.training.modes)
+MemoryFormat = Literal["auto", "contiguous", "channels_last"]
+PostprocessMetric = Literal["dice", "iou", "rand"]  # what postprocessing is tuned for (unetkit.tuning.postprocess)
+POSTPROCESS_METRICS: tuple[str, ...] = get_args(PostprocessMetric)
+TunePostprocess = Literal[PostprocessMetric, "off"]
+ExportFormat = Literal["onnx", "openvino"]
+RankScore = Literal["entropy", "margin", "tta", "combined"]  # unetkit.active.rank
+RANK_SCORES: tuple[str, ...] = get_args(RankScore)
+RankAggregate = Literal["mean", "top", "foreground"]
+RANK_AGGREGATES: tuple[str, ...] = get_args(RankAggregate)
+ServedStage = Literal["staging", "production"]  # registry stages holding at most one version per model
+RegistryStage = Literal["candidate", ServedStage, "archived"]  # unetkit.registry.db
+REGISTRY_STAGES: tuple[str, ...] = get_args(RegistryStage)
+SINGLE_STAGES: tuple[str, ...] = get_args(ServedStage)
+AddStage = Literal["candidate", ServedStage]  # where `registry add` may put a new version
+
+# Environment variables (read where the value is used; the command line declares them on its options)
+REGISTRY_ENV = "UNETKIT_REGISTRY"  # the registry database (unetkit.registry.location)
+REGISTRY_STORE_ENV = "UNETKIT_REGISTRY_STORE"  # the registry's artifact folder
+CACHE_DIR_ENV = "UNETKIT_CACHE_DIR"  # --backend auto's measurements (unetkit.inference.backends)
+SERVE_ENV_PREFIX = "UNETKIT_SERVE_"  # + a ServeConfig field name, upper case (unetkit.serve.server)
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -147,8 +178,8 @@ class TrainConfig:
     early_stop_patience: int = 0  # validations without improvement; 0 disables
     # how steps compute (`unetkit.training.modes`): autocast precision and memory format; "auto"
     # chooses by measurement on a CPU (the planner, or a short probe in fit), the fixed rule on a GPU
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
+    precision: Precision = "auto"
+    memory_format: MemoryFormat = "auto"
     device: str = "auto"
     seed: int = 0
     out_dir: str = "runs/unetkit"
@@ -159,7 +190,7 @@ class TrainConfig:
     plan: dict[str, Any] = field(default_factory=dict)  # the auto-plan (unetkit.planning), stored in the artifact
     # at the end, choose the artifact's postprocessing on the validation split for this score
     # (`unetkit.inference.postprocess.tune_postprocess`); "off" keeps plain arg-max
-    tune_postprocess: Literal["dice", "iou", "rand", "off"] = "off"
+    tune_postprocess: TunePostprocess = "off"
     calibrate: bool = True  # at the end, fit temperature scaling on the validation split (before tuning)
     ensemble_folds: int = 1  # >1: k-fold ensembling (R12): one member per fold of the training split
 
@@ -226,7 +257,7 @@ class PostprocessConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    format: Literal["onnx", "openvino"] = "onnx"  # openvino: an IR model.xml + model.bin (unetkit[openvino])
+    format: ExportFormat = "onnx"  # openvino: an IR model.xml + model.bin (unetkit[openvino])
     opset: int = 17
     int8: bool = False
     int8_gate: float = 0.005  # refuse int8 when validation Dice/mIoU drops more than this
@@ -243,12 +274,12 @@ class ServeConfig:
 
     artifact: str = ""  # the primary model artifact
     registry: str = ""  # instead: serve what this model registry (path or URL) holds in `stage`, following it
-    stage: Literal["production", "staging"] = "production"
+    stage: ServedStage = "production"
     model_name: str = ""  # the registry's model to serve (needed when several have a version in `stage`)
     registry_poll_seconds: float = 5.0  # how often the registry is checked for a new version in `stage`
     host: str = "127.0.0.1"
     port: int = 8000
-    backend: Literal["torch", "onnx", "compile", "auto", "openvino", "openvino-bf16"] = "torch"
+    backend: Backend = "torch"
     tile_overlap: float = TileConfig.overlap  # tiles of one request overlap this much (TileConfig owns the default)
     max_batch_size: int = 8  # tiles per forward pass, packed across requests
     max_wait_ms: float = 5.0  # how long a partial batch waits for tiles of other requests
@@ -291,10 +322,6 @@ class ServeConfig:
     sample_max_age_days: float = 30.0  # samples older than this are deleted
 
 
-RANK_SCORES = ("entropy", "margin", "tta", "combined")
-RANK_AGGREGATES = ("mean", "top", "foreground")
-
-
 @dataclass(frozen=True)
 class RankConfig:
     """`unetkit rank`: how unlabelled images are scored and ordered (`unetkit.active`).
@@ -304,8 +331,8 @@ class RankConfig:
     "foreground" the mean over pixels whose non-background probability is >= `foreground_min_prob`.
     """
 
-    by: Literal["entropy", "margin", "tta", "combined"] = "combined"
-    aggregate: Literal["mean", "top", "foreground"] = "mean"
+    by: RankScore = "combined"
+    aggregate: RankAggregate = "mean"
     top_fraction: float = 0.05
     background: int = 0  # the class index "foreground" leaves out
     foreground_min_prob: float = 0.1

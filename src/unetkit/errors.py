@@ -32,3 +32,9 @@ class RegistryError(UnetkitError):
 
 class StorageError(UnetkitError):
     """A file could not be written (disk full, file size limit, permission); the previous one is unchanged."""
+
+
+class GateRefused(UnetkitError):
+    """A quality gate measured the result and refused it: the input was fine, the model is not good
+    enough (an int8 model losing accuracy, a registry version worse than production). The CLI exits
+    with its own status for it (3), so scripts can tell it from a usage error (2)."""

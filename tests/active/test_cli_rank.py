@@ -29,13 +29,20 @@ def test_empty_folder(designed, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "match"), [
-    (["--by", "confidence"], "rank.by: 'confidence' is not a score; expected one of entropy, margin, tta, combined"),
     (["--by", "tta", "--no-tta"], "'tta' needs the TTA views"),
-    (["--aggregate", "max"], "rank.aggregate: 'max' is not an aggregate"),
     (["--export", "out"], "--export needs --top-k K"),
 ])
 def test_bad_options(designed, images, tmp_path, args, match):
     assert_user_error(run_cli("rank", str(designed), str(images), *args, cwd=tmp_path), match)
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (["--by", "confidence"], "'confidence' is not one of 'entropy', 'margin', 'tta', 'combined'"),
+    (["--aggregate", "max"], "'max' is not one of 'mean', 'top', 'foreground'"),
+])
+def test_a_choice_outside_its_set_fails_at_parse_time(designed, images, tmp_path, args, match):
+    proc = run_cli("rank", str(designed), str(images), *args, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and match in proc.stderr, proc.stderr
 
 
 def test_missing_model(images, tmp_path):

@@ -13,8 +13,10 @@ def test_export_writes_model_and_plan(artifact_path):
 def test_export_errors_are_one_line(artifact_path, tmp_path, data_and_model):
     assert_one_line_error(run_cli("export", str(tmp_path / "missing.unetkit")), "model artifact not found")
     assert_one_line_error(run_cli("export", str(artifact_path), "--int8"), "--int8 needs --data")
-    assert_one_line_error(run_cli("export", str(artifact_path), "--format", "tflite"), "format")
+    unknown = run_cli("export", str(artifact_path), "--format", "tflite")  # a choice: refused at parse time
+    assert unknown.returncode == 2 and "'tflite' is not one of 'onnx', 'openvino'" in unknown.stderr, unknown.stderr
     data, model = data_and_model
     proc = run_cli("export", str(model), "--int8", "--data", str(data), "--gate", "-1")
     assert_one_line_error(proc, "int8 model refused: validation score drops by")
+    assert proc.returncode == 3  # a gate refusal, not a usage error (2)
     assert "ms per tile batch" in proc.stdout and not model.with_name("m.int8.onnx").exists()

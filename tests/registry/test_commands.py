@@ -1,5 +1,5 @@
 """`unetkit registry ...`: output in-process (typer's runner), user errors through a real process
-(one line on stderr, exit status 2)."""
+(one line on stderr, exit status 2; 3 when the gate refuses)."""
 
 from __future__ import annotations
 
@@ -71,15 +71,24 @@ def test_promote_rollback_and_diff(filled):
     assert "tiny:2 is now in production; tiny:1 archived" in tolerated
 
 
+def test_a_promotion_the_gate_refuses_is_one_line_and_exit_3(filled):
+    done = run("registry", "promote", "tiny:2", "--to", "production", "--registry", filled)
+    assert done.returncode == 3 and done.stderr == (
+        "error: promotion of tiny:2 to production refused: worse than tiny:1: hd95/cell is 2 worse (6 vs production 4, "
+        "lower is better, tolerance 0.005); mean_iou is 0.02 worse (0.68 vs production 0.7, higher is better, tolerance "
+        "0.005); to promote it anyway: unetkit registry promote tiny:2 --to production --force --reason TEXT\n"), done.stderr
+
+
+def test_a_stage_outside_the_choices_fails_at_parse_time_listing_them(filled):
+    done = run("registry", "promote", "tiny:2", "--to", "prod", "--registry", filled)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "'prod' is not one of 'staging', 'production'" in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("args, message", [
-    (["promote", "tiny:2", "--to", "production"],
-     "error: promotion of tiny:2 to production refused: worse than tiny:1: hd95/cell is 2 worse (6 vs production 4, "
-     "lower is better, tolerance 0.005); mean_iou is 0.02 worse (0.68 vs production 0.7, higher is better, tolerance "
-     "0.005); to promote it anyway: unetkit registry promote tiny:2 --to production --force --reason TEXT"),
     (["promote", "tiny:2", "--to", "production", "--force"],
      "error: --force needs --reason TEXT: a forced promotion is recorded with its reason"),
     (["show", "tiny:9"], "error: tiny:9: no such version of tiny (versions 1..3; or :latest, :candidate, :staging, :production)"),
-    (["promote", "tiny:2", "--to", "prod"], "error: stage 'prod': expected one of ['staging', 'production']"),
     (["promote", "tiny:2", "--to", "production", "--tolerance", "lots"],
      "error: --tolerance 'lots': expected a number (0.01) or METRIC=NUMBER (hd95=2)"),
 ])

@@ -69,7 +69,7 @@ def combine(full: dict[str, Any]) -> dict[str, Any]:
         extra = dict(full["foreground"].get(row["class"], {}))
         macro = next(r for r in full["macro"]["per_class"] if r["class"] == row["class"])
         rows.append({**row, **{k: extra.get(k) for k in FOREGROUND_COLUMNS if k in extra},
-                     **{f"{k}_macro": macro.get(k) for k in ("iou", "dice", "boundary_iou", "cldice") if k in macro}})
+                     **{f"{k}_macro": macro.get(k) for k in ("iou", "dice", "boundary_iou", "cldice", "nsd") if k in macro}})
     result["per_class"] = rows
     result["per_image"] = [
         {"key": r["key"], "pixels": r["pixels"], "pixel_accuracy": r["pixel_accuracy"],
@@ -82,4 +82,4 @@ def combine(full: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-FOREGROUND_COLUMNS = ("boundary_iou_micro", "hd95_mean", "assd_mean", "auc_roc", "average_precision")
+FOREGROUND_COLUMNS = ("boundary_iou_micro", "hd95_mean", "assd_mean", "nsd_mean", "auc_roc", "average_precision")

@@ -53,7 +53,7 @@ code{background:#f1f4f8;padding:1px 4px;border-radius:4px}
 COLUMNS = (  # (key in a per_class row, header, digits)
     ("iou", "IoU", 4), ("dice", "Dice", 4), ("precision", "Precision", 4), ("recall", "Recall", 4),
     ("boundary_iou_micro", "Boundary IoU", 4), ("hd95_mean", "HD95 px", 2), ("assd_mean", "ASSD px", 2),
-    ("cldice_macro", "clDice", 4), ("auc_roc", "AUC", 4), ("average_precision", "AP", 4),
+    ("nsd_mean", "NSD", 4), ("cldice_macro", "clDice", 4), ("auc_roc", "AUC", 4), ("average_precision", "AP", 4),
 )
 
 
@@ -68,7 +68,8 @@ class WorstImage:
 
 class WorstImages:
     """`evaluate_model(on_image=...)` collector of the k images with the lowest per-image foreground
-    Dice (images without any foreground in truth or prediction are skipped). Memory: k images."""
+    Dice (images without any foreground in truth or prediction are skipped). Memory: k images.
+    A sample without an image (saved predictions scored by `evaluate_folder`) shows on grey."""
 
     def __init__(self, k: int = 4, metric: str = "dice") -> None:
         self.k = k
@@ -83,7 +84,8 @@ class WorstImages:
         score = float(np.mean(scores))
         if len(self._heap) == self.k and -self._heap[0][0] <= score:
             return
-        item = WorstImage(score, sample.key, display_image(sample.image), sample.labels.copy(), labels.copy())
+        display = display_image(sample.image) if sample.image is not None else np.full((*labels.shape, 3), 96, np.uint8)
+        item = WorstImage(score, sample.key, display, sample.labels.copy(), labels.copy())
         self._seen += 1
         entry = (-score, self._seen, item)
         if len(self._heap) < self.k:

@@ -34,7 +34,7 @@ from unetkit.config import DataConfig, ExportConfig, TileChoice, TileConfig, fro
 from unetkit.data.pairing import pair_samples
 from unetkit.data.spec import load_spec, spec_for_classes
 from unetkit.data.splits import split
-from unetkit.errors import ConfigError, UnetkitError
+from unetkit.errors import ConfigError, GateRefused
 from unetkit.evaluation.labelled import load_labelled
 from unetkit.export.onnx import (
     INSTALL_HINT,
@@ -53,7 +53,7 @@ from unetkit.inference.predict import predict_tiled
 from unetkit.metrics.summary import evaluate_predictions
 
 
-class Int8GateError(UnetkitError):
+class Int8GateError(GateRefused):
     """The int8 model loses more validation accuracy than `ExportConfig.int8_gate` allows."""
 
     def __init__(self, message: str, report: Int8Report) -> None:

@@ -32,13 +32,13 @@ import torch
 from torch import nn
 
 from unetkit.artifact import weights_sha256
+from unetkit.config import BACKENDS, CACHE_DIR_ENV
 from unetkit.errors import ConfigError
 from unetkit.inference import openvino as ov_backend
 from unetkit.inference.gate import GateData, GateResult, gate_sample, parity_gate
 from unetkit.models import fuse_for_inference
 from unetkit.runtime import keep_freed_memory
 
-BACKENDS = ("auto", "torch", "onnx", "compile", "openvino", "openvino-bf16")
 # what "auto" measures; "compile" is left out: its compilation (tens of seconds) would recur in every process
 AUTO_CANDIDATES = ("torch", "onnx", "openvino", "openvino-bf16")
 REDUCED_PRECISION = {"openvino-bf16": "bf16"}  # candidates behind the parity gate, with their gate
@@ -297,7 +297,7 @@ def cached_choice(key: str, measure: Callable[[], BackendMeasurement], cache_dir
 
 
 def cache_path(cache_dir: Any = None) -> Path:
-    return Path(cache_dir or os.environ.get("UNETKIT_CACHE_DIR") or Path.home() / ".cache" / "unetkit") / "backends.json"
+    return Path(cache_dir or os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "unetkit") / "backends.json"
 
 
 def cached_records(sha: str, cache_dir: Any = None) -> dict[str, dict[str, Any]]:

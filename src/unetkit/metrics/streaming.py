@@ -14,7 +14,12 @@ Aggregation:
 * HD95 / ASSD: mean over images where both masks are non-empty; images where exactly one is empty
   (infinite distance) are counted in `images_one_empty` instead;
 * AUC ROC / AP (one-vs-rest per foreground class) and ECE/reliability bins: streaming histograms;
-* false-positive islands / missed objects: totals and per-image mean counts.
+* false-positive islands / missed objects: totals and per-image mean counts;
+* NSD (normalized surface Dice at `nsd_tolerance` pixels, `surface`): per image, macro and mean.
+
+Saved label maps without probabilities (`unetkit evaluate-folder`): `update(None, labels,
+prediction=...)` scores everything that needs only the label maps; AUC/AP and calibration, which
+need probabilities, are then left out of the result.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from unetkit.metrics import topology as T
 from unetkit.metrics.calibration import CalibrationAccumulator
 from unetkit.metrics.confusion import ConfusionAccumulator, as_numpy, valid_mask
 from unetkit.metrics.ranking import RankingAccumulator
+from unetkit.metrics.surface import nsd_from_distances
 
 
 def _finite_mean(values: list[float]) -> tuple[float, int]:
@@ -58,6 +64,7 @@ class Evaluator:
         topology_classes: Sequence[int] | None = None,
         rand_connectivity: int = 1,
         island_connectivity: int = 2,
+        nsd_tolerance: float | None = None,
     ) -> None:
         if len(class_names) < 2:
             raise ValueError("Evaluator needs at least 2 classes (background first)")
@@ -73,6 +80,8 @@ class Evaluator:
         self.topology_classes = list(self.foreground if topology_classes is None else topology_classes)
         self.rand_connectivity = rand_connectivity
         self.island_connectivity = island_connectivity
+        self.nsd_tolerance = nsd_tolerance
+        self.without_probabilities = False  # an update had only a label map: no AUC/AP, no calibration
         self.confusion = ConfusionAccumulator(self.num_classes, ignore_index)
         self.ranking = {c: RankingAccumulator(ranking_bins) for c in self.foreground}
         self.calibration = CalibrationAccumulator(calibration_bins)
@@ -92,15 +101,26 @@ class Evaluator:
     def update(
         self, probabilities: Any, labels: Any, roi: Any = None, key: str | None = None, prediction: Any = None
     ) -> dict[str, Any]:
-        """Add one image; returns its per-image row (JSON-ready)."""
-        probs = self._probabilities(probabilities)
+        """Add one image; returns its per-image row (JSON-ready). `probabilities` may be None when
+        `prediction` (a label map) is given: then AUC/AP and calibration are not accumulated."""
         lab = as_numpy(labels)
-        if probs.shape[1:] != lab.shape:
-            raise ValueError(f"probabilities {probs.shape} and labels {lab.shape} differ in size")
-        pred = probs.argmax(0) if prediction is None else as_numpy(prediction)
+        if probabilities is None:
+            if prediction is None:
+                raise ValueError("Evaluator.update needs probabilities or a prediction")
+            probs = None
+            self.without_probabilities = True
+            pred = as_numpy(prediction)
+            if pred.shape != lab.shape:
+                raise ValueError(f"prediction {pred.shape} and labels {lab.shape} differ in size")
+        else:
+            probs = self._probabilities(probabilities)
+            if probs.shape[1:] != lab.shape:
+                raise ValueError(f"probabilities {probs.shape} and labels {lab.shape} differ in size")
+            pred = probs.argmax(0) if prediction is None else as_numpy(prediction)
         valid = valid_mask(lab, self.ignore_index, roi)
         cm = self.confusion.update(pred, lab, roi)
-        self.calibration.update(probs, lab, valid)
+        if probs is not None:
+            self.calibration.update(probs, lab, valid)
         iou, dice = S.per_class_iou(cm), S.per_class_dice(cm)
         classes: dict[str, dict[str, Any]] = {}
         width = B.boundary_width(lab.shape, self.boundary_width, self.boundary_fraction)
@@ -108,7 +128,8 @@ class Evaluator:
             entry: dict[str, Any] = {"iou": iou[c], "dice": dice[c]}
             if c in self.foreground:
                 p, g = pred == c, lab == c
-                self.ranking[c].update(probs[c], g, valid)
+                if probs is not None:
+                    self.ranking[c].update(probs[c], g, valid)
                 entry |= self._shape_metrics(c, p, g, valid, width)
             classes[self.class_names[c]] = entry
         row = {
@@ -126,9 +147,13 @@ class Evaluator:
             inter, union = B.boundary_iou_counts(p, g, width, valid)
             self.boundary_counts[c] += (inter, union)
             out["boundary_iou"] = inter / union if union else math.nan
+        if self.distances or self.nsd_tolerance is not None:
             d_pred, d_true = B.surface_distances(p, g, self.spacing, valid)
+        if self.distances:
             out["hd95"] = B.hausdorff_from_distances(d_pred, d_true, 95.0)
             out["assd"] = B.assd_from_distances(d_pred, d_true)
+        if self.nsd_tolerance is not None:
+            out["nsd"] = nsd_from_distances(d_pred, d_true, self.nsd_tolerance)
         if self.topology and c in self.topology_classes:
             out["cldice"] = T.cldice(p, g, valid)
             out["adapted_rand_error"] = T.adapted_rand_error(p, g, valid, self.rand_connectivity)[0]
@@ -157,7 +182,7 @@ class Evaluator:
         rows = []
         for c, name in enumerate(self.class_names):
             row: dict[str, Any] = {"class": name, **{m: v[c] for m, v in scores.items()}}
-            for metric in ("boundary_iou", "cldice", "adapted_rand_error"):
+            for metric in ("boundary_iou", "cldice", "adapted_rand_error", "nsd"):
                 values = self._column(name, metric)
                 if values:
                     row[metric] = S.nan_mean(np.asarray(values, np.float64))
@@ -181,7 +206,10 @@ class Evaluator:
         for metric in ("fp_islands", "fp_island_area", "missed_objects", "missed_area"):
             entry[f"{metric}_total"] = int(sum(self._column(name, metric)))
         entry["fp_islands_per_image"] = entry["fp_islands_total"] / len(self.rows) if self.rows else math.nan
-        return entry | self.ranking[c].result()
+        if self.nsd_tolerance is not None:
+            entry["nsd_mean"], entry["nsd_images"] = _finite_mean(self._column(name, "nsd"))
+            entry["nsd_tolerance"] = self.nsd_tolerance
+        return entry | ({} if self.without_probabilities else self.ranking[c].result())
 
     def result(self) -> dict[str, Any]:
         """Micro, macro, boundary/distance, topology, island, ranking and calibration results."""
@@ -194,7 +222,7 @@ class Evaluator:
                 "micro": S.summarize(total, self.class_names),
                 "macro": self._macro(),
                 "foreground": {self.class_names[c]: self._foreground(c) for c in self.foreground},
-                "calibration": self.calibration.result(),
+                "calibration": {} if self.without_probabilities else self.calibration.result(),
                 "per_image": self.rows,
             }
         )

@@ -3,7 +3,8 @@
 
 Every command takes `--registry` (a path or URL; default $UNETKIT_REGISTRY, else
 ./unetkit-registry/registry.db) and `--json` for machine-readable output. Errors are
-`RegistryError`s: one line on stderr, exit status 2 (cli.main).
+`RegistryError`s: one line on stderr, exit status 2, or 3 for a promotion the gate refused (cli.main).
+Stage options are choices of the stages `unetkit.config` names, checked at parse time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from unetkit.config import REGISTRY_ENV, REGISTRY_STORE_ENV, AddStage, RegistryStage, ServedStage
+
 if TYPE_CHECKING:
     from unetkit.registry.registry import Registry
 
@@ -26,10 +29,11 @@ registry_app = typer.Typer(
 )
 
 RegistryOpt = Annotated[str | None, typer.Option(
-    "--registry", help="Registry database: a path (registry.db) or URL (sqlite:///..., postgresql+psycopg://...). "
-    "Default: $UNETKIT_REGISTRY, else ./unetkit-registry/registry.db.")]
+    "--registry", envvar=REGISTRY_ENV, help="Registry database: a path (registry.db) or URL (sqlite:///..., "
+    "postgresql+psycopg://...).  [default: ./unetkit-registry/registry.db]")]
 StoreOpt = Annotated[str | None, typer.Option(
-    "--store", help="Artifact folder; needed the first time a PostgreSQL registry is used (SQLite: blobs/ beside the file).")]
+    "--store", envvar=REGISTRY_STORE_ENV,
+    help="Artifact folder; needed the first time a PostgreSQL registry is used (SQLite: blobs/ beside the file).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 ByOpt = Annotated[str | None, typer.Option("--by", help="On whose behalf (recorded as claimed_by, beside the "
                                           "authenticated user: the database login, or the OS account).")]
@@ -68,7 +72,7 @@ def _json(data: Any) -> None:
 def add(
     artifact: Annotated[Path, typer.Argument(help="Model artifact (model.unetkit).")],
     name: Annotated[str | None, typer.Option(help="Model name (default: the artifact's own name).")] = None,
-    stage: Annotated[str, typer.Option(help="candidate, or staging/production (then gated like promote).")] = "candidate",
+    stage: Annotated[AddStage, typer.Option(help="Stage of the new version; staging or production are gated like promote.")] = "candidate",
     note: Annotated[str, typer.Option(help="Free text kept with the version.")] = "",
     git_commit: Annotated[str | None, typer.Option(help="Git commit the model was trained from "
                                                    "(default: the one the artifact records, if any).")] = None,
@@ -104,7 +108,7 @@ def add(
 @registry_app.command("list")
 def list_versions(
     name: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
-    stage: Annotated[str | None, typer.Option(help="Only versions in this stage.")] = None,
+    stage: Annotated[RegistryStage | None, typer.Option(help="Only versions in this stage.")] = None,
     registry: RegistryOpt = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,
@@ -143,7 +147,7 @@ def show(
 @registry_app.command("promote")
 def promote(
     ref: Annotated[str, typer.Argument(help="NAME:VERSION to promote.")],
-    to: Annotated[str, typer.Option("--to", help="staging or production.")],
+    to: Annotated[ServedStage, typer.Option("--to", help="Stage to promote to.")],
     force: Annotated[bool, typer.Option(help="Promote even if the gate refuses (needs --reason).")] = False,
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit trail).")] = "",
     tolerance: ToleranceOpt = None,

@@ -49,11 +49,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
+from unetkit.config import REGISTRY_STAGES
 from unetkit.errors import RegistryError
 
 SCHEMA_VERSION = 1
-STAGES = ("candidate", "staging", "production", "archived")
-SINGLE_STAGES = ("staging", "production")  # at most one version per model name in each
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PG_LOCK_ID = 0x756E65746B6974  # "unetkit": serializes schema creation on PostgreSQL
 _INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE for a refused GRANT or row-level policy
@@ -95,7 +94,7 @@ versions = Table(
     Column("meta", JSON, nullable=False),  # metrics, fingerprint, plan, calibration, classes, architecture...
     UniqueConstraint("name", "version"),
     UniqueConstraint("name", "sha256"),  # the same artifact added twice under one name is one version
-    CheckConstraint(f"stage IN {STAGES}", name="unetkit_versions_stage"),
+    CheckConstraint(f"stage IN {REGISTRY_STAGES}", name="unetkit_versions_stage"),
     Index("unetkit_one_version_per_stage", "name", "stage", unique=True,
           sqlite_where=text("stage IN ('staging', 'production')"),
           postgresql_where=text("stage IN ('staging', 'production')")),

@@ -13,26 +13,25 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from unetkit.config import REGISTRY_ENV, REGISTRY_STORE_ENV
 from unetkit.errors import RegistryError
 from unetkit.registry import db as schema
 from unetkit.registry.blobs import BlobStore
 from unetkit.registry.db import Database, insert_ignore
 
-ENV_LOCATION = "UNETKIT_REGISTRY"
-ENV_STORE = "UNETKIT_REGISTRY_STORE"
 DEFAULT_LOCATION = "unetkit-registry/registry.db"
 
 
 def default_location(location: str | None = None) -> str:
     """The registry to use: the given location, else $UNETKIT_REGISTRY, else ./unetkit-registry/registry.db."""
-    return location or os.environ.get(ENV_LOCATION) or DEFAULT_LOCATION
+    return location or os.environ.get(REGISTRY_ENV) or DEFAULT_LOCATION
 
 
 def open_store(db: Database, explicit: str | Path | None) -> BlobStore:
     """The blob store the registry records. On first use (none recorded yet) the store is claimed for
     this registry (blobs.py: refused when another registry's store is there) and then recorded
     (SQLite default: `blobs/` beside the file). A read-only database only finds it."""
-    explicit = explicit or os.environ.get(ENV_STORE) or None
+    explicit = explicit or os.environ.get(REGISTRY_STORE_ENV) or None
     with db.read() as conn:
         recorded = db.setting(conn, "store")
     value = recorded
@@ -46,7 +45,7 @@ def open_store(db: Database, explicit: str | Path | None) -> BlobStore:
             value = "blobs"  # relative to the database file: the pair can be moved together
         else:
             raise RegistryError(f"registry {db.display}: a database-server registry needs --store DIR (or "
-                                f"{ENV_STORE}): the folder every user of the registry can reach that holds the artifacts")
+                                f"{REGISTRY_STORE_ENV}): the folder every user of the registry can reach that holds the artifacts")
     store = BlobStore(_resolve(db, value))
     if recorded is None:
         claim_store(db, store, first_use=True)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from unetkit.config import to_dict
+from unetkit.config import REGISTRY_STAGES, to_dict
 from unetkit.errors import RegistryError
 from unetkit.metrics.scores import json_value
-from unetkit.registry.db import NAME_PATTERN, STAGES
+from unetkit.registry.db import NAME_PATTERN
 
 SELECTORS = ("latest", "candidate", "staging", "production")
 
@@ -78,7 +78,7 @@ def parse_ref(ref: str) -> tuple[str, str]:
     return name, selector
 
 
-def check_stage(stage: str, allowed: tuple[str, ...] = STAGES) -> str:
+def check_stage(stage: str, allowed: tuple[str, ...] = REGISTRY_STAGES) -> str:
     if stage not in allowed:
         raise RegistryError(f"stage {stage!r}: expected one of {list(allowed)}")
     return stage

@@ -39,11 +39,12 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, select, update
 
 from unetkit.artifact import Artifact, artifact_from_bytes, read_meta
-from unetkit.errors import ArtifactError, RegistryError
+from unetkit.config import SINGLE_STAGES
+from unetkit.errors import ArtifactError, GateRefused, RegistryError
 from unetkit.registry import db as schema
 from unetkit.registry.blobs import BlobStore
 from unetkit.registry.compare import diff_versions
-from unetkit.registry.db import SINGLE_STAGES, Database, as_utc, insert_ignore, now
+from unetkit.registry.db import Database, as_utc, insert_ignore, now
 from unetkit.registry.gate import DEFAULT_TOLERANCE, GateResult, check, loosening
 from unetkit.registry.location import claim_store, default_location, open_store
 from unetkit.registry.records import (
@@ -61,7 +62,7 @@ from unetkit.signing import TrustPolicy
 ENV_PAUSE = "UNETKIT_REGISTRY_PAUSE"  # fault injection for the crash tests, see `_pause`
 
 
-class PromotionRefused(RegistryError):
+class PromotionRefused(RegistryError, GateRefused):
     """The gate found the candidate worse than production; `gate` holds every comparison."""
 
     def __init__(self, ref: str, to: str, gate: GateResult) -> None:

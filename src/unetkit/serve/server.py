@@ -16,11 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from unetkit.config import ServeConfig, from_dict
+from unetkit.config import SERVE_ENV_PREFIX, ServeConfig, from_dict
 from unetkit.errors import ConfigError
 from unetkit.signing import TrustPolicy  # no torch: safe before the OpenMP policy is set
 
-ENV_PREFIX = "UNETKIT_SERVE_"
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
 
@@ -56,9 +55,9 @@ def env_values(env: Mapping[str, str]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(ServeConfig)}
     values: dict[str, Any] = {}
     for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX):
+        if not key.startswith(SERVE_ENV_PREFIX):
             continue
-        name = key[len(ENV_PREFIX):].lower()
+        name = key[len(SERVE_ENV_PREFIX):].lower()
         if name not in names:
             raise ConfigError(f"{key}: unknown setting; expected UNETKIT_SERVE_ + one of {sorted(n.upper() for n in names)}")
         tp = hints[name]

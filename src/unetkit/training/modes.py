@@ -13,14 +13,16 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 from torch import nn
 
+from unetkit.config import MemoryFormat, Precision
 from unetkit.errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-MEMORY_FORMATS = ("contiguous", "channels_last")
+PRECISIONS = tuple(p for p in get_args(Precision) if p != "auto")  # the concrete ones "auto" chooses among
+MEMORY_FORMATS = tuple(f for f in get_args(MemoryFormat) if f != "auto")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

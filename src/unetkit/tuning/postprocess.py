@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from unetkit.artifact import Artifact, update_artifact
-from unetkit.config import PostprocessConfig, TileConfig, to_dict
+from unetkit.config import POSTPROCESS_METRICS, PostprocessConfig, TileConfig, to_dict
 from unetkit.errors import ConfigError, DataError
 from unetkit.evaluation.labelled import iter_probabilities, load_labelled
 from unetkit.inference.postprocess import apply_postprocess
@@ -31,7 +31,6 @@ from unetkit.metrics.scores import json_value, nan_mean, per_class_dice, per_cla
 from unetkit.metrics.topology import adapted_rand_error
 from unetkit.tuning.store import target_path
 
-METRICS = ("dice", "iou", "rand")
 RAND_DICE_GUARD = 0.005  # "rand" tuning may give up at most this much pooled Dice
 DEFAULT_BAND = 3  # watershed_band when a tuning trial switches the split on
 
@@ -43,8 +42,8 @@ def score_labels(
     """Pooled (micro) foreground mean Dice or IoU over images (all classes when K == 1); for
     "rand", 1 - the adapted Rand error of each foreground class's 4-connected components (truth
     pixels of other classes and ignored pixels not scored), mean over images and classes."""
-    if metric not in METRICS:
-        raise ConfigError(f"metric '{metric}': expected one of {list(METRICS)}")
+    if metric not in POSTPROCESS_METRICS:
+        raise ConfigError(f"metric '{metric}': expected one of {list(POSTPROCESS_METRICS)}")
     if metric == "rand":
         return rand_score(predictions, truths, num_classes, ignore_index)
     cm = sum(confusion_matrix(p, t, num_classes, ignore_index) for p, t in zip(predictions, truths, strict=True))
@@ -166,8 +165,8 @@ def tune_model_postprocess(
 ) -> dict[str, Any]:
     """Choose postprocessing on labelled data (see `tune_postprocess`) and
     store it in the artifact's `postprocess` (in place, or in a copy at `out`)."""
-    if metric not in METRICS:
-        raise DataError(f"metric '{metric}': expected one of {list(METRICS)}")
+    if metric not in POSTPROCESS_METRICS:
+        raise DataError(f"metric '{metric}': expected one of {list(POSTPROCESS_METRICS)}")
     artifact, samples = load_labelled(model, data, keys, progress)
     summary = tune_samples(artifact, samples, metric, config=config, backend=backend, progress=progress)
     summary |= {"data": str(data), "keys": list(keys or [])}
