@@ -24,7 +24,7 @@ def test_detects_images_masks_layout_with_palette_classes(shapes: Path) -> None:
     spec = detect_spec(shapes)
     assert (spec.images, spec.masks, spec.roi) == ("images/{key}.png", "masks/{key}.png", "")
     assert [c.value for c in spec.classes] == [0, 1, 2, 3]
-    assert spec.classes[0].name == "background"
+    assert spec.classes[0].name == "class_0"  # named by value: only the data (or --names) say "background"
     assert [c.color for c in spec.classes] == [tuple(int(x) for x in c) for c in SYNTHETIC_PALETTE]
 
 
@@ -33,8 +33,8 @@ def test_detects_drive_as_published(drive: Path) -> None:
     assert spec.images == "images/{key}_training.tif"
     assert spec.masks == "1st_manual/{key}_manual1.gif"
     assert spec.roi == "mask/{key}_training_mask.gif"  # "mask" next to "manual" is the field of view
-    assert [c.name for c in spec.classes] == ["background", "foreground"]
     assert [c.value for c in spec.classes] in ([0, 255], [0, 1])  # gray GIF or palette GIF
+    assert [c.name for c in spec.classes] == [f"class_{c.value}" for c in spec.classes]
 
 
 def test_root_with_training_and_test_picks_training(drive_l: Path) -> None:
@@ -55,7 +55,7 @@ def test_isbi_layout_and_label_folder_names(tmp_path: Path) -> None:
 def test_gray_masks_with_few_values_and_a_void_value(tmp_path: Path) -> None:
     mask = np.array([[0, 1, 2, 255]], np.uint8)
     spec = detect_spec(_pairs(tmp_path, {"a": mask}))
-    assert [(c.name, c.value) for c in spec.classes] == [("background", 0), ("class_1", 1), ("class_2", 2)]
+    assert [(c.name, c.value) for c in spec.classes] == [("class_0", 0), ("class_1", 1), ("class_2", 2)]
     assert spec.ignore_values == (255,)
 
 
@@ -143,7 +143,7 @@ def test_save_and_load_round_trip_relative_to_the_json(drive_l: Path) -> None:
     data = json.loads(path.read_text())
     data["classes"][1]["name"] = "vessel"
     path.write_text(json.dumps(data))
-    assert load_spec(drive_l).class_names == ["background", "vessel"]
+    assert load_spec(drive_l).class_names == ["class_0", "vessel"]
 
 
 @pytest.mark.parametrize(
