@@ -200,3 +200,32 @@ def test_a_spec_saved_outside_its_data_keeps_an_absolute_root(drive_l: Path, tmp
     path = save_spec(spec, tmp_path / "elsewhere" / "d.json")
     assert json.loads(path.read_text())["root"] == str(drive_l)
     assert load_spec(path) == spec
+
+
+def test_with_classes_ignores_renames_and_recolours(tmp_path):
+    from tests import layout_fixtures as lf
+    from unetkit.data.spec import parse_color, parse_value, with_classes
+
+    spec = detect_spec(lf.release(tmp_path / "camvid"))
+    named = with_classes(spec, names=["road", "car", "tree"], ignore=[parse_value("11")],
+                         colors=[parse_color(c) for c in ("#000000", "#c82828", "#28c828")])
+    assert [(c.name, c.value, c.color) for c in named.classes] == [
+        ("road", 0, (0, 0, 0)), ("car", 1, (200, 40, 40)), ("tree", 2, (40, 200, 40))]
+    assert named.ignore_values == (11,)
+    with pytest.raises(DataError, match=r"--names: 2 given for 4 classes; the classes are 0 \(class_0\)"):
+        with_classes(spec, names=["a", "b"])
+    assert parse_value("1, 2,3") == (1, 2, 3)
+    with pytest.raises(DataError, match="--ignore 'void': expected a mask value"):
+        parse_value("void", "--ignore")
+    with pytest.raises(DataError, match="expected a colour #rrggbb"):
+        parse_color("red")
+
+
+def test_json_without_layout_or_splits_still_loads(drive_l):
+    spec = detect_spec(drive_l)
+    data = json.loads(save_spec(spec, drive_l / "unetkit-dataset.json").read_text())
+    assert "layout" not in data and "splits" not in data  # old-style specs are written as before
+    data["splits"] = {"holdout": ["21"]}
+    (drive_l / "unetkit-dataset.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match="dataset split 'holdout'; expected one of train, val, test"):
+        load_spec(drive_l)
