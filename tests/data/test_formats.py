@@ -15,6 +15,7 @@ from unetkit.data.spec import detect_spec, load_spec, save_spec
 from unetkit.data.validate import validate
 from unetkit.errors import DataError
 
+
 def test_release_list_files_find_the_files_by_the_tail_of_the_releases_paths(tmp_path):
     root = lf.release(tmp_path / "camvid")
     spec = detect_spec(root)
