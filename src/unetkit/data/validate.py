@@ -174,12 +174,12 @@ def _check_sample(spec: DatasetSpec, s: Sample, root: Path, max_pixels: int) -> 
         if not path.is_file():
             add(
                 _rel(path, root),
-                f"missing image for mask {mask_rel}; check the images pattern {spec.images or 'in the manifest'}",
+                f"missing image for mask {mask_rel}; check the images pattern {spec.images or _listed(spec)}",
             )
     if not s.mask.is_file():
         add(
             mask_rel,
-            f"missing mask for image {image_rel}; check the masks pattern {spec.masks or 'in the manifest'}",
+            f"missing mask for image {image_rel}; check the masks pattern {spec.masks or _listed(spec)}",
         )
     if s.roi is not None and not s.roi.is_file():
         add(
@@ -225,6 +225,10 @@ def _read(reader, path, rel: str, max_pixels: int, add) -> np.ndarray | None:
     except DataError as e:
         add(rel, str(e).removeprefix(f"{path[0] if isinstance(path, tuple) else path}: "))
         return None
+
+
+def _listed(spec: DatasetSpec) -> str:
+    return f"of the {spec.layout} layout" if spec.layout else "in the manifest"
 
 
 def _rel(path: Path, root: Path) -> str:
