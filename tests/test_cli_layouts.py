@@ -40,7 +40,7 @@ def test_layout_goes_from_init_dataset_to_evaluate_on_its_test_split(layout, tmp
     assert shown in printed and "splits: train" in printed and "test 2" in printed
     assert "class 1: car" in printed and "class 2: tree" in printed
     folder = data if data.is_dir() else data.parent  # a manifest's description is written beside it
-    cli("validate", folder)
+    assert "splits: train" in cli("validate", folder)
     run = tmp_path / "run"
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))

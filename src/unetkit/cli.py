@@ -175,6 +175,8 @@ def validate(
     from unetkit.data.validate import validate as run_validate
 
     spec = load_spec(data)
+    if spec.layout or spec.splits:  # say how a published layout was read
+        typer.echo(f"{spec.source}; {spec.describe_splits()}")
     report = run_validate(spec, pair_samples(spec))
     typer.echo(report.summary())
     if not report.ok:

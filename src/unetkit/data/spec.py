@@ -88,17 +88,23 @@ class DatasetSpec:
         """The data set's own splits: {"train": keys, "val": keys, "test": keys} (those it has)."""
         return dict(self.splits)
 
+    @property
+    def source(self) -> str:
+        """Where the samples come from, one line (the templates: two)."""
+        if self.layout:
+            return f"layout {self.layout} ({LAYOUTS[self.layout]})"
+        if self.manifest:
+            return f"manifest {self.manifest}"
+        return f"images {self.images}\n  masks  {self.masks}"
+
+    def describe_splits(self) -> str:
+        return "splits: " + (", ".join(f"{name} {len(keys)}" for name, keys in self.splits) or "none")
+
     def describe(self) -> str:
         """A few printable lines (for `unetkit init-dataset`)."""
-        if self.layout:
-            where = f"layout {self.layout} ({LAYOUTS[self.layout]})"
-        elif self.manifest:
-            where = f"manifest {self.manifest}"
-        else:
-            where = f"images {self.images}\n  masks  {self.masks}"
-        lines = [f"data set at {self.root}", f"  {where}"]
+        lines = [f"data set at {self.root}", f"  {self.source}"]
         if self.splits:
-            lines.append("  splits: " + ", ".join(f"{name} {len(keys)}" for name, keys in self.splits))
+            lines.append(f"  {self.describe_splits()}")
         if self.roi:
             lines.append(f"  roi    {self.roi} (pixels outside are ignored)")
         lines += [f"  class {i}: {c.name} = {_fmt(c.value)}" for i, c in enumerate(self.classes)]
