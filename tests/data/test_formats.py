@@ -162,3 +162,9 @@ def test_files_are_found_relative_to_the_list_file(tmp_path: Path):
     (tmp_path / "train.txt").write_text("train/0001TP_0000.png trainannot/0001TP_0000.png\n")
     spec = detect_spec(tmp_path)
     assert spec.layout == "lists" and spec.split_map == {"train": ("0001TP_0000",)}
+
+
+def test_a_txt_file_that_is_no_list_leaves_the_folders_layout(tmp_path):
+    root = lf.release(tmp_path / "camvid", lists=False)
+    (root / "test.txt").write_text("notes about the test images\n")
+    assert detect_spec(root).layout == "folders"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,6 @@ class Found:
     rows: list[ManifestRow]
     classes: list[NamedClass] | None = None
     ignore: tuple = ()
-    notes: list[str] = field(default_factory=list)
 
 
 def detect_layout(root: Path) -> Found | None:
@@ -83,6 +82,18 @@ def _list_files(root: Path) -> list[Path]:
     return [root / f"{n}.txt" for n in LIST_NAMES if (root / f"{n}.txt").is_file()]
 
 
+def _looks_like_lists(root: Path) -> bool:
+    """A `train.txt` (or val/test) whose first line is two paths; any other text file is no list file."""
+    for path in _list_files(root):
+        try:
+            first = next((ln for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()), "")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if len(first.split()) == 2:
+            return True
+    return False
+
+
 def _lists(root: Path) -> Found:
     rows: list[ManifestRow] = []
     for list_file in _list_files(root):
@@ -93,7 +104,7 @@ def _lists(root: Path) -> Found:
                 raise DataError(f"{list_file}:{lineno}: expected `image label` (two paths), got {line!r}")
             image, mask = (_find(root, list_file, lineno, p) for p in parts)
             rows.append(ManifestRow("", image, mask, None, split))
-    return Found("lists", _keyed(rows, root), notes=[f"list files {', '.join(p.name for p in _list_files(root))}"])
+    return Found("lists", _keyed(rows, root))
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
@@ -141,9 +152,7 @@ def _folders(root: Path) -> Found:
             image = image_keys.get(key) or image_dir / image_t.replace("{key}", key)
             mask = mask_keys.get(key) or mask_dir / mask_t.replace("{key}", key)
             rows.append(ManifestRow(key, image, mask, None, split))
-    rows = _unique_keys(rows, root)
-    notes = [f"folders {', '.join(f'{i.name}/ + {m.name}/' for i, m in _sibling_pairs(root))}"]
-    return Found("folders", rows, notes=notes)
+    return Found("folders", _unique_keys(rows, root))
 
 
 def _keys_of(folder: Path, template: str) -> dict[str, Path]:
@@ -222,10 +231,10 @@ def _voc(root: Path, check_classes: bool = True) -> Found:
         raise DataError(f"{mask_dir}: no mask files; expected one PNG per labelled image")
     labelmap = root / "labelmap.txt"
     if not labelmap.is_file() or not check_classes:
-        return Found("voc", rows, notes=["Pascal VOC (no labelmap.txt: classes from the masks)"])
+        return Found("voc", rows)  # no labelmap.txt: the classes come from the masks
     named = read_labelmap(labelmap)
     classes, ignore = _voc_classes(named, [r.mask for r in rows], labelmap)
-    return Found("voc", rows, classes, ignore, notes=[f"Pascal VOC / CVAT, {len(named)} classes from labelmap.txt"])
+    return Found("voc", rows, classes, ignore)
 
 
 def _voc_classes(
@@ -281,10 +290,7 @@ def _nnunet(root: Path) -> Found:
     rows = _nnunet_cases(root, "imagesTr", "labelsTr", "train", names, ending)
     if (root / "imagesTs").is_dir() and (root / "labelsTs").is_dir():
         rows += _nnunet_cases(root, "imagesTs", "labelsTs", "test", names, ending)
-    notes = [f"nnU-Net raw, channels {', '.join(names)}, files *{ending}"]
-    if (root / "imagesTs").is_dir() and not (root / "labelsTs").is_dir():
-        notes.append("imagesTs/ has no labelsTs/: not used for scoring")
-    return Found("nnunet", rows, classes, ignore, notes)
+    return Found("nnunet", rows, classes, ignore)  # imagesTs/ without labelsTs/ cannot be scored: left out
 
 
 def _nnunet_labels(path: Path, labels: object) -> tuple[list[NamedClass], tuple]:
@@ -328,6 +334,6 @@ def _nnunet_cases(root: Path, images: str, labels: str, split: str, channels: li
 _LOOKS_LIKE: dict[str, Callable[[Path], bool]] = {
     "nnunet": lambda root: (root / "dataset.json").is_file() and (root / "imagesTr").is_dir(),
     "voc": lambda root: (root / "SegmentationClass").is_dir(),
-    "lists": lambda root: bool(_list_files(root)),
+    "lists": _looks_like_lists,
     "folders": lambda root: bool(_sibling_pairs(root)),
 }
