@@ -160,6 +160,17 @@ def _keys(text: str | None) -> list[str] | None:
     return [k.strip() for k in text.split(",") if k.strip()] if text else None
 
 
+def _split_keys(splits: dict[str, tuple[str, ...]], name: str, data: str, keys: list[str] | None) -> list[str]:
+    """The keys of the data set's split `name` (and of --keys, when both are given)."""
+    if name not in splits:
+        have = ", ".join(f"{n} ({len(k)})" for n, k in splits.items()) or "none"
+        raise UnetkitError(f"--split {name}: {data} has no {name} split; its splits: {have}")
+    chosen = [k for k in splits[name] if not keys or k in keys]
+    if not chosen:
+        raise UnetkitError(f"--split {name} and --keys share no sample")
+    return chosen
+
+
 def _tile_settings(tile: int | None, overlap: float | None, tta: bool | None = None) -> dict[str, Any]:
     """The TileConfig fields the user set (see `unetkit.config.TileChoice`); the model decides the rest."""
     settings = {"tile_size": (tile, tile) if tile else None, "overlap": overlap, "tta": tta}
@@ -180,22 +191,34 @@ def _echo_json(data: object, path: Path | None) -> None:
 
 @app.command("init-dataset")
 def init_dataset(
-    data: Annotated[Path, typer.Argument(help="Data folder (images + masks, e.g. DRIVE's training/).")],
-    out: Annotated[Path | None, typer.Option(help="Where to write the description (default DATA/unetkit-dataset.json).")] = None,
+    data: Annotated[Path, typer.Argument(help="Data folder (images + masks, DRIVE's training/, CamVid's release with "
+                                         "train.txt, Pascal VOC/CVAT, nnU-Net raw) or a manifest CSV/JSON.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write the description (default DATA/unetkit-dataset.json, "
+                                             "or beside a manifest).")] = None,
+    names: Annotated[str | None, typer.Option(help="Class names in index order, comma-separated (after --ignore).")] = None,
+    ignore: Annotated[list[str] | None, typer.Option(help="A mask value (or r,g,b colour) to ignore, e.g. a void "
+                                                     "label; repeat for several.")] = None,
+    colors: Annotated[str | None, typer.Option(help="Display colours in class order: #rrggbb,#rrggbb,...")] = None,
 ) -> None:
-    """Inspect a data folder, detect its layout and classes, write a dataset description JSON."""
+    """Inspect a data folder or manifest, detect its layout, splits and classes, write a dataset description JSON."""
     from unetkit.data.fingerprint import fingerprint
     from unetkit.data.pairing import pair_samples
-    from unetkit.data.spec import detect_spec, save_spec
+    from unetkit.data.spec import SPEC_FILENAME, load_spec, parse_color, parse_value, save_spec, with_classes
     from unetkit.data.summary import dataset_summary, format_fingerprint
 
-    spec = detect_spec(data)
+    spec = load_spec(data)
+    spec = with_classes(
+        spec,
+        names=[n.strip() for n in names.split(",")] if names else None,
+        ignore=[parse_value(v, "--ignore") for v in ignore or ()],
+        colors=[parse_color(c, "--colors") for c in colors.split(",")] if colors else None,
+    )
     samples = pair_samples(spec)
     typer.echo(dataset_summary(spec, samples))
     complete = [s for s in samples if s.complete]
     if complete:
         typer.echo(format_fingerprint(fingerprint(spec, complete)))
-    target = out or Path(data) / "unetkit-dataset.json"
+    target = out or (data if data.is_dir() else data.parent) / SPEC_FILENAME
     save_spec(spec, target)
     typer.echo(f"wrote {target} (edit class names, colours or patterns there)")
 
@@ -210,6 +233,8 @@ def validate(
     from unetkit.data.validate import validate as run_validate
 
     spec = load_spec(data)
+    if spec.layout or spec.splits:  # say how a published layout was read
+        typer.echo(f"{spec.source}; {spec.describe_splits()}")
     report = run_validate(spec, pair_samples(spec))
     typer.echo(report.summary())
     if not report.ok:
@@ -372,6 +397,8 @@ def evaluate(
     distances: Annotated[bool, typer.Option(help="Boundary IoU, HD95, ASSD (slower).")] = True,
     topology: Annotated[bool, typer.Option(help="clDice and adapted Rand error (slower).")] = True,
     backend: BackendOpt = "auto",
+    split: Annotated[str | None, typer.Option(help="Only the data set's own split: train, val or test (folders, "
+                                              "list files, a manifest's split column, dataset.json, VOC ImageSets).")] = None,
 ) -> None:
     """Every metric on labelled data (ROI honoured): IoU, Dice, precision, recall, boundary, distance,
     topology, AUC/AP, calibration; micro and macro; optionally an HTML report. An exported .onnx
@@ -383,8 +410,13 @@ def evaluate(
 
     tile_settings = _tile_settings(tile, overlap, tta)
     collector = WorstImages(worst) if report else None
+    chosen = _keys(keys)
+    if split:
+        from unetkit.data.spec import load_spec
+
+        chosen = _split_keys(load_spec(data).split_map, split, data, chosen)
     loaded = load_model(model)
-    result = evaluate_model(loaded, data, tile_settings, keys=_keys(keys), backend=backend,
+    result = evaluate_model(loaded, data, tile_settings, keys=chosen, backend=backend,
                             distances=distances, topology=topology, on_image=collector)
     typer.echo(format_table(result))
     _echo_json(result, json_out)

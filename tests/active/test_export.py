@@ -167,3 +167,25 @@ def test_recursive_names_are_flattened(designed, images, tmp_path):
     export_top(ranking, 5, tmp_path / "flat", scorer)
     assert (tmp_path / "flat" / "masks" / "sub__deep.png").exists()
     assert (tmp_path / "flat" / "images" / "sub__deep.png").exists()
+
+
+def test_a_labelled_cvat_export_reads_back_as_a_data_set(exported, images, tmp_path):
+    """The annotators' CVAT "Segmentation mask 1.1" export (the zip plus the images) trains as it is."""
+    from unetkit.data.dataset import load_samples
+    from unetkit.data.pairing import pair_samples
+    from unetkit.data.spec import detect_spec
+
+    _, out, _ = exported
+    back = tmp_path / "labelled"
+    with zipfile.ZipFile(out / "cvat-segmentation-mask.zip") as z:
+        z.extractall(back)
+    (back / "JPEGImages").mkdir()
+    for image in (out / "images").iterdir():
+        (back / "JPEGImages" / image.name).write_bytes(image.read_bytes())
+    spec = detect_spec(back)
+    assert spec.layout == "voc"
+    assert [(c.name, c.value, c.color) for c in spec.classes] == [("background", 0, COLORS[0]), ("object", 1, COLORS[1])]
+    loaded = load_samples(pair_samples(spec), spec, progress=False)
+    assert [s.key for s in loaded] == ["ambiguous", "faint"]
+    for s in loaded:
+        assert s.labels.tolist() == expected_labels(images / f"{s.key}.png").tolist()

@@ -24,7 +24,7 @@ def test_detects_images_masks_layout_with_palette_classes(shapes: Path) -> None:
     spec = detect_spec(shapes)
     assert (spec.images, spec.masks, spec.roi) == ("images/{key}.png", "masks/{key}.png", "")
     assert [c.value for c in spec.classes] == [0, 1, 2, 3]
-    assert spec.classes[0].name == "background"
+    assert spec.classes[0].name == "class_0"  # named by value: only the data (or --names) say "background"
     assert [c.color for c in spec.classes] == [tuple(int(x) for x in c) for c in SYNTHETIC_PALETTE]
 
 
@@ -33,8 +33,8 @@ def test_detects_drive_as_published(drive: Path) -> None:
     assert spec.images == "images/{key}_training.tif"
     assert spec.masks == "1st_manual/{key}_manual1.gif"
     assert spec.roi == "mask/{key}_training_mask.gif"  # "mask" next to "manual" is the field of view
-    assert [c.name for c in spec.classes] == ["background", "foreground"]
     assert [c.value for c in spec.classes] in ([0, 255], [0, 1])  # gray GIF or palette GIF
+    assert [c.name for c in spec.classes] == [f"class_{c.value}" for c in spec.classes]
 
 
 def test_root_with_training_and_test_picks_training(drive_l: Path) -> None:
@@ -55,7 +55,7 @@ def test_isbi_layout_and_label_folder_names(tmp_path: Path) -> None:
 def test_gray_masks_with_few_values_and_a_void_value(tmp_path: Path) -> None:
     mask = np.array([[0, 1, 2, 255]], np.uint8)
     spec = detect_spec(_pairs(tmp_path, {"a": mask}))
-    assert [(c.name, c.value) for c in spec.classes] == [("background", 0), ("class_1", 1), ("class_2", 2)]
+    assert [(c.name, c.value) for c in spec.classes] == [("class_0", 0), ("class_1", 1), ("class_2", 2)]
     assert spec.ignore_values == (255,)
 
 
@@ -143,7 +143,7 @@ def test_save_and_load_round_trip_relative_to_the_json(drive_l: Path) -> None:
     data = json.loads(path.read_text())
     data["classes"][1]["name"] = "vessel"
     path.write_text(json.dumps(data))
-    assert load_spec(drive_l).class_names == ["background", "vessel"]
+    assert load_spec(drive_l).class_names == ["class_0", "vessel"]
 
 
 @pytest.mark.parametrize(
@@ -200,3 +200,32 @@ def test_a_spec_saved_outside_its_data_keeps_an_absolute_root(drive_l: Path, tmp
     path = save_spec(spec, tmp_path / "elsewhere" / "d.json")
     assert json.loads(path.read_text())["root"] == str(drive_l)
     assert load_spec(path) == spec
+
+
+def test_with_classes_ignores_renames_and_recolours(tmp_path):
+    from tests import layout_fixtures as lf
+    from unetkit.data.spec import parse_color, parse_value, with_classes
+
+    spec = detect_spec(lf.release(tmp_path / "camvid"))
+    named = with_classes(spec, names=["road", "car", "tree"], ignore=[parse_value("11")],
+                         colors=[parse_color(c) for c in ("#000000", "#c82828", "#28c828")])
+    assert [(c.name, c.value, c.color) for c in named.classes] == [
+        ("road", 0, (0, 0, 0)), ("car", 1, (200, 40, 40)), ("tree", 2, (40, 200, 40))]
+    assert named.ignore_values == (11,)
+    with pytest.raises(DataError, match=r"--names: 2 given for 4 classes; the classes are 0 \(class_0\)"):
+        with_classes(spec, names=["a", "b"])
+    assert parse_value("1, 2,3") == (1, 2, 3)
+    with pytest.raises(DataError, match="--ignore 'void': expected a mask value"):
+        parse_value("void", "--ignore")
+    with pytest.raises(DataError, match="expected a colour #rrggbb"):
+        parse_color("red")
+
+
+def test_json_without_layout_or_splits_still_loads(drive_l):
+    spec = detect_spec(drive_l)
+    data = json.loads(save_spec(spec, drive_l / "unetkit-dataset.json").read_text())
+    assert "layout" not in data and "splits" not in data  # old-style specs are written as before
+    data["splits"] = {"holdout": ["21"]}
+    (drive_l / "unetkit-dataset.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match="dataset split 'holdout'; expected one of train, val, test"):
+        load_spec(drive_l)

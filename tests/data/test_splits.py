@@ -37,3 +37,16 @@ def test_spread_keeps_the_ends_and_spaces_the_rest_evenly() -> None:
     assert spread(range(3), 5) == [0, 1, 2]
     assert spread(range(10), 4) == [0, 3, 6, 9]
     assert spread(list("abcde"), 1) == ["a"] and spread([], 3) == []
+
+
+def test_the_data_sets_own_splits_come_first_and_test_never_trains() -> None:
+    given = {"train": ("00", "01", "02"), "val": ("03",), "test": ("04", "05")}
+    train, val = split(_samples(6), DataConfig(), given)
+    assert [s.key for s in train] == ["00", "01", "02"] and [s.key for s in val] == ["03"]
+    train, val = split(_samples(6), DataConfig(val_keys=("00",)), given)  # --val-keys: a manual choice
+    assert [s.key for s in val] == ["00"] and [s.key for s in train] == ["01", "02", "03"]
+    only_test = {"test": ("04", "05")}  # no val split: a fraction of the rest
+    train, val = split(_samples(6), DataConfig(val_fraction=0.25), only_test)
+    assert len(val) == 1 and {s.key for s in train + val} == {"00", "01", "02", "03"}
+    with pytest.raises(DataError, match=r"data\.val_keys: keys of the test split \['04'\]"):
+        split(_samples(6), DataConfig(val_keys=("04",)), given)

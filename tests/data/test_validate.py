@@ -57,7 +57,7 @@ def test_every_bad_file_is_reported_at_once(drive_l: Path) -> None:
     )
     assert messages[1].startswith("training/images/22_training.tif: unreadable or corrupt image")
     assert messages[2].startswith(
-        "training/1st_manual/23_manual1.gif: unexpected mask values 7; expected 0 (background)"
+        "training/1st_manual/23_manual1.gif: unexpected mask values 7; expected 0 (class_0)"
     )
     assert messages[3] == (
         "training/mask/24_training_mask.gif: ROI size 5x5 does not match image training/images/24_training.tif "
@@ -97,7 +97,7 @@ def test_empty_data_set_and_single_class(tmp_path: Path, shapes: Path) -> None:
         report.usable(skip_bad=True)
     write_png(tmp_path / "one" / "images" / "a.png", np.zeros((4, 4), np.uint8))
     write_png(tmp_path / "one" / "masks" / "a.png", np.zeros((4, 4), np.uint8))
-    assert "only one class (background); segmentation needs two" in _messages(_report(tmp_path / "one"))[0]
+    assert "only one class (class_0); segmentation needs two" in _messages(_report(tmp_path / "one"))[0]
 
 
 def test_class_never_present_is_a_warning(shapes: Path) -> None:

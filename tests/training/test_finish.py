@@ -59,7 +59,7 @@ def test_fit_stores_a_drift_baseline_and_a_validation_sample(tiny_config, capsys
     assert outputs_mismatch(baseline, art.meta) is None  # measured with exactly the saved weights
     assert baseline.outputs_of["weights_sha256"] == art.meta.weights_sha256 and baseline.seconds > 0
     names = {r.name for r in baseline.features}
-    assert {"sharpness", "intensity.c2", "fraction.background", "components.class_3", "entropy"} <= names
+    assert {"sharpness", "intensity.c2", "fraction.class_0", "components.class_3", "entropy"} <= names
     held_out = [s.image for s in data.val] + [s.image for s in data.train]
     measured = [baseline.measure(im, p, lab) for im, (p, lab) in zip(held_out, predict_outputs(art, held_out), strict=True)]
     report = compare(baseline, measured)

@@ -25,7 +25,7 @@ def test_fit_writes_artifact_checkpoints_and_log(tiny_config, capsys) -> None:
     art = load_artifact(path)
     meta = art.meta
     assert path == Path(cfg.out_dir) / "model.unetkit"
-    assert len(meta.class_names) == 4 and meta.class_names[0] == "background"
+    assert len(meta.class_names) == 4 and meta.class_names[0] == "class_0"
     assert meta.model.in_channels == 3 and meta.model.out_channels == 4  # resolved from the data
     assert len(meta.mean) == 3 and all(s > 0 for s in meta.std)
     assert meta.patch_size == (32, 32)

@@ -29,7 +29,7 @@ def content_hash(samples: Sequence[Sample]) -> str:
     """sha256 over the sorted (key, image hash, mask hash, roi hash) of every sample."""
     digest = hashlib.sha256()
     for s in sorted(samples, key=lambda s: s.key):
-        files = [s.image, s.mask] + ([s.roi] if s.roi is not None else [])
+        files = [*s.image_files, s.mask] + ([s.roi] if s.roi is not None else [])
         digest.update("\t".join([s.key, *(file_sha256(p) for p in files)]).encode() + b"\n")
     return digest.hexdigest()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,18 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     if array.dtype == bool:
         array = array.astype(np.uint8)
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def read_image_stack(paths: Sequence[str | Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Images of one sample stored one file per channel (nnU-Net's `_0000`, `_0001`), stacked `(C, H, W)`."""
+    arrays = [read_image(p, max_pixels) for p in paths]
+    for p, a in zip(paths[1:], arrays[1:], strict=True):
+        if a.shape[1:] != arrays[0].shape[1:]:
+            raise DataError(
+                f"{p}: size {a.shape[2]}x{a.shape[1]} does not match {Path(paths[0]).name} "
+                f"({arrays[0].shape[2]}x{arrays[0].shape[1]}); expected every channel file the same size"
+            )
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

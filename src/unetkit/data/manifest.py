@@ -1,13 +1,17 @@
 """Manifests: an explicit list of (image, mask, roi) files, as CSV or JSON.
 
-CSV: a header with `image`, `mask` and optionally `roi` and `key` columns. JSON: a list of objects
-with the same keys, or `{"samples": [...]}`. Relative paths are relative to the manifest's folder.
-Without a `key`, the key is the image file's stem (its path without suffix when stems repeat).
+CSV: a header with `image`, `mask` and optionally `roi`, `key` and `split` columns. JSON: a list of
+objects with the same keys, or `{"samples": [...]}`. Relative paths are relative to the manifest's
+folder. Without a `key`, the key is the image file's stem (its path without suffix when stems repeat).
+`split` is `train`, `val` or `test` (`training`, `validation`, `testing` too), or empty.
+
+`ManifestRow` is also what the readers of published layouts (`unetkit.data.formats`) produce.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -15,7 +19,10 @@ from pathlib import Path
 
 from unetkit.errors import DataError
 
-COLUMNS = ("image", "mask", "roi", "key")
+COLUMNS = ("image", "mask", "roi", "key", "split")
+SPLITS = ("train", "val", "test")
+_SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                "test": "test", "testing": "test", "": ""}
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,8 @@ class ManifestRow:
     image: Path
     mask: Path
     roi: Path | None
+    split: str = ""  # train, val, test or "" (not assigned)
+    channels: tuple[Path, ...] = ()  # further image files stacked as channels after `image`
 
 
 def read_manifest(path: str | Path) -> list[ManifestRow]:
@@ -34,7 +43,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     rows = [_row(path, i, record) for i, record in enumerate(records)]
     stems = Counter(r.image.stem for r in rows)
     rows = [
-        r if r.key else ManifestRow(_default_key(path, r.image, stems), r.image, r.mask, r.roi) for r in rows
+        r if r.key else dataclasses.replace(r, key=_default_key(path, r.image, stems)) for r in rows
     ]
     repeated = [k for k, n in Counter(r.key for r in rows).items() if n > 1]
     if repeated:
@@ -57,8 +66,13 @@ def _csv_records(path: Path) -> list[dict]:
             )
     unknown = [c for c in header if c not in COLUMNS]
     if unknown:
-        raise DataError(f"{path}: unknown column '{unknown[0]}'; expected image, mask, roi, key")
+        raise DataError(f"{path}: unknown column '{unknown[0]}'; expected image, mask, roi, key, split")
     return records
+
+
+def split_name(name: str) -> str | None:
+    """`train`/`val`/`test` for a split's name in a file or folder name (`validation` -> `val`), else None."""
+    return _SPLIT_NAMES.get(name.lower()) or None
 
 
 def read_json(path: Path, what: str = "the file") -> object:
@@ -84,7 +98,7 @@ def _row(path: Path, index: int, record: dict) -> ManifestRow:
     where = f"{path}: row {index + 1}"
     unknown = [k for k in record if k not in COLUMNS]
     if unknown:
-        raise DataError(f"{where}: unknown key '{unknown[0]}'; expected image, mask, roi, key")
+        raise DataError(f"{where}: unknown key '{unknown[0]}'; expected image, mask, roi, key, split")
     values = {}
     for key in COLUMNS:
         value = record.get(key) or ""
@@ -94,8 +108,11 @@ def _row(path: Path, index: int, record: dict) -> ManifestRow:
     for key in ("image", "mask"):
         if not values[key]:
             raise DataError(f"{where}: {key} is empty; every row needs an image and a mask")
+    if values["split"].lower() not in _SPLIT_NAMES:
+        raise DataError(f"{where}: split {values['split']!r}; expected train, val, test or empty")
     base = path.parent
     return ManifestRow(
+        split=_SPLIT_NAMES[values["split"].lower()],
         key=values["key"],
         image=base / values["image"],
         mask=base / values["mask"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from unetkit.data.formats import read_layout
 from unetkit.data.layout import glob_template, template_path
 from unetkit.data.manifest import read_manifest
 from unetkit.data.spec import DatasetSpec
@@ -20,17 +21,28 @@ class Sample:
     image: Path
     mask: Path
     roi: Path | None = None
+    channels: tuple[Path, ...] = ()  # further image files stacked as channels after `image` (nnU-Net)
+
+    @property
+    def image_files(self) -> tuple[Path, ...]:
+        return (self.image, *self.channels)
 
     @property
     def complete(self) -> bool:
-        return self.image.is_file() and self.mask.is_file() and (self.roi is None or self.roi.is_file())
+        return (
+            all(p.is_file() for p in self.image_files)
+            and self.mask.is_file()
+            and (self.roi is None or self.roi.is_file())
+        )
 
 
 def pair_samples(spec: DatasetSpec) -> list[Sample]:
     """All samples of the data set, sorted by key (numeric keys in numeric order)."""
-    if spec.manifest:
-        rows = read_manifest(spec.manifest)
-        return sorted((Sample(r.key, r.image, r.mask, r.roi) for r in rows), key=lambda s: _order(s.key))
+    if spec.manifest or spec.layout:
+        rows = read_layout(spec.layout, spec.root, classes=False).rows if spec.layout else read_manifest(spec.manifest)
+        return sorted(
+            (Sample(r.key, r.image, r.mask, r.roi, r.channels) for r in rows), key=lambda s: _order(s.key)
+        )
     root = Path(spec.root)
     images = glob_template(root, spec.images)
     masks = glob_template(root, spec.masks)
@@ -45,7 +57,7 @@ def pair_samples(spec: DatasetSpec) -> list[Sample]:
 
 def ambiguous_files(spec: DatasetSpec) -> dict[str, list[Path]]:
     """Keys matching several files (only possible with `.*` templates): key -> files."""
-    if spec.manifest:
+    if spec.manifest or spec.layout:
         return {}
     root = Path(spec.root)
     found: dict[str, list[Path]] = {}

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from unetkit.data.formats import LAYOUTS, Found, detect_layout
 from unetkit.data.io import read_mask, read_palette, write_text_atomic
 from unetkit.data.layout import KEY, image_files, match_folders
-from unetkit.data.manifest import read_json, read_manifest
+from unetkit.data.manifest import SPLITS, ManifestRow, read_json, read_manifest
 from unetkit.errors import DataError
 
 IGNORE_INDEX = 255
@@ -51,9 +52,16 @@ class DatasetSpec:
     classes: tuple[ClassInfo, ...] = ()
     ignore_values: tuple[Value, ...] = ()
     manifest: str = ""  # a CSV/JSON list of files instead of templates
+    layout: str = ""  # a published layout read as it is (`unetkit.data.formats`) instead of templates
+    splits: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the data set's own (train|val|test, keys)
 
     def __post_init__(self) -> None:
-        if not self.manifest:
+        if self.layout and self.layout not in LAYOUTS:
+            raise DataError(f"dataset layout {self.layout!r}; expected one of {', '.join(LAYOUTS)}")
+        for name, _ in self.splits:
+            if name not in SPLITS:
+                raise DataError(f"dataset split {name!r}; expected one of {', '.join(SPLITS)}")
+        if not self.manifest and not self.layout:
             for name in ("images", "masks") + (("roi",) if self.roi else ()):
                 if KEY not in getattr(self, name):
                     raise DataError(
@@ -75,12 +83,28 @@ class DatasetSpec:
     def class_names(self) -> list[str]:
         return [c.name for c in self.classes]
 
+    @property
+    def split_map(self) -> dict[str, tuple[str, ...]]:
+        """The data set's own splits: {"train": keys, "val": keys, "test": keys} (those it has)."""
+        return dict(self.splits)
+
+    @property
+    def source(self) -> str:
+        """Where the samples come from, one line (the templates: two)."""
+        if self.layout:
+            return f"layout {self.layout} ({LAYOUTS[self.layout]})"
+        if self.manifest:
+            return f"manifest {self.manifest}"
+        return f"images {self.images}\n  masks  {self.masks}"
+
+    def describe_splits(self) -> str:
+        return "splits: " + (", ".join(f"{name} {len(keys)}" for name, keys in self.splits) or "none")
+
     def describe(self) -> str:
         """A few printable lines (for `unetkit init-dataset`)."""
-        where = (
-            f"manifest {self.manifest}" if self.manifest else f"images {self.images}\n  masks  {self.masks}"
-        )
-        lines = [f"data set at {self.root}", f"  {where}"]
+        lines = [f"data set at {self.root}", f"  {self.source}"]
+        if self.splits:
+            lines.append(f"  {self.describe_splits()}")
         if self.roi:
             lines.append(f"  roi    {self.roi} (pixels outside are ignored)")
         lines += [f"  class {i}: {c.name} = {_fmt(c.value)}" for i, c in enumerate(self.classes)]
@@ -151,6 +175,9 @@ def detect_spec(root: str | Path) -> DatasetSpec:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder; give a data folder, a dataset JSON or a manifest CSV")
+    found = detect_layout(root)
+    if found is not None:
+        return _layout_spec(root, found)
     base = _find_base(root)
     folders = [d for d in sorted(base.iterdir()) if d.is_dir() and image_files(d)]
     image_dir = next((d for name in _IMAGE_DIRS for d in folders if d.name.lower() == name), None)
@@ -194,6 +221,69 @@ def detect_spec(root: str | Path) -> DatasetSpec:
     )
 
 
+def _layout_spec(root: Path, found: Found) -> DatasetSpec:
+    if not found.rows:
+        raise DataError(f"{root}: {LAYOUTS[found.layout]}, but no image/mask pairs were found")
+    if found.classes:
+        classes = tuple(ClassInfo(n, v, c) for n, v, c in found.classes)
+        ignore = tuple(found.ignore)
+    else:
+        classes, ignore = detect_classes([r.mask for r in found.rows if r.mask.is_file()])
+    return DatasetSpec(
+        root=str(root), classes=classes, ignore_values=ignore, layout=found.layout, splits=splits_of(found.rows)
+    )
+
+
+def splits_of(rows: Sequence[ManifestRow]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(split, keys) for each split the rows name, in train, val, test order."""
+    return tuple(
+        (name, tuple(r.key for r in rows if r.split == name)) for name in SPLITS if any(r.split == name for r in rows)
+    )
+
+
+def with_classes(
+    spec: DatasetSpec,
+    names: Sequence[str] | None = None,
+    ignore: Sequence[Value] = (),
+    colors: Sequence[tuple[int, int, int]] | None = None,
+) -> DatasetSpec:
+    """`spec` with `ignore` values taken out of the classes (and ignored), then the remaining
+    classes renamed and recoloured in index order (`unetkit init-dataset --ignore --names --colors`)."""
+    classes = [c for c in spec.classes if c.value not in ignore]
+    extra = tuple(v for v in ignore if v not in spec.ignore_values)
+    for what, given in (("--names", names), ("--colors", colors)):
+        if given is not None and len(given) != len(classes):
+            listed = ", ".join(f"{_fmt(c.value)} ({c.name})" for c in classes)
+            raise DataError(f"{what}: {len(given)} given for {len(classes)} classes; the classes are {listed}")
+    if names is not None:
+        classes = [dataclasses.replace(c, name=n) for c, n in zip(classes, names, strict=True)]
+    if colors is not None:
+        classes = [dataclasses.replace(c, color=tuple(k)) for c, k in zip(classes, colors, strict=True)]
+    return dataclasses.replace(spec, classes=tuple(classes), ignore_values=spec.ignore_values + extra)
+
+
+def parse_value(text: str, what: str = "value") -> Value:
+    """A mask value as typed: `11` (gray/palette) or `r,g,b` (colour)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) == 1 and 0 <= numbers[0] <= 65535:
+        return numbers[0]
+    if len(numbers) == 3 and all(0 <= v <= 255 for v in numbers):
+        return (numbers[0], numbers[1], numbers[2])
+    raise DataError(f"{what} {text!r}: expected a mask value 0-65535 or a colour r,g,b")
+
+
+def parse_color(text: str, what: str = "colour") -> tuple[int, int, int]:
+    """A display colour as `#rrggbb`."""
+    t = text.strip().removeprefix("#")
+    if len(t) != 6 or any(ch not in "0123456789abcdefABCDEF" for ch in t):
+        raise DataError(f"{what} {text!r}: expected a colour #rrggbb")
+    return (int(t[0:2], 16), int(t[2:4], 16), int(t[4:6], 16))
+
+
 def _find_base(root: Path) -> Path:
     names = {d.name.lower(): d for d in root.iterdir() if d.is_dir()}
     if any(n in names for n in _IMAGE_DIRS):
@@ -229,10 +319,8 @@ def detect_classes(mask_paths: Sequence[Path]) -> tuple[tuple[ClassInfo, ...], t
                 "(is this an image, an instance map or a lossy JPEG?). List the classes in " + SPEC_FILENAME
             )
     ordered = sorted(values)
-    if 3 in kinds:
-        return tuple(
-            ClassInfo("background" if v == (0, 0, 0) else f"class_{i}", v, v) for i, v in enumerate(ordered)
-        ), ()
+    if 3 in kinds:  # names only from the data (`init-dataset --names`, labelmap.txt, dataset.json)
+        return tuple(ClassInfo(f"class_{i}", v, v) for i, v in enumerate(ordered)), ()
     ignore: tuple[Value, ...] = ()
     if len(ordered) >= 3 and ordered[-1] == 255 and ordered[-2] < 128:  # VOC style: 255 = boundary/void
         ignore, ordered = (255,), ordered[:-1]
@@ -240,11 +328,7 @@ def detect_classes(mask_paths: Sequence[Path]) -> tuple[tuple[ClassInfo, ...], t
     def color(v: int) -> tuple[int, int, int] | None:
         return tuple(int(x) for x in palette[v]) if palette is not None and v < len(palette) else None
 
-    if len(ordered) == 2 and ordered[0] == 0:
-        names = ["background", "foreground"]
-    else:
-        names = ["background" if v == 0 else f"class_{v}" for v in ordered]
-    return tuple(ClassInfo(n, v, color(v)) for n, v in zip(names, ordered, strict=True)), ignore
+    return tuple(ClassInfo(f"class_{v}", v, color(v)) for v in ordered), ignore
 
 
 def spec_for_classes(spec: DatasetSpec, data_spec: dict | None) -> DatasetSpec:
@@ -282,6 +366,10 @@ def save_spec(spec: DatasetSpec, path: str | Path) -> Path:
         "classes": [{"name": c.name, "value": c.value, "color": c.color} for c in spec.classes],
         "ignore_values": list(spec.ignore_values),
     }
+    if spec.layout:
+        data["layout"] = spec.layout
+    if spec.splits:
+        data["splits"] = {name: list(keys) for name, keys in spec.splits}
     return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
@@ -303,10 +391,13 @@ def load_spec(path: str | Path) -> DatasetSpec:
 def _manifest_spec(path: Path) -> DatasetSpec:
     rows = read_manifest(path)
     classes, ignore = detect_classes([r.mask for r in rows])
-    return DatasetSpec(root=str(path.parent), classes=classes, ignore_values=ignore, manifest=str(path))
+    return DatasetSpec(
+        root=str(path.parent), classes=classes, ignore_values=ignore, manifest=str(path), splits=splits_of(rows)
+    )
 
 
-_FIELDS = {"format", "version", "root", "images", "masks", "roi", "manifest", "classes", "ignore_values"}
+_FIELDS = {"format", "version", "root", "images", "masks", "roi", "manifest", "classes", "ignore_values",
+           "layout", "splits"}
 
 
 def _spec_from_json(path: Path, data: dict) -> DatasetSpec:
@@ -315,7 +406,13 @@ def _spec_from_json(path: Path, data: dict) -> DatasetSpec:
         raise DataError(f"{path}: unknown key '{unknown[0]}'; expected one of {sorted(_FIELDS)}")
     if data.get("version") != 1:
         raise DataError(f"{path}: version: expected 1, got {data.get('version')!r}")
-    text = {k: _string(path, k, data.get(k, "")) for k in ("root", "images", "masks", "roi", "manifest")}
+    text = {k: _string(path, k, data.get(k, "")) for k in ("root", "images", "masks", "roi", "manifest", "layout")}
+    splits = data.get("splits", {})
+    ok = isinstance(splits, dict) and all(
+        isinstance(v, list) and all(isinstance(k, str) for k in v) for v in splits.values()
+    )
+    if not ok:
+        raise DataError(f"{path}: splits: expected {{\"train\": [keys], \"val\": [keys], \"test\": [keys]}}")
     classes = data.get("classes")
     if not isinstance(classes, list) or not classes:
         raise DataError(f"{path}: classes: expected a non-empty list of {{name, value, color}}")
@@ -337,6 +434,7 @@ def _spec_from_json(path: Path, data: dict) -> DatasetSpec:
         root=str(root),
         classes=tuple(infos),
         ignore_values=tuple(_mask_value(path, f"ignore_values[{i}]", v) for i, v in enumerate(ignore)),
+        splits=tuple((name, tuple(keys)) for name, keys in splits.items()),
         **text,
     )
 

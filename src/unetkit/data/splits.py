@@ -1,9 +1,13 @@
 """Deterministic subsets: the train/validation split (the same keys for the same data, config and
-seed) and `spread`, an evenly spread subset of bounded size."""
+seed) and `spread`, an evenly spread subset of bounded size.
+
+A data set's own splits (`DatasetSpec.splits`: folders, list files, a manifest column, dataset.json,
+VOC ImageSets) come first: its test samples never train or validate, its val samples validate.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -14,19 +18,29 @@ from unetkit.errors import DataError
 S = TypeVar("S")  # anything with a `.key`: Sample or LoadedSample
 
 
-def split(samples: Sequence[S], config: DataConfig) -> tuple[list[S], list[S]]:
-    """`config.val_keys` when given, else a seeded random `val_fraction` (at least one sample)."""
+def split(
+    samples: Sequence[S], config: DataConfig, given: Mapping[str, Sequence[str]] | None = None
+) -> tuple[list[S], list[S]]:
+    """(train, val): `config.val_keys` when given, else the data set's own `val` split (`given`),
+    else a seeded random `val_fraction` (at least one sample). `given["test"]` is left out of both."""
+    given = given or {}
+    test = set(given.get("test", ()))
     ordered = sorted(samples, key=lambda s: s.key)
-    keys = [s.key for s in ordered]
-    if len(set(keys)) != len(keys):
+    all_keys = [s.key for s in ordered]
+    if len(set(all_keys)) != len(all_keys):
         raise DataError("sample keys repeat; every sample needs its own key")
+    ordered = [s for s in ordered if s.key not in test]
+    keys = [s.key for s in ordered]
     if config.val_keys:
         unknown = sorted(set(config.val_keys) - set(keys))
         if unknown:
+            what = "keys of the test split" if set(unknown) <= test else "unknown keys"
             raise DataError(
-                f"data.val_keys: unknown keys {unknown[:10]}; the data set has keys {keys[:10]}..."
+                f"data.val_keys: {what} {unknown[:10]}; the data set has keys {keys[:10]}..."
             )
         val_set = set(config.val_keys)
+    elif given.get("val") and set(given["val"]) & set(keys):
+        val_set = set(given["val"])
     elif config.val_fraction <= 0:
         val_set = set()
     else:

@@ -15,7 +15,7 @@ def dataset_summary(spec: DatasetSpec, samples: Sequence[Sample], examples: int 
     complete = [s for s in samples if s.complete]
     lines = [spec.describe(), f"  {len(complete)} complete samples of {len(samples)} keys"]
     for s in complete[:examples]:
-        files = [s.image, s.mask] + ([s.roi] if s.roi is not None else [])
+        files = [*s.image_files, s.mask] + ([s.roi] if s.roi is not None else [])
         lines.append(f"  e.g. key {s.key}: " + " + ".join(_rel(p, root) for p in files))
     incomplete = len(samples) - len(complete)
     if incomplete:

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from unetkit.data.io import DEFAULT_MAX_PIXELS, file_sha256, read_image, read_mask
+from unetkit.data.io import DEFAULT_MAX_PIXELS, file_sha256, read_image_stack, read_mask
 from unetkit.data.pairing import Sample
 from unetkit.data.progress import track
 from unetkit.data.spec import DatasetSpec, decode_mask, roi_inside
@@ -170,15 +170,16 @@ def _check_sample(spec: DatasetSpec, s: Sample, root: Path, max_pixels: int) -> 
     def add(path: str, message: str, severity: Severity = "error") -> None:
         problems.append(Problem(path, message, severity, s.key))
 
-    if not s.image.is_file():
-        add(
-            image_rel,
-            f"missing image for mask {mask_rel}; check the images pattern {spec.images or 'in the manifest'}",
-        )
+    for path in s.image_files:
+        if not path.is_file():
+            add(
+                _rel(path, root),
+                f"missing image for mask {mask_rel}; check the images pattern {spec.images or _listed(spec)}",
+            )
     if not s.mask.is_file():
         add(
             mask_rel,
-            f"missing mask for image {image_rel}; check the masks pattern {spec.masks or 'in the manifest'}",
+            f"missing mask for image {image_rel}; check the masks pattern {spec.masks or _listed(spec)}",
         )
     if s.roi is not None and not s.roi.is_file():
         add(
@@ -187,7 +188,7 @@ def _check_sample(spec: DatasetSpec, s: Sample, root: Path, max_pixels: int) -> 
         )
     if problems:
         return _Checked(problems)
-    image = _read(read_image, s.image, image_rel, max_pixels, add)
+    image = _read(read_image_stack, s.image_files, image_rel, max_pixels, add)
     raw = _read(read_mask, s.mask, mask_rel, max_pixels, add)
     roi = _read(read_mask, s.roi, roi_rel, max_pixels, add) if s.roi is not None else None
     if image is None:
@@ -218,12 +219,16 @@ def _check_sample(spec: DatasetSpec, s: Sample, root: Path, max_pixels: int) -> 
     return _Checked(problems, image.shape[0], classes)
 
 
-def _read(reader, path: Path, rel: str, max_pixels: int, add) -> np.ndarray | None:
+def _read(reader, path, rel: str, max_pixels: int, add) -> np.ndarray | None:
     try:
         return reader(path, max_pixels)
     except DataError as e:
-        add(rel, str(e).removeprefix(f"{path}: "))
+        add(rel, str(e).removeprefix(f"{path[0] if isinstance(path, tuple) else path}: "))
         return None
+
+
+def _listed(spec: DatasetSpec) -> str:
+    return f"of the {spec.layout} layout" if spec.layout else "in the manifest"
 
 
 def _rel(path: Path, root: Path) -> str:

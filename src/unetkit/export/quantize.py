@@ -118,7 +118,8 @@ def split_keys(artifact: Artifact, data: str | Path) -> tuple[list[str], list[st
     if not recorded:
         raise ConfigError(f"{artifact.path}: the artifact records no training data split; pass --keys (calibration) and --val-keys")
     config = from_dict(DataConfig, recorded, "train_config.data")
-    train, val = split(pair_samples(spec_for_classes(load_spec(data), artifact.meta.data_spec)), config)
+    spec = spec_for_classes(load_spec(data), artifact.meta.data_spec)
+    train, val = split(pair_samples(spec), config, spec.split_map)
     return [s.key for s in train], [s.key for s in val]
 
 

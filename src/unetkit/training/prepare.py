@@ -83,7 +83,12 @@ def load_training_data(config: DataConfig, *, progress: bool = False,
     if len(samples) < 2:
         raise DataError(f"{config.data}: {len(samples)} usable image/mask pair(s); training needs at least 2 "
                         "(one for training, one for validation)")
-    train_samples, val_samples = split(samples, config)
+    train_samples, val_samples = split(samples, config, spec.split_map)  # the data set's own splits first
+    if log and spec.splits:
+        own = spec.split_map
+        log(f"splits: {len(train_samples)} train, {len(val_samples)} val"
+            + (" (the data set's val split)" if own.get("val") and not config.val_keys else "")
+            + (f"; {len(own['test'])} test samples kept out" if own.get("test") else ""))
     train = load_samples(train_samples, spec, progress=progress)
     val = load_samples(val_samples, spec, progress=progress)
     mean, std = channel_stats([s.image for s in train])  # the training images only
