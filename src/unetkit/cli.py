@@ -281,7 +281,8 @@ def train(
                                                    "the validation split at the end (default: on).")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder (checkpoints, log, model.unetkit).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
-    nproc: Annotated[int, typer.Option(help="Data-parallel processes on this node (torchrun, gloo on CPU).")] = 1,
+    nproc: Annotated[int | None, typer.Option(help="Data-parallel processes on this node (torchrun, gloo on CPU).  "
+                                              "[default: the --config file's, else 1]")] = None,
     skip_bad: Annotated[bool, typer.Option(help="Train on the good files when validation finds bad ones.")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     tensorboard: Annotated[bool, typer.Option(help="Also log to TensorBoard in the run folder.")] = False,
@@ -297,7 +298,7 @@ def train(
 
     flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
-                 tensorboard=tensorboard, progress=not quiet, postprocess=postprocess, calibrate=calibrate,
+                 tensorboard=tensorboard, progress=False if quiet else None, postprocess=postprocess, calibrate=calibrate,
                  ensemble=ensemble, precision=precision)
     cfg = build_train_config(data=data, config_file=config, **flags)
     if budget is not None and plan and not resume:
@@ -306,10 +307,10 @@ def train(
 
         cfg, made = plan_training(cfg, explicit_settings(config, flag_settings(data, **flags)), log=typer.echo)
         typer.echo(format_plan(made))
-    if nproc > 1:
+    if cfg.nproc > 1:
         from unetkit.training.distributed import launch
 
-        path = launch(cfg, nproc)
+        path = launch(cfg, cfg.nproc)
     else:
         from unetkit.training.fit import fit
 

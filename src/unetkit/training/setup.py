@@ -30,18 +30,22 @@ def flag_settings(
     val_fraction: float | None = None,
     out: str | None = None,
     resume: bool = False,
-    nproc: int = 1,
+    nproc: int | None = None,
     skip_bad: bool = False,
     seed: int | None = None,
     tensorboard: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     postprocess: str | None = None,
     calibrate: bool | None = None,
     ensemble: int | None = None,
     precision: str | None = None,
 ) -> dict[str, Any]:
     """The dotted TrainConfig keys the command-line flags set (a preset sets its model fields)."""
-    changes: dict[str, Any] = {"data.data": str(data), "nproc": nproc, "progress": progress}
+    changes: dict[str, Any] = {"data.data": str(data)}
+    if nproc is not None:  # not set: the config file's value (or TrainConfig's) holds
+        changes["nproc"] = nproc
+    if progress is not None:
+        changes["progress"] = progress
     if budget is not None:
         changes["budget_seconds"] = parse_duration(budget)
     if steps is not None:
