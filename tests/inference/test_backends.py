@@ -155,6 +155,12 @@ def test_predict_image_with_a_saved_artifact(tmp_path, monkeypatch, rng):
     image = rng.uniform(0, 255, (1, 40, 50)).astype(np.float32)
     probs = predict_image(artifact, image)  # auto backend, tile = the artifact's patch size
     assert probs.shape == (2, 40, 50)
-    assert (tmp_path / "cache" / "backends.json").read_text().count(artifact.meta.weights_sha256) == 1
+    cache = (tmp_path / "cache" / "backends.json").read_text()
+    assert cache.count(artifact.meta.weights_sha256) == 1
     expected = predict_tiled(TorchPredictor(artifact.pipeline_module()), image, TileConfig(tile_size=(32, 32)))
-    np.testing.assert_allclose(probs, expected, atol=1e-4)
+    (choice,) = [v for k, v in json.loads(cache).items() if artifact.meta.weights_sha256 in k]
+    if choice.get("precision", "fp32") == "fp32":
+        np.testing.assert_allclose(probs, expected, atol=1e-4)
+    else:  # a reduced precision auto chose behind the parity gate (bf16 where the CPU has it)
+        assert (probs.argmax(0) == expected.argmax(0)).mean() >= 0.995
+        np.testing.assert_allclose(probs, expected, atol=0.05)
