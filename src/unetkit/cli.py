@@ -43,7 +43,7 @@ from unetkit.config import (
     TunePostprocess,
 )
 from unetkit.errors import GateRefused, UnetkitError
-from unetkit.registry.commands import registry_app
+from unetkit.registry.commands import RequireSignatureOpt, TrustedKeysOpt, registry_app
 
 # Exit statuses: one meaning each, for scripts, CI and cron (docs/cli.md says the same).
 EXIT_OK = 0
@@ -133,11 +133,6 @@ EnsembleOpt = Annotated[int | None, typer.Option(
     "Default: planned with --budget (only once the largest model saturates), else 1.")]
 
 
-TrustedKeysOpt = Annotated[str | None, typer.Option(
-    "--trusted-keys", help="Folder of trusted Ed25519 public keys (*.pub) or one .pub file: a signed artifact must "
-    "be signed by one of them.")]
-RequireSignatureOpt = Annotated[bool, typer.Option(
-    "--require-signature", help="Refuse an artifact not signed by a trusted key (needs --trusted-keys).")]
 Sha256Opt = Annotated[str | None, typer.Option(
     "--sha256", help="Use the artifact only if the file's sha256 is this (sha256sum MODEL).")]
 

@@ -37,9 +37,9 @@ StoreOpt = Annotated[str | None, typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 ByOpt = Annotated[str | None, typer.Option("--by", help="On whose behalf (recorded as claimed_by, beside the "
                                           "authenticated user: the database login, or the OS account).")]
-TrustedKeysOpt = Annotated[str | None, typer.Option(
+TrustedKeysOpt = Annotated[str | None, typer.Option(  # also the predict/serve/verify option (cli.py)
     "--trusted-keys", help="Folder of trusted Ed25519 public keys (*.pub) or one .pub file: a signed artifact must be "
-    "signed by one of them, and the signer is recorded.")]
+    "signed by one of them (a registry records the signer).")]
 RequireSignatureOpt = Annotated[bool, typer.Option(
     "--require-signature", help="Refuse an artifact not signed by a trusted key (needs --trusted-keys).")]
 ToleranceOpt = Annotated[list[str] | None, typer.Option(

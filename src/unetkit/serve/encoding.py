@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from unetkit.data.io import PILLOW_FORMATS as READABLE
 from unetkit.data.io import decode_image
 from unetkit.errors import DataError, InputError
 
@@ -44,7 +45,7 @@ class ImageTooLarge(InputError):
     code = "image_too_large"
 
 
-PILLOW_FORMATS = {"png": ["PNG"], "jpeg": ["JPEG"], "gif": ["GIF"], "bmp": ["BMP"], "tiff": ["TIFF"]}
+PILLOW_FORMATS = {name.lower(): [name] for name in READABLE}  # a sniffed upload opens only as its own format
 MAX_CHANNELS = 4  # pages x samples of an upload, unless the model takes more (see `inspect_upload`)
 
 
