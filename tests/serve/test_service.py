@@ -116,15 +116,18 @@ def test_lone_request_does_not_wait_for_a_full_batch():
 
 
 def test_full_queue_raises_back_pressure_and_admitted_requests_finish():
-    release = threading.Event()
+    release, running = threading.Event(), threading.Event()
 
     def slow(x: np.ndarray) -> np.ndarray:
+        running.set()
         release.wait(5)
         return x
 
     batcher = TileBatcher(slow, max_batch_size=2, max_wait_ms=0, max_queue=4)
     started = [threading.Thread(target=batcher.predict, args=(np.zeros((2, 1, 2, 2), np.float32),)) for _ in range(3)]
-    for t in started:
+    started[0].start()
+    assert running.wait(5)  # the first batch holds the worker before the others queue (else the third may be refused)
+    for t in started[1:]:
         t.start()
     deadline = time.monotonic() + 5
     while batcher.queue_depth < 4 and time.monotonic() < deadline:  # 1 batch running, 4 tiles queued
