@@ -121,7 +121,7 @@ def error_overlay(display: np.ndarray, truth: np.ndarray, pred: np.ndarray, igno
 
 def panel_figure(
     display: np.ndarray, truth: np.ndarray, pred: np.ndarray, colors: Sequence[tuple[int, int, int]],
-    title: str, ignore_index: int = 255,
+    *, ignore_index: int = 255,
 ) -> bytes:
     """Image | ground truth | prediction | errors, one row."""
     h, w = truth.shape

@@ -170,7 +170,7 @@ def render_report(
         curves = {"before calibration": calibration["reliability_before"], "after calibration": calibration["reliability_after"]}
         eces = {"before calibration": calibration["ece_before"], "after calibration": calibration["ece_after"]}
     worst_html = "".join(
-        f'<figure>{_img(figures.panel_figure(w.display, w.truth, w.prediction, colors, ignore_index), w.key)}'
+        f'<figure>{_img(figures.panel_figure(w.display, w.truth, w.prediction, colors, ignore_index=ignore_index), w.key)}'
         f"<figcaption>{html.escape(w.key)}: mean foreground Dice {w.score:.4f}</figcaption></figure>"
         for w in worst
     ) or '<p class="note">No image with foreground to show.</p>'
