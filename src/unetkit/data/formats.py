@@ -11,13 +11,21 @@ the format names its classes, `(name, value, colour)` triples:
 - `voc`: Pascal VOC / CVAT "Segmentation mask 1.1": `JPEGImages/`, `SegmentationClass/`
   (palette or colour PNGs), `labelmap.txt` (`name:r,g,b::`), `ImageSets/Segmentation/*.txt`.
 - `nnunet`: nnU-Net raw: `dataset.json`, `imagesTr/{case}_0000{ending}` (one file per channel),
-  `labelsTr/{case}{ending}`, `imagesTs/` with `labelsTs/` as the test split.
+  `labelsTr/{case}{ending}`, `imagesTs/` with `labelsTs/` as the test split (without: unlabelled).
+- `coco`: COCO JSON (`annotations/instances_train2017.json`, CVAT's `instances_default.json`, ...)
+  beside the images (`train2017/`, `images/`); polygons and RLE painted by `coco.py`; the split from
+  the file name; files without annotations (`image_info_test2017.json`) list unlabelled images.
+- `labelstudio`: Label Studio's JSON export (brush / polygon labels, `labelstudio.py`) beside the images.
+
+The masks of `coco` and `labelstudio` live in the annotation file: a row's `mask` is that file and its
+`entry` the image id / task id in it; `read_label` paints them (and reads every other mask file).
 
 Bad input is a `DataError` naming the file and what was expected, raised before anything is written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -26,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from unetkit.data.io import is_image_file, read_mask, read_palette
+from unetkit.data import coco, labelstudio
+from unetkit.data.io import DEFAULT_MAX_PIXELS, image_size, is_image_file, read_mask, read_palette
 from unetkit.data.layout import glob_template, image_files, match_folders
 from unetkit.data.manifest import ManifestRow, read_json, split_name
+from unetkit.data.raster import VOID
 from unetkit.errors import DataError
 
 Colour = tuple[int, int, int]
@@ -40,6 +50,8 @@ VOC_VOID = 255  # VOC palette masks mark object boundaries/void with 255
 LAYOUTS = {  # name -> what it is, in detection order
     "nnunet": "nnU-Net raw: dataset.json, imagesTr/, labelsTr/",
     "voc": "Pascal VOC / CVAT segmentation mask: JPEGImages/, SegmentationClass/",
+    "coco": "COCO JSON: annotations/*.json beside the images",
+    "labelstudio": "Label Studio JSON export (brush/polygon labels)",
     "lists": "release list files: image label per line",
     "folders": "sibling folders X/ + Xannot/",
 }
@@ -47,12 +59,14 @@ LAYOUTS = {  # name -> what it is, in detection order
 
 @dataclass(frozen=True)
 class Found:
-    """What a reader found: its rows and, when the format names them, the classes and ignore values."""
+    """What a reader found: its rows and, when the format names them, the classes and ignore values;
+    `unlabelled` counts the images it holds without labels, per folder: `(folder under root, n)`."""
 
     layout: str
     rows: list[ManifestRow]
     classes: list[NamedClass] | None = None
     ignore: tuple = ()
+    unlabelled: tuple[tuple[str, int], ...] = ()
 
 
 def detect_layout(root: Path) -> Found | None:
@@ -63,12 +77,25 @@ def detect_layout(root: Path) -> Found | None:
     return None
 
 
+def read_label(layout: str, mask: Path, entry: str, image: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A sample's raw mask: painted from an annotation file (`coco`, `labelstudio`: `entry` is the
+    image / task id in `mask`), else read from the mask file."""
+    if not entry:
+        return read_mask(mask, max_pixels)
+    if layout == "coco":
+        return coco.coco_mask(mask, int(entry), max_pixels)
+    if layout == "labelstudio":
+        size = image_size(image) if image.is_file() else None
+        return labelstudio.task_mask(mask, int(entry), max_pixels, size)
+    raise DataError(f"{mask}: entry {entry} of a {layout or 'template'} data set; only coco and labelstudio have entries")
+
+
 def read_layout(layout: str, root: str | Path, classes: bool = True) -> Found:
     """The rows of `root` read as `layout`; with `classes=False` the (slower) class checks are skipped."""
     if layout == "voc":
         return _voc(Path(root), classes)
     readers: dict[str, Callable[[Path], Found]] = {
-        "nnunet": _nnunet, "voc": _voc, "lists": _lists, "folders": _folders,
+        "nnunet": _nnunet, "voc": _voc, "coco": _coco, "labelstudio": _labelstudio, "lists": _lists, "folders": _folders,
     }
     if layout not in readers:
         raise DataError(f"{root}: unknown layout {layout!r}; expected one of {', '.join(readers)}")
@@ -163,13 +190,13 @@ def _unique_keys(rows: list[ManifestRow], root: Path) -> list[ManifestRow]:
     """Keys are file stems; where stems repeat across folders, the image path under root."""
     counts = Counter(r.key for r in rows)
     return [
-        r if counts[r.key] == 1 else ManifestRow(_rel(r.image, root), r.image, r.mask, r.roi, r.split, r.channels)
+        r if counts[r.key] == 1 else dataclasses.replace(r, key=_rel(r.image, root))
         for r in rows
     ]
 
 
 def _keyed(rows: list[ManifestRow], root: Path) -> list[ManifestRow]:
-    rows = [ManifestRow(r.image.stem, r.image, r.mask, r.roi, r.split, r.channels) for r in rows]
+    rows = [dataclasses.replace(r, key=r.image.stem) for r in rows]
     rows = _unique_keys(rows, root)
     repeated = [k for k, n in Counter(r.key for r in rows).items() if n > 1]
     if repeated:
@@ -288,9 +315,13 @@ def _nnunet(root: Path) -> Found:
     classes, ignore = _nnunet_labels(meta_path, meta.get("labels"))
     names = [str(channels[k]) for k in sorted(channels, key=int)]
     rows = _nnunet_cases(root, "imagesTr", "labelsTr", "train", names, ending)
+    unlabelled: tuple[tuple[str, int], ...] = ()
     if (root / "imagesTs").is_dir() and (root / "labelsTs").is_dir():
         rows += _nnunet_cases(root, "imagesTs", "labelsTs", "test", names, ending)
-    return Found("nnunet", rows, classes, ignore)  # imagesTs/ without labelsTs/ cannot be scored: left out
+    elif (root / "imagesTs").is_dir():  # cases to predict on, not to score: reported, not sampled
+        cases = _nnunet_cases(root, "imagesTs", "labelsTs", "test", names, ending)
+        unlabelled = (("imagesTs", len(cases)),) if cases else ()
+    return Found("nnunet", rows, classes, ignore, unlabelled)
 
 
 def _nnunet_labels(path: Path, labels: object) -> tuple[list[NamedClass], tuple]:
@@ -331,9 +362,111 @@ def _nnunet_cases(root: Path, images: str, labels: str, split: str, channels: li
     return rows
 
 
+# ---------------------------------------------------------------- COCO JSON
+
+
+_COCO_OTHER = ("captions_", "person_keypoints_", "panoptic_")  # COCO files that hold no class masks
+
+
+def _json_files(root: Path) -> list[Path]:
+    folders = [root / "annotations", root]
+    return [p for d in folders if d.is_dir() for p in sorted(d.glob("*.json")) if p.name != "dataset.json"]
+
+
+def coco_files(root: Path) -> list[Path]:
+    """The COCO files of `root` (`annotations/` or `root`): `instances_*` (else `stuff_*`) with COCO's
+    `image_info_*` image lists, else every COCO file except captions, key points and panoptic."""
+    found = [p for p in _json_files(root) if coco.looks_like_coco(p)]
+    for prefix in ("instances_", "stuff_"):
+        if any(p.name.startswith(prefix) for p in found):
+            return [p for p in found if p.name.startswith((prefix, "image_info_"))]
+    return [p for p in found if not p.name.startswith(_COCO_OTHER)]
+
+
+def _split_token(stem: str) -> tuple[str, str]:
+    """(split, folder token) from a file name: `instances_train2017` -> (`train`, `train2017`)."""
+    for token in reversed(re.split(r"[_\-.]", stem)):
+        split = split_name(token.rstrip("0123456789"))
+        if split:
+            return split, token
+    return "", ""
+
+
+def _coco(root: Path) -> Found:
+    files = coco_files(root)
+    if not files:
+        raise DataError(f"{root}: no COCO JSON in annotations/; expected e.g. annotations/instances_train.json")
+    rows: list[ManifestRow] = []
+    unlabelled: list[tuple[str, int]] = []
+    first: coco.CocoFile | None = None
+    for path in files:
+        data = coco.load_coco(path)
+        split, token = _split_token(path.stem)
+        bases = [root / "images" / token, root / token] if token else []
+        bases = [b for b in [*bases, root / "images", root, path.parent] if b.is_dir()]
+        if not data.labelled:
+            unlabelled.append((path.relative_to(root).as_posix(), len(data.images)))
+            continue
+        if first is None:
+            first = data
+        elif data.categories != first.categories:
+            raise DataError(f"{path}: categories differ from {first.path.name}'s; expected the same categories "
+                            "in every COCO file of a data set")
+        for image in data.images.values():
+            found = _coco_image(bases, image.file_name)
+            if found is None:
+                looked = ", ".join(f"{b.relative_to(root).as_posix()}/" for b in bases)
+                raise DataError(f"{path}: image {image.id} {image.file_name} not found in {looked}; "
+                                "expected the image files beside the annotations")
+            rows.append(ManifestRow("", found, path, None, split, entry=str(image.id)))
+    if first is None:
+        raise DataError(f"{files[0]}: no annotations in any COCO file; expected one with an annotations list")
+    classes: list[NamedClass] = [(n, c, None) for c, n in first.categories]
+    if first.background not in [c for c, _ in first.categories]:
+        classes.insert(0, ("background", first.background, None))
+    return Found("coco", _keyed(rows, root), classes, (VOID,), tuple(unlabelled))
+
+
+def _coco_image(bases: list[Path], file_name: str) -> Path | None:
+    names = [file_name, Path(file_name).name]
+    return next((b / n for b in bases for n in names if (b / n).is_file()), None)
+
+
+# ---------------------------------------------------------------- Label Studio
+
+
+def labelstudio_exports(root: Path) -> list[Path]:
+    return [p for p in _json_files(root) if labelstudio.looks_like_export(p)]
+
+
+def _labelstudio(root: Path) -> Found:
+    exports = labelstudio_exports(root)
+    if len(exports) != 1:
+        listed = ", ".join(p.name for p in exports) or "none"
+        raise DataError(f"{root}: {len(exports)} Label Studio exports ({listed}); expected one JSON export per data set")
+    path = exports[0]
+    export = labelstudio.load_export(path)
+    rows, unlabelled = [], 0
+    for task in export.tasks.values():
+        if task.regions is None:
+            unlabelled += 1
+            continue
+        split = split_name(task.split) if task.split else ""
+        if split is None:
+            raise DataError(f"{path}: task {task.id}: data.split {task.split!r}; expected train, val, test or nothing")
+        image = labelstudio.find_image(path, root, task.image, task.id)
+        rows.append(ManifestRow("", image, path, None, split, entry=str(task.id)))
+    classes: list[NamedClass] = [("background", labelstudio.BACKGROUND, None)]
+    classes += [(name, i + 1, None) for i, name in enumerate(export.labels)]
+    return Found("labelstudio", _keyed(rows, root), classes, (VOID,),
+                 ((path.relative_to(root).as_posix(), unlabelled),) if unlabelled else ())
+
+
 _LOOKS_LIKE: dict[str, Callable[[Path], bool]] = {
     "nnunet": lambda root: (root / "dataset.json").is_file() and (root / "imagesTr").is_dir(),
     "voc": lambda root: (root / "SegmentationClass").is_dir(),
+    "coco": lambda root: bool(coco_files(root)),
+    "labelstudio": lambda root: bool(labelstudio_exports(root)),
     "lists": _looks_like_lists,
     "folders": lambda root: bool(_sibling_pairs(root)),
 }

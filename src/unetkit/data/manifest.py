@@ -33,6 +33,7 @@ class ManifestRow:
     roi: Path | None
     split: str = ""  # train, val, test or "" (not assigned)
     channels: tuple[Path, ...] = ()  # further image files stacked as channels after `image`
+    entry: str = ""  # the sample's record in `mask` when that is an annotation file (COCO image id, task id)
 
 
 def read_manifest(path: str | Path) -> list[ManifestRow]:

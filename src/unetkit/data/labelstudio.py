@@ -1,0 +1,232 @@
+"""Label Studio's JSON export (brush and polygon labels) as class masks.
+
+The export is a list of tasks: `{"id", "data": {"image": URL, ...}, "annotations": [{"result": [...],
+"was_cancelled": false}]}`. A brush region is `{"type": "brushlabels", "original_width",
+"original_height", "value": {"format": "rle", "rle": [bytes], "brushlabels": [label]}}`; a polygon
+region `{"type": "polygonlabels", "value": {"points": [[x%, y%], ...], "polygonlabels": [label]}}`
+(percent of the image size). Other region types (boxes, key points) are not masks and are left out.
+
+Label Studio's brush RLE (thi.ng `rle-pack`) is decoded here: a bit stream, most significant bit
+first, holding the value count (32 bits), the word size - 1 (5 bits), four run-length field sizes - 1
+(4 bits each), then chunks: a flag bit, a 2-bit choice of field size, the chunk length - 1 in that
+many bits, and either one word repeated (flag 1) or that many literal words (flag 0). The values are
+the RGBA bytes of the brush canvas, row-major; a pixel is painted where its alpha is >= 128.
+
+Classes: unpainted pixels are `background` (0), then the labels found in the export in name order
+(1, 2, ...). Overlaps of different labels are `raster.VOID` (ignored). The first annotation of a task
+that was not cancelled counts; tasks without one are unlabelled. A task's `data.split` (a field
+imported with the tasks: train, val or test) gives the split; Label Studio has no split of its own.
+Images are found under the export's folder by the tail of their URL (`/data/upload/3/1a2b3c4d-x.png`
+-> `x.png` too: Label Studio prefixes uploads with 8 hex digits).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+import numpy as np
+
+from unetkit.data.manifest import read_json
+from unetkit.data.raster import paint, polygon_mask
+from unetkit.errors import DataError
+
+BACKGROUND = 0
+ALPHA_THRESHOLD = 128
+MASK_TYPES = ("brushlabels", "polygonlabels")
+_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
+_HEAD = 1 << 16
+
+
+@dataclass(frozen=True)
+class Task:
+    id: int
+    image: str  # data.image as exported
+    split: str  # data.split, or ""
+    regions: tuple[dict, ...] | None  # the counted annotation's mask regions; None: unlabelled
+
+
+@dataclass(frozen=True)
+class Export:
+    path: Path
+    tasks: dict[int, Task]  # in file order
+    labels: tuple[str, ...]  # sorted; class value = index + 1
+
+
+def looks_like_export(path: Path) -> bool:
+    """A JSON list whose first task has an `"annotations": [` list (without parsing a large file)."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            head = f.read(_HEAD)
+    except OSError:
+        return False
+    return head.lstrip().startswith("[") and re.search(r'"annotations"\s*:\s*\[', head) is not None
+
+
+def load_export(path: str | Path) -> Export:
+    """The checked tasks of an export (parsed once per file version and process)."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the Label Studio export ({e})") from None
+    return _load(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _load(name: str, mtime_ns: int, size: int) -> Export:
+    path = Path(name)
+    data = read_json(path, "the Label Studio export")
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected Label Studio's JSON export: a list of tasks")
+    tasks: dict[int, Task] = {}
+    labels: set[str] = set()
+    for i, task in enumerate(data):
+        if not isinstance(task, dict) or not isinstance(task.get("id"), int):
+            raise DataError(f"{path}: task {i + 1}: expected an object with id, data, annotations")
+        where = f"{path}: task {task['id']}"
+        image = (task.get("data") or {}).get("image") if isinstance(task.get("data"), dict) else None
+        if not isinstance(image, str) or not image:
+            raise DataError(f"{where}: no data.image; expected the URL or path of the image the task labels")
+        split = (task.get("data") or {}).get("split", "")
+        if not isinstance(split, str):
+            raise DataError(f"{where}: data.split {split!r}; expected train, val, test or nothing")
+        regions = _regions(where, task.get("annotations"))
+        for r in regions or ():
+            labels.add(_label(where, r))
+        tasks[task["id"]] = Task(task["id"], image, split, regions)
+    return Export(path, tasks, tuple(sorted(labels)))
+
+
+def _regions(where: str, annotations: object) -> tuple[dict, ...] | None:
+    if annotations is None:
+        return None
+    if not isinstance(annotations, list):
+        raise DataError(f"{where}: annotations: expected a list")
+    for ann in annotations:
+        if not isinstance(ann, dict) or not isinstance(ann.get("result", []), list):
+            raise DataError(f"{where}: annotation {_short(ann)}; expected {{result: [...]}}")
+        if not ann.get("was_cancelled"):
+            return tuple(r for r in ann.get("result", []) if isinstance(r, dict) and r.get("type") in MASK_TYPES)
+    return None
+
+
+def _label(where: str, region: dict) -> str:
+    value = region.get("value")
+    names = value.get(region["type"]) if isinstance(value, dict) else None
+    if not isinstance(names, list) or len(names) != 1 or not isinstance(names[0], str):
+        raise DataError(f"{where}: region {region.get('id', '')}: value.{region['type']} {_short(names)}; "
+                        "expected one label name")
+    return names[0]
+
+
+def _short(v: object) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def find_image(export: Path, root: Path, url: str, task_id: int) -> Path:
+    """The image file a task's URL names, under `root` (see the module docstring)."""
+    parsed = urlparse(url)
+    text = unquote(parse_qs(parsed.query).get("d", [parsed.path])[0])
+    parts = [p for p in Path(text).parts if p not in ("/", "\\")]
+    tails = [Path(*parts[i:]) for i in range(len(parts))]
+    stripped = _UPLOAD_PREFIX.sub("", parts[-1]) if parts else ""
+    names = [*tails, *([Path(stripped)] if stripped and stripped != parts[-1] else [])]
+    for base in (root, root / "images", export.parent):
+        for name in names:
+            if (base / name).is_file():
+                return base / name
+    looked = ", ".join(dict.fromkeys(str(n) for n in names[-2:]))
+    raise DataError(f"{export}: task {task_id}: image {url} not found under {root} (looked for {looked}); "
+                    "expected the image files beside the export or in images/")
+
+
+def task_mask(
+    path: str | Path, task_id: int, max_pixels: int | None = None, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """The raw mask of one task: 0 unpainted, label i of `Export.labels` as i + 1, VOID on overlaps.
+    `size` (height, width: the image's) is the size of an annotation without regions (all background)."""
+    export = load_export(path)
+    task = export.tasks.get(task_id)
+    where = f"{path}: task {task_id}"
+    if task is None or task.regions is None:
+        raise DataError(f"{where}: no annotation in this export")
+    if not task.regions and size is not None:
+        return np.full(size, BACKGROUND, np.int32)
+    sizes = {(r.get("original_height"), r.get("original_width")) for r in task.regions}
+    if len(sizes) != 1 or not all(isinstance(v, int) and v > 0 for v in next(iter(sizes))):
+        raise DataError(f"{where}: original_width/original_height {sorted(sizes, key=str)}; expected one positive size")
+    height, width = next(iter(sizes))
+    if max_pixels is not None and height * width > max_pixels:
+        raise DataError(f"{where}: {width}x{height} is more than {max_pixels} pixels")
+    value = {name: i + 1 for i, name in enumerate(export.labels)}
+    layers = [(_region_mask(where, r, height, width), value[_label(where, r)]) for r in task.regions]
+    return paint(layers, BACKGROUND, (height, width))
+
+
+def _region_mask(where: str, region: dict, height: int, width: int) -> np.ndarray:
+    value = region["value"]
+    if region["type"] == "polygonlabels":
+        points = np.asarray(value.get("points"), np.float64) if isinstance(value.get("points"), list) else None
+        if points is None or points.ndim != 2 or points.shape[1] != 2 or len(points) < 3:
+            raise DataError(f"{where}: polygon {_short(value.get('points'))}; expected [[x%, y%], ...] points")
+        return polygon_mask(points * [width / 100, height / 100], height, width)
+    if value.get("format") != "rle" or not isinstance(value.get("rle"), list):
+        raise DataError(f"{where}: brush value format {value.get('format')!r}; expected \"rle\" with an rle byte list")
+    flat = decode_brush(value["rle"], where)
+    if flat.size != height * width * 4:
+        raise DataError(f"{where}: brush RLE holds {flat.size} values; expected {width}x{height}x4 (RGBA) = "
+                        f"{height * width * 4}")
+    return flat.reshape(height, width, 4)[..., 3] >= ALPHA_THRESHOLD
+
+
+def decode_brush(rle: list, where: str = "brush RLE") -> np.ndarray:
+    """Label Studio's brush RLE (a list of bytes) -> the flat values it packs (module docstring)."""
+    if not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in rle):
+        raise DataError(f"{where}: brush RLE: expected a list of bytes 0-255")
+    bits = np.unpackbits(np.asarray(rle, np.uint8))
+    reader = _Bits(bits, where)
+    count = reader.read(32)
+    word = reader.read(5) + 1
+    sizes = [reader.read(4) + 1 for _ in range(4)]
+    if count > 1 << 31:
+        raise DataError(f"{where}: brush RLE claims {count} values; expected an image's RGBA bytes")
+    out = np.zeros(count, np.int64)
+    i = 0
+    while i < count:
+        repeat = reader.read(1)
+        j = i + 1 + reader.read(sizes[reader.read(2)])
+        if j > count:
+            raise DataError(f"{where}: brush RLE run ends at value {j}, past the {count} values it declares")
+        if repeat:
+            out[i:j] = reader.read(word)
+        else:
+            out[i:j] = reader.words(j - i, word)
+        i = j
+    return out
+
+
+class _Bits:
+    """A most-significant-bit-first reader over unpacked bits; reading past the end is a DataError."""
+
+    def __init__(self, bits: np.ndarray, where: str) -> None:
+        self.bits, self.pos, self.where = bits, 0, where
+        self.weights = {n: 1 << np.arange(n - 1, -1, -1, dtype=np.int64) for n in range(1, 33)}
+
+    def _take(self, n: int) -> np.ndarray:
+        if self.pos + n > len(self.bits):
+            raise DataError(f"{self.where}: brush RLE ends early (bit {self.pos + n} of {len(self.bits)}); "
+                            "expected a complete Label Studio RLE")
+        chunk = self.bits[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def read(self, n: int) -> int:
+        return int(self._take(n).astype(np.int64) @ self.weights[n])
+
+    def words(self, k: int, n: int) -> np.ndarray:
+        return self._take(k * n).reshape(k, n).astype(np.int64) @ self.weights[n]
