@@ -116,7 +116,8 @@ def rle_counts(mask: np.ndarray) -> list[int]:
     flat = np.concatenate([[0], mask.T.ravel().astype(np.int8), [0]])
     changes = np.flatnonzero(np.diff(flat)) + 1
     bounds = np.concatenate([[1], changes, [len(flat) - 1]])
-    return np.diff(bounds).tolist() if flat[1] == 0 else [0, *np.diff(bounds).tolist()]
+    runs = np.diff(bounds).tolist()
+    return runs[:-1] if len(runs) > 1 and runs[-1] == 0 else runs
 
 
 def coco(root: Path) -> Path:
