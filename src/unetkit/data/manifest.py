@@ -17,10 +17,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from unetkit.config import DATA_SPLITS
 from unetkit.errors import DataError
 
 COLUMNS = ("image", "mask", "roi", "key", "split")
-SPLITS = ("train", "val", "test")
+SPLITS = DATA_SPLITS
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                 "test": "test", "testing": "test", "": ""}
 
