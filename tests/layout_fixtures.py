@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from unetkit.data.io import write_png
+from unetkit.data.rle import compress_rle, mask_to_rle
 
 SIZE = 32
 PALETTE = np.array([(0, 0, 0), (200, 40, 40), (40, 200, 40)] + [(0, 0, 0)] * 252 + [(224, 224, 192)], np.uint8)
@@ -94,32 +95,6 @@ def manifest(root: Path) -> Path:
 # ---------------------------------------------------------------- annotation files (COCO, Label Studio)
 
 
-def coco_string(counts: list[int]) -> str:
-    """COCO's compressed RLE string, written from its documented format (pycocotools' rleToString):
-    each count (minus the one two before, from the third on) in 5-bit groups, low first, 0x20 = more
-    follows, the last group's 0x10 the sign; each group + 48 as a character."""
-    out = []
-    for i, count in enumerate(counts):
-        x = count - counts[i - 2] if i > 2 else count
-        while True:
-            c = x & 0x1F
-            x >>= 5
-            more = x != -1 if c & 0x10 else x != 0
-            out.append(chr(c + (0x20 if more else 0) + 48))
-            if not more:
-                break
-    return "".join(out)
-
-
-def rle_counts(mask: np.ndarray) -> list[int]:
-    """Uncompressed COCO RLE: run lengths of the column-major flattened mask, 0s first."""
-    flat = np.concatenate([[0], mask.T.ravel().astype(np.int8), [0]])
-    changes = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[1], changes, [len(flat) - 1]])
-    runs = np.diff(bounds).tolist()
-    return runs[:-1] if len(runs) > 1 and runs[-1] == 0 else runs
-
-
 def coco(root: Path) -> Path:
     """COCO 2017 naming: annotations/instances_{train,val,test}2017.json + train2017/ val2017/ test2017/;
     the car square a polygon, the tree bar an RLE (compressed string on even images, counts on odd)."""
@@ -135,8 +110,8 @@ def coco(root: Path) -> Path:
             ys, xs = np.nonzero(labels == 1)
             y0, x0, y1, x1 = int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
             polygon = [x0, y0, x1, y0, x1, y1, x0, y1]
-            counts = rle_counts(labels == 2)
-            rle = {"size": [SIZE, SIZE], "counts": coco_string(counts) if i % 2 == 0 else counts}
+            rle = mask_to_rle(labels == 2)
+            rle = compress_rle(rle) if i % 2 == 0 else rle
             annotations += [
                 {"id": ann_id, "image_id": 100 + i, "category_id": 1, "iscrowd": 0, "segmentation": [polygon]},
                 {"id": ann_id + 1, "image_id": 100 + i, "category_id": 2, "iscrowd": i % 2 == 0, "segmentation": rle},
@@ -149,7 +124,8 @@ def coco(root: Path) -> Path:
 
 
 def brush_rle(mask: np.ndarray) -> list[int]:
-    """Label Studio's brush RLE of a bool mask, written from the documented rle-pack format: RGBA bytes
+    """Label Studio's brush RLE of a bool mask, written here from the documented rle-pack format (an
+    encoder independent of `unetkit.data.rle.brush_rle`, and unlike it writing literal chunks): RGBA bytes
     (255 where painted), 32-bit count, 5-bit word size - 1, four 4-bit run field sizes - 1, then chunks
     (flag: 1 = one repeated word, 0 = literal words; 2-bit field choice; length - 1; word(s))."""
     values = np.repeat(mask.ravel().astype(np.int64) * 255, 4)

@@ -242,3 +242,16 @@ def test_nnunet_images_without_labels_are_reported_as_unlabelled(tmp_path):
     assert {n: len(k) for n, k in spec.splits} == {"train": 6}
     assert spec.unlabelled == (("imagesTs", 2),)
     assert "unlabelled: 2 images in imagesTs" in spec.describe()
+
+
+def test_a_coco_json_of_predictions_beside_images_and_masks_leaves_the_masks_the_labels(tmp_path):
+    for i in range(2):
+        image, labels = lf.scene(i)
+        lf.write_png(tmp_path / "images" / f"{i}.png", image)
+        lf.write_png(tmp_path / "masks" / f"{i}.png", labels)
+    coco = {"images": [{"id": 1, "file_name": "0.png", "width": lf.SIZE, "height": lf.SIZE}], "annotations": [],
+            "categories": [{"id": 1, "name": "car"}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))  # as `unetkit rank --export` writes it
+    assert detect_spec(tmp_path).layout == ""
+    (tmp_path / "coco.json").rename(tmp_path / "_annotations.coco.json")  # Roboflow's name: COCO it is
+    assert detect_spec(tmp_path).layout == "coco"

@@ -2,11 +2,8 @@
 
 A COCO file lists `images` (`id`, `file_name`, `width`, `height`), `categories` (`id`, `name`) and
 `annotations` (`image_id`, `category_id`, `iscrowd`, `segmentation`). A segmentation is a list of
-polygons `[[x1, y1, x2, y2, ...], ...]` or a run-length encoding `{"size": [h, w], "counts": ...}`,
-column-major, alternating runs of 0s and 1s starting with 0s, `counts` either a list of integers
-(uncompressed) or COCO's compressed string (pycocotools' `rleToString`: each count, minus the count
-two before it from the third on, in 5-bit groups, low first, with a continuation bit 0x20, the last
-group sign-extended from bit 0x10, each group + 48 as one character). Decoded here; no pycocotools.
+polygons `[[x1, y1, x2, y2, ...], ...]` or a run-length encoding `{"size": [h, w], "counts": ...}`
+(uncompressed or pycocotools' compressed string; `rle.py` decodes both: no pycocotools).
 
 `coco_mask(path, image_id)` paints one image's annotations into a raw mask of category ids:
 - pixels no annotation covers: `background` (0; one above the largest id when a category uses 0;
@@ -32,6 +29,7 @@ import numpy as np
 
 from unetkit.data.manifest import read_json
 from unetkit.data.raster import VOID, overlay, paint, polygon_mask
+from unetkit.data.rle import rle_runs, runs_to_mask
 from unetkit.errors import DataError
 
 SLACK = 1.0  # pixels a polygon point may stray outside its image (annotation tools round outwards)
@@ -172,52 +170,11 @@ def _check_segmentation(where: str, seg: object, image: CocoImage) -> None:
 
 
 def rle_counts(rle: dict, image: CocoImage, where: str) -> np.ndarray:
-    """The run lengths of a COCO RLE, checked against the image: `(n,)` int64 summing to h*w."""
-    size, counts = rle.get("size"), rle.get("counts")
-    if size != [image.height, image.width]:
-        raise DataError(f"{where}: RLE size {_short(size)}; expected [height, width] = "
+    """The checked run lengths of an annotation's RLE, which must be its image's size."""
+    if rle.get("size") != [image.height, image.width]:
+        raise DataError(f"{where}: RLE size {_short(rle.get('size'))}; expected [height, width] = "
                         f"[{image.height}, {image.width}] of the image")
-    if isinstance(counts, str):
-        runs = np.asarray(decode_counts(counts, where), np.int64)
-    elif isinstance(counts, list) and all(_int(c) for c in counts):
-        runs = np.asarray(counts, np.int64)
-    else:
-        raise DataError(f"{where}: RLE counts {_short(counts)}; expected a list of integers or a COCO string")
-    total = image.height * image.width
-    if (runs < 0).any() or int(runs.sum()) != total:
-        raise DataError(f"{where}: RLE counts sum to {int(runs.sum())} (smallest {int(runs.min(initial=0))}); "
-                        f"expected non-negative runs summing to {image.height}x{image.width} = {total} pixels")
-    return runs
-
-
-def decode_counts(text: str, where: str = "RLE") -> list[int]:
-    """COCO's compressed RLE string -> run lengths (the inverse of pycocotools' `rleToString`)."""
-    counts: list[int] = []
-    value, shift, pending = 0, 0, False
-    for ch in text:
-        c = ord(ch) - 48
-        if not 0 <= c < 64:
-            raise DataError(f"{where}: RLE counts string holds {ch!r}; expected characters '0' to 'o' (48-111)")
-        value |= (c & 0x1F) << shift
-        shift += 5
-        pending = bool(c & 0x20)
-        if pending:
-            continue
-        if c & 0x10:
-            value -= 1 << shift  # sign-extend
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-        value, shift = 0, 0
-    if pending:
-        raise DataError(f"{where}: RLE counts string ends inside a number; expected a complete COCO string")
-    return counts
-
-
-def rle_mask(runs: np.ndarray, height: int, width: int) -> np.ndarray:
-    """`(height, width)` bool from run lengths (column-major, 0s first)."""
-    flat = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
-    return flat.reshape(width, height).T
+    return rle_runs(rle, where)
 
 
 def coco_mask(path: str | Path, image_id: int, max_pixels: int | None = None) -> np.ndarray:
@@ -239,7 +196,7 @@ def coco_mask(path: str | Path, image_id: int, max_pixels: int | None = None) ->
 def _shape_mask(ann: dict, image: CocoImage, where: str) -> np.ndarray:
     seg = ann["segmentation"]
     if isinstance(seg, dict):
-        return rle_mask(rle_counts(seg, image, where), image.height, image.width)
+        return runs_to_mask(rle_counts(seg, image, where), image.height, image.width)
     mask = np.zeros((image.height, image.width), bool)
     for polygon in seg:
         mask |= polygon_mask(np.asarray(polygon, np.float64).reshape(-1, 2), image.height, image.width)

@@ -373,10 +373,18 @@ def _json_files(root: Path) -> list[Path]:
     return [p for d in folders if d.is_dir() for p in sorted(d.glob("*.json")) if p.name != "dataset.json"]
 
 
+_COCO_NAMES = ("instances_", "stuff_", "image_info_")  # COCO's own names, which count in the data folder too
+
+
 def coco_files(root: Path) -> list[Path]:
-    """The COCO files of `root` (`annotations/` or `root`): `instances_*` (else `stuff_*`) with COCO's
-    `image_info_*` image lists, else every COCO file except captions, key points and panoptic."""
-    found = [p for p in _json_files(root) if coco.looks_like_coco(p)]
+    """The COCO files of `root`: any in `annotations/`; in `root` itself only those named as COCO names
+    them (`instances_*`, `stuff_*`, `image_info_*`, Roboflow's `*.coco.json`), so a `coco.json` of
+    predictions beside `images/` + `masks/` (`unetkit rank --export`) leaves the masks the labels.
+    Of those: `instances_*` (else `stuff_*`) with `image_info_*` image lists, else every COCO file
+    except captions, key points and panoptic."""
+    named = [p for p in _json_files(root)
+             if p.parent != root or p.name.startswith(_COCO_NAMES) or p.name.endswith(".coco.json")]
+    found = [p for p in named if coco.looks_like_coco(p)]
     for prefix in ("instances_", "stuff_"):
         if any(p.name.startswith(prefix) for p in found):
             return [p for p in found if p.name.startswith((prefix, "image_info_"))]

@@ -6,11 +6,8 @@ The export is a list of tasks: `{"id", "data": {"image": URL, ...}, "annotations
 region `{"type": "polygonlabels", "value": {"points": [[x%, y%], ...], "polygonlabels": [label]}}`
 (percent of the image size). Other region types (boxes, key points) are not masks and are left out.
 
-Label Studio's brush RLE (thi.ng `rle-pack`) is decoded here: a bit stream, most significant bit
-first, holding the value count (32 bits), the word size - 1 (5 bits), four run-length field sizes - 1
-(4 bits each), then chunks: a flag bit, a 2-bit choice of field size, the chunk length - 1 in that
-many bits, and either one word repeated (flag 1) or that many literal words (flag 0). The values are
-the RGBA bytes of the brush canvas, row-major; a pixel is painted where its alpha is >= 128.
+The brush RLE (thi.ng `rle-pack`, decoded by `rle.brush_values`) packs the RGBA bytes of the brush
+canvas, row-major; a pixel is painted where its alpha is >= 128.
 
 Classes: unpainted pixels are `background` (0), then the labels found in the export in name order
 (1, 2, ...). Overlaps of different labels are `raster.VOID` (ignored). The first annotation of a task
@@ -32,6 +29,7 @@ import numpy as np
 
 from unetkit.data.manifest import read_json
 from unetkit.data.raster import paint, polygon_mask
+from unetkit.data.rle import brush_values
 from unetkit.errors import DataError
 
 BACKGROUND = 0
@@ -177,56 +175,5 @@ def _region_mask(where: str, region: dict, height: int, width: int) -> np.ndarra
         return polygon_mask(points * [width / 100, height / 100], height, width)
     if value.get("format") != "rle" or not isinstance(value.get("rle"), list):
         raise DataError(f"{where}: brush value format {value.get('format')!r}; expected \"rle\" with an rle byte list")
-    flat = decode_brush(value["rle"], where)
-    if flat.size != height * width * 4:
-        raise DataError(f"{where}: brush RLE holds {flat.size} values; expected {width}x{height}x4 (RGBA) = "
-                        f"{height * width * 4}")
+    flat = brush_values(value["rle"], where, expected=height * width * 4)  # RGBA bytes
     return flat.reshape(height, width, 4)[..., 3] >= ALPHA_THRESHOLD
-
-
-def decode_brush(rle: list, where: str = "brush RLE") -> np.ndarray:
-    """Label Studio's brush RLE (a list of bytes) -> the flat values it packs (module docstring)."""
-    if not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in rle):
-        raise DataError(f"{where}: brush RLE: expected a list of bytes 0-255")
-    bits = np.unpackbits(np.asarray(rle, np.uint8))
-    reader = _Bits(bits, where)
-    count = reader.read(32)
-    word = reader.read(5) + 1
-    sizes = [reader.read(4) + 1 for _ in range(4)]
-    if count > 1 << 31:
-        raise DataError(f"{where}: brush RLE claims {count} values; expected an image's RGBA bytes")
-    out = np.zeros(count, np.int64)
-    i = 0
-    while i < count:
-        repeat = reader.read(1)
-        j = i + 1 + reader.read(sizes[reader.read(2)])
-        if j > count:
-            raise DataError(f"{where}: brush RLE run ends at value {j}, past the {count} values it declares")
-        if repeat:
-            out[i:j] = reader.read(word)
-        else:
-            out[i:j] = reader.words(j - i, word)
-        i = j
-    return out
-
-
-class _Bits:
-    """A most-significant-bit-first reader over unpacked bits; reading past the end is a DataError."""
-
-    def __init__(self, bits: np.ndarray, where: str) -> None:
-        self.bits, self.pos, self.where = bits, 0, where
-        self.weights = {n: 1 << np.arange(n - 1, -1, -1, dtype=np.int64) for n in range(1, 33)}
-
-    def _take(self, n: int) -> np.ndarray:
-        if self.pos + n > len(self.bits):
-            raise DataError(f"{self.where}: brush RLE ends early (bit {self.pos + n} of {len(self.bits)}); "
-                            "expected a complete Label Studio RLE")
-        chunk = self.bits[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
-
-    def read(self, n: int) -> int:
-        return int(self._take(n).astype(np.int64) @ self.weights[n])
-
-    def words(self, k: int, n: int) -> np.ndarray:
-        return self._take(k * n).reshape(k, n).astype(np.int64) @ self.weights[n]
