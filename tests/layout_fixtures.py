@@ -114,7 +114,7 @@ def coco(root: Path) -> Path:
             rle = compress_rle(rle) if i % 2 == 0 else rle
             annotations += [
                 {"id": ann_id, "image_id": 100 + i, "category_id": 1, "iscrowd": 0, "segmentation": [polygon]},
-                {"id": ann_id + 1, "image_id": 100 + i, "category_id": 2, "iscrowd": i % 2 == 0, "segmentation": rle},
+                {"id": ann_id + 1, "image_id": 100 + i, "category_id": 2, "iscrowd": int(i % 2 == 0), "segmentation": rle},
             ]
             ann_id += 2
         coco_json = {"info": {}, "images": images, "annotations": annotations, "categories": categories}

@@ -55,6 +55,7 @@ LAYOUTS = {  # name -> what it is, in detection order
     "lists": "release list files: image label per line",
     "folders": "sibling folders X/ + Xannot/",
 }
+PAINTED_LAYOUTS = {"coco": "image", "labelstudio": "task"}  # masks painted from an annotation file: what an entry is
 
 
 @dataclass(frozen=True)

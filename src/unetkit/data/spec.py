@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from unetkit.data.formats import LAYOUTS, Found, detect_layout
+from unetkit.data.formats import LAYOUTS, PAINTED_LAYOUTS, Found, detect_layout
 from unetkit.data.io import read_mask, read_palette, write_text_atomic
 from unetkit.data.layout import KEY, image_files, match_folders
 from unetkit.data.manifest import SPLITS, ManifestRow, read_json, read_manifest
+from unetkit.data.raster import VOID
 from unetkit.errors import DataError
 
 IGNORE_INDEX = 255
@@ -107,13 +108,16 @@ class DatasetSpec:
         if self.splits:
             lines.append(f"  {self.describe_splits()}")
         for where, n in self.unlabelled:
-            lines.append(f"  unlabelled: {n} images in {where} (no labels: not trained or scored; "
-                         f"`unetkit predict MODEL ...` segments them)")
+            lines.append(f"  unlabelled: {n} image{'s' if n != 1 else ''} in {where} (no labels: not trained or "
+                         "scored; `unetkit predict` segments them)")
         if self.roi:
             lines.append(f"  roi    {self.roi} (pixels outside are ignored)")
         lines += [f"  class {i}: {c.name} = {_fmt(c.value)}" for i, c in enumerate(self.classes)]
         if self.ignore_values:
-            lines.append(f"  ignored values: {', '.join(_fmt(v) for v in self.ignore_values)}")
+            painted = self.layout in PAINTED_LAYOUTS and VOID in self.ignore_values
+            lines.append(f"  ignored values: {', '.join(_fmt(v) for v in self.ignore_values)}"
+                         + (f" ({'' if len(self.ignore_values) == 1 else f'{VOID}: '}where objects of different "
+                            "classes overlap)" if painted else ""))
         return "\n".join(lines)
 
 
