@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import layout_fixtures as lf
 from tests.active.conftest import COLORS
-from unetkit.active.export import export_top, label_studio_config
+from unetkit.active.export import LS_IMAGE_URL, export_top, label_studio_config, label_studio_task
 from unetkit.active.rank import Scorer, rank_folder
 from unetkit.config import RankConfig
+from unetkit.data.dataset import load_samples
 from unetkit.data.io import read_image, read_mask
+from unetkit.data.pairing import pair_samples
 from unetkit.data.rle import brush_values, rle_to_mask
+from unetkit.data.spec import detect_spec
 from unetkit.errors import InputError
 
 
@@ -139,3 +143,19 @@ def test_a_labelled_cvat_export_reads_back_as_a_data_set(exported, images, tmp_p
     assert [s.key for s in loaded] == ["ambiguous", "faint"]
     for s in loaded:
         assert s.labels.tolist() == expected_labels(images / f"{s.key}.png").tolist()
+
+
+def test_label_studio_tasks_come_back_labelled_as_a_data_set(tmp_path):
+    """The tasks rank --export sends, once annotated and exported as JSON, read as a labelstudio data set."""
+    tasks = []
+    for i in range(3):
+        image, labels = lf.scene(i)
+        lf.write_png(tmp_path / "images" / f"s{i}.png", image)
+        task = label_studio_task(labels, ["bg", "car", "tree"], f"{LS_IMAGE_URL}s{i}.png", "m1", 0.5)
+        task = {"id": i + 1, "data": task["data"], "annotations": [{"result": task["predictions"][0]["result"]}]}
+        tasks.append(task)  # an annotator accepted the pre-annotation
+    (tmp_path / "project-1.json").write_text(json.dumps(tasks))
+    spec = detect_spec(tmp_path)
+    assert spec.layout == "labelstudio" and spec.class_names == ["background", "car", "tree"]
+    for sample, loaded in zip(pair_samples(spec), load_samples(pair_samples(spec), spec, progress=False), strict=True):
+        assert loaded.labels.tolist() == lf.scene(int(sample.key[1:]))[1].tolist()
