@@ -158,10 +158,13 @@ def _check_segmentation(where: str, seg: object, image: CocoImage) -> None:
         raise DataError(f"{where}: segmentation {_short(seg)}; expected polygons [[x1, y1, ...]] or an RLE "
                         "{size, counts} (a box alone is no mask)")
     for polygon in seg:
-        ok = isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0
-        if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in polygon):
+        try:
+            points = np.asarray(polygon, np.float64) if isinstance(polygon, list) else np.zeros(0)
+        except (TypeError, ValueError):
+            points = np.zeros(0)
+        if points.ndim != 1 or len(points) < 6 or len(points) % 2:
             raise DataError(f"{where}: polygon {_short(polygon)}; expected [x1, y1, x2, y2, x3, y3, ...] numbers")
-        points = np.asarray(polygon, np.float64).reshape(-1, 2)
+        points = points.reshape(-1, 2)
         outside = ((points < -SLACK) | (points > np.array([image.width, image.height]) + SLACK)).any(axis=1)
         if outside.any() or not np.isfinite(points).all():
             x, y = points[np.argmax(outside | ~np.isfinite(points).all(axis=1))]

@@ -33,9 +33,9 @@ def polygon_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
     rows = np.arange(first, last)
     centre = rows[:, None] + 0.5
     crosses = ((y0 <= centre) & (centre < y1)) | ((y1 <= centre) & (centre < y0))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # horizontal edges never cross a row centre
         t = (centre - y0) / (y1 - y0)
-    xs = np.sort(np.where(crosses, x0 + t * (x1 - x0), np.inf), axis=1)
+        xs = np.sort(np.where(crosses, x0 + t * (x1 - x0), np.inf), axis=1)
     edges = np.zeros((len(rows), width + 1), np.int32)
     index = np.arange(len(rows))
     for k in range(0, int(crosses.sum(1).max(initial=0)), 2):  # even-odd: fill between crossings k and k+1

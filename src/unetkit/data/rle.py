@@ -98,28 +98,27 @@ def rle_counts_to_string(counts: Sequence[int]) -> str:
 
 
 def rle_string_to_counts(text: str | bytes, where: str = "RLE") -> list[int]:
-    """Inverse of `rle_counts_to_string`."""
-    s = text.decode("ascii", errors="replace") if isinstance(text, bytes) else text
-    counts: list[int] = []
-    value, shift, pending = 0, 0, False
-    for ch in s:
-        c = ord(ch) - 48
-        if not 0 <= c < 64:
-            raise DataError(f"{where}: RLE counts string holds {ch!r}; expected characters '0' to 'o' (48-111)")
-        value |= (c & 0x1F) << shift
-        shift += 5
-        pending = bool(c & 0x20)
-        if pending:
-            continue
-        if c & 0x10:
-            value -= 1 << shift  # the last group's 0x10 is the sign
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-        value, shift = 0, 0
-    if pending:
+    """Inverse of `rle_counts_to_string` (vectorized: a COCO-stuff file holds thousands of strings)."""
+    raw = text.encode("latin-1", errors="replace") if isinstance(text, str) else bytes(text)
+    c = np.frombuffer(raw, np.uint8).astype(np.int64) - 48
+    bad = np.flatnonzero((c < 0) | (c >= 64))
+    if len(bad):
+        ch = chr(raw[bad[0]]) if isinstance(text, bytes) else text[bad[0]]
+        raise DataError(f"{where}: RLE counts string holds {ch!r}; expected characters '0' to 'o' (48-111)")
+    if len(c) and c[-1] & 0x20:
         raise DataError(f"{where}: RLE counts string ends inside a number; expected a complete COCO string")
-    return counts
+    ends = np.flatnonzero((c & 0x20) == 0)  # the last 5-bit group of each count
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    groups = ends - starts + 1
+    if len(groups) and groups.max() > 12:
+        raise DataError(f"{where}: RLE count of {int(groups.max())} 5-bit groups; expected at most 12 (a 60-bit count)")
+    k = np.arange(len(c)) - np.repeat(starts, groups)
+    x = np.add.reduceat((c & 0x1F) << (5 * k), starts) if len(c) else np.zeros(0, np.int64)
+    x = np.where(c[ends] & 0x10, x - (1 << (5 * groups)), x)  # the last group's 0x10 is the sign
+    counts = x.copy()  # from the 4th on, each count was stored minus the count two before it
+    counts[3::2] = np.cumsum(x[1::2])[1:] if len(x) > 3 else counts[3::2]
+    counts[4::2] = x[2] + np.cumsum(x[4::2]) if len(x) > 4 else counts[4::2]
+    return counts.tolist()
 
 
 def compress_rle(rle: dict[str, Any]) -> dict[str, Any]:
