@@ -89,6 +89,14 @@ def test_compressed_strings_of_long_runs_and_negative_differences_round_trip():
     assert rle_string_to_counts(compress_rle(rle)["counts"]) == rle["counts"]
 
 
+def test_compressed_strings_of_any_counts_round_trip(rng):
+    assert rle_string_to_counts("") == []
+    for n in (1, 2, 3, 4, 5, 50):
+        for high in (2, 1000, 2**40):
+            counts = rng.integers(0, high, n).tolist()
+            assert rle_string_to_counts(rle_counts_to_string(counts)) == counts
+
+
 def test_rle_strings_and_masks_match_pycocotools(rng):
     cocomask = pytest.importorskip("pycocotools.mask", reason="optional differential reference")
     for _ in range(20):

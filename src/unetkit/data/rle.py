@@ -105,7 +105,9 @@ def rle_string_to_counts(text: str | bytes, where: str = "RLE") -> list[int]:
     if len(bad):
         ch = chr(raw[bad[0]]) if isinstance(text, bytes) else text[bad[0]]
         raise DataError(f"{where}: RLE counts string holds {ch!r}; expected characters '0' to 'o' (48-111)")
-    if len(c) and c[-1] & 0x20:
+    if not len(c):
+        return []
+    if c[-1] & 0x20:
         raise DataError(f"{where}: RLE counts string ends inside a number; expected a complete COCO string")
     ends = np.flatnonzero((c & 0x20) == 0)  # the last 5-bit group of each count
     starts = np.concatenate([[0], ends[:-1] + 1])
@@ -113,7 +115,7 @@ def rle_string_to_counts(text: str | bytes, where: str = "RLE") -> list[int]:
     if len(groups) and groups.max() > 12:
         raise DataError(f"{where}: RLE count of {int(groups.max())} 5-bit groups; expected at most 12 (a 60-bit count)")
     k = np.arange(len(c)) - np.repeat(starts, groups)
-    x = np.add.reduceat((c & 0x1F) << (5 * k), starts) if len(c) else np.zeros(0, np.int64)
+    x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
     x = np.where(c[ends] & 0x10, x - (1 << (5 * groups)), x)  # the last group's 0x10 is the sign
     counts = x.copy()  # from the 4th on, each count was stored minus the count two before it
     counts[3::2] = np.cumsum(x[1::2])[1:] if len(x) > 3 else counts[3::2]
