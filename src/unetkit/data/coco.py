@@ -12,7 +12,8 @@ polygons `[[x1, y1, x2, y2, ...], ...]` or a run-length encoding `{"size": [h, w
   individuals are not outlined), then the other objects paint over them;
 - where objects of different categories overlap, `raster.VOID` (ignored; see `raster.paint`).
 
-Every file is checked when read (`load_coco`): an unknown image or category id, a polygon reaching
+`read_coco_layout(root)` finds the COCO files of a data folder (`coco_files`), their images and
+splits (from the file names). Every file is checked when read (`load_coco`): an unknown image or category id, a polygon reaching
 more than `SLACK` pixels outside its image, a malformed RLE is a `DataError` naming the file, the
 annotation and what was expected. Files without `annotations` (COCO's `image_info_test*.json`) list
 unlabelled images.
@@ -27,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from unetkit.data.manifest import read_json
+from unetkit.data.layout import json_files
+from unetkit.data.manifest import ManifestRow, read_json, split_name
 from unetkit.data.raster import VOID, overlay, paint, polygon_mask
 from unetkit.data.rle import rle_runs, runs_to_mask
 from unetkit.errors import DataError
@@ -204,3 +206,75 @@ def _shape_mask(ann: dict, image: CocoImage, where: str) -> np.ndarray:
     for polygon in seg:
         mask |= polygon_mask(np.asarray(polygon, np.float64).reshape(-1, 2), image.height, image.width)
     return mask
+
+
+# ---------------------------------------------------------------- the layout: files, images, splits
+
+_COCO_OTHER = ("captions_", "person_keypoints_", "panoptic_")  # COCO files that hold no class masks
+_COCO_NAMES = ("instances_", "stuff_", "image_info_")  # COCO's own names, which count in the data folder too
+
+
+def coco_files(root: Path) -> list[Path]:
+    """The COCO files of `root`: any in `annotations/`; in `root` itself only those named as COCO names
+    them (`instances_*`, `stuff_*`, `image_info_*`, Roboflow's `*.coco.json`), so a `coco.json` of
+    predictions beside `images/` + `masks/` (`unetkit rank --export`) leaves the masks the labels.
+    Of those: `instances_*` (else `stuff_*`) with `image_info_*` image lists, else every COCO file
+    except captions, key points and panoptic."""
+    named = [p for p in json_files(root)
+             if p.parent != root or p.name.startswith(_COCO_NAMES) or p.name.endswith(".coco.json")]
+    found = [p for p in named if looks_like_coco(p)]
+    for prefix in ("instances_", "stuff_"):
+        if any(p.name.startswith(prefix) for p in found):
+            return [p for p in found if p.name.startswith((prefix, "image_info_"))]
+    return [p for p in found if not p.name.startswith(_COCO_OTHER)]
+
+
+def _split_token(stem: str) -> tuple[str, str]:
+    """(split, folder token) from a file name: `instances_train2017` -> (`train`, `train2017`)."""
+    for token in reversed(re.split(r"[_\-.]", stem)):
+        split = split_name(token.rstrip("0123456789"))
+        if split:
+            return split, token
+    return "", ""
+
+
+def read_coco_layout(root: Path) -> tuple[list[ManifestRow], list[tuple[str, int, None]], tuple[tuple[str, int], ...]]:
+    """(rows: one per labelled image, `mask` its COCO file, `entry` its id; classes (name, value, None);
+    unlabelled (file, n images)) of the COCO files of `root`."""
+    files = coco_files(root)
+    if not files:
+        raise DataError(f"{root}: no COCO JSON in annotations/; expected e.g. annotations/instances_train.json")
+    rows: list[ManifestRow] = []
+    unlabelled: list[tuple[str, int]] = []
+    first: CocoFile | None = None
+    for path in files:
+        data = load_coco(path)
+        if not data.labelled:
+            unlabelled.append((path.relative_to(root).as_posix(), len(data.images)))
+            continue
+        if first is None:
+            first = data
+        elif data.categories != first.categories:
+            raise DataError(f"{path}: categories differ from {first.path.name}'s; expected the same categories "
+                            "in every COCO file of a data set")
+        split, token = _split_token(path.stem)
+        bases = [root / "images" / token, root / token] if token else []
+        bases = [b for b in [*bases, root / "images", root, path.parent] if b.is_dir()]
+        for image in data.images.values():
+            found = _image_file(bases, image.file_name)
+            if found is None:
+                looked = ", ".join(f"{b.relative_to(root).as_posix()}/" for b in bases)
+                raise DataError(f"{path}: image {image.id} {image.file_name} not found in {looked}; "
+                                "expected the image files beside the annotations")
+            rows.append(ManifestRow("", found, path, None, split, entry=str(image.id)))
+    if first is None:
+        raise DataError(f"{files[0]}: no annotations in any COCO file; expected one with an annotations list")
+    classes: list[tuple[str, int, None]] = [(n, c, None) for c, n in first.categories]
+    if first.background not in [c for c, _ in first.categories]:
+        classes.insert(0, ("background", first.background, None))
+    return rows, classes, tuple(unlabelled)
+
+
+def _image_file(bases: list[Path], file_name: str) -> Path | None:
+    names = [file_name, Path(file_name).name]
+    return next((b / n for b in bases for n in names if (b / n).is_file()), None)

@@ -363,119 +363,24 @@ def _nnunet_cases(root: Path, images: str, labels: str, split: str, channels: li
     return rows
 
 
-# ---------------------------------------------------------------- COCO JSON
-
-
-_COCO_OTHER = ("captions_", "person_keypoints_", "panoptic_")  # COCO files that hold no class masks
-
-
-def _json_files(root: Path) -> list[Path]:
-    folders = [root / "annotations", root]
-    return [p for d in folders if d.is_dir() for p in sorted(d.glob("*.json")) if p.name != "dataset.json"]
-
-
-_COCO_NAMES = ("instances_", "stuff_", "image_info_")  # COCO's own names, which count in the data folder too
-
-
-def coco_files(root: Path) -> list[Path]:
-    """The COCO files of `root`: any in `annotations/`; in `root` itself only those named as COCO names
-    them (`instances_*`, `stuff_*`, `image_info_*`, Roboflow's `*.coco.json`), so a `coco.json` of
-    predictions beside `images/` + `masks/` (`unetkit rank --export`) leaves the masks the labels.
-    Of those: `instances_*` (else `stuff_*`) with `image_info_*` image lists, else every COCO file
-    except captions, key points and panoptic."""
-    named = [p for p in _json_files(root)
-             if p.parent != root or p.name.startswith(_COCO_NAMES) or p.name.endswith(".coco.json")]
-    found = [p for p in named if coco.looks_like_coco(p)]
-    for prefix in ("instances_", "stuff_"):
-        if any(p.name.startswith(prefix) for p in found):
-            return [p for p in found if p.name.startswith((prefix, "image_info_"))]
-    return [p for p in found if not p.name.startswith(_COCO_OTHER)]
-
-
-def _split_token(stem: str) -> tuple[str, str]:
-    """(split, folder token) from a file name: `instances_train2017` -> (`train`, `train2017`)."""
-    for token in reversed(re.split(r"[_\-.]", stem)):
-        split = split_name(token.rstrip("0123456789"))
-        if split:
-            return split, token
-    return "", ""
+# ---------------------------------------------------------------- annotation files (coco.py, labelstudio.py)
 
 
 def _coco(root: Path) -> Found:
-    files = coco_files(root)
-    if not files:
-        raise DataError(f"{root}: no COCO JSON in annotations/; expected e.g. annotations/instances_train.json")
-    rows: list[ManifestRow] = []
-    unlabelled: list[tuple[str, int]] = []
-    first: coco.CocoFile | None = None
-    for path in files:
-        data = coco.load_coco(path)
-        split, token = _split_token(path.stem)
-        bases = [root / "images" / token, root / token] if token else []
-        bases = [b for b in [*bases, root / "images", root, path.parent] if b.is_dir()]
-        if not data.labelled:
-            unlabelled.append((path.relative_to(root).as_posix(), len(data.images)))
-            continue
-        if first is None:
-            first = data
-        elif data.categories != first.categories:
-            raise DataError(f"{path}: categories differ from {first.path.name}'s; expected the same categories "
-                            "in every COCO file of a data set")
-        for image in data.images.values():
-            found = _coco_image(bases, image.file_name)
-            if found is None:
-                looked = ", ".join(f"{b.relative_to(root).as_posix()}/" for b in bases)
-                raise DataError(f"{path}: image {image.id} {image.file_name} not found in {looked}; "
-                                "expected the image files beside the annotations")
-            rows.append(ManifestRow("", found, path, None, split, entry=str(image.id)))
-    if first is None:
-        raise DataError(f"{files[0]}: no annotations in any COCO file; expected one with an annotations list")
-    classes: list[NamedClass] = [(n, c, None) for c, n in first.categories]
-    if first.background not in [c for c, _ in first.categories]:
-        classes.insert(0, ("background", first.background, None))
-    return Found("coco", _keyed(rows, root), classes, (VOID,), tuple(unlabelled))
-
-
-def _coco_image(bases: list[Path], file_name: str) -> Path | None:
-    names = [file_name, Path(file_name).name]
-    return next((b / n for b in bases for n in names if (b / n).is_file()), None)
-
-
-# ---------------------------------------------------------------- Label Studio
-
-
-def labelstudio_exports(root: Path) -> list[Path]:
-    return [p for p in _json_files(root) if labelstudio.looks_like_export(p)]
+    rows, classes, unlabelled = coco.read_coco_layout(root)
+    return Found("coco", _keyed(rows, root), classes, (VOID,), unlabelled)
 
 
 def _labelstudio(root: Path) -> Found:
-    exports = labelstudio_exports(root)
-    if len(exports) != 1:
-        listed = ", ".join(p.name for p in exports) or "none"
-        raise DataError(f"{root}: {len(exports)} Label Studio exports ({listed}); expected one JSON export per data set")
-    path = exports[0]
-    export = labelstudio.load_export(path)
-    rows, unlabelled = [], 0
-    for task in export.tasks.values():
-        if task.regions is None:
-            unlabelled += 1
-            continue
-        split = split_name(task.split) if task.split else ""
-        if split is None:
-            raise DataError(f"{path}: task {task.id}: data.split {task.split!r}; expected train, val, test or nothing")
-        image = labelstudio.find_image(path, root, task.image, task.id)
-        rows.append(ManifestRow("", image, path, None, split, entry=str(task.id)))
-    classes: list[NamedClass] = [("background", labelstudio.BACKGROUND, None)]
-    classes += [(name, i + 1, None) for i, name in enumerate(export.labels)]
-    return Found("labelstudio", _keyed(rows, root), classes, (VOID,),
-                 ((path.relative_to(root).as_posix(), unlabelled),) if unlabelled else ())
+    rows, classes, unlabelled = labelstudio.read_export_layout(root)
+    return Found("labelstudio", _keyed(rows, root), classes, (VOID,), unlabelled)
 
 
 _LOOKS_LIKE: dict[str, Callable[[Path], bool]] = {
     "nnunet": lambda root: (root / "dataset.json").is_file() and (root / "imagesTr").is_dir(),
     "voc": lambda root: (root / "SegmentationClass").is_dir(),
-    "coco": lambda root: bool(coco_files(root)),
-    "labelstudio": lambda root: bool(labelstudio_exports(root)),
+    "coco": lambda root: bool(coco.coco_files(root)),
+    "labelstudio": lambda root: bool(labelstudio.export_files(root)),
     "lists": _looks_like_lists,
     "folders": lambda root: bool(_sibling_pairs(root)),
 }

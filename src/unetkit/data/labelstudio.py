@@ -27,7 +27,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
-from unetkit.data.manifest import read_json
+from unetkit.data.layout import json_files
+from unetkit.data.manifest import ManifestRow, read_json, split_name
 from unetkit.data.raster import paint, polygon_mask
 from unetkit.data.rle import brush_values
 from unetkit.errors import DataError
@@ -177,3 +178,34 @@ def _region_mask(where: str, region: dict, height: int, width: int) -> np.ndarra
         raise DataError(f"{where}: brush value format {value.get('format')!r}; expected \"rle\" with an rle byte list")
     flat = brush_values(value["rle"], where, expected=height * width * 4)  # RGBA bytes
     return flat.reshape(height, width, 4)[..., 3] >= ALPHA_THRESHOLD
+
+
+# ---------------------------------------------------------------- the layout: one export, its images
+
+
+def export_files(root: Path) -> list[Path]:
+    """The Label Studio JSON exports among `root`'s JSON files (`layout.json_files`)."""
+    return [p for p in json_files(root) if looks_like_export(p)]
+
+
+def read_export_layout(root: Path) -> tuple[list[ManifestRow], list[tuple[str, int, None]], tuple[tuple[str, int], ...]]:
+    """(rows: one per annotated task, `mask` the export, `entry` the task id; classes (name, value, None);
+    unlabelled (export, n tasks)) of the one export in `root`."""
+    exports = export_files(root)
+    if len(exports) != 1:
+        listed = ", ".join(p.name for p in exports) or "none"
+        raise DataError(f"{root}: {len(exports)} Label Studio exports ({listed}); expected one JSON export per data set")
+    path = exports[0]
+    export = load_export(path)
+    rows, unlabelled = [], 0
+    for task in export.tasks.values():
+        if task.regions is None:
+            unlabelled += 1
+            continue
+        split = split_name(task.split) if task.split else ""
+        if split is None:
+            raise DataError(f"{path}: task {task.id}: data.split {task.split!r}; expected train, val, test or nothing")
+        rows.append(ManifestRow("", find_image(path, root, task.image, task.id), path, None, split, entry=str(task.id)))
+    classes: list[tuple[str, int, None]] = [("background", BACKGROUND, None)]
+    classes += [(name, i + 1, None) for i, name in enumerate(export.labels)]
+    return rows, classes, ((path.relative_to(root).as_posix(), unlabelled),) if unlabelled else ()
