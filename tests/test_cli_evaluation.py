@@ -10,7 +10,8 @@ from tests.evaluation_fixtures import drive_like, tiny_artifact
 from tests.test_cli import assert_one_line_error, run_cli
 from unetkit.artifact import load_artifact
 from unetkit.cli import app
-from unetkit.inference.vectorize import polygons_to_mask, rle_to_mask
+from unetkit.data.rle import rle_to_mask
+from unetkit.inference.vectorize import polygons_to_mask
 
 
 def invoke(*args: str) -> str:

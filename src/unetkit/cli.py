@@ -29,6 +29,7 @@ from unetkit.config import (
     REGISTRY_STORE_ENV,
     SERVE_ENV_PREFIX,
     Backend,
+    DataSplit,
     ExportConfig,
     ExportFormat,
     ModelConfig,
@@ -155,11 +156,14 @@ def _keys(text: str | None) -> list[str] | None:
     return [k.strip() for k in text.split(",") if k.strip()] if text else None
 
 
-def _split_keys(splits: dict[str, tuple[str, ...]], name: str, data: str, keys: list[str] | None) -> list[str]:
-    """The keys of the data set's split `name` (and of --keys, when both are given)."""
+def _split_keys(spec: Any, name: str, data: str, keys: list[str] | None) -> list[str]:
+    """The keys of the data set's split `name` (and of --keys, when both are given); a split the data
+    set lacks is one line listing those it has."""
+    splits = spec.split_map
     if name not in splits:
-        have = ", ".join(f"{n} ({len(k)})" for n, k in splits.items()) or "none"
-        raise UnetkitError(f"--split {name}: {data} has no {name} split; its splits: {have}")
+        have = ", ".join(f"{n} ({len(k)})" for n, k in splits.items()) or "none (score all with no --split, or --keys)"
+        unlabelled = "".join(f"; {where} holds {n} unlabelled images (nothing to score)" for where, n in spec.unlabelled)
+        raise UnetkitError(f"--split {name}: {data} has no {name} split; its splits: {have}{unlabelled}")
     chosen = [k for k in splits[name] if not keys or k in keys]
     if not chosen:
         raise UnetkitError(f"--split {name} and --keys share no sample")
@@ -393,8 +397,10 @@ def evaluate(
     distances: Annotated[bool, typer.Option(help="Boundary IoU, HD95, ASSD (slower).")] = True,
     topology: Annotated[bool, typer.Option(help="clDice and adapted Rand error (slower).")] = True,
     backend: BackendOpt = "auto",
-    split: Annotated[str | None, typer.Option(help="Only the data set's own split: train, val or test (folders, "
-                                              "list files, a manifest's split column, dataset.json, VOC ImageSets).")] = None,
+    split: Annotated[DataSplit | None, typer.Option(help="Only the data set's own split (folders, list files, a "
+                                                    "manifest's split column, dataset.json, VOC ImageSets, COCO file "
+                                                    "names, Label Studio data.split); a split the data set lacks is "
+                                                    "an error listing those it has.")] = None,
 ) -> None:
     """Every metric on labelled data (ROI honoured): IoU, Dice, precision, recall, boundary, distance,
     topology, AUC/AP, calibration; micro and macro; optionally an HTML report. An exported .onnx
@@ -410,7 +416,7 @@ def evaluate(
     if split:
         from unetkit.data.spec import load_spec
 
-        chosen = _split_keys(load_spec(data).split_map, split, data, chosen)
+        chosen = _split_keys(load_spec(data), split, data, chosen)
     loaded = load_model(model)
     result = evaluate_model(loaded, data, tile_settings, keys=chosen, backend=backend,
                             distances=distances, topology=topology, on_image=collector)

@@ -27,6 +27,8 @@ C = TypeVar("C")
 # without loading it): the dataclasses type their fields with these, the library checks values
 # against the tuples, `unetkit --help` lists them and a typo fails at parse time.
 
+DataSplit = Literal["train", "val", "test"]  # a data set's own splits (unetkit.data.manifest, evaluate --split)
+DATA_SPLITS: tuple[str, ...] = get_args(DataSplit)
 Backend = Literal["auto", "torch", "onnx", "compile", "openvino", "openvino-bf16"]  # unetkit.inference.backends
 BACKENDS: tuple[str, ...] = get_args(Backend)
 TrainPrecision = Literal["auto", "fp32", "bf16"]  # what `unetkit train --precision` accepts

@@ -9,63 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import layout_fixtures as lf
 from tests.active.conftest import COLORS
-from unetkit.active.export import brush_rle, export_top, label_studio_config
+from unetkit.active.export import LS_IMAGE_URL, export_top, label_studio_config, label_studio_task
 from unetkit.active.rank import Scorer, rank_folder
 from unetkit.config import RankConfig
+from unetkit.data.dataset import load_samples
 from unetkit.data.io import read_image, read_mask
+from unetkit.data.pairing import pair_samples
+from unetkit.data.rle import brush_values, rle_to_mask
+from unetkit.data.spec import detect_spec
 from unetkit.errors import InputError
-from unetkit.inference.vectorize import rle_to_mask
-
-
-def decode_brush_rle(rle: list[int]) -> np.ndarray:
-    """thi.ng rle-pack's decoder (the reference Label Studio runs), written from its spec."""
-    bits = "".join(f"{b:08b}" for b in rle)
-    pos = 0
-
-    def read(n: int) -> int:
-        nonlocal pos
-        value = int(bits[pos: pos + n], 2)
-        pos += n
-        return value
-
-    num, word = read(32), read(5) + 1
-    sizes = [read(4) + 1 for _ in range(4)]
-    out = np.zeros(num, dtype=np.uint8)
-    i = 0
-    while i < num:
-        repeated = read(1)
-        j = i + 1 + read(sizes[read(2)])
-        if repeated:
-            out[i:j] = read(word)
-            i = j
-        else:
-            while i < j:
-                out[i] = read(word)
-                i += 1
-    return out
-
-
-def test_brush_rle_by_hand():
-    # a 1 x 2 mask [set, unset] -> RGBA bytes 255 x 4, 0 x 4
-    bits = (
-        "00000000000000000000000000001000"  # 8 values
-        "00111"  # word size 8 - 1
-        "0010" "0011" "0111" "1111"  # run-length sizes 3, 4, 8, 16 (minus 1)
-        "1" "00" "011" "11111111"  # a run (1) of size index 0 (3 bits): length 4 - 1, value 255
-        "1" "00" "011" "00000000"  # the same for value 0
-    )
-    bits += "0" * (-len(bits) % 8)
-    expected = [int(bits[i: i + 8], 2) for i in range(0, len(bits), 8)]
-    assert brush_rle(np.array([[True, False]])) == expected
-
-
-def test_brush_rle_round_trips_long_runs(rng):
-    mask = np.zeros((300, 400), dtype=bool)  # a 480,000-byte run: split into 65,536-long pieces
-    mask[100:140, 30:300] = rng.random((40, 270)) > 0.3
-    decoded = decode_brush_rle(brush_rle(mask)).reshape(300, 400, 4)
-    assert (decoded[..., 3] > 0).tolist() == mask.tolist()
-    assert set(np.unique(decoded).tolist()) <= {0, 255}
 
 
 @pytest.fixture
@@ -133,7 +87,7 @@ def test_label_studio_tasks_decode_to_the_masks(exported, images):
     result = tasks[1]["predictions"][0]["result"]
     assert len(result) == 1 and result[0]["type"] == "brushlabels" and result[0]["value"]["brushlabels"] == ["object"]
     assert (result[0]["original_width"], result[0]["original_height"]) == (48, 48)
-    rgba = decode_brush_rle(result[0]["value"]["rle"]).reshape(48, 48, 4)
+    rgba = brush_values(result[0]["value"]["rle"]).reshape(48, 48, 4)
     assert (rgba[..., 3] > 0).tolist() == (expected_labels(images / "faint.png") == 1).tolist()
     config = (out / "label-studio" / "config.xml").read_text()
     assert '<BrushLabels name="label" toName="image">' in config and '<Label value="object" background="#e6194b"/>' in config
@@ -189,3 +143,19 @@ def test_a_labelled_cvat_export_reads_back_as_a_data_set(exported, images, tmp_p
     assert [s.key for s in loaded] == ["ambiguous", "faint"]
     for s in loaded:
         assert s.labels.tolist() == expected_labels(images / f"{s.key}.png").tolist()
+
+
+def test_label_studio_tasks_come_back_labelled_as_a_data_set(tmp_path):
+    """The tasks rank --export sends, once annotated and exported as JSON, read as a labelstudio data set."""
+    tasks = []
+    for i in range(3):
+        image, labels = lf.scene(i)
+        lf.write_png(tmp_path / "images" / f"s{i}.png", image)
+        task = label_studio_task(labels, ["bg", "car", "tree"], f"{LS_IMAGE_URL}s{i}.png", "m1", 0.5)
+        task = {"id": i + 1, "data": task["data"], "annotations": [{"result": task["predictions"][0]["result"]}]}
+        tasks.append(task)  # an annotator accepted the pre-annotation
+    (tmp_path / "project-1.json").write_text(json.dumps(tasks))
+    spec = detect_spec(tmp_path)
+    assert spec.layout == "labelstudio" and spec.class_names == ["background", "car", "tree"]
+    for sample, loaded in zip(pair_samples(spec), load_samples(pair_samples(spec), spec, progress=False), strict=True):
+        assert loaded.labels.tolist() == lf.scene(int(sample.key[1:]))[1].tolist()

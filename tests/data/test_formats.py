@@ -168,3 +168,90 @@ def test_a_txt_file_that_is_no_list_leaves_the_folders_layout(tmp_path):
     root = lf.release(tmp_path / "camvid", lists=False)
     (root / "test.txt").write_text("notes about the test images\n")
     assert detect_spec(root).layout == "folders"
+
+
+def test_coco_2017_naming_gives_splits_category_names_and_the_painted_masks(tmp_path):
+    root = lf.coco(tmp_path / "coco")
+    spec = detect_spec(root)
+    assert spec.layout == "coco"
+    assert {n: len(k) for n, k in spec.splits} == {"train": 4, "val": 2, "test": 2}
+    assert [(c.name, c.value) for c in spec.classes] == [("background", 0), ("car", 1), ("tree", 2)]
+    samples = pair_samples(spec)
+    assert samples[0].image == root / "train2017" / "000000000000.png"
+    assert samples[0].mask == root / "annotations" / "instances_train2017.json" and samples[0].entry == "100"
+    for sample, loaded in zip(samples, load_samples(samples, spec, progress=False), strict=True):
+        assert loaded.labels.tolist() == lf.scene(int(sample.key))[1].tolist()
+    assert validate(spec, samples, progress=False).ok
+
+
+def test_cvat_coco_export_and_an_unlabelled_image_list(tmp_path):
+    root = lf.coco(tmp_path / "coco")
+    (root / "images").mkdir()
+    for folder in ("train2017", "val2017", "test2017"):
+        for f in (root / folder).iterdir():
+            f.rename(root / "images" / f.name)
+    (root / "annotations" / "instances_train2017.json").rename(root / "annotations" / "instances_default.json")
+    (root / "annotations" / "instances_val2017.json").unlink()
+    test = json.loads((root / "annotations" / "instances_test2017.json").read_text())
+    del test["annotations"]  # COCO's image_info_test2017.json: images to predict on
+    (root / "annotations" / "instances_test2017.json").unlink()
+    (root / "annotations" / "image_info_test2017.json").write_text(json.dumps(test))
+    spec = detect_spec(root)
+    assert spec.splits == () and len(pair_samples(spec)) == 4
+    assert spec.unlabelled == (("annotations/image_info_test2017.json", 2),)
+    assert "unlabelled: 2 images in annotations/image_info_test2017.json" in spec.describe()
+    assert load_spec(save_spec(spec, root / "unetkit-dataset.json")) == spec
+
+
+def test_coco_image_missing_and_bad_annotations_are_one_message(tmp_path):
+    root = lf.coco(tmp_path / "coco")
+    (root / "val2017" / "000000000005.png").unlink()
+    with pytest.raises(DataError, match=r"instances_val2017\.json: image 105 000000000005\.png not found in val2017/"):
+        detect_spec(root)
+    root = lf.coco(tmp_path / "coco2")
+    path = root / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    data["annotations"][2]["category_id"] = 9
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"instances_train2017\.json: annotation 3 \(image 101, 000000000001\.png\): "
+                                        r"unknown category_id 9; expected one of 1 \(car\), 2 \(tree\)"):
+        detect_spec(root)
+
+
+def test_label_studio_export_gives_labels_splits_and_unlabelled_tasks(tmp_path):
+    root = lf.labelstudio(tmp_path / "ls")
+    spec = detect_spec(root)
+    assert spec.layout == "labelstudio"
+    assert spec.class_names == ["background", "car", "tree"] and spec.ignore_values == (65535,)
+    assert {n: len(k) for n, k in spec.splits} == {"train": 4, "val": 2, "test": 2}
+    assert spec.unlabelled == (("export.json", 1),)
+    samples = pair_samples(spec)
+    for sample, loaded in zip(samples, load_samples(samples, spec, progress=False), strict=True):
+        assert loaded.labels.tolist() == lf.scene(int(sample.key.removeprefix("img_")))[1].tolist()
+    tasks = json.loads((root / "export.json").read_text())
+    del tasks[1]["data"]["image"]
+    (root / "export.json").write_text(json.dumps(tasks))
+    with pytest.raises(DataError, match=r"export\.json: task 11: no data\.image; expected the URL or path"):
+        detect_spec(root)
+
+
+def test_nnunet_images_without_labels_are_reported_as_unlabelled(tmp_path):
+    root = lf.nnunet(tmp_path / "d")
+    shutil.rmtree(root / "labelsTs")
+    spec = detect_spec(root)
+    assert {n: len(k) for n, k in spec.splits} == {"train": 6}
+    assert spec.unlabelled == (("imagesTs", 2),)
+    assert "unlabelled: 2 images in imagesTs" in spec.describe()
+
+
+def test_a_coco_json_of_predictions_beside_images_and_masks_leaves_the_masks_the_labels(tmp_path):
+    for i in range(2):
+        image, labels = lf.scene(i)
+        lf.write_png(tmp_path / "images" / f"{i}.png", image)
+        lf.write_png(tmp_path / "masks" / f"{i}.png", labels)
+    coco = {"images": [{"id": 1, "file_name": "0.png", "width": lf.SIZE, "height": lf.SIZE}], "annotations": [],
+            "categories": [{"id": 1, "name": "car"}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))  # as `unetkit rank --export` writes it
+    assert detect_spec(tmp_path).layout == ""
+    (tmp_path / "coco.json").rename(tmp_path / "_annotations.coco.json")  # Roboflow's name: COCO it is
+    assert detect_spec(tmp_path).layout == "coco"

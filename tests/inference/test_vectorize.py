@@ -1,4 +1,4 @@
-"""COCO RLE and GeoJSON polygons: hand-made cases and round trips."""
+"""COCO annotations and GeoJSON polygons of label maps: hand-made cases and round trips."""
 
 import json
 
@@ -6,63 +6,16 @@ import numpy as np
 import pytest
 import tifffile
 
+from unetkit.data.rle import rle_to_mask
 from unetkit.inference.vectorize import (
     GeoTransform,
     coco_annotations,
-    compress_rle,
     label_polygons,
     labels_to_geojson,
-    mask_to_rle,
     polygons_to_mask,
     read_geotransform,
     ring_area,
-    rle_counts_to_string,
-    rle_string_to_counts,
-    rle_to_mask,
 )
-
-
-def test_rle_is_column_major_and_starts_with_zeros():
-    centre = np.zeros((3, 3), np.uint8)
-    centre[1, 1] = 1
-    assert mask_to_rle(centre) == {"size": [3, 3], "counts": [4, 1, 4]}
-    top_row = np.array([[1, 1], [0, 0]])  # column-major: 1 0 1 0 (row-major would be 1 1 0 0)
-    assert mask_to_rle(top_row)["counts"] == [0, 1, 1, 1, 1]
-    assert mask_to_rle(np.zeros((2, 3)))["counts"] == [6]
-    assert mask_to_rle(np.ones((2, 3)))["counts"] == [0, 6]
-
-
-@pytest.mark.parametrize(
-    "counts, text",
-    [
-        ([4, 1, 4], "414"),
-        ([0, 1, 1, 1, 1], "01100"),  # from the 4th count on, the difference to the count two before
-        ([100], "T3"),  # 100 = 4 + 3*32: low group with continuation bit (4|32)+48 = 'T', then '3'
-        ([5, 5, 5, 1], "555L"),  # 1 - 5 = -4: one group 28 (sign bit set) + 48 = 'L'
-    ],
-)
-def test_compressed_string_matches_hand_encoded(counts, text):
-    assert rle_counts_to_string(counts) == text
-    assert rle_string_to_counts(text) == counts
-    assert rle_string_to_counts(text.encode()) == counts
-
-
-def test_rle_round_trip_random_masks(rng):
-    for shape in [(1, 1), (7, 5), (64, 33)]:
-        for p in (0.0, 0.1, 0.5, 1.0):
-            mask = rng.random(shape) < p
-            rle = mask_to_rle(mask)
-            assert sum(rle["counts"]) == mask.size
-            np.testing.assert_array_equal(rle_to_mask(rle), mask)
-            compressed = compress_rle(rle)
-            assert isinstance(compressed["counts"], str)
-            np.testing.assert_array_equal(rle_to_mask(compressed), mask)
-            assert rle_string_to_counts(compressed["counts"]) == rle["counts"]
-
-
-def test_rle_refuses_wrong_size():
-    with pytest.raises(ValueError, match="expected h\\*w"):
-        rle_to_mask({"size": [2, 2], "counts": [3]})
 
 
 def test_coco_annotations_per_class_and_instance():

@@ -16,7 +16,7 @@ from PIL import Image
 
 from tests.serve.samples import png_of, synthetic_image
 from unetkit.config import ServeConfig
-from unetkit.inference.vectorize import rle_to_mask
+from unetkit.data.rle import rle_to_mask
 from unetkit.serve.app import create_app
 from unetkit.serve.logs import LOGGER, JsonFormatter
 

@@ -32,6 +32,7 @@ from PIL import Image
 
 from unetkit.active.rank import Ranking, Scorer, ranking_csv
 from unetkit.data.io import read_image, write_bytes_atomic, write_png, write_text_atomic
+from unetkit.data.rle import brush_rle
 from unetkit.errors import InputError
 from unetkit.inference import vectorize
 
@@ -148,31 +149,3 @@ def label_studio_task(
         for c in np.unique(labels).tolist() if c != background and c < len(class_names)
     ]
     return {"data": {"image": image_url}, "predictions": [{"model_version": model_version, "score": float(score), "result": result}]}
-
-
-RLE_SIZES = (3, 4, 8, 16)  # bits of a run length, chosen per run by a 2-bit index
-
-
-def brush_rle(mask: np.ndarray) -> list[int]:
-    """Label Studio's brush RLE of a binary mask: the RGBA image (4 bytes per pixel, 255 where the
-    mask is set, row-major) packed with thi.ng's rle-pack, as `label_studio_converter.brush.mask2rle`
-    writes it. Bitstream (MSB first): 32 bits value count, 5 bits word size - 1 (7), 4 x 4 bits
-    run-length sizes - 1 (3, 4, 8, 16), then per run: 1 (a repeated value), 2 bits size index,
-    length - 1 in that many bits, the 8-bit value. Runs longer than 65536 are split."""
-    flat = np.repeat(np.asarray(mask, dtype=bool).ravel(), 4)
-    if flat.size >= 2**32:
-        raise InputError(f"mask of {mask.shape} pixels is too large for Label Studio's RLE")
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    starts = np.concatenate([[0], change])
-    lengths = np.diff(np.concatenate([starts, [flat.size]]))
-    parts = [f"{flat.size:032b}", f"{8 - 1:05b}", "".join(f"{s - 1:04b}" for s in RLE_SIZES)]
-    for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
-        value = "11111111" if flat[start] else "00000000"
-        while length > 0:
-            n = min(length, 2**16)
-            index = next(i for i, bits in enumerate(RLE_SIZES) if n <= 2**bits)
-            parts.append(f"1{index:02b}{n - 1:0{RLE_SIZES[index]}b}{value}")
-            length -= n
-    bits = "".join(parts)
-    bits += "0" * (-len(bits) % 8)
-    return np.packbits(np.frombuffer(bits.encode(), dtype=np.uint8) - 48).tolist()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from unetkit.data.io import DEFAULT_MAX_PIXELS, read_image_stack, read_mask
-from unetkit.data.pairing import Sample
+from unetkit.data.pairing import Sample, read_raw_mask
 from unetkit.data.progress import track
 from unetkit.data.spec import IGNORE_INDEX, DatasetSpec, decode_mask, roi_inside
 from unetkit.errors import DataError
@@ -36,7 +36,7 @@ class LoadedSample:
 
 def load_sample(sample: Sample, spec: DatasetSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedSample:
     image = read_image_stack(sample.image_files, max_pixels)
-    labels = decode_mask(read_mask(sample.mask, max_pixels), spec, sample.mask)
+    labels = decode_mask(read_raw_mask(sample, spec, max_pixels), spec, sample.mask)
     if labels.shape != image.shape[1:]:
         raise DataError(
             f"{sample.mask}: size {labels.shape[1]}x{labels.shape[0]} does not match image {sample.image} "

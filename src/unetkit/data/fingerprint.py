@@ -26,11 +26,16 @@ PIXELS_PER_IMAGE = 100_000  # sampled per image for percentiles
 
 
 def content_hash(samples: Sequence[Sample]) -> str:
-    """sha256 over the sorted (key, image hash, mask hash, roi hash) of every sample."""
+    """sha256 over the sorted (key, image hash, mask hash[, entry], roi hash) of every sample; a file
+    several samples share (a COCO or Label Studio annotation file) is hashed once."""
     digest = hashlib.sha256()
+    hashes: dict[object, str] = {}
     for s in sorted(samples, key=lambda s: s.key):
         files = [*s.image_files, s.mask] + ([s.roi] if s.roi is not None else [])
-        digest.update("\t".join([s.key, *(file_sha256(p) for p in files)]).encode() + b"\n")
+        for p in files:
+            if p not in hashes:
+                hashes[p] = file_sha256(p)
+        digest.update("\t".join([s.key, *(hashes[p] for p in files), *([s.entry] if s.entry else [])]).encode() + b"\n")
     return digest.hexdigest()
 
 

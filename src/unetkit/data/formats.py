@@ -11,13 +11,21 @@ the format names its classes, `(name, value, colour)` triples:
 - `voc`: Pascal VOC / CVAT "Segmentation mask 1.1": `JPEGImages/`, `SegmentationClass/`
   (palette or colour PNGs), `labelmap.txt` (`name:r,g,b::`), `ImageSets/Segmentation/*.txt`.
 - `nnunet`: nnU-Net raw: `dataset.json`, `imagesTr/{case}_0000{ending}` (one file per channel),
-  `labelsTr/{case}{ending}`, `imagesTs/` with `labelsTs/` as the test split.
+  `labelsTr/{case}{ending}`, `imagesTs/` with `labelsTs/` as the test split (without: unlabelled).
+- `coco`: COCO JSON (`annotations/instances_train2017.json`, CVAT's `instances_default.json`, ...)
+  beside the images (`train2017/`, `images/`); polygons and RLE painted by `coco.py`; the split from
+  the file name; files without annotations (`image_info_test2017.json`) list unlabelled images.
+- `labelstudio`: Label Studio's JSON export (brush / polygon labels, `labelstudio.py`) beside the images.
+
+The masks of `coco` and `labelstudio` live in the annotation file: a row's `mask` is that file and its
+`entry` the image id / task id in it; `read_label` paints them (and reads every other mask file).
 
 Bad input is a `DataError` naming the file and what was expected, raised before anything is written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -26,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from unetkit.data.io import is_image_file, read_mask, read_palette
+from unetkit.data import coco, labelstudio
+from unetkit.data.io import DEFAULT_MAX_PIXELS, image_size, is_image_file, read_mask, read_palette
 from unetkit.data.layout import glob_template, image_files, match_folders
 from unetkit.data.manifest import ManifestRow, read_json, split_name
+from unetkit.data.raster import VOID
 from unetkit.errors import DataError
 
 Colour = tuple[int, int, int]
@@ -40,19 +50,24 @@ VOC_VOID = 255  # VOC palette masks mark object boundaries/void with 255
 LAYOUTS = {  # name -> what it is, in detection order
     "nnunet": "nnU-Net raw: dataset.json, imagesTr/, labelsTr/",
     "voc": "Pascal VOC / CVAT segmentation mask: JPEGImages/, SegmentationClass/",
+    "coco": "COCO JSON: annotations/*.json beside the images",
+    "labelstudio": "Label Studio JSON export (brush/polygon labels)",
     "lists": "release list files: image label per line",
     "folders": "sibling folders X/ + Xannot/",
 }
+PAINTED_LAYOUTS = {"coco": "image", "labelstudio": "task"}  # masks painted from an annotation file: what an entry is
 
 
 @dataclass(frozen=True)
 class Found:
-    """What a reader found: its rows and, when the format names them, the classes and ignore values."""
+    """What a reader found: its rows and, when the format names them, the classes and ignore values;
+    `unlabelled` counts the images it holds without labels, per folder: `(folder under root, n)`."""
 
     layout: str
     rows: list[ManifestRow]
     classes: list[NamedClass] | None = None
     ignore: tuple = ()
+    unlabelled: tuple[tuple[str, int], ...] = ()
 
 
 def detect_layout(root: Path) -> Found | None:
@@ -63,12 +78,25 @@ def detect_layout(root: Path) -> Found | None:
     return None
 
 
+def read_label(layout: str, mask: Path, entry: str, image: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A sample's raw mask: painted from an annotation file (`coco`, `labelstudio`: `entry` is the
+    image / task id in `mask`), else read from the mask file."""
+    if not entry:
+        return read_mask(mask, max_pixels)
+    if layout == "coco":
+        return coco.coco_mask(mask, int(entry), max_pixels)
+    if layout == "labelstudio":
+        size = image_size(image) if image.is_file() else None
+        return labelstudio.task_mask(mask, int(entry), max_pixels, size)
+    raise DataError(f"{mask}: entry {entry} of a {layout or 'template'} data set; only coco and labelstudio have entries")
+
+
 def read_layout(layout: str, root: str | Path, classes: bool = True) -> Found:
     """The rows of `root` read as `layout`; with `classes=False` the (slower) class checks are skipped."""
     if layout == "voc":
         return _voc(Path(root), classes)
     readers: dict[str, Callable[[Path], Found]] = {
-        "nnunet": _nnunet, "voc": _voc, "lists": _lists, "folders": _folders,
+        "nnunet": _nnunet, "voc": _voc, "coco": _coco, "labelstudio": _labelstudio, "lists": _lists, "folders": _folders,
     }
     if layout not in readers:
         raise DataError(f"{root}: unknown layout {layout!r}; expected one of {', '.join(readers)}")
@@ -163,13 +191,13 @@ def _unique_keys(rows: list[ManifestRow], root: Path) -> list[ManifestRow]:
     """Keys are file stems; where stems repeat across folders, the image path under root."""
     counts = Counter(r.key for r in rows)
     return [
-        r if counts[r.key] == 1 else ManifestRow(_rel(r.image, root), r.image, r.mask, r.roi, r.split, r.channels)
+        r if counts[r.key] == 1 else dataclasses.replace(r, key=_rel(r.image, root))
         for r in rows
     ]
 
 
 def _keyed(rows: list[ManifestRow], root: Path) -> list[ManifestRow]:
-    rows = [ManifestRow(r.image.stem, r.image, r.mask, r.roi, r.split, r.channels) for r in rows]
+    rows = [dataclasses.replace(r, key=r.image.stem) for r in rows]
     rows = _unique_keys(rows, root)
     repeated = [k for k, n in Counter(r.key for r in rows).items() if n > 1]
     if repeated:
@@ -288,9 +316,13 @@ def _nnunet(root: Path) -> Found:
     classes, ignore = _nnunet_labels(meta_path, meta.get("labels"))
     names = [str(channels[k]) for k in sorted(channels, key=int)]
     rows = _nnunet_cases(root, "imagesTr", "labelsTr", "train", names, ending)
+    unlabelled: tuple[tuple[str, int], ...] = ()
     if (root / "imagesTs").is_dir() and (root / "labelsTs").is_dir():
         rows += _nnunet_cases(root, "imagesTs", "labelsTs", "test", names, ending)
-    return Found("nnunet", rows, classes, ignore)  # imagesTs/ without labelsTs/ cannot be scored: left out
+    elif (root / "imagesTs").is_dir():  # cases to predict on, not to score: reported, not sampled
+        cases = _nnunet_cases(root, "imagesTs", "labelsTs", "test", names, ending)
+        unlabelled = (("imagesTs", len(cases)),) if cases else ()
+    return Found("nnunet", rows, classes, ignore, unlabelled)
 
 
 def _nnunet_labels(path: Path, labels: object) -> tuple[list[NamedClass], tuple]:
@@ -331,9 +363,24 @@ def _nnunet_cases(root: Path, images: str, labels: str, split: str, channels: li
     return rows
 
 
+# ---------------------------------------------------------------- annotation files (coco.py, labelstudio.py)
+
+
+def _coco(root: Path) -> Found:
+    rows, classes, unlabelled = coco.read_coco_layout(root)
+    return Found("coco", _keyed(rows, root), classes, (VOID,), unlabelled)
+
+
+def _labelstudio(root: Path) -> Found:
+    rows, classes, unlabelled = labelstudio.read_export_layout(root)
+    return Found("labelstudio", _keyed(rows, root), classes, (VOID,), unlabelled)
+
+
 _LOOKS_LIKE: dict[str, Callable[[Path], bool]] = {
     "nnunet": lambda root: (root / "dataset.json").is_file() and (root / "imagesTr").is_dir(),
     "voc": lambda root: (root / "SegmentationClass").is_dir(),
+    "coco": lambda root: bool(coco.coco_files(root)),
+    "labelstudio": lambda root: bool(labelstudio.export_files(root)),
     "lists": _looks_like_lists,
     "folders": lambda root: bool(_sibling_pairs(root)),
 }

@@ -96,3 +96,10 @@ def match_folders(
         if common > best[2]:
             best = (image_template, other_template, common, strip)
     return best
+
+
+def json_files(root: Path) -> list[Path]:
+    """JSON files where annotation files live: `annotations/*.json`, then `root/*.json` (not nnU-Net's
+    `dataset.json`), each sorted."""
+    folders = [root / "annotations", root]
+    return [p for d in folders if d.is_dir() for p in sorted(d.glob("*.json")) if p.name != "dataset.json"]

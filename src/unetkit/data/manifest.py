@@ -17,10 +17,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from unetkit.config import DATA_SPLITS
 from unetkit.errors import DataError
 
 COLUMNS = ("image", "mask", "roi", "key", "split")
-SPLITS = ("train", "val", "test")
+SPLITS = DATA_SPLITS
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                 "test": "test", "testing": "test", "": ""}
 
@@ -33,6 +34,7 @@ class ManifestRow:
     roi: Path | None
     split: str = ""  # train, val, test or "" (not assigned)
     channels: tuple[Path, ...] = ()  # further image files stacked as channels after `image`
+    entry: str = ""  # the sample's record in `mask` when that is an annotation file (COCO image id, task id)
 
 
 def read_manifest(path: str | Path) -> list[ManifestRow]:

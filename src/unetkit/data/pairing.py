@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from unetkit.data.formats import read_layout
+from unetkit.data.formats import read_label, read_layout
+from unetkit.data.io import DEFAULT_MAX_PIXELS
 from unetkit.data.layout import glob_template, template_path
 from unetkit.data.manifest import read_manifest
 from unetkit.data.spec import DatasetSpec
@@ -22,6 +23,7 @@ class Sample:
     mask: Path
     roi: Path | None = None
     channels: tuple[Path, ...] = ()  # further image files stacked as channels after `image` (nnU-Net)
+    entry: str = ""  # the record in `mask` when it is an annotation file (a COCO image id, a Label Studio task id)
 
     @property
     def image_files(self) -> tuple[Path, ...]:
@@ -36,12 +38,17 @@ class Sample:
         )
 
 
+def read_raw_mask(sample: Sample, spec: DatasetSpec, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """The sample's raw mask values (`io.read_mask`'s), painted from its annotation file where it has one."""
+    return read_label(spec.layout, sample.mask, sample.entry, sample.image, max_pixels)
+
+
 def pair_samples(spec: DatasetSpec) -> list[Sample]:
     """All samples of the data set, sorted by key (numeric keys in numeric order)."""
     if spec.manifest or spec.layout:
         rows = read_layout(spec.layout, spec.root, classes=False).rows if spec.layout else read_manifest(spec.manifest)
         return sorted(
-            (Sample(r.key, r.image, r.mask, r.roi, r.channels) for r in rows), key=lambda s: _order(s.key)
+            (Sample(r.key, r.image, r.mask, r.roi, r.channels, r.entry) for r in rows), key=lambda s: _order(s.key)
         )
     root = Path(spec.root)
     images = glob_template(root, spec.images)

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from unetkit.data.formats import LAYOUTS, Found, detect_layout
+from unetkit.data.formats import LAYOUTS, PAINTED_LAYOUTS, Found, detect_layout
 from unetkit.data.io import read_mask, read_palette, write_text_atomic
 from unetkit.data.layout import KEY, image_files, match_folders
 from unetkit.data.manifest import SPLITS, ManifestRow, read_json, read_manifest
+from unetkit.data.raster import VOID
 from unetkit.errors import DataError
 
 IGNORE_INDEX = 255
@@ -54,6 +55,7 @@ class DatasetSpec:
     manifest: str = ""  # a CSV/JSON list of files instead of templates
     layout: str = ""  # a published layout read as it is (`unetkit.data.formats`) instead of templates
     splits: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the data set's own (train|val|test, keys)
+    unlabelled: tuple[tuple[str, int], ...] = ()  # (folder or file under root, n images) it holds without labels
 
     def __post_init__(self) -> None:
         if self.layout and self.layout not in LAYOUTS:
@@ -105,11 +107,17 @@ class DatasetSpec:
         lines = [f"data set at {self.root}", f"  {self.source}"]
         if self.splits:
             lines.append(f"  {self.describe_splits()}")
+        for where, n in self.unlabelled:
+            lines.append(f"  unlabelled: {n} image{'s' if n != 1 else ''} in {where} (no labels: not trained or "
+                         "scored; `unetkit predict` segments them)")
         if self.roi:
             lines.append(f"  roi    {self.roi} (pixels outside are ignored)")
         lines += [f"  class {i}: {c.name} = {_fmt(c.value)}" for i, c in enumerate(self.classes)]
         if self.ignore_values:
-            lines.append(f"  ignored values: {', '.join(_fmt(v) for v in self.ignore_values)}")
+            painted = self.layout in PAINTED_LAYOUTS and VOID in self.ignore_values
+            lines.append(f"  ignored values: {', '.join(_fmt(v) for v in self.ignore_values)}"
+                         + (f" ({'' if len(self.ignore_values) == 1 else f'{VOID}: '}where objects of different "
+                            "classes overlap)" if painted else ""))
         return "\n".join(lines)
 
 
@@ -230,7 +238,8 @@ def _layout_spec(root: Path, found: Found) -> DatasetSpec:
     else:
         classes, ignore = detect_classes([r.mask for r in found.rows if r.mask.is_file()])
     return DatasetSpec(
-        root=str(root), classes=classes, ignore_values=ignore, layout=found.layout, splits=splits_of(found.rows)
+        root=str(root), classes=classes, ignore_values=ignore, layout=found.layout, splits=splits_of(found.rows),
+        unlabelled=found.unlabelled,
     )
 
 
@@ -370,6 +379,8 @@ def save_spec(spec: DatasetSpec, path: str | Path) -> Path:
         data["layout"] = spec.layout
     if spec.splits:
         data["splits"] = {name: list(keys) for name, keys in spec.splits}
+    if spec.unlabelled:
+        data["unlabelled"] = dict(spec.unlabelled)
     return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
@@ -397,7 +408,7 @@ def _manifest_spec(path: Path) -> DatasetSpec:
 
 
 _FIELDS = {"format", "version", "root", "images", "masks", "roi", "manifest", "classes", "ignore_values",
-           "layout", "splits"}
+           "layout", "splits", "unlabelled"}
 
 
 def _spec_from_json(path: Path, data: dict) -> DatasetSpec:
@@ -413,6 +424,9 @@ def _spec_from_json(path: Path, data: dict) -> DatasetSpec:
     )
     if not ok:
         raise DataError(f"{path}: splits: expected {{\"train\": [keys], \"val\": [keys], \"test\": [keys]}}")
+    unlabelled = data.get("unlabelled", {})
+    if not isinstance(unlabelled, dict) or not all(_is_count(n) for n in unlabelled.values()):
+        raise DataError(f"{path}: unlabelled: expected {{\"folder\": number of images}}")
     classes = data.get("classes")
     if not isinstance(classes, list) or not classes:
         raise DataError(f"{path}: classes: expected a non-empty list of {{name, value, color}}")
@@ -435,8 +449,13 @@ def _spec_from_json(path: Path, data: dict) -> DatasetSpec:
         classes=tuple(infos),
         ignore_values=tuple(_mask_value(path, f"ignore_values[{i}]", v) for i, v in enumerate(ignore)),
         splits=tuple((name, tuple(keys)) for name, keys in splits.items()),
+        unlabelled=tuple(unlabelled.items()),
         **text,
     )
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _string(path: Path, key: str, value: object) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from unetkit.data.formats import PAINTED_LAYOUTS
 from unetkit.data.pairing import Sample
 from unetkit.data.spec import DatasetSpec
 
@@ -15,8 +16,10 @@ def dataset_summary(spec: DatasetSpec, samples: Sequence[Sample], examples: int 
     complete = [s for s in samples if s.complete]
     lines = [spec.describe(), f"  {len(complete)} complete samples of {len(samples)} keys"]
     for s in complete[:examples]:
-        files = [*s.image_files, s.mask] + ([s.roi] if s.roi is not None else [])
-        lines.append(f"  e.g. key {s.key}: " + " + ".join(_rel(p, root) for p in files))
+        files = [_rel(p, root) for p in [*s.image_files, s.mask] + ([s.roi] if s.roi is not None else [])]
+        if s.entry:  # the mask is painted from an annotation file: which record in it
+            files[len(s.image_files)] += f" ({PAINTED_LAYOUTS.get(spec.layout, 'entry')} {s.entry})"
+        lines.append(f"  e.g. key {s.key}: " + " + ".join(files))
     incomplete = len(samples) - len(complete)
     if incomplete:
         lines.append(f"  {incomplete} keys miss a file: run `unetkit validate` for the list")

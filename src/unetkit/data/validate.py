@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 
 from unetkit.data.io import DEFAULT_MAX_PIXELS, file_sha256, read_image_stack, read_mask
-from unetkit.data.pairing import Sample
+from unetkit.data.pairing import Sample, read_raw_mask
 from unetkit.data.progress import track
 from unetkit.data.spec import DatasetSpec, decode_mask, roi_inside
 from unetkit.errors import DataError
@@ -189,7 +189,7 @@ def _check_sample(spec: DatasetSpec, s: Sample, root: Path, max_pixels: int) -> 
     if problems:
         return _Checked(problems)
     image = _read(read_image_stack, s.image_files, image_rel, max_pixels, add)
-    raw = _read(read_mask, s.mask, mask_rel, max_pixels, add)
+    raw = _read(lambda path, m: read_raw_mask(s, spec, m), s.mask, mask_rel, max_pixels, add)
     roi = _read(read_mask, s.roi, roi_rel, max_pixels, add) if s.roi is not None else None
     if image is None:
         return _Checked(problems)

@@ -15,11 +15,8 @@ ModelPixelScale/ModelTiepoint or ModelTransformation tags) maps them to map coor
 
 COCO RLE
 --------
-`mask_to_rle(mask)` = `{"size": [h, w], "counts": [...]}`: run lengths over the mask flattened in
-column-major (Fortran) order, starting with a run of zeros (possibly 0), as pycocotools does.
-`rle_counts_to_string` / `rle_string_to_counts` are pycocotools' compact string encoding
-(`rleToString`/`rleFrString`: each count, minus the count two before from the 4th on, in 5-bit
-groups + continuation bit, offset by 48 into printable ASCII).
+`coco_annotations(labels)`: one RLE annotation per class (or component), encoded by
+`unetkit.data.rle` (`mask_to_rle`, `compress_rle`), the one owner of the RLE formats.
 """
 
 from __future__ import annotations
@@ -32,83 +29,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from unetkit.data.rle import compress_rle, mask_to_rle
+
 EIGHT = np.ones((3, 3), bool)
-
-# ---------------------------------------------------------------- COCO RLE
-
-
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """Binary (H, W) mask -> uncompressed COCO RLE `{"size": [h, w], "counts": [int, ...]}`."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"mask_to_rle: need a 2-D mask, got shape {mask.shape}")
-    flat = mask.astype(bool).ravel(order="F")
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        runs = [0] + runs  # counts always start with a (possibly empty) run of zeros
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(r) for r in runs]}
-
-
-def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
-    """COCO RLE (counts as a list or a compressed string) -> (H, W) bool mask."""
-    h, w = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        counts = rle_string_to_counts(counts)
-    counts = np.asarray(counts, dtype=np.int64)
-    if counts.sum() != h * w:
-        raise ValueError(f"RLE counts sum to {int(counts.sum())}, expected h*w = {h * w}")
-    values = np.arange(counts.size) % 2 == 1
-    return np.repeat(values, counts).reshape((h, w), order="F")
-
-
-def rle_counts_to_string(counts: Sequence[int]) -> str:
-    """pycocotools' compressed string for a list of run lengths."""
-    out = []
-    for i, count in enumerate(counts):
-        x = int(count) - (int(counts[i - 2]) if i > 2 else 0)
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5  # arithmetic shift, as on a C long
-            more = x != -1 if c & 0x10 else x != 0
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
-
-
-def rle_string_to_counts(text: str | bytes) -> list[int]:
-    """Inverse of `rle_counts_to_string`."""
-    s = text.decode("ascii") if isinstance(text, bytes) else text
-    counts: list[int] = []
-    p = 0
-    while p < len(s):
-        x = k = 0
-        more = True
-        while more:
-            if p >= len(s):
-                raise ValueError("compressed RLE string ends in the middle of a count")
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
-def compress_rle(rle: dict[str, Any]) -> dict[str, Any]:
-    """Uncompressed RLE -> the same RLE with `counts` as pycocotools' string."""
-    counts = rle["counts"]
-    return {"size": list(rle["size"]), "counts": counts if isinstance(counts, str) else rle_counts_to_string(counts)}
-
 
 def coco_annotations(
     labels: np.ndarray,

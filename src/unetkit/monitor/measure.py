@@ -122,16 +122,20 @@ def image_paths(folder: str | Path) -> list[Path]:
 
 def baseline_sources(artifact: Artifact, data: str | Path) -> tuple[list[Path], list[Path]]:
     """(training images, validation images) of a training data set: a data folder, dataset
-    description or manifest, split as the artifact's training run split it when its validation
-    keys are there (else all images are training images); or a plain folder of images."""
+    description or manifest, split as training splits it: its test split left out, validation the
+    artifact's training run's validation keys when set, else the data set's own val split (else all
+    images are training images); or a plain folder of images."""
 
     try:
-        samples = pair_samples(load_spec(data))
+        spec = load_spec(data)
+        samples = pair_samples(spec)
     except DataError:
         return image_paths(data), []
+    own = spec.split_map
+    samples = [s for s in samples if s.key not in set(own.get("test", ()))]
     if not samples:
-        raise DataError(f"{data}: no images found")
-    val_keys = set((artifact.meta.train_config.get("data") or {}).get("val_keys") or ())
+        raise DataError(f"{data}: no images found" + (" outside its test split" if own.get("test") else ""))
+    val_keys = set((artifact.meta.train_config.get("data") or {}).get("val_keys") or own.get("val", ()))
     train = [s.image for s in samples if s.key not in val_keys]
     val = [s.image for s in samples if s.key in val_keys]
     return (train, val) if train else ([s.image for s in samples], [])

@@ -70,7 +70,7 @@ def plan_training(config: TrainConfig, overrides: Mapping[str, Any], *,
     device = resolve_device(config.device, DistEnv())
     candidate_modes(config.precision, config.memory_format, device)  # refuses unknown values
     check_available(config.precision, device, config.model, config.loss)
-    data = load_training_data(config.data, progress=False)
+    data = load_training_data(config.data, progress=False, log=log)  # the data set's own splits, as fit's
     measured = time_candidates(data.fingerprint, user, budget, n_val=len(data.val), device=config.device,
                                max_seconds=max_timing_seconds, precision=config.precision,
                                memory_format=config.memory_format, log=log)
