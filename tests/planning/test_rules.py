@@ -8,7 +8,7 @@ from tests.planning.conftest import BLOBS, PROFILES, RARE, VESSELS, make_fingerp
 from unetkit.config import TrainConfig
 from unetkit.planning import apply_plan, format_plan, make_plan
 from unetkit.planning.rules import ENSEMBLE_END_PASSES, LADDER, member_budget, min_steps
-from unetkit.planning.throughput import Candidate, MeasuredThroughput, train_flops
+from unetkit.planning.throughput import Candidate, MeasuredThroughput, simulated_throughput, train_flops
 
 
 def size_of(plan) -> tuple[int, int, int]:
@@ -200,14 +200,18 @@ def test_pretraining_is_planned_only_with_few_labels_and_enough_unlabelled_image
     from unetkit.planning.rules import FEW_LABELLED, PRETRAIN_SHARE
 
     few = make_fingerprint(classes=VESSELS, n=10)  # 8 train / 2 val
-    plan = make_plan(few, PROFILES["cpu2"], 1200, {}, unlabelled=40)
-    assert plan.estimates["pretrain_seconds"] == PRETRAIN_SHARE * 1200
+    plan = make_plan(few, PROFILES["cpu32"], 7200, {}, unlabelled=40)
+    assert plan.estimates["pretrain_seconds"] == PRETRAIN_SHARE * 7200
     assert plan.value("plan.pretrain_objective") in ("mim", "denoise")
-    assert plan.value("budget_seconds") == 1200 * (1 - PRETRAIN_SHARE)  # fit's share
+    assert plan.value("budget_seconds") == 7200 * (1 - PRETRAIN_SHARE)  # fit's share
     assert plan.value("finetune.freeze_encoder_steps") > 0  # R15 for the encoder it will start from
     assert "R16" in next(c.reason for c in plan.choices if c.key == "plan.pretrain_seconds")
-    for fingerprint, unlabelled in ((make_fingerprint(classes=VESSELS, n=2 * FEW_LABELLED), 400), (few, 3)):
-        none = make_plan(fingerprint, PROFILES["cpu2"], 1200, {}, unlabelled=unlabelled)
+    slow = simulated_throughput(0.5, 0.5)  # a loaded machine: the fine-tuning share would be too short
+    for fingerprint, unlabelled, machine in ((make_fingerprint(classes=VESSELS, n=2 * FEW_LABELLED), 400,
+                                              PROFILES["cpu32"]), (few, 3, PROFILES["cpu32"]), (few, 40, slow)):
+        none = make_plan(fingerprint, machine, 7200, {}, unlabelled=unlabelled)
         assert none.value("plan.pretrain_seconds") == 0 and "pretrain_seconds" not in none.estimates
-        assert none.value("budget_seconds") == 1200
+        assert none.value("budget_seconds") == 7200
+    assert "step target" in next(c.reason for c in make_plan(few, slow, 7200, {}, unlabelled=40).choices
+                                 if c.key == "plan.pretrain_seconds")
     assert "plan.pretrain_seconds" not in {c.key for c in make_plan(few, PROFILES["cpu2"], 1200, {}).choices}
