@@ -151,6 +151,7 @@ def test_a_mistyped_backend_fails_at_parse_time_listing_the_valid_values(tmp_pat
     (["export"], "--format", "ExportFormat"), (["train"], "--precision", "TrainPrecision"),
     (["train"], "--postprocess", "TunePostprocess"), (["serve"], "--stage", "ServedStage"),
     (["registry", "add"], "--stage", "AddStage"), (["registry", "list"], "--stage", "REGISTRY_STAGES"),
+    (["pretrain"], "--objective", "PRETRAIN_OBJECTIVES"),
 ])
 def test_choice_options_list_the_closed_set_config_owns(command, option, choices):
     from typing import get_args

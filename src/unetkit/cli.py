@@ -44,7 +44,7 @@ from unetkit.config import (
     TrainPrecision,
     TunePostprocess,
 )
-from unetkit.errors import GateRefused, UnetkitError
+from unetkit.errors import ConfigError, GateRefused, UnetkitError
 from unetkit.registry.commands import RequireSignatureOpt, TrustedKeysOpt, registry_app
 
 # Exit statuses: one meaning each, for scripts, CI and cron (docs/cli.md says the same).
@@ -320,7 +320,7 @@ def train(
                  freeze_encoder_steps=freeze_encoder_steps, encoder_lr_ratio=encoder_lr_ratio)
     cfg = build_train_config(data=data, config_file=config, **flags)
     if unlabelled is not None and (budget is None or not plan or resume):
-        raise typer.BadParameter("--unlabelled needs --budget (the plan decides whether pretraining pays)")
+        raise ConfigError("--unlabelled needs --budget (the plan decides whether pretraining pays) and no --resume")
     if budget is not None and plan and not resume:
         from unetkit.planning.auto import plan_training, pretrain_first
         from unetkit.planning.plan import format_plan
