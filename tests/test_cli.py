@@ -151,6 +151,7 @@ def test_a_mistyped_backend_fails_at_parse_time_listing_the_valid_values(tmp_pat
     (["export"], "--format", "ExportFormat"), (["train"], "--precision", "TrainPrecision"),
     (["train"], "--postprocess", "TunePostprocess"), (["serve"], "--stage", "ServedStage"),
     (["registry", "add"], "--stage", "AddStage"), (["registry", "list"], "--stage", "REGISTRY_STAGES"),
+    (["pretrain"], "--objective", "PRETRAIN_OBJECTIVES"),
 ])
 def test_choice_options_list_the_closed_set_config_owns(command, option, choices):
     from typing import get_args
@@ -214,3 +215,56 @@ def test_completion_lists_choices_without_loading_torch():
     shown = subprocess.run(["bash", "-c", f"'{sys.executable}' -m unetkit --show-completion; true"],
                            capture_output=True, text=True, timeout=120)
     assert "_UNETKIT_COMPLETE" in shown.stdout or "complete" in shown.stdout, shown.stdout + shown.stderr
+
+
+def _tiny_config(tmp_path):
+    import json
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({"model": {"base_width": 4, "depth": 2}, "augment": {"enabled": False},
+                               "val_every": 2, "precision": "fp32", "memory_format": "contiguous"}))
+    return cfg
+
+
+def test_init_from_an_artifact_for_other_channels_is_one_line_and_writes_nothing(tmp_path):
+    from PIL import Image
+
+    from unetkit.artifact import ArtifactMeta, save_artifact
+    from unetkit.config import ModelConfig
+    from unetkit.data.synthetic import make_synthetic_dataset
+    from unetkit.models import build_model
+
+    cfg = ModelConfig(in_channels=3, out_channels=2, base_width=4, depth=2)
+    parent = save_artifact(tmp_path / "rgb.unetkit", build_model(cfg),
+                           ArtifactMeta(model=cfg, class_names=("a", "b"), mean=(0.0,) * 3, std=(1.0,) * 3,
+                                        patch_size=(32, 32)))
+    data = make_synthetic_dataset(tmp_path / "data", n_images=4, size=(32, 32), seed=0)
+    for p in (data / "images").iterdir():
+        Image.open(p).convert("L").save(p)
+    proc = run_cli("train", str(data), "--init", str(parent), "--steps", "2", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "rgb.unetkit: the model takes 3 input channel(s), the data's images have 1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_pretrain_then_train_from_the_encoder_records_it(tmp_path):
+    from unetkit.artifact import read_meta
+    from unetkit.data.io import file_sha256
+    from unetkit.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n_images=4, size=(32, 32), seed=0)
+    enc = tmp_path / "enc.safetensors"
+    pre = run_cli("pretrain", str(data / "images"), "--steps", "3", "--width", "4", "--depth", "2", "--patch", "32",
+                  "--batch", "2", "-o", str(enc), "--quiet")
+    assert pre.returncode == 0, pre.stderr
+    assert "3 steps" in pre.stdout and enc.is_file()
+    out = tmp_path / "run"
+    proc = run_cli("train", str(data), "--pretrained", str(enc), "--config", str(_tiny_config(tmp_path)), "--steps",
+                   "2", "--patch", "32", "--batch", "2", "--freeze-encoder-steps", "1", "--encoder-lr-ratio", "0.5",
+                   "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    meta = read_meta(out / "model.unetkit")
+    assert meta.lineage["pretrained_sha256"] == file_sha256(enc)
+    assert meta.train_config["finetune"]["freeze_encoder_steps"] == 1
+    bad = run_cli("pretrain", str(data / "images"), "--objective", "contrastive", "-o", str(tmp_path / "x.safetensors"))
+    assert bad.returncode == 2 and not (tmp_path / "x.safetensors").exists()

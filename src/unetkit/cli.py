@@ -34,6 +34,8 @@ from unetkit.config import (
     ExportFormat,
     ModelConfig,
     PostprocessMetric,
+    PretrainConfig,
+    PretrainObjective,
     RankAggregate,
     RankConfig,
     RankScore,
@@ -43,7 +45,7 @@ from unetkit.config import (
     TrainPrecision,
     TunePostprocess,
 )
-from unetkit.errors import GateRefused, UnetkitError
+from unetkit.errors import ConfigError, GateRefused, UnetkitError
 from unetkit.registry.commands import RequireSignatureOpt, TrustedKeysOpt, registry_app
 
 # Exit statuses: one meaning each, for scripts, CI and cron (docs/cli.md says the same).
@@ -132,6 +134,14 @@ EnsembleOpt = Annotated[int | None, typer.Option(
     "--ensemble", help="k-fold ensembling: train K members, each on all but one fold of the training split and "
     "validated on that fold, and average their probabilities (K x the inference cost). 1 = one model. "
     "Default: planned with --budget (only once the largest model saturates), else 1.")]
+
+
+InitOpt = Annotated[Path | None, typer.Option(
+    "--init", help="Fine-tune: start from this trained model artifact (its architecture and weights; the head is "
+    "re-initialized when DATA's classes differ). Its sha256 is recorded as the new model's parent.")]
+PretrainedOpt = Annotated[Path | None, typer.Option(
+    "--pretrained", help="Start from these encoder weights (`unetkit pretrain`'s .safetensors): the encoder's "
+    "architecture comes from the file, the decoder and head are trained from scratch.")]
 
 
 Sha256Opt = Annotated[str | None, typer.Option(
@@ -289,23 +299,40 @@ def train(
     plan: Annotated[bool, typer.Option("--plan/--no-plan", help="With --budget: plan model, patch, batch, loss, "
                                        "augmentation and schedule from the data and this machine's speed "
                                        "(values you set explicitly are kept).")] = True,
+    init: InitOpt = None,
+    pretrained: PretrainedOpt = None,
+    freeze_encoder_steps: Annotated[int | None, typer.Option(
+        help="With --init/--pretrained: steps with the encoder frozen (the new head and decoder learn first).  "
+             "[default: planned with --budget (R15), else 0]")] = None,
+    encoder_lr_ratio: Annotated[float | None, typer.Option(
+        help="With --init/--pretrained: the encoder's learning rate as a fraction of the decoder's "
+             "(discriminative learning rates).  [default: planned with --budget (R15), else 1]")] = None,
+    unlabelled: Annotated[Path | None, typer.Option(
+        help="A folder of unlabelled images like DATA's. With --budget the plan may spend part of it on "
+             "self-supervised pretraining on them (and DATA's training images) first, then fine-tune (R16).")] = None,
 ) -> None:
     """Train a U-Net on DATA and write a model artifact (OUT/model.unetkit).
 
-    With --budget (and no --resume), the run is planned first: see `unetkit plan`."""
+    With --budget (and no --resume), the run is planned first: see `unetkit plan`. --init starts from a
+    trained artifact (fine-tuning: new classes allowed, its sha256 recorded as the parent)."""
     from unetkit.training.setup import build_train_config, explicit_settings, flag_settings
 
     flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
                  tensorboard=tensorboard, progress=False if quiet else None, postprocess=postprocess, calibrate=calibrate,
-                 ensemble=ensemble, precision=precision)
+                 ensemble=ensemble, precision=precision, init=init, pretrained=pretrained,
+                 freeze_encoder_steps=freeze_encoder_steps, encoder_lr_ratio=encoder_lr_ratio)
     cfg = build_train_config(data=data, config_file=config, **flags)
+    if unlabelled is not None and (budget is None or not plan or resume):
+        raise ConfigError("--unlabelled needs --budget (the plan decides whether pretraining pays) and no --resume")
     if budget is not None and plan and not resume:
-        from unetkit.planning.auto import plan_training
+        from unetkit.planning.auto import plan_training, pretrain_first
         from unetkit.planning.plan import format_plan
 
-        cfg, made = plan_training(cfg, explicit_settings(config, flag_settings(data, **flags)), log=typer.echo)
+        cfg, made = plan_training(cfg, explicit_settings(config, flag_settings(data, **flags)), log=typer.echo,
+                                  unlabelled=unlabelled)
         typer.echo(format_plan(made))
+        cfg = pretrain_first(cfg, made, unlabelled, log=typer.echo)
     if cfg.nproc > 1:
         from unetkit.training.distributed import launch
 
@@ -315,6 +342,37 @@ def train(
 
         path = fit(cfg)
     typer.echo(f"model artifact: {path}")
+
+
+@app.command()
+def pretrain(
+    images: Annotated[Path, typer.Argument(help="A folder of unlabelled images (not recursive).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Encoder weights file to write (.safetensors).")] = Path(
+        PretrainConfig.out),
+    budget: BudgetOpt = None,
+    steps: Annotated[int, typer.Option(help="Steps when no --budget is given.")] = PretrainConfig.steps,
+    objective: Annotated[PretrainObjective, typer.Option(
+        help="mim: restore masked squares (masked-image modelling); denoise: remove Gaussian noise.")] = PretrainConfig.objective,
+    width: Annotated[int, typer.Option(help="U-Net base width: the fine-tuning run's (`unetkit plan` shows it).")] = PretrainConfig.base_width,
+    depth: Annotated[int, typer.Option(help="U-Net depth (down-sampling steps): the fine-tuning run's.")] = PretrainConfig.depth,
+    norm: Annotated[str, typer.Option(help="Normalization layers: batch, group, instance or none.")] = PretrainConfig.norm,
+    patch: Annotated[int, typer.Option(help="Square crop size.")] = PretrainConfig.patch_size[0],
+    batch: Annotated[int, typer.Option(help="Crops per step.")] = PretrainConfig.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine decay).")] = PretrainConfig.lr,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = PretrainConfig.seed,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Self-supervised pretraining of the U-Net encoder on unlabelled IMAGES (no labels needed); writes encoder
+    weights that `unetkit train DATA --pretrained OUT` starts from. Pays when labelled images are few:
+    see docs/training.md, "Self-supervised pretraining"."""
+    from unetkit.config import from_dict, parse_duration
+    from unetkit.training.pretrain import pretrain as run_pretrain
+
+    cfg = from_dict(PretrainConfig, {"images": str(images), "out": str(out), "objective": objective,
+                                     "budget_seconds": parse_duration(budget) if budget else 0.0, "steps": steps,
+                                     "base_width": width, "depth": depth, "norm": norm, "patch_size": [patch, patch],
+                                     "batch_size": batch, "lr": lr, "seed": seed, "progress": not quiet}, "pretrain")
+    run_pretrain(cfg, log=typer.echo)
 
 
 @app.command("plan")

@@ -168,6 +168,54 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Where a run's weights start (`unetkit.training.finetune`) and how the start is protected.
+
+    `init`: a trained model artifact: its architecture and every weight that fits (the head only
+    when the classes are the same, names and count). `pretrained`: encoder weights of the built-in
+    U-Net (`unetkit pretrain`'s safetensors file). With a start, the encoder is frozen for the first
+    `freeze_encoder_steps` steps (the new head and decoder learn first), then trains at
+    `encoder_lr_ratio` x the learning rate (discriminative learning rates)."""
+
+    init: str = ""
+    pretrained: str = ""
+    freeze_encoder_steps: int = 0
+    encoder_lr_ratio: float = 1.0
+
+
+PretrainObjective = Literal["mim", "denoise"]  # unetkit.training.pretrain
+PRETRAIN_OBJECTIVES: tuple[str, ...] = get_args(PretrainObjective)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """`unetkit pretrain`: self-supervised training of the built-in U-Net's encoder on unlabelled images.
+
+    The whole U-Net learns to restore corrupted patches (`mim`: masked `mask_patch`-pixel squares,
+    `mask_ratio` of them, scored on the masked pixels; `denoise`: Gaussian noise of `noise_std`
+    normalized units); its encoder weights are kept. The architecture fields must be the ones the
+    fine-tuning run will use (the planner reads them from the file)."""
+
+    images: str = ""
+    out: str = "encoder.safetensors"
+    objective: PretrainObjective = "mim"
+    budget_seconds: float = 0.0  # 0: run `steps`
+    steps: int = 1000
+    base_width: int = 16
+    depth: int = 4
+    norm: Literal["batch", "group", "instance", "none"] = "batch"
+    patch_size: tuple[int, int] = (128, 128)
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    mask_ratio: float = 0.5
+    mask_patch: int = 16
+    noise_std: float = 0.5
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -195,6 +243,7 @@ class TrainConfig:
     tune_postprocess: TunePostprocess = "off"
     calibrate: bool = True  # at the end, fit temperature scaling on the validation split (before tuning)
     ensemble_folds: int = 1  # >1: k-fold ensembling (R12): one member per fold of the training split
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # start from trained weights (R15)
 
 
 # ---------------------------------------------------------------- inference, export, serving

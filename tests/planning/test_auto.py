@@ -128,3 +128,25 @@ def test_the_default_plan_learns_a_rare_class_under_one_percent(tmp_path: Path):
     assert planned.loss.class_weights[3] > 1 and planned.data.rare_oversample == 0.5
     art = load_artifact(fit(planned))
     assert art.meta.metrics["iou/class_3"] >= 0.5, art.meta.metrics
+
+
+def test_pretrain_first_runs_the_planned_pretraining_and_starts_fit_from_it(tmp_path):
+    from unetkit.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
+    from unetkit.data.synthetic import make_synthetic_dataset
+    from unetkit.models.unet_encoder import read_unet_encoder
+    from unetkit.planning.auto import PRETRAINED_NAME, pretrain_first
+    from unetkit.planning.plan import Choice, Plan
+
+    data = make_synthetic_dataset(tmp_path / "data", n_images=4, size=(32, 32), seed=0)
+    unlabelled = make_synthetic_dataset(tmp_path / "more", n_images=3, size=(40, 40), seed=1) / "images"
+    cfg = TrainConfig(data=DataConfig(data=str(data), patch_size=(32, 32), batch_size=2),
+                      augment=AugmentConfig(enabled=False), model=ModelConfig(base_width=4, depth=2),
+                      budget_seconds=60.0, out_dir=str(tmp_path / "run"), progress=False)
+    assert pretrain_first(cfg, Plan(60.0, ()), unlabelled, log=None) is cfg  # the plan chose none
+    plan = Plan(60.0, (Choice("plan.pretrain_objective", "denoise", "test"),), {"pretrain_seconds": 2.0})
+    after = pretrain_first(cfg, plan, unlabelled, log=None)
+    encoder = tmp_path / "run" / PRETRAINED_NAME
+    assert after.finetune.pretrained == str(encoder) and after.budget_seconds < 60.0
+    meta = read_unet_encoder(encoder)[1]
+    assert meta["pretraining"]["objective"] == "denoise" and meta["architecture"]["base_width"] == 4
+    assert meta["pretraining"]["images"] == 3 + 3  # the unlabelled images and the training split's (val kept out)

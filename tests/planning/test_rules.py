@@ -8,7 +8,7 @@ from tests.planning.conftest import BLOBS, PROFILES, RARE, VESSELS, make_fingerp
 from unetkit.config import TrainConfig
 from unetkit.planning import apply_plan, format_plan, make_plan
 from unetkit.planning.rules import ENSEMBLE_END_PASSES, LADDER, member_budget, min_steps
-from unetkit.planning.throughput import Candidate, MeasuredThroughput, train_flops
+from unetkit.planning.throughput import Candidate, MeasuredThroughput, simulated_throughput, train_flops
 
 
 def size_of(plan) -> tuple[int, int, int]:
@@ -173,3 +173,45 @@ def test_explicit_ensemble_folds_split_the_budget_between_members():
     assert next(c.source for c in three.choices if c.key == "ensemble_folds") == "user"
     assert three.value("steps") < single.value("steps") / 3 + 1
     assert apply_plan(TrainConfig(), three).ensemble_folds == 3
+
+
+def test_a_pretrained_start_fixes_the_architecture_halves_steps_and_lr_and_protects_the_encoder():
+    from unetkit.planning.rules import FINETUNE_ENCODER_LR_RATIO, StartFacts
+
+    fp = make_fingerprint(classes=VESSELS)
+    scratch = make_plan(fp, PROFILES["cpu32"], 1800, {})
+    parent = {"base_width": 24, "depth": 3, "norm": "instance"}
+    new_head = make_plan(fp, PROFILES["cpu32"], 1800, {}, start=StartFacts("init", "p.unetkit", parent, False))
+    assert [new_head.value(f"model.{k}") for k in ("base_width", "depth", "norm")] == [24, 3, "instance"]
+    assert "R15" in next(c.reason for c in new_head.choices if c.key == "model.base_width")
+    assert new_head.estimates["step_target"] == scratch.estimates["step_target"] // 2
+    assert new_head.value("optim.lr") < scratch.value("optim.lr") and "R15" in next(
+        c.reason for c in new_head.choices if c.key == "optim.lr")
+    assert new_head.value("finetune.encoder_lr_ratio") == FINETUNE_ENCODER_LR_RATIO < 1
+    assert 0 < new_head.value("finetune.freeze_encoder_steps") < new_head.value("steps")
+    kept = make_plan(fp, PROFILES["cpu32"], 1800, {}, start=StartFacts("init", "p.unetkit", parent, True))
+    assert kept.value("finetune.freeze_encoder_steps") == 0
+    applied = apply_plan(TrainConfig(), new_head)
+    assert applied.finetune.encoder_lr_ratio == FINETUNE_ENCODER_LR_RATIO and applied.model.base_width == 24
+    assert "pretrain_seconds" not in new_head.estimates
+
+
+def test_pretraining_is_planned_only_with_few_labels_and_enough_unlabelled_images():
+    from unetkit.planning.rules import FEW_LABELLED, PRETRAIN_SHARE
+
+    few = make_fingerprint(classes=VESSELS, n=10)  # 8 train / 2 val
+    plan = make_plan(few, PROFILES["cpu32"], 7200, {}, unlabelled=40)
+    assert plan.estimates["pretrain_seconds"] == PRETRAIN_SHARE * 7200
+    assert plan.value("plan.pretrain_objective") in ("mim", "denoise")
+    assert plan.value("budget_seconds") == 7200 * (1 - PRETRAIN_SHARE)  # fit's share
+    assert plan.value("finetune.freeze_encoder_steps") > 0  # R15 for the encoder it will start from
+    assert "R16" in next(c.reason for c in plan.choices if c.key == "plan.pretrain_seconds")
+    slow = simulated_throughput(0.5, 0.5)  # a loaded machine: the fine-tuning share would be too short
+    for fingerprint, unlabelled, machine in ((make_fingerprint(classes=VESSELS, n=2 * FEW_LABELLED), 400,
+                                              PROFILES["cpu32"]), (few, 3, PROFILES["cpu32"]), (few, 40, slow)):
+        none = make_plan(fingerprint, machine, 7200, {}, unlabelled=unlabelled)
+        assert none.value("plan.pretrain_seconds") == 0 and "pretrain_seconds" not in none.estimates
+        assert none.value("budget_seconds") == 7200
+    assert "step target" in next(c.reason for c in make_plan(few, slow, 7200, {}, unlabelled=40).choices
+                                 if c.key == "plan.pretrain_seconds")
+    assert "plan.pretrain_seconds" not in {c.key for c in make_plan(few, PROFILES["cpu2"], 1200, {}).choices}

@@ -99,3 +99,22 @@ def test_ema_averages_weights_and_batchnorm_statistics_with_a_ramped_decay() -> 
         torch.testing.assert_close(got[k], v, atol=1e-6, rtol=0, msg=k)
     assert int(got["1.num_batches_tracked"]) == 4
     assert not torch.allclose(got["0.weight"], model.state_dict()["0.weight"])
+
+
+def test_encoder_groups_get_their_own_lr_scale() -> None:
+    from unetkit.config import ModelConfig
+    from unetkit.models import build_model
+    from unetkit.models.unet_encoder import is_encoder_key
+
+    model = build_model(ModelConfig(base_width=4, depth=2))
+    config = OptimConfig(lr=1e-3, warmup_steps=0, schedule="constant")
+    optimizer = build_optimizer(model, config, is_encoder_key)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        assert all(is_encoder_key(names[id(p)]) == group["encoder"] for p in group["params"])
+    assert {g["encoder"] for g in optimizer.param_groups} == {True, False}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(names)
+    set_lr(optimizer, 5, 10, config, encoder_scale=0.25)
+    assert {(g["encoder"], g["lr"]) for g in optimizer.param_groups} == {(True, 2.5e-4), (False, 1e-3)}
+    plain = build_optimizer(model, config)  # without a test: as before, two groups
+    assert len(plain.param_groups) == 2 and not any(g["encoder"] for g in plain.param_groups)

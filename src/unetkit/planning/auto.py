@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from unetkit.config import TrainConfig, replace
+from unetkit.config import PretrainConfig, TrainConfig, replace, to_dict
 from unetkit.planning.plan import Plan, apply_plan
-from unetkit.planning.rules import candidates, data_facts, make_plan, min_steps, planned_steps
+from unetkit.planning.rules import StartFacts, candidates, data_facts, make_plan, min_steps, planned_steps
 from unetkit.planning.throughput import MeasuredThroughput, measure_throughput, simulated_throughput
 from unetkit.runtime import keep_freed_memory
 from unetkit.training.distributed import DistEnv, resolve_device
+from unetkit.training.finetune import check_start, read_start
 from unetkit.training.modes import candidate_modes
 from unetkit.training.precision import check_available
 from unetkit.training.prepare import load_training_data
+from unetkit.training.pretrain import image_list, pretrain
 
 TIMING_FRACTION = 0.03
 TIMING_MAX_SECONDS = 60.0
@@ -32,6 +35,7 @@ TIMING_MAX_SECONDS = 60.0
 # keys of the TrainConfig that are not planning decisions: never reported as user overrides
 NOT_PLANNED = {"data.data", "nproc", "progress", "out_dir", "resume", "tensorboard", "data.skip_bad",
                "seed", "data.seed", "device", "plan"}
+PRETRAINED_NAME = "encoder.safetensors"  # R16's pretrained encoder, in the run folder
 AUTO = {"precision", "memory_format"}  # keys whose value "auto" leaves the choice to the plan
 
 
@@ -62,7 +66,8 @@ def time_candidates(fingerprint: Mapping[str, Any], overrides: Mapping[str, Any]
 
 def plan_training(config: TrainConfig, overrides: Mapping[str, Any], *,
                   log: Callable[[str], object] | None = print,
-                  max_timing_seconds: float | None = None) -> tuple[TrainConfig, Plan]:
+                  max_timing_seconds: float | None = None,
+                  unlabelled: str | Path | None = None) -> tuple[TrainConfig, Plan]:
     """The planned config (budget reduced by the time spent here) and the plan."""
     started = time.perf_counter()
     budget = config.budget_seconds
@@ -70,13 +75,19 @@ def plan_training(config: TrainConfig, overrides: Mapping[str, Any], *,
     device = resolve_device(config.device, DistEnv())
     candidate_modes(config.precision, config.memory_format, device)  # refuses unknown values
     check_available(config.precision, device, config.model, config.loss)
+    start = read_start(config.finetune)  # --init / --pretrained: checked before the data and the timing
+    extra = image_list(unlabelled) if unlabelled is not None else []
     data = load_training_data(config.data, progress=False, log=log)  # the data set's own splits, as fit's
-    measured = time_candidates(data.fingerprint, user, budget, n_val=len(data.val), device=config.device,
-                               max_seconds=max_timing_seconds, precision=config.precision,
-                               memory_format=config.memory_format, log=log)
+    facts = None
+    if start is not None:
+        check_start(start, data.in_channels, data.train[0].image.ndim - 1)
+        facts = StartFacts(start.kind, str(start.path), to_dict(start.model), start.keeps_head(data.class_names))
+    measured = time_candidates(data.fingerprint, user | (facts.fixed() if facts else {}), budget,
+                               n_val=len(data.val), device=config.device, max_seconds=max_timing_seconds,
+                               precision=config.precision, memory_format=config.memory_format, log=log)
     remaining = max(1.0, budget - (time.perf_counter() - started))
     plan = make_plan(data.fingerprint, measured, remaining, user, n_val=len(data.val),
-                     timed=frozenset(measured.table), mode=measured.decision)
+                     timed=frozenset(measured.table), mode=measured.decision, start=facts, unlabelled=len(extra))
     plan.estimates.update({"total_budget_seconds": budget, "setup_seconds": budget - remaining,
                            "timing_seconds": measured.seconds_spent, "mode_timings": measured.mode_rows(),
                            "device": str(resolve_device(config.device, DistEnv())), "threads": torch.get_num_threads()})
@@ -92,3 +103,25 @@ def preview_plan(config: TrainConfig, overrides: Mapping[str, Any], *,
                  max_timing_seconds: float | None = None) -> Plan:
     """`unetkit plan`: the same plan, without training."""
     return plan_training(config, overrides, log=log, max_timing_seconds=max_timing_seconds)[1]
+
+
+def pretrain_first(config: TrainConfig, plan: Plan, unlabelled: str | Path | None, *,
+                   log: Callable[[str], object] | None = print) -> TrainConfig:
+    """R16: when the plan spends part of the budget on self-supervised pretraining, run it (on the
+    unlabelled images and the training images, with the planned architecture, patch and batch) and
+    return the config that fine-tunes from its encoder (`out_dir/encoder.safetensors`) in the rest of
+    the budget; else `config` as it is."""
+    seconds = float(plan.estimates.get("pretrain_seconds", 0.0))
+    if not seconds or unlabelled is None:
+        return config
+    started = time.perf_counter()
+    data = load_training_data(config.data, progress=False)  # the same split as fit's
+    files = image_list(unlabelled)
+    out = Path(config.out_dir) / PRETRAINED_NAME
+    pretrain(PretrainConfig(out=str(out), objective=plan.value("plan.pretrain_objective"), budget_seconds=seconds,
+                            base_width=config.model.base_width, depth=config.model.depth, norm=config.model.norm,
+                            patch_size=config.data.patch_size, batch_size=config.data.batch_size,
+                            seed=config.seed, progress=config.progress),
+             images=files, extra=[s.image for s in data.train], log=log)
+    left = max(1.0, config.budget_seconds - (time.perf_counter() - started))
+    return replace(config, budget_seconds=left, **{"finetune.pretrained": str(out)})

@@ -75,6 +75,23 @@ R14 Compute mode. The autocast precision (fp32 or bf16) and memory format (NCHW 
    probe steps (`unetkit.planning.throughput.measure_throughput`); the reason lists the measured
    ms/step of every mode. Timed by a real run only: with a simulated throughput no mode is planned
    and fit decides (`unetkit.training.precision`).
+R15 Pretrained start (`--init` artifact, `--pretrained` encoder, or R16's pretraining). The start
+   fixes the architecture (width, depth, normalization: its weights have those shapes). It needs
+   fewer steps: the step target is half of R1's (the encoder already computes useful features; the
+   time buys a larger patch and batch instead), and smaller learning rates: R8's lr x 0.5, the encoder
+   at 0.25 x that (discriminative rates: large updates erase what the start learned, and the encoder's
+   features transfer best, the head least). A head trained from scratch (new classes, or an encoder
+   start) sends large, random gradients back at first, so the encoder is frozen for the first 10 % of
+   the steps while the head and decoder catch up; a kept head needs no freeze.
+R16 Self-supervised pretraining (`--unlabelled DIR`). Proposed when labelled training images are
+   few (< 30), the unlabelled images are at least as many, and the budget is long enough that the
+   fine-tuning share still reaches its step target (R15's) on the cheapest candidate: then
+   `PRETRAIN_SHARE` of the budget pretrains the planned U-Net's encoder by masked-image modelling
+   on the unlabelled and training images (`unetkit.training.pretrain`), the rest fine-tunes from it
+   (R15). Why the step condition: on DRIVE with 5 labelled images and 20 minutes on a loaded 2-core
+   CPU, half the budget spent pretraining left fine-tuning 122 steps (its end-of-run work costs the
+   same as a whole run's) and F1 fell from 0.71 (scratch, 818 steps) to 0.32 (docs/benchmarks.md,
+   "Self-supervised pretraining on DRIVE").
 """
 
 from __future__ import annotations
@@ -105,6 +122,33 @@ MAX_BATCH = 32
 MIN_PATCH = 64
 BATCHES = (2, 4, 6, 8, 12, 16, 24, 32)
 VALIDATION_SHARE = 0.08
+FINETUNE_STEP_FACTOR = 0.5  # R15: a pretrained start's step target, of R1's
+FINETUNE_LR_FACTOR = 0.5  # R15: its learning rate, of R8's
+FINETUNE_ENCODER_LR_RATIO = 0.25  # R15: the encoder's learning rate, of the decoder's
+FINETUNE_FREEZE_FRACTION = 0.1  # R15: steps with the encoder frozen when the head is new
+FEW_LABELLED = 30  # R16: below this many labelled training images, pretraining may pay
+PRETRAIN_SHARE = 0.5  # R16: of the budget, spent pretraining
+PRETRAIN_OBJECTIVE = "mim"  # R16
+
+
+@dataclass(frozen=True)
+class StartFacts:
+    """R15: what a pretrained start fixes. `model` (base_width, depth, norm) is None for R16's encoder,
+    which the plan itself chooses before pretraining it."""
+
+    kind: str  # "init" | "pretrained" | "pretrain" (R16: pretrained by this run)
+    path: str = ""
+    model: Mapping[str, Any] | None = None
+    keeps_head: bool = False
+
+    def fixed(self) -> dict[str, Any]:
+        if self.model is None:
+            return {}
+        return {f"model.{k}": self.model[k] for k in ("base_width", "depth", "norm")}
+
+    def label(self) -> str:
+        return {"init": f"--init {self.path}", "pretrained": f"--pretrained {self.path}"}.get(
+            self.kind, "the encoder pretrained first (R16)")
 
 
 def min_steps(budget_seconds: float) -> int:
@@ -244,17 +288,28 @@ def ensemble_folds(facts: DataFacts, cand: Candidate, sps: float, budget_seconds
 
 def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budget_seconds: float,
               overrides: Mapping[str, Any] | None = None, *, n_val: int | None = None,
-              timed: frozenset[Candidate] | set = frozenset(), mode: ModeDecision | None = None) -> Plan:
+              timed: frozenset[Candidate] | set = frozenset(), mode: ModeDecision | None = None,
+              start: StartFacts | None = None, unlabelled: int = 0) -> Plan:
     """The training plan for this data, machine and budget; see the module docstring for the rules.
 
     `n_val`: validation images, when the split is known (else from val_keys / val_fraction).
     `timed`: candidates whose seconds/step were measured (marked in the printed table).
-    `mode`: the compute mode the throughput was measured in, and why (R14)."""
+    `mode`: the compute mode the throughput was measured in, and why (R14).
+    `start`: the weights the run starts from (R15). `unlabelled`: unlabelled images given (R16)."""
     overrides = dict(overrides or {})
     facts = data_facts(fingerprint, overrides, n_val)
+    total_budget = budget_seconds
+    cheapest = candidates(facts, overrides)[0]
+    tuning_steps = planned_steps(cheapest, float(throughput(cheapest)), facts, (1 - PRETRAIN_SHARE) * budget_seconds)[0]
+    pretrain_seconds, why_pretrain = pretrain_budget(facts, unlabelled, start, budget_seconds, tuning_steps)
+    if pretrain_seconds > 0:
+        start, budget_seconds = StartFacts("pretrain"), budget_seconds - pretrain_seconds
+    fixed = start.fixed() if start is not None else {}
     target = min_steps(budget_seconds)
+    if start is not None:
+        target = int(FINETUNE_STEP_FACTOR * target)
     rows, best, best_i = [], None, 0
-    for i, c in enumerate(candidates(facts, overrides)):
+    for i, c in enumerate(candidates(facts, overrides | fixed)):
         sps = float(throughput(c))
         steps, n_val, val_s = planned_steps(c, sps, facts, budget_seconds)
         rows.append({"label": c.label(), "seconds_per_step": sps, "steps": steps, "timed": c in timed})
@@ -270,11 +325,14 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
         steps = int(overrides["steps"])
     reached = "reaches" if steps >= target else "is below"
     why_model = (f"the largest candidate whose {steps} steps in this budget {reached} the step target {target} "
-                 f"(R1/R2; {sps * 1000:.0f} ms/step here)")
+                 f"(R1/R2{'/R15: half of R1 from a pretrained start' if start is not None else ''}; "
+                 f"{sps * 1000:.0f} ms/step here)")
     choices: list[Choice] = []
 
     def choose(key: str, value: Any, reason: str) -> None:
-        if key in overrides:
+        if key in fixed:
+            choices.append(Choice(key, _plain(fixed[key]), f"the architecture of {start.label()} (R15)", PLANNED))
+        elif key in overrides:
             choices.append(Choice(key, _plain(overrides[key]), "set explicitly (flag or config file)", USER))
         else:
             choices.append(Choice(key, _plain(value), reason, PLANNED))
@@ -291,7 +349,12 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     _augment_choices(choose, facts)
     lr = min(2e-3, max(5e-4, 1e-3 * math.sqrt(cand.batch / 8)))
     choose("optim.optimizer", "adamw", "AdamW: robust default for U-Nets trained from scratch (R8)")
-    choose("optim.lr", round(lr, 6), "1e-3 x sqrt(batch/8), clamped to 5e-4..2e-3 (R8)")
+    if start is None:
+        choose("optim.lr", round(lr, 6), "1e-3 x sqrt(batch/8), clamped to 5e-4..2e-3 (R8)")
+    else:
+        choose("optim.lr", round(FINETUNE_LR_FACTOR * lr, 6),
+               f"R8's {lr:.2g} x {FINETUNE_LR_FACTOR}: a pretrained start needs smaller steps, large ones erase "
+               "what it learned (R15)")
     choose("optim.schedule", "cosine", "cosine decay to 1 %, its length re-fitted to the budget during the run (R8)")
     choose("optim.warmup_steps", int(min(500, max(20, 0.03 * steps))), "3 % of the steps, 20..500 (R8)")
     choose("optim.ema_decay", 0.0, "no weight averaging: the cosine decay already averages the last steps (R8)")
@@ -305,6 +368,13 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
            "score, watershed split included (R13)" if facts.touching else
            "tuned on the validation split for pooled Dice, kept only where it helps (R13)")
     choose("ensemble_folds", folds, why_folds)
+    if start is not None:
+        _start_choices(choose, start, steps)
+    if unlabelled or pretrain_seconds:
+        choose("plan.pretrain_seconds", round(pretrain_seconds, 1), why_pretrain)
+        if pretrain_seconds:
+            choose("plan.pretrain_objective", PRETRAIN_OBJECTIVE, "masked-image modelling: it beat denoising on DRIVE (F1 0.32 vs 0.22 after "
+                   "equal pretraining and fine-tuning, docs/benchmarks.md) (R16)")
     if mode is not None:
         why_mode = f"{mode.reason} (R14)"
         choose("precision", mode.mode.precision, why_mode)
@@ -312,12 +382,50 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     summary = (f"{len(facts.names)} classes, {facts.n_train} train / {facts.n_val} val images "
                f"{facts.height}x{facts.width}; thin: {', '.join(facts.thin) or 'none'}; "
                f"rare: {', '.join(facts.rare) or 'none'}")
+    if start is not None:
+        summary += f"; starts from {start.label()}"
     estimates = {"summary": summary, "seconds_per_step": sps, "steps": steps, "step_target": target,
                  "validations": n_val, "validation_seconds": val_s, "candidate": cand.label(),
                  "ensemble_folds": folds}
     if mode is not None:
         estimates["compute_mode"] = mode.to_dict()
-    return Plan(float(budget_seconds), tuple(choices), estimates, tuple(rows))
+    if pretrain_seconds:
+        estimates["pretrain_seconds"] = pretrain_seconds
+    return Plan(float(total_budget), tuple(choices), estimates, tuple(rows))
+
+
+def pretrain_budget(facts: DataFacts, unlabelled: int, start: StartFacts | None, budget: float,
+                    tuning_steps: int) -> tuple[float, str]:
+    """R16: (seconds of the budget spent on self-supervised pretraining, why); 0 = none.
+    `tuning_steps`: what the cheapest candidate would get in the fine-tuning share."""
+    if not unlabelled:
+        return 0.0, ""
+    if start is not None:
+        return 0.0, f"no pretraining: the run already starts from {start.label()} (R16)"
+    if facts.n_train >= FEW_LABELLED:
+        return 0.0, f"no pretraining: {facts.n_train} labelled training images are enough (< {FEW_LABELLED}: R16)"
+    if unlabelled < facts.n_train:
+        return 0.0, (f"no pretraining: {unlabelled} unlabelled images, fewer than the {facts.n_train} labelled "
+                     "ones (R16)")
+    target = int(FINETUNE_STEP_FACTOR * min_steps((1 - PRETRAIN_SHARE) * budget))
+    if tuning_steps < target:
+        return 0.0, (f"no pretraining: fine-tuning in the other {1 - PRETRAIN_SHARE:.0%} of this budget would get "
+                     f"{tuning_steps} steps, under its step target {target}; the labelled images need the time (R16)")
+    return PRETRAIN_SHARE * budget, (f"{PRETRAIN_SHARE:.0%} of the budget pretrains the encoder on {unlabelled} "
+                                     f"unlabelled + {facts.n_train} training images: few labels (< {FEW_LABELLED}), "
+                                     "more unlabelled images (R16)")
+
+
+def _start_choices(choose, start: StartFacts, steps: int) -> None:
+    """R15: how the encoder of a pretrained start is protected."""
+    choose("finetune.encoder_lr_ratio", FINETUNE_ENCODER_LR_RATIO,
+           "discriminative learning rates: the encoder's features transfer best, so they move least (R15)")
+    freeze = 0 if start.keeps_head else int(FINETUNE_FREEZE_FRACTION * steps)
+    choose("finetune.freeze_encoder_steps", freeze,
+           "the parent's head is kept (same classes): nothing random to protect the encoder from (R15)"
+           if start.keeps_head else
+           f"the first {FINETUNE_FREEZE_FRACTION:.0%} of the steps: the new head's random gradients must not "
+           "reach the pretrained encoder (R15)")
 
 
 def _patch_reason(facts: DataFacts, c: Candidate) -> str:

@@ -46,6 +46,7 @@ def version_tables(record: VersionRecord, events: list[Event]) -> list[Table]:
         ("stage", record.stage), ("sha256", record.sha256), ("size", f"{record.size_bytes:,} bytes"),
         ("created", f"{record.created_at} by {record.created_by or '?'}"), ("note", record.note),
         ("git commit", record.git_commit), ("added from", record.source),
+        ("fine-tuned from", _parent(meta.get("lineage", {}))),
         ("classes", ", ".join(meta.get("classes", []))),
         ("architecture", ", ".join(f"{k}={arch[k]}" for k in ("arch", "depth", "base_width", "in_channels") if k in arch)),
         ("patch size", "x".join(str(v) for v in meta.get("patch_size", []))),
@@ -62,6 +63,16 @@ def version_tables(record: VersionRecord, events: list[Event]) -> list[Table]:
     for name, value in flatten_metrics(record.metrics).items():
         metrics.add_row(name, f"{value:.4f}")
     return [about, metrics, events_table(events)]
+
+
+def _parent(lineage: dict[str, Any]) -> str:
+    """The artifact (sha256, a registered version's too) or encoder weights a version was trained from."""
+    start = lineage.get("start", {})
+    if lineage.get("parent_sha256"):
+        return f"artifact sha256 {lineage['parent_sha256']} ({start.get('path', '?')}; head {start.get('head', '?')})"
+    if lineage.get("pretrained_sha256"):
+        return f"pretrained encoder sha256 {lineage['pretrained_sha256']} ({start.get('path', '?')})"
+    return ""
 
 
 def events_table(events: list[Event]) -> Table:

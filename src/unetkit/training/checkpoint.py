@@ -80,7 +80,9 @@ def check_resumable(saved: dict[str, Any], config: Any, path: Path) -> None:
     """Refuse to resume a checkpoint written for a different model, data or loss."""
     now = to_dict(config)
     before = saved.get("config", {})
-    for section in ("model", "loss", "optim", "augment"):
+    for section in ("model", "loss", "optim", "augment", "finetune"):
+        if section not in before and section == "finetune":  # written before fine-tuning existed: from scratch
+            before = {**before, section: to_dict(type(config.finetune)())}
         for key, value in now[section].items():
             if before.get(section, {}).get(key) != value:
                 raise ConfigError(

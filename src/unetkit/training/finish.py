@@ -25,6 +25,7 @@ from unetkit.data.splits import spread
 from unetkit.monitor.baseline import baseline_validations
 from unetkit.monitor.measure import training_baseline
 from unetkit.training import checkpoint as ckpt
+from unetkit.training.finetune import Start
 from unetkit.training.loop import SELECTION_METRIC
 from unetkit.training.prepare import TrainingData
 from unetkit.training.steps import RunState
@@ -54,15 +55,17 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
 
 
 def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,
-                        state: RunState) -> Path:
-    """The best validated weights (checkpoint-best.pt) with everything inference needs."""
+                        state: RunState, start: Start | None = None) -> Path:
+    """The best validated weights (checkpoint-best.pt) with everything inference needs; the lineage
+    records the steps and, for a run started from trained weights, the parent's sha256."""
     best_file = Path(config.out_dir) / ckpt.BEST
     best = ckpt.load_checkpoint(best_file) if best_file.is_file() else None
     weights = best["model"] if best is not None else model.state_dict()
     metrics = dict(best["metrics"]) if best is not None else {}
     return write_artifact(path, weights, data, config, history=state.history,
                           metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC},
-                          lineage={"steps": state.step, "total_steps": state.total_steps})
+                          lineage={"steps": state.step, "total_steps": state.total_steps,
+                                   **(start.lineage(data.class_names) if start is not None else {})})
 
 
 def write_artifact(path: Path, weights: dict[str, Any], data: TrainingData, config: TrainConfig, *,

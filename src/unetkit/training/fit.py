@@ -14,6 +14,10 @@ plan's, the config's, the checkpoint's on resume, or with `precision: auto` a sh
 the real model (`unetkit.training.precision.decide_mode`); the log's "start" event records it
 (`mode`, `mode_reason`, `mode_ms_per_step`, `mode_rejected`).
 
+`config.finetune` starts from trained weights (`unetkit.training.finetune`): a model artifact
+(`init`: its architecture and weights, the head re-initialized for other classes) or pretrained
+encoder weights; the parent's sha256 goes into the artifact's lineage.
+
 `resume=True` continues an interrupted run exactly from `checkpoint-last.pt`. With `nproc > 1`
 fit re-launches itself under torchrun (`unetkit.training.distributed`, `unetkit.training.worker`).
 """
@@ -42,6 +46,7 @@ from unetkit.training.distributed import (
     shutdown,
 )
 from unetkit.training.ensemble import fit_ensemble
+from unetkit.training.finetune import check_start, read_start, start_model
 from unetkit.training.finish import end_passes, save_final_artifact
 from unetkit.training.modes import candidate_modes
 from unetkit.training.precision import ModeDecision, apply_mode, check_available, decide_mode
@@ -59,25 +64,34 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
     if device.type == "cpu":
         keep_freed_memory()  # reuse activation buffers: glibc's page faults cost up to 30 % of a CPU step
     out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     try:
         if config.ensemble_folds < 1:  # before loading the data: a user error should not wait for it
             raise ConfigError(f"ensemble_folds: expected an integer >= 1 (1 = one model), got {config.ensemble_folds}")
         candidate_modes(config.precision, config.memory_format, device)  # refuses unknown values
         check_available(config.precision, device, config.model, config.loss)
+        start = read_start(config.finetune)  # --init / --pretrained: the file's header, checked before the data
+        if start is not None and config.ensemble_folds > 1:
+            raise ConfigError(f"{start.option}: fine-tuning trains one model; k-fold ensembling (ensemble_folds "
+                              f"{config.ensemble_folds}) starts from scratch: use ensemble_folds 1")
         # ---- data: refuse bad data (unless skip_bad), split, normalization from the training images
         data = load_training_data(config.data, progress=config.progress and env.is_main,
                                   log=print if config.progress and env.is_main else None)
-        config = dataclasses.replace(config, model=data.resolve_model(config.model))  # resolved, for the artifact
+        model_config = config.model
+        if start is not None:  # the parent's architecture; refused when it cannot take these images
+            check_start(start, data.in_channels, data.train[0].image.ndim - 1)
+            model_config = start_model(start, config.model)
+        config = dataclasses.replace(config, model=data.resolve_model(model_config))  # resolved, for the artifact
+        out_dir.mkdir(parents=True, exist_ok=True)  # only now: bad input leaves nothing behind
         config, mode_info = settle_mode(config, env, device)
         if config.ensemble_folds > 1:
             return fit_ensemble(config, data, env, device, clock, callbacks or (), mode_info)
         clock.end_passes = end_passes(config, len(data.train), len(data.val))
-        model, state, log = run_steps(config, data, env, device, clock, out_dir, callbacks or (), mode_info)
+        model, state, log = run_steps(config, data, env, device, clock, out_dir, callbacks or (), mode_info,
+                                      start=start)
         # ---- the best weights as the artifact
         artifact_path = out_dir / ARTIFACT_NAME
         if env.is_main:
-            save_final_artifact(artifact_path, model, data, config, state)
+            save_final_artifact(artifact_path, model, data, config, state, start=start)
             log.write({"event": "end", "step": state.step, "time": log_time(state, clock),
                        "artifact": str(artifact_path), "best": state.best_metric, "best_step": state.best_step})
         log.close()

@@ -14,7 +14,7 @@ are not dragged towards the random initial weights.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -23,22 +23,24 @@ from unetkit.config import OptimConfig
 from unetkit.errors import ConfigError
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum, Nesterov); no weight decay on biases and normalization weights."""
+def build_optimizer(model: nn.Module, config: OptimConfig,
+                    is_encoder: Callable[[str], bool] | None = None) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum, Nesterov); no weight decay on biases and normalization weights.
+
+    With `is_encoder` (a parameter-name test) the encoder's parameters get groups of their own
+    (`"encoder": True`), whose LR `set_lr` scales (discriminative learning rates, freezing)."""
     if config.lr <= 0:
         raise ConfigError(f"optim.lr: expected a positive learning rate, got {config.lr}")
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        encoder = bool(is_encoder and is_encoder(name))
+        groups.setdefault((encoder, p.ndim <= 1), []).append(p)
+    param_groups = [{"params": params, "weight_decay": 0.0 if no_decay else config.weight_decay, "encoder": encoder}
+                    for (encoder, no_decay), params in sorted(groups.items())]
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
+        return torch.optim.AdamW(param_groups, lr=config.lr)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+        return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     raise ConfigError(f"optim.optimizer: expected 'adamw' or 'sgd', got {config.optimizer!r}")
 
 
@@ -82,11 +84,12 @@ def lr_factor(step: int, total_steps: int, config: OptimConfig) -> float:
     raise ConfigError(f"optim.schedule: expected 'poly', 'cosine' or 'constant', got {config.schedule!r}")
 
 
-def set_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int, config: OptimConfig) -> float:
-    """Set every param group's LR for `step`; returns the LR."""
+def set_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int, config: OptimConfig,
+           encoder_scale: float = 1.0) -> float:
+    """Set every param group's LR for `step` (the encoder's groups: x `encoder_scale`); returns the LR."""
     lr = config.lr * lr_factor(step, total_steps, config)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * (encoder_scale if group.get("encoder") else 1.0)
     return lr
 
 

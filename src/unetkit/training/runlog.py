@@ -29,7 +29,7 @@ class RunLog:
         self.path = out_dir / "metrics.jsonl"
         self._file = self.path.open("a") if enabled else None
         self._tb = _tensorboard_writer(out_dir / "tensorboard") if enabled and tensorboard else None
-        self._bar = _progress_bar(total_steps, start_step) if enabled and progress else None
+        self._bar = progress_bar(total_steps, start_step) if enabled and progress else None
         self._last_val = ""
 
     def write(self, event: dict[str, Any]) -> None:
@@ -81,10 +81,11 @@ def _json_number(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def _progress_bar(total: int, initial: int):
+def progress_bar(total: int, initial: int, desc: str = "train"):
+    """The step progress bar on stderr (training, pretraining)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr)
 
 
 def _tensorboard_writer(log_dir: Path):

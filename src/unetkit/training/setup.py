@@ -39,6 +39,10 @@ def flag_settings(
     calibrate: bool | None = None,
     ensemble: int | None = None,
     precision: str | None = None,
+    init: str | None = None,
+    pretrained: str | None = None,
+    freeze_encoder_steps: int | None = None,
+    encoder_lr_ratio: float | None = None,
 ) -> dict[str, Any]:
     """The dotted TrainConfig keys the command-line flags set (a preset sets its model fields)."""
     changes: dict[str, Any] = {"data.data": str(data)}
@@ -84,6 +88,14 @@ def flag_settings(
         if precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"--precision: expected auto, fp32 or bf16, got {precision!r}")
         changes["precision"] = precision
+    if init is not None:
+        changes["finetune.init"] = str(init)
+    if pretrained is not None:
+        changes["finetune.pretrained"] = str(pretrained)
+    if freeze_encoder_steps is not None:
+        changes["finetune.freeze_encoder_steps"] = freeze_encoder_steps
+    if encoder_lr_ratio is not None:
+        changes["finetune.encoder_lr_ratio"] = encoder_lr_ratio
     return changes
 
 

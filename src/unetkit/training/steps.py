@@ -30,9 +30,17 @@ import torch
 from unetkit.config import TrainConfig, to_dict
 from unetkit.losses.losses import SegmentationLoss
 from unetkit.models import build_model
+from unetkit.models.unet_encoder import is_encoder_key
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock
 from unetkit.training.distributed import broadcast_floats, rank_share, wrap_model
+from unetkit.training.finetune import (
+    Start,
+    apply_start,
+    encoder_frozen,
+    encoder_lr_scale,
+    set_encoder_trainable,
+)
 from unetkit.training.loop import SELECTION_METRIC, train_step, validate
 from unetkit.training.optim import build_ema, build_optimizer, set_lr
 from unetkit.training.precision import config_mode
@@ -60,10 +68,12 @@ class RunState:
 
 def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.device, clock: BudgetClock,
               out_dir: Path, callbacks: Sequence[Callback],
-              mode_info: dict[str, Any] | None = None) -> tuple[torch.nn.Module, RunState, RunLog]:
+              mode_info: dict[str, Any] | None = None,
+              start: Start | None = None) -> tuple[torch.nn.Module, RunState, RunLog]:
     """Sampling, model, optimizer and the step loop of one network, up to its final validation and
     last checkpoint; the best weights are in `out_dir/checkpoint-best.pt`. The log is left open.
-    `mode_info`: why the compute mode was chosen, for the "start" event."""
+    `mode_info`: why the compute mode was chosen, for the "start" event. `start`: trained weights to
+    begin from (`unetkit.training.finetune`), the encoder frozen, then at its own LR, per `config.finetune`."""
     # ---- sampling and augmentation: every rank draws the same global batch, then keeps its share
     seed_everything(config.seed)
     sampler = data.patch_sampler(config.data, np.random.default_rng(config.seed))
@@ -75,10 +85,14 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     # ---- model, loss, optimizer, compute mode (decided before: the plan or `fit`)
     mode = config_mode(config, device)
     torch.manual_seed(config.seed)
-    model = mode.prepare(build_model(config.model).to(device))  # weights stay fp32 in every mode
+    model = build_model(config.model)
+    started_from = apply_start(model, start, data.class_names) if start is not None else {}
+    model = mode.prepare(model.to(device))  # weights stay fp32 in every mode
     net = wrap_model(model, env, device)
     loss_fn = SegmentationLoss(config.loss).to(device)
-    optimizer = build_optimizer(model, config.optim)
+    tune = config.finetune
+    optimizer = build_optimizer(model, config.optim, is_encoder_key if tune.encoder_lr_ratio != 1.0
+                                or tune.freeze_encoder_steps else None)
     ema = build_ema(model, config.optim)
     kept = ema.module if ema is not None else model  # the weights validated, selected and saved
     scaler = torch.amp.GradScaler(device.type) if mode.scale_loss else None
@@ -114,9 +128,11 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
 
     log.write({"event": "start", "step": state.step, "time": now(), "total_steps": state.total_steps,
                "world_size": env.world_size, "device": str(device), "mode": mode.name, **(mode_info or {}),
-               "train_images": len(data.train), "val_images": len(data.val), "resumed": config.resume})
+               "train_images": len(data.train), "val_images": len(data.val), "resumed": config.resume,
+               **({"start": start.lineage(data.class_names)["start"] | started_from} if start is not None else {})})
     # ---- the step loop; rank 0 decides when to stop and every rank follows
     stop = "steps" if state.step >= state.total_steps else ""
+    encoder_is_frozen = False
     with InterruptFlag() as interrupted:
         while not stop:
             t0 = time.perf_counter()
@@ -125,7 +141,11 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
             labels = labels.to(device)
             if augmenter is not None:
                 images, labels = augmenter(images, labels)
-            lr = set_lr(optimizer, state.step, state.total_steps, config.optim)
+            frozen = encoder_frozen(state.step, tune)
+            if frozen != encoder_is_frozen and not env.enabled:  # DDP keeps gradients: LR 0 freezes it there
+                set_encoder_trainable(model, not frozen)
+                encoder_is_frozen = frozen
+            lr = set_lr(optimizer, state.step, state.total_steps, config.optim, encoder_lr_scale(state.step, tune))
             terms = train_step(net, images[share], labels[share], loss_fn=loss_fn, optimizer=optimizer,
                                mode=mode, scaler=scaler, grad_clip=config.optim.grad_clip,
                                step=state.step)

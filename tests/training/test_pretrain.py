@@ -1,0 +1,81 @@
+"""Self-supervised pretraining: corruptions, the restoration loss, a tiny run per objective, refusals."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unetkit.config import PretrainConfig
+from unetkit.errors import ConfigError, DataError
+from unetkit.models.unet_encoder import read_unet_encoder
+from unetkit.training.pretrain import corrupt, pretrain, restoration_loss
+
+
+def tiny(images: Path, out: Path, **changes) -> PretrainConfig:
+    return replace(PretrainConfig(images=str(images), out=str(out), steps=40, base_width=4, depth=2,
+                                  patch_size=(32, 32), batch_size=4, lr=3e-3, mask_patch=8, progress=False), **changes)
+
+
+def test_mim_masks_squares_at_the_ratio_and_denoise_adds_noise() -> None:
+    x = torch.randn(8, 3, 64, 64)
+    g = torch.Generator().manual_seed(0)
+    cfg = PretrainConfig(mask_ratio=0.4, mask_patch=16)
+    masked, weight = corrupt(x, cfg, g)
+    assert weight.shape == (8, 1, 64, 64) and 0.25 < float(weight.mean()) < 0.55
+    assert torch.all(masked[weight.expand_as(x) > 0] == 0) and torch.equal(masked[weight.expand_as(x) == 0],
+                                                                          x[weight.expand_as(x) == 0])
+    blocks = weight[:, 0].reshape(8, 4, 16, 4, 16)  # whole 16-px squares
+    assert torch.all(blocks.amax((2, 4)) == blocks.amin((2, 4)))
+    noisy, ones = corrupt(x, replace(cfg, objective="denoise", noise_std=0.5), g)
+    assert torch.all(ones == 1) and 0.4 < float((noisy - x).std()) < 0.6
+
+
+def test_restoration_loss_counts_only_the_weighted_pixels() -> None:
+    target = torch.zeros(1, 2, 4, 4)
+    output = torch.zeros(1, 2, 4, 4)
+    output[..., :2, :] = 3.0  # wrong only in the top half
+    top = torch.zeros(1, 1, 4, 4)
+    top[..., :2, :] = 1.0
+    assert float(restoration_loss(output, target, top)) == pytest.approx(9.0)
+    assert float(restoration_loss(output, target, 1 - top)) == 0.0
+
+
+@pytest.mark.parametrize("objective", ["mim", "denoise"])
+def test_pretraining_learns_and_writes_the_encoder(shapes_data: Path, tmp_path: Path, objective: str) -> None:
+    out = pretrain(tiny(shapes_data / "images", tmp_path / "enc.safetensors", objective=objective))
+    tensors, meta = read_unet_encoder(out)
+    assert tensors and all(k.startswith(("encoder.", "downs.", "bottom.")) for k in tensors)
+    record = meta["pretraining"]
+    assert record["objective"] == objective and record["steps"] == 40 and record["images"] == 6
+    assert record["loss_last"] < record["loss_first"]  # it learned to restore
+    assert meta["architecture"]["in_channels"] == 3 and len(meta["normalization"]["mean"]) == 3
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_budget_bounds_the_run(shapes_data: Path, tmp_path: Path) -> None:
+    import time
+
+    t0 = time.perf_counter()
+    out = pretrain(tiny(shapes_data / "images", tmp_path / "enc.safetensors", budget_seconds=3.0, steps=1))
+    assert time.perf_counter() - t0 < 6.0
+    assert read_unet_encoder(out)[1]["pretraining"]["steps"] > 1  # `steps` is for runs without a budget
+
+
+def test_refuses_an_empty_folder_mixed_channels_and_bad_settings(shapes_data: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image files"):
+        pretrain(tiny(tmp_path / "empty", tmp_path / "enc.safetensors"))
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for i, mode in enumerate(("RGB", "L")):
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).convert(mode).save(mixed / f"{i}.png")
+    with pytest.raises(DataError, match="channel counts"):
+        pretrain(tiny(mixed, tmp_path / "enc.safetensors"))
+    with pytest.raises(ConfigError, match="mask_ratio"):
+        pretrain(tiny(shapes_data / "images", tmp_path / "enc.safetensors", mask_ratio=1.5))
+    assert not (tmp_path / "enc.safetensors").exists()
