@@ -16,7 +16,8 @@ from unetkit.training.fit import fit
 @pytest.mark.slow
 @pytest.mark.parametrize("precision, memory_format, tolerance",
                          [("fp32", "contiguous", 0.0), ("bf16", "channels_last", 0.02)], ids=["fp32", "bf16+cl"])
-def test_unet_learns_synthetic_shapes(tmp_path: Path, precision: str, memory_format: str, tolerance: float) -> None:
+def test_unet_learns_synthetic_shapes(tmp_path: Path, precision: str, memory_format: str, tolerance: float,
+                                      bf16_anywhere) -> None:
     from unetkit.artifact import load_artifact
     from unetkit.data.synthetic import make_synthetic_dataset
 

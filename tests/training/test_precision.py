@@ -82,7 +82,7 @@ def test_bf16_on_a_cpu_without_native_bf16_names_what_is_available_and_the_slowd
     precision.check_available("fp32", CPU, cfg.model, cfg.loss)  # fp32 is always there
 
 
-def test_every_training_feature_works_in_bf16_channels_last(tiny_config, tmp_path: Path):
+def test_every_training_feature_works_in_bf16_channels_last(tiny_config, tmp_path: Path, bf16_anywhere):
     """Ensemble members, EMA, clDice, validation and the artifact, with bf16 autocast + channels_last."""
     from unetkit.artifact import load_artifact
     from unetkit.data.synthetic import make_synthetic_dataset

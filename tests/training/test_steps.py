@@ -33,7 +33,7 @@ def test_checkpoint_is_weights_only_loadable(tiny_config) -> None:
 # bf16 autocast + channels_last resumes exactly too: the same kernels on the same values, so the
 # tolerance stays 1e-6 (fp32 and bf16+cl weights differ by ~0.07 after these 12 steps)
 @pytest.mark.parametrize("mode", [{}, {"precision": "bf16", "memory_format": "channels_last"}], ids=["fp32", "bf16+cl"])
-def test_resume_reproduces_an_uninterrupted_run(tiny_config, mode) -> None:
+def test_resume_reproduces_an_uninterrupted_run(tiny_config, mode, bf16_anywhere) -> None:
     from unetkit.config import AugmentConfig
 
     augment = AugmentConfig(enabled=True, rotate_degrees=10.0, noise_std=0.05)  # uses the torch RNG
@@ -60,7 +60,7 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_config, mode) -> None:
     assert len({e["mode"] for e in events if e["event"] == "start"}) == 1
 
 
-def test_resume_refuses_another_compute_mode(tiny_config) -> None:
+def test_resume_refuses_another_compute_mode(tiny_config, bf16_anywhere) -> None:
     fit(tiny_config(steps=2, val_every=100))
     with pytest.raises(ConfigError, match="precision='fp32', the config now says 'bf16'"):
         fit(tiny_config(steps=4, val_every=100, resume=True, precision="bf16"))
