@@ -215,8 +215,8 @@ def _street_scene(rng, n=4, size=(120, 160)) -> list[LoadedSample]:
         for _ in range(2):
             c = int(rng.integers(0, w - 30))
             labels[int(0.6 * h):int(0.8 * h), c:c + 30] = 3  # cars
-        for c in rng.integers(0, w - 2, 3):
-            labels[int(0.25 * h):int(0.75 * h), c:c + 2] = 4  # poles
+        for c in rng.integers(0, w - 3, 3):
+            labels[int(0.25 * h):int(0.75 * h), c:c + 3] = 4  # poles, 3 px wide
         out.append(LoadedSample(f"s{i}", rng.normal(size=(3, *size)).astype(np.float32), labels))
     return out
 
