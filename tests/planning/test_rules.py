@@ -256,3 +256,16 @@ def test_scenes_get_patches_and_depth_for_their_context_at_the_rungs_cost():
     assert wide.patch == (144, 144) and wide.depth == 4  # w16 d3 96x96 b4 -> 144x144 b2, one level deeper
     thin = data_facts(summarize(_vessel_set(rng), ["background", "vessel"]), {})
     assert all(adapt_rung(r, thin, {}).depth == r[1] for r in LADDER)  # thin structures keep the rung
+
+
+def test_a_hairline_class_keeps_cldice_and_lossless_augmentation_even_when_rare():
+    """One-pixel lines vanish under bilinear resampling whatever their share; 3-px poles do not."""
+    scene = [("road", 0.5, 0.97, 40.0, 60000.0), ("building", 0.3, 0.95, 27.0, 9000.0),
+             ("car", 0.18, 0.93, 16.0, 6000.0)]
+    wires = make_fingerprint(size=(360, 480), classes=[*scene, ("wire", 0.02, 0.0, 1.0, 200.0)])
+    poles = make_fingerprint(size=(360, 480), classes=[*scene, ("pole", 0.02, 0.38, 1.55, 229.0)])
+    for fp, kept in ((wires, True), (poles, False)):
+        facts = data_facts(fp, {})
+        assert not facts.thin_data and facts.thin_rules is kept
+        plan = make_plan(fp, PROFILES["cpu2"], 600, {})
+        assert (plan.value("loss.cldice") > 0) is kept and (plan.value("augment.rotate_degrees") == 0) is kept
