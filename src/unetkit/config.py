@@ -82,6 +82,7 @@ class AugmentConfig:
 
     enabled: bool = True
     flip: bool = True
+    flip_vertical: bool = True  # with `flip`, upside-down flips too; off for upright scenes (sky above road)
     rot90: bool = True
     rotate_degrees: float = 15.0
     scale: tuple[float, float] = (0.85, 1.15)

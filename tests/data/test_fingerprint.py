@@ -48,3 +48,24 @@ def test_object_statistics_separate_thin_from_compact_shapes() -> None:
     assert line["objects_per_image"] == 1 and line["erosion_survival"] == 0.0
     assert square["erosion_survival"] == 64 / 100
     assert line["mean_border_distance"] == 1.0 < square["mean_border_distance"]
+
+
+def test_object_extent_is_pixel_weighted_so_fragments_do_not_hide_a_large_object() -> None:
+    labels = np.zeros((40, 60), np.uint8)
+    labels[2:6, 0:50] = 1  # one bar 50 px long (200 pixels) ...
+    for col in range(0, 60, 4):
+        labels[38, col] = 1  # ... and 15 one-pixel fragments: most objects, few pixels
+    summary = summarize([LoadedSample("a", np.zeros((1, 40, 60), np.float32), labels)], ["bg", "bar"])
+    bar = summary["classes"][1]
+    assert bar["object_size_p10_p50_p90"][1] == 1  # counted by objects, the bar is an outlier
+    assert bar["object_extent_p50"] == 50  # weighted by pixels, it is the typical object
+
+
+def test_mean_row_col_places_each_class_in_the_frame() -> None:
+    labels = np.full((40, 60), 2, np.uint8)  # "road" everywhere ...
+    labels[:10] = 1  # ... under a "sky" in the top quarter
+    summary = summarize([LoadedSample("a", np.zeros((1, 40, 60), np.float32), labels)], ["none", "sky", "road"])
+    sky, road = summary["classes"][1]["mean_row_col"], summary["classes"][2]["mean_row_col"]
+    np.testing.assert_allclose(sky, [0.125, 0.5])
+    np.testing.assert_allclose(road, [25 / 40, 0.5])
+    assert summary["classes"][0]["mean_row_col"] == [0.5, 0.5]  # absent: the centre

@@ -47,6 +47,17 @@ def test_flips_and_rot90_are_exact() -> None:
     assert len({tuple(lab.flatten().tolist()[:200]) for lab in out_labels}) > 3  # several orientations
 
 
+def test_upright_data_is_flipped_left_right_only() -> None:
+    config = dataclasses.replace(GEOMETRY_ONLY, rotate_degrees=0, scale=(1.0, 1.0), rot90=False, flip_vertical=False)
+    images, labels = _blocks(32)
+    _, out_labels = Augmenter(config, seed=0)(images, labels)
+    mirrored = torch.flip(labels, dims=[-1])
+    kept = [torch.equal(out, lab) for out, lab in zip(out_labels, labels, strict=True)]
+    flipped = [torch.equal(out, lab) for out, lab in zip(out_labels, mirrored, strict=True)]
+    assert all(k or f for k, f in zip(kept, flipped, strict=True))  # never upside down
+    assert any(kept) and any(flipped)
+
+
 def test_pixels_from_outside_the_image_are_ignored() -> None:
     config = dataclasses.replace(GEOMETRY_ONLY, flip=False, rot90=False, rotate_degrees=45, scale=(0.6, 0.6))
     images, labels = _blocks(2)

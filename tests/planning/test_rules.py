@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tests.planning.conftest import BLOBS, PROFILES, RARE, VESSELS, make_fingerprint
 from unetkit.config import TrainConfig
+from unetkit.data.dataset import LoadedSample
+from unetkit.data.fingerprint import summarize
 from unetkit.planning import apply_plan, format_plan, make_plan
-from unetkit.planning.rules import ENSEMBLE_END_PASSES, LADDER, member_budget, min_steps
+from unetkit.planning.rules import (
+    ENSEMBLE_END_PASSES,
+    LADDER,
+    MAX_DEPTH,
+    MIN_BOTTOM,
+    adapt_rung,
+    data_facts,
+    member_budget,
+    min_steps,
+    receptive_field,
+)
 from unetkit.planning.throughput import Candidate, MeasuredThroughput, simulated_throughput, train_flops
 
 
@@ -215,3 +228,85 @@ def test_pretraining_is_planned_only_with_few_labels_and_enough_unlabelled_image
     assert "step target" in next(c.reason for c in make_plan(few, slow, 7200, {}, unlabelled=40).choices
                                  if c.key == "plan.pretrain_seconds")
     assert "plan.pretrain_seconds" not in {c.key for c in make_plan(few, PROFILES["cpu2"], 1200, {}).choices}
+
+def _vessel_set(rng, n=4, size=(120, 160)) -> list[LoadedSample]:
+    """Thin curvy lines 1-2 px wide on a background: the foreground itself is thin."""
+    out = []
+    for i in range(n):
+        labels = np.zeros(size, np.uint8)
+        for _ in range(12):
+            r, c = rng.uniform(0, size[0]), rng.uniform(0, size[1])
+            angle = rng.uniform(0, 2 * np.pi)
+            for _ in range(150):
+                angle += rng.normal(0, 0.15)
+                r, c = r + np.sin(angle), c + np.cos(angle)
+                labels[int(r) % size[0], int(c) % size[1]] = 1
+        out.append(LoadedSample(f"v{i}", rng.normal(size=(3, *size)).astype(np.float32), labels))
+    return out
+
+
+def _street_scene(rng, n=4, size=(120, 160)) -> list[LoadedSample]:
+    """Sky above buildings above a road with cars, and a few thin poles (a rare class)."""
+    h, w = size
+    out = []
+    for i in range(n):
+        labels = np.zeros(size, np.uint8)  # sky
+        labels[int(0.3 * h):int(0.65 * h)] = 1  # buildings
+        labels[int(0.65 * h):] = 2  # road
+        for _ in range(2):
+            c = int(rng.integers(0, w - 30))
+            labels[int(0.6 * h):int(0.8 * h), c:c + 30] = 3  # cars
+        for c in rng.integers(0, w - 3, 3):
+            labels[int(0.25 * h):int(0.75 * h), c:c + 3] = 4  # poles, 3 px wide
+        out.append(LoadedSample(f"s{i}", rng.normal(size=(3, *size)).astype(np.float32), labels))
+    return out
+
+
+def test_the_fingerprint_tells_a_thin_structure_set_from_a_scene_with_one_thin_rare_class():
+    rng = np.random.default_rng(0)
+    vessels = summarize(_vessel_set(rng), ["background", "vessel"])
+    scene = summarize(_street_scene(rng), ["sky", "building", "road", "car", "pole"])
+    v, s = data_facts(vessels, {}), data_facts(scene, {})
+    assert v.thin == ("vessel",) and v.thin_data and not v.is_upright
+    assert "pole" in s.thin and not s.thin_data and s.thin_share < 0.1 and s.is_upright
+    assert s.context > v.context  # the scene's objects span more of the frame
+
+    thin = make_plan(vessels, PROFILES["cpu2"], 600, {})
+    assert thin.value("loss.cldice") > 0 and thin.value("augment.rotate_degrees") == 0
+    assert thin.value("augment.scale") == [1.0, 1.0]  # lossless augmentation only
+    assert thin.value("augment.flip_vertical") and thin.value("augment.rot90")
+
+    street = make_plan(scene, PROFILES["cpu2"], 600, {})
+    assert street.value("loss.cldice") == 0 and "not a thin-structure data set" in format_plan(street)
+    assert street.value("augment.rotate_degrees") > 0 and street.value("augment.scale")[0] < 0.85
+    assert not street.value("augment.flip_vertical") and not street.value("augment.rot90")  # sky stays up
+    assert street.value("augment.brightness") > thin.value("augment.brightness")
+
+
+def test_scenes_get_patches_and_depth_for_their_context_at_the_rungs_cost():
+    rng = np.random.default_rng(1)
+    scene = summarize(_street_scene(rng, n=2, size=(192, 256)), ["sky", "building", "road", "car", "pole"])
+    facts = data_facts(scene, {})
+    for rung in LADDER[:6]:
+        c = adapt_rung(rung, facts, {})
+        assert min(c.patch) > rung[2] or c.patch[0] == 192  # more context than the rung's patch ...
+        assert c.pixels_per_step <= 2.5 * rung[2] ** 2 * rung[3]  # ... for about the rung's pixels per step
+        assert c.depth >= rung[1] and (receptive_field(c.depth) >= min(c.patch) / 2 or c.depth == MAX_DEPTH
+                                       or min(c.patch) >> (c.depth + 1) < MIN_BOTTOM)
+    wide = adapt_rung(LADDER[2], facts, {})
+    assert wide.patch == (144, 144) and wide.depth == 4  # w16 d3 96x96 b4 -> 144x144 b2, one level deeper
+    thin = data_facts(summarize(_vessel_set(rng), ["background", "vessel"]), {})
+    assert all(adapt_rung(r, thin, {}).depth == r[1] for r in LADDER)  # thin structures keep the rung
+
+
+def test_a_hairline_class_keeps_cldice_and_lossless_augmentation_even_when_rare():
+    """One-pixel lines vanish under bilinear resampling whatever their share; 3-px poles do not."""
+    scene = [("road", 0.5, 0.97, 40.0, 60000.0), ("building", 0.3, 0.95, 27.0, 9000.0),
+             ("car", 0.18, 0.93, 16.0, 6000.0)]
+    wires = make_fingerprint(size=(360, 480), classes=[*scene, ("wire", 0.02, 0.0, 1.0, 200.0)])
+    poles = make_fingerprint(size=(360, 480), classes=[*scene, ("pole", 0.02, 0.38, 1.55, 229.0)])
+    for fp, kept in ((wires, True), (poles, False)):
+        facts = data_facts(fp, {})
+        assert not facts.thin_data and facts.thin_rules is kept
+        plan = make_plan(fp, PROFILES["cpu2"], 600, {})
+        assert (plan.value("loss.cldice") > 0) is kept and (plan.value("augment.rotate_degrees") == 0) is kept

@@ -113,3 +113,22 @@ def test_the_plan_records_the_mode_its_reason_and_the_ms_of_every_mode():
 
     user = make_plan(make_fingerprint(classes=VESSELS), measured, 1800, {"precision": "bf16"}, mode=measured.decision)
     assert next(c for c in user.choices if c.key == "precision").source == "user"
+
+
+def test_a_faster_measured_mode_buys_a_bigger_model_at_the_same_step_target():
+    """Issue 17 item 4: the plan reads the timings of the mode it chose, so bf16 on AMX climbs the
+    ladder (more capacity for the same steps); emulated bf16 leaves the fp32 plan."""
+    fp = make_fingerprint(classes=VESSELS)
+    plans = {}
+    for name, speedup in (("amx", AMX), ("emulated", EMULATED)):
+        measured = measure_throughput(LADDER_CANDIDATES, in_channels=3, out_channels=2, max_seconds=60.0,
+                                      modes=CPU_MODES, probe=simulated_probe(speedup))
+        plans[name] = make_plan(fp, measured, 1800, {}, mode=measured.decision)
+    amx, emulated = plans["amx"], plans["emulated"]
+    assert emulated.value("precision") == "fp32" and amx.value("precision") == "bf16"
+    assert amx.estimates["seconds_per_step"] * amx.value("steps") <= 1800
+    cost = {n: train_flops(Candidate(p.value("model.base_width"), p.value("model.depth"),
+                                     tuple(p.value("data.patch_size")), p.value("data.batch_size")))
+            for n, p in plans.items()}
+    assert cost["amx"] > cost["emulated"]
+    assert amx.value("steps") >= amx.estimates["step_target"] <= emulated.value("steps")

@@ -3,8 +3,12 @@
 `fingerprint(spec, samples)` hashes the files and summarizes the loaded samples with
 `summarize(loaded, class_names)`: image sizes, per-channel mean/std (the normalization statistics,
 also `channel_stats`), intensity percentiles, class pixel frequencies and, per class, connected
-objects (count per image, sizes) and thinness (fraction of pixels surviving one erosion, mean
-distance to the class border: ~1 for one-pixel vessels, large for blobs). Cheap: one pass in memory.
+objects (count per image, sizes), their extent (the longer bounding-box side of the object a pixel
+belongs to, pixel-weighted: the scale of context a pixel's object spans, which fragment counts hide),
+where the class sits in the frame (mean row and column of its pixels as fractions of the image: road
+low and sky high in street scenes, ~0.5 for vessels or cells, which have no upright) and thinness
+(fraction of pixels surviving one erosion, mean distance to the class border: ~1 for one-pixel
+vessels, large for blobs). Cheap: one pass in memory.
 """
 
 from __future__ import annotations
@@ -89,8 +93,18 @@ def summarize(loaded: Sequence[LoadedSample], class_names: Sequence[str]) -> dic
     }
 
 
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value below which half the total weight lies (0 for no values)."""
+    if not len(values):
+        return 0.0
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order], dtype=np.float64)
+    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
 def _objects(loaded: Sequence[LoadedSample], k: int) -> dict[str, Any]:
-    counts, sizes, survived, area, depth = [], [], 0, 0, 0.0
+    counts, sizes, extents, survived, area, depth = [], [], [], 0, 0, 0.0
+    row_sum, col_sum = 0.0, 0.0
     for s in loaded:
         region = s.labels == k
         n_pixels = int(region.sum())
@@ -100,6 +114,11 @@ def _objects(loaded: Sequence[LoadedSample], k: int) -> dict[str, Any]:
         components, n = ndimage.label(region)
         counts.append(n)
         sizes.append(np.bincount(components.ravel())[1:])
+        extents.append(np.array([max(b[0].stop - b[0].start, b[1].stop - b[1].start)
+                                 for b in ndimage.find_objects(components)], np.int64))
+        height, width = region.shape
+        row_sum += float(region.sum(1) @ ((np.arange(height) + 0.5) / height))
+        col_sum += float(region.sum(0) @ ((np.arange(width) + 0.5) / width))
         survived += int(ndimage.binary_erosion(region).sum())
         depth += float(ndimage.distance_transform_edt(region).sum())
         area += n_pixels
@@ -109,6 +128,8 @@ def _objects(loaded: Sequence[LoadedSample], k: int) -> dict[str, Any]:
         "present_in": int(sum(c > 0 for c in counts)),
         "objects_per_image": float(np.mean(counts)) if counts else 0.0,
         "object_size_p10_p50_p90": size_stats,
+        "object_extent_p50": weighted_median(np.concatenate(extents), sizes_all) if extents else 0.0,
+        "mean_row_col": [row_sum / area, col_sum / area] if area else [0.5, 0.5],
         "erosion_survival": survived / area if area else 0.0,
         "mean_border_distance": depth / area if area else 0.0,
     }

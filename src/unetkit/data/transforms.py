@@ -1,6 +1,6 @@
 """Synchronized image/label augmentation, batched on the training device with kornia.
 
-Geometry (flips, rot90, rotation, scale) is one affine matrix per sample, applied with
+Geometry (flips -- left-right, and upside-down unless `flip_vertical` is off --, rot90, rotation, scale) is one affine matrix per sample, applied with
 `kornia.geometry.warp_affine` to the images (bilinear) and to the labels (nearest) alike; optional
 elastic deformation shares one displacement field for both. Label pixels that come from outside the
 image become `ignore_index`. Photometric changes (brightness, contrast, gamma, Gaussian noise, blur)
@@ -70,7 +70,8 @@ class Augmenter:
         flip_x, flip_y = torch.ones(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
         if cfg.flip:
             flip_x = torch.where(self._chance(n, 0.5), -1.0, 1.0).double()
-            flip_y = torch.where(self._chance(n, 0.5), -1.0, 1.0).double()
+            if cfg.flip_vertical:
+                flip_y = torch.where(self._chance(n, 0.5), -1.0, 1.0).double()
         if cfg.rot90:
             steps = torch.randint(0, 4, (n,), generator=self.generator)
             if height != width:

@@ -22,26 +22,45 @@ R2 Model ladder. Candidates come from `LADDER`, (width, depth, patch, batch) run
 R3 Patch fits the image. A patch side is never larger than the median image side (the sampler pads
    smaller images), and pixels per step are kept by changing the batch (to the nearest of 2, 4, 6,
    8, 12, 16, 24, 32) when a patch changes. Patches are multiples of 16, at least 64 (or the image).
-R4 Object scale. Big objects (90th percentile object side > half the patch) use 1.5x patches
-   with a smaller batch (context), within R3. Thin structures (a minority class whose pixels
-   mostly vanish after one erosion, erosion_survival < 0.5, or a long network a few pixels wide:
-   mean_border_distance < 3 px and sqrt(90th-percentile object size) > 10x that distance) keep
-   the rung's patch: 3/4-size patches with a larger batch were tried on DRIVE and learned slower
-   (validation F1 0.77 vs 0.80 for 128x128 patches after one minute, docs/benchmarks.md).
-R5 Loss. Dice + cross-entropy. clDice (weight 0.5) is added for thin structures (topology of
-   vessels/membranes) when they are foreground classes (index >= 1: the classes clDice scores). Rare classes (< 1 % of labelled pixels) get class-weighted CE with
+R4 Object scale and context. Thin classes: most pixels vanish after one erosion
+   (erosion_survival < 0.5), or a long network a few pixels wide (mean_border_distance < 3 px and
+   sqrt(90th-percentile object size) > 10x that distance). A *thin-structure data set* (vessels,
+   membranes) is one whose thin classes hold at least half (THIN_SHARE) of the labelled pixels
+   outside the largest class; a scene where one rare class happens to be thin (poles: ~1.5 % of
+   CamVid's pixels outside the road, ~3 px wide) is not, and gets none of the thin-structure rules
+   (R4, R5, R6, R7) -- unless a thin class is a hairline, at most ~2 px wide (mean border distance
+   < HAIRLINE_DEPTH): bilinear resampling erases those whatever their share, and the synthetic
+   one-pixel lines of tests/planning/test_auto.py learned to IoU 0.20 instead of >= 0.5 in 437 steps
+   with resampling and without clDice (which of the two matters was not separated: the machine was
+   too loaded to train the arms); such data keep clDice and lossless augmentation (R5, R7) but get
+   the context rules below. A thin-structure data set keeps the rung's patch and depth: 3/4-size patches with a larger
+   batch were tried on DRIVE and learned slower (validation F1 0.77 vs 0.80 for 128x128 patches
+   after one minute, docs/benchmarks.md). Otherwise the context is the typical extent of the
+   objects outside the largest class (the fingerprint's pixel-weighted `object_extent_p50`, so
+   fragments do not hide a large object; older fingerprints: sqrt of the 90th-percentile size):
+   when it exceeds half the rung's patch, the patch grows to 1.5x, and up to the context itself as
+   far as the rung's pixels per step pay for at batch 2 (R3 caps it by the image); the U-Net is
+   deepened (at most MAX_DEPTH, bottom at least MIN_BOTTOM px) until its encoder's receptive field
+   spans half of the object within the patch (`receptive_field`).
+R5 Loss. Dice + cross-entropy. clDice (weight 0.5) is added under the thin-structure rules (R4: the
+   topology of vessels/membranes) when the thin classes are foreground (index >= 1: the classes
+   clDice scores). Rare classes (< 1 % of labelled pixels) get class-weighted CE with
    w_k = clip(sqrt(1 / (K f_k)), 1, 10) (1 for balanced classes); Dice excludes the background
    (class 0) when it is the majority class, so the tiny foreground is not swamped by its easy Dice.
 R6 Sampling. A fraction of patches is centred on a rare-class pixel (or a foreground pixel when no
-   class is rare): 0.5 with a rare class; 0.2 when the foreground is the majority; 0.5 with thin
-   structures; 0.33 otherwise.
-R7 Augmentation. Flips and rot90 always; rotation 15 deg and scale 0.85-1.15, except for thin
-   structures: their width (1-3 px) is the signal, and bilinear resampling of a rotated or scaled
-   patch blurs it while the nearest-neighbour label stays sharp, so they get only the lossless
-   flips and rot90 (DRIVE: validation F1 0.78 after one minute vs 0.58-0.77 with resampling);
-   mild brightness/contrast/gamma/noise (per-channel normalisation already removes gross
-   intensity differences); probability 0.5 below 200 training images, 0.3 above; elastic
-   deformation off (costly on CPUs).
+   class is rare): 0.5 with a rare class; 0.2 when the foreground is the majority; 0.5 for a
+   thin-structure data set; 0.33 otherwise.
+R7 Augmentation. Flips and rot90, except for upright data: when the classes' mean rows (the
+   fingerprint's `mean_row_col`, classes over 1 % of the pixels) lie UPRIGHT_SPREAD (20 %) of the
+   height apart -- sky above road -- only left-right flips (no upside-down flip, no rot90). Rotation
+   15 deg and scale 0.85-1.15 (0.75-1.33 for wide context: objects spanning a third of the
+   image's shorter side, whose distance from the camera varies), except under the thin-structure
+   rules (R4): their width (1-3 px) is the signal, and bilinear resampling of a rotated or scaled patch
+   blurs it while the nearest-neighbour label stays sharp, so they get only the lossless flips and
+   rot90 (DRIVE: validation F1 0.78 after one minute vs 0.58-0.77 with resampling); brightness and
+   contrast 0.1 (per-channel normalisation already removes gross intensity differences), 0.2 for
+   wide-context scenes under changing light; mild gamma/noise; probability 0.5 below 200 training
+   images, 0.3 above; elastic deformation off (costly on CPUs).
 R8 Optimiser. AdamW, lr 1e-3 * sqrt(batch / 8) clamped to 5e-4..2e-3 (2e-3 made DRIVE's
    validation F1 swing by 0.03-0.13 between validations), weight decay 1e-4, linear
    warm-up over 3 % of the steps (20..500), cosine decay to 1 % -- the schedule's length is
@@ -115,6 +134,11 @@ LADDER: tuple[tuple[int, int, int, int], ...] = (
     (64, 5, 384, 16), (64, 5, 512, 16),
 )
 THIN_SURVIVAL = 0.5
+THIN_SHARE = 0.5  # R4: thin classes hold at least half the pixels outside the largest class
+HAIRLINE_DEPTH = 1.25  # R4: mean distance to the border of structures at most 2 px wide
+UPRIGHT_SPREAD = 0.2  # R7: classes' mean rows this far apart (fraction of the height): the data has an up
+MAX_DEPTH = 5  # R4: deepest U-Net the receptive-field rule plans
+MIN_BOTTOM = 8  # R4: px, the smallest feature map side at the bottom of the U-Net
 THIN_BORDER_DISTANCE = 3.0
 RARE_FRACTION = 0.01
 TOUCHING_OBJECTS = 10  # R13: objects per image for "many objects"
@@ -172,10 +196,31 @@ class DataFacts:
     object_side: float  # sqrt of the largest 90th-percentile object size among minority classes
     labelled_fraction: float
     touching: tuple[str, ...] = ()  # R13: classes of many objects per image split by a thin class-0 network
+    thin_share: float = 0.0  # R4: the thin classes' share of the labelled pixels outside the largest class
+    context: float = 0.0  # R4: px, typical extent of the objects outside the largest class (pixel-weighted)
+    upright: float = 0.0  # R7: spread of the classes' mean rows (fraction of the height)
+    hairline: tuple[str, ...] = ()  # R4: thin classes at most ~2 px wide (mean border distance < 1.25)
 
     @property
     def num_classes(self) -> int:
         return len(self.names)
+
+    @property
+    def thin_data(self) -> bool:
+        """R4: a thin-structure data set (vessels, membranes: the foreground itself is thin), not a
+        scene where one rare class (a pole) happens to be thin."""
+        return bool(self.thin) and self.thin_share >= THIN_SHARE
+
+    @property
+    def thin_rules(self) -> bool:
+        """R5/R7: clDice and lossless augmentation: a thin-structure data set, or any class of lines
+        at most ~2 px wide, which bilinear resampling erases whatever share of the pixels it holds."""
+        return self.thin_data or bool(self.hairline)
+
+    @property
+    def is_upright(self) -> bool:
+        """R7: the classes sit at different heights of the frame (sky above road): the data has an up."""
+        return self.upright >= UPRIGHT_SPREAD
 
 
 def data_facts(fp: Mapping[str, Any], overrides: Mapping[str, Any], n_val: int | None = None) -> DataFacts:
@@ -195,10 +240,36 @@ def data_facts(fp: Mapping[str, Any], overrides: Mapping[str, Any], n_val: int |
     network = bool(classes) and 0 < classes[0]["pixel_fraction"] < 0.5 and is_thin(classes[0])
     touching = tuple(c["name"] for c in classes[1:] if network and c["objects_per_image"] >= TOUCHING_OBJECTS)
     height, width = (int(v) for v in fp["size"]["median"])
+    largest = max(range(len(classes)), key=lambda k: fractions[k]) if classes else 0
+    others = [c for k, c in enumerate(classes) if k != largest and c["pixel_fraction"] > 0]
+    outside = sum(c["pixel_fraction"] for c in others)
+    thin_share = sum(c["pixel_fraction"] for c in others if c["name"] in thin) / outside if outside > 0 else 0.0
+    # older fingerprints have no extents: the side of a large (90th percentile) object stands in
+    extents = [(float(c.get("object_extent_p50", math.sqrt(max(c["object_size_p10_p50_p90"][2], 0.0)))),
+                float(c["pixel_fraction"])) for c in others]
+    rows = [c["mean_row_col"][0] for c in classes if "mean_row_col" in c and c["pixel_fraction"] >= RARE_FRACTION]
     return DataFacts(n_train=n - n_val, n_val=n_val, channels=int(fp["channels"]), height=height, width=width,
                      fractions=fractions, names=tuple(c["name"] for c in classes), thin=thin, rare=rare,
                      object_side=side, labelled_fraction=float(fp.get("labelled_fraction", 1.0)),
-                     touching=touching)
+                     touching=touching, thin_share=thin_share, context=_weighted_median(extents),
+                     upright=max(rows) - min(rows) if rows else 0.0,
+                     hairline=tuple(c["name"] for c in minority
+                                    if is_thin(c) and float(c["mean_border_distance"]) < HAIRLINE_DEPTH))
+
+
+def _weighted_median(pairs: list[tuple[float, float]]) -> float:
+    """The value below which half the weight of (value, weight) pairs lies; 0 for none."""
+    total, running = sum(w for _, w in pairs), 0.0
+    for value, weight in sorted(pairs):
+        running += weight
+        if running >= total / 2:
+            return value
+    return 0.0
+
+
+def receptive_field(depth: int) -> int:
+    """R4: pixels seen by one output pixel of a U-Net's encoder (two 3x3 convolutions per level)."""
+    return 1 + 4 * (2 ** (depth + 1) - 1)
 
 
 def is_thin(c: Mapping[str, Any]) -> bool:
@@ -216,9 +287,15 @@ def adapt_rung(rung: tuple[int, int, int, int], facts: DataFacts, overrides: Map
     """R3 + R4 (and the user's fixed width/depth/patch/batch) applied to one ladder rung."""
     width, depth, side, batch = rung
     pixels = side * side * batch
-    if not facts.thin and facts.object_side > side / 2:
-        side = _round16(side * 1.5)
+    if not facts.thin_data and facts.context > side / 2:
+        # context: up to the objects' extent, as far as the rung's pixels pay for at batch 2
+        paid = 16 * int(math.sqrt(pixels / 2) // 16)
+        side = max(_round16(side * 1.5), min(_round16(facts.context), paid))
     patch = (min(side, facts.height), min(side, facts.width))
+    if not facts.thin_data:  # deepen until the receptive field spans half the object, in the patch
+        wanted = min(facts.context, min(patch)) / 2
+        while depth < MAX_DEPTH and receptive_field(depth) < wanted and min(patch) >> (depth + 1) >= MIN_BOTTOM:
+            depth += 1
     wanted = pixels / (patch[0] * patch[1])
     batch = min(BATCHES, key=lambda b: abs(math.log(b / wanted)))
     width = int(overrides.get("model.base_width", width))
@@ -338,7 +415,10 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
             choices.append(Choice(key, _plain(value), reason, PLANNED))
 
     choose("model.base_width", cand.base_width, why_model)
-    choose("model.depth", cand.depth, "down-sampling steps of the same ladder rung (R2)")
+    choose("model.depth", cand.depth, "down-sampling steps of the same ladder rung (R2)" if facts.thin_data
+           or receptive_field(cand.depth) >= facts.context else
+           f"the rung's, deepened (at most {MAX_DEPTH}) for a receptive field of {receptive_field(cand.depth)} px "
+           f"over objects of ~{facts.context:.0f} px (R4)")
     choose("model.norm", "batch" if cand.batch >= 4 else "instance",
            "BatchNorm at batch >= 4 (folds into the convs: fast inference), else InstanceNorm (R9; "
            "instance is often a little more accurate but 1.2x slower fp32, 2x int8)")
@@ -380,7 +460,9 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
         choose("precision", mode.mode.precision, why_mode)
         choose("memory_format", mode.mode.memory_format, f"measured with the precision: {mode.mode.name} (R14)")
     summary = (f"{len(facts.names)} classes, {facts.n_train} train / {facts.n_val} val images "
-               f"{facts.height}x{facts.width}; thin: {', '.join(facts.thin) or 'none'}; "
+               f"{facts.height}x{facts.width}; thin: {', '.join(facts.thin) or 'none'}"
+               f"{' (a thin-structure data set)' if facts.thin_data else ''}; objects ~{facts.context:.0f} px; "
+               f"{'upright; ' if facts.is_upright else ''}"
                f"rare: {', '.join(facts.rare) or 'none'}")
     if start is not None:
         summary += f"; starts from {start.label()}"
@@ -430,8 +512,8 @@ def _start_choices(choose, start: StartFacts, steps: int) -> None:
 
 def _patch_reason(facts: DataFacts, c: Candidate) -> str:
     parts = []
-    if facts.object_side > 0 and not facts.thin and c.patch[0] < 2 * facts.object_side + 1:
-        parts.append(f"larger patches for big objects (~{facts.object_side:.0f} px)")
+    if not facts.thin_data and facts.context > 0 and facts.context > min(c.patch) / 3:
+        parts.append(f"larger patches for context: objects span ~{facts.context:.0f} px")
     if c.patch[0] >= facts.height or c.patch[1] >= facts.width:
         parts.append(f"capped by the image size {facts.height}x{facts.width}")
     return "; ".join(parts) + " (R3/R4)" if parts else "the ladder rung's patch (R2)"
@@ -440,9 +522,11 @@ def _patch_reason(facts: DataFacts, c: Candidate) -> str:
 def _loss_choices(choose, facts: DataFacts) -> None:
     choose("loss.ce", 1.0, "cross-entropy: calibrated per-pixel probabilities (R5)")
     choose("loss.dice", 1.0, "Dice: overlap of the minority classes, insensitive to imbalance (R5)")
-    thin = bool(set(facts.thin) - {facts.names[0]})
+    thin = facts.thin_rules and bool(set(facts.thin) - {facts.names[0]})
     choose("loss.cldice", 0.5 if thin else 0.0,
            f"clDice for thin structures ({', '.join(facts.thin)}) (R5)" if thin
+           else f"off: thin classes ({', '.join(facts.thin)}) are {facts.thin_share:.0%} of the pixels outside the "
+                "largest class, not a thin-structure data set (R4/R5)" if facts.thin
            else "off: no thin foreground structures (R5)")
     k = facts.num_classes
     if facts.rare:
@@ -463,7 +547,7 @@ def _sampling_choice(choose, facts: DataFacts) -> None:
         value, why = 0.5, f"half the patches centred on rare-class pixels ({', '.join(facts.rare)})"
     elif len(facts.fractions) > 1 and sum(facts.fractions[1:]) >= 0.5:
         value, why = 0.2, "foreground is the majority: little oversampling"
-    elif facts.thin:
+    elif facts.thin_rules:
         value, why = 0.5, "half the patches centred on foreground pixels (thin structures)"
     else:
         value, why = 0.33, "a third of the patches centred on foreground pixels"
@@ -476,9 +560,25 @@ def _augment_choices(choose, facts: DataFacts) -> None:
     choose("augment.p", 0.5 if few else 0.3, f"{facts.n_train} training images: "
            + ("stronger augmentation" if few else "milder augmentation") + " (R7)")
     lossless = "off: resampling blurs thin structures (R7)"
-    choose("augment.rotate_degrees", 0.0 if facts.thin else 15.0, lossless if facts.thin else "small rotations (R7)")
-    choose("augment.scale", (1.0, 1.0) if facts.thin else (0.85, 1.15), lossless if facts.thin else "±15 % scale (R7)")
+    thin, wide = facts.thin_rules, _wide_context(facts)
+    choose("augment.rotate_degrees", 0.0 if thin else 15.0, lossless if thin else "small rotations (R7)")
+    choose("augment.scale", (1.0, 1.0) if thin else (0.75, 1.33) if wide else (0.85, 1.15),
+           lossless if thin else f"0.75-1.33x: objects span ~{facts.context:.0f} px, their distance varies (R7)"
+           if wide else "±15 % scale (R7)")
+    upright = f"the classes sit at different heights (mean rows {facts.upright:.0%} of the height apart): " \
+              "the data has an up (R7)"
+    choose("augment.flip_vertical", not facts.is_upright, f"off: {upright}" if facts.is_upright
+           else "upside-down flips too: no class keeps to one height (R7)")
+    choose("augment.rot90", not facts.is_upright, f"off: {upright}" if facts.is_upright else "lossless (R7)")
+    for key in ("augment.brightness", "augment.contrast"):
+        choose(key, 0.2 if wide else 0.1, "stronger: natural scenes under changing light (R7)" if wide
+               else "mild: per-channel normalisation removes gross intensity differences (R7)")
     choose("augment.elastic_alpha", 0.0, "elastic deformation off: costly on CPUs (R7)")
+
+
+def _wide_context(facts: DataFacts) -> bool:
+    """R4/R7: natural scenes -- no thin-structure rules, objects spanning a third of the frame."""
+    return not facts.thin_rules and facts.context >= min(facts.height, facts.width) / 3
 
 
 def _plain(v: Any) -> Any:

@@ -1,0 +1,148 @@
+"""CamVid road scenes: `unetkit train --budget` (the auto-plan, no other flag) for two or more source
+trees side by side (the current rules and a baseline commit's), held-out sequences, one command:
+
+    .venv/bin/python benchmarks/camvid.py --data /work/shared/data/camvid --budget 10m \
+        --arm new=src --arm old=/tmp/base/src
+
+The training split's frames are grouped by sequence (the key's prefix before `_`); the sequences in
+`--val-prefix` (default `0006R0`, 101 of the 367 frames) are the validation split, held out whole
+because neighbouring frames are near-duplicates. Every arm trains at the same time as the others
+(one subprocess each, `PYTHONPATH=<arm's src>`), so they share the machine's load alike; then each
+artifact is scored here on the held-out frames: class-average IoU over the 11 classes and global
+pixel accuracy (void, label 11, ignored), per-class IoU. The data folder is linked (never copied)
+into `--work` with the release's list file, and described once with `unetkit init-dataset --ignore
+11 --names ...`. Appends the table, the plans, the command, the machine and the load to
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from drive import load_split, machine  # noqa: E402
+from report import append_markdown  # noqa: E402
+
+NAMES = "sky,building,pole,road,pavement,tree,signsymbol,fence,car,pedestrian,bicyclist"
+VOID = 11
+
+
+def prepare(data: Path, work: Path) -> Path:
+    """`work/camvid`: links to the release's train/, trainannot/ and train.txt, plus its dataset JSON."""
+    folder = work / "camvid"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "trainannot", "train.txt"):
+        link = folder / name
+        if not link.exists():
+            link.symlink_to((data / name).resolve())
+    if not (folder / "unetkit-dataset.json").exists():
+        subprocess.run([sys.executable, "-m", "unetkit", "init-dataset", str(folder), "--ignore", str(VOID),
+                        "--names", NAMES], check=True, capture_output=True)
+    return folder
+
+
+def confusion(pred: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
+    keep = truth != VOID
+    return np.bincount(truth[keep].astype(np.int64) * k + pred[keep], minlength=k * k).reshape(k, k)
+
+
+def scores(matrix: np.ndarray) -> dict[str, object]:
+    tp = np.diag(matrix).astype(np.float64)
+    iou = tp / np.maximum(matrix.sum(0) + matrix.sum(1) - tp, 1)
+    return {"miou": float(iou.mean()), "pixel_accuracy": float(tp.sum() / max(matrix.sum(), 1)),
+            "iou": [float(v) for v in iou]}
+
+
+def steps_done(run: Path) -> int:
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return max((int(e.get("step", 0)) for e in events), default=0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, type=Path, help="CamVid release root (holding train/, trainannot/)")
+    ap.add_argument("--budget", default="10m")
+    ap.add_argument("--arm", action="append", default=[], metavar="NAME=SRC[,CONFIG]",
+                    help="a source tree to train with (its `src` folder), optionally with a partial TrainConfig "
+                         "JSON whose choices the plan keeps; repeat for side-by-side arms")
+    ap.add_argument("--val-prefix", default="0006R0", help="comma-separated sequence prefixes held out")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-camvid")
+    ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = ap.parse_args()
+    arms = dict(a.split("=", 1) for a in args.arm) or {"current": str(ROOT / "src")}
+    folder = prepare(args.data, args.work)
+    prefixes = tuple(p.strip() + "_" for p in args.val_prefix.split(",") if p.strip())
+    keys = sorted(p.stem for p in (args.data / "train").glob("*.png"))
+    val_keys = [k for k in keys if k.startswith(prefixes)]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    load_before = os.getloadavg()
+    runs, procs = {}, {}
+    t0 = time.perf_counter()
+    for name, arm in arms.items():  # all arms at once: the same load for each
+        src, _, config = arm.partition(",")
+        runs[name] = args.work / stamp / name
+        env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
+        cmd = [sys.executable, "-m", "unetkit", "train", str(folder), "--budget", args.budget, "--out",
+               str(runs[name]), "--quiet", "--val-keys", ",".join(val_keys)] + (["--config", config] if config else [])
+        procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    walls = {}
+    for name, proc in procs.items():
+        output = proc.communicate()[0]
+        walls[name] = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"arm {name}: unetkit train failed:\n{output}")
+    load_after = os.getloadavg()
+
+    from unetkit.artifact import load_artifact
+    from unetkit.inference.predict import predict_image
+
+    val = load_split(folder, val_keys)
+    k = len(NAMES.split(","))
+    results = {}
+    for name, run in runs.items():
+        art = load_artifact(run / "model.unetkit")
+        matrix = sum(confusion(predict_image(art, s.image).argmax(0), s.labels, k) for s in val)
+        chosen = {c["key"]: c["value"] for c in art.meta.plan.get("choices", [])}
+        results[name] = {**scores(matrix), "steps": steps_done(run), "wall_seconds": walls[name], "plan": chosen,
+                         "src": arms[name]}
+        (run / "results.json").write_text(json.dumps(results[name], indent=2))
+    names = NAMES.split(",")
+    rows = ["| arm | plan | steps | mIoU | pixel acc. | " + " | ".join(names) + " |",
+            "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    for name, r in results.items():
+        p = r["plan"]
+        plan = (f"w{p.get('model.base_width')} d{p.get('model.depth')} {p.get('data.patch_size')} "
+                f"b{p.get('data.batch_size')}, clDice {p.get('loss.cldice')}, rot {p.get('augment.rotate_degrees')}, "
+                f"scale {p.get('augment.scale')}")
+        rows.append(f"| {name} | {plan} | {r['steps']} | {r['miou']:.4f} | {r['pixel_accuracy']:.4f} | "
+                    + " | ".join(f"{v:.3f}" for v in r["iou"]) + " |")
+    now = datetime.now(timezone.utc)
+    text = "\n".join([
+        f"## CamVid, `unetkit train --budget {args.budget}`, arms side by side ({now:%Y-%m-%d %H:%M} UTC)",
+        "",
+        f"Command: `python benchmarks/camvid.py {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {machine()}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)  ",
+        f"Train on the {len(keys) - len(val_keys)} frames of the other sequences, scored on the {len(val_keys)} held-out "
+        f"frames of {', '.join(p.rstrip('_') for p in prefixes)} (class IoU over 11 classes, void ignored); the arms "
+        f"trained concurrently; run folder `{args.work / stamp}`.",
+        "",
+        *rows,
+        "",
+    ])
+    append_markdown(args.benchmarks, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
