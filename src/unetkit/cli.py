@@ -472,13 +472,18 @@ def calibrate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON here.")] = None,
     backend: BackendOpt = "auto",
 ) -> None:
-    """Fit temperature scaling on validation data and store it in the model; predictions use it from then on."""
+    """Fit temperature scaling on validation data and store it in the model; predictions use it from then on.
+
+    Stored only when it holds on new images: refitted leaving each fold of images out, the held-out
+    NLL must improve with a paired-bootstrap lower bound above zero over at least 3 images; else the
+    raw logits stay and the summary says why."""
     from unetkit.tuning.calibration import calibrate_model
 
     s = calibrate_model(model, data, keys=_keys(keys), vector=vector, out=out,
                         max_pixels=pixels, backend=backend)
     typer.echo(f"{s['method']} scaling on {s['pixels']:,} pixels of {s['images']} images: temperature {s['temperature']:.4f}")
     typer.echo(f"ECE {s['ece_before']:.4f} -> {s['ece_after']:.4f}   NLL {s['nll_before']:.4f} -> {s['nll_after']:.4f}")
+    typer.echo(f"gate: {s['gate']['reason']}")
     typer.echo(f"wrote {s['artifact']}")
     _echo_json(s, json_out)
 
@@ -496,13 +501,16 @@ def tune_postprocess(
 ) -> None:
     """Try threshold, opening/closing, hole filling, small-component removal, keep-largest (and, for
     rand, the watershed split of touching objects) on validation data; keep only what strictly
-    improves METRIC; store the choice in the model. Training does this itself at its end."""
+    improves METRIC; store the choice only when its gain holds out of fold across images (paired
+    bootstrap lower bound above zero, at least 3 images), else plain arg-max stays. Training does
+    this itself at its end."""
     from unetkit.tuning.postprocess import tune_model_postprocess
 
     s = tune_model_postprocess(model, data, keys=_keys(keys), metric=metric, out=out, backend=backend)
     for step in s["steps"]:
         mark = "kept" if step["kept"] else "    "
         typer.echo(f"{mark} {step['op']:<15}class {step['class']:>2}  {step['value']!s:<6} {step['before']:.4f} -> {step['after']:.4f}")
+    typer.echo(f"gate: {s['gate']['reason']}")
     typer.echo(f"{metric} {s['before']:.4f} -> {s['after']:.4f} with {s['postprocess'] or 'no postprocessing (arg-max)'}")
     typer.echo(f"wrote {s['artifact']}")
     _echo_json(s, json_out)
