@@ -29,6 +29,7 @@ from unetkit.config import (
     REGISTRY_STORE_ENV,
     SERVE_ENV_PREFIX,
     Backend,
+    DistillMode,
     ExportConfig,
     ExportFormat,
     ModelConfig,
@@ -127,6 +128,11 @@ PrecisionOpt = Annotated[TrainPrecision | None, typer.Option(
     "without one, a short probe on runs of 1000+ steps) times fp32 and bf16 autocast, each NCHW and "
     "channels_last, and takes the fastest that trains healthily (finite, loss within 10 % of fp32's); a CPU "
     "without native bf16 keeps fp32. GPUs: auto = bf16 where supported, else fp16. Weights stay fp32.")]
+DistillOpt = Annotated[DistillMode | None, typer.Option(
+    "--distill", help="Distillation: train a more accurate teacher first (InstanceNorm; see distill.* in a config "
+    "file), then this fast network learning from its soft targets and the labels; the artifact records both "
+    "validation scores. auto: planned with --budget when the student's share still reaches the step target "
+    "(R15), else off. Default: auto.")]
 EnsembleOpt = Annotated[int | None, typer.Option(
     "--ensemble", help="k-fold ensembling: train K members, each on all but one fold of the training split and "
     "validated on that fold, and average their probabilities (K x the inference cost). 1 = one model. "
@@ -271,6 +277,7 @@ def train(
     val_fraction: ValFractionOpt = None,
     postprocess: PostprocessOpt = None,
     ensemble: EnsembleOpt = None,
+    distill: DistillOpt = None,
     precision: PrecisionOpt = None,
     calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Fit temperature scaling on "
                                                    "the validation split at the end (default: on).")] = None,
@@ -294,7 +301,7 @@ def train(
     flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
                  tensorboard=tensorboard, progress=False if quiet else None, postprocess=postprocess, calibrate=calibrate,
-                 ensemble=ensemble, precision=precision)
+                 ensemble=ensemble, distill=distill, precision=precision)
     cfg = build_train_config(data=data, config_file=config, **flags)
     if budget is not None and plan and not resume:
         from unetkit.planning.auto import plan_training
@@ -326,6 +333,7 @@ def plan_command(
     val_fraction: ValFractionOpt = None,
     postprocess: PostprocessOpt = None,
     ensemble: EnsembleOpt = None,
+    distill: DistillOpt = None,
     precision: PrecisionOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the plan as JSON here.")] = None,
 ) -> None:
@@ -337,7 +345,7 @@ def plan_command(
 
     flags = dict(budget=budget, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, progress=False, postprocess=postprocess, ensemble=ensemble,
-                 precision=precision)
+                 distill=distill, precision=precision)
     cfg = build_train_config(data=data, config_file=config, **flags)
     made = preview_plan(cfg, explicit_settings(config, flag_settings(data, **flags)), log=typer.echo)
     typer.echo(format_plan(made))

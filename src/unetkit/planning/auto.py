@@ -32,7 +32,7 @@ TIMING_MAX_SECONDS = 60.0
 # keys of the TrainConfig that are not planning decisions: never reported as user overrides
 NOT_PLANNED = {"data.data", "nproc", "progress", "out_dir", "resume", "tensorboard", "data.skip_bad",
                "seed", "data.seed", "device", "plan"}
-AUTO = {"precision", "memory_format"}  # keys whose value "auto" leaves the choice to the plan
+AUTO = {"precision", "memory_format", "distill.mode"}  # keys whose value "auto" leaves the choice to the plan
 
 
 def time_candidates(fingerprint: Mapping[str, Any], overrides: Mapping[str, Any], budget_seconds: float, *,

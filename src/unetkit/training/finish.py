@@ -59,14 +59,16 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
 
 
 def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,
-                        state: RunState) -> Path:
-    """The best validated weights (checkpoint-best.pt) with everything inference needs."""
+                        state: RunState, extra_metrics: dict[str, Any] | None = None) -> Path:
+    """The best validated weights (checkpoint-best.pt) with everything inference needs;
+    `extra_metrics` join the best validation's in the artifact's metrics (e.g. "distillation")."""
     best_file = Path(config.out_dir) / ckpt.BEST
     best = ckpt.load_checkpoint(best_file) if best_file.is_file() else None
     weights = best["model"] if best is not None else model.state_dict()
     metrics = dict(best["metrics"]) if best is not None else {}
     return write_artifact(path, weights, data, config, history=state.history,
-                          metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC},
+                          metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC,
+                                   **(extra_metrics or {})},
                           lineage={"steps": state.step, "total_steps": state.total_steps})
 
 
