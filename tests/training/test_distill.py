@@ -11,7 +11,8 @@ from unetkit.errors import ConfigError
 from unetkit.losses.functional import distillation_loss
 from unetkit.losses.losses import DistillationLoss
 from unetkit.training import checkpoint as ckpt
-from unetkit.training.distill import TEACHER_DIR, TEACHER_FINAL, teacher_model
+from unetkit.training.budget import reserve_seconds
+from unetkit.training.distill import TEACHER_DIR, TEACHER_FINAL, TeacherClock, teacher_model
 from unetkit.training.fit import fit
 
 
@@ -34,6 +35,17 @@ def test_distillation_loss_is_zero_when_the_student_matches_and_skips_ignored_pi
     total.backward()
     assert student.grad is not None and float(student.grad.abs().sum()) > 0
     assert "distill" not in (loss(student, labels), loss.last_terms)[1]  # no teacher: the label loss alone
+
+
+@pytest.mark.parametrize("share", [0.5, 0.3])
+def test_the_teacher_and_student_split_what_is_left_after_both_ends(share):
+    clock = TeacherClock(600.0, end_passes=1.0, student_passes=9.0, student_share=1.0 - share)
+    clock.val_seconds, clock.save_seconds = 25.0, 0.2  # a slow machine: the ends are 10 passes
+    ends = reserve_seconds(25.0, 10.0, save_seconds=0.2, budget=600.0)
+    teacher_training = clock.budget - clock.reserve()
+    student_training = clock.reserve() - ends
+    assert teacher_training == pytest.approx(share * (600.0 - ends))
+    assert student_training == pytest.approx((1.0 - share) * (600.0 - ends))
 
 
 def test_teacher_levers():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,22 @@ from unetkit.training.steps import log_time, run_steps
 TEACHER_DIR = "teacher"
 TEACHER_FINAL = "teacher-final.pt"
 WIDER = 1.5  # the "wider" teacher's width over the student's
+
+
+@dataclass
+class TeacherClock(BudgetClock):
+    """The teacher's clock over all the time left (`budget`): it also keeps the student's end work
+    (`student_passes` validation passes, timed by the teacher's own validations) and the student's
+    share of the rest, so both trainings split what is left after every end, whatever a validation
+    costs on this machine at this load."""
+
+    student_passes: float = 0.0
+    student_share: float = 0.5
+
+    def reserve(self) -> float:
+        ends = reserve_seconds(self.val_seconds, self.end_passes + self.student_passes,
+                               save_seconds=self.save_seconds, budget=self.budget)
+        return ends + self.student_share * max(0.0, self.budget - ends)
 
 
 def teacher_model(student: ModelConfig, lever: str) -> ModelConfig:
@@ -105,16 +122,14 @@ def train_teacher(config: TrainConfig, data: TrainingData, env: Any, device: tor
     if config.resume and final.is_file():
         saved = ckpt.load_checkpoint(final)
     else:
-        share = 0.0
-        if clock.enabled:  # the student's end work first; the teacher gets its share of the rest
-            left = clock.seconds_left() - reserve_seconds(clock.val_seconds, passes, budget=clock.budget)
-            share = max(1.0, config.distill.teacher_share * left)
-        cfg = dataclasses.replace(cfg, budget_seconds=share)
+        left = max(1.0, clock.seconds_left()) if clock.enabled else 0.0
+        cfg = dataclasses.replace(cfg, budget_seconds=left)
         if config.progress and env.is_main:
             print(f"distillation: training the teacher ({lever}: {_model_label(cfg.model)})"
-                  + (f" for {share / 60:.1f} min" if share else ""))
-        teacher_clock = BudgetClock(share)
-        teacher_clock.end_passes = 1.0  # the teacher's end is its final validation
+                  + (f", {config.distill.teacher_share:.0%} of the {left / 60:.1f} min left" if left else ""))
+        # the teacher's end is its final validation; its clock keeps the student's end and share too
+        teacher_clock = TeacherClock(left, end_passes=1.0, student_passes=passes,
+                                     student_share=1.0 - config.distill.teacher_share)
         _, state, log = run_steps(cfg, data, env, device, teacher_clock, folder, callbacks, mode_info)
         clock.val_seconds = max(clock.val_seconds, teacher_clock.val_seconds)
         best = ckpt.load_checkpoint(folder / ckpt.BEST)
