@@ -30,6 +30,7 @@ from unetkit.config import (
     SERVE_ENV_PREFIX,
     Backend,
     DataSplit,
+    DistillMode,
     ExportConfig,
     ExportFormat,
     ModelConfig,
@@ -130,6 +131,11 @@ PrecisionOpt = Annotated[TrainPrecision | None, typer.Option(
     "without one, a short probe on runs of 1000+ steps) times fp32 and bf16 autocast, each NCHW and "
     "channels_last, and takes the fastest that trains healthily (finite, loss within 10 % of fp32's); a CPU "
     "without native bf16 keeps fp32. GPUs: auto = bf16 where supported, else fp16. Weights stay fp32.")]
+DistillOpt = Annotated[DistillMode | None, typer.Option(
+    "--distill", help="Distillation: train a more accurate teacher first (InstanceNorm; see distill.* in a config "
+    "file), then this fast network learning from its soft targets and the labels; the artifact records both "
+    "validation scores. auto: planned with --budget when the student's share still reaches the step target "
+    "(R15), else off. Default: auto.")]
 EnsembleOpt = Annotated[int | None, typer.Option(
     "--ensemble", help="k-fold ensembling: train K members, each on all but one fold of the training split and "
     "validated on that fold, and average their probabilities (K x the inference cost). 1 = one model. "
@@ -285,6 +291,7 @@ def train(
     val_fraction: ValFractionOpt = None,
     postprocess: PostprocessOpt = None,
     ensemble: EnsembleOpt = None,
+    distill: DistillOpt = None,
     precision: PrecisionOpt = None,
     calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Fit temperature scaling on "
                                                    "the validation split at the end (default: on).")] = None,
@@ -320,7 +327,7 @@ def train(
     flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
                  tensorboard=tensorboard, progress=False if quiet else None, postprocess=postprocess, calibrate=calibrate,
-                 ensemble=ensemble, precision=precision, init=init, pretrained=pretrained,
+                 ensemble=ensemble, distill=distill, precision=precision, init=init, pretrained=pretrained,
                  freeze_encoder_steps=freeze_encoder_steps, encoder_lr_ratio=encoder_lr_ratio)
     cfg = build_train_config(data=data, config_file=config, **flags)
     if unlabelled is not None and (budget is None or not plan or resume):
@@ -388,6 +395,7 @@ def plan_command(
     val_fraction: ValFractionOpt = None,
     postprocess: PostprocessOpt = None,
     ensemble: EnsembleOpt = None,
+    distill: DistillOpt = None,
     precision: PrecisionOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the plan as JSON here.")] = None,
 ) -> None:
@@ -399,7 +407,7 @@ def plan_command(
 
     flags = dict(budget=budget, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, progress=False, postprocess=postprocess, ensemble=ensemble,
-                 precision=precision)
+                 distill=distill, precision=precision)
     cfg = build_train_config(data=data, config_file=config, **flags)
     made = preview_plan(cfg, explicit_settings(config, flag_settings(data, **flags)), log=typer.echo)
     typer.echo(format_plan(made))
@@ -536,13 +544,18 @@ def calibrate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON here.")] = None,
     backend: BackendOpt = "auto",
 ) -> None:
-    """Fit temperature scaling on validation data and store it in the model; predictions use it from then on."""
+    """Fit temperature scaling on validation data and store it in the model; predictions use it from then on.
+
+    Stored only when it holds on new images: refitted leaving each fold of images out, the held-out
+    NLL must improve with a paired-bootstrap lower bound above zero over at least 3 images; else the
+    raw logits stay and the summary says why."""
     from unetkit.tuning.calibration import calibrate_model
 
     s = calibrate_model(model, data, keys=_keys(keys), vector=vector, out=out,
                         max_pixels=pixels, backend=backend)
     typer.echo(f"{s['method']} scaling on {s['pixels']:,} pixels of {s['images']} images: temperature {s['temperature']:.4f}")
     typer.echo(f"ECE {s['ece_before']:.4f} -> {s['ece_after']:.4f}   NLL {s['nll_before']:.4f} -> {s['nll_after']:.4f}")
+    typer.echo(f"gate: {s['gate']['reason']}")
     typer.echo(f"wrote {s['artifact']}")
     _echo_json(s, json_out)
 
@@ -560,13 +573,16 @@ def tune_postprocess(
 ) -> None:
     """Try threshold, opening/closing, hole filling, small-component removal, keep-largest (and, for
     rand, the watershed split of touching objects) on validation data; keep only what strictly
-    improves METRIC; store the choice in the model. Training does this itself at its end."""
+    improves METRIC; store the choice only when its gain holds out of fold across images (paired
+    bootstrap lower bound above zero, at least 3 images), else plain arg-max stays. Training does
+    this itself at its end."""
     from unetkit.tuning.postprocess import tune_model_postprocess
 
     s = tune_model_postprocess(model, data, keys=_keys(keys), metric=metric, out=out, backend=backend)
     for step in s["steps"]:
         mark = "kept" if step["kept"] else "    "
         typer.echo(f"{mark} {step['op']:<15}class {step['class']:>2}  {step['value']!s:<6} {step['before']:.4f} -> {step['after']:.4f}")
+    typer.echo(f"gate: {s['gate']['reason']}")
     typer.echo(f"{metric} {s['before']:.4f} -> {s['after']:.4f} with {s['postprocess'] or 'no postprocessing (arg-max)'}")
     typer.echo(f"wrote {s['artifact']}")
     _echo_json(s, json_out)

@@ -37,6 +37,9 @@ MemoryFormat = Literal["auto", "contiguous", "channels_last"]
 PostprocessMetric = Literal["dice", "iou", "rand"]  # what postprocessing is tuned for (unetkit.tuning.postprocess)
 POSTPROCESS_METRICS: tuple[str, ...] = get_args(PostprocessMetric)
 TunePostprocess = Literal[PostprocessMetric, "off"]
+DistillMode = Literal["auto", "off", "on"]  # unetkit.training.distill; "auto": the plan decides (R17)
+DISTILL_MODES: tuple[str, ...] = get_args(DistillMode)
+DistillTeacher = Literal["instance", "wider"]  # the teacher's accuracy lever (unetkit.training.distill)
 ExportFormat = Literal["onnx", "openvino"]
 RankScore = Literal["entropy", "margin", "tta", "combined"]  # unetkit.active.rank
 RANK_SCORES: tuple[str, ...] = get_args(RankScore)
@@ -217,6 +220,19 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Distillation (`unetkit.training.distill`): a teacher trained first on `teacher_share` of the
+    budget (of `steps` without one), then the configured (fast) student on the rest, its loss
+    (1 - weight) x the label loss + weight x T^2 x KL(teacher || student) at temperature T."""
+
+    mode: DistillMode = "auto"  # "auto": the plan decides (R17); without a plan, off
+    teacher: DistillTeacher = "instance"  # instance: the student's net with InstanceNorm; wider: 1.5x width
+    temperature: float = 2.0
+    weight: float = 0.5  # of the soft-target term; the labels' loss gets 1 - weight
+    teacher_share: float = 0.5  # of the budget left when the teacher starts
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -245,6 +261,7 @@ class TrainConfig:
     calibrate: bool = True  # at the end, fit temperature scaling on the validation split (before tuning)
     ensemble_folds: int = 1  # >1: k-fold ensembling (R12): one member per fold of the training split
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # start from trained weights (R15)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # a teacher distilled into this model (R17)
 
 
 # ---------------------------------------------------------------- inference, export, serving

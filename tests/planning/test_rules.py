@@ -310,3 +310,27 @@ def test_a_hairline_class_keeps_cldice_and_lossless_augmentation_even_when_rare(
         assert not facts.thin_data and facts.thin_rules is kept
         plan = make_plan(fp, PROFILES["cpu2"], 600, {})
         assert (plan.value("loss.cldice") > 0) is kept and (plan.value("augment.rotate_degrees") == 0) is kept
+
+def test_distillation_only_when_the_students_half_still_reaches_the_step_target():
+    fp = make_fingerprint(classes=VESSELS)
+    for budget in (600, 1800):  # 2 CPU cores: steps are the bottleneck, no teacher
+        plan = make_plan(fp, PROFILES["cpu2"], budget, {})
+        assert plan.value("distill.mode") == "off" and apply_plan(TrainConfig(), plan).distill.mode == "off"
+        assert "under the step target" in next(c.reason for c in plan.choices if c.key == "distill.mode")
+    ensemble = make_plan(fp, PROFILES["gpu"], 24 * 3600, {})  # an ensemble planned: no distillation
+    assert ensemble.value("ensemble_folds") > 1 and ensemble.value("distill.mode") == "off"
+    few = make_fingerprint(classes=VESSELS, n=4)  # 3 training images: too few for the folds (R12)
+    plan = make_plan(few, PROFILES["gpu"], 24 * 3600, {})
+    assert plan.value("ensemble_folds") == 1 and plan.value("distill.mode") == "on"
+    assert plan.value("steps") >= min_steps(24 * 3600)  # the student's half reaches the whole target
+    assert plan.value("steps") * plan.estimates["seconds_per_step"] <= 12 * 3600
+
+
+def test_explicit_distillation_plans_the_students_steps_in_its_share():
+    fp = make_fingerprint(classes=VESSELS)
+    single = make_plan(fp, PROFILES["cpu2"], 1800, {})
+    distilled = make_plan(fp, PROFILES["cpu2"], 1800, {"distill.mode": "on"})
+    assert distilled.value("distill.mode") == "on"
+    assert next(c.source for c in distilled.choices if c.key == "distill.mode") == "user"
+    assert distilled.value("steps") < single.value("steps") / 2
+    assert apply_plan(TrainConfig(), distilled).distill.mode == "on"

@@ -16,10 +16,12 @@ from unetkit.monitor.measure import predict_outputs
 from unetkit.training import finish
 from unetkit.training.fit import fit
 from unetkit.training.prepare import load_training_data
+from unetkit.tuning import gate
 from unetkit.tuning.postprocess import score_labels
 
 
-def test_fit_tunes_postprocessing_on_the_validation_split_and_stores_it(tiny_config) -> None:
+def test_fit_tunes_postprocessing_on_the_validation_split_and_stores_it(tiny_config, monkeypatch) -> None:
+    monkeypatch.setattr(gate, "MIN_IMAGES", 2)  # the tiny data set validates on 2 images
     cfg = tiny_config(tune_postprocess="iou")
     art = load_artifact(fit(cfg))
     record = art.meta.metrics["postprocess_tuning"]
@@ -34,10 +36,24 @@ def test_fit_tunes_postprocessing_on_the_validation_split_and_stores_it(tiny_con
     # calibrated first, on the same images: the tuning saw the calibrated probabilities
     cal = art.meta.metrics["calibration"]
     assert cal["keys"] == record["keys"] and art.meta.temperature == pytest.approx(cal["temperature"])
-    assert art.meta.temperature != 1.0 and cal["nll_after"] <= cal["nll_before"] + 1e-9
+    assert cal["gate"]["images"] == 2 and np.isfinite(cal["gate"]["gain"])  # judged, out of fold
+    # stored only when the gate adopts it; the record says which
+    assert (art.meta.temperature != 1.0) == cal["gate"]["adopted"]
+    assert art.meta.temperature == (pytest.approx(cal["fitted_temperature"]) if cal["gate"]["adopted"] else 1.0)
+    assert record["postprocess"] == (record["tuned"] if record["gate"]["adopted"] else {})
     off = load_artifact(fit(tiny_config("off", tune_postprocess="off", calibrate=False)))
     assert "postprocess_tuning" not in off.meta.metrics and off.meta.postprocess == {}
     assert "calibration" not in off.meta.metrics and off.meta.temperature == 1.0
+
+
+def test_too_few_validation_images_keep_the_defaults_and_the_artifact_says_why(tiny_config) -> None:
+    art = load_artifact(fit(tiny_config(tune_postprocess="dice")))  # 2 validation images < gate.MIN_IMAGES
+    cal, record = art.meta.metrics["calibration"], art.meta.metrics["postprocess_tuning"]
+    assert art.meta.temperature == 1.0 and art.meta.postprocess == {} and record["after"] == record["before"]
+    for verdict in (cal["gate"], record["gate"]):
+        assert verdict["adopted"] is False and verdict["images"] == 2 and verdict["min_images"] == gate.MIN_IMAGES
+    assert f"fewer than the {gate.MIN_IMAGES}" in cal["gate"]["reason"]
+    assert cal["fitted_temperature"] > 0  # what was fitted is still recorded
 
 
 def test_postprocess_tuning_holds_a_bounded_spread_of_the_validation_images(tiny_config, monkeypatch) -> None:

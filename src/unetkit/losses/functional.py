@@ -279,3 +279,23 @@ def cldice_loss(
     tsens = ((skel_true * pred).sum(dims) + smooth) / (skel_true.sum(dims) + smooth)
     cl = 2.0 * tprec * tsens / (tprec + tsens)
     return 1.0 - cl.mean()
+
+
+# ---------------------------------------------------------------- distillation
+
+
+def distillation_loss(student: Tensor, teacher: Tensor, labels: Tensor, *, temperature: float = 2.0,
+                      ignore_index: int = 255) -> Tensor:
+    """T^2 x mean over valid pixels of KL(softmax(teacher / T) || softmax(student / T)) (Hinton et al.):
+    the soft-target term of distillation; T^2 keeps its gradients on the scale of the label loss.
+    Both logits (N, K, *spatial), K >= 2; ignored pixels do not count."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"teacher logits {tuple(teacher.shape)} do not match the student's {tuple(student.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+    s, _, valid = _prepare(student, labels, ignore_index)
+    log_p = F.log_softmax(teacher.float() / temperature, dim=1)
+    log_q = F.log_softmax(s / temperature, dim=1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(1)
+    weight = valid.float()
+    return temperature**2 * (kl * weight).sum() / weight.sum().clamp_min(1.0)

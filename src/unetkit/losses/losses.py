@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unetkit.catalog import Catalog
-from unetkit.config import LossConfig
+from unetkit.config import DistillConfig, LossConfig
 from unetkit.losses import functional as LF
 
 Term = Callable[[Tensor, Tensor], Tensor]
@@ -120,4 +120,36 @@ class SegmentationLoss(nn.Module):
         for name, (w, _) in self.terms.items():
             total = total + w * per_term[name]
         self._last = {name: v.detach() for name, v in per_term.items()} | {"total": total.detach()}
+        return total
+
+
+class DistillationLoss(nn.Module):
+    """(1 - weight) x the configured label loss + weight x the soft-target term
+    (`functional.distillation_loss` on the main head). `last_terms` adds "distill" to the label
+    loss's terms; called with `teacher=None` it is the label loss alone."""
+
+    def __init__(self, config: LossConfig, distill: DistillConfig) -> None:
+        super().__init__()
+        if not 0.0 <= distill.weight <= 1.0:
+            raise ValueError(f"distill.weight: expected a value in [0, 1], got {distill.weight}")
+        self.labels_loss = SegmentationLoss(config)
+        self.distill = distill
+        self._last: dict[str, Tensor] = {}
+
+    @property
+    def last_terms(self) -> dict[str, float]:
+        return {name: float(v) for name, v in self._last.items()}
+
+    def forward(self, outputs: Tensor | Sequence[Tensor], labels: Tensor, teacher: Tensor | None = None) -> Tensor:
+        hard = self.labels_loss(outputs, labels)
+        if teacher is None:
+            self._last = dict(self.labels_loss._last)
+            return hard
+        main = outputs if isinstance(outputs, Tensor) else outputs[0]
+        soft = LF.distillation_loss(main, teacher, labels, temperature=self.distill.temperature,
+                                    ignore_index=self.labels_loss.config.ignore_index)
+        w = self.distill.weight
+        total = (1.0 - w) * hard + w * soft
+        self._last = {k: v for k, v in self.labels_loss._last.items() if k != "total"} | {
+            "distill": soft.detach(), "total": total.detach()}
         return total

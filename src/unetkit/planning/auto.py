@@ -36,7 +36,7 @@ TIMING_MAX_SECONDS = 60.0
 NOT_PLANNED = {"data.data", "nproc", "progress", "out_dir", "resume", "tensorboard", "data.skip_bad",
                "seed", "data.seed", "device", "plan"}
 PRETRAINED_NAME = "encoder.safetensors"  # R16's pretrained encoder, in the run folder
-AUTO = {"precision", "memory_format"}  # keys whose value "auto" leaves the choice to the plan
+AUTO = {"precision", "memory_format", "distill.mode"}  # keys whose value "auto" leaves the choice to the plan
 
 
 def time_candidates(fingerprint: Mapping[str, Any], overrides: Mapping[str, Any], budget_seconds: float, *,

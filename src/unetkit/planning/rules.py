@@ -89,6 +89,14 @@ R13 Postprocessing. At the end of training the artifact's postprocessing is tune
    adds the watershed split, with at most 0.005 Dice given up; everything else by pooled Dice.
    On ISBI 2012 the split took the Rand error of one model from 0.121 to 0.037 (tuned leaving the
    scored slice out; docs/benchmarks.md).
+R17 Distillation. The accuracy levers (InstanceNorm: F1 +0.004..0.006 on DRIVE at equal steps, but
+   1.2x slower fp32 and 2x int8 inference, R9; a two-model ensemble: +0.0007) cost inference time,
+   so the best measured one, InstanceNorm, is trained as a teacher on half the budget and distilled
+   into the fast BatchNorm student on the other half (`unetkit.training.distill`). Planned only when
+   no ensemble is (R12) and the student, in its half with the teacher's forward pass on each batch
+   (~1/3 of a step), still reaches the step target of the whole budget (R1): halving the steps
+   costs more than the teacher gives until steps stop being the bottleneck. Steps and validations
+   are then the student's.
 R14 Compute mode. The autocast precision (fp32 or bf16) and memory format (NCHW or channels_last)
    the candidates were timed fastest in, among the modes that passed the health check over their
    probe steps (`unetkit.planning.throughput.measure_throughput`); the reason lists the measured
@@ -120,7 +128,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from unetkit.config import TileConfig
+from unetkit.config import DistillConfig, TileConfig
 from unetkit.inference.tiling import tiled_pixels_per_pixel
 from unetkit.planning.plan import PLANNED, USER, Choice, Plan
 from unetkit.planning.throughput import Candidate, ThroughputModel
@@ -333,6 +341,24 @@ def planned_steps(c: Candidate, seconds_per_step: float, facts: DataFacts, budge
     return max(0, int(train_s / seconds_per_step)), n_val, val_s
 
 
+TEACHER_FORWARD = 4.0 / 3.0  # R17: a student step plus the teacher's forward pass (~1/3 of a training step)
+
+
+def distill_mode(facts: DataFacts, cand: Candidate, sps: float, budget_seconds: float, folds: int,
+                 overrides: Mapping[str, Any]) -> tuple[str, str]:
+    """R17: ("on" | "off", why)."""
+    if folds > 1:
+        return "off", "off: the ensemble is planned instead (R12, R17)"
+    share = (1.0 - DistillConfig().teacher_share) * budget_seconds
+    steps = planned_steps(cand, sps * TEACHER_FORWARD, facts, share)[0]
+    target = min_steps(budget_seconds)
+    if steps >= target:
+        return "on", (f"an InstanceNorm teacher on half the budget, then this BatchNorm network distilled from it: "
+                      f"its {steps} steps in the other half still reach the step target {target} (R17)")
+    return "off", (f"off: the student's half of the budget would get {steps} steps, under the step target "
+                   f"{target}; steps are worth more than a teacher here (R17)")
+
+
 ENSEMBLE_END_PASSES = 4.0  # per member: final validation, calibration, tuning, drift baseline (R12)
 
 
@@ -398,6 +424,11 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     folds, why_folds = ensemble_folds(facts, cand, sps, budget_seconds, best_i == len(rows) - 1, overrides)
     if folds > 1:  # steps and validations are per member
         steps, n_val, val_s = planned_steps(cand, sps, facts, member_budget(budget_seconds, folds, val_s))
+    distill, why_distill = ("", "") if "distill.mode" in overrides else distill_mode(
+        facts, cand, sps, budget_seconds, folds, overrides)
+    if overrides.get("distill.mode", distill) == "on":  # steps and validations are the student's
+        share = (1.0 - float(overrides.get("distill.teacher_share", DistillConfig().teacher_share))) * budget_seconds
+        steps, n_val, val_s = planned_steps(cand, sps * TEACHER_FORWARD, facts, share)
     if "steps" in overrides:
         steps = int(overrides["steps"])
     reached = "reaches" if steps >= target else "is below"
@@ -448,6 +479,7 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
            "score, watershed split included (R13)" if facts.touching else
            "tuned on the validation split for pooled Dice, kept only where it helps (R13)")
     choose("ensemble_folds", folds, why_folds)
+    choose("distill.mode", distill, why_distill)
     if start is not None:
         _start_choices(choose, start, steps)
     if unlabelled or pretrain_seconds:

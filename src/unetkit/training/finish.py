@@ -30,11 +30,14 @@ from unetkit.training.loop import SELECTION_METRIC
 from unetkit.training.prepare import TrainingData
 from unetkit.training.steps import RunState
 from unetkit.tuning.calibration import calibrate_samples, calibration_record
+from unetkit.tuning.gate import MIN_IMAGES, fold_indices
 from unetkit.tuning.postprocess import tune_samples, tuning_record
 
 TUNE_VALIDATIONS = 2.0  # budget reserved for tuning postprocessing: one prediction pass + the search (R13)
+GATE_SEARCH_VALIDATIONS = 1.0  # ... + each out-of-fold search of the gate (unetkit.tuning.gate), in passes
 MAX_TUNE_IMAGES = 32  # tuning holds every image's probabilities: at most this many, evenly spread
 CALIBRATE_VALIDATIONS = 1.2  # ... and for calibration: one pass of logits + the temperature fit
+GATE_FIT_VALIDATIONS = 0.1  # ... + each out-of-fold temperature fit of the gate
 SAMPLE_CROPS = 4  # the validation sample kept in the artifact for the parity gate: at most this many crops,
 SAMPLE_BYTES = 384 * 1024  # ... of at most this many raw bytes (images + labels; smaller crops when needed)
 SAMPLE_MIN_SIDE = 32
@@ -50,20 +53,25 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
     """The end-of-training work on the validation split, in validation passes (for the budget)."""
     if not val_images:
         return 0.0
-    return (CALIBRATE_VALIDATIONS if config.calibrate else 0.0) + (
-        TUNE_VALIDATIONS * min(val_images, MAX_TUNE_IMAGES) / val_images if config.tune_postprocess != "off" else 0.0)
+    folds = len(fold_indices(val_images)) if val_images >= MIN_IMAGES else 0  # the gate's out-of-fold refits
+    tune = (TUNE_VALIDATIONS + GATE_SEARCH_VALIDATIONS * folds) * min(val_images, MAX_TUNE_IMAGES) / val_images
+    return ((CALIBRATE_VALIDATIONS + GATE_FIT_VALIDATIONS * folds if config.calibrate else 0.0)
+            + (tune if config.tune_postprocess != "off" else 0.0))
 
 
 def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,
-                        state: RunState, start: Start | None = None) -> Path:
+                        state: RunState, start: Start | None = None,
+                        extra_metrics: dict[str, Any] | None = None) -> Path:
     """The best validated weights (checkpoint-best.pt) with everything inference needs; the lineage
-    records the steps and, for a run started from trained weights, the parent's sha256."""
+    records the steps and, for a run started from trained weights, the parent's sha256;
+    `extra_metrics` join the best validation's in the artifact's metrics (e.g. "distillation")."""
     best_file = Path(config.out_dir) / ckpt.BEST
     best = ckpt.load_checkpoint(best_file) if best_file.is_file() else None
     weights = best["model"] if best is not None else model.state_dict()
     metrics = dict(best["metrics"]) if best is not None else {}
     return write_artifact(path, weights, data, config, history=state.history,
-                          metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC},
+                          metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC,
+                                   **(extra_metrics or {})},
                           lineage={"steps": state.step, "total_steps": state.total_steps,
                                    **(start.lineage(data.class_names) if start is not None else {})})
 
@@ -143,7 +151,10 @@ def _most_foreground(labels: np.ndarray, size: tuple[int, int], ignore_index: in
 def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any], config: TrainConfig) -> Any:
     """`meta` with temperature scaling fitted on the validation split (`config.calibrate`), then the
     postprocessing tuned on it for `config.tune_postprocess` (R13), each recorded in the metrics
-    with the validation keys. Calibration first: a tuned threshold refers to calibrated probabilities."""
+    with the validation keys. Calibration first: a tuned threshold refers to calibrated probabilities.
+    Each is stored only when `unetkit.tuning.gate` finds its gain holds across the validation
+    images (out of fold, paired bootstrap, at least `MIN_IMAGES` images: a `--full-train` run that
+    validates on one image keeps the defaults); the record's `gate` says why either way."""
     if not len(val):
         return meta
     keys = [s.key for s in val]
@@ -158,7 +169,7 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
         meta = dataclasses.replace(meta, **c["fields"], metrics={**meta.metrics, "calibration":
                                                                   calibration_record(c | {"keys": keys})})
         say(f"calibrated on {len(val)} validation image(s) in {time.perf_counter() - t0:.1f} s: temperature "
-            f"{c['temperature']:.3f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
+            f"{c['temperature']:.3f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f} ({c['gate']['reason']})")
     if config.tune_postprocess != "off":
         t0 = time.perf_counter()
         sample = spread(val, MAX_TUNE_IMAGES)  # bounded memory and search time on a large validation split
@@ -168,5 +179,5 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
             **meta.metrics, "postprocess_tuning": tuning_record(summary | {"keys": [s.key for s in sample]})})
         say(f"postprocessing tuned on {len(sample)} validation image(s) for {summary['metric']} in "
             f"{time.perf_counter() - t0:.1f} s: {summary['before']:.4f} -> {summary['after']:.4f} with "
-            f"{summary['postprocess'] or 'plain arg-max'}")
+            f"{summary['postprocess'] or 'plain arg-max'} ({summary['gate']['reason']})")
     return meta

@@ -7,7 +7,8 @@ wall-clock budget, JSONL log) -> the end (`unetkit.training.finish`): the best w
 (temperature) and with postprocessing tuned on the validation split, saved as a model artifact
 (`out_dir/model.unetkit`) with the drift baseline (input statistics of the training images, output
 statistics on the validation images; `unetkit.monitor`). The budget reserves the time of this end
-work. With `ensemble_folds > 1` the step loop runs once per fold (`unetkit.training.ensemble`).
+work. With `ensemble_folds > 1` the step loop runs once per fold (`unetkit.training.ensemble`); with
+`distill.mode` "on" once for a teacher, then for the student learning from it (`unetkit.training.distill`).
 
 The compute mode (autocast precision + memory format) is settled once, before the step loop: the
 plan's, the config's, the checkpoint's on resume, or with `precision: auto` a short measurement on
@@ -37,6 +38,7 @@ from unetkit.errors import ConfigError
 from unetkit.runtime import keep_freed_memory
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock
+from unetkit.training.distill import fit_distilled
 from unetkit.training.distributed import (
     DistEnv,
     broadcast_floats,
@@ -83,6 +85,8 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
         config = dataclasses.replace(config, model=data.resolve_model(model_config))  # resolved, for the artifact
         out_dir.mkdir(parents=True, exist_ok=True)  # only now: bad input leaves nothing behind
         config, mode_info = settle_mode(config, env, device)
+        if config.distill.mode == "on":  # "auto" is the plan's to decide (R17): unplanned, it is off
+            return fit_distilled(config, data, env, device, clock, callbacks or (), mode_info)
         if config.ensemble_folds > 1:
             return fit_ensemble(config, data, env, device, clock, callbacks or (), mode_info)
         clock.end_passes = end_passes(config, len(data.train), len(data.val))

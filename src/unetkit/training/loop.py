@@ -35,14 +35,16 @@ def train_step(
     scaler: torch.amp.GradScaler | None,
     grad_clip: float,
     step: int,
+    teacher: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """One optimizer step on a (normalized, augmented) batch; returns the loss terms and grad norm."""
+    """One optimizer step on a (normalized, augmented) batch; returns the loss terms and grad norm.
+    `teacher`: a teacher's logits on the batch, the soft targets of a `DistillationLoss`."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     with mode.autocast(images.device.type):
         outputs = model(mode.input(images))
     outputs = [o.float() for o in outputs] if isinstance(outputs, (list, tuple)) else outputs.float()
-    loss = loss_fn(outputs, labels)
+    loss = loss_fn(outputs, labels) if teacher is None else loss_fn(outputs, labels, teacher)
     if not torch.isfinite(loss):
         raise ConfigError(
             f"training diverged at step {step}: the loss is {float(loss.detach())}; lower optim.lr "

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unetkit.config import TrainConfig, load_json, parse_duration, replace
+from unetkit.config import DISTILL_MODES, TrainConfig, load_json, parse_duration, replace
 from unetkit.errors import ConfigError
 from unetkit.models.factory import PRESETS, preset_config
 
@@ -38,6 +38,7 @@ def flag_settings(
     postprocess: str | None = None,
     calibrate: bool | None = None,
     ensemble: int | None = None,
+    distill: str | None = None,
     precision: str | None = None,
     init: str | None = None,
     pretrained: str | None = None,
@@ -84,6 +85,10 @@ def flag_settings(
         changes["calibrate"] = calibrate
     if ensemble is not None:
         changes["ensemble_folds"] = ensemble
+    if distill is not None:
+        if distill not in DISTILL_MODES:
+            raise ConfigError(f"--distill: expected one of {', '.join(DISTILL_MODES)}, got {distill!r}")
+        changes["distill.mode"] = distill
     if precision is not None:
         if precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"--precision: expected auto, fp32 or bf16, got {precision!r}")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from unetkit.config import TrainConfig, to_dict
-from unetkit.losses.losses import SegmentationLoss
+from unetkit.losses.losses import DistillationLoss, SegmentationLoss
 from unetkit.models import build_model
 from unetkit.models.unet_encoder import is_encoder_key
 from unetkit.training import checkpoint as ckpt
@@ -69,11 +69,13 @@ class RunState:
 def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.device, clock: BudgetClock,
               out_dir: Path, callbacks: Sequence[Callback],
               mode_info: dict[str, Any] | None = None,
-              start: Start | None = None) -> tuple[torch.nn.Module, RunState, RunLog]:
+              start: Start | None = None, teacher: torch.nn.Module | None = None,
+              ) -> tuple[torch.nn.Module, RunState, RunLog]:
     """Sampling, model, optimizer and the step loop of one network, up to its final validation and
     last checkpoint; the best weights are in `out_dir/checkpoint-best.pt`. The log is left open.
     `mode_info`: why the compute mode was chosen, for the "start" event. `start`: trained weights to
-    begin from (`unetkit.training.finetune`), the encoder frozen, then at its own LR, per `config.finetune`."""
+    begin from (`unetkit.training.finetune`), the encoder frozen, then at its own LR, per `config.finetune`.
+    `teacher`: a trained network whose logits on each batch are soft targets (`DistillationLoss`, `config.distill`)."""
     # ---- sampling and augmentation: every rank draws the same global batch, then keeps its share
     seed_everything(config.seed)
     sampler = data.patch_sampler(config.data, np.random.default_rng(config.seed))
@@ -89,7 +91,9 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     started_from = apply_start(model, start, data.class_names) if start is not None else {}
     model = mode.prepare(model.to(device))  # weights stay fp32 in every mode
     net = wrap_model(model, env, device)
-    loss_fn = SegmentationLoss(config.loss).to(device)
+    loss_fn = (SegmentationLoss(config.loss) if teacher is None else DistillationLoss(config.loss, config.distill)).to(device)
+    if teacher is not None:
+        teacher = mode.prepare(teacher.to(device)).eval()
     tune = config.finetune
     optimizer = build_optimizer(model, config.optim, is_encoder_key if tune.encoder_lr_ratio != 1.0
                                 or tune.freeze_encoder_steps else None)
@@ -146,9 +150,10 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
                 set_encoder_trainable(model, not frozen)
                 encoder_is_frozen = frozen
             lr = set_lr(optimizer, state.step, state.total_steps, config.optim, encoder_lr_scale(state.step, tune))
+            soft = teacher_logits(teacher, images[share], mode) if teacher is not None else None
             terms = train_step(net, images[share], labels[share], loss_fn=loss_fn, optimizer=optimizer,
                                mode=mode, scaler=scaler, grad_clip=config.optim.grad_clip,
-                               step=state.step)
+                               step=state.step, teacher=soft)
             if ema is not None:
                 ema.update_parameters(model)
             state.step += 1
@@ -198,6 +203,14 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
 
 def log_time(state: RunState, clock: BudgetClock) -> float:
     return state.elapsed_before + clock.elapsed()
+
+
+@torch.no_grad()
+def teacher_logits(teacher: torch.nn.Module, images: torch.Tensor, mode: Any) -> torch.Tensor:
+    """The teacher's float logits on a (normalized, augmented) batch, main head only."""
+    with mode.autocast(images.device.type):
+        out = teacher(mode.input(images))
+    return (out[0] if isinstance(out, (list, tuple)) else out).float()
 
 
 def seed_everything(seed: int) -> None:

@@ -4,6 +4,12 @@ Calibration is fitted on the network's raw logits (any stored calibration is ign
 fitting and replaced). ECE and NLL are reported before (the artifact as it was) and after, on
 the same sampled pixels. The fitted fields are stored in the artifact; `InferencePipeline`
 applies them to every later prediction.
+
+Only when the fit holds on new images (`gate_calibration`): refitted leaving each fold of images
+out, the held-out images' pooled NLL must improve on the raw logits' with a paired-bootstrap lower
+bound above zero over at least `unetkit.tuning.gate.MIN_IMAGES` images (`unetkit.tuning.gate`);
+otherwise the raw logits stay (temperature 1) and the summary's `gate` says why. A single
+temperature changes no arg-max; thresholds tuned afterwards see the probabilities that were kept.
 """
 
 from __future__ import annotations
@@ -22,9 +28,12 @@ from unetkit.errors import DataError
 from unetkit.evaluation.labelled import iter_probabilities, load_labelled
 from unetkit.metrics.calibration import CalibrationAccumulator, fit_temperature, negative_log_likelihood
 from unetkit.metrics.scores import json_value
+from unetkit.tuning.gate import GateResult, decide, fold_indices, too_few
 from unetkit.tuning.store import target_path
 
 DEFAULT_CALIBRATION_PIXELS = 1_000_000
+GATE_FIT_PIXELS = 200_000  # each out-of-fold refit of the gate uses at most this many pixels
+RAW = {"temperature": 1.0, "class_scale": (), "class_bias": ()}  # the fields that leave the logits as they are
 
 
 def sample_pixels(
@@ -54,16 +63,51 @@ def calibration_scores(z: np.ndarray, y: np.ndarray, n_bins: int = 15) -> dict[s
     return acc.result() | {"nll": negative_log_likelihood(z, y)}
 
 
+def fitted_fields(z: np.ndarray, y: np.ndarray, vector: bool = False,
+                  max_samples: int | None = None) -> tuple[dict[str, Any], float]:
+    """The artifact fields fitted on raw logits (m, K) and labels (m,), and the fitted temperature."""
+    fit = fit_temperature(z, y, vector=vector, ignore_index=None, max_samples=max_samples or max(len(y), 1))
+    if vector and fit.scale is not None and fit.bias is not None:
+        return {"temperature": 1.0, "class_scale": tuple(fit.scale), "class_bias": tuple(fit.bias)}, fit.temperature
+    return {"temperature": fit.temperature, "class_scale": (), "class_bias": ()}, fit.temperature
+
+
 def fit_calibration(z: np.ndarray, y: np.ndarray, meta: ArtifactMeta, vector: bool = False) -> dict[str, Any]:
     """Fit on raw logits; returns the new artifact fields and the before/after scores."""
-    fit = fit_temperature(z, y, vector=vector, ignore_index=None, max_samples=max(len(y), 1))
-    if vector and fit.scale is not None and fit.bias is not None:
-        fields = {"temperature": 1.0, "class_scale": tuple(fit.scale), "class_bias": tuple(fit.bias)}
-    else:
-        fields = {"temperature": fit.temperature, "class_scale": (), "class_bias": ()}
+    fields, temperature = fitted_fields(z, y, vector)
     before = calibration_scores(scaled(z, meta.class_scale, meta.class_bias, meta.temperature), y)
     after = calibration_scores(scaled(z, fields["class_scale"], fields["class_bias"], fields["temperature"]), y)
-    return {"fields": fields, "fitted_temperature": fit.temperature, "before": before, "after": after}
+    return {"fields": fields, "fitted_temperature": temperature, "before": before, "after": after}
+
+
+def gate_calibration(zs: Sequence[np.ndarray], ys: Sequence[np.ndarray], vector: bool = False,
+                     seed: int = 0) -> GateResult:
+    """Whether calibration fitted on these images' pixels (`zs[i]` (m_i, K) raw logits, `ys[i]`
+    labels) is adopted: refitted leaving each fold of images out, the held-out images' NLL against
+    the raw logits' must improve across images (`unetkit.tuning.gate.decide`)."""
+    n, what = len(ys), "calibration"
+    refused = too_few(n, what)
+    if refused is not None:
+        return refused
+    raw_parts, fitted_parts = np.zeros((n, 2)), np.zeros((n, 2))
+    for fold in fold_indices(n):
+        held = set(fold.tolist())
+        rest = [i for i in range(n) if i not in held and len(ys[i])]
+        if not rest:
+            continue
+        fields, _ = fitted_fields(np.concatenate([zs[i] for i in rest]), np.concatenate([ys[i] for i in rest]),
+                                  vector, max_samples=GATE_FIT_PIXELS)
+        for i in fold:
+            if len(ys[i]):
+                m = len(ys[i])
+                raw_parts[i] = [-m * negative_log_likelihood(scaled(zs[i], (), (), 1.0), ys[i]), m]
+                z = scaled(zs[i], fields["class_scale"], fields["class_bias"], fields["temperature"])
+                fitted_parts[i] = [-m * negative_log_likelihood(z, ys[i]), m]
+
+    def mean_log_likelihood(pooled: np.ndarray) -> float:
+        return float(pooled[0] / pooled[1]) if pooled[1] > 0 else 0.0
+
+    return decide(raw_parts, fitted_parts, mean_log_likelihood, what=what, seed=seed)
 
 
 def calibrate_model(
@@ -105,7 +149,8 @@ def calibrate_samples(
     source: str = "the validation images",
 ) -> dict[str, Any]:
     """Fit calibration on labelled `samples` (LoadedSample: image, labels) predicted with
-    `artifact`'s raw logits; the summary's `fields` are the ArtifactMeta fields to store."""
+    `artifact`'s raw logits; the summary's `fields` are the ArtifactMeta fields to store: the fit
+    when `gate_calibration` adopts it, else the raw logits (`RAW`), with the verdict in `gate`."""
     raw = artifact.with_meta(temperature=1.0, class_scale=(), class_bias=())
     rng = np.random.default_rng(seed)
     per_image = max(1, math.ceil(max_pixels / max(len(samples), 1)))
@@ -118,10 +163,14 @@ def calibrate_samples(
         raise DataError(f"{source}: no labelled pixel to calibrate on (every pixel is ignored or outside the ROI)")
     z, y = np.concatenate(zs), np.concatenate(ys)
     fitted = fit_calibration(z, y, artifact.meta, vector)
+    verdict = gate_calibration(zs, ys, vector, seed)
+    if not verdict.adopted:  # the raw logits stay: "after" is what they score
+        fitted |= {"fields": dict(RAW), "after": calibration_scores(scaled(z, (), (), 1.0), y)}
     return {
         "method": "vector" if vector else "temperature",
         **{k: v for k, v in fitted["fields"].items()},
         "fitted_temperature": fitted["fitted_temperature"],
+        "gate": verdict.to_dict(),
         "images": len(samples),
         "pixels": int(len(y)),
         **{f"{m}_{when}": fitted[when][m] for m in ("ece", "mce", "nll") for when in ("before", "after")},

@@ -8,8 +8,11 @@ adapted Rand error of each foreground class's connected components, mean over im
 score for cells separated by membranes). Tuning for "rand" adds the watershed split and guards the
 pixels: a trial that lowers the pooled Dice by more than `RAND_DICE_GUARD` is not admissible.
 
-`tune_model_postprocess` predicts labelled data with an artifact, tunes, and stores the result in
-the artifact's `postprocess`.
+Never worse on the tuning images is not never worse on new ones: `gate_postprocess` re-runs the
+search out of fold and adopts the result only when its gain holds across images
+(`unetkit.tuning.gate`: paired bootstrap, at least `MIN_IMAGES` images); otherwise plain arg-max
+stays and the summary's `gate` says why. `tune_model_postprocess` predicts labelled data with an
+artifact, tunes, gates, and stores the result in the artifact's `postprocess`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from unetkit.inference.postprocess import apply_postprocess
 from unetkit.metrics.confusion import confusion_matrix
 from unetkit.metrics.scores import json_value, nan_mean, per_class_dice, per_class_iou
 from unetkit.metrics.topology import adapted_rand_error
+from unetkit.tuning.gate import GateResult, decide, fold_indices, not_needed, too_few
 from unetkit.tuning.store import target_path
 
 RAND_DICE_GUARD = 0.005  # "rand" tuning may give up at most this much pooled Dice
@@ -42,26 +46,50 @@ def score_labels(
     """Pooled (micro) foreground mean Dice or IoU over images (all classes when K == 1); for
     "rand", 1 - the adapted Rand error of each foreground class's 4-connected components (truth
     pixels of other classes and ignored pixels not scored), mean over images and classes."""
+    parts = score_parts(predictions, truths, num_classes, metric, ignore_index)
+    return parts_statistic(num_classes, metric)(parts.sum(0))
+
+
+def score_parts(
+    predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray], num_classes: int,
+    metric: str = "dice", ignore_index: int = 255,
+) -> np.ndarray:
+    """(n images, d) what each image adds to the pooled score: its flattened confusion matrix
+    (Dice, IoU), or [sum of its classes' Rand scores, their count] ("rand"). `parts_statistic`
+    turns a sum of rows into the score (what the gate's bootstrap resamples)."""
     if metric not in POSTPROCESS_METRICS:
         raise ConfigError(f"metric '{metric}': expected one of {list(POSTPROCESS_METRICS)}")
-    if metric == "rand":
-        return rand_score(predictions, truths, num_classes, ignore_index)
-    cm = sum(confusion_matrix(p, t, num_classes, ignore_index) for p, t in zip(predictions, truths, strict=True))
-    scores = (per_class_dice if metric == "dice" else per_class_iou)(np.asarray(cm))
-    value = nan_mean(scores[1:] if num_classes > 1 else scores)
-    return float(value) if np.isfinite(value) else 0.0
+    rows = []
+    for p, t in zip(predictions, truths, strict=True):
+        if metric == "rand":
+            scores = rand_scores(p, t, num_classes, ignore_index)
+            rows.append([float(np.sum(scores)), float(len(scores))])
+        else:
+            rows.append(np.asarray(confusion_matrix(p, t, num_classes, ignore_index), np.float64).ravel())
+    return np.asarray(rows, np.float64).reshape(len(rows), -1)
 
 
-def rand_score(predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray], num_classes: int,
-               ignore_index: int = 255) -> float:
+def parts_statistic(num_classes: int, metric: str = "dice"):
+    """Pooled parts (see `score_parts`) -> the score; 0 where nothing is scored."""
+    def statistic(pooled: np.ndarray) -> float:
+        if metric == "rand":
+            return float(pooled[0] / pooled[1]) if pooled[1] > 0 else 0.0
+        cm = pooled.reshape(num_classes, num_classes)
+        scores = (per_class_dice if metric == "dice" else per_class_iou)(cm)
+        value = nan_mean(scores[1:] if num_classes > 1 else scores)
+        return float(value) if np.isfinite(value) else 0.0
+    return statistic
+
+
+def rand_scores(pred: np.ndarray, truth: np.ndarray, num_classes: int, ignore_index: int = 255) -> list[float]:
+    """1 - adapted Rand error of each foreground class of one image (classes without a finite error left out)."""
+    valid = truth != ignore_index
     scores = []
-    for pred, truth in zip(predictions, truths, strict=True):
-        valid = truth != ignore_index
-        for c in range(1 if num_classes > 1 else 0, num_classes):
-            error = adapted_rand_error(pred == c, truth == c, valid)[0]
-            if np.isfinite(error):
-                scores.append(1.0 - error)
-    return float(np.mean(scores)) if scores else 0.0
+    for c in range(1 if num_classes > 1 else 0, num_classes):
+        error = adapted_rand_error(pred == c, truth == c, valid)[0]
+        if np.isfinite(error):
+            scores.append(1.0 - error)
+    return scores
 
 
 def candidate_steps(num_classes: int, size_grid: Sequence[int] = (5, 10, 20, 50, 100, 200, 500, 1000),
@@ -184,24 +212,59 @@ def tune_samples(
     config: TileConfig = TileConfig(),
     backend: str = "auto",
     progress: bool = True,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Predict labelled `samples` (LoadedSample: image, labels) with `artifact` and tune its
-    postprocessing for `metric`; returns the summary (`postprocess`: the params to store; `before`
-    / `after`: the metric with arg-max / with them; `dice_before` / `dice_after`; `steps`: the log)."""
+    postprocessing for `metric`; returns the summary (`postprocess`: the params to store, `{}`
+    unless the gate adopted them; `tuned`: what the search chose on all the images; `gate`: the
+    verdict of `gate_postprocess`; `before` / `after`: the metric with arg-max / with the stored
+    params; `dice_before` / `dice_after`; `steps`: the search log)."""
     probs, truths = [], []
     for sample, p in iter_probabilities(artifact, samples, config, backend=backend, progress=progress):
         probs.append(p)
         truths.append(sample.labels)
     k, ignore = artifact.meta.num_classes, artifact.meta.ignore_index
-    params, log = tune_postprocess(probs, truths, metric=metric, ignore_index=ignore)
+    tuned, log = tune_postprocess(probs, truths, metric=metric, ignore_index=ignore)
+    verdict = gate_postprocess(probs, truths, tuned, metric=metric, ignore_index=ignore, seed=seed)
+    params = tuned if verdict.adopted else {}
     plain = [apply_postprocess(p, {}) for p in probs]
-    tuned = [apply_postprocess(p, params) for p in probs]
+    kept = [apply_postprocess(p, params) for p in probs]
     return json_value({
-        "metric": metric, "postprocess": params,
-        "before": score_labels(plain, truths, k, metric, ignore), "after": score_labels(tuned, truths, k, metric, ignore),
-        "dice_before": score_labels(plain, truths, k, "dice", ignore), "dice_after": score_labels(tuned, truths, k, "dice", ignore),
+        "metric": metric, "postprocess": params, "tuned": tuned, "gate": verdict.to_dict(),
+        "before": score_labels(plain, truths, k, metric, ignore), "after": score_labels(kept, truths, k, metric, ignore),
+        "dice_before": score_labels(plain, truths, k, "dice", ignore), "dice_after": score_labels(kept, truths, k, "dice", ignore),
         "images": len(samples), "steps": log,
     })
+
+
+def gate_postprocess(
+    probabilities: Sequence[np.ndarray], truths: Sequence[np.ndarray], tuned: dict[str, Any], *,
+    metric: str = "dice", ignore_index: int = 255, seed: int = 0,
+    steps: Sequence[tuple[str, int, list[Any]]] | None = None,
+) -> GateResult:
+    """Whether `tuned` (what `tune_postprocess` chose on all these images) is adopted: the search is
+    re-run leaving each fold of images out (`gate.fold_indices`), each held-out image is scored with
+    what was chosen without it, and the out-of-fold gain over plain arg-max must hold across
+    images (`gate.decide`: paired bootstrap lower bound > 0, at least `gate.MIN_IMAGES` images).
+    `steps`: the search's candidates, as `tune_postprocess` took them (default: all)."""
+    n, what = len(probabilities), "postprocessing"
+    if not tuned:
+        return not_needed(n, what)
+    refused = too_few(n, what)
+    if refused is not None:
+        return refused
+    k = probabilities[0].shape[0]
+    held_out: list[np.ndarray | None] = [None] * n
+    for fold in fold_indices(n):
+        rest = [i for i in range(n) if i not in set(fold.tolist())]
+        chosen, _ = tune_postprocess([probabilities[i] for i in rest], [truths[i] for i in rest],
+                                     metric=metric, ignore_index=ignore_index, steps=steps)
+        for i in fold:
+            held_out[i] = apply_postprocess(probabilities[i], chosen)
+    plain = [apply_postprocess(p, {}) for p in probabilities]
+    return decide(score_parts(plain, truths, k, metric, ignore_index),
+                  score_parts(held_out, truths, k, metric, ignore_index),
+                  parts_statistic(k, metric), what=what, seed=seed)
 
 
 def tuning_record(summary: dict[str, Any]) -> dict[str, Any]:

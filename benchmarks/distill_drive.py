@@ -1,0 +1,186 @@
+"""DRIVE: does the distilled BatchNorm student keep the InstanceNorm teacher's gain? One command:
+
+    .venv/bin/python benchmarks/distill_drive.py --data /work/shared/data/drive --budget 10m
+
+Three `unetkit train` runs on the 15/5 split (train 21-35, validate 36-40), started so that the
+arms that are compared share the machine's load:
+
+- distilled: `--budget B --distill on`: the InstanceNorm teacher on half the budget, then the
+  BatchNorm student learning from it on the other half;
+- plain B: `--budget B --distill off`, started with it (what a user gets without distillation);
+- plain B/2: `--budget B/2 --distill off`, started when the teacher ends, so it runs beside the
+  student: the plain student at the distilled student's own training time.
+
+Scores are the validation Dice of vessels (FOV; the best checkpoint's, as fit selects), each from
+the same `validate`. Retention = (student - plain B/2) / (teacher - plain B/2): the share of the
+teacher's gain over a plain student that the student keeps at the student's inference cost (same
+network). The end-to-end comparison is student vs plain B. Also checks that `unetkit evaluate`
+(calibration + the gated postprocessing) is no worse than the raw probabilities at 0.5 (F1 on the
+validation images; they are the gate's tuning images, so this checks the gate's adoption, not a
+held-out gain). Appends to docs/benchmarks.md with the command, CPU and load averages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from drive import binary_scores, load_split, machine  # noqa: E402
+from report import append_markdown  # noqa: E402
+
+VAL_KEYS = ["36", "37", "38", "39", "40"]
+
+
+def start(train_dir: Path, budget_s: float, distill: str, out: Path, threads: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "unetkit", "train", str(train_dir), "--budget", f"{budget_s:.0f}s", "--out", str(out),
+           "--quiet", "--val-keys", ",".join(VAL_KEYS), "--distill", distill]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    out.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(cmd, stdout=(out / "stdout.txt").open("w"), stderr=subprocess.STDOUT, env=env)
+
+
+def wait(proc: subprocess.Popen, out: Path) -> None:
+    if proc.wait() != 0:
+        raise SystemExit(f"unetkit train failed in {out}:\n{(out / 'stdout.txt').read_text()[-3000:]}")
+
+
+def raw_probabilities(path: Path, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Vessel probabilities (calibrated, no postprocessing), eager torch: what `predict` writes."""
+    from unetkit.artifact import load_artifact
+    from unetkit.config import TileConfig
+    from unetkit.inference.backends import make_predictor
+    from unetkit.inference.predict import predict_image
+
+    art = load_artifact(path)
+    predictor = make_predictor(art, "torch")
+    return [predict_image(predictor, im, TileConfig(tile_size=tuple(art.meta.patch_size)))[-1] for im in images]
+
+
+def steps_of(meta) -> int:
+    return int(meta.lineage.get("steps", 0))
+
+
+def train_arms(train_dir: Path, budget: float, out: Path, threads: int) -> tuple[list, float]:
+    """The three runs (see the module docstring); load averages at start, teacher end, end; the
+    plain-beside-the-student run's budget."""
+    loads = [os.getloadavg()]
+    t0 = time.perf_counter()
+    distilled = start(train_dir, budget, "on", out / "distilled", threads)
+    plain = start(train_dir, budget, "off", out / "plain", threads)
+    teacher_final = out / "distilled" / "teacher" / "teacher-final.pt"
+    while not teacher_final.exists() and distilled.poll() is None:
+        time.sleep(2)
+    loads.append(os.getloadavg())
+    half = max(60.0, budget - (time.perf_counter() - t0))  # what is left of the budget: the student's time
+    plain_half = start(train_dir, half, "off", out / "plain-half", threads)
+    for proc, folder in ((distilled, out / "distilled"), (plain, out / "plain"), (plain_half, out / "plain-half")):
+        wait(proc, folder)
+    loads.append(os.getloadavg())
+    (out / "runs.json").write_text(json.dumps({"loads": loads, "half": half}))
+    return loads, half
+
+
+def main() -> None:
+    from unetkit.artifact import read_meta
+    from unetkit.config import parse_duration
+    from unetkit.evaluation.evaluate import evaluate_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, type=Path, help="DRIVE root (holding training/)")
+    ap.add_argument("--budget", default="10m", help="the distilled run's and the plain run's total budget")
+    ap.add_argument("--threads", type=int, default=1, help="OMP threads per run (the runs share the cores)")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-distill")
+    ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--reuse", type=Path, default=None, help="score the finished runs in this folder instead of training")
+    args = ap.parse_args()
+    data = args.data if (args.data / "training").is_dir() else args.data.parent
+    train_dir = data / "training"
+    budget = parse_duration(args.budget)
+    if args.reuse:
+        out = args.reuse
+        saved = json.loads((out / "runs.json").read_text())
+        loads, half = saved["loads"], saved["half"]
+    else:
+        out = args.out / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        loads, half = train_arms(train_dir, budget, out, args.threads)
+
+    metas = {name: read_meta(out / name / "model.unetkit") for name in ("distilled", "plain", "plain-half")}
+    record = metas["distilled"].metrics["distillation"]
+    teacher = record["teacher"]["mean_dice_foreground"]
+    student = record["student"]["mean_dice_foreground"]
+    p_half = metas["plain-half"].metrics["mean_dice_foreground"]
+    p_full = metas["plain"].metrics["mean_dice_foreground"]
+    retention = (student - p_half) / (teacher - p_half) if teacher != p_half else float("nan")
+
+    val = load_split(train_dir, VAL_KEYS)
+    truth = np.concatenate([(s.labels == 1).ravel() for s in val])
+    fov = np.concatenate([(s.labels != 255).ravel() for s in val])
+    checks = []
+    for name in ("distilled", "plain"):  # the artifacts a user would get
+        path = out / name / "model.unetkit"
+        raw = binary_scores(np.concatenate([p.ravel() for p in raw_probabilities(path, [s.image for s in val])]),
+                            truth, fov)
+        ev = evaluate_model(path, train_dir, keys=VAL_KEYS, backend="torch", progress=False, distances=False,
+                            topology=False)
+        vessel = next(r for r in ev["per_class"] if r["class"] != ev["per_class"][0]["class"])
+        tuning = metas[name].metrics.get("postprocess_tuning", {})
+        checks.append((name, raw["f1"], raw["auc"], vessel["dice"], metas[name].postprocess,
+                       tuning.get("gate", {}).get("reason", "-"), metas[name].temperature))
+
+    def steps(name: str) -> int:
+        return steps_of(metas[name])
+
+    lines = [
+        f"## DRIVE distillation at {args.budget}: InstanceNorm teacher -> BatchNorm student "
+        f"({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
+        "",
+        f"Command: `python benchmarks/distill_drive.py {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {machine()}; {args.threads} thread(s) per run, the three runs side by side (shared with other "
+        f"users' jobs); load average (1/5/15 min) at the start {loads[0][0]:.2f}/{loads[0][1]:.2f}/{loads[0][2]:.2f}, "
+        f"when the teacher ended {loads[1][0]:.2f}/{loads[1][1]:.2f}/{loads[1][2]:.2f}, at the end "
+        f"{loads[2][0]:.2f}/{loads[2][1]:.2f}/{loads[2][2]:.2f}.  ",
+        f"Split: train 21-35, validate 36-40 (FOV, vessel Dice of the best checkpoint, as fit selects). Runs: `{out}`.",
+        "",
+        "| arm | network (inference cost) | training | steps | validation Dice |",
+        "| --- | --- | --- | --- | --- |",
+        f"| teacher (in the distilled run) | {record['teacher']['model']} | {record['teacher']['seconds'] / 60:.1f} min "
+        f"| {record['teacher']['steps']} | {teacher:.4f} |",
+        f"| distilled student | {record['student']['model']} | the rest of {args.budget} | {steps('distilled')} | "
+        f"{student:.4f} |",
+        f"| plain, beside the student | {record['student']['model']} | {half / 60:.1f} min | {steps('plain-half')} | "
+        f"{p_half:.4f} |",
+        f"| plain, whole budget | {record['student']['model']} | {args.budget} | {steps('plain')} | {p_full:.4f} |",
+        "",
+        f"Retention (student - plain beside it) / (teacher - plain beside it) = ({student:.4f} - {p_half:.4f}) / "
+        f"({teacher:.4f} - {p_half:.4f}) = **{retention:.2f}** (target >= 0.70). End to end, the distilled student "
+        f"vs the plain run of the same budget: {student - p_full:+.4f}.",
+        "",
+        "`unetkit evaluate` (calibration + gated postprocessing) vs the raw probabilities at 0.5, on the validation "
+        "images (the gate's own tuning images):",
+        "",
+        "| arm | F1 raw @ 0.5 | AUC | evaluate Dice | postprocessing stored | temperature | gate |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, f1, auc, dice, post, reason, temp in checks:
+        lines.append(f"| {name} | {f1:.4f} | {auc:.4f} | {dice:.4f} | {post or 'none'} | {temp:.3f} | {reason} |")
+    text = "\n".join(lines) + "\n"
+    append_markdown(args.benchmarks, text)
+    (out / "results.json").write_text(json.dumps({"teacher": teacher, "student": student, "plain_half": p_half,
+                                                   "plain": p_full, "retention": retention, "loads": loads,
+                                                   "checks": checks}, indent=2, default=str))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

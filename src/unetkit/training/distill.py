@@ -1,0 +1,157 @@
+"""Distillation (plan rule R17): a more accurate teacher first, then the fast student learns from it.
+
+The accuracy levers measured on DRIVE cost inference time: InstanceNorm (+0.004..0.006 F1, but
+1.2x slower fp32 and 2x int8 inference: it does not fold into the convolutions), a wider network,
+k-fold ensembles (k forward passes). Distillation spends training time instead: the teacher
+(`DistillConfig.teacher`: "instance" = the student's network with InstanceNorm, "wider" = 1.5x its
+width) trains first on `teacher_share` of the budget, in `out_dir/teacher/`; then the student (the
+configured network, BatchNorm: what the artifact holds and inference pays for) trains on the rest
+with `DistillationLoss`: (1 - weight) x its label loss + weight x T^2 x KL(teacher || student) on
+each batch, the teacher's logits computed on the same augmented batch.
+
+Both keep their best checkpoint on the same validation split, so the artifact's
+`metrics["distillation"]` records the teacher's and the student's validation scores side by side
+(and the teacher's run, steps and lever). A finished teacher leaves `teacher-final.pt`: `resume`
+skips it and continues the student.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unetkit.artifact import ARTIFACT_NAME
+from unetkit.config import ModelConfig, TrainConfig
+from unetkit.errors import ConfigError
+from unetkit.models import build_model
+from unetkit.training import checkpoint as ckpt
+from unetkit.training.budget import BudgetClock, reserve_seconds
+from unetkit.training.finish import end_passes, save_final_artifact
+from unetkit.training.loop import SELECTION_METRIC
+from unetkit.training.prepare import TrainingData
+from unetkit.training.runlog import Callback
+from unetkit.training.steps import log_time, run_steps
+
+TEACHER_DIR = "teacher"
+TEACHER_FINAL = "teacher-final.pt"
+WIDER = 1.5  # the "wider" teacher's width over the student's
+
+
+@dataclass
+class TeacherClock(BudgetClock):
+    """The teacher's clock over all the time left (`budget`): it also keeps the student's end work
+    (`student_passes` validation passes, timed by the teacher's own validations) and the student's
+    share of the rest, so both trainings split what is left after every end, whatever a validation
+    costs on this machine at this load."""
+
+    student_passes: float = 0.0
+    student_share: float = 0.5
+
+    def reserve(self) -> float:
+        ends = reserve_seconds(self.val_seconds, self.end_passes + self.student_passes,
+                               save_seconds=self.save_seconds, budget=self.budget)
+        return ends + self.student_share * max(0.0, self.budget - ends)
+
+
+def teacher_model(student: ModelConfig, lever: str) -> ModelConfig:
+    """The teacher's network for an accuracy lever: the student's with InstanceNorm, or 1.5x wider."""
+    if lever == "instance":
+        return dataclasses.replace(student, norm="instance")
+    if lever == "wider":
+        return dataclasses.replace(student, base_width=max(student.base_width + 8,
+                                                           round(WIDER * student.base_width / 8) * 8))
+    raise ConfigError(f"distill.teacher: expected 'instance' or 'wider', got {lever!r}")
+
+
+def check_distill(config: TrainConfig, world_size: int) -> None:
+    d = config.distill
+    if not 0.0 < d.teacher_share < 1.0:
+        raise ConfigError(f"distill.teacher_share: expected a fraction between 0 and 1, got {d.teacher_share}")
+    if not 0.0 <= d.weight <= 1.0:
+        raise ConfigError(f"distill.weight: expected a value in [0, 1], got {d.weight}")
+    if d.temperature <= 0:
+        raise ConfigError(f"distill.temperature: expected a positive number, got {d.temperature}")
+    if config.ensemble_folds > 1:
+        raise ConfigError("distill: the student is one fast network; set ensemble_folds 1 (or distill.mode off)")
+    if world_size > 1:
+        raise ConfigError("distill: not supported with nproc > 1 yet; use nproc 1 (or distill.mode off)")
+
+
+def fit_distilled(config: TrainConfig, data: TrainingData, env: Any, device: torch.device, clock: BudgetClock,
+                  callbacks: Sequence[Callback], mode_info: dict[str, Any] | None = None) -> Path:
+    """Train the teacher, then the student distilled from it; save the student as `out_dir/model.unetkit`."""
+    check_distill(config, env.world_size)
+    out_dir = Path(config.out_dir)
+    passes = end_passes(config, len(data.train), len(data.val))
+    teacher, record = train_teacher(config, data, env, device, clock, passes, callbacks, mode_info)
+    clock.end_passes = passes
+    student_resume = config.resume and (out_dir / ckpt.LAST).is_file()
+    model, state, log = run_steps(dataclasses.replace(config, resume=student_resume), data, env, device, clock,
+                                  out_dir, callbacks, mode_info, teacher=teacher)
+    artifact_path = out_dir / ARTIFACT_NAME
+    distillation = {**record, "student": {"model": _model_label(config.model), "steps": state.step,
+                                          "best_step": state.best_step, SELECTION_METRIC: state.best_metric},
+                    "temperature": config.distill.temperature, "weight": config.distill.weight,
+                    "reason": _plan_reason(config.plan)}
+    if env.is_main:
+        save_final_artifact(artifact_path, model, data, config, state, extra_metrics={"distillation": distillation})
+        log.write({"event": "end", "step": state.step, "time": log_time(state, clock), "artifact": str(artifact_path),
+                   "best": state.best_metric, "best_step": state.best_step,
+                   "teacher_best": record["teacher"][SELECTION_METRIC]})
+    log.close()
+    return artifact_path
+
+
+def train_teacher(config: TrainConfig, data: TrainingData, env: Any, device: torch.device, clock: BudgetClock,
+                  passes: float, callbacks: Sequence[Callback],
+                  mode_info: dict[str, Any] | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The teacher's best weights (trained in `out_dir/teacher/` on its share of the budget, or
+    loaded when a resumed run finished it) and its record for the artifact."""
+    folder = Path(config.out_dir) / TEACHER_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    lever = config.distill.teacher
+    cfg = dataclasses.replace(config, out_dir=str(folder), model=teacher_model(config.model, lever),
+                              distill=dataclasses.replace(config.distill, mode="off"),
+                              resume=config.resume and (folder / ckpt.LAST).is_file())
+    final = folder / TEACHER_FINAL
+    if config.resume and final.is_file():
+        saved = ckpt.load_checkpoint(final)
+    else:
+        left = max(1.0, clock.seconds_left()) if clock.enabled else 0.0
+        cfg = dataclasses.replace(cfg, budget_seconds=left)
+        if config.progress and env.is_main:
+            print(f"distillation: training the teacher ({lever}: {_model_label(cfg.model)})"
+                  + (f", {config.distill.teacher_share:.0%} of the {left / 60:.1f} min left" if left else ""))
+        # the teacher's end is its final validation; its clock keeps the student's end and share too
+        teacher_clock = TeacherClock(left, end_passes=1.0, student_passes=passes,
+                                     student_share=1.0 - config.distill.teacher_share)
+        _, state, log = run_steps(cfg, data, env, device, teacher_clock, folder, callbacks, mode_info)
+        clock.val_seconds = max(clock.val_seconds, teacher_clock.val_seconds)
+        best = ckpt.load_checkpoint(folder / ckpt.BEST)
+        record = {"teacher": {"lever": lever, "model": _model_label(cfg.model), "steps": state.step,
+                              "best_step": state.best_step, SELECTION_METRIC: state.best_metric,
+                              "seconds": round(teacher_clock.elapsed(), 1)}}
+        log.write({"event": "end", "step": state.step, "time": teacher_clock.elapsed(),
+                   "best": state.best_metric, "best_step": state.best_step})
+        log.close()
+        saved = {"model": best["model"], "record": record}
+        ckpt.save_checkpoint(final, saved)
+    teacher = build_model(cfg.model)
+    teacher.load_state_dict(saved["model"], strict=True)
+    return teacher, saved["record"]
+
+
+def _model_label(m: ModelConfig) -> str:
+    return f"w{m.base_width} d{m.depth} {m.norm}"
+
+
+def _plan_reason(plan: dict[str, Any]) -> str:
+    for choice in plan.get("choices", []):
+        if choice.get("key") == "distill.mode":
+            return str(choice.get("reason", ""))
+    return "set explicitly" if plan else "set explicitly (no plan)"

@@ -1,0 +1,84 @@
+"""Distillation (unetkit.training.distill): a teacher first, then the student learning from it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unetkit.artifact import load_artifact
+from unetkit.config import DistillConfig, LossConfig, ModelConfig
+from unetkit.errors import ConfigError
+from unetkit.losses.functional import distillation_loss
+from unetkit.losses.losses import DistillationLoss
+from unetkit.training import checkpoint as ckpt
+from unetkit.training.budget import reserve_seconds
+from unetkit.training.distill import TEACHER_DIR, TEACHER_FINAL, TeacherClock, teacher_model
+from unetkit.training.fit import fit
+
+
+def test_distillation_loss_is_zero_when_the_student_matches_and_skips_ignored_pixels():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 3, 8, 8)
+    labels = torch.randint(0, 3, (2, 8, 8))
+    assert float(distillation_loss(teacher.clone(), teacher, labels)) == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(2, 3, 8, 8)
+    assert float(distillation_loss(student, teacher, labels)) > 0
+    ignored = labels.clone()
+    ignored[0] = 255  # the first image ignored entirely: only the second counts
+    only_second = distillation_loss(student[1:], teacher[1:], labels[1:], temperature=3.0)
+    assert float(distillation_loss(student, teacher, ignored, temperature=3.0)) == pytest.approx(float(only_second))
+    loss = DistillationLoss(LossConfig(dice=0.0), DistillConfig(weight=0.25))
+    student.requires_grad_(True)
+    total = loss(student, labels, teacher)
+    terms = loss.last_terms
+    assert float(total.detach()) == pytest.approx(0.75 * terms["ce"] + 0.25 * terms["distill"], rel=1e-5)
+    total.backward()
+    assert student.grad is not None and float(student.grad.abs().sum()) > 0
+    assert "distill" not in (loss(student, labels), loss.last_terms)[1]  # no teacher: the label loss alone
+
+
+@pytest.mark.parametrize("share", [0.5, 0.3])
+def test_the_teacher_and_student_split_what_is_left_after_both_ends(share):
+    clock = TeacherClock(600.0, end_passes=1.0, student_passes=9.0, student_share=1.0 - share)
+    clock.val_seconds, clock.save_seconds = 25.0, 0.2  # a slow machine: the ends are 10 passes
+    ends = reserve_seconds(25.0, 10.0, save_seconds=0.2, budget=600.0)
+    teacher_training = clock.budget - clock.reserve()
+    student_training = clock.reserve() - ends
+    assert teacher_training == pytest.approx(share * (600.0 - ends))
+    assert student_training == pytest.approx((1.0 - share) * (600.0 - ends))
+
+
+def test_teacher_levers():
+    student = ModelConfig(base_width=16, norm="batch")
+    assert teacher_model(student, "instance") == ModelConfig(base_width=16, norm="instance")
+    assert teacher_model(student, "wider").base_width == 24
+    with pytest.raises(ConfigError, match="distill.teacher"):
+        teacher_model(student, "ensemble")
+
+
+def test_fit_distils_a_teacher_into_the_student_and_records_both(tiny_config) -> None:
+    cfg = tiny_config(steps=6, val_every=3, distill=DistillConfig(mode="on", teacher="instance"))
+    path = fit(cfg)
+    art = load_artifact(path)
+    record = art.meta.metrics["distillation"]
+    assert record["teacher"]["lever"] == "instance" and record["teacher"]["model"].endswith("instance")
+    assert record["student"]["model"].endswith("batch") and art.meta.model.norm == "batch"
+    assert record["teacher"]["steps"] == record["student"]["steps"] == 6  # no budget: the same steps each
+    for side in ("teacher", "student"):
+        assert 0.0 <= record[side]["mean_dice_foreground"] <= 1.0
+    assert record["reason"].startswith("set explicitly")
+    teacher_dir = path.parent / TEACHER_DIR
+    assert (teacher_dir / TEACHER_FINAL).is_file()
+    events = (path.parent / "metrics.jsonl").read_text()
+    assert '"loss_distill"' in events  # the student's steps had the soft-target term
+    # resume: the finished teacher is loaded, not trained again
+    before = (teacher_dir / "metrics.jsonl").stat().st_mtime_ns
+    saved = ckpt.load_checkpoint(teacher_dir / TEACHER_FINAL)
+    fit(tiny_config(steps=6, val_every=3, resume=True, distill=DistillConfig(mode="on")))
+    assert (teacher_dir / "metrics.jsonl").stat().st_mtime_ns == before
+    assert ckpt.load_checkpoint(teacher_dir / TEACHER_FINAL)["record"] == saved["record"]
+
+
+def test_distillation_refuses_an_ensemble_student(tiny_config) -> None:
+    with pytest.raises(ConfigError, match="ensemble_folds"):
+        fit(tiny_config(ensemble_folds=2, distill=DistillConfig(mode="on")))
