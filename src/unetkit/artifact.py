@@ -122,9 +122,12 @@ class Artifact:
     signer: str = ""  # key id of the trusted key whose signature was verified on loading; '' if none was
 
     def build_model(self) -> nn.Module:
-        """The network with the stored weights, in eval mode."""
-
-        model = build_model(self.meta.model)
+        """The network with the stored weights, in eval mode. An architecture a plugin provides
+        (`unetkit.models.plugins`) needs that plugin installed; without it, an ArtifactError names it."""
+        try:
+            model = build_model(self.meta.model)
+        except ConfigError as e:
+            raise ArtifactError(f"{self.path or 'artifact'}: {e}") from None
         try:
             model.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as e:
@@ -247,6 +250,9 @@ def _meta_json(meta: ArtifactMeta) -> dict[str, Any]:
     d.pop("meta_sha256")
     if not d["validation_sample"]:  # absent from artifacts written before it existed: their hash stays theirs
         del d["validation_sample"]
+    for key, default in (("encoder", "unet"), ("options", {})):  # ModelConfig fields added later, likewise
+        if d["model"][key] == default:
+            del d["model"][key]
     return d
 
 

@@ -11,9 +11,11 @@ from torch import nn
 from unetkit.catalog import Catalog
 from unetkit.config import ModelConfig, replace
 from unetkit.errors import ConfigError
+from unetkit.models.encoder_unet import EncoderUNet
 from unetkit.models.ensemble import Ensemble
 from unetkit.models.flops import count_flops, count_parameters
 from unetkit.models.layout import check_model_config
+from unetkit.models.plugins import plugin_builder
 from unetkit.models.unet import UNet
 from unetkit.models.unetpp import UNetPlusPlus
 
@@ -22,7 +24,7 @@ MODELS: Catalog[Callable[[ModelConfig], nn.Module]] = Catalog("architecture")
 
 @MODELS.register("unet")
 def _build_unet(cfg: ModelConfig) -> nn.Module:
-    return UNet(cfg)
+    return UNet(cfg) if cfg.encoder == "unet" else EncoderUNet(cfg)
 
 
 @MODELS.register("unet++")
@@ -31,13 +33,27 @@ def _build_unetpp(cfg: ModelConfig) -> nn.Module:
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The network `cfg.arch` names, with freshly initialized weights, in training mode; with
-    `cfg.ensemble` > 1 an `Ensemble` of that many such networks (their averaged probabilities)."""
+    """The network `cfg.arch` names (built in, or a plugin's: `unetkit.models.plugins`), with freshly
+    initialized weights, in training mode; with `cfg.ensemble` > 1 an `Ensemble` of that many such
+    networks (their averaged probabilities)."""
     check_model_config(cfg)
+    if cfg.options and cfg.arch in MODELS:
+        raise ConfigError(f"model.options: keyword values of a plugin architecture's builder; the built-in "
+                          f"'{cfg.arch}' takes none (got {sorted(cfg.options)})")
+    builder = architecture_builder(cfg.arch)
     if cfg.ensemble > 1:
         member = replace(cfg, ensemble=1)
-        return Ensemble([MODELS.get(cfg.arch)(member) for _ in range(cfg.ensemble)])
-    return MODELS.get(cfg.arch)(cfg)
+        return Ensemble([builder(member) for _ in range(cfg.ensemble)])
+    return builder(cfg)
+
+
+def architecture_builder(arch: str) -> Callable[[ModelConfig], nn.Module]:
+    """The builder of a built-in architecture, else of the installed plugin of that name."""
+    return MODELS.get(arch) if arch in MODELS else plugin_builder(arch, MODELS.names())
+
+
+def is_builtin(arch: str) -> bool:
+    return arch in MODELS
 
 
 PRESETS: dict[str, dict[str, Any]] = {
