@@ -29,6 +29,7 @@ from unetkit.config import (
     REGISTRY_STORE_ENV,
     SERVE_ENV_PREFIX,
     Backend,
+    Encoder,
     ExportConfig,
     ExportFormat,
     ModelConfig,
@@ -127,6 +128,13 @@ PrecisionOpt = Annotated[TrainPrecision | None, typer.Option(
     "without one, a short probe on runs of 1000+ steps) times fp32 and bf16 autocast, each NCHW and "
     "channels_last, and takes the fastest that trains healthily (finite, loss within 10 % of fp32's); a CPU "
     "without native bf16 keeps fp32. GPUs: auto = bf16 where supported, else fp16. Weights stay fp32.")]
+EncoderOpt = Annotated[Encoder | None, typer.Option(
+    "--encoder", help="The U-Net's encoder: unet (its own conv blocks, the default) or an ImageNet backbone "
+    "(resnet18/34/50, efficientnet-b0..b3) under an smp-style decoder; see docs/training.md.")]
+PretrainedOpt = Annotated[Path | None, typer.Option(
+    "--pretrained", help="Encoder weights to start from, a local file: torchvision or timm ResNet/EfficientNet "
+    "state dicts (.pth/.pt, read weights-only) or safetensors, or unetkit's own encoder layout (`encoder.*` keys, "
+    "as `unetkit pretrain` writes). ImageNet weights also set the input normalization to ImageNet's.")]
 EnsembleOpt = Annotated[int | None, typer.Option(
     "--ensemble", help="k-fold ensembling: train K members, each on all but one fold of the training split and "
     "validated on that fold, and average their probabilities (K x the inference cost). 1 = one model. "
@@ -272,6 +280,8 @@ def train(
     postprocess: PostprocessOpt = None,
     ensemble: EnsembleOpt = None,
     precision: PrecisionOpt = None,
+    encoder: EncoderOpt = None,
+    pretrained: PretrainedOpt = None,
     calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Fit temperature scaling on "
                                                    "the validation split at the end (default: on).")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder (checkpoints, log, model.unetkit).")] = None,
@@ -294,7 +304,8 @@ def train(
     flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
                  tensorboard=tensorboard, progress=False if quiet else None, postprocess=postprocess, calibrate=calibrate,
-                 ensemble=ensemble, precision=precision)
+                 ensemble=ensemble, precision=precision, encoder=encoder,
+                 pretrained=str(pretrained) if pretrained is not None else None)
     cfg = build_train_config(data=data, config_file=config, **flags)
     if budget is not None and plan and not resume:
         from unetkit.planning.auto import plan_training

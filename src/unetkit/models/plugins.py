@@ -46,3 +46,4 @@ def plugin_builder(name: str, builtin: list[str]) -> Callable[[ModelConfig], nn.
         raise ConfigError(f"model.arch '{name}': plugin {found[0].value} is not callable; expected a builder "
                           "function ModelConfig -> nn.Module")
     return builder
+

@@ -39,6 +39,8 @@ def flag_settings(
     calibrate: bool | None = None,
     ensemble: int | None = None,
     precision: str | None = None,
+    encoder: str | None = None,
+    pretrained: str | None = None,
 ) -> dict[str, Any]:
     """The dotted TrainConfig keys the command-line flags set (a preset sets its model fields)."""
     changes: dict[str, Any] = {"data.data": str(data)}
@@ -84,6 +86,10 @@ def flag_settings(
         if precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"--precision: expected auto, fp32 or bf16, got {precision!r}")
         changes["precision"] = precision
+    if encoder is not None:
+        changes["model.encoder"] = encoder
+    if pretrained is not None:
+        changes["finetune.pretrained"] = pretrained
     return changes
 
 

@@ -19,7 +19,7 @@ import math
 import random
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import torch
 from unetkit.config import TrainConfig, to_dict
 from unetkit.losses.losses import SegmentationLoss
 from unetkit.models import build_model
+from unetkit.models.pretrained import load_pretrained_encoder
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock
 from unetkit.training.distributed import broadcast_floats, rank_share, wrap_model
@@ -60,10 +61,12 @@ class RunState:
 
 def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.device, clock: BudgetClock,
               out_dir: Path, callbacks: Sequence[Callback],
-              mode_info: dict[str, Any] | None = None) -> tuple[torch.nn.Module, RunState, RunLog]:
+              mode_info: dict[str, Any] | None = None, network: torch.nn.Module | None = None,
+              loss: Callable[..., torch.Tensor] | None = None) -> tuple[torch.nn.Module, RunState, RunLog]:
     """Sampling, model, optimizer and the step loop of one network, up to its final validation and
     last checkpoint; the best weights are in `out_dir/checkpoint-best.pt`. The log is left open.
-    `mode_info`: why the compute mode was chosen, for the "start" event."""
+    `mode_info`: why the compute mode was chosen, for the "start" event. `network` / `loss`: the
+    user's own (`fit(model=..., loss=...)`) instead of `build_model(config.model)` / the LossConfig's."""
     # ---- sampling and augmentation: every rank draws the same global batch, then keeps its share
     seed_everything(config.seed)
     sampler = data.patch_sampler(config.data, np.random.default_rng(config.seed))
@@ -75,9 +78,15 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     # ---- model, loss, optimizer, compute mode (decided before: the plan or `fit`)
     mode = config_mode(config, device)
     torch.manual_seed(config.seed)
-    model = mode.prepare(build_model(config.model).to(device))  # weights stay fp32 in every mode
+    model = network if network is not None else build_model(config.model)
+    start = {}
+    if config.finetune.pretrained and not config.resume:
+        start["pretrained"] = load_pretrained_encoder(model, config.finetune.pretrained).summary()
+    model = mode.prepare(model.to(device))  # weights stay fp32 in every mode
     net = wrap_model(model, env, device)
-    loss_fn = SegmentationLoss(config.loss).to(device)
+    loss_fn = loss if loss is not None else SegmentationLoss(config.loss).to(device)
+    if loss is not None:
+        start["loss"] = f"custom: {getattr(loss, '__qualname__', type(loss).__qualname__)}"
     optimizer = build_optimizer(model, config.optim)
     ema = build_ema(model, config.optim)
     kept = ema.module if ema is not None else model  # the weights validated, selected and saved
@@ -113,7 +122,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
         clock.save_seconds = max(clock.save_seconds, clock.exclude(time.perf_counter() - t0))
 
     log.write({"event": "start", "step": state.step, "time": now(), "total_steps": state.total_steps,
-               "world_size": env.world_size, "device": str(device), "mode": mode.name, **(mode_info or {}),
+               "world_size": env.world_size, "device": str(device), "mode": mode.name, **(mode_info or {}), **start,
                "train_images": len(data.train), "val_images": len(data.val), "resumed": config.resume})
     # ---- the step loop; rank 0 decides when to stop and every rank follows
     stop = "steps" if state.step >= state.total_steps else ""
