@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tests.plugin_fixtures import FEATURES, PLUGIN, basicunet, write_plugin
+
 from unetkit.config import ModelConfig
 from unetkit.errors import ConfigError
 from unetkit.models import build_model

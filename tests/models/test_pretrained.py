@@ -24,7 +24,7 @@ def _imagenet_checkpoint(name: str, seed: int = 1) -> dict[str, torch.Tensor]:
     """A randomly initialised backbone in torchvision's key layout, with its ImageNet classifier."""
     torch.manual_seed(seed)
     state = ENCODERS.get(name).build(3).state_dict()
-    for k, v in state.items():
+    for v in state.values():
         if v.is_floating_point():
             v.copy_(torch.randn_like(v))  # distinct from any fresh init, running stats included
     if name.startswith("resnet"):
