@@ -17,8 +17,10 @@ from monai.networks.nets import BasicUNet
 
 def build_basicunet(cfg):
     """unetkit ModelConfig -> MONAI BasicUNet; cfg.options are BasicUNet's own keywords."""
-    return BasicUNet(spatial_dims=cfg.spatial_dims, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
-                     **cfg.options)
+    net = BasicUNet(spatial_dims=cfg.spatial_dims, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+                    **cfg.options)
+    net.size_multiple = 16  # four halvings: unetkit pads inputs to multiples of 16 (export, odd tiles)
+    return net
 '''
 
 

@@ -9,6 +9,7 @@ from tests.plugin_fixtures import FEATURES, PLUGIN, basicunet, write_plugin
 from unetkit.config import ModelConfig
 from unetkit.errors import ConfigError
 from unetkit.models import build_model
+from unetkit.models.factory import PLUGIN_SIZE_MULTIPLE, input_multiple
 from unetkit.models.plugins import plugin_names
 
 
@@ -27,6 +28,8 @@ def test_an_installed_plugin_builds_its_architecture_from_the_config(plugin):
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
     with torch.no_grad():
         assert model(torch.randn(2, 1, 32, 48)).shape == (2, 3, 32, 48)
+    assert input_multiple(cfg, model) == 16 and input_multiple(cfg, torch.nn.Conv2d(1, 3, 1)) == PLUGIN_SIZE_MULTIPLE
+    assert input_multiple(ModelConfig(), torch.nn.Conv2d(1, 3, 1)) == 1  # built-ins pad inside
     ensemble = build_model(cfg.__class__(**{**cfg.__dict__, "ensemble": 2}))
     assert len(ensemble.members) == 2
 

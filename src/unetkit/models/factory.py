@@ -52,8 +52,17 @@ def architecture_builder(arch: str) -> Callable[[ModelConfig], nn.Module]:
     return MODELS.get(arch) if arch in MODELS else plugin_builder(arch, MODELS.names())
 
 
-def is_builtin(arch: str) -> bool:
-    return arch in MODELS
+PLUGIN_SIZE_MULTIPLE = 32  # a plugin network without `size_multiple`: inputs padded to this (5 halvings)
+
+
+def input_multiple(cfg: ModelConfig, net: nn.Module) -> int:
+    """What the input's height and width must be a multiple of, padded by the inference pipeline: 1 for
+    the built-in architectures (they pad inside), a plugin network's `size_multiple` attribute (e.g. 16
+    for a U-Net with four halvings), else PLUGIN_SIZE_MULTIPLE. Padding is zeros after normalization
+    (the mean), cropped off the logits, as the built-in networks do."""
+    if cfg.arch in MODELS:
+        return 1
+    return max(1, int(getattr(net, "size_multiple", PLUGIN_SIZE_MULTIPLE)))
 
 
 PRESETS: dict[str, dict[str, Any]] = {
