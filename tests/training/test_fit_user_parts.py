@@ -108,7 +108,7 @@ def test_a_network_its_artifact_could_not_rebuild_is_refused(tiny_config, shapes
     monkeypatch.syspath_prepend(str(write_plugin(tmp_path / "site")))
     channels, classes = _channels_and_classes(shapes_data)
     cfg = tiny_config(model=ModelConfig(arch=PLUGIN, options={"features": FEATURES}))
-    with pytest.raises(ConfigError, match=rf"weight 'final_conv.conv.weight' is \({classes + 1}, 4, 1, 1\) in the given "
+    with pytest.raises(ConfigError, match=rf"weight 'final_conv.weight' is \({classes + 1}, 4, 1, 1\) in the given "
                                           rf"network, \({classes}, 4, 1, 1\)"):
         fit(cfg, model=basicunet(channels, classes + 1))
     with pytest.raises(ConfigError, match="ensemble_folds > 1"):
