@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +38,7 @@ def build_basicunet(cfg):
     net.size_multiple = 16
     return net
 '''
-FEATURES = [16, 16, 32, 64, 128, 16]  # BasicUNet widths close to the built-in w16 d4 U-Net
+FEATURES = [16, 16, 32, 64, 128, 16]  # BasicUNet's widths at the built-in w16 d4 U-Net's levels (its blocks are lighter)
 
 
 def install_plugin(root: Path) -> None:
@@ -48,6 +49,24 @@ def install_plugin(root: Path) -> None:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bench-byo-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[unetkit.models]\nbasicunet = bench_byo_plugin:build_basicunet\n")
     sys.path.insert(0, str(root))
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "unknown CPU")
+
+
+def data_shape(data: Path) -> tuple[int, int]:
+    """(image channels, classes) of a data folder, as training resolves them."""
+    from unetkit.data.io import read_image
+    from unetkit.data.pairing import pair_samples
+    from unetkit.data.spec import load_spec
+
+    spec = load_spec(data)
+    return read_image(pair_samples(spec)[0].image).shape[0], len(spec.classes)
 
 
 def seconds_per_step(out_dir: Path) -> float:
@@ -75,7 +94,7 @@ def measure(path: Path, data: Path, val_keys: list[str], work: Path) -> dict:
 
     artifact, samples = load_labelled(path, data, val_keys, progress=False)
     result = export_artifact(artifact, work / f"{path.parent.name}.onnx", ExportConfig())
-    onnx = OnnxPredictor(result.path, output="probabilities")
+    onnx = OnnxPredictor(result.model_path, output="probabilities")
     tile = TileConfig(tile_size=tuple(artifact.meta.patch_size), activation="none")
     service = Service.from_artifact(artifact, ServeConfig(max_wait_ms=0.0))
     counts, agree_onnx, agree_serve, serve_seconds = np.zeros(3), [], [], []
@@ -104,6 +123,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=128)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--keys-val", default="36,37,38,39,40")
+    ap.add_argument("--val-every", type=int, default=0, help="steps between validations (0: only at the end)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
 
@@ -123,7 +143,9 @@ def main() -> None:
 
         base = TrainConfig(data=DataConfig(data=str(args.data), val_keys=tuple(val_keys), patch_size=(args.patch, args.patch),
                                            batch_size=args.batch), augment=AugmentConfig(), steps=args.steps,
-                           val_every=max(1, args.steps // 3), precision="fp32", memory_format="contiguous", progress=False)
+                           val_every=args.val_every or args.steps, precision="fp32", memory_format="contiguous",
+                           progress=False)
+        channels, classes = data_shape(args.data)
         runs = {
             "built-in U-Net (w16 d4)": (ModelConfig(base_width=16, depth=4), None),
             "MONAI BasicUNet via fit(model=...)": (ModelConfig(arch="basicunet", options={"features": FEATURES}), "monai"),
@@ -132,7 +154,7 @@ def main() -> None:
             out = work / name.split()[0].lower().replace("-", "")
             cfg = TrainConfig(**{**base.__dict__, "model": model_cfg, "out_dir": str(out)})
             torch.manual_seed(0)
-            net = BasicUNet(spatial_dims=2, in_channels=3, out_channels=2, features=FEATURES) if kind else None
+            net = BasicUNet(spatial_dims=2, in_channels=channels, out_channels=classes, features=FEATURES) if kind else None
             t0 = time.perf_counter()
             path = fit(cfg, model=net)
             wall = time.perf_counter() - t0
@@ -144,10 +166,10 @@ def main() -> None:
         f"({time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC)",
         "",
         f"Command: `nice -n -15 .venv/bin/python benchmarks/byo_model.py --data {args.data} --steps {args.steps} "
-        f"--patch {args.patch} --batch {args.batch}`",
-        f"Machine: {machine_id()}, Python {platform.python_version()}; load average {load_before:.1f} before, "
+        f"--patch {args.patch} --batch {args.batch} --keys-val {args.keys_val}`",
+        f"Machine: {cpu_name()} ({machine_id()}), Python {platform.python_version()}; load average {load_before:.1f} before, "
         f"{load_after:.1f} after (a shared machine: step times are slower than on an idle one, and the same for both).",
-        f"DRIVE, train on the 15 other training images, validate on {','.join(val_keys)} (FOV only); "
+        f"Data {args.data}: validated on {','.join(val_keys)} (ROI only), trained on the other images; "
         f"{args.steps} steps, patch {args.patch}, batch {args.batch}, fp32, same seed and augmentation.",
         "",
         "| model | params | s/step | val F1 (torch, tiled) | ONNX parity max abs p diff | labels ONNX = torch | labels served = torch | served s/image | temperature |",
