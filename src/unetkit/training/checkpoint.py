@@ -83,9 +83,10 @@ def check_resumable(saved: dict[str, Any], config: Any, path: Path) -> None:
     defaults = to_dict(type(config)())  # a key added since the checkpoint was written had its default then
     for section in ("model", "loss", "optim", "augment"):
         for key, value in now[section].items():
-            if before.get(section, {}).get(key, defaults[section][key]) != value:
+            old = before.get(section, {}).get(key, defaults[section][key])
+            if old != value:
                 raise ConfigError(
-                    f"resume: {path} was written with {section}.{key}={before.get(section, {}).get(key)!r}, "
+                    f"resume: {path} was written with {section}.{key}={old!r}, "
                     f"the config now says {value!r}; use the original config or a new out_dir"
                 )
     for key in ("precision", "memory_format"):  # another mode would not continue the run exactly
