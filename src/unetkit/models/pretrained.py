@@ -109,8 +109,9 @@ def load_pretrained_encoder(model: nn.Module, path: str | Path) -> PretrainedRep
 
     The model's `cfg.encoder` (built-in networks) names the backbone; refuses, naming the first key
     that does not fit and both shapes, before changing any weight."""
-    cfg = getattr(model.members[0] if isinstance(model, Ensemble) else model, "cfg", None)
-    encoder = cfg.encoder if isinstance(cfg, ModelConfig) else "unet"
+    net = model.members[0] if isinstance(model, Ensemble) else model
+    cfg = getattr(net, "cfg", None)
+    encoder = cfg.encoder if isinstance(cfg, ModelConfig) else type(net).__name__  # a plugin's network: its class
     state = read_weights(path)
     modules = encoder_modules(model)
     weights, report = match_encoder(modules[0].state_dict(), state, encoder, str(path))
@@ -132,7 +133,7 @@ def match_encoder(expected: Mapping[str, torch.Tensor], state: Mapping[str, torc
     """The file's tensors renamed to the encoder's keys (first conv adapted), and the report; raises a
     ConfigError at the first expected key missing or of another shape, or the first key left over."""
     state, layout = _to_encoder_layout(dict(state), encoder)
-    spec = ENCODERS.get(encoder) if encoder != "unet" else None
+    spec = ENCODERS.get(encoder) if encoder in ENCODERS else None  # a backbone: ImageNet heads and normalization
     dropped = tuple(k for k in state if spec is not None and layout != "unetkit" and k.startswith(spec.head_keys))
     state = {k: v for k, v in state.items() if k not in dropped}
     out: dict[str, torch.Tensor] = {}
