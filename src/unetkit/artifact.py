@@ -40,6 +40,8 @@ from unetkit.config import ModelConfig, from_dict, to_dict
 from unetkit.data.atomic import atomic_write
 from unetkit.errors import ArtifactError, ConfigError
 from unetkit.models import build_model
+from unetkit.models.blocks import crop_to, pad_to_multiple
+from unetkit.models.factory import input_multiple
 from unetkit.signing import SIGNATURE_KEY, TrustPolicy, load_private_key, sign, signed_message
 
 FORMAT_VERSION = 1
@@ -122,9 +124,12 @@ class Artifact:
     signer: str = ""  # key id of the trusted key whose signature was verified on loading; '' if none was
 
     def build_model(self) -> nn.Module:
-        """The network with the stored weights, in eval mode."""
-
-        model = build_model(self.meta.model)
+        """The network with the stored weights, in eval mode. An architecture a plugin provides
+        (`unetkit.models.plugins`) needs that plugin installed; without it, an ArtifactError names it."""
+        try:
+            model = build_model(self.meta.model)
+        except ConfigError as e:
+            raise ArtifactError(f"{self.path or 'artifact'}: {e}") from None
         try:
             model.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as e:
@@ -134,7 +139,9 @@ class Artifact:
 
     def pipeline_module(self, probabilities: bool = False) -> InferencePipeline:
         """normalization -> network -> calibrated logits (or softmax probabilities)."""
-        return InferencePipeline(self.build_model(), self.meta, probabilities=probabilities).eval()
+        net = self.build_model()
+        return InferencePipeline(net, self.meta, probabilities=probabilities,
+                                 multiple=input_multiple(self.meta.model, net)).eval()
 
     def with_meta(self, **changes: Any) -> Artifact:
         return dataclasses.replace(self, meta=dataclasses.replace(self.meta, **changes))
@@ -144,11 +151,14 @@ class InferencePipeline(nn.Module):
     """Raw-intensity tiles (N,C,H,W) -> calibrated logits or probabilities (N,K,H,W).
 
     What predictors wrap and what ONNX export traces, so every backend computes the same thing.
+    `multiple` > 1 (a plugin network that needs sizes divisible by it): the normalized input is
+    zero-padded up to it and the logits cropped back (`unetkit.models.factory.input_multiple`).
     """
 
-    def __init__(self, net: nn.Module, meta: ArtifactMeta, probabilities: bool = False) -> None:
+    def __init__(self, net: nn.Module, meta: ArtifactMeta, probabilities: bool = False, multiple: int = 1) -> None:
         super().__init__()
         self.net = net
+        self.multiple = multiple
         self.probabilities = probabilities
         self.in_channels = meta.model.in_channels
         self.out_channels = meta.num_classes
@@ -161,7 +171,11 @@ class InferencePipeline(nn.Module):
         self.register_buffer("bias", bias.view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.net((x - self.mean) * self.inv_std)
+        x = (x - self.mean) * self.inv_std
+        if self.multiple > 1:
+            logits = crop_to(self.net(pad_to_multiple(x, self.multiple)), x.shape[2:])
+        else:
+            logits = self.net(x)
         logits = logits * self.scale + self.bias
         return torch.softmax(logits, dim=1) if self.probabilities else logits
 
@@ -247,6 +261,9 @@ def _meta_json(meta: ArtifactMeta) -> dict[str, Any]:
     d.pop("meta_sha256")
     if not d["validation_sample"]:  # absent from artifacts written before it existed: their hash stays theirs
         del d["validation_sample"]
+    for key, default in (("encoder", "unet"), ("options", {})):  # ModelConfig fields added later, likewise
+        if d["model"][key] == default:
+            del d["model"][key]
     return d
 
 

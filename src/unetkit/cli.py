@@ -31,6 +31,7 @@ from unetkit.config import (
     Backend,
     DataSplit,
     DistillMode,
+    Encoder,
     ExportConfig,
     ExportFormat,
     ModelConfig,
@@ -136,6 +137,14 @@ DistillOpt = Annotated[DistillMode | None, typer.Option(
     "file), then this fast network learning from its soft targets and the labels; the artifact records both "
     "validation scores. auto: planned with --budget when the student's share still reaches the step target "
     "(R15), else off. Default: auto.")]
+EncoderOpt = Annotated[Encoder | None, typer.Option(
+    "--encoder", help="The U-Net's encoder: unet (its own conv blocks, the default) or an ImageNet backbone "
+    "(resnet18/34/50, efficientnet-b0..b3) under an smp-style decoder; see docs/training.md.")]
+PretrainedOpt = Annotated[Path | None, typer.Option(
+    "--pretrained", help="Encoder weights to start from, a local file: torchvision or timm ResNet/EfficientNet "
+    "state dicts (.pth/.pt, read weights-only) or safetensors, or unetkit's own encoder layout (`encoder.*` keys, "
+    "as `unetkit pretrain` writes: its architecture then comes from the file). ImageNet weights also set the input "
+    "normalization to ImageNet's. The decoder and head are trained from scratch.")]
 EnsembleOpt = Annotated[int | None, typer.Option(
     "--ensemble", help="k-fold ensembling: train K members, each on all but one fold of the training split and "
     "validated on that fold, and average their probabilities (K x the inference cost). 1 = one model. "
@@ -145,9 +154,6 @@ EnsembleOpt = Annotated[int | None, typer.Option(
 InitOpt = Annotated[Path | None, typer.Option(
     "--init", help="Fine-tune: start from this trained model artifact (its architecture and weights; the head is "
     "re-initialized when DATA's classes differ). Its sha256 is recorded as the new model's parent.")]
-PretrainedOpt = Annotated[Path | None, typer.Option(
-    "--pretrained", help="Start from these encoder weights (`unetkit pretrain`'s .safetensors): the encoder's "
-    "architecture comes from the file, the decoder and head are trained from scratch.")]
 
 
 Sha256Opt = Annotated[str | None, typer.Option(
@@ -293,6 +299,8 @@ def train(
     ensemble: EnsembleOpt = None,
     distill: DistillOpt = None,
     precision: PrecisionOpt = None,
+    encoder: EncoderOpt = None,
+    pretrained: PretrainedOpt = None,
     calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Fit temperature scaling on "
                                                    "the validation split at the end (default: on).")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder (checkpoints, log, model.unetkit).")] = None,
@@ -307,7 +315,6 @@ def train(
                                        "augmentation and schedule from the data and this machine's speed "
                                        "(values you set explicitly are kept).")] = True,
     init: InitOpt = None,
-    pretrained: PretrainedOpt = None,
     freeze_encoder_steps: Annotated[int | None, typer.Option(
         help="With --init/--pretrained: steps with the encoder frozen (the new head and decoder learn first).  "
              "[default: planned with --budget (R15), else 0]")] = None,
@@ -327,7 +334,8 @@ def train(
     flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
                  tensorboard=tensorboard, progress=False if quiet else None, postprocess=postprocess, calibrate=calibrate,
-                 ensemble=ensemble, distill=distill, precision=precision, init=init, pretrained=pretrained,
+                 ensemble=ensemble, distill=distill, precision=precision, init=init,
+                 pretrained=str(pretrained) if pretrained is not None else None, encoder=encoder,
                  freeze_encoder_steps=freeze_encoder_steps, encoder_lr_ratio=encoder_lr_ratio)
     cfg = build_train_config(data=data, config_file=config, **flags)
     if unlabelled is not None and (budget is None or not plan or resume):

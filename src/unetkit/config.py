@@ -50,6 +50,11 @@ RegistryStage = Literal["candidate", ServedStage, "archived"]  # unetkit.registr
 REGISTRY_STAGES: tuple[str, ...] = get_args(RegistryStage)
 SINGLE_STAGES: tuple[str, ...] = get_args(ServedStage)
 AddStage = Literal["candidate", ServedStage]  # where `registry add` may put a new version
+# U-Net encoders (unetkit.models.encoders): the built-in conv-block encoder, or an ImageNet backbone
+Encoder = Literal["unet", "resnet18", "resnet34", "resnet50",
+                  "efficientnet-b0", "efficientnet-b1", "efficientnet-b2", "efficientnet-b3"]
+ENCODERS: tuple[str, ...] = get_args(Encoder)
+MODEL_PLUGIN_GROUP = "unetkit.models"  # entry-point group of architectures other packages provide
 
 # Environment variables (read where the value is used; the command line declares them on its options)
 REGISTRY_ENV = "UNETKIT_REGISTRY"  # the registry database (unetkit.registry.location)
@@ -103,9 +108,17 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A U-Net family member. `arch` names a builder in `unetkit.models.MODELS`."""
+    """A U-Net family member. `arch` names a builder in `unetkit.models.MODELS`, or an architecture
+    another package provides through the entry-point group `unetkit.models` (its builder gets this
+    config; `options` are its own keyword values).
+
+    `encoder` "unet" is the U-Net's own conv-block encoder; a backbone name (resnet34,
+    efficientnet-b0, ...) makes an smp-style U-Net: that backbone's five feature levels, a decoder
+    of `base_width * width_mult**level` channels (capped at `max_width`) and a 1x1 head; `depth` is
+    then the backbone's (5)."""
 
     arch: str = "unet"
+    encoder: Encoder = "unet"
     in_channels: int = 3
     out_channels: int = 2
     spatial_dims: int = 2
@@ -126,6 +139,7 @@ class ModelConfig:
     transformer_layers: int = 1
     deep_supervision: bool = False
     ensemble: int = 1  # members of this architecture whose probabilities are averaged (k-fold ensembling, R12)
+    options: dict[str, Any] = field(default_factory=dict)  # keyword values of a plugin architecture's builder
 
 
 # ---------------------------------------------------------------- loss

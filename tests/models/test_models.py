@@ -230,7 +230,7 @@ def test_presets_and_overrides() -> None:
         ({"dropout": 1.0}, r"model\.dropout"),
         ({"bottleneck": "transformer", "transformer_heads": 3}, r"model\.transformer_heads: 3 heads do not divide the 32"),
         ({"bottleneck": "transformer", "transformer_layers": 0}, r"model\.transformer_layers"),
-        ({"arch": "segformer"}, r"unknown architecture 'segformer'; choose one of: unet, unet\+\+"),
+        ({"arch": "segformer"}, r"model.arch 'segformer': not a built-in architecture \(unet, unet\+\+\) and no installed package"),
     ],
 )
 def test_invalid_config_names_the_field(change: dict, message: str) -> None:

@@ -11,9 +11,11 @@ from torch import nn
 from unetkit.catalog import Catalog
 from unetkit.config import ModelConfig, replace
 from unetkit.errors import ConfigError
+from unetkit.models.encoder_unet import EncoderUNet
 from unetkit.models.ensemble import Ensemble
 from unetkit.models.flops import count_flops, count_parameters
 from unetkit.models.layout import check_model_config
+from unetkit.models.plugins import plugin_builder
 from unetkit.models.unet import UNet
 from unetkit.models.unetpp import UNetPlusPlus
 
@@ -22,7 +24,7 @@ MODELS: Catalog[Callable[[ModelConfig], nn.Module]] = Catalog("architecture")
 
 @MODELS.register("unet")
 def _build_unet(cfg: ModelConfig) -> nn.Module:
-    return UNet(cfg)
+    return UNet(cfg) if cfg.encoder == "unet" else EncoderUNet(cfg)
 
 
 @MODELS.register("unet++")
@@ -31,13 +33,36 @@ def _build_unetpp(cfg: ModelConfig) -> nn.Module:
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The network `cfg.arch` names, with freshly initialized weights, in training mode; with
-    `cfg.ensemble` > 1 an `Ensemble` of that many such networks (their averaged probabilities)."""
+    """The network `cfg.arch` names (built in, or a plugin's: `unetkit.models.plugins`), with freshly
+    initialized weights, in training mode; with `cfg.ensemble` > 1 an `Ensemble` of that many such
+    networks (their averaged probabilities)."""
     check_model_config(cfg)
+    if cfg.options and cfg.arch in MODELS:
+        raise ConfigError(f"model.options: keyword values of a plugin architecture's builder; the built-in "
+                          f"'{cfg.arch}' takes none (got {sorted(cfg.options)})")
+    builder = architecture_builder(cfg.arch)
     if cfg.ensemble > 1:
         member = replace(cfg, ensemble=1)
-        return Ensemble([MODELS.get(cfg.arch)(member) for _ in range(cfg.ensemble)])
-    return MODELS.get(cfg.arch)(cfg)
+        return Ensemble([builder(member) for _ in range(cfg.ensemble)])
+    return builder(cfg)
+
+
+def architecture_builder(arch: str) -> Callable[[ModelConfig], nn.Module]:
+    """The builder of a built-in architecture, else of the installed plugin of that name."""
+    return MODELS.get(arch) if arch in MODELS else plugin_builder(arch, MODELS.names())
+
+
+PLUGIN_SIZE_MULTIPLE = 32  # a plugin network without `size_multiple`: inputs padded to this (5 halvings)
+
+
+def input_multiple(cfg: ModelConfig, net: nn.Module) -> int:
+    """What the input's height and width must be a multiple of, padded by the inference pipeline: 1 for
+    the built-in architectures (they pad inside), a plugin network's `size_multiple` attribute (e.g. 16
+    for a U-Net with four halvings), else PLUGIN_SIZE_MULTIPLE. Padding is zeros after normalization
+    (the mean), cropped off the logits, as the built-in networks do."""
+    if cfg.arch in MODELS:
+        return 1
+    return max(1, int(getattr(net, "size_multiple", PLUGIN_SIZE_MULTIPLE)))
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unetkit.config import ModelConfig
+from unetkit.config import ENCODERS, ModelConfig
 from unetkit.errors import ConfigError
 
 
@@ -32,6 +32,8 @@ def check_model_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"model.width_mult: expected a number > 0, got {cfg.width_mult}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"model.dropout: expected a probability in [0, 1), got {cfg.dropout}")
+    if cfg.encoder != "unet":
+        check_backbone_config(cfg)
     if cfg.bottleneck == "transformer":
         if cfg.transformer_layers < 1:
             raise ConfigError(f"model.transformer_layers: expected an integer >= 1, got {cfg.transformer_layers}")
@@ -43,3 +45,20 @@ def check_model_config(cfg: ModelConfig) -> None:
                 f"model.transformer_heads: {cfg.transformer_heads} heads do not divide the {deepest} channels "
                 f"of the deepest level; choose a divisor of {deepest} or change base_width/max_width"
             )
+
+
+def check_backbone_config(cfg: ModelConfig) -> None:
+    """An ImageNet-backbone encoder (`model.encoder`): a 2D U-Net without the built-in encoder's options."""
+    if cfg.encoder not in ENCODERS:
+        raise ConfigError(f"model.encoder: unknown encoder '{cfg.encoder}'; choose one of: {', '.join(ENCODERS)}")
+    if cfg.arch != "unet":
+        raise ConfigError(f"model.encoder '{cfg.encoder}': backbone encoders build arch 'unet', got arch '{cfg.arch}'")
+    if cfg.spatial_dims != 2:
+        raise ConfigError(f"model.encoder '{cfg.encoder}': a 2D backbone; model.spatial_dims must be 2, got {cfg.spatial_dims}")
+    unsupported = {"attention": cfg.attention, "residual": cfg.residual, "separable": cfg.separable,
+                   "deep_supervision": cfg.deep_supervision, "bottleneck": cfg.bottleneck != "none",
+                   "downsample": cfg.downsample != "maxpool"}
+    for name, on in unsupported.items():
+        if on:
+            raise ConfigError(f"model.{name}: an option of the built-in encoder (model.encoder 'unet'), "
+                              f"not of the '{cfg.encoder}' backbone; leave it at its default")

@@ -68,6 +68,18 @@ def save_unet_encoder(path: str | Path, state: dict[str, torch.Tensor], model: M
     return atomic_write(path, save(tensors, metadata={ENCODER_META_KEY: json.dumps(meta)}))
 
 
+def is_unet_encoder_file(path: str | Path) -> bool:
+    """Whether `path` is a safetensors file `unetkit pretrain` wrote (its metadata names the architecture);
+    other encoder weights (torchvision/timm backbones) go through `unetkit.models.pretrained`."""
+    from safetensors import safe_open  # lazy: as above
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return ENCODER_META_KEY in (f.metadata() or {})
+    except Exception:  # not safetensors (a .pth), missing or garbage: not ours; the other reader names the problem
+        return False
+
+
 def read_unet_encoder(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tensors and metadata of an encoder file; refuses a missing file or one without the metadata."""
     from safetensors import safe_open  # lazy: as above

@@ -80,13 +80,13 @@ def check_resumable(saved: dict[str, Any], config: Any, path: Path) -> None:
     """Refuse to resume a checkpoint written for a different model, data or loss."""
     now = to_dict(config)
     before = saved.get("config", {})
+    defaults = to_dict(type(config)())  # a key added since the checkpoint was written had its default then
     for section in ("model", "loss", "optim", "augment", "finetune"):
-        if section not in before and section == "finetune":  # written before fine-tuning existed: from scratch
-            before = {**before, section: to_dict(type(config.finetune)())}
         for key, value in now[section].items():
-            if before.get(section, {}).get(key) != value:
+            old = before.get(section, {}).get(key, defaults[section][key])
+            if old != value:
                 raise ConfigError(
-                    f"resume: {path} was written with {section}.{key}={before.get(section, {}).get(key)!r}, "
+                    f"resume: {path} was written with {section}.{key}={old!r}, "
                     f"the config now says {value!r}; use the original config or a new out_dir"
                 )
     for key in ("precision", "memory_format"):  # another mode would not continue the run exactly

@@ -27,7 +27,13 @@ from unetkit.artifact import load_artifact, read_meta
 from unetkit.config import FinetuneConfig, ModelConfig, replace
 from unetkit.data.io import file_sha256
 from unetkit.errors import ArtifactError, ConfigError
-from unetkit.models.unet_encoder import ENCODER_FIELDS, is_encoder_key, load_unet_encoder, read_unet_encoder
+from unetkit.models.unet_encoder import (
+    ENCODER_FIELDS,
+    is_encoder_key,
+    is_unet_encoder_file,
+    load_unet_encoder,
+    read_unet_encoder,
+)
 
 HEAD_PREFIXES = ("head.", "aux_heads.")
 
@@ -76,7 +82,7 @@ def read_start(config: FinetuneConfig) -> Start | None:
         info = {"name": meta.name, "weights_sha256": meta.weights_sha256, "classes": list(meta.class_names),
                 "metrics": {k: meta.metrics.get(k) for k in ("mean_dice_foreground", "mean_iou") if k in meta.metrics}}
         return Start("init", path, meta.model, tuple(meta.class_names), file_sha256(path), info)
-    if config.pretrained:
+    if config.pretrained and is_unet_encoder_file(config.pretrained):  # other weights: models.pretrained, in run_steps
         path = Path(config.pretrained)
         _, meta = read_unet_encoder(path)
         arch = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["architecture"].items()}

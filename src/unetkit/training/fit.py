@@ -21,20 +21,31 @@ encoder weights; the parent's sha256 goes into the artifact's lineage.
 
 `resume=True` continues an interrupted run exactly from `checkpoint-last.pt`. With `nproc > 1`
 fit re-launches itself under torchrun (`unetkit.training.distributed`, `unetkit.training.worker`).
+
+Transfer and your own parts: `finetune.pretrained` loads encoder weights from a local file into the
+network (`unetkit.models.pretrained`; ImageNet weights bring ImageNet's normalization into the run
+and the artifact). `fit(config, model=net, loss=fn)` trains the user's nn.Module with the user's loss
+callable `fn(outputs, labels) -> scalar` (labels hold `loss.ignore_index` where unlabelled); the
+network must be what `config.model` rebuilds (a built-in architecture, or the plugin named by
+`model.arch`, `unetkit.models.plugins`), so the artifact reloads wherever that plugin is installed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from unetkit.artifact import ARTIFACT_NAME
 from unetkit.config import TrainConfig
 from unetkit.errors import ConfigError
+from unetkit.models.pretrained import check_pretrained
+from unetkit.models.rebuild import check_rebuildable
+from unetkit.models.unet_encoder import is_unet_encoder_file
 from unetkit.runtime import keep_freed_memory
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock
@@ -52,15 +63,21 @@ from unetkit.training.finetune import check_start, read_start, start_model
 from unetkit.training.finish import end_passes, save_final_artifact
 from unetkit.training.modes import candidate_modes
 from unetkit.training.precision import ModeDecision, apply_mode, check_available, decide_mode
-from unetkit.training.prepare import load_training_data
+from unetkit.training.prepare import load_training_data, with_weights_normalization
 from unetkit.training.runlog import Callback
 from unetkit.training.steps import log_time, run_steps
 
 
-def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> Path:
-    """Train per `config`; returns the path of the saved model artifact."""
+def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, model: nn.Module | None = None,
+        loss: Callable[..., torch.Tensor] | None = None) -> Path:
+    """Train per `config` (with the user's own network `model` and/or `loss` callable when given);
+    returns the path of the saved model artifact."""
+    check_user_parts(config, model, loss)
     if config.nproc > 1 and not in_torchrun():
         return launch(config, config.nproc)
+    # encoder weights checked against the encoder before anything is written
+    pretrained = check_pretrained(config.model, config.finetune.pretrained) if config.finetune.pretrained \
+        and model is None and not is_unet_encoder_file(config.finetune.pretrained) else None  # ours: read_start
     clock = BudgetClock(config.budget_seconds)
     env, device = init_distributed(config.device)
     if device.type == "cpu":
@@ -70,8 +87,8 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
         if config.ensemble_folds < 1:  # before loading the data: a user error should not wait for it
             raise ConfigError(f"ensemble_folds: expected an integer >= 1 (1 = one model), got {config.ensemble_folds}")
         candidate_modes(config.precision, config.memory_format, device)  # refuses unknown values
-        check_available(config.precision, device, config.model, config.loss)
-        start = read_start(config.finetune)  # --init / --pretrained: the file's header, checked before the data
+        check_available(config.precision, device, config.model, config.loss, network=model)
+        start = read_start(config.finetune)  # --init / unetkit's own pretrained encoder: the file's header, checked before the data
         if start is not None and config.ensemble_folds > 1:
             raise ConfigError(f"{start.option}: fine-tuning trains one model; k-fold ensembling (ensemble_folds "
                               f"{config.ensemble_folds}) starts from scratch: use ensemble_folds 1")
@@ -83,15 +100,19 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
             check_start(start, data.in_channels, data.train[0].image.ndim - 1)
             model_config = start_model(start, config.model)
         config = dataclasses.replace(config, model=data.resolve_model(model_config))  # resolved, for the artifact
+        if model is not None:
+            check_rebuildable(model, config.model, config.data.patch_size)
+        if pretrained is not None and pretrained.mean is not None and pretrained.std is not None:
+            data = with_weights_normalization(data, pretrained.mean, pretrained.std)
         out_dir.mkdir(parents=True, exist_ok=True)  # only now: bad input leaves nothing behind
-        config, mode_info = settle_mode(config, env, device)
+        config, mode_info = settle_mode(config, env, device, network=model)
         if config.distill.mode == "on":  # "auto" is the plan's to decide (R17): unplanned, it is off
             return fit_distilled(config, data, env, device, clock, callbacks or (), mode_info)
         if config.ensemble_folds > 1:
             return fit_ensemble(config, data, env, device, clock, callbacks or (), mode_info)
         clock.end_passes = end_passes(config, len(data.train), len(data.val))
         model, state, log = run_steps(config, data, env, device, clock, out_dir, callbacks or (), mode_info,
-                                      start=start)
+                                      start=start, network=model, loss=loss)
         # ---- the best weights as the artifact
         artifact_path = out_dir / ARTIFACT_NAME
         if env.is_main:
@@ -104,7 +125,8 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
         shutdown(env)
 
 
-def settle_mode(config: TrainConfig, env: DistEnv, device: torch.device) -> tuple[TrainConfig, dict[str, Any]]:
+def settle_mode(config: TrainConfig, env: DistEnv, device: torch.device,
+                network: nn.Module | None = None) -> tuple[TrainConfig, dict[str, Any]]:
     """`config` with a concrete precision and memory format, and the decision for the log.
 
     On resume, "auto" takes the checkpoint's mode (a resumed run computes as it did). With several
@@ -114,7 +136,7 @@ def settle_mode(config: TrainConfig, env: DistEnv, device: torch.device) -> tupl
     if saved is not None:
         config = dataclasses.replace(config, **saved)
     modes = candidate_modes(config.precision, config.memory_format, device)
-    decision = decide_mode(config, device) if env.is_main else ModeDecision(modes[0], "")
+    decision = decide_mode(config, device, network) if env.is_main else ModeDecision(modes[0], "")
     if saved is not None:
         decision = ModeDecision(decision.mode, "the mode of the run being resumed")
     elif len(modes) == 1 and config.plan:
@@ -142,3 +164,17 @@ def _resumed_mode(config: TrainConfig, out_dir: Path) -> dict[str, Any] | None:
 
 def _plan_reason(plan: dict[str, Any]) -> str:
     return str(plan.get("estimates", {}).get("compute_mode", {}).get("reason", ""))
+
+
+def check_user_parts(config: TrainConfig, model: nn.Module | None, loss: Callable[..., torch.Tensor] | None) -> None:
+    """Refuse what a user's own network or loss cannot do, before anything runs."""
+    if model is not None and not isinstance(model, nn.Module):
+        raise ConfigError(f"fit(model=...): expected a torch nn.Module, got {type(model).__name__}")
+    if loss is not None and not callable(loss):
+        raise ConfigError(f"fit(loss=...): expected a callable (outputs, labels) -> scalar tensor, got {type(loss).__name__}")
+    if (model is not None or loss is not None) and config.nproc > 1:
+        raise ConfigError("fit(model=..., loss=...): objects cannot be handed to torchrun's processes; with nproc > 1 "
+                          "name the network by model.arch (a plugin, unetkit.models.plugins) and leave loss unset")
+    if model is not None and config.ensemble_folds > 1:
+        raise ConfigError("fit(model=...) trains that one network; for ensemble_folds > 1 name the architecture "
+                          "by model.arch (a plugin builds each member) and leave model unset")

@@ -161,11 +161,13 @@ def random_batches(in_channels: int, out_channels: int, patch: Sequence[int], ba
 
 def measure_modes(model: ModelConfig, modes: Sequence[ComputeMode], *, patch: Sequence[int], batch_size: int,
                   loss: LossConfig, augment: AugmentConfig | None, device: torch.device,
-                  warmup_steps: int = PROBE_WARMUP_STEPS, timed_steps: int = PROBE_TIMED_STEPS) -> dict[str, Probe]:
-    """`probe_modes` on a fresh `model` (global RNG untouched) and random data of this shape."""
+                  warmup_steps: int = PROBE_WARMUP_STEPS, timed_steps: int = PROBE_TIMED_STEPS,
+                  network: nn.Module | None = None) -> dict[str, Probe]:
+    """`probe_modes` on a fresh `model` (global RNG untouched), or a copy of the user's `network`
+    (`fit(model=...)`), and random data of this shape."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        net = build_model(model)
+        net = copy.deepcopy(network) if network is not None else build_model(model)
     loss_fn = SegmentationLoss(loss).to(device)
     batches = random_batches(model.in_channels, model.out_channels, patch, batch_size, device, augment)
     return probe_modes(net, modes, batches, loss_fn=loss_fn, device=device, warmup_steps=warmup_steps,
@@ -177,7 +179,7 @@ def worth_measuring(config: TrainConfig) -> bool:
     return config.budget_seconds > 0 or config.steps >= MEASURE_MIN_STEPS
 
 
-def decide_mode(config: TrainConfig, device: torch.device) -> ModeDecision:
+def decide_mode(config: TrainConfig, device: torch.device, network: nn.Module | None = None) -> ModeDecision:
     """The mode for `config` (model resolved from the data) on `device` when no plan chose one."""
     modes = candidate_modes(config.precision, config.memory_format, device)
     if len(modes) == 1:
@@ -189,7 +191,7 @@ def decide_mode(config: TrainConfig, device: torch.device) -> ModeDecision:
                             f"of ~{len(modes) * (PROBE_WARMUP_STEPS + PROBE_TIMED_STEPS)} steps to pay off "
                             f"(< {MEASURE_MIN_STEPS} steps, no budget)")
     probes = measure_modes(config.model, modes, patch=config.data.patch_size, batch_size=config.data.batch_size,
-                           loss=config.loss, augment=config.augment, device=device)
+                           loss=config.loss, augment=config.augment, device=device, network=network)
     return choose_mode(probes, f"this model ({config.data.patch_size[0]}x{config.data.patch_size[1]}, "
                        f"batch {config.data.batch_size})", modes)
 
@@ -206,14 +208,15 @@ def config_mode(config: TrainConfig, device: torch.device) -> ComputeMode:
     return mode_by_name(config.precision + ("+cl" if config.memory_format == "channels_last" else ""), device)
 
 
-def check_available(precision: str, device: torch.device, model: ModelConfig, loss: LossConfig) -> None:
+def check_available(precision: str, device: torch.device, model: ModelConfig, loss: LossConfig,
+                    network: nn.Module | None = None) -> None:
     """Refuse `precision: bf16` on a CPU without native bf16, naming what is available and the
     measured slowdown of the emulation (a few steps of this model at 64x64, batch 2)."""
     if precision != "bf16" or device.type != "cpu" or native_bf16():
         return
     bf16 = ComputeMode("bf16")
     probes = measure_modes(model, [FP32, bf16], patch=(64, 64), batch_size=2, loss=loss, augment=None,
-                           device=device, warmup_steps=1, timed_steps=2)
+                           device=device, warmup_steps=1, timed_steps=2, network=network)
     slow = probes[bf16.name].seconds / max(probes[FP32.name].seconds, 1e-9)
     raise ConfigError(
         f"precision bf16: this CPU has no native bf16 (oneDNN: no AVX512-BF16 or AMX); available: fp32 "

@@ -23,6 +23,7 @@ from unetkit.data.splits import split
 from unetkit.data.transforms import Augmenter
 from unetkit.data.validate import validate
 from unetkit.errors import ConfigError, DataError
+from unetkit.models.pretrained import input_normalization
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,15 @@ def load_training_data(config: DataConfig, *, progress: bool = False,
     mean, std = channel_stats([s.image for s in train])  # the training images only
     return TrainingData(spec=spec, train=train, val=val, mean=tuple(mean), std=tuple(std),
                         fingerprint=fingerprint(spec, [*train_samples, *val_samples], [*train, *val]))
+
+
+def with_weights_normalization(data: TrainingData, mean: Sequence[float], std: Sequence[float]) -> TrainingData:
+    """`data` normalized as pretrained weights expect (their [0, 1]-unit mean/std, e.g. ImageNet's) instead
+    of by its own statistics, in the images' raw units (`unetkit.models.pretrained.input_normalization`);
+    the artifact stores it, so prediction normalizes alike."""
+    peak = max(float(s.image.max()) for s in data.train)
+    mean_raw, std_raw = input_normalization(mean, std, data.in_channels, peak)
+    return dataclasses.replace(data, mean=mean_raw, std=std_raw)
 
 
 def _plain(v: Any) -> Any:

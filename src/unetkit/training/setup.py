@@ -44,6 +44,7 @@ def flag_settings(
     pretrained: str | None = None,
     freeze_encoder_steps: int | None = None,
     encoder_lr_ratio: float | None = None,
+    encoder: str | None = None,
 ) -> dict[str, Any]:
     """The dotted TrainConfig keys the command-line flags set (a preset sets its model fields)."""
     changes: dict[str, Any] = {"data.data": str(data)}
@@ -101,6 +102,8 @@ def flag_settings(
         changes["finetune.freeze_encoder_steps"] = freeze_encoder_steps
     if encoder_lr_ratio is not None:
         changes["finetune.encoder_lr_ratio"] = encoder_lr_ratio
+    if encoder is not None:
+        changes["model.encoder"] = encoder
     return changes
 
 

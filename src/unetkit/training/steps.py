@@ -19,7 +19,7 @@ import math
 import random
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import torch
 from unetkit.config import TrainConfig, to_dict
 from unetkit.losses.losses import DistillationLoss, SegmentationLoss
 from unetkit.models import build_model
+from unetkit.models.pretrained import load_pretrained_encoder
 from unetkit.models.unet_encoder import is_encoder_key
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock
@@ -68,14 +69,17 @@ class RunState:
 
 def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.device, clock: BudgetClock,
               out_dir: Path, callbacks: Sequence[Callback],
-              mode_info: dict[str, Any] | None = None,
-              start: Start | None = None, teacher: torch.nn.Module | None = None,
-              ) -> tuple[torch.nn.Module, RunState, RunLog]:
+              mode_info: dict[str, Any] | None = None, network: torch.nn.Module | None = None,
+              loss: Callable[..., torch.Tensor] | None = None, start: Start | None = None,
+              teacher: torch.nn.Module | None = None) -> tuple[torch.nn.Module, RunState, RunLog]:
     """Sampling, model, optimizer and the step loop of one network, up to its final validation and
     last checkpoint; the best weights are in `out_dir/checkpoint-best.pt`. The log is left open.
-    `mode_info`: why the compute mode was chosen, for the "start" event. `start`: trained weights to
-    begin from (`unetkit.training.finetune`), the encoder frozen, then at its own LR, per `config.finetune`.
-    `teacher`: a trained network whose logits on each batch are soft targets (`DistillationLoss`, `config.distill`)."""
+    `mode_info`: why the compute mode was chosen, for the "start" event. `network` / `loss`: the
+    user's own (`fit(model=..., loss=...)`) instead of `build_model(config.model)` / the LossConfig's.
+    `start`: trained weights to begin from (`unetkit.training.finetune`), the encoder frozen, then at
+    its own LR, per `config.finetune`; other encoder weights (`--pretrained` backbone files) are loaded
+    by `load_pretrained_encoder`. `teacher`: a trained network whose logits on each batch are soft
+    targets (`DistillationLoss`, `config.distill`)."""
     # ---- sampling and augmentation: every rank draws the same global batch, then keeps its share
     seed_everything(config.seed)
     sampler = data.patch_sampler(config.data, np.random.default_rng(config.seed))
@@ -87,11 +91,19 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     # ---- model, loss, optimizer, compute mode (decided before: the plan or `fit`)
     mode = config_mode(config, device)
     torch.manual_seed(config.seed)
-    model = build_model(config.model)
+    model = network if network is not None else build_model(config.model)
     started_from = apply_start(model, start, data.class_names) if start is not None else {}
+    extra: dict[str, Any] = {}
+    if start is None and config.finetune.pretrained and not config.resume:
+        extra["pretrained"] = load_pretrained_encoder(model, config.finetune.pretrained).summary()
     model = mode.prepare(model.to(device))  # weights stay fp32 in every mode
     net = wrap_model(model, env, device)
-    loss_fn = (SegmentationLoss(config.loss) if teacher is None else DistillationLoss(config.loss, config.distill)).to(device)
+    if loss is not None:
+        loss_fn = loss
+        extra["loss"] = f"custom: {getattr(loss, '__qualname__', type(loss).__qualname__)}"
+    else:
+        loss_fn = (SegmentationLoss(config.loss) if teacher is None
+                   else DistillationLoss(config.loss, config.distill)).to(device)
     if teacher is not None:
         teacher = mode.prepare(teacher.to(device)).eval()
     tune = config.finetune
@@ -131,7 +143,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
         clock.save_seconds = max(clock.save_seconds, clock.exclude(time.perf_counter() - t0))
 
     log.write({"event": "start", "step": state.step, "time": now(), "total_steps": state.total_steps,
-               "world_size": env.world_size, "device": str(device), "mode": mode.name, **(mode_info or {}),
+               "world_size": env.world_size, "device": str(device), "mode": mode.name, **(mode_info or {}), **extra,
                "train_images": len(data.train), "val_images": len(data.val), "resumed": config.resume,
                **({"start": start.lineage(data.class_names)["start"] | started_from} if start is not None else {})})
     # ---- the step loop; rank 0 decides when to stop and every rank follows
