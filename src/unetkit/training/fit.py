@@ -77,7 +77,8 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
         return launch(config, config.nproc)
     # encoder weights checked against the encoder before anything is written
     pretrained = check_pretrained(config.model, config.finetune.pretrained) if config.finetune.pretrained \
-        and model is None and not is_unet_encoder_file(config.finetune.pretrained) else None  # ours: read_start
+        and not config.finetune.init and model is None and not is_unet_encoder_file(config.finetune.pretrained) \
+        else None  # with --init (refused) or unetkit pretrain's file: read_start
     clock = BudgetClock(config.budget_seconds)
     env, device = init_distributed(config.device)
     if device.type == "cpu":
