@@ -10,10 +10,11 @@ the driver writes, in order, to the same tiled BigTIFF / zarr outputs (`streamin
 
 Faults are Ray's to handle: actors restart (`max_restarts`) and the tasks of a killed worker
 run again on the restarted one (`max_task_retries`). Every output is written atomically, and a
-run journal in the out folder (`.unetkit-predict/<run key>/`) records which inputs are finished
-(`done/`) and which attempts began (`started/`): a task that finds its input done returns the
-recorded result instead of writing again, one that finds an earlier attempt begun counts as a
-rerun, and a rerun of the whole command (same model, tiling and outputs) skips finished inputs.
+run journal in the out folder (`.unetkit-predict/<run key>/done/`) records which inputs are
+finished: a task that finds its input done returns the recorded result instead of writing again,
+and a rerun of the whole command (same model, tiling and outputs) skips finished inputs. A task
+that comes back from another process than the one it was sent to ran again after its worker died
+(the summary names it).
 A run that finishes everything removes its journal. An input that fails is reported by name and
 the rest finish; an input whose worker died more often than the retries allow is reported as lost
 (`errors.WorkersLost`, exit status 4).
@@ -134,26 +135,23 @@ class PredictWorker:
         start = time.perf_counter()
         done = book.done(Path(path), stem)
         if done is not None:  # finished by an attempt that died before returning
-            return {**self.info(), "result": done, "seconds": 0.0, "rerun": True}
-        rerun = book.start(stem)
+            return {**self.info(), "result": done, "seconds": 0.0}
         try:
             result = predict_input(self.model, self.predictor, self.tile, Path(path), Path(stem), Path(out), self.outputs)
         except UnetkitError as e:
-            return {**self.info(), "error": failure_message(Path(path), e), "seconds": time.perf_counter() - start, "rerun": rerun}
+            return {**self.info(), "error": failure_message(Path(path), e), "seconds": time.perf_counter() - start}
         record = result_record(result)
         book.finish(Path(path), stem, record)
-        return {**self.info(), "result": record, "seconds": time.perf_counter() - start, "rerun": rerun}
+        return {**self.info(), "result": record, "seconds": time.perf_counter() - start}
 
-    def predict_rows(self, path: str, rows: tuple[int, int], kinds: list[str], journal: str) -> dict[str, Any]:
+    def predict_rows(self, path: str, rows: tuple[int, int], kinds: list[str]) -> dict[str, Any]:
         """One stripe of a streamed input: its output rows (labels, probabilities) for the driver."""
-        book = Journal(Path(journal))
-        rerun = book.start(f"{path}#{rows[0]}")
         start = time.perf_counter()
         try:
             arrays = predict_rows(self.predictor, path, self.tile, rows, kinds)
         except UnetkitError as e:
-            return {**self.info(), "error": failure_message(Path(path), e), "seconds": time.perf_counter() - start, "rerun": rerun}
-        return {**self.info(), "rows": arrays, "seconds": time.perf_counter() - start, "rerun": rerun}
+            return {**self.info(), "error": failure_message(Path(path), e), "seconds": time.perf_counter() - start}
+        return {**self.info(), "rows": arrays, "seconds": time.perf_counter() - start}
 
 
 # ---------------------------------------------------------------- the run journal
@@ -180,33 +178,25 @@ def run_key(model: Any, tile: TileConfig, outputs: OutputConfig) -> str:
 
 class Journal:
     """`<folder>/done/<h>.json`: an input's recorded result, valid while the input file is unchanged
-    and its outputs exist; `<folder>/started/<h>`: an attempt at it began. `h` hashes the name."""
+    and its outputs exist (`h` hashes the input's output name)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def _file(self, kind: str, name: str) -> Path:
-        return self.folder / kind / (hashlib.sha256(name.encode()).hexdigest()[:24] + (".json" if kind == "done" else ""))
+    def _file(self, name: str) -> Path:
+        return self.folder / "done" / (hashlib.sha256(name.encode()).hexdigest()[:24] + ".json")
 
     def done(self, path: Path, stem: str) -> dict[str, Any] | None:
         try:
-            entry = json.loads(self._file("done", stem).read_text())
+            entry = json.loads(self._file(stem).read_text())
         except (OSError, ValueError):
             return None
         if entry.get("input") != input_stamp(path) or not all(Path(p).exists() for p in entry["result"]["written"]):
             return None
         return entry["result"]
 
-    def start(self, name: str) -> bool:
-        """Record that an attempt began; True when one had begun before (this is a rerun)."""
-        marker = self._file("started", name)
-        before = marker.exists()
-        if not before:
-            atomic_write(marker, b"")
-        return before
-
     def finish(self, path: Path, stem: str, record: dict[str, Any]) -> None:
-        atomic_write(self._file("done", stem), json.dumps({"input": input_stamp(path), "result": record}).encode())
+        atomic_write(self._file(stem), json.dumps({"input": input_stamp(path), "result": record}).encode())
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -252,6 +242,7 @@ class DistributedReport:
     skipped: list[str] = field(default_factory=list)
     nodes: dict[str, NodeTime] = field(default_factory=dict)
     workers: int = 0
+    startup: float = 0.0  # until every worker had its model loaded and warmed up
     seconds: float = 0.0
 
     @property
@@ -260,14 +251,15 @@ class DistributedReport:
 
     def summary(self) -> str:
         done = len(self.results) - len(self.skipped)
-        lines = [f"{done} inputs predicted on {self.workers} Ray workers in {self.seconds:.1f} s "
-                 f"({done / max(self.seconds, 1e-9):.2f} images/s, {self.pixels / 1e6 / max(self.seconds, 1e-9):.2f} MP/s)"]
+        work = max(self.seconds - self.startup, 1e-9)
+        lines = [f"{done} inputs predicted on {self.workers} Ray workers in {self.seconds:.1f} s, {self.startup:.1f} s of "
+                 f"it starting the workers ({done / work:.2f} images/s, {self.pixels / 1e6 / work:.2f} MP/s once started)"]
         lines += [f"  {name}: {n.backend}, {n.tasks} tasks, {n.pixels / 1e6:.1f} MP, {n.seconds:.1f} s in tasks "
                   f"({100 * n.seconds / max(self.seconds, 1e-9):.0f}% of the run)" for name, n in sorted(self.nodes.items())]
         if self.skipped:
             lines.append(f"  {len(self.skipped)} inputs finished by an earlier run of this command: skipped")
         if self.reruns:
-            lines.append(f"  {len(self.reruns)} tasks ran again after their worker was lost: {', '.join(sorted(set(self.reruns)))}")
+            lines.append(f"  {len(self.reruns)} tasks ran again after their worker died: {', '.join(sorted(set(self.reruns)))}")
         return "\n".join(lines)
 
     def raise_for_failures(self) -> None:
@@ -342,9 +334,11 @@ def predict_files_ray(
         pool = [ray.remote(PredictWorker).options(**options).remote(shared, config, outputs, backend, threads)
                 for _ in range(count)]
         report.workers = count
+        pids = [info["pid"] for info in ray.get([actor.info.remote() for actor in pool])]  # every model loaded and warm
+        report.startup = time.perf_counter() - start
         tasks, streams, total = _plan(files, artifact, tile, outputs, out, journal, report)
         with tqdm(total=total, unit="px", unit_scale=True, desc=f"predict on {count} Ray workers", disable=not progress) as bar:
-            _dispatch(pool, tasks, streams, out, journal, report, bar)
+            _dispatch(pool, pids, tasks, streams, out, journal, report, bar)
     finally:
         if started_ray:
             ray.shutdown()
@@ -405,16 +399,17 @@ def _plan(files: list[tuple[Path, Path]], artifact: Any, tile: TileConfig, outpu
     return tasks, streams, total
 
 
-def _dispatch(pool: list[Any], tasks: deque[tuple[Any, ...]], streams: dict[str, _Stream], out: Path,
+def _dispatch(pool: list[Any], pids: list[int], tasks: deque[tuple[Any, ...]], streams: dict[str, _Stream], out: Path,
               journal: Journal, report: DistributedReport, bar: Any) -> None:
-    """Keep every actor `IN_FLIGHT` tasks deep until all are done; Ray reruns a killed worker's
-    tasks on its restarted actor, and this loop hears only of what outlived the retries."""
+    """Keep every actor `IN_FLIGHT` tasks deep until all are done. Ray reruns a killed worker's
+    tasks on its restarted actor: this loop sees them come back from another process than the one
+    they were sent to (`pids`), and hears of failures only when they outlived the retries."""
     import ray  # lazy: optional extra (unetkit[ray])
     from ray.exceptions import RayActorError, RayTaskError
 
     load = [0] * len(pool)
     alive = [True] * len(pool)
-    inflight: dict[Any, tuple[tuple[Any, ...], int]] = {}
+    inflight: dict[Any, tuple[tuple[Any, ...], int, int]] = {}
     images = 0
 
     def submit() -> None:
@@ -426,14 +421,14 @@ def _dispatch(pool: list[Any], tasks: deque[tuple[Any, ...]], streams: dict[str,
             if task[0] == "input":
                 ref = pool[i].predict_input.remote(task[1], task[2], str(out), str(journal.folder))
             else:
-                ref = pool[i].predict_rows.remote(task[1], task[2], task[3], str(journal.folder))
-            inflight[ref] = (task, i)
+                ref = pool[i].predict_rows.remote(task[1], task[2], task[3])
+            inflight[ref] = (task, i, pids[i])
             load[i] += 1
 
     submit()
     while inflight:
         [ref], _ = ray.wait(list(inflight), num_returns=1)
-        task, i = inflight.pop(ref)
+        task, i, sent_to = inflight.pop(ref)
         load[i] -= 1
         path = task[1]
         try:
@@ -448,14 +443,15 @@ def _dispatch(pool: list[Any], tasks: deque[tuple[Any, ...]], streams: dict[str,
             _abort(streams.get(path))
             value = None
         if not any(alive):
-            for rest in [*tasks, *(t for t, _ in inflight.values())]:
+            for rest in [*tasks, *(t for t, _, _ in inflight.values())]:
                 report.lost.setdefault(rest[1], f"{rest[1]}: no worker left (every actor died more than {MAX_RESTARTS} times)")
             break
         if value is not None:
             node = report.nodes.setdefault(value["node"], NodeTime(value["backend"]))
             node.tasks += 1
             node.seconds += value["seconds"]
-            if value["rerun"]:
+            if value["pid"] != sent_to:  # its worker died; Ray ran it again in the restarted one
+                pids[i] = value["pid"]
                 report.reruns.append(Path(path).name + (f" rows {task[2][0]}-{task[2][1]}" if task[0] == "rows" else ""))
             if "error" in value:
                 report.failed[path] = value["error"]
