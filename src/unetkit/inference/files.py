@@ -297,6 +297,8 @@ def predict_files(
     if coco and any(r.coco_image for r in results):
         written.append(write_text_atomic(out / "coco.json", json.dumps(coco_document(results, artifact.meta.class_names))))
     if failed:
+        if len(files) == 1:
+            raise InputError(failed[0])
         raise InputError(f"{len(failed)} of {len(files)} inputs failed (the others were written to {out}): " + "; ".join(failed))
     return written
 
