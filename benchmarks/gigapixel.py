@@ -7,13 +7,18 @@ of --repeats runs each, so a load change during the long streaming run shows as 
 two), each reporting wall time, CPU time and peak RSS (`ru_maxrss`). Besides MP/s it reports the
 op counts that do not depend on load (tiles per megapixel, source rows decoded, label bytes
 encoded) and where each path's time went: `predict_stream`'s own `StreamReport` phases, and for
-the in-memory path the predictor's share (timed around each call). Targets: streaming peak RSS
-< 1.5 GB, streaming MP/s within 10% of in-memory. The model is small on purpose (default: a
-random-weight unetkit UNet, base width 8, depth 3, ONNX Runtime): the figure is about the engine's
-overhead and memory, not the network. Files are deleted afterwards. Appends to docs/benchmarks.md
+the in-memory path the predictor's share (timed around each call). With `--cli` it also runs what
+a user types, `unetkit predict MODEL big.tif --max-memory 1G` (which streams the file by itself:
+it is over the memory limit), end to end: start-up, model load and backend, streaming, writing.
+Targets: streaming peak RSS < 1.5 GB, streaming MP/s within 10% of in-memory. The default model
+is small (a random-weight unetkit UNet, base width 8, depth 3, ONNX Runtime): the figure is then
+about the engine's overhead and memory; `--width 16 --depth 4` is the DRIVE plan's network
+(`benchmarks/configs/drive_foundation.json`), random weights of that configuration (the time does
+not depend on the weights' values). Files are deleted afterwards. Appends to docs/benchmarks.md
 (`--out` elsewhere for a trial run).
 
-    .venv/bin/python benchmarks/gigapixel.py [--size 40000] [--model M] [--width 8] [--tile 256] [--repeats 3]
+    .venv/bin/python benchmarks/gigapixel.py [--size 40000] [--model M] [--width 8] [--depth 3] [--tile 256]
+                                             [--repeats 3] [--cli]
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def generate(path: Path, size: int, tile: int = 512) -> None:
                      photometric="rgb", compression=None)
 
 
-def small_artifact(path: Path, width: int) -> Path:
+def small_artifact(path: Path, width: int, depth: int = 3) -> Path:
     import torch
 
     from unetkit.artifact import ArtifactMeta, save_artifact
@@ -61,7 +66,7 @@ def small_artifact(path: Path, width: int) -> Path:
     from unetkit.models import build_model
 
     torch.manual_seed(0)
-    cfg = ModelConfig(in_channels=3, out_channels=2, base_width=width, depth=3)
+    cfg = ModelConfig(in_channels=3, out_channels=2, base_width=width, depth=depth)
     meta = ArtifactMeta(model=cfg, class_names=("background", "foreground"), mean=(128.0,) * 3, std=(60.0,) * 3,
                         patch_size=(256, 256))
     return save_artifact(path, build_model(cfg).eval(), meta)
@@ -135,6 +140,30 @@ def run_child(*args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+CLI_WRAPPER = """import json, resource, sys
+from unetkit.cli import main
+try:
+    main()
+    code = 0
+except SystemExit as e:
+    code = e.code
+print(json.dumps({"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "code": code}), file=sys.stderr)
+"""
+
+
+def run_cli(model: str, image: Path, out: Path, backend: str, tile: int) -> dict:
+    """`unetkit predict MODEL big.tif` as a user runs it (in a child that reports its own peak RSS)."""
+    args = ["predict", model, str(image), "--out", str(out), "--backend", backend, "--tile", str(tile), "--max-memory", "1G"]
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CLI_WRAPPER, *args], capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    status = json.loads(proc.stderr.strip().splitlines()[-1])
+    if status["code"] not in (0, None):
+        raise SystemExit(f"unetkit predict failed:\n{proc.stderr[-2000:]}")
+    return {"seconds": seconds, "peak_rss": status["rss"], "files": sorted(p.name for p in out.iterdir()),
+            "command": " ".join(["unetkit", *args[:1], "MODEL", "big.tif", *args[3:4], "OUT", *args[5:]])}
+
+
 def phase_line(phases: dict[str, float], keys: list[str]) -> str:
     total = phases["total"]
     return ", ".join(f"{k} {100 * phases[k] / total:.1f}%" for k in keys if k in phases)
@@ -145,6 +174,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=40000)
     parser.add_argument("--model", default=None, help="artifact (default: random UNet base --width, depth 3)")
     parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--cli", action="store_true", help="also time `unetkit predict MODEL big.tif` end to end")
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--backend", default="onnx")
     parser.add_argument("--repeats", type=int, default=3, help="in-memory runs per child (median)")
@@ -157,7 +188,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="unetkit-gigapixel-", dir="/tmp") as tmp:
         tmpdir = Path(tmp)
-        model = args.model or str(small_artifact(tmpdir / "small.unetkit", args.width))
+        model = args.model or str(small_artifact(tmpdir / "small.unetkit", args.width, args.depth))
         image = tmpdir / "big.tif"
         start = time.perf_counter()
         generate(image, args.size)
@@ -166,6 +197,7 @@ def main() -> None:
         before = run_child("memory", model, "-", "-", *common)
         stream = run_child("stream", model, str(image), str(tmpdir / "labels.tif"), *common)
         after = run_child("memory", model, "-", "-", *common)
+        cli = run_cli(model, image, tmpdir / "cli", args.backend, args.tile) if args.cli else None
     load_after = os.getloadavg()[0]
     mem_seconds = statistics.mean([before["seconds"], after["seconds"]])
     mp_mem, mp_stream = before["pixels"] / mem_seconds / 1e6, stream["pixels"] / stream["seconds"] / 1e6
@@ -179,7 +211,7 @@ def main() -> None:
         f"`.venv/bin/python {' '.join(['benchmarks/gigapixel.py', *sys.argv[1:]])}`\n",
         f"Machine: {machine_id()}, {platform.platform()}. Load average (1 min) {load_before:.2f} before / "
         f"{load_after:.2f} after{' - machine shared with other jobs, figures are noisy' if max(load_before, load_after) > 0.5 else ''}.\n",
-        f"Model: {args.model or f'random unetkit UNet base {args.width}, depth 3'}, backend {args.backend}, tile "
+        f"Model: {args.model or f'random unetkit UNet base {args.width}, depth {args.depth}'}, backend {args.backend}, tile "
         f"{args.tile}, overlap 0.25, Gaussian; {args.size}x{args.size} RGB tiled BigTIFF (generated in {t_gen:.0f} s). "
         f"In memory: median of {args.repeats} runs, in a child before and one after the streaming run.\n",
         "| path | image | seconds | CPU seconds | MP/s | tiles/MP | ms/tile | peak RSS |", "|---|---|---|---|---|---|---|---|",
@@ -188,6 +220,9 @@ def main() -> None:
           f"{r['peak_rss'] / gib:.2f} GiB |" for when, r in (("before", before), ("after", after))],
         f"| predict_stream (BigTIFF -> tiled BigTIFF labels) | {args.size}x{args.size} | {stream['seconds']:.1f} | "
         f"{stream['cpu']:.1f} | {mp_stream:.2f} | {tiles_mp_stream:.2f} | {ms_tile_stream:.2f} | {stream['peak_rss'] / gib:.2f} GiB |",
+        *([f"| `unetkit predict MODEL big.tif --max-memory 1G` (CLI, end to end: start-up, model load, streaming) | {args.size}x{args.size} | "
+           f"{cli['seconds']:.1f} | - | {stream['pixels'] / cli['seconds'] / 1e6:.2f} | - | - | {cli['peak_rss'] / gib:.2f} GiB |"]
+          if cli else []),
         f"\nStreaming at {100 * mp_stream / mp_mem:.0f}% of the in-memory throughput in MP/s (target >= 90%), "
         f"{100 * ms_tile_mem / ms_tile_stream:.0f}% per tile (the {args.size}² image needs "
         f"{100 * (tiles_mp_stream / tiles_mp_mem - 1):+.1f}% tiles per pixel: same overlap, other edge remainders); "
@@ -198,6 +233,7 @@ def main() -> None:
         f"{stream['height']} image rows. In memory (before/after): "
         f"{phase_line(before['phases'], ['forward', 'engine'])} / {phase_line(after['phases'], ['forward', 'engine'])} "
         "(engine: slicing, softmax, blending, normalizing).\n",
+        *([f"The CLI run wrote {', '.join(cli['files'])} (`{cli['command']}`).\n"] if cli else []),
     ])
     print(text)
     append_markdown(args.out, text)

@@ -25,6 +25,7 @@ from unetkit import __version__
 from unetkit.config import (
     CACHE_DIR_ENV,
     DRIFT_THRESHOLD,
+    RAY_ADDRESS_ENV,
     REGISTRY_ENV,
     REGISTRY_STORE_ENV,
     SERVE_ENV_PREFIX,
@@ -36,6 +37,7 @@ from unetkit.config import (
     ExportFormat,
     ModelConfig,
     PostprocessMetric,
+    PredictEngine,
     PretrainConfig,
     PretrainObjective,
     RankAggregate,
@@ -43,11 +45,12 @@ from unetkit.config import (
     RankScore,
     ServeConfig,
     ServedStage,
+    StreamFormat,
     TileConfig,
     TrainPrecision,
     TunePostprocess,
 )
-from unetkit.errors import ConfigError, GateRefused, UnetkitError
+from unetkit.errors import ConfigError, GateRefused, UnetkitError, WorkersLost
 from unetkit.registry.commands import RequireSignatureOpt, TrustedKeysOpt, registry_app
 
 # Exit statuses: one meaning each, for scripts, CI and cron (docs/cli.md says the same).
@@ -55,11 +58,14 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1  # the command ran and its check found a problem: `validate` bad files, `drift` drift
 EXIT_USAGE = 2  # a usage or user error: unknown option or choice, bad path, bad data, bad config
 EXIT_GATE_REFUSED = 3  # a quality gate refused the result: export --int8 accuracy drop, registry promotion
+EXIT_WORKERS_LOST = 4  # a distributed run lost workers beyond its retries: named inputs not predicted; rerun to finish
 EXIT_INTERRUPTED = 130  # Ctrl-C
 EXIT_CODES = {EXIT_OK: "success", EXIT_CHECK_FAILED: "a check found a problem (validate: bad files; drift: drift)",
               EXIT_USAGE: "usage or user error (bad option, choice, path, data or config), one line on stderr",
               EXIT_GATE_REFUSED: "a quality gate refused the result (export --int8 accuracy drop, "
                                  "registry add/promote worse than production)",
+              EXIT_WORKERS_LOST: "predict --engine ray: workers died more often than the retries allow; the inputs named "
+                                 "were not predicted, the others were (rerun the command to finish, finished ones are skipped)",
               EXIT_INTERRUPTED: "interrupted (Ctrl-C)"}
 # Variables read by more than one command or outside any option (serve's own are on its options).
 ENVIRONMENT = {REGISTRY_ENV: "registry database (registry commands' --registry)",
@@ -442,19 +448,65 @@ def predict(
     trusted_keys: TrustedKeysOpt = None,
     require_signature: RequireSignatureOpt = False,
     sha256: Sha256Opt = None,
+    max_memory: Annotated[str | None, typer.Option(
+        help="Memory for one image, e.g. 2G or 512M: a larger tiled TIFF / OME-TIFF / zarr input is streamed, a larger "
+             "PNG/JPEG is refused.  [default: no limit; inputs over 100,000,000 pixels are streamed]")] = None,
+    stream_format: Annotated[StreamFormat, typer.Option(
+        help="Outputs of streamed (gigapixel) inputs: tiled BigTIFF (GeoTIFF tags kept) or a zarr store.")] = "tif",
+    engine: Annotated[PredictEngine, typer.Option(
+        help="local: this process; ray: a pool of workers on a Ray cluster (pip install 'unetkit[ray]'), "
+             "see docs/distributed.md.")] = "local",
+    address: Annotated[str | None, typer.Option(
+        envvar=RAY_ADDRESS_ENV, help="--engine ray: the cluster's head, HOST:PORT (`ray start --head` prints it) or "
+                                     "'auto'.  [default: start Ray on this machine]")] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="--engine ray: model-holding workers.  [default: the cluster's CPUs / --threads]")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="--engine ray: CPU threads per worker.")] = 1,
 ) -> None:
     """Segment images of any size (overlap-tile with Gaussian blending).
 
+    Inputs too large for memory (over 100,000,000 pixels, or over --max-memory) are streamed when
+    they are tiled or striped TIFF / OME-TIFF or zarr: read a band at a time, written as
+    NAME_mask.tif (tiled BigTIFF, GeoTIFF tags kept) or .zarr, with a progress bar in pixels/s.
     With an exported .onnx model the tiling comes from its plan; --tile, --overlap and --tta,
-    when given, override it."""
+    when given, override it. --engine ray spreads the inputs (and the stripes of streamed ones)
+    over a Ray cluster and writes the same files."""
+    from unetkit.config import OutputConfig
     from unetkit.export.deployed import load_model
-    from unetkit.inference.files import predict_files
 
     tile_settings = _tile_settings(tile, overlap, tta)
+    limit = _bytes(max_memory, "--max-memory") if max_memory else None
     loaded = _verified_artifact(model, trusted_keys, require_signature, sha256) or load_model(model)
+    outputs = OutputConfig(colour=colour, probabilities=probabilities, overlays=overlay, geojson=geojson, coco=coco,
+                           stream_format=stream_format, max_memory=limit)
+    if engine == "ray":
+        from unetkit.inference.distributed import predict_files_ray
+        from unetkit.inference.files import run_notes
+
+        report = predict_files_ray(loaded, inputs, out, tile_settings, outputs=outputs, backend=backend,
+                                   address=address, workers=workers, threads=threads)
+        typer.echo(report.summary(), err=True)
+        for note in run_notes(report.results, outputs, loaded):
+            typer.echo(note, err=True)
+        report.raise_for_failures()
+        typer.echo(f"wrote {len(report.written)} files to {out}/")
+        return
+    from unetkit.inference.files import predict_files
+
     written = predict_files(loaded, inputs, out, tile_settings, colour=colour, probabilities=probabilities,
-                            overlays=overlay, geojson=geojson, coco=coco, backend=backend)
+                            overlays=overlay, geojson=geojson, coco=coco, stream_format=stream_format,
+                            max_memory=limit, backend=backend, on_note=lambda note: typer.echo(note, err=True))
     typer.echo(f"wrote {len(written)} files to {out}/")
+
+
+def _bytes(text: str, option: str) -> int:
+    """'2G', '512M', '1.5GiB', '1000000' -> bytes (K, M, G, T are powers of 1024)."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if not match:
+        raise UnetkitError(f"{option} '{text}': expected a size such as 2G, 512M or 1000000 (bytes)")
+    return int(float(match[1]) * 1024 ** " kmgt".index(match[2] or " "))
 
 
 @app.command()
@@ -884,6 +936,9 @@ def main() -> None:
     except GateRefused as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(EXIT_GATE_REFUSED)
+    except WorkersLost as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_WORKERS_LOST)
     except UnetkitError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(EXIT_USAGE)

@@ -305,6 +305,30 @@ class TileConfig:
 # field chosen, an empty tile size leaving the size to the model); or None: the model's own tiling.
 TileChoice = Mapping[str, Any] | TileConfig | None
 
+PredictEngine = Literal["local", "ray"]  # where `unetkit predict` runs: this process, or a Ray cluster
+StreamFormat = Literal["tif", "zarr"]  # the outputs of a streamed (gigapixel) input: tiled BigTIFF or zarr
+RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own variable: the cluster `predict --engine ray` joins
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What `unetkit predict` writes for each input (`unetkit.inference.files`).
+
+    An input too large to predict in memory (more pixels than `data.io`'s decoding limit, or an
+    in-memory footprint above `max_memory` bytes) is streamed when its format allows it (a tiled or
+    striped TIFF / OME-TIFF, a zarr array): its mask, and with `probabilities` its `(H, W, K)`
+    float16 probabilities, are written as a tiled BigTIFF or a zarr store (`stream_format`), with
+    the source's GeoTIFF tags. Colour masks, overlays, GeoJSON and COCO need the whole label map in
+    memory and are written for in-memory inputs only."""
+
+    colour: bool = False
+    probabilities: bool = False
+    overlays: bool = False
+    geojson: bool = False
+    coco: bool = False
+    stream_format: StreamFormat = "tif"
+    max_memory: int | None = None
+
 
 @dataclass(frozen=True)
 class PostprocessConfig:

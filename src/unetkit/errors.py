@@ -38,3 +38,9 @@ class GateRefused(UnetkitError):
     """A quality gate measured the result and refused it: the input was fine, the model is not good
     enough (an int8 model losing accuracy, a registry version worse than production). The CLI exits
     with its own status for it (3), so scripts can tell it from a usage error (2)."""
+
+
+class WorkersLost(UnetkitError):
+    """A distributed run lost its workers more often than the retries allow: the inputs it names were
+    not predicted (the others were, and a rerun of the same command skips them). The CLI exits
+    with its own status for it (4): the inputs were fine, the cluster was not."""

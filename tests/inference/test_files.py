@@ -56,3 +56,71 @@ def test_predict_an_artifact_with_explicit_tiling(artifact, tmp_path, rng, monke
     bigger, p_bigger = predict("bigger", "--tile", "48", "--overlap", "0.5")
     assert bigger == [TileConfig(tile_size=(48, 48), overlap=0.5)]
     assert np.abs(p_bigger - p_own).max() > 1e-4
+
+
+# ---------------------------------------------------------------- gigapixel inputs: streamed or refused
+
+
+def _tiled_tiff(path: Path, image: np.ndarray, **kwargs) -> Path:
+    tifffile.imwrite(path, image, tile=(32, 32), photometric="rgb", **kwargs)
+    return path
+
+
+def test_an_input_over_the_memory_limit_is_streamed_to_a_tiled_bigtiff_with_its_geotiff_tags(artifact, tmp_path, rng):
+    """Over --max-memory a tiled TIFF is streamed: `<stem>_mask.tif` holds the arg-max of exactly the
+    probabilities the in-memory path computes, `_prob.tif` them as (H, W, K) float16, both tiled
+    BigTIFFs with the source's GeoTIFF tags; under the limit the same file is predicted in memory."""
+    from unetkit.inference.files import in_memory_bytes, predict_files, route
+
+    image = rng.integers(0, 255, (1200, 200, 3), dtype=np.uint8)  # tall: streaming needs less the taller it is
+    geo = [(33550, "d", 3, (2.0, 2.0, 0.0), True), (33922, "d", 6, (0.0, 0.0, 0.0, 500.0, 900.0, 0.0), True)]
+    source = _tiled_tiff(tmp_path / "scene.ome.tif", image, extratags=geo)
+    need = in_memory_bytes(1200, 200, 3, 2)
+    assert route(source, 2) == route(source, 2, need) == "memory" and route(source, 2, need - 1) == "stream"
+    predict_files(artifact, [source], tmp_path / "mem", probabilities=True, backend="torch", progress=False)
+    notes: list[str] = []
+    written = predict_files(artifact, [source], tmp_path / "big", probabilities=True, overlays=True, backend="torch",
+                            progress=False, max_memory=need - 1, on_note=notes.append)
+    assert [p.name for p in written] == ["scene_mask.tif", "scene_prob.tif"]  # `.ome` is not part of the name
+    probs = tifffile.imread(tmp_path / "mem" / "scene_prob.tif")
+    labels = probs.argmax(axis=0)
+    np.testing.assert_array_equal(tifffile.imread(written[0]), labels)
+    np.testing.assert_array_equal(tifffile.imread(written[1]), probs.transpose(1, 2, 0).astype(np.float16))
+    for path in written:
+        with tifffile.TiffFile(path) as tif:
+            assert tif.is_bigtiff and tif.pages.first.is_tiled
+            assert tif.pages.first.tags[33922].value[3:5] == (500.0, 900.0)
+    assert any("streamed 1 large input" in n for n in notes) and any("overlays" in n for n in notes)
+
+
+def test_zarr_inputs_and_outputs_and_the_pixel_limit(artifact, tmp_path, rng, monkeypatch):
+    """A zarr store (given, or found in a folder) is always streamed; --stream-format zarr writes zarr
+    stores; a chunked TIFF over the decoding pixel limit is streamed without any --max-memory."""
+    import zarr
+
+    import unetkit.inference.files as files
+
+    image = rng.integers(0, 255, (3, 90, 70)).astype(np.uint8)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    zarr.create_array(store=str(folder / "a.zarr"), data=image, chunks=(3, 32, 32))
+    _tiled_tiff(folder / "b.tif", image.transpose(1, 2, 0))
+    assert [(p.name, str(s)) for p, s in files.collect_inputs([folder])] == [("a.zarr", "a"), ("b.tif", "b")]
+    monkeypatch.setattr(files, "DEFAULT_MAX_PIXELS", 90 * 70 - 1)
+    written = files.predict_files(artifact, [folder], tmp_path / "out", stream_format="zarr", backend="torch", progress=False)
+    assert [p.name for p in written] == ["a_mask.zarr", "b_mask.zarr"]
+    np.testing.assert_array_equal(zarr.open_array(str(written[0]), mode="r")[:], zarr.open_array(str(written[1]), mode="r")[:])
+
+
+def test_an_input_too_large_that_cannot_be_streamed_is_refused_with_how_to_convert_it(artifact, tmp_path, rng):
+    from unetkit.inference.files import predict_files
+
+    write_png(tmp_path / "huge.png", rng.integers(0, 255, (120, 100, 3), dtype=np.uint8))
+    tifffile.imwrite(tmp_path / "strip.tif", rng.integers(0, 255, (120, 100, 3), dtype=np.uint8), rowsperstrip=120)
+    with pytest.raises(Exception, match=r"^\S*huge.png: 100x120 PNG needs about .* over --max-memory .* cannot be streamed; "
+                                        r"convert it to a tiled BigTIFF first, e.g. `vips tiffsave .*huge.png .*huge.tif") as e:
+        predict_files(artifact, [tmp_path / "huge.png"], tmp_path / "out", backend="torch", progress=False, max_memory=1000)
+    assert "gdal_translate -co TILED=YES" in str(e.value)
+    with pytest.raises(Exception, match=r"strip.tif: 100x120 one-strip TIFF needs"):
+        predict_files(artifact, [tmp_path / "strip.tif"], tmp_path / "out", backend="torch", progress=False, max_memory=1000)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

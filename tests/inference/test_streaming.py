@@ -10,8 +10,8 @@ import zarr
 
 from unetkit.config import TileConfig
 from unetkit.errors import InputError, StorageError
-from unetkit.inference.predict import predict_tiled
-from unetkit.inference.streaming import estimate_memory, open_lazy, predict_stream, quantize
+from unetkit.inference.predict import predict_tiled, row_blocks
+from unetkit.inference.streaming import estimate_memory, open_lazy, predict_rows, predict_stream, quantize
 from unetkit.inference.tiling import tile_starts
 
 CONFIG = TileConfig(tile_size=(24, 24), overlap=0.25, batch_size=3)
@@ -64,7 +64,7 @@ def test_memory_estimate_grows_with_width_not_height_and_refuses_over_the_limit(
     wide = estimate_memory((3, 1_000, 8192), 2, CONFIG, (256, 256))
     assert tall.total == short.total < wide.total
     assert "total" in str(tall) and "model activations" in str(tall)
-    with pytest.raises(InputError, match="needs about .* MiB, more than max_memory"):
+    with pytest.raises(InputError, match="needs about .* MiB, more than the memory limit of 0 MiB"):
         predict_stream(predictor, big, tmp_path / "l.tif", CONFIG, max_memory=1000)
     assert not (tmp_path / "l.tif").exists()
 
@@ -169,3 +169,37 @@ def test_issue16_case13_a_zarr_output_is_kept_until_the_new_one_is_in_place(pred
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr"]  # and no temp or set-aside tree left
     predict_stream(predictor, big * 0, out, CONFIG, out_tile=32)  # a run that succeeds replaces it
     assert not np.array_equal(zarr.open_array(str(out))[:], before)
+
+
+@pytest.mark.parametrize("step", [1, 2, 3])
+def test_stripes_of_tile_rows_are_bit_for_bit_the_whole_stream(predictor, big, tmp_path, step):
+    """What a distributed run's workers compute (`predict_rows` on stripes of row blocks) joins up to
+    exactly what one streaming run writes, for stripes of one, two or three tile rows."""
+    source = tmp_path / "in.tif"
+    tifffile.imwrite(source, big, tile=(32, 32), photometric="minisblack", planarconfig="separate")
+    predict_stream(predictor, source, tmp_path / "l.tif", CONFIG, probabilities_path=tmp_path / "p.tif")
+    bounds = row_blocks(103, CONFIG, (24, 24))
+    assert bounds[0] == 0 and bounds[-1] == 103 and len(bounds) == len(tile_starts(103, 24, 0.25)) + 1
+    cuts = bounds[::step] + ([103] if bounds[::step][-1] != 103 else [])
+    parts = [predict_rows(predictor, source, CONFIG, (a, b), ["labels", "float16"]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), tifffile.imread(tmp_path / "l.tif"))
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), tifffile.imread(tmp_path / "p.tif"))
+    with pytest.raises(Exception, match="expected two boundaries"):
+        predict_rows(predictor, source, CONFIG, (1, 103), ["labels"])
+
+
+def test_geotiff_tags_of_a_tiff_source_are_carried_to_tiff_outputs(predictor, big, tmp_path):
+    source = tmp_path / "geo.tif"
+    geo = [(33550, "d", 3, (0.5, 0.5, 0.0), True), (33922, "d", 6, (0.0, 0.0, 0.0, 440720.0, 3751320.0, 0.0), True),
+           (34735, "H", 8, (1, 1, 0, 1, 3072, 0, 1, 32611), True), (34737, "s", 0, "UTM 11N|", True)]
+    tifffile.imwrite(source, big, tile=(32, 32), photometric="minisblack", planarconfig="separate", extratags=geo)
+    predict_stream(predictor, source, tmp_path / "l.tif", CONFIG, probabilities_path=tmp_path / "p.tif")
+    for out in ("l.tif", "p.tif"):
+        with tifffile.TiffFile(tmp_path / out) as tif:
+            tags = tif.pages.first.tags
+            assert tif.pages.first.is_tiled and tif.is_bigtiff
+            assert tags[33550].value == (0.5, 0.5, 0.0) and tags[33922].value[3:5] == (440720.0, 3751320.0)
+            assert tags[34735].value == (1, 1, 0, 1, 3072, 0, 1, 32611) and tags[34737].value == "UTM 11N|"
+    predict_stream(predictor, big, tmp_path / "plain.tif", CONFIG)  # an array source has none to give
+    with tifffile.TiffFile(tmp_path / "plain.tif") as tif:
+        assert 33550 not in tif.pages.first.tags

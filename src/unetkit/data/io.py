@@ -18,6 +18,7 @@ import hashlib
 import io
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,43 @@ def image_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.height, im.width
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the image header ({e})") from None
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, before any pixel is decoded: size, channels, and whether it is
+    stored in chunks (TIFF tiles or several strips) that can be read a band of rows at a time."""
+
+    height: int
+    width: int
+    channels: int
+    chunked: bool
+    format: str
+
+
+def image_header(path: str | Path) -> ImageHeader:
+    """The header of an image file (TIFF through tifffile, the rest through Pillow); a
+    `DataError` naming the file when it cannot be read, or when Pillow refuses it as a bomb."""
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series, page = tif.series[0], tif.pages.first
+                sizes = dict(zip(series.axes, series.shape, strict=True))
+                channels = int(np.prod([n for a, n in sizes.items() if a not in "YX"] or [1]))
+                chunked = bool(page.is_tiled or len(page.dataoffsets) > 1)
+                return ImageHeader(int(sizes.get("Y", 1)), int(sizes.get("X", 1)), channels, chunked, "TIFF")
+        except Exception:  # noqa: BLE001 - fall back to Pillow below
+            pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path, formats=PILLOW_FORMATS) as im:
+                return ImageHeader(im.height, im.width, len(im.getbands()), False, str(im.format))
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: refused as a possible decompression bomb ({e})") from None
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read the image header ({e})") from None
 

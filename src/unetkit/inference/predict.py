@@ -101,8 +101,15 @@ def resolve_tile_size(config: TileConfig, predictor: Any = None) -> tuple[int, i
     return int(size[0]), int(size[1])
 
 
+def row_blocks(height: int, config: TileConfig, tile: tuple[int, int]) -> list[int]:
+    """Where the blocks of finished rows that `iter_probability_rows` yields begin, and the height
+    at the end: block i is rows `[b[i], b[i + 1])`, finished by tile row i."""
+    return [*tile_starts(max(height, tile[0]), tile[0], config.overlap), height]
+
+
 def iter_probability_rows(
-    predictor: Predictor, read_rows: RowReader, shape: tuple[int, ...], config: TileConfig, tile: tuple[int, int]
+    predictor: Predictor, read_rows: RowReader, shape: tuple[int, ...], config: TileConfig, tile: tuple[int, int],
+    rows: tuple[int, int] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield `(y0, probabilities (K, rows, W))` for consecutive finished rows of the image.
 
@@ -110,12 +117,23 @@ def iter_probability_rows(
     the image's `(C, H, W)`. Rows come out top to bottom, each exactly once. Each block is a view
     of one buffer that the next block overwrites (copy it to keep it): per-row buffers of a wide
     image are larger than malloc recycles (32 MiB), so fresh ones would cost page faults each row.
+
+    `rows` `(r0, r1)`, two of `row_blocks`' boundaries, yields only the rows of that stripe: the
+    tile rows that reach into it from above are predicted too (their sums start from zero there as
+    in the whole run), so a stripe's numbers are bit for bit the whole run's (distributed stripes).
     """
     channels, height, width = shape
     th, tw = tile
     padded_w = max(width, tw)
     ys = tile_starts(max(height, th), th, config.overlap)
     xs = tile_starts(padded_w, tw, config.overlap)
+    first, stop = 0, len(ys)
+    if rows is not None:
+        bounds = row_blocks(height, config, tile)
+        if rows[0] not in bounds[:-1] or rows[1] not in bounds or rows[1] <= rows[0]:
+            raise ConfigError(f"rows {rows}: expected two boundaries of the image's row blocks {bounds}")
+        stop = bounds.index(rows[1])
+        first = next(j for j, y in enumerate(ys) if y + th > rows[0])  # the first tile row reaching the stripe
     if config.blend == "gaussian":
         weights = gaussian_weights((th, tw), config.sigma_scale)
     else:
@@ -124,7 +142,8 @@ def iter_probability_rows(
     acc: np.ndarray | None = None
     wsum = np.zeros((th, padded_w), dtype=np.float32)
     finished: np.ndarray | None = None
-    for i, y in enumerate(ys):
+    for i in range(first, stop):
+        y = ys[i]
         stripe = _read_stripe(read_rows, y, tile, height, width, config.padding)
         for b0 in range(0, len(xs), len(batch)):
             starts = xs[b0 : b0 + len(batch)]
@@ -139,10 +158,11 @@ def iter_probability_rows(
                 wsum[:, x : x + tw] += weights
         assert acc is not None
         done = ys[i + 1] - y if i + 1 < len(ys) else th
-        rows = min(done, height - y)
+        n = min(done, height - y)
         if finished is None:
             finished = np.empty((len(acc), min(th, height), width), dtype=np.float32)
-        yield y, np.divide(acc[:, :rows, :width], wsum[:rows, :width], out=finished[:, :rows])
+        if rows is None or y >= rows[0]:
+            yield y, np.divide(acc[:, :n, :width], wsum[:n, :width], out=finished[:, :n])
         for a in (*acc, wsum):
             _shift_rows_up(a, done)
 

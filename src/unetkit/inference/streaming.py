@@ -17,7 +17,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,21 @@ def estimate_memory(
 
 
 LEVELLED_CODECS = ("zlib", "deflate", "adobe_deflate", "zstd", "lzma")  # the ones `compression_level` applies to
+# GeoTIFF georeferencing (ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams,
+# GeoAsciiParams) and GDAL's metadata: what a TIFF output copies from a TIFF source, so the mask lies on the map.
+GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112)
+
+
+def geotiff_tags(source: Any) -> list[tuple[int, int, int, Any, bool]]:
+    """The GeoTIFF tags of a TIFF path's first page as tifffile `extratags` (none for other sources)."""
+    if not isinstance(source, (str, Path)) or Path(source).suffix.lower() not in (".tif", ".tiff"):
+        return []
+    import tifffile
+
+    with tifffile.TiffFile(str(source)) as tif:
+        tags = tif.pages.first.tags
+        return [(t.code, int(t.dtype), 0 if int(t.dtype) == 2 else t.count, t.value, True)
+                for code in GEOTIFF_TAGS if (t := tags.get(code)) is not None]
 
 
 class _TiffSink:
@@ -186,7 +201,8 @@ class _TiffSink:
     `main_seconds`: how long the producer waited for it; `thread_cpu`: the thread's CPU seconds."""
 
     def __init__(
-        self, path: Path, shape: tuple[int, ...], dtype: Any, tile: int, compression: str | None, level: int | None
+        self, path: Path, shape: tuple[int, ...], dtype: Any, tile: int, compression: str | None, level: int | None,
+        extratags: Any = (),
     ) -> None:
         import tifffile
 
@@ -197,7 +213,7 @@ class _TiffSink:
         levelled = compression is not None and level is not None and compression.lower() in LEVELLED_CODECS
         kwargs = dict(shape=shape, dtype=dtype, tile=(tile, tile), bigtiff=True, photometric="minisblack",
                       compression=compression, compressionargs={"level": level} if levelled else None,
-                      planarconfig="contig" if len(shape) == 3 else None)
+                      planarconfig="contig" if len(shape) == 3 else None, extratags=list(extratags))
 
         def run() -> None:
             try:
@@ -247,7 +263,7 @@ class _ZarrSink:
     """Writes bands of rows into a zarr store, in the producer's thread (zarr's own codecs)."""
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any, tile: int, compression: str | None,
-                 level: int | None) -> None:
+                 level: int | None, extratags: Any = ()) -> None:
         import zarr
 
         self.path, self.tmp, self.y = path, temp_name(path), 0
@@ -268,9 +284,10 @@ class _ZarrSink:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _sink(path: Path, shape: tuple[int, ...], dtype: Any, tile: int, compression: str | None, level: int | None) -> Any:
+def _sink(path: Path, shape: tuple[int, ...], dtype: Any, tile: int, compression: str | None, level: int | None,
+          extratags: Any = ()) -> Any:
     if path.suffix.lower() in (".tif", ".tiff"):
-        return _TiffSink(path, shape, dtype, tile, compression, level)
+        return _TiffSink(path, shape, dtype, tile, compression, level, extratags)
     if path.suffix.lower() == ".zarr":
         return _ZarrSink(path, shape, dtype, tile, compression, level)
     raise InputError(f"{path}: unsupported output; expected a .tif/.tiff or .zarr path")
@@ -297,7 +314,61 @@ class _Bands:
             self.parts, self.rows = [], 0
 
 
-# ---------------------------------------------------------------- the run
+class StreamWriter:
+    """The outputs of one streamed image, written band by band as its rows arrive top to bottom:
+    `(path, "labels")` and optionally `(path, probability dtype)`, each a tiled BigTIFF (with
+    `extratags`, e.g. the source's GeoTIFF tags) or a zarr store. `close(True)` publishes each
+    whole (atomic rename); `close(False)` removes what was written. `output_rows` turns a block of
+    probabilities into the rows `add` takes, so a block may be converted elsewhere (a Ray worker)."""
+
+    def __init__(self, outputs: list[tuple[Path, str]], height: int, width: int, k: int, *, out_tile: int = 256,
+                 codec: tuple[str | None, int | None] = ("zlib", 2), extratags: Any = ()) -> None:
+        self.kinds = [kind for _, kind in outputs]
+        self.label_dtype = label_dtype(k)
+        self.sinks: list[Any] = []
+        try:
+            for path, kind in outputs:
+                shape, dtype = ((height, width), self.label_dtype) if kind == "labels" else ((height, width, k), np.dtype(kind))
+                self.sinks.append(_sink(Path(path), shape, dtype, out_tile, *codec, extratags=extratags))
+        except BaseException:
+            self.close(False)
+            raise
+        self.bands = [_Bands(sink, out_tile) for sink in self.sinks]
+
+    def add(self, rows: list[np.ndarray]) -> None:
+        for band, r in zip(self.bands, rows, strict=True):
+            band.add(r)
+
+    def close(self, ok: bool) -> None:
+        try:
+            if ok:
+                for band in self.bands:
+                    band.flush()
+        except BaseException:
+            ok = False
+            raise
+        finally:
+            for sink in self.sinks:
+                sink.close(ok)
+
+    @property
+    def main_seconds(self) -> float:
+        return sum(s.main_seconds for s in self.sinks)
+
+    @property
+    def thread_cpu(self) -> float:
+        return sum(s.thread_cpu for s in self.sinks)
+
+
+def label_dtype(k: int) -> Any:
+    return np.uint8 if k <= 255 else np.uint16
+
+
+def output_rows(probabilities: np.ndarray, kinds: list[str], labels_dtype: Any) -> list[np.ndarray]:
+    """A block `(K, n, W)` of probabilities as the rows of each output kind: labels `(n, W)`
+    (arg-max), probabilities `(n, W, K)` quantized to the kind's dtype."""
+    return [argmax_labels(probabilities, labels_dtype) if kind == "labels" else quantize(probabilities, kind).transpose(1, 2, 0)
+            for kind in kinds]
 
 
 @dataclass
@@ -326,48 +397,81 @@ def predict_stream(
     predictor: Predictor, source: Any, labels_path: str | Path, config: TileConfig, *,
     probabilities_path: str | Path | None = None, probabilities_dtype: str = "float16",
     out_tile: int = 256, compression: str | None = "zlib", compression_level: int | None = 2,
-    max_memory: int | None = None, verbose: bool = False,
+    max_memory: int | None = None, verbose: bool = False, on_rows: Callable[[int], None] | None = None,
 ) -> StreamReport:
     """Predict `source` stripe by stripe; write the label map (argmax, uint8) to `labels_path` and,
     optionally, `(H, W, K)` probabilities (float16, float32 or uint8 = round(255 p)) to
     `probabilities_path`. Outputs are `.tif`/`.tiff` (tiled BigTIFF) or `.zarr`, written under a
     unique temp name (`.NAME.*.tmp`: two runs to one output never share it), fsynced and renamed
-    when complete; an existing output is replaced only then. TIFF tiles are encoded with `compression` at
+    when complete; an existing output is replaced only then. A TIFF output carries the GeoTIFF tags
+    of a TIFF source (`geotiff_tags`). TIFF tiles are encoded with `compression` at
     `compression_level` (zlib, zstd, lzma; None: the codec's default). zlib level 2 encodes smooth
     label maps slightly faster than the default 6 and noisy ones (a random-weight model) ~3x faster,
     for files up to 1.7x larger (~75:1 on smooth maps, ~7:1 on noise); level 1 is slower on smooth
     maps and only faster on noise. Refuses to start when the memory estimate exceeds `max_memory`
-    bytes. Returns the estimate, op counts and a time breakdown (`StreamReport`)."""
-    if probabilities_dtype not in PROBABILITY_DTYPES:
-        raise InputError(f"probabilities_dtype '{probabilities_dtype}': expected one of {list(PROBABILITY_DTYPES)}")
+    bytes. `on_rows(n)` is called as each block of n rows is done (a progress bar). Returns the
+    estimate, op counts and a time breakdown (`StreamReport`)."""
     image = open_lazy(source)
     try:
-        shape = image.shape
-        if 0 in shape:
-            raise InputError(f"{source}: image has shape {shape}; it is empty (zero-size)")
-        check_channels(shape[0], predictor)
-        tile = resolve_tile_size(config, predictor)
-        k = getattr(predictor, "out_channels", None) or _probe_classes(predictor, shape[0], tile)
-        estimate = estimate_memory(
-            shape, k, config, tile, probabilities_dtype=probabilities_dtype if probabilities_path else None,
-            out_tile=out_tile, model_bytes_per_pixel=getattr(predictor, "bytes_per_pixel", 1024),
-            source_itemsize=np.dtype(image.array.dtype).itemsize, source_chunk_rows=image.chunk_rows,
-        )
+        shape, tile, k, estimate = plan_stream(predictor, image, source, config, probabilities_dtype,
+                                               probabilities_path is not None, out_tile, max_memory)
         if verbose:
             print(estimate)
-        if max_memory is not None and estimate.total > max_memory:
-            raise InputError(
-                f"streaming {shape[1]}x{shape[2]} needs about {estimate.total / 2**20:.0f} MiB, more than max_memory "
-                f"{max_memory / 2**20:.0f} MiB; lower TileConfig.batch_size or tile_size"
-            )
         report = StreamReport(estimate)
         outputs = [(Path(labels_path), "labels")]
         if probabilities_path is not None:
             outputs.append((Path(probabilities_path), probabilities_dtype))
-        _run(predictor, image, outputs, config, tile, k, out_tile, (compression, compression_level), report)
+        writer_args = dict(out_tile=out_tile, codec=(compression, compression_level), extratags=geotiff_tags(source))
+        _run(predictor, image, outputs, config, tile, k, writer_args, report, on_rows)
         if verbose:
             print(report)
         return report
+    finally:
+        image.close()
+
+
+def plan_stream(predictor: Any, image: LazyImage, source: Any, config: TileConfig, probabilities_dtype: str,
+                probabilities: bool, out_tile: int, max_memory: int | None) -> tuple[tuple[int, int, int], tuple[int, int], int, MemoryEstimate]:
+    """Checks before a streaming run: the image's shape, the tile, the classes and the memory
+    estimate (refused over `max_memory` bytes)."""
+    if probabilities_dtype not in PROBABILITY_DTYPES:
+        raise InputError(f"probabilities_dtype '{probabilities_dtype}': expected one of {list(PROBABILITY_DTYPES)}")
+    shape = image.shape
+    name = source if isinstance(source, (str, Path)) else type(source).__name__
+    if 0 in shape:
+        raise InputError(f"{name}: image has shape {shape}; it is empty (zero-size)")
+    check_channels(shape[0], predictor)
+    tile = resolve_tile_size(config, predictor)
+    k = getattr(predictor, "out_channels", None) or _probe_classes(predictor, shape[0], tile)
+    estimate = estimate_memory(
+        shape, k, config, tile, probabilities_dtype=probabilities_dtype if probabilities else None,
+        out_tile=out_tile, model_bytes_per_pixel=getattr(predictor, "bytes_per_pixel", 1024),
+        source_itemsize=np.dtype(image.array.dtype).itemsize, source_chunk_rows=image.chunk_rows,
+    )
+    check_memory(name, shape, estimate, max_memory)
+    return shape, tile, k, estimate
+
+
+def check_memory(name: Any, shape: tuple[int, int, int], estimate: MemoryEstimate, max_memory: int | None) -> None:
+    """Refuse a streaming run whose estimate exceeds `max_memory` bytes (None: no limit)."""
+    if max_memory is not None and estimate.total > max_memory:
+        raise InputError(
+            f"{name}: streaming {shape[1]}x{shape[2]} needs about {estimate.total / 2**20:.0f} MiB, more than the "
+            f"memory limit of {max_memory / 2**20:.0f} MiB; lower the batch size or tile size, or allow more memory"
+        )
+
+
+def predict_rows(predictor: Predictor, source: Any, config: TileConfig, rows: tuple[int, int], kinds: list[str]) -> list[np.ndarray]:
+    """One stripe of a streamed image's outputs: rows `[r0, r1)` (boundaries of
+    `predict.row_blocks`) of each output kind (`output_rows`), bit for bit what `predict_stream`
+    writes there. What a distributed run's workers compute; the driver writes them in order."""
+    image = open_lazy(source)
+    try:
+        tile = resolve_tile_size(config, predictor)
+        k = getattr(predictor, "out_channels", None) or _probe_classes(predictor, image.shape[0], tile)
+        parts = [output_rows(block, kinds, label_dtype(k))
+                 for _, block in iter_probability_rows(predictor, image.read_rows, image.shape, config, tile, rows)]
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(kinds))]
     finally:
         image.close()
 
@@ -387,11 +491,10 @@ class _Timed:
             self.tiles += len(batch)
 
 
-def _run(predictor: Any, image: LazyImage, outputs: list[tuple[Path, str]], config: TileConfig,
-         tile: tuple[int, int], k: int, out_tile: int, codec: tuple[str | None, int | None], report: StreamReport) -> None:
+def _run(predictor: Any, image: LazyImage, outputs: list[tuple[Path, str]], config: TileConfig, tile: tuple[int, int],
+         k: int, writer_args: dict[str, Any], report: StreamReport, on_rows: Callable[[int], None] | None) -> None:
     """Predict and write `outputs`: `(path, "labels")` and optionally `(path, probability dtype)`."""
     _, height, width = image.shape
-    label_dtype = np.uint8 if k <= 255 else np.uint16
     seconds = report.seconds
     seconds.update(dict.fromkeys(("read", "forward", "blend", "labels", "write"), 0.0))
     timed = _Timed(predictor, seconds)
@@ -405,13 +508,9 @@ def _run(predictor: Any, image: LazyImage, outputs: list[tuple[Path, str]], conf
         return rows
 
     start = time.perf_counter()
-    sinks: list[Any] = []
+    writer = StreamWriter(outputs, height, width, k, **writer_args)
     ok = False
     try:
-        for path, kind in outputs:
-            shape, dtype = ((height, width), label_dtype) if kind == "labels" else ((height, width, k), np.dtype(kind))
-            sinks.append(_sink(path, shape, dtype, out_tile, *codec))
-        bands = [_Bands(s, out_tile) for s in sinks]
         blocks = iter_probability_rows(timed, read, image.shape, config, tile)
         while True:
             t = time.perf_counter()
@@ -420,22 +519,19 @@ def _run(predictor: Any, image: LazyImage, outputs: list[tuple[Path, str]], conf
             if item is None:
                 break
             t = time.perf_counter()
-            rows = [argmax_labels(item[1], label_dtype) if kind == "labels" else quantize(item[1], kind).transpose(1, 2, 0)
-                    for _, kind in outputs]
+            rows = output_rows(item[1], writer.kinds, writer.label_dtype)
             seconds["labels"] += time.perf_counter() - t
-            for b, r in zip(bands, rows, strict=True):
-                b.add(r)
-        for b in bands:
-            b.flush()
+            writer.add(rows)
+            if on_rows is not None:
+                on_rows(item[1].shape[1])
         ok = True
     finally:
-        for s in sinks:
-            s.close(ok)
+        writer.close(ok)
     seconds["blend"] -= seconds["read"] + seconds["forward"]
-    seconds["write"] = sum(s.main_seconds for s in sinks)
+    seconds["write"] = writer.main_seconds
     seconds["total"] = time.perf_counter() - start
     seconds["other"] = seconds["total"] - sum(seconds[p] for p in ("read", "forward", "blend", "labels", "write"))
-    seconds["writer cpu"] = sum(s.thread_cpu for s in sinks)
+    seconds["writer cpu"] = writer.thread_cpu
     report.forward_tiles, report.source_rows = timed.tiles, image.rows_decoded
 
 
