@@ -281,6 +281,12 @@ def train(
     skip_bad: Annotated[bool, typer.Option(help="Train on the good files when validation finds bad ones.")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     tensorboard: Annotated[bool, typer.Option(help="Also log to TensorBoard in the run folder.")] = False,
+    track: Annotated[str | None, typer.Option(
+        "--track", metavar="mlflow[:URI]",
+        help="Also record the run in an experiment tracker: mlflow (URI default $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db here) or mlflow:URI (sqlite:///path.db, http://host:5000). Logs params, plan, "
+        "validation metrics, the time-to-quality plot, the data fingerprint and the artifact. A store that "
+        "cannot be written refuses the run before training (docs/observability.md).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     plan: Annotated[bool, typer.Option("--plan/--no-plan", help="With --budget: plan model, patch, batch, loss, "
                                        "augmentation and schedule from the data and this machine's speed "
@@ -294,8 +300,12 @@ def train(
     flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
                  tensorboard=tensorboard, progress=False if quiet else None, postprocess=postprocess, calibrate=calibrate,
-                 ensemble=ensemble, precision=precision)
+                 ensemble=ensemble, precision=precision, track=track)
     cfg = build_train_config(data=data, config_file=config, **flags)
+    if cfg.track:  # refuse an unwritable tracking store before planning and training
+        from unetkit.training.tracking import open_tracker
+
+        open_tracker(cfg.track)
     if budget is not None and plan and not resume:
         from unetkit.planning.auto import plan_training
         from unetkit.planning.plan import format_plan

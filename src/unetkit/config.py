@@ -45,12 +45,16 @@ RegistryStage = Literal["candidate", ServedStage, "archived"]  # unetkit.registr
 REGISTRY_STAGES: tuple[str, ...] = get_args(RegistryStage)
 SINGLE_STAGES: tuple[str, ...] = get_args(ServedStage)
 AddStage = Literal["candidate", ServedStage]  # where `registry add` may put a new version
+Tracker = Literal["mlflow"]  # experiment trackers `unetkit train --track NAME[:URI]` reports to (unetkit.training.tracking)
+TRACKERS: tuple[str, ...] = get_args(Tracker)
 
 # Environment variables (read where the value is used; the command line declares them on its options)
 REGISTRY_ENV = "UNETKIT_REGISTRY"  # the registry database (unetkit.registry.location)
 REGISTRY_STORE_ENV = "UNETKIT_REGISTRY_STORE"  # the registry's artifact folder
 CACHE_DIR_ENV = "UNETKIT_CACHE_DIR"  # --backend auto's measurements (unetkit.inference.backends)
 SERVE_ENV_PREFIX = "UNETKIT_SERVE_"  # + a ServeConfig field name, upper case (unetkit.serve.server)
+MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own: where `--track mlflow` (no URI) and `--to mlflow` write
+MLFLOW_EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"  # MLflow's own: the experiment of `--track mlflow` runs
 
 
 # ---------------------------------------------------------------- data
@@ -193,6 +197,7 @@ class TrainConfig:
     tune_postprocess: TunePostprocess = "off"
     calibrate: bool = True  # at the end, fit temperature scaling on the validation split (before tuning)
     ensemble_folds: int = 1  # >1: k-fold ensembling (R12): one member per fold of the training split
+    track: str = ""  # experiment tracking: "" off, "mlflow" or "mlflow:URI" (unetkit.training.tracking)
 
 
 # ---------------------------------------------------------------- inference, export, serving

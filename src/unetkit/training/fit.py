@@ -14,6 +14,10 @@ plan's, the config's, the checkpoint's on resume, or with `precision: auto` a sh
 the real model (`unetkit.training.precision.decide_mode`); the log's "start" event records it
 (`mode`, `mode_reason`, `mode_ms_per_step`, `mode_rejected`).
 
+With `track` set, an experiment tracker (`unetkit.training.tracking`, e.g. MLflow) is connected before
+any work (a store it cannot write refuses the run), gets the resolved config and data fingerprint,
+hears every event of the run log and, with the "end" event, the artifact.
+
 `resume=True` continues an interrupted run exactly from `checkpoint-last.pt`. With `nproc > 1`
 fit re-launches itself under torchrun (`unetkit.training.distributed`, `unetkit.training.worker`).
 """
@@ -48,6 +52,7 @@ from unetkit.training.precision import ModeDecision, apply_mode, check_available
 from unetkit.training.prepare import load_training_data
 from unetkit.training.runlog import Callback
 from unetkit.training.steps import log_time, run_steps
+from unetkit.training.tracking import Tracker, open_tracker
 
 
 def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> Path:
@@ -60,6 +65,9 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
         keep_freed_memory()  # reuse activation buffers: glibc's page faults cost up to 30 % of a CPU step
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the experiment tracker (`config.track`): connected and checked writable before any work
+    tracker = open_tracker(config.track, str(out_dir)) if env.is_main else Tracker()
+    status = "FAILED"
     try:
         if config.ensemble_folds < 1:  # before loading the data: a user error should not wait for it
             raise ConfigError(f"ensemble_folds: expected an integer >= 1 (1 = one model), got {config.ensemble_folds}")
@@ -70,10 +78,14 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
                                   log=print if config.progress and env.is_main else None)
         config = dataclasses.replace(config, model=data.resolve_model(config.model))  # resolved, for the artifact
         config, mode_info = settle_mode(config, env, device)
+        tracker.start(config, data.fingerprint)
+        callbacks = [*(callbacks or ()), tracker.event]  # the tracker hears every event of the run log
         if config.ensemble_folds > 1:
-            return fit_ensemble(config, data, env, device, clock, callbacks or (), mode_info)
+            path = fit_ensemble(config, data, env, device, clock, callbacks, mode_info)
+            status = "FINISHED"
+            return path
         clock.end_passes = end_passes(config, len(data.train), len(data.val))
-        model, state, log = run_steps(config, data, env, device, clock, out_dir, callbacks or (), mode_info)
+        model, state, log = run_steps(config, data, env, device, clock, out_dir, callbacks, mode_info)
         # ---- the best weights as the artifact
         artifact_path = out_dir / ARTIFACT_NAME
         if env.is_main:
@@ -81,8 +93,13 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
             log.write({"event": "end", "step": state.step, "time": log_time(state, clock),
                        "artifact": str(artifact_path), "best": state.best_metric, "best_step": state.best_step})
         log.close()
+        status = "FINISHED"
         return artifact_path
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
+        tracker.close(status)
         shutdown(env)
 
 

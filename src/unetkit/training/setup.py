@@ -39,6 +39,7 @@ def flag_settings(
     calibrate: bool | None = None,
     ensemble: int | None = None,
     precision: str | None = None,
+    track: str | None = None,
 ) -> dict[str, Any]:
     """The dotted TrainConfig keys the command-line flags set (a preset sets its model fields)."""
     changes: dict[str, Any] = {"data.data": str(data)}
@@ -80,6 +81,8 @@ def flag_settings(
         changes["calibrate"] = calibrate
     if ensemble is not None:
         changes["ensemble_folds"] = ensemble
+    if track is not None:
+        changes["track"] = track
     if precision is not None:
         if precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"--precision: expected auto, fp32 or bf16, got {precision!r}")
