@@ -52,7 +52,8 @@ from unetkit.training.precision import ModeDecision, apply_mode, check_available
 from unetkit.training.prepare import load_training_data
 from unetkit.training.runlog import Callback
 from unetkit.training.steps import log_time, run_steps
-from unetkit.training.tracking import Tracker, open_tracker
+from unetkit.training.tracker import Tracker
+from unetkit.training.tracking import open_tracker
 
 
 def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> Path:

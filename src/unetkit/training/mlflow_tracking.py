@@ -1,4 +1,4 @@
-"""`--track mlflow[:URI]`: a training run as an MLflow run (the `Tracker` of `unetkit.training.tracking`).
+"""`--track mlflow[:URI]`: a training run as an MLflow run (a `Tracker`, `unetkit.training.tracker`; chosen by `unetkit.training.tracking`).
 
 What the run holds:
 - params: the resolved TrainConfig, flattened (`optim.lr`, `model.base_width`, ...); the plan as
@@ -35,7 +35,7 @@ from unetkit.data.atomic import atomic_write
 from unetkit.errors import ConfigError
 from unetkit.evaluation.figures import time_to_quality_figure
 from unetkit.training.loop import SELECTION_METRIC
-from unetkit.training.tracking import Tracker
+from unetkit.training.tracker import Tracker
 
 DEFAULT_EXPERIMENT = "unetkit"
 RUN_FILE = "tracking.json"  # in the run folder: which MLflow run a resume continues

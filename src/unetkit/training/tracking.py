@@ -1,6 +1,6 @@
 """Experiment tracking: where a training run reports beyond its own folder (`TrainConfig.track`).
 
-A `Tracker` is called by `fit` at the points a run already reports, and nowhere else:
+A `Tracker` (`unetkit.training.tracker`) is called by `fit` at the points a run already reports, and nowhere else:
 `start(config, fingerprint)` once the config is resolved and the data fingerprinted, `event(e)` for
 every event of the run log (it is one of the log's callbacks: "start", "train", "val", "budget",
 "stop", "end"; the "end" event names the artifact), and `close(status)` when `fit` returns or fails.
@@ -18,62 +18,17 @@ the tracker turns itself off: the training run is worth more than its record.
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
-from unetkit.config import TRACKERS, TrainConfig
+from unetkit.config import TRACKERS
 from unetkit.errors import ConfigError
-
-STATUSES = ("FINISHED", "FAILED", "KILLED")  # how a run ends (MLflow's names)
-
-
-class Tracker:
-    """Tracks nothing: the interface `fit` calls, and the tracker of a run without `track`."""
-
-    name = "none"
-
-    def start(self, config: TrainConfig, fingerprint: dict[str, Any]) -> None:
-        """The resolved config (params, plan) and the data fingerprint, before the first step."""
-
-    def event(self, event: dict[str, Any]) -> None:
-        """One run-log event (a `RunLog` callback)."""
-
-    def close(self, status: str) -> None:
-        """The run ended: `status` one of STATUSES."""
+from unetkit.training.tracker import GuardedTracker, Tracker
 
 
-class GuardedTracker(Tracker):
-    """A tracker whose failures after `open_tracker` never stop training: the first one is printed
-    (one line on stderr) and the tracker goes quiet."""
-
-    def __init__(self, inner: Tracker) -> None:
-        self.inner, self.name, self.failed = inner, inner.name, False
-
-    def _call(self, method: str, *args: Any) -> None:
-        if self.failed:
-            return
-        try:
-            getattr(self.inner, method)(*args)
-        except Exception as e:  # noqa: BLE001 - the run is worth more than its record
-            self.failed = True
-            print(f"warning: {self.name} tracking stopped ({type(e).__name__}: {str(e)[:300]}); "
-                  "training goes on, recorded in the run folder only", file=sys.stderr)
-
-    def start(self, config: TrainConfig, fingerprint: dict[str, Any]) -> None:
-        self._call("start", config, fingerprint)
-
-    def event(self, event: dict[str, Any]) -> None:
-        self._call("event", event)
-
-    def close(self, status: str) -> None:
-        self._call("close", status)
-
-
-def parse_track(spec: str) -> tuple[str, str]:
-    """`"mlflow:sqlite:///x.db"` -> ("mlflow", "sqlite:///x.db"); the URI may be empty (the tracker's default)."""
+def parse_track(spec: str, option: str = "track") -> tuple[str, str]:
+    """`"mlflow:sqlite:///x.db"` -> ("mlflow", "sqlite:///x.db"); the URI may be empty (the tracker's default).
+    `option`: how the caller names the value in an error (`--to` for `registry export`)."""
     name, _, uri = spec.partition(":")
     if name not in TRACKERS:
-        raise ConfigError(f"track {spec!r}: expected NAME or NAME:URI with NAME one of {', '.join(TRACKERS)} "
+        raise ConfigError(f"{option} {spec!r}: expected NAME or NAME:URI with NAME one of {', '.join(TRACKERS)} "
                           "(e.g. mlflow or mlflow:sqlite:///mlflow.db)")
     return name, uri
 
