@@ -25,6 +25,9 @@ from unetkit import __version__
 from unetkit.config import (
     CACHE_DIR_ENV,
     DRIFT_THRESHOLD,
+    MLFLOW_EXPERIMENT_ENV,
+    MLFLOW_URI_ENV,
+    OTEL_ENDPOINT_ENVS,
     REGISTRY_ENV,
     REGISTRY_STORE_ENV,
     SERVE_ENV_PREFIX,
@@ -60,9 +63,12 @@ EXIT_CODES = {EXIT_OK: "success", EXIT_CHECK_FAILED: "a check found a problem (v
 ENVIRONMENT = {REGISTRY_ENV: "registry database (registry commands' --registry)",
                REGISTRY_STORE_ENV: "registry artifact folder (registry commands' --store)",
                CACHE_DIR_ENV: "where --backend auto keeps its measurements (default ~/.cache/unetkit)",
-               f"{SERVE_ENV_PREFIX}<FIELD>": "any ServeConfig field of `unetkit serve` (e.g. UNETKIT_SERVE_TOKEN)"}
+               f"{SERVE_ENV_PREFIX}<FIELD>": "any ServeConfig field of `unetkit serve` (e.g. UNETKIT_SERVE_TOKEN)",
+               MLFLOW_URI_ENV: "MLflow store of train --track mlflow and registry export --to mlflow",
+               MLFLOW_EXPERIMENT_ENV: "MLflow experiment of those runs (default unetkit)",
+               OTEL_ENDPOINT_ENVS[1]: "OTLP/HTTP collector: turns serve's OpenTelemetry traces on (and OTEL_*)"}
 EPILOG = "\b\nExit status:\n" + "\n".join(f"  {code:<4}{text}" for code, text in EXIT_CODES.items()) + \
-    "\n\n\b\nEnvironment:\n" + "\n".join(f"  {name:<24}{text}" for name, text in ENVIRONMENT.items()) + \
+    "\n\n\b\nEnvironment:\n" + "\n".join(f"  {name:<28}{text}" for name, text in ENVIRONMENT.items()) + \
     "\n\nShell completion: unetkit --install-completion (bash, zsh, fish, PowerShell)."
 
 app = typer.Typer(
