@@ -96,7 +96,8 @@ def test_cli_refuses_an_unreachable_server_in_one_line(shapes_data: Path, tmp_pa
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and f"--track mlflow:http://127.0.0.1:{port}: cannot write" in lines[0], proc.stderr
+    assert len(lines) == 1 and f"--track mlflow:http://127.0.0.1:{port}: cannot write to this MLflow store (nothing " \
+        "answers there: connection refused)" in lines[0], proc.stderr
     assert time.monotonic() - t0 < 60  # no minutes of retries
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 

@@ -37,6 +37,7 @@ from unetkit.registry.records import VersionRecord
 from unetkit.training.mlflow_tracking import (
     DEFAULT_EXPERIMENT,
     experiment_id,
+    failure_reason,
     import_mlflow,
     quick_http,
     resolve_uri,
@@ -104,8 +105,7 @@ def export_version(record: VersionRecord, blob: Path, uri: str = "", name: str |
             client = mlflow.MlflowClient(tracking_uri=uri)
             experiment = experiment_id(client, uri, os.environ.get(MLFLOW_EXPERIMENT_ENV) or DEFAULT_EXPERIMENT)
     except Exception as e:  # noqa: BLE001 - every failure here is "cannot export there"
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"--to mlflow:{uri}: cannot write to this MLflow store ({reason})") from None
+        raise ConfigError(f"--to mlflow:{uri}: cannot write to this MLflow store ({failure_reason(e)})") from None
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:

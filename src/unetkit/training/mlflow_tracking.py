@@ -96,6 +96,16 @@ def experiment_id(client: Any, uri: str, name: str) -> str:
     return found.experiment_id
 
 
+def failure_reason(error: BaseException) -> str:
+    """Why an MLflow store could not be used, in a few words (MLflow's HTTP errors run to paragraphs)."""
+    text = str(error).strip()
+    if "NewConnectionError" in text or "Connection refused" in text:
+        return "nothing answers there: connection refused"
+    if "timed out" in text.lower() or "ReadTimeout" in text:
+        return f"no answer within {CONNECT_TIMEOUT_SECONDS} s"
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
 class MlflowTracker(Tracker):
     name = "mlflow"
 
@@ -117,8 +127,8 @@ class MlflowTracker(Tracker):
                 client = mlflow.MlflowClient(tracking_uri=uri)
                 experiment = experiment_id(client, uri, name)
         except Exception as e:  # noqa: BLE001 - every failure here is "cannot track there"
-            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"--track mlflow:{uri}: cannot write to this MLflow store ({reason}); give a writable "
+            raise ConfigError(f"--track mlflow:{uri}: cannot write to this MLflow store ({failure_reason(e)}); give a "
+                              "writable "
                               "URI (e.g. mlflow:sqlite:///runs/mlflow.db or a running server's http://host:5000) "
                               "or leave --track out") from None
         return cls(client, uri, experiment, out_dir)
