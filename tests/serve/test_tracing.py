@@ -197,3 +197,16 @@ def test_spans_reach_a_real_otlp_receiver(artifact_path, monkeypatch) -> None:
         assert all(s["start"] <= s["end"] for s in spans)
     finally:
         receiver.close()
+
+
+def test_serve_refuses_an_unknown_exporter_in_one_line(artifact_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "unetkit", "serve", str(artifact_path), "--port", "0"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OTEL_TRACES_EXPORTER": "zipkin"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [("error: OTEL_TRACES_EXPORTER=zipkin: unknown exporter 'zipkin'; "
+                                                     "expected otlp, console, none")]
