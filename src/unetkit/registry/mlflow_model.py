@@ -50,6 +50,7 @@ import mlflow.pyfunc  # noqa: E402
 ARTIFACT_KEY = "unetkit_artifact"  # the artifact's name among the MLflow model's artifacts
 ENTRY = Path(__file__).with_name("mlflow_entry.py")  # what MLflow runs to build the model (no pickle)
 OUTPUTS = ("labels", "probabilities")
+DEFAULT_BACKEND = "torch"  # no measuring at load ("auto" times every backend once per machine)
 
 
 class UnetkitPyfunc(mlflow.pyfunc.PythonModel):
@@ -58,7 +59,7 @@ class UnetkitPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         config = dict(getattr(context, "model_config", None) or {})
         self.artifact = load_artifact(context.artifacts[ARTIFACT_KEY])
-        self.predictor = make_predictor(self.artifact, config.get("backend", "torch"))
+        self.predictor = make_predictor(self.artifact, config.get("backend", DEFAULT_BACKEND))
         self.tile = tile_config_for(self.artifact)
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would read a schema from them
@@ -120,7 +121,8 @@ def export_version(record: VersionRecord, blob: Path, uri: str = "", name: str |
                 info = mlflow.pyfunc.log_model(
                     name="model", python_model=str(ENTRY), artifacts={ARTIFACT_KEY: str(blob)},
                     signature=signature, registered_model_name=name, pip_requirements=[f"unetkit=={__version__}"],
-                    metadata={"unetkit_ref": record.ref, "unetkit_sha256": record.sha256})
+                    metadata={"unetkit_ref": record.ref, "unetkit_sha256": record.sha256},
+                    model_config={"backend": DEFAULT_BACKEND})  # declared, so a loader may override it
         version = str(info.registered_model_version)
         for key, value in {"unetkit.registry_ref": record.ref, "unetkit.sha256": record.sha256,
                            "unetkit.stage": record.stage}.items():
