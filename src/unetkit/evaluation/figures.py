@@ -69,7 +69,7 @@ def time_to_quality_figure(points: Sequence[tuple[float, float]], metric: str,
     ax.set_ylabel(f"validation {metric}")
     ax.set_title("time to quality")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     return png_bytes(fig)
 
 

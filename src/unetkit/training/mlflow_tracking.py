@@ -9,7 +9,8 @@ What the run holds:
 - metrics: every "train" event (`train/loss`, `train/lr`, ...) and every validation (`val/mean_dice_foreground`, ...)
   at its step, the budget's step plan (`budget/total_steps`), and the artifact's final metrics (`final/...`);
 - at the end: the artifact (`model/model.unetkit`), the run log (`log/metrics.jsonl`) and the
-  time-to-quality plot (`plots/time_to_quality.png`: validation score against minutes).
+  time-to-quality plot (`plots/time_to_quality.png`: validation score against minutes, drawn from the
+  run log, so a resumed run's earlier processes are in it).
 
 URI: what `--track mlflow:URI` says, else $MLFLOW_TRACKING_URI, else MLflow's default `sqlite:///mlflow.db`
 in the working folder. A new experiment on a local SQLite store keeps its artifacts beside the
@@ -35,6 +36,7 @@ from unetkit.data.atomic import atomic_write
 from unetkit.errors import ConfigError
 from unetkit.evaluation.figures import time_to_quality_figure
 from unetkit.training.loop import SELECTION_METRIC
+from unetkit.training.runlog import read_log
 from unetkit.training.tracker import Tracker
 
 DEFAULT_EXPERIMENT = "unetkit"
@@ -112,8 +114,6 @@ class MlflowTracker(Tracker):
     def __init__(self, client: Any, uri: str, experiment: str, out_dir: str) -> None:
         self.client, self.uri, self.experiment_id, self.out_dir = client, uri, experiment, out_dir
         self.run_id = ""
-        self.points: list[tuple[float, float]] = []  # (seconds, validation score) for the plot
-        self.best: tuple[float, float] | None = None
 
     @classmethod
     def open(cls, uri: str, out_dir: str = "") -> MlflowTracker:
@@ -162,12 +162,7 @@ class MlflowTracker(Tracker):
             numbers = {f"{kind}/{_metric_name(k)}": float(v) for k, v in event.items()
                        if k not in ("event", "step", "time") and _is_number(v)}
             self._log_metrics(numbers, step)
-        if kind == "val" and _is_number(event.get(SELECTION_METRIC)):
-            point = (float(event["time"]), float(event[SELECTION_METRIC]))
-            self.points.append(point)
-            if event.get("best_step") == step:
-                self.best = point
-        elif kind == "start":
+        if kind == "start":
             from mlflow.entities import RunTag  # lazy: optional extra (mlflow)
 
             tags = [RunTag(f"unetkit.{k}", str(event[k])[:5000]) for k in ("mode", "mode_reason", "device", "world_size",
@@ -229,12 +224,17 @@ class MlflowTracker(Tracker):
         self.client.set_tag(self.run_id, "unetkit.weights_sha256", meta.weights_sha256)
         self.client.log_artifact(self.run_id, str(artifact), "model")
         log = artifact.parent / "metrics.jsonl"
-        if log.is_file():
-            self.client.log_artifact(self.run_id, str(log), "log")
-        if self.points:
+        if not log.is_file():
+            return
+        self.client.log_artifact(self.run_id, str(log), "log")
+        # the whole run's validations, from its log: a resumed run's earlier processes included
+        vals = [e for e in read_log(log) if e.get("event") == "val" and _is_number(e.get(SELECTION_METRIC))]
+        if vals:
+            points = [(float(e["time"]), float(e[SELECTION_METRIC])) for e in vals]
+            kept = [p for p, e in zip(points, vals, strict=True) if e.get("best_step") == e.get("step")]
             with tempfile.TemporaryDirectory() as tmp:
                 png = Path(tmp) / "time_to_quality.png"
-                atomic_write(png, time_to_quality_figure(self.points, SELECTION_METRIC, self.best))
+                atomic_write(png, time_to_quality_figure(points, SELECTION_METRIC, kept[-1] if kept else None))
                 self.client.log_artifact(self.run_id, str(png), "plots")
 
 
