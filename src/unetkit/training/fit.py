@@ -66,10 +66,11 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None) -> 
         keep_freed_memory()  # reuse activation buffers: glibc's page faults cost up to 30 % of a CPU step
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # the experiment tracker (`config.track`): connected and checked writable before any work
-    tracker = open_tracker(config.track, str(out_dir)) if env.is_main else Tracker()
-    status = "FAILED"
+    tracker, status = Tracker(), "FAILED"
     try:
+        # the experiment tracker (`config.track`): connected and checked writable before any work
+        if env.is_main:
+            tracker = open_tracker(config.track, str(out_dir))
         if config.ensemble_folds < 1:  # before loading the data: a user error should not wait for it
             raise ConfigError(f"ensemble_folds: expected an integer >= 1 (1 = one model), got {config.ensemble_folds}")
         candidate_modes(config.precision, config.memory_format, device)  # refuses unknown values
