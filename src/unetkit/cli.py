@@ -25,6 +25,9 @@ from unetkit import __version__
 from unetkit.config import (
     CACHE_DIR_ENV,
     DRIFT_THRESHOLD,
+    MLFLOW_EXPERIMENT_ENV,
+    MLFLOW_URI_ENV,
+    OTEL_ENDPOINT_ENVS,
     RAY_ADDRESS_ENV,
     REGISTRY_ENV,
     REGISTRY_STORE_ENV,
@@ -71,9 +74,12 @@ EXIT_CODES = {EXIT_OK: "success", EXIT_CHECK_FAILED: "a check found a problem (v
 ENVIRONMENT = {REGISTRY_ENV: "registry database (registry commands' --registry)",
                REGISTRY_STORE_ENV: "registry artifact folder (registry commands' --store)",
                CACHE_DIR_ENV: "where --backend auto keeps its measurements (default ~/.cache/unetkit)",
-               f"{SERVE_ENV_PREFIX}<FIELD>": "any ServeConfig field of `unetkit serve` (e.g. UNETKIT_SERVE_TOKEN)"}
+               f"{SERVE_ENV_PREFIX}<FIELD>": "any ServeConfig field of `unetkit serve` (e.g. UNETKIT_SERVE_TOKEN)",
+               MLFLOW_URI_ENV: "MLflow store of train --track mlflow and registry export --to mlflow",
+               MLFLOW_EXPERIMENT_ENV: "MLflow experiment of those runs (default unetkit)",
+               OTEL_ENDPOINT_ENVS[1]: "OTLP/HTTP collector: turns serve's OpenTelemetry traces on (and OTEL_*)"}
 EPILOG = "\b\nExit status:\n" + "\n".join(f"  {code:<4}{text}" for code, text in EXIT_CODES.items()) + \
-    "\n\n\b\nEnvironment:\n" + "\n".join(f"  {name:<24}{text}" for name, text in ENVIRONMENT.items()) + \
+    "\n\n\b\nEnvironment:\n" + "\n".join(f"  {name:<28}{text}" for name, text in ENVIRONMENT.items()) + \
     "\n\nShell completion: unetkit --install-completion (bash, zsh, fish, PowerShell)."
 
 app = typer.Typer(
@@ -316,6 +322,12 @@ def train(
     skip_bad: Annotated[bool, typer.Option(help="Train on the good files when validation finds bad ones.")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     tensorboard: Annotated[bool, typer.Option(help="Also log to TensorBoard in the run folder.")] = False,
+    track: Annotated[str | None, typer.Option(
+        "--track", metavar="mlflow[:URI]",
+        help="Also record the run in an experiment tracker: mlflow (URI default $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db here) or mlflow:URI (sqlite:///path.db, http://host:5000). Logs params, plan, "
+        "validation metrics, the time-to-quality plot, the data fingerprint and the artifact. A store that "
+        "cannot be written refuses the run before training (docs/observability.md).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     plan: Annotated[bool, typer.Option("--plan/--no-plan", help="With --budget: plan model, patch, batch, loss, "
                                        "augmentation and schedule from the data and this machine's speed "
@@ -342,10 +354,14 @@ def train(
                  tensorboard=tensorboard, progress=False if quiet else None, postprocess=postprocess, calibrate=calibrate,
                  ensemble=ensemble, distill=distill, precision=precision, init=init,
                  pretrained=str(pretrained) if pretrained is not None else None, encoder=encoder,
-                 freeze_encoder_steps=freeze_encoder_steps, encoder_lr_ratio=encoder_lr_ratio)
+                 freeze_encoder_steps=freeze_encoder_steps, encoder_lr_ratio=encoder_lr_ratio, track=track)
     cfg = build_train_config(data=data, config_file=config, **flags)
     if unlabelled is not None and (budget is None or not plan or resume):
         raise ConfigError("--unlabelled needs --budget (the plan decides whether pretraining pays) and no --resume")
+    if cfg.track:  # refuse an unwritable tracking store before planning and training
+        from unetkit.training.tracking import open_tracker
+
+        open_tracker(cfg.track)
     if budget is not None and plan and not resume:
         from unetkit.planning.auto import plan_training, pretrain_first
         from unetkit.planning.plan import format_plan

@@ -55,12 +55,22 @@ Encoder = Literal["unet", "resnet18", "resnet34", "resnet50",
                   "efficientnet-b0", "efficientnet-b1", "efficientnet-b2", "efficientnet-b3"]
 ENCODERS: tuple[str, ...] = get_args(Encoder)
 MODEL_PLUGIN_GROUP = "unetkit.models"  # entry-point group of architectures other packages provide
+Tracker = Literal["mlflow"]  # experiment trackers `unetkit train --track NAME[:URI]` reports to (unetkit.training.tracking)
+TRACKERS: tuple[str, ...] = get_args(Tracker)
 
 # Environment variables (read where the value is used; the command line declares them on its options)
 REGISTRY_ENV = "UNETKIT_REGISTRY"  # the registry database (unetkit.registry.location)
 REGISTRY_STORE_ENV = "UNETKIT_REGISTRY_STORE"  # the registry's artifact folder
 CACHE_DIR_ENV = "UNETKIT_CACHE_DIR"  # --backend auto's measurements (unetkit.inference.backends)
 SERVE_ENV_PREFIX = "UNETKIT_SERVE_"  # + a ServeConfig field name, upper case (unetkit.serve.server)
+MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own: where `--track mlflow` (no URI) and `--to mlflow` write
+MLFLOW_EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"  # MLflow's own: the experiment of `--track mlflow` runs
+# OpenTelemetry's standard variables that turn `serve`'s tracing on or off (unetkit.serve.tracing)
+OTEL_EXPORTER_ENV = "OTEL_TRACES_EXPORTER"
+OTEL_ENDPOINT_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+OTEL_PROTOCOL_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+OTEL_DISABLED_ENV = "OTEL_SDK_DISABLED"
+OTEL_SERVICE_NAME_ENV = "OTEL_SERVICE_NAME"
 
 
 # ---------------------------------------------------------------- data
@@ -276,6 +286,7 @@ class TrainConfig:
     ensemble_folds: int = 1  # >1: k-fold ensembling (R12): one member per fold of the training split
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # start from trained weights (R15)
     distill: DistillConfig = field(default_factory=DistillConfig)  # a teacher distilled into this model (R17)
+    track: str = ""  # experiment tracking: "" off, "mlflow" or "mlflow:URI" (unetkit.training.tracking)
 
 
 # ---------------------------------------------------------------- inference, export, serving

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.mlflow_fixtures import mlflow_template, mlflow_uri  # noqa: F401 - fixtures
 from tests.registry.postgres import PostgresServer
 from tests.serve.samples import make_artifact
 from unetkit.registry.registry import Registry

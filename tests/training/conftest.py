@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.mlflow_fixtures import mlflow_server, mlflow_template, mlflow_uri  # noqa: F401 - fixtures
 from unetkit.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
 
 

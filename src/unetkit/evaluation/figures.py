@@ -55,6 +55,24 @@ def confusion_figure(cm: Sequence[Sequence[int]], class_names: Sequence[str]) ->
     return png_bytes(fig)
 
 
+def time_to_quality_figure(points: Sequence[tuple[float, float]], metric: str,
+                           best: tuple[float, float] | None = None) -> bytes:
+    """A training run's validation `metric` against wall-clock minutes: `points` are (seconds, value)
+    of each validation, `best` the one whose weights were kept (marked)."""
+    fig = _figure(6.0, 3.6)
+    ax = fig.add_subplot()
+    minutes = [t / 60 for t, _ in points]
+    ax.plot(minutes, [v for _, v in points], marker="o", markersize=3, label=metric)
+    if best is not None:
+        ax.scatter([best[0] / 60], [best[1]], s=60, facecolors="none", edgecolors="crimson", label="kept (best)")
+    ax.set_xlabel("minutes since the run started")
+    ax.set_ylabel(f"validation {metric}")
+    ax.set_title("time to quality")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    return png_bytes(fig)
+
+
 def reliability_figure(curves: dict[str, dict[str, Any]], ece: dict[str, float | None]) -> bytes:
     """Reliability diagram: accuracy per confidence bin for one or more curves (e.g. before/after
     calibration), the diagonal, and the pixel share per bin below."""

@@ -1,4 +1,4 @@
-"""`unetkit registry add | list | show | promote | rollback | diff | grant | policy`: the command-line layer over
+"""`unetkit registry add | list | show | promote | rollback | diff | export | grant | policy`: the command-line layer over
 `Registry` (cli.py mounts it; nothing in the library imports this module).
 
 Every command takes `--registry` (a path or URL; default $UNETKIT_REGISTRY, else
@@ -217,6 +217,37 @@ def diff(
         _json(result)
     else:
         _print(*diff_tables(result))
+
+
+@registry_app.command("export")
+def export(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION (or NAME:production, NAME:latest...).")],
+    to: Annotated[str, typer.Option(
+        "--to", metavar="mlflow[:URI]", help="Where: mlflow (URI default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+        "here) or mlflow:URI. Registers the artifact as a new version of an MLflow registered model: a pyfunc "
+        "that runs unetkit's tiled predictor (docs/observability.md).")],
+    name: Annotated[str | None, typer.Option(help="The MLflow registered model's name (default: the unetkit model's).")] = None,
+    registry: RegistryOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Register a version in another model registry (MLflow), so teams on its tools keep them."""
+    from unetkit.training.tracking import parse_track
+
+    _, uri = parse_track(to, "--to")
+    from unetkit.registry.mlflow_model import export_version
+
+    with _opened(registry, store) as reg:
+        record = reg.get(ref)
+        blob = reg.fetch(record)  # sha256 checked
+        result = export_version(record, blob, uri, name)
+    if json_out:
+        _json({"registry_ref": record.ref, "sha256": record.sha256, "mlflow_model": result.name,
+               "mlflow_version": result.version, "model_uri": result.model_uri, "run_id": result.run_id,
+               "tracking_uri": result.tracking_uri})
+    else:
+        typer.echo(f"exported {record.ref} (sha256 {record.sha256[:12]}) to MLflow as {result.model_uri} "
+                   f"at {result.tracking_uri} (run {result.run_id})")
 
 
 @registry_app.command("grant")

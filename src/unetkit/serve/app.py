@@ -7,7 +7,8 @@ inference (through the batcher) and encoding run in the thread pool. Every error
 
 The parts: `routes_health.py` (probes, metrics, page), `routes_v1.py` (the API), `state.py` (the
 shared `AppState` on `app.state.unetkit`, reached through dependencies), `auth.py` (bearer token),
-`middleware.py` (request ids, metrics, logs), `errors.py` (statuses and JSON error bodies), `upload.py`
+`middleware.py` (request ids, metrics, logs), `tracing.py` (the request's record; OpenTelemetry spans
+when OTEL_* variables ask for them), `errors.py` (statuses and JSON error bodies), `upload.py`
 (reading request bodies under limits).
 
 /docs, /redoc and /openapi.json exist only with `docs` on. Serving on a non-loopback address without
@@ -34,6 +35,7 @@ from unetkit.serve.middleware import observe
 from unetkit.serve.sampling import Sampler
 from unetkit.serve.service import Service
 from unetkit.serve.state import AppState
+from unetkit.serve.tracing import Tracing
 from unetkit.serve.upload import BodyBudget
 
 try:
@@ -43,7 +45,9 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"unetkit serve needs the web extra ({e.name} is missing): pip install 'unetkit[serve]'") from None
 
 
-def create_app(config: ServeConfig) -> FastAPI:
+def create_app(config: ServeConfig, tracing: Tracing | None = None) -> FastAPI:
+    """The app over `config`; `tracing`: OpenTelemetry traces (default: as the OTEL_* variables say,
+    `Tracing.from_environment`, off when they say nothing)."""
     if not config.artifact and not config.registry:
         raise ConfigError("serve: no model artifact given (argument ARTIFACT, config 'artifact' or UNETKIT_SERVE_ARTIFACT), "
                           "nor a model registry (--registry)")
@@ -54,6 +58,7 @@ def create_app(config: ServeConfig) -> FastAPI:
                           f"{config.max_inflight_pixels:,}: one image would run beyond the memory budget; "
                           "raise max_inflight_pixels or lower max_pixels")
     configure_logging(config.log_level)
+    tracing = tracing if tracing is not None else Tracing.from_environment()
     tokens = TokenStore(config)
     if not tokens.enabled and not is_loopback(config.host):
         log(logging.WARNING, "SERVING WITHOUT AUTHENTICATION on a non-loopback address: anyone who reaches "
@@ -66,7 +71,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     app = FastAPI(title="unetkit segmentation service", version="1", lifespan=lifespan, **docs,
                   description="Segment images with a unetkit model artifact. Errors: `{\"error\": {\"code\", \"message\"}}`.")
     app.state.unetkit = AppState(config, metrics, tokens, sampler, BodyBudget(config.max_inflight_body_bytes,
-                                                                             config.retry_after_seconds))
+                                                                             config.retry_after_seconds),
+                                 tracing=tracing)
     app.middleware("http")(observe)
     add_error_handlers(app)
     app.include_router(routes_health.router)
@@ -92,6 +98,8 @@ async def lifespan(app: FastAPI) -> Any:
     if state.sampler is not None:
         await asyncio.to_thread(state.sampler.close)
     await asyncio.to_thread(state.metrics.close)
+    if state.tracing is not None:
+        await asyncio.to_thread(state.tracing.shutdown)  # export the last spans
     log(logging.INFO, "stopped")
 
 

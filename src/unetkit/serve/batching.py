@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,7 @@ class Session:
     """One request's identity in the queue."""
 
     started: bool = False  # has had tiles accepted (then it waits for room instead of failing)
+    context: Any = None  # the request's `tracing.RequestContext`: told about each forward pass its tiles were in
 
 
 @dataclass(eq=False)
@@ -69,6 +71,7 @@ class _Job:
     remaining: int = 0
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    enqueued_ns: int = 0  # wall clock (time.time_ns) when queued, for the trace's "queue wait" span
 
 
 @dataclass(eq=False)
@@ -106,9 +109,10 @@ class TileBatcher:
         return len(self._queue)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """Mark a request active for its whole duration, so partial batches wait for its tiles."""
-        s = Session()
+    def session(self, context: Any = None) -> Iterator[Session]:
+        """Mark a request active for its whole duration, so partial batches wait for its tiles.
+        `context`: the request's `RequestContext` (its trace hears of each forward pass), or None."""
+        s = Session(context=context)
         with self._cond:
             self._active.add(s)
         try:
@@ -124,7 +128,8 @@ class TileBatcher:
         n = len(tiles)
         if n > self.max_queue:
             raise ValueError(f"{n} tiles in one call exceed max_queue {self.max_queue}")
-        job = _Job(tiles=np.ascontiguousarray(tiles, dtype=np.float32), session=session, remaining=n)
+        job = _Job(tiles=np.ascontiguousarray(tiles, dtype=np.float32), session=session, remaining=n,
+                   enqueued_ns=time.time_ns() if session.context is not None else 0)
         with self._cond:
             while True:
                 if self._closed:
@@ -187,6 +192,7 @@ class TileBatcher:
         return taken
 
     def _execute(self, batch: list[_Entry]) -> None:
+        start_ns = time.time_ns()
         start = time.perf_counter()
         try:
             out = self.predictor(np.stack([e.job.tiles[e.index] for e in batch]))
@@ -206,11 +212,31 @@ class TileBatcher:
             job.remaining -= 1
             if job.remaining == 0 and job.error is None:
                 job.done.set()
+        sessions = {id(e.job.session): e.job.session for e in batch}
         if self.on_batch is not None:
             try:
-                self.on_batch(BatchStats(len(batch), len({id(e.job.session) for e in batch}), seconds))
+                self.on_batch(BatchStats(len(batch), len(sessions), seconds))
             except Exception:  # noqa: BLE001 - metrics must never break inference
                 pass
+        if any(s.context is not None for s in sessions.values()):
+            _report_batch(batch, sessions, start_ns, start_ns + int(seconds * 1e9))
+
+
+def _report_batch(batch: list[_Entry], sessions: dict[int, Session], start_ns: int, end_ns: int) -> None:
+    """Tell each traced request of the pass: when its tiles were queued, how many were in it, who shared it."""
+    tiles: dict[int, int] = {}
+    enqueued: dict[int, int] = {}
+    for e in batch:
+        key = id(e.job.session)
+        tiles[key] = tiles.get(key, 0) + 1
+        enqueued[key] = min(enqueued.get(key, e.job.enqueued_ns), e.job.enqueued_ns)
+    contexts = {key: s.context for key, s in sessions.items() if s.context is not None}
+    for key, context in contexts.items():
+        try:
+            context.batch(enqueued[key], start_ns, end_ns, len(batch), tiles[key],
+                          [c for k, c in contexts.items() if k != key])
+        except Exception:  # noqa: BLE001 - tracing must never break inference
+            pass
 
 
 class PixelBudget:

@@ -21,10 +21,10 @@ from unetkit.serve import schemas
 from unetkit.serve.auth import require
 from unetkit.serve.encoding import MAX_CHANNELS, decode_upload, inspect_upload
 from unetkit.serve.errors import ERROR_RESPONSES
-from unetkit.serve.logs import request_id_var
 from unetkit.serve.render import INCLUDES, binary_output, segment_json
 from unetkit.serve.service import SegmentOptions, Service
 from unetkit.serve.state import AppState, app_state, ready_service
+from unetkit.serve.tracing import RequestContext
 from unetkit.serve.upload import read_upload
 
 try:
@@ -80,14 +80,15 @@ async def segment(
     if extras - set(INCLUDES):
         raise RequestValidationError([{"loc": ("query", "include"), "msg": f"unknown {sorted(extras - set(INCLUDES))}; "
                                        f"expected some of {list(INCLUDES)}"}])
-    upload = await read_upload(request, state.config, state.bodies, deadline)
+    context: RequestContext = request.state.context
+    with context.span("receive"):
+        upload = await read_upload(request, state.config, state.bodies, deadline)
     cancelled = threading.Event()
     watcher = asyncio.create_task(watch_disconnect(request, cancelled))
     try:
         with service.admission():
-            rid = request_id_var.get()
             body, media, headers = await run_in_threadpool(
-                _segment_blocking, state, service, upload.data, upload.name, fmt, output, extras, tta, rid,
+                _segment_blocking, state, service, upload.data, upload.name, fmt, output, extras, tta, context,
                 Limits(deadline, cancelled))
     finally:
         watcher.cancel()
@@ -114,37 +115,43 @@ async def watch_disconnect(request: Request, cancelled: threading.Event) -> None
 
 
 def _segment_blocking(state: AppState, service: Service, data: bytes, name: str, fmt: str, output: str,
-                      include: set[str], tta: bool, request_id: str, limits: Limits) -> tuple[bytes, str, dict[str, str]]:
+                      include: set[str], tta: bool, context: RequestContext,
+                      limits: Limits) -> tuple[bytes, str, dict[str, str]]:
     """Decode, segment, encode: the whole request's CPU work, in a pool thread. The header is read first:
     size and channels are checked and the image waits for room in the pixel budget before it is decoded
     (an image of more than 4 channels counts once per 4)."""
     max_channels = service.max_channels()
     height, width, channels = inspect_upload(data, name, state.config.max_pixels, max_channels)
     with service.pixels(height * width * -(-channels // MAX_CHANNELS), limits.deadline):
-        return _segment_admitted(state, service, data, name, fmt, output, include, tta, request_id, limits,
+        return _segment_admitted(state, service, data, name, fmt, output, include, tta, context, limits,
                                  max_channels)
 
 
 def _segment_admitted(state: AppState, service: Service, data: bytes, name: str, fmt: str, output: str,
-                      include: set[str], tta: bool, request_id: str, limits: Limits,
+                      include: set[str], tta: bool, context: RequestContext, limits: Limits,
                       max_channels: int) -> tuple[bytes, str, dict[str, str]]:
     start = time.perf_counter()
-    image = decode_upload(data, name, state.config.max_pixels, max_channels)
+    request_id = context.request_id
+    with context.span("decode", **{"unetkit.body_bytes": len(data)}):
+        image = decode_upload(data, name, state.config.max_pixels, max_channels)
     decoded = time.perf_counter()
     seg = service.segment(image, SegmentOptions(tta=tta, keep_probabilities=fmt == "png" and output == "probabilities",
-                                                deadline=limits.deadline, cancelled=limits.cancelled))
+                                                deadline=limits.deadline, cancelled=limits.cancelled, context=context))
     inferred = time.perf_counter()
     timing = {"decode_ms": round((decoded - start) * 1000, 2), "inference_ms": round((inferred - decoded) * 1000, 2)}
     headers = {"X-Model-Version": seg.model.version, "X-Model-Role": seg.model.role,
                "X-Inference-Ms": str(timing["inference_ms"])}
-    if fmt == "json":
-        payload = segment_json(seg, image, include, request_id, {**timing, "total_ms": 0.0}, tta,
-                               state.config.max_output_values)
-        payload["timing"]["total_ms"] = round((time.perf_counter() - start) * 1000, 2)
-        body, media = json.dumps(payload, allow_nan=False).encode(), "application/json"
-    else:
-        body, media = binary_output(seg, image, output)
+    with context.span("encode", **{"unetkit.format": fmt, "unetkit.output": output}):
+        if fmt == "json":
+            payload = segment_json(seg, image, include, request_id, {**timing, "total_ms": 0.0}, tta,
+                                   state.config.max_output_values)
+            payload["timing"]["total_ms"] = round((time.perf_counter() - start) * 1000, 2)
+            body, media = json.dumps(payload, allow_nan=False).encode(), "application/json"
+        else:
+            body, media = binary_output(seg, image, output)
     if state.sampler is not None:
-        meta = {"request_id": request_id, "name": name, "model_version": seg.model.version, **seg.summary}
+        meta = {"request_id": request_id, "trace_id": context.trace_id, "name": name,
+                "model_name": seg.model.name, "model_version": seg.model.version, "model_role": seg.model.role,
+                **seg.summary}
         state.sampler.maybe_save(request_id, image, seg.labels, meta)  # queued: written by the sampler's thread
     return body, media, headers

@@ -2,8 +2,9 @@
 
 A sampled request becomes `<dir>/<utc time>-<request id>/` with the input re-encoded from its
 pixels (`input.png`, or `input.tif` for values a PNG cannot hold), the class-index mask (`mask.png`)
-and `meta.json` (model, classes, fractions, confidence, and the sha256 of the client's file name,
-never the name). Nothing of the uploaded file but its pixels is kept: no EXIF, PNG text or TIFF tags.
+and `meta.json` (request id, trace id, model name/version/role, classes, fractions, confidence, and the
+sha256 of the client's file name, never the name): what leads from an alert to the exact inputs and
+model (docs/observability.md). Nothing of the uploaded file but its pixels is kept: no EXIF, PNG text or TIFF tags.
 
 Privacy and durability: the folder and each sample are 0700, files 0600. Samples are written by one
 background thread (a request only queues its arrays; when the queue is full the sample is dropped),

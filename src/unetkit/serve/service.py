@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +78,7 @@ class SegmentOptions:
     keep_probabilities: bool = False
     deadline: float | None = None  # time.monotonic() past which the request's remaining tiles are skipped
     cancelled: threading.Event | None = None  # set when the client is gone: the remaining tiles are skipped
+    context: Any = None  # the request's `tracing.RequestContext`: hears the model chosen; spans of the work
 
 
 @dataclass(frozen=True)
@@ -132,11 +133,11 @@ class LoadedModel:
         }
 
     def probabilities(self, image: np.ndarray, tta: bool = False, deadline: float | None = None,
-                      cancelled: threading.Event | None = None) -> np.ndarray:
+                      cancelled: threading.Event | None = None, context: Any = None) -> np.ndarray:
         """(K, H, W) probabilities through the shared batcher (blocks the calling thread); `DeadlineExceeded`
         when `deadline` (time.monotonic()) passes before the last batch, `ClientDisconnected` once
-        `cancelled` is set."""
-        with self.batcher.session() as session:
+        `cancelled` is set. `context`: the request's RequestContext (its trace gets the forward passes)."""
+        with self.batcher.session(context) as session:
             predictor = _SessionPredictor(self.batcher, session, self.meta.model.in_channels, self.patch, deadline,
                                           cancelled)
             return predict_tiled(predictor, image, replace(self.tile_config, tta=tta), max_pixels=image.shape[1] * image.shape[2])
@@ -283,20 +284,25 @@ class Service:
         start = time.perf_counter()
         if image.ndim != 3 or image.shape[1] * image.shape[2] > self.config.max_pixels:
             raise ImageTooLarge(f"image of shape {image.shape}: expected (C, H, W) with at most {self.config.max_pixels:,} pixels")
+        context = options.context
         with self.model_for_request() as model:
+            if context is not None:
+                context.model_chosen(model.version)
             image = fit_channels(image, model.meta.model.in_channels)
             try:
                 probs = model.probabilities(image, tta=options.tta, deadline=options.deadline,
-                                            cancelled=options.cancelled)
+                                            cancelled=options.cancelled,
+                                            context=context if context is not None and context.traced else None)
             except QueueFull as e:
                 e.retry_after = self.config.retry_after_seconds
                 raise
         if not np.isfinite(probs).all():  # e.g. values near float32's max overflow the normalization
             raise InputError(f"image values {float(image.min()):.3g}..{float(image.max()):.3g} overflow the model's "
                              "arithmetic (non-finite probabilities); send values in the range the model was trained on")
-        labels = labels_from_probabilities(probs, model.artifact)
-        confidence = probs.max(axis=0)
-        summary = summarize(labels, confidence, model.meta.class_names, model.colors)
+        with context.span("postprocess") if context is not None else nullcontext():
+            labels = labels_from_probabilities(probs, model.artifact)
+            confidence = probs.max(axis=0)
+            summary = summarize(labels, confidence, model.meta.class_names, model.colors)
         model_seconds = time.perf_counter() - start
         self.observer.prediction(model, summary)
         self.observer.segmented(model, image, None if options.tta else probs, labels)

@@ -12,6 +12,7 @@ from unetkit.serve.errors import NotReady
 from unetkit.serve.metrics import ServeMetrics
 from unetkit.serve.sampling import Sampler
 from unetkit.serve.service import Service
+from unetkit.serve.tracing import Tracing
 from unetkit.serve.upload import BodyBudget
 
 try:
@@ -32,6 +33,7 @@ class AppState:
     error: str | None = None
     started: float = field(default_factory=time.monotonic)
     follower: Any = None  # a RegistryFollower when serving from a model registry
+    tracing: Tracing | None = None  # OpenTelemetry traces (None: off, the default)
 
 
 async def app_state(request: Request) -> AppState:  # async: no thread-pool hop for a lookup

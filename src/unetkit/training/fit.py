@@ -19,6 +19,10 @@ the real model (`unetkit.training.precision.decide_mode`); the log's "start" eve
 (`init`: its architecture and weights, the head re-initialized for other classes) or pretrained
 encoder weights; the parent's sha256 goes into the artifact's lineage.
 
+With `track` set, an experiment tracker (`unetkit.training.tracking`, e.g. MLflow) is connected before
+any work (a store it cannot write refuses the run), gets the resolved config and data fingerprint,
+hears every event of the run log and, with the "end" event, the artifact.
+
 `resume=True` continues an interrupted run exactly from `checkpoint-last.pt`. With `nproc > 1`
 fit re-launches itself under torchrun (`unetkit.training.distributed`, `unetkit.training.worker`).
 
@@ -66,6 +70,8 @@ from unetkit.training.precision import ModeDecision, apply_mode, check_available
 from unetkit.training.prepare import load_training_data, with_weights_normalization
 from unetkit.training.runlog import Callback
 from unetkit.training.steps import log_time, run_steps
+from unetkit.training.tracker import Tracker
+from unetkit.training.tracking import open_tracker
 
 
 def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, model: nn.Module | None = None,
@@ -84,7 +90,11 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
     if device.type == "cpu":
         keep_freed_memory()  # reuse activation buffers: glibc's page faults cost up to 30 % of a CPU step
     out_dir = Path(config.out_dir)
+    tracker, status = Tracker(), "FAILED"
     try:
+        # the experiment tracker (`config.track`): connected and checked writable before any work
+        if env.is_main:
+            tracker = open_tracker(config.track, str(out_dir))
         if config.ensemble_folds < 1:  # before loading the data: a user error should not wait for it
             raise ConfigError(f"ensemble_folds: expected an integer >= 1 (1 = one model), got {config.ensemble_folds}")
         candidate_modes(config.precision, config.memory_format, device)  # refuses unknown values
@@ -107,12 +117,18 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
             data = with_weights_normalization(data, pretrained.mean, pretrained.std)
         out_dir.mkdir(parents=True, exist_ok=True)  # only now: bad input leaves nothing behind
         config, mode_info = settle_mode(config, env, device, network=model)
+        tracker.start(config, data.fingerprint)
+        callbacks = [*(callbacks or ()), tracker.event]  # the tracker hears every event of the run log
         if config.distill.mode == "on":  # "auto" is the plan's to decide (R17): unplanned, it is off
-            return fit_distilled(config, data, env, device, clock, callbacks or (), mode_info)
+            path = fit_distilled(config, data, env, device, clock, callbacks, mode_info)
+            status = "FINISHED"
+            return path
         if config.ensemble_folds > 1:
-            return fit_ensemble(config, data, env, device, clock, callbacks or (), mode_info)
+            path = fit_ensemble(config, data, env, device, clock, callbacks, mode_info)
+            status = "FINISHED"
+            return path
         clock.end_passes = end_passes(config, len(data.train), len(data.val))
-        model, state, log = run_steps(config, data, env, device, clock, out_dir, callbacks or (), mode_info,
+        model, state, log = run_steps(config, data, env, device, clock, out_dir, callbacks, mode_info,
                                       start=start, network=model, loss=loss)
         # ---- the best weights as the artifact
         artifact_path = out_dir / ARTIFACT_NAME
@@ -121,8 +137,13 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
             log.write({"event": "end", "step": state.step, "time": log_time(state, clock),
                        "artifact": str(artifact_path), "best": state.best_metric, "best_step": state.best_step})
         log.close()
+        status = "FINISHED"
         return artifact_path
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
+        tracker.close(status)
         shutdown(env)
 
 

@@ -45,6 +45,7 @@ def flag_settings(
     freeze_encoder_steps: int | None = None,
     encoder_lr_ratio: float | None = None,
     encoder: str | None = None,
+    track: str | None = None,
 ) -> dict[str, Any]:
     """The dotted TrainConfig keys the command-line flags set (a preset sets its model fields)."""
     changes: dict[str, Any] = {"data.data": str(data)}
@@ -90,6 +91,8 @@ def flag_settings(
         if distill not in DISTILL_MODES:
             raise ConfigError(f"--distill: expected one of {', '.join(DISTILL_MODES)}, got {distill!r}")
         changes["distill.mode"] = distill
+    if track is not None:
+        changes["track"] = track
     if precision is not None:
         if precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"--precision: expected auto, fp32 or bf16, got {precision!r}")
