@@ -95,6 +95,11 @@ class ArtifactMeta:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def in_channels(self) -> int:
+        """Input channels (the model's); an exported model's meta has the same name (`export.deployed`)."""
+        return self.model.in_channels
+
     def colors(self) -> list[tuple[int, int, int]]:
         """Class colours for overlays: stored ones, else a fixed distinguishable palette."""
         if len(self.class_colors) == self.num_classes:

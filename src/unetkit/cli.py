@@ -172,18 +172,12 @@ Sha256Opt = Annotated[str | None, typer.Option(
     "--sha256", help="Use the artifact only if the file's sha256 is this (sha256sum MODEL).")]
 
 
-def _verified_artifact(model: Path, trusted_keys: str | None, require_signature: bool, sha256: str | None) -> Any:
-    """The artifact loaded with its pin and signature checked, or None when neither was asked for."""
-    from unetkit.artifact import load_artifact
+def _load_run_model(model: Path, trusted_keys: str | None, require_signature: bool, sha256: str | None) -> Any:
+    """An artifact (its pin and signature checked when asked for) or an exported model (refused with either)."""
+    from unetkit.export.deployed import load_model
     from unetkit.signing import TrustPolicy
 
-    trust = TrustPolicy.load(trusted_keys, require_signature)
-    if trust is None and not sha256:
-        return None
-    if model.suffix.lower() == ".onnx":
-        raise UnetkitError(f"{model}: signatures and --sha256 cover model artifacts (.unetkit); "
-                           "verify the artifact it was exported from, or pin the .onnx file outside unetkit")
-    return load_artifact(model, sha256=sha256, trust=trust)
+    return load_model(model, sha256=sha256, trust=TrustPolicy.load(trusted_keys, require_signature))
 
 
 def _keys(text: str | None) -> list[str] | None:
@@ -488,11 +482,10 @@ def predict(
     when given, override it. --engine ray spreads the inputs (and the stripes of streamed ones)
     over a Ray cluster and writes the same files."""
     from unetkit.config import OutputConfig
-    from unetkit.export.deployed import load_model
 
     tile_settings = _tile_settings(tile, overlap, tta)
     limit = _bytes(max_memory, "--max-memory") if max_memory else None
-    loaded = _verified_artifact(model, trusted_keys, require_signature, sha256) or load_model(model)
+    loaded = _load_run_model(model, trusted_keys, require_signature, sha256)
     outputs = OutputConfig(colour=colour, probabilities=probabilities, overlays=overlay, geojson=geojson, coco=coco,
                            stream_format=stream_format, max_memory=limit)
     if engine == "ray":
@@ -712,7 +705,7 @@ def export_command(
 
 @app.command()
 def rank(
-    model: ModelArg,
+    model: RunModelArg,
     folder: Annotated[Path, typer.Argument(help="Folder of unlabelled images.")],
     by: Annotated[RankScore, typer.Option(help="Sort by entropy, margin, tta or combined (mean percentile rank of the three).")] = RankConfig.by,
     aggregate: Annotated[RankAggregate, typer.Option(help=f"Per-image value: mean, top (the {RankConfig.top_fraction:.0%} most "
@@ -756,7 +749,7 @@ def rank(
 
 @app.command()
 def drift(
-    model: ModelArg,
+    model: RunModelArg,
     folder: Annotated[Path | None, typer.Argument(help="New images: a folder (recursive) or one file.")] = None,
     baseline_from: Annotated[str | None, typer.Option(
         "--baseline-from", help="First measure the baseline on this training data (data folder, dataset "
@@ -770,19 +763,25 @@ def drift(
     """Compare new images with the model's drift baseline: PSI and KS per feature, one score.
 
     Exit status: 0 no drift, 1 drift detected (score > threshold), 2 user error; usable in CI or
-    cron. Training stores the baseline; --baseline-from adds one to an older model."""
+    cron. Training stores the baseline; --baseline-from adds one to an older model. An exported
+    model (.onnx / .xml) is compared with the baseline its plan carries (the artifact's, copied by
+    export), its outputs computed by its own runtime."""
     from rich.console import Console
 
+    from unetkit.export.deployed import is_exported, load_model
     from unetkit.monitor.measure import add_baseline, check_drift
 
     if baseline_from is None and folder is None:
         raise UnetkitError("drift: give FOLDER (new images) to compare, or --baseline-from DATA to store a baseline")
+    if baseline_from is not None and is_exported(model):
+        raise UnetkitError(f"{model}: --baseline-from stores the baseline in a model artifact (.unetkit); run it on the "
+                           "artifact this model was exported from and export again")
     if baseline_from is not None:
         add_baseline(model, baseline_from, backend=backend, log=typer.echo)
         typer.echo(f"wrote the drift baseline into {model}")
     if folder is None:
         return
-    report, errors = check_drift(model, folder, threshold=threshold, outputs=outputs, backend=backend)
+    report, errors = check_drift(load_model(model), folder, threshold=threshold, outputs=outputs, backend=backend)
     for error in errors:
         typer.echo(f"warning: skipped {error}", err=True)
     console = Console(highlight=False)
@@ -847,14 +846,15 @@ def _serve_env(field: str) -> str:
 
 @app.command()
 def serve(
-    model: Annotated[str | None, typer.Argument(help="Model artifact (or config 'artifact').",
+    model: Annotated[str | None, typer.Argument(help="Model artifact, or an exported model.onnx / OpenVINO model.xml with its plan beside it "
+                                                "(or config 'artifact').",
                                                 envvar=_serve_env("artifact"))] = None,
     host: Annotated[str | None, typer.Option(help=f"Interface to listen on (default {ServeConfig.host}).",
                                              envvar=_serve_env("host"))] = None,
     port: Annotated[int | None, typer.Option(help=f"TCP port (default {ServeConfig.port}).",
                                              envvar=_serve_env("port"))] = None,
     config: Annotated[Path | None, typer.Option(help="ServeConfig JSON/YAML; UNETKIT_SERVE_* variables and flags override it.")] = None,
-    canary: Annotated[str | None, typer.Option(help="Candidate model artifact for a canary or shadow rollout.",
+    canary: Annotated[str | None, typer.Option(help="Candidate model (artifact or exported model) for a canary or shadow rollout.",
                                                envvar=_serve_env("canary_artifact"))] = None,
     canary_percent: Annotated[float | None, typer.Option(help="Share of requests the candidate answers (0-100).",
                                                          envvar=_serve_env("canary_percent"))] = None,

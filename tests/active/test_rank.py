@@ -209,3 +209,21 @@ def test_scorer_tiles_at_the_patch_size_with_the_settings_given(designed):
     assert Scorer.from_artifact(designed, backend="torch").tile == TileConfig(tile_size=patch)
     assert Scorer.from_artifact(designed, {"overlap": 0.5, "tile_size": (48, 48)}, backend="torch").tile == TileConfig(
         tile_size=(48, 48), overlap=0.5)
+
+
+def test_an_exported_model_ranks_as_its_artifact(designed, images):
+    """`rank model.onnx`: the exported graph (calibration inside) on ONNX Runtime, tiled as its plan
+    says, gives the artifact's order and scores."""
+    from unetkit.export.onnx import export_artifact
+
+    exported = export_artifact(designed).model_path
+    scorer = Scorer.from_artifact(exported, backend="onnx")
+    assert scorer.tile.tile_size == (32, 32) and scorer.tile.activation == "none"
+    assert scorer.model_version.startswith("designed ") and scorer.model_version.split()[1] in exported.with_suffix(
+        ".onnx.json").read_text()
+    want = rank_folder(Scorer.from_artifact(designed, backend="torch"), images, RankConfig(by="combined"))
+    got = rank_folder(scorer, images, RankConfig(by="combined"))
+    assert names(got) == names(want) == ["ambiguous.png", "faint.png", "half.png", "clear.png"]
+    for a, b in zip(got.images, want.images, strict=True):
+        assert a.scores["entropy"] == pytest.approx(b.scores["entropy"], abs=1e-4)
+        assert a.scores["tta"] == pytest.approx(b.scores["tta"], abs=1e-4)

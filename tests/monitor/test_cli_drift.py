@@ -86,3 +86,35 @@ def test_user_errors_exit_2_with_one_line(folders, monkeypatch, capsys, args, me
     code, _, err = run(monkeypatch, capsys, *(a.format(**folders) for a in args))
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and message in lines[0], err
+
+
+@pytest.fixture(scope="module")
+def exported(folders):
+    """`ready` (with a baseline) and `bare` (without) exported to ONNX: their plans carry the artifact's baseline."""
+    from unetkit.export.onnx import export_artifact
+
+    return {name: export_artifact(folders[name]).model_path for name in ("ready", "bare")}
+
+
+def test_an_exported_model_is_compared_with_the_baseline_its_plan_carries(folders, exported, monkeypatch, capsys):
+    reports = {}
+    for name, model in (("artifact", folders["ready"]), ("onnx", exported["ready"])):
+        path = folders["root"] / f"{name}.json"
+        code, out, _ = run(monkeypatch, capsys, str(model), str(folders["blurred"]), "--json", str(path))
+        assert code == 1 and "DRIFT: score" in out and "output features left out" not in out, out
+        reports[name] = {f["name"]: f for f in json.loads(path.read_text())["features"]}
+    assert reports["onnx"].keys() == reports["artifact"].keys() and "confidence" in reports["onnx"]
+    for name, feature in reports["artifact"].items():  # same baseline, same images; outputs from ONNX Runtime
+        assert reports["onnx"][name]["psi"] == pytest.approx(feature["psi"], abs=0.02), name
+        assert reports["onnx"][name]["drifted"] == feature["drifted"], name
+
+
+def test_an_exported_model_without_a_baseline_or_asked_to_store_one_is_one_line(folders, exported, monkeypatch, capsys):
+    for args, message in (
+        ((str(exported["bare"]), str(folders["fresh"])), "bare.onnx: its inference plan carries no drift baseline"),
+        ((str(exported["ready"]), "--baseline-from", str(folders["reference"])),
+         "ready.onnx: --baseline-from stores the baseline in a model artifact (.unetkit)"),
+    ):
+        code, _, err = run(monkeypatch, capsys, *args)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and message in lines[0], err

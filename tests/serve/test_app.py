@@ -197,8 +197,9 @@ def test_metrics_report_traffic_batches_and_quality(client):
     text = client.get("/metrics").text
     version = client.get("/v1/model").json()["version"]
     assert f'unetkit_model_info{{model_version="{version}",name="tiny",role="primary"}} 1.0' in text
-    backend = client.get("/v1/model").json()["backend"]
-    assert f'unetkit_model_backend{{backend="{backend}",model_version="{version}",role="primary"}} 1.0' in text
+    served = client.get("/v1/model").json()
+    backend, precision = served["backend"], served["precision"]
+    assert f'unetkit_model_backend{{backend="{backend}",model_version="{version}",precision="{precision}",role="primary"}} 1.0' in text
     assert metric(client, 'unetkit_http_requests_total{method="POST",route="/v1/segment",status="200"}') >= 3
     assert metric(client, 'unetkit_http_requests_total{method="POST",route="/v1/segment",status="415"}') >= 1
     assert metric(client, 'unetkit_http_request_duration_seconds_count{route="/v1/segment"}') >= 3

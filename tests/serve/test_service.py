@@ -249,3 +249,45 @@ def test_pixel_budget_is_first_come_first_served():
     big.join(5)
     small.join(5)
     assert order == ["big", "small"]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_an_exported_model_serves_like_its_artifact(artifact_path, tmp_path, monkeypatch, fmt):
+    """`serve model.onnx` / `model.xml`: the exported file with its plan runs on its own runtime (the
+    default backend "torch" means auto there), /v1/model says which, and the labels are the artifact's."""
+    import shutil
+
+    monkeypatch.setenv("UNETKIT_CACHE_DIR", str(tmp_path / "cache"))
+    source = shutil.copy(artifact_path, tmp_path / "model.unetkit")
+    if fmt == "onnx":
+        from unetkit.export.onnx import export_artifact as export
+    else:
+        pytest.importorskip("openvino", reason="the openvino extra: pip install 'unetkit[openvino]'")
+        from unetkit.export.openvino import export_openvino as export
+    exported = export(source).model_path
+    image = synthetic_image(150, 130, seed=3)
+    reference = Service.from_artifact(source, ServeConfig(max_wait_ms=1))
+    served = Service.from_artifact(exported, ServeConfig(max_wait_ms=1, canary_artifact=str(source), shadow=True))
+    try:
+        info = served.primary.info()
+        assert info["format"] == exported.suffix.lstrip(".") and info["precision"] == "fp32"
+        assert info["backend"] == ("onnx" if fmt == "onnx" else "openvino"), info
+        assert info["version"] == served.primary.artifact.model_sha256[:12] != reference.primary.version
+        assert info["patch_size"] == reference.primary.info()["patch_size"] and info["in_channels"] == 3
+        want, got = reference.segment(image), served.segment(image)
+        assert got.model is served.primary and got.labels.shape == want.labels.shape
+        assert (got.labels == want.labels).mean() > 0.999
+        np.testing.assert_allclose(got.confidence, want.confidence, atol=1e-3)
+    finally:
+        reference.close()
+        served.close()
+
+
+def test_an_exported_model_is_not_served_under_a_pin_or_signature_policy(artifact_path, tmp_path):
+    import shutil
+
+    from unetkit.export.onnx import export_artifact
+
+    exported = export_artifact(shutil.copy(artifact_path, tmp_path / "model.unetkit")).model_path
+    with pytest.raises(ConfigError, match="model.onnx: signatures and sha256 pins cover model artifacts"):
+        Service.from_artifact(exported, ServeConfig(sha256="0" * 64))

@@ -103,3 +103,15 @@ def test_a_registry_stage_is_verified_before_start_and_on_load(tmp_path, artifac
         follower.stop()
     with pytest.raises(ConfigError, match="sha256 pins an artifact file"):
         check_before_start(ServeConfig(registry=location, sha256="ab" * 32))
+
+
+def test_an_exported_model_is_checked_before_start_and_refused_under_a_trust_policy(artifact_path, keys, tmp_path):
+    from unetkit.export.onnx import export_artifact
+
+    exported = export_artifact(shutil.copyfile(artifact_path, tmp_path / "model.unetkit")).model_path
+    check_before_start(ServeConfig(artifact=str(exported)))  # the model and its plan are a pair
+    with pytest.raises(ConfigError, match="model.onnx: signatures and sha256 pins cover model artifacts"):
+        check_before_start(ServeConfig(artifact=str(exported), trusted_keys=str(keys[1]), require_signature=True))
+    exported.with_name("model.onnx.json").unlink()
+    with pytest.raises(ArtifactError, match="model.onnx: its inference plan model.onnx.json is missing"):
+        check_before_start(ServeConfig(artifact=str(exported)))

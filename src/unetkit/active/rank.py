@@ -18,15 +18,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from unetkit.active.diversity import difference_hash, mark_duplicates
 from unetkit.active.uncertainty import ImageUncertainty, combined_scores, score_image
-from unetkit.artifact import load_artifact
 from unetkit.config import RankConfig, TileChoice, TileConfig
 from unetkit.data.io import is_image_file, read_image, write_text_atomic
 from unetkit.errors import InputError, UnetkitError
+from unetkit.export.deployed import DeployedModel, load_model
 from unetkit.inference.backends import make_predictor
 from unetkit.inference.files import labels_from_probabilities, tile_config_for
 from unetkit.inference.outputs import argmax_labels
@@ -99,14 +100,17 @@ class Scorer:
     model_version: str = "unetkit"
 
     @classmethod
-    def from_artifact(cls, model: str | Path, tile: TileChoice = None, backend: str = "auto") -> Scorer:
-        """The artifact's pipeline (calibration included), its tiling with what `tile` sets in its place
-        (`tile_config_for`), and its tuned postprocessing for the label maps, as in `unetkit predict`."""
-        artifact = load_artifact(model)
+    def from_artifact(cls, model: str | Path | Any, tile: TileChoice = None, backend: str = "auto") -> Scorer:
+        """The model's pipeline (calibration included), its tiling with what `tile` sets in its place
+        (`tile_config_for`), and its tuned postprocessing for the label maps, as in `unetkit predict`.
+        `model`: an artifact or an exported `.onnx` / OpenVINO `.xml` with its plan (a path, or loaded
+        by `export.deployed.load_model`), which runs on its own runtime and tiles as its plan says."""
+        artifact = load_model(model) if isinstance(model, (str, Path)) else model
         meta = artifact.meta
+        sha = artifact.model_sha256 if isinstance(artifact, DeployedModel) else meta.weights_sha256
         return cls(make_predictor(artifact, backend=backend), tuple(meta.class_names), tuple(meta.colors()),
                    tile_config_for(artifact, tile), lambda p: labels_from_probabilities(p, artifact),
-                   f"{meta.name} {meta.weights_sha256[:12]}")
+                   f"{meta.name} {sha[:12]}")
 
     def uncertainty(self, image: np.ndarray, config: RankConfig) -> ImageUncertainty:
         """Scores of one image: from the 8 TTA views with `config.tta`, else from one prediction."""

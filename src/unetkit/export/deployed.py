@@ -1,7 +1,7 @@
 """Run an exported model (`model.onnx` or an OpenVINO IR `model.xml`, + its plan `model.onnx.json` /
 `model.xml.json`) the way unetkit runs an artifact.
 
-`DeployedModel` has what `unetkit predict` and `unetkit evaluate` need of a model artifact:
+`DeployedModel` has what `unetkit predict`, `evaluate`, `serve`, `drift` and `rank` need of a model artifact:
 `path`, `meta` (class names, colours, ignore index, postprocessing, data spec, calibration as the
 plan records them), `tile_config(settings)` (the plan's tiling) and `make_predictor(backend)` (a
 predictor on the file's `probabilities` output, so the activation is "none": ONNX Runtime for an
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,15 @@ from unetkit.inference import backends
 from unetkit.inference.gate import GateData, gate_sample
 from unetkit.inference.openvino import PRECISIONS as OPENVINO_BACKENDS
 from unetkit.inference.openvino import openvino_version
+from unetkit.signing import TrustPolicy
 
 EXPORT_HINT = "write both with `unetkit export MODEL.unetkit --format onnx` (add --int8 --data DATA for int8)"
 
 
 @dataclass(frozen=True)
 class DeployedMeta:
-    """The part of `ArtifactMeta` that prediction and evaluation read, as the plan records it."""
+    """The part of `ArtifactMeta` that prediction, evaluation, serving, drift and ranking read, as the plan
+    records it (same names)."""
 
     name: str
     class_names: tuple[str, ...]
@@ -52,6 +54,11 @@ class DeployedMeta:
     temperature: float  # applied inside the graph; reported by `unetkit evaluate`
     class_scale: tuple[float, ...]
     precision: str  # "fp32" or "int8"
+    patch_size: tuple[int, ...] = ()  # the plan's tile size (what serving cuts requests into)
+    class_bias: tuple[float, ...] = ()
+    weights_sha256: str = ""  # of the artifact it was exported from (drift baselines name the weights they measured)
+    drift_baseline: dict[str, Any] = field(default_factory=dict)  # the artifact's, copied into the plan by export
+    created: str = ""  # when the artifact was trained
 
     @property
     def num_classes(self) -> int:
@@ -170,9 +177,26 @@ class DeployedModel:
             builders, sample, gate_data=data, precisions=precisions, excluded=excluded))["backend"]
 
 
-def load_model(path: str | Path) -> Artifact | DeployedModel:
-    """An exported `.onnx` or OpenVINO `.xml` model (with its plan beside it) or a `.unetkit` artifact, by suffix."""
-    return DeployedModel.load(path) if Path(path).suffix.lower() in (".onnx", ".xml") else load_artifact(path)
+EXPORTED_SUFFIXES = (".onnx", ".xml")
+
+
+def is_exported(path: str | Path) -> bool:
+    """Whether `path` names an exported model (`.onnx`, OpenVINO `.xml`) rather than an artifact."""
+    return Path(path).suffix.lower() in EXPORTED_SUFFIXES
+
+
+def load_model(path: str | Path, sha256: str | None = None, trust: TrustPolicy | None = None) -> Artifact | DeployedModel:
+    """An exported `.onnx` or OpenVINO `.xml` model (with its plan beside it) or a `.unetkit` artifact, by suffix.
+
+    `sha256` (a pin on the file's bytes) and `trust` (signatures) verify an artifact as
+    `load_artifact` does; they cover artifacts only, so an exported model with either is refused
+    (`ConfigError`) rather than run unverified."""
+    if not is_exported(path):
+        return load_artifact(path, sha256=sha256, trust=trust)
+    if sha256 or trust is not None:
+        raise ConfigError(f"{path}: signatures and sha256 pins cover model artifacts (.unetkit); verify the artifact "
+                          "it was exported from, or pin the exported file outside unetkit")
+    return DeployedModel.load(path)
 
 
 def _meta(plan: dict[str, Any], where: Path) -> DeployedMeta:
@@ -192,6 +216,11 @@ def _meta(plan: dict[str, Any], where: Path) -> DeployedMeta:
             in_channels=int(plan["input"]["channels"]), temperature=float(calibration.get("temperature", 1.0)),
             class_scale=tuple(float(v) for v in calibration.get("class_scale", ())),
             precision=str(plan.get("precision", "fp32")),
+            patch_size=tuple(int(v) for v in plan["tile"]["size"]),
+            class_bias=tuple(float(v) for v in calibration.get("class_bias", ())),
+            weights_sha256=str(plan.get("artifact", {}).get("weights_sha256", "")),
+            drift_baseline=dict(plan.get("drift_baseline") or {}),
+            created=str(plan.get("artifact", {}).get("created", "")),
         )
     except KeyError as e:
         raise ConfigError(f"{where}: the inference plan has no '{e.args[0]}' field; {EXPORT_HINT}") from None

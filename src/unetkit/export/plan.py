@@ -5,7 +5,9 @@ alone: input channels and intensity units, tile size, overlap, blending, padding
 colours, postprocessing, how masks map to classes (for scoring), and which artifact (sha256) it
 came from; the export adds the graph's own file name and sha256 (`model_file`, `model_sha256`).
 `validation_sample` (when the artifact has one) is its labelled crops with fp32's labels on them:
-what an exported model's automatic backend choice gates a reduced precision on.
+what an exported model's automatic backend choice gates a reduced precision on. `drift_baseline`
+(when the artifact has one) is the artifact's, so `unetkit drift` and `serve` monitor an exported
+model as they do the artifact.
 The graph already holds the normalization, the network and the calibrated softmax, so the plan's
 activation is "none". `unetkit.export.deployed` runs a graph from it.
 """
@@ -83,9 +85,11 @@ def inference_plan(
         "artifact": {
             "name": meta.name, "path": str(artifact.path) if artifact.path else "",
             "sha256": file_sha256(artifact.path) if artifact.path else "",
-            "weights_sha256": meta.weights_sha256, "meta_sha256": meta.meta_sha256,
+            "weights_sha256": meta.weights_sha256, "meta_sha256": meta.meta_sha256, "created": meta.created,
         },
     }
+    if meta.drift_baseline:  # `unetkit drift` and serve's drift monitor compare new images with it
+        plan["drift_baseline"] = meta.drift_baseline
     sample = plan_sample(artifact)
     if sample is not None:
         plan["validation_sample"] = sample.to_dict()

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from unetkit.artifact import Artifact, load_artifact, update_artifact, weights_sha256
-from unetkit.config import DRIFT_THRESHOLD, TileConfig
+from unetkit.config import DRIFT_THRESHOLD
 from unetkit.data.io import read_image
 from unetkit.data.pairing import pair_samples
 from unetkit.data.spec import load_spec
@@ -35,10 +35,11 @@ from unetkit.monitor.drift import DriftReport, compare
 
 def predict_outputs(artifact: Artifact, images: Iterable[np.ndarray], *, predictor: Any = None,
                     backend: str = "torch") -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(probabilities (K,H,W), served labels (H,W)) of the artifact on each image, lazily."""
+    """(probabilities (K,H,W), served labels (H,W)) of the model on each image, lazily, tiled as the
+    model's own tiling says (an artifact's patch size, an exported model's plan)."""
 
     predictor = predictor or make_predictor(artifact, backend=backend)
-    tile = tile_config_for(artifact, TileConfig())
+    tile = tile_config_for(artifact)
     for image in images:
         probs = predict_tiled(predictor, image, tile)
         yield probs, labels_from_probabilities(probs, artifact)
@@ -155,17 +156,31 @@ def add_baseline(model: str | Path, data: str | Path, *, backend: str = "auto",
     return baseline
 
 
+def brings_runtime(model: Any) -> bool:
+    """An exported model (`export.deployed.DeployedModel`: it makes its own predictor), not an artifact."""
+    return callable(getattr(model, "make_predictor", None))
+
+
 FEW_IMAGES = 20  # below this a same-distribution sample often scores near the threshold
 
 
-def check_drift(model: str | Path, folder: str | Path, *, threshold: float, outputs: bool = True,
+def check_drift(model: str | Path | Any, folder: str | Path, *, threshold: float, outputs: bool = True,
                 backend: str = "auto", progress: bool = True) -> tuple[DriftReport, list[str]]:
-    """Compare the images under `folder` with the artifact's baseline: `(report, file errors)`."""
+    """Compare the images under `folder` with the model's baseline: `(report, file errors)`.
+
+    `model`: an artifact (path or loaded) or an exported model opened with
+    `unetkit.export.deployed.load_model`, whose plan carries the artifact's baseline and whose own
+    runtime computes the output features."""
 
     if threshold <= 0:
         raise ConfigError(f"--threshold {threshold}: expected a positive PSI value (default {DRIFT_THRESHOLD:g})")
-    artifact = load_artifact(model)
-    baseline = Baseline.from_dict(artifact.meta.drift_baseline, f"{model}: drift_baseline")
+    artifact = load_artifact(model) if isinstance(model, (str, Path)) else model
+    where = artifact.path or artifact.meta.name
+    if not artifact.meta.drift_baseline and brings_runtime(artifact):
+        raise ConfigError(f"{where}: its inference plan carries no drift baseline (the artifact had none when it was "
+                          "exported); add one with `unetkit drift MODEL.unetkit --baseline-from TRAINING_DATA` and "
+                          "export again")
+    baseline = Baseline.from_dict(artifact.meta.drift_baseline, f"{where}: drift_baseline")
     notes = []
     reason = outputs_mismatch(baseline, artifact.meta) if outputs else None
     if reason:

@@ -57,7 +57,8 @@ class ServeMetrics(Observer):
                                    ["role", "model_version"], buckets=LATENCY_BUCKETS, registry=r)
         self.model_info = Gauge("unetkit_model_info", "Loaded models (value 1)", ["role", "name", "model_version"], registry=r)
         self.model_backend = Gauge("unetkit_model_backend", "Inference backend each loaded model runs on (value 1; "
-                                   "'auto' chose it by measurement)", ["role", "model_version", "backend"], registry=r)
+                                   "'auto' chose it by measurement) and what it computes in: fp32, bf16 or int8",
+                                   ["role", "model_version", "backend", "precision"], registry=r)
         self.model_requests = Counter("unetkit_model_requests", "Segmentations answered, by model",
                                       ["role", "model_version"], registry=r)
         self.class_fraction = Histogram("unetkit_predicted_class_fraction", "Per-request fraction of pixels per class",
@@ -81,7 +82,7 @@ class ServeMetrics(Observer):
         for model in (service.primary, service.candidate):
             if model is not None:
                 self.model_info.labels(model.role, model.name, model.version).set(1)
-                self.model_backend.labels(model.role, model.version, model.backend).set(1)
+                self.model_backend.labels(model.role, model.version, model.backend, model.precision).set(1)
                 self.queue_depth.labels(model.role).set_function(lambda m=model: m.batcher.queue_depth)
         self.ready.set(1)
 
@@ -89,11 +90,11 @@ class ServeMetrics(Observer):
         """A new primary (registry promotion): `unetkit_model_info` shows only the one now answering."""
         try:
             self.model_info.remove(old.role, old.name, old.version)
-            self.model_backend.remove(old.role, old.version, old.backend)
+            self.model_backend.remove(old.role, old.version, old.backend, old.precision)
         except KeyError:
             pass
         self.model_info.labels(new.role, new.name, new.version).set(1)
-        self.model_backend.labels(new.role, new.version, new.backend).set(1)
+        self.model_backend.labels(new.role, new.version, new.backend, new.precision).set(1)
         self.queue_depth.labels(new.role).set_function(lambda m=new: m.batcher.queue_depth)
 
     # ------------------------------------------------------------ Observer

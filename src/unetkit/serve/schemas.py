@@ -34,6 +34,10 @@ class ModelInfo(BaseModel):
     created: str = ""
     backend: str = Field(default="", description="the inference backend running it (torch, compile, onnx, openvino, "
                                                  "openvino-bf16), as chosen when it was loaded")
+    precision: str = Field(default="fp32", description="what it computes in: fp32, bf16 (a bf16 backend behind the "
+                                                       "parity gate) or int8 (an int8 export)")
+    format: str = Field(default="artifact", description="what was loaded: artifact (.unetkit), onnx or xml (an "
+                                                        "exported model with its inference plan)")
     registry: RegistryVersion | None = Field(default=None, description="the registry version served, if any")
 
 

@@ -121,6 +121,7 @@ def check_before_start(config: ServeConfig) -> None:
     signature), so a server never starts on an unsigned, untrusted or swapped model."""
     # lazy: torch loads here, after the OpenMP policy is set
     from unetkit.artifact import load_artifact, read_meta
+    from unetkit.export.deployed import is_exported, load_model  # lazy: as read_meta above
 
     trust = TrustPolicy.load(config.trusted_keys, config.require_signature)
     if config.registry and not config.artifact:
@@ -135,13 +136,15 @@ def check_before_start(config: ServeConfig) -> None:
                 registry.load(record, trust)
             else:
                 registry.fetch(record)
-    elif config.artifact:  # no artifact and no registry, or both: create_app says so
-        if trust or config.sha256:
-            load_artifact(config.artifact, sha256=config.sha256 or None, trust=trust)
+    for path, pin in ((config.artifact, config.sha256), (config.canary_artifact, "")):
+        if not path:  # no artifact and no registry: create_app says so
+            continue
+        if is_exported(path):  # an exported model and its plan: opened (and refused with a pin or trust) as serving will
+            load_model(path, sha256=pin or None, trust=trust)
+        elif trust or pin:
+            load_artifact(path, sha256=pin or None, trust=trust)
         else:
-            read_meta(config.artifact)
-    if config.canary_artifact:
-        load_artifact(config.canary_artifact, trust=trust) if trust else read_meta(config.canary_artifact)
+            read_meta(path)
 
 
 def prefer_passive_openmp() -> None:

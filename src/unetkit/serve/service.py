@@ -30,9 +30,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from unetkit.artifact import Artifact, load_artifact
+from unetkit.artifact import Artifact
 from unetkit.config import ServeConfig
 from unetkit.errors import ConfigError, InputError
+from unetkit.export.deployed import DeployedModel, load_model
 from unetkit.inference.backends import make_predictor
 from unetkit.inference.files import labels_from_probabilities, tile_config_for
 from unetkit.inference.predict import predict_tiled
@@ -92,24 +93,33 @@ class Segmentation:
 
 
 class LoadedModel:
-    """One artifact with its predictor, behind its own batching worker; warmed up on construction."""
+    """One model with its predictor, behind its own batching worker; warmed up on construction.
 
-    def __init__(self, artifact: Artifact, config: ServeConfig, role: Role = "primary",
+    The model is an artifact or an exported model (`export.deployed.DeployedModel`: an `.onnx` or
+    OpenVINO `.xml` with its plan), which runs on its own runtime: there `backend` "torch" (serving's
+    default) means "auto", the exported model's measured choice; its version is its file's sha256."""
+
+    def __init__(self, artifact: Artifact | DeployedModel, config: ServeConfig, role: Role = "primary",
                  observer: Observer | None = None, origin: dict[str, Any] | None = None) -> None:
         self.artifact = artifact
         self.meta = artifact.meta
         self.role: Role = role
         self.origin = origin  # where it came from: {"registry", "name", "version", "stage", "sha256"}, or None
         self.name = origin["name"] if origin else self.meta.name
-        self.version = str(origin["version"]) if origin else self.meta.weights_sha256[:12]
+        exported = isinstance(artifact, DeployedModel)
+        sha = artifact.model_sha256 if exported else self.meta.weights_sha256
+        self.version = str(origin["version"]) if origin else sha[:12]
         self._users = 0  # requests using this model (see Service.model_for_request)
         self._idle = threading.Condition()
         self.colors = [tuple(int(v) for v in c) for c in self.meta.colors()]
         self.patch = tuple(int(v) for v in self.meta.patch_size[:2])
         if len(self.patch) != 2:
             raise ConfigError(f"{artifact.path}: patch_size {self.meta.patch_size}: serving needs a 2-D patch size")
-        predictor = make_predictor(artifact, config.backend, batch_size=config.max_batch_size)
-        self.backend = str(getattr(predictor, "backend", config.backend))
+        backend = "auto" if exported and config.backend == "torch" else config.backend
+        predictor = make_predictor(artifact, backend, batch_size=config.max_batch_size)
+        self.backend = str(getattr(predictor, "backend", backend))
+        self.precision = served_precision(artifact, predictor)
+        self.format = artifact.path.suffix.lstrip(".").lower() if exported else "artifact"  # onnx, xml or artifact
         observer = observer or Observer()
         self.batcher = TileBatcher(
             predictor, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
@@ -121,15 +131,16 @@ class LoadedModel:
             "tile_size": self.patch, "overlap": config.tile_overlap,
             "batch_size": max(1, min(config.max_queue, 2 * config.max_batch_size)),
         })
-        self.batcher.predict(np.zeros((config.max_batch_size, self.meta.model.in_channels, *self.patch), np.float32))
+        self.batcher.predict(np.zeros((config.max_batch_size, self.meta.in_channels, *self.patch), np.float32))
 
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name, "version": self.version, "role": self.role,
             "classes": [{"index": i, "name": n, "color": c} for i, (n, c) in enumerate(zip(self.meta.class_names, self.colors, strict=True))],
-            "in_channels": self.meta.model.in_channels, "patch_size": list(self.patch),
+            "in_channels": self.meta.in_channels, "patch_size": list(self.patch),
             "temperature": self.meta.temperature, "created": self.meta.created, "registry": self.origin,
-            "backend": self.backend,
+            "backend": self.backend, "precision": self.precision,
+            "format": self.format,
         }
 
     def probabilities(self, image: np.ndarray, tta: bool = False, deadline: float | None = None,
@@ -138,7 +149,7 @@ class LoadedModel:
         when `deadline` (time.monotonic()) passes before the last batch, `ClientDisconnected` once
         `cancelled` is set. `context`: the request's RequestContext (its trace gets the forward passes)."""
         with self.batcher.session(context) as session:
-            predictor = _SessionPredictor(self.batcher, session, self.meta.model.in_channels, self.patch, deadline,
+            predictor = _SessionPredictor(self.batcher, session, self.meta.in_channels, self.patch, deadline,
                                           cancelled)
             return predict_tiled(predictor, image, replace(self.tile_config, tta=tta), max_pixels=image.shape[1] * image.shape[2])
 
@@ -161,6 +172,13 @@ class LoadedModel:
             idle = self._idle.wait_for(lambda: self._users == 0, timeout)
         self.close()
         return idle
+
+
+def served_precision(model: Artifact | DeployedModel, predictor: Any) -> str:
+    """What the loaded model computes in: int8 for an int8 export, bf16 for a bf16 backend, else fp32."""
+    if getattr(model.meta, "precision", "fp32") == "int8":
+        return "int8"
+    return "bf16" if getattr(predictor, "precision", "") == "bf16" else "fp32"
 
 
 class _SessionPredictor:
@@ -210,12 +228,12 @@ class Service:
         config = config or ServeConfig()
         observer = observer or Observer()
         trust = TrustPolicy.load(config.trusted_keys, config.require_signature)
-        artifact = path if isinstance(path, Artifact) else load_artifact(path, sha256=config.sha256 or None, trust=trust)
+        artifact = path if isinstance(path, Artifact) else load_model(path, sha256=config.sha256 or None, trust=trust)
         primary = LoadedModel(artifact, config, "primary", observer, origin)
         candidate = None
         try:
             if config.canary_artifact:
-                candidate = LoadedModel(load_artifact(config.canary_artifact, trust=trust), config, "candidate", observer)
+                candidate = LoadedModel(load_model(config.canary_artifact, trust=trust), config, "candidate", observer)
                 if candidate.meta.class_names != primary.meta.class_names:
                     raise ConfigError(
                         f"{config.canary_artifact}: classes {list(candidate.meta.class_names)} differ from the primary's "
@@ -243,7 +261,7 @@ class Service:
     def max_channels(self) -> int:
         """The most channels an upload may have: 4 (RGBA), or more when a model takes more."""
         models = [m for m in (self.primary, self.candidate) if m is not None]
-        return max([MAX_CHANNELS] + [m.meta.model.in_channels for m in models])
+        return max([MAX_CHANNELS] + [m.meta.in_channels for m in models])
 
     def pixels(self, n: int, deadline: float | None = None) -> Any:
         """Context manager: wait for room for an `n`-pixel image in the memory budget (else `QueueFull`)."""
@@ -288,7 +306,7 @@ class Service:
         with self.model_for_request() as model:
             if context is not None:
                 context.model_chosen(model.version)
-            image = fit_channels(image, model.meta.model.in_channels)
+            image = fit_channels(image, model.meta.in_channels)
             try:
                 probs = model.probabilities(image, tta=options.tta, deadline=options.deadline,
                                             cancelled=options.cancelled,
