@@ -307,6 +307,9 @@ class TileConfig:
     batch_size: int = 4
     padding: Literal["reflect", "constant", "replicate"] = "reflect"
     tta: bool = False  # average flips and rot90
+    # the TTA views: "dihedral" (the 8 flips/rotations of the square) or "mirror" (as is + left-right),
+    # for models trained upright (augment.flip_vertical off: sky above road), which never saw the rest
+    tta_views: Literal["dihedral", "mirror"] = "dihedral"
     activation: Literal["softmax", "none"] = "softmax"  # "none": predictor returns probabilities
 
 

@@ -43,7 +43,8 @@ def test_plan_holds_what_a_plain_runtime_user_needs(artifact_path):
     meta = load_artifact(artifact_path).meta
     assert plan["tile"] | {"placement": "", "blending": ""} == {
         "size": [32, 32], "overlap": 0.5, "blend": "gaussian", "sigma_scale": 0.125, "min_weight": 1e-3,
-        "padding": "reflect", "batch_size": 4, "activation": "none", "tta": False, "placement": "", "blending": ""}
+        "padding": "reflect", "batch_size": 4, "activation": "none", "tta": False, "tta_views": "dihedral",
+        "placement": "", "blending": ""}
     assert plan["classes"] == ["background", "vessel"] and plan["colors"] == [list(c) for c in meta.colors()]
     assert plan["input"]["channels"] == 3 and plan["input"]["mean"] == [100.0, 50.0, 30.0]
     assert "raw intensities" in plan["input"]["units"]

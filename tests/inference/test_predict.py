@@ -87,6 +87,25 @@ def test_tta_is_the_mean_of_explicitly_transformed_predictions(predictor):
     assert np.abs(got - predict_tiled(predictor, image, config)).max() > 1e-4  # TTA changed something
 
 
+def test_mirror_tta_averages_only_the_views_an_upright_model_was_trained_on(predictor):
+    image = np.random.default_rng(5).uniform(0, 1, (2, 20, 20)).astype(np.float32)
+    config = TileConfig(tile_size=(20, 20))
+    mirrored = np.ascontiguousarray(image[..., ::-1])
+    expected = (predict_tiled(predictor, image, config) + predict_tiled(predictor, mirrored, config)[..., ::-1]) / 2
+    got = predict_tiled(predictor, image, TileConfig(tile_size=(20, 20), tta=True, tta_views="mirror"))
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    dihedral_mean = predict_tiled(predictor, image, TileConfig(tile_size=(20, 20), tta=True))
+    assert np.abs(got - dihedral_mean).max() > 1e-4  # upside-down and rotated views left out
+
+
+def test_an_artifact_trained_upright_gets_mirror_tta():
+    from unetkit.inference.files import trained_views
+
+    assert trained_views({"augment": {"flip_vertical": False}}) == "mirror"
+    assert trained_views({"augment": {"flip_vertical": True}}) == "dihedral"
+    assert trained_views({}) == trained_views(None) == "dihedral"  # older artifacts: as before
+
+
 def test_tta_on_tiles_with_non_square_tiles(predictor, image):
     out = predict_tiled(predictor, image, TileConfig(tile_size=(16, 24), tta=True, batch_size=8))
     np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-5)

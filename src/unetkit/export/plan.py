@@ -68,7 +68,7 @@ def inference_plan(
         "tile": {
             "size": size, "overlap": tile.overlap, "blend": tile.blend, "sigma_scale": tile.sigma_scale,
             "min_weight": MIN_WEIGHT, "padding": tile.padding, "batch_size": tile.batch_size,
-            "activation": "none", "tta": tile.tta,
+            "activation": "none", "tta": tile.tta, "tta_views": tile.tta_views,
             "placement": "per axis: one tile at 0 when the image is not larger than the tile (padded at the end); "
                          "otherwise ceil((size - tile) / floor(tile * (1 - overlap))) + 1 tiles, evenly spread, "
                          "the last flush with the end",
@@ -131,4 +131,5 @@ def tile_config_from_plan(plan: dict[str, Any]) -> TileConfig:
     """The engine's `TileConfig` for a plan (activation "none": the graph returns probabilities)."""
     t = plan["tile"]
     return TileConfig(tile_size=tuple(t["size"]), overlap=t["overlap"], blend=t["blend"], sigma_scale=t["sigma_scale"],
-                      batch_size=t["batch_size"], padding=t["padding"], tta=t["tta"], activation="none")
+                      batch_size=t["batch_size"], padding=t["padding"], tta=t["tta"],
+                      tta_views=t.get("tta_views", "dihedral"), activation="none")

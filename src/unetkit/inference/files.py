@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,15 @@ def tile_config_for(artifact: Artifact, choice: TileChoice = None) -> TileConfig
     settings = tile_settings(choice)
     if callable(getattr(artifact, "tile_config", None)):
         return artifact.tile_config(settings)  # type: ignore[attr-defined]
-    return replace(TileConfig(tile_size=tuple(artifact.meta.patch_size)), **settings)
+    own = TileConfig(tile_size=tuple(artifact.meta.patch_size), tta_views=trained_views(artifact.meta.train_config))
+    return replace(own, **settings)
+
+
+def trained_views(train_config: Mapping[str, Any] | None) -> str:
+    """The TTA views a model's training augmentation showed it: "mirror" for a model trained upright
+    (`augment.flip_vertical` off), whose upside-down and rotated views would only add errors."""
+    augment = (train_config or {}).get("augment", {})
+    return "mirror" if augment.get("flip_vertical", True) is False else "dihedral"
 
 
 def tile_settings(choice: TileChoice) -> dict[str, Any]:

@@ -191,20 +191,28 @@ def _read_stripe(read_rows: RowReader, y: int, tile: tuple[int, int], height: in
 
 
 def tile_probabilities(predictor: Predictor, batch: np.ndarray, config: TileConfig) -> np.ndarray:
-    """Probabilities `(N, K, h, w)` for a batch of tiles; with `config.tta` the mean over the 8
-    flips/rotations of the square (each prediction mapped back before averaging)."""
+    """Probabilities `(N, K, h, w)` for a batch of tiles; with `config.tta` the mean over the views
+    (`tta_views`: the 8 flips/rotations of the square, or as-is + mirrored for upright models), each
+    prediction mapped back before averaging."""
     if not config.tta:
         return _activated(predictor, batch, config)
     total: np.ndarray | None = None
-    for k, flip in DIHEDRAL_VIEWS:
+    views = tta_views(config)
+    for k, flip in views:
         probs = _activated(predictor, dihedral(batch, k, flip), config)
         probs = dihedral_inverse(probs, k, flip)
         total = probs.copy() if total is None else np.add(total, probs, out=total)
     assert total is not None
-    return np.multiply(total, 1.0 / len(DIHEDRAL_VIEWS), out=total)
+    return np.multiply(total, 1.0 / len(views), out=total)
 
 
 DIHEDRAL_VIEWS = tuple((k, flip) for k in range(4) for flip in (False, True))  # (quarter turns, mirror)
+MIRROR_VIEWS = ((0, False), (0, True))  # as is, left-right mirrored: what an upright model was trained on
+
+
+def tta_views(config: TileConfig) -> tuple[tuple[int, bool], ...]:
+    """The (quarter turns, mirror) views TTA averages for `config.tta_views`."""
+    return MIRROR_VIEWS if config.tta_views == "mirror" else DIHEDRAL_VIEWS
 
 
 class DihedralView:
@@ -225,11 +233,11 @@ class DihedralView:
 def iter_view_probabilities(
     predictor: Predictor, image: np.ndarray, config: TileConfig, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Iterator[np.ndarray]:
-    """The probabilities `(K, H, W)` of each of the 8 TTA views in turn (`DIHEDRAL_VIEWS` order),
+    """The probabilities `(K, H, W)` of each TTA view in turn (`tta_views(config)` order),
     each mapped back to the image's orientation. Their mean is `predict_tiled` with `tta=True`
     (blending is linear), but the spread between them is what measures TTA disagreement."""
     plain = replace(config, tta=False)
-    for k, flip in DIHEDRAL_VIEWS:
+    for k, flip in tta_views(config):
         yield predict_tiled(DihedralView(predictor, k, flip), image, plain, max_pixels=max_pixels)
 
 
