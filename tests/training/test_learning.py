@@ -16,11 +16,14 @@ from unetkit.training.fit import fit
 @pytest.mark.slow
 @pytest.mark.parametrize("precision, memory_format, tolerance",
                          [("fp32", "contiguous", 0.0), ("bf16", "channels_last", 0.02)], ids=["fp32", "bf16+cl"])
-def test_unet_learns_synthetic_shapes(tmp_path: Path, precision: str, memory_format: str, tolerance: float,
-                                      bf16_anywhere) -> None:
+def test_unet_learns_synthetic_shapes(tmp_path: Path, precision: str, memory_format: str, tolerance: float) -> None:
     from unetkit.artifact import load_artifact
     from unetkit.data.synthetic import make_synthetic_dataset
+    from unetkit.training.modes import native_bf16
 
+    if precision == "bf16" and not native_bf16():
+        # users are refused bf16 here (test_precision); emulated, these 300 steps take ~2 min of the suite
+        pytest.skip("this CPU has no native bf16 (bf16 training is refused on it); learning is checked where it runs")
     data = make_synthetic_dataset(tmp_path / "shapes", n_images=10, size=(64, 64), seed=1)
     cfg = TrainConfig(
         data=DataConfig(data=str(data), val_fraction=0.2, patch_size=(64, 64), batch_size=4),
