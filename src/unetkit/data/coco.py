@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from unetkit.data.layout import json_files
-from unetkit.data.manifest import ManifestRow, read_json, split_name
+from unetkit.data.manifest import ManifestRow, file_version, json_starts_like, read_json, split_name
 from unetkit.data.raster import VOID, overlay, paint, polygon_mask
 from unetkit.data.rle import rle_runs, runs_to_mask
 from unetkit.errors import DataError
@@ -61,22 +61,12 @@ class CocoFile:
 
 def looks_like_coco(path: Path) -> bool:
     """A JSON object whose start holds an `"images": [` list (without parsing a large file)."""
-    try:
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
-            head = f.read(_HEAD)
-    except OSError:
-        return False
-    return head.lstrip().startswith("{") and re.search(r'"images"\s*:\s*\[', head) is not None
+    return json_starts_like(path, "{", r'"images"\s*:\s*\[', _HEAD)
 
 
 def load_coco(path: str | Path) -> CocoFile:
     """The checked contents of a COCO file (parsed once per file version and process)."""
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the COCO file ({e})") from None
-    return _load(str(path), stat.st_mtime_ns, stat.st_size)
+    return _load(*file_version(Path(path), "the COCO file"))
 
 
 @functools.lru_cache(maxsize=8)

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import numpy as np
 
 from unetkit.data.layout import json_files
-from unetkit.data.manifest import ManifestRow, read_json, split_name
+from unetkit.data.manifest import ManifestRow, file_version, json_starts_like, read_json, split_name
 from unetkit.data.raster import paint, polygon_mask
 from unetkit.data.rle import brush_values
 from unetkit.errors import DataError
@@ -57,22 +57,12 @@ class Export:
 
 def looks_like_export(path: Path) -> bool:
     """A JSON list whose first task has an `"annotations": [` list (without parsing a large file)."""
-    try:
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
-            head = f.read(_HEAD)
-    except OSError:
-        return False
-    return head.lstrip().startswith("[") and re.search(r'"annotations"\s*:\s*\[', head) is not None
+    return json_starts_like(path, "[", r'"annotations"\s*:\s*\[', _HEAD)
 
 
 def load_export(path: str | Path) -> Export:
     """The checked tasks of an export (parsed once per file version and process)."""
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the Label Studio export ({e})") from None
-    return _load(str(path), stat.st_mtime_ns, stat.st_size)
+    return _load(*file_version(Path(path), "the Label Studio export"))
 
 
 @functools.lru_cache(maxsize=8)

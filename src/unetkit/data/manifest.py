@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,27 @@ def _csv_records(path: Path) -> list[dict]:
 def split_name(name: str) -> str | None:
     """`train`/`val`/`test` for a split's name in a file or folder name (`validation` -> `val`), else None."""
     return _SPLIT_NAMES.get(name.lower()) or None
+
+
+def json_starts_like(path: Path, opener: str, pattern: str, head_bytes: int = 1 << 16) -> bool:
+    """Whether the file's first `head_bytes` start with `opener` ("{" or "[") and match `pattern`:
+    a JSON format recognised without parsing a large file."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            head = f.read(head_bytes)
+    except OSError:
+        return False
+    return head.lstrip().startswith(opener) and re.search(pattern, head) is not None
+
+
+def file_version(path: Path, what: str) -> tuple[str, int, int]:
+    """(name, mtime_ns, size): a cache key for one version of a file; a DataError naming `what` when
+    it cannot be read."""
+    try:
+        stat = path.stat()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read {what} ({e})") from None
+    return str(path), stat.st_mtime_ns, stat.st_size
 
 
 def read_json(path: Path, what: str = "the file") -> object:
