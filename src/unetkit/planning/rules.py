@@ -89,14 +89,6 @@ R13 Postprocessing. At the end of training the artifact's postprocessing is tune
    adds the watershed split, with at most 0.005 Dice given up; everything else by pooled Dice.
    On ISBI 2012 the split took the Rand error of one model from 0.121 to 0.037 (tuned leaving the
    scored slice out; docs/benchmarks.md).
-R17 Distillation. The accuracy levers (InstanceNorm: F1 +0.004..0.006 on DRIVE at equal steps, but
-   1.2x slower fp32 and 2x int8 inference, R9; a two-model ensemble: +0.0007) cost inference time,
-   so the best measured one, InstanceNorm, is trained as a teacher on half the budget and distilled
-   into the fast BatchNorm student on the other half (`unetkit.training.distill`). Planned only when
-   no ensemble is (R12) and the student, in its half with the teacher's forward pass on each batch
-   (~1/3 of a step), still reaches the step target of the whole budget (R1): halving the steps
-   costs more than the teacher gives until steps stop being the bottleneck. Steps and validations
-   are then the student's.
 R14 Compute mode. The autocast precision (fp32 or bf16) and memory format (NCHW or channels_last)
    the candidates were timed fastest in, among the modes that passed the health check over their
    probe steps (`unetkit.planning.throughput.measure_throughput`); the reason lists the measured
@@ -119,6 +111,14 @@ R16 Self-supervised pretraining (`--unlabelled DIR`). Proposed when labelled tra
    CPU, half the budget spent pretraining left fine-tuning 122 steps (its end-of-run work costs the
    same as a whole run's) and F1 fell from 0.71 (scratch, 818 steps) to 0.32 (docs/benchmarks.md,
    "Self-supervised pretraining on DRIVE").
+R17 Distillation. The accuracy levers (InstanceNorm: F1 +0.004..0.006 on DRIVE at equal steps, but
+   1.2x slower fp32 and 2x int8 inference, R9; a two-model ensemble: +0.0007) cost inference time,
+   so the best measured one, InstanceNorm, is trained as a teacher on half the budget and distilled
+   into the fast BatchNorm student on the other half (`unetkit.training.distill`). Planned only when
+   no ensemble is (R12) and the student, in its half with the teacher's forward pass on each batch
+   (~1/3 of a step), still reaches the step target of the whole budget (R1): halving the steps
+   costs more than the teacher gives until steps stop being the bottleneck. Steps and validations
+   are then the student's.
 """
 
 from __future__ import annotations
