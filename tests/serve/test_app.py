@@ -194,6 +194,7 @@ def test_failed_model_load_is_reported(tmp_path):
 def test_metrics_report_traffic_batches_and_quality(client):
     for _ in range(3):
         client.post("/v1/segment", content=png_of(synthetic_image(64, 64)))
+    client.post("/v1/segment", content=b"\x00garbage" * 10)  # a 415 of its own (not another test's)
     text = client.get("/metrics").text
     version = client.get("/v1/model").json()["version"]
     assert f'unetkit_model_info{{model_version="{version}",name="tiny",role="primary"}} 1.0' in text
