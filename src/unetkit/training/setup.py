@@ -81,33 +81,19 @@ def flag_settings(
         changes["data.seed"] = seed
     if tensorboard:
         changes["tensorboard"] = True
-    if postprocess is not None:
-        changes["tune_postprocess"] = postprocess
-    if calibrate is not None:
-        changes["calibrate"] = calibrate
-    if ensemble is not None:
-        changes["ensemble_folds"] = ensemble
     if distill is not None:
         if distill not in DISTILL_MODES:
             raise ConfigError(f"--distill: expected one of {', '.join(DISTILL_MODES)}, got {distill!r}")
         changes["distill.mode"] = distill
-    if track is not None:
-        changes["track"] = track
     if precision is not None:
         if precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"--precision: expected auto, fp32 or bf16, got {precision!r}")
         changes["precision"] = precision
-    if init is not None:
-        changes["finetune.init"] = str(init)
-    if pretrained is not None:
-        changes["finetune.pretrained"] = str(pretrained)
-    if freeze_encoder_steps is not None:
-        changes["finetune.freeze_encoder_steps"] = freeze_encoder_steps
-    if encoder_lr_ratio is not None:
-        changes["finetune.encoder_lr_ratio"] = encoder_lr_ratio
-    if encoder is not None:
-        changes["model.encoder"] = encoder
-    return changes
+    passed = {"tune_postprocess": postprocess, "calibrate": calibrate, "ensemble_folds": ensemble, "track": track,
+              "finetune.init": init and str(init), "finetune.pretrained": pretrained and str(pretrained),
+              "finetune.freeze_encoder_steps": freeze_encoder_steps, "finetune.encoder_lr_ratio": encoder_lr_ratio,
+              "model.encoder": encoder}  # flags copied as given, when set
+    return changes | {key: value for key, value in passed.items() if value is not None}
 
 
 def explicit_settings(config_file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
