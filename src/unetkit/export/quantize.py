@@ -10,7 +10,7 @@ report holds the measured speed-up (same tiles, same threads) next to the accura
 
 Default options (`QuantOptions`) were chosen by measurement on an AVX2 CPU without VNNI (see
 docs/export.md): QDQ format (ORT fuses it into QLinearConv with its NHWC int8 kernels), per-channel
-int8 weights, uint8 activations, no reduce_range, only convolution-like ops and pooling/concat
+int8 weights, uint8 activations, 8- or 7-bit weights (reduce_range) as the validation scores say, only convolution-like ops and pooling/concat
 quantized; normalization, calibration scaling and softmax stay in float. The graph quantized has its
 2x2 transposed convolutions rewritten as 1x1 convolutions + DepthToSpace (`shuffle_up`, exact), so
 the upsampling runs in int8 too; the fp32 graph it is compared with keeps ConvTranspose, which is
@@ -66,7 +66,10 @@ class QuantOptions:
     format: str = "qdq"  # "qdq" or "qoperator"
     per_channel: bool = True
     weight_type: str = "int8"  # "int8" (u8s8 kernels) or "uint8" (u8u8)
-    reduce_range: bool = False  # 7-bit weights: avoids u8s8 saturation on non-VNNI CPUs, costs accuracy
+    # 7-bit weights: avoids the u8s8 kernels' saturation on CPUs without VNNI, costs resolution where
+    # there is none to lose. None: quantize both ways and keep the one whose validation scores are
+    # closer to fp32 (`quantize_artifact` measures; `quantize_graph` then means False)
+    reduce_range: bool | None = None
     op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "MaxPool", "Concat", "Relu", "DepthToSpace")
     # quantize a graph whose 2x2 transposed convs are 1x1 convs + DepthToSpace (`onnx.ShuffleUp`):
     # ORT has no int8 ConvTranspose, so it would run in float between dequantize/quantize pairs
@@ -103,6 +106,11 @@ class Int8Report:
                      f"{'':>4}x{self.speedup:.2f}")
         lines.append(f"batch {self.tile_batch}; accuracy gate {self.gate} (largest drop {self.delta:+.4f}); "
                      f"validation {','.join(self.validation_keys)}")
+        tried = self.extra.get("reduce_range_tried")
+        if tried:
+            kept = "7-bit (reduce_range)" if self.options.get("reduce_range") else "8-bit"
+            lines.append(f"weights: {kept} kept; largest drop with 8-bit {tried['false']:+.4f}, "
+                         f"with 7-bit {tried['true']:+.4f}")
         return "\n".join(lines)
 
 
@@ -180,7 +188,7 @@ def quantize_graph(fp32: bytes, tiles: np.ndarray, options: QuantOptions = Quant
         quantize_static(
             pre, dst, Reader(),
             quant_format=QuantFormat.QDQ if options.format == "qdq" else QuantFormat.QOperator,
-            per_channel=options.per_channel, reduce_range=options.reduce_range,
+            per_channel=options.per_channel, reduce_range=bool(options.reduce_range),
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8 if options.weight_type == "int8" else QuantType.QUInt8,
             op_types_to_quantize=list(options.op_types), nodes_to_exclude=exclude,
@@ -210,6 +218,34 @@ def score(model: bytes, artifact: Artifact, samples: Sequence[Any], tile: TileCo
     items = ((s.key, labels_from_probabilities(predict_tiled(predictor, s.image, config), artifact), s.labels) for s in samples)
     result = evaluate_predictions(items, artifact.meta.class_names, artifact.meta.ignore_index)
     return {k: float(result[k]) for k in ("mean_dice", "mean_dice_foreground", "mean_iou", "pixel_accuracy") if k in result}
+
+
+def _largest_drop(fp32: dict[str, float], int8: dict[str, float]) -> float:
+    return max(fp32[k] - int8[k] for k in GATED if k in fp32)
+
+
+def _quantize_closest(source: bytes, tiles: np.ndarray, options: QuantOptions, fp32: dict[str, float],
+                      score_graph: Any) -> tuple[bytes, dict[str, float], QuantOptions, dict[str, float]]:
+    """(int8 graph, its scores, the options that made it, {reduce_range: largest drop} when both were tried).
+
+    With `options.reduce_range` None both 8-bit and 7-bit weights are quantized and scored, and the one
+    closer to fp32 is kept (8-bit on a tie): whether the u8s8 kernels saturate depends on the CPU (VNNI
+    or not) and the weights, so it is measured here rather than guessed from CPU flags."""
+    if options.reduce_range is not None:
+        graph = quantize_graph(source, tiles, options)
+        return graph, score_graph(graph), options, {}
+    best: tuple[float, bytes, dict[str, float], QuantOptions] | None = None
+    tried: dict[str, float] = {}
+    for reduce in (False, True):
+        choice = replace(options, reduce_range=reduce)
+        graph = quantize_graph(source, tiles, choice)
+        scores = score_graph(graph)
+        drop = _largest_drop(fp32, scores)
+        tried[str(reduce).lower()] = drop
+        if best is None or drop < best[0]:
+            best = (drop, graph, scores, choice)
+    assert best is not None
+    return best[1], best[2], best[3], tried
 
 
 def quantize_artifact(
@@ -248,20 +284,20 @@ def quantize_artifact(
     _, train = load_labelled(artifact, data, list(keys), progress)
     tiles = calibration_tiles([s.image for s in train], size, config.calibration_images)  # type: ignore[arg-type]
     del train
-    int8 = quantize_graph(source, tiles, options)
-
     _, val = load_labelled(artifact, data, list(val_keys), progress)
-    s32, s8 = score(fp32, artifact, val, tile), score(int8, artifact, val, tile)
+    s32 = score(fp32, artifact, val, tile)
+    int8, s8, options, tried = _quantize_closest(source, tiles, options, s32, lambda g: score(g, artifact, val, tile))
     bench = tiles[: tile.batch_size]
     t32, t8 = time_session(fp32, bench), time_session(int8, bench)
-    delta = max(s32[k] - s8[k] for k in GATED if k in s32)
+    delta = _largest_drop(s32, s8)
     report = Int8Report(s32, s8, delta, config.int8_gate, t32, t8, tuple(bench.shape), list(keys), list(val_keys),
-                        asdict(options))
+                        asdict(options), extra={"reduce_range_tried": tried} if tried else {})
     if not delta <= config.int8_gate:
         raise Int8GateError(
             f"int8 model refused: validation score drops by {delta:.4f} (> int8_gate {config.int8_gate}); "
             f"speed-up x{report.speedup:.2f}; nothing written\n{report.table()}", report)
-    quant = {"options": report.options, "calibration_keys": report.calibration_keys, "calibration_tiles": len(tiles),
+    quant = {"options": report.options, **report.extra, "calibration_keys": report.calibration_keys,
+             "calibration_tiles": len(tiles),
              "validation": {"keys": report.validation_keys, "fp32": s32, "int8": s8, "largest_drop": delta},
              "speedup": report.speedup, "fp32_seconds": t32, "int8_seconds": t8}
     plan = inference_plan(artifact, tile, precision="int8", opset=config.opset, quantization=quant)
