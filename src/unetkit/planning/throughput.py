@@ -14,11 +14,14 @@ candidate is too slow to reach the planner's step target (`stop_when`), larger o
 
 Compute modes (fp32 / bf16 autocast, each NCHW or channels_last, `unetkit.training.modes`) race
 inside the same bound: the first rungs are timed in every mode, interleaved step by step on the same
-batches; a mode that is unhealthy or `DROP_RATIO` (1.3x) slower than the fastest leaves the race,
-and when the time left cannot pay for every mode on the next rung, only the leader goes on. Why:
-emulated bf16 (several times slower) drops out on the cheapest rung at the cost of a few small
-steps, while on a CPU with AMX the close modes keep racing onto the larger rungs, where the
-difference that matters for the plan shows; a mode is never chosen from a rung it was not timed on.
+batches; a mode that is unhealthy or `HOPELESS_RATIO` (2.5x) slower than the fastest leaves the
+race at once, one `DROP_RATIO` (1.3x) slower on two rungs in a row leaves it then, and when the time
+left cannot pay for every mode on the next rung, only the leader goes on. Why: emulated bf16 (3-4x
+slower) drops out on the cheapest rung at the cost of a few small steps, while a mode whose fixed
+cost shows on a tiny rung (channels_last's layout changes: 1.7x slower than fp32+cl on w8 d3 96x96 b2
+on an AMD EPYC with AVX512-BF16, yet the fastest at w32 d4) gets a second, larger rung; on a CPU with
+AMX the close modes keep racing onto the larger rungs, where the difference that matters for the
+plan shows; a mode is never chosen from a rung it was not timed on.
 The timings of the chosen mode are the throughput model.
 """
 
@@ -143,7 +146,8 @@ class MeasuredThroughput:
 
 
 WARMUP_STEPS = PROBE_WARMUP_STEPS  # untimed steps before timing a fresh model (allocator, page-ins)
-DROP_RATIO = 1.3  # a mode this much slower than the fastest on a rung is not timed on larger rungs
+DROP_RATIO = 1.3  # a mode this much slower than the fastest on two rungs in a row is not timed on larger ones
+HOPELESS_RATIO = 2.5  # ... this much slower on one rung (emulated bf16): not timed on larger rungs
 Probe_ = Callable[[Candidate, Sequence[ComputeMode]], dict[str, Probe]]
 
 
@@ -171,7 +175,8 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
 
     The modes race up the ladder: each rung is timed in every mode still in the race; after it, a
     mode leaves the race when it is unhealthy (`unetkit.training.precision.health_problems`) or
-    `DROP_RATIO` slower than the fastest healthy mode there, and when the next rung in every
+    `HOPELESS_RATIO` slower than the fastest healthy mode there, or `DROP_RATIO` slower on this rung
+    and the one before, and when the next rung in every
     remaining mode would not fit in the time left, only the fastest that fit continue (the ladder
     in the leading mode; on the first rung, costed at a modest CPU's speed, the modes in `modes`
     order, fp32 first: a budget too small to measure keeps fp32). The chosen mode is the fastest healthy one on the largest rung timed in more than
@@ -182,6 +187,7 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
     result = MeasuredThroughput(in_channels, out_channels, by_mode={m.name: {} for m in modes})
     per_mode = {m.name: MeasuredThroughput(in_channels, out_channels, table=result.by_mode[m.name]) for m in modes}
     live, dropped = list(modes), {}
+    strikes: dict[str, int] = {}  # rungs in a row on which a mode was DROP_RATIO slower than the leader
     deciding: tuple[dict[str, Probe], str, list[ComputeMode]] | None = None  # the last rung timed in 2+ modes
     if probe is None:
         def probe(c: Candidate, racing: Sequence[ComputeMode]) -> dict[str, Probe]:
@@ -223,8 +229,10 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
                 f"timing candidates: {c.label():<26} {healthy[leader].seconds * 1000:8.1f} ms/step")
         dropped |= problems
         for name, p in healthy.items():
-            if p.seconds > DROP_RATIO * healthy[leader].seconds:
-                dropped[name] = f"{p.seconds / healthy[leader].seconds:.1f}x slower than {leader} on {c.label()}"
+            ratio = p.seconds / healthy[leader].seconds
+            strikes[name] = strikes.get(name, 0) + 1 if ratio > DROP_RATIO else 0
+            if ratio > HOPELESS_RATIO or strikes[name] >= 2:
+                dropped[name] = f"{ratio:.1f}x slower than {leader} on {c.label()}"
         live = sorted((m for m in live if m.name not in dropped), key=lambda m: healthy[m.name].seconds)
         if stop_when is not None and stop_when(c, healthy[leader].seconds):
             break
