@@ -434,6 +434,7 @@ class ServeConfig:
     docs: bool = False  # serve /docs, /redoc and /openapi.json (off: the API description is not public)
     public_metrics: bool = False  # /metrics without a token, for scrapers that cannot send one
     header_timeout_seconds: float = 10.0  # a connection must send a request's headers within this; then closed
+    max_header_bytes: int = 64 * 1024  # request line + headers of one request; beyond: 431 and closed
     keepalive_timeout_seconds: int = 5  # an idle keep-alive connection is closed after this
     max_connections: int = 512  # open connections; a request beyond gets 503 (uvicorn limit_concurrency)
     body_timeout_seconds: float = 60.0  # the whole request body must arrive within this; then 408

@@ -1,10 +1,14 @@
-"""Connection-level limits uvicorn lacks: a header timeout and a hard cap on open connections.
+"""Connection-level limits uvicorn lacks: a header timeout, a header size cap and a hard cap on open connections.
 
 uvicorn times out idle keep-alive connections, but not a connection that is still sending a request's
 headers: 100 clients sending one header byte now and then ("slowloris") kept 100 sockets open for as
 long as they liked. `guarded_protocol(config)` is uvicorn's httptools protocol with
 - a header timer, armed when a connection opens and when a request begins, cancelled when the
   request's headers are complete: past `header_timeout_seconds` the connection gets 408 and is closed;
+- a header size cap: uvicorn's httptools protocol buffers a request line and headers of any size
+  (measured: one 50 MB header took +88 MB RSS and got 200); past `max_header_bytes` received before
+  the headers are complete the connection gets 431 and is closed (nginx's
+  `large_client_header_buffers` and h11's 16 KB limit do the same);
 - a cap: a connection opened while `max_connections` are open is closed at once (uvicorn's own
   `limit_concurrency`, set to the same value, answers 503 to requests beyond it).
 Bodies have their own deadline (`upload.py`), idle keep-alive connections uvicorn's `timeout_keep_alive`.
@@ -29,6 +33,8 @@ except ImportError:  # pragma: no cover - httptools comes with the serve extra
 
 TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
                     b"content-length: 26\r\nconnection: close\r\n\r\nrequest headers too slow\r\n")
+TOO_LARGE_RESPONSE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                      b"content-length: 27\r\nconnection: close\r\n\r\nrequest headers too large\r\n")
 
 
 def guarded_protocol(config: ServeConfig) -> Any:
@@ -38,18 +44,32 @@ def guarded_protocol(config: ServeConfig) -> Any:
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         header_timeout = config.header_timeout_seconds
+        max_header_bytes = config.max_header_bytes
         max_connections = config.max_connections
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._header_timer: asyncio.TimerHandle | None = None
+            self._header_bytes = 0
             if len(self.connections) > self.max_connections:
                 transport.close()
                 return
             self._arm_header_timer()
 
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            # still reading headers after this chunk: count it (a chunk that also ended the previous
+            # request's body is counted whole, so the cap is approximate by at most one read)
+            if getattr(self, "_header_timer", None) is not None and not self.transport.is_closing():
+                self._header_bytes += len(data)
+                if self._header_bytes > self.max_header_bytes:
+                    self._cancel_header_timer()
+                    self.transport.write(TOO_LARGE_RESPONSE)
+                    self.transport.close()
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._header_bytes = 0
             if getattr(self, "_header_timer", None) is None:
                 self._arm_header_timer()
 

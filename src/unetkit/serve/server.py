@@ -110,7 +110,7 @@ def run_server(config: ServeConfig) -> None:
         app, host=config.host, port=config.port, log_config=None, access_log=False, workers=1,
         timeout_graceful_shutdown=int(config.drain_seconds), server_header=False,
         http=guarded_protocol(config), limit_concurrency=config.max_connections,
-        timeout_keep_alive=config.keepalive_timeout_seconds, h11_max_incomplete_event_size=64 * 1024,
+        timeout_keep_alive=config.keepalive_timeout_seconds, h11_max_incomplete_event_size=config.max_header_bytes,
     )
     DrainingServer(settings, app.state.unetkit).run()
 
