@@ -13,6 +13,8 @@ Variants change one thing:
     uniform    data.rare_oversample 0 (no foreground-centred patches)
     instance   model.norm instance (nnU-Net's and MONAI's default)
     ema        optim.ema_decay 1 - 10/steps (validate and keep a moving average of the weights)
+    fp32       compute in fp32, NCHW (`unetkit train --precision fp32`)
+    bf16       bf16 autocast + channels_last (the mode the planner picks where bf16 is native and fastest)
     clahe      CLAHE (skimage equalize_adapthist, clip 0.01) on every image, in a temporary copy
                of the data outside the project
     <name>@<seed> any of the above with another seed
@@ -33,6 +35,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +62,8 @@ CHANGES = {
     "uniform": {"data": {"rare_oversample": 0.0}},
     "instance": {"model": {"norm": "instance"}},
     "ema": {},  # optim.ema_decay 1 - 10 / steps: averages over the last ~10 % of the steps
+    "fp32": {"precision": "fp32", "memory_format": "contiguous"},  # top-level TrainConfig fields
+    "bf16": {"precision": "bf16", "memory_format": "channels_last"},
 }
 EMA_HORIZON = {"ema": 10}
 
@@ -69,7 +74,7 @@ def variant_config(name: str, steps: int) -> dict:
         raise SystemExit(f"unknown variant '{kind}'; choose from {', '.join(CHANGES)} (optionally @seed)")
     cfg = copy.deepcopy(BASE) | {"steps": steps}
     for section, values in CHANGES[kind].items():
-        cfg[section] = {**cfg[section], **values}
+        cfg[section] = {**cfg[section], **values} if isinstance(values, dict) else values
     if kind in EMA_HORIZON:
         cfg["optim"] = {**cfg["optim"], "ema_decay": round(1 - EMA_HORIZON[kind] / steps, 6)}
     if seed:
@@ -101,14 +106,16 @@ def run_variant(name: str, steps: int, train_dir: Path, work: Path) -> dict:
     cfg = work / f"{name}.json"
     cfg.write_text(json.dumps(variant_config(name, steps)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    started = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "unetkit", "train", str(data), "--config", str(cfg), "--out",
                           str(work / name), "--quiet", "--no-plan"], capture_output=True, text=True, env=env)
+    train_seconds = time.perf_counter() - started
     if run.returncode:
         raise SystemExit(f"{name}: unetkit train failed\n{run.stderr}")
     art = load_artifact(work / name / "model.unetkit")
     val = load_split(data, VAL_KEYS)
     truth = np.concatenate([(s.labels == 1)[s.labels != 255] for s in val])
-    out = {}
+    out: dict = {"train_seconds": train_seconds}
     for tta in (False, True):
         probs = [predict_image(art, s.image, TileConfig(tile_size=tuple(art.meta.patch_size), tta=tta))[-1]
                  for s in val]
@@ -154,6 +161,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1600)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--work", type=Path, default=None, help="keep the runs (models) here instead of a temporary folder")
     ap.add_argument("--norm-cost", action="store_true", help="also time BatchNorm vs InstanceNorm inference")
     args = ap.parse_args()
     train_dir = (args.data if (args.data / "training").is_dir() else args.data.parent) / "training"
@@ -161,17 +169,19 @@ def main() -> None:
     for name in names:
         variant_config(name, args.steps)  # refuse unknown names before training anything
     with tempfile.TemporaryDirectory(prefix="drive-ablation-") as tmp, ThreadPoolExecutor(args.parallel) as pool:
-        results = dict(zip(names, pool.map(lambda n: run_variant(n, args.steps, train_dir, Path(tmp)), names), strict=True))
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        results = dict(zip(names, pool.map(lambda n: run_variant(n, args.steps, train_dir, work), names), strict=True))
     lines = [f"## DRIVE levers at equal steps ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
              f"Command: `python benchmarks/drive_ablation.py {' '.join(sys.argv[1:])}`  ",
              f"Machine: {machine()}; {args.parallel} runs side by side, one thread each.  ",
              f"w16 d4, 128x128, batch 8, {args.steps} steps, trained on 21-35, scored on 36-40 (FOV).", ""]
     if results:
-        lines += ["| variant | F1 | AUC | F1 + TTA | AUC + TTA | predicted / true vessel pixels |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["| variant | F1 | AUC | F1 + TTA | AUC + TTA | predicted / true vessel pixels | train wall s |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['plain']['f1']:.4f} | {r['plain']['auc']:.4f} | {r['tta']['f1']:.4f} | "
-                     f"{r['tta']['auc']:.4f} | {r['plain']['pred_ratio']:.3f} |")
+                     f"{r['tta']['auc']:.4f} | {r['plain']['pred_ratio']:.3f} | {r['train_seconds']:.0f} |")
     if args.norm_cost:
         cost = norm_inference_cost()
         lines += ["", "Inference cost of the norm layer (w32 d4, batch 4 x 256x256, median of 5; BatchNorm "
