@@ -65,3 +65,14 @@ def test_a_pickled_object_is_refused(tmp_path) -> None:
     torch.save({"format": 1, "obj": _Sampler()}, path)  # arbitrary object: weights_only refuses it
     with pytest.raises(ArtifactError, match="not a readable unetkit checkpoint"):
         load_checkpoint(path)
+
+
+def test_the_deadline_is_the_budgets_end_less_the_passes_that_must_follow() -> None:
+    import time
+
+    assert BudgetClock(0).deadline() is None
+    clock = BudgetClock(100.0)
+    clock.val_seconds = 4.0
+    now = time.monotonic()
+    assert clock.deadline() == pytest.approx(now + 100.0, abs=0.5)
+    assert clock.deadline(reserve_passes=2.5) == pytest.approx(now + 90.0, abs=0.5)

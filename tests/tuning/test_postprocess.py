@@ -116,3 +116,27 @@ def test_tune_postprocess_stores_params_and_never_lowers(tmp_path):
     assert result["mean_dice_foreground"] == pytest.approx(summary["after"])
     with pytest.raises(DataError, match="metric 'f1'"):
         tune_model_postprocess(path, data, metric="f1", backend="torch", progress=False)
+
+
+def test_a_search_past_its_deadline_stops_and_keeps_plain_arg_max(rng, tmp_path):
+    """Training's budget bounds the end-of-run search: on 11 CamVid classes it ran 10+ minutes past a
+    60-minute budget. Past the deadline the search (or the gate's refits) stops, arg-max stays."""
+    import time
+
+    from unetkit.evaluation.labelled import load_labelled
+    from unetkit.tuning.postprocess import OutOfTime, gate_postprocess, tune_samples
+
+    probs, truths = _noisy_binary(rng)
+    with pytest.raises(OutOfTime):
+        tune_postprocess(probs, truths, deadline=time.monotonic() - 1)
+    tuned, _ = tune_postprocess(probs, truths, deadline=time.monotonic() + 600)  # time enough: as without one
+    assert tuned == tune_postprocess(probs, truths)[0]
+    with pytest.raises(OutOfTime):
+        gate_postprocess(probs, truths, tuned, deadline=time.monotonic() - 1)
+
+    data = drive_like(tmp_path / "d")
+    path = tiny_artifact(tmp_path / "m.unetkit", head_scale=3.0, seed=3)
+    artifact, samples = load_labelled(path, data, None, False)
+    summary = tune_samples(artifact, samples, "dice", backend="torch", progress=False, deadline=time.monotonic() - 1)
+    assert summary["postprocess"] == {} and summary["after"] == summary["before"]
+    assert not summary["gate"]["adopted"] and "ran out of the budget's time after 0 trials" in summary["gate"]["reason"]

@@ -63,6 +63,13 @@ class BudgetClock:
     def seconds_left(self) -> float:
         return self.budget - self.elapsed()
 
+    def deadline(self, reserve_passes: float = 0.0) -> float | None:
+        """The budget's end as a `time.monotonic()` value, `reserve_passes` validation passes early
+        (work that must still follow), or None without a budget."""
+        if not self.enabled:
+            return None
+        return time.monotonic() + self.seconds_left() - reserve_passes * self.val_seconds
+
     def exclude(self, seconds: float) -> float:
         """Time spent validating/saving during a step: not part of the step time."""
         self.excluded += seconds

@@ -99,7 +99,8 @@ def fit_distilled(config: TrainConfig, data: TrainingData, env: Any, device: tor
                     "temperature": config.distill.temperature, "weight": config.distill.weight,
                     "reason": _plan_reason(config.plan)}
     if env.is_main:
-        save_final_artifact(artifact_path, model, data, config, state, extra_metrics={"distillation": distillation})
+        save_final_artifact(artifact_path, model, data, config, state, extra_metrics={"distillation": distillation},
+                            clock=clock)
         log.write({"event": "end", "step": state.step, "time": log_time(state, clock), "artifact": str(artifact_path),
                    "best": state.best_metric, "best_step": state.best_step,
                    "teacher_best": record["teacher"][SELECTION_METRIC]})

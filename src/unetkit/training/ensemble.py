@@ -126,7 +126,8 @@ def fit_ensemble(config: TrainConfig, data: TrainingData, env: Any, device: torc
         log.write({"event": "val", "step": sum(m["steps"] for m in members), "time": clock.elapsed(), **metrics})
         write_artifact(artifact_path, state_dict, data, config, history=history,
                        metrics={**metrics, "selection_metric": SELECTION_METRIC, "members": members},
-                       lineage={"ensemble_folds": k, "steps": sum(m["steps"] for m in members), "members": members})
+                       lineage={"ensemble_folds": k, "steps": sum(m["steps"] for m in members), "members": members},
+                       clock=clock)
         log.write({"event": "end", "step": sum(m["steps"] for m in members), "time": clock.elapsed(),
                    "artifact": str(artifact_path), "best": metrics.get(SELECTION_METRIC)})
     log.close()

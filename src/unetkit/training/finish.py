@@ -25,6 +25,7 @@ from unetkit.data.splits import spread
 from unetkit.monitor.baseline import baseline_validations
 from unetkit.monitor.measure import training_baseline
 from unetkit.training import checkpoint as ckpt
+from unetkit.training.budget import BudgetClock
 from unetkit.training.finetune import Start
 from unetkit.training.loop import SELECTION_METRIC
 from unetkit.training.prepare import TrainingData
@@ -61,10 +62,11 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
 
 def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,
                         state: RunState, start: Start | None = None,
-                        extra_metrics: dict[str, Any] | None = None) -> Path:
+                        extra_metrics: dict[str, Any] | None = None, clock: BudgetClock | None = None) -> Path:
     """The best validated weights (checkpoint-best.pt) with everything inference needs; the lineage
     records the steps and, for a run started from trained weights, the parent's sha256;
-    `extra_metrics` join the best validation's in the artifact's metrics (e.g. "distillation")."""
+    `extra_metrics` join the best validation's in the artifact's metrics (e.g. "distillation");
+    `clock`: the run's budget, which the end-of-run tuning must keep (`write_artifact`)."""
     best_file = Path(config.out_dir) / ckpt.BEST
     best = ckpt.load_checkpoint(best_file) if best_file.is_file() else None
     weights = best["model"] if best is not None else model.state_dict()
@@ -73,20 +75,24 @@ def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, 
                           metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC,
                                    **(extra_metrics or {})},
                           lineage={"steps": state.step, "total_steps": state.total_steps,
-                                   **(start.lineage(data.class_names) if start is not None else {})})
+                                   **(start.lineage(data.class_names) if start is not None else {})},
+                          clock=clock)
 
 
 def write_artifact(path: Path, weights: dict[str, Any], data: TrainingData, config: TrainConfig, *,
-                   history: list[Any], metrics: dict[str, Any], lineage: dict[str, Any]) -> Path:
+                   history: list[Any], metrics: dict[str, Any], lineage: dict[str, Any],
+                   clock: BudgetClock | None = None) -> Path:
     """Weights + everything inference needs, calibrated and tuned on the validation split
-    (`finish_on_validation`), with the drift baseline; written atomically."""
+    (`finish_on_validation`), with the drift baseline; written atomically. With a budget (`clock`)
+    the postprocessing search stops where the drift baseline's passes would no longer fit."""
     meta = ArtifactMeta(
         model=config.model, class_names=tuple(data.class_names), class_colors=tuple(data.class_colors),
         mean=tuple(data.mean), std=tuple(data.std), patch_size=tuple(config.data.patch_size),
         ignore_index=config.loss.ignore_index, data_spec=data.spec_dict, fingerprint=data.fingerprint,
         train_config=to_dict(config), plan=config.plan, history=history, metrics=metrics, lineage=lineage,
     )
-    meta = finish_on_validation(meta, weights, data.val, config)
+    deadline = clock.deadline(baseline_validations(len(data.train), len(data.val))) if clock is not None else None
+    meta = finish_on_validation(meta, weights, data.val, config, deadline=deadline)
     baseline = training_baseline(weights, meta, data.train, data.val, log=print if config.progress else None)
     sample = validation_sample(data.val, config.data.patch_size, config.loss.ignore_index)
     return save_artifact(path, weights, dataclasses.replace(meta, drift_baseline=baseline,
@@ -148,13 +154,15 @@ def _most_foreground(labels: np.ndarray, size: tuple[int, int], ignore_index: in
     return -best[1], -best[2]
 
 
-def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any], config: TrainConfig) -> Any:
+def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any], config: TrainConfig, *,
+                         deadline: float | None = None) -> Any:
     """`meta` with temperature scaling fitted on the validation split (`config.calibrate`), then the
     postprocessing tuned on it for `config.tune_postprocess` (R13), each recorded in the metrics
     with the validation keys. Calibration first: a tuned threshold refers to calibrated probabilities.
     Each is stored only when `unetkit.tuning.gate` finds its gain holds across the validation
     images (out of fold, paired bootstrap, at least `MIN_IMAGES` images: a `--full-train` run that
-    validates on one image keeps the defaults); the record's `gate` says why either way."""
+    validates on one image keeps the defaults); the record's `gate` says why either way. A search
+    still running at `deadline` (`time.monotonic()`, the budget's) stops and keeps the defaults."""
     if not len(val):
         return meta
     keys = [s.key for s in val]
@@ -174,7 +182,7 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
         t0 = time.perf_counter()
         sample = spread(val, MAX_TUNE_IMAGES)  # bounded memory and search time on a large validation split
         summary = tune_samples(Artifact(meta=meta, state_dict=weights), sample, config.tune_postprocess, progress=False,
-                               backend=backend)
+                               backend=backend, deadline=deadline)
         meta = dataclasses.replace(meta, postprocess=summary["postprocess"], metrics={
             **meta.metrics, "postprocess_tuning": tuning_record(summary | {"keys": [s.key for s in sample]})})
         say(f"postprocessing tuned on {len(sample)} validation image(s) for {summary['metric']} in "

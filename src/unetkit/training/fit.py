@@ -133,7 +133,7 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
         # ---- the best weights as the artifact
         artifact_path = out_dir / ARTIFACT_NAME
         if env.is_main:
-            save_final_artifact(artifact_path, model, data, config, state, start=start)
+            save_final_artifact(artifact_path, model, data, config, state, start=start, clock=clock)
             log.write({"event": "end", "step": state.step, "time": log_time(state, clock),
                        "artifact": str(artifact_path), "best": state.best_metric, "best_step": state.best_step})
         log.close()

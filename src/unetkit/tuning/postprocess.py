@@ -11,13 +11,17 @@ pixels: a trial that lowers the pooled Dice by more than `RAND_DICE_GUARD` is no
 Never worse on the tuning images is not never worse on new ones: `gate_postprocess` re-runs the
 search out of fold and adopts the result only when its gain holds across images
 (`unetkit.tuning.gate`: paired bootstrap, at least `MIN_IMAGES` images); otherwise plain arg-max
-stays and the summary's `gate` says why. `tune_model_postprocess` predicts labelled data with an
+stays and the summary's `gate` says why. With a `deadline` (training's budget) a search that has
+not finished by then stops, and plain arg-max stays: on many classes the search is long (11 classes,
+~110 trials, again per fold: 10+ minutes on 32 CamVid frames), and a budget is a promise.
+`tune_model_postprocess` predicts labelled data with an
 artifact, tunes, gates, and stores the result in the artifact's `postprocess`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,14 @@ from unetkit.tuning.store import target_path
 
 RAND_DICE_GUARD = 0.005  # "rand" tuning may give up at most this much pooled Dice
 DEFAULT_BAND = 3  # watershed_band when a tuning trial switches the split on
+
+
+class OutOfTime(Exception):
+    """The search passed its deadline after `trials` scored trials."""
+
+    def __init__(self, trials: int) -> None:
+        super().__init__(f"out of time after {trials} trials")
+        self.trials = trials
 
 
 def score_labels(
@@ -133,6 +145,7 @@ def tune_postprocess(
     ignore_index: int = 255,
     steps: Sequence[tuple[str, int, list[Any]]] | None = None,
     dice_guard: float | None = None,
+    deadline: float | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Greedy search over `candidate_steps`; returns (params for the artifact, trial log).
 
@@ -140,13 +153,20 @@ def tune_postprocess(
     one only if it is strictly better than the current score. With `dice_guard` (default
     `RAND_DICE_GUARD` for "rand", none otherwise) a trial whose pooled Dice is more than that
     below arg-max's is not admissible. The log has one row per step: field, class, best value,
-    score before, score after, kept.
+    score before, score after, kept. `deadline` (a `time.monotonic()` value): `OutOfTime` is raised
+    when a trial would start after it.
     """
     k = probabilities[0].shape[0]
     cfg = PostprocessConfig()
     guard = (RAND_DICE_GUARD if metric == "rand" else None) if dice_guard is None else dice_guard
 
+    trials_done = 0
+
     def score(c: PostprocessConfig) -> tuple[float, float]:
+        nonlocal trials_done
+        if deadline is not None and time.monotonic() > deadline:
+            raise OutOfTime(trials_done)
+        trials_done += 1
         labels = [apply_postprocess(p, c) for p in probabilities]
         value = score_labels(labels, truths, k, metric, ignore_index)
         if guard is None or metric == "dice":
@@ -213,19 +233,29 @@ def tune_samples(
     backend: str = "auto",
     progress: bool = True,
     seed: int = 0,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Predict labelled `samples` (LoadedSample: image, labels) with `artifact` and tune its
     postprocessing for `metric`; returns the summary (`postprocess`: the params to store, `{}`
     unless the gate adopted them; `tuned`: what the search chose on all the images; `gate`: the
     verdict of `gate_postprocess`; `before` / `after`: the metric with arg-max / with the stored
-    params; `dice_before` / `dice_after`; `steps`: the search log)."""
+    params; `dice_before` / `dice_after`; `steps`: the search log). Past `deadline`
+    (`time.monotonic()`) the search or the gate stops and plain arg-max stays, the gate's reason
+    saying so."""
     probs, truths = [], []
     for sample, p in iter_probabilities(artifact, samples, config, backend=backend, progress=progress):
         probs.append(p)
         truths.append(sample.labels)
     k, ignore = artifact.meta.num_classes, artifact.meta.ignore_index
-    tuned, log = tune_postprocess(probs, truths, metric=metric, ignore_index=ignore)
-    verdict = gate_postprocess(probs, truths, tuned, metric=metric, ignore_index=ignore, seed=seed)
+    try:
+        tuned, log = tune_postprocess(probs, truths, metric=metric, ignore_index=ignore, deadline=deadline)
+        verdict = gate_postprocess(probs, truths, tuned, metric=metric, ignore_index=ignore, seed=seed,
+                                   deadline=deadline)
+    except OutOfTime as stop:
+        tuned, log = {}, []
+        verdict = GateResult(False, 0.0, float("nan"), len(probs),
+                             f"postprocessing: not tuned, the search ran out of the budget's time after "
+                             f"{stop.trials} trials on {len(probs)} images; plain arg-max kept")
     params = tuned if verdict.adopted else {}
     plain = [apply_postprocess(p, {}) for p in probs]
     kept = [apply_postprocess(p, params) for p in probs]
@@ -240,13 +270,14 @@ def tune_samples(
 def gate_postprocess(
     probabilities: Sequence[np.ndarray], truths: Sequence[np.ndarray], tuned: dict[str, Any], *,
     metric: str = "dice", ignore_index: int = 255, seed: int = 0,
-    steps: Sequence[tuple[str, int, list[Any]]] | None = None,
+    steps: Sequence[tuple[str, int, list[Any]]] | None = None, deadline: float | None = None,
 ) -> GateResult:
     """Whether `tuned` (what `tune_postprocess` chose on all these images) is adopted: the search is
     re-run leaving each fold of images out (`gate.fold_indices`), each held-out image is scored with
     what was chosen without it, and the out-of-fold gain over plain arg-max must hold across
     images (`gate.decide`: paired bootstrap lower bound > 0, at least `gate.MIN_IMAGES` images).
-    `steps`: the search's candidates, as `tune_postprocess` took them (default: all)."""
+    `steps`: the search's candidates, as `tune_postprocess` took them (default: all); `deadline`:
+    as `tune_postprocess`'s (`OutOfTime`)."""
     n, what = len(probabilities), "postprocessing"
     if not tuned:
         return not_needed(n, what)
@@ -258,7 +289,8 @@ def gate_postprocess(
     for fold in fold_indices(n):
         rest = [i for i in range(n) if i not in set(fold.tolist())]
         chosen, _ = tune_postprocess([probabilities[i] for i in rest], [truths[i] for i in rest],
-                                     metric=metric, ignore_index=ignore_index, steps=steps)
+                                     metric=metric, ignore_index=ignore_index, steps=steps,
+                                     deadline=deadline)
         for i in fold:
             held_out[i] = apply_postprocess(probabilities[i], chosen)
     plain = [apply_postprocess(p, {}) for p in probabilities]
