@@ -53,7 +53,7 @@ def prepare(data: Path, work: Path) -> Path:
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
-    keep = truth != VOID
+    keep = truth < k  # void (11, or the ignore index 255 the dataset JSON maps it to) is left out
     return np.bincount(truth[keep].astype(np.int64) * k + pred[keep], minlength=k * k).reshape(k, k)
 
 
@@ -78,6 +78,8 @@ def main() -> None:
                          "JSON whose choices the plan keeps; repeat for side-by-side arms")
     ap.add_argument("--val-prefix", default="0006R0", help="comma-separated sequence prefixes held out")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-camvid")
+    ap.add_argument("--score", type=Path, default=None, metavar="RUN_FOLDER",
+                    help="score the arms of an earlier run folder (WORK/STAMP, one sub-folder per arm) without training")
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
     arms = dict(a.split("=", 1) for a in args.arm) or {"current": str(ROOT / "src")}
@@ -88,15 +90,20 @@ def main() -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     load_before = os.getloadavg()
     runs, procs = {}, {}
+    walls: dict[str, float | None] = {}
+    if args.score is not None:  # re-score: the arms are the run folder's sub-folders
+        stamp = args.score.name
+        runs = {d.name: d for d in sorted(args.score.iterdir()) if (d / "model.unetkit").is_file()}
+        arms = {name: "(earlier run)" for name in runs}
+        walls = {name: None for name in runs}
     t0 = time.perf_counter()
-    for name, arm in arms.items():  # all arms at once: the same load for each
+    for name, arm in (arms.items() if args.score is None else ()):  # all arms at once: the same load for each
         src, _, config = arm.partition(",")
         runs[name] = args.work / stamp / name
         env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
         cmd = [sys.executable, "-m", "unetkit", "train", str(folder), "--budget", args.budget, "--out",
                str(runs[name]), "--quiet", "--val-keys", ",".join(val_keys)] + (["--config", config] if config else [])
         procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    walls = {}
     for name, proc in procs.items():
         output = proc.communicate()[0]
         walls[name] = time.perf_counter() - t0

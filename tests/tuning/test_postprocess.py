@@ -140,3 +140,25 @@ def test_a_search_past_its_deadline_stops_and_keeps_plain_arg_max(rng, tmp_path)
     summary = tune_samples(artifact, samples, "dice", backend="torch", progress=False, deadline=time.monotonic() - 1)
     assert summary["postprocess"] == {} and summary["after"] == summary["before"]
     assert not summary["gate"]["adopted"] and "ran out of the budget's time after 0 trials" in summary["gate"]["reason"]
+
+
+def test_the_class_by_class_shortcut_gives_the_full_searchs_choice_and_log(rng, monkeypatch):
+    """The search cleans one class per trial on maps shared by the step (`trial_labels`); forcing the
+    full clean-up of every class for every trial must give the same choice, scores and log."""
+    import unetkit.tuning.postprocess as tuning
+
+    k, truths, probs = 4, [], []
+    for _ in range(3):
+        field = ndimage.gaussian_filter(rng.random((k, 40, 44)), (0, 3, 3))
+        truth = field.argmax(0).astype(np.uint8)
+        noisy = np.exp(4 * (field + rng.normal(0, 0.04, field.shape)) / field.std())
+        probs.append((noisy / noisy.sum(0)).astype(np.float32))
+        truth[:, :2] = 255
+        truths.append(truth)
+    for metric in ("dice", "rand"):
+        fast = tune_postprocess(probs, truths, metric=metric)
+        monkeypatch.setattr(tuning, "acts_on", lambda cfg, c: True)  # every trial takes the full path
+        full = tune_postprocess(probs, truths, metric=metric)
+        monkeypatch.undo()
+        assert fast == full
+        assert any(row["kept"] for row in fast[1])  # the search did change something on this data

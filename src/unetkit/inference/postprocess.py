@@ -32,8 +32,10 @@ def as_config(params: dict[str, Any] | PostprocessConfig) -> PostprocessConfig:
     return from_dict(PostprocessConfig, dict(params or {}), "postprocess")
 
 
-def apply_postprocess(probabilities: np.ndarray, params: dict[str, Any] | PostprocessConfig) -> np.ndarray:
-    """(K, H, W) probabilities -> (H, W) uint8 labels with the configured clean-up."""
+def apply_postprocess(probabilities: np.ndarray, params: dict[str, Any] | PostprocessConfig, *,
+                      upto: int | None = None) -> np.ndarray:
+    """(K, H, W) probabilities -> (H, W) uint8 labels with the configured clean-up; `upto`: clean
+    only the classes before it (the tuning search's shared prefix, `clean_class` does the rest)."""
     cfg = as_config(params)
     probs = np.asarray(probabilities)
     k = probs.shape[0]
@@ -43,9 +45,15 @@ def apply_postprocess(probabilities: np.ndarray, params: dict[str, Any] | Postpr
         labels = (probs[1] >= cfg.threshold).astype(np.uint8)
     else:
         labels = probs.argmax(axis=0).astype(np.uint8)
-    for c in range(1, k):
+    for c in range(1, k if upto is None else min(upto, k)):
         labels = clean_class(labels, c, probs, cfg)
     return labels
+
+
+def acts_on(cfg: PostprocessConfig, c: int) -> bool:
+    """Whether `cfg` has any op for class `c` (else `clean_class` returns the labels unchanged)."""
+    return bool(_at(cfg.watershed, c, 0.0) or _at(cfg.opening, c, 0) or _at(cfg.closing, c, 0)
+                or _at(cfg.fill_holes, c, False) or _at(cfg.min_size, c, 0) or _at(cfg.keep_largest, c, False))
 
 
 def clean_class(labels: np.ndarray, c: int, probs: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:

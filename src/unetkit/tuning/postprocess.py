@@ -32,7 +32,7 @@ from unetkit.artifact import Artifact, update_artifact
 from unetkit.config import POSTPROCESS_METRICS, PostprocessConfig, TileConfig, to_dict
 from unetkit.errors import ConfigError, DataError
 from unetkit.evaluation.labelled import iter_probabilities, load_labelled
-from unetkit.inference.postprocess import apply_postprocess
+from unetkit.inference.postprocess import acts_on, apply_postprocess, clean_class
 from unetkit.metrics.confusion import confusion_matrix
 from unetkit.metrics.scores import json_value, nan_mean, per_class_dice, per_class_iou
 from unetkit.metrics.topology import adapted_rand_error
@@ -161,13 +161,30 @@ def tune_postprocess(
     guard = (RAND_DICE_GUARD if metric == "rand" else None) if dice_guard is None else dice_guard
 
     trials_done = 0
+    prefix: tuple[PostprocessConfig, int, list[np.ndarray]] | None = None  # config, class, maps cleaned below it
 
-    def score(c: PostprocessConfig) -> tuple[float, float]:
+    def trial_labels(trial: PostprocessConfig, c: int) -> list[np.ndarray]:
+        """The labels of `trial`, which differs from the kept `cfg` in class `c` only. While no class
+        after `c` has an op yet (the search goes class by class), every trial of a step starts from
+        the same maps, cleaned for the classes before `c` (kept, and carried forward class by class):
+        one class is cleaned per trial instead of all of them, for the same labels."""
+        nonlocal prefix
+        if c < 1 or trial.threshold != cfg.threshold or any(acts_on(trial, j) for j in range(c + 1, k)):
+            return [apply_postprocess(p, trial) for p in probabilities]
+        if prefix is None or prefix[1] > c or not same_below(prefix[0], cfg, prefix[1]):
+            prefix = (cfg, 1, [apply_postprocess(p, cfg, upto=1) for p in probabilities])
+        done, maps = prefix[1], prefix[2]
+        for j in range(done, c):  # carry the maps forward to class c under the kept config
+            maps = [clean_class(labels, j, p, cfg) for labels, p in zip(maps, probabilities, strict=True)]
+        prefix = (cfg, c, maps)
+        return [clean_class(labels, c, p, trial) for labels, p in zip(maps, probabilities, strict=True)]
+
+    def score(trial: PostprocessConfig, c: int = -1) -> tuple[float, float]:
         nonlocal trials_done
         if deadline is not None and time.monotonic() > deadline:
             raise OutOfTime(trials_done)
         trials_done += 1
-        labels = [apply_postprocess(p, c) for p in probabilities]
+        labels = trial_labels(trial, c)
         value = score_labels(labels, truths, k, metric, ignore_index)
         if guard is None or metric == "dice":
             return value, value
@@ -177,7 +194,7 @@ def tune_postprocess(
     floor = floor - guard if guard is not None else -np.inf
     log: list[dict[str, Any]] = []
     for name, c, values in steps if steps is not None else candidate_steps(k, metric=metric):
-        trials = [(*score(trial), v, trial) for v in values for trial in [with_value(cfg, name, c, v, k)]]
+        trials = [(*score(trial, c), v, trial) for v in values for trial in [with_value(cfg, name, c, v, k)]]
         admissible = [(s, v, t) for s, dice, v, t in trials if dice >= floor]
         if not admissible:
             log.append({"op": name, "class": c, "value": None, "before": current, "after": current, "kept": False})
@@ -188,6 +205,20 @@ def tune_postprocess(
         if kept:
             cfg, current = best_cfg, best_score
     return compact(cfg), log
+
+
+PER_CLASS = ("watershed", "watershed_band", "opening", "closing", "fill_holes", "min_size", "keep_largest")
+
+
+def same_below(a: PostprocessConfig, b: PostprocessConfig, c: int) -> bool:
+    """Whether `a` and `b` clean the classes before `c` alike (same threshold, same per-class ops)."""
+    if a.threshold != b.threshold:
+        return False
+    return all(_value(getattr(a, f), j) == _value(getattr(b, f), j) for f in PER_CLASS for j in range(1, c))
+
+
+def _value(values: Sequence[Any], j: int) -> Any:
+    return values[j] if j < len(values) and values[j] else 0
 
 
 def compact(cfg: PostprocessConfig) -> dict[str, Any]:
