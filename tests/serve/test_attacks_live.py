@@ -91,18 +91,22 @@ def test_case4_huge_headers_get_431_and_do_not_grow_memory(live):
         s = connect(server.port)
         try:
             s.sendall(start)
-            answer, sent = b"", 0
+            answer, sent, reset = b"", 0, False
             try:
                 while sent < 20_000_000 and not answer:  # 20 MB offered; the server stops reading long before
                     s.sendall(b"a" * 65536)
                     sent += 65536
                     if select.select([s], [], [], 0)[0]:
                         answer = s.recv(65536)
+                answer = answer or s.recv(65536)
             except (BrokenPipeError, ConnectionResetError):
-                pass
-            answer = answer or s.recv(65536)
-            assert answer.startswith(b"HTTP/1.1 431"), answer[:60]
-            assert sent < 5_000_000
+                reset = True  # closed with our bytes unread: the kernel may reset before we read the 431
+                try:
+                    answer = answer or s.recv(65536)
+                except OSError:
+                    pass
+            assert answer.startswith(b"HTTP/1.1 431") or (reset and not answer), answer[:60]
+            assert sent < 5_000_000  # the server stopped reading at the cap
         finally:
             s.close()
     assert rss_bytes(server.proc.pid) - before < 8 * 2**20
