@@ -97,13 +97,14 @@ def main() -> None:
         arms = {name: "(earlier run)" for name in runs}
         walls = {name: None for name in runs}
     t0 = time.perf_counter()
-    for name, arm in (arms.items() if args.score is None else ()):  # all arms at once: the same load for each
-        src, _, config = arm.partition(",")
-        runs[name] = args.work / stamp / name
-        env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-        cmd = [sys.executable, "-m", "unetkit", "train", str(folder), "--budget", args.budget, "--out",
-               str(runs[name]), "--quiet", "--val-keys", ",".join(val_keys)] + (["--config", config] if config else [])
-        procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if args.score is None:
+        for name, arm in arms.items():  # all arms at once: the same load for each
+            src, _, config = arm.partition(",")
+            runs[name] = args.work / stamp / name
+            env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
+            cmd = [sys.executable, "-m", "unetkit", "train", str(folder), "--budget", args.budget, "--out",
+                   str(runs[name]), "--quiet", "--val-keys", ",".join(val_keys)] + (["--config", config] if config else [])
+            procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for name, proc in procs.items():
         output = proc.communicate()[0]
         walls[name] = time.perf_counter() - t0

@@ -10,8 +10,8 @@ report holds the measured speed-up (same tiles, same threads) next to the accura
 
 Default options (`QuantOptions`) were chosen by measurement on an AVX2 CPU without VNNI (see
 docs/export.md): QDQ format (ORT fuses it into QLinearConv with its NHWC int8 kernels), per-channel
-int8 weights, uint8 activations, 8- or 7-bit weights (reduce_range) as the validation scores say, only convolution-like ops and pooling/concat
-quantized; normalization, calibration scaling and softmax stay in float. The graph quantized has its
+int8 weights (8- or 7-bit, `reduce_range`, as the validation scores say), uint8 activations, only
+convolution-like ops and pooling/concat quantized; normalization, calibration scaling and softmax stay in float. The graph quantized has its
 2x2 transposed convolutions rewritten as 1x1 convolutions + DepthToSpace (`shuffle_up`, exact), so
 the upsampling runs in int8 too; the fp32 graph it is compared with keeps ConvTranspose, which is
 faster in float.
@@ -225,27 +225,22 @@ def _largest_drop(fp32: dict[str, float], int8: dict[str, float]) -> float:
 
 
 def _quantize_closest(source: bytes, tiles: np.ndarray, options: QuantOptions, fp32: dict[str, float],
-                      score_graph: Any) -> tuple[bytes, dict[str, float], QuantOptions, dict[str, float]]:
-    """(int8 graph, its scores, the options that made it, {reduce_range: largest drop} when both were tried).
+                      score_graph: Any) -> tuple[bytes, dict[str, float], float, QuantOptions, dict[str, float]]:
+    """(int8 graph, its scores, their largest drop, the options that made it, {reduce_range: largest
+    drop} when both were tried).
 
     With `options.reduce_range` None both 8-bit and 7-bit weights are quantized and scored, and the one
     closer to fp32 is kept (8-bit on a tie): whether the u8s8 kernels saturate depends on the CPU (VNNI
     or not) and the weights, so it is measured here rather than guessed from CPU flags."""
-    if options.reduce_range is not None:
-        graph = quantize_graph(source, tiles, options)
-        return graph, score_graph(graph), options, {}
-    best: tuple[float, bytes, dict[str, float], QuantOptions] | None = None
-    tried: dict[str, float] = {}
-    for reduce in (False, True):
-        choice = replace(options, reduce_range=reduce)
+    choices = [options] if options.reduce_range is not None else [replace(options, reduce_range=r) for r in (False, True)]
+    tried = []
+    for choice in choices:
         graph = quantize_graph(source, tiles, choice)
         scores = score_graph(graph)
-        drop = _largest_drop(fp32, scores)
-        tried[str(reduce).lower()] = drop
-        if best is None or drop < best[0]:
-            best = (drop, graph, scores, choice)
-    assert best is not None
-    return best[1], best[2], best[3], tried
+        tried.append((_largest_drop(fp32, scores), graph, scores, choice))
+    drop, graph, scores, choice = min(tried, key=lambda t: t[0])  # the first (8-bit) on a tie
+    both = {str(t[3].reduce_range).lower(): t[0] for t in tried} if len(tried) > 1 else {}
+    return graph, scores, drop, choice, both
 
 
 def quantize_artifact(
@@ -286,10 +281,10 @@ def quantize_artifact(
     del train
     _, val = load_labelled(artifact, data, list(val_keys), progress)
     s32 = score(fp32, artifact, val, tile)
-    int8, s8, options, tried = _quantize_closest(source, tiles, options, s32, lambda g: score(g, artifact, val, tile))
+    int8, s8, delta, options, tried = _quantize_closest(source, tiles, options, s32,
+                                                        lambda g: score(g, artifact, val, tile))
     bench = tiles[: tile.batch_size]
     t32, t8 = time_session(fp32, bench), time_session(int8, bench)
-    delta = _largest_drop(s32, s8)
     report = Int8Report(s32, s8, delta, config.int8_gate, t32, t8, tuple(bench.shape), list(keys), list(val_keys),
                         asdict(options), extra={"reduce_range_tried": tried} if tried else {})
     if not delta <= config.int8_gate:

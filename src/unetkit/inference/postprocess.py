@@ -50,19 +50,28 @@ def apply_postprocess(probabilities: np.ndarray, params: dict[str, Any] | Postpr
     return labels
 
 
+OPS = ("watershed", "opening", "closing", "fill_holes", "min_size", "keep_largest")  # per-class ops, in order
+
+
 def acts_on(cfg: PostprocessConfig, c: int) -> bool:
     """Whether `cfg` has any op for class `c` (else `clean_class` returns the labels unchanged)."""
-    return bool(_at(cfg.watershed, c, 0.0) or _at(cfg.opening, c, 0) or _at(cfg.closing, c, 0)
-                or _at(cfg.fill_holes, c, False) or _at(cfg.min_size, c, 0) or _at(cfg.keep_largest, c, False))
+    return any(_at(getattr(cfg, op), c, 0) for op in OPS)
+
+
+def same_below(a: PostprocessConfig, b: PostprocessConfig, c: int) -> bool:
+    """Whether `a` and `b` clean the classes before `c` alike (same threshold, same per-class settings)."""
+    return a.threshold == b.threshold and all(
+        (_at(getattr(a, f), j, 0) or 0) == (_at(getattr(b, f), j, 0) or 0)
+        for f in (*OPS, "watershed_band") for j in range(1, c))
 
 
 def clean_class(labels: np.ndarray, c: int, probs: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
     """Apply the configured ops for class `c` (in the documented order); returns a new label map."""
+    if not acts_on(cfg, c):
+        return labels
     opening, closing = _at(cfg.opening, c, 0), _at(cfg.closing, c, 0)
     fill, min_size, largest = _at(cfg.fill_holes, c, False), _at(cfg.min_size, c, 0), _at(cfg.keep_largest, c, False)
     seed = _at(cfg.watershed, c, 0.0)
-    if not (seed or opening or closing or fill or min_size or largest):
-        return labels
     mask = labels == c
     if seed:
         mask = split_objects(probs[c], labels != c, seed, _at(cfg.watershed_band, c, 0))

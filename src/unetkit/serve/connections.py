@@ -60,7 +60,7 @@ def guarded_protocol(config: ServeConfig) -> Any:
             super().data_received(data)
             # still reading headers after this chunk: count it (a chunk that also ended the previous
             # request's body is counted whole, so the cap is approximate by at most one read)
-            if getattr(self, "_header_timer", None) is not None and not self.transport.is_closing():
+            if self._header_timer is not None and not self.transport.is_closing():
                 self._header_bytes += len(data)
                 if self._header_bytes > self.max_header_bytes:
                     self._cancel_header_timer()

@@ -32,7 +32,7 @@ from unetkit.artifact import Artifact, update_artifact
 from unetkit.config import POSTPROCESS_METRICS, PostprocessConfig, TileConfig, to_dict
 from unetkit.errors import ConfigError, DataError
 from unetkit.evaluation.labelled import iter_probabilities, load_labelled
-from unetkit.inference.postprocess import acts_on, apply_postprocess, clean_class
+from unetkit.inference.postprocess import acts_on, apply_postprocess, clean_class, same_below
 from unetkit.metrics.confusion import confusion_matrix
 from unetkit.metrics.scores import json_value, nan_mean, per_class_dice, per_class_iou
 from unetkit.metrics.topology import adapted_rand_error
@@ -205,20 +205,6 @@ def tune_postprocess(
         if kept:
             cfg, current = best_cfg, best_score
     return compact(cfg), log
-
-
-PER_CLASS = ("watershed", "watershed_band", "opening", "closing", "fill_holes", "min_size", "keep_largest")
-
-
-def same_below(a: PostprocessConfig, b: PostprocessConfig, c: int) -> bool:
-    """Whether `a` and `b` clean the classes before `c` alike (same threshold, same per-class ops)."""
-    if a.threshold != b.threshold:
-        return False
-    return all(_value(getattr(a, f), j) == _value(getattr(b, f), j) for f in PER_CLASS for j in range(1, c))
-
-
-def _value(values: Sequence[Any], j: int) -> Any:
-    return values[j] if j < len(values) and values[j] else 0
 
 
 def compact(cfg: PostprocessConfig) -> dict[str, Any]:
