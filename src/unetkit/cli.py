@@ -661,20 +661,26 @@ def tune_postprocess(
 def export_command(
     model: ModelArg,
     format: Annotated[ExportFormat, typer.Option("--format", help="Export format: onnx, or openvino (an IR MODEL.xml + MODEL.bin).")] = ExportConfig.format,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: MODEL.onnx / MODEL.int8.onnx / MODEL.xml).")] = None,
-    int8: Annotated[bool, typer.Option("--int8", help="Static int8 quantization, gated on validation accuracy (needs --data).")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: MODEL.onnx / MODEL.int8.onnx / MODEL.xml / MODEL.int8.xml).")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Static int8 quantization, gated on validation accuracy (needs --data): "
+                                       "ONNX Runtime's QDQ graph (MODEL.int8.onnx), or with --format openvino OpenVINO's "
+                                       "own (NNCF) as an IR MODEL.int8.xml.")] = False,
     data: Annotated[str | None, typer.Option(help="Labelled data: training images calibrate, validation images gate.")] = None,
     keys: Annotated[str | None, typer.Option(help="Calibration keys (default: the artifact's training split).")] = None,
     val_keys: Annotated[str | None, typer.Option(help="Validation keys (default: the artifact's validation split).")] = None,
     gate: Annotated[float, typer.Option(help="Largest allowed drop in foreground Dice / mIoU.")] = ExportConfig.int8_gate,
+    agreement: Annotated[float, typer.Option(
+        "--min-agreement", help="Smallest allowed fraction of validation pixels that keep fp32's label.")] = ExportConfig.int8_agreement,
     tile: Annotated[int | None, typer.Option(help="Tile size recorded in the plan.  [default: the model's patch size].")] = None,
     overlap: Annotated[float | None, typer.Option(
         help=f"Tile overlap fraction recorded in the plan.  [default: {TileConfig.overlap}].")] = None,
 ) -> None:
     """Write an ONNX model of the whole per-tile pipeline plus MODEL.onnx.json (the inference plan);
-    parity-checked against PyTorch. With --int8: quantized, refused when validation accuracy drops."""
+    parity-checked against PyTorch (--format openvino: an OpenVINO IR MODEL.xml + MODEL.bin + MODEL.xml.json).
+    With --int8: quantized (calibrated on training images), refused when validation accuracy drops or
+    labels change on more validation pixels than --min-agreement allows."""
     tile_settings = _tile_settings(tile, overlap)
-    config = ExportConfig(format=format, int8=int8, int8_gate=gate)
+    config = ExportConfig(format=format, int8=int8, int8_gate=gate, int8_agreement=agreement)
     if not int8:
         from unetkit.export.onnx import export_artifact
         from unetkit.export.openvino import export_openvino
@@ -683,16 +689,13 @@ def export_command(
         typer.echo(f"wrote {result.model_path} and {result.plan_path} (parity: max |dp| {result.max_abs_diff:.2e} "
                    f"on {result.tiles_checked} tiles)")
         return
-    if format == "openvino":
-        raise UnetkitError("--int8 with --format openvino: export the int8 ONNX (--format onnx --int8), "
-                           "then run it on OpenVINO with --backend openvino")
     if not data:
         raise UnetkitError("--int8 needs --data: training images calibrate it, validation images gate it")
     from unetkit.export.quantize import Int8GateError, quantize_artifact
 
     try:
-        report = quantize_artifact(model, data, out, config, keys=_keys(keys),
-                                   val_keys=_keys(val_keys), tile=tile_settings)
+        report = quantize_artifact(model, data, out, config, keys=_keys(keys), val_keys=_keys(val_keys),
+                                   tile=tile_settings, progress=sys.stderr.isatty())
     except Int8GateError as e:
         typer.echo(e.report.table())
         raise GateRefused(str(e).splitlines()[0]) from None

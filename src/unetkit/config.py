@@ -376,12 +376,18 @@ class PostprocessConfig:
                 raise ConfigError(f"postprocess.{name}: values must be >= 0, got {list(getattr(self, name))}")
 
 
+# a reduced-precision model (bf16, int8) must give fp32's label to at least this fraction of the
+# pixels it is checked on (`inference.gate`, the int8 export's gate)
+MIN_AGREEMENT = 0.995
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     format: ExportFormat = "onnx"  # openvino: an IR model.xml + model.bin (unetkit[openvino])
     opset: int = 17
     int8: bool = False
     int8_gate: float = 0.005  # refuse int8 when validation Dice/mIoU drops more than this
+    int8_agreement: float = MIN_AGREEMENT  # ... or when fewer validation pixels keep fp32's label
     calibration_images: int = 16
     parity_tolerance: float = 1e-4
 

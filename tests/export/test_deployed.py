@@ -153,7 +153,7 @@ def test_int8_model_runs_and_agrees_with_fp32(data_and_model, tmp_path, monkeypa
     _, val = load_labelled(artifact, data, ["24"], progress=False)  # the validation sample training would store
     update_artifact(artifact, validation_sample=validation_sample(val, (32, 32)).to_dict())
     fp32 = export_artifact(artifact).model_path
-    report = quantize_artifact(artifact, data, config=ExportConfig(int8=True, int8_gate=1.0, calibration_images=4))
+    report = quantize_artifact(artifact, data, config=ExportConfig(int8=True, int8_gate=1.0, int8_agreement=0.0, calibration_images=4))
     int8 = load_model(report.written)
     assert int8.meta.precision == "int8" and int8.plan["model_sha256"]
     predict_files(int8, [data / "images"], tmp_path / "int8", progress=False)

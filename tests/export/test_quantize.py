@@ -32,9 +32,10 @@ def test_gate_refuses_when_impossibly_strict_and_writes_when_loose(data_and_mode
     assert report.written is None and not out.exists() and not out.with_name(out.name + ".json").exists()
     assert report.calibration_keys == ["21", "22", "23"] and report.validation_keys == ["24"]
     assert {"mean_dice_foreground", "mean_iou"} <= report.fp32.keys() and report.fp32_seconds > 0 < report.int8_seconds
-    assert "ms per tile batch" in report.table()
+    assert "ms per tile batch" in report.table() and "label agreement" in report.table()
+    assert 0.5 < report.int8["agreement"] <= 1.0
 
-    loose = ExportConfig(int8=True, int8_gate=1.0, calibration_images=4)
+    loose = ExportConfig(int8=True, int8_gate=1.0, int8_agreement=0.0, calibration_images=4)  # a random model: labels are borderline
     report = quantize_artifact(model, data, config=loose)
     assert report.written == out and out.exists()
     plan = json.loads(out.with_name(out.name + ".json").read_text())
@@ -50,7 +51,7 @@ def test_gate_refuses_when_impossibly_strict_and_writes_when_loose(data_and_mode
 
 def test_qoperator_format_and_key_overlap(data_and_model):
     data, model = data_and_model
-    report = quantize_artifact(model, data, model.parent / "q.onnx", ExportConfig(int8=True, int8_gate=1.0, calibration_images=4),
+    report = quantize_artifact(model, data, model.parent / "q.onnx", ExportConfig(int8=True, int8_gate=1.0, int8_agreement=0.0, calibration_images=4),
                                options=QuantOptions(format="qoperator", exclude_first_last=True))
     import onnx
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from unetkit.artifact import load_artifact, update_artifact
 from unetkit.evaluation.labelled import load_labelled
 from unetkit.inference import backends
-from unetkit.inference.gate import NO_SAMPLE, GateData, parity_gate
+from unetkit.inference.gate import NO_SAMPLE, GateData, label_agreement, parity_gate
 from unetkit.training.finish import validation_sample
 
 
@@ -110,3 +110,12 @@ def test_a_real_bf16_candidate_on_the_sample(model_with_sample, tmp_path):
     gate = m.gate["openvino-bf16"]
     assert gate["basis"].startswith("validation sample") and gate["max_abs_diff"] > 0  # it ran in bf16
     assert gate["passed"] == ("openvino-bf16" in m.seconds) and gate["agreement"] >= 0.99
+
+
+def test_label_agreement_pools_labelled_pixels_over_maps_of_any_size():
+    ref = [np.zeros((2, 3), np.uint8), np.ones((4, 1), np.uint8)]
+    got = [np.array([[0, 1, 0], [0, 0, 0]], np.uint8), np.array([[1], [0], [0], [1]], np.uint8)]
+    truth = [np.array([[0, 0, 255], [0, 0, 0]], np.uint8), np.ones((4, 1), np.uint8)]
+    # first map: 5 labelled pixels, 4 agree (the ignored one disagrees, uncounted); second: 4 labelled, 2 agree
+    assert label_agreement(zip(ref, got, truth, strict=True), 255) == pytest.approx(6 / 9)
+    assert label_agreement([(ref[0], got[0], np.full((2, 3), 255))], 255) == 1.0

@@ -154,20 +154,24 @@ class DeployedModel:
         return ValidationSample.from_dict(self.plan.get("validation_sample") or {}, f"{self.plan_path}: validation_sample")
 
     def _measured_backend(self, threads: int | None, batch: int) -> str:
-        """"auto" on an IR (OpenVINO f32 against bf16) or an int8 graph (ONNX Runtime against OpenVINO,
-        both int8): time both, gate the reduced precision on the plan's validation sample against
-        fp32's labels and the truth (an IR without a sample: against f32's labels on image-like tiles;
-        an int8 graph without one: OpenVINO is not chosen, there is no fp32 to gate it against)."""
+        """"auto" on an IR (OpenVINO f32 against bf16), an int8 IR (OpenVINO's f32 hint, as its export
+        gated it, against the bf16 hint for the layers left in float) or an int8 ONNX (ONNX Runtime
+        against OpenVINO, both int8): time both, gate the other on the plan's validation sample against
+        fp32's labels and the truth (an f32 IR without a sample: against f32's labels on image-like
+        tiles; an int8 model without one: the other is not chosen, there is no fp32 to gate it against)."""
         tile = tuple(int(v) for v in self.tile.tile_size)[:2]
         inp = self.plan["input"]
         sample = gate_sample(self.meta.in_channels, tile, batch, inp.get("mean") or (127.5,), inp.get("std") or (50.0,))
         data = GateData.from_sample(self.sample(), self.meta.class_names, self.meta.ignore_index)
-        is_ir = self.path.suffix.lower() == ".xml"
-        names = OPENVINO_BACKENDS if is_ir else ("onnx", "openvino")
-        precisions = None if is_ir else {"onnx": "int8", "openvino": "int8"}
-        excluded = {} if is_ir or data is not None else {
-            "openvino": "no validation sample in the plan: no fp32 labels to gate OpenVINO's int8 against "
-                        "(re-export the int8 model with this unetkit)"}
+        is_ir, int8 = self.path.suffix.lower() == ".xml", self.meta.precision == "int8"
+        names = tuple(OPENVINO_BACKENDS) if is_ir else ("onnx", "openvino")
+        # int8 (gated at export with the first engine): the first is the reference, the second is gated
+        # against fp32's stored labels (OpenVINO for an ONNX; for an IR, bf16 in the layers left in float)
+        precisions = {name: "int8" for name in names} if int8 else None
+        gated = names[1] if int8 else ""
+        excluded = {} if not gated or data is not None else {
+            gated: "no validation sample in the plan: no fp32 labels to gate OpenVINO's int8 against "
+                   "(re-export the int8 model with this unetkit)"}
         builders = {name: functools.partial(backends.file_predictor, self.path, name, threads=threads,
                                             output=OUTPUT_NAMES[0], batch_size=batch) for name in names}
         key = "|".join([self.model_sha256, backends.machine_id(), f"tile={tile}",

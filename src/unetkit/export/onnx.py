@@ -175,10 +175,10 @@ def parity_diff(model: bytes | str | Path, artifact: Artifact, batches: list[np.
     return worst
 
 
-def default_out(artifact_path: str | Path, int8: bool = False) -> Path:
-    """`model.unetkit` -> `model.onnx` (or `model.int8.onnx`)."""
+def default_out(artifact_path: str | Path, int8: bool = False, suffix: str = ".onnx") -> Path:
+    """`model.unetkit` -> `model.onnx` (or `model.int8.onnx`; `suffix` ".xml": an OpenVINO IR)."""
     p = Path(artifact_path)
-    return p.with_name(p.stem + (".int8.onnx" if int8 else ".onnx"))
+    return p.with_name(p.stem + (".int8" if int8 else "") + suffix)
 
 
 def source_and_target(model: str | Path | Artifact, out: str | Path | None, suffix: str,

@@ -9,14 +9,22 @@ and where the CPU has bf16 the IR compiled at bf16 goes through the parity gate 
 the artifact's validation sample (image-like tiles for an artifact without one); the plan records
 both (`openvino.bf16_gate`) and carries the sample with fp32's labels (`plan.plan_sample`), so a
 deployment's automatic choice gates bf16 the same way on its own CPU. The plan is stamped with the sha256 of both IR files; all three files are
-written under temporary names and renamed, the `.xml` last.
+written under temporary names and renamed, the `.xml` last (`write_ir`).
+
+The int8 IR (`export --format openvino --int8`) is made by `quantize.quantize_artifact`, which
+calibrates and gates it on labelled images; this module holds its OpenVINO part: NNCF's
+post-training quantization (`nncf_quantize`, the optional `unetkit[openvino-int8]` extra).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
+import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,8 +58,8 @@ def export_openvino(
     Raises `ParityError` (nothing written) when the f32 IR disagrees with the torch pipeline."""
     ov = ov_backend.require_openvino()
     if config.int8:
-        raise ConfigError("--int8 with --format openvino: export the int8 ONNX (--format onnx --int8) and run it "
-                          "with --backend openvino")
+        raise ConfigError("export_openvino writes the f32 IR; int8 (calibrated and gated on labelled images) is "
+                          "quantize_artifact(model, data, config=ExportConfig(format='openvino', int8=True))")
     artifact, out = source_and_target(model, out, ".xml", "export_openvino")
     if out.suffix != ".xml":
         raise ConfigError(f"{out}: an OpenVINO IR is written as NAME.xml (weights beside it as NAME.bin)")
@@ -71,15 +79,61 @@ def export_openvino(
     plan = inference_plan(artifact, tile, opset=config.opset, parity=parity)
     plan["openvino"] = {"version": ov_backend.openvino_version(), "bf16_gate": bf16_gate(graph, artifact, size, f32)}
 
+    plan = write_ir(graph, out, plan)
+    return ExportResult(out, plan_path(out), diff, int(parity["tiles"]), plan)
+
+
+def write_ir(graph: Any, out: Path, plan: dict[str, Any]) -> dict[str, Any]:
+    """Save `graph` (an `openvino.Model`) as `out` (.xml) + its .bin with f32 weights, and `plan`
+    stamped with both files' names and sha256; all three under temporary names first, the `.xml`
+    renamed last. Returns the stamped plan."""
+    ov = ov_backend.require_openvino()
     with tempfile.TemporaryDirectory(prefix="unetkit-ov-") as tmp:
         xml = Path(tmp) / out.name
         ov.save_model(graph, str(xml), compress_to_fp16=False)
         xml_data, bin_data = xml.read_bytes(), xml.with_suffix(".bin").read_bytes()
     bin_path = out.with_suffix(".bin")
-    plan.update(model_file=out.name, model_sha256=hashlib.sha256(xml_data).hexdigest(),
+    plan = dict(plan, model_file=out.name, model_sha256=hashlib.sha256(xml_data).hexdigest(),
                 weights_file=bin_path.name, weights_file_sha256=hashlib.sha256(bin_data).hexdigest())
     write_files([(plan_path(out), (json.dumps(plan, indent=1) + "\n").encode()), (bin_path, bin_data), (out, xml_data)])
-    return ExportResult(out, plan_path(out), diff, int(parity["tiles"]), plan)
+    return plan
+
+
+NNCF_HINT = "pip install 'unetkit[openvino-int8]' (OpenVINO's post-training quantization, NNCF)"
+
+
+def require_nncf() -> Any:
+    """The nncf module, or a `ConfigError` naming the pip command. NNCF reports usage to Intel unless
+    told it runs in CI (`NNCF_CI`, the only switch it reads; it changes nothing else): unetkit sends
+    nothing anywhere, so it sets that switch unless the user set it."""
+    os.environ.setdefault("NNCF_CI", "1")
+    try:
+        import nncf
+    except ImportError:
+        raise ConfigError(f"int8 for OpenVINO needs nncf: {NNCF_HINT}") from None
+    return nncf
+
+
+def nncf_quantize(fp32: bytes, tiles: np.ndarray, progress: bool = False) -> Any:
+    """OpenVINO's post-training int8 quantization (NNCF, its default preset: symmetric per-channel
+    int8 weights, activation ranges from `tiles`, fast bias correction) of the fp32 ONNX graph, as
+    an `openvino.Model` whose convolutions OpenVINO runs with its int8 (VNNI / AMX-INT8) kernels.
+    Unlike ONNX Runtime's QDQ graph it keeps the transposed convolutions: OpenVINO has int8 kernels for them.
+    NNCF's log and progress bars (written to stdout, which holds a command's result) go to stderr
+    with `progress`, else nowhere."""
+    ov, nncf = ov_backend.require_openvino(), require_nncf()
+    graph = ov.convert_model(io.BytesIO(fp32))
+    dataset = nncf.Dataset(list(tiles), lambda tile: tile[None])
+    with open(os.devnull, "w") as devnull:
+        sink = sys.stderr if progress else devnull
+        handlers = [h for h in logging.getLogger("nncf").handlers if isinstance(h, logging.StreamHandler)]
+        streams = [h.setStream(sink) for h in handlers]
+        try:
+            with contextlib.redirect_stdout(sink):
+                return nncf.quantize(graph, dataset, subset_size=len(tiles))
+        finally:
+            for handler, stream in zip(handlers, streams, strict=True):
+                handler.setStream(stream)
 
 
 def bf16_gate(graph: Any, artifact: Artifact, size: tuple[int, ...], f32: Any) -> dict[str, Any]:

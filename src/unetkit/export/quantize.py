@@ -1,14 +1,18 @@
 """Static int8 quantization of an exported graph, gated on validation accuracy.
 
+Two quantizers, one gate: ONNX Runtime's static QDQ quantization (`ExportConfig.format` "onnx",
+below) or OpenVINO's post-training quantization by NNCF ("openvino": an int8 IR, `export.openvino`).
+The gate (both): the largest drop in foreground Dice / mIoU within `int8_gate` and at least
+`int8_agreement` of the validation pixels keeping fp32's label (`inference.gate`'s rule).
+
 `quantize_artifact` exports the fp32 graph (parity-checked, `onnx.py`), calibrates activation
 ranges on tiles sampled from the *training* images (the artifact's own train/validation split
-when it recorded one), quantizes with `onnxruntime.quantization.quantize_static`, then scores fp32
-and int8 side by side on the *validation* images through the tiled engine. When the drop in
-foreground Dice or mIoU exceeds `ExportConfig.int8_gate` nothing is written and `Int8GateError`
-carries the report; otherwise the int8 graph and its plan are written atomically. Either way the
+when it recorded one), quantizes, then scores fp32 and int8 side by side on the *validation*
+images through the tiled engine, each on the engine that will run it. When the gate refuses,
+nothing is written and `Int8GateError` carries the report; otherwise the int8 graph and its plan are written atomically. Either way the
 report holds the measured speed-up (same tiles, same threads) next to the accuracy delta.
 
-Default options (`QuantOptions`) were chosen by measurement on an AVX2 CPU without VNNI (see
+ONNX Runtime's default options (`QuantOptions`) were chosen by measurement on an AVX2 CPU without VNNI (see
 docs/export.md): QDQ format (ORT fuses it into QLinearConv with its NHWC int8 kernels), per-channel
 int8 weights (8- or 7-bit, `reduce_range`, as the validation scores say), uint8 activations, only
 convolution-like ops and pooling/concat quantized; normalization, calibration scaling and softmax stay in float. The graph quantized has its
@@ -30,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from unetkit.artifact import Artifact, load_artifact
-from unetkit.config import DataConfig, ExportConfig, TileChoice, TileConfig, from_dict
+from unetkit.config import MIN_AGREEMENT, DataConfig, ExportConfig, TileChoice, TileConfig, from_dict
 from unetkit.data.pairing import pair_samples
 from unetkit.data.spec import load_spec, spec_for_classes
 from unetkit.data.splits import split
@@ -41,14 +45,14 @@ from unetkit.export.onnx import (
     ParityError,
     default_out,
     export_graph,
-    onnx_session,
-    parity_diff,
     parity_tiles,
+    torch_probabilities,
     write_model_and_plan,
 )
 from unetkit.export.plan import INPUT_NAME, OUTPUT_NAMES, inference_plan
 from unetkit.inference.backends import OnnxPredictor
 from unetkit.inference.files import labels_from_probabilities, tile_config_for
+from unetkit.inference.gate import label_agreement
 from unetkit.inference.predict import predict_tiled
 from unetkit.metrics.summary import evaluate_predictions
 
@@ -92,19 +96,36 @@ class Int8Report:
     options: dict[str, Any]
     written: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    min_agreement: float = MIN_AGREEMENT  # fraction of validation pixels that must keep fp32's label
 
     @property
     def speedup(self) -> float:
         return self.fp32_seconds / self.int8_seconds
+
+    def refusals(self) -> list[str]:
+        """Why the gate refuses the int8 model (empty: it passes)."""
+        reasons = []
+        if not self.delta <= self.gate:
+            reasons.append(f"validation score drops by {self.delta:.4f} (> int8_gate {self.gate})")
+        agreement = self.int8.get("agreement", float("nan"))
+        if not agreement >= self.min_agreement:
+            reasons.append(f"labels agree with fp32's on {agreement:.2%} of the validation pixels "
+                           f"(< int8_agreement {self.min_agreement:.1%})")
+        return reasons
 
     def table(self) -> str:
         lines = [f"{'':<22}{'fp32':>10}{'int8':>10}{'delta':>10}"]
         for k in GATED + ("mean_dice",):
             a, b = self.fp32.get(k, float("nan")), self.int8.get(k, float("nan"))
             lines.append(f"{k:<22}{a:>10.4f}{b:>10.4f}{b - a:>+10.4f}")
+        lines.append(f"{'label agreement':<22}{'':>10}{self.int8.get('agreement', float('nan')):>10.2%}")
         lines.append(f"{'ms per tile batch':<22}{self.fp32_seconds * 1e3:>10.0f}{self.int8_seconds * 1e3:>10.0f}"
                      f"{'':>4}x{self.speedup:.2f}")
-        lines.append(f"batch {self.tile_batch}; accuracy gate {self.gate} (largest drop {self.delta:+.4f}); "
+        bf16 = self.extra.get("bf16_seconds")
+        if bf16:
+            lines.append(f"{'  bf16 (same engine)':<22}{bf16 * 1e3:>10.0f}{'':>14}x{bf16 / self.int8_seconds:.2f}")
+        lines.append(f"batch {self.tile_batch}; accuracy gate {self.gate} (largest drop {self.delta:+.4f}), "
+                     f"agreement >= {self.min_agreement:.1%}; engine {self.options.get('engine', 'onnxruntime')}; "
                      f"validation {','.join(self.validation_keys)}")
         tried = self.extra.get("reduce_range_tried")
         if tried:
@@ -198,26 +219,32 @@ def quantize_graph(fp32: bytes, tiles: np.ndarray, options: QuantOptions = Quant
         return Path(dst).read_bytes()
 
 
-def time_session(model: bytes | str | Path, batch: np.ndarray, repeats: int = 5, threads: int | None = None) -> float:
+def time_predictor(predictor: Any, batch: np.ndarray, repeats: int = 5) -> float:
     """Median seconds of one forward of `batch` (after one warm-up)."""
-    session = onnx_session(model, threads)
-    feed = {INPUT_NAME: batch}
-    session.run([OUTPUT_NAMES[0]], feed)
+    predictor(batch)
     runs = []
     for _ in range(repeats):
         start = time.perf_counter()
-        session.run([OUTPUT_NAMES[0]], feed)
+        predictor(batch)
         runs.append(time.perf_counter() - start)
     return statistics.median(runs)
 
 
-def score(model: bytes, artifact: Artifact, samples: Sequence[Any], tile: TileConfig) -> dict[str, float]:
-    """Pooled scores of an exported graph on labelled samples, through the tiled engine."""
-    predictor = OnnxPredictor(model, output=OUTPUT_NAMES[0])
+def score(predictor: Any, artifact: Artifact, samples: Sequence[Any], tile: TileConfig,
+          reference: Sequence[np.ndarray] | None = None) -> tuple[dict[str, float], list[np.ndarray]]:
+    """(pooled scores, label maps) of a predictor of the exported graph's probabilities on labelled
+    samples, through the tiled engine; with `reference` (fp32's label maps of the same samples) the
+    scores hold `agreement`: the fraction of labelled pixels whose label is fp32's."""
     config = replace(tile, activation="none")
-    items = ((s.key, labels_from_probabilities(predict_tiled(predictor, s.image, config), artifact), s.labels) for s in samples)
-    result = evaluate_predictions(items, artifact.meta.class_names, artifact.meta.ignore_index)
-    return {k: float(result[k]) for k in ("mean_dice", "mean_dice_foreground", "mean_iou", "pixel_accuracy") if k in result}
+    labels = [labels_from_probabilities(predict_tiled(predictor, s.image, config), artifact) for s in samples]
+    meta = artifact.meta
+    result = evaluate_predictions(((s.key, got, s.labels) for s, got in zip(samples, labels, strict=True)),
+                                  meta.class_names, meta.ignore_index)
+    scores = {k: float(result[k]) for k in ("mean_dice", "mean_dice_foreground", "mean_iou", "pixel_accuracy") if k in result}
+    if reference is not None:
+        scores["agreement"] = label_agreement(zip(reference, labels, (s.labels for s in samples), strict=True),
+                                              meta.ignore_index)
+    return scores, labels
 
 
 def _largest_drop(fp32: dict[str, float], int8: dict[str, float]) -> float:
@@ -227,18 +254,20 @@ def _largest_drop(fp32: dict[str, float], int8: dict[str, float]) -> float:
 def _quantize_closest(source: bytes, tiles: np.ndarray, options: QuantOptions, fp32: dict[str, float],
                       score_graph: Any) -> tuple[bytes, dict[str, float], float, QuantOptions, dict[str, float]]:
     """(int8 graph, its scores, their largest drop, the options that made it, {reduce_range: largest
-    drop} when both were tried).
+    drop} when both were tried). `score_graph(graph) -> scores`.
 
     With `options.reduce_range` None both 8-bit and 7-bit weights are quantized and scored, and the one
-    closer to fp32 is kept (8-bit on a tie): whether the u8s8 kernels saturate depends on the CPU (VNNI
-    or not) and the weights, so it is measured here rather than guessed from CPU flags."""
+    closer to fp32 is kept (the smaller drop, then the higher label agreement; 8-bit on a tie):
+    whether the u8s8 kernels saturate depends on the CPU (VNNI or not) and the weights, so it is
+    measured here rather than guessed from CPU flags."""
     choices = [options] if options.reduce_range is not None else [replace(options, reduce_range=r) for r in (False, True)]
     tried = []
     for choice in choices:
         graph = quantize_graph(source, tiles, choice)
         scores = score_graph(graph)
         tried.append((_largest_drop(fp32, scores), graph, scores, choice))
-    drop, graph, scores, choice = min(tried, key=lambda t: t[0])  # the first (8-bit) on a tie
+    # the smaller drop, then the higher label agreement; the first (8-bit) on a tie
+    drop, graph, scores, choice = min(tried, key=lambda t: (t[0], -t[2].get("agreement", 0.0)))
     both = {str(t[3].reduce_range).lower(): t[0] for t in tried} if len(tried) > 1 else {}
     return graph, scores, drop, choice, both
 
@@ -251,11 +280,17 @@ def quantize_artifact(
 ) -> Int8Report:
     """Quantize, score fp32 vs int8 on validation images, write `out` (+ plan) only if within the gate.
 
-    `keys`: training images for calibration (default: the artifact's training split of `data`);
-    `val_keys`: validation images (default: its validation split). Raises `Int8GateError`
-    (nothing written) when the largest drop in foreground Dice / mIoU exceeds `config.int8_gate`.
+    `config.format` "onnx": a QDQ graph by ONNX Runtime's static quantization (`options`), run and
+    gated on ONNX Runtime, written as `MODEL.int8.onnx`; "openvino": OpenVINO's post-training
+    quantization (NNCF) of the fp32 graph, run and gated on OpenVINO, written as an IR
+    `MODEL.int8.xml` + `.bin` (`options` do not apply). `keys`: training images for calibration
+    (default: the artifact's training split of `data`); `val_keys`: validation images (default: its
+    validation split). Raises `Int8GateError` (nothing written) when the largest drop in foreground
+    Dice / mIoU exceeds `config.int8_gate` or fewer than `config.int8_agreement` of the validation
+    pixels keep fp32's label.
     """
     artifact = model if isinstance(model, Artifact) else load_artifact(model)
+    openvino = config.format == "openvino"
     if keys is None or val_keys is None:
         train_keys, split_val = split_keys(artifact, data)
         keys = list(keys) if keys is not None else train_keys
@@ -265,37 +300,73 @@ def quantize_artifact(
     if set(keys) & set(val_keys):
         raise ConfigError(f"calibration keys and validation keys overlap ({sorted(set(keys) & set(val_keys))[:5]}); "
                           "calibrate on training images only")
-    out = Path(out) if out is not None else default_out(artifact.path or "model.unetkit", int8=True)
+    suffix = ".xml" if openvino else ".onnx"
+    out = Path(out) if out is not None else default_out(artifact.path or "model.unetkit", int8=True, suffix=suffix)
+    if out.suffix != suffix:
+        raise ConfigError(f"{out}: an int8 {config.format} model is written as NAME{suffix}")
     tile = tile_config_for(artifact, tile)
     size = tuple(tile.tile_size)[:2]
+    batch = max(1, int(tile.batch_size))
+    if openvino:
+        from unetkit.export import openvino as ov_export  # lazy: the optional openvino extra
+        from unetkit.inference.openvino import OpenVinoPredictor
+
+        ov_export.require_nncf()  # before any work
+        run = lambda graph, name="openvino": OpenVinoPredictor(graph, name, output=OUTPUT_NAMES[0], batch_size=batch)  # noqa: E731
+    else:
+        run = lambda graph: OnnxPredictor(graph, output=OUTPUT_NAMES[0])  # noqa: E731
 
     fp32 = export_graph(artifact, config.opset)
-    source = export_graph(artifact, config.opset, shuffle_up=True) if options.shuffle_up else fp32
+    source = export_graph(artifact, config.opset, shuffle_up=True) if options.shuffle_up and not openvino else fp32
     for graph in {id(g): g for g in (fp32, source)}.values():
-        diff = parity_diff(graph, artifact, parity_tiles(artifact, size))  # type: ignore[arg-type]
-        if diff > config.parity_tolerance:
+        diff = max(float(np.abs(run(graph)(b) - torch_probabilities(artifact, b)).max())
+                   for b in parity_tiles(artifact, size))  # type: ignore[arg-type]
+        if not diff <= config.parity_tolerance:
             raise ParityError(f"fp32 graph differs from the torch pipeline by {diff:.3g} (> {config.parity_tolerance:g}); "
                               "not quantizing")
     _, train = load_labelled(artifact, data, list(keys), progress)
     tiles = calibration_tiles([s.image for s in train], size, config.calibration_images)  # type: ignore[arg-type]
     del train
     _, val = load_labelled(artifact, data, list(val_keys), progress)
-    s32 = score(fp32, artifact, val, tile)
-    int8, s8, delta, options, tried = _quantize_closest(source, tiles, options, s32,
-                                                        lambda g: score(g, artifact, val, tile))
-    bench = tiles[: tile.batch_size]
-    t32, t8 = time_session(fp32, bench), time_session(int8, bench)
+    reference = run(fp32)
+    s32, labels32 = score(reference, artifact, val, tile)
+    score_graph = lambda g: score(run(g), artifact, val, tile, labels32)[0]  # noqa: E731
+    extra: dict[str, Any] = {}
+    if openvino:
+        int8 = ov_export.nncf_quantize(fp32, tiles, progress)
+        s8 = score_graph(int8)
+        delta, used = _largest_drop(s32, s8), {"engine": "openvino", "quantizer": "nncf", "nncf": _nncf_version()}
+    else:
+        int8, s8, delta, chosen, tried = _quantize_closest(source, tiles, options, s32, score_graph)
+        used = {"engine": "onnxruntime", **asdict(chosen)}
+        extra = {"reduce_range_tried": tried} if tried else {}
+    bench = tiles[:batch]
+    t32, t8 = time_predictor(reference, bench), time_predictor(run(int8), bench)
+    if openvino and ov_export.ov_backend.unavailable("openvino-bf16") is None:  # the best non-int8 path on this CPU
+        extra["bf16_seconds"] = time_predictor(run(fp32, "openvino-bf16"), bench)
     report = Int8Report(s32, s8, delta, config.int8_gate, t32, t8, tuple(bench.shape), list(keys), list(val_keys),
-                        asdict(options), extra={"reduce_range_tried": tried} if tried else {})
-    if not delta <= config.int8_gate:
-        raise Int8GateError(
-            f"int8 model refused: validation score drops by {delta:.4f} (> int8_gate {config.int8_gate}); "
-            f"speed-up x{report.speedup:.2f}; nothing written\n{report.table()}", report)
+                        used, extra=extra, min_agreement=config.int8_agreement)
+    reasons = report.refusals()
+    if reasons:
+        raise Int8GateError(f"int8 model refused: {'; '.join(reasons)}; speed-up x{report.speedup:.2f}; "
+                            f"nothing written\n{report.table()}", report)
     quant = {"options": report.options, **report.extra, "calibration_keys": report.calibration_keys,
              "calibration_tiles": len(tiles),
-             "validation": {"keys": report.validation_keys, "fp32": s32, "int8": s8, "largest_drop": delta},
+             "validation": {"keys": report.validation_keys, "fp32": s32, "int8": s8, "largest_drop": delta,
+                            "agreement": s8["agreement"]},
+             "gate": {"int8_gate": config.int8_gate, "int8_agreement": config.int8_agreement},
              "speedup": report.speedup, "fp32_seconds": t32, "int8_seconds": t8}
     plan = inference_plan(artifact, tile, precision="int8", opset=config.opset, quantization=quant)
-    write_model_and_plan(out, int8, plan)
+    if openvino:
+        plan["openvino"] = {"version": ov_export.ov_backend.openvino_version()}
+        ov_export.write_ir(int8, out, plan)
+    else:
+        write_model_and_plan(out, int8, plan)
     report.written = out
     return report
+
+
+def _nncf_version() -> str:
+    from importlib.metadata import version
+
+    return version("nncf")

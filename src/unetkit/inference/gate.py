@@ -19,15 +19,15 @@ the network sees structure rather than noise and its labels are not all borderli
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from unetkit.config import MIN_AGREEMENT
 from unetkit.metrics.summary import evaluate_predictions
 
-MIN_AGREEMENT = 0.995
 MAX_DICE_DELTA = {"bf16": 0.002, "int8": 0.005}
 NO_SAMPLE = "no validation sample: compared with fp32's labels"
 
@@ -97,8 +97,7 @@ def parity_gate(reference: np.ndarray | None, candidate: np.ndarray, precision: 
         agreement = float((ref == got).mean())
         delta = 1.0 - foreground_dice(ref, got, candidate.shape[1])
     else:
-        labelled = data.truth != data.ignore_index
-        agreement = float((ref == got)[labelled].mean()) if labelled.any() else 1.0
+        agreement = label_agreement([(ref, got, data.truth)], data.ignore_index)
         fp32_dice, candidate_dice = (truth_dice(labels, data) for labels in (ref, got))
         delta = dice_delta(fp32_dice, candidate_dice)
     limit = MAX_DICE_DELTA[precision]
@@ -108,6 +107,17 @@ def parity_gate(reference: np.ndarray | None, candidate: np.ndarray, precision: 
     if delta > limit:
         reasons.append(f"Dice delta {delta:.4f} > {limit}")
     return GateResult(precision, agreement, delta, diff, not reasons, "; ".join(reasons), basis, fp32_dice, candidate_dice)
+
+
+def label_agreement(maps: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], ignore_index: int) -> float:
+    """The fraction of labelled pixels (truth != `ignore_index`) where two label maps agree, pooled over
+    (reference, candidate, truth) triples of any sizes; 1.0 when no pixel is labelled."""
+    same = labelled = 0
+    for ref, got, truth in maps:
+        mask = np.asarray(truth) != ignore_index
+        same += int((np.asarray(ref) == np.asarray(got))[mask].sum())
+        labelled += int(mask.sum())
+    return same / labelled if labelled else 1.0
 
 
 def truth_dice(labels: np.ndarray, data: GateData) -> float | None:
