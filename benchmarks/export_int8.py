@@ -176,7 +176,7 @@ def main() -> None:
     for name, opts in options.items():
         out = tmp / f"int8-{len(rows)}.onnx"
         try:
-            report = quantize_artifact(args.model, args.data, out, replace(config, int8_gate=1.0), val_keys=val_keys,
+            report = quantize_artifact(args.model, args.data, out, replace(config, int8_gate=1.0, int8_agreement=0.0), val_keys=val_keys,
                                        options=opts, tile=tile)
         except Int8GateError as e:  # not reached with gate 1.0; kept for clarity
             report = e.report
