@@ -87,6 +87,9 @@ def main() -> None:
     ap.add_argument("--val", default="36-40")
     ap.add_argument("--unlabelled", default="21-35", help="images pretrained on (their labels are not used)")
     ap.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--same-recipe", action="store_true",
+                    help="also, per objective, an arm that fine-tunes with the scratch plan's recipe (patch, batch, "
+                         "learning rate; no encoder freeze, one rate for all): the start is the only difference")
     ap.add_argument("--out", type=Path, default=Path("/tmp/unetkit-pretrain-drive"))
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
@@ -121,6 +124,19 @@ def main() -> None:
                     "--batch", str(batch), "-o", str(enc), "--quiet"),
             unetkit("train", str(manifest), "--budget", f"{tune_s:.0f}s", "--pretrained", str(enc), "--config",
                     str(pinned), "--out", str(out / objective / "run"), "--quiet")]
+        if args.same_recipe:  # R15's protection of the start (rates x0.5 and x0.25, freeze, half the steps) off
+            recipe = out / "scratch-recipe.json"
+            recipe.write_text(json.dumps({
+                "model": {"base_width": width, "depth": depth, "norm": norm},
+                "data": {"patch_size": list(patch), "batch_size": batch}, "optim": {"lr": plan["optim.lr"]},
+                "finetune": {"encoder_lr_ratio": 1.0, "freeze_encoder_steps": 0}}))
+            same = out / f"{objective}-same-recipe"
+            arms[f"{objective}-same-recipe"] = [
+                unetkit("pretrain", str(unlabelled), "--budget", f"{pre_s:.0f}s", "--objective", objective,
+                        "--width", str(width), "--depth", str(depth), "--norm", norm, "--patch", str(patch[0]),
+                        "--batch", str(batch), "-o", str(same / "encoder.safetensors"), "--quiet"),
+                unetkit("train", str(manifest), "--budget", f"{tune_s:.0f}s", "--pretrained",
+                        str(same / "encoder.safetensors"), "--config", str(recipe), "--out", str(same / "run"), "--quiet")]
 
     def run_arm(name: str) -> subprocess.Popen:
         script = " && ".join(" ".join(f"'{a}'" for a in cmd) for cmd in arms[name])
@@ -177,7 +193,9 @@ def main() -> None:
     for name, r in results.items():
         pre = r["pretraining"]
         pre_text = f"{pre['steps']} ({pre['loss_first']:.3f} -> {pre['loss_last']:.3f})" if pre else "-"
-        label = "scratch (whole budget)" if name == "scratch" else f"{name} pretraining + fine-tuning"
+        label = ("scratch (whole budget)" if name == "scratch" else
+                 f"{name.removesuffix('-same-recipe')} pretraining + fine-tuning with the scratch plan's recipe"
+                 if name.endswith("-same-recipe") else f"{name} pretraining + fine-tuning (R15's recipe)")
         lines.append(f"| {label} | {r['f1']:.4f} | {r['auc']:.4f} | {r['steps']} | {pre_text} | "
                      f"{r['wall_seconds'] / 60:.1f} min |")
     lines.append("")

@@ -23,7 +23,7 @@ SRC = ROOT / "src"
 # Stages, upstream first. A module may import its own stage and earlier ones. The foundation
 # (stage 0) holds what every stage needs and imports nothing above it.
 STAGES: tuple[tuple[str, ...], ...] = (
-    ("unetkit", "errors", "config", "catalog", "runtime"),
+    ("unetkit", "errors", "config", "catalog", "runtime", "tracing"),
     ("data",),
     ("models",),
     ("losses",),

@@ -65,7 +65,7 @@ CACHE_DIR_ENV = "UNETKIT_CACHE_DIR"  # --backend auto's measurements (unetkit.in
 SERVE_ENV_PREFIX = "UNETKIT_SERVE_"  # + a ServeConfig field name, upper case (unetkit.serve.server)
 MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own: where `--track mlflow` (no URI) and `--to mlflow` write
 MLFLOW_EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"  # MLflow's own: the experiment of `--track mlflow` runs
-# OpenTelemetry's standard variables that turn `serve`'s tracing on or off (unetkit.serve.tracing)
+# OpenTelemetry's standard variables that turn tracing of `serve` and `predict` on or off (unetkit.tracing)
 OTEL_EXPORTER_ENV = "OTEL_TRACES_EXPORTER"
 OTEL_ENDPOINT_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 OTEL_PROTOCOL_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")

@@ -124,3 +124,76 @@ def test_an_input_too_large_that_cannot_be_streamed_is_refused_with_how_to_conve
     with pytest.raises(Exception, match=r"strip.tif: 100x120 one-strip TIFF needs"):
         predict_files(artifact, [tmp_path / "strip.tif"], tmp_path / "out", backend="torch", progress=False, max_memory=1000)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+
+
+def test_predict_is_traced_input_by_input_under_the_callers_trace(artifact, tmp_path, rng, monkeypatch):
+    """OpenTelemetry spans of a predict run (the SDK's in-memory exporter): the root is a child of the
+    TRACEPARENT variable's trace; each input is read -> forward -> postprocess -> write; a bad input's
+    span and the root say it failed."""
+    pytest.importorskip("opentelemetry.sdk", reason="the otel extra (pip install 'unetkit[otel]')")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from unetkit.errors import InputError
+    from unetkit.inference.files import predict_files
+    from unetkit.tracing import Tracing
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a", "b"):
+        write_png(folder / f"{name}.png", rng.integers(0, 255, (40, 36, 3), dtype=np.uint8))
+    (folder / "c.png").write_bytes(b"not a png")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setenv("TRACEPARENT", f"00-{TRACE}-{PARENT}-01")
+    with pytest.raises(InputError, match=r"1 of 3 inputs failed .*c\.png"):
+        predict_files(artifact, [folder], tmp_path / "out", progress=False, backend="torch",
+                      tracing=Tracing(provider, "unetkit.predict"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_mask.png", "b_mask.png"]
+
+    spans = exporter.get_finished_spans()
+    assert {format(s.context.trace_id, "032x") for s in spans} == {TRACE}
+    [root] = [s for s in spans if s.name == "predict"]
+    assert format(root.parent.span_id, "016x") == PARENT and root.status.status_code == StatusCode.ERROR
+    assert root.attributes["unetkit.inputs"] == 3 and root.attributes["unetkit.failed"] == 1
+    assert root.attributes["unetkit.predicted"] == 2 and root.status.description == "1 of 3 inputs failed"
+    children = lambda span: [s for s in spans if s.parent is not None and s.parent.span_id == span.context.span_id]  # noqa: E731
+    assert [s.name for s in children(root)] == ["load model", "predict input", "predict input", "predict input"]
+    assert children(root)[0].attributes["unetkit.backend"] == "torch"
+    inputs = {Path(s.attributes["unetkit.input"]).name: s for s in children(root)[1:]}
+    for name in ("a.png", "b.png"):
+        assert [s.name for s in children(inputs[name])] == ["read", "forward", "postprocess", "write"]
+        assert inputs[name].attributes["unetkit.pixels"] == 40 * 36 and inputs[name].status.is_ok
+        write = children(inputs[name])[-1]
+        assert write.attributes["unetkit.files"] == (str(tmp_path / "out" / name.replace(".png", "_mask.png")),)
+    assert inputs["c.png"].status.status_code == StatusCode.ERROR and "c.png" in inputs["c.png"].status.description
+    assert all(s.start_time <= s.end_time for s in spans)
+
+
+def test_unetkit_predict_sends_its_spans_to_a_real_otlp_receiver(artifact, tmp_path, rng, monkeypatch):
+    pytest.importorskip("opentelemetry.sdk", reason="the otel extra (pip install 'unetkit[otel]')")
+    from tests.serve.otlp_receiver import OtlpReceiver
+    from tests.test_cli import run_cli
+
+    write_png(tmp_path / "a.png", rng.integers(0, 255, (40, 36, 3), dtype=np.uint8))
+    receiver = OtlpReceiver()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint)
+        monkeypatch.setenv("TRACEPARENT", f"00-{TRACE}-{PARENT}-01")
+        proc = run_cli("predict", str(artifact), str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--backend", "torch")
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        receiver.close()
+    assert (tmp_path / "out" / "a_mask.png").is_file()
+    assert {s["name"] for s in receiver.spans} == {"predict", "load model", "predict input", "read", "forward",
+                                                   "postprocess", "write"}
+    [root] = [s for s in receiver.spans if s["name"] == "predict"]
+    assert root["service"] == "unetkit-predict" and root["trace_id"] == TRACE and root["parent_span_id"] == PARENT
+    assert all(s["trace_id"] == TRACE for s in receiver.spans)

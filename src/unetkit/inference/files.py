@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from unetkit.inference.outputs import colorize, overlay
 from unetkit.inference.postprocess import apply_postprocess
 from unetkit.inference.predict import predict_tiled
 from unetkit.inference.streaming import open_lazy, predict_stream
+from unetkit.tracing import NO_TRACE, JobTrace, Tracing
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp"}
 
@@ -190,29 +191,41 @@ class InputResult:
 
 def predict_input(
     artifact: Any, predictor: Any, tile: TileConfig, path: Path, stem: Path, out: Path, outputs: OutputConfig, *,
-    progress: bool = False,
+    progress: bool = False, trace: JobTrace = NO_TRACE,
 ) -> InputResult:
     """Predict one input and write its outputs (each atomically); an in-memory input's masks,
-    overlays, probabilities and GeoJSON, or a streamed input's tiled BigTIFF / zarr."""
+    overlays, probabilities and GeoJSON, or a streamed input's tiled BigTIFF / zarr. `trace`: spans
+    read -> forward -> postprocess -> write (a streamed input: one "stream" span) in the one open."""
     start = time.perf_counter()
     out.joinpath(stem).parent.mkdir(parents=True, exist_ok=True)
     if route(path, len(artifact.meta.class_names), outputs.max_memory) == "stream":
-        return _predict_streamed(predictor, tile, path, stem, out, outputs, progress, start)
-    image = read_image(path)
-    probs = predict_tiled(predictor, image, tile)
-    labels = labels_from_probabilities(probs, artifact)
+        with trace.span("stream"):
+            return _predict_streamed(predictor, tile, path, stem, out, outputs, progress, start)
+    with trace.span("read") as span:
+        image = read_image(path)
+        if span is not None:
+            span.set_attribute("unetkit.image.shape", list(image.shape))
+    with trace.span("forward", **{"unetkit.backend": str(getattr(predictor, "backend", "")),
+                                  "unetkit.tile": list(tile.tile_size), "unetkit.tta": tile.tta}):
+        probs = predict_tiled(predictor, image, tile)
+    with trace.span("postprocess"):
+        labels = labels_from_probabilities(probs, artifact)
     names = artifact.meta.class_names
     target = out / stem
-    written = [write_png(target.with_name(target.name + "_mask.png"),
-                         colorize(labels, artifact.meta.colors()) if outputs.colour else labels)]
-    if outputs.overlays:
-        written.append(write_png(target.with_name(target.name + "_overlay.png"), overlay(image, labels, artifact.meta.colors())))
-    if outputs.probabilities:
-        written.append(write_tiff(target.with_name(target.name + "_prob.tif"), probs.astype(np.float32)))
-    if outputs.geojson:
-        features = vectorize.labels_to_geojson(labels, names, transform=vectorize.read_geotransform(path),
-                                               properties={"image": str(path)})
-        written.append(write_text_atomic(target.with_name(target.name + ".geojson"), json.dumps(features)))
+    with trace.span("write") as span:
+        written = [write_png(target.with_name(target.name + "_mask.png"),
+                             colorize(labels, artifact.meta.colors()) if outputs.colour else labels)]
+        if outputs.overlays:
+            written.append(write_png(target.with_name(target.name + "_overlay.png"),
+                                     overlay(image, labels, artifact.meta.colors())))
+        if outputs.probabilities:
+            written.append(write_tiff(target.with_name(target.name + "_prob.tif"), probs.astype(np.float32)))
+        if outputs.geojson:
+            features = vectorize.labels_to_geojson(labels, names, transform=vectorize.read_geotransform(path),
+                                                   properties={"image": str(path)})
+            written.append(write_text_atomic(target.with_name(target.name + ".geojson"), json.dumps(features)))
+        if span is not None:
+            span.set_attribute("unetkit.files", [str(p) for p in written])
     result = InputResult(path, stem, written, labels.size, time.perf_counter() - start)
     if outputs.coco:
         result.coco_image = {"file_name": str(stem), "height": labels.shape[0], "width": labels.shape[1]}
@@ -269,6 +282,7 @@ def predict_files(
     backend: str = "auto",
     progress: bool = True,
     on_note: Callable[[str], None] | None = None,
+    tracing: Tracing | None | Literal["env"] = "env",
 ) -> list[Path]:
     """Write `<stem>_mask.png` (+ `_overlay.png`, `_prob.tif`, `.geojson`) for each input and, with
     `coco`, one `coco.json` for all of them; returns the files written. An input too large for
@@ -282,6 +296,11 @@ def predict_files(
     (see `inference.vectorize`). A bad input file does not stop the others; they are all
     reported at the end. `on_note` receives what the user should know (a streamed input gets no
     overlay), once each.
+
+    `tracing`: OpenTelemetry spans of the run ("env": as the standard OTEL_* variables say, off when
+    they say nothing; `unetkit.tracing`): a "predict" root (a child of the `TRACEPARENT` variable's
+    trace), one "predict input" span per input with read -> forward -> postprocess -> write inside,
+    a failed input's span marked as an error.
     """
     from tqdm import tqdm
 
@@ -289,16 +308,34 @@ def predict_files(
     outputs = OutputConfig(colour=colour, probabilities=probabilities, overlays=overlays, geojson=geojson, coco=coco,
                            stream_format=stream_format, max_memory=max_memory)  # type: ignore[arg-type]
     files = collect_inputs(inputs)
-    predictor = make_predictor(artifact, backend=backend)
-    tile = tile_config_for(artifact, config)
-    out = Path(out_dir)
-    results: list[InputResult] = []
-    failed: list[str] = []
-    for path, stem in tqdm(files, desc="predict", unit="img", disable=not progress or len(files) < 2):
-        try:
-            results.append(predict_input(artifact, predictor, tile, path, stem, out, outputs, progress=progress))
-        except UnetkitError as e:
-            failed.append(failure_message(path, e))
+    tracer = Tracing.from_environment(service="unetkit-predict") if tracing == "env" else tracing
+    trace = JobTrace(tracer, "predict", {"unetkit.model": str(getattr(artifact, "path", "") or artifact.meta.name),
+                                         "unetkit.inputs": len(files), "unetkit.backend.asked": backend})
+    try:
+        with trace.span("load model") as span:
+            predictor = make_predictor(artifact, backend=backend)
+            if span is not None:
+                span.set_attribute("unetkit.backend", str(getattr(predictor, "backend", backend)))
+        tile = tile_config_for(artifact, config)
+        out = Path(out_dir)
+        results: list[InputResult] = []
+        failed: list[str] = []
+        for path, stem in tqdm(files, desc="predict", unit="img", disable=not progress or len(files) < 2):
+            with trace.span("predict input", **{"unetkit.input": str(path)}) as span:
+                try:
+                    results.append(predict_input(artifact, predictor, tile, path, stem, out, outputs, progress=progress,
+                                                 trace=trace))
+                except UnetkitError as e:
+                    failed.append(failure_message(path, e))
+                    trace.failed(span, failed[-1])
+                else:
+                    if span is not None:
+                        span.set_attribute("unetkit.pixels", results[-1].pixels)
+    except BaseException as e:
+        trace.close(e)
+        raise
+    trace.close(failure=f"{len(failed)} of {len(files)} inputs failed" if failed else "",
+                **{"unetkit.predicted": len(results), "unetkit.failed": len(failed)})
     for note in run_notes(results, outputs, artifact):
         (on_note or print)(note)
     written = [p for r in results for p in r.written]
