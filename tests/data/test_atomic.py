@@ -34,6 +34,11 @@ def test_issue16_case13_writes_fsync_the_file_and_its_folder(tmp_path, monkeypat
     assert len(synced) == 2 and synced[0].startswith(str(tmp_path / ".a.json.")) and synced[1] == str(tmp_path)
     assert (tmp_path / "a.json").read_bytes() == b"{}"
     assert oct((tmp_path / "a.json").stat().st_mode & 0o777) == oct(0o666 & ~atomic._UMASK)
+    # bookkeeping (Ray's run journal) keeps the all-or-nothing rename without the fsyncs
+    synced.clear()
+    atomic_write(tmp_path / "b.json", b"[]", durable=False)
+    assert synced == [] and (tmp_path / "b.json").read_bytes() == b"[]"
+    assert not list(tmp_path.glob(".b.json.*")) and oct((tmp_path / "b.json").stat().st_mode & 0o777) == oct(0o666 & ~atomic._UMASK)
 
 
 def test_issue16_case13_concurrent_writers_of_one_path_never_share_a_temp_file(tmp_path):

@@ -1,0 +1,171 @@
+"""Fine-tuning from a trained artifact vs training from scratch, on DRIVE with few labels: time to quality.
+
+    python benchmarks/finetune_transfer.py --source MODEL.unetkit --data /work/shared/data/drive --budget 10m
+
+`--source` is a model trained on *other* data with RGB images (e.g. the CamVid road-scene model of
+`benchmarks/camvid.py`; DRIVE's own models would leak its labels). Two arms train on the labelled
+DRIVE images (`--labelled`, default 21-25) for the same budget and are scored on 36-40 (FOV pixels,
+vessel = positive, F1 = Dice at 0.5 and AUC ROC):
+
+- scratch: `unetkit train --budget B --config ARCH` with the source's architecture pinned (width,
+  depth, normalization), so that the start is the only difference;
+- fine-tune: `unetkit train --budget B --init SOURCE` (the planner's R15: new head, encoder frozen
+  for 10 % of the steps, then discriminative learning rates).
+
+The arms run at the same time, one thread each (`--parallel`, the default), so they share the
+machine alike. Time to quality: each run's validation F1 (on the validation split, 36-40) against
+wall-clock minutes from its metrics.jsonl, drawn in one PNG in docs/ and listed in the table.
+Appended to docs/benchmarks.md with the command, the CPU and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from drive import binary_scores, load_split, unetkit_curve, unetkit_probabilities  # noqa: E402
+from pretrain_drive import cpu_name, keys, unetkit, write_manifest  # noqa: E402
+from report import append_markdown  # noqa: E402
+
+
+def plot(curves: dict[str, list[tuple[float, float]]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        ax.plot([m for m, _ in curve], [f for _, f in curve], marker="o", label=name)
+    ax.set_xlabel("wall-clock minutes (validations included)")
+    ax.set_ylabel("vessel F1 (Dice @ 0.5), validation")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def first_reaching(curve: list[tuple[float, float]], level: float) -> float | None:
+    return next((m for m, f in curve if f >= level), None)
+
+
+def main() -> None:
+    from unetkit.artifact import read_meta
+    from unetkit.config import parse_duration
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--source", required=True, type=Path, help="a model artifact trained on other RGB data")
+    ap.add_argument("--data", required=True, type=Path, help="DRIVE root (holding training/)")
+    ap.add_argument("--budget", default="10m", help="budget of each arm")
+    ap.add_argument("--labelled", default="21-25")
+    ap.add_argument("--val", default="36-40")
+    ap.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/unetkit-finetune-transfer"))
+    ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = ap.parse_args()
+    data = args.data if (args.data / "training").is_dir() else args.data.parent
+    train_dir = data / "training"
+    budget = parse_duration(args.budget)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = args.out / stamp
+    manifest = write_manifest(train_dir, keys(args.labelled), keys(args.val), out / "drive.csv")
+    source = read_meta(args.source)
+    arch = {"base_width": source.model.base_width, "depth": source.model.depth, "norm": source.model.norm}
+    pinned = out / "arch.json"
+    pinned.write_text(json.dumps({"model": arch}))
+    arms = {
+        "scratch": unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--config", str(pinned),
+                           "--out", str(out / "scratch"), "--quiet"),
+        "fine-tune": unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--init", str(args.source),
+                             "--out", str(out / "fine-tune"), "--quiet"),
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if args.parallel else dict(os.environ)
+    load_before = os.getloadavg()
+    walls: dict[str, float] = {}
+    logs = {name: open(out / f"{name}.log", "w") for name in arms}  # noqa: SIM115 - closed below
+    try:
+        t0 = time.perf_counter()
+        if args.parallel:
+            procs = {name: subprocess.Popen(cmd, stdout=logs[name], stderr=subprocess.STDOUT, env=env)
+                     for name, cmd in arms.items()}
+            for name, p in procs.items():
+                if p.wait() != 0:
+                    raise SystemExit(f"{name} failed: see {out / f'{name}.log'}")
+                walls[name] = time.perf_counter() - t0
+        else:
+            for name, cmd in arms.items():
+                t1 = time.perf_counter()
+                if subprocess.run(cmd, stdout=logs[name], stderr=subprocess.STDOUT, env=env).returncode != 0:
+                    raise SystemExit(f"{name} failed: see {out / f'{name}.log'}")
+                walls[name] = time.perf_counter() - t1
+    finally:
+        for log in logs.values():
+            log.close()
+    load_after = os.getloadavg()
+
+    val = load_split(train_dir, keys(args.val))
+    truth = np.concatenate([(s.labels == 1).ravel() for s in val])
+    fov = np.concatenate([(s.labels != 255).ravel() for s in val])
+    results, curves = {}, {}
+    for name in arms:
+        run = out / name
+        probs = unetkit_probabilities(run / "model.unetkit", [s.image for s in val])
+        meta = read_meta(run / "model.unetkit")
+        curves[name] = unetkit_curve(run)
+        results[name] = {**binary_scores(np.concatenate([p.ravel() for p in probs]), truth, fov),
+                         "wall_seconds": walls[name], "steps": meta.lineage.get("steps"),
+                         "parent": meta.lineage.get("parent_sha256", ""), "curve": curves[name]}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    png = ROOT / "docs" / f"finetune-time-to-quality-{stamp}.png"
+    plot({"scratch (source's architecture)": curves["scratch"], f"fine-tuned from {args.source.name}": curves["fine-tune"]},
+         png, f"DRIVE, {len(keys(args.labelled))} labelled images, {args.budget} each")
+
+    best_scratch = max((f for _, f in curves["scratch"]), default=0.0)
+    reach = first_reaching(curves["fine-tune"], best_scratch)
+    lines = [f"## Fine-tuning from another data set's model vs scratch, DRIVE with {len(keys(args.labelled))} labelled "
+             f"images, {args.budget} per arm ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
+             f"Command: `python benchmarks/finetune_transfer.py {' '.join(sys.argv[1:])}`  ",
+             f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}; load average "
+             f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; arms "
+             f"{'in parallel, one thread each' if args.parallel else 'one after the other'}.  ",
+             f"Source: `{args.source}` ({source.name}; w{arch['base_width']} d{arch['depth']} {arch['norm']} norm, "
+             f"{len(source.class_names)} classes: {', '.join(source.class_names[:6])}{', ...' if len(source.class_names) > 6 else ''}). "
+             f"Labelled {args.labelled}, scored on {args.val} (FOV pixels, vessel = positive). Run folder `{out}`; "
+             f"curves `docs/{png.name}`.", "",
+             "| arm | F1 (Dice @ 0.5) | AUC ROC | steps | best validation F1 (at minute) | wall clock |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        best = max(r["curve"], key=lambda c: c[1], default=(float("nan"), float("nan")))
+        lines.append(f"| {name} | {r['f1']:.4f} | {r['auc']:.4f} | {r['steps']} | {best[1]:.4f} ({best[0]:.1f}) | "
+                     f"{r['wall_seconds'] / 60:.1f} min |")
+    lines += ["", "Validation F1 by minute (time to quality):", "",
+              "| arm | " + " | ".join(f"{m:.1f} min" for m, _ in curves["fine-tune"]) + " |",
+              "| --- |" + " --- |" * len(curves["fine-tune"])]
+    for name in arms:
+        lines.append(f"| {name} | " + " | ".join(f"{f:.3f} @ {m:.1f}" for m, f in curves[name]) + " |")
+    lines.append("")
+    lines.append(f"The fine-tuned run reached scratch's best validation F1 ({best_scratch:.4f}) "
+                 + (f"at minute {reach:.1f}." if reach is not None else "at no validation of its run."))
+    lines.append("")
+    text = "\n".join(lines)
+    append_markdown(args.benchmarks, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
