@@ -91,8 +91,9 @@ def unetkit_probabilities(artifact: Path, images: list[np.ndarray], tta: bool = 
 
 def unetkit_curve(run: Path) -> list[tuple[float, float]]:
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [(e["time"] / 60, e["dice/foreground"]) for e in events
-            if e.get("event") == "val" and e.get("dice/foreground") is not None]
+    # the foreground Dice of a two-class run (validation F1 at 0.5); "dice/foreground" in older logs
+    return [(e["time"] / 60, e.get("mean_dice_foreground", e.get("dice/foreground"))) for e in events
+            if e.get("event") == "val" and e.get("mean_dice_foreground", e.get("dice/foreground")) is not None]
 
 
 def run_peer(train, val, budget_s: float, score) -> tuple[list[np.ndarray], float, int, list[tuple[float, float]]]:
