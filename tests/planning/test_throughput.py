@@ -113,10 +113,30 @@ def test_when_the_budget_cannot_pay_for_every_mode_the_leaders_climb_and_a_tiny_
     assert measured.seconds_spent < 1.0 + 0.3
 
     calls.clear()
-    tiny = measure_throughput(LADDER_CANDIDATES, in_channels=3, out_channels=2, max_seconds=0.3,
+    tiny = measure_throughput(LADDER_CANDIDATES, in_channels=3, out_channels=2, max_seconds=0.12,
                               modes=CPU_MODES, probe=timed, timed_steps=0)
     assert calls[0][1] == ["fp32"] and tiny.decision.mode.name == "fp32"
     assert "left no room" in tiny.decision.reason
+
+
+def test_a_single_expensive_rung_times_the_other_modes_once_fp32_is_measured():
+    """A patch and batch set by the user leave one rung. Costed at a modest CPU's speed before any
+    timing, it affords fp32 alone; measured, the others fit in the time left and are raced on it
+    (before: fp32 was kept, "the timing budget left no room": 2x slower steps on a bf16 CPU)."""
+    calls: list = []
+    fast = simulated_probe(AMX, gflops=40000.0, calls=calls)  # measured far faster than the modest estimate
+    big = [Candidate(32, 4, (512, 512), 16)]
+    measured = measure_throughput(big, in_channels=3, out_channels=2, max_seconds=60.0, modes=CPU_MODES, probe=fast)
+    assert calls[0][1] == ["fp32"] and [names for _, names in calls[1:]] == [["bf16+cl"], ["bf16"], ["fp32+cl"]]
+    assert measured.decision.mode.name == "bf16+cl" and "left no room" not in measured.decision.reason
+    assert set(measured.decision.ms_per_step) == {"fp32", "bf16+cl", "bf16", "fp32+cl"}
+    assert measured.table == {big[0]: measured.by_mode["bf16+cl"][big[0]]}
+
+    # one mode measured unhealthy on the same seeded batches is still rejected
+    calls.clear()
+    sick = simulated_probe(AMX, gflops=40000.0, calls=calls, losses={"bf16+cl": (0.70, 0.66, float("nan"), 0.6, 0.6)})
+    measured = measure_throughput(big, in_channels=3, out_channels=2, max_seconds=60.0, modes=CPU_MODES, probe=sick)
+    assert measured.decision.mode.name == "bf16" and "non-finite loss" in measured.decision.rejected["bf16+cl"]
 
 
 def test_one_allowed_mode_times_the_ladder_as_before():

@@ -151,6 +151,32 @@ HOPELESS_RATIO = 2.5  # ... this much slower on one rung (emulated bf16): not ti
 Probe_ = Callable[[Candidate, Sequence[ComputeMode]], dict[str, Probe]]
 
 
+def _race_after(alone: tuple[Candidate, dict[str, Probe]], first_mode: ComputeMode, unpaid: list[ComputeMode],
+                dropped: dict[str, str],
+                probe: Probe_, left: float, timed_steps: int,
+                result: MeasuredThroughput) -> tuple[dict[str, Probe], str, list[ComputeMode]] | None:
+    """The other modes on the rung the first mode was timed on alone, one at a time while the time left
+    pays for one more at the first mode's measured speed. Before any timing the race is costed at a
+    modest CPU's speed, which keeps a single expensive rung (a patch and batch set by the user) in
+    fp32 alone; once fp32 is measured the others often fit. Their losses are compared with the first
+    mode's probe on the same seeded batches (`health_problems`). None when none fitted."""
+    c, probes = alone
+    first = first_mode.name
+    each = result.by_mode[first][c] * (timed_steps + WARMUP_STEPS) * 1.5 + 0.05
+    started, raced = time.perf_counter(), dict(probes)
+    for m in unpaid:
+        if each > left - (time.perf_counter() - started):
+            break
+        raced |= probe(c, [m])
+        dropped.pop(m.name, None)
+    if len(raced) == 1:
+        return None
+    for name, p in raced.items():
+        if name != first and not p.problem:
+            result.by_mode[name][c] = p.seconds
+    return raced, c.label(), [first_mode, *(m for m in unpaid if m.name in raced)]
+
+
 def time_candidate(c: Candidate, modes: Sequence[ComputeMode], *, in_channels: int, out_channels: int,
                    model: ModelConfig, loss: LossConfig, augment: AugmentConfig, device: torch.device,
                    timed_steps: int = 3, warmup_steps: int = WARMUP_STEPS) -> dict[str, Probe]:
@@ -179,7 +205,9 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
     and the one before, and when the next rung in every
     remaining mode would not fit in the time left, only the fastest that fit continue (the ladder
     in the leading mode; on the first rung, costed at a modest CPU's speed, the modes in `modes`
-    order, fp32 first: a budget too small to measure keeps fp32). The chosen mode is the fastest healthy one on the largest rung timed in more than
+    order, fp32 first: a budget too small to measure keeps fp32; when that left the first mode alone on
+the last rung, the others are timed there afterwards as far as the time left pays for them at its
+measured speed, `_race_after`). The chosen mode is the fastest healthy one on the largest rung timed in more than
     one mode; the table is its timings. `probe(candidate, modes)` replaces the real timing (tests)."""
     started = time.perf_counter()
     device = torch.device(device)
@@ -189,6 +217,8 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
     live, dropped = list(modes), {}
     strikes: dict[str, int] = {}  # rungs in a row on which a mode was DROP_RATIO slower than the leader
     deciding: tuple[dict[str, Probe], str, list[ComputeMode]] | None = None  # the last rung timed in 2+ modes
+    alone: tuple[Candidate, dict[str, Probe]] | None = None  # the last rung timed in the first mode only
+    unpaid: list[ComputeMode] = []  # modes left out for the timing budget alone, not for their speed or health
     if probe is None:
         def probe(c: Candidate, racing: Sequence[ComputeMode]) -> dict[str, Probe]:
             return time_candidate(c, racing, in_channels=in_channels, out_channels=out_channels,
@@ -211,12 +241,15 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
         for m in live[len(racing):]:
             dropped[m.name] = ("larger rungs timed in the leading mode(s) only (timing budget)" if timed_any
                                else "not timed: the timing budget left no room")
+            unpaid.append(m)
         live = racing
         probes = probe(c, live)
         problems = {name: f"{why} on {c.label()}" for name, why in health_problems(probes).items()}
         healthy = {name: p for name, p in probes.items() if name not in problems}
         if len(probes) > 1:
             deciding = (probes, c.label(), live)
+        elif not problems:
+            alone = (c, probes)
         elif not healthy:
             raise ConfigError(f"training in {live[0].name} fails on {c.label()}: {problems[live[0].name]}")
         for name, p in healthy.items():
@@ -236,6 +269,9 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
         live = sorted((m for m in live if m.name not in dropped), key=lambda m: healthy[m.name].seconds)
         if stop_when is not None and stop_when(c, healthy[leader].seconds):
             break
+    if deciding is None and alone is not None and unpaid:
+        deciding = _race_after(alone, modes[0], unpaid, dropped, probe,
+                               max_seconds - (time.perf_counter() - started), timed_steps, result)
     if deciding is not None:  # its fastest healthy mode; the reason says where the others went
         result.decision = choose_mode(*deciding, dropped)
     elif len(modes) > 1:  # only the first mode was timed
