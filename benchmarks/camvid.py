@@ -9,7 +9,13 @@ The training split's frames are grouped by sequence (the key's prefix before `_`
 because neighbouring frames are near-duplicates. Every arm trains at the same time as the others
 (one subprocess each, `PYTHONPATH=<arm's src>`), so they share the machine's load alike; then each
 artifact is scored here on the held-out frames: class-average IoU over the 11 classes and global
-pixel accuracy (void, label 11, ignored), per-class IoU. The data folder is linked (never copied)
+pixel accuracy (void, label 11, ignored), per-class IoU.
+
+`--ssl SHARE` instead compares training from scratch with self-supervised pretraining: the scratch
+plan's architecture (`unetkit plan`) is pinned for both arms; "scratch" trains for the whole budget,
+"mim" pretrains that encoder by masked-image modelling (`unetkit pretrain`) on the training frames'
+images (labels unused; the held-out sequence is not shown) for SHARE of the budget, then fine-tunes
+(`unetkit train --pretrained`) in the rest. The data folder is linked (never copied)
 into `--work` with the release's list file, and described once with `unetkit init-dataset --ignore
 11 --names ...`. Appends the table, the plans, the command, the machine and the load to
 docs/benchmarks.md.
@@ -69,6 +75,38 @@ def steps_done(run: Path) -> int:
     return max((int(e.get("step", 0)) for e in events), default=0)
 
 
+def ssl_arms(folder: Path, data: Path, keys: list[str], val_keys: list[str], budget: str, share: float,
+             out: Path) -> dict[str, list[list[str]]]:
+    """--ssl: the commands of the scratch and the pretrained arm, the scratch plan's architecture pinned."""
+    from unetkit.config import parse_duration
+
+    unetkit = [sys.executable, "-m", "unetkit"]
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([*unetkit, "plan", str(folder), "--budget", budget, "--val-keys", ",".join(val_keys),
+                    "--json", str(out / "plan.json")], check=True, capture_output=True, text=True)
+    plan = {c["key"]: c["value"] for c in json.loads((out / "plan.json").read_text())["choices"]}
+    arch = {"base_width": plan["model.base_width"], "depth": plan["model.depth"], "norm": plan["model.norm"]}
+    (out / "pinned.json").write_text(json.dumps({"model": arch}))
+    images = out / "unlabelled"  # the training frames' images only: the held-out sequence stays unseen
+    images.mkdir(exist_ok=True)
+    for k in keys:
+        if k not in val_keys and not (images / f"{k}.png").exists():
+            (images / f"{k}.png").symlink_to((data / "train" / f"{k}.png").resolve())
+    seconds = parse_duration(budget)
+    train = [*unetkit, "train", str(folder), "--val-keys", ",".join(val_keys), "--config", str(out / "pinned.json"),
+             "--quiet"]
+    encoder = out / "mim-encoder.safetensors"
+    patch, batch = plan["data.patch_size"], plan["data.batch_size"]
+    return {
+        "scratch": [[*train, "--budget", f"{seconds:.0f}s", "--out", str(out / "scratch")]],
+        "mim": [[*unetkit, "pretrain", str(images), "--budget", f"{share * seconds:.0f}s", "--objective", "mim",
+                 "--width", str(arch["base_width"]), "--depth", str(arch["depth"]), "--norm", arch["norm"],
+                 "--patch", str(patch[0]), "--batch", str(batch), "-o", str(encoder), "--quiet"],
+                [*train, "--budget", f"{(1 - share) * seconds:.0f}s", "--pretrained", str(encoder),
+                 "--out", str(out / "mim")]],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, type=Path, help="CamVid release root (holding train/, trainannot/)")
@@ -80,6 +118,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-camvid")
     ap.add_argument("--score", type=Path, default=None, metavar="RUN_FOLDER",
                     help="score the arms of an earlier run folder (WORK/STAMP, one sub-folder per arm) without training")
+    ap.add_argument("--ssl", type=float, default=None, metavar="SHARE",
+                    help="scratch vs masked-image-modelling pretraining for SHARE of the budget + fine-tuning")
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
     arms = dict(a.split("=", 1) for a in args.arm) or {"current": str(ROOT / "src")}
@@ -88,6 +128,10 @@ def main() -> None:
     keys = sorted(p.stem for p in (args.data / "train").glob("*.png"))
     val_keys = [k for k in keys if k.startswith(prefixes)]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    commands: dict[str, list[list[str]]] = {}  # --ssl: each arm's commands, run one after the other
+    if args.ssl is not None:
+        commands = ssl_arms(folder, args.data, keys, val_keys, args.budget, args.ssl, args.work / stamp)
+        arms = {name: f"{ROOT / 'src'} ({name})" for name in commands}
     load_before = os.getloadavg()
     runs, procs = {}, {}
     walls: dict[str, float | None] = {}
@@ -101,6 +145,11 @@ def main() -> None:
         for name, arm in arms.items():  # all arms at once: the same load for each
             src, _, config = arm.partition(",")
             runs[name] = args.work / stamp / name
+            if name in commands:
+                script = " && ".join(" ".join(f"'{a}'" for a in cmd) for cmd in commands[name])
+                procs[name] = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                continue
             env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
             cmd = [sys.executable, "-m", "unetkit", "train", str(folder), "--budget", args.budget, "--out",
                    str(runs[name]), "--quiet", "--val-keys", ",".join(val_keys)] + (["--config", config] if config else [])

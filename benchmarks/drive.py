@@ -113,27 +113,32 @@ def run_peer(train, val, budget_s: float, score) -> tuple[list[np.ndarray], floa
     return predict_all(net), seconds, steps, curve
 
 
-def plot(curve: list[tuple[float, float]], peer: list[tuple[float, float]], path: Path, budget: str) -> None:
+def plot_curves(curves: dict[str, list[tuple[float, float]]], path: Path, title: str,
+                xlabel: str = "wall-clock minutes", ylabel: str = "vessel F1 (Dice @ 0.5), 5 validation images") -> None:
+    """One line per curve (label -> (minute, F1) points), markers at the validations."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    if curve:
-        ax.plot([m for m, _ in curve], [f for _, f in curve], marker="o", label="unetkit (validation F1 during training)")
-    if peer:
-        ax.plot([m for m, _ in peer], [f for _, f in peer], marker="s", color="tab:red",
-                label="MONAI recipe (validation F1; training minutes)")
-    ax.set_xlabel("wall-clock minutes")
-    ax.set_ylabel("vessel F1 (Dice @ 0.5), 5 validation images")
-    ax.set_title(f"DRIVE, budget {budget}")
+    for (label, curve), marker in zip(curves.items(), "osd^v", strict=False):
+        if curve:
+            ax.plot([m for m, _ in curve], [f for _, f in curve], marker=marker, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot(curve: list[tuple[float, float]], peer: list[tuple[float, float]], path: Path, budget: str) -> None:
+    plot_curves({"unetkit (validation F1 during training)": curve,
+                 "MONAI recipe (validation F1; training minutes)": peer}, path, f"DRIVE, budget {budget}")
 
 
 def write_test_predictions(data: Path, artifact: Path, out: Path) -> int:

@@ -24,9 +24,7 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,29 +33,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from drive import binary_scores, load_split, unetkit_curve, unetkit_probabilities  # noqa: E402
-from pretrain_drive import cpu_name, keys, unetkit, write_manifest  # noqa: E402
-from report import append_markdown  # noqa: E402
-
-
-def plot(curves: dict[str, list[tuple[float, float]]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, curve in curves.items():
-        ax.plot([m for m, _ in curve], [f for _, f in curve], marker="o", label=name)
-    ax.set_xlabel("wall-clock minutes (validations included)")
-    ax.set_ylabel("vessel F1 (Dice @ 0.5), validation")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+from drive import binary_scores, load_split, plot_curves, unetkit_curve, unetkit_probabilities  # noqa: E402
+from pretrain_drive import cpu_name, keys, run_arms, setup, unetkit  # noqa: E402
+from report import publish  # noqa: E402
 
 
 def first_reaching(curve: list[tuple[float, float]], level: float) -> float | None:
@@ -66,7 +44,6 @@ def first_reaching(curve: list[tuple[float, float]], level: float) -> float | No
 
 def main() -> None:
     from unetkit.artifact import read_meta
-    from unetkit.config import parse_duration
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--source", required=True, type=Path, help="a model artifact trained on other RGB data")
@@ -78,44 +55,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/unetkit-finetune-transfer"))
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
-    data = args.data if (args.data / "training").is_dir() else args.data.parent
-    train_dir = data / "training"
-    budget = parse_duration(args.budget)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out = args.out / stamp
-    manifest = write_manifest(train_dir, keys(args.labelled), keys(args.val), out / "drive.csv")
+    train_dir, budget, out, manifest = setup(args, "drive.csv")
     source = read_meta(args.source)
     arch = {"base_width": source.model.base_width, "depth": source.model.depth, "norm": source.model.norm}
     pinned = out / "arch.json"
     pinned.write_text(json.dumps({"model": arch}))
     arms = {
-        "scratch": unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--config", str(pinned),
-                           "--out", str(out / "scratch"), "--quiet"),
-        "fine-tune": unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--init", str(args.source),
-                             "--out", str(out / "fine-tune"), "--quiet"),
+        "scratch": [unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--config", str(pinned),
+                            "--out", str(out / "scratch"), "--quiet")],
+        "fine-tune": [unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--init", str(args.source),
+                              "--out", str(out / "fine-tune"), "--quiet")],
     }
-    env = {**os.environ, "OMP_NUM_THREADS": "1"} if args.parallel else dict(os.environ)
     load_before = os.getloadavg()
-    walls: dict[str, float] = {}
-    logs = {name: open(out / f"{name}.log", "w") for name in arms}  # noqa: SIM115 - closed below
-    try:
-        t0 = time.perf_counter()
-        if args.parallel:
-            procs = {name: subprocess.Popen(cmd, stdout=logs[name], stderr=subprocess.STDOUT, env=env)
-                     for name, cmd in arms.items()}
-            for name, p in procs.items():
-                if p.wait() != 0:
-                    raise SystemExit(f"{name} failed: see {out / f'{name}.log'}")
-                walls[name] = time.perf_counter() - t0
-        else:
-            for name, cmd in arms.items():
-                t1 = time.perf_counter()
-                if subprocess.run(cmd, stdout=logs[name], stderr=subprocess.STDOUT, env=env).returncode != 0:
-                    raise SystemExit(f"{name} failed: see {out / f'{name}.log'}")
-                walls[name] = time.perf_counter() - t1
-    finally:
-        for log in logs.values():
-            log.close()
+    walls = run_arms(arms, out, args.parallel)
     load_after = os.getloadavg()
 
     val = load_split(train_dir, keys(args.val))
@@ -131,9 +83,11 @@ def main() -> None:
                          "wall_seconds": walls[name], "steps": meta.lineage.get("steps"),
                          "parent": meta.lineage.get("parent_sha256", ""), "curve": curves[name]}
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    png = ROOT / "docs" / f"finetune-time-to-quality-{stamp}.png"
-    plot({"scratch (source's architecture)": curves["scratch"], f"fine-tuned from {args.source.name}": curves["fine-tune"]},
-         png, f"DRIVE, {len(keys(args.labelled))} labelled images, {args.budget} each")
+    png = ROOT / "docs" / f"finetune-time-to-quality-{out.name}.png"
+    plot_curves({"scratch (source's architecture)": curves["scratch"],
+                 f"fine-tuned from {args.source.name}": curves["fine-tune"]},
+                png, f"DRIVE, {len(keys(args.labelled))} labelled images, {args.budget} each",
+                xlabel="wall-clock minutes (validations included)", ylabel="vessel F1 (Dice @ 0.5), validation")
 
     best_scratch = max((f for _, f in curves["scratch"]), default=0.0)
     reach = first_reaching(curves["fine-tune"], best_scratch)
@@ -162,9 +116,7 @@ def main() -> None:
     lines.append(f"The fine-tuned run reached scratch's best validation F1 ({best_scratch:.4f}) "
                  + (f"at minute {reach:.1f}." if reach is not None else "at no validation of its run."))
     lines.append("")
-    text = "\n".join(lines)
-    append_markdown(args.benchmarks, text)
-    print(text)
+    publish(args.benchmarks, lines)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from drive import binary_scores, load_split, unetkit_probabilities  # noqa: E402
-from report import append_markdown  # noqa: E402
+from report import publish  # noqa: E402
 
 
 def keys(text: str) -> list[str]:
@@ -75,8 +75,46 @@ def unetkit(*args: str) -> list[str]:
     return [sys.executable, "-m", "unetkit", *args]
 
 
-def main() -> None:
+def setup(args: argparse.Namespace, manifest_name: str) -> tuple[Path, float, Path, Path]:
+    """(DRIVE's training folder, the budget in seconds, this run's folder, its manifest of the labelled
+    and validation keys) from the common arguments."""
     from unetkit.config import parse_duration
+
+    data = args.data if (args.data / "training").is_dir() else args.data.parent
+    train_dir = data / "training"
+    out = args.out / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    manifest = write_manifest(train_dir, keys(args.labelled), keys(args.val), out / manifest_name)
+    return train_dir, parse_duration(args.budget), out, manifest
+
+
+def run_arms(arms: dict[str, list[list[str]]], out: Path, parallel: bool) -> dict[str, float]:
+    """Run each arm's commands one after the other (log: OUT/NAME.log), the arms at the same time with one
+    thread each (`parallel`) or one after the other; wall seconds per arm. A failed arm stops the benchmark."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if parallel else dict(os.environ)
+
+    def start(name: str) -> subprocess.Popen:
+        script = " && ".join(" ".join(f"'{a}'" for a in cmd) for cmd in arms[name])
+        log = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        return subprocess.Popen(["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    walls: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if parallel:
+        procs = {name: start(name) for name in arms}
+        for name, p in procs.items():
+            if p.wait() != 0:
+                raise SystemExit(f"{name} failed: see {out / f'{name}.log'}")
+            walls[name] = time.perf_counter() - t0
+    else:
+        for name in arms:
+            t1 = time.perf_counter()
+            if start(name).wait() != 0:
+                raise SystemExit(f"{name} failed: see {out / f'{name}.log'}")
+            walls[name] = time.perf_counter() - t1
+    return walls
+
+
+def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, type=Path, help="DRIVE root (holding training/)")
@@ -93,12 +131,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/unetkit-pretrain-drive"))
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
-    data = args.data if (args.data / "training").is_dir() else args.data.parent
-    train_dir = data / "training"
-    budget = parse_duration(args.budget)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out = args.out / stamp
-    manifest = write_manifest(train_dir, keys(args.labelled), keys(args.val), out / "drive5.csv")
+    train_dir, budget, out, manifest = setup(args, "drive5.csv")
     unlabelled = link_images(train_dir, keys(args.unlabelled), out / "unlabelled")
     load_before = os.getloadavg()
 
@@ -111,17 +144,19 @@ def main() -> None:
     pinned = out / "pinned.json"
     pinned.write_text(json.dumps({"model": {"base_width": width, "depth": depth, "norm": norm}}))
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"} if args.parallel else dict(os.environ)
     arms: dict[str, list[list[str]]] = {"scratch": [unetkit("train", str(manifest), "--budget", f"{budget:.0f}s",
                                                             "--config", str(pinned), "--out", str(out / "scratch"),
                                                             "--quiet")]}
     pre_s, tune_s = args.share * budget, (1 - args.share) * budget
     for objective in [o.strip() for o in args.objectives.split(",") if o.strip()]:
         enc = out / objective / "encoder.safetensors"
+        def pretrain(enc: Path, objective: str = objective) -> list[str]:
+            return unetkit("pretrain", str(unlabelled), "--budget", f"{pre_s:.0f}s", "--objective", objective,
+                           "--width", str(width), "--depth", str(depth), "--norm", norm, "--patch", str(patch[0]),
+                           "--batch", str(batch), "-o", str(enc), "--quiet")
+
         arms[objective] = [
-            unetkit("pretrain", str(unlabelled), "--budget", f"{pre_s:.0f}s", "--objective", objective,
-                    "--width", str(width), "--depth", str(depth), "--norm", norm, "--patch", str(patch[0]),
-                    "--batch", str(batch), "-o", str(enc), "--quiet"),
+            pretrain(enc),
             unetkit("train", str(manifest), "--budget", f"{tune_s:.0f}s", "--pretrained", str(enc), "--config",
                     str(pinned), "--out", str(out / objective / "run"), "--quiet")]
         if args.same_recipe:  # R15's protection of the start (rates x0.5 and x0.25, freeze, half the steps) off
@@ -132,31 +167,11 @@ def main() -> None:
                 "finetune": {"encoder_lr_ratio": 1.0, "freeze_encoder_steps": 0}}))
             same = out / f"{objective}-same-recipe"
             arms[f"{objective}-same-recipe"] = [
-                unetkit("pretrain", str(unlabelled), "--budget", f"{pre_s:.0f}s", "--objective", objective,
-                        "--width", str(width), "--depth", str(depth), "--norm", norm, "--patch", str(patch[0]),
-                        "--batch", str(batch), "-o", str(same / "encoder.safetensors"), "--quiet"),
+                pretrain(same / "encoder.safetensors"),
                 unetkit("train", str(manifest), "--budget", f"{tune_s:.0f}s", "--pretrained",
                         str(same / "encoder.safetensors"), "--config", str(recipe), "--out", str(same / "run"), "--quiet")]
 
-    def run_arm(name: str) -> subprocess.Popen:
-        script = " && ".join(" ".join(f"'{a}'" for a in cmd) for cmd in arms[name])
-        log = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        return subprocess.Popen(["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    walls: dict[str, float] = {}
-    t0 = time.perf_counter()
-    if args.parallel:
-        procs = {name: run_arm(name) for name in arms}
-        for name, p in procs.items():
-            if p.wait() != 0:
-                raise SystemExit(f"{name} failed: see {out / f'{name}.log'}")
-            walls[name] = time.perf_counter() - t0
-    else:
-        for name in arms:
-            t1 = time.perf_counter()
-            if run_arm(name).wait() != 0:
-                raise SystemExit(f"{name} failed: see {out / f'{name}.log'}")
-            walls[name] = time.perf_counter() - t1
+    walls = run_arms(arms, out, args.parallel)
     load_after = os.getloadavg()
 
     val = load_split(train_dir, keys(args.val))
@@ -199,9 +214,7 @@ def main() -> None:
         lines.append(f"| {label} | {r['f1']:.4f} | {r['auc']:.4f} | {r['steps']} | {pre_text} | "
                      f"{r['wall_seconds'] / 60:.1f} min |")
     lines.append("")
-    text = "\n".join(lines)
-    append_markdown(args.benchmarks, text)
-    print(text)
+    publish(args.benchmarks, lines)
 
 
 if __name__ == "__main__":

@@ -31,3 +31,11 @@ def append_markdown(path: str | Path, text: str) -> Path:
     with path.open("a", encoding="utf-8") as f:
         f.write("\n" + text.rstrip("\n") + "\n")
     return path
+
+
+def publish(path: str | Path, lines: list[str]) -> str:
+    """The section of `lines`, appended to `path` (`append_markdown`) and printed."""
+    text = "\n".join(lines)
+    append_markdown(path, text)
+    print(text)
+    return text

@@ -115,11 +115,27 @@ class Tracing:
         self.propagator.inject(carrier, context=set_span_in_context(span))
         return carrier.get("traceparent", "")
 
+    @contextmanager
+    def child(self, name: str, attributes: dict[str, Any], parent: Any = None) -> Iterator[Any]:
+        """A span named `name` under `parent` (a span; None: the span current on this thread)."""
+        from opentelemetry.trace import set_span_in_context  # lazy: optional extra (otel)
+
+        context = None if parent is None else set_span_in_context(parent)
+        with self.tracer.start_as_current_span(name, context=context, attributes=attributes or None) as span:
+            yield span
+
     def shutdown(self) -> None:
         """Export what is buffered, stop the exporters."""
         self.provider.shutdown()
 
 
+
+
+def open_span(tracing: Tracing | None, root: Any, name: str, attributes: dict[str, Any], parent: Any = None) -> Any:
+    """`tracing.child(...)`, or the shared null context when there is no root span (tracing off)."""
+    if root is None or tracing is None:
+        return NULL_SPAN
+    return tracing.child(name, attributes, parent)
 
 
 class JobTrace:
@@ -146,15 +162,7 @@ class JobTrace:
 
     def span(self, name: str, **attributes: Any) -> Any:
         """A context manager: a span inside the one open around it (a null context when off)."""
-        if self.root is None:
-            return NULL_SPAN
-        return self._span(name, attributes)
-
-    @contextmanager
-    def _span(self, name: str, attributes: dict[str, Any]) -> Iterator[Any]:
-        assert self.tracing is not None
-        with self.tracing.tracer.start_as_current_span(name, attributes=attributes or None) as span:
-            yield span
+        return open_span(self.tracing, self.root, name, attributes)
 
     @staticmethod
     def failed(span: Any, message: str) -> None:

@@ -21,11 +21,10 @@ server span when tracing is on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from unetkit.tracing import NULL_SPAN, Tracing, traceparent_trace_id
+from unetkit.tracing import Tracing, open_span, traceparent_trace_id
 
 __all__ = ["RequestContext", "Tracing", "traceparent_trace_id"]
 
@@ -54,18 +53,7 @@ class RequestContext:
 
     def span(self, name: str, **attributes: Any) -> Any:
         """A context manager: a child span of the request (a shared null context when tracing is off)."""
-        if self.root is None:
-            return NULL_SPAN
-        return self._span(name, attributes)
-
-    @contextmanager
-    def _span(self, name: str, attributes: dict[str, Any]) -> Iterator[Any]:
-        from opentelemetry.trace import set_span_in_context  # lazy: optional extra (otel)
-
-        assert self.tracing is not None
-        with self.tracing.tracer.start_as_current_span(name, context=set_span_in_context(self.root),
-                                                       attributes=attributes or None) as span:
-            yield span
+        return open_span(self.tracing, self.root, name, attributes, parent=self.root)
 
     def model_chosen(self, version: str) -> None:
         self.model_version = version
