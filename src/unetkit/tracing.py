@@ -165,6 +165,12 @@ class JobTrace:
         return open_span(self.tracing, self.root, name, attributes)
 
     @staticmethod
+    def annotate(span: Any, **attributes: Any) -> None:
+        """Set attributes on a span as `span()` yielded it (None when off: nothing to do)."""
+        if span is not None:
+            span.set_attributes(attributes)
+
+    @staticmethod
     def failed(span: Any, message: str) -> None:
         """Mark a span (as `span()` yielded it; None when off) as an error with `message`."""
         if span is None:

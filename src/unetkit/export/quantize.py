@@ -316,10 +316,17 @@ def quantize_artifact(
     else:
         run = lambda graph: OnnxPredictor(graph, output=OUTPUT_NAMES[0])  # noqa: E731
 
+    made: dict[int, tuple[Any, Any]] = {}  # id -> (graph, its predictor): each graph compiled once
+
+    def predictor(graph: Any) -> Any:
+        if id(graph) not in made:
+            made[id(graph)] = (graph, run(graph))
+        return made[id(graph)][1]
+
     fp32 = export_graph(artifact, config.opset)
     source = export_graph(artifact, config.opset, shuffle_up=True) if options.shuffle_up and not openvino else fp32
     for graph in {id(g): g for g in (fp32, source)}.values():
-        diff = max(float(np.abs(run(graph)(b) - torch_probabilities(artifact, b)).max())
+        diff = max(float(np.abs(predictor(graph)(b) - torch_probabilities(artifact, b)).max())
                    for b in parity_tiles(artifact, size))  # type: ignore[arg-type]
         if not diff <= config.parity_tolerance:
             raise ParityError(f"fp32 graph differs from the torch pipeline by {diff:.3g} (> {config.parity_tolerance:g}); "
@@ -328,9 +335,8 @@ def quantize_artifact(
     tiles = calibration_tiles([s.image for s in train], size, config.calibration_images)  # type: ignore[arg-type]
     del train
     _, val = load_labelled(artifact, data, list(val_keys), progress)
-    reference = run(fp32)
-    s32, labels32 = score(reference, artifact, val, tile)
-    score_graph = lambda g: score(run(g), artifact, val, tile, labels32)[0]  # noqa: E731
+    s32, labels32 = score(predictor(fp32), artifact, val, tile)
+    score_graph = lambda g: score(predictor(g), artifact, val, tile, labels32)[0]  # noqa: E731
     extra: dict[str, Any] = {}
     if openvino:
         int8 = ov_export.nncf_quantize(fp32, tiles, progress)
@@ -341,7 +347,7 @@ def quantize_artifact(
         used = {"engine": "onnxruntime", **asdict(chosen)}
         extra = {"reduce_range_tried": tried} if tried else {}
     bench = tiles[:batch]
-    t32, t8 = time_predictor(reference, bench), time_predictor(run(int8), bench)
+    t32, t8 = time_predictor(predictor(fp32), bench), time_predictor(predictor(int8), bench)
     if openvino and ov_export.ov_backend.unavailable("openvino-bf16") is None:  # the best non-int8 path on this CPU
         extra["bf16_seconds"] = time_predictor(run(fp32, "openvino-bf16"), bench)
     report = Int8Report(s32, s8, delta, config.int8_gate, t32, t8, tuple(bench.shape), list(keys), list(val_keys),

@@ -203,8 +203,7 @@ def predict_input(
             return _predict_streamed(predictor, tile, path, stem, out, outputs, progress, start)
     with trace.span("read") as span:
         image = read_image(path)
-        if span is not None:
-            span.set_attribute("unetkit.image.shape", list(image.shape))
+        trace.annotate(span, **{"unetkit.image.shape": list(image.shape)})
     with trace.span("forward", **{"unetkit.backend": str(getattr(predictor, "backend", "")),
                                   "unetkit.tile": list(tile.tile_size), "unetkit.tta": tile.tta}):
         probs = predict_tiled(predictor, image, tile)
@@ -224,8 +223,7 @@ def predict_input(
             features = vectorize.labels_to_geojson(labels, names, transform=vectorize.read_geotransform(path),
                                                    properties={"image": str(path)})
             written.append(write_text_atomic(target.with_name(target.name + ".geojson"), json.dumps(features)))
-        if span is not None:
-            span.set_attribute("unetkit.files", [str(p) for p in written])
+        trace.annotate(span, **{"unetkit.files": [str(p) for p in written]})
     result = InputResult(path, stem, written, labels.size, time.perf_counter() - start)
     if outputs.coco:
         result.coco_image = {"file_name": str(stem), "height": labels.shape[0], "width": labels.shape[1]}
@@ -314,8 +312,7 @@ def predict_files(
     try:
         with trace.span("load model") as span:
             predictor = make_predictor(artifact, backend=backend)
-            if span is not None:
-                span.set_attribute("unetkit.backend", str(getattr(predictor, "backend", backend)))
+            trace.annotate(span, **{"unetkit.backend": str(getattr(predictor, "backend", backend))})
         tile = tile_config_for(artifact, config)
         out = Path(out_dir)
         results: list[InputResult] = []
@@ -329,8 +326,7 @@ def predict_files(
                     failed.append(failure_message(path, e))
                     trace.failed(span, failed[-1])
                 else:
-                    if span is not None:
-                        span.set_attribute("unetkit.pixels", results[-1].pixels)
+                    trace.annotate(span, **{"unetkit.pixels": results[-1].pixels})
     except BaseException as e:
         trace.close(e)
         raise
