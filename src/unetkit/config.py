@@ -76,6 +76,11 @@ OTEL_SERVICE_NAME_ENV = "OTEL_SERVICE_NAME"
 # ---------------------------------------------------------------- data
 
 
+# who set a value of a planned TrainConfig (`TrainConfig.plan`'s choices: unetkit.planning.plan)
+PLANNED = "plan"
+USER = "user"
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the data is and how it is split and sampled.
@@ -87,6 +92,9 @@ class DataConfig:
     data: str = ""
     val_fraction: float = 0.2
     val_keys: tuple[str, ...] = ()  # explicit validation keys; overrides val_fraction
+    # validate on at most this many of the validation split's images, evenly spread (0: all): every pass,
+    # in training and at its end (calibration, tuning), so a large split cannot eat the budget (R10)
+    val_images: int = 0
     skip_bad: bool = False  # train on the good files when validation finds bad ones
     patch_size: tuple[int, int] = (256, 256)
     batch_size: int = 8

@@ -15,11 +15,13 @@ from unetkit.planning.rules import (
     LADDER,
     MAX_DEPTH,
     MIN_BOTTOM,
+    MIN_VAL_IMAGES,
     adapt_rung,
     data_facts,
     member_budget,
     min_steps,
     receptive_field,
+    validation_seconds,
 )
 from unetkit.planning.throughput import Candidate, MeasuredThroughput, simulated_throughput, train_flops
 
@@ -334,3 +336,25 @@ def test_explicit_distillation_plans_the_students_steps_in_its_share():
     assert next(c.source for c in distilled.choices if c.key == "distill.mode") == "user"
     assert distilled.value("steps") < single.value("steps") / 2
     assert apply_plan(TrainConfig(), distilled).distill.mode == "on"
+
+
+@pytest.mark.parametrize("budget", [1200, 3600])
+def test_a_large_validation_split_is_sampled_so_a_pass_costs_at_most_2_percent_of_the_budget(budget):
+    # CamVid-like: 468 frames 360x480 of which 101 validate (R10), on the slow simulated CPU
+    fp = make_fingerprint(size=(360, 480), n=468, classes=BLOBS)
+    plan = make_plan(fp, PROFILES["cpu2"], budget, {}, n_val=101)
+    est, images = plan.estimates, plan.value("data.val_images")
+    facts = data_facts(fp, {}, 101)
+    h, w = plan.value("data.patch_size")
+    cand = Candidate(plan.value("model.base_width"), plan.value("model.depth"), (h, w), plan.value("data.batch_size"))
+    full = validation_seconds(cand, est["seconds_per_step"], facts)
+    assert full > 0.02 * budget  # all 101 would not fit ...
+    assert MIN_VAL_IMAGES <= images < 101  # ... so a sample does
+    assert est["validation_seconds"] <= 0.02 * budget or images == MIN_VAL_IMAGES
+    assert est["validation_seconds"] == pytest.approx(full * images / 101)
+    assert plan.value("val_every") * est["validations"] <= plan.value("steps") + est["validations"]
+    assert f"{images} of the 101 validation images" in next(c.reason for c in plan.choices if c.key == "data.val_images")
+    # a longer budget affords more of them; an explicit value wins; small splits are used whole
+    assert make_plan(fp, PROFILES["cpu2"], 4 * budget, {}, n_val=101).value("data.val_images") in (0, *range(images, 101))
+    assert make_plan(fp, PROFILES["cpu2"], budget, {"data.val_images": 0}, n_val=101).value("data.val_images") == 0
+    assert make_plan(make_fingerprint(classes=VESSELS), PROFILES["cpu2"], 600, {}).value("data.val_images") == 0

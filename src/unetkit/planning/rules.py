@@ -73,7 +73,12 @@ R9 Normalisation layers. BatchNorm at batch >= 4, InstanceNorm below (noisy batc
    the default; `model.norm: instance` in a config file trades it for the accuracy.
 R10 Validation. Whole-image validation costs ~forward time on the validation pixels (tiled with
    25 % overlap); the plan validates 2..20 times, spending about 8 % of the budget on it, and keeps
-   the best checkpoint on the validation Dice.
+   the best checkpoint on the validation Dice. One pass may cost at most 2 % of the budget (4
+   validations in the 8 %; the end of the run -- final validation, calibration, tuning, drift
+   baseline -- costs ~5 passes more): a larger validation split is validated on an evenly spread
+   sample of it (`data.val_images`, at least 8 images), in training and at its end alike. CamVid's
+   101 validation frames took 150-230 s a pass on one loaded core, and a 20-minute run spent all but
+   ~3 minutes validating (180 steps).
 R11 Time. Steps = (budget - 3 % reserve - validation time) / seconds per step; fit re-measures the
    step time during the run and re-fits the step count so the run ends within the budget.
 R12 Ensembling (k-fold). Only once the largest ladder rung reaches the step target (a bigger model
@@ -154,6 +159,8 @@ MAX_BATCH = 32
 MIN_PATCH = 64
 BATCHES = (2, 4, 6, 8, 12, 16, 24, 32)
 VALIDATION_SHARE = 0.08
+VALIDATION_PASS_SHARE = 0.02  # R10: of the budget, at most per validation pass
+MIN_VAL_IMAGES = 8  # R10: the smallest validation sample the plan draws
 FINETUNE_STEP_FACTOR = 0.5  # R15: a pretrained start's step target, of R1's
 FINETUNE_LR_FACTOR = 0.5  # R15: its learning rate, of R8's
 FINETUNE_ENCODER_LR_RATIO = 0.25  # R15: the encoder's learning rate, of the decoder's
@@ -324,17 +331,35 @@ def candidates(facts: DataFacts, overrides: Mapping[str, Any]) -> list[Candidate
     return seen
 
 
-def validation_seconds(c: Candidate, seconds_per_step: float, facts: DataFacts) -> float:
+def validation_seconds(c: Candidate, seconds_per_step: float, facts: DataFacts, images: int = 0) -> float:
     """R10: forward ~ 1/3 of a training step per pixel; patch-sized tiles overlapping by the
-    default `TileConfig.overlap` (25 %: ~1.78x pixels), as fit validates; 1.3x overhead."""
+    default `TileConfig.overlap` (25 %: ~1.78x pixels), as fit validates; 1.3x overhead. `images`:
+    of the validation split (0: all of it)."""
     per_pixel = seconds_per_step / 3.0 / c.pixels_per_step
     tiled = tiled_pixels_per_pixel(c.patch, TileConfig().overlap)
-    return 1.3 * tiled * per_pixel * facts.n_val * facts.height * facts.width
+    n = min(images, facts.n_val) if images > 0 else facts.n_val
+    return 1.3 * tiled * per_pixel * n * facts.height * facts.width
 
 
-def planned_steps(c: Candidate, seconds_per_step: float, facts: DataFacts, budget: float) -> tuple[int, int, float]:
+def validation_images(c: Candidate, seconds_per_step: float, facts: DataFacts, budget: float,
+                      overrides: Mapping[str, Any] | None = None) -> int:
+    """R10: how many validation images each pass uses (0: all), so that one pass costs at most
+    `VALIDATION_PASS_SHARE` of the budget; at least `MIN_VAL_IMAGES`. An explicit
+    `data.val_images` wins."""
+    if overrides and "data.val_images" in overrides:
+        return int(overrides["data.val_images"])
+    full = validation_seconds(c, seconds_per_step, facts)
+    if facts.n_val <= MIN_VAL_IMAGES or budget <= 0 or full <= VALIDATION_PASS_SHARE * budget:
+        return 0
+    fits = int(facts.n_val * VALIDATION_PASS_SHARE * budget / full)
+    return max(MIN_VAL_IMAGES, fits) if max(MIN_VAL_IMAGES, fits) < facts.n_val else 0
+
+
+def planned_steps(c: Candidate, seconds_per_step: float, facts: DataFacts, budget: float,
+                  overrides: Mapping[str, Any] | None = None) -> tuple[int, int, float]:
     """R10 + R11: (steps, number of validations, seconds per validation) for candidate `c`."""
-    val_s = validation_seconds(c, seconds_per_step, facts)
+    images = validation_images(c, seconds_per_step, facts, budget, overrides)
+    val_s = validation_seconds(c, seconds_per_step, facts, images)
     n_val = int(min(20, max(2, VALIDATION_SHARE * budget // max(val_s, 1e-6))))
     # the final validation is the last of the n_val; fit's clock re-times the rest of the end work
     train_s = budget - reserve_seconds(val_s, 0.0, budget=budget) - n_val * val_s
@@ -350,7 +375,7 @@ def distill_mode(facts: DataFacts, cand: Candidate, sps: float, budget_seconds: 
     if folds > 1:
         return "off", "off: the ensemble is planned instead (R12, R17)"
     share = (1.0 - DistillConfig().teacher_share) * budget_seconds
-    steps = planned_steps(cand, sps * TEACHER_FORWARD, facts, share)[0]
+    steps = planned_steps(cand, sps * TEACHER_FORWARD, facts, share, overrides)[0]
     target = min_steps(budget_seconds)
     if steps >= target:
         return "on", (f"an InstanceNorm teacher on half the budget, then this BatchNorm network distilled from it: "
@@ -373,13 +398,13 @@ def ensemble_folds(facts: DataFacts, cand: Candidate, sps: float, budget_seconds
     """R12: (folds, why); 1 = a single model."""
     if "ensemble_folds" in overrides:
         return int(overrides["ensemble_folds"]), ""
-    val_s = planned_steps(cand, sps, facts, budget_seconds)[2]
-    two = planned_steps(cand, sps, facts, member_budget(budget_seconds, 2, val_s))[0]
+    val_s = planned_steps(cand, sps, facts, budget_seconds, overrides)[2]
+    two = planned_steps(cand, sps, facts, member_budget(budget_seconds, 2, val_s), overrides)[0]
     if not largest:
         return 1, f"off: a larger model is the better use of this budget (2 folds would get {two} steps each) (R12)"
     for k in (5, 4, 3, 2):
         share = member_budget(budget_seconds, k, val_s)
-        member_steps = planned_steps(cand, sps, facts, share)[0]
+        member_steps = planned_steps(cand, sps, facts, share, overrides)[0]
         if facts.n_train >= 2 * k and member_steps >= min_steps(share):
             return k, (f"the largest model reaches the step target of 1/{k} of the budget ({min_steps(share)}): "
                        f"{k} members of {member_steps} steps, one per fold of the training split (R12)")
@@ -403,7 +428,8 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     facts = data_facts(fingerprint, overrides, n_val)
     total_budget = budget_seconds
     cheapest = candidates(facts, overrides)[0]
-    tuning_steps = planned_steps(cheapest, float(throughput(cheapest)), facts, (1 - PRETRAIN_SHARE) * budget_seconds)[0]
+    tuning_steps = planned_steps(cheapest, float(throughput(cheapest)), facts, (1 - PRETRAIN_SHARE) * budget_seconds,
+                                 overrides)[0]
     pretrain_seconds, why_pretrain = pretrain_budget(facts, unlabelled, start, budget_seconds, tuning_steps)
     if pretrain_seconds > 0:
         start, budget_seconds = StartFacts("pretrain"), budget_seconds - pretrain_seconds
@@ -414,21 +440,23 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     rows, best, best_i = [], None, 0
     for i, c in enumerate(candidates(facts, overrides | fixed)):
         sps = float(throughput(c))
-        steps, n_val, val_s = planned_steps(c, sps, facts, budget_seconds)
+        steps, n_val, val_s = planned_steps(c, sps, facts, budget_seconds, overrides)
         rows.append({"label": c.label(), "seconds_per_step": sps, "steps": steps, "timed": c in timed})
         if best is None or steps >= target:
             best, best_i = (c, sps, steps, n_val, val_s), i
     assert best is not None
     rows[best_i]["chosen"] = True
     cand, sps, steps, n_val, val_s = best
-    folds, why_folds = ensemble_folds(facts, cand, sps, budget_seconds, best_i == len(rows) - 1, overrides)
+    val_images = validation_images(cand, sps, facts, budget_seconds, overrides)
+    sized = {**overrides, "data.val_images": val_images}  # the rest of the plan validates on that sample
+    folds, why_folds = ensemble_folds(facts, cand, sps, budget_seconds, best_i == len(rows) - 1, sized)
     if folds > 1:  # steps and validations are per member
-        steps, n_val, val_s = planned_steps(cand, sps, facts, member_budget(budget_seconds, folds, val_s))
+        steps, n_val, val_s = planned_steps(cand, sps, facts, member_budget(budget_seconds, folds, val_s), sized)
     distill, why_distill = ("", "") if "distill.mode" in overrides else distill_mode(
-        facts, cand, sps, budget_seconds, folds, overrides)
+        facts, cand, sps, budget_seconds, folds, sized)
     if overrides.get("distill.mode", distill) == "on":  # steps and validations are the student's
         share = (1.0 - float(overrides.get("distill.teacher_share", DistillConfig().teacher_share))) * budget_seconds
-        steps, n_val, val_s = planned_steps(cand, sps * TEACHER_FORWARD, facts, share)
+        steps, n_val, val_s = planned_steps(cand, sps * TEACHER_FORWARD, facts, share, sized)
     if "steps" in overrides:
         steps = int(overrides["steps"])
     reached = "reaches" if steps >= target else "is below"
@@ -471,6 +499,11 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     choose("optim.ema_decay", 0.0, "no weight averaging: the cosine decay already averages the last steps (R8)")
     per = f"each member's 1/{folds} of the budget" if folds > 1 else "budget"
     choose("steps", steps, f"({per} - 3 % reserve - {n_val} validations x {val_s:.1f} s) / step time (R11)")
+    choose("data.val_images", val_images,
+           f"{val_images} of the {facts.n_val} validation images, evenly spread: a pass over all of them would take "
+           f"~{validation_seconds(cand, sps, facts):.0f} s, over {VALIDATION_PASS_SHARE:.0%} of the budget (R10)"
+           if val_images else f"all {facts.n_val} validation images: a pass fits in {VALIDATION_PASS_SHARE:.0%} "
+           "of the budget (R10)")
     choose("val_every", max(1, steps // n_val), f"{n_val} validations of ~{val_s:.1f} s, ~8 % of the budget; "
            "the best checkpoint on validation Dice is kept (R10)")
     choose("budget_seconds", float(budget_seconds), "the wall-clock budget; fit re-times steps and stops in it (R11)")

@@ -2,7 +2,8 @@
 
 load the data set description -> pair images with masks -> validate (refuse bad files, or drop
 them when `skip_bad`) -> split train/val -> load -> per-channel normalization statistics from the
-TRAINING images only (stored in the artifact) -> patch sampler and augmenter.
+TRAINING images only (stored in the artifact) -> patch sampler and augmenter. A large validation
+split is cut to an evenly spread sample (`data.val_images`) after the fingerprint, which covers it all.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from unetkit.data.dataset import PatchSampler, load_samples
 from unetkit.data.fingerprint import channel_stats, fingerprint
 from unetkit.data.pairing import pair_samples
 from unetkit.data.spec import load_spec
-from unetkit.data.splits import split
+from unetkit.data.splits import split, spread
 from unetkit.data.transforms import Augmenter
 from unetkit.data.validate import validate
 from unetkit.errors import ConfigError, DataError
@@ -74,6 +75,8 @@ def load_training_data(config: DataConfig, *, progress: bool = False,
                        log: Callable[[str], Any] | None = None) -> TrainingData:
     if not config.data:
         raise ConfigError("data.data: empty; give a data folder, a dataset JSON or a manifest CSV")
+    if config.val_images < 0:
+        raise ConfigError(f"data.val_images: expected 0 (all) or a positive number of images, got {config.val_images}")
     spec = load_spec(config.data)
     samples = pair_samples(spec)
     report = validate(spec, samples, progress=progress)
@@ -93,8 +96,12 @@ def load_training_data(config: DataConfig, *, progress: bool = False,
     train = load_samples(train_samples, spec, progress=progress)
     val = load_samples(val_samples, spec, progress=progress)
     mean, std = channel_stats([s.image for s in train])  # the training images only
-    return TrainingData(spec=spec, train=train, val=val, mean=tuple(mean), std=tuple(std),
-                        fingerprint=fingerprint(spec, [*train_samples, *val_samples], [*train, *val]))
+    data_print = fingerprint(spec, [*train_samples, *val_samples], [*train, *val])  # of the whole data set
+    if config.val_images and len(val) > config.val_images:
+        val = spread(val, config.val_images)
+        if log:
+            log(f"validation: {len(val)} of {len(val_samples)} validation images, evenly spread (data.val_images)")
+    return TrainingData(spec=spec, train=train, val=val, mean=tuple(mean), std=tuple(std), fingerprint=data_print)
 
 
 def with_weights_normalization(data: TrainingData, mean: Sequence[float], std: Sequence[float]) -> TrainingData:
