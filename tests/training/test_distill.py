@@ -82,3 +82,30 @@ def test_fit_distils_a_teacher_into_the_student_and_records_both(tiny_config) ->
 def test_distillation_refuses_an_ensemble_student(tiny_config) -> None:
     with pytest.raises(ConfigError, match="ensemble_folds"):
         fit(tiny_config(ensemble_folds=2, distill=DistillConfig(mode="on")))
+
+
+def test_the_teacher_settles_its_own_compute_mode_unless_the_user_fixed_it(tiny_config) -> None:
+    from unetkit.training.fit import measured_mode_keys
+
+    def planned(source: str) -> dict:
+        return {"choices": [{"key": k, "value": v, "reason": "", "source": source}
+                            for k, v in (("precision", "fp32"), ("memory_format", "channels_last"))]}
+
+    # the plan's race was run on the student's network: its choice is not the teacher's
+    assert measured_mode_keys(tiny_config(memory_format="channels_last", plan=planned("plan"))) == {
+        "precision": "auto", "memory_format": "auto"}
+    assert measured_mode_keys(tiny_config(memory_format="channels_last", plan=planned("user"))) == {}
+    assert measured_mode_keys(tiny_config(precision="auto")) == {"precision": "auto"}
+    assert measured_mode_keys(tiny_config()) == {}  # fixed in a config without a plan: the user's
+
+    cfg = tiny_config(steps=6, val_every=3, memory_format="channels_last", plan=planned("plan"),
+                      distill=DistillConfig(mode="on", teacher="instance"))
+    path = fit(cfg)
+    record = load_artifact(path).meta.metrics["distillation"]
+    # the student keeps the plan's fp32+cl; the teacher's own decision (6 steps: too short to probe) is fp32
+    assert record["teacher"]["mode"] == "fp32"
+    assert '"mode": "fp32+cl"' in (path.parent / "metrics.jsonl").read_text()
+    assert '"mode": "fp32",' in (path.parent / TEACHER_DIR / "metrics.jsonl").read_text()
+    fixed = fit(tiny_config(out="fixed", steps=6, val_every=3, memory_format="channels_last",
+                            distill=DistillConfig(mode="on")))
+    assert load_artifact(fixed).meta.metrics["distillation"]["teacher"]["mode"] == "fp32+cl"

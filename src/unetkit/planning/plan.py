@@ -12,10 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from unetkit.config import TrainConfig, replace
-
-PLANNED = "plan"
-USER = "user"
+from unetkit.config import PLANNED, USER, TrainConfig, replace
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from unetkit.artifact import ARTIFACT_NAME
-from unetkit.config import TrainConfig
+from unetkit.config import USER, TrainConfig
 from unetkit.errors import ConfigError
 from unetkit.models.pretrained import check_pretrained
 from unetkit.models.rebuild import check_rebuildable
@@ -53,7 +53,7 @@ from unetkit.models.unet_encoder import is_unet_encoder_file
 from unetkit.runtime import keep_freed_memory
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock
-from unetkit.training.distill import fit_distilled
+from unetkit.training.distill import fit_distilled, teacher_config
 from unetkit.training.distributed import (
     DistEnv,
     broadcast_floats,
@@ -116,11 +116,13 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
         if pretrained is not None and pretrained.mean is not None and pretrained.std is not None:
             data = with_weights_normalization(data, pretrained.mean, pretrained.std)
         out_dir.mkdir(parents=True, exist_ok=True)  # only now: bad input leaves nothing behind
+        free = measured_mode_keys(config)  # before the student's mode is settled: the teacher's is its own
         config, mode_info = settle_mode(config, env, device, network=model)
         tracker.start(config, data.fingerprint)
         callbacks = [*(callbacks or ()), tracker.event]  # the tracker hears every event of the run log
         if config.distill.mode == "on":  # "auto" is the plan's to decide (R17): unplanned, it is off
-            path = fit_distilled(config, data, env, device, clock, callbacks, mode_info)
+            teacher = settle_mode(teacher_config(config, **free), env, device, what="the teacher's compute mode")
+            path = fit_distilled(config, data, env, device, clock, callbacks, mode_info, teacher=teacher)
             status = "FINISHED"
             return path
         if config.ensemble_folds > 1:
@@ -147,8 +149,16 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
         shutdown(env)
 
 
+def measured_mode_keys(config: TrainConfig) -> dict[str, str]:
+    """precision / memory_format set to "auto" where they are measured, not fixed by the user: "auto"
+    in the config, or chosen by the plan's race (on the plan's network; a teacher differs)."""
+    user = {c.get("key") for c in config.plan.get("choices", []) if c.get("source") == USER}
+    return {k: "auto" for k in ("precision", "memory_format")
+            if getattr(config, k) == "auto" or (config.plan and k not in user)}
+
+
 def settle_mode(config: TrainConfig, env: DistEnv, device: torch.device,
-                network: nn.Module | None = None) -> tuple[TrainConfig, dict[str, Any]]:
+                network: nn.Module | None = None, what: str = "compute mode") -> tuple[TrainConfig, dict[str, Any]]:
     """`config` with a concrete precision and memory format, and the decision for the log.
 
     On resume, "auto" takes the checkpoint's mode (a resumed run computes as it did). With several
@@ -166,7 +176,7 @@ def settle_mode(config: TrainConfig, env: DistEnv, device: torch.device,
     index = int(broadcast_floats([float(modes.index(decision.mode))], env, device)[0])
     mode = modes[index]
     if env.is_main and config.progress:
-        print(f"compute mode: {mode.name} ({decision.reason})")
+        print(f"{what}: {mode.name} ({decision.reason})")
     info = {"mode_reason": decision.reason, "mode_ms_per_step": decision.ms_per_step,
             "mode_rejected": decision.rejected}
     return apply_mode(config, mode), info

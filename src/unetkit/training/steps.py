@@ -71,7 +71,8 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
               out_dir: Path, callbacks: Sequence[Callback],
               mode_info: dict[str, Any] | None = None, network: torch.nn.Module | None = None,
               loss: Callable[..., torch.Tensor] | None = None, start: Start | None = None,
-              teacher: torch.nn.Module | None = None) -> tuple[torch.nn.Module, RunState, RunLog]:
+              teacher: torch.nn.Module | None = None,
+              teacher_mode: Any = None) -> tuple[torch.nn.Module, RunState, RunLog]:
     """Sampling, model, optimizer and the step loop of one network, up to its final validation and
     last checkpoint; the best weights are in `out_dir/checkpoint-best.pt`. The log is left open.
     `mode_info`: why the compute mode was chosen, for the "start" event. `network` / `loss`: the
@@ -79,7 +80,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     `start`: trained weights to begin from (`unetkit.training.finetune`), the encoder frozen, then at
     its own LR, per `config.finetune`; other encoder weights (`--pretrained` backbone files) are loaded
     by `load_pretrained_encoder`. `teacher`: a trained network whose logits on each batch are soft
-    targets (`DistillationLoss`, `config.distill`)."""
+    targets (`DistillationLoss`, `config.distill`), computed in `teacher_mode` (default: the student's)."""
     # ---- sampling and augmentation: every rank draws the same global batch, then keeps its share
     seed_everything(config.seed)
     sampler = data.patch_sampler(config.data, np.random.default_rng(config.seed))
@@ -104,8 +105,9 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     else:
         loss_fn = (SegmentationLoss(config.loss) if teacher is None
                    else DistillationLoss(config.loss, config.distill)).to(device)
+    teacher_mode = teacher_mode or mode
     if teacher is not None:
-        teacher = mode.prepare(teacher.to(device)).eval()
+        teacher = teacher_mode.prepare(teacher.to(device)).eval()
     tune = config.finetune
     optimizer = build_optimizer(model, config.optim, is_encoder_key if tune.encoder_lr_ratio != 1.0
                                 or tune.freeze_encoder_steps else None)
@@ -162,7 +164,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
                 set_encoder_trainable(model, not frozen)
                 encoder_is_frozen = frozen
             lr = set_lr(optimizer, state.step, state.total_steps, config.optim, encoder_lr_scale(state.step, tune))
-            soft = teacher_logits(teacher, images[share], mode) if teacher is not None else None
+            soft = teacher_logits(teacher, images[share], teacher_mode) if teacher is not None else None
             terms = train_step(net, images[share], labels[share], loss_fn=loss_fn, optimizer=optimizer,
                                mode=mode, scaler=scaler, grad_clip=config.optim.grad_clip,
                                step=state.step, teacher=soft)
