@@ -121,7 +121,8 @@ def main() -> None:
     student = record["student"]["mean_dice_foreground"]
     p_half = metas["plain-half"].metrics["mean_dice_foreground"]
     p_full = metas["plain"].metrics["mean_dice_foreground"]
-    retention = (student - p_half) / (teacher - p_half) if teacher != p_half else float("nan")
+    # retention measures a gain: with the teacher not ahead of the plain student there is none to keep
+    retention = (student - p_half) / (teacher - p_half) if teacher > p_half else float("nan")
 
     val = load_split(train_dir, VAL_KEYS)
     truth = np.concatenate([(s.labels == 1).ravel() for s in val])
@@ -154,7 +155,8 @@ def main() -> None:
         "",
         "| arm | network (inference cost) | training | steps | validation Dice |",
         "| --- | --- | --- | --- | --- |",
-        f"| teacher (in the distilled run) | {record['teacher']['model']} | {record['teacher']['seconds'] / 60:.1f} min "
+        f"| teacher (in the distilled run) | {record['teacher']['model']} ({record['teacher'].get('mode', 'as the student')}) "
+        f"| {record['teacher']['seconds'] / 60:.1f} min "
         f"| {record['teacher']['steps']} | {teacher:.4f} |",
         f"| distilled student | {record['student']['model']} | the rest of {args.budget} | {steps('distilled')} | "
         f"{student:.4f} |",
@@ -162,9 +164,11 @@ def main() -> None:
         f"{p_half:.4f} |",
         f"| plain, whole budget | {record['student']['model']} | {args.budget} | {steps('plain')} | {p_full:.4f} |",
         "",
-        f"Retention (student - plain beside it) / (teacher - plain beside it) = ({student:.4f} - {p_half:.4f}) / "
-        f"({teacher:.4f} - {p_half:.4f}) = **{retention:.2f}** (target >= 0.70). End to end, the distilled student "
-        f"vs the plain run of the same budget: {student - p_full:+.4f}.",
+        (f"Retention (student - plain beside it) / (teacher - plain beside it) = ({student:.4f} - {p_half:.4f}) / "
+         f"({teacher:.4f} - {p_half:.4f}) = **{retention:.2f}** (target >= 0.70)." if teacher > p_half else
+         f"Retention: **not defined** -- the teacher ({teacher:.4f}) is not ahead of the plain student beside it "
+         f"({p_half:.4f}), so there is no gain to keep.")
+        + f" End to end, the distilled student vs the plain run of the same budget: {student - p_full:+.4f}.",
         "",
         "`unetkit evaluate` (calibration + gated postprocessing) vs the raw probabilities at 0.5, on the validation "
         "images (the gate's own tuning images):",
