@@ -249,6 +249,9 @@ class PretrainConfig:
     noise_std: float = 0.5
     seed: int = 0
     progress: bool = True
+    # how the steps compute, as for training (`TrainConfig.precision`): "auto" measures the modes
+    precision: TrainPrecision = "auto"
+    memory_format: MemoryFormat = "auto"
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,21 @@ def test_pretraining_learns_and_writes_the_encoder(shapes_data: Path, tmp_path: 
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_pretraining_computes_in_the_mode_given_or_measured(shapes_data: Path, tmp_path: Path) -> None:
+    out = pretrain(tiny(shapes_data / "images", tmp_path / "cl.safetensors", precision="fp32",
+                        memory_format="channels_last"))
+    tensors, meta = read_unet_encoder(out)
+    record = meta["pretraining"]
+    assert record["mode"] == "fp32+cl" and record["loss_last"] < record["loss_first"]
+    plain = read_unet_encoder(pretrain(tiny(shapes_data / "images", tmp_path / "plain.safetensors",
+                                            precision="fp32", memory_format="contiguous")))[0]
+    assert {k: v.shape for k, v in tensors.items()} == {k: v.shape for k, v in plain.items()}  # stored as usual
+    assert all(v.is_contiguous() for v in tensors.values())
+    # "auto" with a budget measures the modes, as training does, and records the one it took
+    timed = pretrain(tiny(shapes_data / "images", tmp_path / "auto.safetensors", budget_seconds=4.0, steps=1))
+    assert read_unet_encoder(timed)[1]["pretraining"]["mode"] in ("fp32", "fp32+cl", "bf16", "bf16+cl")
+
+
 def test_a_budget_bounds_the_run(shapes_data: Path, tmp_path: Path) -> None:
     import time
 
