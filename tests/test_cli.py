@@ -65,6 +65,12 @@ def test_bad_budget_is_one_line(tmp_path):
     assert_one_line_error(proc, "expected a duration such as 90s")
 
 
+def test_unlabelled_images_without_a_budget_are_one_line(tmp_path):
+    proc = run_cli("train", str(tmp_path), "--unlabelled", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert_one_line_error(proc, "--unlabelled needs --budget")
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_data_folder_is_one_line(tmp_path):
     proc = run_cli("validate", str(tmp_path / "nowhere"))
     assert_one_line_error(proc, "nowhere")
