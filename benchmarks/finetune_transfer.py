@@ -3,7 +3,11 @@
     python benchmarks/finetune_transfer.py --source MODEL.unetkit --data /work/shared/data/drive --budget 10m
 
 `--source` is a model trained on *other* data with RGB images (e.g. the CamVid road-scene model of
-`benchmarks/camvid.py`; DRIVE's own models would leak its labels). Two arms train on the labelled
+`benchmarks/camvid.py`; DRIVE's own models would leak its labels). `--gray` trains and scores on
+DRIVE's green channel alone (the channel where vessels contrast most, written as 8-bit PNGs into the
+run folder, never beside the data), for a one-channel source such as an ISBI 2012 EM model:
+
+    python benchmarks/finetune_transfer.py --source ISBI_MODEL.unetkit --gray --data /work/shared/data/drive Two arms train on the labelled
 DRIVE images (`--labelled`, default 21-25) for the same budget and are scored on 36-40 (FOV pixels,
 vessel = positive, F1 = Dice at 0.5 and AUC ROC):
 
@@ -34,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from drive import binary_scores, load_split, plot_curves, unetkit_curve, unetkit_probabilities  # noqa: E402
-from pretrain_drive import cpu_name, keys, run_arms, setup, unetkit  # noqa: E402
+from pretrain_drive import cpu_name, keys, run_arms, setup, unetkit, write_manifest  # noqa: E402
 from report import publish  # noqa: E402
 
 
@@ -42,11 +46,24 @@ def first_reaching(curve: list[tuple[float, float]], level: float) -> float | No
     return next((m for m, f in curve if f >= level), None)
 
 
+def green_channel(train_dir: Path, ks: list[str], folder: Path) -> Path:
+    """DRIVE's images of `ks` as one-channel 8-bit PNGs of their green channel, in `folder`."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in ks:
+        rgb = np.asarray(Image.open(train_dir / "images" / f"{k}_training.tif").convert("RGB"))
+        Image.fromarray(rgb[..., 1]).save(folder / f"{k}_training.png")
+    return folder
+
+
 def main() -> None:
     from unetkit.artifact import read_meta
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--source", required=True, type=Path, help="a model artifact trained on other RGB data")
+    ap.add_argument("--source", required=True, type=Path, help="a model artifact trained on other data (RGB, or "
+                    "one channel with --gray)")
+    ap.add_argument("--gray", action="store_true", help="DRIVE's green channel alone, for a one-channel source")
     ap.add_argument("--data", required=True, type=Path, help="DRIVE root (holding training/)")
     ap.add_argument("--budget", default="10m", help="budget of each arm")
     ap.add_argument("--labelled", default="21-25")
@@ -56,6 +73,9 @@ def main() -> None:
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
     train_dir, budget, out, manifest = setup(args, "drive.csv")
+    if args.gray:
+        gray = green_channel(train_dir, keys(args.labelled) + keys(args.val), out / "green")
+        manifest = write_manifest(train_dir, keys(args.labelled), keys(args.val), manifest, images=gray)
     source = read_meta(args.source)
     arch = {"base_width": source.model.base_width, "depth": source.model.depth, "norm": source.model.norm}
     pinned = out / "arch.json"
@@ -76,7 +96,7 @@ def main() -> None:
     results, curves = {}, {}
     for name in arms:
         run = out / name
-        probs = unetkit_probabilities(run / "model.unetkit", [s.image for s in val])
+        probs = unetkit_probabilities(run / "model.unetkit", [s.image[..., 1:2] if args.gray else s.image for s in val])
         meta = read_meta(run / "model.unetkit")
         curves[name] = unetkit_curve(run)
         results[name] = {**binary_scores(np.concatenate([p.ravel() for p in probs]), truth, fov),
@@ -91,7 +111,8 @@ def main() -> None:
 
     best_scratch = max((f for _, f in curves["scratch"]), default=0.0)
     reach = first_reaching(curves["fine-tune"], best_scratch)
-    lines = [f"## Fine-tuning from another data set's model vs scratch, DRIVE with {len(keys(args.labelled))} labelled "
+    lines = [f"## Fine-tuning from another data set's model vs scratch, DRIVE{' (green channel)' if args.gray else ''} "
+             f"with {len(keys(args.labelled))} labelled "
              f"images, {args.budget} per arm ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
              f"Command: `python benchmarks/finetune_transfer.py {' '.join(sys.argv[1:])}`  ",
              f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}; load average "

@@ -51,11 +51,15 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def write_manifest(train_dir: Path, labelled: list[str], val: list[str], path: Path) -> Path:
+def write_manifest(train_dir: Path, labelled: list[str], val: list[str], path: Path,
+                   images: Path | None = None) -> Path:
+    """A manifest of DRIVE's labelled and validation keys; `images`: a folder of other images for the
+    same keys (`K_training.png`, e.g. the green channel), DRIVE's own otherwise."""
     rows = ["image,mask,roi,key,split"]
     for split, ks in (("train", labelled), ("val", val)):
         for k in ks:
-            rows.append(f"{train_dir / 'images' / f'{k}_training.tif'},{train_dir / '1st_manual' / f'{k}_manual1.gif'},"
+            image = images / f"{k}_training.png" if images is not None else train_dir / "images" / f"{k}_training.tif"
+            rows.append(f"{image},{train_dir / '1st_manual' / f'{k}_manual1.gif'},"
                         f"{train_dir / 'mask' / f'{k}_training_mask.gif'},{k},{split}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(rows) + "\n")
