@@ -104,6 +104,8 @@ def test_a_thin_minority_class_0_gets_no_cldice_which_scores_classes_1_and_up():
     membranes = [("membrane", 0.22, 0.73, 2.5, 58000.0), ("interior", 0.78, 0.92, 12.0, 4700.0)]
     plan = make_plan(make_fingerprint(size=(512, 512), n=30, channels=1, classes=membranes), PROFILES["cpu2"], 1800, {})
     assert plan.value("loss.cldice") == 0
+    why = next(c.reason for c in plan.choices if c.key == "loss.cldice")
+    assert "(membrane) is class 0" in why and "not a thin-structure data set" not in why  # it is one
     assert plan.value("loss.dice_include_background") is True  # the minority background stays in Dice
     assert plan.value("data.rare_oversample") == 0.2  # foreground is the majority
 

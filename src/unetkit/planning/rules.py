@@ -599,6 +599,8 @@ def _loss_choices(choose, facts: DataFacts) -> None:
     thin = facts.thin_rules and bool(set(facts.thin) - {facts.names[0]})
     choose("loss.cldice", 0.5 if thin else 0.0,
            f"clDice for thin structures ({', '.join(facts.thin)}) (R5)" if thin
+           else f"off: the thin class ({facts.names[0]}) is class 0, and clDice scores the classes after it: here "
+                "the thick ones (R5)" if facts.thin_rules and facts.thin
            else f"off: thin classes ({', '.join(facts.thin)}) are {facts.thin_share:.0%} of the pixels outside the "
                 "largest class, not a thin-structure data set (R4/R5)" if facts.thin
            else "off: no thin foreground structures (R5)")
