@@ -71,9 +71,15 @@ def main() -> None:
     ap.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--out", type=Path, default=Path("/tmp/unetkit-finetune-transfer"))
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--score", type=Path, default=None, metavar="RUN_FOLDER",
+                    help="score the arms of an earlier run folder (OUT/STAMP) without training them again")
     args = ap.parse_args()
     train_dir, budget, out, manifest = setup(args, "drive.csv")
-    if args.gray:
+    if args.score is not None:
+        manifest.unlink()  # setup's fresh folder: this run's is the earlier one
+        out.rmdir()
+        out, manifest = args.score, args.score / "drive.csv"
+    if args.gray and args.score is None:
         gray = green_channel(train_dir, keys(args.labelled) + keys(args.val), out / "green")
         manifest = write_manifest(train_dir, keys(args.labelled), keys(args.val), manifest, images=gray)
     source = read_meta(args.source)
@@ -86,9 +92,16 @@ def main() -> None:
         "fine-tune": [unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--init", str(args.source),
                               "--out", str(out / "fine-tune"), "--quiet")],
     }
-    load_before = os.getloadavg()
-    walls = run_arms(arms, out, args.parallel)
-    load_after = os.getloadavg()
+    if args.score is None:
+        load_before = os.getloadavg()
+        walls = run_arms(arms, out, args.parallel)
+        load_after = os.getloadavg()
+        (out / "walls.json").write_text(json.dumps({"walls": walls, "load": [load_before, load_after]}))
+    else:  # the earlier run's record; a run from before walls.json: from its manifest to each arm's last log line
+        saved = json.loads((out / "walls.json").read_text()) if (out / "walls.json").exists() else {
+            "walls": {name: (out / f"{name}.log").stat().st_mtime - manifest.stat().st_mtime for name in arms},
+            "load": [(float("nan"),) * 3] * 2}
+        walls, (load_before, load_after) = saved["walls"], saved["load"]
 
     val = load_split(train_dir, keys(args.val))
     truth = np.concatenate([(s.labels == 1).ravel() for s in val])
@@ -96,7 +109,7 @@ def main() -> None:
     results, curves = {}, {}
     for name in arms:
         run = out / name
-        probs = unetkit_probabilities(run / "model.unetkit", [s.image[..., 1:2] if args.gray else s.image for s in val])
+        probs = unetkit_probabilities(run / "model.unetkit", [s.image[1:2] if args.gray else s.image for s in val])
         meta = read_meta(run / "model.unetkit")
         curves[name] = unetkit_curve(run)
         results[name] = {**binary_scores(np.concatenate([p.ravel() for p in probs]), truth, fov),
@@ -109,6 +122,8 @@ def main() -> None:
                 png, f"DRIVE, {len(keys(args.labelled))} labelled images, {args.budget} each",
                 xlabel="wall-clock minutes (validations included)", ylabel="vessel F1 (Dice @ 0.5), validation")
 
+    load_text = (f"{load_before[0]:.1f} before, {load_after[0]:.1f} after" if load_before[0] == load_before[0]
+                 else "not recorded (a run from before walls.json, scored with --score)")
     best_scratch = max((f for _, f in curves["scratch"]), default=0.0)
     reach = first_reaching(curves["fine-tune"], best_scratch)
     lines = [f"## Fine-tuning from another data set's model vs scratch, DRIVE{' (green channel)' if args.gray else ''} "
@@ -116,8 +131,7 @@ def main() -> None:
              f"images, {args.budget} per arm ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
              f"Command: `python benchmarks/finetune_transfer.py {' '.join(sys.argv[1:])}`  ",
              f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}; load average "
-             f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; arms "
-             f"{'in parallel, one thread each' if args.parallel else 'one after the other'}.  ",
+             f"{load_text}; arms {'in parallel, one thread each' if args.parallel else 'one after the other'}.  ",
              f"Source: `{args.source}` ({source.name}; w{arch['base_width']} d{arch['depth']} {arch['norm']} norm, "
              f"{len(source.class_names)} classes: {', '.join(source.class_names[:6])}{', ...' if len(source.class_names) > 6 else ''}). "
              f"Labelled {args.labelled}, scored on {args.val} (FOV pixels, vessel = positive). Run folder `{out}`; "
