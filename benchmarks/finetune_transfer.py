@@ -119,7 +119,8 @@ def main() -> None:
     png = ROOT / "docs" / f"finetune-time-to-quality-{out.name}.png"
     plot_curves({"scratch (source's architecture)": curves["scratch"],
                  f"fine-tuned from {args.source.name}": curves["fine-tune"]},
-                png, f"DRIVE, {len(keys(args.labelled))} labelled images, {args.budget} each",
+                png, f"DRIVE{' green channel' if args.gray else ''}, {len(keys(args.labelled))} labelled images, "
+                f"{args.budget} each",
                 xlabel="wall-clock minutes (validations included)", ylabel="vessel F1 (Dice @ 0.5), validation")
 
     load_text = (f"{load_before[0]:.1f} before, {load_after[0]:.1f} after" if load_before[0] == load_before[0]
