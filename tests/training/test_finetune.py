@@ -118,3 +118,24 @@ def test_pretrained_encoder_start(tiny_config, tmp_path: Path) -> None:
     for key, value in encoder_state(source).items():
         if key in names:
             assert torch.equal(child.state_dict[key], value), key  # frozen throughout: still the file's
+
+
+def test_value_named_classes_keep_the_head_only_when_the_largest_class_is_the_same(tmp_path: Path) -> None:
+    from unetkit.config import ModelConfig
+    from unetkit.training.finetune import Start
+
+    def fingerprint(*fractions: float) -> dict:
+        return {"classes": [{"name": n, "index": i, "pixel_fraction": f}
+                            for i, (n, f) in enumerate(zip(("class_0", "class_255"), fractions, strict=True))]}
+
+    # an ISBI-like parent: class 0 (membrane) is the minority
+    membranes = Start("init", tmp_path / "p.unetkit", ModelConfig(), ("class_0", "class_255"), "ab", largest=1)
+    assert not membranes.keeps_head(("class_0", "class_255"), fingerprint(0.87, 0.13))  # DRIVE-like: class 0 is most
+    assert membranes.keeps_head(("class_0", "class_255"), fingerprint(0.3, 0.7))  # the next round of the same data
+    assert membranes.keeps_head(("class_0", "class_255"))  # nothing known of the data: names decide
+    lineage = membranes.lineage(("class_0", "class_255"), fingerprint(0.87, 0.13))["start"]
+    assert lineage["head"] == "re-initialized" and "largest class (class_255)" in lineage["head_reason"]
+    # classes the user named mean what they say, whatever their share of the pixels
+    named = Start("init", tmp_path / "p.unetkit", ModelConfig(), ("class_0", "vessel"), "ab", largest=1)
+    assert named.keeps_head(("class_0", "vessel"), fingerprint(0.87, 0.13))
+    assert "head_reason" not in named.lineage(("class_0", "vessel"), fingerprint(0.87, 0.13))["start"]

@@ -81,7 +81,7 @@ def plan_training(config: TrainConfig, overrides: Mapping[str, Any], *,
     facts = None
     if start is not None:
         check_start(start, data.in_channels, data.train[0].image.ndim - 1)
-        facts = StartFacts(start.kind, str(start.path), to_dict(start.model), start.keeps_head(data.class_names))
+        facts = StartFacts(start.kind, str(start.path), to_dict(start.model), start.keeps_head(data.class_names, data.fingerprint))
     measured = time_candidates(data.fingerprint, user | (facts.fixed() if facts else {}), budget,
                                n_val=len(data.val), device=config.device, max_seconds=max_timing_seconds,
                                precision=config.precision, memory_format=config.memory_format, log=log)

@@ -7,7 +7,11 @@ sha256 for the lineage) from the file's header, cheaply and before anything is w
 `start_model` is the run's ModelConfig (the parent's architecture, the data's channels and classes),
 `apply_start` copies the weights: from an artifact every tensor whose name and shape fit, the head
 (`head.*`, `aux_heads.*`) only when the classes are the same (names and order), else it stays
-freshly initialized; from an encoder file the encoder only (`unetkit.models.unet_encoder`).
+freshly initialized; from an encoder file the encoder only (`unetkit.models.unet_encoder`). Names
+made from label values (`class_0`, `class_255`) say nothing of what a class is: for those the head
+is kept only if the parent's largest class (by pixels, from its fingerprint) is also the data's.
+An ISBI 2012 model (class 0 = thin membrane, the minority) kept its head on DRIVE (class 0 =
+background, the majority) and started by calling vessels background (docs/benchmarks.md).
 
 During the step loop the encoder (`is_encoder_key`) is frozen for `freeze_encoder_steps` (no
 gradients, LR 0), then trains at `encoder_lr_ratio` x the LR (`encoder_lr_scale`); the optimizer
@@ -17,6 +21,7 @@ holds the encoder's parameters in groups of their own (`training.optim.build_opt
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,15 @@ from unetkit.models.unet_encoder import (
 )
 
 HEAD_PREFIXES = ("head.", "aux_heads.")
+VALUE_NAME = re.compile(r"class_\d+")  # a name the data set spec made from a label value
+
+
+def largest_class(fingerprint: dict[str, Any] | None) -> int | None:
+    """The index of the class with the most labelled pixels in a data fingerprint (None: unknown)."""
+    classes = (fingerprint or {}).get("classes") or []
+    if not classes or any("pixel_fraction" not in c for c in classes):
+        return None
+    return int(max(classes, key=lambda c: c["pixel_fraction"])["index"])
 
 
 @dataclass(frozen=True)
@@ -48,21 +62,35 @@ class Start:
     class_names: tuple[str, ...] = ()  # the parent artifact's classes; () for an encoder file
     sha256: str = ""  # of the file's bytes: the lineage's parent
     info: dict[str, Any] = field(default_factory=dict)  # recorded in the lineage
+    largest: int | None = None  # the parent's class with the most pixels (its fingerprint)
 
     @property
     def option(self) -> str:
         return f"--{self.kind}"
 
-    def keeps_head(self, class_names: tuple[str, ...] | list[str]) -> bool:
-        """The parent's head is kept only for the same classes, names and order."""
-        return self.kind == "init" and tuple(class_names) == self.class_names
+    def keeps_head(self, class_names: tuple[str, ...] | list[str], fingerprint: dict[str, Any] | None = None) -> bool:
+        """The parent's head is kept only for the same classes, names and order, and, for names made
+        from label values, the same largest class (`fingerprint`: the data's)."""
+        return self.kind == "init" and tuple(class_names) == self.class_names and not self.unlike(fingerprint)
 
-    def lineage(self, class_names: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    def unlike(self, fingerprint: dict[str, Any] | None) -> str:
+        """Why value-named classes of the same names are not the same classes ("" : no sign of it)."""
+        if not self.class_names or not all(VALUE_NAME.fullmatch(n) for n in self.class_names):
+            return ""
+        data = largest_class(fingerprint)
+        if self.largest is None or data is None or data == self.largest:
+            return ""
+        return (f"the classes are named from label values, and the parent's largest class ({self.class_names[self.largest]}) "
+                f"is not the data's ({self.class_names[data]}): the same names, other classes")
+
+    def lineage(self, class_names: tuple[str, ...] | list[str], fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
         """The artifact metadata's lineage entries (`parent_sha256` for an artifact start)."""
         key = "parent_sha256" if self.kind == "init" else "pretrained_sha256"
-        head = "kept" if self.keeps_head(class_names) else "re-initialized"
+        head = {"head": "kept"} if self.keeps_head(class_names, fingerprint) else {"head": "re-initialized"}
+        if tuple(class_names) == self.class_names and self.unlike(fingerprint):
+            head["head_reason"] = self.unlike(fingerprint)
         return {key: self.sha256, "start": {"kind": self.kind, "path": str(self.path), "sha256": self.sha256,
-                                            **({"head": head} if self.kind == "init" else {}), **self.info}}
+                                            **(head if self.kind == "init" else {}), **self.info}}
 
 
 def read_start(config: FinetuneConfig) -> Start | None:
@@ -81,7 +109,8 @@ def read_start(config: FinetuneConfig) -> Start | None:
                               "single model (train it with --ensemble 1)")
         info = {"name": meta.name, "weights_sha256": meta.weights_sha256, "classes": list(meta.class_names),
                 "metrics": {k: meta.metrics.get(k) for k in ("mean_dice_foreground", "mean_iou") if k in meta.metrics}}
-        return Start("init", path, meta.model, tuple(meta.class_names), file_sha256(path), info)
+        return Start("init", path, meta.model, tuple(meta.class_names), file_sha256(path), info,
+                     largest_class(meta.fingerprint))
     if config.pretrained and is_unet_encoder_file(config.pretrained):  # other weights: models.pretrained, in run_steps
         path = Path(config.pretrained)
         _, meta = read_unet_encoder(path)
@@ -111,14 +140,16 @@ def start_model(start: Start, model: ModelConfig) -> ModelConfig:
     return replace(model, **fixed)
 
 
-def apply_start(model: nn.Module, start: Start, class_names: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """Copy the start's weights into `model` (built from `start_model`); returns what was copied."""
+def apply_start(model: nn.Module, start: Start, class_names: tuple[str, ...] | list[str],
+                fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Copy the start's weights into `model` (built from `start_model`); returns what was copied.
+    `fingerprint`: the data's (see `Start.keeps_head`)."""
     if start.kind == "pretrained":
         load_unet_encoder(model, start.path)
         return {"copied": "encoder"}
     parent = load_artifact(start.path).state_dict
     own = model.state_dict()
-    keep_head = start.keeps_head(class_names)
+    keep_head = start.keeps_head(class_names, fingerprint)
     chosen = {k: v for k, v in parent.items()
               if k in own and tuple(v.shape) == tuple(own[k].shape) and (keep_head or not k.startswith(HEAD_PREFIXES))}
     missing = [k for k in own if k not in chosen and not k.startswith(HEAD_PREFIXES)]

@@ -75,7 +75,7 @@ def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, 
                           metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC,
                                    **(extra_metrics or {})},
                           lineage={"steps": state.step, "total_steps": state.total_steps,
-                                   **(start.lineage(data.class_names) if start is not None else {})},
+                                   **(start.lineage(data.class_names, data.fingerprint) if start is not None else {})},
                           clock=clock)
 
 

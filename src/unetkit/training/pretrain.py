@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetkit.config import PRETRAIN_OBJECTIVES, DataConfig, ModelConfig, OptimConfig, PretrainConfig, TrainConfig
+from unetkit.config import (
+    PRETRAIN_OBJECTIVES,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    PretrainConfig,
+    TrainConfig,
+)
 from unetkit.data.fingerprint import channel_stats
 from unetkit.data.io import is_image_file, read_image
 from unetkit.errors import ConfigError, DataError

@@ -93,7 +93,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     mode = config_mode(config, device)
     torch.manual_seed(config.seed)
     model = network if network is not None else build_model(config.model)
-    started_from = apply_start(model, start, data.class_names) if start is not None else {}
+    started_from = apply_start(model, start, data.class_names, data.fingerprint) if start is not None else {}
     extra: dict[str, Any] = {}
     if start is None and config.finetune.pretrained and not config.resume:
         extra["pretrained"] = load_pretrained_encoder(model, config.finetune.pretrained).summary()
@@ -147,7 +147,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     log.write({"event": "start", "step": state.step, "time": now(), "total_steps": state.total_steps,
                "world_size": env.world_size, "device": str(device), "mode": mode.name, **(mode_info or {}), **extra,
                "train_images": len(data.train), "val_images": len(data.val), "resumed": config.resume,
-               **({"start": start.lineage(data.class_names)["start"] | started_from} if start is not None else {})})
+               **({"start": start.lineage(data.class_names, data.fingerprint)["start"] | started_from} if start is not None else {})})
     # ---- the step loop; rank 0 decides when to stop and every rank follows
     stop = "steps" if state.step >= state.total_steps else ""
     encoder_is_frozen = False
