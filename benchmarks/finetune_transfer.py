@@ -7,8 +7,9 @@
 DRIVE's green channel alone (the channel where vessels contrast most, written as 8-bit PNGs into the
 run folder, never beside the data), for a one-channel source such as an ISBI 2012 EM model:
 
-    python benchmarks/finetune_transfer.py --source ISBI_MODEL.unetkit --gray --data /work/shared/data/drive Two arms train on the labelled
-DRIVE images (`--labelled`, default 21-25) for the same budget and are scored on 36-40 (FOV pixels,
+    python benchmarks/finetune_transfer.py --source ISBI_MODEL.unetkit --gray --data /work/shared/data/drive
+
+Two arms train on the labelled DRIVE images (`--labelled`, default 21-25) for the same budget and are scored on 36-40 (FOV pixels,
 vessel = positive, F1 = Dice at 0.5 and AUC ROC):
 
 - scratch: `unetkit train --budget B --config ARCH` with the source's architecture pinned (width,
@@ -74,11 +75,7 @@ def main() -> None:
     ap.add_argument("--score", type=Path, default=None, metavar="RUN_FOLDER",
                     help="score the arms of an earlier run folder (OUT/STAMP) without training them again")
     args = ap.parse_args()
-    train_dir, budget, out, manifest = setup(args, "drive.csv")
-    if args.score is not None:
-        manifest.unlink()  # setup's fresh folder: this run's is the earlier one
-        out.rmdir()
-        out, manifest = args.score, args.score / "drive.csv"
+    train_dir, budget, out, manifest = setup(args, "drive.csv", run=args.score)
     if args.gray and args.score is None:
         gray = green_channel(train_dir, keys(args.labelled) + keys(args.val), out / "green")
         manifest = write_manifest(train_dir, keys(args.labelled), keys(args.val), manifest, images=gray)
@@ -100,8 +97,8 @@ def main() -> None:
     else:  # the earlier run's record; a run from before walls.json: from its manifest to each arm's last log line
         saved = json.loads((out / "walls.json").read_text()) if (out / "walls.json").exists() else {
             "walls": {name: (out / f"{name}.log").stat().st_mtime - manifest.stat().st_mtime for name in arms},
-            "load": [(float("nan"),) * 3] * 2}
-        walls, (load_before, load_after) = saved["walls"], saved["load"]
+            "load": None}
+        walls, (load_before, load_after) = saved["walls"], saved["load"] or (None, None)
 
     val = load_split(train_dir, keys(args.val))
     truth = np.concatenate([(s.labels == 1).ravel() for s in val])
@@ -123,7 +120,7 @@ def main() -> None:
                 f"{args.budget} each",
                 xlabel="wall-clock minutes (validations included)", ylabel="vessel F1 (Dice @ 0.5), validation")
 
-    load_text = (f"{load_before[0]:.1f} before, {load_after[0]:.1f} after" if load_before[0] == load_before[0]
+    load_text = (f"{load_before[0]:.1f} before, {load_after[0]:.1f} after" if load_before is not None
                  else "not recorded (a run from before walls.json, scored with --score)")
     best_scratch = max((f for _, f in curves["scratch"]), default=0.0)
     reach = first_reaching(curves["fine-tune"], best_scratch)

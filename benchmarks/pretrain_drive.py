@@ -79,13 +79,15 @@ def unetkit(*args: str) -> list[str]:
     return [sys.executable, "-m", "unetkit", *args]
 
 
-def setup(args: argparse.Namespace, manifest_name: str) -> tuple[Path, float, Path, Path]:
+def setup(args: argparse.Namespace, manifest_name: str, run: Path | None = None) -> tuple[Path, float, Path, Path]:
     """(DRIVE's training folder, the budget in seconds, this run's folder, its manifest of the labelled
-    and validation keys) from the common arguments."""
+    and validation keys) from the common arguments; `run`: an earlier run's folder, whose manifest is kept."""
     from unetkit.config import parse_duration
 
     data = args.data if (args.data / "training").is_dir() else args.data.parent
     train_dir = data / "training"
+    if run is not None:
+        return train_dir, parse_duration(args.budget), run, run / manifest_name
     out = args.out / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     manifest = write_manifest(train_dir, keys(args.labelled), keys(args.val), out / manifest_name)
     return train_dir, parse_duration(args.budget), out, manifest

@@ -133,3 +133,11 @@ def _objects(loaded: Sequence[LoadedSample], k: int) -> dict[str, Any]:
         "erosion_survival": survived / area if area else 0.0,
         "mean_border_distance": depth / area if area else 0.0,
     }
+
+
+def largest_class(fp: dict[str, Any] | None) -> int | None:
+    """The index of the class with the most labelled pixels in a fingerprint (None: unknown)."""
+    classes = (fp or {}).get("classes") or []
+    if not classes or any("pixel_fraction" not in c for c in classes):
+        return None
+    return int(max(classes, key=lambda c: c["pixel_fraction"])["index"])

@@ -139,6 +139,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unetkit.config import DistillConfig, TileConfig
+from unetkit.data.fingerprint import largest_class
 from unetkit.inference.tiling import tiled_pixels_per_pixel
 from unetkit.planning.plan import PLANNED, USER, Choice, Plan
 from unetkit.planning.throughput import Candidate, ThroughputModel
@@ -262,7 +263,7 @@ def data_facts(fp: Mapping[str, Any], overrides: Mapping[str, Any], n_val: int |
     network = bool(classes) and 0 < classes[0]["pixel_fraction"] < 0.5 and is_thin(classes[0])
     touching = tuple(c["name"] for c in classes[1:] if network and c["objects_per_image"] >= TOUCHING_OBJECTS)
     height, width = (int(v) for v in fp["size"]["median"])
-    largest = max(range(len(classes)), key=lambda k: fractions[k]) if classes else 0
+    largest = largest_class(fp) or 0
     others = [c for k, c in enumerate(classes) if k != largest and c["pixel_fraction"] > 0]
     outside = sum(c["pixel_fraction"] for c in others)
     thin_share = sum(c["pixel_fraction"] for c in others if c["name"] in thin) / outside if outside > 0 else 0.0
@@ -593,17 +594,23 @@ def _patch_reason(facts: DataFacts, c: Candidate) -> str:
     return "; ".join(parts) + " (R3/R4)" if parts else "the ladder rung's patch (R2)"
 
 
+def _cldice_reason(facts: DataFacts, thin: bool) -> str:
+    if thin:
+        return f"clDice for thin structures ({', '.join(facts.thin)}) (R5)"
+    if not facts.thin:
+        return "off: no thin foreground structures (R5)"
+    if facts.thin_rules:  # a thin-structure data set whose thin class is class 0
+        return (f"off: the thin class ({facts.names[0]}) is class 0, and clDice scores the classes after it: here "
+                "the thick ones (R5)")
+    return (f"off: thin classes ({', '.join(facts.thin)}) are {facts.thin_share:.0%} of the pixels outside the "
+            "largest class, not a thin-structure data set (R4/R5)")
+
+
 def _loss_choices(choose, facts: DataFacts) -> None:
     choose("loss.ce", 1.0, "cross-entropy: calibrated per-pixel probabilities (R5)")
     choose("loss.dice", 1.0, "Dice: overlap of the minority classes, insensitive to imbalance (R5)")
     thin = facts.thin_rules and bool(set(facts.thin) - {facts.names[0]})
-    choose("loss.cldice", 0.5 if thin else 0.0,
-           f"clDice for thin structures ({', '.join(facts.thin)}) (R5)" if thin
-           else f"off: the thin class ({facts.names[0]}) is class 0, and clDice scores the classes after it: here "
-                "the thick ones (R5)" if facts.thin_rules and facts.thin
-           else f"off: thin classes ({', '.join(facts.thin)}) are {facts.thin_share:.0%} of the pixels outside the "
-                "largest class, not a thin-structure data set (R4/R5)" if facts.thin
-           else "off: no thin foreground structures (R5)")
+    choose("loss.cldice", 0.5 if thin else 0.0, _cldice_reason(facts, thin))
     k = facts.num_classes
     if facts.rare:
         weights = tuple(round(min(10.0, max(1.0, math.sqrt(1.0 / (k * f)))) if f > 0 else 1.0, 3)

@@ -30,6 +30,7 @@ from torch import nn
 
 from unetkit.artifact import load_artifact, read_meta
 from unetkit.config import FinetuneConfig, ModelConfig, replace
+from unetkit.data.fingerprint import largest_class
 from unetkit.data.io import file_sha256
 from unetkit.errors import ArtifactError, ConfigError
 from unetkit.models.unet_encoder import (
@@ -42,14 +43,6 @@ from unetkit.models.unet_encoder import (
 
 HEAD_PREFIXES = ("head.", "aux_heads.")
 VALUE_NAME = re.compile(r"class_\d+")  # a name the data set spec made from a label value
-
-
-def largest_class(fingerprint: dict[str, Any] | None) -> int | None:
-    """The index of the class with the most labelled pixels in a data fingerprint (None: unknown)."""
-    classes = (fingerprint or {}).get("classes") or []
-    if not classes or any("pixel_fraction" not in c for c in classes):
-        return None
-    return int(max(classes, key=lambda c: c["pixel_fraction"])["index"])
 
 
 @dataclass(frozen=True)
@@ -86,9 +79,8 @@ class Start:
     def lineage(self, class_names: tuple[str, ...] | list[str], fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
         """The artifact metadata's lineage entries (`parent_sha256` for an artifact start)."""
         key = "parent_sha256" if self.kind == "init" else "pretrained_sha256"
-        head = {"head": "kept"} if self.keeps_head(class_names, fingerprint) else {"head": "re-initialized"}
-        if tuple(class_names) == self.class_names and self.unlike(fingerprint):
-            head["head_reason"] = self.unlike(fingerprint)
+        same, unlike = tuple(class_names) == self.class_names, self.unlike(fingerprint)
+        head = {"head": "kept" if same and not unlike else "re-initialized", **({"head_reason": unlike} if same and unlike else {})}
         return {key: self.sha256, "start": {"kind": self.kind, "path": str(self.path), "sha256": self.sha256,
                                             **(head if self.kind == "init" else {}), **self.info}}
 

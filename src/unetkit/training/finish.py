@@ -34,8 +34,8 @@ from unetkit.tuning.calibration import calibrate_samples, calibration_record
 from unetkit.tuning.gate import MIN_IMAGES, fold_indices
 from unetkit.tuning.postprocess import tune_samples, tuning_record
 
-TUNE_VALIDATIONS = 2.0  # budget reserved for tuning postprocessing: one prediction pass + the search (R13)
-GATE_SEARCH_VALIDATIONS = 1.0  # ... + each out-of-fold search of the gate (unetkit.tuning.gate), in passes
+TUNE_PREDICT_VALIDATIONS = 1.0  # budget reserved for tuning postprocessing: one prediction pass (R13) ...
+SEARCH_VALIDATIONS = 1.0  # ... + the search, and each out-of-fold search of the gate (unetkit.tuning.gate)
 # A search for the adapted Rand score (R13: watershed splits, components per trial) costs far more than
 # a validation pass: on ISBI 2012 (5 slices of 512², a 1.9 s pass) the search and the gate's 5
 # out-of-fold searches took 62 s, ~5.4 passes each, so a 30-minute run reserving 1 pass per search ran
@@ -60,8 +60,8 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
     if not val_images:
         return 0.0
     folds = len(fold_indices(val_images)) if val_images >= MIN_IMAGES else 0  # the gate's out-of-fold refits
-    search = RAND_SEARCH_VALIDATIONS if config.tune_postprocess == "rand" else GATE_SEARCH_VALIDATIONS
-    tune = (TUNE_VALIDATIONS - GATE_SEARCH_VALIDATIONS + search * (1 + folds)) * min(val_images, MAX_TUNE_IMAGES) / val_images
+    search = RAND_SEARCH_VALIDATIONS if config.tune_postprocess == "rand" else SEARCH_VALIDATIONS
+    tune = (TUNE_PREDICT_VALIDATIONS + search * (1 + folds)) * min(val_images, MAX_TUNE_IMAGES) / val_images
     return ((CALIBRATE_VALIDATIONS + GATE_FIT_VALIDATIONS * folds if config.calibrate else 0.0)
             + (tune if config.tune_postprocess != "off" else 0.0))
 
