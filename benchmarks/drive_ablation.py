@@ -13,6 +13,9 @@ Variants change one thing:
     uniform    data.rare_oversample 0 (no foreground-centred patches)
     instance   model.norm instance (nnU-Net's and MONAI's default)
     ema        optim.ema_decay 1 - 10/steps (validate and keep a moving average of the weights)
+    dropout    model.dropout 0.1 (channel dropout between the two convs of every block; free at inference)
+    rotate     augment.rotate_degrees 15 + scale 0.85-1.15 (the resampling augmentation R7 turns off
+               for thin structures)
     fp32       compute in fp32, NCHW (`unetkit train --precision fp32`)
     bf16       bf16 autocast + channels_last (the mode the planner picks where bf16 is native and fastest)
     clahe      CLAHE (skimage equalize_adapthist, clip 0.01) on every image, in a temporary copy
@@ -61,6 +64,8 @@ CHANGES = {
     "no-cldice": {"loss": {"cldice": 0.0}},
     "uniform": {"data": {"rare_oversample": 0.0}},
     "instance": {"model": {"norm": "instance"}},
+    "dropout": {"model": {"dropout": 0.1}},
+    "rotate": {"augment": {"rotate_degrees": 15.0, "scale": [0.85, 1.15]}},
     "ema": {},  # optim.ema_decay 1 - 10 / steps: averages over the last ~10 % of the steps
     "fp32": {"precision": "fp32", "memory_format": "contiguous"},  # top-level TrainConfig fields
     "bf16": {"precision": "bf16", "memory_format": "channels_last"},
