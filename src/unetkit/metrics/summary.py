@@ -22,13 +22,15 @@ def evaluate_predictions(
     class_names: Sequence[str],
     ignore_index: int = 255,
 ) -> dict[str, Any]:
-    """(key, predicted labels, true labels) triples -> pooled summary + per-image rows + matrix."""
+    """(key, predicted labels, true labels) triples -> pooled summary + per-image rows (each with its
+    own (K, K) `confusion`) + the pooled matrix."""
     k = len(class_names)
     acc = ConfusionAccumulator(k, ignore_index=ignore_index, keep_per_image=False)
     per_image = []
     for key, pred, truth in items:
         cm = acc.update(pred, truth)
-        per_image.append({"key": key, "iou": per_class_iou(cm), "dice": per_class_dice(cm), "pixels": cm.sum()})
+        per_image.append({"key": key, "iou": per_class_iou(cm), "dice": per_class_dice(cm), "pixels": cm.sum(),
+                          "confusion": cm})
     cm = acc.compute()
     result = summarize(cm, class_names)
     result["images"] = len(per_image)

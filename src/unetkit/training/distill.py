@@ -36,6 +36,7 @@ from unetkit.training.loop import SELECTION_METRIC
 from unetkit.training.precision import config_mode
 from unetkit.training.prepare import TrainingData
 from unetkit.training.runlog import Callback
+from unetkit.training.selection import select_weights
 from unetkit.training.steps import log_time, run_steps
 
 TEACHER_DIR = "teacher"
@@ -146,17 +147,17 @@ def train_teacher(config: TrainConfig, cfg: TrainConfig, data: TrainingData, env
         # the teacher's end is its final validation; its clock keeps the student's end and share too
         teacher_clock = TeacherClock(left, end_passes=1.0, student_passes=passes,
                                      student_share=1.0 - config.distill.teacher_share)
-        _, state, log = run_steps(cfg, data, env, device, teacher_clock, folder, callbacks, mode_info)
+        network, state, log = run_steps(cfg, data, env, device, teacher_clock, folder, callbacks, mode_info)
         clock.val_seconds = max(clock.val_seconds, teacher_clock.val_seconds)
-        best = ckpt.load_checkpoint(folder / ckpt.BEST)
+        kept = select_weights(folder, state, network)
         record = {"teacher": {"lever": lever, "model": _model_label(cfg.model), "steps": state.step,
-                              "mode": config_mode(cfg, device).name,
-                              "best_step": state.best_step, SELECTION_METRIC: state.best_metric,
-                              "seconds": round(teacher_clock.elapsed(), 1)}}
+                              "mode": config_mode(cfg, device).name, "best_step": state.best_step,
+                              "kept_step": kept.step, SELECTION_METRIC: kept.metrics.get(SELECTION_METRIC),
+                              "checkpoint": kept.record["reason"], "seconds": round(teacher_clock.elapsed(), 1)}}
         log.write({"event": "end", "step": state.step, "time": teacher_clock.elapsed(),
-                   "best": state.best_metric, "best_step": state.best_step})
+                   "best": state.best_metric, "best_step": state.best_step, "kept_step": kept.step})
         log.close()
-        saved = {"model": best["model"], "record": record}
+        saved = {"model": kept.weights, "record": record}
         ckpt.save_checkpoint(final, saved)
     teacher = build_model(cfg.model)
     teacher.load_state_dict(saved["model"], strict=True)

@@ -30,10 +30,11 @@ from unetkit.models.ensemble import ensemble_state
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock, reserve_seconds
 from unetkit.training.finish import end_passes, write_artifact
-from unetkit.training.loop import SELECTION_METRIC, validate
+from unetkit.training.loop import SELECTION_METRIC, flat_metrics, validation_summary
 from unetkit.training.precision import config_mode
 from unetkit.training.prepare import TrainingData
 from unetkit.training.runlog import Callback, RunLog
+from unetkit.training.selection import select_weights
 from unetkit.training.steps import run_steps
 
 MEMBER_FINAL = "member-final.pt"
@@ -108,12 +109,14 @@ def fit_ensemble(config: TrainConfig, data: TrainingData, env: Any, device: torc
                   SELECTION_METRIC: state.best_metric, "seconds": round(member_clock.elapsed(), 1)}
         member_history = [{**h, "member": i} for h in state.history]
         if env.is_main:
-            best = ckpt.load_checkpoint(member_dir / ckpt.BEST)
+            kept = select_weights(member_dir, state, model)
+            record |= {"kept_step": kept.step, SELECTION_METRIC: kept.metrics.get(SELECTION_METRIC),
+                       "checkpoint": kept.record["reason"]}
             member_log.write({"event": "end", "step": state.step, "time": member_clock.elapsed(),
-                              "best": state.best_metric, "best_step": state.best_step})
-            ckpt.save_checkpoint(final, {"model": best["model"], "record": record, "history": member_history})
+                              "best": state.best_metric, "best_step": state.best_step, "kept_step": kept.step})
+            ckpt.save_checkpoint(final, {"model": kept.weights, "record": record, "history": member_history})
             log.write({"event": "member", "step": state.step, "time": clock.elapsed(), **record})
-            weights.append(best["model"])
+            weights.append(kept.weights)
         member_log.close()
         members.append(record)
         history += member_history
@@ -141,5 +144,6 @@ def score_ensemble(config: TrainConfig, state_dict: dict[str, torch.Tensor], dat
         return {}
     model = build_model(config.model)
     model.load_state_dict(state_dict, strict=True)
-    return validate(model.to(device), data.val, mean=data.mean, std=data.std, class_names=data.class_names,
-                    patch_size=config.data.patch_size, ignore_index=config.loss.ignore_index, device=device)
+    return flat_metrics(validation_summary(model.to(device), data.val, mean=data.mean, std=data.std,
+                                           class_names=data.class_names, patch_size=config.data.patch_size,
+                                           ignore_index=config.loss.ignore_index, device=device))

@@ -1,6 +1,7 @@
-"""The end of a run: the best weights, calibrated and tuned on the validation split, as the artifact.
+"""The end of a run: the kept weights, calibrated and tuned on the validation split, as the artifact.
 
-`save_final_artifact` takes the best validated weights (`checkpoint-best.pt`) of a single model;
+`save_final_artifact` takes a single model's kept weights (`unetkit.training.selection`: the final
+weights, or the best validated checkpoint when its lead holds across the validation images);
 `write_artifact` (also the ensemble's) fits temperature scaling and tunes the postprocessing on the
 validation split (`finish_on_validation`), adds the drift baseline (`unetkit.monitor`) and a few
 labelled validation crops (`validation_sample`, what the parity gate checks reduced precisions on)
@@ -24,11 +25,11 @@ from unetkit.config import TrainConfig, to_dict
 from unetkit.data.splits import spread
 from unetkit.monitor.baseline import baseline_validations
 from unetkit.monitor.measure import training_baseline
-from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock
 from unetkit.training.finetune import Start
 from unetkit.training.loop import SELECTION_METRIC
 from unetkit.training.prepare import TrainingData
+from unetkit.training.selection import select_weights
 from unetkit.training.steps import RunState
 from unetkit.tuning.calibration import calibrate_samples, calibration_record
 from unetkit.tuning.gate import MIN_IMAGES, fold_indices
@@ -69,17 +70,16 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
 def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,
                         state: RunState, start: Start | None = None,
                         extra_metrics: dict[str, Any] | None = None, clock: BudgetClock | None = None) -> Path:
-    """The best validated weights (checkpoint-best.pt) with everything inference needs; the lineage
+    """The kept weights (`unetkit.training.selection`: the final ones, or the best validated
+    checkpoint when its lead holds across the validation images) with everything inference needs;
+    the metrics are the kept weights' validation and `checkpoint` says which and why; the lineage
     records the steps and, for a run started from trained weights, the parent's sha256;
-    `extra_metrics` join the best validation's in the artifact's metrics (e.g. "distillation");
+    `extra_metrics` join them in the artifact's metrics (e.g. "distillation");
     `clock`: the run's budget, which the end-of-run tuning must keep (`write_artifact`)."""
-    best_file = Path(config.out_dir) / ckpt.BEST
-    best = ckpt.load_checkpoint(best_file) if best_file.is_file() else None
-    weights = best["model"] if best is not None else model.state_dict()
-    metrics = dict(best["metrics"]) if best is not None else {}
-    return write_artifact(path, weights, data, config, history=state.history,
-                          metrics={**metrics, "step": state.best_step, "selection_metric": SELECTION_METRIC,
-                                   **(extra_metrics or {})},
+    kept = select_weights(Path(config.out_dir), state, model)
+    return write_artifact(path, kept.weights, data, config, history=state.history,
+                          metrics={**kept.metrics, "step": kept.step, "selection_metric": SELECTION_METRIC,
+                                   "checkpoint": kept.record, **(extra_metrics or {})},
                           lineage={"steps": state.step, "total_steps": state.total_steps,
                                    **(start.lineage(data.class_names, data.fingerprint) if start is not None else {})},
                           clock=clock)

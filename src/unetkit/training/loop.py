@@ -89,7 +89,7 @@ def predict_whole(predictor, image: np.ndarray, patch_size: Sequence[int], tile_
     return predict_tiled(predictor, image, TileConfig(tile_size=tuple(patch_size), batch_size=tile_batch))
 
 
-def validate(
+def validation_summary(
     model: nn.Module,
     val_samples: Sequence[Any],
     *,
@@ -100,14 +100,9 @@ def validate(
     ignore_index: int = 255,
     device: torch.device | str = "cpu",
     mode: ComputeMode = FP32,
-) -> dict[str, float | None]:
-    """Score whole validation images (`LoadedSample(key, image (C,H,W), labels (H,W))`).
-
-    Scored by `unetkit.metrics.summary.evaluate_samples` (the same code as `unetkit evaluate`).
-    Returns flat JSON values: `pixel_accuracy`, `mean_iou`, `mean_dice`, `mean_iou_foreground`,
-    `mean_dice_foreground` (the model-selection metric, `SELECTION_METRIC`), and `iou/<class>`,
-    `dice/<class>`. Classes absent from truth and prediction are None (NaN) and not averaged.
-    """
+) -> dict[str, Any]:
+    """`unetkit.metrics.summary.evaluate_samples` of the model on whole validation images (the same
+    code as `unetkit evaluate`), with every image's confusion matrix in `per_image`."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -117,9 +112,16 @@ def validate(
         return predict_whole(predictor, np.asarray(image, np.float32), patch_size).argmax(0)
 
     try:
-        summary = evaluate_samples(predict_labels, val_samples, class_names, ignore_index)
+        return evaluate_samples(predict_labels, val_samples, class_names, ignore_index)
     finally:
         model.train(was_training)
+
+
+def flat_metrics(summary: dict[str, Any]) -> dict[str, float | None]:
+    """The flat JSON values a validation logs: `pixel_accuracy`, `mean_iou`, `mean_dice`,
+    `mean_iou_foreground`, `mean_dice_foreground` (the model-selection metric, `SELECTION_METRIC`),
+    and `iou/<class>`, `dice/<class>`. Classes absent from truth and prediction are None (NaN) and
+    not averaged."""
     keys = ["pixel_accuracy", "mean_iou", "mean_dice", "mean_iou_foreground", "mean_dice_foreground"]
     result: dict[str, float | None] = {k: summary[k] for k in keys if k in summary}
     for row in summary["per_class"]:

@@ -42,7 +42,7 @@ from unetkit.training.finetune import (
     encoder_lr_scale,
     set_encoder_trainable,
 )
-from unetkit.training.loop import SELECTION_METRIC, train_step, validate
+from unetkit.training.loop import SELECTION_METRIC, flat_metrics, train_step, validation_summary
 from unetkit.training.optim import build_ema, build_optimizer, set_lr
 from unetkit.training.precision import config_mode
 from unetkit.training.prepare import TrainingData
@@ -64,6 +64,9 @@ class RunState:
     bad_validations: int = 0
     last_val_step: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
+    # per validation, as `history`: each validation image's confusion matrix, flattened (the
+    # evidence `unetkit.training.selection` weighs the best checkpoint against the final weights on)
+    val_confusions: list[list[list[int]]] = field(default_factory=list)
     elapsed_before: float = 0.0  # seconds spent in earlier (resumed-from) processes
 
 
@@ -129,11 +132,13 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
 
     def validate_and_record() -> dict[str, Any]:
         t0 = time.perf_counter()
-        metrics = validate(kept, data.val, mean=data.mean, std=data.std, class_names=data.class_names,
-                           patch_size=config.data.patch_size, ignore_index=config.loss.ignore_index,
-                           device=device, mode=mode)
+        summary = validation_summary(kept, data.val, mean=data.mean, std=data.std, class_names=data.class_names,
+                                     patch_size=config.data.patch_size, ignore_index=config.loss.ignore_index,
+                                     device=device, mode=mode)
         clock.val_seconds = max(clock.val_seconds, clock.exclude(time.perf_counter() - t0))
-        record_validation(state, metrics, kept, out_dir)
+        metrics = flat_metrics(summary)
+        record_validation(state, metrics, kept, out_dir,
+                          [np.ravel(row["confusion"]).tolist() for row in summary["per_image"]])
         log.write({"event": "val", "step": state.step, "time": now(), **metrics,
                    "best": state.best_metric, "best_step": state.best_step})
         return metrics
@@ -245,10 +250,13 @@ def stop_code(state: RunState, clock: BudgetClock, config: TrainConfig, interrup
     return 0
 
 
-def record_validation(state: RunState, metrics: dict[str, Any], model: torch.nn.Module, out_dir: Path) -> None:
-    """History, best metric (best weights to checkpoint-best.pt) and the early-stopping count."""
+def record_validation(state: RunState, metrics: dict[str, Any], model: torch.nn.Module, out_dir: Path,
+                      confusions: list[list[int]]) -> None:
+    """History (and each image's flattened confusion matrix), best metric (best weights to
+    checkpoint-best.pt) and the early-stopping count."""
     state.last_val_step = state.step
     state.history.append({"step": state.step, **metrics})
+    state.val_confusions.append(confusions)
     value = metrics.get(SELECTION_METRIC)
     value = -math.inf if value is None or not math.isfinite(value) else float(value)
     if value > state.best_metric or state.best_step < 0:
