@@ -1,7 +1,7 @@
 """The end of a run: the kept weights, calibrated and tuned on the validation split, as the artifact.
 
-`save_final_artifact` takes a single model's kept weights (`unetkit.training.selection`: the final
-weights, or the best validated checkpoint when its lead holds across the validation images);
+`save_final_artifact` takes a single model's kept weights (`unetkit.training.selection`: the best
+validated checkpoint, or the final weights when they lead it across the validation images);
 `write_artifact` (also the ensemble's) fits temperature scaling and tunes the postprocessing on the
 validation split (`finish_on_validation`), adds the drift baseline (`unetkit.monitor`) and a few
 labelled validation crops (`validation_sample`, what the parity gate checks reduced precisions on)
@@ -70,8 +70,8 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
 def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,
                         state: RunState, start: Start | None = None,
                         extra_metrics: dict[str, Any] | None = None, clock: BudgetClock | None = None) -> Path:
-    """The kept weights (`unetkit.training.selection`: the final ones, or the best validated
-    checkpoint when its lead holds across the validation images) with everything inference needs;
+    """The kept weights (`unetkit.training.selection`: the best validated checkpoint, or the final
+    weights when they lead it across the validation images) with everything inference needs;
     the metrics are the kept weights' validation and `checkpoint` says which and why; the lineage
     records the steps and, for a run started from trained weights, the parent's sha256;
     `extra_metrics` join them in the artifact's metrics (e.g. "distillation");
