@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetkit.metrics.scores import per_class_dice
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.steps import RunState
 from unetkit.tuning.gate import decide, fold_indices, too_few
+from unetkit.tuning.postprocess import parts_statistic
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,9 @@ def select_weights(out_dir: Path, state: RunState, model: torch.nn.Module) -> Se
 def checkpoint_evidence(state: RunState) -> tuple[np.ndarray, list[int]]:
     """((validations, images, K*K) per-image confusion matrices, their steps) of the validations
     that recorded them (a run resumed from an older checkpoint has them for its later validations
-    only) and scored the same images as the final one."""
+    only; a resume keeps the validation images, so every row has the same images)."""
     recorded = state.history[len(state.history) - len(state.val_confusions):]
-    rows = [(h["step"], c) for h, c in zip(recorded, state.val_confusions, strict=True)
-            if len(c) == len(state.val_confusions[-1])]
-    return np.asarray([c for _, c in rows], np.float64), [s for s, _ in rows]
+    return np.asarray(state.val_confusions, np.float64), [h["step"] for h in recorded]
 
 
 def cross_fitted(scores: np.ndarray) -> np.ndarray:
@@ -87,16 +85,11 @@ def cross_fitted(scores: np.ndarray) -> np.ndarray:
     out = np.empty(scores.shape[1:], np.float64)
     for fold in fold_indices(n):
         rest = np.setdiff1d(np.arange(n), fold)
-        values = [pooled_dice(v[rest].sum(0)) for v in scores]
-        out[fold] = scores[int(np.nanargmax(np.nan_to_num(values, nan=-math.inf)))][fold]
+        out[fold] = scores[int(np.argmax([pooled_dice(v[rest].sum(0)) for v in scores]))][fold]
     return out
 
 
 def pooled_dice(parts: np.ndarray) -> float:
-    """The selection metric (`unetkit.training.loop.SELECTION_METRIC`) of a flattened, pooled (K, K) confusion matrix: the mean foreground Dice
-    (all classes when there is one); NaN when no class is present."""
-    k = math.isqrt(len(parts))
-    dice = np.asarray(per_class_dice(np.asarray(parts).reshape(k, k)), np.float64)
-    dice = dice[1:] if k >= 2 else dice
-    return float(np.nanmean(dice)) if np.isfinite(dice).any() else math.nan
-
+    """The selection metric (`unetkit.training.loop.SELECTION_METRIC`, the mean foreground Dice) of a
+    flattened, pooled (K, K) confusion matrix: `tuning.postprocess.parts_statistic`'s Dice."""
+    return parts_statistic(math.isqrt(len(parts)))(np.asarray(parts, np.float64))
