@@ -17,6 +17,16 @@ vessel = positive, F1 = Dice at 0.5 and AUC ROC):
 - fine-tune: `unetkit train --budget B --init SOURCE` (the planner's R15: new head, encoder frozen
   for 10 % of the steps, then discriminative learning rates).
 
+`--control` adds a third arm that separates the start from R15's recipe:
+
+- random start: `unetkit train --budget B --init RANDOM`, where RANDOM is the source artifact with
+  freshly initialized weights (same architecture, classes and fingerprint, so the planner makes the
+  same R15 choices): the fine-tune arm's recipe without what the source learned.
+
+`--variant NAME=CONFIG.json` (repeatable) adds a fine-tune arm from the source with that partial
+TrainConfig pinned (e.g. `{"finetune": {"encoder_lr_ratio": 1.0}}`): a recipe choice measured beside
+the plan's.
+
 The arms run at the same time, one thread each (`--parallel`, the default), so they share the
 machine alike. Time to quality: each run's validation F1 (on the validation split, 36-40) against
 wall-clock minutes from its metrics.jsonl, drawn in one PNG in docs/ and listed in the table.
@@ -58,6 +68,18 @@ def green_channel(train_dir: Path, ks: list[str], folder: Path) -> Path:
     return folder
 
 
+def write_random_start(source: Path, path: Path, seed: int = 0) -> Path:
+    """The source artifact with its weights replaced by a fresh initialization (seeded)."""
+    import torch
+
+    from unetkit.artifact import read_meta, save_artifact
+    from unetkit.models.factory import build_model
+
+    meta = read_meta(source)
+    torch.manual_seed(seed)
+    return save_artifact(path, build_model(meta.model), meta)
+
+
 def main() -> None:
     from unetkit.artifact import read_meta
 
@@ -72,6 +94,11 @@ def main() -> None:
     ap.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--out", type=Path, default=Path("/tmp/unetkit-finetune-transfer"))
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--control", action="store_true",
+                    help="also fine-tune from the source's architecture with random weights (R15's recipe, no "
+                         "learned start), to separate the start from the recipe")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=CONFIG.json",
+                    help="a fine-tune arm from the source with this partial TrainConfig pinned (repeatable)")
     ap.add_argument("--score", type=Path, default=None, metavar="RUN_FOLDER",
                     help="score the arms of an earlier run folder (OUT/STAMP) without training them again")
     args = ap.parse_args()
@@ -89,6 +116,16 @@ def main() -> None:
         "fine-tune": [unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--init", str(args.source),
                               "--out", str(out / "fine-tune"), "--quiet")],
     }
+    if args.control:
+        random_start = out / "random-start.unetkit"
+        if args.score is None:
+            write_random_start(args.source, random_start)
+        arms["random-start"] = [unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--init",
+                                        str(random_start), "--out", str(out / "random-start"), "--quiet")]
+    variants = dict(v.split("=", 1) for v in args.variant)
+    for name, config in variants.items():
+        arms[name] = [unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--init", str(args.source),
+                              "--config", config, "--out", str(out / name), "--quiet")]
     if args.score is None:
         load_before = os.getloadavg()
         walls = run_arms(arms, out, args.parallel)
@@ -114,8 +151,10 @@ def main() -> None:
                          "parent": meta.lineage.get("parent_sha256", ""), "curve": curves[name]}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     png = ROOT / "docs" / f"finetune-time-to-quality-{out.name}.png"
-    plot_curves({"scratch (source's architecture)": curves["scratch"],
-                 f"fine-tuned from {args.source.name}": curves["fine-tune"]},
+    labels = {"scratch": "scratch (source's architecture)", "fine-tune": f"fine-tuned from {args.source.name}",
+              "random-start": "random weights, fine-tuned with R15's recipe",
+              **{name: f"fine-tuned, {name} ({Path(config).name})" for name, config in variants.items()}}
+    plot_curves({labels[name]: curves[name] for name in arms},
                 png, f"DRIVE{' green channel' if args.gray else ''}, {len(keys(args.labelled))} labelled images, "
                 f"{args.budget} each",
                 xlabel="wall-clock minutes (validations included)", ylabel="vessel F1 (Dice @ 0.5), validation")

@@ -192,25 +192,45 @@ def test_explicit_ensemble_folds_split_the_budget_between_members():
     assert apply_plan(TrainConfig(), three).ensemble_folds == 3
 
 
-def test_a_pretrained_start_fixes_the_architecture_halves_steps_and_lr_and_protects_the_encoder():
+def test_a_pretrained_start_fixes_the_architecture_and_a_new_head_gets_scratchs_steps_and_rate_after_a_freeze():
+    from unetkit.planning.rules import TRANSFER_ENCODER_LR_RATIO, StartFacts
+
+    fp = make_fingerprint(classes=VESSELS)
+    scratch = make_plan(fp, PROFILES["cpu32"], 1800, {})
+    parent = {"base_width": 24, "depth": 3, "norm": "instance"}
+    pinned = make_plan(fp, PROFILES["cpu32"], 1800, {"model.base_width": 24, "model.depth": 3, "model.norm": "instance"})
+    new_head = make_plan(fp, PROFILES["cpu32"], 1800, {}, start=StartFacts("init", "p.unetkit", parent, False))
+    assert [new_head.value(f"model.{k}") for k in ("base_width", "depth", "norm")] == [24, 3, "instance"]
+    assert "R15" in next(c.reason for c in new_head.choices if c.key == "model.base_width")
+    # a transfer: the step target, patch, batch and learning rate of scratch with the same architecture
+    assert new_head.estimates["step_target"] == scratch.estimates["step_target"]
+    for key in ("data.patch_size", "data.batch_size", "optim.lr", "steps"):
+        assert new_head.value(key) == pinned.value(key), key
+    assert "R15" in next(c.reason for c in new_head.choices if c.key == "optim.lr")
+    assert new_head.value("finetune.encoder_lr_ratio") == TRANSFER_ENCODER_LR_RATIO
+    assert 0 < new_head.value("finetune.freeze_encoder_steps") < new_head.value("steps")
+    applied = apply_plan(TrainConfig(), new_head)
+    assert applied.finetune.freeze_encoder_steps > 0 and applied.model.base_width == 24
+    assert "pretrain_seconds" not in new_head.estimates
+    encoder = make_plan(fp, PROFILES["cpu32"], 1800, {}, start=StartFacts("pretrained", "e.safetensors", parent, False))
+    assert encoder.value("optim.lr") == pinned.value("optim.lr") and encoder.value("finetune.freeze_encoder_steps") > 0
+
+
+def test_continued_training_of_the_same_classes_halves_steps_and_rates_and_protects_the_encoder():
     from unetkit.planning.rules import FINETUNE_ENCODER_LR_RATIO, StartFacts
 
     fp = make_fingerprint(classes=VESSELS)
     scratch = make_plan(fp, PROFILES["cpu32"], 1800, {})
     parent = {"base_width": 24, "depth": 3, "norm": "instance"}
-    new_head = make_plan(fp, PROFILES["cpu32"], 1800, {}, start=StartFacts("init", "p.unetkit", parent, False))
-    assert [new_head.value(f"model.{k}") for k in ("base_width", "depth", "norm")] == [24, 3, "instance"]
-    assert "R15" in next(c.reason for c in new_head.choices if c.key == "model.base_width")
-    assert new_head.estimates["step_target"] == scratch.estimates["step_target"] // 2
-    assert new_head.value("optim.lr") < scratch.value("optim.lr") and "R15" in next(
-        c.reason for c in new_head.choices if c.key == "optim.lr")
-    assert new_head.value("finetune.encoder_lr_ratio") == FINETUNE_ENCODER_LR_RATIO < 1
-    assert 0 < new_head.value("finetune.freeze_encoder_steps") < new_head.value("steps")
+    pinned = make_plan(fp, PROFILES["cpu32"], 1800, {"model.base_width": 24, "model.depth": 3, "model.norm": "instance"})
     kept = make_plan(fp, PROFILES["cpu32"], 1800, {}, start=StartFacts("init", "p.unetkit", parent, True))
+    assert kept.estimates["step_target"] == scratch.estimates["step_target"] // 2
+    assert kept.value("optim.lr") < pinned.value("optim.lr") * 0.75 and "continued training" in next(
+        c.reason for c in kept.choices if c.key == "optim.lr")
+    assert kept.value("finetune.encoder_lr_ratio") == FINETUNE_ENCODER_LR_RATIO < 1
     assert kept.value("finetune.freeze_encoder_steps") == 0
-    applied = apply_plan(TrainConfig(), new_head)
-    assert applied.finetune.encoder_lr_ratio == FINETUNE_ENCODER_LR_RATIO and applied.model.base_width == 24
-    assert "pretrain_seconds" not in new_head.estimates
+    applied = apply_plan(TrainConfig(), kept)
+    assert applied.finetune.encoder_lr_ratio == FINETUNE_ENCODER_LR_RATIO
 
 
 def test_pretraining_is_planned_only_with_few_labels_and_many_more_unlabelled_images():

@@ -100,13 +100,20 @@ R14 Compute mode. The autocast precision (fp32 or bf16) and memory format (NCHW 
    ms/step of every mode. Timed by a real run only: with a simulated throughput no mode is planned
    and fit decides (`unetkit.training.precision`).
 R15 Pretrained start (`--init` artifact, `--pretrained` encoder, or R16's pretraining). The start
-   fixes the architecture (width, depth, normalization: its weights have those shapes). It needs
-   fewer steps: the step target is half of R1's (the encoder already computes useful features; the
-   time buys a larger patch and batch instead), and smaller learning rates: R8's lr x 0.5, the encoder
-   at 0.25 x that (discriminative rates: large updates erase what the start learned, and the encoder's
-   features transfer best, the head least). A head trained from scratch (new classes, or an encoder
-   start) sends large, random gradients back at first, so the encoder is frozen for the first 10 % of
-   the steps while the head and decoder catch up; a kept head needs no freeze.
+   fixes the architecture (width, depth, normalization: its weights have those shapes). The rest
+   depends on what kind of start it is:
+   - **Continued training** (an `--init` artifact whose head is kept: the same classes, so the same
+     task, e.g. the next active-learning round): the step target is half of R1's (the network
+     already solves the task; the time buys a larger patch and batch), R8's lr x 0.5, the encoder at
+     0.25 x that (large updates erase what the start learned), no freeze.
+   - **Transfer** (a new head: other classes, or an encoder file): R1's step target and R8's learning
+     rate, one rate for the whole network, with the encoder frozen for the first 10 % of the steps
+     while the new head and the decoder catch up (a random head sends large, random gradients back).
+     Measured on DRIVE (green channel, 5 labels, 10 minutes, 4 arms side by side): the halved steps
+     and rates made a *random* start (the source's architecture with fresh weights) score F1 0.751
+     against scratch's 0.786, so they, not the start, cost the earlier fine-tuning runs their 0.02-0.03;
+     with R1's steps and R8's rate the ISBI 2012 start scored 0.792 against scratch's 0.774
+     (encoder at 0.5x: 0.789; docs/benchmarks.md, "Fine-tuning ... random start").
 R16 Self-supervised pretraining (`--unlabelled DIR`). Proposed only when labelled training images
    are few (< 30), the unlabelled images are many (at least 100, and at least 10x the labelled ones),
    and the budget is long enough that the fine-tuning share still reaches its step target (R15's) on
@@ -167,10 +174,11 @@ BATCHES = (2, 4, 6, 8, 12, 16, 24, 32)
 VALIDATION_SHARE = 0.08
 VALIDATION_PASS_SHARE = 0.02  # R10: of the budget, at most per validation pass
 MIN_VAL_IMAGES = 8  # R10: the smallest validation sample the plan draws
-FINETUNE_STEP_FACTOR = 0.5  # R15: a pretrained start's step target, of R1's
-FINETUNE_LR_FACTOR = 0.5  # R15: its learning rate, of R8's
-FINETUNE_ENCODER_LR_RATIO = 0.25  # R15: the encoder's learning rate, of the decoder's
-FINETUNE_FREEZE_FRACTION = 0.1  # R15: steps with the encoder frozen when the head is new
+FINETUNE_STEP_FACTOR = 0.5  # R15: continued training's step target, of R1's (a transfer: R1's)
+FINETUNE_LR_FACTOR = 0.5  # R15: continued training's learning rate, of R8's (a transfer: R8's)
+FINETUNE_ENCODER_LR_RATIO = 0.25  # R15: continued training's encoder learning rate, of the decoder's
+TRANSFER_ENCODER_LR_RATIO = 1.0  # R15: a transfer's (0.5 measured no better on DRIVE)
+FINETUNE_FREEZE_FRACTION = 0.1  # R15: a transfer's steps with the encoder frozen (its head is new)
 FEW_LABELLED = 30  # R16: below this many labelled training images, pretraining may pay
 MANY_UNLABELLED = 100  # R16: at least this many unlabelled images ...
 UNLABELLED_RATIO = 10  # R16: ... and this many per labelled training image
@@ -443,7 +451,7 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
         start, budget_seconds = StartFacts("pretrain"), budget_seconds - pretrain_seconds
     fixed = start.fixed() if start is not None else {}
     target = min_steps(budget_seconds)
-    if start is not None:
+    if start is not None and start.keeps_head:  # R15: continued training
         target = int(FINETUNE_STEP_FACTOR * target)
     rows, best, best_i = [], None, 0
     for i, c in enumerate(candidates(facts, overrides | fixed)):
@@ -469,7 +477,7 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
         steps = int(overrides["steps"])
     reached = "reaches" if steps >= target else "is below"
     why_model = (f"the largest candidate whose {steps} steps in this budget {reached} the step target {target} "
-                 f"(R1/R2{'/R15: half of R1 from a pretrained start' if start is not None else ''}; "
+                 f"(R1/R2{'/R15: half of R1, continued training' if start is not None and start.keeps_head else ''}; "
                  f"{sps * 1000:.0f} ms/step here)")
     choices: list[Choice] = []
 
@@ -498,10 +506,13 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     choose("optim.optimizer", "adamw", "AdamW: robust default for U-Nets trained from scratch (R8)")
     if start is None:
         choose("optim.lr", round(lr, 6), "1e-3 x sqrt(batch/8), clamped to 5e-4..2e-3 (R8)")
+    elif not start.keeps_head:
+        choose("optim.lr", round(lr, 6), "R8's rate, 1e-3 x sqrt(batch/8): a transfer (new head) learns a new task; "
+               "halved rates made even a random start lose 0.035 F1 to scratch on DRIVE (R15)")
     else:
         choose("optim.lr", round(FINETUNE_LR_FACTOR * lr, 6),
-               f"R8's {lr:.2g} x {FINETUNE_LR_FACTOR}: a pretrained start needs smaller steps, large ones erase "
-               "what it learned (R15)")
+               f"R8's {lr:.2g} x {FINETUNE_LR_FACTOR}: continued training of the same classes needs smaller steps, "
+               "large ones erase what it learned (R15)")
     choose("optim.schedule", "cosine", "cosine decay to 1 %, its length re-fitted to the budget during the run (R8)")
     choose("optim.warmup_steps", int(min(500, max(20, 0.03 * steps))), "3 % of the steps, 20..500 (R8)")
     choose("optim.ema_decay", 0.0, "no weight averaging: the cosine decay already averages the last steps (R8)")
@@ -563,7 +574,7 @@ def pretrain_budget(facts: DataFacts, unlabelled: int, start: StartFacts | None,
         return 0.0, (f"no pretraining: {unlabelled} unlabelled images, under max({MANY_UNLABELLED}, "
                      f"{UNLABELLED_RATIO} x {facts.n_train} labelled); pretraining on 15 DRIVE images (5 labelled) "
                      "lost 0.04 F1 to scratch at 30 minutes, a worse start per step (R16)")
-    target = int(FINETUNE_STEP_FACTOR * min_steps((1 - PRETRAIN_SHARE) * budget))
+    target = min_steps((1 - PRETRAIN_SHARE) * budget)  # R15: the fine-tuning after it is a transfer (new head)
     if tuning_steps < target:
         return 0.0, (f"no pretraining: fine-tuning in the other {1 - PRETRAIN_SHARE:.0%} of this budget would get "
                      f"{tuning_steps} steps, under its step target {target}; the labelled images need the time (R16)")
@@ -575,12 +586,17 @@ def pretrain_budget(facts: DataFacts, unlabelled: int, start: StartFacts | None,
 
 def _start_choices(choose, start: StartFacts, steps: int) -> None:
     """R15: how the encoder of a pretrained start is protected."""
-    choose("finetune.encoder_lr_ratio", FINETUNE_ENCODER_LR_RATIO,
-           "discriminative learning rates: the encoder's features transfer best, so they move least (R15)")
-    freeze = 0 if start.keeps_head else int(FINETUNE_FREEZE_FRACTION * steps)
-    choose("finetune.freeze_encoder_steps", freeze,
-           "the parent's head is kept (same classes): nothing random to protect the encoder from (R15)"
-           if start.keeps_head else
+    if start.keeps_head:
+        choose("finetune.encoder_lr_ratio", FINETUNE_ENCODER_LR_RATIO,
+               "continued training (the parent's head is kept): discriminative learning rates, the encoder's "
+               "features fit the task already, so they move least (R15)")
+        choose("finetune.freeze_encoder_steps", 0,
+               "the parent's head is kept (same classes): nothing random to protect the encoder from (R15)")
+        return
+    choose("finetune.encoder_lr_ratio", TRANSFER_ENCODER_LR_RATIO,
+           "a transfer (new head): one rate for the whole network once the encoder is unfrozen; on DRIVE the "
+           "encoder at 0.5x scored no better, and slowed rates cost a random start 0.035 F1 (R15)")
+    choose("finetune.freeze_encoder_steps", int(FINETUNE_FREEZE_FRACTION * steps),
            f"the first {FINETUNE_FREEZE_FRACTION:.0%} of the steps: the new head's random gradients must not "
            "reach the pretrained encoder (R15)")
 
