@@ -123,11 +123,12 @@ R16 Self-supervised pretraining (`--unlabelled DIR`). Proposed only when labelle
    to pretrain on, every measured arm lost to scratch at equal budget (docs/benchmarks.md,
    "Self-supervised pretraining on DRIVE"): half of 20 minutes on a loaded CPU left fine-tuning 122
    steps (F1 0.32 vs 0.71); a quarter of 30 minutes on a quiet one, in the measured compute mode
-   (857 pretraining steps), left it 2,202 and F1 0.772 vs 0.816, and its validation curve levelled
-   off at 0.77 where scratch's reached 0.81 by step 1,900: the start was worse per step, not only
-   short of steps. A few images' worth of inpainting is not a better start than random weights;
-   what pays in the literature is pretraining on many more images than are labelled, so that is
-   the only case R16 proposes, and its plan says it is unmeasured here.
+   (857 pretraining steps), left it 2,202 and F1 0.772 vs 0.816 under R15's old halved rates. With
+   R15's transfer recipe (scratch's rate after the freeze) the same comparison scored 0.810 vs 0.820
+   (3,100 fine-tuning steps vs 4,106): the pretrained start was level with scratch per step, so the
+   quarter of the budget it cost was not paid back. A few images' worth of inpainting is no better
+   a start than random weights; what pays in the literature is pretraining on many more images than
+   are labelled, so that is the only case R16 proposes, and its plan says it is unmeasured here.
 R17 Distillation. The accuracy levers (InstanceNorm: F1 +0.004..0.006 on DRIVE at equal steps, but
    1.2x slower fp32 and 2x int8 inference, R9; a two-model ensemble: +0.0007) cost inference time,
    so the best measured one, InstanceNorm, is trained as a teacher on half the budget and distilled
@@ -573,7 +574,7 @@ def pretrain_budget(facts: DataFacts, unlabelled: int, start: StartFacts | None,
     if unlabelled < max(MANY_UNLABELLED, UNLABELLED_RATIO * facts.n_train):
         return 0.0, (f"no pretraining: {unlabelled} unlabelled images, under max({MANY_UNLABELLED}, "
                      f"{UNLABELLED_RATIO} x {facts.n_train} labelled); pretraining on 15 DRIVE images (5 labelled) "
-                     "lost 0.04 F1 to scratch at 30 minutes, a worse start per step (R16)")
+                     "lost 0.010 F1 to scratch at 30 minutes: level per step, a quarter of the budget short (R16)")
     target = min_steps((1 - PRETRAIN_SHARE) * budget)  # R15: the fine-tuning after it is a transfer (new head)
     if tuning_steps < target:
         return 0.0, (f"no pretraining: fine-tuning in the other {1 - PRETRAIN_SHARE:.0%} of this budget would get "
