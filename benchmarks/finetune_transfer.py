@@ -14,8 +14,8 @@ vessel = positive, F1 = Dice at 0.5 and AUC ROC):
 
 - scratch: `unetkit train --budget B --config ARCH` with the source's architecture pinned (width,
   depth, normalization), so that the start is the only difference;
-- fine-tune: `unetkit train --budget B --init SOURCE` (the planner's R15: new head, encoder frozen
-  for 10 % of the steps, then discriminative learning rates).
+- fine-tune: `unetkit train --budget B --init SOURCE` (the planner's R15 for a transfer: new head,
+  encoder frozen for 10 % of the steps, scratch's step target and learning rate).
 
 `--control` adds a third arm that separates the start from R15's recipe:
 
@@ -122,6 +122,8 @@ def main() -> None:
             write_random_start(args.source, random_start)
         arms["random-start"] = [unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--init",
                                         str(random_start), "--out", str(out / "random-start"), "--quiet")]
+    if any("=" not in v for v in args.variant):
+        ap.error("--variant: expected NAME=CONFIG.json")
     variants = dict(v.split("=", 1) for v in args.variant)
     for name, config in variants.items():
         arms[name] = [unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--init", str(args.source),

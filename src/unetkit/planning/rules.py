@@ -113,7 +113,10 @@ R15 Pretrained start (`--init` artifact, `--pretrained` encoder, or R16's pretra
      and rates made a *random* start (the source's architecture with fresh weights) score F1 0.751
      against scratch's 0.786, so they, not the start, cost the earlier fine-tuning runs their 0.02-0.03;
      with R1's steps and R8's rate the ISBI 2012 start scored 0.792 against scratch's 0.774
-     (encoder at 0.5x: 0.789; docs/benchmarks.md, "Fine-tuning ... random start").
+     (encoder at 0.5x: 0.789); a CamVid street-scene start went from −0.023 to level (0.7725 vs
+     0.7710). Continued training on DRIVE 21-35 from a 21-25 parent beat scratch by 0.017 with the
+     halved rates and with scratch's alike (docs/benchmarks.md, "Fine-tuning from another data
+     set's model", 2026-12-03).
 R16 Self-supervised pretraining (`--unlabelled DIR`). Proposed only when labelled training images
    are few (< 30), the unlabelled images are many (at least 100, and at least 10x the labelled ones),
    and the budget is long enough that the fine-tuning share still reaches its step target (R15's) on
