@@ -110,24 +110,24 @@ def main() -> None:
     arch = {"base_width": source.model.base_width, "depth": source.model.depth, "norm": source.model.norm}
     pinned = out / "arch.json"
     pinned.write_text(json.dumps({"model": arch}))
-    arms = {
-        "scratch": [unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--config", str(pinned),
-                            "--out", str(out / "scratch"), "--quiet")],
-        "fine-tune": [unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--init", str(args.source),
-                              "--out", str(out / "fine-tune"), "--quiet")],
-    }
+
+    def train(name: str, *options: str) -> list[list[str]]:
+        """One arm: `unetkit train` on the manifest for the budget, into OUT/NAME."""
+        return [unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", *options, "--out", str(out / name),
+                        "--quiet")]
+
+    arms = {"scratch": train("scratch", "--config", str(pinned)),
+            "fine-tune": train("fine-tune", "--init", str(args.source))}
     if args.control:
         random_start = out / "random-start.unetkit"
         if args.score is None:
             write_random_start(args.source, random_start)
-        arms["random-start"] = [unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--init",
-                                        str(random_start), "--out", str(out / "random-start"), "--quiet")]
+        arms["random-start"] = train("random-start", "--init", str(random_start))
     if any("=" not in v for v in args.variant):
         ap.error("--variant: expected NAME=CONFIG.json")
     variants = dict(v.split("=", 1) for v in args.variant)
     for name, config in variants.items():
-        arms[name] = [unetkit("train", str(manifest), "--budget", f"{budget:.0f}s", "--init", str(args.source),
-                              "--config", config, "--out", str(out / name), "--quiet")]
+        arms[name] = train(name, "--init", str(args.source), "--config", config)
     if args.score is None:
         load_before = os.getloadavg()
         walls = run_arms(arms, out, args.parallel)

@@ -454,8 +454,9 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     if pretrain_seconds > 0:
         start, budget_seconds = StartFacts("pretrain"), budget_seconds - pretrain_seconds
     fixed = start.fixed() if start is not None else {}
+    continued = start is not None and start.keeps_head  # R15: continued training (else a transfer, or scratch)
     target = min_steps(budget_seconds)
-    if start is not None and start.keeps_head:  # R15: continued training
+    if continued:
         target = int(FINETUNE_STEP_FACTOR * target)
     rows, best, best_i = [], None, 0
     for i, c in enumerate(candidates(facts, overrides | fixed)):
@@ -481,7 +482,7 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
         steps = int(overrides["steps"])
     reached = "reaches" if steps >= target else "is below"
     why_model = (f"the largest candidate whose {steps} steps in this budget {reached} the step target {target} "
-                 f"(R1/R2{'/R15: half of R1, continued training' if start is not None and start.keeps_head else ''}; "
+                 f"(R1/R2{'/R15: half of R1, continued training' if continued else ''}; "
                  f"{sps * 1000:.0f} ms/step here)")
     choices: list[Choice] = []
 
@@ -508,11 +509,10 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     _augment_choices(choose, facts)
     lr = min(2e-3, max(5e-4, 1e-3 * math.sqrt(cand.batch / 8)))
     choose("optim.optimizer", "adamw", "AdamW: robust default for U-Nets trained from scratch (R8)")
-    if start is None:
-        choose("optim.lr", round(lr, 6), "1e-3 x sqrt(batch/8), clamped to 5e-4..2e-3 (R8)")
-    elif not start.keeps_head:
-        choose("optim.lr", round(lr, 6), "R8's rate, 1e-3 x sqrt(batch/8): a transfer (new head) learns a new task; "
-               "halved rates made even a random start lose 0.035 F1 to scratch on DRIVE (R15)")
+    if not continued:
+        choose("optim.lr", round(lr, 6), "1e-3 x sqrt(batch/8), clamped to 5e-4..2e-3 (R8)" if start is None else
+               "R8's rate, 1e-3 x sqrt(batch/8): a transfer (new head) learns a new task; halved rates made even "
+               "a random start lose 0.035 F1 to scratch on DRIVE (R15)")
     else:
         choose("optim.lr", round(FINETUNE_LR_FACTOR * lr, 6),
                f"R8's {lr:.2g} x {FINETUNE_LR_FACTOR}: continued training of the same classes needs smaller steps, "
