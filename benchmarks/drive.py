@@ -12,7 +12,8 @@ metrics.jsonl, the peer's at its end; a PNG in docs/ and a table. Everything is 
 docs/benchmarks.md with the command and the machine. `--full-train` trains the peer on all 20 and
 unetkit on 19 (fit needs one held-out image for checkpoint selection: key 40), so the scores on the
 validation keys are then not held-out figures; `--predict-test DIR` writes one float32 probability
-TIFF in [0, 1] per DRIVE test image (`01_test.tif`, 0 outside the FOV).
+TIFF in [0, 1] per DRIVE test image (`01_test.tif`, 0 outside the FOV), as `unetkit predict` would
+(with TTA when the artifact chose it on its validation images).
 """
 
 from __future__ import annotations
@@ -79,13 +80,15 @@ def load_split(train_dir: Path, keys: list[str]):
     return sorted(load_samples(samples, spec, progress=False), key=lambda s: s.key)
 
 
-def unetkit_probabilities(artifact: Path, images: list[np.ndarray], tta: bool = False) -> list[np.ndarray]:
+def unetkit_probabilities(artifact: Path, images: list[np.ndarray], tta: bool | None = None) -> list[np.ndarray]:
+    """The vessel probabilities as `unetkit predict` writes them: the artifact's tiling and its own TTA
+    choice (`tta` None), or with TTA forced on or off."""
     from unetkit.artifact import load_artifact
-    from unetkit.config import TileConfig
+    from unetkit.inference.files import tile_config_for
     from unetkit.inference.predict import predict_image
 
     art = load_artifact(artifact)
-    config = TileConfig(tile_size=tuple(art.meta.patch_size), tta=tta)
+    config = tile_config_for(art, None if tta is None else {"tta": tta})
     return [predict_image(art, im, config)[-1] for im in images]  # the last class: vessel (foreground)
 
 
@@ -191,9 +194,12 @@ def main() -> None:
         fov = np.concatenate([(s.labels != 255).ravel() for s in val])
         return binary_scores(np.concatenate([p.ravel() for p in prob_list]), truth, fov)
 
-    results = {"unetkit": {**score(probs), "seconds": seconds}}
-    tta = unetkit_probabilities(out / "unetkit" / "model.unetkit", [s.image for s in val], tta=True)
-    results["unetkit + --tta (8 flips/rot90)"] = {**score(tta), "seconds": seconds}
+    from unetkit.artifact import read_meta
+
+    own = read_meta(out / "unetkit" / "model.unetkit").tta  # the artifact's TTA choice (made on validation)
+    results = {f"unetkit (as it predicts: TTA {'on' if own else 'off'})": {**score(probs), "seconds": seconds}}
+    other = unetkit_probabilities(out / "unetkit" / "model.unetkit", [s.image for s in val], tta=not own)
+    results[f"unetkit {'--no-tta' if own else '--tta'}"] = {**score(other), "seconds": seconds}
     curve = unetkit_curve(out / "unetkit")
     if args.peer:
         train = load_split(train_dir, all_keys if args.full_train else train_keys)
@@ -206,8 +212,6 @@ def main() -> None:
     if args.predict_test:
         n = write_test_predictions(data, out / "unetkit" / "model.unetkit", args.predict_test)
         print(f"wrote {n} test probability maps to {args.predict_test}")
-
-    from unetkit.artifact import read_meta
 
     plan = read_meta(out / "unetkit" / "model.unetkit").plan
     chosen = {c["key"]: c["value"] for c in plan.get("choices", [])}

@@ -70,3 +70,18 @@ def test_calibrate_unknown_key_is_one_line_error(tmp_path):
     model = tiny_artifact(tmp_path / "m.unetkit")
     assert_one_line_error(run_cli("calibrate", str(model), str(data), "--keys", "99", "--backend", "torch"),
                           "no samples with keys ['99']")
+
+
+def test_tune_tta_decides_and_records_and_refuses_bad_input_in_one_line(tmp_path):
+    data = drive_like(tmp_path / "d", n_images=3)
+    model = tiny_artifact(tmp_path / "m.unetkit", head_scale=3.0, seed=3)
+    out = invoke("tune-tta", str(model), str(data), "--out", str(tmp_path / "t.unetkit"), "--backend", "torch",
+                 "--json", str(tmp_path / "tta.json"))
+    s = json.loads((tmp_path / "tta.json").read_text())
+    assert f"plain {s['dice_plain']:.4f}, TTA (dihedral views) {s['dice_tta']:.4f} on 3 images" in out
+    assert s["gate"]["reason"] in out and f"TTA {'on' if s['tta'] else 'off'}" in out
+    assert load_artifact(tmp_path / "t.unetkit").meta.tta == s["tta"]
+    assert_one_line_error(run_cli("tune-tta", str(model), str(data), "--keys", "99", "--backend", "torch"),
+                          "no samples with keys ['99']")
+    bad = run_cli("train", str(data), "--tta", "sometimes")  # a usage error, as click words them
+    assert bad.returncode == 2 and "'sometimes' is not one of 'auto', 'on', 'off'" in bad.stderr

@@ -64,6 +64,7 @@ class ArtifactMeta:
     class_scale: tuple[float, ...] = ()  # optional vector scaling: logits * scale + bias
     class_bias: tuple[float, ...] = ()
     postprocess: dict[str, Any] = field(default_factory=dict)
+    tta: bool = False  # inference averages the TTA views (`unetkit.tuning.tta`: adopted where it helps)
     data_spec: dict[str, Any] = field(default_factory=dict)  # how masks map to classes
     fingerprint: dict[str, Any] = field(default_factory=dict)
     train_config: dict[str, Any] = field(default_factory=dict)
@@ -266,6 +267,8 @@ def _meta_json(meta: ArtifactMeta) -> dict[str, Any]:
     d.pop("meta_sha256")
     if not d["validation_sample"]:  # absent from artifacts written before it existed: their hash stays theirs
         del d["validation_sample"]
+    if not d["tta"]:  # likewise
+        del d["tta"]
     for key, default in (("encoder", "unet"), ("options", {})):  # ModelConfig fields added later, likewise
         if d["model"][key] == default:
             del d["model"][key]

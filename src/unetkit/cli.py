@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -127,8 +127,12 @@ TileOpt = Annotated[int | None, typer.Option(
 OverlapOpt = Annotated[float | None, typer.Option(
     help=f"Tile overlap fraction.  [default: from the model's plan, else {TileConfig.overlap}].")]
 TtaOpt = Annotated[bool | None, typer.Option(
-    "--tta/--no-tta", help="Average flips and rotations (about 8x slower).  "
-    f"[default: from the model's plan, else {'on' if TileConfig.tta else 'off'}].")]
+    "--tta/--no-tta", help="Average flips and rotations (2-8x slower).  [default: the model's own choice: "
+    "training turns it on where it helped the validation images; an exported model's plan records it].")]
+TrainTtaOpt = Annotated[Literal["auto", "on", "off"] | None, typer.Option(
+    "--tta", help="At the end of training, whether the model predicts with test-time augmentation (the mean of "
+    "its flipped/rotated views, 2-8x the inference cost): auto turns it on only where the gain holds across "
+    "the validation images (paired bootstrap, at least 3 images), on always, off never.  [default: auto]")]
 ArchOpt = Annotated[str | None, typer.Option(help="Model preset, see `unetkit models`.")]
 PatchOpt = Annotated[int | None, typer.Option(help="Square patch size.")]
 BatchOpt = Annotated[int | None, typer.Option(help="Global batch size.")]
@@ -309,6 +313,7 @@ def train(
     pretrained: PretrainedOpt = None,
     calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Fit temperature scaling on "
                                                    "the validation split at the end (default: on).")] = None,
+    tta: TrainTtaOpt = None,
     out: Annotated[str | None, typer.Option(help="Run folder (checkpoints, log, model.unetkit).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     nproc: Annotated[int | None, typer.Option(help="Data-parallel processes on this node (torchrun, gloo on CPU).  "
@@ -345,7 +350,7 @@ def train(
 
     flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
-                 tensorboard=tensorboard, progress=False if quiet else None, postprocess=postprocess, calibrate=calibrate,
+                 tensorboard=tensorboard, progress=False if quiet else None, postprocess=postprocess, calibrate=calibrate, tta=tta,
                  ensemble=ensemble, distill=distill, precision=precision, init=init,
                  pretrained=str(pretrained) if pretrained is not None else None, encoder=encoder,
                  freeze_encoder_steps=freeze_encoder_steps, encoder_lr_ratio=encoder_lr_ratio, track=track)
@@ -654,6 +659,31 @@ def tune_postprocess(
     typer.echo(f"gate: {s['gate']['reason']}")
     typer.echo(f"{metric} {s['before']:.4f} -> {s['after']:.4f} with {s['postprocess'] or 'no postprocessing (arg-max)'}")
     typer.echo(f"wrote {s['artifact']}")
+    _echo_json(s, json_out)
+
+
+@app.command("tune-tta")
+def tune_tta(
+    model: Annotated[Path, typer.Argument(help="Model artifact (updated in place unless --out); calibrate first.")],
+    data: Annotated[str, typer.Argument(help="Labelled validation data: folder, dataset description or manifest.")],
+    metric: Annotated[PostprocessMetric, typer.Option(help="dice or iou (pooled over images, foreground classes), or "
+                                                      "rand (1 - adapted Rand error of each class's components).")] = "dice",
+    keys: KeysOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Write the model here; MODEL stays as it is.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON here.")] = None,
+    backend: BackendOpt = "auto",
+) -> None:
+    """Decide whether MODEL predicts with test-time augmentation (the mean of its flipped/rotated views):
+    on only when the gain in METRIC over the plain prediction holds across the images (paired bootstrap
+    lower bound above zero, at least 3 images); else off. Predict, evaluate, export and serve follow the
+    choice unless told otherwise (--tta/--no-tta). Training does this itself at its end."""
+    from unetkit.tuning.tta import tune_model_tta
+
+    s = tune_model_tta(model, data, keys=_keys(keys), metric=metric, out=out, backend=backend)
+    typer.echo(f"{metric}: plain {s[metric + '_plain']:.4f}, TTA ({s['views']} views) {s[metric + '_tta']:.4f} on "
+               f"{s['images']} images; ECE {s['ece_plain']:.4f} -> {s['ece_tta']:.4f}")
+    typer.echo(f"gate: {s['gate']['reason']}")
+    typer.echo(f"TTA {'on' if s['tta'] else 'off'}; wrote {s['artifact']}")
     _echo_json(s, json_out)
 
 

@@ -294,6 +294,9 @@ class TrainConfig:
     # (`unetkit.inference.postprocess.tune_postprocess`); "off" keeps plain arg-max
     tune_postprocess: TunePostprocess = "off"
     calibrate: bool = True  # at the end, fit temperature scaling on the validation split (before tuning)
+    # at the end, whether inference averages the TTA views (`unetkit.tuning.tta`): "auto" where the
+    # gain holds across the validation images, "on" always, "off" never (and nothing measured)
+    tta: Literal["auto", "on", "off"] = "auto"
     ensemble_folds: int = 1  # >1: k-fold ensembling (R12): one member per fold of the training split
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # start from trained weights (R15)
     distill: DistillConfig = field(default_factory=DistillConfig)  # a teacher distilled into this model (R17)

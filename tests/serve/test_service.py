@@ -72,6 +72,33 @@ def test_served_tiling_is_the_artifacts_with_the_configured_overlap(artifact_pat
         model.close()
 
 
+def test_a_model_that_chose_tta_is_served_with_it_unless_the_request_says_no(artifact_path, tmp_path):
+    """What was trained is what is served: an artifact whose training adopted TTA (`ArtifactMeta.tta`)
+    averages the views for a request that does not say, and a request can still turn them off."""
+    import shutil
+
+    from unetkit.artifact import update_artifact
+
+    chose = shutil.copyfile(artifact_path, tmp_path / "tta.unetkit")
+    update_artifact(chose, tta=True)
+    image = synthetic_image(70, 90)
+    plain_service = Service.from_artifact(artifact_path, ServeConfig(max_batch_size=8, max_wait_ms=20))
+    tta_service = Service.from_artifact(chose, ServeConfig(max_batch_size=8, max_wait_ms=20))
+    try:
+        assert plain_service.models()["primary"]["tta"] is False and tta_service.models()["primary"]["tta"] is True
+        own = tta_service.segment(image, SegmentOptions(keep_probabilities=True))
+        asked = plain_service.segment(image, SegmentOptions(tta=True, keep_probabilities=True))
+        plain = plain_service.segment(image, SegmentOptions(keep_probabilities=True))
+        declined = tta_service.segment(image, SegmentOptions(tta=False, keep_probabilities=True))
+        assert own.tta and asked.tta and not plain.tta and not declined.tta
+        np.testing.assert_allclose(own.probabilities, asked.probabilities, atol=1e-5)
+        np.testing.assert_allclose(declined.probabilities, plain.probabilities, atol=1e-5)
+        assert np.abs(own.probabilities - plain.probabilities).max() > 1e-3  # the views do change the output
+    finally:
+        plain_service.close()
+        tta_service.close()
+
+
 def test_tta_and_small_and_gray_images(service):
     tiny = synthetic_image(20, 33)
     assert service.segment(tiny, SegmentOptions(tta=True)).labels.shape == (20, 33)

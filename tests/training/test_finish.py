@@ -41,9 +41,15 @@ def test_fit_tunes_postprocessing_on_the_validation_split_and_stores_it(tiny_con
     assert (art.meta.temperature != 1.0) == cal["gate"]["adopted"]
     assert art.meta.temperature == (pytest.approx(cal["fitted_temperature"]) if cal["gate"]["adopted"] else 1.0)
     assert record["postprocess"] == (record["tuned"] if record["gate"]["adopted"] else {})
-    off = load_artifact(fit(tiny_config("off", tune_postprocess="off", calibrate=False)))
+    # TTA decided between the two on the same images; the search tuned what inference produces
+    # (the record's "before" is arg-max of the chosen probabilities), which evaluation re-predicted above
+    tta = art.meta.metrics["tta"]
+    assert tta["keys"] == record["keys"] and art.meta.tta == tta["tta"] == tta["gate"]["adopted"]
+    assert record["before"] == pytest.approx(tta["iou_tta" if art.meta.tta else "iou_plain"], abs=1e-6)
+    off = load_artifact(fit(tiny_config("off", tune_postprocess="off", calibrate=False, tta="off")))
     assert "postprocess_tuning" not in off.meta.metrics and off.meta.postprocess == {}
     assert "calibration" not in off.meta.metrics and off.meta.temperature == 1.0
+    assert "tta" not in off.meta.metrics and off.meta.tta is False
 
 
 def test_too_few_validation_images_keep_the_defaults_and_the_artifact_says_why(tiny_config) -> None:
@@ -119,4 +125,15 @@ def test_a_rand_search_reserves_the_time_its_watershed_trials_take() -> None:
     rand = finish_validations(TrainConfig(tune_postprocess="rand"), 5)
     # ISBI 2012, 5 validation slices: search + the gate's out-of-fold searches took 62 s at 1.9 s a pass
     assert rand >= 62 / 1.9 > dice
-    assert finish_validations(TrainConfig(tune_postprocess="off", calibrate=False), 5) == 0.0
+    assert finish_validations(TrainConfig(tune_postprocess="off", calibrate=False, tta="off"), 5) == 0.0
+
+
+def test_deciding_tta_reserves_one_pass_per_view_which_the_search_then_reuses() -> None:
+    from unetkit.config import AugmentConfig, TrainConfig
+    from unetkit.training.finish import finish_validations
+
+    off = finish_validations(TrainConfig(tune_postprocess="dice", tta="off"), 5)
+    # the plain pass and 8 views, the plain pass being the search's own
+    assert finish_validations(TrainConfig(tune_postprocess="dice"), 5) == pytest.approx(off + 8)
+    upright = TrainConfig(tune_postprocess="off", calibrate=False, augment=AugmentConfig(flip_vertical=False))
+    assert finish_validations(upright, 5) == pytest.approx(3.0)  # plain, then as is + mirrored

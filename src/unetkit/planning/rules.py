@@ -93,7 +93,10 @@ R13 Postprocessing. At the end of training the artifact's postprocessing is tune
    is a thin network: cells and membranes) are scored as objects -- 1 - adapted Rand error, which
    adds the watershed split, with at most 0.005 Dice given up; everything else by pooled Dice.
    On ISBI 2012 the split took the Rand error of one model from 0.121 to 0.037 (tuned leaving the
-   scored slice out; docs/benchmarks.md).
+   scored slice out; docs/benchmarks.md). Before the search, test-time augmentation is decided the
+   same way (`unetkit.tuning.tta`): on where the views' mean beats the plain prediction across the
+   validation images (DRIVE and CamVid gained, ISBI 2012 lost Dice), and the search tunes on what
+   inference will then produce.
 R14 Compute mode. The autocast precision (fp32 or bf16) and memory format (NCHW or channels_last)
    the candidates were timed fastest in, among the modes that passed the health check over their
    probe steps (`unetkit.planning.throughput.measure_throughput`); the reason lists the measured
@@ -534,6 +537,8 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
            f"objects ({', '.join(facts.touching)}) touch through a thin background: tuned for the adapted Rand "
            "score, watershed split included (R13)" if facts.touching else
            "tuned on the validation split for pooled Dice, kept only where it helps (R13)")
+    choose("tta", "auto", "decided at the end on the validation split: the mean of the flipped/rotated views only "
+           "where it beats the plain prediction across the images, at 2-8x the inference cost (R13)")
     choose("ensemble_folds", folds, why_folds)
     choose("distill.mode", distill, why_distill)
     if start is not None:

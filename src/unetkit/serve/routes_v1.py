@@ -69,7 +69,8 @@ async def segment(
     output: Literal["mask", "color", "overlay", "probabilities"] = Query(
         "mask", description="with format=png: class-index mask, colour mask, overlay PNG or float32 probability TIFF (K pages)"),
     include: str = Query("", description=f"with format=json, comma-separated extras: {', '.join(INCLUDES)}"),
-    tta: bool = Query(False, description="average the 8 flips/rotations (8x slower)"),
+    tta: bool | None = Query(None, description="average the flips/rotations (up to 8x slower); default: the model's "
+                             "own choice (training turns TTA on where it helped the validation images)"),
     state: AppState = Depends(app_state),
 ) -> Response:
     """Segment one image (multipart field `file`, or the raw body). Large images are tiled."""
@@ -115,7 +116,7 @@ async def watch_disconnect(request: Request, cancelled: threading.Event) -> None
 
 
 def _segment_blocking(state: AppState, service: Service, data: bytes, name: str, fmt: str, output: str,
-                      include: set[str], tta: bool, context: RequestContext,
+                      include: set[str], tta: bool | None, context: RequestContext,
                       limits: Limits) -> tuple[bytes, str, dict[str, str]]:
     """Decode, segment, encode: the whole request's CPU work, in a pool thread. The header is read first:
     size and channels are checked and the image waits for room in the pixel budget before it is decoded
@@ -128,7 +129,7 @@ def _segment_blocking(state: AppState, service: Service, data: bytes, name: str,
 
 
 def _segment_admitted(state: AppState, service: Service, data: bytes, name: str, fmt: str, output: str,
-                      include: set[str], tta: bool, context: RequestContext, limits: Limits,
+                      include: set[str], tta: bool | None, context: RequestContext, limits: Limits,
                       max_channels: int) -> tuple[bytes, str, dict[str, str]]:
     start = time.perf_counter()
     request_id = context.request_id
@@ -143,7 +144,7 @@ def _segment_admitted(state: AppState, service: Service, data: bytes, name: str,
                "X-Inference-Ms": str(timing["inference_ms"])}
     with context.span("encode", **{"unetkit.format": fmt, "unetkit.output": output}):
         if fmt == "json":
-            payload = segment_json(seg, image, include, request_id, {**timing, "total_ms": 0.0}, tta,
+            payload = segment_json(seg, image, include, request_id, {**timing, "total_ms": 0.0}, seg.tta,
                                    state.config.max_output_values)
             payload["timing"]["total_ms"] = round((time.perf_counter() - start) * 1000, 2)
             body, media = json.dumps(payload, allow_nan=False).encode(), "application/json"

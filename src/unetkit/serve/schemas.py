@@ -38,6 +38,8 @@ class ModelInfo(BaseModel):
                                                        "parity gate) or int8 (an int8 export)")
     format: str = Field(default="artifact", description="what was loaded: artifact (.unetkit), onnx or xml (an "
                                                         "exported model with its inference plan)")
+    tta: bool = Field(default=False, description="whether a request that does not say averages the TTA views (the "
+                                                 "model's own choice)")
     registry: RegistryVersion | None = Field(default=None, description="the registry version served, if any")
 
 

@@ -75,7 +75,7 @@ class Observer:
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    tta: bool = False  # average the 8 flips/rotations (8x the compute)
+    tta: bool | None = None  # average the flips/rotations (8x the compute); None: the model's own choice
     keep_probabilities: bool = False
     deadline: float | None = None  # time.monotonic() past which the request's remaining tiles are skipped
     cancelled: threading.Event | None = None  # set when the client is gone: the remaining tiles are skipped
@@ -90,6 +90,7 @@ class Segmentation:
     model: LoadedModel
     summary: dict[str, Any]  # per-class fractions and confidences, see `summarize`
     seconds: float
+    tta: bool = False  # whether the views were averaged
 
 
 class LoadedModel:
@@ -140,18 +141,20 @@ class LoadedModel:
             "in_channels": self.meta.in_channels, "patch_size": list(self.patch),
             "temperature": self.meta.temperature, "created": self.meta.created, "registry": self.origin,
             "backend": self.backend, "precision": self.precision,
-            "format": self.format,
+            "format": self.format, "tta": self.tile_config.tta,
         }
 
-    def probabilities(self, image: np.ndarray, tta: bool = False, deadline: float | None = None,
+    def probabilities(self, image: np.ndarray, tta: bool | None = None, deadline: float | None = None,
                       cancelled: threading.Event | None = None, context: Any = None) -> np.ndarray:
         """(K, H, W) probabilities through the shared batcher (blocks the calling thread); `DeadlineExceeded`
         when `deadline` (time.monotonic()) passes before the last batch, `ClientDisconnected` once
-        `cancelled` is set. `context`: the request's RequestContext (its trace gets the forward passes)."""
+        `cancelled` is set. `context`: the request's RequestContext (its trace gets the forward passes).
+        `tta`: average the views, or not; None: as the model's artifact chose (`ArtifactMeta.tta`)."""
         with self.batcher.session(context) as session:
             predictor = _SessionPredictor(self.batcher, session, self.meta.in_channels, self.patch, deadline,
                                           cancelled)
-            return predict_tiled(predictor, image, replace(self.tile_config, tta=tta), max_pixels=image.shape[1] * image.shape[2])
+            tile = self.tile_config if tta is None else replace(self.tile_config, tta=tta)
+            return predict_tiled(predictor, image, tile, max_pixels=image.shape[1] * image.shape[2])
 
     def close(self) -> None:
         self.batcher.close()
@@ -307,8 +310,9 @@ class Service:
             if context is not None:
                 context.model_chosen(model.version)
             image = fit_channels(image, model.meta.in_channels)
+            tta = model.tile_config.tta if options.tta is None else options.tta
             try:
-                probs = model.probabilities(image, tta=options.tta, deadline=options.deadline,
+                probs = model.probabilities(image, tta=tta, deadline=options.deadline,
                                             cancelled=options.cancelled,
                                             context=context if context is not None and context.traced else None)
             except QueueFull as e:
@@ -323,10 +327,11 @@ class Service:
             summary = summarize(labels, confidence, model.meta.class_names, model.colors)
         model_seconds = time.perf_counter() - start
         self.observer.prediction(model, summary)
-        self.observer.segmented(model, image, None if options.tta else probs, labels)
+        self.observer.segmented(model, image, None if tta else probs, labels)
         if self.rollout == "shadow":
             self._shadow(image, labels, options)
-        return Segmentation(labels, confidence, probs if options.keep_probabilities else None, model, summary, model_seconds)
+        return Segmentation(labels, confidence, probs if options.keep_probabilities else None, model, summary, model_seconds,
+                            tta)
 
     def _shadow(self, image: np.ndarray, labels: np.ndarray, options: SegmentOptions) -> None:
         assert self._shadow_pool is not None and self.candidate is not None

@@ -2,8 +2,8 @@
 
 `save_final_artifact` takes a single model's kept weights (`unetkit.training.selection`: the best
 validated checkpoint, or the final weights when they lead it across the validation images);
-`write_artifact` (also the ensemble's) fits temperature scaling and tunes the postprocessing on the
-validation split (`finish_on_validation`), adds the drift baseline (`unetkit.monitor`) and a few
+`write_artifact` (also the ensemble's) fits temperature scaling, decides TTA and tunes the
+postprocessing on the validation split (`finish_on_validation`), adds the drift baseline (`unetkit.monitor`) and a few
 labelled validation crops (`validation_sample`, what the parity gate checks reduced precisions on)
 and writes the artifact atomically. `end_passes` is what the end of a run costs, in validation passes, for
 the budget's end-of-run reserve (`unetkit.training.budget.reserve_seconds`).
@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from unetkit.artifact import Artifact, ArtifactMeta, ValidationSample, save_artifact
-from unetkit.config import TrainConfig, to_dict
+from unetkit.config import TileConfig, TrainConfig, to_dict
 from unetkit.data.splits import spread
+from unetkit.inference.files import trained_views
+from unetkit.inference.predict import tta_views
 from unetkit.monitor.baseline import baseline_validations
 from unetkit.monitor.measure import training_baseline
 from unetkit.training.budget import BudgetClock
@@ -33,9 +35,11 @@ from unetkit.training.selection import select_weights
 from unetkit.training.steps import RunState
 from unetkit.tuning.calibration import calibrate_samples, calibration_record
 from unetkit.tuning.gate import MIN_IMAGES, fold_indices
-from unetkit.tuning.postprocess import tune_samples, tuning_record
+from unetkit.tuning.postprocess import tune_probabilities, tune_samples, tuning_record
+from unetkit.tuning.tta import choose_tta
 
-TUNE_PREDICT_VALIDATIONS = 1.0  # budget reserved for tuning postprocessing: one prediction pass (R13) ...
+TUNE_PREDICT_VALIDATIONS = 1.0  # budget reserved for tuning postprocessing: one prediction pass (R13; with
+# TTA measured, its views' passes instead) ...
 SEARCH_VALIDATIONS = 1.0  # ... + the search, and each out-of-fold search of the gate (unetkit.tuning.gate)
 # A search for the adapted Rand score (R13: watershed splits, components per trial) costs far more than
 # a validation pass: on ISBI 2012 (5 slices of 512², a 1.9 s pass) the search and the gate's 5
@@ -61,10 +65,13 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
     if not val_images:
         return 0.0
     folds = len(fold_indices(val_images)) if val_images >= MIN_IMAGES else 0  # the gate's out-of-fold refits
+    tuning = config.tune_postprocess != "off"
     search = RAND_SEARCH_VALIDATIONS if config.tune_postprocess == "rand" else SEARCH_VALIDATIONS
-    tune = (TUNE_PREDICT_VALIDATIONS + search * (1 + folds)) * min(val_images, MAX_TUNE_IMAGES) / val_images
-    return ((CALIBRATE_VALIDATIONS + GATE_FIT_VALIDATIONS * folds if config.calibrate else 0.0)
-            + (tune if config.tune_postprocess != "off" else 0.0))
+    # the plain prediction and each TTA view's, which the search then reuses
+    views = len(tta_views(TileConfig(tta_views=trained_views(to_dict(config))))) if config.tta != "off" else 0
+    predict = 1.0 + views if views else (TUNE_PREDICT_VALIDATIONS if tuning else 0.0)
+    tune = (predict + (search * (1 + folds) if tuning else 0.0)) * min(val_images, MAX_TUNE_IMAGES) / val_images
+    return (CALIBRATE_VALIDATIONS + GATE_FIT_VALIDATIONS * folds if config.calibrate else 0.0) + tune
 
 
 def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,
@@ -162,9 +169,11 @@ def _most_foreground(labels: np.ndarray, size: tuple[int, int], ignore_index: in
 
 def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any], config: TrainConfig, *,
                          deadline: float | None = None) -> Any:
-    """`meta` with temperature scaling fitted on the validation split (`config.calibrate`), then the
-    postprocessing tuned on it for `config.tune_postprocess` (R13), each recorded in the metrics
-    with the validation keys. Calibration first: a tuned threshold refers to calibrated probabilities.
+    """`meta` with temperature scaling fitted on the validation split (`config.calibrate`), then TTA
+    decided on it (`config.tta`, `unetkit.tuning.tta`), then the postprocessing tuned on it for
+    `config.tune_postprocess` (R13), each recorded in the metrics with the validation keys.
+    Calibration first: TTA averages calibrated views and a tuned threshold refers to calibrated
+    probabilities; TTA before the search, which tunes on the probabilities inference will produce.
     Each is stored only when `unetkit.tuning.gate` finds its gain holds across the validation
     images (out of fold, paired bootstrap, at least `MIN_IMAGES` images: a `--full-train` run that
     validates on one image keeps the defaults); the record's `gate` says why either way. A search
@@ -184,13 +193,26 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
                                                                   calibration_record(c | {"keys": keys})})
         say(f"calibrated on {len(val)} validation image(s) in {time.perf_counter() - t0:.1f} s: temperature "
             f"{c['temperature']:.3f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f} ({c['gate']['reason']})")
+    sample = spread(val, MAX_TUNE_IMAGES)  # bounded memory and search time on a large validation split
+    sample_keys = [s.key for s in sample]
+    probs = None
+    if config.tta != "off":
+        t0 = time.perf_counter()
+        metric = config.tune_postprocess if config.tune_postprocess != "off" else "dice"
+        choice, probs = choose_tta(Artifact(meta=meta, state_dict=weights), sample, mode=config.tta, metric=metric,
+                                   backend=backend, deadline=deadline)
+        meta = dataclasses.replace(meta, tta=choice["tta"], metrics={**meta.metrics, "tta": choice | {"keys": sample_keys}})
+        say(f"TTA ({choice['views']} views) measured on {len(sample)} validation image(s) in "
+            f"{time.perf_counter() - t0:.1f} s: {'on' if choice['tta'] else 'off'} ({choice['gate']['reason']})")
     if config.tune_postprocess != "off":
         t0 = time.perf_counter()
-        sample = spread(val, MAX_TUNE_IMAGES)  # bounded memory and search time on a large validation split
-        summary = tune_samples(Artifact(meta=meta, state_dict=weights), sample, config.tune_postprocess, progress=False,
-                               backend=backend, deadline=deadline)
+        artifact = Artifact(meta=meta, state_dict=weights)
+        summary = (tune_samples(artifact, sample, config.tune_postprocess, progress=False, backend=backend,
+                                deadline=deadline) if probs is None else
+                   tune_probabilities(probs, [s.labels for s in sample], meta.num_classes, config.tune_postprocess,
+                                      ignore_index=meta.ignore_index, deadline=deadline))
         meta = dataclasses.replace(meta, postprocess=summary["postprocess"], metrics={
-            **meta.metrics, "postprocess_tuning": tuning_record(summary | {"keys": [s.key for s in sample]})})
+            **meta.metrics, "postprocess_tuning": tuning_record(summary | {"keys": sample_keys})})
         say(f"postprocessing tuned on {len(sample)} validation image(s) for {summary['metric']} in "
             f"{time.perf_counter() - t0:.1f} s: {summary['before']:.4f} -> {summary['after']:.4f} with "
             f"{summary['postprocess'] or 'plain arg-max'} ({summary['gate']['reason']})")

@@ -79,8 +79,9 @@ def bootstrap_gain(default_parts: np.ndarray, tuned_parts: np.ndarray, statistic
 
 
 def decide(default_parts: np.ndarray, tuned_parts: np.ndarray, statistic: Statistic, *, what: str,
-           seed: int = 0, min_images: int | None = None) -> GateResult:
-    """Whether to adopt `what` (e.g. "postprocessing") given its out-of-fold per-image parts."""
+           seed: int = 0, min_images: int | None = None, gain_name: str = "out-of-fold gain") -> GateResult:
+    """Whether to adopt `what` (e.g. "postprocessing") given its out-of-fold per-image parts
+    (`gain_name` says what kind of gain they give, for the reason)."""
     n = len(default_parts)
     refused = too_few(n, what, min_images)
     if refused is not None:
@@ -88,9 +89,9 @@ def decide(default_parts: np.ndarray, tuned_parts: np.ndarray, statistic: Statis
     gain, lower = bootstrap_gain(default_parts, tuned_parts, statistic, seed=seed)
     pct = round(100 * LOWER_QUANTILE)
     if lower > 0:
-        return GateResult(True, gain, lower, n, f"adopted: out-of-fold gain {gain:+.4g} over {n} images, "
+        return GateResult(True, gain, lower, n, f"adopted: {gain_name} {gain:+.4g} over {n} images, "
                           f"{pct}th-percentile bootstrap bound {lower:+.4g} > 0")
-    return GateResult(False, gain, lower, n, f"{what} kept at the default: out-of-fold gain {gain:+.4g} over {n} "
+    return GateResult(False, gain, lower, n, f"{what} kept at the default: {gain_name} {gain:+.4g} over {n} "
                       f"images, {pct}th-percentile bootstrap bound {lower:+.4g} is not above 0")
 
 

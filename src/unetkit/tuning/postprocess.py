@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from unetkit.artifact import Artifact, update_artifact
-from unetkit.config import POSTPROCESS_METRICS, PostprocessConfig, TileConfig, to_dict
+from unetkit.config import POSTPROCESS_METRICS, PostprocessConfig, TileChoice, to_dict
 from unetkit.errors import ConfigError, DataError
 from unetkit.evaluation.labelled import iter_probabilities, load_labelled
 from unetkit.inference.postprocess import acts_on, apply_postprocess, clean_class, same_below
@@ -224,12 +224,13 @@ def tune_model_postprocess(
     keys: Sequence[str] | None = None,
     metric: str = "dice",
     out: str | Path | None = None,
-    config: TileConfig = TileConfig(),
+    config: TileChoice = None,
     backend: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Choose postprocessing on labelled data (see `tune_postprocess`) and
-    store it in the artifact's `postprocess` (in place, or in a copy at `out`)."""
+    """Choose postprocessing on labelled data (see `tune_postprocess`), predicted as the artifact's
+    inference does (its tiling and TTA choice, `config` over them), and store it in the artifact's
+    `postprocess` (in place, or in a copy at `out`)."""
     if metric not in POSTPROCESS_METRICS:
         raise DataError(f"metric '{metric}': expected one of {list(POSTPROCESS_METRICS)}")
     artifact, samples = load_labelled(model, data, keys, progress)
@@ -246,24 +247,37 @@ def tune_samples(
     samples: Sequence[Any],
     metric: str,
     *,
-    config: TileConfig = TileConfig(),
+    config: TileChoice = None,
     backend: str = "auto",
     progress: bool = True,
     seed: int = 0,
     deadline: float | None = None,
 ) -> dict[str, Any]:
-    """Predict labelled `samples` (LoadedSample: image, labels) with `artifact` and tune its
-    postprocessing for `metric`; returns the summary (`postprocess`: the params to store, `{}`
-    unless the gate adopted them; `tuned`: what the search chose on all the images; `gate`: the
-    verdict of `gate_postprocess`; `before` / `after`: the metric with arg-max / with the stored
-    params; `dice_before` / `dice_after`; `steps`: the search log). Past `deadline`
-    (`time.monotonic()`) the search or the gate stops and plain arg-max stays, the gate's reason
-    saying so."""
-    probs, truths = [], []
-    for sample, p in iter_probabilities(artifact, samples, config, backend=backend, progress=progress):
-        probs.append(p)
-        truths.append(sample.labels)
-    k, ignore = artifact.meta.num_classes, artifact.meta.ignore_index
+    """Predict labelled `samples` (LoadedSample: image, labels) with `artifact` as its inference
+    does (`config` over the model's own tiling and TTA choice) and tune its postprocessing for
+    `metric` (`tune_probabilities`)."""
+    probs = [p for _, p in iter_probabilities(artifact, samples, config, backend=backend, progress=progress)]
+    return tune_probabilities(probs, [s.labels for s in samples], artifact.meta.num_classes, metric,
+                              ignore_index=artifact.meta.ignore_index, seed=seed, deadline=deadline)
+
+
+def tune_probabilities(
+    probs: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    num_classes: int,
+    metric: str,
+    *,
+    ignore_index: int = 255,
+    seed: int = 0,
+    deadline: float | None = None,
+) -> dict[str, Any]:
+    """Tune the postprocessing of predicted `probs` for `metric` against `truths`; returns the
+    summary (`postprocess`: the params to store, `{}` unless the gate adopted them; `tuned`: what
+    the search chose on all the images; `gate`: the verdict of `gate_postprocess`; `before` /
+    `after`: the metric with arg-max / with the stored params; `dice_before` / `dice_after`;
+    `steps`: the search log). Past `deadline` (`time.monotonic()`) the search or the gate stops and
+    plain arg-max stays, the gate's reason saying so."""
+    k, ignore = num_classes, ignore_index
     try:
         tuned, log = tune_postprocess(probs, truths, metric=metric, ignore_index=ignore, deadline=deadline)
         verdict = gate_postprocess(probs, truths, tuned, metric=metric, ignore_index=ignore, seed=seed,
@@ -280,7 +294,7 @@ def tune_samples(
         "metric": metric, "postprocess": params, "tuned": tuned, "gate": verdict.to_dict(),
         "before": score_labels(plain, truths, k, metric, ignore), "after": score_labels(kept, truths, k, metric, ignore),
         "dice_before": score_labels(plain, truths, k, "dice", ignore), "dice_after": score_labels(kept, truths, k, "dice", ignore),
-        "images": len(samples), "steps": log,
+        "images": len(probs), "steps": log,
     })
 
 

@@ -1,0 +1,142 @@
+"""Test-time augmentation adopted only when it helps across the validation images.
+
+Averaging the predictions of the flipped and rotated views (`unetkit.inference.predict.tta_views`:
+the 8 of the square, or as-is + mirrored for a model trained upright) costs 8 (or 2) predictions
+per tile. On DRIVE it bought +0.002-0.003 pooled Dice on the five held-out images of two runs; on
+ISBI 2012 it cost 0.0009 Dice (docs/benchmarks.md). So it is a decision per model, made like the
+other tuned settings (`unetkit.tuning.gate`): the artifact's `tta` turns on only when the gain of
+the views' mean over the plain prediction holds across the validation images (paired bootstrap
+lower bound above zero, at least `gate.MIN_IMAGES` images). TTA has no parameter chosen on the
+images, so there is nothing to cross-fit: the paired bootstrap judges the one choice.
+
+`choose_tta` predicts each image plainly and with TTA, exactly as inference would (the decision costs
+one pass more than the views), and hands the chosen probabilities on: the postprocessing search
+that follows tunes on what inference will produce, and reuses the pass.
+`tune_model_tta` does the same for a trained artifact on labelled data and stores the choice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from unetkit.artifact import Artifact, update_artifact
+from unetkit.config import POSTPROCESS_METRICS, replace
+from unetkit.errors import DataError
+from unetkit.evaluation.labelled import load_labelled
+from unetkit.inference.backends import make_predictor
+from unetkit.inference.files import tile_config_for
+from unetkit.inference.predict import predict_tiled, tta_views
+from unetkit.metrics.calibration import calibration_bins, expected_calibration_error
+from unetkit.metrics.scores import json_value
+from unetkit.tuning.gate import GateResult, decide
+from unetkit.tuning.postprocess import parts_statistic, score_parts
+from unetkit.tuning.store import target_path
+
+TtaMode = Literal["auto", "on", "off"]
+
+
+def view_count(artifact: Artifact) -> int:
+    """Predictions per tile with TTA for this model (8, or 2 for a model trained upright)."""
+    return len(tta_views(tile_config_for(artifact, {"tta": True})))
+
+
+def choose_tta(
+    artifact: Artifact,
+    samples: Sequence[Any],
+    *,
+    mode: TtaMode = "auto",
+    metric: str = "dice",
+    backend: str = "auto",
+    seed: int = 0,
+    deadline: float | None = None,
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """(summary, the probabilities inference will produce for each sample) for labelled `samples`.
+
+    The summary's `tta` is what to store: "auto" adopts TTA when `gate_tta` finds its gain holds,
+    "on" keeps it whatever the gain (the user's choice, still measured), and past `deadline`
+    (`time.monotonic()`) "auto" stops predicting and keeps it off. The summary also has the scores
+    (`metric` and pooled Dice, plain and TTA), the ECE of both (TTA's mean of calibrated views is
+    not itself calibrated), the views and the seconds the views took."""
+    tile = tile_config_for(artifact, {"tta": True})
+    predictor = make_predictor(artifact, backend=backend)
+    plain, mean, truths = [], [], []
+    t0 = time.perf_counter()
+    for sample in samples:
+        if mode == "auto" and deadline is not None and time.monotonic() > deadline:
+            verdict = GateResult(False, float("nan"), float("nan"), len(samples),
+                                 f"TTA: not measured, the budget's time ran out after {len(plain)} of "
+                                 f"{len(samples)} images; kept off")
+            rest = [predict_tiled(predictor, s.image, replace(tile, tta=False)) for s in samples[len(plain):]]
+            return _summary(False, verdict, tile.tta_views, metric, t0), [*plain, *rest]
+        plain.append(predict_tiled(predictor, sample.image, replace(tile, tta=False)))
+        mean.append(predict_tiled(predictor, sample.image, tile))  # exactly what inference with TTA computes
+        truths.append(sample.labels)
+    k, ignore = artifact.meta.num_classes, artifact.meta.ignore_index
+    verdict = gate_tta(plain, mean, truths, k, metric=metric, ignore_index=ignore, seed=seed)
+    adopted = verdict.adopted if mode == "auto" else True
+    if mode == "on" and not verdict.adopted:
+        verdict = GateResult(True, verdict.gain, verdict.lower, verdict.n, f"on as asked (tta: on); the gate would "
+                             f"not adopt it: {verdict.reason}")
+    labels = [(p.argmax(0), q.argmax(0)) for p, q in zip(plain, mean, strict=True)]
+    scores = {
+        f"{what}_{when}": parts_statistic(k, what)(score_parts([pair[j] for pair in labels], truths, k, what, ignore).sum(0))
+        for what in dict.fromkeys((metric, "dice")) for j, when in enumerate(("plain", "tta"))
+    }
+    ece = {f"ece_{when}": _ece(probs, truths, ignore) for when, probs in (("plain", plain), ("tta", mean))}
+    summary = _summary(adopted, verdict, tile.tta_views, metric, t0) | scores | ece | {"images": len(samples)}
+    return summary, mean if adopted else plain
+
+
+def gate_tta(plain: Sequence[np.ndarray], tta: Sequence[np.ndarray], truths: Sequence[np.ndarray], num_classes: int,
+             *, metric: str = "dice", ignore_index: int = 255, seed: int = 0) -> GateResult:
+    """Whether TTA's probabilities (`tta`) beat the plain ones across the images: arg-max labels of
+    each scored per image for `metric`, the pooled gain judged by `gate.decide`."""
+    if metric not in POSTPROCESS_METRICS:
+        raise DataError(f"metric '{metric}': expected one of {list(POSTPROCESS_METRICS)}")
+    before = score_parts([p.argmax(0) for p in plain], truths, num_classes, metric, ignore_index)
+    after = score_parts([p.argmax(0) for p in tta], truths, num_classes, metric, ignore_index)
+    return decide(before, after, parts_statistic(num_classes, metric), what="TTA", seed=seed,
+                  gain_name="gain of the views' mean")
+
+
+def tune_model_tta(
+    model: str | Path,
+    data: str | Path,
+    *,
+    keys: Sequence[str] | None = None,
+    metric: str = "dice",
+    out: str | Path | None = None,
+    backend: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Decide TTA for a trained artifact on labelled data (`choose_tta`, "auto") and store it in the
+    artifact's `tta` (in place, or in a copy at `out`), the record in its metrics' "tta"."""
+    if metric not in POSTPROCESS_METRICS:
+        raise DataError(f"metric '{metric}': expected one of {list(POSTPROCESS_METRICS)}")
+    artifact, samples = load_labelled(model, data, keys, progress)
+    if not samples:
+        raise DataError(f"{data}: no labelled images to decide TTA on")
+    summary, _ = choose_tta(artifact, samples, metric=metric, backend=backend)
+    summary |= {"data": str(data), "keys": list(keys or [])}
+    target = target_path(artifact, out)
+    update_artifact(target, tta=summary["tta"], metrics=dict(artifact.meta.metrics) | {"tta": json_value(summary)})
+    return json_value(summary | {"artifact": str(target)})
+
+
+def _summary(adopted: bool, verdict: GateResult, views: str, metric: str, t0: float) -> dict[str, Any]:
+    return {"tta": adopted, "views": views, "metric": metric, "gate": verdict.to_dict(),
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _ece(probabilities: Sequence[np.ndarray], truths: Sequence[np.ndarray], ignore_index: int) -> float:
+    """Top-label ECE (15 bins) pooled over the images' valid pixels."""
+    sums = np.zeros((3, 15))
+    for p, t in zip(probabilities, truths, strict=True):
+        valid = t != ignore_index
+        sums += np.asarray(calibration_bins(p.max(0), p.argmax(0) == t, valid=valid))
+    return expected_calibration_error(*sums)
