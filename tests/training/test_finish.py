@@ -98,6 +98,34 @@ def test_fit_stores_a_drift_baseline_and_a_validation_sample(tiny_config, capsys
         assert np.array_equal(labels, source.labels[y : y + 32, x : x + 32]) and (labels % 255 > 0).any()
 
 
+def test_the_drift_baseline_reuses_the_validation_probabilities_and_stops_at_the_budgets_end(tiny_config,
+                                                                                           monkeypatch) -> None:
+    """The end of training hands the validation images' probabilities (as the artifact predicts them,
+    TTA included) to the baseline, which predicts only the training top-up, and none past its deadline:
+    a model that predicts with TTA costs up to 8x a pass per image, more than the end reserve holds."""
+    import time
+
+    from unetkit.monitor import measure
+
+    cfg = tiny_config(steps=4, val_every=4, tta="on")
+    art = load_artifact(fit(cfg))
+    assert art.meta.tta is True and art.meta.drift_baseline["outputs_of"]["tta"] is True
+    data = load_training_data(cfg.data)
+    predicted = {s.key: p for s, p in iter_probabilities(art, data.val, progress=False)}
+    calls = []
+    real = measure.predict_tiled
+    monkeypatch.setattr(measure, "predict_tiled", lambda *a, **k: calls.append(a[2].tta) or real(*a, **k))
+    reused = measure.training_baseline(art.state_dict, art.meta, data.train, data.val, predicted=predicted)
+    assert calls == [True] * 4  # the 4 training images of the top-up, with the model's TTA
+    calls.clear()
+    fresh = measure.training_baseline(art.state_dict, art.meta, data.train, data.val)
+    assert len(calls) == 6 and reused["features"] == fresh["features"]  # the same outputs either way
+    calls.clear()
+    late = Baseline.from_dict(measure.training_baseline(art.state_dict, art.meta, data.train, data.val,
+                                                        predicted=predicted, deadline=time.monotonic() - 1))
+    assert calls == [] and late.output_images == len(data.val) == 2
+
+
 def test_validation_sample_is_bounded_and_picks_foreground() -> None:
     rng = np.random.default_rng(0)
     val = []

@@ -59,6 +59,7 @@ class DeployedMeta:
     weights_sha256: str = ""  # of the artifact it was exported from (drift baselines name the weights they measured)
     drift_baseline: dict[str, Any] = field(default_factory=dict)  # the artifact's, copied into the plan by export
     created: str = ""  # when the artifact was trained
+    tta: bool = False  # the plan's TTA choice (`ArtifactMeta.tta` when exported)
 
     @property
     def num_classes(self) -> int:
@@ -225,6 +226,7 @@ def _meta(plan: dict[str, Any], where: Path) -> DeployedMeta:
             weights_sha256=str(plan.get("artifact", {}).get("weights_sha256", "")),
             drift_baseline=dict(plan.get("drift_baseline") or {}),
             created=str(plan.get("artifact", {}).get("created", "")),
+            tta=bool(plan["tile"].get("tta", False)),
         )
     except KeyError as e:
         raise ConfigError(f"{where}: the inference plan has no '{e.args[0]}' field; {EXPORT_HINT}") from None

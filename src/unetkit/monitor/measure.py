@@ -8,7 +8,7 @@ Output features come from the artifact's calibrated probabilities and the labels
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,16 @@ def predict_outputs(artifact: Artifact, images: Iterable[np.ndarray], *, predict
 
 
 def artifact_baseline(artifact: Artifact, input_images: Sequence[np.ndarray], output_images: Iterable[np.ndarray],
-                      *, backend: str = "torch", log: Callable[[str], Any] | None = None, note: str = "") -> Baseline:
+                      *, backend: str = "torch", log: Callable[[str], Any] | None = None, note: str = "",
+                      outputs: Iterable[tuple[np.ndarray, np.ndarray]] | None = None) -> Baseline:
     """The baseline of `input_images` (the training images) and of the artifact's outputs on
-    `output_images` (see `baseline.output_sample`); `note` says where those came from in the log."""
+    `output_images` (see `baseline.output_sample`), or the given `outputs` (probabilities, labels)
+    in their place; `note` says where those came from in the log."""
     start = time.perf_counter()
     sha = artifact.meta.weights_sha256 or weights_sha256(artifact.state_dict)  # not saved yet during training
-    baseline = build_baseline(input_images, predict_outputs(artifact, output_images, backend=backend),
+    if outputs is None:
+        outputs = predict_outputs(artifact, output_images, backend=backend)
+    baseline = build_baseline(input_images, outputs,
                               class_names=artifact.meta.class_names, outputs_of=outputs_signature(artifact.meta, sha))
     if log:
         log(f"drift baseline: {baseline.input_images} images, model outputs on {baseline.output_images}{note}, "
@@ -60,14 +64,38 @@ def artifact_baseline(artifact: Artifact, input_images: Sequence[np.ndarray], ou
 
 
 def training_baseline(weights: dict[str, Any], meta: Any, train: Sequence[Any], val: Sequence[Any],
-                      log: Callable[[str], Any] | None = None) -> dict[str, Any]:
+                      log: Callable[[str], Any] | None = None, *, predicted: Mapping[str, np.ndarray] | None = None,
+                      deadline: float | None = None) -> dict[str, Any]:
     """`ArtifactMeta.drift_baseline` for a training run: inputs from the training images, outputs
-    of the trained weights on the validation images, topped up with training images to 20."""
+    of the trained weights, as the artifact predicts (its TTA choice included), on the validation
+    images topped up with training images (`output_sample`). `predicted`: probabilities already
+    computed for some of them, by sample key (the end of training's, for the validation images);
+    `deadline` (`time.monotonic()`): the others are predicted only while the next one still fits
+    before it (a model that predicts with TTA costs 2-8x a validation pass per image, which the
+    budget's end reserve does not hold), so the baseline may have fewer output images; it says how many."""
     artifact = Artifact(meta=meta, state_dict=weights)
     images = [s.image for s in train]
-    held_out, extra = output_sample([s.image for s in val], images)
+    held_out, extra = output_sample(list(val), list(train))
     note = f" ({len(held_out) - extra} validation + {extra} training)" if extra and len(held_out) > extra else ""
-    return artifact_baseline(artifact, images, held_out, log=log, note=note).to_dict()
+    outputs = _sample_outputs(artifact, held_out, predicted or {}, deadline)
+    return artifact_baseline(artifact, images, [], log=log, note=note, outputs=outputs).to_dict()
+
+
+def _sample_outputs(artifact: Artifact, samples: Sequence[Any], predicted: Mapping[str, np.ndarray],
+                    deadline: float | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`predict_outputs` over samples, taking `predicted` probabilities where given and stopping
+    (the rest left out) when the next prediction would end past `deadline`."""
+    tile, predictor, last = tile_config_for(artifact), None, 0.0
+    for s in samples:
+        probs = predicted.get(s.key)
+        if probs is None:
+            if deadline is not None and time.monotonic() + last > deadline:
+                return
+            t0 = time.monotonic()
+            predictor = predictor or make_predictor(artifact, backend="torch")
+            probs = predict_tiled(predictor, s.image, tile)
+            last = time.monotonic() - t0
+        yield probs, labels_from_probabilities(probs, artifact)
 
 
 def measure_files(

@@ -62,8 +62,8 @@ class Observer:
     def segmented(self, model: LoadedModel, image: np.ndarray, probabilities: np.ndarray | None,
                   labels: np.ndarray) -> None:
         """One answered request: the `(C, H, W)` image the model saw, its `(K, H, W)` probabilities
-        (None for TTA requests, whose averaged probabilities differ from plain ones) and the served
-        labels. Called on the request's thread: hand any real work to another thread."""
+        (None when the request asked for TTA other than the model's own choice: the drift baseline
+        holds the outputs as the model predicts by default) and the served labels. Called on the request's thread: hand any real work to another thread."""
 
     def shadow(self, agreement_iou: float) -> None: ...
 
@@ -327,7 +327,7 @@ class Service:
             summary = summarize(labels, confidence, model.meta.class_names, model.colors)
         model_seconds = time.perf_counter() - start
         self.observer.prediction(model, summary)
-        self.observer.segmented(model, image, None if tta else probs, labels)
+        self.observer.segmented(model, image, probs if tta == model.tile_config.tta else None, labels)
         if self.rollout == "shadow":
             self._shadow(image, labels, options)
         return Segmentation(labels, confidence, probs if options.keep_probabilities else None, model, summary, model_seconds,

@@ -96,8 +96,9 @@ def write_artifact(path: Path, weights: dict[str, Any], data: TrainingData, conf
                    history: list[Any], metrics: dict[str, Any], lineage: dict[str, Any],
                    clock: BudgetClock | None = None) -> Path:
     """Weights + everything inference needs, calibrated and tuned on the validation split
-    (`finish_on_validation`), with the drift baseline; written atomically. With a budget (`clock`)
-    the postprocessing search stops where the drift baseline's passes would no longer fit."""
+    (`finish_on_validation`), with the drift baseline (reusing the validation images' probabilities
+    predicted for those); written atomically. With a budget (`clock`) the postprocessing search stops
+    where the drift baseline's passes would no longer fit, and the baseline at the budget's end."""
     meta = ArtifactMeta(
         model=config.model, class_names=tuple(data.class_names), class_colors=tuple(data.class_colors),
         mean=tuple(data.mean), std=tuple(data.std), patch_size=tuple(config.data.patch_size),
@@ -105,8 +106,9 @@ def write_artifact(path: Path, weights: dict[str, Any], data: TrainingData, conf
         train_config=to_dict(config), plan=config.plan, history=history, metrics=metrics, lineage=lineage,
     )
     deadline = clock.deadline(baseline_validations(len(data.train), len(data.val))) if clock is not None else None
-    meta = finish_on_validation(meta, weights, data.val, config, deadline=deadline)
-    baseline = training_baseline(weights, meta, data.train, data.val, log=print if config.progress else None)
+    meta, predicted = finish_on_validation(meta, weights, data.val, config, deadline=deadline)
+    baseline = training_baseline(weights, meta, data.train, data.val, log=print if config.progress else None,
+                                 predicted=predicted, deadline=clock.deadline() if clock is not None else None)
     sample = validation_sample(data.val, config.data.patch_size, config.loss.ignore_index)
     return save_artifact(path, weights, dataclasses.replace(meta, drift_baseline=baseline,
                                                             validation_sample=sample.to_dict() if sample else {}))
@@ -168,7 +170,7 @@ def _most_foreground(labels: np.ndarray, size: tuple[int, int], ignore_index: in
 
 
 def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any], config: TrainConfig, *,
-                         deadline: float | None = None) -> Any:
+                         deadline: float | None = None) -> tuple[Any, dict[str, np.ndarray]]:
     """`meta` with temperature scaling fitted on the validation split (`config.calibrate`), then TTA
     decided on it (`config.tta`, `unetkit.tuning.tta`), then the postprocessing tuned on it for
     `config.tune_postprocess` (R13), each recorded in the metrics with the validation keys.
@@ -177,9 +179,11 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
     Each is stored only when `unetkit.tuning.gate` finds its gain holds across the validation
     images (out of fold, paired bootstrap, at least `MIN_IMAGES` images: a `--full-train` run that
     validates on one image keeps the defaults); the record's `gate` says why either way. A search
-    still running at `deadline` (`time.monotonic()`, the budget's) stops and keeps the defaults."""
+    still running at `deadline` (`time.monotonic()`, the budget's) stops and keeps the defaults.
+    Also returns the probabilities of the validation images as the finished `meta` predicts them,
+    by key, where they were computed (for the TTA decision), for the drift baseline to reuse."""
     if not len(val):
-        return meta
+        return meta, {}
     keys = [s.key for s in val]
     say = print if config.progress else (lambda *_: None)
     # eager torch, not "auto": this runs inside the training budget, on a few images, and the automatic
@@ -216,4 +220,4 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
         say(f"postprocessing tuned on {len(sample)} validation image(s) for {summary['metric']} in "
             f"{time.perf_counter() - t0:.1f} s: {summary['before']:.4f} -> {summary['after']:.4f} with "
             f"{summary['postprocess'] or 'plain arg-max'} ({summary['gate']['reason']})")
-    return meta
+    return meta, dict(zip(sample_keys, probs, strict=True)) if probs is not None else {}
