@@ -9,7 +9,8 @@ decides on the images its training tuned on (the artifact's `postprocess_tuning`
 calibration keys), for the metric its training tuned for (else pooled Dice). Then, on the rest of
 its validation split (`train_config.data.val_keys` minus those: held out from the decision; none for
 a 5-image split), arg-max of the plain and of the TTA probabilities are scored for the same metric,
-with the paired-bootstrap 5th percentile of the gain over those images. Seconds per image, plain and
+with the paired-bootstrap 5th percentile of the gain over those images (and, for more than two
+classes, the class-average IoU over every class, class 0 included). Seconds per image, plain and
 TTA, are timed on the decision images (one thread, torch). Appended to docs/benchmarks.md with the
 command and the machine.
 """
@@ -32,6 +33,7 @@ from report import append_markdown  # noqa: E402
 
 from unetkit.artifact import load_artifact  # noqa: E402
 from unetkit.evaluation.labelled import iter_probabilities, load_labelled  # noqa: E402
+from unetkit.metrics.scores import nan_mean, per_class_iou  # noqa: E402
 from unetkit.tuning.gate import bootstrap_gain  # noqa: E402
 from unetkit.tuning.postprocess import parts_statistic, score_parts  # noqa: E402
 from unetkit.tuning.tta import tune_model_tta  # noqa: E402
@@ -53,15 +55,23 @@ def held_out(model: Path, data: str, keys: list[str], metric: str) -> dict[str, 
     artifact, samples = load_labelled(model, data, keys, progress=False)
     k, ignore = artifact.meta.num_classes, artifact.meta.ignore_index
     truths = [s.labels for s in samples]
-    parts = {}
+    parts, labels_of = {}, {}
     for tta in (False, True):
-        labels = [p.argmax(0) for _, p in iter_probabilities(artifact, samples, {"tta": tta}, backend="torch",
-                                                              progress=False)]
-        parts[tta] = score_parts(labels, truths, k, metric, ignore)
+        labels_of[tta] = [p.argmax(0) for _, p in iter_probabilities(artifact, samples, {"tta": tta}, backend="torch",
+                                                                      progress=False)]
+        parts[tta] = score_parts(labels_of[tta], truths, k, metric, ignore)
     statistic = parts_statistic(k, metric)
     gain, lower = bootstrap_gain(parts[False], parts[True], statistic)
-    return {"images": len(samples), "plain": statistic(parts[False].sum(0)), "tta": statistic(parts[True].sum(0)),
-            "gain": gain, "lower": lower}
+    out = {"images": len(samples), "plain": statistic(parts[False].sum(0)), "tta": statistic(parts[True].sum(0)),
+           "gain": gain, "lower": lower}
+    if k > 2:  # the class-average IoU over every class, class 0 included (CamVid's score)
+        matrices = {t: score_parts(labels_of[t], truths, k, "iou", ignore) for t in (False, True)}
+        out |= {f"miou_{'tta' if t else 'plain'}": mean_iou(m.sum(0).reshape(k, k)) for t, m in matrices.items()}
+    return out
+
+
+def mean_iou(matrix) -> float:
+    return float(nan_mean(per_class_iou(matrix)))
 
 
 def seconds_per_image(model: Path, data: str, keys: list[str]) -> tuple[float, float]:
@@ -118,6 +128,10 @@ def main() -> None:
         lines.append(f"| {name} | {s['views']} | {m} | {s['images']} | {s[m + '_plain']:.4f} | {s[m + '_tta']:.4f} | "
                      f"{g['gain']:+.4f} | {g['lower_bound']:+.4f} | **{'on' if s['tta'] else 'off'}** | {held} | "
                      f"{plain_s:.2f} | {tta_s:.2f} |")
+    for name, _, _, h, _, _ in rows:
+        if h and "miou_plain" in h:
+            lines += ["", f"{name}, held out, class-average IoU over every class (class 0 included): plain "
+                      f"{h['miou_plain']:.4f}, TTA {h['miou_tta']:.4f} ({h['miou_tta'] - h['miou_plain']:+.4f})."]
     lines += ["", "Models:", ""] + [f"- {name}: `{model}`" for name, model, *_ in rows] + [""]
     text = "\n".join(lines)
     append_markdown(args.benchmarks, text)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 
@@ -51,6 +51,7 @@ from unetkit.config import (
     StreamFormat,
     TileConfig,
     TrainPrecision,
+    TtaMode,
     TunePostprocess,
 )
 from unetkit.errors import ConfigError, GateRefused, UnetkitError, WorkersLost
@@ -129,7 +130,7 @@ OverlapOpt = Annotated[float | None, typer.Option(
 TtaOpt = Annotated[bool | None, typer.Option(
     "--tta/--no-tta", help="Average flips and rotations (2-8x slower).  [default: the model's own choice: "
     "training turns it on where it helped the validation images; an exported model's plan records it].")]
-TrainTtaOpt = Annotated[Literal["auto", "on", "off"] | None, typer.Option(
+TrainTtaOpt = Annotated[TtaMode | None, typer.Option(
     "--tta", help="At the end of training, whether the model predicts with test-time augmentation (the mean of "
     "its flipped/rotated views, 2-8x the inference cost): auto turns it on only where the gain holds across "
     "the validation images (paired bootstrap, at least 3 images), on always, off never.  [default: auto]")]

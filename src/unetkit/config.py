@@ -37,6 +37,7 @@ MemoryFormat = Literal["auto", "contiguous", "channels_last"]
 PostprocessMetric = Literal["dice", "iou", "rand"]  # what postprocessing is tuned for (unetkit.tuning.postprocess)
 POSTPROCESS_METRICS: tuple[str, ...] = get_args(PostprocessMetric)
 TunePostprocess = Literal[PostprocessMetric, "off"]
+TtaMode = Literal["auto", "on", "off"]  # TrainConfig.tta: decided by the gate, always, never
 DistillMode = Literal["auto", "off", "on"]  # unetkit.training.distill; "auto": the plan decides (R17)
 DISTILL_MODES: tuple[str, ...] = get_args(DistillMode)
 DistillTeacher = Literal["instance", "wider"]  # the teacher's accuracy lever (unetkit.training.distill)
@@ -296,7 +297,7 @@ class TrainConfig:
     calibrate: bool = True  # at the end, fit temperature scaling on the validation split (before tuning)
     # at the end, whether inference averages the TTA views (`unetkit.tuning.tta`): "auto" where the
     # gain holds across the validation images, "on" always, "off" never (and nothing measured)
-    tta: Literal["auto", "on", "off"] = "auto"
+    tta: TtaMode = "auto"
     ensemble_folds: int = 1  # >1: k-fold ensembling (R12): one member per fold of the training split
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # start from trained weights (R15)
     distill: DistillConfig = field(default_factory=DistillConfig)  # a teacher distilled into this model (R17)

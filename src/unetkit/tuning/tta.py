@@ -2,8 +2,9 @@
 
 Averaging the predictions of the flipped and rotated views (`unetkit.inference.predict.tta_views`:
 the 8 of the square, or as-is + mirrored for a model trained upright) costs 8 (or 2) predictions
-per tile. On DRIVE it bought +0.002-0.003 pooled Dice on the five held-out images of two runs; on
-ISBI 2012 it cost 0.0009 Dice (docs/benchmarks.md). So it is a decision per model, made like the
+per tile. On DRIVE it bought +0.002-0.003 pooled Dice on the five held-out images of two runs and
++0.0006 on a third; on CamVid +0.003-0.009 on frames of a held-out sequence; on ISBI 2012 it cost
+0.0009 Dice (docs/benchmarks.md). So it is a decision per model, made like the
 other tuned settings (`unetkit.tuning.gate`): the artifact's `tta` turns on only when the gain of
 the views' mean over the plain prediction holds across the validation images (paired bootstrap
 lower bound above zero, at least `gate.MIN_IMAGES` images). TTA has no parameter chosen on the
@@ -20,29 +21,22 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from unetkit.artifact import Artifact, update_artifact
-from unetkit.config import POSTPROCESS_METRICS, replace
+from unetkit.config import POSTPROCESS_METRICS, TtaMode, replace
 from unetkit.errors import DataError
 from unetkit.evaluation.labelled import load_labelled
 from unetkit.inference.backends import make_predictor
 from unetkit.inference.files import tile_config_for
-from unetkit.inference.predict import predict_tiled, tta_views
+from unetkit.inference.predict import predict_tiled
 from unetkit.metrics.calibration import calibration_bins, expected_calibration_error
 from unetkit.metrics.scores import json_value
 from unetkit.tuning.gate import GateResult, decide
 from unetkit.tuning.postprocess import parts_statistic, score_parts
 from unetkit.tuning.store import target_path
-
-TtaMode = Literal["auto", "on", "off"]
-
-
-def view_count(artifact: Artifact) -> int:
-    """Predictions per tile with TTA for this model (8, or 2 for a model trained upright)."""
-    return len(tta_views(tile_config_for(artifact, {"tta": True})))
 
 
 def choose_tta(
