@@ -134,6 +134,8 @@ TrainTtaOpt = Annotated[TtaMode | None, typer.Option(
     "--tta", help="At the end of training, whether the model predicts with test-time augmentation (the mean of "
     "its flipped/rotated views, 2-8x the inference cost): auto turns it on only where the gain holds across "
     "the validation images (paired bootstrap, at least 3 images), on always, off never.  [default: auto]")]
+LabelledDataArg = Annotated[str, typer.Argument(help="Labelled validation data: folder, dataset description or manifest.")]
+TunedModelArg = Annotated[Path, typer.Argument(help="Model artifact (updated in place unless --out); calibrate first.")]
 ArchOpt = Annotated[str | None, typer.Option(help="Model preset, see `unetkit models`.")]
 PatchOpt = Annotated[int | None, typer.Option(help="Square patch size.")]
 BatchOpt = Annotated[int | None, typer.Option(help="Global batch size.")]
@@ -611,7 +613,7 @@ def evaluate_folder(
 @app.command()
 def calibrate(
     model: Annotated[Path, typer.Argument(help="Model artifact (updated in place unless --out).")],
-    data: Annotated[str, typer.Argument(help="Labelled validation data: folder, dataset description or manifest.")],
+    data: LabelledDataArg,
     keys: KeysOpt = None,
     vector: Annotated[bool, typer.Option(help="Per-class vector scaling instead of one temperature.")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the calibrated model here; MODEL stays as it is.")] = None,
@@ -637,8 +639,8 @@ def calibrate(
 
 @app.command("tune-postprocess")
 def tune_postprocess(
-    model: Annotated[Path, typer.Argument(help="Model artifact (updated in place unless --out); calibrate first.")],
-    data: Annotated[str, typer.Argument(help="Labelled validation data: folder, dataset description or manifest.")],
+    model: TunedModelArg,
+    data: LabelledDataArg,
     metric: Annotated[PostprocessMetric, typer.Option(help="dice or iou (pooled over images, foreground classes), or rand "
                                         "(1 - adapted Rand error of each class's components: objects; adds a watershed split).")] = "dice",
     keys: KeysOpt = None,
@@ -665,8 +667,8 @@ def tune_postprocess(
 
 @app.command("tune-tta")
 def tune_tta(
-    model: Annotated[Path, typer.Argument(help="Model artifact (updated in place unless --out); calibrate first.")],
-    data: Annotated[str, typer.Argument(help="Labelled validation data: folder, dataset description or manifest.")],
+    model: TunedModelArg,
+    data: LabelledDataArg,
     metric: Annotated[PostprocessMetric, typer.Option(help="dice or iou (pooled over images, foreground classes), or "
                                                       "rand (1 - adapted Rand error of each class's components).")] = "dice",
     keys: KeysOpt = None,
