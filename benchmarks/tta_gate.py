@@ -65,7 +65,8 @@ def held_out(model: Path, data: str, keys: list[str], metric: str) -> dict[str, 
     out = {"images": len(samples), "plain": statistic(parts[False].sum(0)), "tta": statistic(parts[True].sum(0)),
            "gain": gain, "lower": lower}
     if k > 2:  # the class-average IoU over every class, class 0 included (CamVid's score)
-        matrices = {t: score_parts(labels_of[t], truths, k, "iou", ignore) for t in (False, True)}
+        matrices = parts if metric != "rand" else {  # dice/iou parts are the confusion matrices already
+            t: score_parts(labels_of[t], truths, k, "iou", ignore) for t in (False, True)}
         out |= {f"miou_{'tta' if t else 'plain'}": mean_iou(m.sum(0).reshape(k, k)) for t, m in matrices.items()}
     return out
 

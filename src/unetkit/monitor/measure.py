@@ -34,27 +34,34 @@ from unetkit.monitor.drift import DriftReport, compare
 
 
 def predict_outputs(artifact: Artifact, images: Iterable[np.ndarray], *, predictor: Any = None,
-                    backend: str = "torch") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                    backend: str = "torch", known: Sequence[np.ndarray | None] = (),
+                    deadline: float | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(probabilities (K,H,W), served labels (H,W)) of the model on each image, lazily, tiled as the
-    model's own tiling says (an artifact's patch size, an exported model's plan)."""
-
-    predictor = predictor or make_predictor(artifact, backend=backend)
-    tile = tile_config_for(artifact)
-    for image in images:
-        probs = predict_tiled(predictor, image, tile)
+    model's own tiling says (an artifact's patch size and TTA choice, an exported model's plan).
+    `known[i]`: image i's probabilities, already computed (not predicted again); `deadline`
+    (`time.monotonic()`): stop, leaving the rest out, when the next prediction would end past it."""
+    tile, last = tile_config_for(artifact), 0.0
+    for i, image in enumerate(images):
+        probs = known[i] if i < len(known) else None
+        if probs is None:
+            if deadline is not None and time.monotonic() + last > deadline:
+                return
+            t0 = time.monotonic()
+            predictor = predictor or make_predictor(artifact, backend=backend)
+            probs = predict_tiled(predictor, image, tile)
+            last = time.monotonic() - t0
         yield probs, labels_from_probabilities(probs, artifact)
 
 
 def artifact_baseline(artifact: Artifact, input_images: Sequence[np.ndarray], output_images: Iterable[np.ndarray],
                       *, backend: str = "torch", log: Callable[[str], Any] | None = None, note: str = "",
-                      outputs: Iterable[tuple[np.ndarray, np.ndarray]] | None = None) -> Baseline:
+                      known: Sequence[np.ndarray | None] = (), deadline: float | None = None) -> Baseline:
     """The baseline of `input_images` (the training images) and of the artifact's outputs on
-    `output_images` (see `baseline.output_sample`), or the given `outputs` (probabilities, labels)
-    in their place; `note` says where those came from in the log."""
+    `output_images` (see `baseline.output_sample`; `known` and `deadline` as `predict_outputs`'s);
+    `note` says where those came from in the log."""
     start = time.perf_counter()
     sha = artifact.meta.weights_sha256 or weights_sha256(artifact.state_dict)  # not saved yet during training
-    if outputs is None:
-        outputs = predict_outputs(artifact, output_images, backend=backend)
+    outputs = predict_outputs(artifact, output_images, backend=backend, known=known, deadline=deadline)
     baseline = build_baseline(input_images, outputs,
                               class_names=artifact.meta.class_names, outputs_of=outputs_signature(artifact.meta, sha))
     if log:
@@ -77,25 +84,9 @@ def training_baseline(weights: dict[str, Any], meta: Any, train: Sequence[Any], 
     images = [s.image for s in train]
     held_out, extra = output_sample(list(val), list(train))
     note = f" ({len(held_out) - extra} validation + {extra} training)" if extra and len(held_out) > extra else ""
-    outputs = _sample_outputs(artifact, held_out, predicted or {}, deadline)
-    return artifact_baseline(artifact, images, [], log=log, note=note, outputs=outputs).to_dict()
-
-
-def _sample_outputs(artifact: Artifact, samples: Sequence[Any], predicted: Mapping[str, np.ndarray],
-                    deadline: float | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """`predict_outputs` over samples, taking `predicted` probabilities where given and stopping
-    (the rest left out) when the next prediction would end past `deadline`."""
-    tile, predictor, last = tile_config_for(artifact), None, 0.0
-    for s in samples:
-        probs = predicted.get(s.key)
-        if probs is None:
-            if deadline is not None and time.monotonic() + last > deadline:
-                return
-            t0 = time.monotonic()
-            predictor = predictor or make_predictor(artifact, backend="torch")
-            probs = predict_tiled(predictor, s.image, tile)
-            last = time.monotonic() - t0
-        yield probs, labels_from_probabilities(probs, artifact)
+    known = [(predicted or {}).get(s.key) for s in held_out]
+    return artifact_baseline(artifact, images, [s.image for s in held_out], log=log, note=note, known=known,
+                             deadline=deadline).to_dict()
 
 
 def measure_files(

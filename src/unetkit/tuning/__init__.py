@@ -1,4 +1,4 @@
-"""What a trained model still learns from validation data: calibration and postprocessing.
+"""What a trained model still learns from validation data: calibration, TTA and postprocessing.
 
 Both read labelled validation images, predict them with the artifact (tiled, as `predict` does),
 fit something small and store it in the artifact with `update_artifact`, so every later
@@ -7,8 +7,9 @@ prediction (predict, evaluate, export, serve) applies it through `InferencePipel
 
     labelled data --load_labelled--> samples --iter_probabilities--> logits / probabilities
       calibration.calibrate_model:        sample valid pixels -> fit_temperature -> temperature or scale/bias
+      tta.tune_model_tta:                 plain vs the views' mean, gated -> tta on/off
       postprocess.tune_model_postprocess: tune_postprocess (greedy, strict improvements) -> postprocess dict
 
 Tune postprocessing AFTER calibrating: a tuned threshold refers to the calibrated probabilities.
-`store.target_path` says where the tuned artifact goes (in place, or a copy).
+`store.store_tuning` writes the result and its record (in place, or into a copy).
 """

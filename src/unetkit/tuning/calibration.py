@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 from scipy.special import softmax
 
-from unetkit.artifact import Artifact, ArtifactMeta, update_artifact
+from unetkit.artifact import Artifact, ArtifactMeta
 from unetkit.config import TileConfig
 from unetkit.errors import DataError
 from unetkit.evaluation.labelled import iter_probabilities, load_labelled
 from unetkit.metrics.calibration import CalibrationAccumulator, fit_temperature, negative_log_likelihood
 from unetkit.metrics.scores import json_value
 from unetkit.tuning.gate import GateResult, decide, fold_indices, too_few
-from unetkit.tuning.store import target_path
+from unetkit.tuning.store import store_tuning
 
 DEFAULT_CALIBRATION_PIXELS = 1_000_000
 GATE_FIT_PIXELS = 200_000  # each out-of-fold refit of the gate uses at most this many pixels
@@ -130,9 +130,7 @@ def calibrate_model(
     summary = calibrate_samples(artifact, samples, vector=vector, max_pixels=max_pixels, config=config,
                                 backend=backend, progress=progress, seed=seed, source=str(data))
     summary |= {"data": str(data), "keys": list(keys or [])}
-    target = target_path(artifact, out)
-    metrics = dict(artifact.meta.metrics) | {"calibration": calibration_record(summary)}
-    update_artifact(target, **summary.pop("fields"), metrics=metrics)
+    target = store_tuning(artifact, out, "calibration", calibration_record(summary), **summary.pop("fields"))
     return json_value(summary | {"artifact": str(target)})
 
 

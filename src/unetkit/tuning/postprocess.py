@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from unetkit.artifact import Artifact, update_artifact
+from unetkit.artifact import Artifact
 from unetkit.config import POSTPROCESS_METRICS, PostprocessConfig, TileChoice, to_dict
 from unetkit.errors import ConfigError, DataError
 from unetkit.evaluation.labelled import iter_probabilities, load_labelled
@@ -37,7 +37,7 @@ from unetkit.metrics.confusion import confusion_matrix
 from unetkit.metrics.scores import json_value, nan_mean, per_class_dice, per_class_iou
 from unetkit.metrics.topology import adapted_rand_error
 from unetkit.tuning.gate import GateResult, decide, fold_indices, not_needed, too_few
-from unetkit.tuning.store import target_path
+from unetkit.tuning.store import store_tuning
 
 RAND_DICE_GUARD = 0.005  # "rand" tuning may give up at most this much pooled Dice
 DEFAULT_BAND = 3  # watershed_band when a tuning trial switches the split on
@@ -217,6 +217,12 @@ def compact(cfg: PostprocessConfig) -> dict[str, Any]:
     return out
 
 
+def require_metric(metric: str) -> None:
+    """A DataError unless `metric` is one tuning scores (checked before anything is predicted)."""
+    if metric not in POSTPROCESS_METRICS:
+        raise DataError(f"metric '{metric}': expected one of {list(POSTPROCESS_METRICS)}")
+
+
 def tune_model_postprocess(
     model: str | Path,
     data: str | Path,
@@ -231,14 +237,11 @@ def tune_model_postprocess(
     """Choose postprocessing on labelled data (see `tune_postprocess`), predicted as the artifact's
     inference does (its tiling and TTA choice, `config` over them), and store it in the artifact's
     `postprocess` (in place, or in a copy at `out`)."""
-    if metric not in POSTPROCESS_METRICS:
-        raise DataError(f"metric '{metric}': expected one of {list(POSTPROCESS_METRICS)}")
+    require_metric(metric)
     artifact, samples = load_labelled(model, data, keys, progress)
     summary = tune_samples(artifact, samples, metric, config=config, backend=backend, progress=progress)
     summary |= {"data": str(data), "keys": list(keys or [])}
-    target = target_path(artifact, out)
-    metrics = dict(artifact.meta.metrics) | {"postprocess_tuning": tuning_record(summary)}
-    update_artifact(target, postprocess=summary["postprocess"], metrics=metrics)
+    target = store_tuning(artifact, out, "postprocess_tuning", tuning_record(summary), postprocess=summary["postprocess"])
     return json_value(summary | {"artifact": str(target)})
 
 

@@ -1,11 +1,13 @@
-"""Where a tuned artifact is written: in place, or into a copy of the source."""
+"""Where a tuned artifact is written (in place, or into a copy of the source) and how: the tuned
+fields and their record in the metrics, rewritten atomically."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
-from unetkit.artifact import Artifact
+from unetkit.artifact import Artifact, update_artifact
 
 
 def target_path(artifact: Artifact, out: str | Path | None) -> Path:
@@ -16,3 +18,12 @@ def target_path(artifact: Artifact, out: str | Path | None) -> Path:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(artifact.path, out)
     return Path(out)
+
+
+def store_tuning(artifact: Artifact, out: str | Path | None, record_name: str, record: dict[str, Any],
+                 **fields: Any) -> Path:
+    """Write `fields` (ArtifactMeta fields) and `record` (as the metrics' `record_name`) into the
+    artifact at `target_path`; returns that path."""
+    target = target_path(artifact, out)
+    update_artifact(target, **fields, metrics=dict(artifact.meta.metrics) | {record_name: record})
+    return target

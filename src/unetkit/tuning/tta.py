@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from unetkit.artifact import Artifact, update_artifact
-from unetkit.config import POSTPROCESS_METRICS, TtaMode, replace
+from unetkit.artifact import Artifact
+from unetkit.config import TtaMode, replace
 from unetkit.errors import DataError
 from unetkit.evaluation.labelled import load_labelled
 from unetkit.inference.backends import make_predictor
@@ -35,8 +35,8 @@ from unetkit.inference.predict import predict_tiled
 from unetkit.metrics.calibration import calibration_bins, expected_calibration_error
 from unetkit.metrics.scores import json_value
 from unetkit.tuning.gate import GateResult, decide
-from unetkit.tuning.postprocess import parts_statistic, score_parts
-from unetkit.tuning.store import target_path
+from unetkit.tuning.postprocess import parts_statistic, require_metric, score_parts
+from unetkit.tuning.store import store_tuning
 
 
 def choose_tta(
@@ -71,16 +71,15 @@ def choose_tta(
         mean.append(predict_tiled(predictor, sample.image, tile))  # exactly what inference with TTA computes
         truths.append(sample.labels)
     k, ignore = artifact.meta.num_classes, artifact.meta.ignore_index
-    verdict = gate_tta(plain, mean, truths, k, metric=metric, ignore_index=ignore, seed=seed)
+    labels = {"plain": [p.argmax(0) for p in plain], "tta": [p.argmax(0) for p in mean]}
+    parts = {(what, when): score_parts(labels[when], truths, k, what, ignore)
+             for what in dict.fromkeys((metric, "dice")) for when in labels}
+    verdict = _gate(parts[metric, "plain"], parts[metric, "tta"], k, metric, seed)
     adopted = verdict.adopted if mode == "auto" else True
     if mode == "on" and not verdict.adopted:
         verdict = GateResult(True, verdict.gain, verdict.lower, verdict.n, f"on as asked (tta: on); the gate would "
                              f"not adopt it: {verdict.reason}")
-    labels = [(p.argmax(0), q.argmax(0)) for p, q in zip(plain, mean, strict=True)]
-    scores = {
-        f"{what}_{when}": parts_statistic(k, what)(score_parts([pair[j] for pair in labels], truths, k, what, ignore).sum(0))
-        for what in dict.fromkeys((metric, "dice")) for j, when in enumerate(("plain", "tta"))
-    }
+    scores = {f"{what}_{when}": parts_statistic(k, what)(p.sum(0)) for (what, when), p in parts.items()}
     ece = {f"ece_{when}": _ece(probs, truths, ignore) for when, probs in (("plain", plain), ("tta", mean))}
     summary = _summary(adopted, verdict, tile.tta_views, metric, t0) | scores | ece | {"images": len(samples)}
     return summary, mean if adopted else plain
@@ -90,10 +89,14 @@ def gate_tta(plain: Sequence[np.ndarray], tta: Sequence[np.ndarray], truths: Seq
              *, metric: str = "dice", ignore_index: int = 255, seed: int = 0) -> GateResult:
     """Whether TTA's probabilities (`tta`) beat the plain ones across the images: arg-max labels of
     each scored per image for `metric`, the pooled gain judged by `gate.decide`."""
-    if metric not in POSTPROCESS_METRICS:
-        raise DataError(f"metric '{metric}': expected one of {list(POSTPROCESS_METRICS)}")
+    require_metric(metric)
     before = score_parts([p.argmax(0) for p in plain], truths, num_classes, metric, ignore_index)
     after = score_parts([p.argmax(0) for p in tta], truths, num_classes, metric, ignore_index)
+    return _gate(before, after, num_classes, metric, seed)
+
+
+def _gate(before: np.ndarray, after: np.ndarray, num_classes: int, metric: str, seed: int) -> GateResult:
+    """`gate.decide` on the per-image score parts of the plain and the TTA labels."""
     return decide(before, after, parts_statistic(num_classes, metric), what="TTA", seed=seed,
                   gain_name="gain of the views' mean")
 
@@ -110,15 +113,13 @@ def tune_model_tta(
 ) -> dict[str, Any]:
     """Decide TTA for a trained artifact on labelled data (`choose_tta`, "auto") and store it in the
     artifact's `tta` (in place, or in a copy at `out`), the record in its metrics' "tta"."""
-    if metric not in POSTPROCESS_METRICS:
-        raise DataError(f"metric '{metric}': expected one of {list(POSTPROCESS_METRICS)}")
+    require_metric(metric)
     artifact, samples = load_labelled(model, data, keys, progress)
     if not samples:
         raise DataError(f"{data}: no labelled images to decide TTA on")
     summary, _ = choose_tta(artifact, samples, metric=metric, backend=backend)
     summary |= {"data": str(data), "keys": list(keys or [])}
-    target = target_path(artifact, out)
-    update_artifact(target, tta=summary["tta"], metrics=dict(artifact.meta.metrics) | {"tta": json_value(summary)})
+    target = store_tuning(artifact, out, "tta", json_value(summary), tta=summary["tta"])
     return json_value(summary | {"artifact": str(target)})
 
 
