@@ -41,6 +41,9 @@ TtaMode = Literal["auto", "on", "off"]  # TrainConfig.tta: decided by the gate, 
 DistillMode = Literal["auto", "off", "on"]  # unetkit.training.distill; "auto": the plan decides (R17)
 DISTILL_MODES: tuple[str, ...] = get_args(DistillMode)
 DistillTeacher = Literal["instance", "wider"]  # the teacher's accuracy lever (unetkit.training.distill)
+# how the teacher teaches: "cached", its TTA-averaged probabilities on each training image, computed
+# once and cropped/warped with each patch; "online", its logits on each augmented batch (a forward pass per step)
+DistillTargets = Literal["cached", "online"]
 ExportFormat = Literal["onnx", "openvino"]
 RankScore = Literal["entropy", "margin", "tta", "combined"]  # unetkit.active.rank
 RANK_SCORES: tuple[str, ...] = get_args(RankScore)
@@ -259,13 +262,15 @@ class PretrainConfig:
 class DistillConfig:
     """Distillation (`unetkit.training.distill`): a teacher trained first on `teacher_share` of the
     budget (of `steps` without one), then the configured (fast) student on the rest, its loss
-    (1 - weight) x the label loss + weight x T^2 x KL(teacher || student) at temperature T."""
+    (1 - weight) x the label loss + weight x T^2 x KL(teacher || student) at temperature T; the
+    teacher's distribution per `targets`."""
 
     mode: DistillMode = "auto"  # "auto": the plan decides (R17); without a plan, off
     teacher: DistillTeacher = "instance"  # instance: the student's net with InstanceNorm; wider: 1.5x width
     temperature: float = 2.0
     weight: float = 0.5  # of the soft-target term; the labels' loss gets 1 - weight
     teacher_share: float = 0.5  # of the budget left when the teacher starts
+    targets: DistillTargets = "cached"
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,22 @@ def test_batches_have_the_contract_shapes_and_dtypes() -> None:
     assert labels.shape == (5, 32, 24) and labels.dtype == torch.int64
 
 
+def test_targets_are_cropped_with_each_patch_as_channels_after_the_image() -> None:
+    data = _blobs()
+    # a target that encodes where it came from: the one-hot labels (ignored pixels: none of them)
+    targets = [np.stack([s.labels == k for k in range(3)]).astype(np.float16) for s in data]
+    images, labels = PatchSampler(data, (32, 24), 6, 0.3, 0, targets=targets).next_batch()
+    assert images.shape == (6, 2 + 3, 32, 24) and images.dtype == torch.float32
+    assert torch.equal(images[:, 2:].argmax(1), labels)  # the same crop as the labels
+    plain, _ = PatchSampler(data, (32, 24), 6, 0.3, 0).next_batch()
+    assert torch.equal(images[:, :2], plain)  # the same draws: targets change no patch
+    with pytest.raises(DataError, match="targets"):
+        PatchSampler(data, (32, 24), 6, 0.3, 0, targets=[t[:, :-1] for t in targets])
+    small = LoadedSample("s", np.ones((1, 3, 4), np.float32), np.zeros((3, 4), np.uint8))
+    padded, _ = PatchSampler([small], (7, 8), 1, 0.0, 0, targets=[np.ones((2, 3, 4), np.float16)]).next_batch()
+    assert float(padded[0, 1:].sum()) == 2 * 12  # zeros where the image was padded
+
+
 def test_small_images_are_padded_reflect_and_ignore() -> None:
     image = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
     sample = LoadedSample("s", image, np.zeros((3, 4), np.uint8))

@@ -27,6 +27,23 @@ def _agreement(images: torch.Tensor, labels: torch.Tensor, exact_only: bool = Fa
 
 
 @pytest.mark.parametrize("elastic", [0.0, 1.0])
+def test_soft_target_channels_are_warped_with_the_image_but_not_recoloured(elastic: float) -> None:
+    images, labels = _blocks()
+    image = images[:, :1] * 0.25
+    both = torch.cat([image, image], 1)  # channel 1: a "target" equal to the image
+    config = dataclasses.replace(GEOMETRY_ONLY, elastic_alpha=elastic, brightness=0.3, contrast=0.3, noise_std=0.1)
+    out, out_labels = Augmenter(config, seed=3, image_channels=1)(both, labels)
+    # photometric draws come after the geometry's: the same seed without them warps identically
+    geometry, geometry_labels = Augmenter(dataclasses.replace(GEOMETRY_ONLY, elastic_alpha=elastic), seed=3)(
+        image, labels)
+    assert torch.equal(out_labels, geometry_labels)
+    assert torch.allclose(out[:, 1:], geometry, atol=1e-6)  # warped bilinearly like the image, no recolouring
+    assert not torch.allclose(out[:, :1], geometry, atol=1e-3)  # the image itself was recoloured
+    whole, _ = Augmenter(config, seed=3)(both, labels)  # without image_channels every channel is the image
+    assert not torch.allclose(whole[:, 1:], geometry, atol=1e-3)
+
+
+@pytest.mark.parametrize("elastic", [0.0, 1.0])
 def test_images_and_labels_stay_aligned(elastic: float) -> None:
     images, labels = _blocks()
     out_images, out_labels = Augmenter(dataclasses.replace(GEOMETRY_ONLY, elastic_alpha=elastic), seed=1)(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unetkit.artifact import load_artifact
-from unetkit.config import DistillConfig, LossConfig, ModelConfig
+from unetkit.config import AugmentConfig, DistillConfig, LossConfig, ModelConfig
 from unetkit.errors import ConfigError
 from unetkit.losses.functional import distillation_loss
 from unetkit.losses.losses import DistillationLoss
@@ -14,6 +14,7 @@ from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import reserve_seconds
 from unetkit.training.distill import TEACHER_DIR, TEACHER_FINAL, TeacherClock, teacher_model
 from unetkit.training.fit import fit
+from unetkit.training.steps import probability_logits
 
 
 def test_distillation_loss_is_zero_when_the_student_matches_and_skips_ignored_pixels():
@@ -57,7 +58,8 @@ def test_teacher_levers():
 
 
 def test_fit_distils_a_teacher_into_the_student_and_records_both(tiny_config) -> None:
-    cfg = tiny_config(steps=6, val_every=3, distill=DistillConfig(mode="on", teacher="instance"))
+    cfg = tiny_config(steps=6, val_every=3, distill=DistillConfig(mode="on", teacher="instance"),
+                      augment=AugmentConfig(p=1.0))  # the cached targets are warped with each patch
     path = fit(cfg)
     art = load_artifact(path)
     record = art.meta.metrics["distillation"]
@@ -67,6 +69,9 @@ def test_fit_distils_a_teacher_into_the_student_and_records_both(tiny_config) ->
     for side in ("teacher", "student"):
         assert 0.0 <= record[side]["mean_dice_foreground"] <= 1.0
     assert record["reason"].startswith("set explicitly")
+    taught = record["teacher"]["targets"]  # the default: the teacher's TTA probabilities, computed once
+    assert taught["kind"] == "cached" and taught["views"] == "dihedral" and taught["images"] > 0
+    assert 0.0 <= taught["as_it_teaches"]["mean_dice_foreground"] <= 1.0
     teacher_dir = path.parent / TEACHER_DIR
     assert (teacher_dir / TEACHER_FINAL).is_file()
     events = (path.parent / "metrics.jsonl").read_text()
@@ -74,9 +79,36 @@ def test_fit_distils_a_teacher_into_the_student_and_records_both(tiny_config) ->
     # resume: the finished teacher is loaded, not trained again
     before = (teacher_dir / "metrics.jsonl").stat().st_mtime_ns
     saved = ckpt.load_checkpoint(teacher_dir / TEACHER_FINAL)
-    fit(tiny_config(steps=6, val_every=3, resume=True, distill=DistillConfig(mode="on")))
+    fit(tiny_config(steps=6, val_every=3, resume=True, distill=DistillConfig(mode="on"), augment=AugmentConfig(p=1.0)))
     assert (teacher_dir / "metrics.jsonl").stat().st_mtime_ns == before
     assert ckpt.load_checkpoint(teacher_dir / TEACHER_FINAL)["record"] == saved["record"]
+
+
+def test_cached_probabilities_teach_as_the_teachers_logits_do():
+    torch.manual_seed(1)
+    teacher, student = torch.randn(2, 3, 8, 8) * 4, torch.randn(2, 3, 8, 8)
+    labels = torch.randint(0, 3, (2, 8, 8))
+    cached = probability_logits(torch.softmax(teacher, 1).half())  # as the sampler hands them on
+    for temperature in (1.0, 2.0):
+        assert float(distillation_loss(student, cached, labels, temperature=temperature)) == pytest.approx(
+            float(distillation_loss(student, teacher, labels, temperature=temperature)), rel=2e-3, abs=1e-4)
+
+
+def test_online_teaching_when_asked_or_when_the_targets_would_not_fit(tiny_config, monkeypatch) -> None:
+    from unetkit.training import distill
+    from unetkit.training.prepare import load_training_data
+
+    data = load_training_data(tiny_config().data)
+    assert distill.targets_choice(tiny_config(distill=DistillConfig(mode="on")), data) == (True, "cached")
+    online, why = distill.targets_choice(tiny_config(distill=DistillConfig(mode="on", targets="online")), data)
+    assert not online and "as configured" in why
+    monkeypatch.setattr(distill, "MAX_TARGET_BYTES", 1000)
+    online, why = distill.targets_choice(tiny_config(distill=DistillConfig(mode="on")), data)
+    assert not online and "GiB" in why
+    path = fit(tiny_config(steps=4, val_every=2, distill=DistillConfig(mode="on")))
+    record = load_artifact(path).meta.metrics["distillation"]["teacher"]["targets"]
+    assert record["kind"] == "online" and "GiB" in record["reason"]
+    assert '"loss_distill"' in (path.parent / "metrics.jsonl").read_text()
 
 
 def test_distillation_refuses_an_ensemble_student(tiny_config) -> None:

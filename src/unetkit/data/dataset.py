@@ -5,7 +5,9 @@ in (outside → 255). `PatchSampler.next_batch()` returns `(images (N, C, h, w) 
 (N, h, w) int64)` tensors. A fraction `rare_oversample` of patches is centred on a pixel of a rare
 class (frequency below `rare_threshold`; when no class is rare: of a non-background class, picked
 uniformly) and `foreground_oversample` on a non-background pixel; the rest are uniform. Images
-smaller than the patch are padded (reflect for images, 255 for labels). All randomness comes from
+smaller than the patch are padded (reflect for images, 255 for labels). With `targets` (a teacher's
+class probabilities `(K, H, W)` per sample, `unetkit.training.distill`), each patch's images carry
+the same crop of them as K channels after the image's own (zeros in padding). All randomness comes from
 one numpy Generator whose state `state_dict()` exposes as plain JSON values, for exact resume.
 """
 
@@ -77,6 +79,7 @@ class PatchSampler:
         num_classes: int | None = None,
         rare_threshold: float = 0.05,
         foreground_oversample: float = 0.0,
+        targets: Sequence[np.ndarray] | None = None,
     ) -> None:
         if not samples:
             raise DataError("no samples to draw patches from")
@@ -92,6 +95,13 @@ class PatchSampler:
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         self.images = [_pad(s.image, self.patch_size, "reflect") for s in samples]
         self.labels = [_pad(s.labels, self.patch_size, IGNORE_INDEX) for s in samples]
+        self.targets = None
+        if targets is not None:
+            if len(targets) != len(samples) or any(
+                t.shape[1:] != s.labels.shape for t, s in zip(targets, samples, strict=True)
+            ):
+                raise DataError("targets: expected one (K, H, W) array per sample, of the sample's size")
+            self.targets = [_pad(t, self.patch_size, 0) for t in targets]
         if num_classes is None:
             num_classes = 1 + max(int(lab[lab != IGNORE_INDEX].max(initial=0)) for lab in self.labels)
         self.frequencies = class_frequencies(samples, num_classes)
@@ -109,7 +119,11 @@ class PatchSampler:
         images, labels = [], []
         for _ in range(self.batch_size):
             index, top, left = self._draw()
-            images.append(self.images[index][:, top : top + h, left : left + w])
+            image = self.images[index][:, top : top + h, left : left + w]
+            if self.targets is not None:
+                soft = self.targets[index][:, top : top + h, left : left + w]
+                image = np.concatenate([image, soft.astype(np.float32)])
+            images.append(image)
             labels.append(self.labels[index][top : top + h, left : left + w])
         return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels).astype(np.int64))
 

@@ -4,7 +4,9 @@ Geometry (flips -- left-right, and upside-down unless `flip_vertical` is off --,
 `kornia.geometry.warp_affine` to the images (bilinear) and to the labels (nearest) alike; optional
 elastic deformation shares one displacement field for both. Label pixels that come from outside the
 image become `ignore_index`. Photometric changes (brightness, contrast, gamma, Gaussian noise, blur)
-touch the images only; they are in units of the normalized intensity. Every random draw comes from
+touch the images only (the first `image_channels` channels: channels past them are soft targets, a
+teacher's class probabilities, warped bilinearly with the images); they are in units of the
+normalized intensity. Every random draw comes from
 the augmenter's own `torch.Generator` (on the CPU, so a seed gives the same result on any device).
 """
 
@@ -23,9 +25,11 @@ IGNORE_INDEX = 255
 
 
 class Augmenter:
-    def __init__(self, config: AugmentConfig, seed: int = 0, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, config: AugmentConfig, seed: int = 0, ignore_index: int = IGNORE_INDEX,
+                 image_channels: int | None = None) -> None:
         self.config = config
         self.ignore_index = ignore_index
+        self.image_channels = image_channels  # None: every channel is the image's
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,7 +37,10 @@ class Augmenter:
         if not self.config.enabled:
             return images, labels
         images, labels = self._geometry(images, labels)
-        return self._photometric(images), labels
+        c = self.image_channels
+        if c is None or c >= images.shape[1]:
+            return self._photometric(images), labels
+        return torch.cat([self._photometric(images[:, :c]), images[:, c:]], 1), labels
 
     # ------------------------------------------------------------ geometry
 

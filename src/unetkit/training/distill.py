@@ -7,7 +7,18 @@ k-fold ensembles (k forward passes). Distillation spends training time instead: 
 width) trains first on `teacher_share` of the budget, in `out_dir/teacher/`; then the student (the
 configured network, BatchNorm: what the artifact holds and inference pays for) trains on the rest
 with `DistillationLoss`: (1 - weight) x its label loss + weight x T^2 x KL(teacher || student) on
-each batch, the teacher's logits computed on the same augmented batch.
+each batch.
+
+How the teacher teaches (`DistillConfig.targets`):
+- "cached" (default): once the teacher is trained, `teacher_targets` predicts every training image
+  whole, averaging the TTA views (8, or 2 for a model trained upright): a lever that costs inference
+  time, here paid once. The sampler crops these probabilities with each patch and the augmenter warps
+  them with the image, so a student step costs what a plain step does. The teacher's validation score
+  "as it teaches" (with the views) is recorded beside its plain one.
+- "online": the teacher's logits on each augmented batch, a forward pass per step. Measured on DRIVE
+  w16 d4 (AVX512-BF16 EPYC, 2 cores, three runs): 408 ms per student step against 222 ms plain, so the
+  student got half the plain run's steps (docs/benchmarks.md, 2026-12-02 23:16).
+  Also the fallback when the cached probabilities would exceed `MAX_TARGET_BYTES` of memory.
 
 Both keep their best checkpoint on the same validation split, so the artifact's
 `metrics["distillation"]` records the teacher's and the student's validation scores side by side
@@ -18,27 +29,33 @@ skips it and continues the student.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from unetkit.artifact import ARTIFACT_NAME
-from unetkit.config import ModelConfig, TrainConfig
+from unetkit.config import ModelConfig, TileConfig, TrainConfig, to_dict
 from unetkit.errors import ConfigError
+from unetkit.inference.files import trained_views
+from unetkit.inference.predict import predict_tiled, tta_views
+from unetkit.metrics.summary import evaluate_samples
 from unetkit.models import build_model
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock, reserve_seconds
 from unetkit.training.finish import end_passes, save_final_artifact
-from unetkit.training.loop import SELECTION_METRIC
+from unetkit.training.loop import SELECTION_METRIC, flat_metrics, torch_predictor
 from unetkit.training.precision import config_mode
 from unetkit.training.prepare import TrainingData
 from unetkit.training.runlog import Callback
 from unetkit.training.selection import select_weights
 from unetkit.training.steps import log_time, run_steps
 
+MAX_TARGET_BYTES = 4 << 30  # cached targets: float16 (K, H, W) per training image, at most this in memory
 TEACHER_DIR = "teacher"
 TEACHER_FINAL = "teacher-final.pt"
 WIDER = 1.5  # the "wider" teacher's width over the student's
@@ -106,12 +123,22 @@ def fit_distilled(config: TrainConfig, data: TrainingData, env: Any, device: tor
     out_dir = Path(config.out_dir)
     passes = end_passes(config, len(data.train), len(data.val))
     t_config, t_info = teacher or (teacher_config(config), mode_info or {})
-    network, record = train_teacher(config, t_config, data, env, device, clock, passes, callbacks, t_info)
+    cached, why = targets_choice(config, data)
+    teaching = target_passes(t_config, data) if cached else 0.0
+    network, record = train_teacher(config, t_config, data, env, device, clock, passes + teaching, callbacks, t_info)
     clock.end_passes = passes
+    t_mode = config_mode(t_config, device)
+    targets = None
+    if cached:
+        if config.progress and env.is_main:
+            print(f"distillation: the teacher predicts the {len(data.train)} training images (TTA views averaged)")
+        targets, record["teacher"]["targets"] = teacher_targets(network, data, t_config, device, t_mode)
+    else:
+        record["teacher"]["targets"] = {"kind": "online", "reason": why}
     student_resume = config.resume and (out_dir / ckpt.LAST).is_file()
     model, state, log = run_steps(dataclasses.replace(config, resume=student_resume), data, env, device, clock,
-                                  out_dir, callbacks, mode_info, teacher=network,
-                                  teacher_mode=config_mode(t_config, device))
+                                  out_dir, callbacks, mode_info, teacher=None if cached else network,
+                                  teacher_mode=t_mode, targets=targets)
     artifact_path = out_dir / ARTIFACT_NAME
     distillation = {**record, "student": {"model": _model_label(config.model), "steps": state.step,
                                           "best_step": state.best_step, SELECTION_METRIC: state.best_metric},
@@ -125,6 +152,55 @@ def fit_distilled(config: TrainConfig, data: TrainingData, env: Any, device: tor
                    "teacher_best": record["teacher"][SELECTION_METRIC]})
     log.close()
     return artifact_path
+
+
+def targets_choice(config: TrainConfig, data: TrainingData) -> tuple[bool, str]:
+    """(cache the teacher's probabilities?, why): as configured, unless they would not fit in memory."""
+    if config.distill.targets == "online":
+        return False, "online as configured (distill.targets)"
+    k = len(data.class_names)
+    size = sum(2 * k * s.labels.size for s in data.train)  # float16
+    if size > MAX_TARGET_BYTES:
+        return False, (f"online: the cached probabilities would take {size / 2**30:.1f} GiB, over "
+                       f"{MAX_TARGET_BYTES / 2**30:.0f} GiB")
+    return True, "cached"
+
+
+def teacher_tile(cfg: TrainConfig) -> TileConfig:
+    """How the teacher predicts what it teaches: whole images tiled at its patch size, the TTA views
+    its training showed it averaged."""
+    return TileConfig(tile_size=tuple(cfg.data.patch_size), tta=True, tta_views=trained_views(to_dict(cfg)))
+
+
+def target_passes(cfg: TrainConfig, data: TrainingData) -> float:
+    """The cost of `teacher_targets` in validation passes (for the budget): every view of every
+    training image and of the validation images."""
+    if not data.val:
+        return 0.0
+    return len(tta_views(teacher_tile(cfg))) * (len(data.train) + len(data.val)) / len(data.val)
+
+
+@torch.no_grad()
+def teacher_targets(teacher: torch.nn.Module, data: TrainingData, cfg: TrainConfig, device: torch.device,
+                    mode: Any) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """The teacher's probabilities `(K, H, W)` float16 on each training image (TTA views averaged,
+    `teacher_tile`) and their record: the views, the seconds, and the teacher's validation score as
+    it teaches (the same views on the validation images)."""
+    t0 = time.perf_counter()
+    tile = teacher_tile(cfg)
+    predictor = torch_predictor(teacher.eval(), data.mean, data.std, device, mode)
+
+    def probabilities(image: np.ndarray) -> np.ndarray:
+        return predict_tiled(predictor, np.asarray(image, np.float32), tile)
+
+    targets = [probabilities(s.image).astype(np.float16) for s in data.train]
+    record: dict[str, Any] = {"kind": "cached", "views": tile.tta_views, "images": len(targets)}
+    if data.val:
+        summary = evaluate_samples(lambda image: probabilities(image).argmax(0), data.val, data.class_names,
+                                   cfg.loss.ignore_index)
+        record["as_it_teaches"] = {SELECTION_METRIC: flat_metrics(summary)[SELECTION_METRIC]}
+    record["seconds"] = round(time.perf_counter() - t0, 1)
+    return targets, record
 
 
 def train_teacher(config: TrainConfig, cfg: TrainConfig, data: TrainingData, env: Any, device: torch.device,

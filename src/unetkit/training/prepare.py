@@ -61,14 +61,18 @@ class TrainingData:
         """The model config with in/out channels taken from the data (the data is the truth)."""
         return dataclasses.replace(model, in_channels=self.in_channels, out_channels=len(self.spec.classes))
 
-    def patch_sampler(self, config: DataConfig, rng: np.random.Generator):
+    def patch_sampler(self, config: DataConfig, rng: np.random.Generator,
+                      targets: Sequence[np.ndarray] | None = None):
+        """Patches of the training images; with `targets` (a teacher's probabilities per training
+        image) their crop follows the image's channels."""
         return PatchSampler(self.train, config.patch_size, config.batch_size, config.rare_oversample, rng,
-                            num_classes=len(self.spec.classes))
+                            num_classes=len(self.spec.classes), targets=targets)
 
-    def augmenter(self, config: AugmentConfig, seed: int):
+    def augmenter(self, config: AugmentConfig, seed: int, soft_targets: bool = False):
+        """`soft_targets`: the batches carry target channels after the image's, warped but not recoloured."""
         if not config.enabled:
             return None
-        return Augmenter(config, seed=seed)
+        return Augmenter(config, seed=seed, image_channels=self.in_channels if soft_targets else None)
 
 
 def load_training_data(config: DataConfig, *, progress: bool = False,

@@ -75,7 +75,8 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
               mode_info: dict[str, Any] | None = None, network: torch.nn.Module | None = None,
               loss: Callable[..., torch.Tensor] | None = None, start: Start | None = None,
               teacher: torch.nn.Module | None = None,
-              teacher_mode: Any = None) -> tuple[torch.nn.Module, RunState, RunLog]:
+              teacher_mode: Any = None,
+              targets: Sequence[np.ndarray] | None = None) -> tuple[torch.nn.Module, RunState, RunLog]:
     """Sampling, model, optimizer and the step loop of one network, up to its final validation and
     last checkpoint; the best weights are in `out_dir/checkpoint-best.pt`. The log is left open.
     `mode_info`: why the compute mode was chosen, for the "start" event. `network` / `loss`: the
@@ -83,11 +84,15 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     `start`: trained weights to begin from (`unetkit.training.finetune`), the encoder frozen, then at
     its own LR, per `config.finetune`; other encoder weights (`--pretrained` backbone files) are loaded
     by `load_pretrained_encoder`. `teacher`: a trained network whose logits on each batch are soft
-    targets (`DistillationLoss`, `config.distill`), computed in `teacher_mode` (default: the student's)."""
+    targets (`DistillationLoss`, `config.distill`), computed in `teacher_mode` (default: the student's).
+    `targets`: instead, the teacher's probabilities on each training image, computed once
+    (`unetkit.training.distill.teacher_targets`): cropped and warped with each patch, they cost a step
+    nothing."""
     # ---- sampling and augmentation: every rank draws the same global batch, then keeps its share
     seed_everything(config.seed)
-    sampler = data.patch_sampler(config.data, np.random.default_rng(config.seed))
-    augmenter = data.augmenter(config.augment, seed=config.seed)
+    sampler = data.patch_sampler(config.data, np.random.default_rng(config.seed), targets)
+    augmenter = data.augmenter(config.augment, seed=config.seed, soft_targets=targets is not None)
+    channels = data.in_channels
     share = rank_share(config.data.batch_size, env)
     mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
@@ -106,7 +111,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
         loss_fn = loss
         extra["loss"] = f"custom: {getattr(loss, '__qualname__', type(loss).__qualname__)}"
     else:
-        loss_fn = (SegmentationLoss(config.loss) if teacher is None
+        loss_fn = (SegmentationLoss(config.loss) if teacher is None and targets is None
                    else DistillationLoss(config.loss, config.distill)).to(device)
     teacher_mode = teacher_mode or mode
     if teacher is not None:
@@ -160,16 +165,19 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
         while not stop:
             t0 = time.perf_counter()
             images, labels = sampler.next_batch()
-            images = (images.to(device) - mean) / std
+            images = images.to(device)
+            images = torch.cat([(images[:, :channels] - mean) / std, images[:, channels:]], 1)
             labels = labels.to(device)
             if augmenter is not None:
                 images, labels = augmenter(images, labels)
+            images, cached = images[:, :channels], images[:, channels:]
             frozen = encoder_frozen(state.step, tune)
             if frozen != encoder_is_frozen and not env.enabled:  # DDP keeps gradients: LR 0 freezes it there
                 set_encoder_trainable(model, not frozen)
                 encoder_is_frozen = frozen
             lr = set_lr(optimizer, state.step, state.total_steps, config.optim, encoder_lr_scale(state.step, tune))
-            soft = teacher_logits(teacher, images[share], teacher_mode) if teacher is not None else None
+            soft = (teacher_logits(teacher, images[share], teacher_mode) if teacher is not None
+                    else probability_logits(cached[share]) if targets is not None else None)
             terms = train_step(net, images[share], labels[share], loss_fn=loss_fn, optimizer=optimizer,
                                mode=mode, scaler=scaler, grad_clip=config.optim.grad_clip,
                                step=state.step, teacher=soft)
@@ -230,6 +238,11 @@ def teacher_logits(teacher: torch.nn.Module, images: torch.Tensor, mode: Any) ->
     with mode.autocast(images.device.type):
         out = teacher(mode.input(images))
     return (out[0] if isinstance(out, (list, tuple)) else out).float()
+
+
+def probability_logits(probabilities: torch.Tensor) -> torch.Tensor:
+    """Logits of cached probabilities: softmax(log p / T) is the teacher's tempered distribution."""
+    return torch.log(probabilities.float().clamp_min(1e-6))
 
 
 def seed_everything(seed: int) -> None:
