@@ -9,8 +9,13 @@ arms that are compared share the machine's load:
   BatchNorm student learning from it on the other half (from its cached TTA probabilities: the
   default `distill.targets`);
 - plain B: `--budget B --distill off`, started with it (what a user gets without distillation);
-- plain B/2: `--budget B/2 --distill off`, started when the teacher ends, so it runs beside the
-  student: the plain student at the distilled student's own training time.
+- plain B/2: `--budget B/2 --distill off`, started when the student's steps start (the teacher
+  trained, its probabilities cached), for the time left, so it runs beside the student: the plain
+  student at the distilled student's own training time.
+
+Every arm trains the network and compute mode that `unetkit plan` chooses for the distilled run's
+budget (`pinned.json`), so the arms differ only in how they learn (a shorter budget alone would plan
+a smaller network for the plain B/2 run).
 
 Scores are the validation Dice of vessels (FOV; the best checkpoint's, as fit selects), each from
 the same `validate`. Retention = (student - plain B/2) / (teacher - plain B/2): the share of the
@@ -44,12 +49,35 @@ from report import append_markdown  # noqa: E402
 VAL_KEYS = ["36", "37", "38", "39", "40"]
 
 
-def start(train_dir: Path, budget_s: float, distill: str, out: Path, threads: int) -> subprocess.Popen:
+PINNED = ("model.base_width", "model.depth", "data.patch_size", "data.batch_size", "precision", "memory_format")
+
+
+def start(train_dir: Path, budget_s: float, distill: str, out: Path, threads: int,
+          config: Path | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "unetkit", "train", str(train_dir), "--budget", f"{budget_s:.0f}s", "--out", str(out),
-           "--quiet", "--val-keys", ",".join(VAL_KEYS), "--distill", distill]
+           "--quiet", "--val-keys", ",".join(VAL_KEYS), "--distill", distill,
+           *(["--config", str(config)] if config else [])]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     out.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(cmd, stdout=(out / "stdout.txt").open("w"), stderr=subprocess.STDOUT, env=env)
+
+
+def pinned_config(train_dir: Path, budget_s: float, out: Path, threads: int) -> Path:
+    """The network and compute mode `unetkit plan` chooses for the distilled run's budget, as a
+    TrainConfig JSON every arm trains with: the arms differ in how they learn, not in what they are."""
+    out.mkdir(parents=True, exist_ok=True)
+    plan_json = out / "plan.json"
+    subprocess.run([sys.executable, "-m", "unetkit", "plan", str(train_dir), "--budget", f"{budget_s:.0f}s",
+                    "--val-keys", ",".join(VAL_KEYS), "--distill", "on", "--json", str(plan_json)], check=True,
+                   stdout=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+    chosen = {c["key"]: c["value"] for c in json.loads(plan_json.read_text())["choices"]}
+    config: dict = {}
+    for key in PINNED:
+        section, _, name = key.rpartition(".")
+        (config.setdefault(section, {}) if section else config)[name] = chosen[key]
+    path = out / "pinned.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
 
 
 def wait(proc: subprocess.Popen, out: Path) -> None:
@@ -74,22 +102,23 @@ def steps_of(meta) -> int:
 
 
 def train_arms(train_dir: Path, budget: float, out: Path, threads: int) -> tuple[list, float]:
-    """The three runs (see the module docstring); load averages at start, teacher end, end; the
-    plain-beside-the-student run's budget."""
+    """The three runs (see the module docstring) on the pinned network; load averages at start,
+    student start, end; the plain-beside-the-student run's budget."""
+    config = pinned_config(train_dir, budget, out, threads)
     loads = [os.getloadavg()]
     t0 = time.perf_counter()
-    distilled = start(train_dir, budget, "on", out / "distilled", threads)
-    plain = start(train_dir, budget, "off", out / "plain", threads)
-    teacher_final = out / "distilled" / "teacher" / "teacher-final.pt"
-    while not teacher_final.exists() and distilled.poll() is None:
+    distilled = start(train_dir, budget, "on", out / "distilled", threads, config)
+    plain = start(train_dir, budget, "off", out / "plain", threads, config)
+    student_log = out / "distilled" / "metrics.jsonl"  # the student's own log: it starts after the targets
+    while not (student_log.exists() and student_log.stat().st_size) and distilled.poll() is None:
         time.sleep(2)
     loads.append(os.getloadavg())
     half = max(60.0, budget - (time.perf_counter() - t0))  # what is left of the budget: the student's time
-    plain_half = start(train_dir, half, "off", out / "plain-half", threads)
+    plain_half = start(train_dir, half, "off", out / "plain-half", threads, config)
     for proc, folder in ((distilled, out / "distilled"), (plain, out / "plain"), (plain_half, out / "plain-half")):
         wait(proc, folder)
     loads.append(os.getloadavg())
-    (out / "runs.json").write_text(json.dumps({"loads": loads, "half": half}))
+    (out / "runs.json").write_text(json.dumps({"loads": loads, "half": half, "pinned": json.loads(config.read_text())}))
     return loads, half
 
 
@@ -112,10 +141,11 @@ def main() -> None:
     if args.reuse:
         out = args.reuse
         saved = json.loads((out / "runs.json").read_text())
-        loads, half = saved["loads"], saved["half"]
+        loads, half, pinned = saved["loads"], saved["half"], saved.get("pinned", {})
     else:
         out = args.out / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         loads, half = train_arms(train_dir, budget, out, args.threads)
+        pinned = json.loads((out / "pinned.json").read_text())
 
     metas = {name: read_meta(out / name / "model.unetkit") for name in ("distilled", "plain", "plain-half")}
     record = metas["distilled"].metrics["distillation"]
@@ -165,9 +195,10 @@ def main() -> None:
         f"Command: `python benchmarks/distill_drive.py {' '.join(sys.argv[1:])}`  ",
         f"Machine: {machine()}; {args.threads} thread(s) per run, the three runs side by side (shared with other "
         f"users' jobs); load average (1/5/15 min) at the start {loads[0][0]:.2f}/{loads[0][1]:.2f}/{loads[0][2]:.2f}, "
-        f"when the teacher ended {loads[1][0]:.2f}/{loads[1][1]:.2f}/{loads[1][2]:.2f}, at the end "
+        f"when the student started {loads[1][0]:.2f}/{loads[1][1]:.2f}/{loads[1][2]:.2f}, at the end "
         f"{loads[2][0]:.2f}/{loads[2][1]:.2f}/{loads[2][2]:.2f}.  ",
-        f"Split: train 21-35, validate 36-40 (FOV, vessel Dice of the best checkpoint, as fit selects). Runs: `{out}`.",
+        f"Split: train 21-35, validate 36-40 (FOV, vessel Dice of the best checkpoint, as fit selects). Runs: `{out}`.  ",
+        f"Every arm pinned to the plan's network and mode for the budget: `{json.dumps(pinned)}`.",
         "",
         "| arm | network (inference cost) | training | steps | validation Dice |",
         "| --- | --- | --- | --- | --- |",

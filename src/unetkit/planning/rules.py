@@ -139,8 +139,9 @@ R17 Distillation. The accuracy levers (InstanceNorm: F1 +0.004..0.006 on DRIVE a
    1.2x slower fp32 and 2x int8 inference, R9; a two-model ensemble: +0.0007) cost inference time,
    so the best measured one, InstanceNorm, is trained as a teacher on half the budget and distilled
    into the fast BatchNorm student on the other half (`unetkit.training.distill`). Planned only when
-   no ensemble is (R12) and the student, in its half with the teacher's forward pass on each batch
-   (~1/3 of a step), still reaches the step target of the whole budget (R1): halving the steps
+   no ensemble is (R12) and the student, in its half, still reaches the step target of the whole
+   budget (R1; its steps cost plain steps when the teacher's probabilities are cached, the default,
+   and 4/3 of one with the teacher's forward pass on each batch, "online"): halving the steps
    costs more than the teacher gives until steps stop being the bottleneck. Steps and validations
    are then the student's.
 """
@@ -389,7 +390,7 @@ def planned_steps(c: Candidate, seconds_per_step: float, facts: DataFacts, budge
     return max(0, int(train_s / seconds_per_step)), n_val, val_s
 
 
-TEACHER_FORWARD = 4.0 / 3.0  # R17: a student step plus the teacher's forward pass (~1/3 of a training step)
+TEACHER_FORWARD = 4.0 / 3.0  # R17, online teaching: a student step plus the teacher's forward pass (~1/3 of a step)
 
 
 def distill_mode(facts: DataFacts, cand: Candidate, sps: float, budget_seconds: float, folds: int,
@@ -398,7 +399,8 @@ def distill_mode(facts: DataFacts, cand: Candidate, sps: float, budget_seconds: 
     if folds > 1:
         return "off", "off: the ensemble is planned instead (R12, R17)"
     share = (1.0 - DistillConfig().teacher_share) * budget_seconds
-    steps = planned_steps(cand, sps * TEACHER_FORWARD, facts, share, overrides)[0]
+    online = overrides.get("distill.targets", DistillConfig().targets) == "online"
+    steps = planned_steps(cand, sps * (TEACHER_FORWARD if online else 1.0), facts, share, overrides)[0]
     target = min_steps(budget_seconds)
     if steps >= target:
         return "on", (f"an InstanceNorm teacher on half the budget, then this BatchNorm network distilled from it: "
