@@ -75,6 +75,7 @@ def pinned_config(train_dir: Path, budget_s: float, out: Path, threads: int) -> 
     for key in PINNED:
         section, _, name = key.rpartition(".")
         (config.setdefault(section, {}) if section else config)[name] = chosen[key]
+    config["ensemble_folds"] = 1  # one network per arm (a pinned model can make R12 plan an ensemble)
     path = out / "pinned.json"
     path.write_text(json.dumps(config, indent=2))
     return path

@@ -365,6 +365,11 @@ def test_explicit_distillation_plans_the_students_steps_in_its_share():
     assert next(c.source for c in distilled.choices if c.key == "distill.mode") == "user"
     assert distilled.value("steps") < single.value("steps") / 2
     assert apply_plan(TrainConfig(), distilled).distill.mode == "on"
+    # where the plan would ensemble (a long GPU budget), asking for distillation keeps one student
+    long = make_plan(fp, PROFILES["gpu"], 24 * 3600, {"distill.mode": "on"})
+    assert long.value("ensemble_folds") == 1
+    assert "distill.mode on" in next(c.reason for c in long.choices if c.key == "ensemble_folds")
+    assert make_plan(fp, PROFILES["gpu"], 24 * 3600, {}).value("ensemble_folds") > 1
 
 
 @pytest.mark.parametrize("budget", [1200, 3600])

@@ -423,6 +423,8 @@ def ensemble_folds(facts: DataFacts, cand: Candidate, sps: float, budget_seconds
     """R12: (folds, why); 1 = a single model."""
     if "ensemble_folds" in overrides:
         return int(overrides["ensemble_folds"]), ""
+    if overrides.get("distill.mode") == "on":
+        return 1, "off: distillation is asked for (distill.mode on), and its student is one network (R12, R17)"
     val_s = planned_steps(cand, sps, facts, budget_seconds, overrides)[2]
     two = planned_steps(cand, sps, facts, member_budget(budget_seconds, 2, val_s), overrides)[0]
     if not largest:

@@ -11,8 +11,8 @@ each batch.
 
 How the teacher teaches (`DistillConfig.targets`):
 - "cached" (default): once the teacher is trained, `teacher_targets` predicts every training image
-  whole, averaging the TTA views (8, or 2 for a model trained upright): a lever that costs inference
-  time, here paid once. The sampler crops these probabilities with each patch and the augmenter warps
+  whole, averaging the TTA views (8, or 2 for a model trained upright) when they score better on the
+  validation images: a lever that costs inference time, here paid once. The sampler crops these probabilities with each patch and the augmenter warps
   them with the image, so a student step costs what a plain step does. The teacher's validation score
   "as it teaches" (with the views) is recorded beside its plain one.
 - "online": the teacher's logits on each augmented batch, a forward pass per step. Measured on DRIVE
@@ -131,7 +131,7 @@ def fit_distilled(config: TrainConfig, data: TrainingData, env: Any, device: tor
     targets = None
     if cached:
         if config.progress and env.is_main:
-            print(f"distillation: the teacher predicts the {len(data.train)} training images (TTA views averaged)")
+            print(f"distillation: the teacher predicts the {len(data.train)} training images (its soft targets)")
         targets, record["teacher"]["targets"] = teacher_targets(network, data, t_config, device, t_mode)
     else:
         record["teacher"]["targets"] = {"kind": "online", "reason": why}
@@ -173,32 +173,43 @@ def teacher_tile(cfg: TrainConfig) -> TileConfig:
 
 
 def target_passes(cfg: TrainConfig, data: TrainingData) -> float:
-    """The cost of `teacher_targets` in validation passes (for the budget): every view of every
-    training image and of the validation images."""
+    """The most `teacher_targets` costs, in validation passes (for the budget): the validation
+    images plainly and with every view, then every view of every training image."""
     if not data.val:
         return 0.0
-    return len(tta_views(teacher_tile(cfg))) * (len(data.train) + len(data.val)) / len(data.val)
+    views = len(tta_views(teacher_tile(cfg)))
+    return 1 + views + views * len(data.train) / len(data.val)
 
 
 @torch.no_grad()
 def teacher_targets(teacher: torch.nn.Module, data: TrainingData, cfg: TrainConfig, device: torch.device,
                     mode: Any) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """The teacher's probabilities `(K, H, W)` float16 on each training image (TTA views averaged,
-    `teacher_tile`) and their record: the views, the seconds, and the teacher's validation score as
-    it teaches (the same views on the validation images)."""
+    """The teacher's probabilities `(K, H, W)` float16 on each training image and their record.
+
+    The teacher teaches as it scores best on the validation images: with its TTA views averaged
+    (`teacher_tile`) when that scores at least as well as its plain prediction, else plainly (TTA
+    cost ISBI 2012 Dice, docs/benchmarks.md; plain teaching is also `views` times cheaper). The
+    record has both scores, the choice and the seconds; without validation images, the views."""
     t0 = time.perf_counter()
     tile = teacher_tile(cfg)
     predictor = torch_predictor(teacher.eval(), data.mean, data.std, device, mode)
 
-    def probabilities(image: np.ndarray) -> np.ndarray:
-        return predict_tiled(predictor, np.asarray(image, np.float32), tile)
+    def probabilities(image: np.ndarray, how: TileConfig) -> np.ndarray:
+        return predict_tiled(predictor, np.asarray(image, np.float32), how)
 
-    targets = [probabilities(s.image).astype(np.float16) for s in data.train]
-    record: dict[str, Any] = {"kind": "cached", "views": tile.tta_views, "images": len(targets)}
+    record: dict[str, Any] = {"kind": "cached", "views": tile.tta_views}
     if data.val:
-        summary = evaluate_samples(lambda image: probabilities(image).argmax(0), data.val, data.class_names,
-                                   cfg.loss.ignore_index)
-        record["as_it_teaches"] = {SELECTION_METRIC: flat_metrics(summary)[SELECTION_METRIC]}
+        scores = {}
+        for name, how in (("plain", dataclasses.replace(tile, tta=False)), ("tta", tile)):
+            summary = evaluate_samples(lambda image, how=how: probabilities(image, how).argmax(0), data.val,
+                                       data.class_names, cfg.loss.ignore_index)
+            scores[name] = flat_metrics(summary)[SELECTION_METRIC]
+        if (scores["tta"] or 0.0) < (scores["plain"] or 0.0):
+            tile, record["views"] = dataclasses.replace(tile, tta=False), "none"
+        record["as_it_teaches"] = {SELECTION_METRIC: scores["tta" if tile.tta else "plain"]}
+        record["scores"] = scores
+    targets = [probabilities(s.image, tile).astype(np.float16) for s in data.train]
+    record["images"] = len(targets)
     record["seconds"] = round(time.perf_counter() - t0, 1)
     return targets, record
 
