@@ -53,8 +53,9 @@ PINNED = ("model.base_width", "model.depth", "data.patch_size", "data.batch_size
 
 
 def start(train_dir: Path, budget_s: float, distill: str, out: Path, threads: int,
-          config: Path | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "unetkit", "train", str(train_dir), "--budget", f"{budget_s:.0f}s", "--out", str(out),
+          config: Path | None = None, steps: int | None = None) -> subprocess.Popen:
+    length = ["--steps", str(steps)] if steps else ["--budget", f"{budget_s:.0f}s"]
+    cmd = [sys.executable, "-m", "unetkit", "train", str(train_dir), *length, "--out", str(out),
            "--quiet", "--val-keys", ",".join(VAL_KEYS), "--distill", distill,
            *(["--config", str(config)] if config else [])]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -62,20 +63,28 @@ def start(train_dir: Path, budget_s: float, distill: str, out: Path, threads: in
     return subprocess.Popen(cmd, stdout=(out / "stdout.txt").open("w"), stderr=subprocess.STDOUT, env=env)
 
 
-def pinned_config(train_dir: Path, budget_s: float, out: Path, threads: int) -> Path:
+# with --steps the arms train without a budget, so without a plan: they take the whole plan but these
+UNPLANNED = ("steps", "val_every", "budget_seconds", "distill.mode", "ensemble_folds")
+
+
+def pinned_config(train_dir: Path, budget_s: float, out: Path, threads: int, steps: int | None = None) -> Path:
     """The network and compute mode `unetkit plan` chooses for the distilled run's budget, as a
-    TrainConfig JSON every arm trains with: the arms differ in how they learn, not in what they are."""
+    TrainConfig JSON every arm trains with: the arms differ in how they learn, not in what they are.
+    With `steps`, every planned setting (loss, augmentation, optimizer...) and that many steps."""
     out.mkdir(parents=True, exist_ok=True)
     plan_json = out / "plan.json"
     subprocess.run([sys.executable, "-m", "unetkit", "plan", str(train_dir), "--budget", f"{budget_s:.0f}s",
                     "--val-keys", ",".join(VAL_KEYS), "--distill", "on", "--json", str(plan_json)], check=True,
                    stdout=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     chosen = {c["key"]: c["value"] for c in json.loads(plan_json.read_text())["choices"]}
+    keys = [k for k in chosen if not k.startswith("plan.") and k not in UNPLANNED] if steps else list(PINNED)
     config: dict = {}
-    for key in PINNED:
+    for key in keys:
         section, _, name = key.rpartition(".")
         (config.setdefault(section, {}) if section else config)[name] = chosen[key]
     config["ensemble_folds"] = 1  # one network per arm (a pinned model can make R12 plan an ensemble)
+    if steps:
+        config.update(steps=steps, val_every=max(1, steps // 5))
     path = out / "pinned.json"
     path.write_text(json.dumps(config, indent=2))
     return path
@@ -102,24 +111,28 @@ def steps_of(meta) -> int:
     return int(meta.lineage.get("steps", 0))
 
 
-def train_arms(train_dir: Path, budget: float, out: Path, threads: int) -> tuple[list, float]:
+def train_arms(train_dir: Path, budget: float, out: Path, threads: int, steps: int | None = None) -> tuple[list, float]:
     """The three runs (see the module docstring) on the pinned network; load averages at start,
-    student start, end; the plain-beside-the-student run's budget."""
-    config = pinned_config(train_dir, budget, out, threads)
+    student start, end; the plain-beside-the-student run's budget. With `steps`, two runs: the
+    distilled one (teacher and student `steps` each) and the plain one of `steps`, beside each other."""
+    config = pinned_config(train_dir, budget, out, threads, steps)
     loads = [os.getloadavg()]
     t0 = time.perf_counter()
-    distilled = start(train_dir, budget, "on", out / "distilled", threads, config)
-    plain = start(train_dir, budget, "off", out / "plain", threads, config)
+    distilled = start(train_dir, budget, "on", out / "distilled", threads, config, steps)
+    plain = start(train_dir, budget, "off", out / "plain", threads, config, steps)
     student_log = out / "distilled" / "metrics.jsonl"  # the student's own log: it starts after the targets
     while not (student_log.exists() and student_log.stat().st_size) and distilled.poll() is None:
         time.sleep(2)
     loads.append(os.getloadavg())
     half = max(60.0, budget - (time.perf_counter() - t0))  # what is left of the budget: the student's time
-    plain_half = start(train_dir, half, "off", out / "plain-half", threads, config)
-    for proc, folder in ((distilled, out / "distilled"), (plain, out / "plain"), (plain_half, out / "plain-half")):
+    arms = [(distilled, out / "distilled"), (plain, out / "plain")]
+    if not steps:
+        arms.append((start(train_dir, half, "off", out / "plain-half", threads, config), out / "plain-half"))
+    for proc, folder in arms:
         wait(proc, folder)
     loads.append(os.getloadavg())
-    (out / "runs.json").write_text(json.dumps({"loads": loads, "half": half, "pinned": json.loads(config.read_text())}))
+    (out / "runs.json").write_text(json.dumps({"loads": loads, "half": half, "steps": steps,
+                                               "pinned": json.loads(config.read_text())}))
     return loads, half
 
 
@@ -131,6 +144,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, type=Path, help="DRIVE root (holding training/)")
     ap.add_argument("--budget", default="10m", help="the distilled run's and the plain run's total budget")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="equal steps instead of a budget: the teacher, the student and one plain run train this many "
+                         "steps each, with the plan of --budget (what distillation hands on, the budget split aside)")
     ap.add_argument("--threads", type=int, default=1, help="OMP threads per run (the runs share the cores)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-distill")
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -143,12 +159,15 @@ def main() -> None:
         out = args.reuse
         saved = json.loads((out / "runs.json").read_text())
         loads, half, pinned = saved["loads"], saved["half"], saved.get("pinned", {})
+        args.steps = saved.get("steps")
     else:
         out = args.out / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        loads, half = train_arms(train_dir, budget, out, args.threads)
+        loads, half = train_arms(train_dir, budget, out, args.threads, args.steps)
         pinned = json.loads((out / "pinned.json").read_text())
 
-    metas = {name: read_meta(out / name / "model.unetkit") for name in ("distilled", "plain", "plain-half")}
+    # with equal steps, the plain run is the plain student beside the distilled one
+    folders = {"distilled": "distilled", "plain": "plain", "plain-half": "plain" if args.steps else "plain-half"}
+    metas = {name: read_meta(out / folder / "model.unetkit") for name, folder in folders.items()}
     record = metas["distilled"].metrics["distillation"]
     teacher = record["teacher"]["mean_dice_foreground"]
     student = record["student"]["mean_dice_foreground"]
@@ -190,11 +209,12 @@ def main() -> None:
         return steps_of(metas[name])
 
     lines = [
-        f"## DRIVE distillation at {args.budget}: InstanceNorm teacher -> BatchNorm student "
+        f"## DRIVE distillation at {f'{args.steps} steps each (the plan of {args.budget})' if args.steps else args.budget}: "
+        "InstanceNorm teacher -> BatchNorm student "
         f"({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
         f"Command: `python benchmarks/distill_drive.py {' '.join(sys.argv[1:])}`  ",
-        f"Machine: {machine()}; {args.threads} thread(s) per run, the three runs side by side (shared with other "
+        f"Machine: {machine()}; {args.threads} thread(s) per run, the runs side by side (shared with other "
         f"users' jobs); load average (1/5/15 min) at the start {loads[0][0]:.2f}/{loads[0][1]:.2f}/{loads[0][2]:.2f}, "
         f"when the student started {loads[1][0]:.2f}/{loads[1][1]:.2f}/{loads[1][2]:.2f}, at the end "
         f"{loads[2][0]:.2f}/{loads[2][1]:.2f}/{loads[2][2]:.2f}.  ",
@@ -208,11 +228,13 @@ def main() -> None:
         f"| {record['teacher']['steps']} | {teacher:.4f} |",
         *([f"| teacher as it teaches ({taught.get('views')} TTA views averaged, cached once in "
             f"{taught.get('seconds', 0):.0f} s) | - | - | - | {teaching:.4f} |"] if teaching is not None else []),
-        f"| distilled student | {record['student']['model']} | the rest of {args.budget} | {steps('distilled')} | "
-        f"{student:.4f} |",
-        f"| plain, beside the student | {record['student']['model']} | {half / 60:.1f} min | {steps('plain-half')} | "
-        f"{p_half:.4f} |",
-        f"| plain, whole budget | {record['student']['model']} | {args.budget} | {steps('plain')} | {p_full:.4f} |",
+        f"| distilled student | {record['student']['model']} | "
+        f"{'after the teacher' if args.steps else 'the rest of ' + args.budget} | {steps('distilled')} | {student:.4f} |",
+        *([f"| plain, beside the distilled run | {record['student']['model']} | the same steps | {steps('plain')} | "
+           f"{p_full:.4f} |"] if args.steps else [
+            f"| plain, beside the student | {record['student']['model']} | {half / 60:.1f} min | {steps('plain-half')} | "
+            f"{p_half:.4f} |",
+            f"| plain, whole budget | {record['student']['model']} | {args.budget} | {steps('plain')} | {p_full:.4f} |"]),
         "",
         retention_text(teacher, "the teacher's network")
         + (" " + retention_text(teaching, "the teacher as it teaches") if teaching is not None else "")
