@@ -202,7 +202,7 @@ def main() -> None:
                             topology=False)
         vessel = next(r for r in ev["per_class"] if r["class"] != ev["per_class"][0]["class"])
         tuning = metas[name].metrics.get("postprocess_tuning", {})
-        checks.append((name, raw["f1"], raw["auc"], vessel["dice"], metas[name].postprocess,
+        checks.append((name, raw["f1"], raw["auc"], vessel["dice"], metas[name].tta, metas[name].postprocess,
                        tuning.get("gate", {}).get("reason", "-"), metas[name].temperature))
 
     def steps(name: str) -> int:
@@ -240,14 +240,16 @@ def main() -> None:
         + (" " + retention_text(teaching, "the teacher as it teaches") if teaching is not None else "")
         + f" Teaching: {taught.get('kind', 'online')}." + f" End to end, the distilled student vs the plain run of the same budget: {student - p_full:+.4f}.",
         "",
-        "`unetkit evaluate` (calibration + gated postprocessing) vs the raw probabilities at 0.5, on the validation "
+        "`unetkit evaluate` (as the artifact predicts: calibration, TTA where the gate adopted it, gated "
+        "postprocessing) vs the raw probabilities at 0.5 without TTA, on the validation "
         "images (the gate's own tuning images):",
         "",
-        "| arm | F1 raw @ 0.5 | AUC | evaluate Dice | postprocessing stored | temperature | gate |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| arm | F1 raw @ 0.5 | AUC | evaluate Dice | TTA | postprocessing stored | temperature | gate |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, f1, auc, dice, post, reason, temp in checks:
-        lines.append(f"| {name} | {f1:.4f} | {auc:.4f} | {dice:.4f} | {post or 'none'} | {temp:.3f} | {reason} |")
+    for name, f1, auc, dice, tta, post, reason, temp in checks:
+        lines.append(f"| {name} | {f1:.4f} | {auc:.4f} | {dice:.4f} | {'on' if tta else 'off'} | {post or 'none'} "
+                     f"| {temp:.3f} | {reason} |")
     text = "\n".join(lines) + "\n"
     append_markdown(args.benchmarks, text)
     (out / "results.json").write_text(json.dumps({"teacher": teacher, "student": student, "plain_half": p_half,
