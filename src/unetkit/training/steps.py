@@ -166,7 +166,10 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
             t0 = time.perf_counter()
             images, labels = sampler.next_batch()
             images = images.to(device)
-            images = torch.cat([(images[:, :channels] - mean) / std, images[:, channels:]], 1)
+            if targets is None:
+                images = (images - mean) / std
+            else:  # the target channels after the image's are probabilities: not normalized
+                images = torch.cat([(images[:, :channels] - mean) / std, images[:, channels:]], 1)
             labels = labels.to(device)
             if augmenter is not None:
                 images, labels = augmenter(images, labels)
