@@ -391,12 +391,13 @@ def pretrain(
     budget: BudgetOpt = None,
     steps: Annotated[int, typer.Option(help="Steps when no --budget is given.")] = PretrainConfig.steps,
     objective: Annotated[PretrainObjective, typer.Option(
-        help="mim: restore masked squares (masked-image modelling); denoise: remove Gaussian noise.")] = PretrainConfig.objective,
+        help="mim: restore masked squares (masked-image modelling); denoise: remove Gaussian noise; "
+             "contrastive: tell each pixel of two recoloured, shifted crops of a region from the others (dense InfoNCE).")] = PretrainConfig.objective,
     width: Annotated[int, typer.Option(help="U-Net base width: the fine-tuning run's (`unetkit plan` shows it).")] = PretrainConfig.base_width,
     depth: Annotated[int, typer.Option(help="U-Net depth (down-sampling steps): the fine-tuning run's.")] = PretrainConfig.depth,
     norm: Annotated[str, typer.Option(help="Normalization layers: batch, group, instance or none.")] = PretrainConfig.norm,
     patch: Annotated[int, typer.Option(help="Square crop size.")] = PretrainConfig.patch_size[0],
-    batch: Annotated[int, typer.Option(help="Crops per step.")] = PretrainConfig.batch_size,
+    batch: Annotated[int, typer.Option(help="Crops per step (contrastive: half as many regions, two crops of each).")] = PretrainConfig.batch_size,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine decay).")] = PretrainConfig.lr,
     seed: Annotated[int, typer.Option(help="Random seed.")] = PretrainConfig.seed,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,

@@ -223,7 +223,7 @@ class FinetuneConfig:
     encoder_lr_ratio: float = 1.0
 
 
-PretrainObjective = Literal["mim", "denoise"]  # unetkit.training.pretrain
+PretrainObjective = Literal["mim", "denoise", "contrastive"]  # unetkit.training.pretrain
 PRETRAIN_OBJECTIVES: tuple[str, ...] = get_args(PretrainObjective)
 
 
@@ -233,7 +233,9 @@ class PretrainConfig:
 
     The whole U-Net learns to restore corrupted patches (`mim`: masked `mask_patch`-pixel squares,
     `mask_ratio` of them, scored on the masked pixels; `denoise`: Gaussian noise of `noise_std`
-    normalized units); its encoder weights are kept. The architecture fields must be the ones the
+    normalized units), or (`contrastive`) to match each pixel of two recoloured, shifted crops of one
+    region (`unetkit.training.contrastive`: `contrastive_points` pixels per crop, InfoNCE at
+    `contrastive_temperature`, crops up to `contrastive_shift` of the patch apart); its encoder weights are kept. The architecture fields must be the ones the
     fine-tuning run will use (the planner reads them from the file)."""
 
     images: str = ""
@@ -251,6 +253,9 @@ class PretrainConfig:
     mask_ratio: float = 0.5
     mask_patch: int = 16
     noise_std: float = 0.5
+    contrastive_points: int = 64
+    contrastive_temperature: float = 0.2
+    contrastive_shift: float = 0.25
     seed: int = 0
     progress: bool = True
     # how the steps compute, as for training (`TrainConfig.precision`): "auto" measures the modes

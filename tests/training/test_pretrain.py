@@ -13,6 +13,7 @@ from PIL import Image
 from unetkit.config import PretrainConfig
 from unetkit.errors import ConfigError, DataError
 from unetkit.models.unet_encoder import read_unet_encoder
+from unetkit.training.contrastive import dense_info_nce, pair_batch, recolour, texture
 from unetkit.training.pretrain import corrupt, pretrain, restoration_loss
 
 
@@ -35,6 +36,54 @@ def test_mim_masks_squares_at_the_ratio_and_denoise_adds_noise() -> None:
     assert torch.all(ones == 1) and 0.4 < float((noisy - x).std()) < 0.6
 
 
+def test_contrastive_pairs_are_two_crops_of_one_region_at_the_offsets_they_give() -> None:
+    rng = np.random.default_rng(0)
+    images = [rng.normal(size=(2, 40, 50)).astype(np.float32), rng.normal(size=(2, 36, 36)).astype(np.float32)]
+    a, b, offsets = pair_batch(images, (32, 32), 16, 8, rng)
+    assert a.shape == b.shape == (16, 2, 32, 32) and offsets.shape == (16, 2)
+    assert int(offsets.abs().max()) <= 8 and bool((offsets != 0).any())
+    for k in range(16):  # b's pixel (y, x) is a's (y + dy, x + dx) wherever both crops hold it
+        dy, dx = offsets[k].tolist()
+        ys, xs = slice(max(0, -dy), 32 - max(0, dy)), slice(max(0, -dx), 32 - max(0, dx))
+        shifted = a[k][:, ys.start + dy : ys.stop + dy, xs.start + dx : xs.stop + dx]
+        assert torch.equal(b[k][:, ys, xs], shifted)
+    g = torch.Generator().manual_seed(0)
+    recoloured = recolour(a, g)
+    assert recoloured.shape == a.shape and not torch.equal(recoloured, a)
+
+
+def test_dense_info_nce_rewards_matching_pixels_and_punishes_swapped_ones() -> None:
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 16, 24, 24, generator=g)
+    none = torch.zeros(4, 2, dtype=torch.long)
+    matched = float(dense_info_nce(z, z, none, 32, 0.1, torch.Generator().manual_seed(1)))
+    unrelated = float(dense_info_nce(z, torch.randn(4, 16, 24, 24, generator=g), none, 32, 0.1,
+                                     torch.Generator().manual_seed(1)))
+    assert matched < 0.5 < np.log(4 * 32) - 1 < unrelated
+    # the offsets are honoured: b shifted by (3, -2) against a matches only at that offset
+    shifted = torch.roll(z, shifts=(-3, 2), dims=(2, 3))  # shifted[y, x] = z[y + 3, x - 2]
+    at = torch.tensor([[3, -2]] * 4)
+    assert float(dense_info_nce(z, shifted, at, 32, 0.1, torch.Generator().manual_seed(2))) < 0.5
+    assert float(dense_info_nce(z, shifted, none, 32, 0.1, torch.Generator().manual_seed(2))) > 2.0
+
+
+def test_texture_weighted_sampling_asks_about_the_textured_pixels() -> None:
+    flat = torch.zeros(2, 3, 24, 24)
+    assert float(texture(flat).abs().max()) < 1e-6
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 16, 24, 24, generator=g)
+    garbled = torch.randn(2, 16, 24, 24, generator=g)
+    garbled[:, :, 8:16, 8:16] = z[:, :, 8:16, 8:16]  # the views agree only inside the square
+    image = torch.zeros(2, 1, 24, 24)
+    image[:, :, 10:14, 10:14] = torch.randn(2, 1, 4, 4, generator=g)  # texture only inside it
+    weights = texture(image)
+    assert float(weights[:, 11, 11].min()) > 0 and float(weights[:, 0, 0].max()) == 0
+    none = torch.zeros(2, 2, dtype=torch.long)
+    textured = float(dense_info_nce(z, garbled, none, 16, 0.1, torch.Generator().manual_seed(3), weights=weights))
+    uniform = float(dense_info_nce(z, garbled, none, 16, 0.1, torch.Generator().manual_seed(3)))
+    assert textured < 1.0 < uniform
+
+
 def test_restoration_loss_counts_only_the_weighted_pixels() -> None:
     target = torch.zeros(1, 2, 4, 4)
     output = torch.zeros(1, 2, 4, 4)
@@ -45,14 +94,14 @@ def test_restoration_loss_counts_only_the_weighted_pixels() -> None:
     assert float(restoration_loss(output, target, 1 - top)) == 0.0
 
 
-@pytest.mark.parametrize("objective", ["mim", "denoise"])
+@pytest.mark.parametrize("objective", ["mim", "denoise", "contrastive"])
 def test_pretraining_learns_and_writes_the_encoder(shapes_data: Path, tmp_path: Path, objective: str) -> None:
     out = pretrain(tiny(shapes_data / "images", tmp_path / "enc.safetensors", objective=objective))
     tensors, meta = read_unet_encoder(out)
     assert tensors and all(k.startswith(("encoder.", "downs.", "bottom.")) for k in tensors)
     record = meta["pretraining"]
     assert record["objective"] == objective and record["steps"] == 40 and record["images"] == 6
-    assert record["loss_last"] < record["loss_first"]  # it learned to restore
+    assert record["loss_last"] < record["loss_first"]  # it learned to restore (or to match the views)
     assert meta["architecture"]["in_channels"] == 3 and len(meta["normalization"]["mean"]) == 3
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -93,4 +142,7 @@ def test_refuses_an_empty_folder_mixed_channels_and_bad_settings(shapes_data: Pa
         pretrain(tiny(mixed, tmp_path / "enc.safetensors"))
     with pytest.raises(ConfigError, match="mask_ratio"):
         pretrain(tiny(shapes_data / "images", tmp_path / "enc.safetensors", mask_ratio=1.5))
+    with pytest.raises(ConfigError, match="contrastive_temperature > 0"):
+        pretrain(tiny(shapes_data / "images", tmp_path / "enc.safetensors", objective="contrastive",
+                      contrastive_temperature=0.0))
     assert not (tmp_path / "enc.safetensors").exists()

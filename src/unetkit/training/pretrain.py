@@ -12,6 +12,9 @@ Objectives (`PretrainConfig.objective`):
   through the skip connections.
 - `denoise`: Gaussian noise of `noise_std` (normalized units) on every pixel; mean squared error on
   all pixels.
+- `contrastive`: no restoration; two recoloured crops of one region, shifted against each other, and
+  the InfoNCE loss of each pixel's embedding in both against the other pixels'
+  (`unetkit.training.contrastive`).
 Which pays on DRIVE at CPU budgets: docs/benchmarks.md ("Self-supervised pretraining").
 """
 
@@ -42,6 +45,7 @@ from unetkit.models import build_model
 from unetkit.models.unet_encoder import encoder_state, save_unet_encoder
 from unetkit.runtime import keep_freed_memory
 from unetkit.training.budget import BudgetClock
+from unetkit.training.contrastive import EMBED_CHANNELS, dense_info_nce, pair_batch, recolour, texture
 from unetkit.training.optim import build_optimizer, clip_gradients, set_lr
 from unetkit.training.precision import ModeDecision, check_available, decide_mode
 from unetkit.training.runlog import progress_bar
@@ -84,6 +88,10 @@ def check_config(config: PretrainConfig) -> None:
         raise ConfigError("pretrain: mask_patch, batch_size and steps must be >= 1")
     if config.noise_std <= 0:
         raise ConfigError(f"pretrain.noise_std: expected a positive standard deviation, got {config.noise_std}")
+    if config.contrastive_points < 1 or config.contrastive_temperature <= 0 or not 0 <= config.contrastive_shift < 1:
+        raise ConfigError("pretrain: contrastive_points must be >= 1, contrastive_temperature > 0 and "
+                          f"contrastive_shift a fraction of the patch in [0, 1); got {config.contrastive_points}, "
+                          f"{config.contrastive_temperature}, {config.contrastive_shift}")
     if min(config.patch_size) < 2**config.depth:
         raise ConfigError(f"pretrain.patch_size: {list(config.patch_size)} is smaller than 2**depth = {2**config.depth}")
 
@@ -117,6 +125,11 @@ class CropSampler:
         self.images = [_pad_to((im - m) / s, patch) for im in images]
         self.patch, self.batch, self.rng = patch, batch, rng
 
+    def next_pair(self, shift: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Half a batch of regions, two crops of each up to `shift` of the patch apart (a step computes
+        `batch` crops, as the other objectives' do), and their offsets (`unetkit.training.contrastive.pair_batch`)."""
+        return pair_batch(self.images, self.patch, max(1, self.batch // 2), int(shift * min(self.patch)), self.rng)
+
     def next_batch(self) -> torch.Tensor:
         ph, pw = self.patch
         crops = []
@@ -131,6 +144,23 @@ class CropSampler:
                 crop = np.rot90(crop, int(self.rng.integers(0, 4)), axes=(1, 2))
             crops.append(np.ascontiguousarray(crop))
         return torch.from_numpy(np.stack(crops))
+
+
+def _step_loss(model: torch.nn.Module, sampler: CropSampler, config: PretrainConfig, mode: Any,
+               generator: torch.Generator) -> torch.Tensor:
+    """The loss of one step of the objective, in float; the forward pass in `mode`."""
+    if config.objective == "contrastive":
+        a, b, offsets = sampler.next_pair(config.contrastive_shift)
+        views = mode.input(torch.cat([recolour(a, generator), recolour(b, generator)]))
+        with mode.autocast(CPU.type):
+            z = model(views)
+        return dense_info_nce(z[: len(a)], z[len(a):], offsets, config.contrastive_points,
+                              config.contrastive_temperature, generator, weights=texture(b))
+    clean = sampler.next_batch()
+    corrupted, weight = corrupt(clean, config, generator)
+    with mode.autocast(CPU.type):
+        restored = model(mode.input(corrupted))
+    return restoration_loss(restored, clean, weight)
 
 
 def _pad_to(image: np.ndarray, patch: tuple[int, int]) -> np.ndarray:
@@ -174,7 +204,9 @@ def pretrain(config: PretrainConfig, *, images: Sequence[str | Path] | None = No
     pictures += [np.asarray(im, np.float32) for im in extra]
     mean, std = channel_stats(pictures)
     channels = pictures[0].shape[0]
-    model_cfg = ModelConfig(in_channels=channels, out_channels=channels, base_width=config.base_width,
+    contrastive = config.objective == "contrastive"
+    model_cfg = ModelConfig(in_channels=channels, out_channels=EMBED_CHANNELS if contrastive else channels,
+                            base_width=config.base_width,
                             depth=config.depth, norm=config.norm)
     torch.manual_seed(config.seed)
     keep_freed_memory()
@@ -195,14 +227,9 @@ def pretrain(config: PretrainConfig, *, images: Sequence[str | Path] | None = No
     model.train()
     while step < total:
         t0 = time.perf_counter()
-        clean = sampler.next_batch()
-        corrupted, weight = corrupt(clean, config, generator)
-        corrupted = mode.input(corrupted)
         lr = set_lr(optimizer, step, total if decided or not clock.enabled else max(step + 1, config.steps), optim)
         optimizer.zero_grad(set_to_none=True)
-        with mode.autocast(CPU.type):
-            restored = model(corrupted)
-        loss = restoration_loss(restored, clean, weight)  # in float
+        loss = _step_loss(model, sampler, config, mode, generator)  # in float
         if not torch.isfinite(loss):
             raise ConfigError(f"pretraining diverged at step {step}: the loss is {float(loss)}; lower the lr")
         loss.backward()
@@ -229,10 +256,13 @@ def pretrain(config: PretrainConfig, *, images: Sequence[str | Path] | None = No
               "loss_last": float(np.mean(losses[-window:]))}
     if config.objective == "mim":
         record |= {"mask_ratio": config.mask_ratio, "mask_patch": config.mask_patch}
+    elif contrastive:
+        record |= {"points": config.contrastive_points, "temperature": config.contrastive_temperature,
+                   "shift": config.contrastive_shift, "embedding": EMBED_CHANNELS}
     else:
         record |= {"noise_std": config.noise_std}
     out = save_unet_encoder(config.out, encoder_state(model), model_cfg, tuple(mean), tuple(std), record)
     if log:
-        log(f"{step} steps in {record['seconds']:.0f} s, restoration loss {record['loss_first']:.4f} -> "
+        log(f"{step} steps in {record['seconds']:.0f} s, {config.objective} loss {record['loss_first']:.4f} -> "
             f"{record['loss_last']:.4f}; encoder weights: {out}")
     return out
