@@ -195,8 +195,10 @@ def main() -> None:
             from unetkit.models.unet_encoder import read_unet_encoder
 
             pre = read_unet_encoder(out / name / "encoder.safetensors")[1]["pretraining"]
+        run = artifact.parent
         results[name] = {**binary_scores(np.concatenate([p.ravel() for p in probs]), truth, fov),
-                         "wall_seconds": walls[name], "steps": meta.lineage.get("steps"), "pretraining": pre}
+                         "wall_seconds": walls[name], "steps": meta.lineage.get("steps"), "pretraining": pre,
+                         "patch": list(meta.patch_size), **run_facts(run / "metrics.jsonl")}
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
     lines = [f"## Self-supervised pretraining on DRIVE with 5 labelled images, {args.budget} per arm "
@@ -219,8 +221,33 @@ def main() -> None:
                  if name.endswith("-same-recipe") else f"{name} pretraining + fine-tuning (R15's recipe)")
         lines.append(f"| {label} | {r['f1']:.4f} | {r['auc']:.4f} | {r['steps']} | {pre_text} | "
                      f"{r['wall_seconds'] / 60:.1f} min |")
+    lines += ["", "Each arm as its own plan trained it, and its validation Dice (the selection metric, on the scored "
+              "images) along the way (`metrics.jsonl`): the per-step comparison that tells a better start from more steps.",
+              "", "| arm | patch | mode | s/step | validation Dice at step |", "| --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        curve = "; ".join(f"{step}: {dice:.3f}" for step, dice in spaced(r["curve"], 8))
+        lines.append(f"| {name} | {r['patch'][0]}x{r['patch'][1]} | {r['mode']} | {r['seconds_per_step']:.2f} | {curve} |")
     lines.append("")
     publish(args.benchmarks, lines)
+
+
+def run_facts(log: Path) -> dict:
+    """The compute mode, median seconds per step and validation curve [(step, Dice)] of a run's log."""
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    start = next((e for e in events if e.get("event") == "start"), {})
+    per_step = [e["seconds_per_step"] for e in events if e.get("event") == "budget" and "seconds_per_step" in e]
+    curve = [(e["step"], e["mean_dice_foreground"]) for e in events
+             if e.get("event") == "val" and e.get("mean_dice_foreground") is not None]
+    return {"mode": start.get("mode", "?"), "seconds_per_step": float(np.median(per_step)) if per_step else float("nan"),
+            "curve": curve}
+
+
+def spaced(points: list, n: int) -> list:
+    """At most `n` of `points`, evenly spread, the last always included."""
+    if len(points) <= n:
+        return points
+    picks = sorted({round(i * (len(points) - 1) / (n - 1)) for i in range(n)})
+    return [points[i] for i in picks]
 
 
 if __name__ == "__main__":
