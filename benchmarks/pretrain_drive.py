@@ -195,10 +195,9 @@ def main() -> None:
             from unetkit.models.unet_encoder import read_unet_encoder
 
             pre = read_unet_encoder(out / name / "encoder.safetensors")[1]["pretraining"]
-        run = artifact.parent
         results[name] = {**binary_scores(np.concatenate([p.ravel() for p in probs]), truth, fov),
                          "wall_seconds": walls[name], "steps": meta.lineage.get("steps"), "pretraining": pre,
-                         "patch": list(meta.patch_size), **run_facts(run / "metrics.jsonl")}
+                         "patch": list(meta.patch_size), **run_facts(artifact.parent / "metrics.jsonl")}
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
     lines = [f"## Self-supervised pretraining on DRIVE with 5 labelled images, {args.budget} per arm "
@@ -233,7 +232,9 @@ def main() -> None:
 
 def run_facts(log: Path) -> dict:
     """The compute mode, median seconds per step and validation curve [(step, Dice)] of a run's log."""
-    events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    from unetkit.training.runlog import read_log
+
+    events = read_log(log)
     start = next((e for e in events if e.get("event") == "start"), {})
     per_step = [e["seconds_per_step"] for e in events if e.get("event") == "budget" and "seconds_per_step" in e]
     curve = [(e["step"], e["mean_dice_foreground"]) for e in events

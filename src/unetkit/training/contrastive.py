@@ -1,7 +1,7 @@
 """Dense contrastive pretraining (`PretrainConfig.objective = "contrastive"`): two views of one region,
 the same pixel told apart from every other pixel.
 
-A region of `patch + shift` pixels is cut from a normalized image (flipped / rotated as a whole), and
+A region of `patch + shift` pixels is cut from a normalized image (flipped as a whole), and
 two `patch` crops of it are taken at independent offsets up to `shift` (`pair_batch`), so every pixel
 of their overlap has a known place in both. Each crop is recoloured on its own (`recolour`: per-channel
 contrast and brightness, Gaussian noise, sometimes a 3x3 blur). The U-Net maps each crop to a
@@ -48,6 +48,11 @@ def pair_batch(images: list[np.ndarray], patch: tuple[int, int], batch: int, shi
             torch.tensor(offsets, dtype=torch.long))
 
 
+def box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The mean of each pixel's `size` x `size` neighbourhood (N, C, H, W), over the pixels inside the image."""
+    return F.avg_pool2d(x, size, stride=1, padding=size // 2, count_include_pad=False)
+
+
 def recolour(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Each crop of a normalized batch (N, C, H, W) recoloured on its own: per-channel contrast
     x 0.6..1.4 and brightness +-0.4 (normalized units), Gaussian noise of standard deviation 0..0.2,
@@ -58,17 +63,15 @@ def recolour(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     noise = 0.2 * torch.rand((n, 1, 1, 1), generator=generator) * torch.randn(x.shape, generator=generator)
     out = x * contrast + brightness + noise
     blur = torch.rand((n, 1, 1, 1), generator=generator) < 0.5
-    blurred = F.avg_pool2d(out, 3, stride=1, padding=1, count_include_pad=False)
-    return torch.where(blur, blurred, out)
+    return torch.where(blur, box_mean(out, 3), out)
 
 
 def texture(x: torch.Tensor) -> torch.Tensor:
     """(N, H, W) how much each pixel's 5x5 neighbourhood varies (mean absolute difference from the 3x3
     mean, over channels): where there is something to tell a pixel by. A flat field (the black outside
     a fundus camera's field of view, an empty slide) scores ~0."""
-    local = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-    detail = (x - local).abs().mean(1, keepdim=True)
-    return F.avg_pool2d(detail, 5, stride=1, padding=2, count_include_pad=False)[:, 0]
+    detail = (x - box_mean(x, 3)).abs().mean(1, keepdim=True)
+    return box_mean(detail, 5)[:, 0]
 
 
 def dense_info_nce(za: torch.Tensor, zb: torch.Tensor, offsets: torch.Tensor, points: int,
