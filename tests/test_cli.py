@@ -272,5 +272,5 @@ def test_pretrain_then_train_from_the_encoder_records_it(tmp_path):
     meta = read_meta(out / "model.unetkit")
     assert meta.lineage["pretrained_sha256"] == file_sha256(enc)
     assert meta.train_config["finetune"]["freeze_encoder_steps"] == 1
-    bad = run_cli("pretrain", str(data / "images"), "--objective", "contrastive", "-o", str(tmp_path / "x.safetensors"))
+    bad = run_cli("pretrain", str(data / "images"), "--objective", "jigsaw", "-o", str(tmp_path / "x.safetensors"))
     assert bad.returncode == 2 and not (tmp_path / "x.safetensors").exists()
