@@ -126,7 +126,9 @@ def main() -> None:
     ap.add_argument("--data", required=True, type=Path, help="DRIVE root (holding training/)")
     ap.add_argument("--budget", default="10m", help="total budget of every arm")
     ap.add_argument("--share", type=float, default=0.5, help="of the budget spent pretraining")
-    ap.add_argument("--objectives", default="mim,denoise")
+    ap.add_argument("--objectives", default="mim,denoise",
+                    help="one pretrained arm per entry: OBJECTIVE or OBJECTIVE/network (`unetkit pretrain --keep network`: "
+                         "the decoder pretrained too)")
     ap.add_argument("--labelled", default="21-25")
     ap.add_argument("--val", default="36-40")
     ap.add_argument("--unlabelled", default="21-35", help="images pretrained on (their labels are not used)")
@@ -154,25 +156,27 @@ def main() -> None:
                                                             "--config", str(pinned), "--out", str(out / "scratch"),
                                                             "--quiet")]}
     pre_s, tune_s = args.share * budget, (1 - args.share) * budget
-    for objective in [o.strip() for o in args.objectives.split(",") if o.strip()]:
-        enc = out / objective / "encoder.safetensors"
-        def pretrain(enc: Path, objective: str = objective) -> list[str]:
+    for entry in [o.strip() for o in args.objectives.split(",") if o.strip()]:
+        objective, _, keep = entry.partition("/")
+        arm = objective + (f"-{keep}" if keep else "")
+        enc = out / arm / "encoder.safetensors"
+        def pretrain(enc: Path, objective: str = objective, keep: str = keep or "encoder") -> list[str]:
             return unetkit("pretrain", str(unlabelled), "--budget", f"{pre_s:.0f}s", "--objective", objective,
                            "--width", str(width), "--depth", str(depth), "--norm", norm, "--patch", str(patch[0]),
-                           "--batch", str(batch), "-o", str(enc), "--quiet")
+                           "--batch", str(batch), "--keep", keep, "-o", str(enc), "--quiet")
 
-        arms[objective] = [
+        arms[arm] = [
             pretrain(enc),
             unetkit("train", str(manifest), "--budget", f"{tune_s:.0f}s", "--pretrained", str(enc), "--config",
-                    str(pinned), "--out", str(out / objective / "run"), "--quiet")]
+                    str(pinned), "--out", str(out / arm / "run"), "--quiet")]
         if args.same_recipe:  # R15's protection of the start (rates x0.5 and x0.25, freeze, half the steps) off
             recipe = out / "scratch-recipe.json"
             recipe.write_text(json.dumps({
                 "model": {"base_width": width, "depth": depth, "norm": norm},
                 "data": {"patch_size": list(patch), "batch_size": batch}, "optim": {"lr": plan["optim.lr"]},
                 "finetune": {"encoder_lr_ratio": 1.0, "freeze_encoder_steps": 0}}))
-            same = out / f"{objective}-same-recipe"
-            arms[f"{objective}-same-recipe"] = [
+            same = out / f"{arm}-same-recipe"
+            arms[f"{arm}-same-recipe"] = [
                 pretrain(same / "encoder.safetensors"),
                 unetkit("train", str(manifest), "--budget", f"{tune_s:.0f}s", "--pretrained",
                         str(same / "encoder.safetensors"), "--config", str(recipe), "--out", str(same / "run"), "--quiet")]

@@ -225,6 +225,8 @@ class FinetuneConfig:
 
 PretrainObjective = Literal["mim", "denoise", "contrastive"]  # unetkit.training.pretrain
 PRETRAIN_OBJECTIVES: tuple[str, ...] = get_args(PretrainObjective)
+PretrainKeep = Literal["encoder", "network"]  # what `unetkit pretrain` writes: the encoder, or all but the head
+PRETRAIN_KEEPS: tuple[str, ...] = get_args(PretrainKeep)
 
 
 @dataclass(frozen=True)
@@ -235,8 +237,10 @@ class PretrainConfig:
     `mask_ratio` of them, scored on the masked pixels; `denoise`: Gaussian noise of `noise_std`
     normalized units), or (`contrastive`) to match each pixel of two recoloured, shifted crops of one
     region (`unetkit.training.contrastive`: `contrastive_points` pixels per crop, InfoNCE at
-    `contrastive_temperature`, crops up to `contrastive_shift` of the patch apart); its encoder weights are kept. The architecture fields must be the ones the
-    fine-tuning run will use (the planner reads them from the file)."""
+    `contrastive_temperature`, crops up to `contrastive_shift` of the patch apart). `keep` says what
+    is written: the encoder's weights, or (`network`) the encoder's and the decoder's (all but the
+    head, which fine-tuning replaces). The architecture fields must be the ones the fine-tuning run
+    will use (the planner reads them from the file)."""
 
     images: str = ""
     out: str = "encoder.safetensors"
@@ -256,6 +260,7 @@ class PretrainConfig:
     contrastive_points: int = 64
     contrastive_temperature: float = 0.2
     contrastive_shift: float = 0.25
+    keep: PretrainKeep = "encoder"
     seed: int = 0
     progress: bool = True
     # how the steps compute, as for training (`TrainConfig.precision`): "auto" measures the modes

@@ -16,6 +16,7 @@ from unetkit.models.unet_encoder import (
     encoder_state,
     is_encoder_key,
     load_unet_encoder,
+    network_state,
     read_unet_encoder,
     save_unet_encoder,
 )
@@ -49,6 +50,32 @@ def test_round_trip_copies_the_encoder_only(tmp_path: Path) -> None:
     assert meta["architecture"]["base_width"] == 4 and meta["widths"] == [4, 8, 16]
     assert meta["normalization"] == {"mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0]}
     assert meta["pretraining"]["objective"] == "mim"
+
+
+def test_a_network_file_carries_the_decoder_but_never_the_head(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = build_model(TINY)
+    state = network_state(source)
+    assert any(k.startswith("decoder.") for k in state) and any(k.startswith("ups.") for k in state)
+    assert not any(k.startswith("head.") for k in state)
+    path = save_unet_encoder(tmp_path / "net.safetensors", state, TINY, (0.0,) * 3, (1.0,) * 3, {"objective": "mim"})
+    torch.manual_seed(1)
+    target = build_model(replace(TINY, out_channels=5))
+    head_before = target.head.conv.weight.clone()
+    meta = load_unet_encoder(target, path)
+    assert meta["parts"] == ["encoder", "decoder"]
+    assert meta["architecture"]["upsample"] == "transpose" and meta["architecture"]["attention"] is False
+    for key, value in state.items():
+        assert torch.equal(target.state_dict()[key], value), key
+    assert torch.equal(target.head.conv.weight, head_before)
+    # a decoder of another shape is refused, naming the first key the file has no weights for
+    with pytest.raises(ArtifactError, match=r"net.safetensors: no weights for the model's encoder and decoder key "
+                                            r"'gates\.0\."):
+        load_unet_encoder(build_model(replace(TINY, attention=True)), path)
+    # an encoder-only file says so, and fits any decoder
+    enc = save_unet_encoder(tmp_path / "enc.safetensors", encoder_state(source), TINY, (0.0,) * 3, (1.0,) * 3, {})
+    assert read_unet_encoder(enc)[1]["parts"] == ["encoder"]
+    assert "attention" not in read_unet_encoder(enc)[1]["architecture"]
 
 
 def test_refusals_name_the_file_key_and_shapes(tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ from unetkit.config import FinetuneConfig
 from unetkit.data.io import file_sha256
 from unetkit.errors import ArtifactError, ConfigError
 from unetkit.models import build_model
-from unetkit.models.unet_encoder import encoder_state, is_encoder_key, save_unet_encoder
+from unetkit.models.unet_encoder import encoder_state, is_encoder_key, network_state, save_unet_encoder
 from unetkit.training.fit import fit
+from unetkit.training.finetune import apply_start, read_start, start_model
 from unetkit.training.runlog import read_log
 
 
@@ -118,6 +119,27 @@ def test_pretrained_encoder_start(tiny_config, tmp_path: Path) -> None:
     for key, value in encoder_state(source).items():
         if key in names:
             assert torch.equal(child.state_dict[key], value), key  # frozen throughout: still the file's
+
+
+def test_a_pretrained_network_file_starts_the_decoder_too_and_fixes_its_architecture(tiny_config, tmp_path: Path) -> None:
+    cfg = tiny_config("child", steps=4, val_every=2)
+    source = build_model(replace(cfg.model, in_channels=3, out_channels=3, upsample="bilinear"))
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.01)
+    net_file = save_unet_encoder(tmp_path / "net.safetensors", network_state(source), source.cfg,
+                                 (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), {"objective": "test"})
+    start = read_start(FinetuneConfig(pretrained=str(net_file)))
+    assert start.info["parts"] == ["encoder", "decoder"]
+    run_model = start_model(start, replace(cfg.model, upsample="transpose", out_channels=4))
+    assert run_model.upsample == "bilinear" and run_model.out_channels == 4  # the file's decoder, the data's head
+    model = build_model(run_model)
+    assert apply_start(model, start, ("a", "b", "c", "d")) == {"copied": "encoder and decoder"}
+    for key, value in network_state(source).items():
+        assert torch.equal(model.state_dict()[key], value), key
+    child = load_artifact(fit(replace(cfg, finetune=replace(cfg.finetune, pretrained=str(net_file)))))
+    assert child.meta.model.upsample == "bilinear"
+    assert child.meta.lineage["start"]["parts"] == ["encoder", "decoder"]
 
 
 def test_value_named_classes_keep_the_head_only_when_the_largest_class_is_the_same(tmp_path: Path) -> None:

@@ -106,6 +106,13 @@ def test_pretraining_learns_and_writes_the_encoder(shapes_data: Path, tmp_path: 
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_keep_network_writes_the_decoder_too(shapes_data: Path, tmp_path: Path) -> None:
+    out = pretrain(tiny(shapes_data / "images", tmp_path / "net.safetensors", objective="contrastive", keep="network"))
+    tensors, meta = read_unet_encoder(out)
+    assert meta["parts"] == ["encoder", "decoder"]
+    assert any(k.startswith("decoder.") for k in tensors) and not any(k.startswith("head.") for k in tensors)
+
+
 def test_pretraining_computes_in_the_mode_given_or_measured(shapes_data: Path, tmp_path: Path) -> None:
     out = pretrain(tiny(shapes_data / "images", tmp_path / "cl.safetensors", precision="fp32",
                         memory_format="channels_last"))
@@ -145,4 +152,6 @@ def test_refuses_an_empty_folder_mixed_channels_and_bad_settings(shapes_data: Pa
     with pytest.raises(ConfigError, match="contrastive_temperature > 0"):
         pretrain(tiny(shapes_data / "images", tmp_path / "enc.safetensors", objective="contrastive",
                       contrastive_temperature=0.0))
+    with pytest.raises(ConfigError, match=r"pretrain.keep: expected one of \['encoder', 'network'\], got 'head'"):
+        pretrain(tiny(shapes_data / "images", tmp_path / "enc.safetensors", keep="head"))
     assert not (tmp_path / "enc.safetensors").exists()

@@ -7,7 +7,8 @@ sha256 for the lineage) from the file's header, cheaply and before anything is w
 `start_model` is the run's ModelConfig (the parent's architecture, the data's channels and classes),
 `apply_start` copies the weights: from an artifact every tensor whose name and shape fit, the head
 (`head.*`, `aux_heads.*`) only when the classes are the same (names and order), else it stays
-freshly initialized; from an encoder file the encoder only (`unetkit.models.unet_encoder`). Names
+freshly initialized; from an encoder file what it holds, the encoder or the encoder and the decoder
+(`unetkit.models.unet_encoder`), never a head. Names
 made from label values (`class_0`, `class_255`) say nothing of what a class is: for those the head
 is kept only if the parent's largest class (by pixels, from its fingerprint) is also the data's.
 An ISBI 2012 model (class 0 = thin membrane, the minority) kept its head on DRIVE (class 0 =
@@ -34,6 +35,7 @@ from unetkit.data.fingerprint import largest_class
 from unetkit.data.io import file_sha256
 from unetkit.errors import ArtifactError, ConfigError
 from unetkit.models.unet_encoder import (
+    DECODER_FIELDS,
     ENCODER_FIELDS,
     is_encoder_key,
     is_unet_encoder_file,
@@ -108,7 +110,7 @@ def read_start(config: FinetuneConfig) -> Start | None:
         _, meta = read_unet_encoder(path)
         arch = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["architecture"].items()}
         return Start("pretrained", path, ModelConfig(**arch), (), file_sha256(path),
-                     {"pretraining": meta.get("pretraining", {})})
+                     {"parts": meta["parts"], "pretraining": meta.get("pretraining", {})})
     return None
 
 
@@ -124,11 +126,12 @@ def check_start(start: Start, in_channels: int, spatial_dims: int) -> None:
 
 def start_model(start: Start, model: ModelConfig) -> ModelConfig:
     """The run's architecture: the parent's (an artifact's whole config; an encoder file's encoder
-    fields over `model`), one network; in/out channels are set from the data afterwards."""
+    fields, and its decoder fields when it holds the decoder, over `model`), one network; in/out
+    channels are set from the data afterwards."""
     if start.kind == "init":
         return dataclasses.replace(start.model, ensemble=1, out_channels=model.out_channels)
-    fixed = {f.name: getattr(start.model, f.name) for f in dataclasses.fields(ModelConfig)
-             if f.name in ENCODER_FIELDS}
+    names = ENCODER_FIELDS + (DECODER_FIELDS if "decoder" in start.info.get("parts", ()) else ())
+    fixed = {name: getattr(start.model, name) for name in names}
     return replace(model, **fixed)
 
 
@@ -137,8 +140,7 @@ def apply_start(model: nn.Module, start: Start, class_names: tuple[str, ...] | l
     """Copy the start's weights into `model` (built from `start_model`); returns what was copied.
     `fingerprint`: the data's (see `Start.keeps_head`)."""
     if start.kind == "pretrained":
-        load_unet_encoder(model, start.path)
-        return {"copied": "encoder"}
+        return {"copied": " and ".join(load_unet_encoder(model, start.path)["parts"])}
     parent = load_artifact(start.path).state_dict
     own = model.state_dict()
     keep_head = start.keeps_head(class_names, fingerprint)

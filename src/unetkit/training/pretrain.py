@@ -2,8 +2,9 @@
 
 images (a folder, or a list of files) -> per-channel normalization from them -> random crops with
 flips/rot90 -> a corruption -> the whole U-Net (out_channels = in_channels) restores the clean crop
--> AdamW, cosine schedule, within a wall-clock budget (`BudgetClock`) -> the encoder's weights
-(`unetkit.models.unet_encoder`, with architecture, widths, normalization and how they were trained).
+-> AdamW, cosine schedule, within a wall-clock budget (`BudgetClock`) -> the encoder's weights, or
+with `keep: network` the encoder's and the decoder's (`unetkit.models.unet_encoder`, with
+architecture, widths, normalization and how they were trained).
 
 Objectives (`PretrainConfig.objective`):
 - `mim`, masked-image modelling: `mask_ratio` of a grid of `mask_patch`-pixel squares is set to the
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from unetkit.config import (
+    PRETRAIN_KEEPS,
     PRETRAIN_OBJECTIVES,
     DataConfig,
     ModelConfig,
@@ -42,7 +44,7 @@ from unetkit.data.fingerprint import channel_stats
 from unetkit.data.io import is_image_file, read_image
 from unetkit.errors import ConfigError, DataError
 from unetkit.models import build_model
-from unetkit.models.unet_encoder import encoder_state, save_unet_encoder
+from unetkit.models.unet_encoder import encoder_state, network_state, save_unet_encoder
 from unetkit.runtime import keep_freed_memory
 from unetkit.training.budget import BudgetClock
 from unetkit.training.contrastive import EMBED_CHANNELS, dense_info_nce, pair_batch, recolour, texture
@@ -82,6 +84,8 @@ def load_images(files: Sequence[Path]) -> list[np.ndarray]:
 def check_config(config: PretrainConfig) -> None:
     if config.objective not in PRETRAIN_OBJECTIVES:
         raise ConfigError(f"pretrain.objective: expected one of {list(PRETRAIN_OBJECTIVES)}, got {config.objective!r}")
+    if config.keep not in PRETRAIN_KEEPS:
+        raise ConfigError(f"pretrain.keep: expected one of {list(PRETRAIN_KEEPS)}, got {config.keep!r}")
     if not 0.0 < config.mask_ratio < 1.0:
         raise ConfigError(f"pretrain.mask_ratio: expected a fraction in (0, 1), got {config.mask_ratio}")
     if config.mask_patch < 1 or config.batch_size < 1 or config.steps < 1:
@@ -261,8 +265,9 @@ def pretrain(config: PretrainConfig, *, images: Sequence[str | Path] | None = No
                    "shift": config.contrastive_shift, "embedding": EMBED_CHANNELS}
     else:
         record |= {"noise_std": config.noise_std}
-    out = save_unet_encoder(config.out, encoder_state(model), model_cfg, tuple(mean), tuple(std), record)
+    state = network_state(model) if config.keep == "network" else encoder_state(model)
+    out = save_unet_encoder(config.out, state, model_cfg, tuple(mean), tuple(std), record)
     if log:
         log(f"{step} steps in {record['seconds']:.0f} s, {config.objective} loss {record['loss_first']:.4f} -> "
-            f"{record['loss_last']:.4f}; encoder weights: {out}")
+            f"{record['loss_last']:.4f}; {'encoder and decoder' if config.keep == 'network' else 'encoder'} weights: {out}")
     return out
