@@ -17,8 +17,8 @@ from unetkit.data.io import file_sha256
 from unetkit.errors import ArtifactError, ConfigError
 from unetkit.models import build_model
 from unetkit.models.unet_encoder import encoder_state, is_encoder_key, network_state, save_unet_encoder
-from unetkit.training.fit import fit
 from unetkit.training.finetune import apply_start, read_start, start_model
+from unetkit.training.fit import fit
 from unetkit.training.runlog import read_log
 
 
