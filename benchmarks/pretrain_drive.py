@@ -201,7 +201,8 @@ def main() -> None:
             pre = read_unet_encoder(out / name / "encoder.safetensors")[1]["pretraining"]
         results[name] = {**binary_scores(np.concatenate([p.ravel() for p in probs]), truth, fov),
                          "wall_seconds": walls[name], "steps": meta.lineage.get("steps"), "pretraining": pre,
-                         "patch": list(meta.patch_size), **run_facts(artifact.parent / "metrics.jsonl")}
+                         "patch": list(meta.patch_size), "batch": meta.train_config["data"]["batch_size"],
+                         **run_facts(artifact.parent / "metrics.jsonl")}
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
     lines = [f"## Self-supervised pretraining on DRIVE with 5 labelled images, {args.budget} per arm "
@@ -212,8 +213,9 @@ def main() -> None:
              f"{'in parallel, one thread each' if args.parallel else 'one after the other'}.  ",
              f"Labelled {args.labelled}, scored on {args.val} (FOV pixels, vessel = positive); pretrained on the "
              f"images of {args.unlabelled} (labels unused) for {args.share:.0%} of the budget, then fine-tuned on the "
-             f"labelled ones. Architecture of the scratch plan for every arm: w{width} d{depth} {norm} norm, "
-             f"{patch[0]}x{patch[1]} patches, batch {batch}. Run folder `{out}`.", "",
+             f"labelled ones. Architecture of the scratch plan for every arm: w{width} d{depth} {norm} norm "
+             f"(its patch and batch, {patch[0]}x{patch[1]} b{batch}, pretrain; each arm's own timing plans its "
+             f"training's, below). Run folder `{out}`.", "",
              "| arm | F1 (Dice @ 0.5) | AUC ROC | fine-tuning steps | pretraining steps (loss first -> last) | wall clock |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
@@ -226,10 +228,10 @@ def main() -> None:
                      f"{r['wall_seconds'] / 60:.1f} min |")
     lines += ["", "Each arm as its own plan trained it, and its validation Dice (the selection metric, on the scored "
               "images) along the way (`metrics.jsonl`): the per-step comparison that tells a better start from more steps.",
-              "", "| arm | patch | mode | s/step | validation Dice at step |", "| --- | --- | --- | --- | --- |"]
+              "", "| arm | patch, batch | mode | s/step | validation Dice at step |", "| --- | --- | --- | --- | --- |"]
     for name, r in results.items():
         curve = "; ".join(f"{step}: {dice:.3f}" for step, dice in spaced(r["curve"], 8))
-        lines.append(f"| {name} | {r['patch'][0]}x{r['patch'][1]} | {r['mode']} | {r['seconds_per_step']:.2f} | {curve} |")
+        lines.append(f"| {name} | {r['patch'][0]}x{r['patch'][1]}, b{r['batch']} | {r['mode']} | {r['seconds_per_step']:.2f} | {curve} |")
     lines.append("")
     publish(args.benchmarks, lines)
 

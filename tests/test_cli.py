@@ -157,9 +157,11 @@ def test_a_mistyped_backend_fails_at_parse_time_listing_the_valid_values(tmp_pat
     (["export"], "--format", "ExportFormat"), (["train"], "--precision", "TrainPrecision"),
     (["train"], "--postprocess", "TunePostprocess"), (["serve"], "--stage", "ServedStage"),
     (["registry", "add"], "--stage", "AddStage"), (["registry", "list"], "--stage", "REGISTRY_STAGES"),
-    (["pretrain"], "--objective", "PRETRAIN_OBJECTIVES"),
+    (["pretrain"], "--objective", "PRETRAIN_OBJECTIVES"), (["pretrain"], "--keep", "PRETRAIN_KEEPS"),
 ])
 def test_choice_options_list_the_closed_set_config_owns(command, option, choices):
+    from pathlib import Path
+
     from typing import get_args
 
     from typer.testing import CliRunner
@@ -171,6 +173,8 @@ def test_choice_options_list_the_closed_set_config_owns(command, option, choices
     values = values if isinstance(values, tuple) else get_args(values)
     text = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "300"}).output
     assert f"{option} <{'|'.join(values)}>" in text, text
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert f"| {', '.join(values)}" in docs, f"docs/cli.md's table of choices lacks {option}: {', '.join(values)}"
 
 
 def test_help_lists_every_exit_code_and_variable_and_docs_say_the_same():
