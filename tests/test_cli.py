@@ -161,7 +161,6 @@ def test_a_mistyped_backend_fails_at_parse_time_listing_the_valid_values(tmp_pat
 ])
 def test_choice_options_list_the_closed_set_config_owns(command, option, choices):
     from pathlib import Path
-
     from typing import get_args
 
     from typer.testing import CliRunner

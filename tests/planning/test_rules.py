@@ -234,13 +234,19 @@ def test_continued_training_of_the_same_classes_halves_steps_and_rates_and_prote
 
 
 def test_pretraining_is_planned_only_with_few_labels_and_many_more_unlabelled_images():
-    from unetkit.planning.rules import FEW_LABELLED, MANY_UNLABELLED, PRETRAIN_SHARE, UNLABELLED_RATIO
+    from unetkit.planning.rules import (
+        FEW_LABELLED,
+        MANY_UNLABELLED,
+        PRETRAIN_OBJECTIVE,
+        PRETRAIN_SHARE,
+        UNLABELLED_RATIO,
+    )
 
     few = make_fingerprint(classes=VESSELS, n=10)  # 8 train / 2 val
     many = max(MANY_UNLABELLED, UNLABELLED_RATIO * 8)
     plan = make_plan(few, PROFILES["cpu32"], 7200, {}, unlabelled=many)
     assert plan.estimates["pretrain_seconds"] == PRETRAIN_SHARE * 7200
-    assert plan.value("plan.pretrain_objective") in ("mim", "denoise")
+    assert plan.value("plan.pretrain_objective") == PRETRAIN_OBJECTIVE == "contrastive"
     assert plan.value("budget_seconds") == 7200 * (1 - PRETRAIN_SHARE)  # fit's share
     assert plan.value("finetune.freeze_encoder_steps") > 0  # R15 for the encoder it will start from
     assert "R16" in next(c.reason for c in plan.choices if c.key == "plan.pretrain_seconds")

@@ -124,10 +124,13 @@ R16 Self-supervised pretraining (`--unlabelled DIR`). Proposed only when labelle
    are few (< 30), the unlabelled images are many (at least 100, and at least 10x the labelled ones),
    and the budget is long enough that the fine-tuning share still reaches its step target (R15's) on
    the cheapest candidate: then `PRETRAIN_SHARE` of the budget pretrains the planned U-Net's encoder
-   by masked-image modelling on the unlabelled and training images (`unetkit.training.pretrain`),
-   the rest fine-tunes from it (R15). Why so strict: on DRIVE with 5 labelled images and 15 images
-   to pretrain on, every measured arm lost to scratch at equal budget (docs/benchmarks.md,
-   "Self-supervised pretraining on DRIVE"): half of 20 minutes on a loaded CPU left fine-tuning 122
+   by dense contrastive learning on the unlabelled and training images (`unetkit.training.pretrain`),
+   the rest fine-tunes from it (R15). Contrastive, because of the three objectives measured on one
+   machine (DRIVE, 5 labels, 30 minutes, AVX2 EPYC) it came closest to scratch (F1 −0.004;
+   masked-image modelling −0.008, denoising −0.020) and was the only one whose start led early per
+   pixel seen; keeping its decoder too (`keep: network`) was no better (−0.006). Why so strict: on
+   DRIVE with 5 labelled images and 15 images to pretrain on, every measured arm lost to scratch at
+   equal budget (docs/benchmarks.md, "Self-supervised pretraining on DRIVE"): half of 20 minutes on a loaded CPU left fine-tuning 122
    steps (F1 0.32 vs 0.71); a quarter of 30 minutes on a quiet one, in the measured compute mode
    (857 pretraining steps), left it 2,202 and F1 0.772 vs 0.816 under R15's old halved rates. With
    R15's transfer recipe (scratch's rate after the freeze) the same comparison scored 0.810 vs 0.820
@@ -135,6 +138,7 @@ R16 Self-supervised pretraining (`--unlabelled DIR`). Proposed only when labelle
    quarter of the budget it cost was not paid back. A few images' worth of inpainting is no better
    a start than random weights; what pays in the literature is pretraining on many more images than
    are labelled, so that is the only case R16 proposes, and its plan says it is unmeasured here.
+   (The mim runs above used the objective R16 then chose.)
 R17 Distillation. The accuracy levers (InstanceNorm: F1 +0.004..0.006 on DRIVE at equal steps, but
    1.2x slower fp32 and 2x int8 inference, R9; a two-model ensemble: +0.0007) cost inference time;
    `distill.mode on` trains the best measured one, InstanceNorm, as a teacher on half the budget and
@@ -195,7 +199,7 @@ FEW_LABELLED = 30  # R16: below this many labelled training images, pretraining 
 MANY_UNLABELLED = 100  # R16: at least this many unlabelled images ...
 UNLABELLED_RATIO = 10  # R16: ... and this many per labelled training image
 PRETRAIN_SHARE = 0.25  # R16: of the budget, spent pretraining (half left fine-tuning too few steps)
-PRETRAIN_OBJECTIVE = "mim"  # R16
+PRETRAIN_OBJECTIVE = "contrastive"  # R16
 
 
 @dataclass(frozen=True)
@@ -556,8 +560,10 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     if unlabelled or pretrain_seconds:
         choose("plan.pretrain_seconds", round(pretrain_seconds, 1), why_pretrain)
         if pretrain_seconds:
-            choose("plan.pretrain_objective", PRETRAIN_OBJECTIVE, "masked-image modelling: it beat denoising on DRIVE (F1 0.32 vs 0.22 after "
-                   "equal pretraining and fine-tuning, docs/benchmarks.md) (R16)")
+            choose("plan.pretrain_objective", PRETRAIN_OBJECTIVE,
+                   "dense contrastive learning: the closest of three objectives to scratch on one machine (DRIVE, 5 "
+                   "labels, 30 min: F1 -0.004, masked-image modelling -0.008, denoising -0.020; docs/benchmarks.md), "
+                   "though none beat it there (R16)")
     if mode is not None:
         why_mode = f"{mode.reason} (R14)"
         choose("precision", mode.mode.precision, why_mode)
