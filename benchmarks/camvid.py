@@ -7,8 +7,8 @@ trees side by side (the current rules and a baseline commit's), held-out sequenc
 The training split's frames are grouped by sequence (the key's prefix before `_`); the sequences in
 `--val-prefix` (default `0006R0`, 101 of the 367 frames) are the validation split, held out whole
 because neighbouring frames are near-duplicates. Every arm trains at the same time as the others
-(one subprocess each, `PYTHONPATH=<arm's src>`), so they share the machine's load alike; then each
-artifact is scored here on the held-out frames: class-average IoU over the 11 classes and global
+(one subprocess each, `PYTHONPATH=<arm's src>`, one thread each when there are several), so they
+share the machine's load alike; then each artifact is scored here on the held-out frames: class-average IoU over the 11 classes and global
 pixel accuracy (void, label 11, ignored), per-class IoU.
 
 `--ssl SHARE` instead compares training from scratch with self-supervised pretraining: the scratch
@@ -148,9 +148,12 @@ def main() -> None:
             if name in commands:
                 script = " && ".join(" ".join(f"'{a}'" for a in cmd) for cmd in commands[name])
                 procs[name] = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src"),
+                                                               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
                 continue
             env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
+            if len(arms) > 1:  # one thread each: two 2-thread arms on 2 cores oversubscribe, and their timings lie
+                env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
             cmd = [sys.executable, "-m", "unetkit", "train", str(folder), "--budget", args.budget, "--out",
                    str(runs[name]), "--quiet", "--val-keys", ",".join(val_keys)] + (["--config", config] if config else [])
             procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
