@@ -320,6 +320,18 @@ def test_the_fingerprint_tells_a_thin_structure_set_from_a_scene_with_one_thin_r
     assert street.value("augment.brightness") > thin.value("augment.brightness")
 
 
+def test_small_batches_get_groupnorm_for_scenes_and_instancenorm_for_thin_structures():
+    rng = np.random.default_rng(2)
+    vessels = summarize(_vessel_set(rng), ["background", "vessel"])
+    scene = summarize(_street_scene(rng), ["sky", "building", "road", "car", "pole"])
+    for data, small in ((scene, "group"), (vessels, "instance")):
+        assert make_plan(data, PROFILES["cpu2"], 600, {"data.batch_size": 2}).value("model.norm") == small
+        assert make_plan(data, PROFILES["cpu2"], 600, {"data.batch_size": 8}).value("model.norm") == "batch"
+    planned = make_plan(scene, PROFILES["cpu2"], 600, {})
+    assert planned.value("model.norm") == ("batch" if planned.value("data.batch_size") >= 4 else "group")
+    assert "GroupNorm" in format_plan(make_plan(scene, PROFILES["cpu2"], 600, {"data.batch_size": 2}))
+
+
 def test_scenes_get_patches_and_depth_for_their_context_at_the_rungs_cost():
     rng = np.random.default_rng(1)
     scene = summarize(_street_scene(rng, n=2, size=(192, 256)), ["sky", "building", "road", "car", "pole"])
