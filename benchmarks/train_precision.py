@@ -11,6 +11,11 @@ Random batches by default; `--data DIR` takes real patches from a data folder (e
 and the final probe loss of each mode (a sanity check: bf16 should track fp32), with the CPU model
 and its relevant flags from `lscpu`.
 
+A mode name ending in `+compile` (e.g. `fp32+compile`, `fp32+cl+compile`) runs that mode on
+`torch.compile(model)` (inductor, its default settings): is compiling the training step worth its
+compile time on this CPU? Each mode's warm-up seconds are reported, which for a compiled mode is
+the compilation.
+
     .venv/bin/python benchmarks/train_precision.py [--widths 16,32] [--repeats 5] [--data ../shared/data/drive] \\
         [--append docs/benchmarks.md]
 """
@@ -77,18 +82,19 @@ def batches(args, in_channels: int = 3, out_channels: int = 2):
     return lambda i: cache[i % 8], in_channels, out_channels
 
 
-def time_modes(width: int, args) -> dict[str, tuple[float, float]]:
-    """Mode -> (median seconds per step, last loss)."""
+def time_modes(width: int, args) -> dict[str, tuple[float, float, float]]:
+    """Mode -> (median seconds per step, last loss, warm-up seconds)."""
     batch, in_channels, out_channels = batches(args)
     torch.manual_seed(0)
-    base = build_model(ModelConfig(base_width=width, depth=4, norm="batch", in_channels=in_channels,
+    base = build_model(ModelConfig(base_width=width, depth=args.depth, norm="batch", in_channels=in_channels,
                                    out_channels=out_channels))
     loss = (LossConfig(ce=1.0, dice=0.0) if args.loss == "ce"
             else LossConfig(ce=1.0, dice=1.0, cldice=0.5, dice_include_background=False))
     loss_fn = SegmentationLoss(loss)
-    modes: dict[str, ComputeMode] = {name: mode_by_name(name) for name in args.modes}
+    modes: dict[str, ComputeMode] = {name: mode_by_name(name.removesuffix("+compile")) for name in args.modes}
     nets = {name: m.prepare(copy.deepcopy(base)) for name, m in modes.items()}
     optimizers = {name: build_optimizer(net, OptimConfig()) for name, net in nets.items()}
+    nets = {name: torch.compile(net) if name.endswith("+compile") else net for name, net in nets.items()}
     counters = dict.fromkeys(modes, 0)
     last = dict.fromkeys(modes, float("nan"))
 
@@ -102,18 +108,18 @@ def time_modes(width: int, args) -> dict[str, tuple[float, float]]:
             last[name] = terms["loss"]
         return (time.perf_counter() - t0) / n
 
-    for name in modes:
-        steps(name, args.warmup)
+    warmup = {name: steps(name, args.warmup) * args.warmup for name in modes}
     seconds: dict[str, list[float]] = {name: [] for name in modes}
     for _ in range(args.repeats):
         for name in modes:  # alternation: load changes hit every mode alike
             seconds[name].append(steps(name, args.steps))
-    return {name: (statistics.median(seconds[name]), last[name]) for name in modes}
+    return {name: (statistics.median(seconds[name]), last[name], warmup[name]) for name in modes}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--widths", default="16,32", help="base widths of the depth-4 U-Nets")
+    parser.add_argument("--widths", default="16,32", help="base widths of the U-Nets")
+    parser.add_argument("--depth", type=int, default=4, help="down-sampling steps of the U-Nets")
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5, help="alternating rounds (median)")
@@ -131,11 +137,11 @@ def main() -> None:
     rows = []
     for width in (int(w) for w in args.widths.split(",")):
         results = time_modes(width, args)
-        fp32 = results.get("fp32", (float("nan"), 0.0))[0]
-        for name, (seconds, loss) in results.items():
-            rows.append((f"w{width} d4", name, seconds, fp32 / seconds, loss))
-            print(f"w{width} d4  {name:<8} {seconds * 1000:8.1f} ms/step  {fp32 / seconds:5.2f}x fp32  "
-                  f"loss {loss:.4f}", flush=True)
+        fp32 = results.get("fp32", (float("nan"),))[0]
+        for name, (seconds, loss, warm) in results.items():
+            rows.append((f"w{width} d{args.depth}", name, seconds, fp32 / seconds, loss, warm))
+            print(f"w{width} d{args.depth}  {name:<8} {seconds * 1000:8.1f} ms/step  {fp32 / seconds:5.2f}x fp32  "
+                  f"loss {loss:.4f}  warm-up {warm:.1f} s", flush=True)
     load_after = os.getloadavg()[0]
     if args.append:
         command = "python benchmarks/train_precision.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -147,12 +153,12 @@ def main() -> None:
             f"torch {torch.__version__} ({torch.get_num_threads()} threads), {platform.platform()}; load average "
             f"{load_before:.1f} / {load_after:.1f}" + (" - machine shared with other jobs, figures are noisy" if busy
                                                        else "") + ".",
-            f"Model: unetkit unet depth 4 BatchNorm, {args.patch}x{args.patch}, batch {args.batch}, AdamW, "
+            f"Model: unetkit unet depth {args.depth} BatchNorm, {args.patch}x{args.patch}, batch {args.batch}, AdamW, "
             f"loss {'CE' if args.loss == 'ce' else 'CE + foreground Dice + clDice 0.5 (the DRIVE plan)'}; "
             f"{'real patches from ' + args.data if args.data else 'random batches'}; median of {args.repeats} "
             f"alternating rounds of {args.steps} steps after {args.warmup} warm-up steps.", "",
-            "| model | mode | s/step | vs fp32 | last loss |", "| --- | --- | ---: | ---: | ---: |",
-            *[f"| {m} | {name} | {s:.3f} | {r:.2f}x | {loss:.4f} |" for m, name, s, r, loss in rows],
+            "| model | mode | s/step | vs fp32 | last loss | warm-up s |", "| --- | --- | ---: | ---: | ---: | ---: |",
+            *[f"| {m} | {name} | {s:.3f} | {r:.2f}x | {loss:.4f} | {w:.1f} |" for m, name, s, r, loss, w in rows],
         ]
         print(f"appended to {append_markdown(args.append, chr(10).join(lines))}")
 

@@ -23,15 +23,17 @@ def tiny_artifact(
     path: Path, *, constant_logits: tuple[float, float] | None = None, head_scale: float = 1.0, seed: int = 0, **meta
 ) -> Path:
     """A 2-class tiny U-Net artifact. `constant_logits` zeroes the head's weights and sets its bias
-    (the same logits for every pixel); `head_scale` multiplies the head (a more confident model)."""
+    (the same logits for every pixel); `head_scale` multiplies the head (a more confident model);
+    `meta["model"]` another architecture than TINY."""
+    config = meta.pop("model", TINY)
     torch.manual_seed(seed)
-    model = build_model(TINY).eval()
+    model = build_model(config).eval()
     with torch.no_grad():
         model.head.conv.weight.mul_(head_scale)
         model.head.conv.bias.mul_(head_scale)
         if constant_logits is not None:
             model.head.conv.weight.zero_()
             model.head.conv.bias.copy_(torch.tensor(constant_logits))
-    base = dict(model=TINY, class_names=("background", "vessel"), mean=(100.0, 50.0, 30.0), std=(40.0, 20.0, 10.0),
+    base = dict(model=config, class_names=("background", "vessel"), mean=(100.0, 50.0, 30.0), std=(40.0, 20.0, 10.0),
                 patch_size=(32, 32))
     return save_artifact(path, model, ArtifactMeta(**(base | meta)))

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import unetkit.export.onnx as export_onnx_module
+from tests.evaluation_fixtures import TINY, tiny_artifact
 from unetkit.artifact import load_artifact
-from unetkit.config import ExportConfig, TileConfig
+from unetkit.config import ExportConfig, TileConfig, replace
 from unetkit.data.io import file_sha256
 from unetkit.export.onnx import ParityError, export_artifact, onnx_session
 from unetkit.export.plan import read_plan, tile_config_from_plan
@@ -34,6 +35,17 @@ def test_probabilities_and_logits_match_torch_on_odd_sizes(artifact_path, rng):
         assert np.abs(logits - want_l).max() <= 1e-3
         assert np.abs(probs - plain).max() > 1e-2  # the calibration really is inside the graph
         assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["group", "instance"])
+def test_per_image_norms_the_plan_chooses_below_batch_4_export_with_parity(tmp_path, norm, rng):
+    path = tiny_artifact(tmp_path / "m.unetkit", seed=4, model=replace(TINY, norm=norm))
+    result = export_artifact(path)  # refuses (ParityError) when the graph and torch disagree
+    assert result.max_abs_diff <= 1e-4
+    x = rng.uniform(0, 255, (1, 3, 40, 36)).astype(np.float32)
+    with torch.inference_mode():
+        want = load_artifact(path).pipeline_module(probabilities=True)(torch.from_numpy(x)).numpy()
+    assert np.abs(onnx_session(result.model_path).run(["probabilities"], {"image": x})[0] - want).max() <= 1e-4
 
 
 def test_plan_holds_what_a_plain_runtime_user_needs(artifact_path):
