@@ -8,8 +8,9 @@ The training split's frames are grouped by sequence (the key's prefix before `_`
 `--val-prefix` (default `0006R0`, 101 of the 367 frames) are the validation split, held out whole
 because neighbouring frames are near-duplicates. Every arm trains at the same time as the others
 (one subprocess each, `PYTHONPATH=<arm's src>`, one thread each when there are several), so they
-share the machine's load alike; then each artifact is scored here on the held-out frames: class-average IoU over the 11 classes and global
-pixel accuracy (void, label 11, ignored), per-class IoU.
+share the machine's load alike; then each artifact is scored here on the held-out frames:
+class-average IoU over the 11 classes and global pixel accuracy (void, label 11, ignored),
+per-class IoU.
 
 `--ssl SHARE` instead compares training from scratch with self-supervised pretraining: the scratch
 plan's architecture (`unetkit plan`) is pinned for both arms; "scratch" trains for the whole budget,

@@ -72,9 +72,10 @@ R9 Normalisation layers. BatchNorm at batch >= 4; below (noisy batch statistics)
    0.353 and pixel accuracy 0.789 vs 0.767: ahead on the large classes (building +0.06, tree +0.05,
    car +0.03), behind on the thin ones (pole -0.04, sign and fence -0.02). Both cost the same.
    BatchNorm folds into the convolutions at export; InstanceNorm and GroupNorm cannot, and make a
-   tile's output depend on the tile. On DRIVE InstanceNorm gained F1 +0.000..0.006 and AUC +0.001..0.004 but made
-   ORT inference 1.2x slower in fp32 and 2x in int8 (docs/benchmarks.md), so inference speed wins
-   the default; `model.norm: instance` in a config file trades it for the accuracy.
+   tile's output depend on the tile. On DRIVE InstanceNorm gained F1 +0.000..0.006 and AUC
+   +0.001..0.004 but made ORT inference 1.2x slower in fp32 and 2x in int8 (docs/benchmarks.md),
+   so inference speed wins the default; `model.norm: instance` in a config file trades it for the
+   accuracy.
 R10 Validation. Whole-image validation costs ~forward time on the validation pixels (tiled with
    25 % overlap); the plan validates 2..20 times, spending about 8 % of the budget on it, and keeps
    the best checkpoint on the validation Dice. One pass may cost at most 2 % of the budget (4
