@@ -150,3 +150,17 @@ def test_pretrain_first_runs_the_planned_pretraining_and_starts_fit_from_it(tmp_
     meta = read_unet_encoder(encoder)[1]
     assert meta["pretraining"]["objective"] == "denoise" and meta["architecture"]["base_width"] == 4
     assert meta["pretraining"]["images"] == 3 + 3  # the unlabelled images and the training split's (val kept out)
+
+
+def test_a_sampled_validation_split_still_leaves_the_planner_the_true_training_count(tmp_path: Path):
+    """`data.val_images` samples the validation split: the plan still counts the split's images as
+    validation, not training (it once saw 347 training images in CamVid's 266 / 101 split)."""
+    spec = make_colour_dataset(tmp_path / "colours", n=10)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"data": {"val_images": 2}}))
+    shown = CliRunner().invoke(app, ["plan", str(spec), "--budget", "20s", "--val-keys", "s0,s1,s2,s3,s4,s5",
+                                     "--config", str(config), "--json", str(tmp_path / "plan.json")])
+    assert shown.exit_code == 0, shown.output
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["estimates"]["summary"].startswith("6 classes, 4 train / 6 val images"), plan["estimates"]["summary"]
+    assert {c["key"]: c["value"] for c in plan["choices"]}["data.val_images"] == 2

@@ -83,10 +83,10 @@ def plan_training(config: TrainConfig, overrides: Mapping[str, Any], *,
         check_start(start, data.in_channels, data.train[0].image.ndim - 1)
         facts = StartFacts(start.kind, str(start.path), to_dict(start.model), start.keeps_head(data.class_names, data.fingerprint))
     measured = time_candidates(data.fingerprint, user | (facts.fixed() if facts else {}), budget,
-                               n_val=len(data.val), device=config.device, max_seconds=max_timing_seconds,
+                               n_val=data.n_val_split, device=config.device, max_seconds=max_timing_seconds,
                                precision=config.precision, memory_format=config.memory_format, log=log)
     remaining = max(1.0, budget - (time.perf_counter() - started))
-    plan = make_plan(data.fingerprint, measured, remaining, user, n_val=len(data.val),
+    plan = make_plan(data.fingerprint, measured, remaining, user, n_val=data.n_val_split,
                      timed=frozenset(measured.table), mode=measured.decision, start=facts, unlabelled=len(extra))
     plan.estimates.update({"total_budget_seconds": budget, "setup_seconds": budget - remaining,
                            "timing_seconds": measured.seconds_spent, "mode_timings": measured.mode_rows(),

@@ -35,6 +35,13 @@ class TrainingData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     fingerprint: dict[str, Any]
+    val_split: int = 0  # validation images in the split, before `data.val_images` sampled `val` (0: len(val))
+
+    @property
+    def n_val_split(self) -> int:
+        """The validation split's size: the planner's n_train is the fingerprint's images less these,
+        not less the sample validated on."""
+        return self.val_split or len(self.val)
 
     @property
     def class_names(self) -> list[str]:
@@ -105,7 +112,8 @@ def load_training_data(config: DataConfig, *, progress: bool = False,
         val = spread(val, config.val_images)
         if log:
             log(f"validation: {len(val)} of {len(val_samples)} validation images, evenly spread (data.val_images)")
-    return TrainingData(spec=spec, train=train, val=val, mean=tuple(mean), std=tuple(std), fingerprint=data_print)
+    return TrainingData(spec=spec, train=train, val=val, mean=tuple(mean), std=tuple(std), fingerprint=data_print,
+                        val_split=len(val_samples))
 
 
 def with_weights_normalization(data: TrainingData, mean: Sequence[float], std: Sequence[float]) -> TrainingData:
