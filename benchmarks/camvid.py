@@ -10,7 +10,8 @@ because neighbouring frames are near-duplicates. Every arm trains at the same ti
 (one subprocess each, `PYTHONPATH=<arm's src>`, one thread each when there are several), so they
 share the machine's load alike; then each artifact is scored here on the held-out frames:
 class-average IoU over the 11 classes and global pixel accuracy (void, label 11, ignored),
-per-class IoU.
+per-class IoU. Each arm is scored as `unetkit predict` runs it: at the resolution it trained at
+(`data.resolution`, rule R18), its probabilities resized to the native frame.
 
 `--ssl SHARE` instead compares training from scratch with self-supervised pretraining: the scratch
 plan's architecture (`unetkit plan`) is pinned for both arms; "scratch" trains for the whole budget,
@@ -183,8 +184,9 @@ def main() -> None:
             "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
     for name, r in results.items():
         p = r["plan"]
+        at = f" at {p['data.resolution']}x" if p.get("data.resolution", 1.0) != 1.0 else ""
         plan = (f"w{p.get('model.base_width')} d{p.get('model.depth')} {p.get('data.patch_size')} "
-                f"b{p.get('data.batch_size')}, clDice {p.get('loss.cldice')}, rot {p.get('augment.rotate_degrees')}, "
+                f"b{p.get('data.batch_size')}{at}, clDice {p.get('loss.cldice')}, rot {p.get('augment.rotate_degrees')}, "
                 f"scale {p.get('augment.scale')}")
         rows.append(f"| {name} | {plan} | {r['steps']} | {r['miou']:.4f} | {r['pixel_accuracy']:.4f} | "
                     + " | ".join(f"{v:.3f}" for v in r["iou"]) + " |")

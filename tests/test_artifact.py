@@ -89,6 +89,7 @@ def test_the_validation_sample_is_optional_and_covered_by_the_metadata_hash(tmp_
 
     def as_written_before(meta):
         del meta["validation_sample"], meta["meta_sha256"], meta["model"]["encoder"], meta["model"]["options"], meta["tta"]
+        del meta["resolution"]
         meta["meta_sha256"] = hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     _edit_meta(old, as_written_before)
@@ -217,3 +218,16 @@ save_artifact("m.unetkit", state, meta)
         child.wait(60)
     art = load_artifact(path)
     assert torch.equal(art.state_dict["a.weight"], _state()["a.weight"]) and art.meta.class_names == ("background", "vessel")
+
+
+def test_the_training_resolution_is_kept_and_covered_by_the_metadata_hash(tmp_path):
+    path = save_artifact(tmp_path / "half.unetkit", _state(), _meta(resolution=0.5))
+    assert load_artifact(path).meta.resolution == 0.5
+    assert load_artifact(save_artifact(tmp_path / "native.unetkit", _state(), _meta())).meta.resolution == 1.0
+
+    def to_native(meta):
+        meta["resolution"] = 1.0
+
+    _edit_meta(path, to_native)  # what inference resamples to must not change silently
+    with pytest.raises(ArtifactError, match="metadata sha256 does not match"):
+        load_artifact(path)

@@ -65,6 +65,7 @@ class ArtifactMeta:
     class_bias: tuple[float, ...] = ()
     postprocess: dict[str, Any] = field(default_factory=dict)
     tta: bool = False  # inference averages the TTA views (`unetkit.tuning.tta`: adopted where it helps)
+    resolution: float = 1.0  # trained at this fraction of the native side: inference resamples alike
     data_spec: dict[str, Any] = field(default_factory=dict)  # how masks map to classes
     fingerprint: dict[str, Any] = field(default_factory=dict)
     train_config: dict[str, Any] = field(default_factory=dict)
@@ -269,6 +270,8 @@ def _meta_json(meta: ArtifactMeta) -> dict[str, Any]:
         del d["validation_sample"]
     if not d["tta"]:  # likewise
         del d["tta"]
+    if d["resolution"] == 1.0:  # likewise
+        del d["resolution"]
     for key, default in (("encoder", "unet"), ("options", {})):  # ModelConfig fields added later, likewise
         if d["model"][key] == default:
             del d["model"][key]

@@ -140,6 +140,10 @@ TunedModelArg = Annotated[Path, typer.Argument(help="Model artifact (updated in 
 ArchOpt = Annotated[str | None, typer.Option(help="Model preset, see `unetkit models`.")]
 PatchOpt = Annotated[int | None, typer.Option(help="Square patch size.")]
 BatchOpt = Annotated[int | None, typer.Option(help="Global batch size.")]
+ResolutionOpt = Annotated[float | None, typer.Option(
+    help="Train at this fraction of the images' native side (0.5: half; the patch is in resampled pixels). "
+         "The artifact records it: validation, evaluate, predict and serve resample each image alike and "
+         "return labels at its native size.  [default: 1]")]
 LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate.")]
 ValKeysOpt = Annotated[str | None, typer.Option(help="Comma-separated sample keys to validate on.")]
 ValFractionOpt = Annotated[float | None, typer.Option(help="Fraction held out for validation.")]
@@ -306,6 +310,7 @@ def train(
     arch: ArchOpt = None,
     patch: PatchOpt = None,
     batch: BatchOpt = None,
+    resolution: ResolutionOpt = None,
     lr: LrOpt = None,
     val_keys: ValKeysOpt = None,
     val_fraction: ValFractionOpt = None,
@@ -352,7 +357,7 @@ def train(
     trained artifact (fine-tuning: new classes allowed, its sha256 recorded as the parent)."""
     from unetkit.training.setup import build_train_config, explicit_settings, flag_settings
 
-    flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
+    flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, resolution=resolution, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
                  tensorboard=tensorboard, progress=False if quiet else None, postprocess=postprocess, calibrate=calibrate, tta=tta,
                  ensemble=ensemble, distill=distill, precision=precision, init=init,
@@ -427,6 +432,7 @@ def plan_command(
     arch: ArchOpt = None,
     patch: PatchOpt = None,
     batch: BatchOpt = None,
+    resolution: ResolutionOpt = None,
     lr: LrOpt = None,
     val_keys: ValKeysOpt = None,
     val_fraction: ValFractionOpt = None,
@@ -442,7 +448,7 @@ def plan_command(
     from unetkit.planning.plan import format_plan
     from unetkit.training.setup import build_train_config, explicit_settings, flag_settings
 
-    flags = dict(budget=budget, arch=arch, patch=patch, batch=batch, lr=lr, val_keys=val_keys,
+    flags = dict(budget=budget, arch=arch, patch=patch, batch=batch, resolution=resolution, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, progress=False, postprocess=postprocess, ensemble=ensemble,
                  distill=distill, precision=precision)
     cfg = build_train_config(data=data, config_file=config, **flags)

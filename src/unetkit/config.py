@@ -103,6 +103,10 @@ class DataConfig:
     patch_size: tuple[int, int] = (256, 256)
     batch_size: int = 8
     rare_oversample: float = 0.33  # fraction of patches centred on a pixel of a rare class
+    # train at this fraction of the native side (0.5: half): the training images and labels are resampled
+    # (`unetkit.data.resample`), the patch is in resampled pixels; validation and every prediction resample
+    # the native image and bring the probabilities back (TileConfig.resolution, from the artifact)
+    resolution: float = 1.0
     seed: int = 0
 
 
@@ -341,6 +345,9 @@ class TileConfig:
     # for models trained upright (augment.flip_vertical off: sky above road), which never saw the rest
     tta_views: Literal["dihedral", "mirror"] = "dihedral"
     activation: Literal["softmax", "none"] = "softmax"  # "none": predictor returns probabilities
+    # the model sees images at this fraction of their native side (an artifact trained so: its own
+    # `resolution`): each image is resampled, predicted, and its probabilities resized to the native grid
+    resolution: float = 1.0
 
 
 # The tiling a caller asks of a model (resolved by `unetkit.inference.files.tile_config_for`):

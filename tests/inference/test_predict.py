@@ -184,3 +184,35 @@ def test_row_blocks_share_one_buffer_and_high_overlap_still_matches(predictor, i
             reference[:, y : y + 16, x : x + 16] += w * whole(predictor, image[:, y : y + 16, x : x + 16].copy())
             weight[y : y + 16, x : x + 16] += w
     np.testing.assert_allclose(out, reference / weight, atol=1e-5)
+
+
+def test_a_model_trained_at_half_resolution_sees_the_image_halved_and_answers_at_native_size(predictor, image):
+    from unetkit.data.resample import resample_image, resize_scores
+
+    seen: list[tuple[int, ...]] = []
+
+    def recording(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.shape)
+        return predictor(batch)
+
+    config = TileConfig(tile_size=(24, 24), overlap=0.5, batch_size=4, resolution=0.5)
+    got = predict_tiled(recording, image, config)
+    assert got.shape == (3, 70, 61)
+    np.testing.assert_allclose(got.sum(0), 1.0, atol=1e-5)
+    small = resample_image(image, 0.5)
+    assert small.shape == (2, 35, 30)
+    expected = resize_scores(predict_tiled(predictor, small, TileConfig(tile_size=(24, 24), overlap=0.5, batch_size=4)),
+                             (70, 61))
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    # tiles of the halved image: 2 x 2 of 24 px cover 35 x 30, where the native image needs 4 x 4
+    assert sum(s[0] for s in seen) == len(tile_starts(35, 24, 0.5)) * len(tile_starts(30, 24, 0.5)) == 4
+    native = predict_tiled(predictor, image, TileConfig(tile_size=(24, 24), overlap=0.5, batch_size=4))
+    assert np.abs(native - got).max() > 1e-3  # a different computation, not the native one relabelled
+
+
+def test_row_by_row_prediction_refuses_a_reduced_resolution_naming_it(predictor, image):
+    config = TileConfig(tile_size=(24, 24), resolution=0.5)
+    with pytest.raises(ConfigError, match=r"trained at resolution 0\.5 .*in memory"):
+        next(iter_probability_rows(predictor, lambda a, b: image[:, a:b], image.shape, config, (24, 24)))
+    with pytest.raises(ConfigError, match=r"TileConfig\.resolution: expected a fraction"):
+        predict_tiled(predictor, image, TileConfig(tile_size=(24, 24), resolution=2.0))

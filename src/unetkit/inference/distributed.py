@@ -53,7 +53,7 @@ from unetkit.inference.files import (
     stream_outputs,
     tile_config_for,
 )
-from unetkit.inference.predict import resolve_tile_size, row_blocks
+from unetkit.inference.predict import require_native, resolve_tile_size, row_blocks
 from unetkit.inference.streaming import (
     StreamWriter,
     check_memory,
@@ -375,6 +375,7 @@ def _plan(files: list[tuple[Path, Path]], artifact: Any, tile: TileConfig, outpu
         try:
             how = route(path, classes, outputs.max_memory)
             if how == "stream":
+                require_native(tile)
                 lazy = open_lazy(path)
                 shape, source_dtype, chunk_rows = lazy.shape, lazy.array.dtype, lazy.chunk_rows
                 lazy.close()

@@ -77,14 +77,15 @@ def tile_config_for(artifact: Artifact, choice: TileChoice = None) -> TileConfig
 
     The model's own tiling is an exported model's plan (`DeployedModel.tile_config`), or for an
     artifact TileConfig's defaults with the artifact's patch size as tile size, its TTA choice
-    (`ArtifactMeta.tta`) and the views its training showed it (`trained_views`). Only the fields
+    (`ArtifactMeta.tta`), the views its training showed it (`trained_views`) and the resolution it
+    was trained at (`ArtifactMeta.resolution`). Only the fields
     `choice` sets override it (see `unetkit.config.TileChoice`); nothing is compared with a default.
     """
     settings = tile_settings(choice)
     if callable(getattr(artifact, "tile_config", None)):
         return artifact.tile_config(settings)  # type: ignore[attr-defined]
     own = TileConfig(tile_size=tuple(artifact.meta.patch_size), tta=artifact.meta.tta,
-                     tta_views=trained_views(artifact.meta.train_config))
+                     tta_views=trained_views(artifact.meta.train_config), resolution=artifact.meta.resolution)
     return replace(own, **settings)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from unetkit.config import TileConfig
+from unetkit.data.resample import check_resolution, resample_image, resize_scores
 from unetkit.errors import ConfigError, InputError
 from unetkit.inference.backends import make_predictor
 from unetkit.inference.tiling import constant_weights, gaussian_weights, tile_starts
@@ -37,9 +38,15 @@ def predict_tiled(
     """Class probabilities `(K, H, W)` float32 for `image` `(C, H, W)` in raw units.
 
     Images smaller than a tile are padded (`config.padding`) and cropped back; an image that fits
-    one tile is predicted whole, without blending.
+    one tile is predicted whole, without blending. At `config.resolution` r < 1 the image is
+    resampled to r of its side first and the probabilities resized back (`unetkit.data.resample`).
     """
     image = check_image(image, predictor, max_pixels=max_pixels)
+    resolution = check_resolution(config.resolution, "TileConfig.resolution")
+    if resolution != 1.0:  # a model trained at reduced resolution: predict the resampled image, resize back
+        reduced = predict_tiled(predictor, resample_image(image, resolution), replace(config, resolution=1.0),
+                                max_pixels=max_pixels)
+        return resize_scores(reduced, image.shape[1:])
     tile = resolve_tile_size(config, predictor)
     _, height, width = image.shape
     out: np.ndarray | None = None
@@ -52,10 +59,13 @@ def predict_tiled(
 
 
 def predict_image(artifact_or_predictor: Any, image: np.ndarray, config: TileConfig | None = None) -> np.ndarray:
-    """`predict_tiled` for an artifact (predictor chosen by `make_predictor`) or a predictor."""
+    """`predict_tiled` for an artifact (predictor chosen by `make_predictor`; without `config`, at the
+    resolution it was trained at, TTA off) or a predictor."""
     predictor = artifact_or_predictor
     if hasattr(artifact_or_predictor, "pipeline_module"):
         predictor = make_predictor(artifact_or_predictor)
+        if config is None:
+            config = TileConfig(resolution=float(getattr(artifact_or_predictor.meta, "resolution", 1.0)))
     return predict_tiled(predictor, image, config or TileConfig())
 
 
@@ -101,6 +111,14 @@ def resolve_tile_size(config: TileConfig, predictor: Any = None) -> tuple[int, i
     return int(size[0]), int(size[1])
 
 
+def require_native(config: TileConfig) -> None:
+    """Row-by-row prediction (streaming, distributed stripes) runs at the native resolution only."""
+    if config.resolution != 1.0:
+        raise ConfigError(f"the model was trained at resolution {config.resolution} of the native side: row-by-row "
+                          "prediction (streaming large images, distributed stripes) runs at the native resolution only; "
+                          "predict such a model's images in memory (predict_tiled, max_pixels)")
+
+
 def row_blocks(height: int, config: TileConfig, tile: tuple[int, int]) -> list[int]:
     """Where the blocks of finished rows that `iter_probability_rows` yields begin, and the height
     at the end: block i is rows `[b[i], b[i + 1])`, finished by tile row i."""
@@ -122,6 +140,7 @@ def iter_probability_rows(
     tile rows that reach into it from above are predicted too (their sums start from zero there as
     in the whole run), so a stripe's numbers are bit for bit the whole run's (distributed stripes).
     """
+    require_native(config)
     channels, height, width = shape
     th, tw = tile
     padded_w = max(width, tw)

@@ -28,7 +28,13 @@ from unetkit.config import TileConfig
 from unetkit.data.atomic import publish, replace_dir, temp_name
 from unetkit.errors import InputError
 from unetkit.inference.outputs import argmax_labels
-from unetkit.inference.predict import Predictor, check_channels, iter_probability_rows, resolve_tile_size
+from unetkit.inference.predict import (
+    Predictor,
+    check_channels,
+    iter_probability_rows,
+    require_native,
+    resolve_tile_size,
+)
 
 PROBABILITY_DTYPES = ("float16", "uint8", "float32")
 
@@ -434,6 +440,7 @@ def plan_stream(predictor: Any, image: LazyImage, source: Any, config: TileConfi
                 probabilities: bool, out_tile: int, max_memory: int | None) -> tuple[tuple[int, int, int], tuple[int, int], int, MemoryEstimate]:
     """Checks before a streaming run: the image's shape, the tile, the classes and the memory
     estimate (refused over `max_memory` bytes)."""
+    require_native(config)
     if probabilities_dtype not in PROBABILITY_DTYPES:
         raise InputError(f"probabilities_dtype '{probabilities_dtype}': expected one of {list(PROBABILITY_DTYPES)}")
     shape = image.shape

@@ -169,7 +169,8 @@ def targets_choice(config: TrainConfig, data: TrainingData) -> tuple[bool, str]:
 def teacher_tile(cfg: TrainConfig) -> TileConfig:
     """How the teacher predicts what it teaches: whole images tiled at its patch size, the TTA views
     its training showed it averaged."""
-    return TileConfig(tile_size=tuple(cfg.data.patch_size), tta=True, tta_views=trained_views(to_dict(cfg)))
+    return TileConfig(tile_size=tuple(cfg.data.patch_size), tta=True, tta_views=trained_views(to_dict(cfg)),
+                      resolution=cfg.data.resolution)
 
 
 def target_passes(cfg: TrainConfig, data: TrainingData) -> float:

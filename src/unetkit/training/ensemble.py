@@ -146,4 +146,5 @@ def score_ensemble(config: TrainConfig, state_dict: dict[str, torch.Tensor], dat
     model.load_state_dict(state_dict, strict=True)
     return flat_metrics(validation_summary(model.to(device), data.val, mean=data.mean, std=data.std,
                                            class_names=data.class_names, patch_size=config.data.patch_size,
-                                           ignore_index=config.loss.ignore_index, device=device))
+                                           ignore_index=config.loss.ignore_index, device=device,
+                                           resolution=config.data.resolution))

@@ -82,11 +82,14 @@ def torch_predictor(model: nn.Module, mean: Sequence[float], std: Sequence[float
     return predictor
 
 
-def predict_whole(predictor, image: np.ndarray, patch_size: Sequence[int], tile_batch: int = 4) -> np.ndarray:
-    """Class scores (K,H,W) for a whole image: sliding window when larger than the patch."""
-    if all(s <= p for s, p in zip(image.shape[1:], patch_size, strict=True)):
+def predict_whole(predictor, image: np.ndarray, patch_size: Sequence[int], tile_batch: int = 4,
+                  resolution: float = 1.0) -> np.ndarray:
+    """Class scores (K,H,W) for a whole image: sliding window when larger than the patch; a model
+    trained at `resolution` < 1 sees the image resampled, and its scores come back at the native size."""
+    if resolution == 1.0 and all(s <= p for s, p in zip(image.shape[1:], patch_size, strict=True)):
         return predictor(image[None])[0]
-    return predict_tiled(predictor, image, TileConfig(tile_size=tuple(patch_size), batch_size=tile_batch))
+    return predict_tiled(predictor, image, TileConfig(tile_size=tuple(patch_size), batch_size=tile_batch,
+                                                      resolution=resolution))
 
 
 def validation_summary(
@@ -100,16 +103,18 @@ def validation_summary(
     ignore_index: int = 255,
     device: torch.device | str = "cpu",
     mode: ComputeMode = FP32,
+    resolution: float = 1.0,
 ) -> dict[str, Any]:
     """`unetkit.metrics.summary.evaluate_samples` of the model on whole validation images (the same
-    code as `unetkit evaluate`), with every image's confusion matrix in `per_image`."""
+    code as `unetkit evaluate`), with every image's confusion matrix in `per_image`; the images at
+    their native resolution (a model trained at `resolution` predicts them resampled)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     predictor = torch_predictor(model, mean, std, device, mode)
 
     def predict_labels(image: np.ndarray) -> np.ndarray:
-        return predict_whole(predictor, np.asarray(image, np.float32), patch_size).argmax(0)
+        return predict_whole(predictor, np.asarray(image, np.float32), patch_size, resolution=resolution).argmax(0)
 
     try:
         return evaluate_samples(predict_labels, val_samples, class_names, ignore_index)

@@ -19,6 +19,7 @@ from unetkit.config import AugmentConfig, DataConfig, ModelConfig
 from unetkit.data.dataset import PatchSampler, load_samples
 from unetkit.data.fingerprint import channel_stats, fingerprint
 from unetkit.data.pairing import pair_samples
+from unetkit.data.resample import check_resolution, resample_image, resample_labels, resize_scores
 from unetkit.data.spec import load_spec
 from unetkit.data.splits import split, spread
 from unetkit.data.transforms import Augmenter
@@ -70,9 +71,16 @@ class TrainingData:
 
     def patch_sampler(self, config: DataConfig, rng: np.random.Generator,
                       targets: Sequence[np.ndarray] | None = None):
-        """Patches of the training images; with `targets` (a teacher's probabilities per training
-        image) their crop follows the image's channels."""
-        return PatchSampler(self.train, config.patch_size, config.batch_size, config.rare_oversample, rng,
+        """Patches of the training images (resampled to `config.resolution`); with `targets` (a
+        teacher's probabilities per training image) their crop follows the image's channels."""
+        resolution = check_resolution(config.resolution, "data.resolution")
+        train = self.train
+        if resolution != 1.0:
+            train = [dataclasses.replace(s, image=resample_image(s.image, resolution),
+                                         labels=resample_labels(s.labels, resolution)) for s in train]
+            if targets is not None:
+                targets = [resize_scores(t, s.labels.shape).astype(t.dtype) for t, s in zip(targets, train, strict=True)]
+        return PatchSampler(train, config.patch_size, config.batch_size, config.rare_oversample, rng,
                             num_classes=len(self.spec.classes), targets=targets)
 
     def augmenter(self, config: AugmentConfig, seed: int, soft_targets: bool = False):
@@ -86,6 +94,7 @@ def load_training_data(config: DataConfig, *, progress: bool = False,
                        log: Callable[[str], Any] | None = None) -> TrainingData:
     if not config.data:
         raise ConfigError("data.data: empty; give a data folder, a dataset JSON or a manifest CSV")
+    check_resolution(config.resolution, "data.resolution")
     if config.val_images < 0:
         raise ConfigError(f"data.val_images: expected 0 (all) or a positive number of images, got {config.val_images}")
     spec = load_spec(config.data)

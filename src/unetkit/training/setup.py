@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from unetkit.config import DISTILL_MODES, TrainConfig, load_json, parse_duration, replace
+from unetkit.data.resample import check_resolution
 from unetkit.errors import ConfigError
 from unetkit.models.factory import PRESETS, preset_config
 
@@ -25,6 +26,7 @@ def flag_settings(
     arch: str | None = None,
     patch: int | None = None,
     batch: int | None = None,
+    resolution: float | None = None,
     lr: float | None = None,
     val_keys: str | None = None,
     val_fraction: float | None = None,
@@ -65,6 +67,8 @@ def flag_settings(
         changes["data.patch_size"] = (patch, patch)
     if batch is not None:
         changes["data.batch_size"] = batch
+    if resolution is not None:
+        changes["data.resolution"] = check_resolution(resolution, "--resolution")
     if lr is not None:
         changes["optim.lr"] = lr
     if val_keys:

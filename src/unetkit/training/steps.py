@@ -139,7 +139,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
         t0 = time.perf_counter()
         summary = validation_summary(kept, data.val, mean=data.mean, std=data.std, class_names=data.class_names,
                                      patch_size=config.data.patch_size, ignore_index=config.loss.ignore_index,
-                                     device=device, mode=mode)
+                                     device=device, mode=mode, resolution=config.data.resolution)
         clock.val_seconds = max(clock.val_seconds, clock.exclude(time.perf_counter() - t0))
         metrics = flat_metrics(summary)
         record_validation(state, metrics, kept, out_dir,
