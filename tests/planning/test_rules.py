@@ -17,6 +17,7 @@ from unetkit.planning.rules import (
     MIN_BOTTOM,
     MIN_VAL_IMAGES,
     adapt_rung,
+    candidates,
     data_facts,
     member_budget,
     min_steps,
@@ -336,16 +337,43 @@ def test_scenes_get_patches_and_depth_for_their_context_at_the_rungs_cost():
     rng = np.random.default_rng(1)
     scene = summarize(_street_scene(rng, n=2, size=(192, 256)), ["sky", "building", "road", "car", "pole"])
     facts = data_facts(scene, {})
+    native = {"data.resolution": 1.0}  # R4 alone (R18 would halve this small frame for these patches)
     for rung in LADDER[:6]:
-        c = adapt_rung(rung, facts, {})
+        c = adapt_rung(rung, facts, native)
         assert min(c.patch) > rung[2] or c.patch[0] == 192  # more context than the rung's patch ...
         assert c.pixels_per_step <= 2.5 * rung[2] ** 2 * rung[3]  # ... for about the rung's pixels per step
         assert c.depth >= rung[1] and (receptive_field(c.depth) >= min(c.patch) / 2 or c.depth == MAX_DEPTH
                                        or min(c.patch) >> (c.depth + 1) < MIN_BOTTOM)
-    wide = adapt_rung(LADDER[2], facts, {})
+    wide = adapt_rung(LADDER[2], facts, native)
     assert wide.patch == (144, 144) and wide.depth == 4  # w16 d3 96x96 b4 -> 144x144 b2, one level deeper
     thin = data_facts(summarize(_vessel_set(rng), ["background", "vessel"]), {})
     assert all(adapt_rung(r, thin, {}).depth == r[1] for r in LADDER)  # thin structures keep the rung
+
+
+def test_a_scene_whose_patch_sees_little_of_the_frame_trains_at_half_resolution():
+    """R18: a 360x480 street scene, whose context patch covers a third of the frame, trains at half
+    the side, where the rung's pixels cover most of the frame; a patch that already covers half of it,
+    thin structures, and a patch or resolution the user set stay as they are."""
+    rng = np.random.default_rng(3)
+    scene = summarize(_street_scene(rng, n=2, size=(360, 480)), ["sky", "building", "road", "car", "pole"])
+    facts = data_facts(scene, {})
+    rung = LADDER[4]  # w16 d4 128x128 b8
+    native = adapt_rung(rung, facts, {"data.resolution": 1.0})
+    assert native.patch[0] * native.patch[1] < 0.5 * 360 * 480  # the native patch sees under half the frame
+    half = adapt_rung(rung, facts, {})
+    assert half.resolution == 0.5 and half.patch[0] <= 180 and half.patch[1] <= 240
+    assert half.patch[0] * half.patch[1] >= 0.5 * 180 * 240  # ... at half the side it sees most of it
+    assert half.pixels_per_step <= 1.5 * native.pixels_per_step  # for about the rung's cost per step
+    plan = make_plan(scene, PROFILES["cpu2"], 1800, {})
+    assert plan.value("data.resolution") == 0.5 and "R18" in next(c.reason for c in plan.choices if c.key == "data.resolution")
+    small = summarize(_street_scene(rng, n=2, size=(120, 160)), ["sky", "building", "road", "car", "pole"])
+    assert make_plan(small, PROFILES["cpu2"], 1800, {}).value("data.resolution") == 1.0  # patches cover the frame
+    vessels = summarize(_vessel_set(rng), ["background", "vessel"])
+    assert all(c.resolution == 1.0 for c in candidates(data_facts(vessels, {}), {}))  # thin structures: native
+    assert adapt_rung(rung, facts, {"data.patch_size": (128, 128)}).resolution == 1.0  # the user's native pixels
+    assert adapt_rung(rung, facts, {"data.resolution": 0.75}).resolution == 0.75
+    user = make_plan(scene, PROFILES["cpu2"], 1800, {"data.patch_size": (128, 128)})
+    assert user.value("data.resolution") == 1.0 and "native pixels" in next(c.reason for c in user.choices if c.key == "data.resolution")
 
 
 def test_a_hairline_class_keeps_cldice_and_lossless_augmentation_even_when_rare():

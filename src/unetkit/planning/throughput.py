@@ -49,19 +49,22 @@ from unetkit.training.precision import (
 
 @dataclass(frozen=True)
 class Candidate:
-    """One point of the search: U-Net width and depth, patch (h, w) and batch size."""
+    """One point of the search: U-Net width and depth, patch (h, w) and batch size, and the fraction
+    of the native resolution it trains at (the patch is in those pixels; a step costs the same)."""
 
     base_width: int
     depth: int
     patch: tuple[int, int]
     batch: int
+    resolution: float = 1.0
 
     @property
     def pixels_per_step(self) -> int:
         return self.patch[0] * self.patch[1] * self.batch
 
     def label(self) -> str:
-        return f"w{self.base_width} d{self.depth} {self.patch[0]}x{self.patch[1]} b{self.batch}"
+        at = f" at {self.resolution:g}x" if self.resolution != 1.0 else ""
+        return f"w{self.base_width} d{self.depth} {self.patch[0]}x{self.patch[1]} b{self.batch}{at}"
 
 
 ThroughputModel = Callable[[Candidate], float]
