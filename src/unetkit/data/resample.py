@@ -46,7 +46,7 @@ def resample_labels(labels: np.ndarray, resolution: float) -> np.ndarray:
     if resolution == 1.0:
         return labels
     size = reduced_shape(labels.shape[-2:], resolution)
-    x = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int32))[None, None].float()
+    x = torch.from_numpy(labels.astype(np.float32))[None, None]  # class indices (< 2**16) are exact in float32
     return F.interpolate(x, size=size, mode="nearest-exact")[0, 0].numpy().astype(labels.dtype)
 
 

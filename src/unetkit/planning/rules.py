@@ -685,10 +685,10 @@ def _resolution_reason(facts: DataFacts, c: Candidate, overrides: Mapping[str, A
         why = ("a patch covers at least half the frame" if _wide_context(facts) else
                "not a wide-context scene: fine structure is the signal")
         return f"native: {why} (R18)"
-    native = facts.height * facts.width
-    return (f"{c.resolution:g}x the native side ({round(facts.height * c.resolution)}x{round(facts.width * c.resolution)}): "
-            f"a natural scene whose native patch would see under {FRAME_SHARE:.0%} of the {facts.height}x{facts.width} "
-            f"frame; the patch now sees {min(1.0, c.patch[0] * c.patch[1] / (native * c.resolution ** 2)):.0%} of it. "
+    small = facts.at_resolution(c.resolution)
+    return (f"{c.resolution:g}x the native side ({small.height}x{small.width}): a natural scene whose native patch "
+            f"would see under {FRAME_SHARE:.0%} of the {facts.height}x{facts.width} frame; the patch now sees "
+            f"{min(1.0, c.patch[0] * c.patch[1] / (small.height * small.width)):.0%} of it. "
             "Predictions are resampled back to the native size (R18)")
 
 

@@ -102,7 +102,8 @@ def write_artifact(path: Path, weights: dict[str, Any], data: TrainingData, conf
     meta = ArtifactMeta(
         model=config.model, class_names=tuple(data.class_names), class_colors=tuple(data.class_colors),
         mean=tuple(data.mean), std=tuple(data.std), patch_size=tuple(config.data.patch_size),
-        resolution=config.data.resolution, ignore_index=config.loss.ignore_index, data_spec=data.spec_dict, fingerprint=data.fingerprint,
+        resolution=config.data.resolution, ignore_index=config.loss.ignore_index, data_spec=data.spec_dict,
+        fingerprint=data.fingerprint,
         train_config=to_dict(config), plan=config.plan, history=history, metrics=metrics, lineage=lineage,
     )
     deadline = clock.deadline(baseline_validations(len(data.train), len(data.val))) if clock is not None else None

@@ -73,7 +73,7 @@ class TrainingData:
                       targets: Sequence[np.ndarray] | None = None):
         """Patches of the training images (resampled to `config.resolution`); with `targets` (a
         teacher's probabilities per training image) their crop follows the image's channels."""
-        resolution = check_resolution(config.resolution, "data.resolution")
+        resolution = config.resolution  # checked by load_training_data
         train = self.train
         if resolution != 1.0:
             train = [dataclasses.replace(s, image=resample_image(s.image, resolution),
