@@ -59,15 +59,14 @@ def predict_tiled(
 
 
 def predict_image(artifact_or_predictor: Any, image: np.ndarray, config: TileConfig | None = None) -> np.ndarray:
-    """`predict_tiled` for an artifact (predictor chosen by `make_predictor`; without `config`, the
-    artifact's own tiling with TTA off: `files.tile_config_for`) or a predictor."""
+    """`predict_tiled` for an artifact (predictor chosen by `make_predictor`; without `config`, at the
+    resolution it was trained at, TTA off) or a predictor. (Not `files.tile_config_for`: files imports
+    this module.)"""
     predictor = artifact_or_predictor
     if hasattr(artifact_or_predictor, "pipeline_module"):
-        from unetkit.inference.files import tile_config_for  # files imports this module
-
         predictor = make_predictor(artifact_or_predictor)
         if config is None:
-            config = tile_config_for(artifact_or_predictor, {"tta": False})
+            config = TileConfig(resolution=float(getattr(artifact_or_predictor.meta, "resolution", 1.0)))
     return predict_tiled(predictor, image, config or TileConfig())
 
 
