@@ -404,6 +404,9 @@ def pretrain(
     norm: Annotated[str, typer.Option(help="Normalization layers: batch, group, instance or none.")] = PretrainConfig.norm,
     patch: Annotated[int, typer.Option(help="Square crop size.")] = PretrainConfig.patch_size[0],
     batch: Annotated[int, typer.Option(help="Crops per step (contrastive: half as many regions, two crops of each).")] = PretrainConfig.batch_size,
+    resolution: Annotated[float, typer.Option(
+        help="Resample the images to this fraction of their side first: the fine-tuning run's --resolution "
+             "(`unetkit plan` shows it; 0.5 for scenes it trains at half size).")] = PretrainConfig.resolution,
     keep: Annotated[PretrainKeep, typer.Option(
         help="What to write: the encoder's weights, or (network) the encoder's and the decoder's, all but the head, "
              "which fine-tuning then starts from too.")] = PretrainConfig.keep,
@@ -420,7 +423,7 @@ def pretrain(
     cfg = from_dict(PretrainConfig, {"images": str(images), "out": str(out), "objective": objective,
                                      "budget_seconds": parse_duration(budget) if budget else 0.0, "steps": steps,
                                      "base_width": width, "depth": depth, "norm": norm, "patch_size": [patch, patch],
-                                     "batch_size": batch, "keep": keep, "lr": lr, "seed": seed, "progress": not quiet}, "pretrain")
+                                     "batch_size": batch, "resolution": resolution, "keep": keep, "lr": lr, "seed": seed, "progress": not quiet}, "pretrain")
     run_pretrain(cfg, log=typer.echo)
 
 

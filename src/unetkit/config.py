@@ -265,6 +265,9 @@ class PretrainConfig:
     contrastive_temperature: float = 0.2
     contrastive_shift: float = 0.25
     keep: PretrainKeep = "encoder"
+    # the fraction of the native side the images are resampled to first (`DataConfig.resolution`): the
+    # scale the fine-tuning run trains at, recorded in the file so that run starts there too
+    resolution: float = 1.0
     seed: int = 0
     progress: bool = True
     # how the steps compute, as for training (`TrainConfig.precision`): "auto" measures the modes

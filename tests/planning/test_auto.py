@@ -131,6 +131,8 @@ def test_the_default_plan_learns_a_rare_class_under_one_percent(tmp_path: Path):
 
 
 def test_pretrain_first_runs_the_planned_pretraining_and_starts_fit_from_it(tmp_path):
+    import dataclasses
+
     from unetkit.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
     from unetkit.data.synthetic import make_synthetic_dataset
     from unetkit.models.unet_encoder import read_unet_encoder
@@ -150,6 +152,11 @@ def test_pretrain_first_runs_the_planned_pretraining_and_starts_fit_from_it(tmp_
     meta = read_unet_encoder(encoder)[1]
     assert meta["pretraining"]["objective"] == "denoise" and meta["architecture"]["base_width"] == 4
     assert meta["pretraining"]["images"] == 3 + 3  # the unlabelled images and the training split's (val kept out)
+    assert meta["pretraining"]["resolution"] == 1.0
+    half = dataclasses.replace(cfg, out_dir=str(tmp_path / "half"),
+                               data=dataclasses.replace(cfg.data, resolution=0.5, patch_size=(16, 16)))
+    pretrain_first(half, plan, unlabelled, log=None)  # R18's scale: pretrained where fine-tuning trains
+    assert read_unet_encoder(tmp_path / "half" / PRETRAINED_NAME)[1]["pretraining"]["resolution"] == 0.5
 
 
 def test_a_sampled_validation_split_still_leaves_the_planner_the_true_training_count(tmp_path: Path):

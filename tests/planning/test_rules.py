@@ -376,6 +376,29 @@ def test_a_scene_whose_patch_sees_little_of_the_frame_trains_at_half_resolution(
     assert user.value("data.resolution") == 1.0 and "native pixels" in next(c.reason for c in user.choices if c.key == "data.resolution")
 
 
+def test_an_artifact_start_keeps_the_resolution_it_was_trained_at_unless_the_user_sets_one():
+    """R15/R18: fine-tuning a half-resolution artifact trains at half resolution, whatever R18 would
+    choose for the data (its filters are sized for that scale); an encoder file leaves it to R18."""
+    from unetkit.planning.rules import StartFacts
+
+    rng = np.random.default_rng(4)
+    scene = summarize(_street_scene(rng, n=2, size=(360, 480)), ["sky", "building", "road", "car", "pole"])
+    small = summarize(_street_scene(rng, n=2, size=(120, 160)), ["sky", "building", "road", "car", "pole"])
+    parent = {"base_width": 16, "depth": 3, "norm": "batch"}
+    assert make_plan(small, PROFILES["cpu2"], 1800, {}).value("data.resolution") == 1.0  # R18 alone: native
+    child = make_plan(small, PROFILES["cpu2"], 1800, {}, start=StartFacts("init", "p.unetkit", parent, True, 0.5))
+    assert child.value("data.resolution") == 0.5
+    assert "resolution of --init p.unetkit" in next(c.reason for c in child.choices if c.key == "data.resolution")
+    assert max(child.value("data.patch_size")) <= 80  # sized on the 60x80 frame the model sees
+    native_parent = make_plan(scene, PROFILES["cpu2"], 1800, {}, start=StartFacts("init", "p.unetkit", parent, True, 1.0))
+    assert native_parent.value("data.resolution") == 1.0  # R18 would halve this scene; the parent's scale wins
+    user = make_plan(small, PROFILES["cpu2"], 1800, {"data.resolution": 0.75},
+                     start=StartFacts("init", "p.unetkit", parent, True, 0.5))
+    assert user.value("data.resolution") == 0.75
+    encoder = make_plan(scene, PROFILES["cpu2"], 1800, {}, start=StartFacts("pretrained", "e.safetensors", parent))
+    assert encoder.value("data.resolution") == 0.5  # R18's choice
+
+
 def test_a_hairline_class_keeps_cldice_and_lossless_augmentation_even_when_rare():
     """One-pixel lines vanish under bilinear resampling whatever their share; 3-px poles do not."""
     scene = [("road", 0.5, 0.97, 40.0, 60000.0), ("building", 0.3, 0.95, 27.0, 9000.0),

@@ -161,3 +161,18 @@ def test_value_named_classes_keep_the_head_only_when_the_largest_class_is_the_sa
     named = Start("init", tmp_path / "p.unetkit", ModelConfig(), ("class_0", "vessel"), "ab", largest=1)
     assert named.keeps_head(("class_0", "vessel"), fingerprint(0.87, 0.13))
     assert "head_reason" not in named.lineage(("class_0", "vessel"), fingerprint(0.87, 0.13))["start"]
+
+
+def test_an_artifact_start_carries_the_resolution_it_was_trained_at(parent: Path, tiny_config, tmp_path: Path,
+                                                                   capsys) -> None:
+    from unetkit.artifact import update_artifact
+
+    half = tmp_path / "half.unetkit"
+    half.write_bytes(parent.read_bytes())
+    update_artifact(half, resolution=0.5)
+    assert read_start(FinetuneConfig(init=str(half))).resolution == 0.5
+    assert read_start(FinetuneConfig(init=str(parent))).resolution == 1.0
+    # unplanned, the config is taken as set, and the run says the scales differ
+    child = load_artifact(fit(tiny_config("child", steps=2, val_every=2, finetune=FinetuneConfig(init=str(half)))))
+    assert child.meta.resolution == 1.0
+    assert "was trained at 0.5x the native side, this run trains at 1x" in capsys.readouterr().out

@@ -155,3 +155,24 @@ def test_refuses_an_empty_folder_mixed_channels_and_bad_settings(shapes_data: Pa
     with pytest.raises(ConfigError, match=r"pretrain.keep: expected one of \['encoder', 'network'\], got 'head'"):
         pretrain(tiny(shapes_data / "images", tmp_path / "enc.safetensors", keep="head"))
     assert not (tmp_path / "enc.safetensors").exists()
+
+
+def test_pretraining_at_reduced_resolution_samples_resampled_images_and_records_it(shapes_data: Path, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    import unetkit.training.pretrain as module
+
+    seen: list[tuple[int, ...]] = []
+    real = module.CropSampler
+
+    def spy(pictures, *args, **kwargs):
+        seen.extend(p.shape for p in pictures)
+        return real(pictures, *args, **kwargs)
+
+    monkeypatch.setattr(module, "CropSampler", spy)
+    native = [p.shape for p in module.load_images(module.image_list(shapes_data / "images"))]
+    out = pretrain(tiny(shapes_data / "images", tmp_path / "half.safetensors", resolution=0.5, patch_size=(16, 16)))
+    assert seen == [(c, round(h / 2), round(w / 2)) for c, h, w in native]
+    assert read_unet_encoder(out)[1]["pretraining"]["resolution"] == 0.5
+    with pytest.raises(ConfigError, match="pretrain.resolution"):
+        pretrain(tiny(shapes_data / "images", tmp_path / "bad.safetensors", resolution=1.5))
+    assert not (tmp_path / "bad.safetensors").exists()

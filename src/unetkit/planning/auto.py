@@ -81,8 +81,9 @@ def plan_training(config: TrainConfig, overrides: Mapping[str, Any], *,
     facts = None
     if start is not None:
         check_start(start, data.in_channels, data.train[0].image.ndim - 1)
-        facts = StartFacts(start.kind, str(start.path), to_dict(start.model), start.keeps_head(data.class_names, data.fingerprint))
-    measured = time_candidates(data.fingerprint, user | (facts.fixed() if facts else {}), budget,
+        facts = StartFacts(start.kind, str(start.path), to_dict(start.model),
+                           start.keeps_head(data.class_names, data.fingerprint), start.resolution)
+    measured = time_candidates(data.fingerprint, user | (facts.pinned(user) if facts else {}), budget,
                                n_val=data.n_val_split, device=config.device, max_seconds=max_timing_seconds,
                                precision=config.precision, memory_format=config.memory_format, log=log)
     remaining = max(1.0, budget - (time.perf_counter() - started))
@@ -121,7 +122,7 @@ def pretrain_first(config: TrainConfig, plan: Plan, unlabelled: str | Path | Non
     pretrain(PretrainConfig(out=str(out), objective=plan.value("plan.pretrain_objective"), budget_seconds=seconds,
                             base_width=config.model.base_width, depth=config.model.depth, norm=config.model.norm,
                             patch_size=config.data.patch_size, batch_size=config.data.batch_size,
-                            seed=config.seed, progress=config.progress),
+                            resolution=config.data.resolution, seed=config.seed, progress=config.progress),
              images=files, extra=[s.image for s in data.train], log=log)
     left = max(1.0, config.budget_seconds - (time.perf_counter() - started))
     return replace(config, budget_seconds=left, **{"finetune.pretrained": str(out)})

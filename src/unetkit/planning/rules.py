@@ -108,7 +108,9 @@ R14 Compute mode. The autocast precision (fp32 or bf16) and memory format (NCHW 
    ms/step of every mode. Timed by a real run only: with a simulated throughput no mode is planned
    and fit decides (`unetkit.training.precision`).
 R15 Pretrained start (`--init` artifact, `--pretrained` encoder, or R16's pretraining). The start
-   fixes the architecture (width, depth, normalization: its weights have those shapes). The rest
+   fixes the architecture (width, depth, normalization: its weights have those shapes), and an
+   `--init` artifact its resolution too (R18: its filters are sized for that scale), unless the user
+   sets `--resolution`; an encoder file leaves the resolution to R18 (R16 pretrains at it). The rest
    depends on what kind of start it is:
    - **Continued training** (an `--init` artifact whose head is kept: the same classes, so the same
      task, e.g. the next active-learning round): the step target is half of R1's (the network
@@ -232,11 +234,19 @@ class StartFacts:
     path: str = ""
     model: Mapping[str, Any] | None = None
     keeps_head: bool = False
+    resolution: float | None = None  # the scale an artifact start was trained at (R18); None: not fixed
 
     def fixed(self) -> dict[str, Any]:
         if self.model is None:
             return {}
         return {f"model.{k}": self.model[k] for k in ("base_width", "depth", "norm")}
+
+    def pinned(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """What the start fixes in the plan: its architecture, and the resolution a parent artifact was
+        trained at (its features and head are sized for that scale) unless the user set one."""
+        if self.resolution is None or "data.resolution" in overrides:
+            return self.fixed()
+        return self.fixed() | {"data.resolution": self.resolution}
 
     def label(self) -> str:
         return {"init": f"--init {self.path}", "pretrained": f"--pretrained {self.path}"}.get(
@@ -523,7 +533,7 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     pretrain_seconds, why_pretrain = pretrain_budget(facts, unlabelled, start, budget_seconds, tuning_steps)
     if pretrain_seconds > 0:
         start, budget_seconds = StartFacts("pretrain"), budget_seconds - pretrain_seconds
-    fixed = start.fixed() if start is not None else {}
+    fixed = start.pinned(overrides) if start is not None else {}
     continued = start is not None and start.keeps_head  # R15: continued training (else a transfer, or scratch)
     target = min_steps(budget_seconds)
     if continued:
@@ -558,7 +568,8 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
 
     def choose(key: str, value: Any, reason: str) -> None:
         if key in fixed:
-            choices.append(Choice(key, _plain(fixed[key]), f"the architecture of {start.label()} (R15)", PLANNED))
+            what = "the resolution" if key == "data.resolution" else "the architecture"
+            choices.append(Choice(key, _plain(fixed[key]), f"{what} of {start.label()} (R15)", PLANNED))
         elif key in overrides:
             choices.append(Choice(key, _plain(overrides[key]), "set explicitly (flag or config file)", USER))
         else:

@@ -58,6 +58,7 @@ class Start:
     sha256: str = ""  # of the file's bytes: the lineage's parent
     info: dict[str, Any] = field(default_factory=dict)  # recorded in the lineage
     largest: int | None = None  # the parent's class with the most pixels (its fingerprint)
+    resolution: float | None = None  # the scale an artifact start was trained at (`DataConfig.resolution`)
 
     @property
     def option(self) -> str:
@@ -104,7 +105,7 @@ def read_start(config: FinetuneConfig) -> Start | None:
         info = {"name": meta.name, "weights_sha256": meta.weights_sha256, "classes": list(meta.class_names),
                 "metrics": {k: meta.metrics.get(k) for k in ("mean_dice_foreground", "mean_iou") if k in meta.metrics}}
         return Start("init", path, meta.model, tuple(meta.class_names), file_sha256(path), info,
-                     largest_class(meta.fingerprint))
+                     largest_class(meta.fingerprint), meta.resolution)
     if config.pretrained and is_unet_encoder_file(config.pretrained):  # other weights: models.pretrained, in run_steps
         path = Path(config.pretrained)
         _, meta = read_unet_encoder(path)

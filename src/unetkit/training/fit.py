@@ -110,6 +110,10 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
         if start is not None:  # the parent's architecture; refused when it cannot take these images
             check_start(start, data.in_channels, data.train[0].image.ndim - 1)
             model_config = start_model(start, config.model)
+            if start.resolution not in (None, config.data.resolution) and not config.plan and env.is_main:
+                print(f"note: {start.option} {start.path} was trained at {start.resolution:g}x the native side, this "
+                      f"run trains at {config.data.resolution:g}x (data.resolution; with --budget the plan keeps the "
+                      "parent's)")
         config = dataclasses.replace(config, model=data.resolve_model(model_config))  # resolved, for the artifact
         if model is not None:
             check_rebuildable(model, config.model, config.data.patch_size)

@@ -1,6 +1,7 @@
 """Self-supervised pretraining of the built-in U-Net's encoder on unlabelled images (`unetkit pretrain`).
 
-images (a folder, or a list of files) -> per-channel normalization from them -> random crops with
+images (a folder, or a list of files), resampled to `resolution` of their side when the fine-tuning
+run trains reduced (`DataConfig.resolution`) -> per-channel normalization from them -> random crops with
 flips/rot90 -> a corruption -> the whole U-Net (out_channels = in_channels) restores the clean crop
 -> AdamW, cosine schedule, within a wall-clock budget (`BudgetClock`) -> the encoder's weights, or
 with `keep: network` the encoder's and the decoder's (`unetkit.models.unet_encoder`, with
@@ -42,6 +43,7 @@ from unetkit.config import (
 )
 from unetkit.data.fingerprint import channel_stats
 from unetkit.data.io import is_image_file, read_image
+from unetkit.data.resample import check_resolution, resample_image
 from unetkit.errors import ConfigError, DataError
 from unetkit.models import build_model
 from unetkit.models.unet_encoder import encoder_state, network_state, save_unet_encoder
@@ -96,6 +98,7 @@ def check_config(config: PretrainConfig) -> None:
         raise ConfigError("pretrain: contrastive_points must be >= 1, contrastive_temperature > 0 and "
                           f"contrastive_shift a fraction of the patch in [0, 1); got {config.contrastive_points}, "
                           f"{config.contrastive_temperature}, {config.contrastive_shift}")
+    check_resolution(config.resolution, "pretrain.resolution")
     if min(config.patch_size) < 2**config.depth:
         raise ConfigError(f"pretrain.patch_size: {list(config.patch_size)} is smaller than 2**depth = {2**config.depth}")
 
@@ -206,6 +209,7 @@ def pretrain(config: PretrainConfig, *, images: Sequence[str | Path] | None = No
             raise DataError(f"{files[0]}: {pictures[0].shape[0]} channel(s), the labelled images have {im.shape[0]}; "
                             "pretrain on images like the ones to segment")
     pictures += [np.asarray(im, np.float32) for im in extra]
+    pictures = [resample_image(p, config.resolution) for p in pictures]  # the scale fine-tuning trains at
     mean, std = channel_stats(pictures)
     channels = pictures[0].shape[0]
     contrastive = config.objective == "contrastive"
@@ -226,7 +230,8 @@ def pretrain(config: PretrainConfig, *, images: Sequence[str | Path] | None = No
     bar = progress_bar(total if not clock.enabled else 0, 0, desc="pretrain") if config.progress else None
     if log:
         log(f"pretraining a w{config.base_width} d{config.depth} U-Net encoder on {len(pictures)} image(s) by "
-            f"{config.objective} ({config.patch_size[0]}x{config.patch_size[1]} crops, batch {config.batch_size}; "
+            f"{config.objective} ({config.patch_size[0]}x{config.patch_size[1]} crops, batch {config.batch_size}"
+            f"{f', at {config.resolution:g}x' if config.resolution != 1.0 else ''}; "
             f"{mode.name}: {decision.reason})")
     model.train()
     while step < total:
@@ -256,7 +261,7 @@ def pretrain(config: PretrainConfig, *, images: Sequence[str | Path] | None = No
     window = max(1, min(50, len(losses) // 10))
     record = {"objective": config.objective, "steps": step, "seconds": round(time.perf_counter() - started, 1),
               "images": len(pictures), "patch_size": list(config.patch_size), "batch_size": config.batch_size,
-              "lr": config.lr, "seed": config.seed, "mode": mode.name, "loss_first": float(np.mean(losses[:window])),
+              "resolution": config.resolution, "lr": config.lr, "seed": config.seed, "mode": mode.name, "loss_first": float(np.mean(losses[:window])),
               "loss_last": float(np.mean(losses[-window:]))}
     if config.objective == "mim":
         record |= {"mask_ratio": config.mask_ratio, "mask_patch": config.mask_patch}
