@@ -145,6 +145,24 @@ def test_validation_sample_is_bounded_and_picks_foreground() -> None:
     assert floats.images.dtype == np.float16 and floats.images.shape == (1, 3, 64, 64)
 
 
+def test_a_half_resolution_models_sample_is_cut_from_the_images_it_sees() -> None:
+    """The parity gate feeds the sample to the network as it is: at a model's reduced resolution the
+    crops come from the resampled images (integer units stay integers), not from the native ones."""
+    from unetkit.data.resample import resample_image, resample_labels
+
+    rng = np.random.default_rng(1)
+    labels = np.zeros((120, 160), np.uint8)
+    labels[60:100, 100:150] = 1
+    image = rng.integers(0, 256, (3, 120, 160)).astype(np.float32)
+    half = finish.validation_sample([LoadedSample("k", image, labels)], (64, 64), resolution=0.5)
+    assert half.images.dtype == np.uint8 and half.images.shape == (1, 3, 60, 64)  # the 60x80 image's side caps it
+    (y, x), = half.origins
+    small = resample_image(image, 0.5)
+    assert np.abs(half.images[0].astype(np.float32) - small[:, y : y + 60, x : x + 64]).max() <= 0.5
+    assert np.array_equal(half.labels[0], resample_labels(labels, 0.5)[y : y + 60, x : x + 64])
+    assert half.labels[0].sum() == resample_labels(labels, 0.5).sum() > 0  # all of the foreground, as at native
+
+
 def test_a_rand_search_reserves_the_time_its_watershed_trials_take() -> None:
     from unetkit.config import TrainConfig
     from unetkit.training.finish import finish_validations

@@ -36,6 +36,7 @@ import numpy as np
 from unetkit.artifact import Artifact, load_artifact
 from unetkit.config import MIN_AGREEMENT, DataConfig, ExportConfig, TileChoice, TileConfig, from_dict
 from unetkit.data.pairing import pair_samples
+from unetkit.data.resample import resample_image
 from unetkit.data.spec import load_spec, spec_for_classes
 from unetkit.data.splits import split
 from unetkit.errors import ConfigError, GateRefused
@@ -332,7 +333,8 @@ def quantize_artifact(
             raise ParityError(f"fp32 graph differs from the torch pipeline by {diff:.3g} (> {config.parity_tolerance:g}); "
                               "not quantizing")
     _, train = load_labelled(artifact, data, list(keys), progress)
-    tiles = calibration_tiles([s.image for s in train], size, config.calibration_images)  # type: ignore[arg-type]
+    tiles = calibration_tiles([resample_image(s.image, artifact.meta.resolution) for s in train], size,  # its scale
+                              config.calibration_images)  # type: ignore[arg-type]
     del train
     _, val = load_labelled(artifact, data, list(val_keys), progress)
     s32, labels32 = score(predictor(fp32), artifact, val, tile)

@@ -22,6 +22,7 @@ import torch
 
 from unetkit.artifact import Artifact, ArtifactMeta, ValidationSample, save_artifact
 from unetkit.config import TileConfig, TrainConfig, to_dict
+from unetkit.data.resample import resample_image, resample_labels
 from unetkit.data.splits import spread
 from unetkit.inference.files import trained_views
 from unetkit.inference.predict import tta_views
@@ -110,41 +111,51 @@ def write_artifact(path: Path, weights: dict[str, Any], data: TrainingData, conf
     meta, predicted = finish_on_validation(meta, weights, data.val, config, deadline=deadline)
     baseline = training_baseline(weights, meta, data.train, data.val, log=print if config.progress else None,
                                  predicted=predicted, deadline=clock.deadline() if clock is not None else None)
-    sample = validation_sample(data.val, config.data.patch_size, config.loss.ignore_index)
+    sample = validation_sample(data.val, config.data.patch_size, config.loss.ignore_index,
+                               resolution=config.data.resolution)
     return save_artifact(path, weights, dataclasses.replace(meta, drift_baseline=baseline,
                                                             validation_sample=sample.to_dict() if sample else {}))
 
 
 def validation_sample(val: Sequence[Any], patch_size: Sequence[int], ignore_index: int = 255,
-                      crops: int = SAMPLE_CROPS, max_bytes: int = SAMPLE_BYTES) -> ValidationSample | None:
+                      crops: int = SAMPLE_CROPS, max_bytes: int = SAMPLE_BYTES,
+                      resolution: float = 1.0) -> ValidationSample | None:
     """Up to `crops` labelled crops of the validation images (evenly spread over them), each where its
     image has the most foreground (labels other than 0 and `ignore_index`), for the parity gate.
 
-    Crops are the patch size, shrunk (to multiples of 16, at least 32) to fit `max_bytes` raw;
-    images keep their raw units as uint8 / uint16 when every value is an integer in that range,
-    else float16. None without validation images. Costs no prediction: only numpy on loaded images."""
+    The crops are what the network itself is fed: cut from the images resampled to the model's
+    `resolution` (`DataConfig.resolution`; integer raw units rounded back to integers), so a gate
+    compares precisions at the scale the model predicts at. Crops are the patch size, shrunk (to
+    multiples of 16, at least 32) to fit `max_bytes` raw; images keep their raw units as uint8 /
+    uint16 when every value is an integer in that range, else float16; `origins` are in the
+    resampled image. None without validation images. Costs no prediction: only numpy on loaded images."""
     chosen = spread(val, crops)
     if not chosen:
         return None
-    c = chosen[0].image.shape[0]
-    dtype = _sample_dtype([s.image for s in chosen])
-    label_dtype = np.uint8 if max(int(s.labels.max()) for s in chosen) <= 255 else np.uint16
+    integral = _sample_dtype([s.image for s in chosen]) != np.float16
+    pictures = [np.round(resample_image(s.image, resolution)) if integral and resolution != 1.0
+                else resample_image(s.image, resolution) for s in chosen]
+    truths = [resample_labels(s.labels, resolution) for s in chosen]
+    keys = [s.key for s in chosen]
+    c = pictures[0].shape[0]
+    dtype = _sample_dtype(pictures)
+    label_dtype = np.uint8 if max(int(t.max()) for t in truths) <= 255 else np.uint16
     per_pixel = c * np.dtype(dtype).itemsize + np.dtype(label_dtype).itemsize
     patch = tuple(int(v) for v in patch_size) * (2 if len(patch_size) == 1 else 1)
-    h = min(patch[0], *(s.image.shape[1] for s in chosen))
-    w = min(patch[1], *(s.image.shape[2] for s in chosen))
-    while len(chosen) * h * w * per_pixel > max_bytes and max(h, w) > SAMPLE_MIN_SIDE:
+    h = min(patch[0], *(im.shape[1] for im in pictures))
+    w = min(patch[1], *(im.shape[2] for im in pictures))
+    while len(keys) * h * w * per_pixel > max_bytes and max(h, w) > SAMPLE_MIN_SIDE:
         h, w = (max(min(v, SAMPLE_MIN_SIDE), (v * 3 // 4) // 16 * 16) for v in (h, w))
-    while len(chosen) > 1 and len(chosen) * h * w * per_pixel > max_bytes:
-        chosen = chosen[:-1]
+    while len(keys) > 1 and len(keys) * h * w * per_pixel > max_bytes:
+        keys = keys[:-1]
     images, labels, origins = [], [], []
-    for s in chosen:
-        y, x = _most_foreground(s.labels, (h, w), ignore_index)
-        images.append(s.image[:, y : y + h, x : x + w])
-        labels.append(s.labels[y : y + h, x : x + w])
+    for image, truth, _ in zip(pictures, truths, keys, strict=False):
+        y, x = _most_foreground(truth, (h, w), ignore_index)
+        images.append(image[:, y : y + h, x : x + w])
+        labels.append(truth[y : y + h, x : x + w])
         origins.append((y, x))
     return ValidationSample(np.stack(images).astype(dtype), np.stack(labels).astype(label_dtype),
-                            tuple(s.key for s in chosen), tuple(origins))
+                            tuple(keys), tuple(origins))
 
 
 def _sample_dtype(images: Sequence[np.ndarray]) -> type:
