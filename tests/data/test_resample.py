@@ -50,3 +50,26 @@ def test_a_resolution_outside_0_to_1_is_refused_by_name(bad) -> None:
     with pytest.raises(ConfigError, match=r"data\.resolution: expected a fraction of the native resolution in \(0, 1\]"):
         check_resolution(bad, "data.resolution")
     assert check_resolution("0.5", "x") == 0.5
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(97, 48), (97, 29), (120, 60), (48, 97), (29, 97), (60, 120), (7, 7)])
+def test_axis_weights_are_torchs_bilinear_along_one_axis(n_in, n_out):
+    """Antialiased when shrinking (as resample_image), plain when growing (as resize_scores)."""
+    import torch
+    import torch.nn.functional as F
+
+    from unetkit.data.resample import axis_weights, last_input, resample_axis0
+
+    x = np.random.default_rng(0).uniform(-3, 3, (2, n_in, 5)).astype(np.float32)
+    expected = F.interpolate(torch.from_numpy(x)[None], size=(n_out, 5), mode="bilinear", align_corners=False,
+                             antialias=n_out < n_in)[0].numpy()
+    first, weights = axis_weights(n_in, n_out)
+    np.testing.assert_allclose(weights.sum(1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(resample_axis0(x, 0, first, weights), expected, atol=3e-5)  # torch: float32 weights
+    last = last_input(first, weights)
+    assert (np.diff(first) >= 0).all() and (np.diff(last) >= 0).all() and last.max() < n_in
+    # a band of outputs from just the rows they read
+    a, b = n_out // 3, 2 * n_out // 3 + 1
+    top, bottom = int(first[a]), int(last[a:b].max()) + 1
+    np.testing.assert_allclose(resample_axis0(x[:, top:bottom], top, first[a:b], weights[a:b]), expected[:, a:b],
+                               atol=3e-5)

@@ -210,3 +210,24 @@ def test_cli_engine_ray_and_an_unreachable_cluster(cluster, model, tmp_path, rng
     proc = subprocess.run([sys.executable, "-m", "unetkit", "predict", str(model), str(folder), "--engine", "ray",
                            "--address", "nowhere"], capture_output=True, text=True, timeout=120)
     assert_one_line_error(proc, "--address 'nowhere': expected HOST:PORT")
+
+
+def test_a_half_resolution_models_large_input_streams_whole_on_one_worker(cluster, model, tmp_path, rng):
+    """Stripes are bands of native tile rows: a model trained at half resolution gets one task per
+    streamed input, which its worker streams as the local path does, and writes the same files."""
+    from unetkit.artifact import update_artifact
+
+    half = tmp_path / "half.unetkit"
+    half.write_bytes(model.read_bytes())
+    update_artifact(half, resolution=0.5)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "scene.tif", rng.integers(0, 255, (*STREAMED, 3), dtype=np.uint8), tile=(32, 32),
+                     photometric="rgb")
+    options = dict(probabilities=True, max_memory=LIMIT)
+    local(half, [folder], tmp_path / "local", **options)
+    report = predict_files_ray(half, [folder], tmp_path / "ray", outputs=OutputConfig(**options), backend="torch",
+                               threads=1, progress=False)
+    assert same_files(tmp_path / "local", tmp_path / "ray") == ["scene_mask.tif", "scene_prob.tif"]
+    assert sum(n.tasks for n in report.nodes.values()) == 1 and not report.failed
+    assert tifffile.imread(tmp_path / "ray" / "scene_mask.tif").shape == STREAMED

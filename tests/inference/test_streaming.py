@@ -203,3 +203,26 @@ def test_geotiff_tags_of_a_tiff_source_are_carried_to_tiff_outputs(predictor, bi
     predict_stream(predictor, big, tmp_path / "plain.tif", CONFIG)  # an array source has none to give
     with tifffile.TiffFile(tmp_path / "plain.tif") as tif:
         assert 33550 not in tif.pages.first.tags
+
+
+def test_a_half_resolution_model_streams_to_the_in_memory_result(predictor, big, tmp_path):
+    """A model trained at half resolution: the stream resamples rows in and out, band by band, and
+    writes what predict_tiled gives for the whole image; distributed stripes still refuse it."""
+    from dataclasses import replace
+
+    from unetkit.errors import ConfigError
+
+    half = replace(CONFIG, resolution=0.5)
+    source = tmp_path / "in.tif"
+    tifffile.imwrite(source, big, tile=(32, 32), bigtiff=True, photometric="minisblack", planarconfig="separate")
+    expected = predict_tiled(predictor, big, half)
+    report = predict_stream(predictor, source, tmp_path / "labels.tif", half, probabilities_path=tmp_path / "p.tif",
+                            probabilities_dtype="float32", out_tile=16)
+    probs = tifffile.imread(tmp_path / "p.tif").transpose(2, 0, 1)
+    np.testing.assert_allclose(probs, expected, atol=2e-5)
+    labels = tifffile.imread(tmp_path / "labels.tif")
+    assert labels.shape == (103, 77) and (labels == expected.argmax(0)).mean() > 0.999  # ties may flip at 1e-6
+    assert report.forward_tiles == len(tile_starts(52, 24, 0.25)) * len(tile_starts(38, 24, 0.25))  # the 52x38 image's
+    assert "resampling" in report.memory.parts
+    with pytest.raises(ConfigError, match="distributed stripes"):
+        predict_rows(predictor, source, half, (0, 18), ["labels"])

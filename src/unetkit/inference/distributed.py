@@ -7,6 +7,8 @@ candidates there) and warms it up. An in-memory input is one task (`files.predic
 same code as the local path, writing the same files); a streamed (gigapixel) input is cut into
 stripes of tile rows (`streaming.predict_rows`, bit for bit the local stream's rows) whose rows
 the driver writes, in order, to the same tiled BigTIFF / zarr outputs (`streaming.StreamWriter`).
+A model trained at reduced resolution streams such an input whole on one worker instead (stripes
+are bands of native tile rows; `reduced.py` resamples its own bands).
 
 Faults are Ray's to handle: actors restart (`max_restarts`) and the tasks of a killed worker
 run again on the restarted one (`max_task_retries`). Every output is written atomically, and a
@@ -53,7 +55,7 @@ from unetkit.inference.files import (
     stream_outputs,
     tile_config_for,
 )
-from unetkit.inference.predict import require_native, resolve_tile_size, row_blocks
+from unetkit.inference.predict import resolve_tile_size, row_blocks
 from unetkit.inference.streaming import (
     StreamWriter,
     check_memory,
@@ -359,7 +361,8 @@ def predict_files_ray(
 
 def _plan(files: list[tuple[Path, Path]], artifact: Any, tile: TileConfig, outputs: OutputConfig, out: Path,
           journal: Journal, report: DistributedReport) -> tuple[deque[tuple[Any, ...]], dict[str, _Stream], int]:
-    """The tasks: one per in-memory input, one per stripe of a streamed one; finished inputs skipped."""
+    """The tasks: one per in-memory input, one per stripe of a streamed one (one whole for a reduced-
+    resolution model); finished inputs skipped."""
     tasks: deque[tuple[Any, ...]] = deque()
     streams: dict[str, _Stream] = {}
     total = 0
@@ -374,8 +377,9 @@ def _plan(files: list[tuple[Path, Path]], artifact: Any, tile: TileConfig, outpu
             continue
         try:
             how = route(path, classes, outputs.max_memory)
+            if how == "stream" and tile.resolution != 1.0:  # stripes are native rows: one worker streams it whole
+                how = "whole"  # (`reduced.py`), checking its memory as the local path does
             if how == "stream":
-                require_native(tile)
                 lazy = open_lazy(path)
                 shape, source_dtype, chunk_rows = lazy.shape, lazy.array.dtype, lazy.chunk_rows
                 lazy.close()
@@ -386,7 +390,7 @@ def _plan(files: list[tuple[Path, Path]], artifact: Any, tile: TileConfig, outpu
         except UnetkitError as e:
             report.failed[str(path)] = failure_message(path, e)
             continue
-        if how == "memory":
+        if how in ("memory", "whole"):
             try:
                 header = image_header(path)
                 total += header.height * header.width

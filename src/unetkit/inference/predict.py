@@ -113,11 +113,12 @@ def resolve_tile_size(config: TileConfig, predictor: Any = None) -> tuple[int, i
 
 
 def require_native(config: TileConfig) -> None:
-    """Row-by-row prediction (streaming, distributed stripes) runs at the native resolution only."""
+    """Tile rows (this module's `iter_probability_rows`, distributed stripes) run at the native
+    resolution only; `reduced.probability_rows` wraps them for a reduced-resolution model."""
     if config.resolution != 1.0:
-        raise ConfigError(f"the model was trained at resolution {config.resolution} of the native side: row-by-row "
-                          "prediction (streaming large images, distributed stripes) runs at the native resolution only; "
-                          "predict such a model's images in memory (predict_tiled, max_pixels)")
+        raise ConfigError(f"the model was trained at resolution {config.resolution} of the native side: prediction in "
+                          "distributed stripes runs at the native resolution only; predict such a model's images in "
+                          "memory (predict_tiled, max_pixels) or streamed on one machine (predict_stream)")
 
 
 def row_blocks(height: int, config: TileConfig, tile: tuple[int, int]) -> list[int]:

@@ -3,7 +3,8 @@
 The source (BigTIFF / tiled TIFF / OME-TIFF through tifffile's zarr view, or a zarr array) is read
 one stripe of tile rows at a time, through whole rows of stored chunks that are each decoded once;
 `predict.iter_probability_rows` turns each stripe into finished probability rows (the same code
-`predict_tiled` runs, so both give the same numbers); the rows are cut into bands of the output
+`predict_tiled` runs, so both give the same numbers; for a model trained at reduced resolution
+`reduced.probability_rows` resamples the rows on the way in and out); the rows are cut into bands of the output
 tile height and written as they complete to a tiled BigTIFF (tifffile consuming a generator of
 tiles, in a writer thread) or a zarr store. Peak memory depends on tile, batch and image *width*,
 never on the image height; `estimate_memory` says how much before a run, and the returned
@@ -26,15 +27,16 @@ import numpy as np
 
 from unetkit.config import TileConfig
 from unetkit.data.atomic import publish, replace_dir, temp_name
+from unetkit.data.resample import check_resolution, reduced_shape
 from unetkit.errors import InputError
 from unetkit.inference.outputs import argmax_labels
 from unetkit.inference.predict import (
     Predictor,
     check_channels,
     iter_probability_rows,
-    require_native,
     resolve_tile_size,
 )
+from unetkit.inference.reduced import probability_rows
 
 PROBABILITY_DTYPES = ("float16", "uint8", "float32")
 
@@ -157,28 +159,35 @@ class MemoryEstimate:
 def estimate_memory(
     image_shape: tuple[int, int, int], out_channels: int, config: TileConfig, tile: tuple[int, int], *,
     probabilities_dtype: str | None = None, out_tile: int = 256, model_bytes_per_pixel: int = 1024,
-    source_itemsize: int = 4, source_chunk_rows: int | None = None,
+    source_itemsize: int = 4, source_chunk_rows: int | None = None, resolution: float = 1.0,
 ) -> MemoryEstimate:
     """Bytes a streaming run needs: source rows, stripes, accumulators, tile batches, model
     activations (a rough `model_bytes_per_pixel` of the batch, ~1 KiB for a 32-wide U-Net in eager
     PyTorch) and output bands. Grows with the image width, not its height. A chunked source holds
     the rows of stored chunks one stripe spans, plus one chunk row being decoded
-    (`source_chunk_rows`: the chunk height; None: a stripe of rows)."""
+    (`source_chunk_rows`: the chunk height; None: a stripe of rows). A model trained at `resolution`
+    < 1 tiles the reduced image (`tile` in its pixels) and resamples the rows both ways (`reduced.py`)."""
     c, h, w = image_shape
     th, tw = tile
+    rw = reduced_shape((h, w), resolution)[1]
+    span = min(h, math.ceil((th + 2) / resolution) + 2)  # native rows one reduced tile row reads
     wp, n, k = max(w, tw), config.batch_size, out_channels
+    rwp = max(rw, tw)
     prob_item = np.dtype(probabilities_dtype).itemsize if probabilities_dtype else 0
     label_item = 1 if k <= 255 else 2
     step = source_chunk_rows
-    source_rows = min(h, (math.ceil((th - 1) / step) + 2) * step) if step else th
-    return MemoryEstimate({
+    source_rows = min(h, (math.ceil((span - 1) / step) + 2) * step) if step else span
+    parts = {
         "source rows": source_rows * w * c * source_itemsize,
-        "input stripe": 2 * c * th * wp * 4,
-        "accumulator": 2 * (k + 1) * th * wp * 4,
+        "input stripe": 2 * c * th * rwp * 4,
+        "accumulator": 2 * (k + 1) * th * rwp * 4,
         "tile batch": n * (c + (3 if config.tta else 2) * k) * th * tw * 4,
         "model activations": n * th * tw * model_bytes_per_pixel,
         "output bands": 5 * out_tile * wp * (label_item + k * prob_item + k * 4),
-    })
+    }
+    if resolution != 1.0:  # native rows read as float32, the band shrunk; probabilities widened and grown back
+        parts["resampling"] = (2 * span * w * c + 2 * (th + 2) * wp * k + span * wp * k) * 4
+    return MemoryEstimate(parts)
 
 
 # ---------------------------------------------------------------- writing
@@ -383,7 +392,7 @@ class StreamReport:
 
     `seconds` is the main thread's wall time by phase: "read" (decoding source rows into float32
     stripes), "forward" (predictor calls), "blend" (softmax, Gaussian weighting, accumulation,
-    normalization, padding), "labels" (arg-max, quantizing), "write" (waiting for the TIFF writer
+    normalization, padding; for a reduced-resolution model also resampling the rows), "labels" (arg-max, quantizing), "write" (waiting for the TIFF writer
     threads, or writing a zarr store), "other" (regrouping rows into bands, opening outputs) and
     "total". "writer cpu" is the CPU time of the TIFF writer threads (tile encoding), which run
     alongside the main thread and are not part of "total"."""
@@ -440,7 +449,7 @@ def plan_stream(predictor: Any, image: LazyImage, source: Any, config: TileConfi
                 probabilities: bool, out_tile: int, max_memory: int | None) -> tuple[tuple[int, int, int], tuple[int, int], int, MemoryEstimate]:
     """Checks before a streaming run: the image's shape, the tile, the classes and the memory
     estimate (refused over `max_memory` bytes)."""
-    require_native(config)
+    resolution = check_resolution(config.resolution, "TileConfig.resolution")
     if probabilities_dtype not in PROBABILITY_DTYPES:
         raise InputError(f"probabilities_dtype '{probabilities_dtype}': expected one of {list(PROBABILITY_DTYPES)}")
     shape = image.shape
@@ -454,6 +463,7 @@ def plan_stream(predictor: Any, image: LazyImage, source: Any, config: TileConfi
         shape, k, config, tile, probabilities_dtype=probabilities_dtype if probabilities else None,
         out_tile=out_tile, model_bytes_per_pixel=getattr(predictor, "bytes_per_pixel", 1024),
         source_itemsize=np.dtype(image.array.dtype).itemsize, source_chunk_rows=image.chunk_rows,
+        resolution=resolution,
     )
     check_memory(name, shape, estimate, max_memory)
     return shape, tile, k, estimate
@@ -506,11 +516,12 @@ def _run(predictor: Any, image: LazyImage, outputs: list[tuple[Path, str]], conf
     seconds.update(dict.fromkeys(("read", "forward", "blend", "labels", "write"), 0.0))
     timed = _Timed(predictor, seconds)
 
-    stripe = np.empty((image.shape[0], min(tile[0], height), width), dtype=np.float32)  # reused: see iter_probability_rows
+    native = config.resolution == 1.0  # else a reduced-resolution model: rows are resampled both ways
+    stripe = np.empty((image.shape[0], min(tile[0], height), width), dtype=np.float32) if native else None  # reused
 
     def read(y0: int, y1: int) -> np.ndarray:
         start = time.perf_counter()
-        rows = image.read_rows(y0, y1, out=stripe[:, : y1 - y0])
+        rows = image.read_rows(y0, y1, out=stripe[:, : y1 - y0] if stripe is not None else None)
         seconds["read"] += time.perf_counter() - start
         return rows
 
@@ -518,7 +529,7 @@ def _run(predictor: Any, image: LazyImage, outputs: list[tuple[Path, str]], conf
     writer = StreamWriter(outputs, height, width, k, **writer_args)
     ok = False
     try:
-        blocks = iter_probability_rows(timed, read, image.shape, config, tile)
+        blocks = probability_rows(timed, read, image.shape, config, tile)
         while True:
             t = time.perf_counter()
             item = next(blocks, None)
