@@ -170,7 +170,7 @@ def estimate_memory(
     c, h, w = image_shape
     th, tw = tile
     rw = reduced_shape((h, w), resolution)[1]
-    span = min(h, math.ceil((th + 2) / resolution) + 2)  # native rows one reduced tile row reads
+    span = th if resolution == 1.0 else min(h, math.ceil((th + 2) / resolution) + 2)  # rows a tile row reads
     wp, n, k = max(w, tw), config.batch_size, out_channels
     rwp = max(rw, tw)
     prob_item = np.dtype(probabilities_dtype).itemsize if probabilities_dtype else 0
