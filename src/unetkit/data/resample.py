@@ -38,9 +38,7 @@ def resample_image(image: np.ndarray, resolution: float) -> np.ndarray:
     """(C, H, W) -> (C, h, w) float32 at `resolution` (antialiased bilinear); as is at 1."""
     if resolution == 1.0:
         return image
-    size = reduced_shape(image.shape[-2:], resolution)
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)[0].numpy()
+    return bilinear(image, reduced_shape(image.shape[-2:], resolution), antialias=True)
 
 
 def resample_labels(labels: np.ndarray, resolution: float) -> np.ndarray:
@@ -56,8 +54,15 @@ def resize_scores(scores: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """(K, h, w) probabilities or logits -> (K, H, W) float32, bilinear (as is when the shape matches)."""
     if tuple(scores.shape[-2:]) == tuple(shape):
         return scores
-    x = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))[None]
-    return F.interpolate(x, size=tuple(shape), mode="bilinear", align_corners=False)[0].numpy()
+    return bilinear(scores, shape, antialias=False)
+
+
+def bilinear(array: np.ndarray, size: tuple[int, int], *, antialias: bool) -> np.ndarray:
+    """(C, H, W) -> (C, *size) float32 by torch's bilinear `interpolate` (align_corners False). A
+    side that keeps its length is copied as is (weight 1 on itself), so a band of rows can be
+    resampled across its width alone (`inference.reduced`)."""
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=antialias)[0].numpy()
 
 
 def axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,11 +18,16 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from unetkit.config import TileConfig
-from unetkit.data.resample import axis_weights, check_resolution, last_input, reduced_shape, resample_axis0
+from unetkit.data.resample import (
+    axis_weights,
+    bilinear,
+    check_resolution,
+    last_input,
+    reduced_shape,
+    resample_axis0,
+)
 from unetkit.inference.predict import Predictor, RowReader, iter_probability_rows
 
 
@@ -45,7 +50,7 @@ def probability_rows(
     def read_reduced(a: int, b: int) -> np.ndarray:
         top = int(down[a])
         band = resample_axis0(read_rows(top, int(down_last[a:b].max()) + 1), top, down[a:b], down_weights[a:b])
-        return _across(band, w, antialias=True)
+        return bilinear(band, (b - a, w), antialias=True)  # across the width only
 
     blocks = iter_probability_rows(predictor, read_reduced, (channels, h, w), replace(config, resolution=1.0), tile)
     up, up_weights = axis_weights(h, height)
@@ -53,7 +58,7 @@ def probability_rows(
     held: np.ndarray | None = None  # reduced probability rows [start, start + held rows), widened to W
     start = y = 0
     for y0, block in blocks:
-        wide = _across(block, width, antialias=False)  # a copy: the block's buffer is reused
+        wide = bilinear(block, (block.shape[1], width), antialias=False)  # a copy: the block's buffer is reused
         held = wide if held is None else np.concatenate([held, wide], axis=1)
         stop = int(np.searchsorted(up_last, y0 + block.shape[1], side="left"))  # rows whose inputs are done
         if stop > y:
@@ -63,9 +68,3 @@ def probability_rows(
             held, start = held[:, int(up[y]) - start :], int(up[y])
     assert y == height, (y, height)
 
-
-def _across(rows: np.ndarray, width: int, *, antialias: bool) -> np.ndarray:
-    """(C, n, W0) -> (C, n, width): torch's bilinear along the rows only (n stays n: weight 1 on itself)."""
-    x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))[None]
-    return F.interpolate(x, size=(rows.shape[1], width), mode="bilinear", align_corners=False,
-                         antialias=antialias)[0].numpy()

@@ -516,8 +516,8 @@ def _run(predictor: Any, image: LazyImage, outputs: list[tuple[Path, str]], conf
     seconds.update(dict.fromkeys(("read", "forward", "blend", "labels", "write"), 0.0))
     timed = _Timed(predictor, seconds)
 
-    native = config.resolution == 1.0  # else a reduced-resolution model: rows are resampled both ways
-    stripe = np.empty((image.shape[0], min(tile[0], height), width), dtype=np.float32) if native else None  # reused
+    stripe = (np.empty((image.shape[0], min(tile[0], height), width), dtype=np.float32)  # reused; a reduced-
+              if config.resolution == 1.0 else None)  # resolution model reads longer bands (`reduced.py`)
 
     def read(y0: int, y1: int) -> np.ndarray:
         start = time.perf_counter()

@@ -132,13 +132,13 @@ def validation_sample(val: Sequence[Any], patch_size: Sequence[int], ignore_inde
     chosen = spread(val, crops)
     if not chosen:
         return None
-    integral = _sample_dtype([s.image for s in chosen]) != np.float16
-    pictures = [np.round(resample_image(s.image, resolution)) if integral and resolution != 1.0
-                else resample_image(s.image, resolution) for s in chosen]
+    dtype = _sample_dtype([s.image for s in chosen])  # resampling mixes values convexly: the range holds
+    pictures = [resample_image(s.image, resolution) for s in chosen]
+    if dtype != np.float16 and resolution != 1.0:
+        pictures = [np.round(p) for p in pictures]
     truths = [resample_labels(s.labels, resolution) for s in chosen]
     keys = [s.key for s in chosen]
     c = pictures[0].shape[0]
-    dtype = _sample_dtype(pictures)
     label_dtype = np.uint8 if max(int(t.max()) for t in truths) <= 255 else np.uint16
     per_pixel = c * np.dtype(dtype).itemsize + np.dtype(label_dtype).itemsize
     patch = tuple(int(v) for v in patch_size) * (2 if len(patch_size) == 1 else 1)
