@@ -86,7 +86,7 @@ def time_modes(width: int, args) -> dict[str, tuple[float, float, float]]:
     """Mode -> (median seconds per step, last loss, warm-up seconds)."""
     batch, in_channels, out_channels = batches(args)
     torch.manual_seed(0)
-    base = build_model(ModelConfig(base_width=width, depth=args.depth, norm="batch", in_channels=in_channels,
+    base = build_model(ModelConfig(base_width=width, depth=args.depth, norm=args.norm, in_channels=in_channels,
                                    out_channels=out_channels))
     loss = (LossConfig(ce=1.0, dice=0.0) if args.loss == "ce"
             else LossConfig(ce=1.0, dice=1.0, cldice=0.5, dice_include_background=False))
@@ -120,6 +120,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", default="16,32", help="base widths of the U-Nets")
     parser.add_argument("--depth", type=int, default=4, help="down-sampling steps of the U-Nets")
+    parser.add_argument("--norm", default="batch", choices=("batch", "instance", "group"),
+                        help="normalization layers of the U-Nets (the plan's R9 choice)")
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5, help="alternating rounds (median)")
@@ -153,7 +155,7 @@ def main() -> None:
             f"torch {torch.__version__} ({torch.get_num_threads()} threads), {platform.platform()}; load average "
             f"{load_before:.1f} / {load_after:.1f}" + (" - machine shared with other jobs, figures are noisy" if busy
                                                        else "") + ".",
-            f"Model: unetkit unet depth {args.depth} BatchNorm, {args.patch}x{args.patch}, batch {args.batch}, AdamW, "
+            f"Model: unetkit unet depth {args.depth} {args.norm} norm, {args.patch}x{args.patch}, batch {args.batch}, AdamW, "
             f"loss {'CE' if args.loss == 'ce' else 'CE + foreground Dice + clDice 0.5 (the DRIVE plan)'}; "
             f"{'real patches from ' + args.data if args.data else 'random batches'}; median of {args.repeats} "
             f"alternating rounds of {args.steps} steps after {args.warmup} warm-up steps.", "",

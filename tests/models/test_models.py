@@ -243,3 +243,34 @@ def test_width_schedule_and_group_norm_on_awkward_widths() -> None:
     convs = [m for m in model.encoder.modules() if isinstance(m, nn.Conv2d)]
     assert max(c.out_channels for c in convs) == 10  # 6, 9, 14 -> capped at 10
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 2, 16, 16)
+
+
+@pytest.mark.parametrize("norm", ["instance", "group"])
+def test_group_norm_on_channels_last_input_matches_contiguous_and_keeps_the_format(norm: str) -> None:
+    """The channels_last fast path (a contiguous copy through torch's group_norm) computes the same
+    values and gradients as the plain path, and hands channels_last on to the next convolution."""
+    from unetkit.models.blocks import make_norm
+
+    torch.manual_seed(0)
+    layer = make_norm(norm, 8, 2)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 8, 9, 7) * 3 + 1
+    plain = x.clone().requires_grad_()
+    last = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert not last.is_contiguous()
+    y_plain, y_last = layer(plain), layer(last)
+    assert y_last.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_last, y_plain)
+    g = torch.randn_like(y_plain)
+    (y_plain * g).sum().backward()
+    w_grad = layer.weight.grad.clone()
+    layer.weight.grad = None
+    (y_last * g).sum().backward()
+    torch.testing.assert_close(last.grad, plain.grad)
+    torch.testing.assert_close(layer.weight.grad, w_grad)
+    # per-channel statistics really are normalised away (instance) or per group (group)
+    stats = y_plain.detach() - layer.bias.detach().view(1, -1, 1, 1)
+    if norm == "instance":
+        assert stats.mean(dim=(2, 3)).abs().max() < 1e-5
