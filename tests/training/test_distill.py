@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -117,6 +120,15 @@ def test_online_teaching_when_asked_or_when_the_targets_would_not_fit(tiny_confi
 def test_distillation_refuses_an_ensemble_student(tiny_config) -> None:
     with pytest.raises(ConfigError, match="ensemble_folds"):
         fit(tiny_config(ensemble_folds=2, distill=DistillConfig(mode="on")))
+
+
+def test_distillation_refuses_a_teacher_that_is_the_student_and_nothing_is_written(tiny_config, tmp_path) -> None:
+    config = tiny_config(distill=DistillConfig(mode="on", teacher="instance"))
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, norm="instance"))
+    with pytest.raises(ConfigError, match="distill.teacher: 'instance' would train the student's own network"):
+        fit(config)
+    assert not (Path(config.out_dir) / TEACHER_DIR).exists()
+    assert not (Path(config.out_dir) / "model.unetkit").exists()
 
 
 def test_the_teacher_settles_its_own_compute_mode_unless_the_user_fixed_it(tiny_config) -> None:

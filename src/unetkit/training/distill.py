@@ -97,6 +97,9 @@ def check_distill(config: TrainConfig, world_size: int) -> None:
         raise ConfigError(f"distill.temperature: expected a positive number, got {d.temperature}")
     if config.ensemble_folds > 1:
         raise ConfigError("distill: the student is one fast network; set ensemble_folds 1 (or distill.mode off)")
+    if d.teacher == "instance" and config.model.norm == "instance":
+        raise ConfigError("distill.teacher: 'instance' would train the student's own network (model.norm is already "
+                          "instance); use distill.teacher 'wider', or model.norm batch for the fast student")
     if world_size > 1:
         raise ConfigError("distill: not supported with nproc > 1 yet; use nproc 1 (or distill.mode off)")
 
