@@ -73,9 +73,10 @@ R9 Normalisation layers. BatchNorm at batch >= 4; below (noisy batch statistics)
    car +0.03), behind on the thin ones (pole -0.04, sign and fence -0.02). Both cost the same.
    BatchNorm folds into the convolutions at export; InstanceNorm and GroupNorm cannot, and make a
    tile's output depend on the tile. On DRIVE InstanceNorm gained F1 +0.000..0.006 and AUC
-   +0.001..0.004 but made ORT inference 1.2x slower in fp32 and 2x in int8 (docs/benchmarks.md),
-   so inference speed wins the default; `model.norm: instance` in a config file trades it for the
-   accuracy.
+   +0.001..0.004 at equal steps but made ORT inference 1.2x slower in fp32 and 2x in int8
+   (docs/benchmarks.md); at equal time it was level (DRIVE 10 minutes, Zen 4: F1 0.8151 vs 0.8152,
+   0.8193 vs 0.8170 with TTA; its steps cost 1.2x), so inference speed wins the default;
+   `model.norm: instance` in a config file trades it for the accuracy.
 R10 Validation. Whole-image validation costs ~forward time on the validation pixels (tiled with
    25 % overlap); the plan validates 2..20 times, spending about 8 % of the budget on it, and keeps
    the best checkpoint on the validation Dice. One pass may cost at most 2 % of the budget (4
