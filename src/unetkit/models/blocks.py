@@ -35,7 +35,7 @@ class GroupNorm(nn.GroupNorm):
         if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous() \
                 and x.is_contiguous(memory_format=torch.channels_last):
             # torch's CPU group_norm on a channels_last tensor is 2-5x slower than on a contiguous copy
-            # (w16 d4 InstanceNorm training step, bf16 + channels_last: 415 -> 232 ms, docs/benchmarks.md)
+            # (w16 d4 InstanceNorm training step, bf16 + channels_last: 466 -> 217 ms, docs/benchmarks.md)
             out = torch.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
             return out.contiguous(memory_format=torch.channels_last)
         return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
