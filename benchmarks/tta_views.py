@@ -6,7 +6,8 @@ subsets are then scored: the plain prediction, the mirror pair (as-is + left-rig
 model averages), the four flips (as-is, left-right, upside-down, both), the four quarter turns, and
 all eight (what `tta` on averages). F1 at 0.5 and AUC ROC on FOV pixels (`drive.binary_scores`).
 A subset of v views costs v predictions per tile, so the cost column is the view count. The full
-mean is checked against `predict_image` with TTA on (the same numbers, up to float rounding).
+mean of the first image is checked against `predict_image` with TTA on (the same numbers, up to float
+rounding).
 
     .venv/bin/python benchmarks/tta_views.py --data ../shared/data/drive \\
         --model RUN/model.unetkit [--model RUN2/model.unetkit] [--keys 36,37,38,39,40]
@@ -25,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from drive import binary_scores, load_split, machine  # noqa: E402
-from report import append_markdown  # noqa: E402
+from report import publish  # noqa: E402
 
 from unetkit.artifact import load_artifact  # noqa: E402
 from unetkit.inference.backends import make_predictor  # noqa: E402
@@ -52,7 +53,8 @@ def view_scores(model: Path, val) -> tuple[dict[str, dict[str, float]], float]:
         probs = dict(zip(views, iter_view_probabilities(predictor, sample.image, config), strict=True))
         for name, subset in SUBSETS.items():
             means[name].append(np.mean([probs[v] for v in subset], axis=0)[-1])
-        worst = max(worst, float(np.abs(means["all eight"][-1] - predict_image(art, sample.image, config)[-1]).max()))
+        if sample is val[0]:  # the views' mean is TTA as inference runs it (one image: 8 predictions more)
+            worst = float(np.abs(means["all eight"][-1] - predict_image(art, sample.image, config)[-1]).max())
     truth = np.concatenate([(s.labels == 1).ravel() for s in val])
     fov = np.concatenate([(s.labels != 255).ravel() for s in val])
     return {name: binary_scores(np.concatenate([m.ravel() for m in ms]), truth, fov)
@@ -78,17 +80,16 @@ def main() -> None:
             share = f"{gain / full_gain:.0%}" if name != "plain" and full_gain > 0 else "-"
             rows.append([model.parent.parent.name, name, len(SUBSETS[name]), f"{s['f1']:.4f}", f"{gain:+.4f}", share,
                          f"{s['auc']:.4f}"])
-            print(f"{model.parent.parent.name} {name:<20} F1 {s['f1']:.4f} ({gain:+.4f}) AUC {s['auc']:.4f}")
     command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = "| run | views | predictions per tile | F1 @ 0.5 | gain over plain | share of the 8-view gain | AUC |"
     lines = [f"## TTA views: how much of the gain fewer views keep, DRIVE ({stamp})", "",
              f"Command: `{command}`  ", f"Machine: {machine()}  ",
-             f"Scored on {args.keys} (FOV pixels, vessel = positive). The eight-view mean against `predict_image` "
-             f"with TTA on, largest difference: {'; '.join(checks)}.", "", header,
+             f"Scored on {args.keys} (FOV pixels, vessel = positive). The eight-view mean of the first image against "
+             f"`predict_image` with TTA on, largest difference: {'; '.join(checks)}.", "", header,
              "| " + " | ".join("---" for _ in header.strip("|").split("|")) + " |"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    append_markdown(args.benchmarks, "\n".join(lines) + "\n")
+    publish(args.benchmarks, lines + [""])
 
 
 if __name__ == "__main__":
