@@ -62,12 +62,14 @@ def main() -> None:
     ap.add_argument("--keys-val", default="25,26,27,28,29")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-isbi")
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--config", type=Path, default=None,
+                    help="a partial TrainConfig JSON passed to `unetkit train --config` (pins choices of the plan)")
     args = ap.parse_args()
     train_dir = args.data / "train" if (args.data / "train").is_dir() else args.data
     val_keys = [k.strip() for k in args.keys_val.split(",") if k.strip()]
     out = args.out / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
-    seconds, stdout = train_unetkit(train_dir, args.budget, val_keys, out)
+    seconds, stdout = train_unetkit(train_dir, args.budget, val_keys, out, args.config)
     print(stdout)
     from unetkit.artifact import load_artifact, read_meta
     from unetkit.inference.files import labels_from_probabilities
@@ -83,13 +85,15 @@ def main() -> None:
               "held_out": held_out_tuning(art, probs, [s.labels for s in val], interior)}
     chosen = {c["key"]: c["value"] for c in read_meta(out / "model.unetkit").plan.get("choices", [])}
     text = "\n".join([
-        f"## ISBI 2012, `unetkit train --budget {args.budget}` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
+        f"## ISBI 2012, `unetkit train --budget {args.budget}`"
+        f"{f' with `--config {args.config.name}`' if args.config else ''} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
         f"Command: `python benchmarks/isbi.py {' '.join(sys.argv[1:])}`  ",
         f"Machine: {machine()}  ",
         f"Train slices 00-24, scored on {','.join(val_keys)}; plan: width {chosen.get('model.base_width')}, depth "
         f"{chosen.get('model.depth')}, patch {chosen.get('data.patch_size')}, batch {chosen.get('data.batch_size')}, "
-        f"planned steps {chosen.get('steps')}; run folder `{out}`.",
+        f"planned steps {chosen.get('steps')}; run folder `{out}`"
+        f"{f'; config {args.config.read_text().strip()}' if args.config else ''}.",
         "",
         "| labels | pixel error | adapted Rand error (interior components) | membrane F1 | wall clock |",
         "| --- | --- | --- | --- | --- |",

@@ -22,6 +22,7 @@ from unetkit.planning.rules import (
     member_budget,
     min_steps,
     receptive_field,
+    step_target,
     validation_seconds,
 )
 from unetkit.planning.throughput import Candidate, MeasuredThroughput, simulated_throughput, train_flops
@@ -99,6 +100,23 @@ def test_objects_touching_through_a_thin_background_tune_postprocessing_for_the_
         fp = make_fingerprint(classes=classes, objects_per_image=114.0)
         assert make_plan(fp, PROFILES["cpu2"], 1800, {}).value("tune_postprocess") == "dice"
     assert make_plan(cells, PROFILES["cpu2"], 1800, {"tune_postprocess": "off"}).value("tune_postprocess") == "off"
+
+
+def test_objects_scored_by_their_topology_get_twice_the_step_target_from_a_cheaper_rung():
+    membranes = [("membrane", 0.22, 0.73, 2.5, 58000.0), ("interior", 0.78, 0.92, 12.0, 4700.0)]
+    cells = make_fingerprint(size=(512, 512), n=30, channels=1, classes=membranes, objects_per_image=114.0)
+    few = make_fingerprint(size=(512, 512), n=30, channels=1, classes=membranes, objects_per_image=3.0)
+    for budget in (600, 1800):
+        touching, plain = (make_plan(fp, PROFILES["cpu2"], budget, {}) for fp in (cells, few))
+        assert plain.value("tune_postprocess") == "dice" and touching.value("tune_postprocess") == "rand"
+        assert step_target(budget, data_facts(cells, {})) == 2 * min_steps(budget)
+        assert step_target(budget, data_facts(few, {})) == min_steps(budget)
+        assert touching.value("steps") >= 2 * min_steps(budget) > plain.value("steps") >= min_steps(budget)
+        assert cost(touching) < cost(plain)  # the steps come from a cheaper rung of the same ladder
+        why = next(c.reason for c in touching.choices if c.key == "model.base_width")
+        assert "2x for objects scored by their topology" in why
+    # the factor never lifts the target past R1's ceiling
+    assert step_target(10 ** 9, data_facts(cells, {})) == min_steps(10 ** 9) == 20000
 
 
 def test_a_thin_minority_class_0_gets_no_cldice_which_scores_classes_1_and_up():

@@ -19,7 +19,7 @@ import torch
 
 from unetkit.config import PretrainConfig, TrainConfig, replace, to_dict
 from unetkit.planning.plan import Plan, apply_plan
-from unetkit.planning.rules import StartFacts, candidates, data_facts, make_plan, min_steps, planned_steps
+from unetkit.planning.rules import StartFacts, candidates, data_facts, make_plan, planned_steps, step_target
 from unetkit.planning.throughput import MeasuredThroughput, measure_throughput, simulated_throughput
 from unetkit.runtime import keep_freed_memory
 from unetkit.training.distributed import DistEnv, resolve_device
@@ -50,7 +50,7 @@ def time_candidates(fingerprint: Mapping[str, Any], overrides: Mapping[str, Any]
     # time with the loss and augmentation the plan will use (clDice and kornia cost time too)
     provisional = apply_plan(TrainConfig(), make_plan(fingerprint, simulated_throughput(20.0), budget_seconds,
                                                       overrides, n_val=n_val))
-    target = min_steps(budget_seconds)
+    target = step_target(budget_seconds, facts)
     on = resolve_device(device, DistEnv())  # the device fit's (first) process will train on
     if on.type == "cpu":
         keep_freed_memory()  # time steps as fit will run them

@@ -13,7 +13,13 @@ R1 Step target. Optimisation needs steps more than capacity at these budgets: th
    least `min_steps(budget) = 2000 * sqrt(budget / 10 min)` steps (clamped to 300..20000), so a
    longer budget buys both more steps and a bigger model, and a tiny budget a small model. (At
    1500, DRIVE's 10-minute plan took a w24 model for 1,530 steps and ended at F1 0.813, still
-   rising; w16 models given 1,800-2,800 steps in the same 10 minutes reached 0.820.)
+   rising; w16 models given 1,800-2,800 steps in the same 10 minutes reached 0.820.) Objects scored
+   by their topology (R13's touching objects: cells split by a thin membrane network) want twice the
+   steps (TOPOLOGY_STEPS): a one-pixel gap in a membrane merges two cells, and the topology of the
+   maps kept improving after pixel Dice had flattened. ISBI 2012, 30 minutes, one Zen 4 machine:
+   w32 for ~3,550 steps (the plain target's rung) scored adapted Rand error 0.0378 and 0.0482, w16
+   for 12,225 steps 0.0265 (0.0291 re-tuned leaving the slice out); runs of >= 4,600 steps on
+   other machines scored 0.026-0.032 (docs/benchmarks.md).
 R2 Model ladder. Candidates come from `LADDER`, (width, depth, patch, batch) rungs ordered by cost,
    each adapted to the data (R3, R4). The plan takes the most expensive rung whose planned steps
    (training seconds / seconds per step) still reach the step target; if none does, the cheapest.
@@ -198,6 +204,8 @@ LADDER: tuple[tuple[int, int, int, int], ...] = (
     (64, 5, 384, 16), (64, 5, 512, 16),
 )
 THIN_SURVIVAL = 0.5
+MAX_STEPS = 20000  # R1: the step target's ceiling
+TOPOLOGY_STEPS = 2.0  # R1: the step target's factor for objects scored by their topology (R13's touching)
 THIN_SHARE = 0.5  # R4: thin classes hold at least half the pixels outside the largest class
 HAIRLINE_DEPTH = 1.25  # R4: mean distance to the border of structures at most 2 px wide
 UPRIGHT_SPREAD = 0.2  # R7: classes' mean rows this far apart (fraction of the height): the data has an up
@@ -256,7 +264,7 @@ class StartFacts:
 
 def min_steps(budget_seconds: float) -> int:
     """R1: the step target for a budget."""
-    return int(min(20000, max(300, 2000 * math.sqrt(max(budget_seconds, 1.0) / 600.0))))
+    return int(min(MAX_STEPS, max(300, 2000 * math.sqrt(max(budget_seconds, 1.0) / 600.0))))
 
 
 @dataclass(frozen=True)
@@ -307,6 +315,13 @@ class DataFacts:
     def is_upright(self) -> bool:
         """R7: the classes sit at different heights of the frame (sky above road): the data has an up."""
         return self.upright >= UPRIGHT_SPREAD
+
+
+def step_target(budget_seconds: float, facts: DataFacts) -> int:
+    """R1's step target for this data: `min_steps`, times TOPOLOGY_STEPS when objects are scored by
+    their topology (R13's touching objects)."""
+    base = min_steps(budget_seconds)
+    return min(MAX_STEPS, int(TOPOLOGY_STEPS * base)) if facts.touching else base
 
 
 def data_facts(fp: Mapping[str, Any], overrides: Mapping[str, Any], n_val: int | None = None) -> DataFacts:
@@ -474,7 +489,7 @@ def distill_mode(facts: DataFacts, cand: Candidate, sps: float, budget_seconds: 
     share = (1.0 - DistillConfig().teacher_share) * budget_seconds
     online = overrides.get("distill.targets", DistillConfig().targets) == "online"
     steps = planned_steps(cand, sps * (TEACHER_FORWARD if online else 1.0), facts, share, overrides)[0]
-    target = min_steps(budget_seconds)
+    target = step_target(budget_seconds, facts)
     if steps < target:
         return "off", (f"off: the student's half of the budget would get {steps} steps, under the step target "
                        f"{target}; steps are worth more than a teacher here (R17)")
@@ -506,12 +521,12 @@ def ensemble_folds(facts: DataFacts, cand: Candidate, sps: float, budget_seconds
     for k in (5, 4, 3, 2):
         share = member_budget(budget_seconds, k, val_s)
         member_steps = planned_steps(cand, sps, facts, share, overrides)[0]
-        if facts.n_train >= 2 * k and member_steps >= min_steps(share):
-            return k, (f"the largest model reaches the step target of 1/{k} of the budget ({min_steps(share)}): "
+        if facts.n_train >= 2 * k and member_steps >= step_target(share, facts):
+            return k, (f"the largest model reaches the step target of 1/{k} of the budget ({step_target(share, facts)}): "
                        f"{k} members of {member_steps} steps, one per fold of the training split (R12)")
     if facts.n_train < 4:
         return 1, f"off: {facts.n_train} training images are too few for 2 folds (R12)"
-    half = min_steps(member_budget(budget_seconds, 2, val_s))
+    half = step_target(member_budget(budget_seconds, 2, val_s), facts)
     return 1, f"off: 2 folds would get {two} steps each, under the step target {half} of half the budget (R12)"
 
 
@@ -536,7 +551,7 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
         start, budget_seconds = StartFacts("pretrain"), budget_seconds - pretrain_seconds
     fixed = start.pinned(overrides) if start is not None else {}
     continued = start is not None and start.keeps_head  # R15: continued training (else a transfer, or scratch)
-    target = min_steps(budget_seconds)
+    target = step_target(budget_seconds, facts)
     if continued:
         target = int(FINETUNE_STEP_FACTOR * target)
     rows, best, best_i = [], None, 0
@@ -563,7 +578,8 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
         steps = int(overrides["steps"])
     reached = "reaches" if steps >= target else "is below"
     why_model = (f"the largest candidate whose {steps} steps in this budget {reached} the step target {target} "
-                 f"(R1/R2{'/R15: half of R1, continued training' if continued else ''}; "
+                 f"(R1/R2{'/R15: half of R1, continued training' if continued else ''}"
+                 f"{f'; {TOPOLOGY_STEPS:g}x for objects scored by their topology, R13' if facts.touching else ''}; "
                  f"{sps * 1000:.0f} ms/step here)")
     choices: list[Choice] = []
 
@@ -663,7 +679,7 @@ def pretrain_budget(facts: DataFacts, unlabelled: int, start: StartFacts | None,
         return 0.0, (f"no pretraining: {unlabelled} unlabelled images, under max({MANY_UNLABELLED}, "
                      f"{UNLABELLED_RATIO} x {facts.n_train} labelled); pretraining on 15 DRIVE images (5 labelled) "
                      "lost 0.010 F1 to scratch at 30 minutes: level per step, a quarter of the budget short (R16)")
-    target = min_steps((1 - PRETRAIN_SHARE) * budget)  # R15: the fine-tuning after it is a transfer (new head)
+    target = step_target((1 - PRETRAIN_SHARE) * budget, facts)  # R15: the fine-tuning after it is a transfer (new head)
     if tuning_steps < target:
         return 0.0, (f"no pretraining: fine-tuning in the other {1 - PRETRAIN_SHARE:.0%} of this budget would get "
                      f"{tuning_steps} steps, under its step target {target}; the labelled images need the time (R16)")
