@@ -17,6 +17,7 @@ import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,21 +39,24 @@ def scores(pred_interior: list[np.ndarray], truth_interior: list[np.ndarray]) ->
             "membrane_f1": float(2 * tp / max(2 * tp + fp + fn, 1)), "rand_per_slice": [float(r) for r in rand]}
 
 
-def held_out_tuning(art, probs: list[np.ndarray], labels: list[np.ndarray], interior: int) -> dict[str, float]:
+def held_out_tuning(art, probs: list[np.ndarray], labels: list[np.ndarray], interior: int,
+                    dice_guard: float | None = None) -> dict[str, Any]:
     """Training tuned the postprocessing on the scored slices (they are its validation split, as the
     issue asks). This re-tunes it, for the same metric, once per slice on the other slices only and
-    scores the slice it left out: a held-out figure for the postprocessing step."""
+    scores the slice it left out: a held-out figure for the postprocessing step. `dice_guard`: the
+    search's (None: its default, `RAND_DICE_GUARD` for "rand"); `params` lists each fold's choice."""
     from unetkit.inference.postprocess import apply_postprocess
     from unetkit.tuning.postprocess import tune_postprocess
 
     metric = art.meta.metrics.get("postprocess_tuning", {}).get("metric", "rand")
-    masks = []
+    masks, chosen = [], []
     for i in range(len(probs)):
         rest = [j for j in range(len(probs)) if j != i]
         params, _ = tune_postprocess([probs[j] for j in rest], [labels[j] for j in rest], metric=metric,
-                                     ignore_index=art.meta.ignore_index)
+                                     ignore_index=art.meta.ignore_index, dice_guard=dice_guard)
+        chosen.append(params)
         masks.append(apply_postprocess(probs[i], params) == interior)
-    return scores(masks, [x == interior for x in labels])
+    return {**scores(masks, [x == interior for x in labels]), "params": chosen}
 
 
 def main() -> None:
