@@ -85,3 +85,16 @@ def test_tune_tta_decides_and_records_and_refuses_bad_input_in_one_line(tmp_path
                           "no samples with keys ['99']")
     bad = run_cli("train", str(data), "--tta", "sometimes")  # a usage error, as click words them
     assert bad.returncode == 2 and "'sometimes' is not one of 'auto', 'on', 'off'" in bad.stderr
+
+
+def test_tune_postprocess_takes_a_dice_guard_and_refuses_a_negative_one(tmp_path):
+    data = drive_like(tmp_path / "d", n_images=3)
+    model = tiny_artifact(tmp_path / "m.unetkit", head_scale=3.0, seed=3)
+    invoke("tune-postprocess", str(model), str(data), "--metric", "rand", "--dice-guard", "0.02", "--backend", "torch",
+           "--out", str(tmp_path / "t.unetkit"), "--json", str(tmp_path / "pp.json"))
+    s = json.loads((tmp_path / "pp.json").read_text())
+    assert s["dice_guard"] == 0.02 and s["metric"] == "rand"
+    assert load_artifact(tmp_path / "t.unetkit").meta.metrics["postprocess_tuning"]["dice_guard"] == 0.02
+    bad = run_cli("tune-postprocess", str(model), str(data), "--dice-guard", "-0.1")  # a usage error, as click words them
+    assert bad.returncode == 2 and "Invalid value for '--dice-guard'" in bad.stderr
+    assert "postprocess_tuning" not in load_artifact(model).meta.metrics  # tuned in place: nothing written

@@ -13,7 +13,15 @@ from unetkit.errors import ConfigError, DataError
 from unetkit.evaluation.evaluate import evaluate_model
 from unetkit.inference.postprocess import apply_postprocess
 from unetkit.metrics.topology import adapted_rand_error
-from unetkit.tuning.postprocess import compact, score_labels, tune_model_postprocess, tune_postprocess
+from unetkit.tuning.postprocess import (
+    RAND_DICE_GUARD,
+    compact,
+    gate_postprocess,
+    score_labels,
+    tune_model_postprocess,
+    tune_postprocess,
+    tune_probabilities,
+)
 
 
 def test_compact_drops_defaults():
@@ -86,6 +94,32 @@ def test_rand_tuning_switches_the_split_on_within_the_dice_guard(rng):
     # a guard nothing can pass: arg-max stays
     tight, _ = tune_postprocess(probs, truths, metric="rand", dice_guard=-1.0)
     assert tight == {}
+
+
+def test_the_dice_guard_reaches_the_search_and_its_out_of_fold_gate_and_is_recorded(rng):
+    pairs = [cells_and_membranes(rng) for _ in range(4)]
+    probs, truths = [p for p, _ in pairs], [t for _, t in pairs]
+    default = tune_probabilities(probs, truths, 2, "rand")
+    assert default["dice_guard"] == RAND_DICE_GUARD and default["postprocess"]  # the split pays and is adopted
+    assert default["dice_after"] >= default["dice_before"] - RAND_DICE_GUARD
+    assert tune_probabilities(probs, truths, 2, "dice")["dice_guard"] is None
+    # no trial can pass a negative guard: the search keeps arg-max, and so nothing is gated or stored
+    shut = tune_probabilities(probs, truths, 2, "rand", dice_guard=-1.0)
+    assert shut["tuned"] == {} and shut["postprocess"] == {} and shut["dice_guard"] == -1.0
+    # a loose guard is what the search and the gate's re-runs both use: whatever they keep may give up
+    # more Dice than the default allows, and the search still never lowers its own metric
+    loose = tune_probabilities(probs, truths, 2, "rand", dice_guard=1.0)
+    assert loose["dice_guard"] == 1.0 and loose["after"] >= loose["before"]
+    assert loose["steps"][0]["op"] == "watershed"
+    # the gate re-runs the search with the guard it is given: with one nothing passes, the held-out
+    # images keep arg-max, and the default's adopted choice is not
+    assert not gate_postprocess(probs, truths, default["tuned"], metric="rand", dice_guard=-1.0).adopted
+
+
+@pytest.mark.parametrize("guard", [-0.01, float("nan"), "0.1"])
+def test_a_bad_dice_guard_is_refused_before_anything_is_read(tmp_path, guard):
+    with pytest.raises(ConfigError, match="dice_guard .*expected a number >= 0"):
+        tune_model_postprocess(tmp_path / "missing.unetkit", tmp_path / "no-data", metric="rand", dice_guard=guard)
 
 
 def test_rand_score_is_one_minus_the_adapted_rand_error_and_skips_ignored_pixels():

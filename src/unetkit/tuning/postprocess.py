@@ -21,6 +21,7 @@ artifact, tunes, gates, and stores the result in the artifact's `postprocess`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -223,6 +224,13 @@ def require_metric(metric: str) -> None:
         raise DataError(f"metric '{metric}': expected one of {list(POSTPROCESS_METRICS)}")
 
 
+def require_guard(dice_guard: float | None) -> None:
+    """A ConfigError unless `dice_guard` is None or a finite number >= 0 (checked before predicting)."""
+    if dice_guard is not None and not (isinstance(dice_guard, (int, float)) and math.isfinite(dice_guard)
+                                       and dice_guard >= 0):
+        raise ConfigError(f"dice_guard {dice_guard!r}: expected a number >= 0 (pooled Dice the search may give up)")
+
+
 def tune_model_postprocess(
     model: str | Path,
     data: str | Path,
@@ -233,13 +241,17 @@ def tune_model_postprocess(
     config: TileChoice = None,
     backend: str = "auto",
     progress: bool = True,
+    dice_guard: float | None = None,
 ) -> dict[str, Any]:
     """Choose postprocessing on labelled data (see `tune_postprocess`), predicted as the artifact's
     inference does (its tiling and TTA choice, `config` over them), and store it in the artifact's
-    `postprocess` (in place, or in a copy at `out`)."""
+    `postprocess` (in place, or in a copy at `out`). `dice_guard`: pooled Dice the search may give
+    up for the metric (None: `RAND_DICE_GUARD` for "rand", no guard for "dice" and "iou")."""
     require_metric(metric)
+    require_guard(dice_guard)
     artifact, samples = load_labelled(model, data, keys, progress)
-    summary = tune_samples(artifact, samples, metric, config=config, backend=backend, progress=progress)
+    summary = tune_samples(artifact, samples, metric, config=config, backend=backend, progress=progress,
+                           dice_guard=dice_guard)
     summary |= {"data": str(data), "keys": list(keys or [])}
     target = store_tuning(artifact, out, "postprocess_tuning", tuning_record(summary), postprocess=summary["postprocess"])
     return json_value(summary | {"artifact": str(target)})
@@ -255,13 +267,15 @@ def tune_samples(
     progress: bool = True,
     seed: int = 0,
     deadline: float | None = None,
+    dice_guard: float | None = None,
 ) -> dict[str, Any]:
     """Predict labelled `samples` (LoadedSample: image, labels) with `artifact` as its inference
     does (`config` over the model's own tiling and TTA choice) and tune its postprocessing for
     `metric` (`tune_probabilities`)."""
     probs = [p for _, p in iter_probabilities(artifact, samples, config, backend=backend, progress=progress)]
     return tune_probabilities(probs, [s.labels for s in samples], artifact.meta.num_classes, metric,
-                              ignore_index=artifact.meta.ignore_index, seed=seed, deadline=deadline)
+                              ignore_index=artifact.meta.ignore_index, seed=seed, deadline=deadline,
+                              dice_guard=dice_guard)
 
 
 def tune_probabilities(
@@ -273,18 +287,21 @@ def tune_probabilities(
     ignore_index: int = 255,
     seed: int = 0,
     deadline: float | None = None,
+    dice_guard: float | None = None,
 ) -> dict[str, Any]:
     """Tune the postprocessing of predicted `probs` for `metric` against `truths`; returns the
     summary (`postprocess`: the params to store, `{}` unless the gate adopted them; `tuned`: what
     the search chose on all the images; `gate`: the verdict of `gate_postprocess`; `before` /
     `after`: the metric with arg-max / with the stored params; `dice_before` / `dice_after`;
     `steps`: the search log). Past `deadline` (`time.monotonic()`) the search or the gate stops and
-    plain arg-max stays, the gate's reason saying so."""
+    plain arg-max stays, the gate's reason saying so. `dice_guard`: `tune_postprocess`'s, for the
+    search and its out-of-fold re-runs alike."""
     k, ignore = num_classes, ignore_index
     try:
-        tuned, log = tune_postprocess(probs, truths, metric=metric, ignore_index=ignore, deadline=deadline)
+        tuned, log = tune_postprocess(probs, truths, metric=metric, ignore_index=ignore, deadline=deadline,
+                                      dice_guard=dice_guard)
         verdict = gate_postprocess(probs, truths, tuned, metric=metric, ignore_index=ignore, seed=seed,
-                                   deadline=deadline)
+                                   deadline=deadline, dice_guard=dice_guard)
     except OutOfTime as stop:
         tuned, log = {}, []
         verdict = GateResult(False, 0.0, float("nan"), len(probs),
@@ -298,6 +315,7 @@ def tune_probabilities(
         "before": score_labels(plain, truths, k, metric, ignore), "after": score_labels(kept, truths, k, metric, ignore),
         "dice_before": score_labels(plain, truths, k, "dice", ignore), "dice_after": score_labels(kept, truths, k, "dice", ignore),
         "images": len(probs), "steps": log,
+        "dice_guard": (RAND_DICE_GUARD if metric == "rand" else None) if dice_guard is None else dice_guard,
     })
 
 
@@ -305,13 +323,14 @@ def gate_postprocess(
     probabilities: Sequence[np.ndarray], truths: Sequence[np.ndarray], tuned: dict[str, Any], *,
     metric: str = "dice", ignore_index: int = 255, seed: int = 0,
     steps: Sequence[tuple[str, int, list[Any]]] | None = None, deadline: float | None = None,
+    dice_guard: float | None = None,
 ) -> GateResult:
     """Whether `tuned` (what `tune_postprocess` chose on all these images) is adopted: the search is
     re-run leaving each fold of images out (`gate.fold_indices`), each held-out image is scored with
     what was chosen without it, and the out-of-fold gain over plain arg-max must hold across
     images (`gate.decide`: paired bootstrap lower bound > 0, at least `gate.MIN_IMAGES` images).
-    `steps`: the search's candidates, as `tune_postprocess` took them (default: all); `deadline`:
-    as `tune_postprocess`'s (`OutOfTime`)."""
+    `steps`: the search's candidates, as `tune_postprocess` took them (default: all); `deadline`
+    (`OutOfTime`) and `dice_guard`: as `tune_postprocess`'s."""
     n, what = len(probabilities), "postprocessing"
     if not tuned:
         return not_needed(n, what)
@@ -324,7 +343,7 @@ def gate_postprocess(
         rest = [i for i in range(n) if i not in set(fold.tolist())]
         chosen, _ = tune_postprocess([probabilities[i] for i in rest], [truths[i] for i in rest],
                                      metric=metric, ignore_index=ignore_index, steps=steps,
-                                     deadline=deadline)
+                                     deadline=deadline, dice_guard=dice_guard)
         for i in fold:
             held_out[i] = apply_postprocess(probabilities[i], chosen)
     plain = [apply_postprocess(p, {}) for p in probabilities]
