@@ -19,7 +19,7 @@ R1 Step target. Optimisation needs steps more than capacity at these budgets: th
    maps kept improving after pixel Dice had flattened. ISBI 2012, 30 minutes, one Zen 4 machine:
    w32 for ~3,550 steps (the plain target's rung) scored adapted Rand error 0.0378 and 0.0482, w16
    for 12,225 steps 0.0265 (0.0291 re-tuned leaving the slice out) and, planned by this rule, for
-   11,990 steps 0.0365: a lead of ~0.01 on average, as large as the spread between runs of one plan;
+   ~11,000 steps 0.0365 and 0.0267: a lead of ~0.013 on average, about the spread between runs of one plan;
    runs of >= 4,600 steps on other machines scored 0.026-0.032 (docs/benchmarks.md).
 R2 Model ladder. Candidates come from `LADDER`, (width, depth, patch, batch) rungs ordered by cost,
    each adapted to the data (R3, R4). The plan takes the most expensive rung whose planned steps
