@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from report import append_markdown
+from report import append_markdown, config_notes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -217,7 +217,7 @@ def main() -> None:
     chosen = {c["key"]: c["value"] for c in plan.get("choices", [])}
     lines = [
         f"## DRIVE, `unetkit train --budget {args.budget}`{' vs the MONAI recipe' if args.peer else ''}"
-        f"{f' with `--config {args.config.name}`' if args.config else ''} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
+        f"{config_notes(args.config)[0]} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
         f"Command: `python benchmarks/drive.py {' '.join(sys.argv[1:])}`  ",
         f"Machine: {machine()}  ",
@@ -226,7 +226,7 @@ def main() -> None:
         f"unetkit plan: width {chosen.get('model.base_width')}, depth {chosen.get('model.depth')}, patch "
         f"{chosen.get('data.patch_size')}, batch {chosen.get('data.batch_size')}, clDice {chosen.get('loss.cldice')}, "
         f"planned steps {chosen.get('steps')}; run folder `{out / 'unetkit'}`"
-        f"{f'; config {args.config.read_text().strip()}' if args.config else ''}.",
+        f"{config_notes(args.config)[1]}.",
         "",
         "| method | F1 (Dice @ 0.5) | AUC ROC | accuracy | F1 @ best threshold (note) | wall clock |",
         "| --- | --- | --- | --- | --- | --- |",

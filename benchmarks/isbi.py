@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from drive import load_split, machine, train_unetkit  # noqa: E402
-from report import append_markdown  # noqa: E402
+from report import append_markdown, config_notes  # noqa: E402
 
 
 def scores(pred_interior: list[np.ndarray], truth_interior: list[np.ndarray]) -> dict[str, float]:
@@ -90,14 +90,14 @@ def main() -> None:
     chosen = {c["key"]: c["value"] for c in read_meta(out / "model.unetkit").plan.get("choices", [])}
     text = "\n".join([
         f"## ISBI 2012, `unetkit train --budget {args.budget}`"
-        f"{f' with `--config {args.config.name}`' if args.config else ''} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
+        f"{config_notes(args.config)[0]} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
         f"Command: `python benchmarks/isbi.py {' '.join(sys.argv[1:])}`  ",
         f"Machine: {machine()}  ",
         f"Train slices 00-24, scored on {','.join(val_keys)}; plan: width {chosen.get('model.base_width')}, depth "
         f"{chosen.get('model.depth')}, patch {chosen.get('data.patch_size')}, batch {chosen.get('data.batch_size')}, "
         f"planned steps {chosen.get('steps')}; run folder `{out}`"
-        f"{f'; config {args.config.read_text().strip()}' if args.config else ''}.",
+        f"{config_notes(args.config)[1]}.",
         "",
         "| labels | pixel error | adapted Rand error (interior components) | membrane F1 | wall clock |",
         "| --- | --- | --- | --- | --- |",

@@ -33,6 +33,14 @@ def append_markdown(path: str | Path, text: str) -> Path:
     return path
 
 
+def config_notes(config: Path | None) -> tuple[str, str]:
+    """For a run with `--config FILE` (None: none): the heading's " with `--config NAME`" and the plan
+    line's "; config {...}" (the file's JSON), so an entry says which plan choices were pinned."""
+    if config is None:
+        return "", ""
+    return f" with `--config {config.name}`", f"; config {config.read_text().strip()}"
+
+
 def publish(path: str | Path, lines: list[str]) -> str:
     """The section of `lines`, appended to `path` (`append_markdown`) and printed."""
     text = "\n".join(lines)

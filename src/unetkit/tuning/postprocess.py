@@ -138,6 +138,14 @@ def with_value(cfg: PostprocessConfig, name: str, c: int, value: Any, num_classe
     return cfg
 
 
+def effective_guard(metric: str, dice_guard: float | None) -> float | None:
+    """The Dice guard a search for `metric` runs under: `dice_guard`, or by default `RAND_DICE_GUARD`
+    for "rand" and none otherwise."""
+    if dice_guard is not None:
+        return dice_guard
+    return RAND_DICE_GUARD if metric == "rand" else None
+
+
 def tune_postprocess(
     probabilities: Sequence[np.ndarray],
     truths: Sequence[np.ndarray],
@@ -159,7 +167,7 @@ def tune_postprocess(
     """
     k = probabilities[0].shape[0]
     cfg = PostprocessConfig()
-    guard = (RAND_DICE_GUARD if metric == "rand" else None) if dice_guard is None else dice_guard
+    guard = effective_guard(metric, dice_guard)
 
     trials_done = 0
     prefix: tuple[PostprocessConfig, int, list[np.ndarray]] | None = None  # config, class, maps cleaned below it
@@ -315,7 +323,7 @@ def tune_probabilities(
         "before": score_labels(plain, truths, k, metric, ignore), "after": score_labels(kept, truths, k, metric, ignore),
         "dice_before": score_labels(plain, truths, k, "dice", ignore), "dice_after": score_labels(kept, truths, k, "dice", ignore),
         "images": len(probs), "steps": log,
-        "dice_guard": (RAND_DICE_GUARD if metric == "rand" else None) if dice_guard is None else dice_guard,
+        "dice_guard": effective_guard(metric, dice_guard),
     })
 
 
