@@ -11,7 +11,9 @@ because neighbouring frames are near-duplicates. Every arm trains at the same ti
 share the machine's load alike; then each artifact is scored here on the held-out frames:
 class-average IoU over the 11 classes and global pixel accuracy (void, label 11, ignored),
 per-class IoU. Each arm is scored as `unetkit predict` runs it: at the resolution it trained at
-(`data.resolution`, rule R18), its probabilities resized to the native frame.
+(`data.resolution`, rule R18), its probabilities resized to the native frame, with the TTA and the
+postprocessing its training adopted. (Until 2026-12-05 the arms were scored without their TTA and
+postprocessing: the plain arg-max at the artifact's tiling.)
 
 `--ssl SHARE` instead compares training from scratch with self-supervised pretraining: the scratch
 plan's architecture (`unetkit plan`) is pinned for both arms; "scratch" trains for the whole budget,
@@ -39,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from drive import load_split, machine  # noqa: E402
+from drive import artifact_probabilities, load_split, machine  # noqa: E402
 from report import append_markdown  # noqa: E402
 
 NAMES = "sky,building,pole,road,pavement,tree,signsymbol,fence,car,pedestrian,bicyclist"
@@ -167,14 +169,16 @@ def main() -> None:
     load_after = os.getloadavg()
 
     from unetkit.artifact import load_artifact
-    from unetkit.inference.predict import predict_image
+    from unetkit.inference.files import labels_from_probabilities
 
     val = load_split(folder, val_keys)
     k = len(NAMES.split(","))
     results = {}
     for name, run in runs.items():
         art = load_artifact(run / "model.unetkit")
-        matrix = sum(confusion(predict_image(art, s.image).argmax(0), s.labels, k) for s in val)
+        probs = artifact_probabilities(art, [s.image for s in val])  # as `unetkit predict`: its tiling and TTA,
+        matrix = sum(confusion(labels_from_probabilities(p, art), s.labels, k)  # and its postprocessing
+                     for p, s in zip(probs, val, strict=True))
         chosen = {c["key"]: c["value"] for c in art.meta.plan.get("choices", [])}
         results[name] = {**scores(matrix), "steps": steps_done(run), "wall_seconds": walls[name], "plan": chosen,
                          "src": arms[name]}

@@ -26,6 +26,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from report import append_markdown, config_notes
@@ -80,16 +81,21 @@ def load_split(train_dir: Path, keys: list[str]):
     return sorted(load_samples(samples, spec, progress=False), key=lambda s: s.key)
 
 
-def unetkit_probabilities(artifact: Path, images: list[np.ndarray], tta: bool | None = None) -> list[np.ndarray]:
-    """The vessel probabilities as `unetkit predict` writes them: the artifact's tiling and its own TTA
-    choice (`tta` None), or with TTA forced on or off."""
-    from unetkit.artifact import load_artifact
+def artifact_probabilities(art: Any, images: list[np.ndarray], tta: bool | None = None) -> list[np.ndarray]:
+    """Each image's class probabilities as `unetkit predict` computes them for the loaded artifact
+    `art`: its own tiling, resolution and TTA choice (`tta` None), or with TTA forced on or off."""
     from unetkit.inference.files import tile_config_for
     from unetkit.inference.predict import predict_image
 
-    art = load_artifact(artifact)
     config = tile_config_for(art, None if tta is None else {"tta": tta})
-    return [predict_image(art, im, config)[-1] for im in images]  # the last class: vessel (foreground)
+    return [predict_image(art, im, config) for im in images]
+
+
+def unetkit_probabilities(artifact: Path, images: list[np.ndarray], tta: bool | None = None) -> list[np.ndarray]:
+    """The vessel probabilities (the last class) as `unetkit predict` writes them (`artifact_probabilities`)."""
+    from unetkit.artifact import load_artifact
+
+    return [p[-1] for p in artifact_probabilities(load_artifact(artifact), images, tta)]
 
 
 def unetkit_curve(run: Path) -> list[tuple[float, float]]:

@@ -1,13 +1,15 @@
 """ISBI 2012 EM membranes: `unetkit train --budget` (the auto-plan, no other flag), one command:
 
     .venv/bin/python benchmarks/isbi.py --data /work/shared/data/isbi2012 --budget 30m
+    .venv/bin/python benchmarks/isbi.py --data /work/shared/data/isbi2012 --model RUN/model.unetkit
 
 Trains on slices 00-24, validates on 25-29 and reports, on those 5 slices: pixel error, the
 foreground-restricted adapted Rand error (`unetkit.metrics.topology.adapted_rand_error` on the
 connected components of the cell-interior class, 4-connectivity), and the membrane F1, for the
-labels `unetkit predict` writes (the artifact's postprocessing, tuned by training on the
-validation split, R13) and for the plain arg-max of the probabilities. Appends the figures, the
-plan, the command and the machine to docs/benchmarks.md.
+labels `unetkit predict` writes (the artifact's tiling, TTA choice and postprocessing, tuned by
+training on the validation split, R13) and for the plain arg-max of the probabilities. `--model`
+scores an artifact trained earlier (with `--keys-val` its validation slices) instead of training.
+Appends the figures, the plan, the command and the machine to docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from drive import load_split, machine, train_unetkit  # noqa: E402
+from drive import artifact_probabilities, load_split, machine, train_unetkit  # noqa: E402
 from report import append_markdown, config_notes  # noqa: E402
 
 
@@ -68,29 +70,36 @@ def main() -> None:
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
     ap.add_argument("--config", type=Path, default=None,
                     help="a partial TrainConfig JSON passed to `unetkit train --config` (pins choices of the plan)")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="score this artifact (validated on --keys-val) instead of training one")
     args = ap.parse_args()
     train_dir = args.data / "train" if (args.data / "train").is_dir() else args.data
     val_keys = [k.strip() for k in args.keys_val.split(",") if k.strip()]
-    out = args.out / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-
-    seconds, stdout = train_unetkit(train_dir, args.budget, val_keys, out, args.config)
-    print(stdout)
+    if args.model is None:
+        out = args.out / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        seconds, stdout = train_unetkit(train_dir, args.budget, val_keys, out, args.config)
+        print(stdout)
+        model = out / "model.unetkit"
+    else:
+        model, seconds = args.model, None
+        out = model.parent
     from unetkit.artifact import load_artifact, read_meta
     from unetkit.inference.files import labels_from_probabilities
-    from unetkit.inference.predict import predict_image
 
-    art = load_artifact(out / "model.unetkit")
+    art = load_artifact(model)
     interior = len(art.meta.class_names) - 1  # 255 = cell interior: the last class
     val = load_split(train_dir, val_keys)
-    probs = [predict_image(art, s.image) for s in val]
+    probs = artifact_probabilities(art, [s.image for s in val])  # as `unetkit predict`: its tiling and TTA
     truth = [s.labels == interior for s in val]
     result = {**scores([labels_from_probabilities(p, art) == interior for p in probs], truth), "seconds": seconds,
-              "postprocess": art.meta.postprocess, "argmax": scores([p.argmax(0) == interior for p in probs], truth),
+              "postprocess": art.meta.postprocess, "tta": art.meta.tta,
+              "argmax": scores([p.argmax(0) == interior for p in probs], truth),
               "held_out": held_out_tuning(art, probs, [s.labels for s in val], interior)}
-    chosen = {c["key"]: c["value"] for c in read_meta(out / "model.unetkit").plan.get("choices", [])}
+    chosen = {c["key"]: c["value"] for c in read_meta(model).plan.get("choices", [])}
+    what = (f"`unetkit train --budget {args.budget}`{config_notes(args.config)[0]}" if args.model is None
+            else f"scoring `{model}`")
     text = "\n".join([
-        f"## ISBI 2012, `unetkit train --budget {args.budget}`"
-        f"{config_notes(args.config)[0]} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
+        f"## ISBI 2012, {what} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
         f"Command: `python benchmarks/isbi.py {' '.join(sys.argv[1:])}`  ",
         f"Machine: {machine()}  ",
@@ -101,8 +110,9 @@ def main() -> None:
         "",
         "| labels | pixel error | adapted Rand error (interior components) | membrane F1 | wall clock |",
         "| --- | --- | --- | --- | --- |",
-        f"| `unetkit predict` (postprocess {json.dumps(result['postprocess'])}) | {result['pixel_error']:.4f} "
-        f"| {result['rand_error']:.4f} | {result['membrane_f1']:.4f} | {seconds / 60:.1f} min |",
+        f"| `unetkit predict` (TTA {'on' if result['tta'] else 'off'}, postprocess "
+        f"{json.dumps(result['postprocess'])}) | {result['pixel_error']:.4f} | {result['rand_error']:.4f} "
+        f"| {result['membrane_f1']:.4f} | {'-' if seconds is None else f'{seconds / 60:.1f} min'} |",
         f"| postprocessing re-tuned leaving the scored slice out | {result['held_out']['pixel_error']:.4f} "
         f"| {result['held_out']['rand_error']:.4f} | {result['held_out']['membrane_f1']:.4f} | |",
         f"| arg-max of the probabilities | {result['argmax']['pixel_error']:.4f} | {result['argmax']['rand_error']:.4f} "
@@ -113,7 +123,8 @@ def main() -> None:
         "",
     ])
     append_markdown(args.benchmarks, text)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    # a re-scored artifact keeps its training run's results.json
+    (out / ("results.json" if args.model is None else "results-scored.json")).write_text(json.dumps(result, indent=2))
     print(text)
 
 

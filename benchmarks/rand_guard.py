@@ -21,12 +21,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from drive import load_split, machine  # noqa: E402
+from drive import artifact_probabilities, load_split, machine  # noqa: E402
 from isbi import held_out_tuning  # noqa: E402
 from report import publish  # noqa: E402
 
 from unetkit.artifact import load_artifact  # noqa: E402
-from unetkit.inference.predict import predict_image  # noqa: E402
 from unetkit.tuning.postprocess import RAND_DICE_GUARD  # noqa: E402
 
 
@@ -52,7 +51,7 @@ def main() -> None:
     for model in args.model:
         art = load_artifact(model)
         interior = len(art.meta.class_names) - 1
-        probs = [predict_image(art, s.image) for s in val]
+        probs = artifact_probabilities(art, [s.image for s in val])
         for guard in guards:
             r = held_out_tuning(art, probs, [s.labels for s in val], interior, dice_guard=guard)
             thresholds = ", ".join(str(p.get("threshold", "-")) for p in r["params"])
