@@ -16,11 +16,14 @@ R1 Step target. Optimisation needs steps more than capacity at these budgets: th
    rising; w16 models given 1,800-2,800 steps in the same 10 minutes reached 0.820.) Objects scored
    by their topology (R13's touching objects: cells split by a thin membrane network) want twice the
    steps (TOPOLOGY_STEPS): a one-pixel gap in a membrane merges two cells, and the topology of the
-   maps kept improving after pixel Dice had flattened. ISBI 2012, 30 minutes, one Zen 4 machine:
-   w32 for ~3,550 steps (the plain target's rung) scored adapted Rand error 0.0378 and 0.0482, w16
-   for 12,225 steps 0.0265 (0.0291 re-tuned leaving the slice out) and, planned by this rule, for
-   ~11,000 steps 0.0365 and 0.0267: a lead of ~0.013 on average, about the spread between runs of one plan;
-   runs of >= 4,600 steps on other machines scored 0.026-0.032 (docs/benchmarks.md).
+   maps kept improving after pixel Dice had flattened. ISBI 2012, 30 minutes, one Zen 4 machine,
+   scored as `unetkit predict` writes (re-tuned leaving the slice out): w32 for ~3,550 steps (the
+   plain target's rung) 0.0378 (0.0381) and 0.0273 (0.0302); w16 for ~11,000 steps, pinned 0.0228
+   (0.0299) and planned by this rule 0.0286 (0.0327), 0.0267 (0.0307), 0.0305 (0.0294). w16 met
+   <= 0.035 in four runs of four, w32 in one of two; its lead (~0.005, ~0.0035 held out) is smaller
+   than the ~0.01 spread between runs of one plan, so the factor rests on thin evidence. Runs of >=
+   4,600 steps on other machines scored 0.026-0.032 (docs/benchmarks.md; the figures of 2026-12-05
+   correct earlier ones that scored TTA-adopting models without their TTA).
 R2 Model ladder. Candidates come from `LADDER`, (width, depth, patch, batch) rungs ordered by cost,
    each adapted to the data (R3, R4). The plan takes the most expensive rung whose planned steps
    (training seconds / seconds per step) still reach the step target; if none does, the cheapest.
