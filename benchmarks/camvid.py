@@ -182,7 +182,9 @@ def main() -> None:
         chosen = {c["key"]: c["value"] for c in art.meta.plan.get("choices", [])}
         results[name] = {**scores(matrix), "steps": steps_done(run), "wall_seconds": walls[name], "plan": chosen,
                          "src": arms[name]}
-        (run / "results.json").write_text(json.dumps(results[name], indent=2))
+        # a re-scored arm keeps its training run's results.json
+        (run / ("results.json" if args.score is None else "results-scored.json")).write_text(
+            json.dumps(results[name], indent=2))
     names = NAMES.split(",")
     rows = ["| arm | plan | steps | mIoU | pixel acc. | " + " | ".join(names) + " |",
             "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
@@ -195,14 +197,17 @@ def main() -> None:
         rows.append(f"| {name} | {plan} | {r['steps']} | {r['miou']:.4f} | {r['pixel_accuracy']:.4f} | "
                     + " | ".join(f"{v:.3f}" for v in r["iou"]) + " |")
     now = datetime.now(timezone.utc)
+    what = (f"`unetkit train --budget {args.budget}`, arms side by side" if args.score is None
+            else f"the arms of `{args.score}` re-scored")
     text = "\n".join([
-        f"## CamVid, `unetkit train --budget {args.budget}`, arms side by side ({now:%Y-%m-%d %H:%M} UTC)",
+        f"## CamVid, {what} ({now:%Y-%m-%d %H:%M} UTC)",
         "",
         f"Command: `python benchmarks/camvid.py {' '.join(sys.argv[1:])}`  ",
         f"Machine: {machine()}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)  ",
         f"Train on the {len(keys) - len(val_keys)} frames of the other sequences, scored on the {len(val_keys)} held-out "
-        f"frames of {', '.join(p.rstrip('_') for p in prefixes)} (class IoU over 11 classes, void ignored); the arms "
-        f"trained concurrently; run folder `{args.work / stamp}`.",
+        f"frames of {', '.join(p.rstrip('_') for p in prefixes)} (class IoU over 11 classes, void ignored; each arm as "
+        f"`unetkit predict` runs it){'; the arms trained concurrently' if args.score is None else ''}; run folder "
+        f"`{args.work / stamp}`.",
         "",
         *rows,
         "",

@@ -110,11 +110,12 @@ R13 Postprocessing. At the end of training the artifact's postprocessing is tune
    adds the watershed split, with at most 0.005 Dice given up; everything else by pooled Dice.
    On ISBI 2012 the split took the Rand error of one model from 0.121 to 0.037 (tuned leaving the
    scored slice out; docs/benchmarks.md). The Dice guard is what stops the search's threshold: held
-   out on four ISBI models, 0.02 instead gained 0.009-0.013 Rand error and lost 0.09-0.12 membrane F1,
+   out on four ISBI models, 0.02 instead gained 0.010-0.011 Rand error and lost 0.09-0.13 membrane F1,
    a trade left to the user (`unetkit tune-postprocess --dice-guard`). Before the search, test-time augmentation is decided the
    same way (`unetkit.tuning.tta`): on where the views' mean beats the plain prediction across the
-   validation images (DRIVE and CamVid gained, ISBI 2012 lost Dice), and the search tunes on what
-   inference will then produce.
+   validation images (DRIVE and CamVid gained, ISBI 2012 lost Dice; for the object score the gate judges
+   1 - Rand error: held out on five ISBI models TTA helped three and cost two, and the gate's choices
+   scored as well as TTA always on), and the search tunes on what inference will then produce.
 R14 Compute mode. The autocast precision (fp32 or bf16) and memory format (NCHW or channels_last)
    the candidates were timed fastest in, among the modes that passed the health check over their
    probe steps (`unetkit.planning.throughput.measure_throughput`); the reason lists the measured
