@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from drive import artifact_probabilities, load_split, machine  # noqa: E402
-from report import append_markdown  # noqa: E402
+from report import append_markdown, write_results  # noqa: E402
 
 NAMES = "sky,building,pole,road,pavement,tree,signsymbol,fence,car,pedestrian,bicyclist"
 VOID = 11
@@ -182,9 +182,7 @@ def main() -> None:
         chosen = {c["key"]: c["value"] for c in art.meta.plan.get("choices", [])}
         results[name] = {**scores(matrix), "steps": steps_done(run), "wall_seconds": walls[name], "plan": chosen,
                          "src": arms[name]}
-        # a re-scored arm keeps its training run's results.json
-        (run / ("results.json" if args.score is None else "results-scored.json")).write_text(
-            json.dumps(results[name], indent=2))
+        write_results(run, results[name], rescored=args.score is not None)
     names = NAMES.split(",")
     rows = ["| arm | plan | steps | mIoU | pixel acc. | " + " | ".join(names) + " |",
             "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from drive import artifact_probabilities, load_split, machine, train_unetkit  # noqa: E402
-from report import append_markdown, config_notes  # noqa: E402
+from report import append_markdown, config_notes, write_results  # noqa: E402
 
 
 def scores(pred_interior: list[np.ndarray], truth_interior: list[np.ndarray]) -> dict[str, float]:
@@ -123,8 +123,7 @@ def main() -> None:
         "",
     ])
     append_markdown(args.benchmarks, text)
-    # a re-scored artifact keeps its training run's results.json
-    (out / ("results.json" if args.model is None else "results-scored.json")).write_text(json.dumps(result, indent=2))
+    write_results(out, result, rescored=args.model is not None)
     print(text)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -47,3 +48,11 @@ def publish(path: str | Path, lines: list[str]) -> str:
     append_markdown(path, text)
     print(text)
     return text
+
+
+def write_results(folder: Path, result: dict[str, Any], rescored: bool) -> Path:
+    """`result` as JSON in a run folder: `results.json` for the run's own scoring, `results-scored.json`
+    when an earlier run is re-scored (its training's `results.json` is kept)."""
+    path = Path(folder) / ("results-scored.json" if rescored else "results.json")
+    path.write_text(json.dumps(result, indent=2))
+    return path
