@@ -220,10 +220,11 @@ def main() -> None:
         print(f"wrote {n} test probability maps to {args.predict_test}")
 
     plan = read_meta(out / "unetkit" / "model.unetkit").plan
+    config_heading, config_plan = config_notes(args.config)  # the --config file, read once
     chosen = {c["key"]: c["value"] for c in plan.get("choices", [])}
     lines = [
         f"## DRIVE, `unetkit train --budget {args.budget}`{' vs the MONAI recipe' if args.peer else ''}"
-        f"{config_notes(args.config)[0]} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
+        f"{config_heading} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
         f"Command: `python benchmarks/drive.py {' '.join(sys.argv[1:])}`  ",
         f"Machine: {machine()}  ",
@@ -232,7 +233,7 @@ def main() -> None:
         f"unetkit plan: width {chosen.get('model.base_width')}, depth {chosen.get('model.depth')}, patch "
         f"{chosen.get('data.patch_size')}, batch {chosen.get('data.batch_size')}, clDice {chosen.get('loss.cldice')}, "
         f"planned steps {chosen.get('steps')}; run folder `{out / 'unetkit'}`"
-        f"{config_notes(args.config)[1]}.",
+        f"{config_plan}.",
         "",
         "| method | F1 (Dice @ 0.5) | AUC ROC | accuracy | F1 @ best threshold (note) | wall clock |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -95,8 +95,9 @@ def main() -> None:
               "postprocess": art.meta.postprocess, "tta": art.meta.tta,
               "argmax": scores([p.argmax(0) == interior for p in probs], truth),
               "held_out": held_out_tuning(art, probs, [s.labels for s in val], interior)}
+    config_heading, config_plan = config_notes(args.config)  # the --config file, read once
     chosen = {c["key"]: c["value"] for c in read_meta(model).plan.get("choices", [])}
-    what = (f"`unetkit train --budget {args.budget}`{config_notes(args.config)[0]}" if args.model is None
+    what = (f"`unetkit train --budget {args.budget}`{config_heading}" if args.model is None
             else f"scoring `{model}`")
     text = "\n".join([
         f"## ISBI 2012, {what} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
@@ -106,7 +107,7 @@ def main() -> None:
         f"Train slices 00-24, scored on {','.join(val_keys)}; plan: width {chosen.get('model.base_width')}, depth "
         f"{chosen.get('model.depth')}, patch {chosen.get('data.patch_size')}, batch {chosen.get('data.batch_size')}, "
         f"planned steps {chosen.get('steps')}; run folder `{out}`"
-        f"{config_notes(args.config)[1]}.",
+        f"{config_plan}.",
         "",
         "| labels | pixel error | adapted Rand error (interior components) | membrane F1 | wall clock |",
         "| --- | --- | --- | --- | --- |",

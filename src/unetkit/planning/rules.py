@@ -19,8 +19,8 @@ R1 Step target. Optimisation needs steps more than capacity at these budgets: th
    maps kept improving after pixel Dice had flattened. ISBI 2012, 30 minutes, one Zen 4 machine,
    scored as `unetkit predict` writes (re-tuned leaving the slice out): w32 for ~3,550 steps (the
    plain target's rung) 0.0378 (0.0381) and 0.0273 (0.0302); w16 for ~11,000 steps, pinned 0.0228
-   (0.0299) and planned by this rule 0.0286 (0.0327), 0.0267 (0.0307), 0.0305 (0.0294). w16 met
-   <= 0.035 in four runs of four, w32 in one of two; its lead (~0.005, ~0.0035 held out) is smaller
+   (0.0299) and planned by this rule 0.0286 (0.0327), 0.0267 (0.0307), 0.0305 (0.0294), 0.0292
+   (0.0335). w16 met <= 0.035 in five runs of five, w32 in one of two; its lead (~0.005, ~0.003 held out) is smaller
    than the ~0.01 spread between runs of one plan, so the factor rests on thin evidence. Runs of >=
    4,600 steps on other machines scored 0.026-0.032 (docs/benchmarks.md; the figures of 2026-12-05
    correct earlier ones that scored TTA-adopting models without their TTA).
