@@ -16,8 +16,9 @@ postprocessing its training adopted. (Until 2026-12-05 the arms were scored with
 postprocessing: the plain arg-max at the artifact's tiling.)
 
 `--ssl SHARE` instead compares training from scratch with self-supervised pretraining: the scratch
-plan's architecture (`unetkit plan`) is pinned for both arms; "scratch" trains for the whole budget,
-"mim" pretrains that encoder by masked-image modelling (`unetkit pretrain`) on the training frames'
+plan's architecture (`unetkit plan` at one thread, as the arms train) is pinned for both arms; "scratch"
+trains for the whole budget, the other arm (named for `--ssl-objective`, default R16's `contrastive`)
+pretrains that encoder (`unetkit pretrain`, at the plan's resolution) on the training frames'
 images (labels unused; the held-out sequence is not shown) for SHARE of the budget, then fine-tunes
 (`unetkit train --pretrained`) in the rest. The data folder is linked (never copied)
 into `--work` with the release's list file, and described once with `unetkit init-dataset --ignore
@@ -46,6 +47,7 @@ from report import append_markdown, write_results  # noqa: E402
 
 NAMES = "sky,building,pole,road,pavement,tree,signsymbol,fence,car,pedestrian,bicyclist"
 VOID = 11
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # each of two side-by-side arms
 
 
 def prepare(data: Path, work: Path) -> Path:
@@ -80,17 +82,20 @@ def steps_done(run: Path) -> int:
 
 
 def ssl_arms(folder: Path, data: Path, keys: list[str], val_keys: list[str], budget: str, share: float,
-             out: Path) -> dict[str, list[list[str]]]:
-    """--ssl: the commands of the scratch and the pretrained arm, the scratch plan's architecture pinned."""
+             out: Path, objective: str) -> dict[str, list[list[str]]]:
+    """--ssl: the commands of the scratch and the pretrained arm, the scratch plan's architecture pinned, the
+    encoder pretrained at the plan's resolution (R18's scale, which fine-tuning trains at)."""
     from unetkit.config import parse_duration
 
     unetkit = [sys.executable, "-m", "unetkit"]
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run([*unetkit, "plan", str(folder), "--budget", budget, "--val-keys", ",".join(val_keys),
-                    "--json", str(out / "plan.json")], check=True, capture_output=True, text=True)
+                    "--json", str(out / "plan.json")], check=True, capture_output=True, text=True,
+                   env={**os.environ, **ONE_THREAD})  # the arms' one thread: the plan they would make
     plan = {c["key"]: c["value"] for c in json.loads((out / "plan.json").read_text())["choices"]}
     arch = {"base_width": plan["model.base_width"], "depth": plan["model.depth"], "norm": plan["model.norm"]}
-    (out / "pinned.json").write_text(json.dumps({"model": arch}))
+    # one network in both arms: a pinned architecture otherwise lets R12 / R17 add an ensemble or a teacher
+    (out / "pinned.json").write_text(json.dumps({"model": arch, "ensemble_folds": 1, "distill": {"mode": "off"}}))
     images = out / "unlabelled"  # the training frames' images only: the held-out sequence stays unseen
     images.mkdir(exist_ok=True)
     for k in keys:
@@ -99,15 +104,16 @@ def ssl_arms(folder: Path, data: Path, keys: list[str], val_keys: list[str], bud
     seconds = parse_duration(budget)
     train = [*unetkit, "train", str(folder), "--val-keys", ",".join(val_keys), "--config", str(out / "pinned.json"),
              "--quiet"]
-    encoder = out / "mim-encoder.safetensors"
+    encoder = out / f"{objective}-encoder.safetensors"
     patch, batch = plan["data.patch_size"], plan["data.batch_size"]
     return {
         "scratch": [[*train, "--budget", f"{seconds:.0f}s", "--out", str(out / "scratch")]],
-        "mim": [[*unetkit, "pretrain", str(images), "--budget", f"{share * seconds:.0f}s", "--objective", "mim",
+        objective: [[*unetkit, "pretrain", str(images), "--budget", f"{share * seconds:.0f}s", "--objective", objective,
                  "--width", str(arch["base_width"]), "--depth", str(arch["depth"]), "--norm", arch["norm"],
-                 "--patch", str(patch[0]), "--batch", str(batch), "-o", str(encoder), "--quiet"],
+                 "--patch", str(patch[0]), "--batch", str(batch), "--resolution", str(plan.get("data.resolution", 1.0)),
+                 "-o", str(encoder), "--quiet"],
                 [*train, "--budget", f"{(1 - share) * seconds:.0f}s", "--pretrained", str(encoder),
-                 "--out", str(out / "mim")]],
+                 "--out", str(out / objective)]],
     }
 
 
@@ -123,7 +129,9 @@ def main() -> None:
     ap.add_argument("--score", type=Path, default=None, metavar="RUN_FOLDER",
                     help="score the arms of an earlier run folder (WORK/STAMP, one sub-folder per arm) without training")
     ap.add_argument("--ssl", type=float, default=None, metavar="SHARE",
-                    help="scratch vs masked-image-modelling pretraining for SHARE of the budget + fine-tuning")
+                    help="scratch vs self-supervised pretraining for SHARE of the budget + fine-tuning")
+    ap.add_argument("--ssl-objective", default="contrastive", choices=["contrastive", "mim", "denoise"],
+                    help="the pretraining objective of --ssl (default: R16's)")
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
     arms = dict(a.split("=", 1) for a in args.arm) or {"current": str(ROOT / "src")}
@@ -134,7 +142,8 @@ def main() -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     commands: dict[str, list[list[str]]] = {}  # --ssl: each arm's commands, run one after the other
     if args.ssl is not None:
-        commands = ssl_arms(folder, args.data, keys, val_keys, args.budget, args.ssl, args.work / stamp)
+        commands = ssl_arms(folder, args.data, keys, val_keys, args.budget, args.ssl, args.work / stamp,
+                             args.ssl_objective)
         arms = {name: f"{ROOT / 'src'} ({name})" for name in commands}
     load_before = os.getloadavg()
     runs, procs = {}, {}
@@ -153,11 +162,11 @@ def main() -> None:
                 script = " && ".join(" ".join(f"'{a}'" for a in cmd) for cmd in commands[name])
                 procs[name] = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src"),
-                                                               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+                                                               **ONE_THREAD})
                 continue
             env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
             if len(arms) > 1:  # one thread each: two 2-thread arms on 2 cores oversubscribe, and their timings lie
-                env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+                env |= ONE_THREAD
             cmd = [sys.executable, "-m", "unetkit", "train", str(folder), "--budget", args.budget, "--out",
                    str(runs[name]), "--quiet", "--val-keys", ",".join(val_keys)] + (["--config", config] if config else [])
             procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
