@@ -49,10 +49,12 @@ from unetkit.config import (
     RankScore,
     ServeConfig,
     ServedStage,
+    ServedTtaViews,
     StreamFormat,
     TileConfig,
     TrainPrecision,
     TtaMode,
+    TtaViews,
     TunePostprocess,
 )
 from unetkit.errors import ConfigError, GateRefused, UnetkitError, WorkersLost
@@ -131,6 +133,10 @@ OverlapOpt = Annotated[float | None, typer.Option(
 TtaOpt = Annotated[bool | None, typer.Option(
     "--tta/--no-tta", help="Average flips and rotations (2-8x slower).  [default: the model's own choice: "
     "training turns it on where it helped the validation images; an exported model's plan records it].")]
+TtaViewsOpt = Annotated[TtaViews | None, typer.Option(
+    "--tta-views", help="Which views TTA averages (turns TTA on unless --no-tta): dihedral (8 flips/turns), flips "
+    "(4: half the time, most of the gain) or mirror (2); only views the model was trained on.  "
+    "[default: the model's own: mirror for a model trained upright, else dihedral]")]
 TrainTtaOpt = Annotated[TtaMode | None, typer.Option(
     "--tta", help="At the end of training, whether the model predicts with test-time augmentation (the mean of "
     "its flipped/rotated views, 2-8x the inference cost): auto turns it on only where the gain holds across "
@@ -210,9 +216,13 @@ def _split_keys(spec: Any, name: str, data: str, keys: list[str] | None) -> list
     return chosen
 
 
-def _tile_settings(tile: int | None, overlap: float | None, tta: bool | None = None) -> dict[str, Any]:
-    """The TileConfig fields the user set (see `unetkit.config.TileChoice`); the model decides the rest."""
-    settings = {"tile_size": (tile, tile) if tile else None, "overlap": overlap, "tta": tta}
+def _tile_settings(tile: int | None, overlap: float | None, tta: bool | None = None,
+                   tta_views: str | None = None) -> dict[str, Any]:
+    """The TileConfig fields the user set (see `unetkit.config.TileChoice`); the model decides the rest.
+    Naming the views asks for TTA unless --no-tta says otherwise."""
+    if tta_views is not None and tta is None:
+        tta = True
+    settings = {"tile_size": (tile, tile) if tile else None, "overlap": overlap, "tta": tta, "tta_views": tta_views}
     return {name: value for name, value in settings.items() if value is not None}
 
 
@@ -476,6 +486,7 @@ def predict(
     tile: TileOpt = None,
     overlap: OverlapOpt = None,
     tta: TtaOpt = None,
+    tta_views: TtaViewsOpt = None,
     backend: BackendOpt = "auto",
     trusted_keys: TrustedKeysOpt = None,
     require_signature: RequireSignatureOpt = False,
@@ -505,7 +516,7 @@ def predict(
     over a Ray cluster and writes the same files."""
     from unetkit.config import OutputConfig
 
-    tile_settings = _tile_settings(tile, overlap, tta)
+    tile_settings = _tile_settings(tile, overlap, tta, tta_views)
     limit = _bytes(max_memory, "--max-memory") if max_memory else None
     loaded = _load_run_model(model, trusted_keys, require_signature, sha256)
     outputs = OutputConfig(colour=colour, probabilities=probabilities, overlays=overlay, geojson=geojson, coco=coco,
@@ -549,6 +560,7 @@ def evaluate(
     tile: TileOpt = None,
     overlap: OverlapOpt = None,
     tta: TtaOpt = None,
+    tta_views: TtaViewsOpt = None,
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
     worst: Annotated[int, typer.Option(help="Worst images shown in the report.")] = 4,
     distances: Annotated[bool, typer.Option(help="Boundary IoU, HD95, ASSD (slower).")] = True,
@@ -567,7 +579,7 @@ def evaluate(
     from unetkit.evaluation.table import format_table
     from unetkit.export.deployed import load_model
 
-    tile_settings = _tile_settings(tile, overlap, tta)
+    tile_settings = _tile_settings(tile, overlap, tta, tta_views)
     collector = WorstImages(worst) if report else None
     chosen = _keys(keys)
     if split:
@@ -938,6 +950,10 @@ def serve(
     sha256: Annotated[str | None, typer.Option(
         "--sha256", help="Use the artifact only if the file's sha256 is this (sha256sum MODEL).",
         envvar=_serve_env("sha256"))] = None,
+    tta_views: Annotated[ServedTtaViews | None, typer.Option(
+        "--tta-views", help="Views TTA averages when it runs (the model's choice or a request's tta=true): model (those "
+        "its training showed it), dihedral (8), flips (4: half the cost, most of the gain) or mirror (2)  "
+        f"(default {ServeConfig.tta_views}).", envvar=_serve_env("tta_views"))] = None,
 ) -> None:
     """Serve a model over HTTP: /v1/segment, /v1/model, /metrics, /healthz, /readyz and a demo page at /.
 
@@ -949,7 +965,7 @@ def serve(
     serve_command(model, config, host=host, port=port, canary_artifact=canary, canary_percent=canary_percent,
                   shadow=shadow, token_file=token_file, registry=registry, stage=stage, model_name=model_name,
                   registry_poll_seconds=poll, trusted_keys=trusted_keys, require_signature=require_signature,
-                  sha256=sha256)
+                  sha256=sha256, tta_views=tta_views)
 
 
 # ---------------------------------------------------------------- signed artifacts

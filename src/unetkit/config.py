@@ -38,6 +38,11 @@ PostprocessMetric = Literal["dice", "iou", "rand"]  # what postprocessing is tun
 POSTPROCESS_METRICS: tuple[str, ...] = get_args(PostprocessMetric)
 TunePostprocess = Literal[PostprocessMetric, "off"]
 TtaMode = Literal["auto", "on", "off"]  # TrainConfig.tta: decided by the gate, always, never
+# the views TTA averages (unetkit.inference.predict.VIEW_SETS), each set inside the next: "mirror" (as is +
+# left-right), "flips" (+ upside-down and both: 4), "dihedral" (the 8 flips/quarter turns of the square)
+TtaViews = Literal["dihedral", "flips", "mirror"]
+TTA_VIEWS: tuple[str, ...] = get_args(TtaViews)
+ServedTtaViews = Literal["model", "dihedral", "flips", "mirror"]  # ServeConfig.tta_views: "model", the model's own
 DistillMode = Literal["auto", "off", "on"]  # unetkit.training.distill; "auto": the plan decides (R17)
 DISTILL_MODES: tuple[str, ...] = get_args(DistillMode)
 DistillTeacher = Literal["instance", "wider"]  # the teacher's accuracy lever (unetkit.training.distill)
@@ -344,9 +349,10 @@ class TileConfig:
     batch_size: int = 4
     padding: Literal["reflect", "constant", "replicate"] = "reflect"
     tta: bool = False  # average flips and rot90
-    # the TTA views: "dihedral" (the 8 flips/rotations of the square) or "mirror" (as is + left-right),
-    # for models trained upright (augment.flip_vertical off: sky above road), which never saw the rest
-    tta_views: Literal["dihedral", "mirror"] = "dihedral"
+    # the TTA views (`TtaViews`): "dihedral" (the 8 flips/rotations of the square), "flips" (4: half the
+    # cost, most of the gain) or "mirror" (as is + left-right), the only ones a model trained upright
+    # (augment.flip_vertical off: sky above road) saw
+    tta_views: TtaViews = "dihedral"
     activation: Literal["softmax", "none"] = "softmax"  # "none": predictor returns probabilities
     # the model sees images at this fraction of their native side (an artifact trained so: its own
     # `resolution`): each image is resampled, predicted, and its probabilities resized to the native grid
@@ -447,6 +453,9 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     backend: Backend = "torch"
+    # the views TTA averages when it runs (the model's choice or a request's `tta`): "model", those its
+    # training showed it; "flips" halves the cost of a dihedral model's TTA (no view it was not trained on)
+    tta_views: ServedTtaViews = "model"
     tile_overlap: float = TileConfig.overlap  # tiles of one request overlap this much (TileConfig owns the default)
     max_batch_size: int = 8  # tiles per forward pass, packed across requests
     max_wait_ms: float = 5.0  # how long a partial batch waits for tiles of other requests

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 from tests.evaluation_fixtures import tiny_artifact
-from tests.test_cli import engine_tilings
+from tests.test_cli import engine_tilings, run_cli
 
 from unetkit.artifact import load_artifact
 from unetkit.config import TileConfig
@@ -197,3 +197,44 @@ def test_unetkit_predict_sends_its_spans_to_a_real_otlp_receiver(artifact, tmp_p
     [root] = [s for s in receiver.spans if s["name"] == "predict"]
     assert root["service"] == "unetkit-predict" and root["trace_id"] == TRACE and root["parent_span_id"] == PARENT
     assert all(s["trace_id"] == TRACE for s in receiver.spans)
+
+
+def test_tta_views_a_caller_names_must_be_among_the_models_own(artifact, tmp_path):
+    art = load_artifact(artifact)  # trained with every flip and turn: its own views are the dihedral set
+    assert tile_config_for(art, {"tta": True, "tta_views": "flips"}) == TileConfig(tile_size=(32, 32), tta=True,
+                                                                                   tta_views="flips")
+    upright = load_artifact(tiny_artifact(tmp_path / "upright.unetkit", train_config={"augment": {"flip_vertical": False}}))
+    assert tile_config_for(upright).tta_views == tile_config_for(upright, {"tta_views": "mirror"}).tta_views == "mirror"
+    for asked in ("flips", "dihedral"):
+        with pytest.raises(ConfigError, match=f"TTA views '{asked}' include views this model was not trained on "
+                                              r"\(its own: 'mirror'\); choose mirror$"):
+            tile_config_for(upright, {"tta_views": asked})
+    assert tile_config_for(upright, TileConfig(tta=True)).tta_views == "dihedral"  # a complete config, as given
+    with pytest.raises(ConfigError, match="tta_views 'all': expected one of mirror, flips, dihedral"):
+        tile_config_for(art, {"tta_views": "all"})
+
+
+def test_unetkit_predict_tta_views_turns_tta_on_with_those_views_and_refuses_unseen_ones(artifact, tmp_path, rng,
+                                                                                          monkeypatch):
+    images = tmp_path / "images"
+    images.mkdir()
+    write_png(images / "im.png", rng.integers(0, 255, (40, 52, 3), dtype=np.uint8))
+
+    def predict(model: Path, out: str, *flags: str) -> tuple[list[TileConfig], np.ndarray]:
+        used = engine_tilings(monkeypatch, "predict", str(model), str(images), "--out", str(tmp_path / out),
+                              "--probabilities", "--backend", "torch", *flags)
+        return used, tifffile.imread(tmp_path / out / "im_prob.tif")
+
+    flips, p_flips = predict(artifact, "flips", "--tta-views", "flips")
+    assert flips == [TileConfig(tile_size=(32, 32), tta=True, tta_views="flips")]
+    off, p_off = predict(artifact, "off", "--tta-views", "flips", "--no-tta")
+    assert off == [TileConfig(tile_size=(32, 32), tta_views="flips")]
+    _, p_all = predict(artifact, "all", "--tta")
+    assert np.abs(p_flips - p_off).max() > 1e-4 and np.abs(p_flips - p_all).max() > 1e-4
+    upright = tiny_artifact(tmp_path / "upright.unetkit", train_config={"augment": {"flip_vertical": False}})
+    result = run_cli("predict", str(upright), str(images), "--out", str(tmp_path / "no"), "--tta-views", "flips")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {upright}: TTA views 'flips' include views this model was not trained on (its own: 'mirror'); "
+        "choose mirror"]
+    assert not (tmp_path / "no").exists()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from unetkit.config import TileConfig
+from unetkit.config import TileConfig, replace
 from unetkit.errors import ConfigError, InputError
 from unetkit.inference.predict import (
     _shift_rows_up,
@@ -96,6 +96,17 @@ def test_mirror_tta_averages_only_the_views_an_upright_model_was_trained_on(pred
     np.testing.assert_allclose(got, expected, atol=1e-6)
     dihedral_mean = predict_tiled(predictor, image, TileConfig(tile_size=(20, 20), tta=True))
     assert np.abs(got - dihedral_mean).max() > 1e-4  # upside-down and rotated views left out
+
+
+def test_flips_tta_averages_the_four_flips_and_keeps_non_square_tiles(predictor):
+    image = np.random.default_rng(6).uniform(0, 1, (2, 20, 28)).astype(np.float32)
+    config = TileConfig(tile_size=(16, 24))  # non-square: a half turn keeps its shape, a quarter turn would not
+    flips = [(), (-1,), (-2,), (-2, -1)]  # as is, left-right, upside-down, both: each its own inverse
+    expected = sum(np.flip(predict_tiled(predictor, np.ascontiguousarray(np.flip(image, axes)), config), axes)
+                   for axes in flips) / 4
+    got = predict_tiled(predictor, image, TileConfig(tile_size=(16, 24), tta=True, tta_views="flips"))
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert np.abs(got - predict_tiled(predictor, image, replace(config, tta=True, tta_views="mirror"))).max() > 1e-4
 
 
 def test_an_artifact_trained_upright_gets_mirror_tta():

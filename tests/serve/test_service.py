@@ -99,6 +99,35 @@ def test_a_model_that_chose_tta_is_served_with_it_unless_the_request_says_no(art
         tta_service.close()
 
 
+def test_served_tta_views_are_the_configured_set_and_refused_where_the_model_never_saw_them(artifact_path, tmp_path):
+    """UNETKIT_SERVE_TTA_VIEWS=flips halves a dihedral model's TTA; a model trained upright refuses it."""
+    import shutil
+
+    from unetkit.artifact import load_artifact, update_artifact
+    from unetkit.config import TileConfig
+    from unetkit.inference.backends import make_predictor
+    from unetkit.inference.predict import predict_tiled
+    from unetkit.serve.server import load_serve_config
+
+    config = load_serve_config(None, env={"UNETKIT_SERVE_TTA_VIEWS": "flips"}, max_wait_ms=1)
+    image = synthetic_image(70, 90)
+    flips = Service.from_artifact(artifact_path, config)
+    try:
+        assert flips.models()["primary"]["tta_views"] == "flips"
+        seg = flips.segment(image, SegmentOptions(tta=True, keep_probabilities=True))
+        offline = predict_tiled(make_predictor(load_artifact(artifact_path), "torch"), image,
+                                TileConfig(tile_size=(64, 64), tta=True, tta_views="flips"))
+        np.testing.assert_allclose(seg.probabilities, offline, atol=1e-4)
+    finally:
+        flips.close()
+    upright = shutil.copyfile(artifact_path, tmp_path / "upright.unetkit")
+    update_artifact(upright, train_config={"augment": {"flip_vertical": False}})
+    with pytest.raises(ConfigError, match="TTA views 'flips' include views this model was not trained on"):
+        Service.from_artifact(upright, config)
+    with pytest.raises(ConfigError, match="tta_views"):
+        load_serve_config(None, env={"UNETKIT_SERVE_TTA_VIEWS": "all"})
+
+
 def test_tta_and_small_and_gray_images(service):
     tiny = synthetic_image(20, 33)
     assert service.segment(tiny, SegmentOptions(tta=True)).labels.shape == (20, 33)

@@ -28,12 +28,12 @@ from unetkit.data.io import (
     write_text_atomic,
     write_tiff,
 )
-from unetkit.errors import DataError, InputError, UnetkitError
+from unetkit.errors import ConfigError, DataError, InputError, UnetkitError
 from unetkit.inference import vectorize
 from unetkit.inference.backends import make_predictor
 from unetkit.inference.outputs import colorize, overlay
 from unetkit.inference.postprocess import apply_postprocess
-from unetkit.inference.predict import predict_tiled
+from unetkit.inference.predict import VIEW_SETS, predict_tiled
 from unetkit.inference.streaming import open_lazy, predict_stream
 from unetkit.tracing import NO_TRACE, JobTrace, Tracing
 
@@ -80,13 +80,27 @@ def tile_config_for(artifact: Artifact, choice: TileChoice = None) -> TileConfig
     (`ArtifactMeta.tta`), the views its training showed it (`trained_views`) and the resolution it
     was trained at (`ArtifactMeta.resolution`). Only the fields
     `choice` sets override it (see `unetkit.config.TileChoice`); nothing is compared with a default.
+    Views a mapping asks for must be among the model's own (`check_views`).
     """
     settings = tile_settings(choice)
-    if callable(getattr(artifact, "tile_config", None)):
-        return artifact.tile_config(settings)  # type: ignore[attr-defined]
-    own = TileConfig(tile_size=tuple(artifact.meta.patch_size), tta=artifact.meta.tta,
-                     tta_views=trained_views(artifact.meta.train_config), resolution=artifact.meta.resolution)
-    return replace(own, **settings)
+    exported = callable(getattr(artifact, "tile_config", None))
+    own = (artifact.tile_config() if exported  # type: ignore[attr-defined]
+           else TileConfig(tile_size=tuple(artifact.meta.patch_size), tta=artifact.meta.tta,
+                           tta_views=trained_views(artifact.meta.train_config), resolution=artifact.meta.resolution))
+    if isinstance(choice, Mapping) and "tta_views" in settings:  # a complete TileConfig is taken as given
+        check_views(settings["tta_views"], own.tta_views, artifact.path or "model")
+    return artifact.tile_config(settings) if exported else replace(own, **settings)  # type: ignore[attr-defined]
+
+
+def check_views(asked: str, own: str, where: object) -> None:
+    """Refuse TTA views (`TileConfig.tta_views`) a model's own set does not hold: an upright model
+    ("mirror") never saw the upside-down views of "flips" or the turns of "dihedral"."""
+    if asked not in VIEW_SETS:
+        raise ConfigError(f"tta_views '{asked}': expected one of {', '.join(VIEW_SETS)}")
+    if not set(VIEW_SETS[asked]) <= set(VIEW_SETS[own]):
+        fewer = [name for name, views in VIEW_SETS.items() if set(views) <= set(VIEW_SETS[own])]
+        raise ConfigError(f"{where}: TTA views '{asked}' include views this model was not trained on (its own: "
+                          f"'{own}'); choose {' or '.join(fewer)}")
 
 
 def trained_views(train_config: Mapping[str, Any] | None) -> str:

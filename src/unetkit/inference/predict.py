@@ -229,11 +229,15 @@ def tile_probabilities(predictor: Predictor, batch: np.ndarray, config: TileConf
 
 DIHEDRAL_VIEWS = tuple((k, flip) for k in range(4) for flip in (False, True))  # (quarter turns, mirror)
 MIRROR_VIEWS = ((0, False), (0, True))  # as is, left-right mirrored: what an upright model was trained on
+FLIP_VIEWS = (*MIRROR_VIEWS, (2, False), (2, True))  # + upside-down mirrored (a half turn), upside-down
+# `TileConfig.tta_views` -> its views; each set holds the one before (a model trained on a set runs its subsets)
+VIEW_SETS: dict[str, tuple[tuple[int, bool], ...]] = {"mirror": MIRROR_VIEWS, "flips": FLIP_VIEWS,
+                                                      "dihedral": DIHEDRAL_VIEWS}
 
 
 def tta_views(config: TileConfig) -> tuple[tuple[int, bool], ...]:
     """The (quarter turns, mirror) views TTA averages for `config.tta_views`."""
-    return MIRROR_VIEWS if config.tta_views == "mirror" else DIHEDRAL_VIEWS
+    return VIEW_SETS[config.tta_views]
 
 
 class DihedralView:

@@ -40,6 +40,8 @@ class ModelInfo(BaseModel):
                                                         "exported model with its inference plan)")
     tta: bool = Field(default=False, description="whether a request that does not say averages the TTA views (the "
                                                  "model's own choice)")
+    tta_views: str = Field(default="dihedral", description="the views TTA averages: dihedral (8), flips (4) or "
+                                                           "mirror (2, a model trained upright)")
     registry: RegistryVersion | None = Field(default=None, description="the registry version served, if any")
 
 

@@ -116,6 +116,13 @@ class LoadedModel:
         self.patch = tuple(int(v) for v in self.meta.patch_size[:2])
         if len(self.patch) != 2:
             raise ConfigError(f"{artifact.path}: patch_size {self.meta.patch_size}: serving needs a 2-D patch size")
+        # the model's own tiling with what serving sets: its 2-D patch, the configured overlap and
+        # enough tiles per request to fill the shared batches; worked out first, so TTA views the model
+        # never saw (`ServeConfig.tta_views`) are refused before a worker starts
+        self.tile_config = tile_config_for(artifact, {
+            "tile_size": self.patch, "overlap": config.tile_overlap,
+            "batch_size": max(1, min(config.max_queue, 2 * config.max_batch_size)),
+        } | ({} if config.tta_views == "model" else {"tta_views": config.tta_views}))
         backend = "auto" if exported and config.backend == "torch" else config.backend
         predictor = make_predictor(artifact, backend, batch_size=config.max_batch_size)
         self.backend = str(getattr(predictor, "backend", backend))
@@ -126,12 +133,6 @@ class LoadedModel:
             predictor, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
             max_queue=config.max_queue, on_batch=lambda stats: observer.batch(self, stats), name=role,
         )
-        # the model's own tiling with what serving sets: its 2-D patch, the configured overlap and
-        # enough tiles per request to fill the shared batches
-        self.tile_config = tile_config_for(artifact, {
-            "tile_size": self.patch, "overlap": config.tile_overlap,
-            "batch_size": max(1, min(config.max_queue, 2 * config.max_batch_size)),
-        })
         self.batcher.predict(np.zeros((config.max_batch_size, self.meta.in_channels, *self.patch), np.float32))
 
     def info(self) -> dict[str, Any]:
@@ -141,7 +142,7 @@ class LoadedModel:
             "in_channels": self.meta.in_channels, "patch_size": list(self.patch),
             "temperature": self.meta.temperature, "created": self.meta.created, "registry": self.origin,
             "backend": self.backend, "precision": self.precision,
-            "format": self.format, "tta": self.tile_config.tta,
+            "format": self.format, "tta": self.tile_config.tta, "tta_views": self.tile_config.tta_views,
         }
 
     def probabilities(self, image: np.ndarray, tta: bool | None = None, deadline: float | None = None,
