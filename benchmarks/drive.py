@@ -81,13 +81,18 @@ def load_split(train_dir: Path, keys: list[str]):
     return sorted(load_samples(samples, spec, progress=False), key=lambda s: s.key)
 
 
-def artifact_probabilities(art: Any, images: list[np.ndarray], tta: bool | None = None) -> list[np.ndarray]:
+def artifact_probabilities(art: Any, images: list[np.ndarray], tta: bool | None = None,
+                           views: str | None = None) -> list[np.ndarray]:
     """Each image's class probabilities as `unetkit predict` computes them for the loaded artifact
-    `art`: its own tiling, resolution and TTA choice (`tta` None), or with TTA forced on or off."""
+    `art`: its own tiling, resolution and TTA choice (`tta` None), or with TTA forced on or off;
+    `views` as `unetkit predict --tta-views` (TTA on, those views)."""
     from unetkit.inference.files import tile_config_for
     from unetkit.inference.predict import predict_image
 
-    config = tile_config_for(art, None if tta is None else {"tta": tta})
+    choice: dict[str, Any] = {} if tta is None else {"tta": tta}
+    if views:
+        choice = {"tta": True, **choice, "tta_views": views}
+    config = tile_config_for(art, choice)
     return [predict_image(art, im, config) for im in images]
 
 

@@ -8,7 +8,8 @@ foreground-restricted adapted Rand error (`unetkit.metrics.topology.adapted_rand
 connected components of the cell-interior class, 4-connectivity), and the membrane F1, for the
 labels `unetkit predict` writes (the artifact's tiling, TTA choice and postprocessing, tuned by
 training on the validation split, R13) and for the plain arg-max of the probabilities. `--model`
-scores an artifact trained earlier (with `--keys-val` its validation slices) instead of training.
+scores an artifact trained earlier (with `--keys-val` its validation slices) instead of training;
+with `--tta-views V`, as `unetkit predict --tta-views V` runs it, timing the prediction.
 Appends the figures, the plan, the command and the machine to docs/benchmarks.md.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,11 @@ def main() -> None:
                     help="a partial TrainConfig JSON passed to `unetkit train --config` (pins choices of the plan)")
     ap.add_argument("--model", type=Path, default=None,
                     help="score this artifact (validated on --keys-val) instead of training one")
+    ap.add_argument("--tta-views", default=None, choices=["dihedral", "flips", "mirror"],
+                    help="with --model: score it as `unetkit predict --tta-views V` runs it (TTA on, those views)")
     args = ap.parse_args()
+    if args.tta_views and args.model is None:
+        raise SystemExit("--tta-views scores an artifact: give --model")
     train_dir = args.data / "train" if (args.data / "train").is_dir() else args.data
     val_keys = [k.strip() for k in args.keys_val.split(",") if k.strip()]
     if args.model is None:
@@ -89,16 +95,18 @@ def main() -> None:
     art = load_artifact(model)
     interior = len(art.meta.class_names) - 1  # 255 = cell interior: the last class
     val = load_split(train_dir, val_keys)
-    probs = artifact_probabilities(art, [s.image for s in val])  # as `unetkit predict`: its tiling and TTA
+    t0 = time.perf_counter()  # as `unetkit predict`: its tiling and TTA (or --tta-views)
+    probs = artifact_probabilities(art, [s.image for s in val], views=args.tta_views)
+    predict_seconds = time.perf_counter() - t0
     truth = [s.labels == interior for s in val]
     result = {**scores([labels_from_probabilities(p, art) == interior for p in probs], truth), "seconds": seconds,
-              "postprocess": art.meta.postprocess, "tta": art.meta.tta,
+              "predict_seconds": predict_seconds, "tta_views": args.tta_views, "postprocess": art.meta.postprocess, "tta": art.meta.tta,
               "argmax": scores([p.argmax(0) == interior for p in probs], truth),
               "held_out": held_out_tuning(art, probs, [s.labels for s in val], interior)}
     config_heading, config_plan = config_notes(args.config)  # the --config file, read once
     chosen = {c["key"]: c["value"] for c in read_meta(model).plan.get("choices", [])}
     what = (f"`unetkit train --budget {args.budget}`{config_heading}" if args.model is None
-            else f"scoring `{model}`")
+            else f"scoring `{model}`" + (f" with `--tta-views {args.tta_views}`" if args.tta_views else ""))
     text = "\n".join([
         f"## ISBI 2012, {what} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
@@ -111,7 +119,7 @@ def main() -> None:
         "",
         "| labels | pixel error | adapted Rand error (interior components) | membrane F1 | wall clock |",
         "| --- | --- | --- | --- | --- |",
-        f"| `unetkit predict` (TTA {'on' if result['tta'] else 'off'}, postprocess "
+        f"| `unetkit predict` (TTA {'on, ' + args.tta_views + ' views' if args.tta_views else 'on' if result['tta'] else 'off'}, postprocess "
         f"{json.dumps(result['postprocess'])}) | {result['pixel_error']:.4f} | {result['rand_error']:.4f} "
         f"| {result['membrane_f1']:.4f} | {'-' if seconds is None else f'{seconds / 60:.1f} min'} |",
         f"| postprocessing re-tuned leaving the scored slice out | {result['held_out']['pixel_error']:.4f} "
@@ -122,9 +130,11 @@ def main() -> None:
         "Rand error per slice (`unetkit predict`): " + ", ".join(
             f"{k}: {r:.3f}" for k, r in zip(val_keys, result["rand_per_slice"], strict=True)),
         "",
+        f"Prediction of the {len(val_keys)} slices (tiling, views, one process): {predict_seconds:.1f} s.",
+        "",
     ])
     append_markdown(args.benchmarks, text)
-    write_results(out, result, rescored=args.model is not None)
+    write_results(out, result, rescored=args.model is not None, suffix=f"-{args.tta_views}" if args.tta_views else "")
     print(text)
 
 

@@ -50,9 +50,10 @@ def publish(path: str | Path, lines: list[str]) -> str:
     return text
 
 
-def write_results(folder: Path, result: dict[str, Any], rescored: bool) -> Path:
+def write_results(folder: Path, result: dict[str, Any], rescored: bool, suffix: str = "") -> Path:
     """`result` as JSON in a run folder: `results.json` for the run's own scoring, `results-scored.json`
-    when an earlier run is re-scored (its training's `results.json` is kept)."""
-    path = Path(folder) / ("results-scored.json" if rescored else "results.json")
+    when an earlier run is re-scored (its training's `results.json` is kept); `suffix` names a variant
+    of the re-score (`results-scored-flips.json`)."""
+    path = Path(folder) / (f"results-scored{suffix}.json" if rescored else "results.json")
     path.write_text(json.dumps(result, indent=2))
     return path
