@@ -157,6 +157,10 @@ PostprocessOpt = Annotated[TunePostprocess | None, typer.Option(
     "--postprocess", help="Tune the model's postprocessing on the validation split at the end of training for "
     "dice, iou or rand (objects: adapted Rand score, adds a watershed split), or off (plain arg-max). "
     "Default: planned with --budget (rand for touching objects, else dice), else off.")]
+DiceGuardOpt = Annotated[float | None, typer.Option(
+    "--dice-guard", min=0.0, help="For rand: pooled Dice the postprocessing search may give up for fewer split and "
+    "merged objects (default 0.005). Looser guards trade membrane pixels for topology: on ISBI 2012, 0.02 lowered the "
+    "held-out Rand error by ~0.01 and membrane F1 by ~0.1 (docs/benchmarks.md).")]
 PrecisionOpt = Annotated[TrainPrecision | None, typer.Option(
     "--precision", help="Training precision: auto, fp32 or bf16. auto measures on this machine: the plan (or, "
     "without one, a short probe on runs of 1000+ steps) times fp32 and bf16 autocast, each NCHW and "
@@ -325,6 +329,7 @@ def train(
     val_keys: ValKeysOpt = None,
     val_fraction: ValFractionOpt = None,
     postprocess: PostprocessOpt = None,
+    dice_guard: DiceGuardOpt = None,
     ensemble: EnsembleOpt = None,
     distill: DistillOpt = None,
     precision: PrecisionOpt = None,
@@ -370,7 +375,7 @@ def train(
     flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, resolution=resolution, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
                  tensorboard=tensorboard, progress=False if quiet else None, postprocess=postprocess, calibrate=calibrate, tta=tta,
-                 ensemble=ensemble, distill=distill, precision=precision, init=init,
+                 dice_guard=dice_guard, ensemble=ensemble, distill=distill, precision=precision, init=init,
                  pretrained=str(pretrained) if pretrained is not None else None, encoder=encoder,
                  freeze_encoder_steps=freeze_encoder_steps, encoder_lr_ratio=encoder_lr_ratio, track=track)
     cfg = build_train_config(data=data, config_file=config, **flags)
@@ -673,10 +678,7 @@ def tune_postprocess(
     out: Annotated[Path | None, typer.Option(help="Write the tuned model here; MODEL stays as it is.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary and every step as JSON here.")] = None,
     backend: BackendOpt = "auto",
-    dice_guard: Annotated[float | None, typer.Option(
-        min=0.0, help="For rand: pooled Dice the search may give up for fewer split and merged objects "
-        "(default 0.005). Looser guards trade membrane pixels for topology: on ISBI 2012, 0.02 lowered the "
-        "held-out Rand error by ~0.01 and membrane F1 by ~0.1 (docs/benchmarks.md).")] = None,
+    dice_guard: DiceGuardOpt = None,
 ) -> None:
     """Try threshold, opening/closing, hole filling, small-component removal, keep-largest (and, for
     rand, the watershed split of touching objects) on validation data; keep only what strictly

@@ -321,6 +321,9 @@ class TrainConfig:
     # at the end, choose the artifact's postprocessing on the validation split for this score
     # (`unetkit.inference.postprocess.tune_postprocess`); "off" keeps plain arg-max
     tune_postprocess: TunePostprocess = "off"
+    # pooled Dice that search may give up for a better score (`tune_postprocess`'s `dice_guard`);
+    # None: the metric's default (0.005 for rand, none for dice and iou)
+    postprocess_dice_guard: float | None = None
     calibrate: bool = True  # at the end, fit temperature scaling on the validation split (before tuning)
     # at the end, whether inference averages the TTA views (`unetkit.tuning.tta`): "auto" where the
     # gain holds across the validation images, "on" always, "off" never (and nothing measured)

@@ -69,6 +69,19 @@ def test_postprocess_tuning_holds_a_bounded_spread_of_the_validation_images(tiny
     assert record["images"] == 1 and len(record["keys"]) == 1
 
 
+def test_the_end_of_run_search_runs_under_the_configured_dice_guard(tiny_config, tmp_path) -> None:
+    from unetkit.errors import ConfigError
+    from unetkit.tuning.postprocess import RAND_DICE_GUARD
+
+    plain = dict(tune_postprocess="rand", calibrate=False, tta="off")
+    default = load_artifact(fit(tiny_config("default", **plain))).meta.metrics["postprocess_tuning"]
+    loose = load_artifact(fit(tiny_config("loose", postprocess_dice_guard=0.05, **plain))).meta.metrics["postprocess_tuning"]
+    assert default["dice_guard"] == RAND_DICE_GUARD and loose["dice_guard"] == 0.05
+    with pytest.raises(ConfigError, match=r"^postprocess_dice_guard -0.1: expected a number >= 0"):
+        fit(tiny_config("bad", postprocess_dice_guard=-0.1))
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
 def test_fit_stores_a_drift_baseline_and_a_validation_sample(tiny_config, capsys) -> None:
     cfg = tiny_config(steps=4, val_every=4)
     art = load_artifact(fit(cfg))

@@ -35,3 +35,10 @@ def test_train_launches_the_config_files_process_count(tmp_path, monkeypatch):
                                       "--steps", "1", "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert launched == [(2, 2)]
+
+
+def test_dice_guard_flag_sets_the_end_of_run_search_guard_over_the_file(tmp_path):
+    assert build_train_config("data").postprocess_dice_guard is None  # the metric's default
+    file = config_file(tmp_path, postprocess_dice_guard=0.01)
+    assert build_train_config("data", config_file=file).postprocess_dice_guard == 0.01
+    assert build_train_config("data", config_file=file, dice_guard=0.02).postprocess_dice_guard == 0.02

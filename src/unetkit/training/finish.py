@@ -223,10 +223,11 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
     if config.tune_postprocess != "off":
         t0 = time.perf_counter()
         artifact = Artifact(meta=meta, state_dict=weights)
+        guard = config.postprocess_dice_guard
         summary = (tune_samples(artifact, sample, config.tune_postprocess, progress=False, backend=backend,
-                                deadline=deadline) if probs is None else
+                                deadline=deadline, dice_guard=guard) if probs is None else
                    tune_probabilities(probs, [s.labels for s in sample], meta.num_classes, config.tune_postprocess,
-                                      ignore_index=meta.ignore_index, deadline=deadline))
+                                      ignore_index=meta.ignore_index, deadline=deadline, dice_guard=guard))
         meta = dataclasses.replace(meta, postprocess=summary["postprocess"], metrics={
             **meta.metrics, "postprocess_tuning": tuning_record(summary | {"keys": sample_keys})})
         say(f"postprocessing tuned on {len(sample)} validation image(s) for {summary['metric']} in "

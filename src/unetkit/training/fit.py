@@ -72,6 +72,7 @@ from unetkit.training.runlog import Callback
 from unetkit.training.steps import log_time, run_steps
 from unetkit.training.tracker import Tracker
 from unetkit.training.tracking import open_tracker
+from unetkit.tuning.postprocess import require_guard
 
 
 def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, model: nn.Module | None = None,
@@ -97,6 +98,7 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
             tracker = open_tracker(config.track, str(out_dir))
         if config.ensemble_folds < 1:  # before loading the data: a user error should not wait for it
             raise ConfigError(f"ensemble_folds: expected an integer >= 1 (1 = one model), got {config.ensemble_folds}")
+        require_guard(config.postprocess_dice_guard, "postprocess_dice_guard")
         candidate_modes(config.precision, config.memory_format, device)  # refuses unknown values
         check_available(config.precision, device, config.model, config.loss, network=model)
         start = read_start(config.finetune)  # --init / unetkit's own pretrained encoder: the file's header, checked before the data

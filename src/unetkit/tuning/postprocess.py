@@ -232,11 +232,12 @@ def require_metric(metric: str) -> None:
         raise DataError(f"metric '{metric}': expected one of {list(POSTPROCESS_METRICS)}")
 
 
-def require_guard(dice_guard: float | None) -> None:
-    """A ConfigError unless `dice_guard` is None or a finite number >= 0 (checked before predicting)."""
+def require_guard(dice_guard: float | None, name: str = "dice_guard") -> None:
+    """A ConfigError naming `name` unless `dice_guard` is None or a finite number >= 0 (checked before
+    predicting, or before training)."""
     if dice_guard is not None and not (isinstance(dice_guard, (int, float)) and math.isfinite(dice_guard)
                                        and dice_guard >= 0):
-        raise ConfigError(f"dice_guard {dice_guard!r}: expected a number >= 0 (pooled Dice the search may give up)")
+        raise ConfigError(f"{name} {dice_guard!r}: expected a number >= 0 (pooled Dice the search may give up)")
 
 
 def tune_model_postprocess(
