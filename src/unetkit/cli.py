@@ -135,7 +135,7 @@ TtaOpt = Annotated[bool | None, typer.Option(
     "training turns it on where it helped the validation images; an exported model's plan records it].")]
 TtaViewsOpt = Annotated[TtaViews | None, typer.Option(
     "--tta-views", help="Which views TTA averages (turns TTA on unless --no-tta): dihedral (8 flips/turns), flips "
-    "(4: half the time, most of the gain) or mirror (2); only views the model was trained on.  "
+    "(4: half the forward passes, most of the gain) or mirror (2); only views the model was trained on.  "
     "[default: the model's own: mirror for a model trained upright, else dihedral]")]
 TrainTtaOpt = Annotated[TtaMode | None, typer.Option(
     "--tta", help="At the end of training, whether the model predicts with test-time augmentation (the mean of "
@@ -954,7 +954,7 @@ def serve(
         envvar=_serve_env("sha256"))] = None,
     tta_views: Annotated[ServedTtaViews | None, typer.Option(
         "--tta-views", help="Views TTA averages when it runs (the model's choice or a request's tta=true): model (those "
-        "its training showed it), dihedral (8), flips (4: half the cost, most of the gain) or mirror (2)  "
+        "its training showed it), dihedral (8), flips (4: half the forward passes, most of the gain) or mirror (2)  "
         f"(default {ServeConfig.tta_views}).", envvar=_serve_env("tta_views"))] = None,
 ) -> None:
     """Serve a model over HTTP: /v1/segment, /v1/model, /metrics, /healthz, /readyz and a demo page at /.

@@ -42,7 +42,7 @@ TtaMode = Literal["auto", "on", "off"]  # TrainConfig.tta: decided by the gate, 
 # left-right), "flips" (+ upside-down and both: 4), "dihedral" (the 8 flips/quarter turns of the square)
 TtaViews = Literal["dihedral", "flips", "mirror"]
 TTA_VIEWS: tuple[str, ...] = get_args(TtaViews)
-ServedTtaViews = Literal["model", "dihedral", "flips", "mirror"]  # ServeConfig.tta_views: "model", the model's own
+ServedTtaViews = Literal["model", TtaViews]  # ServeConfig.tta_views: "model", the model's own set
 DistillMode = Literal["auto", "off", "on"]  # unetkit.training.distill; "auto": the plan decides (R17)
 DISTILL_MODES: tuple[str, ...] = get_args(DistillMode)
 DistillTeacher = Literal["instance", "wider"]  # the teacher's accuracy lever (unetkit.training.distill)
@@ -353,8 +353,8 @@ class TileConfig:
     padding: Literal["reflect", "constant", "replicate"] = "reflect"
     tta: bool = False  # average flips and rot90
     # the TTA views (`TtaViews`): "dihedral" (the 8 flips/rotations of the square), "flips" (4: half the
-    # cost, most of the gain) or "mirror" (as is + left-right), the only ones a model trained upright
-    # (augment.flip_vertical off: sky above road) saw
+    # forward passes, most of the gain) or "mirror" (as is + left-right), the only ones a model trained
+    # upright (augment.flip_vertical off: sky above road) saw
     tta_views: TtaViews = "dihedral"
     activation: Literal["softmax", "none"] = "softmax"  # "none": predictor returns probabilities
     # the model sees images at this fraction of their native side (an artifact trained so: its own
@@ -457,7 +457,7 @@ class ServeConfig:
     port: int = 8000
     backend: Backend = "torch"
     # the views TTA averages when it runs (the model's choice or a request's `tta`): "model", those its
-    # training showed it; "flips" halves the cost of a dihedral model's TTA (no view it was not trained on)
+    # training showed it; "flips" halves a dihedral model's TTA forward passes (no view it was not trained on)
     tta_views: ServedTtaViews = "model"
     tile_overlap: float = TileConfig.overlap  # tiles of one request overlap this much (TileConfig owns the default)
     max_batch_size: int = 8  # tiles per forward pass, packed across requests
