@@ -48,11 +48,15 @@ def held_out_tuning(art, probs: list[np.ndarray], labels: list[np.ndarray], inte
     """Training tuned the postprocessing on the scored slices (they are its validation split, as the
     issue asks). This re-tunes it, for the same metric, once per slice on the other slices only and
     scores the slice it left out: a held-out figure for the postprocessing step. `dice_guard`: the
-    search's (None: its default, `RAND_DICE_GUARD` for "rand"); `params` lists each fold's choice."""
+    search's (None: the one training's search ran under, `metrics.postprocess_tuning.dice_guard`, e.g.
+    `train --dice-guard`; else the search's default); `params` lists each fold's choice."""
     from unetkit.inference.postprocess import apply_postprocess
     from unetkit.tuning.postprocess import tune_postprocess
 
-    metric = art.meta.metrics.get("postprocess_tuning", {}).get("metric", "rand")
+    record = art.meta.metrics.get("postprocess_tuning", {})
+    metric = record.get("metric", "rand")
+    if dice_guard is None:
+        dice_guard = record.get("dice_guard")
     masks, chosen = [], []
     for i in range(len(probs)):
         rest = [j for j in range(len(probs)) if j != i]
