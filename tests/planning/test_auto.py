@@ -67,6 +67,23 @@ def test_timing_candidates_stops_once_a_candidate_is_too_slow():
     assert len(measured.table) == 1
 
 
+def test_the_race_times_the_network_the_user_set_not_only_the_planned_choices(tmp_path: Path, monkeypatch):
+    """Deep supervision (not a plan choice) made steps 1.8x dearer; the race timed the plain network."""
+    from unetkit.config import DataConfig
+    from unetkit.planning import auto
+    from unetkit.training.prepare import load_training_data
+
+    timed = {}
+    monkeypatch.setattr(auto, "measure_throughput", lambda *a, **kw: timed.update(kw))
+    spec = make_colour_dataset(tmp_path / "d")
+    fingerprint = load_training_data(DataConfig(data=str(spec)), progress=False).fingerprint
+    auto.time_candidates(fingerprint, {"model.deep_supervision": True, "model.attention": True, "loss.focal": 0.5},
+                         60.0, device="cpu")
+    assert timed["model"].deep_supervision and timed["model"].attention and timed["loss"].focal == 0.5
+    auto.time_candidates(fingerprint, {}, 60.0, device="cpu")
+    assert not timed["model"].deep_supervision and not timed["model"].attention
+
+
 def test_plan_and_train_work_unchanged_on_a_never_seen_colour_coded_data_set(tmp_path: Path):
     spec = make_colour_dataset(tmp_path / "colours")
     runner = CliRunner()

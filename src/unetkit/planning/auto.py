@@ -36,6 +36,7 @@ TIMING_MAX_SECONDS = 60.0
 NOT_PLANNED = {"data.data", "nproc", "progress", "out_dir", "resume", "tensorboard", "data.skip_bad",
                "seed", "data.seed", "device", "plan"}
 PRETRAINED_NAME = "encoder.safetensors"  # R16's pretrained encoder, in the run folder
+TIMED_PARTS = ("model.", "loss.", "augment.")  # the settings a timed training step depends on
 AUTO = {"precision", "memory_format", "distill.mode"}  # keys whose value "auto" leaves the choice to the plan
 
 
@@ -47,9 +48,11 @@ def time_candidates(fingerprint: Mapping[str, Any], overrides: Mapping[str, Any]
     every compute mode `precision` and `memory_format` allow (`measure_throughput` races them)."""
     facts = data_facts(fingerprint, overrides, n_val=n_val)
     limit = max_seconds if max_seconds is not None else min(TIMING_MAX_SECONDS, TIMING_FRACTION * budget_seconds)
-    # time with the loss and augmentation the plan will use (clDice and kornia cost time too)
-    provisional = apply_plan(TrainConfig(), make_plan(fingerprint, simulated_throughput(20.0), budget_seconds,
-                                                      overrides, n_val=n_val))
+    # time with the network, loss and augmentation the run will use (clDice and kornia cost time too): the
+    # plan's choices over what the user set that the plan does not choose (deep supervision, attention...)
+    own = replace(TrainConfig(), **{k: v for k, v in overrides.items() if k.startswith(TIMED_PARTS)})
+    provisional = apply_plan(own, make_plan(fingerprint, simulated_throughput(20.0), budget_seconds,
+                                            overrides, n_val=n_val))
     target = step_target(budget_seconds, facts)
     on = resolve_device(device, DistEnv())  # the device fit's (first) process will train on
     if on.type == "cpu":
