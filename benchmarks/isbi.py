@@ -104,10 +104,12 @@ def main() -> None:
     predict_seconds = time.perf_counter() - t0
     truth = [s.labels == interior for s in val]
     result = {**scores([labels_from_probabilities(p, art) == interior for p in probs], truth), "seconds": seconds,
-              "predict_seconds": predict_seconds, "tta_views": args.tta_views, "postprocess": art.meta.postprocess, "tta": art.meta.tta,
+              "predict_seconds": predict_seconds, "tta_views": args.tta_views,
+              "postprocess": art.meta.postprocess, "tta": art.meta.tta,
               "argmax": scores([p.argmax(0) == interior for p in probs], truth),
               "held_out": held_out_tuning(art, probs, [s.labels for s in val], interior)}
     config_heading, config_plan = config_notes(args.config)  # the --config file, read once
+    tta_label = f"on, {args.tta_views} views" if args.tta_views else "on" if art.meta.tta else "off"
     chosen = {c["key"]: c["value"] for c in read_meta(model).plan.get("choices", [])}
     what = (f"`unetkit train --budget {args.budget}`{config_heading}" if args.model is None
             else f"scoring `{model}`" + (f" with `--tta-views {args.tta_views}`" if args.tta_views else ""))
@@ -123,7 +125,7 @@ def main() -> None:
         "",
         "| labels | pixel error | adapted Rand error (interior components) | membrane F1 | wall clock |",
         "| --- | --- | --- | --- | --- |",
-        f"| `unetkit predict` (TTA {'on, ' + args.tta_views + ' views' if args.tta_views else 'on' if result['tta'] else 'off'}, postprocess "
+        f"| `unetkit predict` (TTA {tta_label}, postprocess "
         f"{json.dumps(result['postprocess'])}) | {result['pixel_error']:.4f} | {result['rand_error']:.4f} "
         f"| {result['membrane_f1']:.4f} | {'-' if seconds is None else f'{seconds / 60:.1f} min'} |",
         f"| postprocessing re-tuned leaving the scored slice out | {result['held_out']['pixel_error']:.4f} "
