@@ -1,11 +1,12 @@
-"""DRIVE: does the distilled BatchNorm student keep the InstanceNorm teacher's gain? One command:
+"""DRIVE: does the distilled BatchNorm student keep the teacher's gain? One command:
 
     .venv/bin/python benchmarks/distill_drive.py --data /work/shared/data/drive --budget 10m
 
 Three `unetkit train` runs on the 15/5 split (train 21-35, validate 36-40), started so that the
 arms that are compared share the machine's load:
 
-- distilled: `--budget B --distill on`: the InstanceNorm teacher on half the budget, then the
+- distilled: `--budget B --distill on`: the teacher (`--teacher`: the student's network with
+  InstanceNorm, the default, or 1.5x wider) on half the budget, then the
   BatchNorm student learning from it on the other half (from its cached TTA probabilities: the
   default `distill.targets`);
 - plain B: `--budget B --distill off`, started with it (what a user gets without distillation);
@@ -67,10 +68,12 @@ def start(train_dir: Path, budget_s: float, distill: str, out: Path, threads: in
 UNPLANNED = ("steps", "val_every", "budget_seconds", "distill.mode", "ensemble_folds")
 
 
-def pinned_config(train_dir: Path, budget_s: float, out: Path, threads: int, steps: int | None = None) -> Path:
+def pinned_config(train_dir: Path, budget_s: float, out: Path, threads: int, steps: int | None = None,
+                  teacher: str = "instance") -> Path:
     """The network and compute mode `unetkit plan` chooses for the distilled run's budget, as a
     TrainConfig JSON every arm trains with: the arms differ in how they learn, not in what they are.
-    With `steps`, every planned setting (loss, augmentation, optimizer...) and that many steps."""
+    With `steps`, every planned setting (loss, augmentation, optimizer...) and that many steps.
+    `teacher`: the distilled run's lever (`distill.teacher`); the plain runs ignore it."""
     out.mkdir(parents=True, exist_ok=True)
     plan_json = out / "plan.json"
     subprocess.run([sys.executable, "-m", "unetkit", "plan", str(train_dir), "--budget", f"{budget_s:.0f}s",
@@ -83,11 +86,15 @@ def pinned_config(train_dir: Path, budget_s: float, out: Path, threads: int, ste
         section, _, name = key.rpartition(".")
         (config.setdefault(section, {}) if section else config)[name] = chosen[key]
     config["ensemble_folds"] = 1  # one network per arm (a pinned model can make R12 plan an ensemble)
+    config["distill"] = {"teacher": teacher}
     if steps:
         config.update(steps=steps, val_every=max(1, steps // 5))
     path = out / "pinned.json"
     path.write_text(json.dumps(config, indent=2))
     return path
+
+
+LEVERS = {"instance": "InstanceNorm", "wider": "1.5x wider BatchNorm"}  # distill.teacher, as the heading names it
 
 
 def wait(proc: subprocess.Popen, out: Path) -> None:
@@ -111,11 +118,12 @@ def steps_of(meta) -> int:
     return int(meta.lineage.get("steps", 0))
 
 
-def train_arms(train_dir: Path, budget: float, out: Path, threads: int, steps: int | None = None) -> tuple[list, float]:
+def train_arms(train_dir: Path, budget: float, out: Path, threads: int, steps: int | None = None,
+               teacher: str = "instance") -> tuple[list, float]:
     """The three runs (see the module docstring) on the pinned network; load averages at start,
     student start, end; the plain-beside-the-student run's budget. With `steps`, two runs: the
     distilled one (teacher and student `steps` each) and the plain one of `steps`, beside each other."""
-    config = pinned_config(train_dir, budget, out, threads, steps)
+    config = pinned_config(train_dir, budget, out, threads, steps, teacher)
     loads = [os.getloadavg()]
     t0 = time.perf_counter()
     distilled = start(train_dir, budget, "on", out / "distilled", threads, config, steps)
@@ -147,6 +155,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None,
                     help="equal steps instead of a budget: the teacher, the student and one plain run train this many "
                          "steps each, with the plan of --budget (what distillation hands on, the budget split aside)")
+    ap.add_argument("--teacher", default="instance", choices=["instance", "wider"],
+                    help="the teacher's lever (distill.teacher): the student's network with InstanceNorm, or 1.5x wider")
     ap.add_argument("--threads", type=int, default=1, help="OMP threads per run (the runs share the cores)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-distill")
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -162,7 +172,7 @@ def main() -> None:
         args.steps = saved.get("steps")
     else:
         out = args.out / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        loads, half = train_arms(train_dir, budget, out, args.threads, args.steps)
+        loads, half = train_arms(train_dir, budget, out, args.threads, args.steps, args.teacher)
         pinned = json.loads((out / "pinned.json").read_text())
 
     # with equal steps, the plain run is the plain student beside the distilled one
@@ -210,7 +220,7 @@ def main() -> None:
 
     lines = [
         f"## DRIVE distillation at {f'{args.steps} steps each (the plan of {args.budget})' if args.steps else args.budget}: "
-        "InstanceNorm teacher -> BatchNorm student "
+        f"{LEVERS[pinned.get('distill', {}).get('teacher', 'instance')]} teacher -> BatchNorm student "
         f"({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
         f"Command: `python benchmarks/distill_drive.py {' '.join(sys.argv[1:])}`  ",
