@@ -43,11 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from drive import artifact_probabilities, load_split, machine  # noqa: E402
-from report import append_markdown, write_results  # noqa: E402
+from report import append_markdown, threads_env, write_results  # noqa: E402
 
 NAMES = "sky,building,pole,road,pavement,tree,signsymbol,fence,car,pedestrian,bicyclist"
 VOID = 11
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # each of two side-by-side arms
 
 
 def prepare(data: Path, work: Path) -> Path:
@@ -91,7 +90,7 @@ def ssl_arms(folder: Path, data: Path, keys: list[str], val_keys: list[str], bud
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run([*unetkit, "plan", str(folder), "--budget", budget, "--val-keys", ",".join(val_keys),
                     "--json", str(out / "plan.json")], check=True, capture_output=True, text=True,
-                   env={**os.environ, **ONE_THREAD})  # the arms' one thread: the plan they would make
+                   env=threads_env(1))  # the arms' one thread: the plan they would make
     plan = {c["key"]: c["value"] for c in json.loads((out / "plan.json").read_text())["choices"]}
     arch = {"base_width": plan["model.base_width"], "depth": plan["model.depth"], "norm": plan["model.norm"]}
     # one network in both arms: a pinned architecture otherwise lets R12 / R17 add an ensemble or a teacher
@@ -161,12 +160,10 @@ def main() -> None:
             if name in commands:
                 script = " && ".join(" ".join(f"'{a}'" for a in cmd) for cmd in commands[name])
                 procs[name] = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src"),
-                                                               **ONE_THREAD})
+                                               text=True, env=threads_env(1, PYTHONPATH=str(ROOT / "src")))
                 continue
-            env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-            if len(arms) > 1:  # one thread each: two 2-thread arms on 2 cores oversubscribe, and their timings lie
-                env |= ONE_THREAD
+            path = str(Path(src).resolve())  # side by side: one thread each
+            env = threads_env(1, PYTHONPATH=path) if len(arms) > 1 else {**os.environ, "PYTHONPATH": path}
             cmd = [sys.executable, "-m", "unetkit", "train", str(folder), "--budget", args.budget, "--out",
                    str(runs[name]), "--quiet", "--val-keys", ",".join(val_keys)] + (["--config", config] if config else [])
             procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

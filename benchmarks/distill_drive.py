@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from drive import binary_scores, load_split, machine  # noqa: E402
-from report import append_markdown  # noqa: E402
+from report import append_markdown, threads_env  # noqa: E402
 
 VAL_KEYS = ["36", "37", "38", "39", "40"]
 
@@ -59,7 +59,7 @@ def start(train_dir: Path, budget_s: float, distill: str, out: Path, threads: in
     cmd = [sys.executable, "-m", "unetkit", "train", str(train_dir), *length, "--out", str(out),
            "--quiet", "--val-keys", ",".join(VAL_KEYS), "--distill", distill,
            *(["--config", str(config)] if config else [])]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = threads_env(threads)
     out.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(cmd, stdout=(out / "stdout.txt").open("w"), stderr=subprocess.STDOUT, env=env)
 
@@ -78,7 +78,7 @@ def pinned_config(train_dir: Path, budget_s: float, out: Path, threads: int, ste
     plan_json = out / "plan.json"
     subprocess.run([sys.executable, "-m", "unetkit", "plan", str(train_dir), "--budget", f"{budget_s:.0f}s",
                     "--val-keys", ",".join(VAL_KEYS), "--distill", "on", "--json", str(plan_json)], check=True,
-                   stdout=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+                   stdout=subprocess.DEVNULL, env=threads_env(threads))
     chosen = {c["key"]: c["value"] for c in json.loads(plan_json.read_text())["choices"]}
     keys = [k for k in chosen if not k.startswith("plan.") and k not in UNPLANNED] if steps else list(PINNED)
     config: dict = {}

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from drive import binary_scores, load_split, machine  # noqa: E402
-from report import append_markdown, median_seconds  # noqa: E402
+from report import append_markdown, median_seconds, threads_env  # noqa: E402
 
 VAL_KEYS = ["36", "37", "38", "39", "40"]
 BASE = {
@@ -110,7 +109,7 @@ def run_variant(name: str, steps: int, train_dir: Path, work: Path) -> dict:
     data = clahe_copy(train_dir, work / "clahe") if name.partition("@")[0] == "clahe" else train_dir
     cfg = work / f"{name}.json"
     cfg.write_text(json.dumps(variant_config(name, steps)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = threads_env(1)
     started = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "unetkit", "train", str(data), "--config", str(cfg), "--out",
                           str(work / name), "--quiet", "--no-plan"], capture_output=True, text=True, env=env)

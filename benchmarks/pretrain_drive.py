@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from drive import binary_scores, load_split, unetkit_probabilities  # noqa: E402
-from report import publish  # noqa: E402
+from report import publish, threads_env  # noqa: E402
 
 
 def keys(text: str) -> list[str]:
@@ -96,7 +96,7 @@ def setup(args: argparse.Namespace, manifest_name: str, run: Path | None = None)
 def run_arms(arms: dict[str, list[list[str]]], out: Path, parallel: bool) -> dict[str, float]:
     """Run each arm's commands one after the other (log: OUT/NAME.log), the arms at the same time with one
     thread each (`parallel`) or one after the other; wall seconds per arm. A failed arm stops the benchmark."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"} if parallel else dict(os.environ)
+    env = threads_env(1) if parallel else dict(os.environ)
 
     def start(name: str) -> subprocess.Popen:
         script = " && ".join(" ".join(f"'{a}'" for a in cmd) for cmd in arms[name])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -10,6 +11,12 @@ from pathlib import Path
 from typing import Any
 
 HEADER = "# Benchmarks\n\nMeasured figures, each with its command and machine. Appended, never overwritten.\n"
+
+
+def threads_env(threads: int, **extra: str) -> dict[str, str]:
+    """This process's environment with `threads` OpenMP/MKL threads (and `extra` variables): for runs side by
+    side, one thread each, so two 2-thread runs do not oversubscribe 2 cores and make each other's timings lie."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **extra}
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
