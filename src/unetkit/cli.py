@@ -782,7 +782,11 @@ def rank(
     top_k: Annotated[int | None, typer.Option("--top-k", help="How many images to export and list.")] = None,
     export: Annotated[Path | None, typer.Option(help="New folder for the top-k images with pre-annotations (masks, COCO, CVAT, Label Studio).")] = None,
     csv: Annotated[Path, typer.Option("--csv", help="Where to write the ranking CSV.")] = Path("ranking.csv"),
-    tta: Annotated[bool, typer.Option(help="Predict the 8 flip/rot90 views: TTA disagreement and averaged predictions (8x slower).")] = RankConfig.tta,
+    tta: Annotated[bool, typer.Option(help="Predict the model's TTA views (8 flips/turns; 2 for a model trained upright): "
+                                      "TTA disagreement and averaged predictions (2-8x slower).")] = RankConfig.tta,
+    tta_views: Annotated[TtaViews | None, typer.Option(
+        "--tta-views", help="Which views --tta predicts: dihedral (8), flips (4) or mirror (2); only views the model "
+        "was trained on.  [default: the model's own]")] = None,
     recursive: Annotated[bool, typer.Option(help="Also rank the images in subfolders.")] = RankConfig.recursive,
     dedup_bits: Annotated[int, typer.Option(help="Skip near-copies of a higher-ranked image in the export: hashes at most this many of 256 bits apart (0: off).")] = RankConfig.dedup_bits,
     tile: TileOpt = None,
@@ -803,7 +807,7 @@ def rank(
     if export is not None:
         check_export_dir(export)
     files = list_images(folder, recursive, exclude=export)
-    scorer = Scorer.from_artifact(model, _tile_settings(tile, overlap), backend)
+    scorer = Scorer.from_artifact(model, _tile_settings(tile, overlap, tta, tta_views), backend)
     ranking = rank_images(scorer, files, config, root=folder, progress=True)
     write_ranking_csv(ranking, csv)
     Console().print(ranking_table(ranking, top_k or 10))

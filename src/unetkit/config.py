@@ -516,7 +516,7 @@ class RankConfig:
     top_fraction: float = 0.05
     background: int = 0  # the class index "foreground" leaves out
     foreground_min_prob: float = 0.1
-    tta: bool = True  # predict the 8 flip/rot90 views: TTA disagreement, and TTA-averaged predictions
+    tta: bool = True  # predict the TTA views (the scorer's TileConfig.tta_views): disagreement, averaged predictions
     dedup_bits: int = 16  # near-duplicate: difference hashes (256 bits) at most this many bits apart; 0: off
     recursive: bool = False
 

@@ -2,8 +2,9 @@
 
 `designed_artifact`: a real U-Net (depth 1, no norm) whose weights pass the pixel's intensity
 straight through the skip connection to the head, so p(class 1) = sigmoid(slope * (x/255 - 0.5)).
-Dark and bright pixels are confident, mid-grey ones (x ~ 128) are a coin toss. With `shift` the
-first convolution reads the pixel's left neighbour instead, so the model is not flip-invariant.
+Dark and bright pixels are confident, mid-grey ones (x ~ 128) are a coin toss. With `shift` ("left", "up")
+the first convolution reads that neighbour of the pixel instead, so the model is not flip-invariant
+("up" is invariant under the left-right mirror, not under the other views).
 `constant_artifact`: every weight zero, the head's bias fixed: the same probabilities everywhere.
 """
 
@@ -40,10 +41,13 @@ def _zeroed(cfg: ModelConfig) -> torch.nn.Module:
 CFG = ModelConfig(in_channels=1, out_channels=2, depth=1, base_width=2, norm="none")
 
 
-def designed_artifact(path: Path, slope: float = 20.0, shift: bool = False) -> Path:
+SHIFTS = {None: (1, 1), "left": (1, 0), "up": (0, 1)}  # the first convolution's tap: the pixel or a neighbour
+
+
+def designed_artifact(path: Path, slope: float = 20.0, shift: str | None = None) -> Path:
     net = _zeroed(CFG)
     with torch.no_grad():
-        net.encoder[0].conv1.conv.weight[0, 0, 1, 0 if shift else 1] = 1.0
+        net.encoder[0].conv1.conv.weight[(0, 0, *SHIFTS[shift])] = 1.0
         net.encoder[0].conv2.conv.weight[0, 0, 1, 1] = 1.0
         net.decoder[0].conv1.conv.weight[0, 0, 1, 1] = 1.0  # channel 0 of cat([skip, up]) = the skip
         net.decoder[0].conv2.conv.weight[0, 0, 1, 1] = 1.0

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from tests.active.conftest import designed_artifact, write_gray
+
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "unetkit", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
@@ -43,6 +45,21 @@ def test_bad_options(designed, images, tmp_path, args, match):
 def test_a_choice_outside_its_set_fails_at_parse_time(designed, images, tmp_path, args, match):
     proc = run_cli("rank", str(designed), str(images), *args, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and match in proc.stderr, proc.stderr
+
+
+def test_tta_views_choose_the_views_ranked_over(tmp_path, rng):
+    """`--tta-views mirror` reaches the scorer: the model reading the pixel above never disagrees with
+    its mirror, while over its own 8 views it does."""
+    model = designed_artifact(tmp_path / "up.unetkit", shift="up")
+    write_gray(tmp_path / "images" / "noise.png", rng.uniform(0, 255, (40, 52)))
+    tta = {}
+    for views in ("mirror", None):
+        out = tmp_path / f"{views}.csv"
+        proc = run_cli("rank", str(model), str(tmp_path / "images"), "--by", "tta", "--csv", str(out),
+                       *(["--tta-views", views] if views else []))
+        assert proc.returncode == 0, proc.stderr
+        tta[views] = float(next(csv.DictReader(out.open()))["tta"])
+    assert tta["mirror"] < 1e-6 < 0.3 < tta[None]
 
 
 def test_missing_model(images, tmp_path):

@@ -54,7 +54,7 @@ def test_tta_disagreement_is_zero_for_a_flip_invariant_model_and_positive_otherw
     config = RankConfig(by="tta")
     constant = Scorer.from_artifact(constant_artifact(tmp_path / "c.unetkit"), backend="torch").uncertainty(image, config)
     pointwise = Scorer.from_artifact(designed_artifact(tmp_path / "p.unetkit"), backend="torch").uncertainty(image, config)
-    shifted = Scorer.from_artifact(designed_artifact(tmp_path / "s.unetkit", shift=True), backend="torch").uncertainty(image, config)
+    shifted = Scorer.from_artifact(designed_artifact(tmp_path / "s.unetkit", shift="left"), backend="torch").uncertainty(image, config)
     assert constant.scores["tta"] == 0.0 and constant.scores["tta_flip"] == 0.0
     assert constant.scores["entropy"] > 0.5  # uncertain, but the same in every view
     assert pointwise.scores["tta"] < 1e-9 and pointwise.scores["tta_flip"] == 0.0
@@ -62,9 +62,24 @@ def test_tta_disagreement_is_zero_for_a_flip_invariant_model_and_positive_otherw
     assert shifted.scores["tta"] > 0.3 and shifted.scores["tta_flip"] > 0.5
 
 
+def test_disagreement_is_over_the_views_asked_for(tmp_path, rng):
+    """A model reading the pixel above agrees with its left-right mirror, so over the mirror views it
+    never disagrees; upside down or turned, it reads another neighbour."""
+    model = designed_artifact(tmp_path / "up.unetkit", shift="up")
+    image = rng.uniform(0, 255, (1, 40, 52)).astype(np.float32)
+    config = RankConfig(by="tta")
+
+    def disagreement(views: str | None) -> float:
+        tile = {"tta_views": views} if views else None
+        return Scorer.from_artifact(model, tile, backend="torch").uncertainty(image, config).scores["tta"]
+
+    assert disagreement("mirror") < 1e-9
+    assert disagreement("flips") > 0.3 and disagreement(None) > 0.3  # None: the model's own, all 8
+
+
 def test_the_views_average_to_the_tta_prediction(tmp_path, rng):
     """Blending is linear: the mean of the 8 view maps is what `predict --tta` returns."""
-    scorer = Scorer.from_artifact(designed_artifact(tmp_path / "s.unetkit", shift=True), backend="torch")
+    scorer = Scorer.from_artifact(designed_artifact(tmp_path / "s.unetkit", shift="left"), backend="torch")
     image = rng.uniform(0, 255, (1, 70, 45)).astype(np.float32)
     tile = TileConfig(tile_size=(32, 32))
     views = list(iter_view_probabilities(scorer.predictor, image, tile))

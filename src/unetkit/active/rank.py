@@ -113,7 +113,8 @@ class Scorer:
                    f"{meta.name} {sha[:12]}")
 
     def uncertainty(self, image: np.ndarray, config: RankConfig) -> ImageUncertainty:
-        """Scores of one image: from the 8 TTA views with `config.tta`, else from one prediction."""
+        """Scores of one image: from the TTA views (`self.tile.tta_views`) with `config.tta`, else from one
+        prediction."""
         tile = replace(self.tile, tta=False)
         if config.tta:
             return score_image(iter_view_probabilities(self.predictor, image, tile), config)
