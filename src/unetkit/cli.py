@@ -740,12 +740,18 @@ def export_command(
     tile: Annotated[int | None, typer.Option(help="Tile size recorded in the plan.  [default: the model's patch size].")] = None,
     overlap: Annotated[float | None, typer.Option(
         help=f"Tile overlap fraction recorded in the plan.  [default: {TileConfig.overlap}].")] = None,
+    tta: Annotated[bool | None, typer.Option(
+        "--tta/--no-tta", help="Record test-time augmentation on or off in the plan, which every runtime that "
+        "reads it follows.  [default: the model's own choice]")] = None,
+    tta_views: Annotated[TtaViews | None, typer.Option(
+        "--tta-views", help="The views TTA averages, recorded in the plan (turns TTA on unless --no-tta): dihedral "
+        "(8), flips (4) or mirror (2); only views the model was trained on.  [default: the model's own]")] = None,
 ) -> None:
     """Write an ONNX model of the whole per-tile pipeline plus MODEL.onnx.json (the inference plan);
     parity-checked against PyTorch (--format openvino: an OpenVINO IR MODEL.xml + MODEL.bin + MODEL.xml.json).
     With --int8: quantized (calibrated on training images), refused when validation accuracy drops or
     labels change on more validation pixels than --min-agreement allows."""
-    tile_settings = _tile_settings(tile, overlap)
+    tile_settings = _tile_settings(tile, overlap, tta, tta_views)
     config = ExportConfig(format=format, int8=int8, int8_gate=gate, int8_agreement=agreement)
     if not int8:
         from unetkit.export.onnx import export_artifact

@@ -10,6 +10,20 @@ def test_export_writes_model_and_plan(artifact_path):
     assert artifact_path.with_suffix(".onnx").exists() and artifact_path.with_name("model.onnx.json").exists()
 
 
+def test_export_records_the_tta_views_asked_for(artifact_path, tmp_path):
+    import json
+
+    out = tmp_path / "flips.onnx"
+    proc = run_cli("export", str(artifact_path), "--tta-views", "flips", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    tile = json.loads(out.with_name("flips.onnx.json").read_text())["tile"]
+    assert (tile["tta"], tile["tta_views"]) == (True, "flips")  # naming the views turns TTA on
+    proc = run_cli("export", str(artifact_path), "--tta-views", "mirror", "--no-tta", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    tile = json.loads(out.with_name("flips.onnx.json").read_text())["tile"]
+    assert (tile["tta"], tile["tta_views"]) == (False, "mirror")
+
+
 def test_export_errors_are_one_line(artifact_path, tmp_path, data_and_model):
     assert_one_line_error(run_cli("export", str(tmp_path / "missing.unetkit")), "model artifact not found")
     assert_one_line_error(run_cli("export", str(artifact_path), "--int8"), "--int8 needs --data")
