@@ -75,6 +75,18 @@ def scores(matrix: np.ndarray) -> dict[str, object]:
             "iou": [float(v) for v in iou]}
 
 
+def predicted_scores(model: Path, val: list) -> dict[str, object]:
+    """mIoU, pixel accuracy and per-class IoU of the artifact `model` on the loaded frames `val`, as
+    `unetkit predict` runs it: its tiling, resolution and TTA, then its postprocessing."""
+    from unetkit.artifact import load_artifact
+    from unetkit.inference.files import labels_from_probabilities
+
+    art = load_artifact(model)
+    k = len(NAMES.split(","))
+    probs = artifact_probabilities(art, [s.image for s in val])
+    return scores(sum(confusion(labels_from_probabilities(p, art), s.labels, k) for p, s in zip(probs, val, strict=True)))
+
+
 def steps_done(run: Path) -> int:
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return max((int(e.get("step", 0)) for e in events), default=0)
@@ -174,20 +186,14 @@ def main() -> None:
             raise SystemExit(f"arm {name}: unetkit train failed:\n{output}")
     load_after = os.getloadavg()
 
-    from unetkit.artifact import load_artifact
-    from unetkit.inference.files import labels_from_probabilities
+    from unetkit.artifact import read_meta
 
     val = load_split(folder, val_keys)
-    k = len(NAMES.split(","))
     results = {}
     for name, run in runs.items():
-        art = load_artifact(run / "model.unetkit")
-        probs = artifact_probabilities(art, [s.image for s in val])  # as `unetkit predict`: its tiling and TTA,
-        matrix = sum(confusion(labels_from_probabilities(p, art), s.labels, k)  # and its postprocessing
-                     for p, s in zip(probs, val, strict=True))
-        chosen = {c["key"]: c["value"] for c in art.meta.plan.get("choices", [])}
-        results[name] = {**scores(matrix), "steps": steps_done(run), "wall_seconds": walls[name], "plan": chosen,
-                         "src": arms[name]}
+        chosen = {c["key"]: c["value"] for c in read_meta(run / "model.unetkit").plan.get("choices", [])}
+        results[name] = {**predicted_scores(run / "model.unetkit", val), "steps": steps_done(run),
+                         "wall_seconds": walls[name], "plan": chosen, "src": arms[name]}
         write_results(run, results[name], rescored=args.score is not None)
     names = NAMES.split(",")
     rows = ["| arm | plan | steps | mIoU | pixel acc. | " + " | ".join(names) + " |",

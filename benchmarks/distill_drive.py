@@ -36,6 +36,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -54,10 +55,10 @@ PINNED = ("model.base_width", "model.depth", "data.patch_size", "data.batch_size
 
 
 def start(train_dir: Path, budget_s: float, distill: str, out: Path, threads: int,
-          config: Path | None = None, steps: int | None = None) -> subprocess.Popen:
+          config: Path | None = None, steps: int | None = None, val_keys: Sequence[str] = VAL_KEYS) -> subprocess.Popen:
     length = ["--steps", str(steps)] if steps else ["--budget", f"{budget_s:.0f}s"]
     cmd = [sys.executable, "-m", "unetkit", "train", str(train_dir), *length, "--out", str(out),
-           "--quiet", "--val-keys", ",".join(VAL_KEYS), "--distill", distill,
+           "--quiet", "--val-keys", ",".join(val_keys), "--distill", distill,
            *(["--config", str(config)] if config else [])]
     env = threads_env(threads)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,7 @@ UNPLANNED = ("steps", "val_every", "budget_seconds", "distill.mode", "ensemble_f
 
 
 def pinned_config(train_dir: Path, budget_s: float, out: Path, threads: int, steps: int | None = None,
-                  teacher: str = "instance") -> Path:
+                  teacher: str = "instance", val_keys: Sequence[str] = VAL_KEYS) -> Path:
     """The network and compute mode `unetkit plan` chooses for the distilled run's budget, as a
     TrainConfig JSON every arm trains with: the arms differ in how they learn, not in what they are.
     With `steps`, every planned setting (loss, augmentation, optimizer...) and that many steps.
@@ -77,7 +78,7 @@ def pinned_config(train_dir: Path, budget_s: float, out: Path, threads: int, ste
     out.mkdir(parents=True, exist_ok=True)
     plan_json = out / "plan.json"
     subprocess.run([sys.executable, "-m", "unetkit", "plan", str(train_dir), "--budget", f"{budget_s:.0f}s",
-                    "--val-keys", ",".join(VAL_KEYS), "--distill", "on", "--json", str(plan_json)], check=True,
+                    "--val-keys", ",".join(val_keys), "--distill", "on", "--json", str(plan_json)], check=True,
                    stdout=subprocess.DEVNULL, env=threads_env(threads))
     chosen = {c["key"]: c["value"] for c in json.loads(plan_json.read_text())["choices"]}
     keys = [k for k in chosen if not k.startswith("plan.") and k not in UNPLANNED] if steps else list(PINNED)
@@ -119,15 +120,15 @@ def steps_of(meta) -> int:
 
 
 def train_arms(train_dir: Path, budget: float, out: Path, threads: int, steps: int | None = None,
-               teacher: str = "instance") -> tuple[list, float]:
+               teacher: str = "instance", val_keys: Sequence[str] = VAL_KEYS) -> tuple[list, float]:
     """The three runs (see the module docstring) on the pinned network; load averages at start,
     student start, end; the plain-beside-the-student run's budget. With `steps`, two runs: the
     distilled one (teacher and student `steps` each) and the plain one of `steps`, beside each other."""
-    config = pinned_config(train_dir, budget, out, threads, steps, teacher)
+    config = pinned_config(train_dir, budget, out, threads, steps, teacher, val_keys)
     loads = [os.getloadavg()]
     t0 = time.perf_counter()
-    distilled = start(train_dir, budget, "on", out / "distilled", threads, config, steps)
-    plain = start(train_dir, budget, "off", out / "plain", threads, config, steps)
+    distilled = start(train_dir, budget, "on", out / "distilled", threads, config, steps, val_keys)
+    plain = start(train_dir, budget, "off", out / "plain", threads, config, steps, val_keys)
     student_log = out / "distilled" / "metrics.jsonl"  # the student's own log: it starts after the targets
     while not (student_log.exists() and student_log.stat().st_size) and distilled.poll() is None:
         time.sleep(2)
@@ -135,7 +136,8 @@ def train_arms(train_dir: Path, budget: float, out: Path, threads: int, steps: i
     half = max(60.0, budget - (time.perf_counter() - t0))  # what is left of the budget: the student's time
     arms = [(distilled, out / "distilled"), (plain, out / "plain")]
     if not steps:
-        arms.append((start(train_dir, half, "off", out / "plain-half", threads, config), out / "plain-half"))
+        arms.append((start(train_dir, half, "off", out / "plain-half", threads, config, val_keys=val_keys),
+                     out / "plain-half"))
     for proc, folder in arms:
         wait(proc, folder)
     loads.append(os.getloadavg())
