@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None,
                     help="equal steps instead of a budget: the teacher, the student and one plain run train this many "
                          "steps each, with the plan of --budget (what distillation hands on, the budget split aside)")
-    ap.add_argument("--teacher", default="instance", choices=["instance", "wider"],
+    ap.add_argument("--teacher", default="instance", choices=sorted(LEVERS),
                     help="the teacher's lever (distill.teacher): the student's network with InstanceNorm, or 1.5x wider")
     ap.add_argument("--threads", type=int, default=1, help="OMP threads per run (the runs share the cores)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-distill")
