@@ -168,7 +168,9 @@ R17 Distillation. The accuracy levers (InstanceNorm: F1 +0.004..0.006 on DRIVE a
    of one with the teacher's forward pass on each batch, "online"). The plan leaves it off and says
    why: on DRIVE the students kept none of the teacher's lead at equal steps (2,000 steps each:
    teacher +0.006, +0.012 with its views; students -0.001 and -0.002 against the plain network; a
-   1.5x wider teacher, +0.0065 / +0.011, kept 4-6 %: `distill_drive.py --teacher wider`), and
+   1.5x wider teacher, +0.0065 / +0.011, kept 4-6 %: `distill_drive.py --teacher wider`; on CamVid's
+   11 classes a wider teacher led by 0.033 at 3,000 steps and its student ended level with the plain
+   network: `distill_camvid.py`), and
    the teacher's half of the budget costs the student steps (20 minutes, 2 cores: plain run
    0.811-0.814, distilled 0.755). An earlier R17 turned it on wherever the student's half still
    reached the step target: in two runs of one command (DRIVE, 5 labels, 30 minutes) the plan whose
@@ -502,7 +504,7 @@ def distill_mode(facts: DataFacts, cand: Candidate, sps: float, budget_seconds: 
         return "off", (f"off: the student's half of the budget would get {steps} steps, under the step target "
                        f"{target}; steps are worth more than a teacher here (R17)")
     return "off", (f"off: the student's half of the budget would reach the step target ({steps} >= {target}), but "
-                   "on DRIVE distilled students kept none of an InstanceNorm or a wider teacher's lead at equal steps "
+                   "on DRIVE and CamVid distilled students kept none of their teacher's lead at equal steps "
                    "(docs/benchmarks.md); `--distill on` trains one (R17)")
 
 
