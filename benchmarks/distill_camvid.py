@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from camvid import NAMES, predicted_scores, prepare  # noqa: E402
-from distill_drive import LEVERS, steps_of, train_arms  # noqa: E402
+from distill_drive import LEVERS, retention_sentence, steps_of, train_arms  # noqa: E402
 from drive import load_split, machine  # noqa: E402
 from report import append_markdown  # noqa: E402
 
@@ -67,14 +67,6 @@ def main() -> None:
     student = record["student"][SELECTION_METRIC]
     plain = metas["plain"].metrics[SELECTION_METRIC]
 
-    def retention(lead: float | None, what: str) -> str:
-        if lead is None:
-            return ""
-        if lead <= plain:
-            return (f"Retention of {what}: **not defined**: the teacher ({lead:.4f}) is not ahead of the plain run "
-                    f"({plain:.4f}). ")
-        return (f"Retention of {what}: ({student:.4f} - {plain:.4f}) / ({lead:.4f} - {plain:.4f}) = "
-                f"**{(student - plain) / (lead - plain):.2f}** (target >= 0.70). ")
 
     val = load_split(folder, val_keys)
     predicted = {name: predicted_scores(out / name / "model.unetkit", val) for name in metas}
@@ -103,8 +95,9 @@ def main() -> None:
           f"{student if name == 'distilled' else plain:.4f} | {predicted[name]['miou']:.4f} | "
           f"{predicted[name]['pixel_accuracy']:.4f} |" for name in ("distilled", "plain")],
         "",
-        retention(teacher, "the teacher's network") + retention(teaching, "the teacher as it teaches")
-        + f"Distillation weight {record['weight']}, temperature {record['temperature']}.",
+        " ".join([retention_sentence(student, plain, teacher, "the teacher's network"),
+                  *([retention_sentence(student, plain, teaching, "the teacher as it teaches")] if teaching else []),
+                  f"Distillation weight {record['weight']}, temperature {record['temperature']}."]),
         "",
         "Per-class IoU as predicted (held-out frames):",
         "",

@@ -98,6 +98,21 @@ def pinned_config(train_dir: Path, budget_s: float, out: Path, threads: int, ste
 LEVERS = {"instance": "InstanceNorm", "wider": "1.5x wider BatchNorm"}  # distill.teacher, as the heading names it
 
 
+def retention(student: float, plain: float, lead: float) -> float:
+    """The share of the teacher's lead over the plain student (`lead - plain`) the student kept; NaN when the
+    teacher is not ahead (retention measures a gain: there is none to keep)."""
+    return (student - plain) / (lead - plain) if lead > plain else float("nan")
+
+
+def retention_sentence(student: float, plain: float, lead: float, what: str) -> str:
+    """The retention of `what` (the teacher's network, or the teacher as it teaches) as the entry states it."""
+    if lead > plain:
+        return (f"Retention of {what}: (student - plain beside it) / (teacher - plain beside it) = ({student:.4f} - "
+                f"{plain:.4f}) / ({lead:.4f} - {plain:.4f}) = **{retention(student, plain, lead):.2f}** (target >= 0.70).")
+    return (f"Retention of {what}: **not defined** -- the teacher ({lead:.4f}) is not ahead of the plain student "
+            f"beside it ({plain:.4f}), so there is no gain to keep.")
+
+
 def wait(proc: subprocess.Popen, out: Path) -> None:
     if proc.wait() != 0:
         raise SystemExit(f"unetkit train failed in {out}:\n{(out / 'stdout.txt').read_text()[-3000:]}")
@@ -189,18 +204,6 @@ def main() -> None:
     # the teacher as it teaches: its cached probabilities (TTA views averaged) are what the student learns from
     teaching = taught.get("as_it_teaches", {}).get("mean_dice_foreground")
 
-    def retention_of(lead: float) -> float:
-        # retention measures a gain: with the teacher not ahead of the plain student there is none to keep
-        return (student - p_half) / (lead - p_half) if lead > p_half else float("nan")
-
-    def retention_text(lead: float, what: str) -> str:
-        if lead > p_half:
-            return (f"Retention of {what}: (student - plain beside it) / (teacher - plain beside it) = ({student:.4f} - "
-                    f"{p_half:.4f}) / ({lead:.4f} - {p_half:.4f}) = **{retention_of(lead):.2f}** (target >= 0.70).")
-        return (f"Retention of {what}: **not defined** -- the teacher ({lead:.4f}) is not ahead of the plain student "
-                f"beside it ({p_half:.4f}), so there is no gain to keep.")
-
-    retention = retention_of(teacher)
 
     val = load_split(train_dir, VAL_KEYS)
     truth = np.concatenate([(s.labels == 1).ravel() for s in val])
@@ -248,8 +251,8 @@ def main() -> None:
             f"{p_half:.4f} |",
             f"| plain, whole budget | {record['student']['model']} | {args.budget} | {steps('plain')} | {p_full:.4f} |"]),
         "",
-        retention_text(teacher, "the teacher's network")
-        + (" " + retention_text(teaching, "the teacher as it teaches") if teaching is not None else "")
+        retention_sentence(student, p_half, teacher, "the teacher's network")
+        + (" " + retention_sentence(student, p_half, teaching, "the teacher as it teaches") if teaching is not None else "")
         + f" Teaching: {taught.get('kind', 'online')}." + f" End to end, the distilled student vs the plain run of the same budget: {student - p_full:+.4f}.",
         "",
         "`unetkit evaluate` (as the artifact predicts: calibration, TTA where the gate adopted it, gated "
@@ -265,8 +268,8 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     append_markdown(args.benchmarks, text)
     (out / "results.json").write_text(json.dumps({"teacher": teacher, "student": student, "plain_half": p_half,
-                                                   "plain": p_full, "retention": retention, "teaching": teaching,
-                                                   "retention_teaching": retention_of(teaching)
+                                                   "plain": p_full, "retention": retention(student, p_half, teacher), "teaching": teaching,
+                                                   "retention_teaching": retention(student, p_half, teaching)
                                                    if teaching is not None else None, "loads": loads,
                                                    "checks": checks}, indent=2, default=str))
     print(text)
