@@ -129,6 +129,8 @@ def ssl_arms(folder: Path, data: Path, keys: list[str], val_keys: list[str], bud
 
 
 def main() -> None:
+    from unetkit.config import PRETRAIN_OBJECTIVES
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, type=Path, help="CamVid release root (holding train/, trainannot/)")
     ap.add_argument("--budget", default="10m")
@@ -141,7 +143,7 @@ def main() -> None:
                     help="score the arms of an earlier run folder (WORK/STAMP, one sub-folder per arm) without training")
     ap.add_argument("--ssl", type=float, default=None, metavar="SHARE",
                     help="scratch vs self-supervised pretraining for SHARE of the budget + fine-tuning")
-    ap.add_argument("--ssl-objective", default="contrastive", choices=["contrastive", "mim", "denoise"],
+    ap.add_argument("--ssl-objective", default="contrastive", choices=PRETRAIN_OBJECTIVES,
                     help="the pretraining objective of --ssl (default: R16's)")
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()

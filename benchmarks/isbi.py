@@ -68,6 +68,8 @@ def held_out_tuning(art, probs: list[np.ndarray], labels: list[np.ndarray], inte
 
 
 def main() -> None:
+    from unetkit.config import TTA_VIEWS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, type=Path, help="ISBI 2012 root (holding train/)")
     ap.add_argument("--budget", default="30m")
@@ -78,7 +80,7 @@ def main() -> None:
                     help="a partial TrainConfig JSON passed to `unetkit train --config` (pins choices of the plan)")
     ap.add_argument("--model", type=Path, default=None,
                     help="score this artifact (validated on --keys-val) instead of training one")
-    ap.add_argument("--tta-views", default=None, choices=["dihedral", "flips", "mirror"],
+    ap.add_argument("--tta-views", default=None, choices=TTA_VIEWS,
                     help="with --model: score it as `unetkit predict --tta-views V` runs it (TTA on, those views)")
     args = ap.parse_args()
     if args.tta_views and args.model is None:
