@@ -1,5 +1,6 @@
 """The command line: user errors are one line on stderr with a non-zero exit, never a traceback."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -280,3 +281,37 @@ def test_pretrain_then_train_from_the_encoder_records_it(tmp_path):
     assert meta.train_config["finetune"]["freeze_encoder_steps"] == 1
     bad = run_cli("pretrain", str(data / "images"), "--objective", "jigsaw", "-o", str(tmp_path / "x.safetensors"))
     assert bad.returncode == 2 and not (tmp_path / "x.safetensors").exists()
+
+
+def test_distill_from_an_artifact_trains_the_student_alone_and_refuses_bad_teachers(tmp_path):
+    import json
+
+    from unetkit.artifact import load_artifact, read_meta, save_artifact
+    from unetkit.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n_images=6, size=(32, 32), seed=0)
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({"model": {"base_width": 4, "depth": 2}, "augment": {"enabled": False},
+                               "val_every": 2, "calibrate": False, "tune_postprocess": "off"}))
+    common = ("--config", str(cfg), "--steps", "2", "--patch", "32", "--batch", "2", "--quiet")
+    assert run_cli("train", str(data), *common, "--out", str(tmp_path / "teacher")).returncode == 0
+    teacher = tmp_path / "teacher" / "model.unetkit"
+    proc = run_cli("train", str(data), *common, "--distill-from", str(teacher), "--out", str(tmp_path / "student"))
+    assert proc.returncode == 0, proc.stderr
+    meta = read_meta(tmp_path / "student" / "model.unetkit")
+    assert meta.metrics["distillation"]["teacher"]["artifact"] == str(teacher)
+    assert meta.lineage["teacher_sha256"] and not (tmp_path / "student" / "teacher").exists()
+
+    off = run_cli("train", str(data), *common, "--distill", "off", "--distill-from", str(teacher),
+                  "--out", str(tmp_path / "never"))
+    assert off.returncode == 2
+    assert_one_line_error(off, "distillation is off (--distill off); drop one of the two")
+    other = read_meta(teacher)  # the teacher of another task: its classes renamed
+    renamed = tuple(f"{name}-elsewhere" for name in other.class_names)
+    save_artifact(tmp_path / "other.unetkit", load_artifact(teacher).state_dict,
+                  dataclasses.replace(other, class_names=renamed))
+    wrong = run_cli("train", str(data), *common, "--distill-from", str(tmp_path / "other.unetkit"),
+                    "--out", str(tmp_path / "never"))
+    assert wrong.returncode == 2
+    assert_one_line_error(wrong, "a teacher must predict the student's classes, in order")
+    assert not (tmp_path / "never").exists()

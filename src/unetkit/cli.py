@@ -169,8 +169,13 @@ PrecisionOpt = Annotated[TrainPrecision | None, typer.Option(
 DistillOpt = Annotated[DistillMode | None, typer.Option(
     "--distill", help="Distillation: train a more accurate teacher first (InstanceNorm; see distill.* in a config "
     "file), then this fast network learning from its soft targets and the labels; the artifact records both "
-    "validation scores. auto: planned with --budget when the student's share still reaches the step target "
-    "(R15), else off. Default: auto.")]
+    "validation scores. auto: the plan decides (R17; it has kept it off: on DRIVE and CamVid students kept none "
+    "of their teacher's lead), on with --distill-from. Default: auto.")]
+DistillFromOpt = Annotated[Path | None, typer.Option(
+    "--distill-from", metavar="MODEL", help="Distil this trained model artifact (e.g. a k-fold ensemble, an "
+    "InstanceNorm or wider model) into the network trained here: nothing is trained for the teacher, the whole "
+    "budget is the student's. It must predict DATA's classes, in order, from the same channels; its sha256 goes "
+    "into the lineage. See docs/training.md, \"Distillation\".")]
 EncoderOpt = Annotated[Encoder | None, typer.Option(
     "--encoder", help="The U-Net's encoder: unet (its own conv blocks, the default) or an ImageNet backbone "
     "(resnet18/34/50, efficientnet-b0..b3) under an smp-style decoder; see docs/training.md.")]
@@ -332,6 +337,7 @@ def train(
     dice_guard: DiceGuardOpt = None,
     ensemble: EnsembleOpt = None,
     distill: DistillOpt = None,
+    distill_from: DistillFromOpt = None,
     precision: PrecisionOpt = None,
     encoder: EncoderOpt = None,
     pretrained: PretrainedOpt = None,
@@ -375,7 +381,8 @@ def train(
     flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, resolution=resolution, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
                  tensorboard=tensorboard, progress=False if quiet else None, postprocess=postprocess, calibrate=calibrate, tta=tta,
-                 dice_guard=dice_guard, ensemble=ensemble, distill=distill, precision=precision, init=init,
+                 dice_guard=dice_guard, ensemble=ensemble, distill=distill, distill_from=distill_from,
+                 precision=precision, init=init,
                  pretrained=str(pretrained) if pretrained is not None else None, encoder=encoder,
                  freeze_encoder_steps=freeze_encoder_steps, encoder_lr_ratio=encoder_lr_ratio, track=track)
     cfg = build_train_config(data=data, config_file=config, **flags)
@@ -457,6 +464,7 @@ def plan_command(
     postprocess: PostprocessOpt = None,
     ensemble: EnsembleOpt = None,
     distill: DistillOpt = None,
+    distill_from: DistillFromOpt = None,
     precision: PrecisionOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the plan as JSON here.")] = None,
 ) -> None:
@@ -468,7 +476,7 @@ def plan_command(
 
     flags = dict(budget=budget, arch=arch, patch=patch, batch=batch, resolution=resolution, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, progress=False, postprocess=postprocess, ensemble=ensemble,
-                 distill=distill, precision=precision)
+                 distill=distill, distill_from=distill_from, precision=precision)
     cfg = build_train_config(data=data, config_file=config, **flags)
     made = preview_plan(cfg, explicit_settings(config, flag_settings(data, **flags)), log=typer.echo)
     typer.echo(format_plan(made))

@@ -285,10 +285,19 @@ class DistillConfig:
     """Distillation (`unetkit.training.distill`): a teacher trained first on `teacher_share` of the
     budget (of `steps` without one), then the configured (fast) student on the rest, its loss
     (1 - weight) x the label loss + weight x T^2 x KL(teacher || student) at temperature T; the
-    teacher's distribution per `targets`."""
+    teacher's distribution per `targets`. `teacher_artifact`: a trained model artifact teaches instead
+    (a k-fold ensemble, an InstanceNorm or wider model, one trained elsewhere): no teacher is trained,
+    the student gets the whole budget, and "auto" means on."""
 
-    mode: DistillMode = "auto"  # "auto": the plan decides (R17); without a plan, off
+    mode: DistillMode = "auto"  # "auto": the plan decides (R17); without a plan, off (on with teacher_artifact)
     teacher: DistillTeacher = "instance"  # instance: the student's net with InstanceNorm; wider: 1.5x width
+    teacher_artifact: str = ""  # a model artifact (.unetkit) that teaches; "" = train the `teacher` lever
+
+    @property
+    def asked(self) -> bool:
+        """Distillation is the user's: asked for (mode on), or a teacher artifact given and not turned off
+        ("auto" otherwise leaves it to the plan, R17; unplanned, off)."""
+        return self.mode == "on" or (self.mode == "auto" and bool(self.teacher_artifact))
     temperature: float = 2.0
     weight: float = 0.5  # of the soft-target term; the labels' loss gets 1 - weight
     teacher_share: float = 0.5  # of the budget left when the teacher starts

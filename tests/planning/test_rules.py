@@ -460,8 +460,27 @@ def test_explicit_distillation_plans_the_students_steps_in_its_share():
     # where the plan would ensemble (a long GPU budget), asking for distillation keeps one student
     long = make_plan(fp, PROFILES["gpu"], 24 * 3600, {"distill.mode": "on"})
     assert long.value("ensemble_folds") == 1
-    assert "distill.mode on" in next(c.reason for c in long.choices if c.key == "ensemble_folds")
+    assert "distillation is asked for" in next(c.reason for c in long.choices if c.key == "ensemble_folds")
     assert make_plan(fp, PROFILES["gpu"], 24 * 3600, {}).value("ensemble_folds") > 1
+    # online teaching: a teacher's forward pass on each batch makes each student step dearer
+    online = make_plan(fp, PROFILES["cpu2"], 1800, {"distill.mode": "on", "distill.targets": "online"})
+    assert online.value("steps") < distilled.value("steps")
+
+
+def test_a_teacher_artifact_turns_distillation_on_and_costs_the_student_no_steps():
+    fp = make_fingerprint(classes=VESSELS)
+    single = make_plan(fp, PROFILES["cpu2"], 1800, {})
+    given = {"distill.teacher_artifact": "big.unetkit"}
+    taught = make_plan(fp, PROFILES["cpu2"], 1800, given)
+    choice = next(c for c in taught.choices if c.key == "distill.mode")
+    assert choice.value == "on" and choice.source == "plan" and "big.unetkit teaches" in choice.reason
+    assert apply_plan(TrainConfig(), taught).distill.mode == "on"
+    assert taught.value("steps") == single.value("steps")  # the whole budget is the student's
+    long = make_plan(fp, PROFILES["gpu"], 24 * 3600, given)  # where the plan would ensemble: one student
+    assert long.value("ensemble_folds") == 1 and long.value("distill.mode") == "on"
+    # turned off by the user: no distillation, so the ensemble may be planned again
+    off = make_plan(fp, PROFILES["gpu"], 24 * 3600, {**given, "distill.mode": "off"})
+    assert off.value("distill.mode") == "off" and off.value("ensemble_folds") > 1
 
 
 @pytest.mark.parametrize("budget", [1200, 3600])

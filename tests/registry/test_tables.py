@@ -1,4 +1,4 @@
-"""The registry's tables: a fine-tuned version names the artifact it was trained from."""
+"""The registry's tables: a fine-tuned or distilled version names the artifact it was trained from."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ def render(record: VersionRecord) -> str:
     return out.getvalue()
 
 
-def record(lineage: dict) -> VersionRecord:
+def record(lineage: dict, **meta) -> VersionRecord:
     return VersionRecord("vessels", 2, "b" * 64, 10, "candidate", "2026-12-02T10:00:00+00:00", "me", "", "", "x",
-                         {"lineage": lineage})
+                         {"lineage": lineage, **meta})
 
 
 def test_show_names_the_parent_artifact_or_encoder() -> None:
@@ -30,3 +30,10 @@ def test_show_names_the_parent_artifact_or_encoder() -> None:
     enc = render(record({"pretrained_sha256": "c" * 64, "start": {"path": "enc.safetensors"}}))
     assert "pretrained encoder sha256 " + "c" * 64 in enc
     assert "fine-tuned from" not in render(record({"steps": 10}))
+
+
+def test_show_names_the_teacher_a_version_was_distilled_from() -> None:
+    teacher = {"artifact": "big/model.unetkit", "model": "unet w24 d4 batch x5", "sha256": "d" * 64}
+    text = render(record({"teacher_sha256": "d" * 64}, metrics={"distillation": {"teacher": teacher}}))
+    assert "distilled from" in text and "d" * 64 in text and "unet w24 d4 batch x5" in text
+    assert "distilled from" not in render(record({"steps": 10}))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from unetkit.artifact import load_artifact
+from unetkit.artifact import load_artifact, save_artifact
 from unetkit.config import AugmentConfig, DistillConfig, LossConfig, ModelConfig
 from unetkit.errors import ConfigError
 from unetkit.losses.functional import distillation_loss
@@ -156,3 +157,76 @@ def test_the_teacher_settles_its_own_compute_mode_unless_the_user_fixed_it(tiny_
     fixed = fit(tiny_config(out="fixed", steps=6, val_every=3, memory_format="channels_last",
                             distill=DistillConfig(mode="on")))
     assert load_artifact(fixed).meta.metrics["distillation"]["teacher"]["mode"] == "fp32+cl"
+
+
+def _constant_teacher(path: Path, source: Path, label: int) -> Path:
+    """`source`'s artifact with its head biased to say `label` everywhere: a teacher whose soft targets are
+    far from the labels, so what the student learns shows where it learned it."""
+    art = load_artifact(source)
+    state = {k: v.clone() for k, v in art.state_dict.items()}
+    bias = next(k for k in state if k.endswith("head.conv.bias"))
+    state[bias][label] += 30.0
+    return save_artifact(path, state, art.meta)
+
+
+def test_a_teacher_artifact_teaches_without_a_teacher_being_trained(tiny_config, tmp_path) -> None:
+    from unetkit.data.io import file_sha256
+    from unetkit.inference.predict import predict_image
+    from unetkit.training.prepare import load_training_data
+
+    source = fit(tiny_config(out="source", steps=4, val_every=4))
+    teacher = _constant_teacher(tmp_path / "teacher.unetkit", source, label=2)
+    # "auto" without a plan: on, because a teacher artifact is given; only the soft targets teach (weight 1)
+    cfg = tiny_config(out="student", steps=30, val_every=15, calibrate=False, tune_postprocess="off",
+                      distill=DistillConfig(teacher_artifact=str(teacher), weight=1.0, temperature=1.0))
+    path = fit(cfg)
+    art = load_artifact(path)
+    record = art.meta.metrics["distillation"]
+    assert not (path.parent / TEACHER_DIR).exists()  # nothing was trained for the teacher
+    assert record["teacher"]["sha256"] == art.meta.lineage["teacher_sha256"] == file_sha256(teacher)
+    assert record["teacher"]["artifact"] == str(teacher) and record["student"]["steps"] == 30
+    taught = record["teacher"]["targets"]
+    assert taught["kind"] == "cached" and taught["images"] > 0
+    assert record["teacher"]["mean_dice_foreground"] == taught["scores"]["plain"]
+    assert '"loss_distill"' in (path.parent / "metrics.jsonl").read_text()
+    # the student says what the teacher said, not what the labels say
+    data = load_training_data(cfg.data)
+    said = [predict_image(art, s.image).argmax(0) for s in data.val]
+    assert np.mean([np.mean(p == 2) for p in said]) > 0.9
+    assert np.mean([np.mean(s.labels == 2) for s in data.val]) < 0.5
+
+
+@pytest.mark.parametrize("change, match", [
+    ("classes", r"the teacher predicts classes \['background', 'a'\], the data has"),
+    ("channels", r"the teacher takes \d input channel\(s\), the data's images have"),
+    ("off", "distillation is off"),
+    ("missing", "model artifact not found"),
+])
+def test_a_teacher_artifact_that_cannot_teach_is_refused_before_anything_is_written(tiny_config, tmp_path, change,
+                                                                                    match) -> None:
+    source = fit(tiny_config(out="source", steps=2, val_every=2, calibrate=False, tune_postprocess="off"))
+    meta = load_artifact(source).meta
+    teacher = tmp_path / "teacher.unetkit"
+    if change == "classes":
+        art = load_artifact(source)
+        state = art.state_dict
+        head = [k for k in state if k.startswith("head.")]
+        state = {k: (v[:2] if k in head else v) for k, v in state.items()}
+        save_artifact(teacher, state, dataclasses.replace(
+            meta, class_names=("background", "a"), class_colors=meta.class_colors[:2],
+            model=dataclasses.replace(meta.model, out_channels=2)))
+    elif change == "channels":
+        from unetkit.models import build_model
+
+        channels = meta.model.in_channels + 1
+        model = dataclasses.replace(meta.model, in_channels=channels)
+        save_artifact(teacher, build_model(model), dataclasses.replace(meta, model=model, mean=(0.0,) * channels,
+                                                                         std=(1.0,) * channels))
+    elif change != "missing":
+        teacher = source
+    mode = "off" if change == "off" else "auto"
+    cfg = tiny_config(out="student", distill=DistillConfig(mode=mode, teacher_artifact=str(teacher)))
+    with pytest.raises(ConfigError, match=match):
+        fit(cfg)
+    assert not Path(cfg.out_dir).exists()
+

@@ -176,6 +176,8 @@ R17 Distillation. The accuracy levers (InstanceNorm: F1 +0.004..0.006 on DRIVE a
    reached the step target: in two runs of one command (DRIVE, 5 labels, 30 minutes) the plan whose
    timings put it on scored 0.8025, the one whose timings kept it off 0.8140. When asked for, steps
    and validations are the student's; the reason says whether its half would reach the step target.
+   A teacher artifact the user gives (`--distill-from`: nothing is trained for it) turns it on, and the
+   student's steps are the whole budget's.
 R18 Resolution. A natural scene (R4/R7's wide context) whose rung patch, after R4, covers less than
    half of the frame trains at half the native side (`data.resolution` 0.5), where the same pixels
    per step see most of the frame; its frame and object sizes are halved for R3/R4, and validation
@@ -490,15 +492,35 @@ def planned_steps(c: Candidate, seconds_per_step: float, facts: DataFacts, budge
 TEACHER_FORWARD = 4.0 / 3.0  # R17, online teaching: a student step plus the teacher's forward pass (~1/3 of a step)
 
 
+def distill_settings(overrides: Mapping[str, Any]) -> DistillConfig:
+    """The distill.* values the user set, defaults for the rest."""
+    names = {f.name for f in dataclasses.fields(DistillConfig)}
+    return DistillConfig(**{k.partition(".")[2]: v for k, v in overrides.items()
+                            if k.startswith("distill.") and k.partition(".")[2] in names})
+
+
+def student_share(d: DistillConfig, budget_seconds: float, sps: float) -> tuple[float, float]:
+    """R17: (the student's training seconds, its seconds per step): the budget after the teacher's share
+    (all of it when a teacher artifact teaches); a plain step from cached targets, TEACHER_FORWARD x one
+    with the teacher's forward pass on each batch."""
+    share = budget_seconds if d.teacher_artifact else (1.0 - d.teacher_share) * budget_seconds
+    return share, sps * (TEACHER_FORWARD if d.targets == "online" else 1.0)
+
+
 def distill_mode(facts: DataFacts, cand: Candidate, sps: float, budget_seconds: float, folds: int,
                  overrides: Mapping[str, Any]) -> tuple[str, str]:
     """R17: ("off", why): the plan does not choose distillation (it has not paid where measured);
-    the reason says what the student's half of the budget would get, for a user weighing `--distill on`."""
+    the reason says what the student's half of the budget would get, for a user weighing `--distill on`.
+    A teacher artifact the user gave (`--distill-from`) turns it on: it costs the student no steps."""
+    d = distill_settings(overrides)
+    if d.teacher_artifact:
+        steps = planned_steps(cand, student_share(d, budget_seconds, sps)[1], facts, budget_seconds, overrides)[0]
+        return "on", (f"on: {d.teacher_artifact} teaches (--distill-from); nothing is trained for it, so the "
+                      f"student keeps the whole budget, {steps} steps (R17)")
     if folds > 1:
         return "off", "off: the ensemble is planned instead (R12, R17)"
-    share = (1.0 - DistillConfig().teacher_share) * budget_seconds
-    online = overrides.get("distill.targets", DistillConfig().targets) == "online"
-    steps = planned_steps(cand, sps * (TEACHER_FORWARD if online else 1.0), facts, share, overrides)[0]
+    share, student_sps = student_share(d, budget_seconds, sps)
+    steps = planned_steps(cand, student_sps, facts, share, overrides)[0]
     target = step_target(budget_seconds, facts)
     if steps < target:
         return "off", (f"off: the student's half of the budget would get {steps} steps, under the step target "
@@ -522,8 +544,8 @@ def ensemble_folds(facts: DataFacts, cand: Candidate, sps: float, budget_seconds
     """R12: (folds, why); 1 = a single model."""
     if "ensemble_folds" in overrides:
         return int(overrides["ensemble_folds"]), ""
-    if overrides.get("distill.mode") == "on":
-        return 1, "off: distillation is asked for (distill.mode on), and its student is one network (R12, R17)"
+    if distill_settings(overrides).asked:
+        return 1, "off: distillation is asked for, and its student is one network (R12, R17)"
     val_s = planned_steps(cand, sps, facts, budget_seconds, overrides)[2]
     two = planned_steps(cand, sps, facts, member_budget(budget_seconds, 2, val_s), overrides)[0]
     if not largest:
@@ -582,8 +604,8 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     distill, why_distill = ("", "") if "distill.mode" in overrides else distill_mode(
         facts, cand, sps, budget_seconds, folds, sized)
     if overrides.get("distill.mode", distill) == "on":  # steps and validations are the student's
-        share = (1.0 - float(overrides.get("distill.teacher_share", DistillConfig().teacher_share))) * budget_seconds
-        steps, n_val, val_s = planned_steps(cand, sps * TEACHER_FORWARD, facts, share, sized)
+        share, student_sps = student_share(distill_settings(sized), budget_seconds, sps)
+        steps, n_val, val_s = planned_steps(cand, student_sps, facts, share, sized)
     if "steps" in overrides:
         steps = int(overrides["steps"])
     reached = "reaches" if steps >= target else "is below"

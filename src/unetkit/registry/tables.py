@@ -47,6 +47,7 @@ def version_tables(record: VersionRecord, events: list[Event]) -> list[Table]:
         ("created", f"{record.created_at} by {record.created_by or '?'}"), ("note", record.note),
         ("git commit", record.git_commit), ("added from", record.source),
         ("fine-tuned from", _parent(meta.get("lineage", {}))),
+        ("distilled from", _teacher(meta)),
         ("classes", ", ".join(meta.get("classes", []))),
         ("architecture", ", ".join(f"{k}={arch[k]}" for k in ("arch", "depth", "base_width", "in_channels") if k in arch)),
         ("patch size", "x".join(str(v) for v in meta.get("patch_size", []))),
@@ -73,6 +74,13 @@ def _parent(lineage: dict[str, Any]) -> str:
     if lineage.get("pretrained_sha256"):
         return f"pretrained encoder sha256 {lineage['pretrained_sha256']} ({start.get('path', '?')})"
     return ""
+
+
+def _teacher(meta: dict[str, Any]) -> str:
+    """The teacher artifact a version was distilled from (`unetkit train --distill-from`)."""
+    sha = meta.get("lineage", {}).get("teacher_sha256")
+    teacher = meta.get("metrics", {}).get("distillation", {}).get("teacher", {})
+    return f"artifact sha256 {sha} ({teacher.get('artifact', '?')}; {teacher.get('model', '?')})" if sha else ""
 
 
 def events_table(events: list[Event]) -> Table:

@@ -20,6 +20,13 @@ How the teacher teaches (`DistillConfig.targets`):
   student got half the plain run's steps (docs/benchmarks.md, 2026-12-02 23:16).
   Also the fallback when the cached probabilities would exceed `MAX_TARGET_BYTES` of memory.
 
+A trained model artifact can teach instead (`DistillConfig.teacher_artifact`, `unetkit train
+--distill-from MODEL`): a k-fold ensemble, an InstanceNorm or wider model, one trained on a bigger
+machine. Nothing is trained for it: it must predict the student's classes from the same channels, and
+it teaches from cached probabilities, as it predicts (its own normalization, resolution and TTA views;
+averaged views only where they score better on the validation images); the student gets the whole
+budget, and the artifact's lineage records the teacher's sha256.
+
 Both keep their best checkpoint on the same validation split, so the artifact's
 `metrics["distillation"]` records the teacher's and the student's validation scores side by side
 (and the teacher's run, steps and lever). A finished teacher leaves `teacher-final.pt`: `resume`
@@ -38,11 +45,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetkit.artifact import ARTIFACT_NAME
+from unetkit.artifact import ARTIFACT_NAME, Artifact, ArtifactMeta, load_artifact, read_meta
 from unetkit.config import ModelConfig, TileConfig, TrainConfig, to_dict
-from unetkit.errors import ConfigError
-from unetkit.inference.files import trained_views
-from unetkit.inference.predict import predict_tiled, tta_views
+from unetkit.data.io import file_sha256
+from unetkit.errors import ArtifactError, ConfigError
+from unetkit.inference.backends import make_predictor
+from unetkit.inference.files import tile_config_for, trained_views
+from unetkit.inference.predict import Predictor, predict_tiled, tta_views
 from unetkit.metrics.summary import evaluate_samples
 from unetkit.models import build_model
 from unetkit.training import checkpoint as ckpt
@@ -87,6 +96,34 @@ def teacher_model(student: ModelConfig, lever: str) -> ModelConfig:
     raise ConfigError(f"distill.teacher: expected 'instance' or 'wider', got {lever!r}")
 
 
+def read_teacher(config: TrainConfig) -> ArtifactMeta | None:
+    """The teacher artifact's metadata (verified), before any data is read; None without one."""
+    path = config.distill.teacher_artifact
+    if not path:
+        return None
+    if config.distill.mode == "off":
+        raise ConfigError(f"--distill-from {path}: distillation is off (distill.mode off); drop one of the two")
+    try:
+        return read_meta(path)
+    except ArtifactError as e:
+        raise ConfigError(f"--distill-from: {e}") from None
+
+
+def check_teacher(meta: ArtifactMeta, path: str, data: TrainingData) -> None:
+    """Refuse a teacher that cannot teach this data: other classes (names and order), input channels or
+    spatial dims."""
+    if tuple(meta.class_names) != tuple(data.class_names):
+        raise ConfigError(f"--distill-from {path}: the teacher predicts classes {list(meta.class_names)}, the data "
+                          f"has {list(data.class_names)}; a teacher must predict the student's classes, in order")
+    channels, dims = data.in_channels, data.train[0].image.ndim - 1
+    if meta.model.in_channels != channels:
+        raise ConfigError(f"--distill-from {path}: the teacher takes {meta.model.in_channels} input channel(s), "
+                          f"the data's images have {channels}")
+    if meta.model.spatial_dims != dims:
+        raise ConfigError(f"--distill-from {path}: the teacher is {meta.model.spatial_dims}-D, the data's images "
+                          f"are {dims}-D")
+
+
 def check_distill(config: TrainConfig, world_size: int) -> None:
     d = config.distill
     if not 0.0 < d.teacher_share < 1.0:
@@ -97,7 +134,7 @@ def check_distill(config: TrainConfig, world_size: int) -> None:
         raise ConfigError(f"distill.temperature: expected a positive number, got {d.temperature}")
     if config.ensemble_folds > 1:
         raise ConfigError("distill: the student is one fast network; set ensemble_folds 1 (or distill.mode off)")
-    if d.teacher == "instance" and config.model.norm == "instance":
+    if d.teacher == "instance" and config.model.norm == "instance" and not d.teacher_artifact:
         raise ConfigError("distill.teacher: 'instance' would train the student's own network (model.norm is already "
                           "instance); use distill.teacher 'wider', or model.norm batch for the fast student")
     if world_size > 1:
@@ -127,17 +164,34 @@ def fit_distilled(config: TrainConfig, data: TrainingData, env: Any, device: tor
     check_distill(config, env.world_size)
     out_dir = Path(config.out_dir)
     passes = end_passes(config, len(data.train), len(data.val))
-    t_config, t_info = teacher or (teacher_config(config), mode_info or {})
     cached, why = targets_choice(config, data)
-    teaching = target_passes(t_config, data) if cached else 0.0
-    network, record = train_teacher(config, t_config, data, env, device, clock, passes + teaching, callbacks, t_info)
-    clock.end_passes = passes
-    t_mode = config_mode(t_config, device)
+    lineage: dict[str, Any] = {}
+    network, t_mode = None, None
+    if config.distill.teacher_artifact:  # a trained model teaches: nothing to train, the budget is the student's
+        if not cached:
+            raise ConfigError(f"--distill-from {config.distill.teacher_artifact}: a teacher artifact teaches from "
+                              f"cached probabilities; {why} (distill.targets)")
+        clock.end_passes = passes
+        teacher_art = load_teacher(config.distill.teacher_artifact, data)
+        record = {"teacher": artifact_record(teacher_art)}
+        lineage["teacher_sha256"] = record["teacher"]["sha256"]
+        predictor: Predictor = make_predictor(teacher_art, "torch")
+        tile = tile_config_for(teacher_art, {"tta": True})
+    else:
+        t_config, t_info = teacher or (teacher_config(config), mode_info or {})
+        teaching = target_passes(t_config, data) if cached else 0.0
+        network, record = train_teacher(config, t_config, data, env, device, clock, passes + teaching, callbacks,
+                                        t_info)
+        clock.end_passes = passes
+        t_mode = config_mode(t_config, device)
+        predictor, tile = torch_predictor(network.eval(), data.mean, data.std, device, t_mode), teacher_tile(t_config)
     targets = None
     if cached:
         if config.progress and env.is_main:
             print(f"distillation: the teacher predicts the {len(data.train)} training images (its soft targets)")
-        targets, record["teacher"]["targets"] = teacher_targets(network, data, t_config, device, t_mode)
+        targets, record["teacher"]["targets"] = teacher_targets(predictor, tile, data, config.loss.ignore_index)
+        if config.distill.teacher_artifact:  # its score on this run's validation images, as it predicts plainly
+            record["teacher"][SELECTION_METRIC] = record["teacher"]["targets"].get("scores", {}).get("plain")
     else:
         record["teacher"]["targets"] = {"kind": "online", "reason": why}
     student_resume = config.resume and (out_dir / ckpt.LAST).is_file()
@@ -151,10 +205,10 @@ def fit_distilled(config: TrainConfig, data: TrainingData, env: Any, device: tor
                     "reason": _plan_reason(config.plan)}
     if env.is_main:
         save_final_artifact(artifact_path, model, data, config, state, extra_metrics={"distillation": distillation},
-                            clock=clock)
+                            extra_lineage=lineage, clock=clock)
         log.write({"event": "end", "step": state.step, "time": log_time(state, clock), "artifact": str(artifact_path),
                    "best": state.best_metric, "best_step": state.best_step,
-                   "teacher_best": record["teacher"][SELECTION_METRIC]})
+                   "teacher_best": record["teacher"].get(SELECTION_METRIC)})
     log.close()
     return artifact_path
 
@@ -187,18 +241,36 @@ def target_passes(cfg: TrainConfig, data: TrainingData) -> float:
     return 1 + views + views * len(data.train) / len(data.val)
 
 
+def load_teacher(path: str, data: TrainingData) -> Artifact:
+    """The teacher artifact, checked against the data (`check_teacher`)."""
+    try:
+        art = load_artifact(path)
+    except ArtifactError as e:
+        raise ConfigError(f"--distill-from: {e}") from None
+    check_teacher(art.meta, path, data)
+    return art
+
+
+def artifact_record(art: Artifact) -> dict[str, Any]:
+    """What the student's artifact records of a teacher artifact."""
+    m = art.meta.model
+    return {"artifact": str(art.path), "sha256": file_sha256(Path(art.path)), "name": art.meta.name,
+            "model": f"{m.arch} {_model_label(m)}" + (f" x{m.ensemble}" if m.ensemble > 1 else ""),
+            "steps": art.meta.lineage.get("steps"), "its_validation": {
+                k: art.meta.metrics.get(k) for k in (SELECTION_METRIC, "mean_iou") if k in art.meta.metrics}}
+
+
 @torch.no_grad()
-def teacher_targets(teacher: torch.nn.Module, data: TrainingData, cfg: TrainConfig, device: torch.device,
-                    mode: Any) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """The teacher's probabilities `(K, H, W)` float16 on each training image and their record.
+def teacher_targets(predictor: Predictor, tile: TileConfig, data: TrainingData,
+                    ignore_index: int) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """The teacher's probabilities `(K, H, W)` float16 on each training image and their record;
+    `predictor` takes raw images, `tile` is how it predicts with its TTA views on.
 
     The teacher teaches as it scores best on the validation images: with its TTA views averaged
-    (`teacher_tile`) when that scores at least as well as its plain prediction, else plainly (TTA
+    (`tile`) when that scores at least as well as its plain prediction, else plainly (TTA
     cost ISBI 2012 Dice, docs/benchmarks.md; plain teaching is also `views` times cheaper). The
     record has both scores, the choice and the seconds; without validation images, the views."""
     t0 = time.perf_counter()
-    tile = teacher_tile(cfg)
-    predictor = torch_predictor(teacher.eval(), data.mean, data.std, device, mode)
 
     def probabilities(image: np.ndarray, how: TileConfig) -> np.ndarray:
         return predict_tiled(predictor, np.asarray(image, np.float32), how)
@@ -208,7 +280,7 @@ def teacher_targets(teacher: torch.nn.Module, data: TrainingData, cfg: TrainConf
         scores = {}
         for name, how in (("plain", dataclasses.replace(tile, tta=False)), ("tta", tile)):
             summary = evaluate_samples(lambda image, how=how: probabilities(image, how).argmax(0), data.val,
-                                       data.class_names, cfg.loss.ignore_index)
+                                       data.class_names, ignore_index)
             scores[name] = flat_metrics(summary)[SELECTION_METRIC]
         if (scores["tta"] or 0.0) < (scores["plain"] or 0.0):
             tile, record["views"] = dataclasses.replace(tile, tta=False), "none"

@@ -77,19 +77,22 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
 
 def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,
                         state: RunState, start: Start | None = None,
-                        extra_metrics: dict[str, Any] | None = None, clock: BudgetClock | None = None) -> Path:
+                        extra_metrics: dict[str, Any] | None = None, clock: BudgetClock | None = None,
+                        extra_lineage: dict[str, Any] | None = None) -> Path:
     """The kept weights (`unetkit.training.selection`: the best validated checkpoint, or the final
     weights when they lead it across the validation images) with everything inference needs;
     the metrics are the kept weights' validation and `checkpoint` says which and why; the lineage
     records the steps and, for a run started from trained weights, the parent's sha256;
-    `extra_metrics` join them in the artifact's metrics (e.g. "distillation");
+    `extra_metrics` join them in the artifact's metrics (e.g. "distillation"), `extra_lineage` its lineage
+    (e.g. the teacher's sha256);
     `clock`: the run's budget, which the end-of-run tuning must keep (`write_artifact`)."""
     kept = select_weights(Path(config.out_dir), state, model)
     return write_artifact(path, kept.weights, data, config, history=state.history,
                           metrics={**kept.metrics, "step": kept.step, "selection_metric": SELECTION_METRIC,
                                    "checkpoint": kept.record, **(extra_metrics or {})},
                           lineage={"steps": state.step, "total_steps": state.total_steps,
-                                   **(start.lineage(data.class_names, data.fingerprint) if start is not None else {})},
+                                   **(start.lineage(data.class_names, data.fingerprint) if start is not None else {}),
+                                   **(extra_lineage or {})},
                           clock=clock)
 
 

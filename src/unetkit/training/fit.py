@@ -53,7 +53,7 @@ from unetkit.models.unet_encoder import is_unet_encoder_file
 from unetkit.runtime import keep_freed_memory
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock
-from unetkit.training.distill import fit_distilled, teacher_config
+from unetkit.training.distill import check_teacher, fit_distilled, read_teacher, teacher_config
 from unetkit.training.distributed import (
     DistEnv,
     broadcast_floats,
@@ -102,6 +102,7 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
         candidate_modes(config.precision, config.memory_format, device)  # refuses unknown values
         check_available(config.precision, device, config.model, config.loss, network=model)
         start = read_start(config.finetune)  # --init / unetkit's own pretrained encoder: the file's header, checked before the data
+        teacher_meta = read_teacher(config)  # --distill-from: likewise
         if start is not None and config.ensemble_folds > 1:
             raise ConfigError(f"{start.option}: fine-tuning trains one model; k-fold ensembling (ensemble_folds "
                               f"{config.ensemble_folds}) starts from scratch: use ensemble_folds 1")
@@ -116,6 +117,8 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
                 print(f"note: {start.option} {start.path} was trained at {start.resolution:g}x the native side, this "
                       f"run trains at {config.data.resolution:g}x (data.resolution; with --budget the plan keeps the "
                       "parent's)")
+        if teacher_meta is not None:
+            check_teacher(teacher_meta, config.distill.teacher_artifact, data)
         config = dataclasses.replace(config, model=data.resolve_model(model_config))  # resolved, for the artifact
         if model is not None:
             check_rebuildable(model, config.model, config.data.patch_size)
@@ -126,8 +129,9 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
         config, mode_info = settle_mode(config, env, device, network=model)
         tracker.start(config, data.fingerprint)
         callbacks = [*(callbacks or ()), tracker.event]  # the tracker hears every event of the run log
-        if config.distill.mode == "on":  # "auto" is the plan's to decide (R17): unplanned, it is off
-            teacher = settle_mode(teacher_config(config, **free), env, device, what="the teacher's compute mode")
+        if config.distill.asked:  # "auto" is the plan's to decide (R17): unplanned, off but for a teacher artifact
+            teacher = None if teacher_meta is not None else settle_mode(
+                teacher_config(config, **free), env, device, what="the teacher's compute mode")
             path = fit_distilled(config, data, env, device, clock, callbacks, mode_info, teacher=teacher)
             status = "FINISHED"
             return path

@@ -43,6 +43,7 @@ def flag_settings(
     tta: str | None = None,
     ensemble: int | None = None,
     distill: str | None = None,
+    distill_from: str | Path | None = None,
     precision: str | None = None,
     init: str | None = None,
     pretrained: str | None = None,
@@ -91,6 +92,10 @@ def flag_settings(
         if distill not in DISTILL_MODES:
             raise ConfigError(f"--distill: expected one of {', '.join(DISTILL_MODES)}, got {distill!r}")
         changes["distill.mode"] = distill
+    if distill_from is not None:
+        if distill == "off":
+            raise ConfigError(f"--distill-from {distill_from}: distillation is off (--distill off); drop one of the two")
+        changes["distill.teacher_artifact"] = str(distill_from)
     if precision is not None:
         if precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"--precision: expected auto, fp32 or bf16, got {precision!r}")
