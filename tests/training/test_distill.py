@@ -230,3 +230,14 @@ def test_a_teacher_artifact_that_cannot_teach_is_refused_before_anything_is_writ
         fit(cfg)
     assert not Path(cfg.out_dir).exists()
 
+
+
+def test_a_k_fold_ensemble_teaches_one_fast_student(tiny_config) -> None:
+    ensemble = fit(tiny_config(out="ensemble", steps=3, val_every=3, ensemble_folds=2, calibrate=False,
+                               tune_postprocess="off"))
+    assert load_artifact(ensemble).meta.model.ensemble == 2
+    path = fit(tiny_config(out="student", steps=3, val_every=3, distill=DistillConfig(teacher_artifact=str(ensemble))))
+    art = load_artifact(path)
+    teacher = art.meta.metrics["distillation"]["teacher"]
+    assert art.meta.model.ensemble == 1 and teacher["model"].endswith("x2")
+    assert teacher["targets"]["kind"] == "cached" and teacher["targets"]["images"] > 0
