@@ -241,3 +241,11 @@ def test_a_k_fold_ensemble_teaches_one_fast_student(tiny_config) -> None:
     teacher = art.meta.metrics["distillation"]["teacher"]
     assert art.meta.model.ensemble == 1 and teacher["model"].endswith("x2")
     assert teacher["targets"]["kind"] == "cached" and teacher["targets"]["images"] > 0
+
+
+def test_a_teacher_artifact_does_not_teach_online(tiny_config, tmp_path) -> None:
+    source = fit(tiny_config(out="source", steps=2, val_every=2, calibrate=False, tune_postprocess="off"))
+    cfg = tiny_config(out="student", distill=DistillConfig(teacher_artifact=str(source), targets="online"))
+    with pytest.raises(ConfigError, match="a teacher artifact teaches from cached probabilities; online as configured"):
+        fit(cfg)
+    assert not Path(cfg.out_dir).exists()

@@ -109,9 +109,10 @@ def read_teacher(config: TrainConfig) -> ArtifactMeta | None:
         raise ConfigError(f"--distill-from: {e}") from None
 
 
-def check_teacher(meta: ArtifactMeta, path: str, data: TrainingData) -> None:
-    """Refuse a teacher that cannot teach this data: other classes (names and order), input channels or
-    spatial dims."""
+def check_teacher(meta: ArtifactMeta, config: TrainConfig, data: TrainingData) -> None:
+    """Refuse a teacher artifact that cannot teach this data, before anything is written: other classes
+    (names and order), input channels or spatial dims, or probabilities that cannot be cached."""
+    path = config.distill.teacher_artifact
     if tuple(meta.class_names) != tuple(data.class_names):
         raise ConfigError(f"--distill-from {path}: the teacher predicts classes {list(meta.class_names)}, the data "
                           f"has {list(data.class_names)}; a teacher must predict the student's classes, in order")
@@ -122,6 +123,10 @@ def check_teacher(meta: ArtifactMeta, path: str, data: TrainingData) -> None:
     if meta.model.spatial_dims != dims:
         raise ConfigError(f"--distill-from {path}: the teacher is {meta.model.spatial_dims}-D, the data's images "
                           f"are {dims}-D")
+    cached, why = targets_choice(config, data)
+    if not cached:
+        raise ConfigError(f"--distill-from {path}: a teacher artifact teaches from cached probabilities; {why} "
+                          "(distill.targets)")
 
 
 def check_distill(config: TrainConfig, world_size: int) -> None:
@@ -167,12 +172,9 @@ def fit_distilled(config: TrainConfig, data: TrainingData, env: Any, device: tor
     cached, why = targets_choice(config, data)
     lineage: dict[str, Any] = {}
     network, t_mode = None, None
-    if config.distill.teacher_artifact:  # a trained model teaches: nothing to train, the budget is the student's
-        if not cached:
-            raise ConfigError(f"--distill-from {config.distill.teacher_artifact}: a teacher artifact teaches from "
-                              f"cached probabilities; {why} (distill.targets)")
+    if config.distill.teacher_artifact:  # a trained model teaches (checked by fit): the budget is the student's
         clock.end_passes = passes
-        teacher_art = load_teacher(config.distill.teacher_artifact, data)
+        teacher_art = load_teacher(config.distill.teacher_artifact)
         record = {"teacher": artifact_record(teacher_art)}
         lineage["teacher_sha256"] = record["teacher"]["sha256"]
         predictor: Predictor = make_predictor(teacher_art, "torch")
@@ -241,14 +243,12 @@ def target_passes(cfg: TrainConfig, data: TrainingData) -> float:
     return 1 + views + views * len(data.train) / len(data.val)
 
 
-def load_teacher(path: str, data: TrainingData) -> Artifact:
-    """The teacher artifact, checked against the data (`check_teacher`)."""
+def load_teacher(path: str) -> Artifact:
+    """The teacher artifact (verified; an unreadable one is a ConfigError naming --distill-from)."""
     try:
-        art = load_artifact(path)
+        return load_artifact(path)
     except ArtifactError as e:
         raise ConfigError(f"--distill-from: {e}") from None
-    check_teacher(art.meta, path, data)
-    return art
 
 
 def artifact_record(art: Artifact) -> dict[str, Any]:

@@ -118,7 +118,7 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
                       f"run trains at {config.data.resolution:g}x (data.resolution; with --budget the plan keeps the "
                       "parent's)")
         if teacher_meta is not None:
-            check_teacher(teacher_meta, config.distill.teacher_artifact, data)
+            check_teacher(teacher_meta, config, data)
         config = dataclasses.replace(config, model=data.resolve_model(model_config))  # resolved, for the artifact
         if model is not None:
             check_rebuildable(model, config.model, config.data.patch_size)
