@@ -51,6 +51,19 @@ from drive import load_split, machine  # noqa: E402
 from report import append_markdown  # noqa: E402
 
 
+def publish(benchmarks: Path, out: Path, lines: list[str], predicted: dict, results: dict) -> None:
+    """The entry (`lines` + the per-class IoU table of `predicted`) appended to `benchmarks` and printed;
+    `results` into `out/results.json`."""
+    names = NAMES.split(",")
+    lines = [*lines, "", "Per-class IoU as predicted (held-out frames):", "",
+             "| arm | " + " | ".join(names) + " |", "| --- | " + " | ".join("---" for _ in names) + " |",
+             *[f"| {name} | " + " | ".join(f"{v:.3f}" for v in scored["iou"]) + " |" for name, scored in predicted.items()]]
+    text = "\n".join(lines) + "\n"
+    append_markdown(benchmarks, text)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(text)
+
+
 def parse_arms(text: str) -> list[tuple[float, float]]:
     """"0.5:2,0.9:4" -> [(0.5, 2.0), (0.9, 4.0)]: (distillation weight, temperature) per student."""
     arms = []
@@ -104,7 +117,6 @@ def sweep(args: argparse.Namespace, folder: Path, keys: list[str], val_keys: lis
     val = load_split(folder, val_keys)
     models = {"teacher": teacher, **{name: out / name.replace(" ", "-") / "model.unetkit" for name in runs}}
     predicted = {name: predicted_scores(path, val) for name, path in models.items()}
-    names = NAMES.split(",")
     t_model = teacher_meta.model
     lines = [
         f"## CamVid distillation sweep at {args.steps} steps each (the one-thread plan of {args.budget}): "
@@ -134,19 +146,10 @@ def sweep(args: argparse.Namespace, folder: Path, keys: list[str], val_keys: lis
           for name, (w, t) in runs.items()],
         "",
         "Retention = (student - plain) / (teacher - plain) on the validation record (target >= 0.70).",
-        "",
-        "Per-class IoU as predicted (held-out frames):",
-        "",
-        "| arm | " + " | ".join(names) + " |",
-        "| --- | " + " | ".join("---" for _ in names) + " |",
-        *[f"| {name} | " + " | ".join(f"{v:.3f}" for v in predicted[name]["iou"]) + " |" for name in predicted],
     ]
-    text = "\n".join(lines) + "\n"
-    append_markdown(args.benchmarks, text)
-    (out / "results.json").write_text(json.dumps({"teacher": lead, "teaching": teaching, "plain": plain,
-                                                   "students": {n: metas[n].metrics[SELECTION_METRIC] for n in runs},
-                                                   "predicted": predicted, "loads": loads}, indent=2))
-    print(text)
+    publish(args.benchmarks, out, lines, predicted, {
+        "teacher": lead, "teaching": teaching, "plain": plain,
+        "students": {n: metas[n].metrics[SELECTION_METRIC] for n in runs}, "predicted": predicted, "loads": loads})
 
 
 def main() -> None:
@@ -193,7 +196,6 @@ def main() -> None:
 
     val = load_split(folder, val_keys)
     predicted = {name: predicted_scores(out / name / "model.unetkit", val) for name in metas}
-    names = NAMES.split(",")
     lever = LEVERS[args.teacher]
     lines = [
         f"## CamVid distillation at {args.steps} steps each (the one-thread plan of {args.budget}): {lever} teacher "
@@ -221,18 +223,9 @@ def main() -> None:
         " ".join([retention_sentence(student, plain, teacher, "the teacher's network"),
                   *([retention_sentence(student, plain, teaching, "the teacher as it teaches")] if teaching else []),
                   f"Distillation weight {record['weight']}, temperature {record['temperature']}."]),
-        "",
-        "Per-class IoU as predicted (held-out frames):",
-        "",
-        "| arm | " + " | ".join(names) + " |",
-        "| --- | " + " | ".join("---" for _ in names) + " |",
-        *[f"| {name} | " + " | ".join(f"{v:.3f}" for v in predicted[name]["iou"]) + " |" for name in predicted],
     ]
-    text = "\n".join(lines) + "\n"
-    append_markdown(args.benchmarks, text)
-    (out / "results.json").write_text(json.dumps({"teacher": teacher, "teaching": teaching, "student": student,
-                                                   "plain": plain, "predicted": predicted, "loads": loads}, indent=2))
-    print(text)
+    publish(args.benchmarks, out, lines, predicted, {"teacher": teacher, "teaching": teaching, "student": student,
+                                                     "plain": plain, "predicted": predicted, "loads": loads})
 
 
 if __name__ == "__main__":

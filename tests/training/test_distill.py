@@ -198,7 +198,7 @@ def test_a_teacher_artifact_teaches_without_a_teacher_being_trained(tiny_config,
 
 @pytest.mark.parametrize("change, match", [
     ("classes", r"the teacher predicts classes \['background', 'a'\], the data has"),
-    ("channels", r"the teacher takes \d input channel\(s\), the data's images have"),
+    ("channels", r"teacher.unetkit: the model takes \d input channel\(s\), the data's images have"),
     ("off", "distillation is off"),
     ("missing", "model artifact not found"),
 ])

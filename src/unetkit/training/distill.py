@@ -56,6 +56,7 @@ from unetkit.metrics.summary import evaluate_samples
 from unetkit.models import build_model
 from unetkit.training import checkpoint as ckpt
 from unetkit.training.budget import BudgetClock, reserve_seconds
+from unetkit.training.finetune import check_inputs
 from unetkit.training.finish import end_passes, save_final_artifact
 from unetkit.training.loop import SELECTION_METRIC, flat_metrics, torch_predictor
 from unetkit.training.precision import config_mode
@@ -116,13 +117,7 @@ def check_teacher(meta: ArtifactMeta, config: TrainConfig, data: TrainingData) -
     if tuple(meta.class_names) != tuple(data.class_names):
         raise ConfigError(f"--distill-from {path}: the teacher predicts classes {list(meta.class_names)}, the data "
                           f"has {list(data.class_names)}; a teacher must predict the student's classes, in order")
-    channels, dims = data.in_channels, data.train[0].image.ndim - 1
-    if meta.model.in_channels != channels:
-        raise ConfigError(f"--distill-from {path}: the teacher takes {meta.model.in_channels} input channel(s), "
-                          f"the data's images have {channels}")
-    if meta.model.spatial_dims != dims:
-        raise ConfigError(f"--distill-from {path}: the teacher is {meta.model.spatial_dims}-D, the data's images "
-                          f"are {dims}-D")
+    check_inputs(meta.model, f"--distill-from {path}", data.in_channels, data.train[0].image.ndim - 1)
     cached, why = targets_choice(config, data)
     if not cached:
         raise ConfigError(f"--distill-from {path}: a teacher artifact teaches from cached probabilities; {why} "

@@ -117,12 +117,18 @@ def read_start(config: FinetuneConfig) -> Start | None:
 
 def check_start(start: Start, in_channels: int, spatial_dims: int) -> None:
     """Refuse a start whose input channels or spatial dims are not the data's (before anything is written)."""
-    if start.model.in_channels != in_channels:
-        raise ConfigError(f"{start.option} {start.path}: the model takes {start.model.in_channels} input channel(s), "
-                          f"the data's images have {in_channels}; start from a model trained on such images")
-    if start.model.spatial_dims != spatial_dims:
-        raise ConfigError(f"{start.option} {start.path}: a {start.model.spatial_dims}D model, the data is "
-                          f"{spatial_dims}D; start from a {spatial_dims}D model")
+    check_inputs(start.model, f"{start.option} {start.path}", in_channels, spatial_dims)
+
+
+def check_inputs(model: ModelConfig, where: str, in_channels: int, spatial_dims: int) -> None:
+    """Refuse a trained model (`where` names it: the option and file) whose input channels or spatial dims
+    are not the data's."""
+    if model.in_channels != in_channels:
+        raise ConfigError(f"{where}: the model takes {model.in_channels} input channel(s), the data's images have "
+                          f"{in_channels}; use a model trained on such images")
+    if model.spatial_dims != spatial_dims:
+        raise ConfigError(f"{where}: a {model.spatial_dims}D model, the data is {spatial_dims}D; use a "
+                          f"{spatial_dims}D model")
 
 
 def start_model(start: Start, model: ModelConfig) -> ModelConfig:
