@@ -188,3 +188,23 @@ def test_a_sampled_validation_split_still_leaves_the_planner_the_true_training_c
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["estimates"]["summary"].startswith("6 classes, 4 train / 6 val images"), plan["estimates"]["summary"]
     assert {c["key"]: c["value"] for c in plan["choices"]}["data.val_images"] == 2
+
+
+def test_a_teacher_for_other_classes_is_refused_before_the_timing_race(tmp_path: Path, monkeypatch):
+    from unetkit.artifact import ArtifactMeta, save_artifact
+    from unetkit.config import DataConfig, DistillConfig, ModelConfig, TrainConfig
+    from unetkit.errors import ConfigError
+    from unetkit.models import build_model
+    from unetkit.planning import auto
+
+    monkeypatch.setattr(auto, "time_candidates", lambda *a, **kw: pytest.fail("timed before refusing the teacher"))
+    spec = make_colour_dataset(tmp_path / "d")
+    model = ModelConfig(in_channels=3, out_channels=2, base_width=4, depth=2)
+    teacher = save_artifact(tmp_path / "cells.unetkit", build_model(model),
+                            ArtifactMeta(model=model, class_names=("background", "cell"), mean=(0.0,) * 3,
+                                         std=(1.0,) * 3, patch_size=(32, 32)))
+    config = TrainConfig(data=DataConfig(data=str(spec)), budget_seconds=60.0,
+                         distill=DistillConfig(teacher_artifact=str(teacher)), out_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"cells.unetkit: the teacher predicts classes \['background', 'cell'\]"):
+        auto.plan_training(config, {"distill.teacher_artifact": str(teacher)}, log=None)
+    assert not (tmp_path / "run").exists()

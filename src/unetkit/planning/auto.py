@@ -22,6 +22,7 @@ from unetkit.planning.plan import Plan, apply_plan
 from unetkit.planning.rules import StartFacts, candidates, data_facts, make_plan, planned_steps, step_target
 from unetkit.planning.throughput import MeasuredThroughput, measure_throughput, simulated_throughput
 from unetkit.runtime import keep_freed_memory
+from unetkit.training.distill import check_teacher, read_teacher
 from unetkit.training.distributed import DistEnv, resolve_device
 from unetkit.training.finetune import check_start, read_start
 from unetkit.training.modes import candidate_modes
@@ -79,9 +80,12 @@ def plan_training(config: TrainConfig, overrides: Mapping[str, Any], *,
     candidate_modes(config.precision, config.memory_format, device)  # refuses unknown values
     check_available(config.precision, device, config.model, config.loss)
     start = read_start(config.finetune)  # --init / --pretrained: checked before the data and the timing
+    teacher = read_teacher(config)  # --distill-from: likewise
     extra = image_list(unlabelled) if unlabelled is not None else []
     data = load_training_data(config.data, progress=False, log=log)  # the data set's own splits, as fit's
     facts = None
+    if teacher is not None:
+        check_teacher(teacher, config, data)
     if start is not None:
         check_start(start, data.in_channels, data.train[0].image.ndim - 1)
         facts = StartFacts(start.kind, str(start.path), to_dict(start.model),
