@@ -514,14 +514,13 @@ def distill_mode(facts: DataFacts, cand: Candidate, sps: float, budget_seconds: 
     the reason says what the student's half of the budget would get, for a user weighing `--distill on`.
     A teacher artifact the user gave (`--distill-from`) turns it on: it costs the student no steps."""
     d = distill_settings(overrides)
+    share, student_sps = student_share(d, budget_seconds, sps)
+    steps = planned_steps(cand, student_sps, facts, share, overrides)[0]
     if d.teacher_artifact:
-        steps = planned_steps(cand, student_share(d, budget_seconds, sps)[1], facts, budget_seconds, overrides)[0]
         return "on", (f"on: {d.teacher_artifact} teaches (--distill-from); nothing is trained for it, so the "
                       f"student keeps the whole budget, {steps} steps (R17)")
     if folds > 1:
         return "off", "off: the ensemble is planned instead (R12, R17)"
-    share, student_sps = student_share(d, budget_seconds, sps)
-    steps = planned_steps(cand, student_sps, facts, share, overrides)[0]
     target = step_target(budget_seconds, facts)
     if steps < target:
         return "off", (f"off: the student's half of the budget would get {steps} steps, under the step target "
