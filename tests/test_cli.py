@@ -296,8 +296,10 @@ def test_distill_from_an_artifact_trains_the_student_alone_and_refuses_bad_teach
     common = ("--config", str(cfg), "--steps", "2", "--patch", "32", "--batch", "2", "--quiet")
     assert run_cli("train", str(data), *common, "--out", str(tmp_path / "teacher")).returncode == 0
     teacher = tmp_path / "teacher" / "model.unetkit"
-    proc = run_cli("train", str(data), *common, "--distill-from", str(teacher), "--out", str(tmp_path / "student"))
+    shown = [arg for arg in common if arg != "--quiet"]  # progress on: the run names its teacher
+    proc = run_cli("train", str(data), *shown, "--distill-from", str(teacher), "--out", str(tmp_path / "student"))
     assert proc.returncode == 0, proc.stderr
+    assert f"distillation: {teacher} (unet w4 d2 batch) predicts the" in proc.stdout
     meta = read_meta(tmp_path / "student" / "model.unetkit")
     assert meta.metrics["distillation"]["teacher"]["artifact"] == str(teacher)
     assert meta.lineage["teacher_sha256"] and not (tmp_path / "student" / "teacher").exists()

@@ -185,7 +185,9 @@ def fit_distilled(config: TrainConfig, data: TrainingData, env: Any, device: tor
     targets = None
     if cached:
         if config.progress and env.is_main:
-            print(f"distillation: the teacher predicts the {len(data.train)} training images (its soft targets)")
+            who = (f"{record['teacher']['artifact']} ({record['teacher']['model']})" if config.distill.teacher_artifact
+                   else "the teacher")
+            print(f"distillation: {who} predicts the {len(data.train)} training images (its soft targets)")
         targets, record["teacher"]["targets"] = teacher_targets(predictor, tile, data, config.loss.ignore_index)
         if config.distill.teacher_artifact:  # its score on this run's validation images, as it predicts plainly
             record["teacher"][SELECTION_METRIC] = record["teacher"]["targets"].get("scores", {}).get("plain")
