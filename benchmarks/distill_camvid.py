@@ -97,25 +97,25 @@ def sweep(args: argparse.Namespace, folder: Path, keys: list[str], val_keys: lis
         teacher = out / "teacher" / "model.unetkit"
     loads = [os.getloadavg()]
     runs = {"plain": (None, None), **{f"w{w:g} T{t:g}": (w, t) for w, t in arms}}
+    folders = {name: out / name.replace(" ", "-") for name in runs}
     procs = []
     for name, (weight, temperature) in runs.items():
-        config = out / f"{name.replace(' ', '-')}.json"
+        config = out / f"{folders[name].name}.json"  # not with_suffix: "w0.5-T2" has a dot
         distill = ({"mode": "on", "teacher_artifact": str(teacher), "weight": weight, "temperature": temperature}
                    if weight is not None else {"mode": "off"})
         config.write_text(json.dumps({**pinned, "distill": distill}))
-        folder_out = out / name.replace(" ", "-")
-        procs.append((start(folder, 0, distill["mode"], folder_out, 1, config, args.steps, val_keys), folder_out))
+        procs.append((start(folder, 0, distill["mode"], folders[name], 1, config, args.steps, val_keys), folders[name]))
     for proc, folder_out in procs:
         wait(proc, folder_out)
     loads.append(os.getloadavg())
-    metas = {name: read_meta(out / name.replace(" ", "-") / "model.unetkit") for name in runs}
+    models = {"teacher": teacher, **{name: folders[name] / "model.unetkit" for name in runs}}
+    metas = {name: read_meta(models[name]) for name in runs}
     teacher_meta = read_meta(teacher)
     lead = teacher_meta.metrics[SELECTION_METRIC]
     plain = metas["plain"].metrics[SELECTION_METRIC]
     taught = metas[next(iter(runs.keys() - {"plain"}))].metrics["distillation"]["teacher"]
     teaching = taught.get("targets", {}).get("as_it_teaches", {}).get(SELECTION_METRIC)
     val = load_split(folder, val_keys)
-    models = {"teacher": teacher, **{name: out / name.replace(" ", "-") / "model.unetkit" for name in runs}}
     predicted = {name: predicted_scores(path, val) for name, path in models.items()}
     t_model = teacher_meta.model
     lines = [

@@ -203,7 +203,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from unetkit.config import DistillConfig, TileConfig
+from unetkit.config import DistillConfig, TileConfig, replace
 from unetkit.data.fingerprint import largest_class
 from unetkit.inference.tiling import tiled_pixels_per_pixel
 from unetkit.planning.plan import PLANNED, USER, Choice, Plan
@@ -496,9 +496,7 @@ TEACHER_FORWARD = 4.0 / 3.0  # R17, online teaching: a student step plus the tea
 
 def distill_settings(overrides: Mapping[str, Any]) -> DistillConfig:
     """The distill.* values the user set, defaults for the rest."""
-    names = {f.name for f in dataclasses.fields(DistillConfig)}
-    return DistillConfig(**{k.partition(".")[2]: v for k, v in overrides.items()
-                            if k.startswith("distill.") and k.partition(".")[2] in names})
+    return replace(DistillConfig(), **{k.partition(".")[2]: v for k, v in overrides.items() if k.startswith("distill.")})
 
 
 def student_share(d: DistillConfig, budget_seconds: float, sps: float) -> tuple[float, float]:
