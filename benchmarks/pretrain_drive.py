@@ -52,15 +52,19 @@ def cpu_name() -> str:
 
 
 def write_manifest(train_dir: Path, labelled: list[str], val: list[str], path: Path,
-                   images: Path | None = None) -> Path:
+                   images: Path | None = None, pseudo: tuple[list[str], Path] | None = None) -> Path:
     """A manifest of DRIVE's labelled and validation keys; `images`: a folder of other images for the
-    same keys (`K_training.png`, e.g. the green channel), DRIVE's own otherwise."""
+    same keys (`K_training.png`, e.g. the green channel), DRIVE's own otherwise; `pseudo`: more training
+    keys and the folder of their pseudo-labels (`K_pseudo.png`, 0 / 255 as DRIVE's)."""
     rows = ["image,mask,roi,key,split"]
     for split, ks in (("train", labelled), ("val", val)):
         for k in ks:
             image = images / f"{k}_training.png" if images is not None else train_dir / "images" / f"{k}_training.tif"
             rows.append(f"{image},{train_dir / '1st_manual' / f'{k}_manual1.gif'},"
                         f"{train_dir / 'mask' / f'{k}_training_mask.gif'},{k},{split}")
+    for k in (pseudo[0] if pseudo else []):
+        rows.append(f"{train_dir / 'images' / f'{k}_training.tif'},{pseudo[1] / f'{k}_pseudo.png'},"
+                    f"{train_dir / 'mask' / f'{k}_training_mask.gif'},{k},train")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(rows) + "\n")
     return path
@@ -77,6 +81,18 @@ def link_images(train_dir: Path, ks: list[str], folder: Path) -> Path:
 
 def unetkit(*args: str) -> list[str]:
     return [sys.executable, "-m", "unetkit", *args]
+
+
+def pseudo_labels(artifact: Path, train_dir: Path, ks: list[str], folder: Path) -> None:
+    """The self-training arm's labels for images without any: what the teacher `artifact` predicts for each
+    key, as `unetkit predict` computes it (its own TTA choice), thresholded at 0.5 and written 0 / 255
+    (`K_pseudo.png`)."""
+    from unetkit.data.io import read_image, write_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images = [read_image(train_dir / "images" / f"{k}_training.tif") for k in ks]
+    for k, p in zip(ks, unetkit_probabilities(artifact, images), strict=True):
+        write_png(folder / f"{k}_pseudo.png", np.where(p >= 0.5, 255, 0).astype(np.uint8))
 
 
 def setup(args: argparse.Namespace, manifest_name: str, run: Path | None = None) -> tuple[Path, float, Path, Path]:
@@ -136,6 +152,13 @@ def main() -> None:
     ap.add_argument("--same-recipe", action="store_true",
                     help="also, per objective, an arm that fine-tunes with the scratch plan's recipe (patch, batch, "
                          "learning rate; no encoder freeze, one rate for all): the start is the only difference")
+    ap.add_argument("--self-train", type=float, default=0.0, metavar="SHARE",
+                    help="also a self-training arm: a teacher trained on the labelled images for SHARE of the budget "
+                         "labels the other --unlabelled images (its prediction at 0.5), and the student, started "
+                         "from the teacher (--init), trains on both in the rest")
+    ap.add_argument("--oracle", action="store_true",
+                    help="also an arm trained on every --unlabelled image with its real labels, the whole budget: "
+                         "the ceiling of anything the unlabelled images can add")
     ap.add_argument("--out", type=Path, default=Path("/tmp/unetkit-pretrain-drive"))
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
@@ -181,6 +204,24 @@ def main() -> None:
                 unetkit("train", str(manifest), "--budget", f"{tune_s:.0f}s", "--pretrained",
                         str(same / "encoder.safetensors"), "--config", str(recipe), "--out", str(same / "run"), "--quiet")]
 
+    others = [k for k in keys(args.unlabelled) if k not in keys(args.labelled)]
+    if args.oracle:
+        every = write_manifest(train_dir, keys(args.labelled) + others, keys(args.val), out / "oracle.csv")
+        arms["oracle"] = [unetkit("train", str(every), "--budget", f"{budget:.0f}s", "--config", str(pinned),
+                                  "--out", str(out / "oracle" / "run"), "--quiet")]
+    if args.self_train:
+        arm = out / "self-training"
+        pseudo = write_manifest(train_dir, keys(args.labelled), keys(args.val), arm / "pseudo.csv",
+                                pseudo=(others, arm / "labels"))
+        arms["self-training"] = [
+            unetkit("train", str(manifest), "--budget", f"{args.self_train * budget:.0f}s", "--config", str(pinned),
+                    "--out", str(arm / "teacher"), "--quiet"),
+            [sys.executable, __file__, "pseudo-labels", str(arm / "teacher" / "model.unetkit"), str(train_dir),
+             ",".join(others), str(arm / "labels")],
+            unetkit("train", str(pseudo), "--budget", f"{(1 - args.self_train) * budget:.0f}s", "--init",
+                    str(arm / "teacher" / "model.unetkit"), "--config", str(pinned), "--out", str(arm / "run"),
+                    "--quiet")]
+
     walls = run_arms(arms, out, args.parallel)
     load_after = os.getloadavg()
 
@@ -195,7 +236,7 @@ def main() -> None:
         probs = unetkit_probabilities(artifact, [s.image for s in val])
         meta = read_meta(artifact)
         pre = {}
-        if name != "scratch":
+        if name not in ("scratch", "oracle", "self-training"):
             from unetkit.models.unet_encoder import read_unet_encoder
 
             pre = read_unet_encoder(out / name / "encoder.safetensors")[1]["pretraining"]
@@ -222,6 +263,9 @@ def main() -> None:
         pre = r["pretraining"]
         pre_text = f"{pre['steps']} ({pre['loss_first']:.3f} -> {pre['loss_last']:.3f})" if pre else "-"
         label = ("scratch (whole budget)" if name == "scratch" else
+                 f"oracle: the labels of {args.unlabelled} too (whole budget)" if name == "oracle" else
+                 f"self-training: teacher on the labelled {args.self_train:.0%}, student on its pseudo-labels too"
+                 if name == "self-training" else
                  f"{name.removesuffix('-same-recipe')} pretraining + fine-tuning with the scratch plan's recipe"
                  if name.endswith("-same-recipe") else f"{name} pretraining + fine-tuning (R15's recipe)")
         lines.append(f"| {label} | {r['f1']:.4f} | {r['auc']:.4f} | {r['steps']} | {pre_text} | "
@@ -258,4 +302,7 @@ def spaced(points: list, n: int) -> list:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["pseudo-labels"]:  # a step of the self-training arm: MODEL TRAIN_DIR KEYS FOLDER
+        pseudo_labels(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4].split(","), Path(sys.argv[5]))
+    else:
+        main()
