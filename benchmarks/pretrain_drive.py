@@ -246,17 +246,28 @@ def main() -> None:
                          **run_facts(artifact.parent / "metrics.jsonl")}
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
-    lines = [f"## Self-supervised pretraining on DRIVE with 5 labelled images, {args.budget} per arm "
-             f"({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
+    ssl = [n for n in arms if n not in ("scratch", "oracle", "self-training")]
+    how = []
+    if ssl:
+        how.append(f"the pretrained arms pretrained on the images of {args.unlabelled} (labels unused) for "
+                   f"{args.share:.0%} of the budget, then fine-tuned on the labelled ones")
+    if args.oracle:
+        how.append(f"the oracle trained on {args.unlabelled} with their real labels")
+    if args.self_train:
+        how.append(f"the self-training arm's teacher trained on the labelled ones for {args.self_train:.0%} of the "
+                   f"budget and labelled {','.join(others)} (its prediction at 0.5), then the student, started from "
+                   "it (`--init`), trained on both in the rest")
+    title = ("Self-supervised pretraining on DRIVE" if ssl else
+             "DRIVE: what unlabelled images can add") + f" with 5 labelled images, {args.budget} per arm"
+    lines = [f"## {title} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
              f"Command: `python benchmarks/pretrain_drive.py {' '.join(sys.argv[1:])}`  ",
              f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}; load average "
              f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (a shared machine); arms "
              f"{'in parallel, one thread each' if args.parallel else 'one after the other'}.  ",
-             f"Labelled {args.labelled}, scored on {args.val} (FOV pixels, vessel = positive); pretrained on the "
-             f"images of {args.unlabelled} (labels unused) for {args.share:.0%} of the budget, then fine-tuned on the "
-             f"labelled ones. Architecture of the scratch plan for every arm: w{width} d{depth} {norm} norm "
-             f"(its patch and batch, {patch[0]}x{patch[1]} b{batch}, pretrain; each arm's own timing plans its "
-             f"training's, below). Run folder `{out}`.", "",
+             f"Labelled {args.labelled}, scored on {args.val} (FOV pixels, vessel = positive); "
+             + "; ".join(how or ["scratch only"]) + f". Architecture of the scratch plan for every arm: w{width} "
+             f"d{depth} {norm} norm (its patch and batch, {patch[0]}x{patch[1]} b{batch}, pretrain; each arm's own "
+             f"timing plans its training's, below). Run folder `{out}`.", "",
              "| arm | F1 (Dice @ 0.5) | AUC ROC | fine-tuning steps | pretraining steps (loss first -> last) | wall clock |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
