@@ -159,7 +159,10 @@ R16 Self-supervised pretraining (`--unlabelled DIR`). Proposed only when labelle
    quarter of the budget it cost was not paid back. A few images' worth of inpainting is no better
    a start than random weights; what pays in the literature is pretraining on many more images than
    are labelled, so that is the only case R16 proposes, and its plan says it is unmeasured here.
-   (The mim runs above used the objective R16 then chose.)
+   (The mim runs above used the objective R16 then chose.) The most those 10 images could add was
+   measured by labelling them: +0.007 F1 at 30 minutes (0.8249 vs 0.8181, AMX Xeon); self-training
+   on a teacher's pseudo-labels for them lost 0.009 (their F1 against the real labels: 0.761), so
+   R16 does not propose it (docs/benchmarks.md, 2026-12-05 14:26).
 R17 Distillation. The accuracy levers (InstanceNorm: F1 +0.004..0.006 on DRIVE at equal steps, but
    1.2x slower fp32 and 2x int8 inference, R9; a two-model ensemble: +0.0007) cost inference time;
    `distill.mode on` trains the best measured one, InstanceNorm, as a teacher on half the budget and
