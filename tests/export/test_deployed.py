@@ -141,11 +141,6 @@ def test_predict_and_evaluate_the_onnx_file_like_the_artifact(exported, tmp_path
     assert all(np.isnan(got_n[k]) == np.isnan(want_n[k]) for k in got_n)
 
 
-def _has_vnni() -> bool:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
-
-
 def test_int8_model_runs_and_agrees_with_fp32(data_and_model, tmp_path, monkeypatch):
     monkeypatch.setenv("UNETKIT_CACHE_DIR", str(tmp_path / "cache"))
     data, untrained = data_and_model
@@ -164,9 +159,11 @@ def test_int8_model_runs_and_agrees_with_fp32(data_and_model, tmp_path, monkeypa
     b = np.stack([read_mask(tmp_path / "int8" / m.name) for m in masks])
     assert 0 < a.mean() < 1  # both classes present
     # ORT's u8s8 int8 kernels saturate on CPUs without VNNI (AVX2 EPYC: 96.7 % of these labels agree with
-    # fp32 with 8-bit weights, 98.96 % with reduce_range's 7-bit ones; AVX-512 VNNI / AMX: >= 99 %).
-    # quantize_artifact scores both and keeps the one closer to fp32, so no CPU gets the saturated one.
-    assert (a == b).mean() >= (0.99 if _has_vnni() else 0.98)
+    # fp32 with 8-bit weights, 98.96 % with reduce_range's 7-bit ones; AVX-512 VNNI: >= 99 % with 8-bit).
+    # quantize_artifact scores both on the validation image and keeps the one closer to fp32 there, so no
+    # CPU gets the saturated one; which of the two good ones it keeps depends on that one image (AMX Xeon:
+    # 7-bit agreed on 100 % of it against 99.9 % for 8-bit, and on 98.97 % of these four images).
+    assert (a == b).mean() >= 0.985
     assert set(report.extra["reduce_range_tried"]) == {"false", "true"}
     assert report.options["reduce_range"] == (report.extra["reduce_range_tried"]["true"] < report.extra["reduce_range_tried"]["false"])
 
