@@ -162,7 +162,7 @@ def test_int8_model_runs_and_agrees_with_fp32(data_and_model, tmp_path, monkeypa
     # fp32 with 8-bit weights, 98.96 % with reduce_range's 7-bit ones; AVX-512 VNNI: >= 99 % with 8-bit).
     # quantize_artifact scores both on the validation image and keeps the one closer to fp32 there, so no
     # CPU gets the saturated one; which of the two good ones it keeps depends on that one image (AMX Xeon:
-    # 7-bit agreed on 100 % of it against 99.9 % for 8-bit, and on 98.97 % of these four images).
+    # 7-bit agreed on 100 % of it against 99.9 % for 8-bit, and on 98.97 % of these four, it among them).
     assert (a == b).mean() >= 0.985
     assert set(report.extra["reduce_range_tried"]) == {"false", "true"}
     assert report.options["reduce_range"] == (report.extra["reduce_range_tried"]["true"] < report.extra["reduce_range_tried"]["false"])
