@@ -131,6 +131,9 @@ class AugmentConfig:
     gamma: float = 0.1
     noise_std: float = 0.02  # in units of the normalized intensity
     blur_sigma: float = 0.0  # 0 disables Gaussian blur
+    # colour images only (2+ channels); 0 disables each
+    saturation: float = 0.0  # each pixel's distance from its channels' mean scaled by a factor in 1 ± this
+    channel_shift: float = 0.0  # one shift per channel (a white-balance change), normalized units
     p: float = 0.5  # probability of each photometric/geometric op
 
 

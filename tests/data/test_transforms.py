@@ -110,3 +110,36 @@ def test_disabled_is_the_identity() -> None:
     images, labels = torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))
     out = Augmenter(AugmentConfig(enabled=False))(images, labels)
     assert out[0] is images and out[1] is labels
+
+
+COLOUR_ONLY = dataclasses.replace(GEOMETRY_ONLY, flip=False, rot90=False, rotate_degrees=0, scale=(1.0, 1.0))
+
+
+def test_saturation_scales_each_pixels_colour_about_its_grey_and_keeps_grey_pixels():
+    images, labels = torch.randn(6, 3, 16, 16), torch.zeros(6, 16, 16, dtype=torch.long)
+    out, _ = Augmenter(dataclasses.replace(COLOUR_ONLY, saturation=0.5), seed=0)(images, labels)
+    grey, out_grey = images.mean(1, keepdim=True), out.mean(1, keepdim=True)
+    assert torch.allclose(out_grey, grey, atol=1e-5)  # the channel mean is untouched
+    factor = ((out - out_grey) / (images - grey)).flatten(1)  # one factor per image, over all its pixels
+    assert torch.allclose(factor, factor[:, :1].expand_as(factor), atol=1e-3)
+    assert (factor[:, 0] >= 0.5 - 1e-4).all() and (factor[:, 0] <= 1.5 + 1e-4).all()
+    assert len(set(factor[:, 0].round(decimals=3).tolist())) > 3
+    flat = images[:, :1].repeat(1, 3, 1, 1)  # grey pixels have no colour to scale
+    assert torch.allclose(Augmenter(dataclasses.replace(COLOUR_ONLY, saturation=0.5), seed=0)(flat, labels)[0], flat)
+
+
+def test_channel_shift_moves_each_channel_by_its_own_constant():
+    images, labels = torch.randn(6, 3, 16, 16), torch.zeros(6, 16, 16, dtype=torch.long)
+    out, _ = Augmenter(dataclasses.replace(COLOUR_ONLY, channel_shift=0.2), seed=1)(images, labels)
+    shift = (out - images).flatten(2)
+    assert torch.allclose(shift, shift[..., :1].expand_as(shift), atol=1e-5)  # constant over each channel
+    assert shift.abs().max() <= 0.2 + 1e-5
+    assert (shift[:, 0, 0] != shift[:, 1, 0]).any()  # channels move differently: a colour cast
+
+
+def test_colour_jitter_leaves_one_channel_images_and_the_random_stream_alone():
+    images, labels = torch.randn(4, 1, 16, 16), torch.randint(0, 2, (4, 16, 16))
+    plain = Augmenter(AugmentConfig(), seed=2)
+    coloured = Augmenter(AugmentConfig(saturation=0.5, channel_shift=0.2), seed=2)
+    for _ in range(2):  # no draws for a grey image: the next batch's augmentation is the same too
+        assert all(torch.equal(a, b) for a, b in zip(plain(images, labels), coloured(images, labels), strict=True))

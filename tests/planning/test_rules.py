@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -337,6 +339,13 @@ def test_the_fingerprint_tells_a_thin_structure_set_from_a_scene_with_one_thin_r
     assert street.value("augment.rotate_degrees") > 0 and street.value("augment.scale")[0] < 0.85
     assert not street.value("augment.flip_vertical") and not street.value("augment.rot90")  # sky stays up
     assert street.value("augment.brightness") > thin.value("augment.brightness")
+    # colour jitter for the colour scene only: not for colour vessels, nor for the same scene in grey
+    assert street.value("augment.saturation") > 0 and street.value("augment.channel_shift") > 0
+    assert thin.value("augment.saturation") == 0 and thin.value("augment.channel_shift") == 0
+    grey = summarize([replace(s, image=s.image[:1]) for s in _street_scene(rng)], ["sky", "building", "road", "car", "pole"])
+    grey_plan = make_plan(grey, PROFILES["cpu2"], 600, {})
+    assert grey_plan.value("augment.scale")[0] < 0.85  # still the wide-context scene
+    assert grey_plan.value("augment.saturation") == 0 and grey_plan.value("augment.channel_shift") == 0
 
 
 def test_small_batches_get_groupnorm_for_scenes_and_instancenorm_for_thin_structures():
