@@ -3,10 +3,12 @@
 Geometry (flips -- left-right, and upside-down unless `flip_vertical` is off --, rot90, rotation, scale) is one affine matrix per sample, applied with
 `kornia.geometry.warp_affine` to the images (bilinear) and to the labels (nearest) alike; optional
 elastic deformation shares one displacement field for both. Label pixels that come from outside the
-image become `ignore_index`. Photometric changes (brightness, contrast, gamma, Gaussian noise, blur; for colour images
-saturation and a shift per channel) touch the images only (the first `image_channels` channels: channels past them are soft targets, a
-teacher's class probabilities, warped bilinearly with the images); they are in units of the
-normalized intensity. Every random draw comes from
+image become `ignore_index`. Photometric changes (brightness, contrast, gamma, Gaussian noise, blur;
+for colour images saturation and a shift per channel) touch the images only (the first
+`image_channels` channels: channels past them are soft targets, a teacher's class probabilities,
+warped bilinearly with the images); they are in units of the normalized intensity, so saturation
+scales each pixel's distance from its channels' mean rather than an HSV saturation (kornia's needs
+RGB in [0, 1]). Every random draw comes from
 the augmenter's own `torch.Generator` (on the CPU, so a seed gives the same result on any device).
 """
 
@@ -132,15 +134,16 @@ class Augmenter:
                 idx = chosen.nonzero().squeeze(1).to(images.device)
                 blurred = gaussian_blur2d(images[idx], kernel, torch.stack([sigma, sigma], -1))
                 images = images.index_copy(0, idx, blurred)
-        if images.shape[1] > 1 and cfg.saturation > 0:
+        # colour last: a config without it draws the same random numbers as before it existed
+        channels = images.shape[1]
+        if channels > 1 and cfg.saturation > 0:
             factor = torch.where(self._chance(n), self._uniform(n, 1 - cfg.saturation, 1 + cfg.saturation), 1.0)
             grey = images.mean(dim=1, keepdim=True)
             images = grey + (images - grey) * per_sample(factor)
-        if images.shape[1] > 1 and cfg.channel_shift > 0:
-            c = images.shape[1]
-            shift = self._uniform(n * c, -cfg.channel_shift, cfg.channel_shift).view(n, c)
+        if channels > 1 and cfg.channel_shift > 0:
+            shift = self._uniform(n * channels, -cfg.channel_shift, cfg.channel_shift).view(n, channels)
             shift = shift * self._chance(n).view(n, 1)
-            images = images + shift.to(images).view(n, c, 1, 1)
+            images = images + shift.to(images).view(n, channels, 1, 1)
         return images
 
     # ------------------------------------------------------------ randomness
