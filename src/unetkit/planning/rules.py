@@ -830,11 +830,11 @@ def _augment_choices(choose, facts: DataFacts) -> None:
     for key in ("augment.brightness", "augment.contrast"):
         choose(key, 0.2 if wide else 0.1, "stronger: natural scenes under changing light (R7)" if wide
                else "mild: per-channel normalisation removes gross intensity differences (R7)")
-    colour = wide and facts.channels > 1
-    choose("augment.saturation", 0.3 if colour else 0.0, "colour scenes under changing light and cameras: "
-           "saturation 1 ± 0.3 (R7)" if colour else "off: not a colour natural scene (R7)")
-    choose("augment.channel_shift", 0.1 if colour else 0.0, "a white-balance shift of ± 0.1 per channel (R7)"
-           if colour else "off: not a colour natural scene (R7)")
+    colour, off = wide and facts.channels > 1, "off: not a colour natural scene (R7)"
+    choose("augment.saturation", 0.3 if colour else 0.0,
+           "colour scenes under changing light and cameras: saturation 1 ± 0.3 (R7)" if colour else off)
+    choose("augment.channel_shift", 0.1 if colour else 0.0,
+           "a white-balance shift of ± 0.1 per channel (R7)" if colour else off)
     choose("augment.elastic_alpha", 0.0, "elastic deformation off: costly on CPUs (R7)")
 
 
