@@ -342,7 +342,8 @@ def test_the_fingerprint_tells_a_thin_structure_set_from_a_scene_with_one_thin_r
     # colour jitter for the colour scene only: not for colour vessels, nor for the same scene in grey
     assert street.value("augment.saturation") > 0 and street.value("augment.channel_shift") > 0
     assert thin.value("augment.saturation") == 0 and thin.value("augment.channel_shift") == 0
-    grey = summarize([replace(s, image=s.image[:1]) for s in _street_scene(rng)], ["sky", "building", "road", "car", "pole"])
+    grey = summarize([replace(sample, image=sample.image[:1]) for sample in _street_scene(rng)],
+                     ["sky", "building", "road", "car", "pole"])
     grey_plan = make_plan(grey, PROFILES["cpu2"], 600, {})
     assert grey_plan.value("augment.scale")[0] < 0.85  # still the wide-context scene
     assert grey_plan.value("augment.saturation") == 0 and grey_plan.value("augment.channel_shift") == 0

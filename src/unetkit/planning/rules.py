@@ -74,10 +74,10 @@ R7 Augmentation. Flips and rot90, except for upright data: when the classes' mea
    pipelines; CamVid, one network pinned, 45 min, held-out sequences: mIoU 0.403 vs 0.395 on the
    daylight 0006R0 frames, 0.278 vs 0.265 on the dusk 0001TP frames, pixel accuracy +0.017 / +0.040;
    DRIVE and ISBI 2012 fall under the thin-structure rules, so their plans do not change); mild
-   gamma/noise; probability 0.5 below 200 training images, 0.3 above (0.5 for CamVid's 266-305 frames, seen
-   50-59 times each in 45 minutes, traded daylight for dusk: mIoU -0.002 and -0.019 on the 0006R0 frames,
-   +0.017 and +0.019 on the 0001TP frames, two seeds; one probability drives both the geometric and the
-   photometric operations); elastic deformation off (costly on CPUs).
+   gamma/noise; probability 0.5 below 200 training images, 0.3 above (0.5 for CamVid's 266-305
+   frames, seen 50-59 times each in 45 minutes, traded daylight for dusk: mIoU -0.002 and -0.019 on the
+   0006R0 frames, +0.017 and +0.019 on the 0001TP frames, two seeds; one probability drives both the
+   geometric and the photometric operations); elastic deformation off (costly on CPUs).
 R8 Optimiser. AdamW, lr 1e-3 * sqrt(batch / 8) clamped to 5e-4..2e-3 (2e-3 made DRIVE's
    validation F1 swing by 0.03-0.13 between validations), weight decay 1e-4, linear
    warm-up over 3 % of the steps (20..500), cosine decay to 1 % -- the schedule's length is
