@@ -135,6 +135,13 @@ class AugmentConfig:
     saturation: float = 0.0  # each pixel's distance from its channels' mean scaled by a factor in 1 ± this
     channel_shift: float = 0.0  # one shift per channel (a white-balance change), normalized units
     p: float = 0.5  # probability of each photometric/geometric op
+    p_geometric: float | None = None  # rotation, scale and elastic alone get this one; None: `p`
+
+    def __post_init__(self) -> None:
+        for name in ("p", "p_geometric"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ConfigError(f"augment.{name}: expected a probability in [0, 1], got {value}")
 
 
 # ---------------------------------------------------------------- model

@@ -149,3 +149,25 @@ def test_colour_jitter_leaves_one_channel_images_and_the_random_stream_alone():
     coloured = Augmenter(AugmentConfig(saturation=0.5, channel_shift=0.2), seed=2)
     for _ in range(2):  # no draws for a grey image: the next batch's augmentation is the same too
         assert all(torch.equal(a, b) for a, b in zip(plain(images, labels), coloured(images, labels), strict=True))
+
+
+def test_p_geometric_sets_the_chance_of_rotation_and_scale_apart_from_the_photometric_ops():
+    images, labels = _blocks(8)
+    geometric = dataclasses.replace(COLOUR_ONLY, rotate_degrees=30, scale=(0.5, 2.0))
+    bright = dataclasses.replace(geometric, brightness=0.5)
+
+    def run(config: AugmentConfig, **change: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return Augmenter(dataclasses.replace(config, **change), seed=3)(images, labels)
+
+    def each_moved(out_labels: torch.Tensor) -> bool:
+        return all(not torch.equal(a, b) for a, b in zip(out_labels, labels, strict=True))
+
+    rotated = run(bright, p=0.0, p_geometric=1.0)
+    assert each_moved(rotated[1])  # every sample rotated or scaled although `p` is 0 ...
+    plain = run(geometric, p=0.0, p_geometric=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(rotated, plain, strict=True))  # ... and none brightened
+    out, kept = run(bright, p=1.0, p_geometric=0.0)
+    assert torch.equal(kept, labels)  # no geometry although `p` is 1 ...
+    assert ((out - images).flatten(1).abs().amax(1) > 1e-3).all()  # ... and every sample brightened
+    assert torch.equal(run(bright, p=0.0)[1], labels)  # None: `p` drives the geometry too
+    assert each_moved(run(bright, p=1.0)[1])

@@ -33,6 +33,7 @@ class Augmenter:
         self.ignore_index = ignore_index
         self.image_channels = image_channels  # None: every channel is the image's
         self.generator = torch.Generator().manual_seed(seed)
+        self._p_geometric = config.p if config.p_geometric is None else config.p_geometric
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`images (N, C, H, W)` normalized float, `labels (N, H, W)` integer -> augmented copies."""
@@ -50,7 +51,7 @@ class Augmenter:
         cfg, n = self.config, images.shape[0]
         height, width = images.shape[-2:]
         matrix = self._affine(n, height, width)
-        elastic = cfg.elastic_alpha > 0 and self._chance(n).any()
+        elastic = cfg.elastic_alpha > 0 and self._chance(n, self._p_geometric).any()
         if matrix is None and not elastic:
             return images, labels
         shifted = (labels.to(images.dtype) + 1).unsqueeze(1)  # 0 after warping = came from outside
@@ -87,10 +88,10 @@ class Augmenter:
                 steps = steps - steps % 2  # 90° would not fit a non-square patch: 0° or 180°
             angle += steps.double() * 90
         if cfg.rotate_degrees > 0:
-            angle += self._uniform(n, -cfg.rotate_degrees, cfg.rotate_degrees) * self._chance(n)
+            angle += self._uniform(n, -cfg.rotate_degrees, cfg.rotate_degrees) * self._chance(n, self._p_geometric)
         lo, hi = cfg.scale
         if (lo, hi) != (1.0, 1.0):
-            scale = torch.where(self._chance(n), self._uniform(n, lo, hi), scale)
+            scale = torch.where(self._chance(n, self._p_geometric), self._uniform(n, lo, hi), scale)
         if not cfg.flip and not cfg.rot90 and cfg.rotate_degrees <= 0 and (lo, hi) == (1.0, 1.0):
             return None
         radians = angle * math.pi / 180
