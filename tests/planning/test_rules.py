@@ -98,6 +98,7 @@ def test_many_training_images_get_milder_geometry_but_the_same_photometric_augme
     assert many.value("augment.p") == 0.5 and many.value("augment.p_geometric") == 0.3
     assert "milder geometry" in format_plan(many) and "milder geometry" not in format_plan(few)
 
+
 def test_objects_touching_through_a_thin_background_tune_postprocessing_for_the_rand_score():
     membranes = [("membrane", 0.22, 0.73, 2.5, 58000.0), ("interior", 0.78, 0.92, 12.0, 4700.0)]
     cells = make_fingerprint(size=(512, 512), n=30, channels=1, classes=membranes, objects_per_image=114.0)
