@@ -22,7 +22,8 @@ def test_round_trip_keeps_every_value():
         ({"amp": "auto"}, r"unknown key 'amp'"),
         ({"optim": {"lr": "fast"}}, r"optim.lr: expected a number"),
         ({"augment": {"p": 1.5}}, r"augment.p: expected a probability in \[0, 1\], got 1.5"),
-        ({"augment": {"p_geometric": -0.1}}, r"augment.p_geometric: expected a probability in \[0, 1\], got -0.1"),
+        ({"augment": {"p_geometric": -0.1}},
+         r"augment.p_geometric: expected a probability in \[0, 1\], got -0.1"),
     ],
 )
 def test_strict_loading_names_the_key(bad, match):

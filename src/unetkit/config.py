@@ -134,7 +134,7 @@ class AugmentConfig:
     # colour images only (2+ channels); 0 disables each
     saturation: float = 0.0  # each pixel's distance from its channels' mean scaled by a factor in 1 ± this
     channel_shift: float = 0.0  # one shift per channel (a white-balance change), normalized units
-    p: float = 0.5  # probability of each photometric op, and of each geometric one unless `p_geometric` is set
+    p: float = 0.5  # probability of each photometric op, and of each geometric one while `p_geometric` is None
     p_geometric: float | None = None  # rotation, scale and elastic alone get this one; None: `p`
 
     def __post_init__(self) -> None:

@@ -88,7 +88,8 @@ class Augmenter:
                 steps = steps - steps % 2  # 90° would not fit a non-square patch: 0° or 180°
             angle += steps.double() * 90
         if cfg.rotate_degrees > 0:
-            angle += self._uniform(n, -cfg.rotate_degrees, cfg.rotate_degrees) * self._chance(n, self._p_geometric)
+            turn = self._uniform(n, -cfg.rotate_degrees, cfg.rotate_degrees)  # drawn before the chance, as always
+            angle += turn * self._chance(n, self._p_geometric)
         lo, hi = cfg.scale
         if (lo, hi) != (1.0, 1.0):
             scale = torch.where(self._chance(n, self._p_geometric), self._uniform(n, lo, hi), scale)

@@ -819,8 +819,9 @@ def _augment_choices(choose, facts: DataFacts) -> None:
     few = facts.n_train < 200
     choose("augment.enabled", True, "flips + rot90 + mild geometry/intensity (R7)")
     choose("augment.p", 0.5, "each photometric operation on half the samples (R7)")
-    choose("augment.p_geometric", 0.5 if few else 0.3, f"{facts.n_train} training images: "
-           + ("rotation and scale as often" if few else "milder geometry, which resamples thin objects") + " (R7)")
+    geometry = "rotation and scale as often as the photometric operations" if few \
+        else "milder geometry, which resamples thin objects"
+    choose("augment.p_geometric", 0.5 if few else 0.3, f"{facts.n_train} training images: {geometry} (R7)")
     lossless = "off: resampling blurs thin structures (R7)"
     thin, wide = facts.thin_rules, _wide_context(facts)
     choose("augment.rotate_degrees", 0.0 if thin else 15.0, lossless if thin else "small rotations (R7)")
