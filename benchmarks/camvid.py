@@ -208,6 +208,10 @@ def main() -> None:
                 f"scale {p.get('augment.scale')}")
         rows.append(f"| {name} | {plan} | {r['steps']} | {r['miou']:.4f} | {r['pixel_accuracy']:.4f} | "
                     + " | ".join(f"{v:.3f}" for v in r["iou"]) + " |")
+    # the configs the arms were given (their paths are scratch): what tells the arms apart where the plan
+    # column cannot (a user-set key the plan does not choose, such as `model.bottleneck`)
+    configs = [f"Arm `{name}` config: `{json.dumps(json.loads(Path(config).read_text()))}`  "
+               for name, arm in arms.items() for config in [arm.partition(",")[2]] if config]
     now = datetime.now(timezone.utc)
     what = (f"`unetkit train --budget {args.budget}`, arms side by side" if args.score is None
             else f"the arms of `{args.score}` re-scored")
@@ -219,7 +223,8 @@ def main() -> None:
         f"Train on the {len(keys) - len(val_keys)} frames of the other sequences, scored on the {len(val_keys)} held-out "
         f"frames of {', '.join(p.rstrip('_') for p in prefixes)} (class IoU over 11 classes, void ignored; each arm as "
         f"`unetkit predict` runs it){'; the arms trained concurrently' if args.score is None else ''}; run folder "
-        f"`{args.work / stamp}`.",
+        f"`{args.work / stamp}`.  " if configs else f"`{args.work / stamp}`.",
+        *configs,
         "",
         *rows,
         "",
