@@ -161,6 +161,7 @@ def main() -> None:
     load_before = os.getloadavg()
     runs, procs = {}, {}
     walls: dict[str, float | None] = {}
+    given: dict[str, str] = {}  # arm -> the --config file it was given
     if args.score is not None:  # re-score: the arms are the run folder's sub-folders
         stamp = args.score.name
         runs = {d.name: d for d in sorted(args.score.iterdir()) if (d / "model.unetkit").is_file()}
@@ -171,6 +172,8 @@ def main() -> None:
         for name, arm in arms.items():  # all arms at once: the same load for each
             src, _, config = arm.partition(",")
             runs[name] = args.work / stamp / name
+            if config:
+                given[name] = config
             if name in commands:
                 script = " && ".join(" ".join(f"'{a}'" for a in cmd) for cmd in commands[name])
                 procs[name] = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -211,7 +214,7 @@ def main() -> None:
     # the configs the arms were given (their paths are scratch): what tells the arms apart where the plan
     # column cannot (a user-set key the plan does not choose, such as `model.bottleneck`)
     configs = [f"Arm `{name}` config: `{json.dumps(json.loads(Path(config).read_text()))}`  "
-               for name, arm in arms.items() for config in [arm.partition(",")[2]] if config]
+               for name, config in given.items()]
     now = datetime.now(timezone.utc)
     what = (f"`unetkit train --budget {args.budget}`, arms side by side" if args.score is None
             else f"the arms of `{args.score}` re-scored")
@@ -223,7 +226,7 @@ def main() -> None:
         f"Train on the {len(keys) - len(val_keys)} frames of the other sequences, scored on the {len(val_keys)} held-out "
         f"frames of {', '.join(p.rstrip('_') for p in prefixes)} (class IoU over 11 classes, void ignored; each arm as "
         f"`unetkit predict` runs it){'; the arms trained concurrently' if args.score is None else ''}; run folder "
-        f"`{args.work / stamp}`.  " if configs else f"`{args.work / stamp}`.",
+        f"`{args.work / stamp}`.  ",
         *configs,
         "",
         *rows,
