@@ -198,6 +198,7 @@ class LossConfig:
     dice: float = 1.0
     focal: float = 0.0
     tversky: float = 0.0
+    lovasz: float = 0.0  # Lovász-softmax: the IoU's convex surrogate (functional.lovasz_softmax_loss)
     cldice: float = 0.0
     class_weights: tuple[float, ...] = ()  # for CE; empty = uniform
     focal_gamma: float = 2.0

@@ -8,6 +8,7 @@ The binary (K = 1) version uses the foreground logit only: z = [ln 3, 0], sigmoi
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ ALL_LOSSES = {
     "focal": lambda x, y, **kw: LF.focal_loss(x, y, **kw),
     "tversky": lambda x, y, **kw: LF.tversky_loss(x, y, **kw),
     "cldice": lambda x, y, **kw: LF.cldice_loss(x, y, **kw),
+    "lovasz": lambda x, y, **kw: LF.lovasz_softmax_loss(x, y, **kw),
 }
 
 
@@ -110,6 +112,41 @@ def test_soft_dice_matches_monai(rng):
     assert LF.soft_dice_loss(x, y).item() == pytest.approx(ref.item(), rel=1e-5)
     ref = DiceLoss(softmax=True, to_onehot_y=True, batch=True, include_background=False)(x, y[:, None])
     assert LF.soft_dice_loss(x, y, include_background=False).item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_lovasz_on_hard_probabilities_is_one_minus_mean_iou_of_the_present_classes(rng):
+    from sklearn.metrics import jaccard_score
+
+    y = rng.integers(0, 3, (2, 9, 9))  # classes 0-2 of 4: class 3 is absent, left out of the mean
+    pred = np.where(rng.random(y.shape) < 0.3, rng.integers(0, 4, y.shape), y)
+    x = F.one_hot(torch.from_numpy(pred), 4).movedim(-1, 1).float() * 40.0  # softmax = one-hot
+    iou = jaccard_score(y.ravel(), pred.ravel(), labels=[0, 1, 2], average=None)
+    assert LF.lovasz_softmax_loss(x, torch.from_numpy(y)).item() == pytest.approx(1 - iou.mean(), rel=1e-5)
+    iou_fg = jaccard_score(y.ravel(), pred.ravel(), labels=[1, 2], average=None)
+    got = LF.lovasz_softmax_loss(x, torch.from_numpy(y), include_background=False).item()
+    assert got == pytest.approx(1 - iou_fg.mean(), rel=1e-5)
+
+
+def test_lovasz_is_the_lovasz_extension_of_the_jaccard_loss_from_its_definition():
+    """Soft errors: sum_i m_(i) (Delta(S_i) - Delta(S_{i-1})), S_i the i largest errors taken as the
+    mispredicted pixels, Delta(S) = 1 - |G minus S| / |G union S|: computed from Python sets per class."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 3, 4, 5, generator=g)
+    y = torch.randint(0, 3, (1, 4, 5), generator=g)
+    p = torch.softmax(x, 1)[0].reshape(3, -1)
+    labels = y.reshape(-1).tolist()
+    per_class = []
+    for c in range(3):
+        truth = {i for i, v in enumerate(labels) if v == c}
+        errors = [abs((i in truth) - float(p[c, i])) for i in range(len(labels))]
+        order = sorted(range(len(labels)), key=lambda i: -errors[i])
+
+        def delta(wrong: set) -> float:
+            return 1 - len(truth - wrong) / len(truth | wrong) if truth | wrong else 0.0
+
+        per_class.append(sum(errors[i] * (delta(set(order[:n + 1])) - delta(set(order[:n])))
+                             for n, i in enumerate(order)))
+    assert LF.lovasz_softmax_loss(x, y).item() == pytest.approx(sum(per_class) / 3, rel=1e-5)
 
 
 @pytest.mark.parametrize("k", [1, 2])

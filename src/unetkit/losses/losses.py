@@ -57,6 +57,12 @@ def _tversky(c: LossConfig) -> Term:
                                         ignore_index=c.ignore_index)
 
 
+@LOSSES.register("lovasz")
+def _lovasz(c: LossConfig) -> Term:
+    return lambda x, y: LF.lovasz_softmax_loss(x, y, include_background=c.dice_include_background,
+                                               ignore_index=c.ignore_index)
+
+
 @LOSSES.register("cldice")
 def _cldice(c: LossConfig) -> Term:
     return lambda x, y: LF.cldice_loss(x, y, ignore_index=c.ignore_index)
