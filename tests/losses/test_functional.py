@@ -127,6 +127,11 @@ def test_lovasz_on_hard_probabilities_is_one_minus_mean_iou_of_the_present_class
     assert got == pytest.approx(1 - iou_fg.mean(), rel=1e-5)
 
 
+def jaccard_loss(truth: set, wrong: set) -> float:
+    """1 - IoU when the pixels in `wrong` are mispredicted for a class whose pixels are `truth`."""
+    return 1 - len(truth - wrong) / len(truth | wrong) if truth | wrong else 0.0
+
+
 def test_lovasz_is_the_lovasz_extension_of_the_jaccard_loss_from_its_definition():
     """Soft errors: sum_i m_(i) (Delta(S_i) - Delta(S_{i-1})), S_i the i largest errors taken as the
     mispredicted pixels, Delta(S) = 1 - |G minus S| / |G union S|: computed from Python sets per class."""
@@ -140,12 +145,8 @@ def test_lovasz_is_the_lovasz_extension_of_the_jaccard_loss_from_its_definition(
         truth = {i for i, v in enumerate(labels) if v == c}
         errors = [abs((i in truth) - float(p[c, i])) for i in range(len(labels))]
         order = sorted(range(len(labels)), key=lambda i: -errors[i])
-
-        def delta(wrong: set) -> float:
-            return 1 - len(truth - wrong) / len(truth | wrong) if truth | wrong else 0.0
-
-        per_class.append(sum(errors[i] * (delta(set(order[:n + 1])) - delta(set(order[:n])))
-                             for n, i in enumerate(order)))
+        losses = [jaccard_loss(truth, set(order[:n])) for n in range(len(order) + 1)]
+        per_class.append(sum(errors[i] * (losses[n + 1] - losses[n]) for n, i in enumerate(order)))
     assert LF.lovasz_softmax_loss(x, y).item() == pytest.approx(sum(per_class) / 3, rel=1e-5)
 
 
