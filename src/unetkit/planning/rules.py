@@ -51,14 +51,18 @@ R4 Object scale and context. Thin classes: most pixels vanish after one erosion
    when it exceeds half the rung's patch, the patch grows to 1.5x, and up to the context itself as
    far as the rung's pixels per step pay for at batch 2 (R3 caps it by the image); the U-Net is
    deepened (at most MAX_DEPTH, bottom at least MIN_BOTTOM px) until its encoder's receptive field
-   spans half of the object within the patch (`receptive_field`). No bottleneck is planned: a
-   pyramid-pooling one (PSPNet's PPM, the whole patch's context) cost 11-13 % per step and scored
-   -0.012 and -0.024 mIoU on CamVid's held-out daylight and dusk sequences at equal budget.
+   spans half of the object within the patch (`receptive_field`). No bottleneck is planned: the
+   model family's three cost 11-17 % per step and none gained on both of CamVid's held-out daylight
+   and dusk sequences at equal budget (mIoU: pyramid pooling -0.012 / -0.024, ASPP -0.010 / +0.001,
+   a transformer layer -0.016 / -0.030; docs/benchmarks.md).
 R5 Loss. Dice + cross-entropy. clDice (weight 0.5) is added under the thin-structure rules (R4: the
    topology of vessels/membranes) when the thin classes are foreground (index >= 1: the classes
    clDice scores). Rare classes (< 1 % of labelled pixels) get class-weighted CE with
    w_k = clip(sqrt(1 / (K f_k)), 1, 10) (1 for balanced classes); Dice excludes the background
    (class 0) when it is the majority class, so the tiny foreground is not swamped by its easy Dice.
+   Lovász-softmax (`loss.lovasz`, IoU's surrogate) in place of Dice is not planned: on CamVid's
+   held-out sequences it learned more per step but its sort cost 53-55 % per step, and at equal
+   budget it scored -0.004 / -0.006 mIoU.
 R6 Sampling. A fraction of patches is centred on a rare-class pixel (or a foreground pixel when no
    class is rare): 0.5 with a rare class; 0.2 when the foreground is the majority; 0.5 for a
    thin-structure data set; 0.33 otherwise.
