@@ -24,6 +24,8 @@ def test_round_trip_keeps_every_value():
         ({"augment": {"p": 1.5}}, r"augment.p: expected a probability in \[0, 1\], got 1.5"),
         ({"augment": {"p_geometric": -0.1}},
          r"augment.p_geometric: expected a probability in \[0, 1\], got -0.1"),
+        ({"loss": {"lovasz_sample": 0}},
+         r"loss.lovasz_sample: expected a fraction of the pixels in \(0, 1\], got 0"),
     ],
 )
 def test_strict_loading_names_the_key(bad, match):

@@ -204,9 +204,14 @@ class LossConfig:
     focal_gamma: float = 2.0
     tversky_alpha: float = 0.3
     tversky_beta: float = 0.7
+    lovasz_sample: float = 1.0  # fraction of the valid pixels Lovász sorts per step (a random subset; 1 = all)
     dice_include_background: bool = True  # the classes every overlap term scores: Dice, Tversky and Lovász
     ignore_index: int = 255
     deep_supervision_decay: float = 0.5  # weight of head k is decay**k, normalized
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lovasz_sample <= 1:
+            raise ConfigError(f"loss.lovasz_sample: expected a fraction of the pixels in (0, 1], got {self.lovasz_sample}")
 
 
 # ---------------------------------------------------------------- optimisation and training

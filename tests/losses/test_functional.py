@@ -150,6 +150,34 @@ def test_lovasz_is_the_lovasz_extension_of_the_jaccard_loss_from_its_definition(
     assert LF.lovasz_softmax_loss(x, y).item() == pytest.approx(sum(per_class) / 3, rel=1e-5)
 
 
+def test_lovasz_on_a_sample_is_the_full_loss_of_the_sampled_pixels():
+    """`sample` keeps each valid pixel with that probability (torch's global generator): the value is
+    the full loss with every other pixel ignored, ignored pixels stay out, and the gradient reaches
+    only the kept pixels."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4, 16, 16, generator=g, requires_grad=True)
+    y = torch.randint(0, 4, (2, 16, 16), generator=g)
+    y[:, :3] = 255
+    torch.manual_seed(7)
+    got = LF.lovasz_softmax_loss(x, y, sample=0.25)
+    got.backward()
+    torch.manual_seed(7)
+    kept = (torch.rand(y.shape) < 0.25) & (y != 255)
+    assert 0.15 < kept.float().mean() < 0.25  # a quarter of the 13 valid rows of 16
+    expected = LF.lovasz_softmax_loss(x.detach(), torch.where(kept, y, 255))
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert got.item() != pytest.approx(LF.lovasz_softmax_loss(x.detach(), y).item(), rel=1e-3)
+    touched = x.grad.abs().sum(1) > 0
+    assert touched.any() and not (touched & ~kept).any()
+
+
+@pytest.mark.parametrize("sample", [0.0, -0.5, 1.5])
+def test_lovasz_sample_outside_the_unit_interval_is_refused(sample):
+    x, y = two_pixels()
+    with pytest.raises(ValueError, match=rf"sample must be a fraction of the pixels in \(0, 1\], got {sample}"):
+        LF.lovasz_softmax_loss(x, y, sample=sample)
+
+
 @pytest.mark.parametrize("k", [1, 2])
 def test_focal_hand_computed(k):
     x, y = two_pixels(k)

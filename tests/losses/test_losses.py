@@ -145,6 +145,16 @@ def test_every_loss_is_finite_with_gradients_and_honours_ignore_index(name, k):
     assert SegmentationLoss(only(name))(changed, y).item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6)  # ... nor value
 
 
+def test_lovasz_sample_reaches_the_term():
+    x, y = case(seed=3, k=3, size=16)
+    full = SegmentationLoss(only("lovasz"))(x, y).item()
+    torch.manual_seed(0)
+    sampled = SegmentationLoss(only("lovasz", lovasz_sample=0.3))(x, y).item()
+    torch.manual_seed(0)
+    assert sampled == pytest.approx(LF.lovasz_softmax_loss(x, y, sample=0.3).item(), rel=1e-6)
+    assert sampled != pytest.approx(full, rel=1e-3)
+
+
 @pytest.mark.parametrize("name", LOSSES.names())
 def test_every_loss_takes_the_deep_supervision_list(name):
     x, y = case(seed=2, k=3, size=16)

@@ -60,7 +60,7 @@ def _tversky(c: LossConfig) -> Term:
 @LOSSES.register("lovasz")
 def _lovasz(c: LossConfig) -> Term:
     return lambda x, y: LF.lovasz_softmax_loss(x, y, include_background=c.dice_include_background,
-                                               ignore_index=c.ignore_index)
+                                               ignore_index=c.ignore_index, sample=c.lovasz_sample)
 
 
 @LOSSES.register("cldice")
