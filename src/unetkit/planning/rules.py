@@ -62,7 +62,9 @@ R5 Loss. Dice + cross-entropy. clDice (weight 0.5) is added under the thin-struc
    (class 0) when it is the majority class, so the tiny foreground is not swamped by its easy Dice.
    Lovász-softmax (`loss.lovasz`, IoU's surrogate) in place of Dice is not planned: on CamVid's
    held-out sequences it learned more per step but its sort cost 53-55 % per step, and at equal
-   budget it scored -0.004 / -0.006 mIoU.
+   budget it scored -0.004 / -0.006 mIoU. On a random quarter of the pixels (`loss.lovasz_sample`
+   0.25, 9 % fewer steps) it scored -0.007 / +0.018 over two seeds: not planned while the sequences
+   disagree (docs/benchmarks.md).
 R6 Sampling. A fraction of patches is centred on a rare-class pixel (or a foreground pixel when no
    class is rare): 0.5 with a rare class; 0.2 when the foreground is the majority; 0.5 for a
    thin-structure data set; 0.33 otherwise.
