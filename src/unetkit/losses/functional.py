@@ -245,8 +245,9 @@ def lovasz_softmax_loss(
     keep = valid.reshape(-1)
     if sample < 1:
         keep = keep & (torch.rand(keep.shape, device=keep.device) < sample)
-    probs = _probabilities(logits)[:, cls].movedim(1, 0).reshape(-1, keep.numel())[:, keep]
-    truth = _one_hot(safe, k)[:, cls].movedim(1, 0).reshape(-1, keep.numel())[:, keep]
+    # only the kept pixels, as one (1, K, P) "image": the softmax and one-hot skip the rest
+    probs = _probabilities(logits.movedim(1, 0).reshape(k, -1)[:, keep].unsqueeze(0))[0, cls]
+    truth = _one_hot(safe.reshape(-1)[keep].unsqueeze(0), k)[0, cls]
     present = truth.sum(1) > 0
     if not bool(present.any()):
         return _zero(logits)
