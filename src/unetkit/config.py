@@ -204,7 +204,7 @@ class LossConfig:
     focal_gamma: float = 2.0
     tversky_alpha: float = 0.3
     tversky_beta: float = 0.7
-    lovasz_sample: float = 1.0  # fraction of the valid pixels Lovász sorts per step (a random subset; 1 = all)
+    lovasz_sample: float = 1.0  # fraction of the valid pixels Lovász scores per step (a random subset; 1 = all)
     dice_include_background: bool = True  # the classes every overlap term scores: Dice, Tversky and Lovász
     ignore_index: int = 255
     deep_supervision_decay: float = 0.5  # weight of head k is decay**k, normalized

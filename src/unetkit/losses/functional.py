@@ -256,7 +256,7 @@ def lovasz_softmax_loss(
     gt_sorted = truth.gather(1, order)
     total = gt_sorted.sum(1, keepdim=True)
     jaccard = 1.0 - (total - gt_sorted.cumsum(1)) / (total + (1.0 - gt_sorted).cumsum(1))
-    steps = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+    steps = jaccard.diff(dim=1, prepend=jaccard.new_zeros(len(jaccard), 1))  # J(i) - J(i-1), J(0) = 0
     return (errors * steps).sum(1).mean()
 
 
