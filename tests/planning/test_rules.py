@@ -15,6 +15,7 @@ from unetkit.planning import apply_plan, format_plan, make_plan
 from unetkit.planning.rules import (
     ENSEMBLE_END_PASSES,
     LADDER,
+    LOVASZ_SAMPLE,
     MAX_DEPTH,
     MIN_BOTTOM,
     MIN_VAL_IMAGES,
@@ -147,6 +148,29 @@ def test_a_rare_class_gets_weighted_ce_and_rare_class_oversampling():
     assert plan.value("loss.dice_include_background") is False
     balanced = make_plan(make_fingerprint(classes=BLOBS), PROFILES["cpu2"], 60, {})
     assert balanced.value("loss.class_weights") == []
+
+
+def test_three_or_more_classes_get_lovasz_on_a_sample_of_the_pixels_in_place_of_dice():
+    many = make_plan(make_fingerprint(classes=RARE), PROFILES["cpu2"], 1800, {})
+    assert many.value("loss.lovasz") == 1 and many.value("loss.dice") == 0
+    assert many.value("loss.lovasz_sample") == LOVASZ_SAMPLE < 1 and many.value("loss.ce") == 1
+    cfg = apply_plan(TrainConfig(), many)
+    assert (cfg.loss.lovasz, cfg.loss.dice, cfg.loss.lovasz_sample) == (1.0, 0.0, LOVASZ_SAMPLE)
+    assert "Lovász" in format_plan(many)
+    # binary data and thin-structure data keep Dice (and clDice): the rule was measured on CamVid's scenes
+    arteries_veins = [VESSELS[0], ("artery", 0.07, 0.45, 1.6, 13.0), ("vein", 0.06, 0.45, 1.6, 13.0)]
+    for classes in (BLOBS, VESSELS, arteries_veins):
+        plan = make_plan(make_fingerprint(classes=classes), PROFILES["cpu2"], 1800, {})
+        assert plan.value("loss.dice") == 1 and "loss.lovasz" not in {c.key for c in plan.choices}, classes
+    assert make_plan(make_fingerprint(classes=arteries_veins), PROFILES["cpu2"], 1800, {}).value("loss.cldice") > 0
+    # a Dice the user asks for is not joined by a planned Lovász; a Lovász the user turns off leaves Dice on;
+    # one the user turns on (for any data) replaces Dice, on the planned sample
+    asked = make_plan(make_fingerprint(classes=RARE), PROFILES["cpu2"], 1800, {"loss.dice": 1.0})
+    assert asked.value("loss.dice") == 1 and "loss.lovasz" not in {c.key for c in asked.choices}
+    off = make_plan(make_fingerprint(classes=RARE), PROFILES["cpu2"], 1800, {"loss.lovasz": 0.0})
+    assert off.value("loss.dice") == 1  # not 0: some overlap term stays
+    on = make_plan(make_fingerprint(classes=BLOBS), PROFILES["cpu2"], 1800, {"loss.lovasz": 2.0})
+    assert on.value("loss.dice") == 0 and on.value("loss.lovasz") == 2 and on.value("loss.lovasz_sample") == LOVASZ_SAMPLE
 
 
 @pytest.mark.parametrize("size", [(75, 101), (48, 300), (3000, 4000)])

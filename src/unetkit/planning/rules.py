@@ -55,16 +55,21 @@ R4 Object scale and context. Thin classes: most pixels vanish after one erosion
    model family's three cost 11-17 % per step and none gained on both of CamVid's held-out daylight
    and dusk sequences at equal budget (mIoU: pyramid pooling -0.012 / -0.024, ASPP -0.010 / +0.001,
    a transformer layer -0.016 / -0.030; docs/benchmarks.md).
-R5 Loss. Dice + cross-entropy. clDice (weight 0.5) is added under the thin-structure rules (R4: the
-   topology of vessels/membranes) when the thin classes are foreground (index >= 1: the classes
-   clDice scores). Rare classes (< 1 % of labelled pixels) get class-weighted CE with
-   w_k = clip(sqrt(1 / (K f_k)), 1, 10) (1 for balanced classes); Dice excludes the background
+R5 Loss. Cross-entropy + Dice, or + Lovász for many classes. clDice (weight 0.5) is added under the
+   thin-structure rules (R4: the topology of vessels/membranes) when the thin classes are foreground
+   (index >= 1: the classes clDice scores). Rare classes (< 1 % of labelled pixels) get class-weighted
+   CE with w_k = clip(sqrt(1 / (K f_k)), 1, 10) (1 for balanced classes); Dice excludes the background
    (class 0) when it is the majority class, so the tiny foreground is not swamped by its easy Dice.
-   Lovász-softmax (`loss.lovasz`, IoU's surrogate) in place of Dice is not planned: on CamVid's
-   held-out sequences it learned more per step but its sort cost 53-55 % per step, and at equal
-   budget it scored -0.004 / -0.006 mIoU. On a random quarter of the pixels (`loss.lovasz_sample`
-   0.25, 9 % fewer steps) it scored -0.007 / +0.018 over two seeds: not planned while the sequences
-   disagree (docs/benchmarks.md).
+   Three or more classes outside the thin-structure rules (`multi_class`: scored by the IoU averaged
+   over the classes) get Lovász-softmax (`loss.lovasz`, that IoU's surrogate) in place of Dice, on a
+   random quarter of the pixels each step (`loss.lovasz_sample` 0.25). A Dice weight the user sets
+   keeps Lovász off; a Lovász weight the user sets replaces Dice on any data. Measured on CamVid, the
+   one multi-class data set here: every pixel's sort cost 53-55 % per step and scored -0.004 / -0.006
+   mIoU (daylight / dusk held-out sequences) at equal budget; the quarter costs 7-9 % of the steps and
+   scored -0.012, -0.001 / +0.015, +0.021 at 45 minutes (two seeds) and -0.003 / +0.007 under the
+   60-minute plan: -0.0055 / +0.014 on average (five 45-minute runs of the old loss spread 0.013
+   daylight, 0.020 dusk; docs/benchmarks.md). DRIVE and ISBI 2012 (two classes) keep Dice; binary
+   data was not measured with Lovász.
 R6 Sampling. A fraction of patches is centred on a rare-class pixel (or a foreground pixel when no
    class is rare): 0.5 with a rare class; 0.2 when the foreground is the majority; 0.5 for a
    thin-structure data set; 0.33 otherwise.
@@ -247,6 +252,8 @@ MAX_DEPTH = 5  # R4: deepest U-Net the receptive-field rule plans
 MIN_BOTTOM = 8  # R4: px, the smallest feature map side at the bottom of the U-Net
 THIN_BORDER_DISTANCE = 3.0
 RARE_FRACTION = 0.01
+MULTI_CLASS = 3  # R5: classes from which a data set outside the thin-structure rules gets Lovász
+LOVASZ_SAMPLE = 0.25  # R5: the share of the pixels Lovász scores per step (measured on CamVid)
 TOUCHING_OBJECTS = 10  # R13: objects per image for "many objects"
 MAX_BATCH = 32
 REDUCED_RESOLUTION = 0.5  # R18: the resolution a scene whose patch sees little of the frame trains at (measured)
@@ -344,6 +351,12 @@ class DataFacts:
         return dataclasses.replace(self, height=max(1, round(self.height * resolution)),
                                    width=max(1, round(self.width * resolution)), context=self.context * resolution,
                                    object_side=self.object_side * resolution)
+
+    @property
+    def multi_class(self) -> bool:
+        """R5: MULTI_CLASS or more classes and none of the thin-structure rules (which keep Dice and
+        clDice): scored by the IoU averaged over the classes, which Lovász-softmax stands in for."""
+        return self.num_classes >= MULTI_CLASS and not self.thin_rules
 
     @property
     def is_upright(self) -> bool:
@@ -652,7 +665,7 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     choose("data.resolution", cand.resolution, _resolution_reason(facts, cand, overrides))
     choose("data.patch_size", cand.patch, _patch_reason(facts.at_resolution(cand.resolution), cand))
     choose("data.batch_size", cand.batch, f"keeps ~{cand.pixels_per_step:,} pixels per step for this rung (R3/R4)")
-    _loss_choices(choose, facts)
+    _loss_choices(choose, facts, overrides)
     _sampling_choice(choose, facts)
     _augment_choices(choose, facts)
     lr = min(2e-3, max(5e-4, 1e-3 * math.sqrt(cand.batch / 8)))
@@ -792,9 +805,18 @@ def _cldice_reason(facts: DataFacts, thin: bool) -> str:
             "largest class, not a thin-structure data set (R4/R5)")
 
 
-def _loss_choices(choose, facts: DataFacts) -> None:
+def _loss_choices(choose, facts: DataFacts, overrides: Mapping[str, Any]) -> None:
     choose("loss.ce", 1.0, "cross-entropy: calibrated per-pixel probabilities (R5)")
-    choose("loss.dice", 1.0, "Dice: overlap of the minority classes, insensitive to imbalance (R5)")
+    # the user's Lovász weight, else Lovász for many classes unless the user asked for Dice
+    lovasz = overrides.get("loss.lovasz", float(facts.multi_class and not overrides.get("loss.dice")))
+    if lovasz:
+        choose("loss.dice", 0.0, "off: Lovász scores the overlap instead (R5)")
+        choose("loss.lovasz", 1.0, f"Lovász-softmax, the surrogate of the IoU averaged over {facts.num_classes} "
+               "classes (R5)")
+        choose("loss.lovasz_sample", LOVASZ_SAMPLE, f"on a random {LOVASZ_SAMPLE:.0%} of the pixels each step: "
+               "its sort then costs under twice Dice's time instead of seven times (R5)")
+    else:
+        choose("loss.dice", 1.0, "Dice: overlap of the minority classes, insensitive to imbalance (R5)")
     thin = facts.thin_rules and bool(set(facts.thin) - {facts.names[0]})
     choose("loss.cldice", 0.5 if thin else 0.0, _cldice_reason(facts, thin))
     k = facts.num_classes
@@ -806,9 +828,10 @@ def _loss_choices(choose, facts: DataFacts) -> None:
         weights, reason = (), "uniform: no class under 1 % of pixels (R5)"
     choose("loss.class_weights", weights, reason)
     majority_bg = facts.fractions[0] >= 0.5 and k > 1
+    overlap = "Lovász" if lovasz else "Dice"
     choose("loss.dice_include_background", not majority_bg,
-           "Dice over foreground classes: background is the majority (R5)" if majority_bg
-           else "background is a minority class: keep it in Dice (R5)")
+           f"{overlap} over foreground classes: background is the majority (R5)" if majority_bg
+           else f"background is a minority class: keep it in {overlap} (R5)")
 
 
 def _sampling_choice(choose, facts: DataFacts) -> None:
