@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 from datetime import datetime, timezone
+from functools import reduce
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,10 +29,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from report import append_markdown  # noqa: E402
 
-KEYS = ("model.base_width", "model.depth", "data.patch_size", "data.batch_size", "model.norm", "loss.cldice",
-        "loss.class_weights", "data.rare_oversample", "augment.rotate_degrees", "augment.scale",
-        "augment.flip_vertical", "augment.rot90", "augment.brightness", "steps")
-DEFAULTS = {"augment.flip_vertical": True, "augment.rot90": True, "augment.brightness": 0.1}  # AugmentConfig's
+KEYS = ("model.base_width", "model.depth", "data.patch_size", "data.batch_size", "model.norm", "loss.dice",
+        "loss.lovasz", "loss.lovasz_sample", "loss.cldice", "loss.class_weights", "data.rare_oversample",
+        "augment.rotate_degrees", "augment.scale", "augment.flip_vertical", "augment.rot90", "augment.brightness",
+        "steps")
 
 
 def fingerprint_of(folder: Path, cache: Path) -> Path:
@@ -52,6 +53,8 @@ def fingerprint_of(folder: Path, cache: Path) -> Path:
 
 def child(fingerprints: dict[str, tuple[str, int]], budgets: list[float], gflops: float) -> None:
     """Runs under an arm's source tree: its plans as JSON on stdout."""
+    from unetkit.config import TrainConfig
+    from unetkit.planning import apply_plan
     from unetkit.planning.rules import make_plan
     from unetkit.planning.throughput import simulated_throughput
 
@@ -60,8 +63,8 @@ def child(fingerprints: dict[str, tuple[str, int]], budgets: list[float], gflops
         fp = json.loads(Path(path).read_text())
         for budget in budgets:
             plan = make_plan(fp, simulated_throughput(gflops, 0.01), budget, {}, n_val=n_val)
-            settings = {c.key: c.value for c in plan.choices}
-            plans[f"{name} {budget / 60:g} min"] = {k: settings.get(k, DEFAULTS.get(k)) for k in KEYS}
+            config = apply_plan(TrainConfig(), plan)  # a setting the plan leaves alone has the config's default
+            plans[f"{name} {budget / 60:g} min"] = {k: reduce(getattr, k.split("."), config) for k in KEYS}
     print(json.dumps(plans))
 
 
