@@ -162,7 +162,7 @@ def test_three_or_more_classes_get_lovasz_on_a_sample_of_the_pixels_in_place_of_
     for classes in (BLOBS, VESSELS, arteries_veins):
         plan = make_plan(make_fingerprint(classes=classes), PROFILES["cpu2"], 1800, {})
         assert plan.value("loss.dice") == 1 and "loss.lovasz" not in {c.key for c in plan.choices}, classes
-    assert make_plan(make_fingerprint(classes=arteries_veins), PROFILES["cpu2"], 1800, {}).value("loss.cldice") > 0
+    assert plan.value("loss.cldice") > 0  # the artery/vein set: three classes, but thin structures
     # a Dice the user asks for is not joined by a planned Lovász; a Lovász the user turns off leaves Dice on;
     # one the user turns on (for any data) replaces Dice, on the planned sample
     asked = make_plan(make_fingerprint(classes=RARE), PROFILES["cpu2"], 1800, {"loss.dice": 1.0})
