@@ -424,6 +424,9 @@ def pretrain(
     width: Annotated[int, typer.Option(help="U-Net base width: the fine-tuning run's (`unetkit plan` shows it).")] = PretrainConfig.base_width,
     depth: Annotated[int, typer.Option(help="U-Net depth (down-sampling steps): the fine-tuning run's.")] = PretrainConfig.depth,
     norm: Annotated[str, typer.Option(help="Normalization layers: batch, group, instance or none.")] = PretrainConfig.norm,
+    input_norm: Annotated[str, typer.Option(
+        help="image: standardize each input by its own mean/std per channel, as the fine-tuning run "
+             "(`unetkit plan` shows model.input_norm; natural scenes); none: the data set's normalization only.")] = PretrainConfig.input_norm,
     patch: Annotated[int, typer.Option(help="Square crop size.")] = PretrainConfig.patch_size[0],
     batch: Annotated[int, typer.Option(help="Crops per step (contrastive: half as many regions, two crops of each).")] = PretrainConfig.batch_size,
     resolution: Annotated[float, typer.Option(
@@ -444,8 +447,8 @@ def pretrain(
 
     cfg = from_dict(PretrainConfig, {"images": str(images), "out": str(out), "objective": objective,
                                      "budget_seconds": parse_duration(budget) if budget else 0.0, "steps": steps,
-                                     "base_width": width, "depth": depth, "norm": norm, "patch_size": [patch, patch],
-                                     "batch_size": batch, "resolution": resolution, "keep": keep, "lr": lr, "seed": seed, "progress": not quiet}, "pretrain")
+                                     "base_width": width, "depth": depth, "norm": norm, "input_norm": input_norm,
+                                     "patch_size": [patch, patch], "batch_size": batch, "resolution": resolution, "keep": keep, "lr": lr, "seed": seed, "progress": not quiet}, "pretrain")
     run_pretrain(cfg, log=typer.echo)
 
 

@@ -37,9 +37,11 @@ def test_probabilities_and_logits_match_torch_on_odd_sizes(artifact_path, rng):
         assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("norm", ["group", "instance"])
-def test_per_image_norms_the_plan_chooses_below_batch_4_export_with_parity(tmp_path, norm, rng):
-    path = tiny_artifact(tmp_path / "m.unetkit", seed=4, model=replace(TINY, norm=norm))
+@pytest.mark.parametrize("change", [{"norm": "group"}, {"norm": "instance"}, {"input_norm": "image"}],
+                         ids=["group", "instance", "input-standardized"])
+def test_per_image_norms_the_plan_chooses_export_with_parity(tmp_path, change, rng):
+    """GroupNorm/InstanceNorm (R9 below batch 4) and the per-image input standardization (R9, scenes)."""
+    path = tiny_artifact(tmp_path / "m.unetkit", seed=4, model=replace(TINY, **change))
     result = export_artifact(path)  # refuses (ParityError) when the graph and torch disagree
     assert result.max_abs_diff <= 1e-4
     x = rng.uniform(0, 255, (1, 3, 40, 36)).astype(np.float32)

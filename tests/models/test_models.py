@@ -21,6 +21,7 @@ from unetkit.models import (
     models_table,
     preset_config,
 )
+from unetkit.models.blocks import STD_FLOOR, standardize
 
 TINY = {"base_width": 4, "depth": 3, "in_channels": 3, "out_channels": 2}
 
@@ -45,6 +46,8 @@ CASES |= {
     "unetpp-ds-bilinear": tiny("unet++", deep_supervision=True, upsample="bilinear"),
     "unetpp-attention-residual-aspp": tiny("unet++", attention=True, residual=True, bottleneck="aspp", depth=4),
     "unetpp-separable-transformer": tiny("unet++", separable=True, bottleneck="transformer", transformer_heads=2),
+    "unet-input-norm": tiny(input_norm="image"),
+    "unetpp-input-norm-ds": tiny("unet++", input_norm="image", deep_supervision=True),
 }
 
 
@@ -146,6 +149,7 @@ ONNX_CASES = {
     "transformer-unet": preset_config("transformer-unet", **TINY),
     "ppm-bilinear": tiny(bottleneck="ppm", upsample="bilinear"),
     "instance-norm-aspp-strided": tiny(norm="instance", bottleneck="aspp", downsample="strided"),
+    "input-norm": tiny(input_norm="image"),
 }
 
 
@@ -185,6 +189,32 @@ def test_onnx_dynamo_export_transformer(tmp_path) -> None:
         input_names=["image"], dynamic_shapes={"x": {0: auto, 2: auto, 3: auto}},
     )
     _onnx_matches(model, path)
+
+
+@pytest.mark.parametrize("cfg", [tiny(input_norm="image"), tiny("unet++", input_norm="image"),
+                                 ModelConfig(encoder="resnet18", base_width=4, input_norm="image")],
+                         ids=["unet", "unet++", "resnet18"])
+def test_per_image_input_normalization_ignores_each_images_brightness_contrast_and_colour_cast(cfg) -> None:
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    plain = build_model(dataclasses.replace(cfg, input_norm="none")).eval()
+    plain.load_state_dict(model.state_dict())  # same weights: the option adds no parameter
+    x = torch.randn(2, 3, 40, 56)
+    lit = x * torch.tensor([0.4, 0.6, 2.0]).view(1, 3, 1, 1) + torch.tensor([[-1.0], [0.5]]).view(2, 1, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(lit), model(x), atol=1e-4, rtol=1e-4)
+        assert (plain(lit) - plain(x)).abs().max() > 0.1  # without it, the relighting shows
+        standardized = (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), unbiased=False, keepdim=True)
+        torch.testing.assert_close(model(x), plain(standardized), atol=1e-4, rtol=1e-4)
+
+
+def test_per_image_input_normalization_does_not_blow_up_a_flat_tile() -> None:
+    """A tile of one colour with faint noise (a blank margin, an overexposed sky) keeps its noise faint:
+    its standard deviation counts as STD_FLOOR, not as one."""
+    flat = torch.full((1, 3, 16, 16), 4.0) + 1e-3 * torch.randn(1, 3, 16, 16)
+    out = standardize(flat)
+    assert out.abs().max() < 10 * 1e-3 / STD_FLOOR and torch.isfinite(out).all()
+    assert standardize(torch.full((1, 1, 4, 4), -2.0)).eq(0).all()
 
 
 def test_count_flops_matches_hand_count() -> None:

@@ -45,3 +45,9 @@ def test_a_missing_plugin_is_one_line_naming_it_and_the_group():
 def test_options_belong_to_plugins_only():
     with pytest.raises(ConfigError, match="model.options: .*built-in 'unet' takes none"):
         build_model(ModelConfig(options={"features": [1]}))
+
+
+def test_per_image_input_normalization_is_for_built_in_architectures_only(plugin):
+    with pytest.raises(ConfigError, match=f"model.input_norm: 'image' .* plugin '{plugin}' takes 'none'"):
+        build_model(ModelConfig(arch=plugin, in_channels=1, out_channels=3, input_norm="image",
+                                options={"features": FEATURES}))

@@ -190,6 +190,18 @@ class Head(nn.Module):
         return logits
 
 
+STD_FLOOR = 0.1  # in data-set standard deviations: a flat tile's noise is not blown up to unit variance
+
+
+def standardize(x: torch.Tensor) -> torch.Tensor:
+    """Each sample's channels to zero mean and unit standard deviation over its own pixels
+    (`ModelConfig.input_norm` "image"); a standard deviation under STD_FLOOR counts as STD_FLOOR."""
+    dims = tuple(range(2, x.dim()))
+    mean = x.mean(dims, keepdim=True)
+    std = (x - mean).square().mean(dims, keepdim=True).sqrt().clamp_min(STD_FLOOR)
+    return (x - mean) / std
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pad the spatial dims at their end up to a multiple of `multiple` (a no-op amount when already
     one). Zero padding works for any size, even one smaller than the pad, matches what the convs do

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetkit.config import ModelConfig
-from unetkit.models.blocks import ConvBlock, Head, crop_to, init_weights, pad_to_multiple
+from unetkit.models.blocks import ConvBlock, Head, crop_to, init_weights, pad_to_multiple, standardize
 from unetkit.models.encoders import ENCODERS
 from unetkit.models.layout import level_widths
 
@@ -47,6 +47,8 @@ class EncoderUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
+        if self.cfg.input_norm == "image":
+            x = standardize(x)
         features = self.encoder(pad_to_multiple(x, 2**LEVELS))
         x = features[-1]
         skips = [*features[-2::-1], None]

@@ -40,6 +40,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.options and cfg.arch in MODELS:
         raise ConfigError(f"model.options: keyword values of a plugin architecture's builder; the built-in "
                           f"'{cfg.arch}' takes none (got {sorted(cfg.options)})")
+    if cfg.input_norm != "none" and cfg.arch not in MODELS:
+        raise ConfigError(f"model.input_norm: '{cfg.input_norm}' is applied inside the built-in architectures "
+                          f"({', '.join(MODELS.names())}); plugin '{cfg.arch}' takes 'none'")
     builder = architecture_builder(cfg.arch)
     if cfg.ensemble > 1:
         member = replace(cfg, ensemble=1)

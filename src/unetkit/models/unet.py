@@ -21,6 +21,7 @@ from unetkit.models.blocks import (
     crop_to,
     init_weights,
     pad_to_multiple,
+    standardize,
 )
 from unetkit.models.bottlenecks import make_bottleneck
 from unetkit.models.layout import check_model_config, level_widths
@@ -77,6 +78,8 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         size = x.shape[2:]
+        if self.cfg.input_norm == "image":
+            x = standardize(x)
         x = pad_to_multiple(x, self.multiple)
         padded_size = x.shape[2:]
 

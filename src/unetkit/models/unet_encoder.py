@@ -36,9 +36,9 @@ ENCODER_PREFIXES = ("encoder.", "downs.", "bottom.")
 DECODER_PREFIXES = ("bottleneck.", "ups.", "gates.", "decoder.")  # the rest is the head: head., aux_heads.
 ENCODER_META_KEY = "unetkit_encoder"
 ENCODER_FORMAT = 1
-# the ModelConfig fields that shape the encoder's weights (the rest only shapes the decoder)
+# the ModelConfig fields that shape the encoder's weights or the inputs they expect (the rest only shapes the decoder)
 ENCODER_FIELDS = ("arch", "in_channels", "spatial_dims", "depth", "base_width", "width_mult", "max_width",
-                  "norm", "act", "downsample", "residual", "separable")
+                  "norm", "act", "downsample", "residual", "separable", "input_norm")
 # ... and those that shape the decoder's too (a file that holds the decoder fixes them)
 DECODER_FIELDS = ("upsample", "attention", "bottleneck", "transformer_heads", "transformer_layers")
 PARTS = ("encoder", "decoder")

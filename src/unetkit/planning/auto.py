@@ -128,6 +128,7 @@ def pretrain_first(config: TrainConfig, plan: Plan, unlabelled: str | Path | Non
     out = Path(config.out_dir) / PRETRAINED_NAME
     pretrain(PretrainConfig(out=str(out), objective=plan.value("plan.pretrain_objective"), budget_seconds=seconds,
                             base_width=config.model.base_width, depth=config.model.depth, norm=config.model.norm,
+                            input_norm=config.model.input_norm,
                             patch_size=config.data.patch_size, batch_size=config.data.batch_size,
                             resolution=config.data.resolution, seed=config.seed, progress=config.progress),
              images=files, extra=[s.image for s in data.train], log=log)

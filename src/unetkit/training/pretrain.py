@@ -215,7 +215,7 @@ def pretrain(config: PretrainConfig, *, images: Sequence[str | Path] | None = No
     contrastive = config.objective == "contrastive"
     model_cfg = ModelConfig(in_channels=channels, out_channels=EMBED_CHANNELS if contrastive else channels,
                             base_width=config.base_width,
-                            depth=config.depth, norm=config.norm)
+                            depth=config.depth, norm=config.norm, input_norm=config.input_norm)
     torch.manual_seed(config.seed)
     keep_freed_memory()
     decision = pretrain_mode(config, model_cfg)
