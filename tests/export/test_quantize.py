@@ -5,9 +5,11 @@ import json
 import numpy as np
 import pytest
 
+from tests.evaluation_fixtures import TINY, drive_like, tiny_artifact
 from unetkit.artifact import load_artifact
-from unetkit.config import ExportConfig
+from unetkit.config import DataConfig, ExportConfig, TrainConfig, replace, to_dict
 from unetkit.errors import ConfigError
+from unetkit.export.onnx import onnx_session
 from unetkit.export.quantize import (
     Int8GateError,
     QuantOptions,
@@ -86,3 +88,24 @@ def test_shuffle_up_computes_exactly_what_the_transposed_conv_computes():
     assert isinstance(net[0], ShuffleUp) and isinstance(net[2][0], ShuffleUp)
     assert isinstance(net[1], nn.ConvTranspose2d)  # a 3x3 kernel overlaps: left as it is
     torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_an_input_standardizing_model_quantizes_and_int8_stays_blind_to_relighting(tmp_path, rng):
+    """R9's per-image standardization stays in float ahead of the quantized convolutions, so the int8
+    model, like the fp32 one, gives a relit image (another exposure and colour cast) the same labels."""
+    import onnx
+
+    data = drive_like(tmp_path / "d", n_images=4, size=(56, 52))
+    train_config = to_dict(TrainConfig(data=DataConfig(data=str(data), val_keys=("24",))))
+    model = tiny_artifact(tmp_path / "m.unetkit", seed=2, head_scale=4.0, train_config=train_config,
+                          model=replace(TINY, input_norm="image"))
+    report = quantize_artifact(model, data, config=ExportConfig(int8=True, int8_gate=1.0, int8_agreement=0.0,
+                                                                calibration_images=4))
+    ops = {n.op_type for n in onnx.load(str(report.written)).graph.node}
+    assert "QuantizeLinear" in ops and "ReduceMean" in ops
+    session = onnx_session(report.written)
+    x = rng.uniform(40, 200, (1, 3, 48, 40)).astype(np.float32)
+    relit = (x * np.array([0.5, 0.8, 1.4]).reshape(1, 3, 1, 1) + np.array([30, -20, 5]).reshape(1, 3, 1, 1)).astype(np.float32)
+    out, out_relit = (session.run(None, {"image": v})[0] for v in (x, relit))
+    assert (out.argmax(1) == out_relit.argmax(1)).mean() >= 0.99
+    assert np.abs(out - out_relit).max() <= 0.05 * np.abs(out).max()
