@@ -159,6 +159,7 @@ def test_a_mistyped_backend_fails_at_parse_time_listing_the_valid_values(tmp_pat
     (["train"], "--postprocess", "TunePostprocess"), (["serve"], "--stage", "ServedStage"),
     (["registry", "add"], "--stage", "AddStage"), (["registry", "list"], "--stage", "REGISTRY_STAGES"),
     (["pretrain"], "--objective", "PRETRAIN_OBJECTIVES"), (["pretrain"], "--keep", "PRETRAIN_KEEPS"),
+    (["pretrain"], "--input-norm", "InputNorm"),
     (["predict"], "--tta-views", "TTA_VIEWS"), (["evaluate"], "--tta-views", "TtaViews"),
     (["rank"], "--tta-views", "TtaViews"), (["export"], "--tta-views", "TtaViews"),
     (["serve"], "--tta-views", "ServedTtaViews"),

@@ -38,6 +38,7 @@ from unetkit.config import (
     Encoder,
     ExportConfig,
     ExportFormat,
+    InputNorm,
     ModelConfig,
     PostprocessMetric,
     PredictEngine,
@@ -424,7 +425,7 @@ def pretrain(
     width: Annotated[int, typer.Option(help="U-Net base width: the fine-tuning run's (`unetkit plan` shows it).")] = PretrainConfig.base_width,
     depth: Annotated[int, typer.Option(help="U-Net depth (down-sampling steps): the fine-tuning run's.")] = PretrainConfig.depth,
     norm: Annotated[str, typer.Option(help="Normalization layers: batch, group, instance or none.")] = PretrainConfig.norm,
-    input_norm: Annotated[str, typer.Option(
+    input_norm: Annotated[InputNorm, typer.Option(
         help="image: standardize each input by its own mean/std per channel, as the fine-tuning run "
              "(`unetkit plan` shows model.input_norm; natural scenes); none: the data set's normalization only.")] = PretrainConfig.input_norm,
     patch: Annotated[int, typer.Option(help="Square crop size.")] = PretrainConfig.patch_size[0],

@@ -147,6 +147,10 @@ class AugmentConfig:
 # ---------------------------------------------------------------- model
 
 
+# `ModelConfig.input_norm`: "image" standardizes each input per channel by its own pixels (rule R9)
+InputNorm = Literal["none", "image"]
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A U-Net family member. `arch` names a builder in `unetkit.models.MODELS`, or an architecture
@@ -171,7 +175,7 @@ class ModelConfig:
     # "image": each input (a patch, a tile) standardized per channel by its own pixels' mean and std after
     # the data set's normalization -- nnU-Net's per-image z-score: blind to a tile's brightness, contrast
     # and colour cast (`unetkit.models.blocks.standardize`); "none": the data set's normalization only
-    input_norm: Literal["none", "image"] = "none"
+    input_norm: InputNorm = "none"
     act: Literal["relu", "leaky_relu", "gelu", "silu"] = "relu"
     upsample: Literal["transpose", "bilinear"] = "transpose"
     downsample: Literal["maxpool", "strided"] = "maxpool"  # strided: a learned 2x2 stride-2 conv
@@ -279,7 +283,7 @@ class PretrainConfig:
     base_width: int = 16
     depth: int = 4
     norm: Literal["batch", "group", "instance", "none"] = "batch"
-    input_norm: Literal["none", "image"] = "none"  # `ModelConfig.input_norm`: the fine-tuning run's
+    input_norm: InputNorm = "none"  # `ModelConfig.input_norm`: the fine-tuning run's
     patch_size: tuple[int, int] = (128, 128)
     batch_size: int = 8
     lr: float = 1e-3
