@@ -65,8 +65,8 @@ def child(fingerprints: dict[str, tuple[str, int]], budgets: list[float], gflops
         for budget in budgets:
             plan = make_plan(fp, simulated_throughput(gflops, 0.01), budget, {}, n_val=n_val)
             config = apply_plan(TrainConfig(), plan)  # a setting the plan leaves alone has the config's default
-            plans[f"{name} {budget / 60:g} min"] = {
-                k: reduce(lambda part, attr: getattr(part, attr, ABSENT), k.split("."), config) for k in KEYS}
+            plans[f"{name} {budget / 60:g} min"] = {k: reduce(lambda o, name: getattr(o, name, ABSENT), k.split("."), config)
+                                                 for k in KEYS}
     print(json.dumps(plans))
 
 

@@ -673,7 +673,7 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
            f"over objects of ~{facts.context:.0f} px (R4)")
     choose("model.norm", *_norm_choice(facts, cand))
     choose("model.input_norm", *_input_norm_choice(facts))
-    per_image = choices[-1].value == "image"  # as settled: planned, the user's, or a start's (R15)
+    per_image = {**overrides, **fixed}.get("model.input_norm", _input_norm_choice(facts)[0]) == "image"
     choose("data.resolution", cand.resolution, _resolution_reason(facts, cand, overrides))
     choose("data.patch_size", cand.patch, _patch_reason(facts.at_resolution(cand.resolution), cand))
     choose("data.batch_size", cand.batch, f"keeps ~{cand.pixels_per_step:,} pixels per step for this rung (R3/R4)")
