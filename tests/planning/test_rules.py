@@ -370,50 +370,15 @@ def test_the_fingerprint_tells_a_thin_structure_set_from_a_scene_with_one_thin_r
     assert street.value("loss.cldice") == 0 and "not a thin-structure data set" in format_plan(street)
     assert street.value("augment.rotate_degrees") > 0 and street.value("augment.scale")[0] < 0.85
     assert not street.value("augment.flip_vertical") and not street.value("augment.rot90")  # sky stays up
-    # brighter/darker and colour-cast scenes: under the data set's normalization only, stronger jitter
-    # than for vessels, and colour jitter for the colour scene only (not for colour vessels, nor for the
-    # same scene in grey); with R9's per-image standardization (below) shifts and scales are undone anyway
-    dataset_only = make_plan(scene, PROFILES["cpu2"], 600, {"model.input_norm": "none"})
-    assert dataset_only.value("augment.brightness") > thin.value("augment.brightness")
-    assert dataset_only.value("augment.saturation") > 0 and dataset_only.value("augment.channel_shift") > 0
-    assert street.value("augment.saturation") > 0
+    assert street.value("augment.brightness") > thin.value("augment.brightness")
+    # colour jitter for the colour scene only: not for colour vessels, nor for the same scene in grey
+    assert street.value("augment.saturation") > 0 and street.value("augment.channel_shift") > 0
     assert thin.value("augment.saturation") == 0 and thin.value("augment.channel_shift") == 0
     grey = summarize([replace(sample, image=sample.image[:1]) for sample in _street_scene(rng)],
                      ["sky", "building", "road", "car", "pole"])
     grey_plan = make_plan(grey, PROFILES["cpu2"], 600, {})
     assert grey_plan.value("augment.scale")[0] < 0.85  # still the wide-context scene
     assert grey_plan.value("augment.saturation") == 0 and grey_plan.value("augment.channel_shift") == 0
-
-
-def test_scenes_standardize_each_input_and_drop_the_jitter_that_would_undo():
-    """R9: a natural scene's network standardizes each input per image (lighting, camera), and R7 then
-    plans no brightness, contrast or white-balance shift (a shift or scale of a channel is undone);
-    thin structures, whose tiles are small parts of large images, keep the data set's normalization.
-    A start's network keeps the inputs its weights expect; the user's setting wins."""
-    from unetkit.planning.rules import StartFacts
-
-    rng = np.random.default_rng(5)
-    vessels = summarize(_vessel_set(rng), ["background", "vessel"])
-    scene = summarize(_street_scene(rng, n=2, size=(360, 480)), ["sky", "building", "road", "car", "pole"])
-    street, thin = make_plan(scene, PROFILES["cpu2"], 1800, {}), make_plan(vessels, PROFILES["cpu2"], 1800, {})
-    assert street.value("model.input_norm") == "image" and thin.value("model.input_norm") == "none"
-    assert apply_plan(TrainConfig(), street).model.input_norm == "image"
-    undone = ("augment.brightness", "augment.contrast", "augment.channel_shift")
-    assert all(street.value(k) == 0 for k in undone) and street.value("augment.saturation") > 0
-    assert apply_plan(TrainConfig(), street).augment.gamma > 0  # not a shift or scale of a channel: kept
-    assert thin.value("augment.brightness") > 0 and thin.value("augment.contrast") > 0
-    assert "standardized per image (R9)" in format_plan(street)
-    user = make_plan(scene, PROFILES["cpu2"], 1800, {"model.input_norm": "none"})
-    assert user.value("model.input_norm") == "none" and all(user.value(k) > 0 for k in undone)
-    parent = {"base_width": 16, "depth": 3, "norm": "batch", "input_norm": "none"}
-    child = make_plan(scene, PROFILES["cpu2"], 1800, {}, start=StartFacts("init", "p.unetkit", parent, True, 0.5))
-    assert child.value("model.input_norm") == "none" and all(child.value(k) > 0 for k in undone)
-    older = {k: v for k, v in parent.items() if k != "input_norm"}  # an artifact from before the option
-    assert make_plan(scene, PROFILES["cpu2"], 1800, {}, start=StartFacts("init", "p.unetkit", older, True, 0.5)
-                     ).value("model.input_norm") == "none"
-    lit = make_plan(vessels, PROFILES["cpu2"], 1800, {},
-                    start=StartFacts("pretrained", "e.safetensors", parent | {"input_norm": "image"}))
-    assert lit.value("model.input_norm") == "image" and lit.value("augment.brightness") == 0
 
 
 def test_small_batches_get_groupnorm_for_scenes_and_instancenorm_for_thin_structures():

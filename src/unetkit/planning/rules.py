@@ -108,16 +108,7 @@ R9 Normalisation layers. BatchNorm at batch >= 4; below (noisy batch statistics)
    +0.001..0.004 at equal steps but made ORT inference 1.2x slower in fp32 and 2x in int8
    (docs/benchmarks.md); at equal time it was level (DRIVE 10 minutes, Zen 4: F1 0.8151 vs 0.8152,
    0.8193 vs 0.8170 with TTA; its steps cost 1.2x), so inference speed wins the default;
-   `model.norm: instance` in a config file trades it for the accuracy. Natural scenes (R7's wide
-   context) also standardize each input per image (`model.input_norm` "image": each channel of a
-   patch or tile to zero mean and unit std over its own pixels, after the data set's normalization;
-   nnU-Net's per-image z-score): blind to a frame's exposure, contrast and colour cast, which R7's
-   jitter only imitates, so R7 then plans no brightness, contrast or white-balance shift (undone by
-   it). Their patch covers most of the (R18-resampled) frame, so a tile is most of the image. On
-   CamVid, 60-minute plans side by side: held-out dusk sequence (0001TP, no dusk frame in training)
-   mIoU 0.364 vs 0.298 (sky 0.79 vs 0.25), held-out daylight sequence (0006R0) 0.395 vs 0.403.
-   Thin-structure data, whose tiles are small parts of large images, keeps the data set's
-   normalization; a pretrained start keeps the one its weights learned with (R15).
+   `model.norm: instance` in a config file trades it for the accuracy.
 R10 Validation. Whole-image validation costs ~forward time on the validation pixels (tiled with
    25 % overlap); the plan validates 2..20 times, spending about 8 % of the budget on it, and keeps
    the best checkpoint on the validation Dice. One pass may cost at most 2 % of the budget (4
@@ -298,8 +289,7 @@ class StartFacts:
     def fixed(self) -> dict[str, Any]:
         if self.model is None:
             return {}
-        return {f"model.{k}": self.model[k] for k in ("base_width", "depth", "norm")} | \
-            {"model.input_norm": self.model.get("input_norm", "none")}  # what its weights expect
+        return {f"model.{k}": self.model[k] for k in ("base_width", "depth", "norm")}
 
     def pinned(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         """What the start fixes in the plan: its architecture, and the resolution a parent artifact was
@@ -672,14 +662,12 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
            f"the rung's, deepened (at most {MAX_DEPTH}) for a receptive field of {receptive_field(cand.depth)} px "
            f"over objects of ~{facts.context:.0f} px (R4)")
     choose("model.norm", *_norm_choice(facts, cand))
-    choose("model.input_norm", *_input_norm_choice(facts))
-    per_image = {**overrides, **fixed}.get("model.input_norm", _input_norm_choice(facts)[0]) == "image"
     choose("data.resolution", cand.resolution, _resolution_reason(facts, cand, overrides))
     choose("data.patch_size", cand.patch, _patch_reason(facts.at_resolution(cand.resolution), cand))
     choose("data.batch_size", cand.batch, f"keeps ~{cand.pixels_per_step:,} pixels per step for this rung (R3/R4)")
     _loss_choices(choose, facts, overrides)
     _sampling_choice(choose, facts)
-    _augment_choices(choose, facts, per_image)
+    _augment_choices(choose, facts)
     lr = min(2e-3, max(5e-4, 1e-3 * math.sqrt(cand.batch / 8)))
     choose("optim.optimizer", "adamw", "AdamW: robust default for U-Nets trained from scratch (R8)")
     if not continued:
@@ -858,9 +846,7 @@ def _sampling_choice(choose, facts: DataFacts) -> None:
     choose("data.rare_oversample", value, why + " (R6)")
 
 
-def _augment_choices(choose, facts: DataFacts, per_image: bool) -> None:
-    """R7; `per_image`: the network standardizes each input (R9), which undoes any shift or scale of a
-    channel, so brightness, contrast and the white-balance shift are off (they would change nothing)."""
+def _augment_choices(choose, facts: DataFacts) -> None:
     few = facts.n_train < 200
     choose("augment.enabled", True, "flips + rot90 + mild geometry/intensity (R7)")
     choose("augment.p", 0.5, "each photometric operation on half the samples (R7)")
@@ -878,16 +864,13 @@ def _augment_choices(choose, facts: DataFacts, per_image: bool) -> None:
     choose("augment.flip_vertical", not facts.is_upright, f"off: {upright}" if facts.is_upright
            else "upside-down flips too: no class keeps to one height (R7)")
     choose("augment.rot90", not facts.is_upright, f"off: {upright}" if facts.is_upright else "lossless (R7)")
-    undone = "off: each input is standardized per image (R9), which undoes it"
     for key in ("augment.brightness", "augment.contrast"):
-        choose(key, 0.0 if per_image else 0.2 if wide else 0.1, f"{undone} (R7)" if per_image else
-               "stronger: natural scenes under changing light (R7)" if wide
+        choose(key, 0.2 if wide else 0.1, "stronger: natural scenes under changing light (R7)" if wide
                else "mild: per-channel normalisation removes gross intensity differences (R7)")
     colour, off = wide and facts.channels > 1, "off: not a colour natural scene (R7)"
     choose("augment.saturation", 0.3 if colour else 0.0,
            "colour scenes under changing light and cameras: saturation 1 ± 0.3 (R7)" if colour else off)
-    choose("augment.channel_shift", 0.1 if colour and not per_image else 0.0,
-           f"{undone} (R7)" if colour and per_image else
+    choose("augment.channel_shift", 0.1 if colour else 0.0,
            "a white-balance shift of ± 0.1 per channel (R7)" if colour else off)
     choose("augment.elastic_alpha", 0.0, "elastic deformation off: costly on CPUs (R7)")
 
@@ -904,14 +887,6 @@ def _norm_choice(facts: DataFacts, cand: Candidate) -> tuple[str, str]:
                          "pixel accuracy +0.022) (R9)")
     return "instance", (f"InstanceNorm at batch {cand.batch} (< 4: noisy batch statistics; on DRIVE it beat "
                         "BatchNorm at equal steps) (R9)")
-
-
-def _input_norm_choice(facts: DataFacts) -> tuple[str, str]:
-    """R9: per-image standardization of each input for natural scenes."""
-    if _wide_context(facts):
-        return "image", ("each input standardized by its own mean and std per channel: scenes under changing "
-                         "light and cameras; the patch covers most of the frame, so the tile is most of the image (R9)")
-    return "none", "the data set's normalization only: not a natural scene, a tile may be a small part of the image (R9)"
 
 
 def _wide_context(facts: DataFacts) -> bool:
