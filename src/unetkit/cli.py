@@ -426,8 +426,8 @@ def pretrain(
     depth: Annotated[int, typer.Option(help="U-Net depth (down-sampling steps): the fine-tuning run's.")] = PretrainConfig.depth,
     norm: Annotated[str, typer.Option(help="Normalization layers: batch, group, instance or none.")] = PretrainConfig.norm,
     input_norm: Annotated[InputNorm, typer.Option(
-        help="image: standardize each input by its own mean/std per channel, as the fine-tuning run "
-             "(`unetkit plan` shows model.input_norm; natural scenes); none: the data set's normalization only.")] = PretrainConfig.input_norm,
+        help="image: standardize each input by its own mean/std per channel, as the fine-tuning run will "
+             "(its config's model.input_norm); none: the data set's normalization only.")] = PretrainConfig.input_norm,
     patch: Annotated[int, typer.Option(help="Square crop size.")] = PretrainConfig.patch_size[0],
     batch: Annotated[int, typer.Option(help="Crops per step (contrastive: half as many regions, two crops of each).")] = PretrainConfig.batch_size,
     resolution: Annotated[float, typer.Option(

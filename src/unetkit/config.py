@@ -147,7 +147,7 @@ class AugmentConfig:
 # ---------------------------------------------------------------- model
 
 
-# `ModelConfig.input_norm`: "image" standardizes each input per channel by its own pixels (rule R9)
+# `ModelConfig.input_norm`: "image" standardizes each input per channel by its own pixels (docs/training.md)
 InputNorm = Literal["none", "image"]
 
 

@@ -91,7 +91,7 @@ def test_shuffle_up_computes_exactly_what_the_transposed_conv_computes():
 
 
 def test_an_input_standardizing_model_quantizes_and_int8_stays_blind_to_relighting(tmp_path, rng):
-    """R9's per-image standardization stays in float ahead of the quantized convolutions, so the int8
+    """Per-image input standardization (`model.input_norm`) stays in float ahead of the quantized convolutions, so the int8
     model, like the fp32 one, gives a relit image (another exposure and colour cast) the same labels."""
     import onnx
 
