@@ -196,10 +196,8 @@ STD_FLOOR = 0.1  # in data-set standard deviations: a flat tile's noise is not b
 def standardize(x: torch.Tensor) -> torch.Tensor:
     """Each sample's channels to zero mean and unit standard deviation over its own pixels
     (`ModelConfig.input_norm` "image"); a standard deviation under STD_FLOOR counts as STD_FLOOR."""
-    dims = tuple(range(2, x.dim()))
-    mean = x.mean(dims, keepdim=True)
-    std = (x - mean).square().mean(dims, keepdim=True).sqrt().clamp_min(STD_FLOOR)
-    return (x - mean) / std
+    var, mean = torch.var_mean(x, dim=tuple(range(2, x.dim())), correction=0, keepdim=True)
+    return (x - mean) / var.sqrt().clamp_min(STD_FLOOR)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
