@@ -13,7 +13,9 @@ class-average IoU over the 11 classes and global pixel accuracy (void, label 11,
 per-class IoU. Each arm is scored as `unetkit predict` runs it: at the resolution it trained at
 (`data.resolution`, rule R18), its probabilities resized to the native frame, with the TTA and the
 postprocessing its training adopted. (Until 2026-12-05 the arms were scored without their TTA and
-postprocessing: the plain arg-max at the artifact's tiling.)
+postprocessing: the plain arg-max at the artifact's tiling.) `--scales 0.75,1,1.25` adds a row per arm scored
+by multi-scale inference (not a unetkit feature yet): each frame predicted at each factor of the artifact's
+resolution, the probabilities averaged.
 
 `--ssl SHARE` instead compares training from scratch with self-supervised pretraining: the scratch
 plan's architecture (`unetkit plan` at one thread, as the arms train) is pinned for both arms; "scratch"
@@ -34,6 +36,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -75,16 +78,36 @@ def scores(matrix: np.ndarray) -> dict[str, object]:
             "iou": [float(v) for v in iou]}
 
 
-def predicted_scores(model: Path, val: list) -> dict[str, object]:
+def predicted_scores(model: Path, val: list, scales: tuple[float, ...] = (1.0,)) -> dict[str, object]:
     """mIoU, pixel accuracy and per-class IoU of the artifact `model` on the loaded frames `val`, as
-    `unetkit predict` runs it: its tiling, resolution and TTA, then its postprocessing."""
+    `unetkit predict` runs it: its tiling, resolution and TTA, then its postprocessing. With `scales`
+    other than (1,), multi-scale inference (not a unetkit feature yet, `--scales`): each frame predicted at
+    every scale times the artifact's resolution, the probabilities (each resized to the native frame)
+    averaged before the postprocessing."""
     from unetkit.artifact import load_artifact
-    from unetkit.inference.files import labels_from_probabilities
+    from unetkit.inference.files import labels_from_probabilities, tile_config_for
+    from unetkit.inference.predict import predict_image
 
     art = load_artifact(model)
     k = len(NAMES.split(","))
-    probs = artifact_probabilities(art, [s.image for s in val])
+    if scales == (1.0,):
+        probs = artifact_probabilities(art, [s.image for s in val])
+    else:
+        own = tile_config_for(art, {})
+        configs = [replace(own, resolution=own.resolution * scale) for scale in scales]
+        probs = [sum(predict_image(art, s.image, c) for c in configs) / len(configs) for s in val]
     return scores(sum(confusion(labels_from_probabilities(p, art), s.labels, k) for p, s in zip(probs, val, strict=True)))
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """`--scales`: comma-separated factors of an artifact's own resolution, e.g. 0.75,1,1.25."""
+    try:
+        scales = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.75,1,1.25, got {text!r}") from None
+    if not scales or min(scales) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive factors such as 0.75,1,1.25, got {text!r}")
+    return scales
 
 
 def steps_done(run: Path) -> int:
@@ -145,6 +168,9 @@ def main() -> None:
                     help="scratch vs self-supervised pretraining for SHARE of the budget + fine-tuning")
     ap.add_argument("--ssl-objective", default="contrastive", choices=PRETRAIN_OBJECTIVES,
                     help="the pretraining objective of --ssl (default: R16's)")
+    ap.add_argument("--scales", type=parse_scales, default=None, metavar="S1,S2,...",
+                    help="also score each arm by multi-scale inference: the frame at each factor of the artifact's "
+                         "own resolution (its factor times S must stay <= 1), probabilities averaged; rows 'ARM @S'")
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
     arms = dict(a.split("=", 1) for a in args.arm) or {"current": str(ROOT / "src")}
@@ -200,6 +226,9 @@ def main() -> None:
         results[name] = {**predicted_scores(run / "model.unetkit", val), "steps": steps_done(run),
                          "wall_seconds": walls[name], "plan": chosen, "src": arms[name]}
         write_results(run, results[name], rescored=args.score is not None)
+        if args.scales:
+            label = ",".join(f"{v:g}" for v in args.scales)
+            results[f"{name} @{label}"] = {**results[name], **predicted_scores(run / "model.unetkit", val, args.scales)}
     names = NAMES.split(",")
     rows = ["| arm | plan | steps | mIoU | pixel acc. | " + " | ".join(names) + " |",
             "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
