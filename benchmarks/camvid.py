@@ -36,7 +36,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -80,22 +79,14 @@ def scores(matrix: np.ndarray) -> dict[str, object]:
 
 def predicted_scores(model: Path, val: list, scales: tuple[float, ...] = (1.0,)) -> dict[str, object]:
     """mIoU, pixel accuracy and per-class IoU of the artifact `model` on the loaded frames `val`, as
-    `unetkit predict` runs it: its tiling, resolution and TTA, then its postprocessing. With `scales`
-    other than (1,), multi-scale inference (not a unetkit feature yet, `--scales`): each frame predicted at
-    every scale times the artifact's resolution, the probabilities (each resized to the native frame)
-    averaged before the postprocessing."""
+    `unetkit predict` runs it: its tiling, resolution and TTA, then its postprocessing; with `scales`
+    (`--scales`), by multi-scale inference (`drive.artifact_probabilities`)."""
     from unetkit.artifact import load_artifact
-    from unetkit.inference.files import labels_from_probabilities, tile_config_for
-    from unetkit.inference.predict import predict_image
+    from unetkit.inference.files import labels_from_probabilities
 
     art = load_artifact(model)
     k = len(NAMES.split(","))
-    if scales == (1.0,):
-        probs = artifact_probabilities(art, [s.image for s in val])
-    else:
-        own = tile_config_for(art, {})
-        configs = [replace(own, resolution=own.resolution * scale) for scale in scales]
-        probs = [sum(predict_image(art, s.image, c) for c in configs) / len(configs) for s in val]
+    probs = artifact_probabilities(art, [s.image for s in val], scales=scales)
     return scores(sum(confusion(labels_from_probabilities(p, art), s.labels, k) for p, s in zip(probs, val, strict=True)))
 
 

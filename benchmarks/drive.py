@@ -24,6 +24,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,12 @@ def load_split(train_dir: Path, keys: list[str]):
 
 
 def artifact_probabilities(art: Any, images: list[np.ndarray], tta: bool | None = None,
-                           views: str | None = None) -> list[np.ndarray]:
+                           views: str | None = None, scales: tuple[float, ...] = (1.0,)) -> list[np.ndarray]:
     """Each image's class probabilities as `unetkit predict` computes them for the loaded artifact
     `art`: its own tiling, resolution and TTA choice (`tta` None), or with TTA forced on or off;
-    `views` as `unetkit predict --tta-views` (TTA on, those views)."""
+    `views` as `unetkit predict --tta-views` (TTA on, those views). `scales` other than (1,):
+    multi-scale inference, not a unetkit feature (benchmarks/camvid.py --scales): each image predicted
+    at each factor of that resolution, the probabilities (on the native grid) averaged."""
     from unetkit.inference.files import tile_config_for
     from unetkit.inference.predict import predict_image
 
@@ -93,7 +96,8 @@ def artifact_probabilities(art: Any, images: list[np.ndarray], tta: bool | None 
     if views:
         choice = {"tta": True, **choice, "tta_views": views}
     config = tile_config_for(art, choice)
-    return [predict_image(art, im, config) for im in images]
+    configs = [replace(config, resolution=config.resolution * scale) for scale in scales]
+    return [sum(predict_image(art, im, c) for c in configs) / len(configs) for im in images]
 
 
 def unetkit_probabilities(artifact: Path, images: list[np.ndarray], tta: bool | None = None) -> list[np.ndarray]:
