@@ -39,7 +39,7 @@ def test_probabilities_and_logits_match_torch_on_odd_sizes(artifact_path, rng):
 
 @pytest.mark.parametrize("change", [{"norm": "group"}, {"norm": "instance"}, {"input_norm": "image"}],
                          ids=["group", "instance", "input-standardized"])
-def test_per_image_norms_the_plan_chooses_export_with_parity(tmp_path, change, rng):
+def test_per_image_norms_export_with_parity(tmp_path, change, rng):
     """GroupNorm/InstanceNorm (R9 below batch 4) and the per-image input standardization (`model.input_norm`)."""
     path = tiny_artifact(tmp_path / "m.unetkit", seed=4, model=replace(TINY, **change))
     result = export_artifact(path)  # refuses (ParityError) when the graph and torch disagree
