@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from report import append_markdown  # noqa: E402
 
-KEYS = ("model.base_width", "model.depth", "data.patch_size", "data.batch_size", "model.norm", "loss.dice",
+KEYS = ("model.base_width", "model.depth", "data.resolution", "data.patch_size", "data.batch_size", "model.norm", "loss.dice",
         "loss.lovasz", "loss.lovasz_sample", "loss.cldice", "loss.class_weights", "data.rare_oversample",
         "augment.rotate_degrees", "augment.scale", "augment.flip_vertical", "augment.rot90", "augment.brightness",
         "steps")

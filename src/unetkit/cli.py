@@ -150,7 +150,8 @@ BatchOpt = Annotated[int | None, typer.Option(help="Global batch size.")]
 ResolutionOpt = Annotated[float | None, typer.Option(
     help="Train at this fraction of the images' native side (0.5: half; the patch is in resampled pixels). "
          "The artifact records it: validation, evaluate, predict and serve resample each image alike and "
-         "return labels at its native size.  [default: 1]")]
+         "return labels at its native size.  [default: 1; with --budget, rule R18 chooses 0.75 or 0.5 for "
+         "natural scenes]")]
 LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate.")]
 ValKeysOpt = Annotated[str | None, typer.Option(help="Comma-separated sample keys to validate on.")]
 ValFractionOpt = Annotated[float | None, typer.Option(help="Fraction held out for validation.")]
@@ -432,7 +433,7 @@ def pretrain(
     batch: Annotated[int, typer.Option(help="Crops per step (contrastive: half as many regions, two crops of each).")] = PretrainConfig.batch_size,
     resolution: Annotated[float, typer.Option(
         help="Resample the images to this fraction of their side first: the fine-tuning run's --resolution "
-             "(`unetkit plan` shows it; 0.5 for scenes it trains at half size).")] = PretrainConfig.resolution,
+             "(`unetkit plan` shows it: 0.75 or 0.5 for scenes it trains at reduced size).")] = PretrainConfig.resolution,
     keep: Annotated[PretrainKeep, typer.Option(
         help="What to write: the encoder's weights, or (network) the encoder's and the decoder's, all but the head, "
              "which fine-tuning then starts from too.")] = PretrainConfig.keep,

@@ -13,12 +13,14 @@ from unetkit.data.dataset import LoadedSample
 from unetkit.data.fingerprint import summarize
 from unetkit.planning import apply_plan, format_plan, make_plan
 from unetkit.planning.rules import (
+    BATCHNORM_BATCH,
     ENSEMBLE_END_PASSES,
     LADDER,
     LOVASZ_SAMPLE,
     MAX_DEPTH,
     MIN_BOTTOM,
     MIN_VAL_IMAGES,
+    REDUCED_FRAME_SHARE,
     adapt_rung,
     candidates,
     data_facts,
@@ -434,6 +436,31 @@ def test_a_scene_whose_patch_sees_little_of_the_frame_trains_at_half_resolution(
     assert adapt_rung(rung, facts, {"data.resolution": 0.75}).resolution == 0.75
     user = make_plan(scene, PROFILES["cpu2"], 1800, {"data.patch_size": (128, 128)})
     assert user.value("data.resolution") == 1.0 and "native pixels" in next(c.reason for c in user.choices if c.key == "data.resolution")
+
+
+def test_a_scene_trains_at_three_quarters_where_the_patch_still_sees_a_third_of_the_frame_at_batch_4():
+    """R18: objects spanning ~232 px of a 360x480 frame (CamVid's fingerprint): a w16 d4 rung trains at
+    0.75x on 192x192 patches, batch 4 (38 % of the 270x360 frame, BatchNorm); a cheaper rung whose 0.75x
+    patch would need batch 2, and objects spanning the whole frame (0.75x patches at batch 2), fall back
+    to 0.5x at batch >= 4; a frame too small for 0.5x patches keeps 0.75x whatever it covers."""
+    rng = np.random.default_rng(3)
+    scene = summarize(_street_scene(rng, n=2, size=(360, 480)), ["sky", "building", "road", "car", "pole"])
+    camvid = replace(data_facts(scene, {}), context=232.0)
+    three_quarters = adapt_rung(LADDER[4], camvid, {})  # w16 d4 128x128 b8
+    assert (three_quarters.resolution, three_quarters.patch, three_quarters.batch) == (0.75, (192, 192), 4)
+    assert three_quarters.patch[0] * three_quarters.patch[1] >= REDUCED_FRAME_SHARE * 270 * 360
+    forced = adapt_rung(LADDER[3], camvid, {"data.resolution": 0.75})  # w16 d3 96x96 b8 at 0.75x ...
+    assert forced.batch < BATCHNORM_BATCH
+    cheaper = adapt_rung(LADDER[3], camvid, {})  # ... so the plan takes it at 0.5x
+    assert cheaper.resolution == 0.5 and cheaper.batch >= BATCHNORM_BATCH
+    whole_frame = adapt_rung(LADDER[4], data_facts(scene, {}), {})  # objects span the frame: 256 px at 0.75x
+    assert adapt_rung(LADDER[4], data_facts(scene, {}), {"data.resolution": 0.75}).batch < BATCHNORM_BATCH
+    assert whole_frame.resolution == 0.5 and whole_frame.batch >= BATCHNORM_BATCH
+    small = replace(camvid, height=100, width=480, context=100.0)  # 0.5x: a 50 px side, under MIN_PATCH
+    assert adapt_rung(LADDER[4], small, {}).resolution == 0.75
+    plan = make_plan(scene, PROFILES["cpu2"], 1800, {})
+    reason = next(c.reason for c in plan.choices if c.key == "data.resolution")
+    assert plan.value("data.resolution") == 0.5 and "at 0.75x it would see under 33% of the frame" in reason
 
 
 def test_an_artifact_start_keeps_the_resolution_it_was_trained_at_unless_the_user_sets_one():
