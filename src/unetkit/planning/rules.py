@@ -226,8 +226,9 @@ R18 Resolution. A natural scene (R4/R7's wide context) whose rung patch, after R
    0.75x, 176x176 at batch 2 (32 % of the frame, GroupNorm), scored 0.3867 on 0006R0, hence the batch
    and share conditions. The issue's command alone on two threads of the AMX Xeon (`benchmarks/
    camvid.py --budget 60m`, 0006R0 held out) planned w32 d4 192x192 b4 at 0.75x, 9,129 steps: mIoU
-   0.4692, pixel accuracy 0.856, against 0.4401 / 0.841 for the 0.5x plan (w32 d4 180x240 b6, 6,364
-   steps, session 35). DRIVE and ISBI 2012 are thin-structure sets: their plans do not change.
+   0.4692, pixel accuracy 0.856, against 0.4330 / 0.840 for the 0.5x-only rule's plan on the same day
+   (w32 d4 180x192 b4, 9,152 steps; pedestrian +0.16, car +0.09, tree and sign +0.06; fence -0.03).
+   DRIVE and ISBI 2012 are thin-structure sets: their plans do not change.
 """
 
 from __future__ import annotations
