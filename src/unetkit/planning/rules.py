@@ -467,17 +467,20 @@ def scene_candidate(rung: tuple[int, int, int, int], facts: DataFacts, overrides
     the frame trains at the first of `REDUCED_RESOLUTIONS` where the rung's patch covers at least
     `REDUCED_FRAME_SHARE` of the reduced frame at a batch BatchNorm can use, else at the last; a
     resolution that would take the frame's shorter side under `MIN_PATCH` is not tried. Else native."""
-    frame = facts.height * facts.width
-    if not (_wide_context(facts) and frame > 0 and native.patch[0] * native.patch[1] < FRAME_SHARE * frame):
+    if not (_wide_context(facts) and frame_share(native, facts) < FRAME_SHARE):
         return native
     tried = [r for r in REDUCED_RESOLUTIONS if min(facts.height, facts.width) * r >= MIN_PATCH]
     for r in tried:
         c = _reduced(rung, facts, overrides, r)
-        small = facts.at_resolution(r)
-        if r == tried[-1] or (c.batch >= BATCHNORM_BATCH
-                              and c.patch[0] * c.patch[1] >= REDUCED_FRAME_SHARE * small.height * small.width):
+        if r == tried[-1] or (c.batch >= BATCHNORM_BATCH and frame_share(c, facts) >= REDUCED_FRAME_SHARE):
             return c
     return native
+
+
+def frame_share(c: Candidate, facts: DataFacts) -> float:
+    """R18: the share of the frame, as the candidate's resolution resamples it, that one patch covers."""
+    small = facts.at_resolution(c.resolution)
+    return c.patch[0] * c.patch[1] / (small.height * small.width)
 
 
 def _adapt(rung: tuple[int, int, int, int], facts: DataFacts, overrides: Mapping[str, Any]) -> Candidate:
@@ -806,7 +809,7 @@ def _resolution_reason(facts: DataFacts, c: Candidate, overrides: Mapping[str, A
                f"{BATCHNORM_BATCH})" if finer else "")
     return (f"{c.resolution:g}x the native side ({small.height}x{small.width}): a natural scene whose native patch "
             f"would see under {FRAME_SHARE:.0%} of the {facts.height}x{facts.width} frame; the patch now sees "
-            f"{min(1.0, c.patch[0] * c.patch[1] / (small.height * small.width)):.0%} of it{why_not}. "
+            f"{min(1.0, frame_share(c, facts)):.0%} of it{why_not}. "
             "Predictions are resampled back to the native size (R18)")
 
 
