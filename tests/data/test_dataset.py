@@ -107,3 +107,18 @@ def test_bad_sampler_arguments() -> None:
         PatchSampler([], (8, 8), 1)
     with pytest.raises(DataError, match=r"rare_oversample \+ foreground_oversample = 1\.5"):
         PatchSampler(_blobs(), (8, 8), 1, 0.75, foreground_oversample=0.75)
+
+
+def test_a_window_surrounds_each_patch_reflected_past_the_edges_and_ignored_there() -> None:
+    data = _blobs(size=40)
+    plain_images, plain_labels = PatchSampler(data, (16, 16), 8, 0.3, 5).next_batch()
+    images, labels = PatchSampler(data, (16, 16), 8, 0.3, 5, window=(36, 26)).next_batch()
+    assert images.shape == (8, 2, 36, 26) and labels.shape == (8, 36, 26)
+    # the same draws: the patch is the window's exact centre
+    assert torch.equal(images[:, :, 10:26, 5:21], plain_images) and torch.equal(labels[:, 10:26, 5:21], plain_labels)
+    # a 36-high window around a 16-high patch of a 40-high image reaches past an edge in some draws:
+    # its labels are ignored there and its pixels reflect the image's
+    assert (labels == 255).any() and not (plain_labels == 255).any()
+    assert set(images.unique().tolist()) <= set(np.concatenate([s.image.ravel() for s in data]).tolist())
+    with pytest.raises(DataError, match="margin per side"):
+        PatchSampler(data, (16, 16), 1, window=(17, 16))

@@ -171,3 +171,35 @@ def test_p_geometric_sets_the_chance_of_rotation_and_scale_apart_from_the_photom
     assert ((out - images).flatten(1).abs().amax(1) > 1e-3).all()  # ... and every sample brightened
     assert torch.equal(run(bright, p=0.0)[1], labels)  # None: `p` drives the geometry too
     assert each_moved(run(bright, p=1.0)[1])
+
+
+def test_a_patch_warped_out_of_its_context_window_shows_real_pixels_not_padding() -> None:
+    from unetkit.data.transforms import context_window
+
+    config = dataclasses.replace(GEOMETRY_ONLY, rotate_degrees=30, scale=(0.5, 2.0), p_geometric=1.0)
+    patch = (24, 40)
+    window = context_window(config, patch)
+    assert window[0] > 2 * patch[0] and window[1] > 2 * patch[1]  # zoomed out 2x and turned up to 30°
+    assert (window[0] - patch[0]) % 2 == 0 and (window[1] - patch[1]) % 2 == 0
+    for lossless in (dataclasses.replace(config, rotate_degrees=0, scale=(1.0, 1.3)),
+                     dataclasses.replace(config, p_geometric=0.0), dataclasses.replace(config, enabled=False)):
+        assert context_window(lossless, patch) == patch  # flips, rot90 and zoom-in need no margin
+    labels = torch.ones(16, *window, dtype=torch.long)  # every window pixel is a labelled image pixel
+    images = labels[:, None].float()
+    out, out_labels = Augmenter(config, seed=2)(images, labels, patch)
+    assert out.shape == (16, 1, *patch) and out_labels.shape == (16, *patch)
+    assert (out_labels == 1).all()  # no corner or border came from outside the window
+    # the same draws on the patch alone (the old way) pad the zoomed-out and rotated ones with ignore
+    _, alone = Augmenter(config, seed=2)(images[..., :patch[0], :patch[1]], labels[..., :patch[0], :patch[1]])
+    assert (alone == 255).float().mean() > 0.05
+
+
+def test_without_geometry_the_output_is_the_windows_centre() -> None:
+    images, labels = _blocks(size=48)
+    config = dataclasses.replace(GEOMETRY_ONLY, flip=False, rot90=False, rotate_degrees=0, scale=(1.0, 1.0))
+    out, out_labels = Augmenter(config, seed=0)(images, labels, (20, 30))
+    assert torch.equal(out, images[:, :, 14:34, 9:39]) and torch.equal(out_labels, labels[:, 14:34, 9:39])
+    off, off_labels = Augmenter(dataclasses.replace(config, enabled=False))(images, labels, (20, 30))
+    assert torch.equal(off, out) and torch.equal(off_labels, out_labels)
+    with pytest.raises(ValueError, match="at most the input's"):
+        Augmenter(config)(images, labels, (50, 30))

@@ -7,7 +7,10 @@ class (frequency below `rare_threshold`; when no class is rare: of a non-backgro
 uniformly) and `foreground_oversample` on a non-background pixel; the rest are uniform. Images
 smaller than the patch are padded (reflect for images, 255 for labels). With `targets` (a teacher's
 class probabilities `(K, H, W)` per sample, `unetkit.training.distill`), each patch's images carry
-the same crop of them as K channels after the image's own (zeros in padding). All randomness comes from
+the same crop of them as K channels after the image's own (zeros in padding). With a `window`
+larger than the patch (`unetkit.data.transforms.context_window`), each patch comes with the window
+around it -- the patch its exact centre, drawn as without one -- for the augmenter to rotate or zoom
+out of (reflected past the image's edges, labels 255 there). All randomness comes from
 one numpy Generator whose state `state_dict()` exposes as plain JSON values, for exact resume.
 """
 
@@ -80,6 +83,7 @@ class PatchSampler:
         rare_threshold: float = 0.05,
         foreground_oversample: float = 0.0,
         targets: Sequence[np.ndarray] | None = None,
+        window: tuple[int, int] | None = None,
     ) -> None:
         if not samples:
             raise DataError("no samples to draw patches from")
@@ -89,6 +93,11 @@ class PatchSampler:
                 "expected a fraction between 0 and 1"
             )
         self.patch_size = (int(patch_size[0]), int(patch_size[1]))
+        # each patch is cut out with this surrounding window (patch + a whole margin per side; the
+        # augmenter's `context_window`), reflected past the image's edges, labels ignored there
+        self.window = self.patch_size if window is None else (int(window[0]), int(window[1]))
+        if any(v < p or (v - p) % 2 for v, p in zip(self.window, self.patch_size, strict=True)):
+            raise DataError(f"window {self.window}: expected the patch {self.patch_size} plus an equal margin per side")
         self.batch_size = int(batch_size)
         self.rare_oversample = float(rare_oversample)
         self.foreground_oversample = float(foreground_oversample)
@@ -115,16 +124,18 @@ class PatchSampler:
         self._image_p = areas / areas.sum()
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        h, w = self.patch_size
+        """(images (N, C, *window), labels (N, *window)): each drawn patch with its window around it."""
+        h, w = self.window
         images, labels = [], []
         for _ in range(self.batch_size):
             index, top, left = self._draw()
-            image = self.images[index][:, top : top + h, left : left + w]
+            top, left = top - (h - self.patch_size[0]) // 2, left - (w - self.patch_size[1]) // 2
+            image = _crop(self.images[index], top, left, h, w, "reflect")
             if self.targets is not None:
-                soft = self.targets[index][:, top : top + h, left : left + w]
+                soft = _crop(self.targets[index], top, left, h, w, 0)
                 image = np.concatenate([image, soft.astype(np.float32)])
             images.append(image)
-            labels.append(self.labels[index][top : top + h, left : left + w])
+            labels.append(_crop(self.labels[index], top, left, h, w, IGNORE_INDEX))
         return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels).astype(np.int64))
 
     def __iter__(self):
@@ -163,9 +174,21 @@ class PatchSampler:
 def _pad(array: np.ndarray, patch: tuple[int, int], mode: str | int) -> np.ndarray:
     height, width = array.shape[-2:]
     dh, dw = max(0, patch[0] - height), max(0, patch[1] - width)
-    if not dh and not dw:
+    return _pad_by(array, ((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)), mode)
+
+
+def _crop(array: np.ndarray, top: int, left: int, h: int, w: int, mode: str | int) -> np.ndarray:
+    """array[..., top:top+h, left:left+w], padded (`_pad_by`'s `mode`) where it reaches past the edges."""
+    height, width = array.shape[-2:]
+    inside = array[..., max(0, top) : top + h, max(0, left) : left + w]
+    spatial = ((max(0, -top), max(0, top + h - height)), (max(0, -left), max(0, left + w - width)))
+    return _pad_by(inside, spatial, mode)
+
+
+def _pad_by(array: np.ndarray, spatial: tuple[tuple[int, int], tuple[int, int]], mode: str | int) -> np.ndarray:
+    if not any(spatial[0] + spatial[1]):
         return array
-    spatial = ((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2))
+    height, width = array.shape[-2:]
     pad = ((0, 0),) * (array.ndim - 2) + spatial
     if mode == "reflect":
         # numpy reflects repeatedly when the pad exceeds the size; a 1-pixel axis cannot reflect

@@ -3,8 +3,11 @@
 Geometry (flips -- left-right, and upside-down unless `flip_vertical` is off --, rot90, rotation, scale) is one affine matrix per sample, applied with
 `kornia.geometry.warp_affine` to the images (bilinear) and to the labels (nearest) alike; optional
 elastic deformation shares one displacement field for both. Label pixels that come from outside the
-image become `ignore_index`. Photometric changes (brightness, contrast, gamma, Gaussian noise, blur;
-for colour images saturation and a shift per channel) touch the images only (the first
+image become `ignore_index`. Given a `size` smaller than its input, the augmenter warps the input's
+centre into a patch of that size: the patch sampler crops `context_window` around each patch, so a
+rotated corner or a zoomed-out border shows the image's real surroundings instead of padding.
+Photometric changes (brightness, contrast, gamma, Gaussian noise, blur; for colour images
+saturation and a shift per channel) touch the images only (the first
 `image_channels` channels: channels past them are soft targets, a teacher's class probabilities,
 warped bilinearly with the images); they are in units of the normalized intensity, so saturation
 scales each pixel's distance from its channels' mean rather than an HSV saturation (kornia's needs
@@ -26,6 +29,24 @@ from unetkit.config import AugmentConfig
 IGNORE_INDEX = 255
 
 
+def context_window(config: AugmentConfig, patch: tuple[int, int] | list[int]) -> tuple[int, int]:
+    """The input (height, width) whose centre every geometry `config` draws maps onto a full `patch`:
+    the patch's footprint rotated by up to `rotate_degrees` and zoomed out to `scale[0]`; the patch
+    itself when augmentation has no such geometry (thin-structure plans: flips and rot90 only). The
+    margin is whole on each side, so the patch is the window's exact centre."""
+    h, w = int(patch[0]), int(patch[1])
+    p_geometric = config.p if config.p_geometric is None else config.p_geometric
+    if not config.enabled or p_geometric <= 0:
+        return h, w
+    theta = math.radians(min(max(config.rotate_degrees, 0.0), 45.0))
+    zoom = min(1.0, config.scale[0])
+    if theta == 0 and zoom >= 1.0:
+        return h, w
+    cos, sin = math.cos(theta), math.sin(theta)
+    need_h, need_w = (h * cos + w * sin) / zoom, (w * cos + h * sin) / zoom
+    return h + 2 * math.ceil((need_h - h) / 2 - 1e-9), w + 2 * math.ceil((need_w - w) / 2 - 1e-9)
+
+
 class Augmenter:
     def __init__(self, config: AugmentConfig, seed: int = 0, ignore_index: int = IGNORE_INDEX,
                  image_channels: int | None = None) -> None:
@@ -35,11 +56,16 @@ class Augmenter:
         self.generator = torch.Generator().manual_seed(seed)
         self._p_geometric = config.p if config.p_geometric is None else config.p_geometric
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`images (N, C, H, W)` normalized float, `labels (N, H, W)` integer -> augmented copies."""
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor,
+                 size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`images (N, C, H, W)` normalized float, `labels (N, H, W)` integer -> augmented copies, of
+        `size` (at most the input's; default the input's): its centre, seen through the geometry."""
+        out = (int(size[0]), int(size[1])) if size is not None else tuple(images.shape[-2:])
+        if out[0] > images.shape[-2] or out[1] > images.shape[-1]:
+            raise ValueError(f"size {out}: expected at most the input's {tuple(images.shape[-2:])}")
         if not self.config.enabled:
-            return images, labels
-        images, labels = self._geometry(images, labels)
+            return _centre(images, out), _centre(labels, out)
+        images, labels = self._geometry(images, labels, out)
         c = self.image_channels
         if c is None or c >= images.shape[1]:
             return self._photometric(images), labels
@@ -47,13 +73,16 @@ class Augmenter:
 
     # ------------------------------------------------------------ geometry
 
-    def _geometry(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _geometry(self, images: torch.Tensor, labels: torch.Tensor,
+                  out: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, n = self.config, images.shape[0]
-        height, width = images.shape[-2:]
-        matrix = self._affine(n, height, width)
+        height, width = out
+        matrix = self._affine(n, tuple(images.shape[-2:]), out)
         elastic = cfg.elastic_alpha > 0 and self._chance(n, self._p_geometric).any()
-        if matrix is None and not elastic:
-            return images, labels
+        if matrix is None:
+            images, labels = _centre(images, out), _centre(labels, out)
+            if not elastic:
+                return images, labels
         shifted = (labels.to(images.dtype) + 1).unsqueeze(1)  # 0 after warping = came from outside
         if matrix is not None:
             matrix = matrix.to(images.device, images.dtype)
@@ -72,9 +101,11 @@ class Augmenter:
         labels = torch.where(shifted == 0, self.ignore_index, shifted - 1).to(labels.dtype)
         return images, labels
 
-    def _affine(self, n: int, height: int, width: int) -> torch.Tensor | None:
-        """(N, 2, 3) pixel-space matrices about the image centre, or None for the identity."""
+    def _affine(self, n: int, size: tuple[int, int], out: tuple[int, int]) -> torch.Tensor | None:
+        """(N, 2, 3) pixel-space matrices taking the input's centre to the output's, or None for the
+        identity (then the output is the input's centre crop)."""
         cfg = self.config
+        height, width = out
         angle = torch.zeros(n, dtype=torch.float64)
         scale = torch.ones(n, dtype=torch.float64)
         flip_x, flip_y = torch.ones(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
@@ -97,11 +128,12 @@ class Augmenter:
             return None
         radians = angle * math.pi / 180
         cos, sin = torch.cos(radians) * scale, torch.sin(radians) * scale
-        cx, cy = (width - 1) / 2, (height - 1) / 2
-        # output = R·S·F (input - centre) + centre, F = diag(flip_x, flip_y)
+        cx, cy = (size[1] - 1) / 2, (size[0] - 1) / 2  # the input's centre
+        ox, oy = (width - 1) / 2, (height - 1) / 2  # the output's
+        # output = R·S·F (input - centre) + output centre, F = diag(flip_x, flip_y)
         a, b = cos * flip_x, -sin * flip_y
         c, d = sin * flip_x, cos * flip_y
-        tx, ty = cx - a * cx - b * cy, cy - c * cx - d * cy
+        tx, ty = ox - a * cx - b * cy, oy - c * cx - d * cy
         return torch.stack([torch.stack([a, b, tx], -1), torch.stack([c, d, ty], -1)], 1).float()
 
     # ------------------------------------------------------------ photometric
@@ -162,3 +194,11 @@ class Augmenter:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
+
+def _centre(array: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The centre `size` of the last two axes (the window's patch; whole margins on each side)."""
+    dh, dw = (array.shape[-2] - size[0]) // 2, (array.shape[-1] - size[1]) // 2
+    if dh == 0 and dw == 0:
+        return array
+    return array[..., dh : dh + size[0], dw : dw + size[1]]

@@ -92,7 +92,13 @@ R7 Augmentation. Flips and rot90, except for upright data: when the classes' mea
    each in 45 minutes, 0.5 for both traded daylight for dusk (mIoU -0.002 and -0.019 on the 0006R0
    frames, +0.017 and +0.019 on the 0001TP frames, two seeds against 0.3 for both); 0.5 for the
    photometric operations alone kept daylight level (+0.004, -0.005) and still gained on dusk (+0.004,
-   +0.041). Elastic deformation off (costly on CPUs).
+   +0.041). Elastic deformation off (costly on CPUs). A rotated or zoomed-out patch is cut from the
+   window around it (`unetkit.data.transforms.context_window`): its corners and borders are the
+   image's own pixels, not ignored padding (CamVid, w16 d4 192x192 b4 at 0.75x pinned, 60 min, arms
+   side by side, held out 0006R0: mIoU 0.443 against 0.426); the plans of flips-only data (DRIVE,
+   ISBI 2012) need no window and train as before. The street-scene recipe's wider 0.5-2x range lost
+   in the same round (0.418): at 0.75x the 0.5 end shows objects at 0.375 of their size, the 2 end
+   crops a patch of a quarter of the context R3/R4 chose.
 R8 Optimiser. AdamW, lr 1e-3 * sqrt(batch / 8) clamped to 5e-4..2e-3 (2e-3 made DRIVE's
    validation F1 swing by 0.03-0.13 between validations), weight decay 1e-4, linear
    warm-up over 3 % of the steps (20..500), cosine decay to 1 % -- the schedule's length is

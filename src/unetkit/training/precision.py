@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from unetkit.config import AugmentConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig, replace
-from unetkit.data.transforms import Augmenter
+from unetkit.data.transforms import Augmenter, context_window
 from unetkit.errors import ConfigError
 from unetkit.losses.losses import SegmentationLoss
 from unetkit.models import build_model
@@ -147,14 +147,17 @@ def choose_mode(probes: dict[str, Probe], where: str, modes: Sequence[ComputeMod
 def random_batches(in_channels: int, out_channels: int, patch: Sequence[int], batch_size: int,
                    device: torch.device, augment: AugmentConfig | None = None,
                    seed: int = 0) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
-    """Random (images, labels) batches on `device`, augmented as training will be (its cost counts)."""
+    """Random (images, labels) batches on `device`, augmented as training will be (its cost counts:
+    each patch warped out of its `context_window`)."""
     gen = torch.Generator().manual_seed(seed)
     augmenter = Augmenter(augment, seed=seed) if augment is not None and augment.enabled else None
+    patch = (int(patch[0]), int(patch[1]))
+    window = context_window(augment, patch) if augmenter is not None else patch
 
     def batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.randn((batch_size, in_channels, *patch), generator=gen).to(device)
-        y = torch.randint(0, out_channels, (batch_size, *patch), generator=gen).to(device)
-        return augmenter(x, y) if augmenter is not None else (x, y)
+        x = torch.randn((batch_size, in_channels, *window), generator=gen).to(device)
+        y = torch.randint(0, out_channels, (batch_size, *window), generator=gen).to(device)
+        return augmenter(x, y, patch) if augmenter is not None else (x, y)
 
     return batch
 

@@ -70,9 +70,10 @@ class TrainingData:
         return dataclasses.replace(model, in_channels=self.in_channels, out_channels=len(self.spec.classes))
 
     def patch_sampler(self, config: DataConfig, rng: np.random.Generator,
-                      targets: Sequence[np.ndarray] | None = None):
-        """Patches of the training images (resampled to `config.resolution`); with `targets` (a
-        teacher's probabilities per training image) their crop follows the image's channels."""
+                      targets: Sequence[np.ndarray] | None = None, window: tuple[int, int] | None = None):
+        """Patches of the training images (resampled to `config.resolution`), each within `window`
+        (the augmenter's `context_window`); with `targets` (a teacher's probabilities per training
+        image) their crop follows the image's channels."""
         resolution = config.resolution  # checked by load_training_data
         train = self.train
         if resolution != 1.0:
@@ -81,7 +82,7 @@ class TrainingData:
             if targets is not None:
                 targets = [resize_scores(t, s.labels.shape).astype(t.dtype) for t, s in zip(targets, train, strict=True)]
         return PatchSampler(train, config.patch_size, config.batch_size, config.rare_oversample, rng,
-                            num_classes=len(self.spec.classes), targets=targets)
+                            num_classes=len(self.spec.classes), targets=targets, window=window)
 
     def augmenter(self, config: AugmentConfig, seed: int, soft_targets: bool = False):
         """`soft_targets`: the batches carry target channels after the image's, warped but not recoloured."""

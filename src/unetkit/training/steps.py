@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from unetkit.config import TrainConfig, to_dict
+from unetkit.data.transforms import context_window
 from unetkit.losses.losses import DistillationLoss, SegmentationLoss
 from unetkit.models import build_model
 from unetkit.models.pretrained import load_pretrained_encoder
@@ -90,8 +91,10 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     nothing."""
     # ---- sampling and augmentation: every rank draws the same global batch, then keeps its share
     seed_everything(config.seed)
-    sampler = data.patch_sampler(config.data, np.random.default_rng(config.seed), targets)
     augmenter = data.augmenter(config.augment, seed=config.seed, soft_targets=targets is not None)
+    patch = tuple(config.data.patch_size)
+    sampler = data.patch_sampler(config.data, np.random.default_rng(config.seed), targets,
+                                 window=context_window(config.augment, patch) if augmenter is not None else None)
     channels = data.in_channels
     share = rank_share(config.data.batch_size, env)
     mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
@@ -172,7 +175,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
                 images = torch.cat([(images[:, :channels] - mean) / std, images[:, channels:]], 1)
             labels = labels.to(device)
             if augmenter is not None:
-                images, labels = augmenter(images, labels)
+                images, labels = augmenter(images, labels, patch)
             images, cached = images[:, :channels], images[:, channels:]
             frozen = encoder_frozen(state.step, tune)
             if frozen != encoder_is_frozen and not env.enabled:  # DDP keeps gradients: LR 0 freezes it there
