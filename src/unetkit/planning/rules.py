@@ -95,7 +95,7 @@ R7 Augmentation. Flips and rot90, except for upright data: when the classes' mea
    +0.041). Elastic deformation off (costly on CPUs). A rotated or zoomed-out patch is cut from the
    window around it (`unetkit.data.transforms.context_window`): its corners and borders are the
    image's own pixels, not ignored padding (CamVid, w16 d4 192x192 b4 at 0.75x pinned, 60 min, arms
-   side by side, held out 0006R0: mIoU 0.443 against 0.426); the plans of flips-only data (DRIVE,
+   side by side, held out 0006R0: mIoU 0.443 against 0.426; 0016E5 at 20 min: 0.426 against 0.419); the plans of flips-only data (DRIVE,
    ISBI 2012) need no window and train as before. The street-scene recipe's wider 0.5-2x range lost
    in the same round (0.418): at 0.75x the 0.5 end shows objects at 0.375 of their size, the 2 end
    crops a patch of a quarter of the context R3/R4 chose.
