@@ -29,14 +29,18 @@ from unetkit.config import AugmentConfig
 IGNORE_INDEX = 255
 
 
+def geometric_chance(config: AugmentConfig) -> float:
+    """The probability of rotation, scale and elastic deformation: `p_geometric`, unset `p`."""
+    return config.p if config.p_geometric is None else config.p_geometric
+
+
 def context_window(config: AugmentConfig, patch: tuple[int, int] | list[int]) -> tuple[int, int]:
     """The input (height, width) whose centre every geometry `config` draws maps onto a full `patch`:
     the patch's footprint rotated by up to `rotate_degrees` and zoomed out to `scale[0]`; the patch
     itself when augmentation has no such geometry (thin-structure plans: flips and rot90 only). The
     margin is whole on each side, so the patch is the window's exact centre."""
     h, w = int(patch[0]), int(patch[1])
-    p_geometric = config.p if config.p_geometric is None else config.p_geometric
-    if not config.enabled or p_geometric <= 0:
+    if not config.enabled or geometric_chance(config) <= 0:
         return h, w
     theta = math.radians(min(max(config.rotate_degrees, 0.0), 45.0))
     zoom = min(1.0, config.scale[0])
@@ -54,7 +58,7 @@ class Augmenter:
         self.ignore_index = ignore_index
         self.image_channels = image_channels  # None: every channel is the image's
         self.generator = torch.Generator().manual_seed(seed)
-        self._p_geometric = config.p if config.p_geometric is None else config.p_geometric
+        self._p_geometric = geometric_chance(config)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor,
                  size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

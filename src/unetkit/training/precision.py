@@ -152,7 +152,7 @@ def random_batches(in_channels: int, out_channels: int, patch: Sequence[int], ba
     gen = torch.Generator().manual_seed(seed)
     augmenter = Augmenter(augment, seed=seed) if augment is not None and augment.enabled else None
     patch = (int(patch[0]), int(patch[1]))
-    window = context_window(augment, patch) if augmenter is not None else patch
+    window = context_window(augment, patch) if augment is not None else patch  # the patch when it is off
 
     def batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn((batch_size, in_channels, *window), generator=gen).to(device)

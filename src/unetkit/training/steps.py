@@ -94,7 +94,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     augmenter = data.augmenter(config.augment, seed=config.seed, soft_targets=targets is not None)
     patch = tuple(config.data.patch_size)
     sampler = data.patch_sampler(config.data, np.random.default_rng(config.seed), targets,
-                                 window=context_window(config.augment, patch) if augmenter is not None else None)
+                                 window=context_window(config.augment, patch))  # the patch when augmentation is off
     channels = data.in_channels
     share = rank_share(config.data.batch_size, env)
     mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
