@@ -14,8 +14,8 @@ per-class IoU. Each arm is scored as `unetkit predict` runs it: at the resolutio
 (`data.resolution`, rule R18), its probabilities resized to the native frame, with the TTA and the
 postprocessing its training adopted. (Until 2026-12-05 the arms were scored without their TTA and
 postprocessing: the plain arg-max at the artifact's tiling.) `--scales 0.75,1,1.25` adds a row per arm scored
-by multi-scale inference (not a unetkit feature yet): each frame predicted at each factor of the artifact's
-resolution, the probabilities averaged.
+by multi-scale inference at those factors of the artifact's resolution (`unetkit predict --resolutions`;
+an arm whose training adopted multi-scale, `metrics.multiscale`, is scored with its own in its own row).
 
 `--ssl SHARE` instead compares training from scratch with self-supervised pretraining: the scratch
 plan's architecture (`unetkit plan` at one thread, as the arms train) is pinned for both arms; "scratch"

@@ -87,8 +87,8 @@ def artifact_probabilities(art: Any, images: list[np.ndarray], tta: bool | None 
     """Each image's class probabilities as `unetkit predict` computes them for the loaded artifact
     `art`: its own tiling, resolution and TTA choice (`tta` None), or with TTA forced on or off;
     `views` as `unetkit predict --tta-views` (TTA on, those views). `scales` other than (1,):
-    multi-scale inference, not a unetkit feature (benchmarks/camvid.py --scales): each image predicted
-    at each factor of that resolution, the probabilities (on the native grid) averaged."""
+    multi-scale inference at these factors of that resolution (benchmarks/camvid.py --scales), as
+    `unetkit predict --resolutions` runs it (`TileConfig.resolutions`)."""
     from unetkit.inference.files import tile_config_for
     from unetkit.inference.predict import predict_image
 
@@ -96,8 +96,9 @@ def artifact_probabilities(art: Any, images: list[np.ndarray], tta: bool | None 
     if views:
         choice = {"tta": True, **choice, "tta_views": views}
     config = tile_config_for(art, choice)
-    configs = [replace(config, resolution=config.resolution * scale) for scale in scales]
-    return [sum(predict_image(art, im, c) for c in configs) / len(configs) for im in images]
+    if tuple(scales) != (1.0,):
+        config = replace(config, resolutions=tuple(min(1.0, config.resolution * s) for s in scales))
+    return [predict_image(art, im, config) for im in images]
 
 
 def unetkit_probabilities(artifact: Path, images: list[np.ndarray], tta: bool | None = None) -> list[np.ndarray]:

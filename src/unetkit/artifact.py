@@ -66,6 +66,9 @@ class ArtifactMeta:
     postprocess: dict[str, Any] = field(default_factory=dict)
     tta: bool = False  # inference averages the TTA views (`unetkit.tuning.tta`: adopted where it helps)
     resolution: float = 1.0  # trained at this fraction of the native side: inference resamples alike
+    # multi-scale inference (`unetkit.tuning.scales`: adopted where it helps): the fractions of the native
+    # side inference predicts at and averages; () = `resolution` alone
+    resolutions: tuple[float, ...] = ()
     data_spec: dict[str, Any] = field(default_factory=dict)  # how masks map to classes
     fingerprint: dict[str, Any] = field(default_factory=dict)
     train_config: dict[str, Any] = field(default_factory=dict)
@@ -272,6 +275,8 @@ def _meta_json(meta: ArtifactMeta) -> dict[str, Any]:
         del d["tta"]
     if d["resolution"] == 1.0:  # likewise
         del d["resolution"]
+    if not d["resolutions"]:  # likewise
+        del d["resolutions"]
     for key, default in (("encoder", "unet"), ("options", {})):  # ModelConfig fields added later, likewise
         if d["model"][key] == default:
             del d["model"][key]

@@ -142,6 +142,15 @@ TrainTtaOpt = Annotated[TtaMode | None, typer.Option(
     "--tta", help="At the end of training, whether the model predicts with test-time augmentation (the mean of "
     "its flipped/rotated views, 2-8x the inference cost): auto turns it on only where the gain holds across "
     "the validation images (paired bootstrap, at least 3 images), on always, off never.  [default: auto]")]
+ResolutionsOpt = Annotated[str | None, typer.Option(
+    "--resolutions", metavar="R1,R2,...", help="Multi-scale inference: predict each image at these fractions of its "
+    "native side, e.g. 0.5,0.75,1, and average the probabilities (one value: that resolution alone). Streamed "
+    "(gigapixel) inputs take one.  [default: the model's own: training adopts 2/3 of its resolution, it and "
+    "native where that helped the validation images, else its resolution alone]")]
+TrainMultiscaleOpt = Annotated[TtaMode | None, typer.Option(
+    "--multiscale", help="At the end of training a model at reduced resolution (--resolution < 1), whether it "
+    "predicts each image also at 2/3 of that and at native resolution and averages them (about 3x the inference): "
+    "auto only where the gain holds across the validation images, on always, off never.  [default: auto]")]
 LabelledDataArg = Annotated[str, typer.Argument(help="Labelled validation data: folder, dataset description or manifest.")]
 TunedModelArg = Annotated[Path, typer.Argument(help="Model artifact (updated in place unless --out); calibrate first.")]
 ArchOpt = Annotated[str | None, typer.Option(help="Model preset, see `unetkit models`.")]
@@ -228,13 +237,30 @@ def _split_keys(spec: Any, name: str, data: str, keys: list[str] | None) -> list
 
 
 def _tile_settings(tile: int | None, overlap: float | None, tta: bool | None = None,
-                   tta_views: str | None = None) -> dict[str, Any]:
+                   tta_views: str | None = None, resolutions: str | None = None) -> dict[str, Any]:
     """The TileConfig fields the user set (see `unetkit.config.TileChoice`); the model decides the rest.
-    Naming the views asks for TTA unless --no-tta says otherwise."""
+    Naming the views asks for TTA unless --no-tta says otherwise; one --resolutions value is that
+    resolution alone."""
     if tta_views is not None and tta is None:
         tta = True
     settings = {"tile_size": (tile, tile) if tile else None, "overlap": overlap, "tta": tta, "tta_views": tta_views}
+    if resolutions is not None:
+        values = _resolutions(resolutions)
+        settings |= {"resolution": values[0], "resolutions": ()} if len(values) == 1 else {"resolutions": values}
     return {name: value for name, value in settings.items() if value is not None}
+
+
+def _resolutions(text: str) -> tuple[float, ...]:
+    from unetkit.data.resample import check_resolution
+
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--resolutions {text!r}: expected comma-separated fractions of the native side, "
+                          "e.g. 0.5,0.75,1") from None
+    if not values:
+        raise ConfigError("--resolutions: expected at least one fraction of the native side, e.g. 0.75")
+    return tuple(check_resolution(v, "--resolutions") for v in values)
 
 
 def _echo_json(data: object, path: Path | None) -> None:
@@ -346,6 +372,7 @@ def train(
     calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Fit temperature scaling on "
                                                    "the validation split at the end (default: on).")] = None,
     tta: TrainTtaOpt = None,
+    multiscale: TrainMultiscaleOpt = None,
     out: Annotated[str | None, typer.Option(help="Run folder (checkpoints, log, model.unetkit).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     nproc: Annotated[int | None, typer.Option(help="Data-parallel processes on this node (torchrun, gloo on CPU).  "
@@ -383,6 +410,7 @@ def train(
     flags = dict(budget=budget, steps=steps, arch=arch, patch=patch, batch=batch, resolution=resolution, lr=lr, val_keys=val_keys,
                  val_fraction=val_fraction, out=out, resume=resume, nproc=nproc, skip_bad=skip_bad, seed=seed,
                  tensorboard=tensorboard, progress=False if quiet else None, postprocess=postprocess, calibrate=calibrate, tta=tta,
+                 multiscale=multiscale,
                  dice_guard=dice_guard, ensemble=ensemble, distill=distill, distill_from=distill_from,
                  precision=precision, init=init,
                  pretrained=str(pretrained) if pretrained is not None else None, encoder=encoder,
@@ -505,6 +533,7 @@ def predict(
     overlap: OverlapOpt = None,
     tta: TtaOpt = None,
     tta_views: TtaViewsOpt = None,
+    resolutions: ResolutionsOpt = None,
     backend: BackendOpt = "auto",
     trusted_keys: TrustedKeysOpt = None,
     require_signature: RequireSignatureOpt = False,
@@ -534,7 +563,7 @@ def predict(
     over a Ray cluster and writes the same files."""
     from unetkit.config import OutputConfig
 
-    tile_settings = _tile_settings(tile, overlap, tta, tta_views)
+    tile_settings = _tile_settings(tile, overlap, tta, tta_views, resolutions)
     limit = _bytes(max_memory, "--max-memory") if max_memory else None
     loaded = _load_run_model(model, trusted_keys, require_signature, sha256)
     outputs = OutputConfig(colour=colour, probabilities=probabilities, overlays=overlay, geojson=geojson, coco=coco,
@@ -579,6 +608,7 @@ def evaluate(
     overlap: OverlapOpt = None,
     tta: TtaOpt = None,
     tta_views: TtaViewsOpt = None,
+    resolutions: ResolutionsOpt = None,
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
     worst: Annotated[int, typer.Option(help="Worst images shown in the report.")] = 4,
     distances: Annotated[bool, typer.Option(help="Boundary IoU, HD95, ASSD (slower).")] = True,
@@ -597,7 +627,7 @@ def evaluate(
     from unetkit.evaluation.table import format_table
     from unetkit.export.deployed import load_model
 
-    tile_settings = _tile_settings(tile, overlap, tta, tta_views)
+    tile_settings = _tile_settings(tile, overlap, tta, tta_views, resolutions)
     collector = WorstImages(worst) if report else None
     chosen = _keys(keys)
     if split:
@@ -724,15 +754,21 @@ def tune_tta(
 ) -> None:
     """Decide whether MODEL predicts with test-time augmentation (the mean of its flipped/rotated views):
     on only when the gain in METRIC over the plain prediction holds across the images (paired bootstrap
-    lower bound above zero, at least 3 images); else off. Predict, evaluate, export and serve follow the
-    choice unless told otherwise (--tta/--no-tta). Training does this itself at its end."""
+    lower bound above zero, at least 3 images); else off. Then, for a model trained at reduced resolution,
+    multi-scale inference the same way (2/3 of its resolution, it and native, averaged). Predict, evaluate,
+    export and serve follow the choices unless told otherwise (--tta/--no-tta, --resolutions). Training does
+    this itself at its end."""
     from unetkit.tuning.tta import tune_model_tta
 
     s = tune_model_tta(model, data, keys=_keys(keys), metric=metric, out=out, backend=backend)
     typer.echo(f"{metric}: plain {s[metric + '_plain']:.4f}, TTA ({s['views']} views) {s[metric + '_tta']:.4f} on "
                f"{s['images']} images; ECE {s['ece_plain']:.4f} -> {s['ece_tta']:.4f}")
     typer.echo(f"gate: {s['gate']['reason']}")
-    typer.echo(f"TTA {'on' if s['tta'] else 'off'}; wrote {s['artifact']}")
+    m = s["multiscale"]
+    if m["candidates"] and "images" in m:
+        typer.echo(f"multi-scale ({', '.join(f'{r:.3g}' for r in m['candidates'])}): {metric} {m[metric + '_single']:.4f} "
+                   f"-> {m[metric + '_multi']:.4f}; gate: {m['gate']['reason']}")
+    typer.echo(f"TTA {'on' if s['tta'] else 'off'}, multi-scale {'on' if m['resolutions'] else 'off'}; wrote {s['artifact']}")
     _echo_json(s, json_out)
 
 
@@ -759,12 +795,13 @@ def export_command(
     tta_views: Annotated[TtaViews | None, typer.Option(
         "--tta-views", help="The views TTA averages, recorded in the plan (turns TTA on unless --no-tta): dihedral "
         "(8), flips (4) or mirror (2); only views the model was trained on.  [default: the model's own]")] = None,
+    resolutions: ResolutionsOpt = None,
 ) -> None:
     """Write an ONNX model of the whole per-tile pipeline plus MODEL.onnx.json (the inference plan);
     parity-checked against PyTorch (--format openvino: an OpenVINO IR MODEL.xml + MODEL.bin + MODEL.xml.json).
     With --int8: quantized (calibrated on training images), refused when validation accuracy drops or
     labels change on more validation pixels than --min-agreement allows."""
-    tile_settings = _tile_settings(tile, overlap, tta, tta_views)
+    tile_settings = _tile_settings(tile, overlap, tta, tta_views, resolutions)
     config = ExportConfig(format=format, int8=int8, int8_gate=gate, int8_agreement=agreement)
     if not int8:
         from unetkit.export.onnx import export_artifact

@@ -362,6 +362,10 @@ class TrainConfig:
     # at the end, whether inference averages the TTA views (`unetkit.tuning.tta`): "auto" where the
     # gain holds across the validation images, "on" always, "off" never (and nothing measured)
     tta: TtaMode = "auto"
+    # at the end, for a model trained at reduced resolution (`data.resolution` < 1), whether inference
+    # also predicts each image at a lower and at the native resolution and averages the three
+    # (`unetkit.tuning.scales`): "auto" where the gain holds across the validation images, "on", "off"
+    multiscale: TtaMode = "auto"
     ensemble_folds: int = 1  # >1: k-fold ensembling (R12): one member per fold of the training split
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # start from trained weights (R15)
     distill: DistillConfig = field(default_factory=DistillConfig)  # a teacher distilled into this model (R17)
@@ -394,6 +398,9 @@ class TileConfig:
     # the model sees images at this fraction of their native side (an artifact trained so: its own
     # `resolution`): each image is resampled, predicted, and its probabilities resized to the native grid
     resolution: float = 1.0
+    # multi-scale inference: predict at each of these fractions of the native side (each in (0, 1])
+    # and average the probabilities on the native grid; () = `resolution` alone
+    resolutions: tuple[float, ...] = ()
 
 
 # The tiling a caller asks of a model (resolved by `unetkit.inference.files.tile_config_for`):

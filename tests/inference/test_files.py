@@ -238,3 +238,25 @@ def test_unetkit_predict_tta_views_turns_tta_on_with_those_views_and_refuses_uns
         f"error: {upright}: TTA views 'flips' include views this model was not trained on (its own: 'mirror'); "
         "choose mirror"]
     assert not (tmp_path / "no").exists()
+
+
+def test_unetkit_predict_resolutions_averages_those_scales_and_refuses_bad_ones_in_one_line(artifact, tmp_path, rng,
+                                                                                            monkeypatch):
+    images = tmp_path / "images"
+    images.mkdir()
+    write_png(images / "im.png", rng.integers(0, 255, (40, 52, 3), dtype=np.uint8))
+    used = engine_tilings(monkeypatch, "predict", str(artifact), str(images), "--out", str(tmp_path / "multi"),
+                          "--backend", "torch", "--resolutions", "0.5,1")
+    assert used[0] == TileConfig(tile_size=(32, 32), resolutions=(0.5, 1.0))  # then one prediction per scale
+    # 0.5 (which predicts its halved image at 1.0 inside), then native
+    assert [c.resolution for c in used[1:]] == [0.5, 1.0, 1.0] and not any(c.resolutions for c in used[1:])
+    used = engine_tilings(monkeypatch, "predict", str(artifact), str(images), "--out", str(tmp_path / "one"),
+                          "--backend", "torch", "--resolutions", "0.5")
+    assert used[0] == TileConfig(tile_size=(32, 32), resolution=0.5)  # one value: that resolution alone
+    for value, why in (("0.5,x", "--resolutions '0.5,x': expected comma-separated fractions of the native side, "
+                                 "e.g. 0.5,0.75,1"),
+                       ("0.5,1.5", "--resolutions: expected a fraction of the native resolution in (0, 1] (0.5: half "
+                                   "the side), got 1.5")):
+        result = run_cli("predict", str(artifact), str(images), "--out", str(tmp_path / "no"), "--resolutions", value)
+        assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"error: {why}"], result.stderr
+    assert not (tmp_path / "no").exists()

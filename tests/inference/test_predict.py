@@ -227,3 +227,17 @@ def test_row_by_row_prediction_refuses_a_reduced_resolution_naming_it(predictor,
         next(iter_probability_rows(predictor, lambda a, b: image[:, a:b], image.shape, config, (24, 24)))
     with pytest.raises(ConfigError, match=r"TileConfig\.resolution: expected a fraction"):
         predict_tiled(predictor, image, TileConfig(tile_size=(24, 24), resolution=2.0))
+
+
+def test_multi_scale_inference_is_the_mean_of_the_predictions_at_each_resolution(predictor, image):
+    base = TileConfig(tile_size=(24, 24), overlap=0.5, batch_size=4)
+    singles = [predict_tiled(predictor, image, replace(base, resolution=r)) for r in (0.5, 0.75, 1.0)]
+    got = predict_tiled(predictor, image, replace(base, resolution=0.75, resolutions=(0.5, 0.75, 1.0)))
+    assert got.shape == (3, 70, 61)
+    np.testing.assert_allclose(got, sum(singles) / 3, atol=1e-6)
+    assert min(np.abs(got - s).max() for s in singles) > 1e-3  # each scale changes the answer
+    with pytest.raises(ConfigError, match=r"TileConfig\.resolutions: expected a fraction .* got 1\.5"):
+        predict_tiled(predictor, image, replace(base, resolutions=(0.5, 1.5)))
+    with pytest.raises(ConfigError, match=r"multi-scale inference \(resolutions 0\.5, 1\) needs the whole image"):
+        next(iter_probability_rows(predictor, lambda a, b: image[:, a:b], image.shape, replace(base, resolutions=(0.5, 1.0)),
+                                   (24, 24)))

@@ -226,3 +226,19 @@ def test_a_half_resolution_model_streams_to_the_in_memory_result(predictor, big,
     assert "resampling" in report.memory.parts
     with pytest.raises(ConfigError, match="distributed stripes"):
         predict_rows(predictor, source, half, (0, 18), ["labels"])
+
+
+def test_a_multi_scale_model_is_refused_streaming_naming_the_input_and_the_way_out(predictor, big, tmp_path):
+    from dataclasses import replace
+
+    from unetkit.errors import ConfigError, InputError
+
+    source = tmp_path / "in.tif"
+    tifffile.imwrite(source, big, tile=(32, 32), bigtiff=True, photometric="minisblack", planarconfig="separate")
+    multi = replace(CONFIG, resolution=0.75, resolutions=(0.5, 0.75, 1.0))
+    with pytest.raises(InputError, match=rf"^{source}: multi-scale inference \(resolutions 0\.5, 0\.75, 1\) needs the "
+                                         r"whole image in memory .* \(--resolutions 0\.75\)$"):
+        predict_stream(predictor, source, tmp_path / "labels.tif", multi)
+    assert not list(tmp_path.glob("labels*"))  # nothing written
+    with pytest.raises(ConfigError, match="multi-scale inference"):
+        predict_rows(predictor, source, replace(multi, resolution=1.0), (0, 18), ["labels"])

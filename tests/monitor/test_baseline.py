@@ -84,6 +84,7 @@ def test_inputs_only_and_errors(reference_images):
 def test_outputs_mismatch_names_what_changed(reference_images):
     class Meta:
         weights_sha256, temperature, class_scale, class_bias, postprocess, tta = "abc", 1.0, (), (), {}, False
+        resolutions: tuple[float, ...] = ()
 
     probs, labels = np.full((2, 96, 112), 0.5, np.float32), np.zeros((96, 112), np.uint8)
     from unetkit.monitor.baseline import outputs_signature
@@ -95,6 +96,8 @@ def test_outputs_mismatch_names_what_changed(reference_images):
     assert "temperature changed" in outputs_mismatch(baseline, Meta)
     Meta.temperature, Meta.tta = 1.0, True  # a model that now predicts with TTA: its outputs differ
     assert "tta changed" in outputs_mismatch(baseline, Meta)
+    Meta.tta, Meta.resolutions = False, (0.5, 0.75, 1.0)  # now multi-scale: likewise
+    assert "resolutions changed" in outputs_mismatch(baseline, Meta)
     assert "no output statistics" in outputs_mismatch(build_baseline(reference_images[:2], class_names=("bg", "fg")), Meta)
 
 

@@ -3,6 +3,8 @@ on the validation split, and the drift baseline (training-image inputs, validati
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -196,3 +198,38 @@ def test_deciding_tta_reserves_one_pass_per_view_which_the_search_then_reuses() 
     assert finish_validations(TrainConfig(tune_postprocess="dice"), 5) == pytest.approx(off + 8)
     upright = TrainConfig(tune_postprocess="off", calibrate=False, augment=AugmentConfig(flip_vertical=False))
     assert finish_validations(upright, 5) == pytest.approx(3.0)  # plain, then as is + mirrored
+
+
+def test_deciding_multi_scale_reserves_the_other_two_resolutions_views_included() -> None:
+    from unetkit.config import AugmentConfig, DataConfig, TrainConfig
+    from unetkit.training.finish import finish_validations
+    from unetkit.tuning.scales import extra_passes
+
+    upright = AugmentConfig(flip_vertical=False)  # TTA's views: as is + mirrored
+    native = TrainConfig(tune_postprocess="dice", augment=upright)
+    reduced = TrainConfig(tune_postprocess="dice", augment=upright, data=DataConfig(resolution=0.75))
+    assert finish_validations(reduced, 5) == pytest.approx(finish_validations(native, 5) + 2 * extra_passes(0.75))
+    assert finish_validations(TrainConfig(tune_postprocess="dice", augment=upright, multiscale="off",
+                                          data=DataConfig(resolution=0.75)), 5) == finish_validations(native, 5)
+    plain = TrainConfig(tune_postprocess="off", calibrate=False, tta="off", data=DataConfig(resolution=0.75))
+    assert finish_validations(plain, 5) == pytest.approx(1 + extra_passes(0.75))  # the single pass is its own
+
+
+def test_fit_at_reduced_resolution_decides_multi_scale_after_tta_and_tunes_what_it_predicts(tiny_config,
+                                                                                          monkeypatch) -> None:
+
+    monkeypatch.setattr(gate, "MIN_IMAGES", 2)  # the tiny data set validates on 2 images
+    cfg = tiny_config(tune_postprocess="iou", multiscale="on")
+    cfg = replace(cfg, data=replace(cfg.data, resolution=0.75, patch_size=(24, 24)))
+    art = load_artifact(fit(cfg))
+    record, tuning = art.meta.metrics["multiscale"], art.meta.metrics["postprocess_tuning"]
+    assert list(art.meta.resolutions) == record["resolutions"] == pytest.approx([0.5, 0.75, 1.0])  # "on" keeps them
+    assert record["keys"] == tuning["keys"] == art.meta.metrics["tta"]["keys"] and record["gate"]["images"] == 2
+    # the search tuned the probabilities inference now produces: multi-scale, over the adopted views
+    assert tuning["before"] == pytest.approx(record["iou_multi"], abs=1e-6)
+    _, samples = load_labelled(art, cfg.data.data, record["keys"], progress=False)
+    labels = [p.argmax(0) for _, p in iter_probabilities(art, samples, progress=False)]
+    score = score_labels(labels, [s.labels for s in samples], art.meta.num_classes, "iou", art.meta.ignore_index)
+    assert score == pytest.approx(record["iou_multi"], abs=1e-6)
+    native = load_artifact(fit(tiny_config("native", tune_postprocess="off")))
+    assert "multiscale" not in native.meta.metrics and native.meta.resolutions == ()

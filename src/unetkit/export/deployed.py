@@ -60,6 +60,7 @@ class DeployedMeta:
     drift_baseline: dict[str, Any] = field(default_factory=dict)  # the artifact's, copied into the plan by export
     created: str = ""  # when the artifact was trained
     tta: bool = False  # the plan's TTA choice (`ArtifactMeta.tta` when exported)
+    resolutions: tuple[float, ...] = ()  # the plan's multi-scale choice (`ArtifactMeta.resolutions`)
 
     @property
     def num_classes(self) -> int:
@@ -227,6 +228,7 @@ def _meta(plan: dict[str, Any], where: Path) -> DeployedMeta:
             drift_baseline=dict(plan.get("drift_baseline") or {}),
             created=str(plan.get("artifact", {}).get("created", "")),
             tta=bool(plan["tile"].get("tta", False)),
+            resolutions=tuple(float(r) for r in plan["tile"].get("resolutions", ())),
         )
     except KeyError as e:
         raise ConfigError(f"{where}: the inference plan has no '{e.args[0]}' field; {EXPORT_HINT}") from None

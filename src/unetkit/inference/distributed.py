@@ -377,8 +377,8 @@ def _plan(files: list[tuple[Path, Path]], artifact: Any, tile: TileConfig, outpu
             continue
         try:
             how = route(path, classes, outputs.max_memory)
-            if how == "stream" and tile.resolution != 1.0:  # stripes are native rows: one worker streams it whole
-                how = "whole"  # (`reduced.py`), checking its memory as the local path does
+            if how == "stream" and (tile.resolution != 1.0 or tile.resolutions):  # stripes are native rows: one
+                how = "whole"  # worker streams it whole (`reduced.py`; multi-scale: refused), as the local path does
             if how == "stream":
                 lazy = open_lazy(path)
                 shape, source_dtype, chunk_rows = lazy.shape, lazy.array.dtype, lazy.chunk_rows

@@ -40,8 +40,18 @@ def predict_tiled(
     Images smaller than a tile are padded (`config.padding`) and cropped back; an image that fits
     one tile is predicted whole, without blending. At `config.resolution` r < 1 the image is
     resampled to r of its side first and the probabilities resized back (`unetkit.data.resample`).
+    With `config.resolutions` (multi-scale inference) it is predicted at each and the probabilities
+    averaged.
     """
     image = check_image(image, predictor, max_pixels=max_pixels)
+    if config.resolutions:
+        total: np.ndarray | None = None
+        for r in config.resolutions:
+            single = replace(config, resolution=check_resolution(r, "TileConfig.resolutions"), resolutions=())
+            probs = predict_tiled(predictor, image, single, max_pixels=max_pixels)
+            total = probs if total is None else np.add(total, probs, out=total)
+        assert total is not None
+        return np.divide(total, len(config.resolutions), out=total)
     resolution = check_resolution(config.resolution, "TileConfig.resolution")
     if resolution != 1.0:  # a model trained at reduced resolution: predict the resampled image, resize back
         reduced = predict_tiled(predictor, resample_image(image, resolution), replace(config, resolution=1.0),
@@ -114,7 +124,12 @@ def resolve_tile_size(config: TileConfig, predictor: Any = None) -> tuple[int, i
 
 def require_native(config: TileConfig) -> None:
     """Tile rows (this module's `iter_probability_rows`, distributed stripes) run at the native
-    resolution only; `reduced.probability_rows` wraps them for a reduced-resolution model."""
+    resolution only; `reduced.probability_rows` wraps them for a reduced-resolution model. Multi-scale
+    inference (`resolutions`) needs the whole image: `predict_tiled` only."""
+    if config.resolutions:
+        raise ConfigError(f"multi-scale inference (resolutions {', '.join(f'{r:g}' for r in config.resolutions)}) "
+                          "needs the whole image in memory (predict_tiled); tile rows, streamed and distributed "
+                          "stripes predict at one resolution")
     if config.resolution != 1.0:
         raise ConfigError(f"the model was trained at resolution {config.resolution} of the native side: prediction in "
                           "distributed stripes runs at the native resolution only; predict such a model's images in "

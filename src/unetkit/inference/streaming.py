@@ -450,10 +450,14 @@ def plan_stream(predictor: Any, image: LazyImage, source: Any, config: TileConfi
     """Checks before a streaming run: the image's shape, the tile, the classes and the memory
     estimate (refused over `max_memory` bytes)."""
     resolution = check_resolution(config.resolution, "TileConfig.resolution")
+    name = source if isinstance(source, (str, Path)) else type(source).__name__
+    if config.resolutions:
+        raise InputError(f"{name}: multi-scale inference (resolutions {', '.join(f'{r:g}' for r in config.resolutions)}) "
+                         "needs the whole image in memory and this input is streamed; predict it at one resolution "
+                         f"(--resolutions {resolution:g})")
     if probabilities_dtype not in PROBABILITY_DTYPES:
         raise InputError(f"probabilities_dtype '{probabilities_dtype}': expected one of {list(PROBABILITY_DTYPES)}")
     shape = image.shape
-    name = source if isinstance(source, (str, Path)) else type(source).__name__
     if 0 in shape:
         raise InputError(f"{name}: image has shape {shape}; it is empty (zero-size)")
     check_channels(shape[0], predictor)

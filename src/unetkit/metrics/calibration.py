@@ -17,6 +17,7 @@ logits [0, z] (softmax of which is the sigmoid).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,15 @@ def expected_calibration_error(count: np.ndarray, conf_sum: np.ndarray, correct_
     if total == 0:
         return math.nan
     return float(np.abs(correct_sum - conf_sum).sum() / total)
+
+
+def pooled_ece(probabilities: Sequence[np.ndarray], truths: Sequence[np.ndarray], ignore_index: int,
+               n_bins: int = 15) -> float:
+    """Top-label ECE pooled over the valid pixels of several images' `(K, H, W)` probabilities."""
+    sums = np.zeros((3, n_bins))
+    for p, t in zip(probabilities, truths, strict=True):
+        sums += np.asarray(calibration_bins(p.max(0), p.argmax(0) == t, valid=t != ignore_index, n_bins=n_bins))
+    return expected_calibration_error(*sums)
 
 
 def max_calibration_error(count: np.ndarray, conf_sum: np.ndarray, correct_sum: np.ndarray) -> float:

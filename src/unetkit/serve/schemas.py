@@ -42,6 +42,8 @@ class ModelInfo(BaseModel):
                                                  "model's own choice)")
     tta_views: str = Field(default="dihedral", description="the views TTA averages: dihedral (8), flips (4) or "
                                                            "mirror (2, a model trained upright)")
+    resolutions: list[float] = Field(default_factory=list, description="multi-scale inference: the fractions of the "
+                                     "native side each image is predicted at and averaged over ([]: one resolution)")
     registry: RegistryVersion | None = Field(default=None, description="the registry version served, if any")
 
 

@@ -37,6 +37,7 @@ from unetkit.training.steps import RunState
 from unetkit.tuning.calibration import calibrate_samples, calibration_record
 from unetkit.tuning.gate import MIN_IMAGES, fold_indices
 from unetkit.tuning.postprocess import tune_probabilities, tune_samples, tuning_record
+from unetkit.tuning.scales import candidate_resolutions, choose_scales, extra_passes
 from unetkit.tuning.tta import choose_tta
 
 TUNE_PREDICT_VALIDATIONS = 1.0  # budget reserved for tuning postprocessing: one prediction pass (R13; with
@@ -71,6 +72,9 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
     # the plain prediction and each TTA view's, which the search then reuses
     views = len(tta_views(TileConfig(tta_views=trained_views(to_dict(config))))) if config.tta != "off" else 0
     predict = 1.0 + views if views else (TUNE_PREDICT_VALIDATIONS if tuning else 0.0)
+    if config.multiscale != "off" and candidate_resolutions(config.data.resolution):
+        # the other two resolutions, with the views when TTA may be on (the single-scale pass is the one above)
+        predict = max(predict, 1.0) + extra_passes(config.data.resolution) * max(views, 1)
     tune = (predict + (search * (1 + folds) if tuning else 0.0)) * min(val_images, MAX_TUNE_IMAGES) / val_images
     return (CALIBRATE_VALIDATIONS + GATE_FIT_VALIDATIONS * folds if config.calibrate else 0.0) + tune
 
@@ -187,10 +191,12 @@ def _most_foreground(labels: np.ndarray, size: tuple[int, int], ignore_index: in
 def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any], config: TrainConfig, *,
                          deadline: float | None = None) -> tuple[Any, dict[str, np.ndarray]]:
     """`meta` with temperature scaling fitted on the validation split (`config.calibrate`), then TTA
-    decided on it (`config.tta`, `unetkit.tuning.tta`), then the postprocessing tuned on it for
-    `config.tune_postprocess` (R13), each recorded in the metrics with the validation keys.
-    Calibration first: TTA averages calibrated views and a tuned threshold refers to calibrated
-    probabilities; TTA before the search, which tunes on the probabilities inference will produce.
+    decided on it (`config.tta`, `unetkit.tuning.tta`), then for a model trained at reduced
+    resolution multi-scale inference (`config.multiscale`, `unetkit.tuning.scales`), then the
+    postprocessing tuned on it for `config.tune_postprocess` (R13), each recorded in the metrics with
+    the validation keys. Calibration first: TTA averages calibrated views and a tuned threshold refers
+    to calibrated probabilities; TTA, then the scales (each scale averages the adopted views), before
+    the search, which tunes on the probabilities inference will produce.
     Each is stored only when `unetkit.tuning.gate` finds its gain holds across the validation
     images (out of fold, paired bootstrap, at least `MIN_IMAGES` images: a `--full-train` run that
     validates on one image keeps the defaults); the record's `gate` says why either way. A search
@@ -223,6 +229,16 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
         meta = dataclasses.replace(meta, tta=choice["tta"], metrics={**meta.metrics, "tta": choice | {"keys": sample_keys}})
         say(f"TTA ({choice['views']} views) measured on {len(sample)} validation image(s) in "
             f"{time.perf_counter() - t0:.1f} s: {'on' if choice['tta'] else 'off'} ({choice['gate']['reason']})")
+    if config.multiscale != "off" and candidate_resolutions(meta.resolution):
+        t0 = time.perf_counter()
+        metric = config.tune_postprocess if config.tune_postprocess != "off" else "dice"
+        choice, probs = choose_scales(Artifact(meta=meta, state_dict=weights), sample, probs, mode=config.multiscale,
+                                      metric=metric, backend=backend, deadline=deadline)
+        meta = dataclasses.replace(meta, resolutions=tuple(choice["resolutions"]),
+                                   metrics={**meta.metrics, "multiscale": choice | {"keys": sample_keys}})
+        say(f"multi-scale inference (resolutions {', '.join(f'{r:.3g}' for r in choice['candidates'])}) measured on "
+            f"{len(sample)} validation image(s) in {time.perf_counter() - t0:.1f} s: "
+            f"{'on' if choice['resolutions'] else 'off'} ({choice['gate']['reason']})")
     if config.tune_postprocess != "off":
         t0 = time.perf_counter()
         artifact = Artifact(meta=meta, state_dict=weights)

@@ -41,6 +41,7 @@ def flag_settings(
     dice_guard: float | None = None,
     calibrate: bool | None = None,
     tta: str | None = None,
+    multiscale: str | None = None,
     ensemble: int | None = None,
     distill: str | None = None,
     distill_from: str | Path | None = None,
@@ -100,7 +101,8 @@ def flag_settings(
         if precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"--precision: expected auto, fp32 or bf16, got {precision!r}")
         changes["precision"] = precision
-    passed = {"tune_postprocess": postprocess, "postprocess_dice_guard": dice_guard, "calibrate": calibrate, "tta": tta, "ensemble_folds": ensemble, "track": track,
+    passed = {"tune_postprocess": postprocess, "postprocess_dice_guard": dice_guard, "calibrate": calibrate, "tta": tta, "multiscale": multiscale,
+              "ensemble_folds": ensemble, "track": track,
               "finetune.init": init and str(init), "finetune.pretrained": pretrained and str(pretrained),
               "finetune.freeze_encoder_steps": freeze_encoder_steps, "finetune.encoder_lr_ratio": encoder_lr_ratio,
               "model.encoder": encoder}  # flags copied as given, when set

@@ -7,7 +7,8 @@ prediction (predict, evaluate, export, serve) applies it through `InferencePipel
 
     labelled data --load_labelled--> samples --iter_probabilities--> logits / probabilities
       calibration.calibrate_model:        sample valid pixels -> fit_temperature -> temperature or scale/bias
-      tta.tune_model_tta:                 plain vs the views' mean, gated -> tta on/off
+      tta.tune_model_tta:                 plain vs the views' mean, gated -> tta on/off, then
+        scales.choose_scales:             (reduced-resolution models) one resolution vs three, gated -> resolutions
       postprocess.tune_model_postprocess: tune_postprocess (greedy, strict improvements) -> postprocess dict
 
 Tune postprocessing AFTER calibrating: a tuned threshold refers to the calibrated probabilities.

@@ -130,7 +130,7 @@ def calibrate_model(
     summary = calibrate_samples(artifact, samples, vector=vector, max_pixels=max_pixels, config=config,
                                 backend=backend, progress=progress, seed=seed, source=str(data))
     summary |= {"data": str(data), "keys": list(keys or [])}
-    target = store_tuning(artifact, out, "calibration", calibration_record(summary), **summary.pop("fields"))
+    target = store_tuning(artifact, out, {"calibration": calibration_record(summary)}, **summary.pop("fields"))
     return json_value(summary | {"artifact": str(target)})
 
 

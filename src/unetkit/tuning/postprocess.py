@@ -262,7 +262,7 @@ def tune_model_postprocess(
     summary = tune_samples(artifact, samples, metric, config=config, backend=backend, progress=progress,
                            dice_guard=dice_guard)
     summary |= {"data": str(data), "keys": list(keys or [])}
-    target = store_tuning(artifact, out, "postprocess_tuning", tuning_record(summary), postprocess=summary["postprocess"])
+    target = store_tuning(artifact, out, {"postprocess_tuning": tuning_record(summary)}, postprocess=summary["postprocess"])
     return json_value(summary | {"artifact": str(target)})
 
 

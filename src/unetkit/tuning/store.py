@@ -20,10 +20,10 @@ def target_path(artifact: Artifact, out: str | Path | None) -> Path:
     return Path(out)
 
 
-def store_tuning(artifact: Artifact, out: str | Path | None, record_name: str, record: dict[str, Any],
+def store_tuning(artifact: Artifact, out: str | Path | None, records: dict[str, dict[str, Any]],
                  **fields: Any) -> Path:
-    """Write `fields` (ArtifactMeta fields) and `record` (as the metrics' `record_name`) into the
+    """Write `fields` (ArtifactMeta fields) and `records` (metrics entries by name) into the
     artifact at `target_path`; returns that path."""
     target = target_path(artifact, out)
-    update_artifact(target, **fields, metrics=dict(artifact.meta.metrics) | {record_name: record})
+    update_artifact(target, **fields, metrics=dict(artifact.meta.metrics) | records)
     return target

@@ -18,6 +18,7 @@ that follows tunes on what inference will produce, and reuses the pass.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,11 +33,14 @@ from unetkit.evaluation.labelled import load_labelled
 from unetkit.inference.backends import make_predictor
 from unetkit.inference.files import tile_config_for
 from unetkit.inference.predict import predict_tiled
-from unetkit.metrics.calibration import calibration_bins, expected_calibration_error
 from unetkit.metrics.scores import json_value
+from unetkit.tuning.compare import compare_predictions
 from unetkit.tuning.gate import GateResult, decide
 from unetkit.tuning.postprocess import parts_statistic, require_metric, score_parts
+from unetkit.tuning.scales import choose_scales
 from unetkit.tuning.store import store_tuning
+
+GAIN_NAME = "gain of the views' mean"
 
 
 def choose_tta(
@@ -56,7 +60,7 @@ def choose_tta(
     (`time.monotonic()`) "auto" stops predicting and keeps it off. The summary also has the scores
     (`metric` and pooled Dice, plain and TTA), the ECE of both (TTA's mean of calibrated views is
     not itself calibrated), the views and the seconds the views took."""
-    tile = tile_config_for(artifact, {"tta": True})
+    tile = replace(tile_config_for(artifact, {"tta": True}), resolutions=())  # single-scale (`choose_scales` follows)
     predictor = make_predictor(artifact, backend=backend)
     plain, mean, truths = [], [], []
     t0 = time.perf_counter()
@@ -70,18 +74,10 @@ def choose_tta(
         plain.append(predict_tiled(predictor, sample.image, replace(tile, tta=False)))
         mean.append(predict_tiled(predictor, sample.image, tile))  # exactly what inference with TTA computes
         truths.append(sample.labels)
-    k, ignore = artifact.meta.num_classes, artifact.meta.ignore_index
-    labels = {"plain": [p.argmax(0) for p in plain], "tta": [p.argmax(0) for p in mean]}
-    parts = {(what, when): score_parts(labels[when], truths, k, what, ignore)
-             for what in dict.fromkeys((metric, "dice")) for when in labels}
-    verdict = _gate(parts[metric, "plain"], parts[metric, "tta"], k, metric, seed)
-    adopted = verdict.adopted if mode == "auto" else True
-    if mode == "on" and not verdict.adopted:
-        verdict = GateResult(True, verdict.gain, verdict.lower, verdict.n, f"on as asked (tta: on); the gate would "
-                             f"not adopt it: {verdict.reason}")
-    scores = {f"{what}_{when}": parts_statistic(k, what)(p.sum(0)) for (what, when), p in parts.items()}
-    ece = {f"ece_{when}": _ece(probs, truths, ignore) for when, probs in (("plain", plain), ("tta", mean))}
-    summary = _summary(adopted, verdict, tile.tta_views, metric, t0) | scores | ece | {"images": len(samples)}
+    adopted, verdict, scores = compare_predictions(
+        {"plain": plain, "tta": mean}, truths, artifact.meta.num_classes, metric=metric,
+        ignore_index=artifact.meta.ignore_index, mode=mode, what="TTA", gain_name=GAIN_NAME, seed=seed)
+    summary = _summary(adopted, verdict, tile.tta_views, metric, t0) | scores | {"images": len(samples)}
     return summary, mean if adopted else plain
 
 
@@ -97,8 +93,7 @@ def gate_tta(plain: Sequence[np.ndarray], tta: Sequence[np.ndarray], truths: Seq
 
 def _gate(before: np.ndarray, after: np.ndarray, num_classes: int, metric: str, seed: int) -> GateResult:
     """`gate.decide` on the per-image score parts of the plain and the TTA labels."""
-    return decide(before, after, parts_statistic(num_classes, metric), what="TTA", seed=seed,
-                  gain_name="gain of the views' mean")
+    return decide(before, after, parts_statistic(num_classes, metric), what="TTA", seed=seed, gain_name=GAIN_NAME)
 
 
 def tune_model_tta(
@@ -111,27 +106,24 @@ def tune_model_tta(
     backend: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Decide TTA for a trained artifact on labelled data (`choose_tta`, "auto") and store it in the
-    artifact's `tta` (in place, or in a copy at `out`), the record in its metrics' "tta"."""
+    """Decide TTA for a trained artifact on labelled data (`choose_tta`, "auto"), then, for a model
+    trained at reduced resolution, multi-scale inference on top of it (`scales.choose_scales`), and
+    store both in the artifact's `tta` and `resolutions` (in place, or in a copy at `out`), the records
+    in its metrics' "tta" and "multiscale" (the latter also returned, as "multiscale")."""
     require_metric(metric)
     artifact, samples = load_labelled(model, data, keys, progress)
     if not samples:
         raise DataError(f"{data}: no labelled images to decide TTA on")
-    summary, _ = choose_tta(artifact, samples, metric=metric, backend=backend)
-    summary |= {"data": str(data), "keys": list(keys or [])}
-    target = store_tuning(artifact, out, "tta", json_value(summary), tta=summary["tta"])
-    return json_value(summary | {"artifact": str(target)})
+    summary, probs = choose_tta(artifact, samples, metric=metric, backend=backend)
+    decided = dataclasses.replace(artifact, meta=dataclasses.replace(artifact.meta, tta=summary["tta"]))
+    scales, _ = choose_scales(decided, samples, probs, metric=metric, backend=backend)
+    where = {"data": str(data), "keys": list(keys or [])}
+    summary, scales = json_value(summary | where), json_value(scales | where)
+    target = store_tuning(artifact, out, {"tta": summary, "multiscale": scales}, tta=summary["tta"],
+                          resolutions=tuple(scales["resolutions"]))
+    return summary | {"multiscale": scales, "artifact": str(target)}
 
 
 def _summary(adopted: bool, verdict: GateResult, views: str, metric: str, t0: float) -> dict[str, Any]:
     return {"tta": adopted, "views": views, "metric": metric, "gate": verdict.to_dict(),
             "seconds": round(time.perf_counter() - t0, 2)}
-
-
-def _ece(probabilities: Sequence[np.ndarray], truths: Sequence[np.ndarray], ignore_index: int) -> float:
-    """Top-label ECE (15 bins) pooled over the images' valid pixels."""
-    sums = np.zeros((3, 15))
-    for p, t in zip(probabilities, truths, strict=True):
-        valid = t != ignore_index
-        sums += np.asarray(calibration_bins(p.max(0), p.argmax(0) == t, valid=valid))
-    return expected_calibration_error(*sums)

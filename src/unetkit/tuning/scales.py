@@ -1,0 +1,109 @@
+"""Multi-scale inference adopted only when it helps across the validation images.
+
+A model trained at reduced resolution (`data.resolution` r < 1: R18, scenes whose objects are
+large) sees each image at r of its side. Predicting the image also at 2/3 of that and at the native
+side, and averaging the three probability maps on the native grid, lets the model see small objects
+larger and large ones whole: on a held-out CamVid sequence it gave +0.010 mIoU (0.4793 against
+0.4692 at r = 0.75, docs/benchmarks.md) for 3.2x the inference. Like TTA (`unetkit.tuning.tta`) it
+is a decision per model: the artifact's `resolutions` are set only when the gain of the scales' mean
+over the single-resolution prediction holds across the validation images (paired bootstrap lower
+bound above zero, at least `gate.MIN_IMAGES` images). Nothing is chosen on the images (the
+resolutions follow from r alone), so the paired bootstrap judges the one choice.
+
+A model trained at native resolution (DRIVE, ISBI 2012: thin structures, r = 1) has no finer
+scale to see and is not measured: its inference stays single-scale and costs nothing more.
+
+`choose_scales` starts from the probabilities inference produces once TTA is decided (the views,
+when adopted, are averaged at every scale, as inference does), predicts each image at the two other
+resolutions and hands the chosen probabilities on to the postprocessing search.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from unetkit.artifact import Artifact
+from unetkit.config import TtaMode
+from unetkit.inference.backends import make_predictor
+from unetkit.inference.files import tile_config_for
+from unetkit.inference.predict import predict_tiled
+from unetkit.tuning.compare import compare_predictions
+from unetkit.tuning.gate import GateResult
+
+LOWER_SCALE = 2 / 3  # the coarser view: this fraction of the model's own resolution
+
+
+def candidate_resolutions(resolution: float) -> tuple[float, ...]:
+    """The resolutions multi-scale inference averages for a model trained at `resolution`: 2/3 of
+    it, it, and the native side; () for a model trained at native resolution."""
+    if resolution >= 1.0:
+        return ()
+    return (resolution * LOWER_SCALE, resolution, 1.0)
+
+
+def extra_passes(resolution: float) -> float:
+    """What deciding multi-scale costs beyond the prediction at `resolution`, in such predictions
+    (pixels scale with the square of the side)."""
+    return sum((r / resolution) ** 2 for r in candidate_resolutions(resolution) if r != resolution)
+
+
+def choose_scales(
+    artifact: Artifact,
+    samples: Sequence[Any],
+    probabilities: Sequence[np.ndarray] | None = None,
+    *,
+    mode: TtaMode = "auto",
+    metric: str = "dice",
+    backend: str = "auto",
+    seed: int = 0,
+    deadline: float | None = None,
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """(summary, the probabilities inference will produce) for labelled `samples`, whose
+    `probabilities` are the artifact's own single-resolution predictions (its tiling and TTA;
+    None: predicted here).
+
+    The summary's `resolutions` is what to store (`ArtifactMeta.resolutions`; [] = single-scale):
+    "auto" adopts the scales when the gate finds their gain holds, "on" keeps them whatever the gain
+    (still measured), "off" and a native-resolution model measure nothing; past `deadline`
+    (`time.monotonic()`) "auto" stops and stays single-scale. Also the scores (`metric` and pooled
+    Dice, single and multi), the ECE of both and the seconds taken."""
+    candidates = candidate_resolutions(float(artifact.meta.resolution))
+    t0 = time.perf_counter()
+    tile = replace(tile_config_for(artifact), resolutions=())
+    predictor = make_predictor(artifact, backend=backend)
+    single = (list(probabilities) if probabilities is not None else
+              [predict_tiled(predictor, s.image, tile) for s in samples])
+    if mode == "off" or not candidates:
+        why = ("multi-scale inference off (multiscale: off)" if mode == "off" else
+               "the model sees images at their native resolution: no finer scale to add; single-scale kept")
+        return _summary([], candidates, GateResult(False, float("nan"), float("nan"), len(samples), why), metric, t0), single
+    multi: list[np.ndarray] = []
+    for sample, own in zip(samples, single, strict=True):
+        if mode == "auto" and deadline is not None and time.monotonic() > deadline:
+            verdict = GateResult(False, float("nan"), float("nan"), len(samples),
+                                 f"multi-scale inference: not measured, the budget's time ran out after {len(multi)} "
+                                 f"of {len(samples)} images; single-scale kept")
+            return _summary([], candidates, verdict, metric, t0), single
+        total: np.ndarray | None = None
+        for r in candidates:  # summed in `predict_tiled`'s order: the same numbers inference computes
+            p = own if r == tile.resolution else predict_tiled(predictor, sample.image, replace(tile, resolution=r))
+            total = p.copy() if total is None else np.add(total, p, out=total)
+        assert total is not None
+        multi.append(np.divide(total, len(candidates), out=total))
+    adopted, verdict, scores = compare_predictions(
+        {"single": single, "multi": multi}, [s.labels for s in samples], artifact.meta.num_classes, metric=metric,
+        ignore_index=artifact.meta.ignore_index, mode=mode, what="multi-scale inference",
+        gain_name="gain of the scales' mean", seed=seed)
+    summary = _summary(list(candidates) if adopted else [], candidates, verdict, metric, t0)
+    return summary | scores | {"images": len(samples)}, multi if adopted else single
+
+
+def _summary(resolutions: list[float], candidates: Sequence[float], verdict: GateResult, metric: str,
+             t0: float) -> dict[str, Any]:
+    return {"resolutions": resolutions, "candidates": list(candidates), "metric": metric, "gate": verdict.to_dict(),
+            "seconds": round(time.perf_counter() - t0, 2)}
