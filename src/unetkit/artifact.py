@@ -69,6 +69,7 @@ class ArtifactMeta:
     # multi-scale inference (`unetkit.tuning.scales`: adopted where it helps): the fractions of the native
     # side inference predicts at and averages; () = `resolution` alone
     resolutions: tuple[float, ...] = ()
+    resolutions_temperature: float = 1.0  # ... and the temperature their mean is recalibrated with
     data_spec: dict[str, Any] = field(default_factory=dict)  # how masks map to classes
     fingerprint: dict[str, Any] = field(default_factory=dict)
     train_config: dict[str, Any] = field(default_factory=dict)
@@ -277,6 +278,8 @@ def _meta_json(meta: ArtifactMeta) -> dict[str, Any]:
         del d["resolution"]
     if not d["resolutions"]:  # likewise
         del d["resolutions"]
+    if d["resolutions_temperature"] == 1.0:  # likewise
+        del d["resolutions_temperature"]
     for key, default in (("encoder", "unet"), ("options", {})):  # ModelConfig fields added later, likewise
         if d["model"][key] == default:
             del d["model"][key]

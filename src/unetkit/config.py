@@ -401,6 +401,9 @@ class TileConfig:
     # multi-scale inference: predict at each of these fractions of the native side (each in (0, 1])
     # and average the probabilities on the native grid; () = `resolution` alone
     resolutions: tuple[float, ...] = ()
+    # ... whose mean is recalibrated as softmax(log(mean) / T) with this T (fitted with the scales: the
+    # mean of calibrated predictions is less confident than it is right)
+    resolutions_temperature: float = 1.0
 
 
 # The tiling a caller asks of a model (resolved by `unetkit.inference.files.tile_config_for`):

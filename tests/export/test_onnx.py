@@ -58,7 +58,8 @@ def test_plan_holds_what_a_plain_runtime_user_needs(artifact_path):
     assert plan["tile"] | {"placement": "", "blending": "", "resampling": ""} == {
         "size": [32, 32], "overlap": 0.5, "blend": "gaussian", "sigma_scale": 0.125, "min_weight": 1e-3,
         "padding": "reflect", "batch_size": 4, "activation": "none", "tta": False, "tta_views": "dihedral",
-        "resolution": 1.0, "placement": "", "blending": "", "resampling": ""}
+        "resolution": 1.0, "resolutions": [], "resolutions_temperature": 1.0, "placement": "", "blending": "",
+        "resampling": ""}
     assert tile_config_from_plan(plan).resolution == 1.0  # a model trained at half size would say 0.5 here
     assert tile_config_from_plan({**plan, "tile": {**plan["tile"], "resolution": 0.5}}).resolution == 0.5
     assert plan["classes"] == ["background", "vessel"] and plan["colors"] == [list(c) for c in meta.colors()]

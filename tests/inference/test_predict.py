@@ -10,6 +10,7 @@ from unetkit.inference.predict import (
     dihedral_inverse,
     iter_probability_rows,
     predict_tiled,
+    sharpen,
     softmax_,
 )
 from unetkit.inference.tiling import gaussian_weights, tile_starts
@@ -236,6 +237,9 @@ def test_multi_scale_inference_is_the_mean_of_the_predictions_at_each_resolution
     assert got.shape == (3, 70, 61)
     np.testing.assert_allclose(got, sum(singles) / 3, atol=1e-6)
     assert min(np.abs(got - s).max() for s in singles) > 1e-3  # each scale changes the answer
+    sharp = predict_tiled(predictor, image, replace(base, resolutions=(0.5, 0.75, 1.0), resolutions_temperature=0.5))
+    np.testing.assert_allclose(sharp, sharpen(got.copy(), 0.5), atol=1e-6)  # the mean, recalibrated
+    assert (sharp.argmax(0) == got.argmax(0)).all() and sharp.max(0).mean() > got.max(0).mean()
     with pytest.raises(ConfigError, match=r"TileConfig\.resolutions: expected a fraction .* got 1\.5"):
         predict_tiled(predictor, image, replace(base, resolutions=(0.5, 1.5)))
     with pytest.raises(ConfigError, match=r"multi-scale inference \(resolutions 0\.5, 1\) needs the whole image"):

@@ -85,6 +85,7 @@ def test_outputs_mismatch_names_what_changed(reference_images):
     class Meta:
         weights_sha256, temperature, class_scale, class_bias, postprocess, tta = "abc", 1.0, (), (), {}, False
         resolutions: tuple[float, ...] = ()
+        resolutions_temperature = 1.0
 
     probs, labels = np.full((2, 96, 112), 0.5, np.float32), np.zeros((96, 112), np.uint8)
     from unetkit.monitor.baseline import outputs_signature

@@ -61,6 +61,7 @@ class DeployedMeta:
     created: str = ""  # when the artifact was trained
     tta: bool = False  # the plan's TTA choice (`ArtifactMeta.tta` when exported)
     resolutions: tuple[float, ...] = ()  # the plan's multi-scale choice (`ArtifactMeta.resolutions`)
+    resolutions_temperature: float = 1.0  # ... and its recalibration
 
     @property
     def num_classes(self) -> int:
@@ -229,6 +230,7 @@ def _meta(plan: dict[str, Any], where: Path) -> DeployedMeta:
             created=str(plan.get("artifact", {}).get("created", "")),
             tta=bool(plan["tile"].get("tta", False)),
             resolutions=tuple(float(r) for r in plan["tile"].get("resolutions", ())),
+            resolutions_temperature=float(plan["tile"].get("resolutions_temperature", 1.0)),
         )
     except KeyError as e:
         raise ConfigError(f"{where}: the inference plan has no '{e.args[0]}' field; {EXPORT_HINT}") from None

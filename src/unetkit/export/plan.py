@@ -70,10 +70,11 @@ def inference_plan(
             "min_weight": MIN_WEIGHT, "padding": tile.padding, "batch_size": tile.batch_size,
             "activation": "none", "tta": tile.tta, "tta_views": tile.tta_views,
             "resolution": tile.resolution, "resolutions": list(tile.resolutions),
+            "resolutions_temperature": tile.resolutions_temperature,
             "resampling": "at resolution r < 1 each image is first resized to round(r * H) x round(r * W) (bilinear, "
                           "antialiased), tiled as below, and the probabilities resized back to H x W (bilinear, "
-                          "half-pixel centres); with resolutions (multi-scale) the image is predicted so at each "
-                          "and the probabilities averaged",
+                          "half-pixel centres); with resolutions (multi-scale) the image is predicted so at each, "
+                          "the probabilities averaged and recalibrated as softmax(log(mean) / resolutions_temperature)",
             "placement": "per axis: one tile at 0 when the image is not larger than the tile (padded at the end); "
                          "otherwise ceil((size - tile) / floor(tile * (1 - overlap))) + 1 tiles, evenly spread, "
                          "the last flush with the end",
@@ -139,4 +140,5 @@ def tile_config_from_plan(plan: dict[str, Any]) -> TileConfig:
                       batch_size=t["batch_size"], padding=t["padding"], tta=t["tta"],
                       tta_views=t.get("tta_views", "dihedral"), activation="none",
                       resolution=float(t.get("resolution", 1.0)),
-                      resolutions=tuple(float(r) for r in t.get("resolutions", ())))
+                      resolutions=tuple(float(r) for r in t.get("resolutions", ())),
+                      resolutions_temperature=float(t.get("resolutions_temperature", 1.0)))

@@ -87,7 +87,8 @@ def tile_config_for(artifact: Artifact, choice: TileChoice = None) -> TileConfig
     own = (artifact.tile_config() if exported  # type: ignore[attr-defined]
            else TileConfig(tile_size=tuple(artifact.meta.patch_size), tta=artifact.meta.tta,
                            tta_views=trained_views(artifact.meta.train_config), resolution=artifact.meta.resolution,
-                           resolutions=tuple(artifact.meta.resolutions)))
+                           resolutions=tuple(artifact.meta.resolutions),
+                           resolutions_temperature=artifact.meta.resolutions_temperature))
     if isinstance(choice, Mapping) and "tta_views" in settings:  # a complete TileConfig is taken as given
         check_views(settings["tta_views"], own.tta_views, artifact.path or "model")
     return artifact.tile_config(settings) if exported else replace(own, **settings)  # type: ignore[attr-defined]

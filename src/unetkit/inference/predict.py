@@ -40,8 +40,8 @@ def predict_tiled(
     Images smaller than a tile are padded (`config.padding`) and cropped back; an image that fits
     one tile is predicted whole, without blending. At `config.resolution` r < 1 the image is
     resampled to r of its side first and the probabilities resized back (`unetkit.data.resample`).
-    With `config.resolutions` (multi-scale inference) it is predicted at each and the probabilities
-    averaged.
+    With `config.resolutions` (multi-scale inference) it is predicted at each, the probabilities
+    averaged and recalibrated (`sharpen`, `config.resolutions_temperature`).
     """
     image = check_image(image, predictor, max_pixels=max_pixels)
     if config.resolutions:
@@ -51,7 +51,7 @@ def predict_tiled(
             probs = predict_tiled(predictor, image, single, max_pixels=max_pixels)
             total = probs if total is None else np.add(total, probs, out=total)
         assert total is not None
-        return np.divide(total, len(config.resolutions), out=total)
+        return sharpen(np.divide(total, len(config.resolutions), out=total), config.resolutions_temperature)
     resolution = check_resolution(config.resolution, "TileConfig.resolution")
     if resolution != 1.0:  # a model trained at reduced resolution: predict the resampled image, resize back
         reduced = predict_tiled(predictor, resample_image(image, resolution), replace(config, resolution=1.0),
@@ -66,6 +66,21 @@ def predict_tiled(
         out[:, y0 : y0 + block.shape[1]] = block
     assert out is not None
     return out
+
+
+def sharpen(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log(p) / T) over the class axis 0, in place (T = 1: `probabilities` as they are): a
+    mean of calibrated predictions recalibrated (T < 1 sharpens it)."""
+    if temperature == 1.0:
+        return probabilities
+    if not temperature > 0:
+        raise ConfigError(f"TileConfig.resolutions_temperature {temperature}: expected a positive number")
+    p = np.log(np.maximum(probabilities, np.float32(1e-12)), out=probabilities)
+    p /= np.float32(temperature)
+    p -= p.max(axis=0, keepdims=True)
+    np.exp(p, out=p)
+    p /= p.sum(axis=0, keepdims=True)
+    return p
 
 
 def predict_image(artifact_or_predictor: Any, image: np.ndarray, config: TileConfig | None = None) -> np.ndarray:

@@ -235,6 +235,7 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
         choice, probs = choose_scales(Artifact(meta=meta, state_dict=weights), sample, probs, mode=config.multiscale,
                                       metric=metric, backend=backend, deadline=deadline)
         meta = dataclasses.replace(meta, resolutions=tuple(choice["resolutions"]),
+                                   resolutions_temperature=choice["temperature"],
                                    metrics={**meta.metrics, "multiscale": choice | {"keys": sample_keys}})
         say(f"multi-scale inference (resolutions {', '.join(f'{r:.3g}' for r in choice['candidates'])}) measured on "
             f"{len(sample)} validation image(s) in {time.perf_counter() - t0:.1f} s: "

@@ -120,7 +120,7 @@ def tune_model_tta(
     where = {"data": str(data), "keys": list(keys or [])}
     summary, scales = json_value(summary | where), json_value(scales | where)
     target = store_tuning(artifact, out, {"tta": summary, "multiscale": scales}, tta=summary["tta"],
-                          resolutions=tuple(scales["resolutions"]))
+                          resolutions=tuple(scales["resolutions"]), resolutions_temperature=scales["temperature"])
     return summary | {"multiscale": scales, "artifact": str(target)}
 
 
