@@ -77,6 +77,8 @@ def test_an_input_over_the_memory_limit_is_streamed_to_a_tiled_bigtiff_with_its_
     source = _tiled_tiff(tmp_path / "scene.ome.tif", image, extratags=geo)
     need = in_memory_bytes(1200, 200, 3, 2)
     assert route(source, 2) == route(source, 2, need) == "memory" and route(source, 2, need - 1) == "stream"
+    assert route(source, 2, need, multiscale=True) == "stream"  # multi-scale holds two more maps of the frame
+    assert in_memory_bytes(1200, 200, 3, 2, multiscale=True) - need == 1200 * 200 * 8 * 2
     predict_files(artifact, [source], tmp_path / "mem", probabilities=True, backend="torch", progress=False)
     notes: list[str] = []
     written = predict_files(artifact, [source], tmp_path / "big", probabilities=True, overlays=True, backend="torch",

@@ -376,7 +376,7 @@ def _plan(files: list[tuple[Path, Path]], artifact: Any, tile: TileConfig, outpu
             report.skipped.append(str(path))
             continue
         try:
-            how = route(path, classes, outputs.max_memory)
+            how = route(path, classes, outputs.max_memory, bool(tile.resolutions))
             if how == "stream" and (tile.resolution != 1.0 or tile.resolutions):  # stripes are native rows: one
                 how = "whole"  # worker streams it whole (`reduced.py`; multi-scale: refused), as the local path does
             if how == "stream":

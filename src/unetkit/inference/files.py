@@ -140,13 +140,14 @@ CONVERT_HINT = ("convert it to a tiled BigTIFF first, e.g. `vips tiffsave {path}
                 "-co COMPRESS=DEFLATE {path} {stem}.tif` (GDAL), and predict that")
 
 
-def in_memory_bytes(height: int, width: int, channels: int, classes: int) -> int:
+def in_memory_bytes(height: int, width: int, channels: int, classes: int, multiscale: bool = False) -> int:
     """About what predicting an image in memory holds: the decoded file and its float32 copy, the
-    float32 probabilities and what labels and postprocessing make of them."""
-    return height * width * (8 * channels + 8 * classes + 2)
+    float32 probabilities and what labels and postprocessing make of them; multi-scale inference
+    (`TileConfig.resolutions`) also holds the running sum and one scale's native-size maps."""
+    return height * width * (8 * channels + 8 * classes * (2 if multiscale else 1) + 2)
 
 
-def route(path: Path, classes: int, max_memory: int | None = None) -> str:
+def route(path: Path, classes: int, max_memory: int | None = None, multiscale: bool = False) -> str:
     """"memory" or "stream": how `path` is predicted. An input is streamed when it is too large for
     memory (more pixels than `data.io.DEFAULT_MAX_PIXELS`, or `in_memory_bytes` above `max_memory`)
     and stored in chunks (tiled or striped TIFF / OME-TIFF) or a zarr store; one too large that is
@@ -161,7 +162,7 @@ def route(path: Path, classes: int, max_memory: int | None = None) -> str:
         raise InputError(f"{path}: larger than an image can be decoded whole; " + CONVERT_HINT.format(
             path=path, stem=output_stem(path))) from None
     pixels = header.height * header.width
-    need = in_memory_bytes(header.height, header.width, header.channels, classes)
+    need = in_memory_bytes(header.height, header.width, header.channels, classes, multiscale)
     too_big = pixels > DEFAULT_MAX_PIXELS or (max_memory is not None and need > max_memory)
     if not too_big:
         return "memory"
@@ -217,7 +218,7 @@ def predict_input(
     read -> forward -> postprocess -> write (a streamed input: one "stream" span) in the one open."""
     start = time.perf_counter()
     out.joinpath(stem).parent.mkdir(parents=True, exist_ok=True)
-    if route(path, len(artifact.meta.class_names), outputs.max_memory) == "stream":
+    if route(path, len(artifact.meta.class_names), outputs.max_memory, bool(tile.resolutions)) == "stream":
         with trace.span("stream"):
             return _predict_streamed(predictor, tile, path, stem, out, outputs, progress, start)
     with trace.span("read") as span:
