@@ -13,7 +13,7 @@ the image.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -45,13 +45,10 @@ def predict_tiled(
     """
     image = check_image(image, predictor, max_pixels=max_pixels)
     if config.resolutions:
-        total: np.ndarray | None = None
-        for r in config.resolutions:
-            single = replace(config, resolution=check_resolution(r, "TileConfig.resolutions"), resolutions=())
-            probs = predict_tiled(predictor, image, single, max_pixels=max_pixels)
-            total = probs if total is None else np.add(total, probs, out=total)
-        assert total is not None
-        return sharpen(np.divide(total, len(config.resolutions), out=total), config.resolutions_temperature)
+        maps = (predict_tiled(predictor, image, replace(config, resolution=check_resolution(r, "TileConfig.resolutions"),
+                                                        resolutions=()), max_pixels=max_pixels)
+                for r in config.resolutions)
+        return sharpen(mean_of_maps(maps), config.resolutions_temperature)
     resolution = check_resolution(config.resolution, "TileConfig.resolution")
     if resolution != 1.0:  # a model trained at reduced resolution: predict the resampled image, resize back
         reduced = predict_tiled(predictor, resample_image(image, resolution), replace(config, resolution=1.0),
@@ -66,6 +63,19 @@ def predict_tiled(
         out[:, y0 : y0 + block.shape[1]] = block
     assert out is not None
     return out
+
+
+def mean_of_maps(maps: Iterable[np.ndarray]) -> np.ndarray:
+    """The mean of probability maps taken one at a time (a generator holds one besides the sum),
+    summed into the first, which it overwrites; the order multi-scale inference sums in."""
+    total: np.ndarray | None = None
+    count = 0
+    for p in maps:
+        total = p if total is None else np.add(total, p, out=total)
+        count += 1
+    if total is None:
+        raise ValueError("mean_of_maps: no maps")
+    return np.divide(total, count, out=total)
 
 
 def sharpen(probabilities: np.ndarray, temperature: float) -> np.ndarray:

@@ -221,9 +221,9 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
     sample = spread(val, MAX_TUNE_IMAGES)  # bounded memory and search time on a large validation split
     sample_keys = [s.key for s in sample]
     probs = None
+    metric = config.tune_postprocess if config.tune_postprocess != "off" else "dice"  # what TTA and scales are judged by
     if config.tta != "off":
         t0 = time.perf_counter()
-        metric = config.tune_postprocess if config.tune_postprocess != "off" else "dice"
         choice, probs = choose_tta(Artifact(meta=meta, state_dict=weights), sample, mode=config.tta, metric=metric,
                                    backend=backend, deadline=deadline)
         meta = dataclasses.replace(meta, tta=choice["tta"], metrics={**meta.metrics, "tta": choice | {"keys": sample_keys}})
@@ -231,7 +231,6 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
             f"{time.perf_counter() - t0:.1f} s: {'on' if choice['tta'] else 'off'} ({choice['gate']['reason']})")
     if config.multiscale != "off" and candidate_resolutions(meta.resolution):
         t0 = time.perf_counter()
-        metric = config.tune_postprocess if config.tune_postprocess != "off" else "dice"
         choice, probs = choose_scales(Artifact(meta=meta, state_dict=weights), sample, probs, mode=config.multiscale,
                                       metric=metric, backend=backend, deadline=deadline)
         meta = dataclasses.replace(meta, resolutions=tuple(choice["resolutions"]),

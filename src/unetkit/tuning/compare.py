@@ -26,12 +26,12 @@ def compare_predictions(
     what: str,
     gain_name: str,
     seed: int = 0,
-) -> tuple[bool, GateResult, dict[str, float]]:
-    """(adopted, verdict, scores) for `probabilities` {"default name": maps, "candidate name": maps}.
+) -> tuple[GateResult, dict[str, float]]:
+    """(verdict, scores) for `probabilities` {"default name": maps, "candidate name": maps}.
 
     Arg-max labels of each are scored per image for `metric` and the pooled gain of the candidate is
-    judged by `gate.decide`; "on" (`mode`) adopts it whatever the verdict, whose reason then says
-    so. The scores are `metric` and pooled Dice of each ("dice_plain") and their ECE ("ece_plain")."""
+    judged by `gate.decide`; "on" (`mode`) adopts it whatever the verdict (`adopted` True, the reason
+    saying so). The scores are `metric` and pooled Dice of each ("dice_plain") and their ECE ("ece_plain")."""
     (default, before), (candidate, after) = probabilities.items()
     labels = {name: [p.argmax(0) for p in maps] for name, maps in probabilities.items()}
     parts = {(score, name): score_parts(labels[name], truths, num_classes, score, ignore_index)
@@ -45,4 +45,4 @@ def compare_predictions(
                               for (score, name), p in parts.items()}
     scores |= {f"ece_{name}": pooled_ece(maps, truths, ignore_index) for name, maps in (
         (default, before), (candidate, after))}
-    return verdict.adopted or mode == "on", verdict, scores
+    return verdict, scores

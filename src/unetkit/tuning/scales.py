@@ -37,7 +37,7 @@ from unetkit.artifact import Artifact
 from unetkit.config import TtaMode
 from unetkit.inference.backends import make_predictor
 from unetkit.inference.files import tile_config_for
-from unetkit.inference.predict import predict_tiled, sharpen
+from unetkit.inference.predict import mean_of_maps, predict_tiled, sharpen
 from unetkit.metrics.calibration import fit_temperature, pooled_ece
 from unetkit.tuning.compare import compare_predictions
 from unetkit.tuning.gate import GateResult
@@ -82,10 +82,12 @@ def choose_scales(
     candidates = candidate_resolutions(float(artifact.meta.resolution))
     t0 = time.perf_counter()
     tile = replace(tile_config_for(artifact), resolutions=())
-    predictor = make_predictor(artifact, backend=backend)
+    measured = mode != "off" and bool(candidates)
+    # a predictor only for what is predicted here (with backend "auto", building one times the backends)
+    predictor = make_predictor(artifact, backend=backend) if measured or probabilities is None else None
     single = (list(probabilities) if probabilities is not None else
               [predict_tiled(predictor, s.image, tile) for s in samples])
-    if mode == "off" or not candidates:
+    if not measured:
         why = ("multi-scale inference off (multiscale: off)" if mode == "off" else
                "the model sees images at their native resolution: no finer scale to add; single-scale kept")
         return _summary([], candidates, GateResult(False, float("nan"), float("nan"), len(samples), why), metric, t0), single
@@ -96,20 +98,19 @@ def choose_scales(
                                  f"multi-scale inference: not measured, the budget's time ran out after {len(multi)} "
                                  f"of {len(samples)} images; single-scale kept")
             return _summary([], candidates, verdict, metric, t0), single
-        total: np.ndarray | None = None
-        for r in candidates:  # summed in `predict_tiled`'s order: the same numbers inference computes
-            p = own if r == tile.resolution else predict_tiled(predictor, sample.image, replace(tile, resolution=r))
-            total = p.copy() if total is None else np.add(total, p, out=total)
-        assert total is not None
-        multi.append(np.divide(total, len(candidates), out=total))
+        # `predict_tiled`'s sum, in its order (the same numbers inference computes), reusing the prediction at the
+        # model's own resolution; the first map, summed into, is the fresh one at 2/3 of it
+        multi.append(mean_of_maps(own if r == tile.resolution else
+                                  predict_tiled(predictor, sample.image, replace(tile, resolution=r)) for r in candidates))
     truths = [s.labels for s in samples]
     ignore = artifact.meta.ignore_index
     ece_mean = pooled_ece(multi, truths, ignore)
     temperature = fit_mean_temperature(multi, truths, ignore, seed=seed)
     multi = [sharpen(p, temperature) for p in multi]  # what inference computes with the stored temperature
-    adopted, verdict, scores = compare_predictions(
+    verdict, scores = compare_predictions(
         {"single": single, "multi": multi}, truths, artifact.meta.num_classes, metric=metric,
         ignore_index=ignore, mode=mode, what="multi-scale inference", gain_name="gain of the scales' mean", seed=seed)
+    adopted = verdict.adopted
     summary = _summary(list(candidates) if adopted else [], candidates, verdict, metric, t0)
     summary |= {"temperature": temperature if adopted else 1.0, "fitted_temperature": temperature,
                 "ece_multi_mean": ece_mean}

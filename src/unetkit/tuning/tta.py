@@ -74,11 +74,11 @@ def choose_tta(
         plain.append(predict_tiled(predictor, sample.image, replace(tile, tta=False)))
         mean.append(predict_tiled(predictor, sample.image, tile))  # exactly what inference with TTA computes
         truths.append(sample.labels)
-    adopted, verdict, scores = compare_predictions(
+    verdict, scores = compare_predictions(
         {"plain": plain, "tta": mean}, truths, artifact.meta.num_classes, metric=metric,
         ignore_index=artifact.meta.ignore_index, mode=mode, what="TTA", gain_name=GAIN_NAME, seed=seed)
-    summary = _summary(adopted, verdict, tile.tta_views, metric, t0) | scores | {"images": len(samples)}
-    return summary, mean if adopted else plain
+    summary = _summary(verdict.adopted, verdict, tile.tta_views, metric, t0) | scores | {"images": len(samples)}
+    return summary, mean if verdict.adopted else plain
 
 
 def gate_tta(plain: Sequence[np.ndarray], tta: Sequence[np.ndarray], truths: Sequence[np.ndarray], num_classes: int,
