@@ -89,7 +89,7 @@ def test_the_validation_sample_is_optional_and_covered_by_the_metadata_hash(tmp_
 
     def as_written_before(meta):
         del meta["validation_sample"], meta["meta_sha256"], meta["model"]["encoder"], meta["model"]["options"], meta["tta"]
-        del meta["resolution"], meta["resolutions"], meta["resolutions_temperature"]
+        del meta["resolution"], meta["resolutions"], meta["resolutions_temperature"], meta["tta_temperature"]
         meta["meta_sha256"] = hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     _edit_meta(old, as_written_before)

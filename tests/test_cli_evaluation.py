@@ -80,7 +80,9 @@ def test_tune_tta_decides_and_records_and_refuses_bad_input_in_one_line(tmp_path
     s = json.loads((tmp_path / "tta.json").read_text())
     assert f"plain {s['dice_plain']:.4f}, TTA (dihedral views) {s['dice_tta']:.4f} on 3 images" in out
     assert s["gate"]["reason"] in out and f"TTA {'on' if s['tta'] else 'off'}" in out
-    assert load_artifact(tmp_path / "t.unetkit").meta.tta == s["tta"]
+    assert f"recalibrated with T {s['temperature']:.3f}: {s['ece_tta']:.4f}" in out
+    meta = load_artifact(tmp_path / "t.unetkit").meta
+    assert meta.tta == s["tta"] and meta.tta_temperature == s["temperature"]
     assert_one_line_error(run_cli("tune-tta", str(model), str(data), "--keys", "99", "--backend", "torch"),
                           "no samples with keys ['99']")
     bad = run_cli("train", str(data), "--tta", "sometimes")  # a usage error, as click words them

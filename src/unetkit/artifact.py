@@ -65,6 +65,7 @@ class ArtifactMeta:
     class_bias: tuple[float, ...] = ()
     postprocess: dict[str, Any] = field(default_factory=dict)
     tta: bool = False  # inference averages the TTA views (`unetkit.tuning.tta`: adopted where it helps)
+    tta_temperature: float = 1.0  # ... and recalibrates their mean with this temperature (fitted with the choice)
     resolution: float = 1.0  # trained at this fraction of the native side: inference resamples alike
     # multi-scale inference (`unetkit.tuning.scales`: adopted where it helps): the fractions of the native
     # side inference predicts at and averages; () = `resolution` alone
@@ -278,8 +279,9 @@ def _meta_json(meta: ArtifactMeta) -> dict[str, Any]:
         del d["resolution"]
     if not d["resolutions"]:  # likewise
         del d["resolutions"]
-    if d["resolutions_temperature"] == 1.0:  # likewise
-        del d["resolutions_temperature"]
+    for key in ("resolutions_temperature", "tta_temperature"):  # likewise
+        if d[key] == 1.0:
+            del d[key]
     for key, default in (("encoder", "unet"), ("options", {})):  # ModelConfig fields added later, likewise
         if d["model"][key] == default:
             del d["model"][key]

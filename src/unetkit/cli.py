@@ -754,7 +754,9 @@ def tune_tta(
 ) -> None:
     """Decide whether MODEL predicts with test-time augmentation (the mean of its flipped/rotated views):
     on only when the gain in METRIC over the plain prediction holds across the images (paired bootstrap
-    lower bound above zero, at least 3 images); else off. Then, for a model trained at reduced resolution,
+    lower bound above zero, at least 3 images); else off. The views' mean is recalibrated with a temperature
+    fitted on the same images (kept only where it holds out of fold), stored for --tta even when off.
+    Then, for a model trained at reduced resolution,
     multi-scale inference the same way (2/3 of its resolution, it and native, averaged). Predict, evaluate,
     export and serve follow the choices unless told otherwise (--tta/--no-tta, --resolutions). Training does
     this itself at its end."""
@@ -762,7 +764,8 @@ def tune_tta(
 
     s = tune_model_tta(model, data, keys=_keys(keys), metric=metric, out=out, backend=backend)
     typer.echo(f"{metric}: plain {s[metric + '_plain']:.4f}, TTA ({s['views']} views) {s[metric + '_tta']:.4f} on "
-               f"{s['images']} images; ECE {s['ece_plain']:.4f} -> {s['ece_tta']:.4f}")
+               f"{s['images']} images; ECE {s['ece_plain']:.4f} -> {s['ece_tta_mean']:.4f}, recalibrated with T "
+               f"{s['temperature']:.3f}: {s['ece_tta']:.4f}")
     typer.echo(f"gate: {s['gate']['reason']}")
     m = s["multiscale"]
     if m["candidates"] and "images" in m:

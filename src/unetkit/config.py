@@ -394,6 +394,9 @@ class TileConfig:
     # forward passes, most of the gain) or "mirror" (as is + left-right), the only ones a model trained
     # upright (augment.flip_vertical off: sky above road) saw
     tta_views: TtaViews = "dihedral"
+    # the views' mean is recalibrated as softmax(log(mean) / T) with this T (fitted when TTA is measured:
+    # the mean of calibrated predictions that disagree is less confident than it is right); TTA on only
+    tta_temperature: float = 1.0
     activation: Literal["softmax", "none"] = "softmax"  # "none": predictor returns probabilities
     # the model sees images at this fraction of their native side (an artifact trained so: its own
     # `resolution`): each image is resampled, predicted, and its probabilities resized to the native grid

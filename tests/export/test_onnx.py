@@ -55,9 +55,10 @@ def test_plan_holds_what_a_plain_runtime_user_needs(artifact_path):
     plan = json.loads((artifact_path.parent / "out" / "m.onnx.json").read_text())
     assert plan == read_plan(result.model_path) == result.plan
     meta = load_artifact(artifact_path).meta
-    assert plan["tile"] | {"placement": "", "blending": "", "resampling": ""} == {
+    assert plan["tile"] | {"placement": "", "blending": "", "resampling": "", "tta_mean": ""} == {
         "size": [32, 32], "overlap": 0.5, "blend": "gaussian", "sigma_scale": 0.125, "min_weight": 1e-3,
         "padding": "reflect", "batch_size": 4, "activation": "none", "tta": False, "tta_views": "dihedral",
+        "tta_temperature": 1.0, "tta_mean": "",
         "resolution": 1.0, "resolutions": [], "resolutions_temperature": 1.0, "placement": "", "blending": "",
         "resampling": ""}
     assert tile_config_from_plan(plan).resolution == 1.0  # a model trained at half size would say 0.5 here

@@ -245,3 +245,24 @@ def test_multi_scale_inference_is_the_mean_of_the_predictions_at_each_resolution
     with pytest.raises(ConfigError, match=r"multi-scale inference \(resolutions 0\.5, 1\) needs the whole image"):
         next(iter_probability_rows(predictor, lambda a, b: image[:, a:b], image.shape, replace(base, resolutions=(0.5, 1.0)),
                                    (24, 24)))
+
+
+def test_the_views_mean_is_recalibrated_with_the_tta_temperature_on_every_path(predictor, image):
+    """`tta_temperature` sharpens the blended views' mean, in memory and row by row alike (streaming and
+    stripes run the rows); without TTA it plays no part; a temperature that is not positive is refused
+    before a tile is predicted."""
+    base = TileConfig(tile_size=(24, 24), overlap=0.5, batch_size=4, tta=True)
+    mean = predict_tiled(predictor, image, base)
+    sharp = predict_tiled(predictor, image, replace(base, tta_temperature=0.6))
+    np.testing.assert_allclose(sharp, sharpen(mean.copy(), 0.6), atol=1e-6)
+    assert (sharp.argmax(0) == mean.argmax(0)).all() and sharp.max(0).mean() > mean.max(0).mean()
+    rows = np.concatenate([block.copy() for _, block in iter_probability_rows(
+        predictor, lambda a, b: image[:, a:b], image.shape, replace(base, tta_temperature=0.6), (24, 24))], axis=1)
+    np.testing.assert_array_equal(rows, sharp)
+    plain = replace(base, tta=False)
+    np.testing.assert_array_equal(predict_tiled(predictor, image, replace(plain, tta_temperature=0.6)),
+                                  predict_tiled(predictor, image, plain))
+    calls = []
+    with pytest.raises(ConfigError, match=r"TileConfig\.tta_temperature 0\.0: expected a positive number"):
+        predict_tiled(lambda b: calls.append(b) or predictor(b), image, replace(base, tta_temperature=0.0))
+    assert not calls

@@ -85,7 +85,7 @@ def test_outputs_mismatch_names_what_changed(reference_images):
     class Meta:
         weights_sha256, temperature, class_scale, class_bias, postprocess, tta = "abc", 1.0, (), (), {}, False
         resolutions: tuple[float, ...] = ()
-        resolutions_temperature = 1.0
+        resolutions_temperature = tta_temperature = 1.0
 
     probs, labels = np.full((2, 96, 112), 0.5, np.float32), np.zeros((96, 112), np.uint8)
     from unetkit.monitor.baseline import outputs_signature
@@ -99,6 +99,8 @@ def test_outputs_mismatch_names_what_changed(reference_images):
     assert "tta changed" in outputs_mismatch(baseline, Meta)
     Meta.tta, Meta.resolutions = False, (0.5, 0.75, 1.0)  # now multi-scale: likewise
     assert "resolutions changed" in outputs_mismatch(baseline, Meta)
+    Meta.resolutions, Meta.tta_temperature = (), 0.8  # the views' mean recalibrated otherwise: likewise
+    assert "tta_temperature changed" in outputs_mismatch(baseline, Meta)
     assert "no output statistics" in outputs_mismatch(build_baseline(reference_images[:2], class_names=("bg", "fg")), Meta)
 
 

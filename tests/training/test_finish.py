@@ -189,15 +189,22 @@ def test_a_rand_search_reserves_the_time_its_watershed_trials_take() -> None:
     assert finish_validations(TrainConfig(tune_postprocess="off", calibrate=False, tta="off"), 5) == 0.0
 
 
+def _mean_fit(images: int = 5) -> float:
+    """What recalibrating a mean of predictions reserves: a temperature fit and the gate's refits (5 folds)."""
+    from unetkit.training.finish import CALIBRATE_VALIDATIONS, GATE_FIT_VALIDATIONS
+
+    return CALIBRATE_VALIDATIONS - 1.0 + GATE_FIT_VALIDATIONS * min(images, 5)
+
+
 def test_deciding_tta_reserves_one_pass_per_view_which_the_search_then_reuses() -> None:
     from unetkit.config import AugmentConfig, TrainConfig
     from unetkit.training.finish import finish_validations
 
     off = finish_validations(TrainConfig(tune_postprocess="dice", tta="off"), 5)
-    # the plain pass and 8 views, the plain pass being the search's own
-    assert finish_validations(TrainConfig(tune_postprocess="dice"), 5) == pytest.approx(off + 8)
+    # the plain pass and 8 views, the plain pass being the search's own, and the views' mean recalibrated
+    assert finish_validations(TrainConfig(tune_postprocess="dice"), 5) == pytest.approx(off + 8 + _mean_fit())
     upright = TrainConfig(tune_postprocess="off", calibrate=False, augment=AugmentConfig(flip_vertical=False))
-    assert finish_validations(upright, 5) == pytest.approx(3.0)  # plain, then as is + mirrored
+    assert finish_validations(upright, 5) == pytest.approx(3.0 + _mean_fit())  # plain, then as is + mirrored
 
 
 def test_deciding_multi_scale_reserves_the_other_two_resolutions_views_included() -> None:
@@ -208,11 +215,13 @@ def test_deciding_multi_scale_reserves_the_other_two_resolutions_views_included(
     upright = AugmentConfig(flip_vertical=False)  # TTA's views: as is + mirrored
     native = TrainConfig(tune_postprocess="dice", augment=upright)
     reduced = TrainConfig(tune_postprocess="dice", augment=upright, data=DataConfig(resolution=0.75))
-    assert finish_validations(reduced, 5) == pytest.approx(finish_validations(native, 5) + 2 * extra_passes(0.75))
+    assert finish_validations(reduced, 5) == pytest.approx(finish_validations(native, 5) + 2 * extra_passes(0.75)
+                                                           + _mean_fit())  # and the scales' mean recalibrated
     assert finish_validations(TrainConfig(tune_postprocess="dice", augment=upright, multiscale="off",
                                           data=DataConfig(resolution=0.75)), 5) == finish_validations(native, 5)
     plain = TrainConfig(tune_postprocess="off", calibrate=False, tta="off", data=DataConfig(resolution=0.75))
-    assert finish_validations(plain, 5) == pytest.approx(1 + extra_passes(0.75))  # the single pass is its own
+    assert finish_validations(plain, 5) == pytest.approx(1 + extra_passes(0.75) + _mean_fit())  # the single pass
+    # is its own
 
 
 def test_fit_at_reduced_resolution_decides_multi_scale_after_tta_and_tunes_what_it_predicts(tiny_config,

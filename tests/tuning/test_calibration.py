@@ -9,8 +9,9 @@ from unetkit.config import TileConfig
 from unetkit.errors import DataError
 from unetkit.evaluation.labelled import load_labelled
 from unetkit.inference.backends import make_predictor
-from unetkit.inference.predict import predict_tiled
-from unetkit.tuning.calibration import calibrate_model, fit_calibration, sample_pixels
+from unetkit.inference.predict import predict_tiled, sharpen
+from unetkit.metrics.calibration import pooled_ece
+from unetkit.tuning.calibration import calibrate_model, fit_calibration, recalibrate_mean, sample_pixels
 
 META = ArtifactMeta(model=TINY, class_names=("a", "b"), mean=(0.0,) * 3, std=(1.0,) * 3, patch_size=(32, 32))
 
@@ -93,3 +94,44 @@ def test_calibrate_refuses_data_without_labels(tmp_path):
     path = tiny_artifact(tmp_path / "m.unetkit")
     with pytest.raises(DataError, match="no labelled pixel"):
         calibrate_model(path, data, backend="torch", progress=False)
+
+
+def _underconfident_means(rng, n_images=4):
+    """Pixels right 90 % of the time whose mean (of views or scales) gives the chosen class 0.6."""
+    truths = [rng.integers(0, 3, (40, 40)).astype(np.uint8) for _ in range(n_images)]
+    for t in truths:
+        t[:2] = 255  # ignored rows play no part
+    means = []
+    for t in truths:
+        chosen = np.where(rng.random(t.shape) < 0.9, t, (t + 1) % 3) % 3
+        p = np.full((3, *t.shape), 0.2, np.float32)
+        np.put_along_axis(p, chosen[None].astype(np.int64), 0.6, axis=0)
+        means.append(p)
+    return means, truths
+
+
+def test_an_underconfident_mean_is_sharpened_back_to_calibrated_without_moving_a_label(rng) -> None:
+    """T < 1 brings the confidence to the accuracy, adopted out of fold; a calibrated input keeps T
+    at 1 (or within a hair of it)."""
+    means, truths = _underconfident_means(rng)
+    fit = recalibrate_mean(means, truths, 255, what="recalibrating the views' mean")
+    temperature = fit["temperature"]
+    assert fit["gate"]["adopted"] and temperature == fit["fitted_temperature"] < 0.6
+    assert "out-of-fold fall in ECE" in fit["gate"]["reason"] and fit["gate"]["gain"] > 0.2  # judged by ECE
+    sharpened = [sharpen(p.copy(), temperature) for p in means]
+    assert pooled_ece(sharpened, truths, 255) < 0.02 < 0.25 < pooled_ece(means, truths, 255)
+    assert all((a.argmax(0) == b.argmax(0)).all() for a, b in zip(sharpened, means, strict=True))
+    np.testing.assert_allclose(sharpened[0].sum(0), 1.0, atol=1e-5)
+    again = recalibrate_mean(sharpened, truths, 255, what="x")
+    assert again["fitted_temperature"] == pytest.approx(1.0, abs=0.02)
+    assert again["temperature"] == pytest.approx(1.0, abs=0.02)
+    assert sharpen(means[0], 1.0) is means[0]  # T = 1: as they are
+
+
+def test_a_mean_on_too_few_images_or_with_no_labelled_pixel_keeps_temperature_one(rng) -> None:
+    means, truths = _underconfident_means(rng, n_images=2)
+    fit = recalibrate_mean(means, truths, 255, what="recalibrating the views' mean")
+    assert fit["temperature"] == 1.0 and fit["fitted_temperature"] < 0.6  # measured, not adopted
+    assert "fewer than the 3" in fit["gate"]["reason"] and "recalibrating the views' mean" in fit["gate"]["reason"]
+    blank = [np.full_like(t, 255) for t in truths]
+    assert recalibrate_mean(means, blank, 255, what="x")["temperature"] == 1.0

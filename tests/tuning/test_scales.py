@@ -16,10 +16,10 @@ from unetkit.evaluation.evaluate import evaluate_model
 from unetkit.evaluation.labelled import iter_probabilities, load_labelled
 from unetkit.inference.files import tile_config_for
 from unetkit.inference.predict import sharpen
-from unetkit.metrics.calibration import pooled_ece
+from unetkit.tuning.calibration import recalibrate_mean
 from unetkit.tuning.gate import decide
 from unetkit.tuning.postprocess import parts_statistic, score_parts
-from unetkit.tuning.scales import candidate_resolutions, choose_scales, extra_passes, fit_mean_temperature
+from unetkit.tuning.scales import candidate_resolutions, choose_scales, extra_passes
 from unetkit.tuning.tta import tune_model_tta
 
 
@@ -34,28 +34,6 @@ def test_a_reduced_resolution_model_is_offered_two_thirds_of_its_resolution_and_
     # deciding costs the two other predictions, in pixels of the model's own
     assert extra_passes(0.75) == pytest.approx((0.5 / 0.75) ** 2 + (1 / 0.75) ** 2)
     assert extra_passes(1.0) == 0.0
-
-
-def test_an_underconfident_mean_is_sharpened_back_to_calibrated_without_moving_a_label(rng) -> None:
-    """Pixels right 90 % of the time whose mean gives the chosen class 0.6: T < 1 brings the
-    confidence to the accuracy; a calibrated input keeps T near 1."""
-    truths = [rng.integers(0, 3, (40, 40)).astype(np.uint8) for _ in range(4)]
-    for t in truths:
-        t[:2] = 255  # ignored rows play no part
-    means = []
-    for t in truths:
-        chosen = np.where(rng.random(t.shape) < 0.9, t, (t + 1) % 3) % 3
-        p = np.full((3, *t.shape), 0.2, np.float32)
-        np.put_along_axis(p, chosen[None].astype(np.int64), 0.6, axis=0)
-        means.append(p)
-    temperature = fit_mean_temperature(means, truths, 255)
-    assert temperature < 0.6
-    sharpened = [sharpen(p.copy(), temperature) for p in means]
-    assert pooled_ece(sharpened, truths, 255) < 0.02 < 0.25 < pooled_ece(means, truths, 255)
-    assert all((a.argmax(0) == b.argmax(0)).all() for a, b in zip(sharpened, means, strict=True))
-    np.testing.assert_allclose(sharpened[0].sum(0), 1.0, atol=1e-5)
-    assert fit_mean_temperature(sharpened, truths, 255) == pytest.approx(1.0, abs=0.02)
-    assert sharpen(means[0], 1.0) is means[0]  # T = 1: as they are
 
 
 def test_choose_scales_scores_the_mean_that_inference_computes(tmp_path) -> None:
@@ -76,10 +54,13 @@ def test_choose_scales_scores_the_mean_that_inference_computes(tmp_path) -> None
     assert summary["resolutions"] == (summary["candidates"] if verdict.adopted else [])
     assert summary["dice_multi"] - summary["dice_single"] == pytest.approx(verdict.gain)
     assert summary["images"] == 4 and 0 <= summary["ece_multi"] <= 1
-    # the mean recalibrated with the temperature fitted on it (stored only with the scales)
-    temperature = summary["fitted_temperature"]
+    # the mean recalibrated with the temperature fitted on it where that holds out of fold (stored only with the
+    # scales)
+    recalibration = recalibrate_mean(multi, truths, 255, what="x")
+    temperature = recalibration["temperature"]
+    assert summary["fitted_temperature"] == pytest.approx(recalibration["fitted_temperature"])
+    assert summary["recalibration_gate"]["adopted"] == recalibration["gate"]["adopted"]
     assert summary["temperature"] == (temperature if verdict.adopted else 1.0)
-    assert temperature == pytest.approx(fit_mean_temperature(multi, truths, 255))
     recalibrated = [sharpen(p.copy(), temperature) for p in multi]
     for got, want in zip(probs, recalibrated if verdict.adopted else single, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-6)

@@ -14,8 +14,12 @@ from unetkit.artifact import load_artifact, update_artifact
 from unetkit.errors import DataError
 from unetkit.evaluation.evaluate import evaluate_model
 from unetkit.evaluation.labelled import iter_probabilities, load_labelled
+from unetkit.export.plan import inference_plan, tile_config_from_plan
 from unetkit.inference.files import tile_config_for
+from unetkit.inference.predict import sharpen
+from unetkit.metrics.calibration import pooled_ece
 from unetkit.tuning import gate
+from unetkit.tuning.calibration import recalibrate_mean
 from unetkit.tuning.tta import choose_tta, gate_tta, tune_model_tta
 
 
@@ -69,14 +73,26 @@ def test_choose_tta_scores_the_models_own_plain_and_tta_predictions(tmp_path) ->
     summary, probs = choose_tta(artifact, samples, backend="torch")
     verdict = gate_tta(plain, tta, [s.labels for s in samples], 2)
     assert summary["tta"] == verdict.adopted and summary["gate"]["gain"] == pytest.approx(verdict.gain)
-    for got, want in zip(probs, tta if summary["tta"] else plain, strict=True):
+    # the views' mean recalibrated with the temperature fitted on it where that holds out of fold: what `--tta`
+    # predicts with the temperature stored
+    truths = [s.labels for s in samples]
+    fit = recalibrate_mean(tta, truths, 255, what="x")
+    temperature = summary["temperature"]
+    assert temperature == fit["temperature"] and summary["recalibration_gate"]["adopted"] == fit["gate"]["adopted"]
+    assert summary["ece_tta_mean"] == pytest.approx(pooled_ece(tta, truths, 255))
+    recalibrated = [p for _, p in iter_probabilities(artifact, samples, {"tta": True, "tta_temperature": temperature},
+                                                     backend="torch", progress=False)]
+    for got, raw in zip(recalibrated, tta, strict=True):
+        np.testing.assert_allclose(got, sharpen(raw.copy(), temperature), atol=1e-5)
+    assert summary["ece_tta"] == pytest.approx(pooled_ece(recalibrated, truths, 255), abs=1e-6)
+    for got, want in zip(probs, recalibrated if summary["tta"] else plain, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5)
     assert summary["views"] == "dihedral" and summary["images"] == 4 and 0 <= summary["ece_tta"] <= 1
     assert summary["dice_tta"] - summary["dice_plain"] == pytest.approx(verdict.gain)
 
     on, probs = choose_tta(artifact, samples, mode="on", backend="torch")
-    assert on["tta"] is True and on["gate"]["adopted"] is True
-    for got, want in zip(probs, tta, strict=True):
+    assert on["tta"] is True and on["gate"]["adopted"] is True and on["temperature"] == temperature
+    for got, want in zip(probs, recalibrated, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5)
     if not verdict.adopted:
         assert "on as asked" in on["gate"]["reason"]
@@ -98,10 +114,20 @@ def test_the_stored_choice_is_what_predict_and_evaluate_run_unless_told_otherwis
     summary = tune_model_tta(path, data, backend="torch", progress=False, out=out)
     art = load_artifact(out)
     assert art.meta.tta == summary["tta"] and art.meta.metrics["tta"]["gate"] == summary["gate"]
+    assert art.meta.tta_temperature == summary["temperature"]  # stored whether or not TTA is on: --tta uses it
     assert load_artifact(path).meta.tta is False  # --out leaves the source as it was
 
-    update_artifact(out, tta=True)  # whatever the gate said: the artifact's choice binds inference
-    assert tile_config_for(load_artifact(out)).tta is True
+    update_artifact(out, tta=True, tta_temperature=0.7)  # whatever the gate said: the artifact's choice binds inference
+    art = load_artifact(out)
+    assert tile_config_for(art).tta is True and tile_config_for(art).tta_temperature == 0.7
+    plan = inference_plan(art, tile_config_for(art))
+    assert tile_config_from_plan(plan).tta_temperature == 0.7  # an export recalibrates as the artifact does
+    _, artifact_samples = load_labelled(out, data, None, False)
+    own_probs = [p for _, p in iter_probabilities(art, artifact_samples, None, backend="torch", progress=False)]
+    raw = [p for _, p in iter_probabilities(load_artifact(path), artifact_samples, {"tta": True}, backend="torch",
+                                           progress=False)]
+    for got, want in zip(own_probs, raw, strict=True):
+        np.testing.assert_allclose(got, sharpen(want, 0.7), atol=1e-5)
     assert tile_config_for(load_artifact(out), {"tta": False}).tta is False  # --no-tta
     own = evaluate_model(out, data, backend="torch", progress=False, distances=False, topology=False)
     forced = evaluate_model(path, data, {"tta": True}, backend="torch", progress=False, distances=False, topology=False)

@@ -60,6 +60,7 @@ class DeployedMeta:
     drift_baseline: dict[str, Any] = field(default_factory=dict)  # the artifact's, copied into the plan by export
     created: str = ""  # when the artifact was trained
     tta: bool = False  # the plan's TTA choice (`ArtifactMeta.tta` when exported)
+    tta_temperature: float = 1.0  # ... and its recalibration
     resolutions: tuple[float, ...] = ()  # the plan's multi-scale choice (`ArtifactMeta.resolutions`)
     resolutions_temperature: float = 1.0  # ... and its recalibration
 
@@ -229,6 +230,7 @@ def _meta(plan: dict[str, Any], where: Path) -> DeployedMeta:
             drift_baseline=dict(plan.get("drift_baseline") or {}),
             created=str(plan.get("artifact", {}).get("created", "")),
             tta=bool(plan["tile"].get("tta", False)),
+            tta_temperature=float(plan["tile"].get("tta_temperature", 1.0)),
             resolutions=tuple(float(r) for r in plan["tile"].get("resolutions", ())),
             resolutions_temperature=float(plan["tile"].get("resolutions_temperature", 1.0)),
         )

@@ -69,6 +69,9 @@ def inference_plan(
             "size": size, "overlap": tile.overlap, "blend": tile.blend, "sigma_scale": tile.sigma_scale,
             "min_weight": MIN_WEIGHT, "padding": tile.padding, "batch_size": tile.batch_size,
             "activation": "none", "tta": tile.tta, "tta_views": tile.tta_views,
+            "tta_temperature": tile.tta_temperature,
+            "tta_mean": "with tta the probabilities of the views (each mapped back) are averaged per tile, blended, and "
+                        "recalibrated as softmax(log(mean) / tta_temperature)",
             "resolution": tile.resolution, "resolutions": list(tile.resolutions),
             "resolutions_temperature": tile.resolutions_temperature,
             "resampling": "at resolution r < 1 each image is first resized to round(r * H) x round(r * W) (bilinear, "
@@ -138,7 +141,8 @@ def tile_config_from_plan(plan: dict[str, Any]) -> TileConfig:
     t = plan["tile"]
     return TileConfig(tile_size=tuple(t["size"]), overlap=t["overlap"], blend=t["blend"], sigma_scale=t["sigma_scale"],
                       batch_size=t["batch_size"], padding=t["padding"], tta=t["tta"],
-                      tta_views=t.get("tta_views", "dihedral"), activation="none",
+                      tta_views=t.get("tta_views", "dihedral"), tta_temperature=float(t.get("tta_temperature", 1.0)),
+                      activation="none",
                       resolution=float(t.get("resolution", 1.0)),
                       resolutions=tuple(float(r) for r in t.get("resolutions", ())),
                       resolutions_temperature=float(t.get("resolutions_temperature", 1.0)))

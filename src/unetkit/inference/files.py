@@ -77,7 +77,7 @@ def tile_config_for(artifact: Artifact, choice: TileChoice = None) -> TileConfig
 
     The model's own tiling is an exported model's plan (`DeployedModel.tile_config`), or for an
     artifact TileConfig's defaults with the artifact's patch size as tile size, its TTA choice
-    (`ArtifactMeta.tta`), the views its training showed it (`trained_views`), the resolution it
+    (`ArtifactMeta.tta`, `tta_temperature`), the views its training showed it (`trained_views`), the resolution it
     was trained at (`ArtifactMeta.resolution`) and its multi-scale choice (`ArtifactMeta.resolutions`). Only the fields
     `choice` sets override it (see `unetkit.config.TileChoice`); nothing is compared with a default.
     Views a mapping asks for must be among the model's own (`check_views`).
@@ -86,6 +86,7 @@ def tile_config_for(artifact: Artifact, choice: TileChoice = None) -> TileConfig
     exported = callable(getattr(artifact, "tile_config", None))
     own = (artifact.tile_config() if exported  # type: ignore[attr-defined]
            else TileConfig(tile_size=tuple(artifact.meta.patch_size), tta=artifact.meta.tta,
+                           tta_temperature=artifact.meta.tta_temperature,
                            tta_views=trained_views(artifact.meta.train_config), resolution=artifact.meta.resolution,
                            resolutions=tuple(artifact.meta.resolutions),
                            resolutions_temperature=artifact.meta.resolutions_temperature))

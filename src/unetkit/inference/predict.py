@@ -48,7 +48,7 @@ def predict_tiled(
         maps = (predict_tiled(predictor, image, replace(config, resolution=check_resolution(r, "TileConfig.resolutions"),
                                                         resolutions=()), max_pixels=max_pixels)
                 for r in config.resolutions)
-        return sharpen(mean_of_maps(maps), config.resolutions_temperature)
+        return sharpen(mean_of_maps(maps), config.resolutions_temperature, "TileConfig.resolutions_temperature")
     resolution = check_resolution(config.resolution, "TileConfig.resolution")
     if resolution != 1.0:  # a model trained at reduced resolution: predict the resampled image, resize back
         reduced = predict_tiled(predictor, resample_image(image, resolution), replace(config, resolution=1.0),
@@ -78,13 +78,13 @@ def mean_of_maps(maps: Iterable[np.ndarray]) -> np.ndarray:
     return np.divide(total, count, out=total)
 
 
-def sharpen(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+def sharpen(probabilities: np.ndarray, temperature: float, field: str = "temperature") -> np.ndarray:
     """softmax(log(p) / T) over the class axis 0, in place (T = 1: `probabilities` as they are): a
-    mean of calibrated predictions recalibrated (T < 1 sharpens it)."""
+    mean of calibrated predictions recalibrated (T < 1 sharpens it). `field` names T in an error."""
     if temperature == 1.0:
         return probabilities
     if not temperature > 0:
-        raise ConfigError(f"TileConfig.resolutions_temperature {temperature}: expected a positive number")
+        raise ConfigError(f"{field} {temperature}: expected a positive number")
     p = np.log(np.maximum(probabilities, np.float32(1e-12)), out=probabilities)
     p /= np.float32(temperature)
     p -= p.max(axis=0, keepdims=True)
@@ -181,8 +181,12 @@ def iter_probability_rows(
     `rows` `(r0, r1)`, two of `row_blocks`' boundaries, yields only the rows of that stripe: the
     tile rows that reach into it from above are predicted too (their sums start from zero there as
     in the whole run), so a stripe's numbers are bit for bit the whole run's (distributed stripes).
+
+    With `config.tta` each block is the views' mean recalibrated (`sharpen`, `config.tta_temperature`).
     """
     require_native(config)
+    if config.tta and not config.tta_temperature > 0:  # refused before a tile is predicted or a row written
+        raise ConfigError(f"TileConfig.tta_temperature {config.tta_temperature}: expected a positive number")
     channels, height, width = shape
     th, tw = tile
     padded_w = max(width, tw)
@@ -223,7 +227,8 @@ def iter_probability_rows(
         if finished is None:
             finished = np.empty((len(acc), min(th, height), width), dtype=np.float32)
         if rows is None or y >= rows[0]:
-            yield y, np.divide(acc[:, :n, :width], wsum[:n, :width], out=finished[:, :n])
+            block = np.divide(acc[:, :n, :width], wsum[:n, :width], out=finished[:, :n])
+            yield y, sharpen(block, config.tta_temperature, "TileConfig.tta_temperature") if config.tta else block
         for a in (*acc, wsum):
             _shift_rows_up(a, done)
 

@@ -110,7 +110,7 @@ def outputs_signature(meta: Any, weights_sha256: str | None = None) -> dict[str,
     """What decides a model's probabilities and labels: weights, calibration, TTA, multi-scale, postprocessing."""
     return {"weights_sha256": weights_sha256 or meta.weights_sha256, "temperature": meta.temperature,
             "class_scale": list(meta.class_scale), "class_bias": list(meta.class_bias),
-            "tta": bool(meta.tta), "resolutions": list(meta.resolutions),
+            "tta": bool(meta.tta), "tta_temperature": meta.tta_temperature, "resolutions": list(meta.resolutions),
             "resolutions_temperature": meta.resolutions_temperature, "postprocess": meta.postprocess}
 
 

@@ -49,7 +49,8 @@ SEARCH_VALIDATIONS = 1.0  # ... + the search, and each out-of-fold search of the
 # out of time after 21 trials and kept plain arg-max (adapted Rand error 0.102 instead of ~0.04).
 RAND_SEARCH_VALIDATIONS = 6.0
 MAX_TUNE_IMAGES = 32  # tuning holds every image's probabilities: at most this many, evenly spread
-CALIBRATE_VALIDATIONS = 1.2  # ... and for calibration: one pass of logits + the temperature fit
+CALIBRATE_VALIDATIONS = 1.2  # ... and for calibration: one pass of logits + the temperature fit (also what
+# recalibrating each mean of predictions, TTA's views or the scales, costs beyond its pass: the fit)
 GATE_FIT_VALIDATIONS = 0.1  # ... + each out-of-fold temperature fit of the gate
 SAMPLE_CROPS = 4  # the validation sample kept in the artifact for the parity gate: at most this many crops,
 SAMPLE_BYTES = 384 * 1024  # ... of at most this many raw bytes (images + labels; smaller crops when needed)
@@ -72,11 +73,14 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
     # the plain prediction and each TTA view's, which the search then reuses
     views = len(tta_views(TileConfig(tta_views=trained_views(to_dict(config))))) if config.tta != "off" else 0
     predict = 1.0 + views if views else (TUNE_PREDICT_VALIDATIONS if tuning else 0.0)
+    means = 1 if views else 0  # means of predictions whose temperature is fitted and gated (`recalibrate_mean`)
     if config.multiscale != "off" and candidate_resolutions(config.data.resolution):
         # the other two resolutions, with the views when TTA may be on (the single-scale pass is the one above)
         predict = max(predict, 1.0) + extra_passes(config.data.resolution) * max(views, 1)
+        means += 1
     tune = (predict + (search * (1 + folds) if tuning else 0.0)) * min(val_images, MAX_TUNE_IMAGES) / val_images
-    return (CALIBRATE_VALIDATIONS + GATE_FIT_VALIDATIONS * folds if config.calibrate else 0.0) + tune
+    fit = CALIBRATE_VALIDATIONS - 1.0 + GATE_FIT_VALIDATIONS * folds  # a temperature fit and the gate's refits
+    return (1.0 + fit if config.calibrate else 0.0) + fit * means + tune
 
 
 def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,
@@ -226,9 +230,11 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
         t0 = time.perf_counter()
         choice, probs = choose_tta(Artifact(meta=meta, state_dict=weights), sample, mode=config.tta, metric=metric,
                                    backend=backend, deadline=deadline)
-        meta = dataclasses.replace(meta, tta=choice["tta"], metrics={**meta.metrics, "tta": choice | {"keys": sample_keys}})
+        meta = dataclasses.replace(meta, tta=choice["tta"], tta_temperature=choice["temperature"],
+                                   metrics={**meta.metrics, "tta": choice | {"keys": sample_keys}})
         say(f"TTA ({choice['views']} views) measured on {len(sample)} validation image(s) in "
-            f"{time.perf_counter() - t0:.1f} s: {'on' if choice['tta'] else 'off'} ({choice['gate']['reason']})")
+            f"{time.perf_counter() - t0:.1f} s: {'on' if choice['tta'] else 'off'} ({choice['gate']['reason']}); "
+            f"the views' mean recalibrated with T {choice['temperature']:.3f}")
     if config.multiscale != "off" and candidate_resolutions(meta.resolution):
         t0 = time.perf_counter()
         choice, probs = choose_scales(Artifact(meta=meta, state_dict=weights), sample, probs, mode=config.multiscale,

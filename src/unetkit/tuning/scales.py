@@ -12,9 +12,10 @@ images (the resolutions follow from r alone), so the paired bootstrap judges the
 
 The mean of three calibrated predictions that disagree is less confident than it is right: on two
 held-out CamVid sequences it took ECE from 0.006 to 0.031 and from 0.027 to 0.060. So the mean is
-recalibrated, softmax(log(mean) / T) (`predict.sharpen`), with T fitted on the same images by
-`fit_mean_temperature` and stored beside the resolutions (`resolutions_temperature`); the
-transform moves no arg-max, so the gate's verdict is the same with or without it.
+recalibrated, softmax(log(mean) / T) (`predict.sharpen`), with T fitted on the same images and
+adopted only where it holds out of fold (`unetkit.tuning.calibration.recalibrate_mean`, as TTA's
+mean is) and stored beside the resolutions (`resolutions_temperature`); the transform moves no
+arg-max, so the gate's verdict is the same with or without it.
 
 A model trained at native resolution (DRIVE, ISBI 2012: thin structures, r = 1) has no finer
 scale to see and is not measured: its inference stays single-scale and costs nothing more.
@@ -38,7 +39,8 @@ from unetkit.config import TtaMode
 from unetkit.inference.backends import make_predictor
 from unetkit.inference.files import tile_config_for
 from unetkit.inference.predict import mean_of_maps, predict_tiled, sharpen
-from unetkit.metrics.calibration import fit_temperature, pooled_ece
+from unetkit.metrics.calibration import pooled_ece
+from unetkit.tuning.calibration import recalibrate_mean
 from unetkit.tuning.compare import compare_predictions
 from unetkit.tuning.gate import GateResult
 
@@ -105,36 +107,17 @@ def choose_scales(
     truths = [s.labels for s in samples]
     ignore = artifact.meta.ignore_index
     ece_mean = pooled_ece(multi, truths, ignore)
-    temperature = fit_mean_temperature(multi, truths, ignore, seed=seed)
+    recalibration = recalibrate_mean(multi, truths, ignore, what="recalibrating the scales' mean", seed=seed)
+    temperature = recalibration["temperature"]
     multi = [sharpen(p, temperature) for p in multi]  # what inference computes with the stored temperature
     verdict, scores = compare_predictions(
         {"single": single, "multi": multi}, truths, artifact.meta.num_classes, metric=metric,
         ignore_index=ignore, mode=mode, what="multi-scale inference", gain_name="gain of the scales' mean", seed=seed)
     adopted = verdict.adopted
     summary = _summary(list(candidates) if adopted else [], candidates, verdict, metric, t0)
-    summary |= {"temperature": temperature if adopted else 1.0, "fitted_temperature": temperature,
-                "ece_multi_mean": ece_mean}
+    summary |= {"temperature": temperature if adopted else 1.0, "fitted_temperature": recalibration["fitted_temperature"],
+                "recalibration_gate": recalibration["gate"], "ece_multi_mean": ece_mean}
     return summary | scores | {"images": len(samples)}, multi if adopted else single
-
-
-def fit_mean_temperature(probabilities: Sequence[np.ndarray], truths: Sequence[np.ndarray], ignore_index: int, *,
-                         max_pixels: int = 2_000_000, seed: int = 0) -> float:
-    """The T of softmax(log(p) / T) (`predict.sharpen`) that minimizes the negative log-likelihood of
-    the images' valid pixels (at most `max_pixels`, an even share per image, seeded): averaging
-    calibrated predictions that disagree leaves them less confident than they are right, which T < 1
-    undoes without moving any arg-max."""
-    rng = np.random.default_rng(seed)
-    share = max(1, max_pixels // max(1, len(probabilities)))
-    logs, labels = [], []
-    for p, t in zip(probabilities, truths, strict=True):
-        valid = np.flatnonzero(t.reshape(-1) != ignore_index)
-        pick = rng.choice(valid, share, replace=False) if valid.size > share else valid
-        logs.append(np.log(np.maximum(p.reshape(p.shape[0], -1)[:, pick], 1e-12)))
-        labels.append(t.reshape(-1)[pick])
-    z, y = np.concatenate(logs, axis=1), np.concatenate(labels)
-    if not y.size:
-        return 1.0
-    return fit_temperature(z[None], y[None], ignore_index=None, max_samples=max_pixels, seed=seed).temperature
 
 
 def _summary(resolutions: list[float], candidates: Sequence[float], verdict: GateResult, metric: str,
