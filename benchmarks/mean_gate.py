@@ -32,13 +32,13 @@ from unetkit.evaluation.labelled import iter_probabilities, load_labelled  # noq
 from unetkit.inference.files import tile_config_for  # noqa: E402
 from unetkit.tuning.calibration import (  # noqa: E402
     DEFAULT_CALIBRATION_PIXELS,
-    GATE_FIT_PIXELS,
     fitted_fields,
     gate_calibration,
     gate_mean_temperature,
+    out_of_fold_parts,
     sample_pixels,
 )
-from unetkit.tuning.gate import GateResult, decide, fold_indices  # noqa: E402
+from unetkit.tuning.gate import GateResult, decide  # noqa: E402
 from unetkit.tuning.scales import candidate_resolutions  # noqa: E402
 
 
@@ -64,18 +64,11 @@ def mean_pixels(model: str, data: str, mean: str) -> tuple[list[np.ndarray], lis
 
 def brier_gate(zs: list[np.ndarray], ys: list[np.ndarray]) -> GateResult:
     """The same out-of-fold gate on the mean Brier score (negated: higher is better)."""
-    n = len(ys)
-    raw, fitted = np.zeros((n, 2)), np.zeros((n, 2))
-    for fold in fold_indices(n):
-        held = set(fold.tolist())
-        rest = [i for i in range(n) if i not in held]
-        _, t = fitted_fields(np.concatenate([zs[i] for i in rest]), np.concatenate([ys[i] for i in rest]),
-                             max_samples=GATE_FIT_PIXELS)
-        for i in fold:
-            onehot = np.eye(zs[i].shape[1])[ys[i]]
-            for parts, temperature in ((raw, 1.0), (fitted, t)):
-                q = softmax(zs[i].astype(np.float64) / temperature, axis=1)
-                parts[i] = [-((q - onehot) ** 2).sum(), len(ys[i])]
+    def brier(z: np.ndarray, y: np.ndarray, fields: dict) -> list[float]:
+        q = softmax(z.astype(np.float64) / fields["temperature"], axis=1)
+        return [-((q - np.eye(z.shape[1])[y]) ** 2).sum(), len(y)]
+
+    raw, fitted = out_of_fold_parts(zs, ys, brier, 2)
     return decide(raw, fitted, lambda s: s[0] / s[1] if s[1] else 0.0, what="Brier")
 
 

@@ -15,7 +15,7 @@ temperature changes no arg-max; thresholds tuned afterwards see the probabilitie
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +92,31 @@ def gate_calibration(zs: Sequence[np.ndarray], ys: Sequence[np.ndarray], vector:
     """Whether calibration fitted on these images' pixels (`zs[i]` (m_i, K) raw logits, `ys[i]`
     labels) is adopted: refitted leaving each fold of images out, the held-out images' NLL against
     the raw logits' must improve across images (`unetkit.tuning.gate.decide`)."""
-    n, what = len(ys), "calibration"
-    refused = too_few(n, what)
+    what = "calibration"
+    refused = too_few(len(ys), what)
     if refused is not None:
         return refused
-    raw_parts, fitted_parts = np.zeros((n, 2)), np.zeros((n, 2))
+
+    def log_likelihood(z: np.ndarray, y: np.ndarray, fields: dict[str, Any]) -> list[float]:
+        m = len(y)
+        return [-m * negative_log_likelihood(scaled(z, fields["class_scale"], fields["class_bias"],
+                                                    fields["temperature"]), y), m]
+
+    def mean_log_likelihood(pooled: np.ndarray) -> float:
+        return float(pooled[0] / pooled[1]) if pooled[1] > 0 else 0.0
+
+    raw_parts, fitted_parts = out_of_fold_parts(zs, ys, log_likelihood, 2, vector)
+    return decide(raw_parts, fitted_parts, mean_log_likelihood, what=what, seed=seed)
+
+
+def out_of_fold_parts(zs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
+                      parts: Callable[[np.ndarray, np.ndarray, dict[str, Any]], Any], width: int,
+                      vector: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image parts `(n, width)` for a gate, raw and fitted: for each fold of images, calibration
+    (`fitted_fields`) refitted on the other images' pixels, then `parts(z, y, fields)` of each held-out
+    image under the raw logits (`RAW`) and under that fit. Images without pixels keep zeros."""
+    n = len(ys)
+    raw_parts, fitted_parts = np.zeros((n, width)), np.zeros((n, width))
     for fold in fold_indices(n):
         held = set(fold.tolist())
         rest = [i for i in range(n) if i not in held and len(ys[i])]
@@ -106,15 +126,8 @@ def gate_calibration(zs: Sequence[np.ndarray], ys: Sequence[np.ndarray], vector:
                                   vector, max_samples=GATE_FIT_PIXELS)
         for i in fold:
             if len(ys[i]):
-                m = len(ys[i])
-                raw_parts[i] = [-m * negative_log_likelihood(scaled(zs[i], (), (), 1.0), ys[i]), m]
-                z = scaled(zs[i], fields["class_scale"], fields["class_bias"], fields["temperature"])
-                fitted_parts[i] = [-m * negative_log_likelihood(z, ys[i]), m]
-
-    def mean_log_likelihood(pooled: np.ndarray) -> float:
-        return float(pooled[0] / pooled[1]) if pooled[1] > 0 else 0.0
-
-    return decide(raw_parts, fitted_parts, mean_log_likelihood, what=what, seed=seed)
+                raw_parts[i], fitted_parts[i] = parts(zs[i], ys[i], RAW), parts(zs[i], ys[i], fields)
+    return raw_parts, fitted_parts
 
 
 def recalibrate_mean(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], ignore_index: int, *, what: str,
@@ -151,30 +164,21 @@ def gate_mean_temperature(zs: Sequence[np.ndarray], ys: Sequence[np.ndarray], *,
     NLL gain is small and noisy even where the confidence plainly falls short of the accuracy (a
     held-out CamVid sequence: ECE 0.038 -> 0.010 with T 0.87, out-of-fold NLL gain +0.006 with a
     bootstrap bound of -0.002)."""
-    n = len(ys)
-    refused = too_few(n, what)
+    refused = too_few(len(ys), what)
     if refused is not None:
         return refused
-    raw_parts, fitted_parts = np.zeros((n, 3 * ECE_BINS)), np.zeros((n, 3 * ECE_BINS))
-    for fold in fold_indices(n):
-        held = set(fold.tolist())
-        rest = [i for i in range(n) if i not in held and len(ys[i])]
-        if not rest:
-            continue
-        _, temperature = fitted_fields(np.concatenate([zs[i] for i in rest]), np.concatenate([ys[i] for i in rest]),
-                                       max_samples=GATE_FIT_PIXELS)
-        for i in fold:
-            raw_parts[i], fitted_parts[i] = (_ece_parts(zs[i], ys[i], t) for t in (1.0, temperature))
 
     def lower_ece(pooled: np.ndarray) -> float:
         return -expected_calibration_error(*pooled.reshape(3, ECE_BINS))
 
+    raw_parts, fitted_parts = out_of_fold_parts(zs, ys, _ece_parts, 3 * ECE_BINS)
     return decide(raw_parts, fitted_parts, lower_ece, what=what, seed=seed, gain_name="out-of-fold fall in ECE")
 
 
-def _ece_parts(z: np.ndarray, y: np.ndarray, temperature: float) -> np.ndarray:
-    """The top-label ECE's bin sums (count, confidence, correct; `ECE_BINS` each) of softmax(z / T)."""
-    p = softmax(z.astype(np.float64) / temperature, axis=1)
+def _ece_parts(z: np.ndarray, y: np.ndarray, fields: dict[str, Any]) -> np.ndarray:
+    """The top-label ECE's bin sums (count, confidence, correct; `ECE_BINS` each) of softmax(z / T), T the
+    fields' temperature."""
+    p = softmax(z.astype(np.float64) / fields["temperature"], axis=1)
     return np.concatenate(calibration_bins(p.max(1), p.argmax(1) == y, n_bins=ECE_BINS))
 
 
