@@ -26,12 +26,14 @@ from unetkit.artifact import Artifact, ArtifactMeta
 from unetkit.config import TileConfig
 from unetkit.errors import DataError
 from unetkit.evaluation.labelled import iter_probabilities, load_labelled
+from unetkit.inference.predict import sharpen
 from unetkit.metrics.calibration import (
     CalibrationAccumulator,
     calibration_bins,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
+    pooled_ece,
 )
 from unetkit.metrics.scores import json_value
 from unetkit.tuning.gate import GateResult, decide, fold_indices, too_few
@@ -152,6 +154,18 @@ def recalibrate_mean(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], i
     _, fitted = fitted_fields(np.concatenate(zs), np.concatenate(ys))
     verdict = gate_mean_temperature(zs, ys, what=what, seed=seed)
     return {"temperature": fitted if verdict.adopted else 1.0, "fitted_temperature": fitted, "gate": verdict.to_dict()}
+
+
+def recalibrated(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], ignore_index: int, *, what: str,
+                 seed: int = 0) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """`maps` (means of calibrated predictions) recalibrated in place with the temperature
+    `recalibrate_mean` adopts for them, as inference computes them with that temperature stored
+    (`predict.sharpen`), and the record: its "temperature", "fitted_temperature", "gate" and the
+    means' pooled ECE before ("ece_mean"). What TTA (`tuning.tta`) and multi-scale (`tuning.scales`)
+    both do with their means."""
+    ece_mean = pooled_ece(maps, truths, ignore_index)
+    record = recalibrate_mean(maps, truths, ignore_index, what=what, seed=seed) | {"ece_mean": ece_mean}
+    return record, [sharpen(p, record["temperature"]) for p in maps]
 
 
 def gate_mean_temperature(zs: Sequence[np.ndarray], ys: Sequence[np.ndarray], *, what: str, seed: int = 0) -> GateResult:

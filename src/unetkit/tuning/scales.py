@@ -13,7 +13,7 @@ images (the resolutions follow from r alone), so the paired bootstrap judges the
 The mean of three calibrated predictions that disagree is less confident than it is right: on two
 held-out CamVid sequences it took ECE from 0.006 to 0.031 and from 0.027 to 0.060. So the mean is
 recalibrated, softmax(log(mean) / T) (`predict.sharpen`), with T fitted on the same images and
-adopted only where it holds out of fold (`unetkit.tuning.calibration.recalibrate_mean`, as TTA's
+adopted only where it holds out of fold (`unetkit.tuning.calibration.recalibrated`, as TTA's
 mean is) and stored beside the resolutions (`resolutions_temperature`); the transform moves no
 arg-max, so the gate's verdict is the same with or without it.
 
@@ -38,9 +38,8 @@ from unetkit.artifact import Artifact
 from unetkit.config import TtaMode
 from unetkit.inference.backends import make_predictor
 from unetkit.inference.files import tile_config_for
-from unetkit.inference.predict import mean_of_maps, predict_tiled, sharpen
-from unetkit.metrics.calibration import pooled_ece
-from unetkit.tuning.calibration import recalibrate_mean
+from unetkit.inference.predict import mean_of_maps, predict_tiled
+from unetkit.tuning.calibration import recalibrated
 from unetkit.tuning.compare import compare_predictions
 from unetkit.tuning.gate import GateResult
 
@@ -106,17 +105,16 @@ def choose_scales(
                                   predict_tiled(predictor, sample.image, replace(tile, resolution=r)) for r in candidates))
     truths = [s.labels for s in samples]
     ignore = artifact.meta.ignore_index
-    ece_mean = pooled_ece(multi, truths, ignore)
-    recalibration = recalibrate_mean(multi, truths, ignore, what="recalibrating the scales' mean", seed=seed)
+    # what inference computes with the stored temperature
+    recalibration, multi = recalibrated(multi, truths, ignore, what="recalibrating the scales' mean", seed=seed)
     temperature = recalibration["temperature"]
-    multi = [sharpen(p, temperature) for p in multi]  # what inference computes with the stored temperature
     verdict, scores = compare_predictions(
         {"single": single, "multi": multi}, truths, artifact.meta.num_classes, metric=metric,
         ignore_index=ignore, mode=mode, what="multi-scale inference", gain_name="gain of the scales' mean", seed=seed)
     adopted = verdict.adopted
     summary = _summary(list(candidates) if adopted else [], candidates, verdict, metric, t0)
     summary |= {"temperature": temperature if adopted else 1.0, "fitted_temperature": recalibration["fitted_temperature"],
-                "recalibration_gate": recalibration["gate"], "ece_multi_mean": ece_mean}
+                "recalibration_gate": recalibration["gate"], "ece_multi_mean": recalibration["ece_mean"]}
     return summary | scores | {"images": len(samples)}, multi if adopted else single
 
 

@@ -38,10 +38,9 @@ from unetkit.errors import DataError
 from unetkit.evaluation.labelled import load_labelled
 from unetkit.inference.backends import make_predictor
 from unetkit.inference.files import tile_config_for
-from unetkit.inference.predict import predict_tiled, sharpen
-from unetkit.metrics.calibration import pooled_ece
+from unetkit.inference.predict import predict_tiled
 from unetkit.metrics.scores import json_value
-from unetkit.tuning.calibration import recalibrate_mean
+from unetkit.tuning.calibration import recalibrated
 from unetkit.tuning.compare import compare_predictions
 from unetkit.tuning.gate import GateResult, decide
 from unetkit.tuning.postprocess import parts_statistic, require_metric, score_parts
@@ -87,16 +86,14 @@ def choose_tta(
         mean.append(predict_tiled(predictor, sample.image, tile))  # exactly what inference with TTA computes
         truths.append(sample.labels)
     ignore = artifact.meta.ignore_index
-    ece_mean = pooled_ece(mean, truths, ignore)
-    recalibration = recalibrate_mean(mean, truths, ignore, what="recalibrating the views' mean", seed=seed)
     # what inference computes with the stored temperature (`iter_probability_rows` sharpens the blended rows)
-    mean = [sharpen(p, recalibration["temperature"]) for p in mean]
+    recalibration, mean = recalibrated(mean, truths, ignore, what="recalibrating the views' mean", seed=seed)
     verdict, scores = compare_predictions(
         {"plain": plain, "tta": mean}, truths, artifact.meta.num_classes, metric=metric,
         ignore_index=ignore, mode=mode, what="TTA", gain_name=GAIN_NAME, seed=seed)
     summary = _summary(verdict.adopted, verdict, tile.tta_views, metric, t0, recalibration["temperature"])
     summary |= {"fitted_temperature": recalibration["fitted_temperature"],
-                "recalibration_gate": recalibration["gate"], "ece_tta_mean": ece_mean}
+                "recalibration_gate": recalibration["gate"], "ece_tta_mean": recalibration["ece_mean"]}
     return summary | scores | {"images": len(samples)}, mean if verdict.adopted else plain
 
 
