@@ -65,10 +65,34 @@ def test_too_few_validation_images_keep_the_defaults_and_the_artifact_says_why(t
 
 
 def test_postprocess_tuning_holds_a_bounded_spread_of_the_validation_images(tiny_config, monkeypatch) -> None:
+    """The search holds the maps of at most `MAX_TUNE_IMAGES` images; TTA and multi-scale, which hold
+    none (`tuning.compare`), are judged on every validation image."""
     monkeypatch.setattr(finish, "MAX_TUNE_IMAGES", 1)
-    art = load_artifact(fit(tiny_config(tune_postprocess="dice", calibrate=False)))
+    cfg = tiny_config(tune_postprocess="dice", calibrate=False)
+    cfg = replace(cfg, data=replace(cfg.data, resolution=0.75, patch_size=(24, 24)))
+    art = load_artifact(fit(cfg))
     record = art.meta.metrics["postprocess_tuning"]
     assert record["images"] == 1 and len(record["keys"]) == 1
+    for decided in (art.meta.metrics["tta"], art.meta.metrics["multiscale"]):
+        assert decided["images"] == 2 and decided["gate"]["images"] == 2 and len(decided["keys"]) == 2
+        assert record["keys"][0] in decided["keys"]
+
+
+def test_the_reserve_counts_judging_every_validation_image_and_searching_a_spread() -> None:
+    from unetkit.config import AugmentConfig, DataConfig, TrainConfig
+    from unetkit.training.finish import MAX_TUNE_IMAGES, finish_validations
+    from unetkit.tuning.scales import extra_passes
+
+    upright = AugmentConfig(flip_vertical=False)  # TTA's views: as is + mirrored
+    n = 4 * MAX_TUNE_IMAGES
+    held = MAX_TUNE_IMAGES / n
+    # the two views of every image, and the plain pass of the spread the search holds
+    tta = TrainConfig(tune_postprocess="off", calibrate=False, augment=upright)
+    assert finish_validations(tta, n) == pytest.approx(2 + held + _mean_fit(n))
+    # + both views at the two other resolutions of every image, and at its own where TTA's were not held
+    scales = replace(tta, data=DataConfig(resolution=0.75))
+    assert finish_validations(scales, n) == pytest.approx(2 + held + 2 * extra_passes(0.75) + 2 * (1 - held)
+                                                          + 2 * _mean_fit(n))
 
 
 def test_the_end_of_run_search_runs_under_the_configured_dice_guard(tiny_config, tmp_path) -> None:

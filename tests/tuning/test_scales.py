@@ -74,6 +74,23 @@ def test_choose_scales_scores_the_mean_that_inference_computes(tmp_path) -> None
         assert "on as asked" in on["gate"]["reason"]
 
 
+def test_every_image_is_judged_from_the_single_scale_maps_given_or_predicted_and_the_kept_are_handed_on(tmp_path):
+    data = drive_like(tmp_path / "d", n_images=4, size=(60, 56))
+    path = tiny_artifact(tmp_path / "m.unetkit", head_scale=3.0, seed=3, resolution=0.75)
+    artifact, samples = load_labelled(path, data, None, False)
+    single = _probabilities(artifact, samples, None)
+    full, probs = choose_scales(artifact, samples, single, backend="torch", mode="on")
+    # one image's single-scale map given (as `choose_tta` hands on its kept ones), the others predicted here
+    part, kept = choose_scales(artifact, samples, {2: single[2]}, backend="torch", mode="on", keep=[2, 0])
+    for key in ("dice_single", "dice_multi", "ece_single", "ece_multi", "fitted_temperature"):
+        assert part[key] == pytest.approx(full[key], abs=1e-9), key
+    assert part["gate"]["gain"] == pytest.approx(full["gate"]["gain"]) and part["images"] == 4
+    for got, want in zip(kept, (probs[2], probs[0]), strict=True):
+        np.testing.assert_array_equal(got, want)
+    off, given = choose_scales(artifact, samples, {2: single[2]}, backend="torch", mode="off", keep=[2])
+    assert off["resolutions"] == [] and given[0] is single[2]
+
+
 def test_native_models_off_and_past_the_deadline_stay_single_scale_with_their_probabilities(tmp_path) -> None:
     data = drive_like(tmp_path / "d")
     native, samples = load_labelled(tiny_artifact(tmp_path / "n.unetkit", seed=3), data, None, False)

@@ -98,6 +98,24 @@ def test_choose_tta_scores_the_models_own_plain_and_tta_predictions(tmp_path) ->
         assert "on as asked" in on["gate"]["reason"]
 
 
+def test_every_image_is_judged_and_only_the_kept_images_maps_are_handed_on(tmp_path) -> None:
+    """Judging holds no map (`compare.Comparison`): the decision on all images is the same whichever
+    are kept, and the kept ones are exactly what inference computes for them."""
+    data = drive_like(tmp_path / "d", n_images=4)
+    artifact, samples = load_labelled(tiny_artifact(tmp_path / "m.unetkit", head_scale=3.0, seed=3), data, None, False)
+    full, probs = choose_tta(artifact, samples, backend="torch")
+    some, kept = choose_tta(artifact, samples, backend="torch", keep=[3, 1])
+    none, nothing = choose_tta(artifact, samples, backend="torch", keep=[])
+    assert nothing == [] and len(kept) == 2
+    for got, want in zip(kept, (probs[3], probs[1]), strict=True):
+        np.testing.assert_array_equal(got, want)
+    for summary in (some, none):  # the views' blended mean where not kept: the same up to float rounding
+        assert summary["images"] == 4 and summary["tta"] == full["tta"]
+        assert summary["gate"]["gain"] == pytest.approx(full["gate"]["gain"], abs=1e-6)
+        assert summary["temperature"] == pytest.approx(full["temperature"], rel=1e-4)
+        assert summary["ece_tta_mean"] == pytest.approx(full["ece_tta_mean"], abs=1e-5)
+
+
 def test_past_the_budgets_deadline_tta_stays_off_and_the_plain_predictions_are_handed_on(tmp_path) -> None:
     data = drive_like(tmp_path / "d")
     artifact, samples = load_labelled(tiny_artifact(tmp_path / "m.unetkit", seed=3), data, None, False)

@@ -48,7 +48,8 @@ SEARCH_VALIDATIONS = 1.0  # ... + the search, and each out-of-fold search of the
 # out-of-fold searches took 62 s, ~5.4 passes each, so a 30-minute run reserving 1 pass per search ran
 # out of time after 21 trials and kept plain arg-max (adapted Rand error 0.102 instead of ~0.04).
 RAND_SEARCH_VALIDATIONS = 6.0
-MAX_TUNE_IMAGES = 32  # tuning holds every image's probabilities: at most this many, evenly spread
+MAX_TUNE_IMAGES = 32  # the postprocessing search holds every image's probabilities: at most this many, evenly
+# spread (TTA and multi-scale are judged on every validation image, holding the maps of these only)
 CALIBRATE_VALIDATIONS = 1.2  # ... and for calibration: one pass of logits + the temperature fit (also what
 # recalibrating each mean of predictions, TTA's views or the scales, costs beyond its pass: the fit)
 GATE_FIT_VALIDATIONS = 0.1  # ... + each out-of-fold temperature fit of the gate
@@ -70,17 +71,22 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
     folds = len(fold_indices(val_images)) if val_images >= MIN_IMAGES else 0  # the gate's out-of-fold refits
     tuning = config.tune_postprocess != "off"
     search = RAND_SEARCH_VALIDATIONS if config.tune_postprocess == "rand" else SEARCH_VALIDATIONS
-    # the plain prediction and each TTA view's, which the search then reuses
+    held = min(val_images, MAX_TUNE_IMAGES) / val_images  # the spread whose maps the search tunes on
+    # TTA is judged on every validation image, each predicted once per view (the first is the plain prediction),
+    # and those the search holds also plainly, as inference predicts them
     views = len(tta_views(TileConfig(tta_views=trained_views(to_dict(config))))) if config.tta != "off" else 0
-    predict = 1.0 + views if views else (TUNE_PREDICT_VALIDATIONS if tuning else 0.0)
-    means = 1 if views else 0  # means of predictions whose temperature is fitted and gated (`recalibrate_mean`)
+    predict = views + held if views else 0.0
+    means = 1 if views else 0  # means of predictions whose temperature is fitted and gated (`recalibrate_samples`)
     if config.multiscale != "off" and candidate_resolutions(config.data.resolution):
-        # the other two resolutions, with the views when TTA may be on (the single-scale pass is the one above)
-        predict = max(predict, 1.0) + extra_passes(config.data.resolution) * max(views, 1)
+        # every image at the other two resolutions, with the views when TTA may be on, and at its own where
+        # TTA's predictions were not kept (all of them without TTA)
+        single = max(views, 1)
+        predict += extra_passes(config.data.resolution) * single + single * ((1.0 - held) if views else 1.0)
         means += 1
-    tune = (predict + (search * (1 + folds) if tuning else 0.0)) * min(val_images, MAX_TUNE_IMAGES) / val_images
+    if tuning:  # the search's spread: predicted for it when nothing before was, then searched (and refitted per fold)
+        predict += ((1.0 if not predict else 0.0) + search * (1 + folds)) * held
     fit = CALIBRATE_VALIDATIONS - 1.0 + GATE_FIT_VALIDATIONS * folds  # a temperature fit and the gate's refits
-    return (1.0 + fit if config.calibrate else 0.0) + fit * means + tune
+    return (1.0 + fit if config.calibrate else 0.0) + fit * means + predict
 
 
 def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,
@@ -196,17 +202,18 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
                          deadline: float | None = None) -> tuple[Any, dict[str, np.ndarray]]:
     """`meta` with temperature scaling fitted on the validation split (`config.calibrate`), then TTA
     decided on it (`config.tta`, `unetkit.tuning.tta`), then for a model trained at reduced
-    resolution multi-scale inference (`config.multiscale`, `unetkit.tuning.scales`), then the
-    postprocessing tuned on it for `config.tune_postprocess` (R13), each recorded in the metrics with
-    the validation keys. Calibration first: TTA averages calibrated views and a tuned threshold refers
+    resolution multi-scale inference (`config.multiscale`, `unetkit.tuning.scales`), both judged on
+    every validation image, then the postprocessing tuned on an even spread of at most
+    `MAX_TUNE_IMAGES` of them (whose maps the search holds) for `config.tune_postprocess` (R13), each
+    recorded in the metrics with the validation keys it saw. Calibration first: TTA averages calibrated views and a tuned threshold refers
     to calibrated probabilities; TTA, then the scales (each scale averages the adopted views), before
     the search, which tunes on the probabilities inference will produce.
     Each is stored only when `unetkit.tuning.gate` finds its gain holds across the validation
     images (out of fold, paired bootstrap, at least `MIN_IMAGES` images: a `--full-train` run that
     validates on one image keeps the defaults); the record's `gate` says why either way. A search
     still running at `deadline` (`time.monotonic()`, the budget's) stops and keeps the defaults.
-    Also returns the probabilities of the validation images as the finished `meta` predicts them,
-    by key, where they were computed (for the TTA decision), for the drift baseline to reuse."""
+    Also returns the probabilities of the search's spread of validation images as the finished `meta`
+    predicts them, by key, where they were computed (for the TTA decision), for the drift baseline to reuse."""
     if not len(val):
         return meta, {}
     keys = [s.key for s in val]
@@ -222,28 +229,31 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
                                                                   calibration_record(c | {"keys": keys})})
         say(f"calibrated on {len(val)} validation image(s) in {time.perf_counter() - t0:.1f} s: temperature "
             f"{c['temperature']:.3f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f} ({c['gate']['reason']})")
-    sample = spread(val, MAX_TUNE_IMAGES)  # bounded memory and search time on a large validation split
+    held = spread(range(len(val)), MAX_TUNE_IMAGES)  # bounded memory and search time on a large validation split
+    sample = [val[i] for i in held]
     sample_keys = [s.key for s in sample]
     probs = None
     metric = config.tune_postprocess if config.tune_postprocess != "off" else "dice"  # what TTA and scales are judged by
     if config.tta != "off":
         t0 = time.perf_counter()
-        choice, probs = choose_tta(Artifact(meta=meta, state_dict=weights), sample, mode=config.tta, metric=metric,
-                                   backend=backend, deadline=deadline)
+        choice, probs = choose_tta(Artifact(meta=meta, state_dict=weights), val, mode=config.tta, metric=metric,
+                                   backend=backend, deadline=deadline, keep=held)
         meta = dataclasses.replace(meta, tta=choice["tta"], tta_temperature=choice["temperature"],
-                                   metrics={**meta.metrics, "tta": choice | {"keys": sample_keys}})
-        say(f"TTA ({choice['views']} views) measured on {len(sample)} validation image(s) in "
+                                   metrics={**meta.metrics, "tta": choice | {"keys": keys}})
+        say(f"TTA ({choice['views']} views) measured on {len(val)} validation image(s) in "
             f"{time.perf_counter() - t0:.1f} s: {'on' if choice['tta'] else 'off'} ({choice['gate']['reason']}); "
             f"the views' mean recalibrated with T {choice['temperature']:.3f}")
     if config.multiscale != "off" and candidate_resolutions(meta.resolution):
         t0 = time.perf_counter()
-        choice, probs = choose_scales(Artifact(meta=meta, state_dict=weights), sample, probs, mode=config.multiscale,
-                                      metric=metric, backend=backend, deadline=deadline)
+        choice, probs = choose_scales(Artifact(meta=meta, state_dict=weights), val,
+                                      dict(zip(held, probs, strict=True)) if probs is not None else None,
+                                      mode=config.multiscale, metric=metric, backend=backend, deadline=deadline,
+                                      keep=held)
         meta = dataclasses.replace(meta, resolutions=tuple(choice["resolutions"]),
                                    resolutions_temperature=choice["temperature"],
-                                   metrics={**meta.metrics, "multiscale": choice | {"keys": sample_keys}})
+                                   metrics={**meta.metrics, "multiscale": choice | {"keys": keys}})
         say(f"multi-scale inference (resolutions {', '.join(f'{r:.3g}' for r in choice['candidates'])}) measured on "
-            f"{len(sample)} validation image(s) in {time.perf_counter() - t0:.1f} s: "
+            f"{len(val)} validation image(s) in {time.perf_counter() - t0:.1f} s: "
             f"{'on' if choice['resolutions'] else 'off'} ({choice['gate']['reason']})")
     if config.tune_postprocess != "off":
         t0 = time.perf_counter()

@@ -9,7 +9,8 @@ prediction (predict, evaluate, export, serve) applies it through `InferencePipel
       calibration.calibrate_model:        sample valid pixels -> fit_temperature -> temperature or scale/bias
       tta.tune_model_tta:                 plain vs the views' mean, gated -> tta on/off, then
         scales.choose_scales:             (reduced-resolution models) one resolution vs three, gated -> resolutions
-        (each mean) calibration.recalibrate_mean: log(mean) / T, T fitted and gated -> tta_temperature,
+        (both) compare.Comparison:        every image judged, no map held: score parts, ECE bins, pixel sample
+        (each mean) calibration.recalibrate_samples: log(mean) / T, T fitted and gated -> tta_temperature,
                                           resolutions_temperature
       postprocess.tune_model_postprocess: tune_postprocess (greedy, strict improvements) -> postprocess dict
 

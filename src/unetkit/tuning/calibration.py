@@ -26,14 +26,12 @@ from unetkit.artifact import Artifact, ArtifactMeta
 from unetkit.config import TileConfig
 from unetkit.errors import DataError
 from unetkit.evaluation.labelled import iter_probabilities, load_labelled
-from unetkit.inference.predict import sharpen
 from unetkit.metrics.calibration import (
     CalibrationAccumulator,
     calibration_bins,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
-    pooled_ece,
 )
 from unetkit.metrics.scores import json_value
 from unetkit.tuning.gate import GateResult, decide, fold_indices, too_few
@@ -132,40 +130,55 @@ def out_of_fold_parts(zs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
     return raw_parts, fitted_parts
 
 
+class PixelSampler:
+    """Up to `max_pixels` valid pixels spread evenly over `images` images, drawn image by image as
+    they come (`add`), so the maps need not be held: ((m_i, K) values, (m_i,) labels) per image."""
+
+    def __init__(self, images: int, max_pixels: int = DEFAULT_CALIBRATION_PIXELS, seed: int = 0,
+                 ignore_index: int = 255) -> None:
+        self.per_image = max(1, math.ceil(max_pixels / max(images, 1)))
+        self.rng, self.ignore_index = np.random.default_rng(seed), ignore_index
+        self.zs: list[np.ndarray] = []
+        self.ys: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.ys)
+
+    def add(self, values: np.ndarray, labels: np.ndarray, *, log: bool = False) -> None:
+        """One image's `(K, H, W)` logits, or probabilities whose log (`log`) plays the logits' part."""
+        z, y = sample_pixels(values, labels, self.per_image, self.rng, self.ignore_index)
+        self.zs.append(np.log(np.maximum(z, np.float32(1e-12))) if log else z)
+        self.ys.append(y)
+
+    def samples(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        return self.zs, self.ys
+
+
 def recalibrate_mean(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], ignore_index: int, *, what: str,
                      max_pixels: int = DEFAULT_CALIBRATION_PIXELS, seed: int = 0) -> dict[str, Any]:
     """The temperature T of softmax(log(mean) / T) (`unetkit.inference.predict.sharpen`) for means of
     calibrated predictions (`maps`, (K, H, W) each: TTA's views, multi-scale's resolutions) against
-    their labels: such a mean is less confident than it is right wherever its members disagree, and
-    T < 1 undoes that without moving an arg-max. log(mean) plays the logits' part: T is fitted by NLL
-    on at most `max_pixels` valid pixels spread over the images and adopted only where it holds out of
-    fold (`gate_mean_temperature`); otherwise T stays 1. Returns "temperature" (what to store),
-    "fitted_temperature" and the gate's verdict ("gate")."""
-    rng = np.random.default_rng(seed)
-    per_image = max(1, math.ceil(max_pixels / max(len(maps), 1)))
-    zs, ys = [], []
+    their labels: `recalibrate_samples` on at most `max_pixels` valid pixels spread over the images
+    (what `unetkit.tuning.compare.Comparison` samples image by image)."""
+    sampler = PixelSampler(len(maps), max_pixels, seed, ignore_index)
     for p, t in zip(maps, truths, strict=True):
-        z, y = sample_pixels(p, t, per_image, rng, ignore_index)
-        zs.append(np.log(np.maximum(z, np.float32(1e-12))))
-        ys.append(y)
+        sampler.add(p, t, log=True)
+    return recalibrate_samples(*sampler.samples(), what=what, seed=seed)
+
+
+def recalibrate_samples(zs: Sequence[np.ndarray], ys: Sequence[np.ndarray], *, what: str,
+                        seed: int = 0) -> dict[str, Any]:
+    """A mean of calibrated predictions is less confident than it is right wherever its members
+    disagree, and T < 1 of softmax(log(mean) / T) undoes that without moving an arg-max. On the
+    sampled pixels of each image (`zs[i]` (m_i, K) log(mean), `ys[i]` labels) T is fitted by NLL and
+    adopted only where it holds out of fold (`gate_mean_temperature`); otherwise T stays 1. Returns
+    "temperature" (what to store), "fitted_temperature" and the gate's verdict ("gate")."""
     if not sum(len(y) for y in ys):
         verdict = GateResult(False, float("nan"), float("nan"), len(ys), f"{what}: no labelled pixel; T stays 1")
         return {"temperature": 1.0, "fitted_temperature": 1.0, "gate": verdict.to_dict()}
     _, fitted = fitted_fields(np.concatenate(zs), np.concatenate(ys))
     verdict = gate_mean_temperature(zs, ys, what=what, seed=seed)
     return {"temperature": fitted if verdict.adopted else 1.0, "fitted_temperature": fitted, "gate": verdict.to_dict()}
-
-
-def recalibrated(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], ignore_index: int, *, what: str,
-                 seed: int = 0) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """`maps` (means of calibrated predictions) recalibrated in place with the temperature
-    `recalibrate_mean` adopts for them, as inference computes them with that temperature stored
-    (`predict.sharpen`), and the record: its "temperature", "fitted_temperature", "gate" and the
-    means' pooled ECE before ("ece_mean"). What TTA (`tuning.tta`) and multi-scale (`tuning.scales`)
-    both do with their means."""
-    ece_mean = pooled_ece(maps, truths, ignore_index)
-    record = recalibrate_mean(maps, truths, ignore_index, what=what, seed=seed) | {"ece_mean": ece_mean}
-    return record, [sharpen(p, record["temperature"]) for p in maps]
 
 
 def gate_mean_temperature(zs: Sequence[np.ndarray], ys: Sequence[np.ndarray], *, what: str, seed: int = 0) -> GateResult:
@@ -236,13 +249,10 @@ def calibrate_samples(
     `artifact`'s raw logits; the summary's `fields` are the ArtifactMeta fields to store: the fit
     when `gate_calibration` adopts it, else the raw logits (`RAW`), with the verdict in `gate`."""
     raw = artifact.with_meta(temperature=1.0, class_scale=(), class_bias=())
-    rng = np.random.default_rng(seed)
-    per_image = max(1, math.ceil(max_pixels / max(len(samples), 1)))
-    zs, ys = [], []
+    sampler = PixelSampler(len(samples), max_pixels, seed, artifact.meta.ignore_index)
     for sample, logits in iter_probabilities(raw, samples, config, backend=backend, logits=True, progress=progress):
-        z, y = sample_pixels(logits, sample.labels, per_image, rng, artifact.meta.ignore_index)
-        zs.append(z)
-        ys.append(y)
+        sampler.add(logits, sample.labels)
+    zs, ys = sampler.samples()
     if not ys or sum(len(y) for y in ys) == 0:
         raise DataError(f"{source}: no labelled pixel to calibrate on (every pixel is ignored or outside the ROI)")
     z, y = np.concatenate(zs), np.concatenate(ys)

@@ -13,18 +13,20 @@ images, so there is nothing to cross-fit: the paired bootstrap judges the one ch
 The mean of calibrated views is less confident than it is right where the views disagree (CamVid:
 ECE 0.010 -> 0.026 on a held-out sequence's frames). It is recalibrated as softmax(log(mean) / T)
 (`predict.sharpen`, applied by the engine to the blended rows), T fitted on the same images and
-adopted only where it holds out of fold (`unetkit.tuning.calibration.recalibrate_mean`, as the
+adopted only where it holds out of fold (`unetkit.tuning.calibration.recalibrate_samples`, as the
 scales' mean is); it moves no arg-max, so the gate's verdict does not depend on it.
 
-`choose_tta` predicts each image plainly and with TTA, exactly as inference would (the decision costs
-one pass more than the views), and hands the chosen probabilities on: the postprocessing search
-that follows tunes on what inference will produce, and reuses the pass.
+`choose_tta` predicts each image once per view (the first view is the plain prediction, the views'
+mean what inference with TTA computes), judges every image it is given without holding their
+maps (`unetkit.tuning.compare.Comparison`) and hands on the chosen probabilities of the images asked
+for: the postprocessing search that follows tunes on what inference will produce, and reuses them.
 `tune_model_tta` does the same for a trained artifact on labelled data and stores the choice.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,10 +40,9 @@ from unetkit.errors import DataError
 from unetkit.evaluation.labelled import load_labelled
 from unetkit.inference.backends import make_predictor
 from unetkit.inference.files import tile_config_for
-from unetkit.inference.predict import predict_tiled
+from unetkit.inference.predict import iter_view_probabilities, mean_of_maps, predict_tiled, sharpen
 from unetkit.metrics.scores import json_value
-from unetkit.tuning.calibration import recalibrated
-from unetkit.tuning.compare import compare_predictions
+from unetkit.tuning.compare import Comparison
 from unetkit.tuning.gate import GateResult, decide
 from unetkit.tuning.postprocess import parts_statistic, require_metric, score_parts
 from unetkit.tuning.scales import choose_scales
@@ -59,42 +60,61 @@ def choose_tta(
     backend: str = "auto",
     seed: int = 0,
     deadline: float | None = None,
+    keep: Sequence[int] | None = None,
 ) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """(summary, the probabilities inference will produce for each sample) for labelled `samples`.
+    """(summary, the probabilities inference will produce for the samples at indices `keep`; None:
+    all) for labelled `samples`, every one of which is judged (`compare.Comparison`: no map is held
+    but the kept ones).
 
-    The summary's `tta` and `temperature` are what to store: "auto" adopts TTA when `gate_tta` finds
-    its gain holds, "on" keeps it whatever the gain (the user's choice, still measured), and past
-    `deadline` (`time.monotonic()`) "auto" stops predicting and keeps it off. The views' mean of
-    calibrated views is less confident than it is right: `temperature` recalibrates it
-    (`calibration.recalibrate_mean`, adopted only where it holds out of fold), fitted whether or not
-    TTA is adopted, since a user may still ask for TTA (`--tta`). The summary also has the scores
-    (`metric` and pooled Dice, plain and TTA), the ECE of both (TTA's after recalibration;
-    `ece_tta_mean` before), the views and the seconds the views took."""
+    The summary's `tta` and `temperature` are what to store: "auto" adopts TTA when its gain holds
+    across the images (`gate.decide`, as `gate_tta`), "on" keeps it whatever the gain (the user's
+    choice, still measured), and past `deadline` (`time.monotonic()`) "auto" stops predicting and
+    keeps it off. The views' mean of calibrated views is less confident than it is right:
+    `temperature` recalibrates it (`calibration.recalibrate_samples`, adopted only where it holds out
+    of fold), fitted whether or not TTA is adopted, since a user may still ask for TTA (`--tta`). The
+    summary also has the scores (`metric` and pooled Dice, plain and TTA), the ECE of both (TTA's after
+    recalibration; `ece_tta_mean` before), the views and the seconds the views took.
+
+    The kept images are predicted as inference predicts them, plainly and with TTA (one pass more
+    than the views); every other image once per view (`iter_view_probabilities`), the first view being
+    the plain prediction and the blended views' mean what inference with TTA computes up to float
+    rounding (blending is linear), so judging it costs the views' passes and no more."""
     # single-scale (`choose_scales` follows); the views' raw mean, whose temperature is fitted below
     tile = replace(tile_config_for(artifact, {"tta": True}), resolutions=(), tta_temperature=1.0)
     predictor = make_predictor(artifact, backend=backend)
-    plain, mean, truths = [], [], []
+    kept = list(range(len(samples))) if keep is None else list(keep)
+    wanted = set(kept)
+    judged = Comparison(("plain", "tta"), artifact.meta.num_classes, metric=metric,
+                        ignore_index=artifact.meta.ignore_index, images=len(samples), seed=seed)
+    held: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     t0 = time.perf_counter()
-    for sample in samples:
+    for i, sample in enumerate(samples):
         if mode == "auto" and deadline is not None and time.monotonic() > deadline:
             verdict = GateResult(False, float("nan"), float("nan"), len(samples),
-                                 f"TTA: not measured, the budget's time ran out after {len(plain)} of "
+                                 f"TTA: not measured, the budget's time ran out after {i} of "
                                  f"{len(samples)} images; kept off")
-            rest = [predict_tiled(predictor, s.image, replace(tile, tta=False)) for s in samples[len(plain):]]
-            return _summary(False, verdict, tile.tta_views, metric, t0), [*plain, *rest]
-        plain.append(predict_tiled(predictor, sample.image, replace(tile, tta=False)))
-        mean.append(predict_tiled(predictor, sample.image, tile))  # exactly what inference with TTA computes
-        truths.append(sample.labels)
-    ignore = artifact.meta.ignore_index
-    # what inference computes with the stored temperature (`iter_probability_rows` sharpens the blended rows)
-    recalibration, mean = recalibrated(mean, truths, ignore, what="recalibrating the views' mean", seed=seed)
-    verdict, scores = compare_predictions(
-        {"plain": plain, "tta": mean}, truths, artifact.meta.num_classes, metric=metric,
-        ignore_index=ignore, mode=mode, what="TTA", gain_name=GAIN_NAME, seed=seed)
-    summary = _summary(verdict.adopted, verdict, tile.tta_views, metric, t0, recalibration["temperature"])
+            plain = [held[j][0] if j in held else predict_tiled(predictor, samples[j].image, replace(tile, tta=False))
+                     for j in kept]
+            return _summary(False, verdict, tile.tta_views, metric, t0), plain
+        if i in wanted:  # handed on: exactly what inference computes, plain and with TTA
+            plain = predict_tiled(predictor, sample.image, replace(tile, tta=False))
+            mean = predict_tiled(predictor, sample.image, tile)
+            held[i] = (plain, mean)
+        else:  # judged only: one pass per view, the first the plain prediction
+            views = iter_view_probabilities(predictor, sample.image, tile)
+            first = next(views)
+            plain = first.copy()
+            mean = mean_of_maps(itertools.chain([first], views))
+        judged.add(plain, mean, sample.labels)
+    verdict, scores, recalibration = judged.decide(mode=mode, what="TTA", gain_name=GAIN_NAME,
+                                                   recalibrating="recalibrating the views' mean")
+    temperature = recalibration["temperature"]
+    summary = _summary(verdict.adopted, verdict, tile.tta_views, metric, t0, temperature)
     summary |= {"fitted_temperature": recalibration["fitted_temperature"],
                 "recalibration_gate": recalibration["gate"], "ece_tta_mean": recalibration["ece_mean"]}
-    return summary | scores | {"images": len(samples)}, mean if verdict.adopted else plain
+    # what inference computes with the stored temperature (`iter_probability_rows` sharpens the blended rows)
+    chosen = [sharpen(held[j][1], temperature) if verdict.adopted else held[j][0] for j in kept]
+    return summary | scores | {"images": len(samples)}, chosen
 
 
 def gate_tta(plain: Sequence[np.ndarray], tta: Sequence[np.ndarray], truths: Sequence[np.ndarray], num_classes: int,
@@ -130,10 +150,11 @@ def tune_model_tta(
     artifact, samples = load_labelled(model, data, keys, progress)
     if not samples:
         raise DataError(f"{data}: no labelled images to decide TTA on")
-    summary, probs = choose_tta(artifact, samples, metric=metric, backend=backend)
+    # no map is held (keep=[]): memory stays bounded however many images; the scales predict the single scale again
+    summary, _ = choose_tta(artifact, samples, metric=metric, backend=backend, keep=[])
     decided = dataclasses.replace(artifact, meta=dataclasses.replace(artifact.meta, tta=summary["tta"],
                                                                      tta_temperature=summary["temperature"]))
-    scales, _ = choose_scales(decided, samples, probs, metric=metric, backend=backend)
+    scales, _ = choose_scales(decided, samples, metric=metric, backend=backend, keep=[])
     where = {"data": str(data), "keys": list(keys or [])}
     summary, scales = json_value(summary | where), json_value(scales | where)
     target = store_tuning(artifact, out, {"tta": summary, "multiscale": scales}, tta=summary["tta"],
