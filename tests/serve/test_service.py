@@ -11,6 +11,7 @@ import pytest
 from tests.serve.samples import make_artifact, synthetic_image
 from unetkit.config import ServeConfig
 from unetkit.errors import ConfigError, InputError
+from unetkit.inference.predict import sharpen
 from unetkit.serve.batching import BatchStats, QueueFull, TileBatcher
 from unetkit.serve.service import Observer, SegmentOptions, Service, agreement_iou, fit_channels
 
@@ -94,6 +95,17 @@ def test_a_model_that_chose_tta_is_served_with_it_unless_the_request_says_no(art
         np.testing.assert_allclose(own.probabilities, asked.probabilities, atol=1e-5)
         np.testing.assert_allclose(declined.probabilities, plain.probabilities, atol=1e-5)
         assert np.abs(own.probabilities - plain.probabilities).max() > 1e-3  # the views do change the output
+        # the views' mean recalibrated with the artifact's temperature, which the model info reports
+        update_artifact(chose, tta_temperature=0.7)
+        sharp_service = Service.from_artifact(chose, ServeConfig(max_batch_size=8, max_wait_ms=20))
+        try:
+            info = sharp_service.models()["primary"]
+            assert info["tta_temperature"] == 0.7 and tta_service.models()["primary"]["tta_temperature"] == 1.0
+            assert info["resolutions"] == [] and info["resolutions_temperature"] == 1.0
+            sharp = sharp_service.segment(image, SegmentOptions(keep_probabilities=True))
+            np.testing.assert_allclose(sharp.probabilities, sharpen(own.probabilities.copy(), 0.7), atol=1e-5)
+        finally:
+            sharp_service.close()
     finally:
         plain_service.close()
         tta_service.close()

@@ -42,8 +42,12 @@ class ModelInfo(BaseModel):
                                                  "model's own choice)")
     tta_views: str = Field(default="dihedral", description="the views TTA averages: dihedral (8), flips (4) or "
                                                            "mirror (2, a model trained upright)")
+    tta_temperature: float = Field(default=1.0, description="the temperature the views' mean is recalibrated with, "
+                                   "softmax(log(mean) / T), whenever TTA runs (fitted on the validation split)")
     resolutions: list[float] = Field(default_factory=list, description="multi-scale inference: the fractions of the "
                                      "native side each image is predicted at and averaged over ([]: one resolution)")
+    resolutions_temperature: float = Field(default=1.0, description="the temperature the scales' mean is recalibrated "
+                                           "with, softmax(log(mean) / T)")
     registry: RegistryVersion | None = Field(default=None, description="the registry version served, if any")
 
 

@@ -143,7 +143,8 @@ class LoadedModel:
             "temperature": self.meta.temperature, "created": self.meta.created, "registry": self.origin,
             "backend": self.backend, "precision": self.precision,
             "format": self.format, "tta": self.tile_config.tta, "tta_views": self.tile_config.tta_views,
-            "resolutions": list(self.tile_config.resolutions),
+            "tta_temperature": self.tile_config.tta_temperature, "resolutions": list(self.tile_config.resolutions),
+            "resolutions_temperature": self.tile_config.resolutions_temperature,
         }
 
     def probabilities(self, image: np.ndarray, tta: bool | None = None, deadline: float | None = None,
