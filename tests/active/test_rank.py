@@ -3,6 +3,7 @@
 import csv
 import io
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,25 @@ def test_the_views_average_to_the_tta_prediction(tmp_path, rng):
     assert len(views) == 8
     tta = predict_tiled(scorer.predictor, image, TileConfig(tile_size=(32, 32), tta=True))
     np.testing.assert_allclose(np.mean(views, axis=0), tta, atol=1e-5)
+
+
+def test_the_views_mean_is_recalibrated_with_the_models_tta_temperature_as_predict_computes_it(tmp_path, rng):
+    """Entropy, margin and the labels handed to annotators are those of `predict --tta` (the views' mean
+    recalibrated with `tta_temperature`); the views' disagreement is theirs, unrecalibrated."""
+    from unetkit.artifact import update_artifact
+
+    path = designed_artifact(tmp_path / "s.unetkit", shift="left")
+    image = rng.uniform(0, 255, (1, 40, 52)).astype(np.float32)
+    config = RankConfig(by="tta")
+    raw = Scorer.from_artifact(path, backend="torch").uncertainty(image, config)
+    update_artifact(path, tta_temperature=0.5)
+    scorer = Scorer.from_artifact(path, backend="torch")
+    sharp = scorer.uncertainty(image, config)
+    offline = predict_tiled(scorer.predictor, image, replace(scorer.tile, tta=True))
+    np.testing.assert_allclose(sharp.probabilities, offline, atol=1e-5)
+    assert sharp.scores["entropy"] < raw.scores["entropy"] - 0.01  # sharper: less uncertain
+    assert sharp.scores["tta"] == pytest.approx(raw.scores["tta"]) and sharp.scores["tta_flip"] == raw.scores["tta_flip"]
+    np.testing.assert_array_equal(sharp.probabilities.argmax(0), raw.probabilities.argmax(0))
 
 
 def test_no_tta_ranks_without_the_tta_columns(designed, images):

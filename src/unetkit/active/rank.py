@@ -117,7 +117,7 @@ class Scorer:
         prediction."""
         tile = replace(self.tile, tta=False)
         if config.tta:
-            return score_image(iter_view_probabilities(self.predictor, image, tile), config)
+            return score_image(iter_view_probabilities(self.predictor, image, tile), config, self.tile.tta_temperature)
         return score_image(predict_tiled(self.predictor, image, tile), config)
 
 

@@ -29,6 +29,7 @@ from scipy.special import entr
 
 from unetkit.config import RankConfig
 from unetkit.errors import InputError
+from unetkit.inference.predict import sharpen
 
 
 def check_probabilities(probabilities: np.ndarray) -> np.ndarray:
@@ -121,19 +122,22 @@ class ImageUncertainty:
     per-pixel map of the measure the ranking sorts by, for heat maps."""
 
     scores: dict[str, float]
-    probabilities: np.ndarray  # (K, H, W): the TTA mean when there were views
+    probabilities: np.ndarray  # (K, H, W): the TTA mean (recalibrated) when there were views
     heat: np.ndarray  # (H, W) in [0, 1]
 
 
-def score_image(probabilities_or_views: np.ndarray | Iterable[np.ndarray], config: RankConfig = RankConfig()) -> ImageUncertainty:
+def score_image(probabilities_or_views: np.ndarray | Iterable[np.ndarray], config: RankConfig = RankConfig(),
+                tta_temperature: float = 1.0) -> ImageUncertainty:
     """Scores of one image from its probabilities `(K, H, W)`, or from its TTA views (`(V, K, H,
-    W)` or an iterable of maps; entropy and margin are then those of the views' mean)."""
+    W)` or an iterable of maps; entropy, margin and the returned probabilities are then those of the
+    views' mean recalibrated with `tta_temperature`, as `predict --tta` computes it (`sharpen`); the
+    disagreement is the raw views')."""
     stats: ViewStats | None = None
     if isinstance(probabilities_or_views, np.ndarray) and probabilities_or_views.ndim == 3:
         probs = check_probabilities(probabilities_or_views)
     else:
         stats = view_stats(probabilities_or_views)
-        probs = stats.mean
+        probs = sharpen(stats.mean.copy(), tta_temperature, "tta_temperature")
     region = foreground_region(probs, config.background, config.foreground_min_prob) if config.aggregate == "foreground" else None
 
     def agg(values: np.ndarray) -> float:
