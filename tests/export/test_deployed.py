@@ -112,6 +112,28 @@ def test_plan_that_does_not_describe_the_graph_is_refused(exported):
         load_model(onnx)
 
 
+def test_a_plan_says_the_oldest_reader_that_predicts_it_right_and_a_newer_one_is_refused(exported, tmp_path):
+    """A version 1 reader ignores multi-scale and the means' temperatures: a plan that needs them says
+    version 2, so such a reader refuses it instead of predicting something else; other plans stay 1."""
+    artifact, onnx = exported
+    assert json.loads(onnx.with_name("model.onnx.json").read_text())["version"] == 1
+    for i, change in enumerate(({"tta": True, "tta_temperature": 0.8}, {"resolution": 0.75,
+                                "resolutions": (0.5, 0.75, 1.0)}, {"resolutions_temperature": 0.9})):
+        copy = Path(shutil.copyfile(artifact, tmp_path / f"m{i}.unetkit"))
+        update_artifact(copy, **change)
+        out = export_artifact(copy, tmp_path / f"m{i}.onnx").model_path
+        plan = json.loads(out.with_name(f"m{i}.onnx.json").read_text())
+        assert plan["version"] == 2, change
+        tile = load_model(out).tile  # and this unetkit reads it back, predicting as the artifact does
+        for key, value in change.items():
+            assert getattr(tile, key) == pytest.approx(value), key
+    plan_file = onnx.with_name("model.onnx.json")
+    plan_file.write_text(json.dumps(json.loads(plan_file.read_text()) | {"version": 3}))
+    with pytest.raises(ConfigError, match=r"model.onnx.json: inference plan version 3 is not one this unetkit reads "
+                                          r"\(up to 2\); upgrade unetkit"):
+        load_model(onnx)
+
+
 def test_predict_and_evaluate_the_onnx_file_like_the_artifact(exported, tmp_path, rng):
     artifact, onnx = exported
     images = write_images(tmp_path / "images", rng)

@@ -27,7 +27,8 @@ from unetkit.data.io import file_sha256
 from unetkit.errors import ConfigError
 
 PLAN_FORMAT = "unetkit-inference-plan"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # the newest plan this unetkit reads and writes; a plan says the oldest reader that computes
+# it right (`plan_version`): 1 unless it needs what version 1 readers silently ignore (multi-scale, recalibrated means)
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("probabilities", "logits")
 MIN_WEIGHT = 1e-3  # tiling.gaussian_weights' floor
@@ -39,6 +40,13 @@ def plan_path(model_path: str | Path) -> Path:
     return p.with_name(p.name + ".json")
 
 
+
+
+def plan_version(tile: TileConfig) -> int:
+    """The oldest plan reader that predicts `tile` right: 2 where it averages several resolutions or
+    recalibrates a mean (`resolutions`, `tta_temperature`, `resolutions_temperature`: fields a version 1
+    reader ignores, so it would predict something else without a word), else 1, which every reader takes."""
+    return 2 if tile.resolutions or tile.tta_temperature != 1.0 or tile.resolutions_temperature != 1.0 else 1
 
 
 def inference_plan(
@@ -53,7 +61,7 @@ def inference_plan(
     units = "raw intensities as stored in the file (0-255 for 8-bit, 0-65535 for 16-bit images), float32"
     plan: dict[str, Any] = {
         "format": PLAN_FORMAT,
-        "version": PLAN_VERSION,
+        "version": plan_version(tile),
         "precision": precision,
         "opset": opset,
         "input": {
