@@ -91,6 +91,22 @@ def test_every_image_is_judged_from_the_single_scale_maps_given_or_predicted_and
     assert off["resolutions"] == [] and given[0] is single[2]
 
 
+def test_tune_tta_decides_the_same_whichever_single_scale_maps_it_holds_for_the_scales(tmp_path, monkeypatch) -> None:
+    """`tune-tta` holds at most `REUSED_MAPS` images' TTA-decided maps for multi-scale and predicts the
+    others again: the decisions do not depend on how many it held."""
+    from unetkit.tuning import tta
+
+    data = drive_like(tmp_path / "d", n_images=4, size=(60, 56))
+    path = tiny_artifact(tmp_path / "m.unetkit", head_scale=3.0, seed=3, resolution=0.75)
+    every = tune_model_tta(path, data, backend="torch", progress=False, out=tmp_path / "a.unetkit")
+    monkeypatch.setattr(tta, "REUSED_MAPS", 1)
+    one = tune_model_tta(path, data, backend="torch", progress=False, out=tmp_path / "b.unetkit")
+    for key in ("dice_single", "dice_multi", "ece_single", "fitted_temperature"):
+        assert one["multiscale"][key] == pytest.approx(every["multiscale"][key], abs=1e-6), key
+    assert one["multiscale"]["gate"]["gain"] == pytest.approx(every["multiscale"]["gate"]["gain"], abs=1e-6)
+    assert one["multiscale"]["images"] == every["multiscale"]["images"] == 4 and one["tta"] == every["tta"]
+
+
 def test_native_models_off_and_past_the_deadline_stay_single_scale_with_their_probabilities(tmp_path) -> None:
     data = drive_like(tmp_path / "d")
     native, samples = load_labelled(tiny_artifact(tmp_path / "n.unetkit", seed=3), data, None, False)

@@ -36,6 +36,7 @@ import numpy as np
 
 from unetkit.artifact import Artifact
 from unetkit.config import TtaMode, replace
+from unetkit.data.splits import spread
 from unetkit.errors import DataError
 from unetkit.evaluation.labelled import load_labelled
 from unetkit.inference.backends import make_predictor
@@ -45,10 +46,12 @@ from unetkit.metrics.scores import json_value
 from unetkit.tuning.compare import Comparison
 from unetkit.tuning.gate import GateResult, decide
 from unetkit.tuning.postprocess import parts_statistic, require_metric, score_parts
-from unetkit.tuning.scales import choose_scales
+from unetkit.tuning.scales import candidate_resolutions, choose_scales
 from unetkit.tuning.store import store_tuning
 
 GAIN_NAME = "gain of the views' mean"
+REUSED_MAPS = 32  # `tune_model_tta` holds this many images' TTA-decided maps for multi-scale to reuse (as training
+# holds its search's spread): a reduced-resolution model's single scale is predicted again only for the others
 
 
 def choose_tta(
@@ -150,11 +153,14 @@ def tune_model_tta(
     artifact, samples = load_labelled(model, data, keys, progress)
     if not samples:
         raise DataError(f"{data}: no labelled images to decide TTA on")
-    # no map is held (keep=[]): memory stays bounded however many images; the scales predict the single scale again
-    summary, _ = choose_tta(artifact, samples, metric=metric, backend=backend, keep=[])
+    # every image judged; the single-scale maps of an even spread of at most REUSED_MAPS held for the scales to reuse
+    # (bounded memory however many images), the others predicted again there
+    reused = spread(range(len(samples)), REUSED_MAPS) if candidate_resolutions(artifact.meta.resolution) else []
+    summary, probs = choose_tta(artifact, samples, metric=metric, backend=backend, keep=reused)
     decided = dataclasses.replace(artifact, meta=dataclasses.replace(artifact.meta, tta=summary["tta"],
                                                                      tta_temperature=summary["temperature"]))
-    scales, _ = choose_scales(decided, samples, metric=metric, backend=backend, keep=[])
+    scales, _ = choose_scales(decided, samples, dict(zip(reused, probs, strict=True)), metric=metric, backend=backend,
+                              keep=[])
     where = {"data": str(data), "keys": list(keys or [])}
     summary, scales = json_value(summary | where), json_value(scales | where)
     target = store_tuning(artifact, out, {"tta": summary, "multiscale": scales}, tta=summary["tta"],
