@@ -14,7 +14,6 @@ docs/benchmarks.md with the command and the machine.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,18 +31,19 @@ from unetkit.evaluation.labelled import iter_probabilities, load_labelled  # noq
 from unetkit.inference.files import tile_config_for  # noqa: E402
 from unetkit.tuning.calibration import (  # noqa: E402
     DEFAULT_CALIBRATION_PIXELS,
+    PixelSampler,
     fitted_fields,
     gate_calibration,
     gate_mean_temperature,
     out_of_fold_parts,
-    sample_pixels,
 )
 from unetkit.tuning.gate import GateResult, decide  # noqa: E402
 from unetkit.tuning.scales import candidate_resolutions  # noqa: E402
 
 
 def mean_pixels(model: str, data: str, mean: str) -> tuple[list[np.ndarray], list[np.ndarray], int, float]:
-    """(log-mean samples per image, their labels, images, fitted T) as `recalibrate_mean` samples them."""
+    """(log-mean samples per image, their labels, images, fitted T) as `recalibrate_mean` samples them
+    (`PixelSampler`)."""
     meta = read_meta(model)
     keys = meta.metrics.get("tta", {}).get("keys") or list(meta.train_config["data"]["val_keys"])
     artifact, samples = load_labelled(model, data, keys, False)
@@ -51,13 +51,10 @@ def mean_pixels(model: str, data: str, mean: str) -> tuple[list[np.ndarray], lis
     tile = ({"tta": True, "tta_temperature": 1.0, "resolutions": ()} if mean == "views" else
             {"resolutions": candidate_resolutions(meta.resolution), "resolutions_temperature": 1.0,
              "tta_temperature": 1.0, "tta": own.tta})
-    rng = np.random.default_rng(0)
-    per_image = max(1, math.ceil(DEFAULT_CALIBRATION_PIXELS / len(samples)))
-    zs, ys = [], []
+    sampler = PixelSampler(len(samples), DEFAULT_CALIBRATION_PIXELS, 0, meta.ignore_index)
     for sample, p in iter_probabilities(artifact, samples, tile, backend="torch", progress=False):
-        z, y = sample_pixels(p, sample.labels, per_image, rng, meta.ignore_index)
-        zs.append(np.log(np.maximum(z, np.float32(1e-12))))
-        ys.append(y)
+        sampler.add(p, sample.labels, log=True)
+    zs, ys = sampler.samples()
     _, fitted = fitted_fields(np.concatenate(zs), np.concatenate(ys))
     return zs, ys, len(samples), fitted
 

@@ -198,11 +198,11 @@ def gate_mean_temperature(zs: Sequence[np.ndarray], ys: Sequence[np.ndarray], *,
     def lower_ece(pooled: np.ndarray) -> float:
         return -expected_calibration_error(*pooled.reshape(3, ECE_BINS))
 
-    raw_parts, fitted_parts = out_of_fold_parts(zs, ys, _ece_parts, 3 * ECE_BINS)
+    raw_parts, fitted_parts = out_of_fold_parts(zs, ys, ece_parts, 3 * ECE_BINS)
     return decide(raw_parts, fitted_parts, lower_ece, what=what, seed=seed, gain_name="out-of-fold fall in ECE")
 
 
-def _ece_parts(z: np.ndarray, y: np.ndarray, fields: dict[str, Any]) -> np.ndarray:
+def ece_parts(z: np.ndarray, y: np.ndarray, fields: dict[str, Any]) -> np.ndarray:
     """The top-label ECE's bin sums (count, confidence, correct; `ECE_BINS` each) of softmax(z / T), T the
     fields' temperature."""
     p = softmax(z.astype(np.float64) / fields["temperature"], axis=1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.special import softmax
 
 from unetkit.config import TtaMode
 from unetkit.metrics.calibration import calibration_bins, expected_calibration_error
@@ -24,6 +23,7 @@ from unetkit.tuning.calibration import (
     DEFAULT_CALIBRATION_PIXELS,
     ECE_BINS,
     PixelSampler,
+    ece_parts,
     recalibrate_samples,
 )
 from unetkit.tuning.gate import GateResult, decide
@@ -88,7 +88,6 @@ class Comparison:
         recalibration["ece_mean"] = scores[f"ece_{candidate}"]
         temperature = recalibration["temperature"]
         if temperature != 1.0 and ys:
-            p = softmax(np.concatenate(zs).astype(np.float64) / temperature, axis=1)
-            scores[f"ece_{candidate}"] = expected_calibration_error(
-                *calibration_bins(p.max(1), p.argmax(1) == np.concatenate(ys), n_bins=ECE_BINS))
+            bins = ece_parts(np.concatenate(zs), np.concatenate(ys), {"temperature": temperature})
+            scores[f"ece_{candidate}"] = expected_calibration_error(*bins.reshape(3, ECE_BINS))
         return verdict, scores, recalibration

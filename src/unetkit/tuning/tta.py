@@ -127,11 +127,6 @@ def gate_tta(plain: Sequence[np.ndarray], tta: Sequence[np.ndarray], truths: Seq
     require_metric(metric)
     before = score_parts([p.argmax(0) for p in plain], truths, num_classes, metric, ignore_index)
     after = score_parts([p.argmax(0) for p in tta], truths, num_classes, metric, ignore_index)
-    return _gate(before, after, num_classes, metric, seed)
-
-
-def _gate(before: np.ndarray, after: np.ndarray, num_classes: int, metric: str, seed: int) -> GateResult:
-    """`gate.decide` on the per-image score parts of the plain and the TTA labels."""
     return decide(before, after, parts_statistic(num_classes, metric), what="TTA", seed=seed, gain_name=GAIN_NAME)
 
 
