@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -78,16 +76,3 @@ def test_the_deadline_is_the_budgets_end_less_the_passes_that_must_follow() -> N
     now = time.monotonic()
     assert clock.deadline() == pytest.approx(now + 100.0, abs=0.5)
     assert clock.deadline(reserve_passes=2.5) == pytest.approx(now + 90.0, abs=0.5)
-
-
-def test_the_ends_predictions_are_reserved_at_the_measured_speed_of_predicting_as_inference_does() -> None:
-    # of 5 end passes, 3 predict in eager fp32 (2.5x a validation pass in the run's compute mode); the final
-    # validation and the fits and searches on maps already predicted are not predictions
-    clock = BudgetClock(budget=100.0, val_seconds=2.0, save_seconds=0.5, end_passes=5.0, end_predictions=3.0,
-                        end_pass_factor=2.5)
-    assert clock.end_validation_passes() == pytest.approx(5.0 + 3.0 * 1.5)
-    assert clock.reserve() == reserve_seconds(2.0, 9.5, save_seconds=0.5, budget=100.0)
-    assert BudgetClock(budget=100.0, end_passes=3.0, end_pass_factor=3.0).end_validation_passes() == 3.0
-    # the passes that must follow a deadline (the drift baseline's predictions) are predictions too
-    now = time.monotonic()
-    assert clock.deadline(reserve_passes=2.0) == pytest.approx(now + 100.0 - 2.0 * 2.5 * 2.0, abs=0.5)

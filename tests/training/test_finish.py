@@ -266,35 +266,3 @@ def test_fit_at_reduced_resolution_decides_multi_scale_after_tta_and_tunes_what_
     assert score == pytest.approx(record["iou_multi"], abs=1e-6)
     native = load_artifact(fit(tiny_config("native", tune_postprocess="off")))
     assert "multiscale" not in native.meta.metrics and native.meta.resolutions == ()
-
-
-def test_of_the_end_passes_only_the_predictions_are_counted_as_predicting() -> None:
-    from unetkit.config import AugmentConfig, DataConfig, TrainConfig
-    from unetkit.monitor.baseline import baseline_validations
-    from unetkit.training.finish import (
-        CALIBRATE_VALIDATIONS,
-        SEARCH_VALIDATIONS,
-        end_passes,
-        end_predictions,
-        finish_parts,
-        finish_validations,
-    )
-    from unetkit.tuning.gate import fold_indices
-    from unetkit.tuning.scales import extra_passes
-
-    upright = AugmentConfig(flip_vertical=False)  # TTA's views: as is + mirrored
-    config = TrainConfig(tune_postprocess="dice", augment=upright, data=DataConfig(resolution=0.75))
-    folds = len(fold_indices(5))
-    predict, work = finish_parts(config, 5)
-    assert predict + work == finish_validations(config, 5)
-    # calibration's logits, the two views and the plain pass of the images the search holds (all 5), both views
-    # at the two other resolutions; the fits (calibration's and each mean's, gated out of fold) and the searches
-    # are work
-    assert predict == pytest.approx(1 + 2 + 1 + 2 * extra_passes(0.75))
-    assert work == pytest.approx(SEARCH_VALIDATIONS * (1 + folds) + (CALIBRATE_VALIDATIONS - 1) * 3
-                                 + 0.1 * folds * 3)
-    assert end_predictions(config, 15, 5) == pytest.approx(baseline_validations(15, 5) + predict)
-    assert end_passes(config, 15, 5) == pytest.approx(1 + baseline_validations(15, 5) + predict + work)
-    # without TTA and calibration the search predicts its spread itself
-    bare = TrainConfig(tune_postprocess="dice", tta="off", calibrate=False)
-    assert finish_parts(bare, 5) == pytest.approx((1.0, SEARCH_VALIDATIONS * (1 + folds)))

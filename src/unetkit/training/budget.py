@@ -50,10 +50,6 @@ class BudgetClock:
     val_seconds: float = 0.0
     save_seconds: float = 0.0
     end_passes: float = 2.0  # the end of the run in validation passes (set by fit: `finish.end_passes`)
-    end_predictions: float = 0.0  # of them, the passes that predict as inference does (`finish.end_predictions`)
-    # ... each costing this many validation passes: eager fp32 where validation runs in the run's compute mode
-    # (bf16 + channels_last on the AMX Xeon: 2.8x faster; `loop.end_pass_factor`)
-    end_pass_factor: float = 1.0
     excluded: float = 0.0  # validation/save time inside the current step's wall time
     last_plan: float = -1.0  # elapsed() at the last plan
 
@@ -72,7 +68,7 @@ class BudgetClock:
         (work that must still follow), or None without a budget."""
         if not self.enabled:
             return None
-        return time.monotonic() + self.seconds_left() - reserve_passes * self.end_pass_factor * self.val_seconds
+        return time.monotonic() + self.seconds_left() - reserve_passes * self.val_seconds
 
     def exclude(self, seconds: float) -> float:
         """Time spent validating/saving during a step: not part of the step time."""
@@ -94,13 +90,8 @@ class BudgetClock:
         timed = self.step_times[1:]
         return len(timed) >= self.probe_min_steps and sum(timed) >= min(0.03 * self.budget, 30.0)
 
-    def end_validation_passes(self) -> float:
-        """`end_passes` in passes of `val_seconds`: its `end_predictions` at `end_pass_factor`."""
-        return self.end_passes + self.end_predictions * (self.end_pass_factor - 1.0)
-
     def reserve(self) -> float:
-        return reserve_seconds(self.val_seconds, self.end_validation_passes(), save_seconds=self.save_seconds,
-                               budget=self.budget)
+        return reserve_seconds(self.val_seconds, self.end_passes, save_seconds=self.save_seconds, budget=self.budget)
 
     def time_to_plan(self, decided: bool, resumed: bool) -> bool:
         """First plan once the probe is done; then every ~5% of the budget (never in a resumed run)."""

@@ -64,22 +64,10 @@ def end_passes(config: TrainConfig, train_images: int, val_images: int) -> float
     return 1.0 + baseline_validations(train_images, val_images) + finish_validations(config, val_images)
 
 
-def end_predictions(config: TrainConfig, train_images: int, val_images: int) -> float:
-    """Of `end_passes`, the passes that predict as inference does (eager fp32; the budget clock times
-    them at `end_pass_factor`): the drift baseline's and the tuning's predictions, not the final
-    validation (the run's compute mode) nor the fits and searches on maps already predicted."""
-    return baseline_validations(train_images, val_images) + finish_parts(config, val_images)[0]
-
-
 def finish_validations(config: TrainConfig, val_images: int) -> float:
     """The end-of-training work on the validation split, in validation passes (for the budget)."""
-    return sum(finish_parts(config, val_images))
-
-
-def finish_parts(config: TrainConfig, val_images: int) -> tuple[float, float]:
-    """`finish_validations` as (prediction passes, the fits' and searches' work in passes)."""
     if not val_images:
-        return 0.0, 0.0
+        return 0.0
     folds = len(fold_indices(val_images)) if val_images >= MIN_IMAGES else 0  # the gate's out-of-fold refits
     tuning = config.tune_postprocess != "off"
     search = RAND_SEARCH_VALIDATIONS if config.tune_postprocess == "rand" else SEARCH_VALIDATIONS
@@ -95,15 +83,10 @@ def finish_parts(config: TrainConfig, val_images: int) -> tuple[float, float]:
         single = max(views, 1)
         predict += extra_passes(config.data.resolution) * single + single * ((1.0 - held) if views else 1.0)
         means += 1
-    work = 0.0
     if tuning:  # the search's spread: predicted for it when nothing before was, then searched (and refitted per fold)
-        predict += (1.0 if not predict else 0.0) * held
-        work += search * (1 + folds) * held
+        predict += ((1.0 if not predict else 0.0) + search * (1 + folds)) * held
     fit = CALIBRATE_VALIDATIONS - 1.0 + GATE_FIT_VALIDATIONS * folds  # a temperature fit and the gate's refits
-    if config.calibrate:  # one pass of logits, then the fits
-        predict += 1.0
-        work += fit
-    return predict, work + fit * means
+    return (1.0 + fit if config.calibrate else 0.0) + fit * means + predict
 
 
 def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,

@@ -64,7 +64,7 @@ from unetkit.training.distributed import (
 )
 from unetkit.training.ensemble import fit_ensemble
 from unetkit.training.finetune import check_start, read_start, start_model
-from unetkit.training.finish import end_passes, end_predictions, save_final_artifact
+from unetkit.training.finish import end_passes, save_final_artifact
 from unetkit.training.modes import candidate_modes
 from unetkit.training.precision import ModeDecision, apply_mode, check_available, decide_mode
 from unetkit.training.prepare import load_training_data, with_weights_normalization
@@ -140,7 +140,6 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
             status = "FINISHED"
             return path
         clock.end_passes = end_passes(config, len(data.train), len(data.val))
-        clock.end_predictions = end_predictions(config, len(data.train), len(data.val))
         model, state, log = run_steps(config, data, env, device, clock, out_dir, callbacks, mode_info,
                                       start=start, network=model, loss=loss)
         # ---- the best weights as the artifact

@@ -9,8 +9,6 @@ ignore-index and ROI pixels never count. Model selection uses `SELECTION_METRIC`
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -122,31 +120,6 @@ def validation_summary(
         return evaluate_samples(predict_labels, val_samples, class_names, ignore_index)
     finally:
         model.train(was_training)
-
-
-END_PROBE_IMAGES = 4  # validation images `end_pass_factor` times the two ways of predicting on
-MIN_END_PASS_FACTOR = 0.1
-
-
-def end_pass_factor(model: nn.Module, val_samples: Sequence[Any], *, mode: ComputeMode,
-                    images: int = END_PROBE_IMAGES, **validation: Any) -> float:
-    """Seconds the end of training's predictions take (eager fp32, as inference predicts: calibration,
-    TTA and multi-scale judging, the postprocessing search, the drift baseline) per second of a
-    validation pass in the run's compute `mode`, timed on the first `images` validation images, each
-    way once untimed first; 1.0 without timing when `mode` is fp32 already. `validation`:
-    `validation_summary`'s keywords. On the AMX Xeon a bf16 + channels_last pass was 2.8x faster,
-    and the end's passes, reserved at the validation's speed, ran out of time (docs/benchmarks.md)."""
-    sample = list(val_samples[:images])
-    if mode == FP32 or not sample:
-        return 1.0
-    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
-    seconds = []
-    for net, how in ((model, mode), (plain, FP32)):
-        validation_summary(net, sample[:1], mode=how, **validation)  # first calls: allocation, kernel choice
-        t0 = time.perf_counter()
-        validation_summary(net, sample, mode=how, **validation)
-        seconds.append(time.perf_counter() - t0)
-    return max(seconds[1] / max(seconds[0], 1e-9), MIN_END_PASS_FACTOR)
 
 
 def flat_metrics(summary: dict[str, Any]) -> dict[str, float | None]:

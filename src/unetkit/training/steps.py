@@ -43,13 +43,7 @@ from unetkit.training.finetune import (
     encoder_lr_scale,
     set_encoder_trainable,
 )
-from unetkit.training.loop import (
-    SELECTION_METRIC,
-    end_pass_factor,
-    flat_metrics,
-    train_step,
-    validation_summary,
-)
+from unetkit.training.loop import SELECTION_METRIC, flat_metrics, train_step, validation_summary
 from unetkit.training.optim import build_ema, build_optimizer, set_lr
 from unetkit.training.precision import config_mode
 from unetkit.training.prepare import TrainingData
@@ -144,12 +138,11 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     def now() -> float:
         return log_time(state, clock)
 
-    validation = dict(mean=data.mean, std=data.std, class_names=data.class_names, patch_size=config.data.patch_size,
-                      ignore_index=config.loss.ignore_index, device=device, resolution=config.data.resolution)
-
     def validate_and_record() -> dict[str, Any]:
         t0 = time.perf_counter()
-        summary = validation_summary(kept, data.val, mode=mode, **validation)
+        summary = validation_summary(kept, data.val, mean=data.mean, std=data.std, class_names=data.class_names,
+                                     patch_size=config.data.patch_size, ignore_index=config.loss.ignore_index,
+                                     device=device, mode=mode, resolution=config.data.resolution)
         clock.val_seconds = max(clock.val_seconds, clock.exclude(time.perf_counter() - t0))
         metrics = flat_metrics(summary)
         record_validation(state, metrics, kept, out_dir,
@@ -208,15 +201,12 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
                         validate_and_record()
                     if clock.save_seconds == 0.0:
                         save_last()
-                    t1 = time.perf_counter()
-                    clock.end_pass_factor = end_pass_factor(kept, data.val, mode=mode, **validation)
-                    clock.exclude(time.perf_counter() - t1)
                 total = max(state.step, clock.plan(state.step, config.val_every))
                 if total != state.total_steps or not state.budget_decided:
                     state.total_steps, state.budget_decided = total, True
                     log.write({"event": "budget", "step": state.step, "time": now(), "total_steps": total,
                                "seconds_per_step": clock.seconds_per_step(), "val_seconds": clock.val_seconds,
-                               "save_seconds": clock.save_seconds, "end_pass_factor": clock.end_pass_factor})
+                               "save_seconds": clock.save_seconds})
                     log.set_total(total)
             clock.record_step(time.perf_counter() - t0)  # validation and save time excluded
             log.progress(state.step, terms["loss"], lr,
