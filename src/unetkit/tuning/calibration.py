@@ -196,7 +196,7 @@ def gate_mean_temperature(zs: Sequence[np.ndarray], ys: Sequence[np.ndarray], *,
         return refused
 
     def lower_ece(pooled: np.ndarray) -> float:
-        return -expected_calibration_error(*pooled.reshape(3, ECE_BINS))
+        return -parts_ece(pooled)
 
     raw_parts, fitted_parts = out_of_fold_parts(zs, ys, ece_parts, 3 * ECE_BINS)
     return decide(raw_parts, fitted_parts, lower_ece, what=what, seed=seed, gain_name="out-of-fold fall in ECE")
@@ -207,6 +207,11 @@ def ece_parts(z: np.ndarray, y: np.ndarray, fields: dict[str, Any]) -> np.ndarra
     fields' temperature."""
     p = softmax(z.astype(np.float64) / fields["temperature"], axis=1)
     return np.concatenate(calibration_bins(p.max(1), p.argmax(1) == y, n_bins=ECE_BINS))
+
+
+def parts_ece(parts: np.ndarray) -> float:
+    """The top-label ECE of `ece_parts`' bin sums (one image's, or summed over images)."""
+    return expected_calibration_error(*np.asarray(parts).reshape(3, ECE_BINS))
 
 
 def calibrate_model(

@@ -24,6 +24,7 @@ from unetkit.tuning.calibration import (
     ECE_BINS,
     PixelSampler,
     ece_parts,
+    parts_ece,
     recalibrate_samples,
 )
 from unetkit.tuning.gate import GateResult, decide
@@ -88,6 +89,6 @@ class Comparison:
         recalibration["ece_mean"] = scores[f"ece_{candidate}"]
         temperature = recalibration["temperature"]
         if temperature != 1.0 and ys:
-            bins = ece_parts(np.concatenate(zs), np.concatenate(ys), {"temperature": temperature})
-            scores[f"ece_{candidate}"] = expected_calibration_error(*bins.reshape(3, ECE_BINS))
+            scores[f"ece_{candidate}"] = parts_ece(ece_parts(np.concatenate(zs), np.concatenate(ys),
+                                                             {"temperature": temperature}))
         return verdict, scores, recalibration
