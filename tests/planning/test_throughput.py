@@ -139,6 +139,26 @@ def test_a_single_expensive_rung_times_the_other_modes_once_fp32_is_measured():
     assert measured.decision.mode.name == "bf16" and "non-finite loss" in measured.decision.rejected["bf16+cl"]
 
 
+def test_a_mode_the_estimate_left_out_of_a_single_rung_race_is_timed_after_it():
+    """A pinned model's one rung, costed at a modest CPU's speed, lets fp32 and the two bf16 modes race
+    and leaves fp32+cl out; measured, the time left pays for fp32+cl on that rung, and it wins on an
+    AVX2 CPU (before: fp32 was kept and fp32+cl "not timed": ISBI 2012 pinned to w16 d4 128x128 b8 on
+    an AMD EPYC Zen 3 trained NCHW fp32)."""
+    calls: list = []
+    pinned = [Candidate(16, 4, (128, 128), 8)]
+    measured = measure_throughput(pinned, in_channels=3, out_channels=2, max_seconds=50.0, modes=CPU_MODES,
+                                  probe=simulated_probe(EMULATED, gflops=40000.0, calls=calls))
+    assert calls == [(pinned[0], ["fp32", "bf16+cl", "bf16"]), (pinned[0], ["fp32+cl"])]
+    assert measured.decision.mode.name == "fp32+cl" and "fp32+cl" in measured.decision.ms_per_step
+    assert not any("left no room" in why for why in measured.decision.rejected.values())
+    assert measured.table == {pinned[0]: measured.by_mode["fp32+cl"][pinned[0]]}
+
+    calls.clear()  # a mode timed on an earlier rung and left out later for time is not timed again
+    measure_throughput(LADDER_CANDIDATES, in_channels=3, out_channels=2, max_seconds=60.0, modes=CPU_MODES,
+                       probe=simulated_probe(EMULATED, calls=calls))
+    assert sum(names == ["fp32+cl"] for _, names in calls) == 0
+
+
 def test_one_allowed_mode_times_the_ladder_as_before():
     calls: list = []
     measured = measure_throughput(LADDER_CANDIDATES[:3], in_channels=3, out_channels=2, max_seconds=60.0,

@@ -1,20 +1,23 @@
-"""Choosing the compute mode by measurement: the health check, the choice, fit's own probe without
-a plan, bf16 refused where the CPU lacks it, and every training feature working in bf16 +
-channels_last."""
+"""Choosing the compute mode by measurement: the health check, the choice, a far slower mode giving
+up its probe, fit's own probe without a plan, bf16 refused where the CPU lacks it, and every training
+feature working in bf16 + channels_last."""
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from unetkit.config import LossConfig, ModelConfig, OptimConfig
 from unetkit.errors import ConfigError
 from unetkit.training import precision
 from unetkit.training.fit import fit
-from unetkit.training.modes import FP32, candidate_modes
+from unetkit.training.modes import FP32, ComputeMode, candidate_modes
 from unetkit.training.precision import (
     LOSS_TOLERANCE,
     Probe,
@@ -22,6 +25,7 @@ from unetkit.training.precision import (
     decide_mode,
     health_problems,
     measure_modes,
+    too_slow,
 )
 from unetkit.training.runlog import read_log
 
@@ -59,6 +63,45 @@ def test_real_probes_of_every_mode_train_healthily_from_the_same_weights():
     assert {p.losses[0] for p in probes.values()} and all(len(p.losses) == 3 for p in probes.values())
     assert probes["fp32"].losses[0] == probes["fp32+cl"].losses[0] or \
         abs(probes["fp32"].losses[0] - probes["fp32+cl"].losses[0]) < 1e-5  # same weights, same batch
+
+
+class _Slow(nn.Module):
+    def __init__(self, net: nn.Module, seconds: float) -> None:
+        super().__init__()
+        self.net, self.seconds = net, seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return self.net(x)
+
+
+@dataclass(frozen=True)
+class _SlowMode(ComputeMode):
+    """A mode whose every forward pass sleeps (an emulated bf16 stand-in on any CPU)."""
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return _Slow(super().prepare(model), 2.0)
+
+
+def test_a_mode_far_slower_than_the_fastest_stops_probing_but_fp32_never_does():
+    model = ModelConfig(base_width=4, depth=2, in_channels=3, out_channels=2)
+    slow, fast = _SlowMode("bf16"), ComputeMode("fp32", channels_last=True)  # 2 s a step: > 5x any real one
+    probes = measure_modes(model, [FP32, slow, fast], patch=(32, 32), batch_size=2, loss=LossConfig(),
+                           augment=None, device=CPU, warmup_steps=2, timed_steps=3)
+    assert len(probes["bf16"].losses) == 2 and probes["bf16"].seconds >= 2.0  # judged after its second step
+    assert len(probes["fp32"].losses) == len(probes["fp32+cl"].losses) == 5
+    assert choose_mode(probes, "x", [FP32, slow, fast]).mode.name != "bf16"
+
+    slow_fp32 = _SlowMode("fp32")  # the health reference runs every step however slow
+    probes = measure_modes(model, [slow_fp32, fast], patch=(32, 32), batch_size=2, loss=LossConfig(),
+                           augment=None, device=CPU, warmup_steps=1, timed_steps=2)
+    assert len(probes["fp32"].losses) == 3 and health_problems(probes) == {}
+
+
+def test_too_slow_compares_mean_steps_with_the_fastest_mode():
+    assert too_slow({"fp32": 0.1, "bf16": 0.49, "bf16+cl": 0.51}) == {"bf16+cl"}
+    assert too_slow({"fp32": 1.0, "bf16+cl": 0.1}) == set()  # fp32 never gives up
+    assert too_slow({"bf16": 9.0}) == set()
 
 
 def test_without_a_plan_a_short_run_stays_fp32_and_says_why(tiny_config):

@@ -21,7 +21,9 @@ slower) drops out on the cheapest rung at the cost of a few small steps, while a
 cost shows on a tiny rung (channels_last's layout changes: 1.7x slower than fp32+cl on w8 d3 96x96 b2
 on an AMD EPYC with AVX512-BF16, yet the fastest at w32 d4) gets a second, larger rung; on a CPU with
 AMX the close modes keep racing onto the larger rungs, where the difference that matters for the
-plan shows; a mode is never chosen from a rung it was not timed on.
+plan shows; a mode is never chosen from a rung it was not timed on. Within a probe a mode far slower
+than the fastest (`unetkit.training.precision.GIVE_UP_RATIO`: emulated bf16 on a large rung, 11-22x)
+stops after two steps, and the time saved times the modes the first estimate left out.
 The timings of the chosen mode are the throughput model.
 """
 
@@ -154,30 +156,31 @@ HOPELESS_RATIO = 2.5  # ... this much slower on one rung (emulated bf16): not ti
 Probe_ = Callable[[Candidate, Sequence[ComputeMode]], dict[str, Probe]]
 
 
-def _race_after(alone: tuple[Candidate, dict[str, Probe]], first_mode: ComputeMode, unpaid: list[ComputeMode],
-                dropped: dict[str, str],
-                probe: Probe_, left: float, timed_steps: int,
+def _race_after(last: tuple[Candidate, dict[str, Probe]], timed: list[ComputeMode], unpaid: list[ComputeMode],
+                dropped: dict[str, str], probe: Probe_, left: float, timed_steps: int,
                 result: MeasuredThroughput) -> tuple[dict[str, Probe], str, list[ComputeMode]] | None:
-    """The other modes on the rung the first mode was timed on alone, one at a time while the time left
-    pays for one more at the first mode's measured speed. Before any timing the race is costed at a
-    modest CPU's speed, which keeps a single expensive rung (a patch and batch set by the user) in
-    fp32 alone; once fp32 is measured the others often fit. Their losses are compared with the first
-    mode's probe on the same seeded batches (`health_problems`). None when none fitted."""
-    c, probes = alone
-    first = first_mode.name
-    each = result.by_mode[first][c] * (timed_steps + WARMUP_STEPS) * 1.5 + 0.05
+    """The modes `unpaid` on the rung last timed (in the modes `timed`), one at a time while the time
+    left pays for one more at fp32's measured speed there (else the fastest timed mode's). Before any
+    timing the race is costed at a modest CPU's speed, which keeps a single expensive rung (a patch and
+    batch set by the user) in fp32 alone, or lets the first modes in `modes` order in and leaves the
+    last out; once measured (and an emulated mode given up after its first step, `GIVE_UP_RATIO`) the
+    others often fit. Their losses are compared with fp32's probe on the same seeded batches
+    (`health_problems`). None when none fitted."""
+    c, probes = last
+    base = probes.get(FP32.name) or min(probes.values(), key=lambda p: p.seconds)
+    each = base.seconds * (timed_steps + WARMUP_STEPS) * 1.5 + 0.05
     started, raced = time.perf_counter(), dict(probes)
     for m in unpaid:
         if each > left - (time.perf_counter() - started):
             break
         raced |= probe(c, [m])
         dropped.pop(m.name, None)
-    if len(raced) == 1:
+    if len(raced) == len(probes):
         return None
-    for name, p in raced.items():
-        if name != first and not p.problem:
-            result.by_mode[name][c] = p.seconds
-    return raced, c.label(), [first_mode, *(m for m in unpaid if m.name in raced)]
+    for name in raced.keys() - probes.keys():
+        if not raced[name].problem:
+            result.by_mode[name][c] = raced[name].seconds
+    return raced, c.label(), [*timed, *(m for m in unpaid if m.name in raced)]
 
 
 def time_candidate(c: Candidate, modes: Sequence[ComputeMode], *, in_channels: int, out_channels: int,
@@ -208,10 +211,12 @@ def measure_throughput(candidates: Sequence[Candidate], *, in_channels: int, out
     and the one before, and when the next rung in every
     remaining mode would not fit in the time left, only the fastest that fit continue (the ladder
     in the leading mode; on the first rung, costed at a modest CPU's speed, the modes in `modes`
-    order, fp32 first: a budget too small to measure keeps fp32; when that left the first mode alone on
-the last rung, the others are timed there afterwards as far as the time left pays for them at its
-measured speed, `_race_after`). The chosen mode is the fastest healthy one on the largest rung timed in more than
-    one mode; the table is its timings. `probe(candidate, modes)` replaces the real timing (tests)."""
+    order, fp32 first: a budget too small to measure keeps fp32; the modes that estimate left out are
+    timed afterwards on the last rung, as far as the time left pays for them at fp32's measured speed
+    there, `_race_after`: all of them when the first mode ran alone, those never timed on any rung when
+    others raced, as on a pinned model's one rung). The chosen mode is the fastest healthy one on the
+    largest rung timed in more than one mode; the table is its timings. `probe(candidate, modes)`
+    replaces the real timing (tests)."""
     started = time.perf_counter()
     device = torch.device(device)
     modes = list(modes)
@@ -220,6 +225,7 @@ measured speed, `_race_after`). The chosen mode is the fastest healthy one on th
     live, dropped = list(modes), {}
     strikes: dict[str, int] = {}  # rungs in a row on which a mode was DROP_RATIO slower than the leader
     deciding: tuple[dict[str, Probe], str, list[ComputeMode]] | None = None  # the last rung timed in 2+ modes
+    deciding_rung: Candidate | None = None
     alone: tuple[Candidate, dict[str, Probe]] | None = None  # the last rung timed in the first mode only
     unpaid: list[ComputeMode] = []  # modes left out for the timing budget alone, not for their speed or health
     if probe is None:
@@ -250,7 +256,7 @@ measured speed, `_race_after`). The chosen mode is the fastest healthy one on th
         problems = {name: f"{why} on {c.label()}" for name, why in health_problems(probes).items()}
         healthy = {name: p for name, p in probes.items() if name not in problems}
         if len(probes) > 1:
-            deciding = (probes, c.label(), live)
+            deciding, deciding_rung = (probes, c.label(), live), c
         elif not problems:
             alone = (c, probes)
         elif not healthy:
@@ -272,9 +278,14 @@ measured speed, `_race_after`). The chosen mode is the fastest healthy one on th
         live = sorted((m for m in live if m.name not in dropped), key=lambda m: healthy[m.name].seconds)
         if stop_when is not None and stop_when(c, healthy[leader].seconds):
             break
+    left = max_seconds - (time.perf_counter() - started)
     if deciding is None and alone is not None and unpaid:
-        deciding = _race_after(alone, modes[0], unpaid, dropped, probe,
-                               max_seconds - (time.perf_counter() - started), timed_steps, result)
+        deciding = _race_after(alone, [modes[0]], unpaid, dropped, probe, left, timed_steps, result)
+    elif deciding is not None and deciding_rung is not None:  # modes never timed on any rung, for time alone
+        never = [m for m in unpaid if not result.by_mode[m.name]]
+        raced = never and _race_after((deciding_rung, deciding[0]), deciding[2], never, dropped, probe, left,
+                                      timed_steps, result)
+        deciding = raced or deciding
     if deciding is not None:  # its fastest healthy mode; the reason says where the others went
         result.decision = choose_mode(*deciding, dropped)
     elif len(modes) > 1:  # only the first mode was timed

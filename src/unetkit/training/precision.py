@@ -2,7 +2,8 @@
 
 `probe_modes` trains one copy of the same freshly initialised model per mode on the same random
 batches, step by step interleaved (a change in machine load hits every mode alike), and records the
-median seconds per timed step and the loss of every step. `health_problems` rejects a mode whose
+median seconds per timed step and the loss of every step; a mode far slower than the fastest
+(`GIVE_UP_RATIO`, emulated bf16) stops after two steps. `health_problems` rejects a mode whose
 loss or gradients are not finite, or whose loss leaves the fp32 probe's on the same batches by more
 than `LOSS_TOLERANCE` (10 % of the fp32 loss at any probe step: bf16 rounding moves a loss by well
 under 1 %, a broken mode by much more). `choose_mode` takes the fastest healthy mode and says why,
@@ -37,6 +38,10 @@ from unetkit.training.modes import FP32, ComputeMode, candidate_modes, mode_by_n
 from unetkit.training.optim import build_optimizer
 
 LOSS_TOLERANCE = 0.10  # a mode's probe loss may differ from fp32's by this fraction of it
+# a mode whose mean probe step after its first took this much longer than the fastest mode's stops there
+# (fp32, the health reference, never does): emulated bf16 on a CPU without it ran 11-22x slower than
+# fp32 on w16 d4 128x128 b8 (AMD EPYC Zen 3), 80 s for its five steps of a 30-minute budget's probe
+GIVE_UP_RATIO = 5.0
 PROBE_WARMUP_STEPS = 2  # untimed steps (allocator growth, first page-ins, oneDNN kernel creation)
 PROBE_TIMED_STEPS = 3
 # without a plan, auto measures when the run has this many steps (or a budget): the probe, about
@@ -72,18 +77,22 @@ def probe_modes(model: nn.Module, modes: Sequence[ComputeMode], batch: Callable[
                 timed_steps: int = PROBE_TIMED_STEPS, grad_clip: float = 12.0) -> dict[str, Probe]:
     """Each mode trains its own copy of `model` (same weights) on `batch(i)`, interleaved per step.
 
-    `batch(i)` gives step i's (images, labels) on `device`; its time is added to every mode's step."""
+    `batch(i)` gives step i's (images, labels) on `device`; its time is added to every mode's step.
+    A mode (not fp32) whose mean step after its first took `GIVE_UP_RATIO` times the fastest mode's
+    stops: its seconds are the median of the steps it ran, warm-up included when it ran no timed step."""
     nets = {m.name: m.prepare(copy.deepcopy(model).to(device)) for m in modes}
     optimizers = {name: build_optimizer(net, OptimConfig()) for name, net in nets.items()}
     times: dict[str, list[float]] = {m.name: [] for m in modes}
+    every: dict[str, list[float]] = {m.name: [] for m in modes}  # warm-up steps too
     losses: dict[str, list[float]] = {m.name: [] for m in modes}
     problems: dict[str, str] = {}
+    stopped: set[str] = set()
     for i in range(warmup_steps + timed_steps):
         t0 = time.perf_counter()
         x, y = batch(i)
         prep = time.perf_counter() - t0
         for m in modes:
-            if m.name in problems:
+            if m.name in problems or m.name in stopped:
                 continue
             t0 = time.perf_counter()
             try:
@@ -97,10 +106,23 @@ def probe_modes(model: nn.Module, modes: Sequence[ComputeMode], batch: Callable[
             losses[m.name].append(terms["loss"])
             if not math.isfinite(terms["grad_norm"]):
                 problems[m.name] = f"non-finite gradients at probe step {i + 1}"
+            every[m.name].append(time.perf_counter() - t0 + prep)
             if i >= warmup_steps:
-                times[m.name].append(time.perf_counter() - t0 + prep)
-    return {m.name: Probe(statistics.median(times[m.name]) if times[m.name] else math.inf,
+                times[m.name].append(every[m.name][-1])
+        # judged from the second step on, without the first: a fresh model's first step is slow in any mode
+        # (channels_last's layout reorders: 5x fp32's on a tiny model under load)
+        stopped |= too_slow({name: statistics.fmean(t[1:]) for name, t in every.items()
+                             if name not in problems and len(t) > 1})
+    return {m.name: Probe(statistics.median(times[m.name] or every[m.name]) if every[m.name] else math.inf,
                           tuple(losses[m.name]), problems.get(m.name, "")) for m in modes}
+
+
+def too_slow(step_seconds: dict[str, float]) -> set[str]:
+    """The modes (fp32 never) whose mean probe step took `GIVE_UP_RATIO` times the fastest mode's."""
+    if len(step_seconds) < 2:
+        return set()
+    fastest = min(step_seconds.values())
+    return {name for name, s in step_seconds.items() if name != FP32.name and s > GIVE_UP_RATIO * fastest}
 
 
 def health_problems(probes: dict[str, Probe], reference: str = FP32.name) -> dict[str, str]:
