@@ -119,8 +119,8 @@ def test_objects_scored_by_their_topology_get_twice_the_step_target_from_a_cheap
     membranes = [("membrane", 0.22, 0.73, 2.5, 58000.0), ("interior", 0.78, 0.92, 12.0, 4700.0)]
     cells = make_fingerprint(size=(512, 512), n=30, channels=1, classes=membranes, objects_per_image=114.0)
     few = make_fingerprint(size=(512, 512), n=30, channels=1, classes=membranes, objects_per_image=3.0)
-    for budget in (600, 1800):
-        touching, plain = (make_plan(fp, PROFILES["cpu2"], budget, {}) for fp in (cells, few))
+    for budget in (600, 1800):  # a 32-core CPU: the cheaper rung keeps depth 4 (below, the depth floor)
+        touching, plain = (make_plan(fp, PROFILES["cpu32"], budget, {}) for fp in (cells, few))
         assert plain.value("tune_postprocess") == "dice" and touching.value("tune_postprocess") == "rand"
         assert step_target(budget, data_facts(cells, {})) == 2 * min_steps(budget)
         assert step_target(budget, data_facts(few, {})) == min_steps(budget)
@@ -130,6 +130,26 @@ def test_objects_scored_by_their_topology_get_twice_the_step_target_from_a_cheap
         assert "2x for objects scored by their topology" in why
     # the factor never lifts the target past R1's ceiling
     assert step_target(10 ** 9, data_facts(cells, {})) == min_steps(10 ** 9) == 20000
+
+
+def test_topology_buys_its_steps_with_width_never_below_depth_4_while_that_rung_gets_half_the_target():
+    """On a slow CPU the doubled target reached only depth-3 rungs: ISBI 2012 on an AMD EPYC Zen 3 took
+    w16 d3 96x96 (0.0428) where w16 d4 128x128 with fewer steps scored 0.0317."""
+    membranes = [("membrane", 0.22, 0.73, 2.5, 58000.0), ("interior", 0.78, 0.92, 12.0, 4700.0)]
+    cells = make_fingerprint(size=(512, 512), n=30, channels=1, classes=membranes, objects_per_image=114.0)
+    zen3 = simulated_throughput(60.0, 0.01)  # w16 d4 128x128 b8 ~0.6 s/step: under the plain target too
+    plan = make_plan(cells, zen3, 1800, {})
+    assert (plan.value("model.base_width"), plan.value("model.depth"), plan.value("data.patch_size")) == \
+        (16, 4, [128, 128])
+    assert min_steps(1800) // 2 <= plan.value("steps") < 2 * min_steps(1800)
+    why = next(c.reason for c in plan.choices if c.key == "model.base_width")
+    assert "the cheapest rung of depth 4" in why and "is below the step target" in why
+    # too slow for half the plain target at depth 4: the doubled target's cheaper rung, as before
+    short = make_plan(cells, PROFILES["cpu2"], 600, {})
+    assert short.value("model.depth") == 3 and short.value("steps") >= 2 * min_steps(600)
+    # data not scored by topology keeps R2's choice on the same machine
+    few = make_fingerprint(size=(512, 512), n=30, channels=1, classes=membranes, objects_per_image=3.0)
+    assert make_plan(few, zen3, 1800, {}).value("model.depth") == 3
 
 
 def test_a_thin_minority_class_0_gets_no_cldice_which_scores_classes_1_and_up():

@@ -23,7 +23,11 @@ R1 Step target. Optimisation needs steps more than capacity at these budgets: th
    (0.0335). w16 met <= 0.035 in five runs of five, w32 in one of two; its lead (~0.005, ~0.003 held out) is smaller
    than the ~0.01 spread between runs of one plan, so the factor rests on thin evidence. Runs of >=
    4,600 steps on other machines scored 0.026-0.032 (docs/benchmarks.md; the figures of 2026-12-05
-   correct earlier ones that scored TTA-adopting models without their TTA).
+   correct earlier ones that scored TTA-adopting models without their TTA). Those steps come from a
+   narrower network, never a shallower one than TOPOLOGY_DEPTH (4) while that rung gets at least half
+   the plain target: on an AMD EPYC Zen 3 (fp32) the factor took ISBI 2012 down to w16 d3 96x96 for
+   ~7,800 steps, 0.0428 (0.0660 held out), where w16 d4 128x128 for ~3,100 steps, pinned, scored 0.0317
+   (0.0314) and the same rung planned before the factor 0.0343 (one run each).
 R2 Model ladder. Candidates come from `LADDER`, (width, depth, patch, batch) rungs ordered by cost,
    each adapted to the data (R3, R4). The plan takes the most expensive rung whose planned steps
    (training seconds / seconds per step) still reach the step target; if none does, the cheapest.
@@ -265,6 +269,8 @@ LADDER: tuple[tuple[int, int, int, int], ...] = (
 THIN_SURVIVAL = 0.5
 MAX_STEPS = 20000  # R1: the step target's ceiling
 TOPOLOGY_STEPS = 2.0  # R1: the step target's factor for objects scored by their topology (R13's touching)
+TOPOLOGY_DEPTH = 4  # R1: ... which buy those steps with width, not with a shallower network than this,
+TOPOLOGY_MIN_SHARE = 0.5  # ... while it gets at least this share of the plain step target
 THIN_SHARE = 0.5  # R4: thin classes hold at least half the pixels outside the largest class
 HAIRLINE_DEPTH = 1.25  # R4: mean distance to the border of structures at most 2 px wide
 UPRIGHT_SPREAD = 0.2  # R7: classes' mean rows this far apart (fraction of the height): the data has an up
@@ -653,14 +659,23 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     target = step_target(budget_seconds, facts)
     if continued:
         target = int(FINETUNE_STEP_FACTOR * target)
-    rows, best, best_i = [], None, 0
+    rows, planned, best, best_i = [], [], None, 0
     for i, c in enumerate(candidates(facts, overrides | fixed)):
         sps = float(throughput(c))
         steps, n_val, val_s = planned_steps(c, sps, facts, budget_seconds, overrides)
         rows.append({"label": c.label(), "seconds_per_step": sps, "steps": steps, "timed": c in timed})
+        planned.append((c, sps, steps, n_val, val_s))
         if best is None or steps >= target:
-            best, best_i = (c, sps, steps, n_val, val_s), i
+            best, best_i = planned[-1], i
     assert best is not None
+    deepened = ""
+    if facts.touching and best[0].depth < TOPOLOGY_DEPTH:  # R1: the topology's steps never cost the depth
+        deep = next((i for i, p in enumerate(planned) if p[0].depth >= TOPOLOGY_DEPTH), None)
+        floor = int(TOPOLOGY_MIN_SHARE * min_steps(budget_seconds))
+        if deep is not None and planned[deep][2] >= floor:
+            best, best_i = planned[deep], deep
+            deepened = (f": topology wants the receptive field before the steps, while that rung gets at least "
+                        f"{floor}")
     rows[best_i]["chosen"] = True
     cand, sps, steps, n_val, val_s = best
     val_images = validation_images(cand, sps, facts, budget_seconds, overrides)
@@ -676,10 +691,11 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
     if "steps" in overrides:
         steps = int(overrides["steps"])
     reached = "reaches" if steps >= target else "is below"
-    why_model = (f"the largest candidate whose {steps} steps in this budget {reached} the step target {target} "
+    which = f"the cheapest rung of depth {TOPOLOGY_DEPTH}" if deepened else "the largest candidate"
+    why_model = (f"{which} whose {steps} steps in this budget {reached} the step target {target} "
                  f"(R1/R2{'/R15: half of R1, continued training' if continued else ''}"
                  f"{f'; {TOPOLOGY_STEPS:g}x for objects scored by their topology, R13' if facts.touching else ''}; "
-                 f"{sps * 1000:.0f} ms/step here)")
+                 f"{sps * 1000:.0f} ms/step here){deepened}")
     choices: list[Choice] = []
 
     def choose(key: str, value: Any, reason: str) -> None:
