@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.planning.conftest import make_fingerprint
 from unetkit.artifact import load_artifact
 from unetkit.cli import app
 from unetkit.data.io import write_png
-from unetkit.planning.rules import LADDER
-from unetkit.planning.throughput import Candidate, measure_throughput
+from unetkit.planning import auto
+from unetkit.planning.rules import LADDER, TOPOLOGY_DEPTH
+from unetkit.planning.throughput import Candidate, MeasuredThroughput, measure_throughput
 
 COLOURS = [(0, 0, 0), (220, 40, 40), (40, 200, 40), (40, 60, 230), (230, 200, 30), (160, 40, 200)]
 IGNORE = (255, 255, 255)
@@ -65,6 +67,27 @@ def test_timing_candidates_stops_once_a_candidate_is_too_slow():
     measured = measure_throughput(ladder, in_channels=1, out_channels=2, max_seconds=30.0,
                                   stop_when=lambda c, s: True)
     assert len(measured.table) == 1
+
+
+def test_objects_scored_by_their_topology_time_on_to_the_first_depth_4_rung(monkeypatch):
+    """R1 may take the cheapest depth-4 rung below the doubled target: it must be timed, with the compute
+    modes raced on it, not extrapolated from the depth-3 rungs whose timing stopped the ladder."""
+    captured: dict = {}
+
+    def record(candidates, **kwargs):
+        captured.update(kwargs, candidates=list(candidates))
+        return MeasuredThroughput(1, 2)
+
+    monkeypatch.setattr(auto, "measure_throughput", record)
+    membranes = [("membrane", 0.22, 0.73, 2.5, 58000.0), ("interior", 0.78, 0.92, 12.0, 4700.0)]
+    for objects, d3_stops in ((114.0, False), (3.0, True)):  # touching cells; few objects: the plain rule
+        fp = make_fingerprint(size=(512, 512), n=30, channels=1, classes=membranes, objects_per_image=objects)
+        auto.time_candidates(fp, {}, 1800, device="cpu")
+        stop, ladder = captured["stop_when"], captured["candidates"]
+        d3 = next(c for c in ladder if c.depth == 3)
+        d4 = next(c for c in ladder if c.depth >= TOPOLOGY_DEPTH)
+        assert stop(d3, 10.0) is d3_stops and stop(d4, 10.0)  # 10 s a step: under any step target
+        assert not stop(d4, 1e-4)
 
 
 def test_the_race_times_the_network_the_user_set_not_only_the_planned_choices(tmp_path: Path, monkeypatch):

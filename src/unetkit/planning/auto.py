@@ -19,7 +19,15 @@ import torch
 
 from unetkit.config import PretrainConfig, TrainConfig, replace, to_dict
 from unetkit.planning.plan import Plan, apply_plan
-from unetkit.planning.rules import StartFacts, candidates, data_facts, make_plan, planned_steps, step_target
+from unetkit.planning.rules import (
+    TOPOLOGY_DEPTH,
+    StartFacts,
+    candidates,
+    data_facts,
+    make_plan,
+    planned_steps,
+    step_target,
+)
 from unetkit.planning.throughput import MeasuredThroughput, measure_throughput, simulated_throughput
 from unetkit.runtime import keep_freed_memory
 from unetkit.training.distill import check_teacher, read_teacher
@@ -59,8 +67,10 @@ def time_candidates(fingerprint: Mapping[str, Any], overrides: Mapping[str, Any]
     if on.type == "cpu":
         keep_freed_memory()  # time steps as fit will run them
 
-    def too_slow(c, seconds: float) -> bool:  # larger candidates can only be slower
-        return planned_steps(c, seconds, facts, budget_seconds)[0] < target
+    def too_slow(c, seconds: float) -> bool:  # larger candidates can only be slower; objects scored by their
+        # topology time on to the first rung of TOPOLOGY_DEPTH, which R1 may take below the target
+        return planned_steps(c, seconds, facts, budget_seconds)[0] < target and (
+            not facts.touching or c.depth >= TOPOLOGY_DEPTH)
 
     return measure_throughput(candidates(facts, overrides), in_channels=facts.channels,
                               out_channels=facts.num_classes, max_seconds=limit, model=provisional.model,
