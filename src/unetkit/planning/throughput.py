@@ -163,7 +163,7 @@ def _race_after(last: tuple[Candidate, dict[str, Probe]], timed: list[ComputeMod
     left pays for one more at fp32's measured speed there (else the fastest timed mode's). Before any
     timing the race is costed at a modest CPU's speed, which keeps a single expensive rung (a patch and
     batch set by the user) in fp32 alone, or lets the first modes in `modes` order in and leaves the
-    last out; once measured (and an emulated mode given up after its first step, `GIVE_UP_RATIO`) the
+    last out; once measured (and an emulated mode given up after its second step, `GIVE_UP_RATIO`) the
     others often fit. Their losses are compared with fp32's probe on the same seeded batches
     (`health_problems`). None when none fitted."""
     c, probes = last
