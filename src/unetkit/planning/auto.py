@@ -20,13 +20,13 @@ import torch
 from unetkit.config import PretrainConfig, TrainConfig, replace, to_dict
 from unetkit.planning.plan import Plan, apply_plan
 from unetkit.planning.rules import (
-    TOPOLOGY_DEPTH,
     StartFacts,
     candidates,
     data_facts,
     make_plan,
     planned_steps,
     step_target,
+    under_topology_depth,
 )
 from unetkit.planning.throughput import MeasuredThroughput, measure_throughput, simulated_throughput
 from unetkit.runtime import keep_freed_memory
@@ -69,8 +69,7 @@ def time_candidates(fingerprint: Mapping[str, Any], overrides: Mapping[str, Any]
 
     def too_slow(c, seconds: float) -> bool:  # larger candidates can only be slower; objects scored by their
         # topology time on to the first rung of TOPOLOGY_DEPTH, which R1 may take below the target
-        return planned_steps(c, seconds, facts, budget_seconds)[0] < target and (
-            not facts.touching or c.depth >= TOPOLOGY_DEPTH)
+        return planned_steps(c, seconds, facts, budget_seconds)[0] < target and not under_topology_depth(c, facts)
 
     return measure_throughput(candidates(facts, overrides), in_channels=facts.channels,
                               out_channels=facts.num_classes, max_seconds=limit, model=provisional.model,

@@ -392,6 +392,12 @@ class DataFacts:
         return self.upright >= UPRIGHT_SPREAD
 
 
+def under_topology_depth(c: Candidate, facts: DataFacts) -> bool:
+    """R1: a rung shallower than TOPOLOGY_DEPTH for objects scored by their topology, which the plan passes
+    over for the first rung that deep while that one gets TOPOLOGY_MIN_SHARE of the plain step target."""
+    return bool(facts.touching) and c.depth < TOPOLOGY_DEPTH
+
+
 def step_target(budget_seconds: float, facts: DataFacts) -> int:
     """R1's step target for this data: `min_steps`, times TOPOLOGY_STEPS when objects are scored by
     their topology (R13's touching objects)."""
@@ -669,8 +675,8 @@ def make_plan(fingerprint: Mapping[str, Any], throughput: ThroughputModel, budge
             best, best_i = planned[-1], i
     assert best is not None
     deepened = ""
-    if facts.touching and best[0].depth < TOPOLOGY_DEPTH:  # R1: the topology's steps never cost the depth
-        deep = next((i for i, p in enumerate(planned) if p[0].depth >= TOPOLOGY_DEPTH), None)
+    if under_topology_depth(best[0], facts):  # R1: the topology's steps never cost the depth
+        deep = next((i for i, p in enumerate(planned) if not under_topology_depth(p[0], facts)), None)
         floor = int(TOPOLOGY_MIN_SHARE * min_steps(budget_seconds))
         if deep is not None and planned[deep][2] >= floor:
             best, best_i = planned[deep], deep

@@ -82,8 +82,7 @@ def probe_modes(model: nn.Module, modes: Sequence[ComputeMode], batch: Callable[
     stops: its seconds are the median of the steps it ran, warm-up included when it ran no timed step."""
     nets = {m.name: m.prepare(copy.deepcopy(model).to(device)) for m in modes}
     optimizers = {name: build_optimizer(net, OptimConfig()) for name, net in nets.items()}
-    times: dict[str, list[float]] = {m.name: [] for m in modes}
-    every: dict[str, list[float]] = {m.name: [] for m in modes}  # warm-up steps too
+    every: dict[str, list[float]] = {m.name: [] for m in modes}  # seconds of each step run, warm-up first
     losses: dict[str, list[float]] = {m.name: [] for m in modes}
     problems: dict[str, str] = {}
     stopped: set[str] = set()
@@ -107,13 +106,11 @@ def probe_modes(model: nn.Module, modes: Sequence[ComputeMode], batch: Callable[
             if not math.isfinite(terms["grad_norm"]):
                 problems[m.name] = f"non-finite gradients at probe step {i + 1}"
             every[m.name].append(time.perf_counter() - t0 + prep)
-            if i >= warmup_steps:
-                times[m.name].append(every[m.name][-1])
         # judged from the second step on, without the first: a fresh model's first step is slow in any mode
         # (channels_last's layout reorders: 5x fp32's on a tiny model under load)
         stopped |= too_slow({name: statistics.fmean(t[1:]) for name, t in every.items()
                              if name not in problems and len(t) > 1})
-    return {m.name: Probe(statistics.median(times[m.name] or every[m.name]) if every[m.name] else math.inf,
+    return {m.name: Probe(statistics.median(every[m.name][warmup_steps:] or every[m.name]) if every[m.name] else math.inf,
                           tuple(losses[m.name]), problems.get(m.name, "")) for m in modes}
 
 
