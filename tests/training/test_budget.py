@@ -22,6 +22,10 @@ def test_plan_pays_for_validations_and_the_reserve() -> None:
     assert reserve_seconds(2.0, 4.0) == pytest.approx(8.0 + 0.1)  # no budget: no share of it as margin
     clock = BudgetClock(budget=100.0, val_seconds=1.0, save_seconds=0.5, end_passes=3.4)
     assert clock.reserve() == reserve_seconds(1.0, 3.4, save_seconds=0.5, budget=100.0)
+    # end work timed in seconds (the object score's search) is kept on top of the passes
+    assert reserve_seconds(1.0, 3.4, save_seconds=0.5, budget=100.0, end_seconds=20.0) == pytest.approx(28.0)
+    clock.end_seconds = 20.0
+    assert clock.reserve() == pytest.approx(28.0)
 
 
 def test_clock_ignores_the_first_step_and_guards_the_deadline() -> None:

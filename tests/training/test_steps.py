@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,6 +116,37 @@ def test_budget_stops_in_time_with_a_fitted_schedule(tiny_config) -> None:
     assert plans and plans[-1]["total_steps"] == state["total_steps"]
     lrs = [e["lr"] for e in log if e["event"] == "train"]
     assert lrs[-1] < 0.05 * cfg.optim.lr  # the schedule decayed to its end inside the budget
+
+
+def test_the_end_search_is_timed_on_the_labels_then_again_on_validations_probabilities(tiny_config,
+                                                                                      monkeypatch) -> None:
+    """The adapted Rand search's reserve (`finish.end_seconds`): timed before training on the first
+    validation image's one-hot labels, then again on the model's probabilities of it (more pieces to
+    cut, slower trials) at the 1st, 2nd, 4th, 8th ... validation; the reserve keeps the largest."""
+    import importlib
+
+    from unetkit.training.prepare import load_training_data
+
+    fit_module = importlib.import_module("unetkit.training.fit")
+    calls = []
+
+    def timed(config, val, num_classes, probs=None):
+        calls.append(probs)
+        return 0.5 if probs is None else 1.5
+
+    monkeypatch.setattr(fit_module, "end_seconds", timed)
+    cfg = tiny_config(tune_postprocess="rand", budget_seconds=8.0, steps=100_000, val_every=20)
+    fit(cfg)
+    data = load_training_data(cfg.data)
+    log = read_log(Path(cfg.out_dir) / "metrics.jsonl")
+    validations = sum(e["event"] == "val" for e in log)
+    retimed = [i for i in range(1, validations + 1) if i & (i - 1) == 0]  # 1, 2, 4, 8, ...
+    assert validations >= 3 and len(calls) == 1 + len(retimed) and calls[0] is None  # the labels first
+    for probs in calls[1:]:
+        assert probs.shape == (len(data.class_names), *data.val[0].labels.shape) and probs.dtype == np.float32
+        assert np.allclose(probs.sum(0), 1.0, atol=1e-4)
+    plans = [e for e in log if e["event"] == "budget"]
+    assert plans and plans[-1]["end_seconds"] == 1.5  # the reserve keeps the model's timing, the larger
 
 
 def test_loss_config_reaches_the_log(tiny_config) -> None:

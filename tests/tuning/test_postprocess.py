@@ -13,11 +13,15 @@ from unetkit.errors import ConfigError, DataError
 from unetkit.evaluation.evaluate import evaluate_model
 from unetkit.inference.postprocess import apply_postprocess
 from unetkit.metrics.topology import adapted_rand_error
+from unetkit.tuning import postprocess
 from unetkit.tuning.postprocess import (
     RAND_DICE_GUARD,
+    candidate_steps,
     compact,
     gate_postprocess,
+    label_probabilities,
     score_labels,
+    search_seconds,
     tune_model_postprocess,
     tune_postprocess,
     tune_probabilities,
@@ -196,3 +200,23 @@ def test_the_class_by_class_shortcut_gives_the_full_searchs_choice_and_log(rng, 
         monkeypatch.undo()
         assert fast == full
         assert any(row["kept"] for row in fast[1])  # the search did change something on this data
+
+
+def test_search_seconds_scales_one_timed_step_to_every_trial_and_every_fold_search(rng, monkeypatch):
+    probs, truth = cells_and_membranes(rng)
+    steps = candidate_steps(2, metric="rand")
+    assert steps[0][0] == "watershed" and len(steps[0][2]) == 5
+    ticks = iter([10.0, 16.0])  # arg-max's score + the first step's 5 trials, timed: 1 s a trial
+    monkeypatch.setattr(postprocess.time, "perf_counter", lambda: next(ticks))
+    trials = 1 + sum(len(values) for _, _, values in steps)
+    # the search on 5 images' pixels, then 5 out-of-fold re-runs on 4/5 of them each: 25 images' searches
+    assert search_seconds(probs, truth, 5 * truth.size, "rand", folds=5) == pytest.approx(trials * 25.0)
+    ticks = iter([0.0, 6.0])
+    assert search_seconds(probs, truth, 2 * truth.size, "rand") == pytest.approx(trials * 2.0)  # no gate
+
+
+def test_label_probabilities_are_the_one_hot_labels_with_ignored_pixels_as_background():
+    labels = np.array([[0, 1, 255], [2, 1, 0]])
+    probs = label_probabilities(labels, 3)
+    assert probs.shape == (3, 2, 3) and probs.dtype == np.float32
+    assert np.array_equal(probs.argmax(0), np.where(labels == 255, 0, labels)) and np.all(probs.sum(0) == 1)

@@ -12,7 +12,10 @@ re-planning), so resume is exact. A guard before every step stops cleanly if tim
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 def plan_total_steps(*, steps_done: int, seconds_left: float, seconds_per_step: float,
@@ -29,14 +32,17 @@ RESERVE_FRACTION = 0.03  # of the budget: a margin for what the timings did not 
 RESERVE_MARGIN_SECONDS = 0.1
 
 
-def reserve_seconds(val_seconds: float, end_passes: float, *, save_seconds: float = 0.0, budget: float = 0.0) -> float:
+def reserve_seconds(val_seconds: float, end_passes: float, *, save_seconds: float = 0.0, budget: float = 0.0,
+                    end_seconds: float = 0.0) -> float:
     """Time kept for the end of a run: `end_passes` validation passes of `val_seconds` each (the
-    final validation, calibration, postprocessing tuning, the drift baseline's predictions), three
+    final validation, calibration, postprocessing tuning, the drift baseline's predictions), the
+    `end_seconds` of end work timed apart (`finish.end_seconds`: the object score's search), three
     saves (last and best checkpoints, the artifact) and a margin: 3 % of `budget` (0: none) + 0.1 s.
 
     The one model of the end-of-run reserve: the planner (R11, R12), the `BudgetClock` and the
     ensemble's split of the budget between members all reserve with it."""
-    return end_passes * val_seconds + 3.0 * save_seconds + RESERVE_FRACTION * budget + RESERVE_MARGIN_SECONDS
+    return (end_passes * val_seconds + end_seconds + 3.0 * save_seconds + RESERVE_FRACTION * budget
+            + RESERVE_MARGIN_SECONDS)
 
 
 @dataclass
@@ -50,6 +56,8 @@ class BudgetClock:
     val_seconds: float = 0.0
     save_seconds: float = 0.0
     end_passes: float = 2.0  # the end of the run in validation passes (set by fit: `finish.end_passes`)
+    end_seconds: float = 0.0  # the end's work timed in seconds, apart from the passes (set by fit: `finish.end_seconds`)
+    time_end: Callable[[np.ndarray], float] | None = None  # times it again on a model's probabilities (run_steps)
     excluded: float = 0.0  # validation/save time inside the current step's wall time
     last_plan: float = -1.0  # elapsed() at the last plan
 
@@ -91,7 +99,8 @@ class BudgetClock:
         return len(timed) >= self.probe_min_steps and sum(timed) >= min(0.03 * self.budget, 30.0)
 
     def reserve(self) -> float:
-        return reserve_seconds(self.val_seconds, self.end_passes, save_seconds=self.save_seconds, budget=self.budget)
+        return reserve_seconds(self.val_seconds, self.end_passes, save_seconds=self.save_seconds, budget=self.budget,
+                               end_seconds=self.end_seconds)
 
     def time_to_plan(self, decided: bool, resumed: bool) -> bool:
         """First plan once the probe is done; then every ~5% of the budget (never in a resumed run)."""

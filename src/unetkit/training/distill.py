@@ -83,7 +83,7 @@ class TeacherClock(BudgetClock):
 
     def reserve(self) -> float:
         ends = reserve_seconds(self.val_seconds, self.end_passes + self.student_passes,
-                               save_seconds=self.save_seconds, budget=self.budget)
+                               save_seconds=self.save_seconds, budget=self.budget, end_seconds=self.end_seconds)
         return ends + self.student_share * max(0.0, self.budget - ends)
 
 
@@ -307,7 +307,8 @@ def train_teacher(config: TrainConfig, cfg: TrainConfig, data: TrainingData, env
             print(f"distillation: training the teacher ({lever}: {_model_label(cfg.model)})"
                   + (f", {config.distill.teacher_share:.0%} of the {left / 60:.1f} min left" if left else ""))
         # the teacher's end is its final validation; its clock keeps the student's end and share too
-        teacher_clock = TeacherClock(left, end_passes=1.0, student_passes=passes,
+        teacher_clock = TeacherClock(left, end_passes=1.0, student_passes=passes, end_seconds=clock.end_seconds,
+                                     time_end=clock.time_end,
                                      student_share=1.0 - config.distill.teacher_share)
         network, state, log = run_steps(cfg, data, env, device, teacher_clock, folder, callbacks, mode_info)
         clock.val_seconds = max(clock.val_seconds, teacher_clock.val_seconds)

@@ -89,7 +89,8 @@ def fit_ensemble(config: TrainConfig, data: TrainingData, env: Any, device: torc
                                    val=[s for s in data.train if s.key in held])
         share = 0.0
         if clock.enabled:
-            end = (reserve_seconds(k * seconds_per_image * len(data.val), passes) if seconds_per_image
+            end = (reserve_seconds(k * seconds_per_image * len(data.val), passes, end_seconds=clock.end_seconds)
+                   if seconds_per_image
                    else END_SHARE_UNMEASURED * clock.budget)  # no margin here: each member's clock keeps one
             share = max(1.0, (clock.seconds_left() - end) / (k - i))
         member = dataclasses.replace(

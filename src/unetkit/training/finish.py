@@ -36,18 +36,20 @@ from unetkit.training.selection import select_weights
 from unetkit.training.steps import RunState
 from unetkit.tuning.calibration import calibrate_samples, calibration_record
 from unetkit.tuning.gate import MIN_IMAGES, fold_indices
-from unetkit.tuning.postprocess import tune_probabilities, tune_samples, tuning_record
+from unetkit.tuning.postprocess import (
+    label_probabilities,
+    search_seconds,
+    tune_probabilities,
+    tune_samples,
+    tuning_record,
+)
 from unetkit.tuning.scales import candidate_resolutions, choose_scales, extra_passes
 from unetkit.tuning.tta import choose_tta
 
 TUNE_PREDICT_VALIDATIONS = 1.0  # budget reserved for tuning postprocessing: one prediction pass (R13; with
 # TTA measured, its views' passes instead) ...
-SEARCH_VALIDATIONS = 1.0  # ... + the search, and each out-of-fold search of the gate (unetkit.tuning.gate)
-# A search for the adapted Rand score (R13: watershed splits, components per trial) costs far more than
-# a validation pass: on ISBI 2012 (5 slices of 512², a 1.9 s pass) the search and the gate's 5
-# out-of-fold searches took 62 s, ~5.4 passes each, so a 30-minute run reserving 1 pass per search ran
-# out of time after 21 trials and kept plain arg-max (adapted Rand error 0.102 instead of ~0.04).
-RAND_SEARCH_VALIDATIONS = 6.0
+SEARCH_VALIDATIONS = 1.0  # ... + the search, and each out-of-fold search of the gate (unetkit.tuning.gate);
+# the search for the adapted Rand score is timed instead (`end_seconds`)
 MAX_TUNE_IMAGES = 32  # the postprocessing search holds every image's probabilities: at most this many, evenly
 # spread (TTA and multi-scale are judged on every validation image, holding the maps of these only)
 CALIBRATE_VALIDATIONS = 1.2  # ... and for calibration: one pass of logits + the temperature fit (also what
@@ -70,7 +72,7 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
         return 0.0
     folds = len(fold_indices(val_images)) if val_images >= MIN_IMAGES else 0  # the gate's out-of-fold refits
     tuning = config.tune_postprocess != "off"
-    search = RAND_SEARCH_VALIDATIONS if config.tune_postprocess == "rand" else SEARCH_VALIDATIONS
+    search = 0.0 if config.tune_postprocess == "rand" else SEARCH_VALIDATIONS  # "rand": `end_seconds`
     held = min(val_images, MAX_TUNE_IMAGES) / val_images  # the spread whose maps the search tunes on
     # TTA is judged on every validation image, each predicted once per view (the first is the plain prediction),
     # and those the search holds also plainly, as inference predicts them
@@ -87,6 +89,25 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
         predict += ((1.0 if not predict else 0.0) + search * (1 + folds)) * held
     fit = CALIBRATE_VALIDATIONS - 1.0 + GATE_FIT_VALIDATIONS * folds  # a temperature fit and the gate's refits
     return (1.0 + fit if config.calibrate else 0.0) + fit * means + predict
+
+
+def end_seconds(config: TrainConfig, val: Sequence[Any], num_classes: int, probs: np.ndarray | None = None) -> float:
+    """The end of the run's work that validation passes do not measure, timed on this machine: the
+    postprocessing search for the adapted Rand score (R13: a watershed split and connected components
+    per trial, however fast the network) and the gate's out-of-fold re-runs of it, on the spread of
+    validation images it tunes on (`tuning.postprocess.search_seconds`), timed on the first validation
+    image with `probs` (a model's probabilities of it; None: its one-hot labels, an under-count). Counted
+    in validation passes (6 per search: on ISBI 2012 the search and its gate took 62 s, 1.9 s passes)
+    the reserve shrank with a faster network: w8 d4 (1.0 s passes) ran out of time after 32 trials and
+    kept plain arg-max, adapted Rand error 0.105 instead of ~0.035 (AMD EPYC Zen 3, docs/benchmarks.md,
+    2026-12-07). 0 for the other metrics, whose search is reserved in passes."""
+    if config.tune_postprocess != "rand" or not len(val):
+        return 0.0
+    held = [val[i] for i in spread(range(len(val)), MAX_TUNE_IMAGES)]
+    folds = len(fold_indices(len(held))) if len(held) >= MIN_IMAGES else 0
+    ignore, truth = config.loss.ignore_index, val[0].labels
+    first = probs if probs is not None else label_probabilities(truth, num_classes, ignore)
+    return search_seconds(first, truth, sum(s.labels.size for s in held), "rand", ignore_index=ignore, folds=folds)
 
 
 def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,

@@ -37,6 +37,7 @@ network must be what `config.model` rebuilds (a built-in architecture, or the pl
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ from unetkit.training.distributed import (
 )
 from unetkit.training.ensemble import fit_ensemble
 from unetkit.training.finetune import check_start, read_start, start_model
-from unetkit.training.finish import end_passes, save_final_artifact
+from unetkit.training.finish import end_passes, end_seconds, save_final_artifact
 from unetkit.training.modes import candidate_modes
 from unetkit.training.precision import ModeDecision, apply_mode, check_available, decide_mode
 from unetkit.training.prepare import load_training_data, with_weights_normalization
@@ -129,6 +130,10 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
         config, mode_info = settle_mode(config, env, device, network=model)
         tracker.start(config, data.fingerprint)
         callbacks = [*(callbacks or ()), tracker.event]  # the tracker hears every event of the run log
+        if clock.enabled:  # the end's work that validation passes do not measure (R13's object score)
+            clock.end_seconds = end_seconds(config, data.val, config.model.out_channels)
+            if clock.end_seconds > 0:  # the labels' one-hot first, then the model's probabilities (run_steps)
+                clock.time_end = functools.partial(end_seconds, config, data.val, config.model.out_channels)
         if config.distill.asked:  # "auto" is the plan's to decide (R17): unplanned, off but for a teacher artifact
             teacher = None if teacher_meta is not None else settle_mode(
                 teacher_config(config, **free), env, device, what="the teacher's compute mode")

@@ -104,17 +104,22 @@ def validation_summary(
     device: torch.device | str = "cpu",
     mode: ComputeMode = FP32,
     resolution: float = 1.0,
+    first_probabilities: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """`unetkit.metrics.summary.evaluate_samples` of the model on whole validation images (the same
     code as `unetkit evaluate`), with every image's confusion matrix in `per_image`; the images at
-    their native resolution (a model trained at `resolution` predicts them resampled)."""
+    their native resolution (a model trained at `resolution` predicts them resampled).
+    `first_probabilities`: a list that receives the first image's class probabilities."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     predictor = torch_predictor(model, mean, std, device, mode)
 
     def predict_labels(image: np.ndarray) -> np.ndarray:
-        return predict_whole(predictor, np.asarray(image, np.float32), patch_size, resolution=resolution).argmax(0)
+        probs = predict_whole(predictor, np.asarray(image, np.float32), patch_size, resolution=resolution)
+        if first_probabilities is not None and not first_probabilities:
+            first_probabilities.append(probs)
+        return probs.argmax(0)
 
     try:
         return evaluate_samples(predict_labels, val_samples, class_names, ignore_index)

@@ -138,12 +138,23 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
     def now() -> float:
         return log_time(state, clock)
 
+    validations = 0  # this run's; the end's search (clock.end_seconds) is timed again at the 1st, 2nd, 4th, 8th ...
+
     def validate_and_record() -> dict[str, Any]:
+        nonlocal validations
+        validations += 1
         t0 = time.perf_counter()
+        retime = clock.time_end is not None and validations & (validations - 1) == 0
+        first: list[np.ndarray] | None = [] if retime else None
         summary = validation_summary(kept, data.val, mean=data.mean, std=data.std, class_names=data.class_names,
                                      patch_size=config.data.patch_size, ignore_index=config.loss.ignore_index,
-                                     device=device, mode=mode, resolution=config.data.resolution)
+                                     device=device, mode=mode, resolution=config.data.resolution,
+                                     first_probabilities=first)
         clock.val_seconds = max(clock.val_seconds, clock.exclude(time.perf_counter() - t0))
+        if first and clock.time_end is not None:  # a trained model's probabilities cut into more pieces
+            t0 = time.perf_counter()
+            clock.end_seconds = max(clock.end_seconds, clock.time_end(first[0]))
+            clock.exclude(time.perf_counter() - t0)
         metrics = flat_metrics(summary)
         record_validation(state, metrics, kept, out_dir,
                           [np.ravel(row["confusion"]).tolist() for row in summary["per_image"]])
@@ -206,7 +217,7 @@ def run_steps(config: TrainConfig, data: TrainingData, env: Any, device: torch.d
                     state.total_steps, state.budget_decided = total, True
                     log.write({"event": "budget", "step": state.step, "time": now(), "total_steps": total,
                                "seconds_per_step": clock.seconds_per_step(), "val_seconds": clock.val_seconds,
-                               "save_seconds": clock.save_seconds})
+                               "save_seconds": clock.save_seconds, "end_seconds": clock.end_seconds})
                     log.set_total(total)
             clock.record_step(time.perf_counter() - t0)  # validation and save time excluded
             log.progress(state.step, terms["loss"], lr,
