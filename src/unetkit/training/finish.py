@@ -35,7 +35,7 @@ from unetkit.training.prepare import TrainingData
 from unetkit.training.selection import select_weights
 from unetkit.training.steps import RunState
 from unetkit.tuning.calibration import calibrate_samples, calibration_record
-from unetkit.tuning.gate import MIN_IMAGES, fold_indices
+from unetkit.tuning.gate import refits
 from unetkit.tuning.postprocess import (
     label_probabilities,
     search_seconds,
@@ -70,7 +70,7 @@ def finish_validations(config: TrainConfig, val_images: int) -> float:
     """The end-of-training work on the validation split, in validation passes (for the budget)."""
     if not val_images:
         return 0.0
-    folds = len(fold_indices(val_images)) if val_images >= MIN_IMAGES else 0  # the gate's out-of-fold refits
+    folds = refits(val_images)  # the gate's out-of-fold refits
     tuning = config.tune_postprocess != "off"
     search = 0.0 if config.tune_postprocess == "rand" else SEARCH_VALIDATIONS  # "rand": `end_seconds`
     held = min(val_images, MAX_TUNE_IMAGES) / val_images  # the spread whose maps the search tunes on
@@ -103,11 +103,17 @@ def end_seconds(config: TrainConfig, val: Sequence[Any], num_classes: int, probs
     2026-12-07). 0 for the other metrics, whose search is reserved in passes."""
     if config.tune_postprocess != "rand" or not len(val):
         return 0.0
-    held = [val[i] for i in spread(range(len(val)), MAX_TUNE_IMAGES)]
-    folds = len(fold_indices(len(held))) if len(held) >= MIN_IMAGES else 0
+    held = [val[i] for i in search_spread(len(val))]
     ignore, truth = config.loss.ignore_index, val[0].labels
     first = probs if probs is not None else label_probabilities(truth, num_classes, ignore)
-    return search_seconds(first, truth, sum(s.labels.size for s in held), "rand", ignore_index=ignore, folds=folds)
+    return search_seconds(first, truth, sum(s.labels.size for s in held), "rand", ignore_index=ignore,
+                          folds=refits(len(held)))
+
+
+def search_spread(images: int) -> list[int]:
+    """The validation images the postprocessing search tunes on (and holds the maps of): an even spread of
+    at most `MAX_TUNE_IMAGES` (bounded memory and search time on a large validation split)."""
+    return spread(range(images), MAX_TUNE_IMAGES)
 
 
 def save_final_artifact(path: Path, model: torch.nn.Module, data: TrainingData, config: TrainConfig,
@@ -250,7 +256,7 @@ def finish_on_validation(meta: Any, weights: dict[str, Any], val: Sequence[Any],
                                                                   calibration_record(c | {"keys": keys})})
         say(f"calibrated on {len(val)} validation image(s) in {time.perf_counter() - t0:.1f} s: temperature "
             f"{c['temperature']:.3f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f} ({c['gate']['reason']})")
-    held = spread(range(len(val)), MAX_TUNE_IMAGES)  # bounded memory and search time on a large validation split
+    held = search_spread(len(val))
     sample = [val[i] for i in held]
     sample_keys = [s.key for s in sample]
     probs = None

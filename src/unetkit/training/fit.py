@@ -130,7 +130,8 @@ def fit(config: TrainConfig, *, callbacks: Sequence[Callback] | None = None, mod
         config, mode_info = settle_mode(config, env, device, network=model)
         tracker.start(config, data.fingerprint)
         callbacks = [*(callbacks or ()), tracker.event]  # the tracker hears every event of the run log
-        if clock.enabled:  # the end's work that validation passes do not measure (R13's object score)
+        if clock.enabled and env.is_main:  # the end's work that passes do not measure (R13's object score); the
+            # main process validates and plans for every rank
             clock.end_seconds = end_seconds(config, data.val, config.model.out_channels)
             if clock.end_seconds > 0:  # the labels' one-hot first, then the model's probabilities (run_steps)
                 clock.time_end = functools.partial(end_seconds, config, data.val, config.model.out_channels)

@@ -55,6 +55,12 @@ def fold_indices(n: int, folds: int = CROSS_FOLDS) -> list[np.ndarray]:
     return [np.arange(i, n, k) for i in range(k)]
 
 
+def refits(n: int) -> int:
+    """The out-of-fold re-runs the gate makes on `n` images: one per fold (`fold_indices`), none under
+    `MIN_IMAGES` (it refuses without re-running)."""
+    return len(fold_indices(n)) if n >= MIN_IMAGES else 0
+
+
 def resample_counts(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
     """(resamples, n) how often each image is drawn in each bootstrap resample (seeded)."""
     draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
