@@ -456,6 +456,7 @@ class PostprocessConfig:
     # basin except the lines where basins meet, plus the background within `watershed_band` px of a line
     watershed: tuple[float, ...] = ()
     watershed_band: tuple[int, ...] = ()  # predicted background kept this close (px) to a dividing line
+    watershed_min_seed: tuple[int, ...] = ()  # seeds of fewer pixels are dropped (their pixels join a neighbour)
     opening: tuple[int, ...] = ()  # disk radius in pixels
     closing: tuple[int, ...] = ()  # disk radius in pixels
     fill_holes: tuple[bool, ...] = ()  # fill background enclosed by the class
@@ -467,7 +468,7 @@ class PostprocessConfig:
             raise ConfigError(f"postprocess.threshold: expected a probability in (0, 1), got {self.threshold}")
         if any(not 0.0 <= v < 1.0 for v in self.watershed):
             raise ConfigError(f"postprocess.watershed: seed probabilities must be in [0, 1) (0 = off), got {list(self.watershed)}")
-        for name in ("opening", "closing", "min_size", "watershed_band"):
+        for name in ("opening", "closing", "min_size", "watershed_band", "watershed_min_seed"):
             if any(v < 0 for v in getattr(self, name)):
                 raise ConfigError(f"postprocess.{name}: values must be >= 0, got {list(getattr(self, name))}")
 

@@ -125,3 +125,30 @@ def test_watershed_split_thins_boundaries_to_lines_and_drops_inner_fragments(rng
     assert (wide == 0).sum() > lines.sum()
     # no seed anywhere: unchanged
     np.testing.assert_array_equal(apply_postprocess(probs, {"watershed": [0, 0.9999999]}), plain)
+
+
+def test_watershed_drops_seeds_smaller_than_min_seed_so_a_speck_does_not_split_its_cell():
+    from unetkit.metrics.topology import adapted_rand_error, label_components
+
+    yy, xx = np.mgrid[:60, :60]
+    truth = np.ones((60, 60), np.uint8)
+    truth[:, 30] = 0  # two cells, one membrane between them
+    p = np.where(truth == 1, 0.95, 0.05)
+    r = np.hypot(yy - 30, xx - 14)
+    p[(r >= 5) & (r < 6)] = 0.6  # an organelle's closed outline inside the left cell: a seed of its own
+    probs = np.stack([1 - p, p]).astype(np.float32)
+    speck = int((r < 5).sum())
+    assert 50 < speck < 100
+    split = apply_postprocess(probs, {"watershed": [0, 0.9], "watershed_band": [0, 1]})
+    assert label_components(split == 1)[1] == 3  # the speck's basin cut out of its cell
+    kept = apply_postprocess(probs, {"watershed": [0, 0.9], "watershed_band": [0, 1], "watershed_min_seed": [0, 100]})
+    assert label_components(kept == 1)[1] == 2
+    assert adapted_rand_error(kept == 1, truth == 1)[0] < adapted_rand_error(split == 1, truth == 1)[0]
+    # a floor under the speck's size changes nothing; a floor over every seed leaves the labels as predicted
+    np.testing.assert_array_equal(
+        apply_postprocess(probs, {"watershed": [0, 0.9], "watershed_band": [0, 1], "watershed_min_seed": [0, speck]}),
+        split)
+    np.testing.assert_array_equal(
+        apply_postprocess(probs, {"watershed": [0, 0.9], "watershed_min_seed": [0, 10_000]}), apply_postprocess(probs, {}))
+    with pytest.raises(ConfigError, match="watershed_min_seed"):
+        apply_postprocess(probs, {"watershed": [0, 0.9], "watershed_min_seed": [0, -1]})

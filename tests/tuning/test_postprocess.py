@@ -220,3 +220,31 @@ def test_label_probabilities_are_the_one_hot_labels_with_ignored_pixels_as_backg
     probs = label_probabilities(labels, 3)
     assert probs.shape == (3, 2, 3) and probs.dtype == np.float32
     assert np.array_equal(probs.argmax(0), np.where(labels == 255, 0, labels)) and np.all(probs.sum(0) == 1)
+
+
+def test_rand_search_drops_seed_specks_that_would_split_cells(rng, monkeypatch):
+    """Organelles' closed outlines inside cells make specks of seed probability of their own: the split
+    starts from `DEFAULT_MIN_SEED` and the search's seed-size step, and scores above a search without them."""
+    import unetkit.tuning.postprocess as tuning
+
+    probs, truths = [], []
+    for _ in range(3):
+        p2, truth = cells_and_membranes(rng)
+        p = p2[1].copy()
+        depth = ndimage.distance_transform_edt(truth)
+        yy, xx = np.mgrid[: p.shape[0], : p.shape[1]]
+        for cy, cx in np.argwhere(depth >= 8)[rng.choice(int((depth >= 8).sum()), 12, replace=False)]:
+            r = np.hypot(yy - cy, xx - cx)
+            p[(r >= 1.5) & (r < 2.5)] = np.minimum(p[(r >= 1.5) & (r < 2.5)], 0.6)
+        probs.append(np.stack([1 - p, p]).astype(np.float32))
+        truths.append(truth)
+    params, log = tune_postprocess(probs, truths, metric="rand")
+    ops = [r["op"] for r in log]
+    assert ops[:3] == ["watershed", "watershed_band", "threshold"] and ops[3] == "watershed_min_seed"
+    assert params["watershed"][1] > 0 and params["watershed_min_seed"][1] > 0
+    monkeypatch.setattr(tuning, "DEFAULT_MIN_SEED", 0)
+    bare = [s for s in candidate_steps(2, metric="rand") if s[0] != "watershed_min_seed"]
+    without, _ = tune_postprocess(probs, truths, metric="rand", steps=bare)
+    assert "watershed_min_seed" not in without
+    scores = [score_labels([apply_postprocess(p, c) for p in probs], truths, 2, "rand") for c in (without, params)]
+    assert scores[1] > scores[0] + 0.01

@@ -62,7 +62,7 @@ def same_below(a: PostprocessConfig, b: PostprocessConfig, c: int) -> bool:
     """Whether `a` and `b` clean the classes before `c` alike (same threshold, same per-class settings)."""
     return a.threshold == b.threshold and all(
         (_at(getattr(a, f), j, 0) or 0) == (_at(getattr(b, f), j, 0) or 0)
-        for f in (*OPS, "watershed_band") for j in range(1, c))
+        for f in (*OPS, "watershed_band", "watershed_min_seed") for j in range(1, c))
 
 
 def clean_class(labels: np.ndarray, c: int, probs: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
@@ -74,7 +74,8 @@ def clean_class(labels: np.ndarray, c: int, probs: np.ndarray, cfg: PostprocessC
     seed = _at(cfg.watershed, c, 0.0)
     mask = labels == c
     if seed:
-        mask = split_objects(probs[c], labels != c, seed, _at(cfg.watershed_band, c, 0))
+        mask = split_objects(probs[c], labels != c, seed, _at(cfg.watershed_band, c, 0),
+                             _at(cfg.watershed_min_seed, c, 0))
     if opening:
         mask = opening_mask(mask, opening)
     if closing:
@@ -101,17 +102,25 @@ def relabel(labels: np.ndarray, c: int, mask: np.ndarray, probs: np.ndarray) -> 
     return out
 
 
-def split_objects(p: np.ndarray, background: np.ndarray, seed: float, band: int) -> np.ndarray:
+def split_objects(p: np.ndarray, background: np.ndarray, seed: float, band: int, min_seed: int = 0) -> np.ndarray:
     """The class mask re-drawn by watershed: objects that touch, or that spurious inner lines cut,
     come out as one region each, separated by two-pixel lines.
 
-    Seeds are the 4-connected components of `p >= seed`; every pixel joins the basin of one seed,
+    Seeds are the 4-connected components of `p >= seed` of at least `min_seed` pixels (a smaller one is
+    a speck of confidence inside an object, not an object: its basin would split that object; R13 in
+    `unetkit.planning.rules` has the figures); every pixel joins the basin of one seed,
     flooding the elevation 1 - p (so basins meet on the ridges of the background probability). The
     class becomes every pixel except the lines where two basins meet and the predicted `background`
     within `band` px of such a line (so real boundaries keep their predicted width, while
     background fragments inside one object, far from any line, join the object). No seed: unchanged.
     """
     markers, n = ndimage.label(p >= seed)
+    if min_seed and n:
+        sizes = np.bincount(markers.ravel())
+        keep = sizes >= min_seed
+        keep[0] = False
+        markers[~keep[markers]] = 0
+        n = int(keep.sum())
     if n == 0:
         return ~background
     basins = watershed(1.0 - p, markers)

@@ -42,6 +42,7 @@ from unetkit.tuning.store import store_tuning
 
 RAND_DICE_GUARD = 0.005  # "rand" tuning may give up at most this much pooled Dice
 DEFAULT_BAND = 3  # watershed_band when a tuning trial switches the split on
+DEFAULT_MIN_SEED = 10  # watershed_min_seed (px) when a tuning trial switches the split on
 
 
 class OutOfTime(Exception):
@@ -108,13 +109,16 @@ def rand_scores(pred: np.ndarray, truth: np.ndarray, num_classes: int, ignore_in
 def candidate_steps(num_classes: int, size_grid: Sequence[int] = (5, 10, 20, 50, 100, 200, 500, 1000),
                     metric: str = "dice") -> list[tuple[str, int, list[Any]]]:
     """(field, class, candidate values) in the order the greedy search tries them; the watershed
-    split (seed probability, then band) only for the object score "rand"."""
+    split (seed probability, then band; its seeds' size floor after the threshold) only for the object
+    score "rand"."""
     steps: list[tuple[str, int, list[Any]]] = []
     if metric == "rand":  # first: the split redraws the class, a threshold tuned before it misleads
         for c in range(1, num_classes):
             steps += [("watershed", c, [0.8, 0.9, 0.95, 0.97, 0.99]), ("watershed_band", c, [1, 2, 3, 5, 8])]
     if num_classes == 2:
         steps.append(("threshold", -1, [round(t, 2) for t in np.arange(0.1, 0.91, 0.05)]))
+    if metric == "rand":  # the seeds' size floor after the threshold, which decides what counts as background
+        steps += [("watershed_min_seed", c, [0, 5, 20, 50]) for c in range(1, num_classes)]
     for c in range(1, num_classes):
         steps += [
             ("opening", c, [1, 2]),
@@ -133,8 +137,10 @@ def with_value(cfg: PostprocessConfig, name: str, c: int, value: Any, num_classe
     values = list(getattr(cfg, name)) or [default] * num_classes
     values[c] = value
     cfg = dataclasses.replace(cfg, **{name: tuple(values)})
-    if name == "watershed" and value and (c >= len(cfg.watershed_band) or not cfg.watershed_band[c]):
-        cfg = with_value(cfg, "watershed_band", c, DEFAULT_BAND, num_classes)
+    if name == "watershed" and value:  # the split's own settings start from their defaults
+        for field, default in (("watershed_band", DEFAULT_BAND), ("watershed_min_seed", DEFAULT_MIN_SEED)):
+            if c >= len(getattr(cfg, field)) or not getattr(cfg, field)[c]:
+                cfg = with_value(cfg, field, c, default, num_classes)
     return cfg
 
 
