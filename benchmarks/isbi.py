@@ -44,12 +44,13 @@ def scores(pred_interior: list[np.ndarray], truth_interior: list[np.ndarray]) ->
 
 
 def held_out_tuning(art, probs: list[np.ndarray], labels: list[np.ndarray], interior: int,
-                    dice_guard: float | None = None) -> dict[str, Any]:
+                    dice_guard: float | None = None, steps: list | None = None) -> dict[str, Any]:
     """Training tuned the postprocessing on the scored slices (they are its validation split, as the
     issue asks). This re-tunes it, for the same metric, once per slice on the other slices only and
     scores the slice it left out: a held-out figure for the postprocessing step. `dice_guard`: the
     search's (None: the one training's search ran under, `metrics.postprocess_tuning.dice_guard`, e.g.
-    `train --dice-guard`; else the search's default); `params` lists each fold's choice."""
+    `train --dice-guard`; else the search's default); `steps`: the search's (None: all of them);
+    `params` lists each fold's choice."""
     from unetkit.inference.postprocess import apply_postprocess
     from unetkit.tuning.postprocess import tune_postprocess
 
@@ -61,7 +62,7 @@ def held_out_tuning(art, probs: list[np.ndarray], labels: list[np.ndarray], inte
     for i in range(len(probs)):
         rest = [j for j in range(len(probs)) if j != i]
         params, _ = tune_postprocess([probs[j] for j in rest], [labels[j] for j in rest], metric=metric,
-                                     ignore_index=art.meta.ignore_index, dice_guard=dice_guard)
+                                     ignore_index=art.meta.ignore_index, dice_guard=dice_guard, steps=steps)
         chosen.append(params)
         masks.append(apply_postprocess(probs[i], params) == interior)
     return {**scores(masks, [x == interior for x in labels]), "params": chosen}

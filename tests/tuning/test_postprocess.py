@@ -248,3 +248,13 @@ def test_rand_search_drops_seed_specks_that_would_split_cells(rng, monkeypatch):
     assert "watershed_min_seed" not in without
     scores = [score_labels([apply_postprocess(p, c) for p in probs], truths, 2, "rand") for c in (without, params)]
     assert scores[1] > scores[0] + 0.01
+
+
+def test_only_the_object_score_searches_the_split_and_its_seed_floor():
+    for k in (2, 3):
+        for metric in ("dice", "iou"):
+            assert not [s for s in candidate_steps(k, metric=metric) if s[0].startswith("watershed")]
+        ops = [(name, c) for name, c, _ in candidate_steps(k, metric="rand")]
+        assert [c for name, c in ops if name == "watershed_min_seed"] == list(range(1, k))
+        last_split = max(i for i, (name, _) in enumerate(ops) if name in ("watershed", "watershed_band", "threshold"))
+        assert min(i for i, (name, _) in enumerate(ops) if name == "watershed_min_seed") > last_split
