@@ -142,8 +142,9 @@ R13 Postprocessing. At the end of training the artifact's postprocessing is tune
    adds the watershed split, with at most 0.005 Dice given up; everything else by pooled Dice.
    On ISBI 2012 the split took the Rand error of one model from 0.121 to 0.037 (tuned leaving the
    scored slice out; docs/benchmarks.md). Its seeds have a size floor (10 px to start, then searched
-   after the threshold): a speck of confidence inside a cell is not a cell (five saved ISBI models
-   re-tuned: mean Rand error 0.0356 -> 0.0323 in sample, 0.0442 -> 0.0415 held out). The Dice guard is what stops the search's threshold: held
+   after the threshold): a speck of confidence inside a cell is not a cell (six saved ISBI models
+   re-tuned, benchmarks/seed_floor.py: mean Rand error 0.0346 -> 0.0313 in sample, 0.0423 -> 0.0395 held
+   out, none worse). The Dice guard is what stops the search's threshold: held
    out on four ISBI models, 0.02 instead gained 0.010-0.011 Rand error and lost 0.09-0.13 membrane F1,
    a trade left to the user (`unetkit tune-postprocess --dice-guard`). Before the search, test-time augmentation is decided the
    same way (`unetkit.tuning.tta`): on where the views' mean beats the plain prediction across the
