@@ -24,6 +24,7 @@ from unetkit.config import PostprocessConfig, from_dict
 from unetkit.errors import ConfigError
 
 EIGHT = np.ones((3, 3), bool)
+FOUR = ndimage.generate_binary_structure(2, 1)
 
 
 def as_config(params: dict[str, Any] | PostprocessConfig) -> PostprocessConfig:
@@ -114,13 +115,7 @@ def split_objects(p: np.ndarray, background: np.ndarray, seed: float, band: int,
     within `band` px of such a line (so real boundaries keep their predicted width, while
     background fragments inside one object, far from any line, join the object). No seed: unchanged.
     """
-    markers, n = ndimage.label(p >= seed)
-    if min_seed and n:
-        sizes = np.bincount(markers.ravel())
-        keep = sizes >= min_seed
-        keep[0] = False
-        markers[~keep[markers]] = 0
-        n = int(keep.sum())
+    markers, n = ndimage.label(remove_small(p >= seed, min_seed, FOUR) if min_seed else p >= seed)
     if n == 0:
         return ~background
     basins = watershed(1.0 - p, markers)
@@ -151,9 +146,9 @@ def closing_mask(mask: np.ndarray, radius: int) -> np.ndarray:
     return closed[radius:-radius, radius:-radius] | mask
 
 
-def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop 8-connected components with fewer than `min_size` pixels."""
-    lab, n = ndimage.label(mask, structure=EIGHT)
+def remove_small(mask: np.ndarray, min_size: int, structure: np.ndarray = EIGHT) -> np.ndarray:
+    """Drop components (8-connected unless `structure` says otherwise) with fewer than `min_size` pixels."""
+    lab, n = ndimage.label(mask, structure=structure)
     if n == 0:
         return mask
     sizes = np.bincount(lab.ravel())
